@@ -1,0 +1,51 @@
+"""The environment an agent process gets: built from parts, never inherited whole.
+
+Only what the agent's type needs reaches it: never the webhook secret, the API token, or
+another type's Forgejo token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from claude_hooks.config import TypeConfig
+from claude_hooks.domain import Task
+
+_PASSED_NAMES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "SHELL")
+_PASSED_PREFIXES = ("LC_", "ANTHROPIC_", "CLAUDE_CODE_")
+
+
+def task_variables(task: Task) -> dict[str, str]:
+    return {
+        "CLAUDE_HOOKS_TASK_ID": task.id,
+        "CLAUDE_HOOKS_AGENT": task.agent,
+        "CLAUDE_HOOKS_TYPE": task.type,
+        "CLAUDE_HOOKS_KIND": task.kind.value,
+        "CLAUDE_HOOKS_SESSION_KEY": task.session_key,
+        "CLAUDE_HOOKS_REPO": task.repo,
+        "CLAUDE_HOOKS_NUMBER": str(task.number),
+        "CLAUDE_HOOKS_ATTEMPT": str(task.attempts),
+    }
+
+
+def agent_environment(
+    task: Task,
+    type_config: TypeConfig,
+    forgejo_url: str,
+    parent: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    parent = os.environ if parent is None else parent
+    env = {
+        name: value
+        for name, value in parent.items()
+        if name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)
+    }
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if forgejo_url:
+        env["FORGEJO_URL"] = forgejo_url
+    if type_config.token is not None:
+        env["FORGEJO_TOKEN"] = type_config.token.get_secret_value()
+    env.update(task_variables(task))
+    env.update(type_config.env)
+    return env

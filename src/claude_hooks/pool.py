@@ -1,0 +1,474 @@
+"""Workers and the registry: one worker per enabled instance, dispatch by type.
+
+The pool keeps each worker's FIFO queue in memory (ids only; payloads stay in the database)
+and writes every change to the store before it is visible in memory, so a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from claude_hooks import processes
+from claude_hooks.agent_env import agent_environment
+from claude_hooks.config import Config
+from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
+from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
+from claude_hooks.scheduler import Candidate, choose
+from claude_hooks.store.base import Outcome, QueueEntry, Store
+from claude_hooks.workspace import Workspaces
+
+log = logging.getLogger(__name__)
+
+RunnerFactory = Callable[[str], AgentRunner]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    task_id: str
+    state: TaskState  # the state the task was in when the cancel arrived
+    agent: str
+
+
+class Worker:
+    """One instance: a FIFO queue and at most one running task."""
+
+    def __init__(self, pool: Pool, name: str, agent_type: str, enabled: bool) -> None:
+        self.pool = pool
+        self.name = name
+        self.type = agent_type
+        self.enabled = enabled
+        self.retiring = False
+        self.queue: deque[QueueEntry] = deque()
+        self.current: QueueEntry | None = None
+        self.current_task: Task | None = None
+        self._cancel_current = False
+        self._run: asyncio.Task[RunResult] | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} type={self.type} queued={len(self.queue)}>"
+
+    @property
+    def idle(self) -> bool:
+        return self.current is None and not self.queue
+
+    @property
+    def state(self) -> str:
+        if self.current is not None:
+            return "busy"
+        return "idle" if self.enabled else "disabled"
+
+    def enqueue(self, entry: QueueEntry) -> None:
+        self.queue.append(entry)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._serve(), name=f"worker-{self.name}")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    def cancel_current(self) -> bool:
+        if self.current is None:
+            return False
+        self._cancel_current = True
+        if self._run is not None:
+            self._run.cancel()
+        return True
+
+    def drop(self, task_id: str) -> QueueEntry | None:
+        for entry in self.queue:
+            if entry.id == task_id:
+                self.queue.remove(entry)
+                return entry
+        return None
+
+    async def _serve(self) -> None:
+        while True:
+            if not self.queue:
+                if self.retiring:
+                    self.pool._retired(self)
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            entry = self.queue[0]
+            self.current = entry
+            self._cancel_current = False
+            try:
+                await self.pool._claim_key(entry.session_key, self)
+                task = await self.pool.store.start_task(entry.id, self.pool.clock())
+                # While it waited the entry may have been cancelled or moved to another worker,
+                # which took it off this queue and released its hold already.
+                still_queued = entry in self.queue
+                if still_queued:
+                    self.queue.remove(entry)
+                if task is None:
+                    if still_queued:
+                        self.pool._release(entry)
+                    continue
+                if not still_queued:
+                    self.pool._hold(entry.session_key, self.name)
+                self.current_task = task
+                await self._execute(task)
+            finally:
+                self.pool._free_key(entry.session_key, self)
+                self.current = None
+                self.current_task = None
+                self._run = None
+
+    async def _execute(self, task: Task) -> None:
+        pool = self.pool
+        type_config = pool.config.types[task.type]
+        outcome: Outcome | None = None
+        if self._cancel_current:
+            outcome = Outcome(TaskState.CANCELLED, error="cancelled before it started")
+        else:
+            ctx = pool._context(task)
+            runner = pool.runner_for(task.type)
+            self._run = asyncio.create_task(runner.run(ctx), name=f"run-{task.id}")
+            try:
+                done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
+            except asyncio.CancelledError:
+                # The service is stopping: stop the agent, hand the task back to its queue.
+                self._run.cancel()
+                await asyncio.gather(self._run, return_exceptions=True)
+                await pool.store.requeue_interrupted(task.id)
+                raise
+            if not done:
+                self._run.cancel()
+                await asyncio.gather(self._run, return_exceptions=True)
+                outcome = Outcome(
+                    TaskState.FAILED, error=f"timed out after {type_config.timeout:g} s"
+                )
+            elif self._run.cancelled():
+                outcome = Outcome(TaskState.CANCELLED, error="cancelled while running")
+            elif (error := self._run.exception()) is not None:
+                log.error("runner of task %s failed", task.id, exc_info=error)
+                outcome = Outcome(TaskState.FAILED, error=f"runner error: {error!r}")
+            else:
+                outcome = _outcome(self._run.result())
+        await pool.store.finish_task(task.id, outcome, pool.clock())
+        pool._release_id(task.session_key, self)
+        log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
+
+
+def _outcome(result: RunResult) -> Outcome:
+    return Outcome(
+        TaskState.SUCCEEDED if result.succeeded else TaskState.FAILED,
+        exit_code=result.exit_code,
+        result=result.result,
+        error=result.error,
+        cost_usd=result.cost_usd,
+        claude_session_id=result.claude_session_id,
+    )
+
+
+class Pool:
+    """The registry of workers and `dispatch_by_type`."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        runner_for: RunnerFactory,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runner_for = runner_for
+        self.clock = clock
+        self.workspaces = Workspaces(config.data_dir)
+        self.workers: dict[str, Worker] = {}
+        self.cursors: dict[str, int] = {}
+        self._holders: dict[str, Counter[str]] = {}
+        self._running_keys: dict[str, Worker] = {}
+        self._key_freed = asyncio.Condition()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._unknown_types_warned: set[str] = set()
+
+    # registry
+
+    def get_worker(self, name: str) -> Worker:
+        try:
+            return self.workers[name]
+        except KeyError:
+            raise UnknownAgentError(name) from None
+
+    def get_workers_by_type(self, agent_type: str) -> list[Worker]:
+        """Enabled workers of a type, sorted by name: the candidates of a dispatch."""
+        return sorted(
+            (
+                w
+                for w in self.workers.values()
+                if w.type == agent_type and w.enabled and not w.retiring
+            ),
+            key=lambda w: w.name,
+        )
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Recover from a crash, build one worker per instance, load the queues, start."""
+        recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
+        stale = [r for r in recovered if r.pid is not None]
+        await asyncio.gather(
+            *(
+                processes.stop_stale(r.pid, r.pid_start, self.config.server.cancel_grace)
+                for r in stale
+                if r.pid is not None
+            )
+        )
+        for r in recovered:
+            log.warning("task %s was running when the service stopped: now %s", r.id, r.state.value)
+        self.cursors = await self.store.load_cursors()
+        for agent in await self.store.list_agents():
+            self._add_worker(agent.name, agent.type, agent.enabled)
+        orphans: list[QueueEntry] = []
+        for entry in await self.store.queue_entries():
+            worker = self.workers.get(entry.agent)
+            if worker is None or not worker.enabled:
+                orphans.append(entry)
+            else:
+                worker.queue.append(entry)
+                self._hold(entry.session_key, worker.name)
+        for worker in self.workers.values():
+            worker.start()
+        await self._redispatch(orphans)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+
+    def _add_worker(self, name: str, agent_type: str, enabled: bool) -> Worker | None:
+        if agent_type not in self.config.types:
+            if name not in self._unknown_types_warned:
+                self._unknown_types_warned.add(name)
+                log.warning(
+                    "agent %r has type %r, which the configuration does not define: "
+                    "it takes no work until [types.%s] is added",
+                    name,
+                    agent_type,
+                    agent_type,
+                )
+            return None
+        worker = Worker(self, name, agent_type, enabled)
+        self.workers[name] = worker
+        return worker
+
+    def _retired(self, worker: Worker) -> None:
+        if self.workers.get(worker.name) is worker:
+            del self.workers[worker.name]
+
+    async def sync_agents(self) -> None:
+        """Bring the workers in line with the `agents` table (changed by the CLI)."""
+        rows = {agent.name: agent for agent in await self.store.list_agents()}
+        orphans: list[QueueEntry] = []
+        for name, agent in rows.items():
+            worker = self.workers.get(name)
+            if worker is None:
+                worker = self._add_worker(name, agent.type, agent.enabled)
+                if worker is not None:
+                    worker.start()
+                    log.info("agent %s (%s) added", name, agent.type)
+                continue
+            worker.retiring = False
+            if worker.enabled and not agent.enabled:
+                worker.enabled = False
+                orphans.extend(self._take_queue(worker))
+                log.info("agent %s disabled", name)
+            elif agent.enabled and not worker.enabled:
+                worker.enabled = True
+                log.info("agent %s enabled", name)
+        for name, worker in list(self.workers.items()):
+            if name not in rows and not worker.retiring:
+                worker.retiring = True
+                worker.enabled = False
+                orphans.extend(self._take_queue(worker))
+                worker._wake.set()
+                log.info("agent %s removed", name)
+        await self._redispatch(orphans)
+
+    def _take_queue(self, worker: Worker) -> list[QueueEntry]:
+        entries = list(worker.queue)
+        worker.queue.clear()
+        for entry in entries:
+            self._release(entry)
+        return entries
+
+    # dispatch
+
+    def _lock(self, agent_type: str) -> asyncio.Lock:
+        lock = self._locks.get(agent_type)
+        if lock is None:
+            lock = self._locks[agent_type] = asyncio.Lock()
+        return lock
+
+    def _place(self, agent_type: str, session_key: str) -> tuple[Worker, int]:
+        candidates = self.get_workers_by_type(agent_type)
+        if not candidates:
+            raise NoInstanceError(agent_type)
+        holders = self._holders.get(session_key)
+        holder = next((w.name for w in candidates if holders and holders[w.name] > 0), None)
+        snapshot = [Candidate(w.name, w.current is not None, len(w.queue)) for w in candidates]
+        choice = choose(snapshot, self.cursors.get(agent_type, 0), holder)
+        return candidates[choice.index], choice.cursor
+
+    async def dispatch_by_type(self, agent_type: str, request: DispatchRequest) -> str:
+        """Queue the request on one instance of the type; the task is committed on return."""
+        async with self._lock(agent_type):
+            worker, cursor = self._place(agent_type, request.session_key)
+            now = self.clock()
+            task = Task(
+                id=new_task_id(now),
+                type=agent_type,
+                agent=worker.name,
+                kind=request.kind,
+                session_key=request.session_key,
+                repo=request.repo,
+                number=request.number,
+                state=TaskState.QUEUED,
+                seq=0,
+                enqueued_at=now,
+                payload=request.payload,
+                delivery_id=request.delivery_id,
+            )
+            seq = await self.store.insert_task(task, (agent_type, cursor))
+            self.cursors[agent_type] = cursor
+            worker.enqueue(
+                QueueEntry(task.id, worker.name, agent_type, task.session_key, task.kind.value, seq)
+            )
+            self._hold(task.session_key, worker.name)
+            return task.id
+
+    async def _redispatch(self, entries: Iterable[QueueEntry]) -> None:
+        for entry in entries:
+            async with self._lock(entry.type):
+                try:
+                    worker, cursor = self._place(entry.type, entry.session_key)
+                except NoInstanceError:
+                    await self.store.fail_queued(
+                        entry.id,
+                        f"instance {entry.agent!r} was disabled or removed and no enabled "
+                        f"instance of type {entry.type!r} is left to take the task",
+                        self.clock(),
+                    )
+                    continue
+                seq = await self.store.reassign_task(entry.id, worker.name, (entry.type, cursor))
+                if seq is None:
+                    continue
+                self.cursors[entry.type] = cursor
+                moved = QueueEntry(
+                    entry.id, worker.name, entry.type, entry.session_key, entry.kind, seq
+                )
+                worker.enqueue(moved)
+                self._hold(entry.session_key, worker.name)
+                log.info("task %s moved from %s to %s", entry.id, entry.agent, worker.name)
+
+    # session keys: where they are held, and that one runs at a time
+
+    def _hold(self, session_key: str, worker_name: str) -> None:
+        self._holders.setdefault(session_key, Counter())[worker_name] += 1
+
+    def _release(self, entry: QueueEntry) -> None:
+        self._release_name(entry.session_key, entry.agent)
+
+    def _release_id(self, session_key: str, worker: Worker) -> None:
+        self._release_name(session_key, worker.name)
+
+    def _release_name(self, session_key: str, worker_name: str) -> None:
+        holders = self._holders.get(session_key)
+        if holders is None:
+            return
+        holders[worker_name] -= 1
+        if holders[worker_name] <= 0:
+            del holders[worker_name]
+        if not holders:
+            del self._holders[session_key]
+
+    async def _claim_key(self, session_key: str, worker: Worker) -> None:
+        """Wait until no other worker runs this session key (e.g. a disabled one finishing)."""
+        async with self._key_freed:
+            await self._key_freed.wait_for(
+                lambda: self._running_keys.get(session_key, worker) is worker
+            )
+            self._running_keys[session_key] = worker
+
+    def _free_key(self, session_key: str, worker: Worker) -> None:
+        if self._running_keys.get(session_key) is worker:
+            del self._running_keys[session_key]
+            asyncio.get_running_loop().create_task(self._notify_key_freed())
+
+    async def _notify_key_freed(self) -> None:
+        async with self._key_freed:
+            self._key_freed.notify_all()
+
+    # running
+
+    def _context(self, task: Task) -> RunContext:
+        type_config = self.config.types[task.type]
+
+        async def on_process(pid: int, pid_start: int | None) -> None:
+            await self.store.set_process(task.id, pid, pid_start)
+
+        return RunContext(
+            task=task,
+            type_config=type_config,
+            workdir=self.workspaces.workdir(task.session_key),
+            log_path=self.log_path(task.id),
+            env=agent_environment(task, type_config, self.config.forgejo.url),
+            cancel_grace=self.config.server.cancel_grace,
+            on_process=on_process,
+        )
+
+    def log_path(self, task_id: str) -> Path:
+        return self.config.data_dir / "logs" / f"{task_id}.log"
+
+    # cancel
+
+    async def cancel_task(self, task_id: str) -> CancelResult:
+        """Cancel a queued or running task; ConflictError if it has already finished."""
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        if task.state is TaskState.QUEUED:
+            if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
+                self._forget(task.agent, task_id)
+                return CancelResult(task_id, TaskState.QUEUED, task.agent)
+            task = await self.store.get_task(task_id)
+            assert task is not None
+        if task.state is TaskState.RUNNING:
+            await self.store.request_cancel(task_id)
+            worker = self.workers.get(task.agent)
+            if worker is not None and worker.current is not None and worker.current.id == task_id:
+                worker.cancel_current()
+            return CancelResult(task_id, TaskState.RUNNING, task.agent)
+        self._forget(task.agent, task_id)
+        raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+
+    def _forget(self, agent: str, task_id: str) -> None:
+        """Drop a task that left the queue in the database (cancelled by the CLI) from memory."""
+        worker = self.workers.get(agent)
+        if worker is not None:
+            entry = worker.drop(task_id)
+            if entry is not None:
+                self._release(entry)
+
+    async def cancel_agent(self, name: str) -> str:
+        worker = self.get_worker(name)
+        current = worker.current
+        if current is None:
+            raise ConflictError(f"agent {name!r} is idle: it has no task to cancel")
+        await self.cancel_task(current.id)
+        return current.id

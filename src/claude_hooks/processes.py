@@ -1,0 +1,65 @@
+"""Agent processes: identify them across a service crash, and stop their whole process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone.
+
+    Stored with the pid so that recovery never signals an unrelated process that reused it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def alive(pid: int, pid_start: int | None) -> bool:
+    current = start_time(pid)
+    return current is not None and (pid_start is None or current == pid_start)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+async def stop_group(pid: int, grace: float, exited: asyncio.Event | None = None) -> None:
+    """SIGTERM the process group led by `pid`, then SIGKILL it after `grace` seconds.
+
+    `exited` is set by the caller when it has reaped the leader; without one, /proc is polled.
+    """
+    if not _signal_group(pid, signal.SIGTERM):
+        return
+    if exited is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(exited.wait(), grace)
+    else:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Not our child (its parent was a service that died): nothing to wait on but /proc.
+        while start_time(pid) is not None and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+
+
+async def stop_stale(pid: int, pid_start: int | None, grace: float) -> bool:
+    """Stop an agent process a crashed service left behind; False if it was already gone."""
+    if not alive(pid, pid_start):
+        return False
+    await stop_group(pid, grace)
+    return True

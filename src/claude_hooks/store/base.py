@@ -1,0 +1,120 @@
+"""The narrow storage interface the pool, the service and the CLI use.
+
+Everything the scheduler needs persisted goes through these calls, so a PostgreSQL backend
+can serve the same code: each method is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from claude_hooks.domain import AgentInstance, Task, TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """What a worker keeps in memory per queued task; the payload stays in the database."""
+
+    id: str
+    agent: str
+    type: str
+    session_key: str
+    kind: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    state: TaskState | None = None
+    type: str | None = None
+    agent: str | None = None
+    repo: str | None = None
+    session_key: str | None = None
+    delivery_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A change made outside the service (by the CLI) that the running service must act on."""
+
+    id: int
+    kind: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended, as recorded on its task."""
+
+    state: TaskState
+    exit_code: int | None = None
+    result: str | None = None
+    error: str | None = None
+    cost_usd: float | None = None
+    claude_session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A task found running at start-up, and what recovery did with it."""
+
+    id: str
+    agent: str
+    state: TaskState
+    pid: int | None
+    pid_start: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """The Claude conversation of a session key, resumed by the next task with that key."""
+
+    key: str
+    claude_session_id: str
+    total_cost_usd: float | None
+    updated_at: float
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    # agents
+    async def list_agents(self) -> list[AgentInstance]: ...
+    async def get_agent(self, name: str) -> AgentInstance | None: ...
+    async def add_agent(self, name: str, agent_type: str, now: float) -> AgentInstance: ...
+    async def seed_agents(self, seeds: Iterable[tuple[str, str]], now: float) -> list[str]: ...
+    async def set_agent_enabled(self, name: str, enabled: bool) -> None: ...
+    async def remove_agent(self, name: str) -> None: ...
+
+    # tasks
+    async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int: ...
+    async def reassign_task(
+        self, task_id: str, agent: str, cursor: tuple[str, int]
+    ) -> int | None: ...
+    async def get_task(self, task_id: str) -> Task | None: ...
+    async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]: ...
+    async def count_tasks(self, where: TaskFilter) -> int: ...
+    async def queue_entries(self) -> list[QueueEntry]: ...
+    async def start_task(self, task_id: str, now: float) -> Task | None: ...
+    async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None: ...
+    async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool: ...
+    async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool: ...
+    async def fail_queued(self, task_id: str, reason: str, now: float) -> bool: ...
+    async def request_cancel(self, task_id: str) -> bool: ...
+    async def requeue_interrupted(self, task_id: str) -> bool: ...
+    async def recover(self, max_attempts: int, now: float) -> list[Recovered]: ...
+
+    # cursors and sessions
+    async def load_cursors(self) -> dict[str, int]: ...
+    async def get_session(self, key: str) -> SessionRecord | None: ...
+    async def put_session(
+        self, key: str, claude_session_id: str, total_cost_usd: float | None, now: float
+    ) -> None: ...
+    async def forget_session(self, key: str) -> None: ...
+
+    # signals from the CLI to a running service
+    async def emit_signal(self, kind: str, target: str, now: float) -> None: ...
+    async def signals_after(self, last_id: int) -> list[Signal]: ...
+    async def last_signal_id(self) -> int: ...

@@ -1,0 +1,83 @@
+"""Table definitions, shared by the SQL store and its migrations' autogenerate checks."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("type", sa.String(63), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("type", sa.String(63), nullable=False),
+    sa.Column("agent", sa.String(63), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("session_key", sa.String(300), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("enqueued_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("result", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("claude_session_id", sa.String(100)),
+    sa.Column("delivery_id", sa.String(100)),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("pid", sa.Integer),
+    sa.Column("pid_start", sa.BigInteger),
+    sa.Index("ix_tasks_agent_state_seq", "agent", "state", "seq"),
+    sa.Index("ix_tasks_state_seq", "state", "seq"),
+    sa.Index("ix_tasks_seq", "seq"),
+    sa.Index("ix_tasks_delivery", "delivery_id"),
+    sa.Index("ix_tasks_session_key", "session_key"),
+    # One conversation never runs twice at once: the database holds the invariant.
+    sa.Index(
+        "ux_tasks_running_session",
+        "session_key",
+        unique=True,
+        sqlite_where=sa.text("state = 'running'"),
+        postgresql_where=sa.text("state = 'running'"),
+    ),
+)
+
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("type", sa.String(63), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("claude_session_id", sa.String(100), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("total_cost_usd", sa.Float),
+)
+
+signals = sa.Table(
+    "signals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(300), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,
+)

@@ -1,0 +1,470 @@
+"""The SQL store: SQLAlchemy Core on SQLite (WAL) by default; migrations run when it opens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
+from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
+from claude_hooks.store.base import (
+    Outcome,
+    QueueEntry,
+    Recovered,
+    SessionRecord,
+    Signal,
+    TaskFilter,
+)
+from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _task(row: sa.Row[Any]) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        type=m["type"],
+        agent=m["agent"],
+        kind=TaskKind(m["kind"]),
+        session_key=m["session_key"],
+        repo=m["repo"],
+        number=m["number"],
+        payload=m["payload"],
+        state=TaskState(m["state"]),
+        seq=m["seq"],
+        attempts=m["attempts"],
+        enqueued_at=m["enqueued_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        exit_code=m["exit_code"],
+        result=m["result"],
+        error=m["error"],
+        cost_usd=m["cost_usd"],
+        claude_session_id=m["claude_session_id"],
+        delivery_id=m["delivery_id"],
+        cancel_requested=bool(m["cancel_requested"]),
+        pid=m["pid"],
+        pid_start=m["pid_start"],
+    )
+
+
+def _agent(row: sa.Row[Any]) -> AgentInstance:
+    m = row._mapping
+    return AgentInstance(
+        name=m["name"], type=m["type"], enabled=bool(m["enabled"]), created_at=m["created_at"]
+    )
+
+
+def _where(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
+    clauses: list[sa.ColumnElement[bool]] = []
+    if where.state is not None:
+        clauses.append(tasks.c.state == where.state.value)
+    for column, value in (
+        (tasks.c.type, where.type),
+        (tasks.c.agent, where.agent),
+        (tasks.c.repo, where.repo),
+        (tasks.c.session_key, where.session_key),
+        (tasks.c.delivery_id, where.delivery_id),
+    ):
+        if value is not None:
+            clauses.append(column == value)
+    return clauses
+
+
+_NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_subquery()
+
+
+class SqlStore:
+    """`Store` over an async SQLAlchemy engine; each public method is one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str) -> SqlStore:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_async_engine(url)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade)
+        except sa.exc.SQLAlchemyError as exc:
+            await engine.dispose()
+            raise StoreError(
+                f"cannot open or migrate the database at {url!r}: {exc.__class__.__name__}: "
+                f"{exc.args[0] if exc.args else exc}"
+            ) from None
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # agents
+
+    async def list_agents(self) -> list[AgentInstance]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(agents).order_by(agents.c.name))
+            return [_agent(row) for row in rows]
+
+    async def get_agent(self, name: str) -> AgentInstance | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(agents).where(agents.c.name == name))).first()
+            return _agent(row) if row else None
+
+    async def add_agent(self, name: str, agent_type: str, now: float) -> AgentInstance:
+        async with self.engine.begin() as conn:
+            exists = await conn.scalar(sa.select(agents.c.name).where(agents.c.name == name))
+            if exists:
+                raise ConflictError(f"an agent named {name!r} already exists")
+            await conn.execute(
+                agents.insert().values(name=name, type=agent_type, enabled=True, created_at=now)
+            )
+        return AgentInstance(name=name, type=agent_type, enabled=True, created_at=now)
+
+    async def seed_agents(self, seeds: Iterable[tuple[str, str]], now: float) -> list[str]:
+        added: list[str] = []
+        async with self.engine.begin() as conn:
+            existing = set((await conn.scalars(sa.select(agents.c.name))).all())
+            for name, agent_type in seeds:
+                if name not in existing:
+                    await conn.execute(
+                        agents.insert().values(
+                            name=name, type=agent_type, enabled=True, created_at=now
+                        )
+                    )
+                    existing.add(name)
+                    added.append(name)
+        return added
+
+    async def set_agent_enabled(self, name: str, enabled: bool) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                agents.update().where(agents.c.name == name).values(enabled=enabled)
+            )
+            if result.rowcount == 0:
+                raise UnknownAgentError(name)
+
+    async def remove_agent(self, name: str) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(agents.delete().where(agents.c.name == name))
+            if result.rowcount == 0:
+                raise UnknownAgentError(name)
+
+    # tasks
+
+    async def _set_cursor(self, conn: AsyncConnection, cursor: tuple[str, int]) -> None:
+        agent_type, position = cursor
+        updated = await conn.execute(
+            cursors.update().where(cursors.c.type == agent_type).values(position=position)
+        )
+        if updated.rowcount == 0:
+            await conn.execute(cursors.insert().values(type=agent_type, position=position))
+
+    async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                tasks.insert().values(
+                    id=task.id,
+                    type=task.type,
+                    agent=task.agent,
+                    kind=task.kind.value,
+                    session_key=task.session_key,
+                    repo=task.repo,
+                    number=task.number,
+                    payload=task.payload,
+                    state=TaskState.QUEUED.value,
+                    seq=_NEXT_SEQ,
+                    attempts=task.attempts,
+                    enqueued_at=task.enqueued_at,
+                    delivery_id=task.delivery_id,
+                )
+            )
+            if cursor is not None:
+                await self._set_cursor(conn, cursor)
+            seq: int = (
+                await conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == task.id))
+            ).scalar_one()
+        return int(seq)
+
+    async def reassign_task(self, task_id: str, agent: str, cursor: tuple[str, int]) -> int | None:
+        async with self.engine.begin() as conn:
+            moved = await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .values(agent=agent, seq=_NEXT_SEQ)
+            )
+            if moved.rowcount == 0:
+                return None
+            await self._set_cursor(conn, cursor)
+            seq: int = (
+                await conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == task_id))
+            ).scalar_one()
+        return int(seq)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
+            return _task(row) if row else None
+
+    async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]:
+        query = (
+            sa.select(tasks)
+            .where(*_where(where))
+            .order_by(tasks.c.enqueued_at.desc(), tasks.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self.engine.connect() as conn:
+            return [_task(row) for row in await conn.execute(query)]
+
+    async def count_tasks(self, where: TaskFilter) -> int:
+        query = sa.select(sa.func.count()).select_from(tasks).where(*_where(where))
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def queue_entries(self) -> list[QueueEntry]:
+        query = (
+            sa.select(
+                tasks.c.id,
+                tasks.c.agent,
+                tasks.c.type,
+                tasks.c.session_key,
+                tasks.c.kind,
+                tasks.c.seq,
+            )
+            .where(tasks.c.state == TaskState.QUEUED.value)
+            .order_by(tasks.c.agent, tasks.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return [QueueEntry(*row) for row in await conn.execute(query)]
+
+    async def start_task(self, task_id: str, now: float) -> Task | None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                tasks.update()
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.state == TaskState.QUEUED.value,
+                    tasks.c.cancel_requested == sa.false(),
+                )
+                .values(
+                    state=TaskState.RUNNING.value,
+                    started_at=now,
+                    finished_at=None,
+                    attempts=tasks.c.attempts + 1,
+                )
+            )
+            if result.rowcount == 0:
+                return None
+            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).one()
+            return _task(row)
+
+    async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                tasks.update().where(tasks.c.id == task_id).values(pid=pid, pid_start=pid_start)
+            )
+
+    async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
+                .values(
+                    state=outcome.state.value,
+                    finished_at=now,
+                    exit_code=outcome.exit_code,
+                    result=outcome.result,
+                    error=outcome.error,
+                    cost_usd=outcome.cost_usd,
+                    claude_session_id=outcome.claude_session_id,
+                    pid=None,
+                    pid_start=None,
+                )
+            )
+            return result.rowcount > 0
+
+    async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .values(state=state.value, finished_at=now, error=reason)
+            )
+            return result.rowcount > 0
+
+    async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool:
+        return await self._end_queued(task_id, TaskState.CANCELLED, reason, now)
+
+    async def fail_queued(self, task_id: str, reason: str, now: float) -> bool:
+        return await self._end_queued(task_id, TaskState.FAILED, reason, now)
+
+    async def request_cancel(self, task_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
+                .values(cancel_requested=True)
+            )
+            return result.rowcount > 0
+
+    async def _head_seq(self, conn: AsyncConnection, agent: str, seq: int) -> int:
+        head = await conn.scalar(
+            sa.select(sa.func.min(tasks.c.seq)).where(
+                tasks.c.agent == agent, tasks.c.state == TaskState.QUEUED.value
+            )
+        )
+        return seq if head is None or seq < head else int(head) - 1
+
+    async def requeue_interrupted(self, task_id: str) -> bool:
+        """Put a task the service stopped on purpose back at the head; the run does not count."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tasks.c.agent, tasks.c.seq).where(
+                        tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value
+                    )
+                )
+            ).first()
+            if row is None:
+                return False
+            await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id)
+                .values(
+                    state=TaskState.QUEUED.value,
+                    seq=await self._head_seq(conn, row.agent, row.seq),
+                    attempts=tasks.c.attempts - 1,
+                    started_at=None,
+                    pid=None,
+                    pid_start=None,
+                )
+            )
+            return True
+
+    async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
+        """Settle tasks left running by a stopped service: back to the head of their queue."""
+        recovered: list[Recovered] = []
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(
+                sa.select(
+                    tasks.c.id,
+                    tasks.c.agent,
+                    tasks.c.attempts,
+                    tasks.c.cancel_requested,
+                    tasks.c.seq,
+                    tasks.c.pid,
+                    tasks.c.pid_start,
+                )
+                .where(tasks.c.state == TaskState.RUNNING.value)
+                .order_by(tasks.c.seq)
+            )
+            for task_id, agent, attempts, cancel_requested, seq, pid, pid_start in rows.all():
+                values: dict[str, Any] = {"pid": None, "pid_start": None}
+                if cancel_requested:
+                    state = TaskState.CANCELLED
+                    values.update(finished_at=now, error="cancelled while the service was down")
+                elif attempts >= max_attempts:
+                    state = TaskState.FAILED
+                    values.update(
+                        finished_at=now,
+                        error=f"gave up after {attempts} attempts: the service stopped while "
+                        "the task was running each time",
+                    )
+                else:
+                    state = TaskState.QUEUED
+                    values.update(started_at=None, seq=await self._head_seq(conn, agent, seq))
+                await conn.execute(
+                    tasks.update().where(tasks.c.id == task_id).values(state=state.value, **values)
+                )
+                recovered.append(Recovered(task_id, agent, state, pid, pid_start))
+        return recovered
+
+    # cursors
+
+    async def load_cursors(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            return {row.type: int(row.position) for row in await conn.execute(sa.select(cursors))}
+
+    # sessions
+
+    async def get_session(self, key: str) -> SessionRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(sessions).where(sessions.c.key == key))).first()
+        if row is None:
+            return None
+        return SessionRecord(row.key, row.claude_session_id, row.total_cost_usd, row.updated_at)
+
+    async def put_session(
+        self, key: str, claude_session_id: str, total_cost_usd: float | None, now: float
+    ) -> None:
+        values = {
+            "claude_session_id": claude_session_id,
+            "total_cost_usd": total_cost_usd,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                sessions.update().where(sessions.c.key == key).values(**values)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(sessions.insert().values(key=key, **values))
+
+    async def forget_session(self, key: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sessions.delete().where(sessions.c.key == key))
+
+    # signals
+
+    async def emit_signal(self, kind: str, target: str, now: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(signals.insert().values(kind=kind, target=target, created_at=now))
+
+    async def signals_after(self, last_id: int) -> list[Signal]:
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(
+                sa.select(signals.c.id, signals.c.kind, signals.c.target)
+                .where(signals.c.id > last_id)
+                .order_by(signals.c.id)
+            )
+            found = [Signal(*row) for row in rows]
+            if found:
+                # Keep the table small: what every reader has seen long ago is of no use.
+                await conn.execute(signals.delete().where(signals.c.id < found[-1].id - 1000))
+            return found
+
+    async def last_signal_id(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(
+                await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(signals.c.id), 0))) or 0
+            )
