@@ -21,6 +21,10 @@ class ConfigError(ClaudeHooksError):
     """The configuration is invalid."""
 
 
+class InvalidInputError(ClaudeHooksError):
+    """A request or argument is malformed."""
+
+
 class StoreError(ClaudeHooksError):
     """The database cannot be used."""
 

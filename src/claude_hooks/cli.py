@@ -1,0 +1,290 @@
+"""The `claude-hooks` command line: serve, and manage agents and tasks in the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from claude_hooks import control
+from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
+from claude_hooks.domain import TaskState
+from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
+from claude_hooks.lockfile import running_service
+from claude_hooks.store.base import Store, TaskFilter
+from claude_hooks.store.sql import SqlStore
+from claude_hooks.views import queue_positions, task_view
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Run a team of Claude Code agents on a Forgejo or Gitea forge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+agents_app = typer.Typer(help="Manage agent instances.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Show and cancel tasks.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+app.add_typer(tasks_app, name="tasks")
+
+out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=CONFIG_ENV,
+        help="Path of claude-hooks.toml (default: ./claude-hooks.toml if present).",
+        dir_okay=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print("error:", style="red", end=" ")
+    err.print(message, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _config(path: Path | None) -> Config:
+    try:
+        return load_config(config_path(path))
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+
+
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
+    store = await SqlStore.open(config.database_url)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+# serve
+
+
+@app.command()
+def serve(
+    config_file: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+    insecure_no_signature: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-signature",
+            help="Accept unsigned webhooks when no webhook_secret is set. Local trials only.",
+        ),
+    ] = False,
+) -> None:
+    """Start the service: webhook intake, API, and one worker per agent instance."""
+    from claude_hooks.server import run_server
+
+    config = _config(config_file)
+    if host is not None:
+        config.server.host = host
+    if port is not None:
+        config.server.port = port
+    try:
+        run_server(config, insecure_no_signature=insecure_no_signature)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
+
+
+# agents
+
+
+def _agent_rows(config: Config) -> list[dict[str, Any]]:
+    async def rows(store: Store) -> list[dict[str, Any]]:
+        agents = await store.list_agents()
+        running = {
+            t.agent: t.id
+            for t in await store.list_tasks(TaskFilter(state=TaskState.RUNNING), 10_000, 0)
+        }
+        queued: dict[str, int] = {}
+        for entry in await store.queue_entries():
+            queued[entry.agent] = queued.get(entry.agent, 0) + 1
+        return [
+            {
+                "name": a.name,
+                "type": a.type,
+                "enabled": a.enabled,
+                "state": "busy" if a.name in running else ("idle" if a.enabled else "disabled"),
+                "current_task": running.get(a.name),
+                "queued": queued.get(a.name, 0),
+            }
+            for a in agents
+        ]
+
+    return _run(_with_store(config, rows))
+
+
+@agents_app.command("list")
+def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List agent instances with their state."""
+    rows = _agent_rows(_config(config_file))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "type", "enabled", "state", "current task", "queued")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["type"],
+            "yes" if row["enabled"] else "no",
+            row["state"],
+            row["current_task"] or "-",
+            str(row["queued"]),
+        )
+    out.print(table)
+
+
+@agents_app.command("add")
+def agents_add(
+    name: Annotated[str, typer.Argument(help="Instance name, e.g. dev-charlie.")],
+    agent_type: Annotated[str, typer.Option("--type", "-t", help="A configured agent type.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Register a new instance of a type; a running service starts using it within a second."""
+    config = _config(config_file)
+    agent = _run(_with_store(config, lambda s: control.add_agent(s, config, name, agent_type)))
+    out.print(f"added {agent.name} (type {agent.type})")
+
+
+@agents_app.command("disable")
+def agents_disable(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Also cancel the task it is running.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Stop giving work to an instance; its queued tasks move to the others of its type."""
+    config = _config(config_file)
+    cancelled = _run(_with_store(config, lambda s: control.set_enabled(s, name, False, force)))
+    out.print(f"disabled {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
+
+
+@agents_app.command("enable")
+def agents_enable(name: str, config_file: ConfigOption = None) -> None:
+    """Give work to an instance again."""
+    config = _config(config_file)
+    _run(_with_store(config, lambda s: control.set_enabled(s, name, True)))
+    out.print(f"enabled {name}")
+
+
+@agents_app.command("remove")
+def agents_remove(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Also cancel the task it is running.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Remove an instance; its queued tasks move to the others, its running task finishes."""
+    config = _config(config_file)
+    cancelled = _run(_with_store(config, lambda s: control.remove_agent(s, name, force)))
+    out.print(f"removed {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
+
+
+# tasks
+
+
+@tasks_app.command("list")
+def tasks_list(
+    state: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
+    agent_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this instance.")] = None,
+    repo: Annotated[str | None, typer.Option(help="Only this repository (owner/name).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    config_file: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List tasks, newest first."""
+    config = _config(config_file)
+    where = TaskFilter(state=state, type=agent_type, agent=agent, repo=repo)
+
+    async def fetch(store: Store) -> list[dict[str, Any]]:
+        positions = queue_positions(await store.queue_entries())
+        tasks = await store.list_tasks(where, limit, 0)
+        return [task_view(t, positions.get(t.id)) for t in tasks]
+
+    rows = _run(_with_store(config, fetch))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "type", "agent", "kind", "state", "target", "attempts", "enqueued", "error")
+    for row in rows:
+        state_text = row["state"]
+        if row["queue_position"]:
+            state_text += f" #{row['queue_position']}"
+        table.add_row(
+            row["id"],
+            row["type"],
+            row["agent"],
+            row["kind"],
+            state_text,
+            f"{row['repo']}#{row['number']}",
+            str(row["attempts"]),
+            (row["enqueued_at"] or "")[:19],
+            (row["error"] or "")[:60],
+        )
+    out.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
+    """Show one task as JSON, with the path of its log."""
+    config = _config(config_file)
+
+    async def fetch(store: Store) -> dict[str, Any]:
+        task = await store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        positions = queue_positions(await store.queue_entries())
+        view = task_view(task, positions.get(task.id))
+        view["payload"] = task.payload
+        view["log"] = str((config.data_dir / "logs" / f"{task.id}.log").resolve())
+        return view
+
+    _print_json(_run(_with_store(config, fetch)))
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
+    """Cancel a queued or running task."""
+    config = _config(config_file)
+    request = _run(_with_store(config, lambda s: control.cancel_task(s, task_id)))
+    message = request.message
+    if request.was is TaskState.RUNNING and running_service(config.data_dir) is None:
+        message = (
+            f"task {task_id} is marked running but no service is running: "
+            "it is recorded as cancelled when the service next starts"
+        )
+    out.print(message)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,95 @@
+"""`claude-hooks serve`: check the settings, take the data dir, run the service under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+
+from claude_hooks.config import Config
+from claude_hooks.errors import ConfigError
+from claude_hooks.lockfile import ServiceLock
+from claude_hooks.service import Service
+from claude_hooks.web.app import create_app
+
+log = logging.getLogger("claude_hooks")
+
+
+def check_startup(config: Config, insecure_no_signature: bool) -> None:
+    """Refuse settings that would leave the service open; one line says which key to set."""
+    if config.server.webhook_secret is None and not insecure_no_signature:
+        raise ConfigError(
+            "server.webhook_secret is not set: set it (or CLAUDE_HOOKS_SERVER__WEBHOOK_SECRET) "
+            "to the webhook's secret, or pass --insecure-no-signature for a local trial"
+        )
+    if config.server.api_token is None:
+        raise ConfigError(
+            "server.api_token is not set: set it (or CLAUDE_HOOKS_SERVER__API_TOKEN) to a long "
+            "random string; the API and dashboard require it as a Bearer token"
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(config: Config, insecure_no_signature: bool = False) -> None:
+    check_startup(config, insecure_no_signature)
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    if insecure_no_signature and config.server.webhook_secret is None:
+        log.warning(
+            "webhook signatures are NOT checked (--insecure-no-signature): "
+            "anyone who can reach this port can queue agent work"
+        )
+    sock = bind(config.server.host, config.server.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    lock = ServiceLock(config.data_dir)
+    lock.acquire(url)
+    try:
+        asyncio.run(_serve(config, sock, url, insecure_no_signature))
+    finally:
+        lock.release()
+        sock.close()
+
+
+async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) -> None:
+    service = await Service.open(config)
+    service.insecure_no_signature = insecure and config.server.webhook_secret is None
+    try:
+        await service.start()
+        app = create_app(service)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                log_level=config.server.log_level,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+            )
+        )
+        log.info(
+            "claude-hooks listening on %s with %d agents (%s)",
+            url,
+            len(service.pool.workers),
+            ", ".join(sorted(service.pool.workers)) or "none",
+        )
+        await server.serve(sockets=[sock])
+    finally:
+        await service.stop()

@@ -1,0 +1,101 @@
+"""The running service: store, pool and the watcher that applies changes made by the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from claude_hooks import control
+from claude_hooks.config import Config
+from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
+from claude_hooks.errors import ClaudeHooksError, ConfigError
+from claude_hooks.pool import Pool
+from claude_hooks.runners.base import AgentRunner
+from claude_hooks.runners.command import CommandRunner
+from claude_hooks.store.base import Store
+from claude_hooks.store.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Everything `claude-hooks serve` runs besides HTTP; tests start it in process."""
+
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.started_at = clock()
+        self._runners: dict[str, AgentRunner] = {}
+        self.pool = Pool(config, store, self.runner_for, clock)
+        self._watcher: asyncio.Task[None] | None = None
+        self._last_signal = 0
+        self.insecure_no_signature = False
+
+    @classmethod
+    async def open(cls, config: Config) -> Service:
+        store = await SqlStore.open(config.database_url)
+        return cls(config, store)
+
+    def runner_for(self, agent_type: str) -> AgentRunner:
+        runner = self._runners.get(agent_type)
+        if runner is None:
+            runner = self._runners[agent_type] = self._make_runner(agent_type)
+        return runner
+
+    def _make_runner(self, agent_type: str) -> AgentRunner:
+        type_config = self.config.types[agent_type]
+        if type_config.runner == "command":
+            return CommandRunner(type_config.command)
+        raise ConfigError(
+            f"types.{agent_type}.runner: runner {type_config.runner!r} is not available"
+        )
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        """Enable or disable an instance now (the API's way; the CLI's goes through signals)."""
+        await control.set_enabled(self.store, name, enabled)
+        await self.pool.sync_agents()
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        seeds = [(seed.name, seed.type) for seed in self.config.agents]
+        added = await self.store.seed_agents(seeds, self.clock())
+        if added:
+            log.info("registered agents from the configuration: %s", ", ".join(added))
+        self._last_signal = await self.store.last_signal_id()
+        await self.pool.start()
+        self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.pool.stop()
+        await self.store.close()
+
+    async def _watch(self) -> None:
+        interval = self.config.server.poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.apply_signals()
+            except ClaudeHooksError as exc:
+                log.warning("could not apply a change made from the CLI: %s", exc)
+            except Exception:
+                log.exception("watching for changes failed; trying again")
+
+    async def apply_signals(self) -> None:
+        found = await self.store.signals_after(self._last_signal)
+        if not found:
+            return
+        self._last_signal = found[-1].id
+        if any(signal.kind == SIGNAL_AGENTS for signal in found):
+            await self.pool.sync_agents()
+        for signal in found:
+            if signal.kind == SIGNAL_CANCEL:
+                with contextlib.suppress(ClaudeHooksError):
+                    await self.pool.cancel_task(signal.target)

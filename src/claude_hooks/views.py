@@ -1,0 +1,53 @@
+"""The JSON shapes of agents and tasks, shared by the HTTP API and the CLI's --json output."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from claude_hooks.domain import Task, TaskState
+from claude_hooks.store.base import QueueEntry
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def task_view(task: Task, queue_position: int | None = None) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "agent": task.agent,
+        "kind": task.kind.value,
+        "state": task.state.value,
+        "session_key": task.session_key,
+        "repo": task.repo,
+        "number": task.number,
+        "attempts": task.attempts,
+        "enqueued_at": iso(task.enqueued_at),
+        "started_at": iso(task.started_at),
+        "finished_at": iso(task.finished_at),
+        "duration_s": task.duration_s,
+        "cost_usd": task.cost_usd,
+        "outcome": task.state.value if task.state.finished else None,
+        "exit_code": task.exit_code,
+        "result": task.result,
+        "error": task.error,
+        "claude_session_id": task.claude_session_id,
+        "delivery_id": task.delivery_id,
+        "cancel_requested": task.cancel_requested,
+        "queue_position": queue_position if task.state is TaskState.QUEUED else None,
+    }
+
+
+def queue_positions(entries: Iterable[QueueEntry]) -> dict[str, int]:
+    """Task id -> 1-based position in its agent's queue, from entries in queue order."""
+    positions: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.agent] = counts.get(entry.agent, 0) + 1
+        positions[entry.id] = counts[entry.agent]
+    return positions

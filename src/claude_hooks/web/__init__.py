@@ -1,0 +1,1 @@
+"""The HTTP side: the FastAPI app (webhook intake, JSON API, cancel, health)."""

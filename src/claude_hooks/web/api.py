@@ -1,0 +1,108 @@
+"""JSON API: agents, tasks, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from claude_hooks.domain import TaskState
+from claude_hooks.errors import InvalidInputError, UnknownTaskError
+from claude_hooks.service import Service
+from claude_hooks.store.base import TaskFilter
+from claude_hooks.views import task_view
+from claude_hooks.web.auth import require_token
+
+router = APIRouter(dependencies=[Depends(require_token)])
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+
+
+def agent_json(service: Service, name: str) -> dict[str, Any]:
+    worker = service.pool.get_worker(name)
+    return {
+        "name": worker.name,
+        "type": worker.type,
+        "enabled": worker.enabled,
+        "state": worker.state,
+        "current_task": worker.current.id if worker.current else None,
+        "queue": [entry.id for entry in worker.queue],
+        "queued": len(worker.queue),
+    }
+
+
+def _position(service: Service, agent: str, task_id: str) -> int | None:
+    worker = service.pool.workers.get(agent)
+    if worker is None:
+        return None
+    for index, entry in enumerate(worker.queue):
+        if entry.id == task_id:
+            return index + 1
+    return None
+
+
+@router.get("/api/agents", summary="Every instance with its state and queue")
+async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
+    return [agent_json(service, name) for name in sorted(service.pool.workers)]
+
+
+@router.post("/api/agents/{name}/disable", summary="Stop giving work to an instance")
+async def disable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
+    await service.set_enabled(name, False)
+    return agent_json(service, name)
+
+
+@router.post("/api/agents/{name}/enable", summary="Give work to an instance again")
+async def enable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
+    await service.set_enabled(name, True)
+    return agent_json(service, name)
+
+
+@router.get("/api/tasks", summary="Tasks, newest first, filtered and paginated")
+async def list_tasks(
+    service: ServiceDep,
+    state: TaskState | None = None,
+    type: str | None = None,
+    agent: str | None = None,
+    repo: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    where = TaskFilter(state=state, type=type, agent=agent, repo=repo)
+    tasks = await service.store.list_tasks(where, limit, offset)
+    return {
+        "total": await service.store.count_tasks(where),
+        "limit": limit,
+        "offset": offset,
+        "tasks": [task_view(t, _position(service, t.agent, t.id)) for t in tasks],
+    }
+
+
+@router.get("/api/tasks/{task_id}", summary="One task")
+async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
+    task = await service.store.get_task(task_id)
+    if task is None:
+        raise UnknownTaskError(task_id)
+    return task_view(task, _position(service, task.agent, task.id))
+
+
+@router.post("/api/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
+async def cancel_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
+    result = await service.pool.cancel_task(task_id)
+    return {"id": result.task_id, "agent": result.agent, "was": result.state.value}
+
+
+@router.post("/cancel", summary="Cancel the task an agent is running now")
+async def cancel_agent(
+    service: ServiceDep, agent: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    if not agent:
+        raise InvalidInputError("query parameter 'agent' is required: POST /cancel?agent=NAME")
+    task_id = await service.pool.cancel_agent(agent)
+    return {"cancelled": task_id, "agent": agent}

@@ -1,0 +1,85 @@
+"""The FastAPI application: routes, and errors turned into JSON with a message."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from claude_hooks import __version__
+from claude_hooks.errors import (
+    ClaudeHooksError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NoInstanceError,
+    NotFoundError,
+)
+from claude_hooks.service import Service
+from claude_hooks.web import api
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[ClaudeHooksError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (NoInstanceError, 409),
+    (InvalidInputError, 400),
+    (ConfigError, 400),
+]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _on_package_error(_request: Request, exc: Exception) -> JSONResponse:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return _error(status, str(exc))
+    log.error("request failed: %s", exc)
+    return _error(500, str(exc))
+
+
+async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "query")
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return _error(400, "invalid request: " + "; ".join(problems))
+
+
+def create_app(service: Service) -> FastAPI:
+    """The app serves a service that the caller starts and stops (the CLI, or a test)."""
+    token = service.config.server.api_token
+    app = FastAPI(
+        title="claude-hooks",
+        version=__version__,
+        summary="Forgejo and Gitea webhooks in, pooled Claude Code agents out.",
+    )
+    app.state.service = service
+    app.state.api_token = token.get_secret_value() if token is not None else ""
+    app.add_exception_handler(ClaudeHooksError, _on_package_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+
+    @app.get("/healthz", summary="Liveness: answers once the service has started")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "agents": len(service.pool.workers),
+            "uptime_s": round(service.clock() - service.started_at, 3),
+        }
+
+    app.include_router(api.router)
+    return app
