@@ -24,21 +24,29 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything `claude-hooks serve` runs besides HTTP; tests start it in process."""
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        runner_for: Callable[[str], AgentRunner] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.started_at = clock()
         self._runners: dict[str, AgentRunner] = {}
-        self.pool = Pool(config, store, self.runner_for, clock)
+        self.pool = Pool(config, store, runner_for or self.runner_for, clock)
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self.insecure_no_signature = False
 
     @classmethod
-    async def open(cls, config: Config) -> Service:
+    async def open(
+        cls, config: Config, runner_for: Callable[[str], AgentRunner] | None = None
+    ) -> Service:
         store = await SqlStore.open(config.database_url)
-        return cls(config, store)
+        return cls(config, store, runner_for=runner_for)
 
     def runner_for(self, agent_type: str) -> AgentRunner:
         runner = self._runners.get(agent_type)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
-from claude_hooks.domain import TaskState
+from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import InvalidInputError, UnknownTaskError
 from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
@@ -82,6 +83,29 @@ async def list_tasks(
         "offset": offset,
         "tasks": [task_view(t, _position(service, t.agent, t.id)) for t in tasks],
     }
+
+
+class NewTask(BaseModel):
+    """A task queued by hand, as a flow would queue it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    kind: TaskKind
+    repo: str = Field(pattern=r"^[^/\s]+/[^/\s]+$", description="owner/name")
+    number: int = Field(ge=1)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post("/api/tasks", status_code=202, summary="Queue a task for a type by hand")
+async def create_task(body: NewTask, service: ServiceDep) -> dict[str, Any]:
+    if body.type not in service.config.types:
+        raise InvalidInputError(f"type {body.type!r} is not configured")
+    request = DispatchRequest.for_type(body.type, body.kind, body.repo, body.number, body.payload)
+    task_id = await service.pool.dispatch_by_type(body.type, request)
+    task = await service.store.get_task(task_id)
+    assert task is not None
+    return task_view(task, _position(service, task.agent, task.id))
 
 
 @router.get("/api/tasks/{task_id}", summary="One task")

@@ -1,0 +1,74 @@
+"""Test helpers: configs, a gate runner (a fake of the runner protocol), waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from claude_hooks.config import Config
+from claude_hooks.runners.base import RunContext, RunResult
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    """A config with types dev/reviewer/boss on the command runner and no seeded agents."""
+    command = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    data: dict[str, Any] = {
+        "server": {
+            "data_dir": str(tmp_path / "data"),
+            "webhook_secret": "fixture-secret",
+            "api_token": "test-token",
+            "cancel_grace": 2.0,
+            "poll_interval": 0.05,
+        },
+        "types": {
+            "dev": {"login": "dev-bot", "runner": "command", "command": command},
+            "reviewer": {"runner": "command", "command": command},
+            "boss": {"runner": "command", "command": command},
+        },
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Config(**data)
+
+
+class GateRunner:
+    """Runs every task until the test opens its gate (or the task is cancelled)."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+        self.cancelled: list[str] = []
+
+    def gate(self, task_id: str) -> asyncio.Event:
+        return self.gates.setdefault(task_id, asyncio.Event())
+
+    def release(self, task_id: str) -> None:
+        self.gate(task_id).set()
+
+    def release_all(self) -> None:
+        for event in self.gates.values():
+            event.set()
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        self.started.append(ctx.task.id)
+        try:
+            await self.gate(ctx.task.id).wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(ctx.task.id)
+            raise
+        return RunResult(succeeded=True, exit_code=0, result=f"done by {ctx.task.agent}")
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)

@@ -1,0 +1,232 @@
+"""dispatch_by_type against a real SQLite store, with workers running a gate runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from claude_hooks import control
+from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
+from claude_hooks.service import Service
+from claude_hooks.store.base import TaskFilter
+from tests.conftest import ServiceFactory
+from tests.support import GateRunner, make_config, wait_until
+
+
+def request(
+    number: int, repo: str = "acme/widget", kind: TaskKind = TaskKind.WORK_ISSUE
+) -> DispatchRequest:
+    return DispatchRequest.for_type("dev", kind, repo, number)
+
+
+async def devs(start_service: ServiceFactory, gate: GateRunner, *names: str) -> Service:
+    service: Service = await start_service(
+        runner=gate, agents=[{"name": n, "type": "dev"} for n in names]
+    )
+    return service
+
+
+async def agent_of(service: Service, task_id: str) -> str:
+    task = await service.store.get_task(task_id)
+    assert task is not None
+    return task.agent
+
+
+async def test_single_idle_instance_takes_the_task(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha")
+    task_id = await service.pool.dispatch_by_type("dev", request(1))
+    assert await agent_of(service, task_id) == "dev-alpha"
+    await wait_until(lambda: gate.started == [task_id])
+
+
+async def test_idle_instances_take_turns(start_service: ServiceFactory, gate: GateRunner) -> None:
+    service = await devs(start_service, gate, "dev-bravo", "dev-alpha", "dev-charlie")
+    placed = []
+    for number in range(1, 7):
+        task_id = await service.pool.dispatch_by_type("dev", request(number))
+        placed.append(await agent_of(service, task_id))
+        gate.release(task_id)
+        await wait_until(lambda: all(w.idle for w in service.pool.workers.values()))
+    assert placed == ["dev-alpha", "dev-bravo", "dev-charlie"] * 2
+    assert await service.store.load_cursors() == {"dev": 3}  # charlie (index 2) + 1
+
+
+async def test_all_busy_goes_to_the_shortest_queue_with_cursor_tie_break(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
+    first = [await service.pool.dispatch_by_type("dev", request(n)) for n in (1, 2)]
+    await wait_until(lambda: len(gate.started) == 2)
+    assert [await agent_of(service, t) for t in first] == ["dev-alpha", "dev-bravo"]
+    # Both busy with empty queues: the tie goes to the cursor (index 2 -> alpha), then bravo.
+    third = await service.pool.dispatch_by_type("dev", request(3))
+    fourth = await service.pool.dispatch_by_type("dev", request(4))
+    fifth = await service.pool.dispatch_by_type("dev", request(5))
+    assert [await agent_of(service, t) for t in (third, fourth, fifth)] == [
+        "dev-alpha",
+        "dev-bravo",
+        "dev-alpha",
+    ]
+    # alpha now has 2 queued, bravo 1: the least loaded wins whatever the cursor says.
+    sixth = await service.pool.dispatch_by_type("dev", request(6))
+    assert await agent_of(service, sixth) == "dev-bravo"
+
+
+async def test_no_instance_names_the_type(start_service: ServiceFactory, gate: GateRunner) -> None:
+    service = await devs(start_service, gate)
+    with pytest.raises(NoInstanceError, match="no instance registered for type 'dev'"):
+        await service.pool.dispatch_by_type("dev", request(1))
+    assert await service.store.count_tasks(TaskFilter()) == 0
+
+
+async def test_session_key_in_flight_goes_to_its_instance(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
+    running = await service.pool.dispatch_by_type("dev", request(17))
+    await wait_until(lambda: gate.started == [running])
+    # bravo is idle, but issue 17's conversation is running on alpha: it waits there.
+    again = await service.pool.dispatch_by_type("dev", request(17, kind=TaskKind.ADDRESS_REVIEW))
+    assert await agent_of(service, again) == "dev-alpha"
+    other = await service.pool.dispatch_by_type("dev", request(18))
+    assert await agent_of(service, other) == "dev-bravo"
+    gate.release(running)
+    await wait_until(lambda: again in gate.started)
+
+
+async def test_disabled_instance_is_skipped(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
+    await service.set_enabled("dev-alpha", False)
+    placed = {
+        await agent_of(service, await service.pool.dispatch_by_type("dev", request(n)))
+        for n in range(1, 4)
+    }
+    assert placed == {"dev-bravo"}
+    assert [w.name for w in service.pool.get_workers_by_type("dev")] == ["dev-bravo"]
+
+
+async def test_registry_lookups(start_service: ServiceFactory, gate: GateRunner) -> None:
+    service = await devs(start_service, gate, "dev-bravo", "dev-alpha")
+    assert service.pool.get_worker("dev-alpha").type == "dev"
+    assert [w.name for w in service.pool.get_workers_by_type("dev")] == ["dev-alpha", "dev-bravo"]
+    assert service.pool.get_workers_by_type("reviewer") == []
+    with pytest.raises(UnknownAgentError, match="no agent named 'dev-zulu'"):
+        service.pool.get_worker("dev-zulu")
+
+
+async def test_each_worker_is_fifo_and_runs_one_at_a_time(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha")
+    ids = [await service.pool.dispatch_by_type("dev", request(n)) for n in range(1, 5)]
+    for index, task_id in enumerate(ids):
+        await wait_until(lambda task_id=task_id: gate.started[-1:] == [task_id])
+        assert len(gate.started) == index + 1
+        gate.release(task_id)
+    await wait_until(lambda: service.pool.get_worker("dev-alpha").idle)
+    states = {t.id: t.state for t in await service.store.list_tasks(TaskFilter(), 10, 0)}
+    assert set(states.values()) == {TaskState.SUCCEEDED}
+
+
+async def test_disabling_moves_queued_tasks_and_lets_the_running_one_finish(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
+    running_a = await service.pool.dispatch_by_type("dev", request(1))
+    running_b = await service.pool.dispatch_by_type("dev", request(2))
+    queued_a = await service.pool.dispatch_by_type("dev", request(3))
+    await wait_until(lambda: len(gate.started) == 2)
+    assert await agent_of(service, queued_a) == "dev-alpha"
+    await service.set_enabled("dev-alpha", False)
+    assert await agent_of(service, queued_a) == "dev-bravo"
+    assert service.pool.get_worker("dev-alpha").current is not None
+    gate.release(running_a)
+    await wait_until(lambda: service.pool.get_worker("dev-alpha").current is None)
+    task = await service.store.get_task(running_a)
+    assert task is not None and task.state is TaskState.SUCCEEDED
+    gate.release(running_b)
+    await wait_until(lambda: gate.started[-1:] == [queued_a])
+
+
+async def test_disabling_the_last_instance_fails_its_queue_clearly(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha")
+    await service.pool.dispatch_by_type("dev", request(1))
+    queued = await service.pool.dispatch_by_type("dev", request(2))
+    await wait_until(lambda: len(gate.started) == 1)
+    await service.set_enabled("dev-alpha", False)
+    task = await service.store.get_task(queued)
+    assert task is not None and task.state is TaskState.FAILED
+    assert task.error is not None and "no enabled instance of type 'dev'" in task.error
+
+
+async def test_cli_changes_reach_the_running_service(
+    start_service: ServiceFactory, gate: GateRunner, tmp_path: Path
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha")
+    config = service.config
+    await control.add_agent(service.store, config, "dev-charlie", "dev")
+    await wait_until(lambda: "dev-charlie" in service.pool.workers, timeout=1.0)
+    first = await service.pool.dispatch_by_type("dev", request(1))
+    second = await service.pool.dispatch_by_type("dev", request(2))
+    assert {await agent_of(service, first), await agent_of(service, second)} == {
+        "dev-alpha",
+        "dev-charlie",
+    }
+    await wait_until(lambda: len(gate.started) == 2)
+    queued = await service.pool.dispatch_by_type("dev", request(3))
+    queued_on = await agent_of(service, queued)
+    await control.remove_agent(service.store, queued_on)
+    other = ({"dev-alpha", "dev-charlie"} - {queued_on}).pop()
+    await wait_until(
+        lambda: [e.id for e in service.pool.workers[other].queue] == [queued], timeout=1.0
+    )
+    assert service.pool.workers[queued_on].retiring
+    assert await agent_of(service, queued) == other
+    # The removed instance finishes its running task, then leaves the registry.
+    running_there = first if await agent_of(service, first) == queued_on else second
+    gate.release(running_there)
+    await wait_until(lambda: queued_on not in service.pool.workers, timeout=2.0)
+    with pytest.raises(ConflictError, match="already exists"):
+        await control.add_agent(service.store, config, other, "dev")
+
+
+async def test_force_disable_cancels_the_running_task(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
+    running = await service.pool.dispatch_by_type("dev", request(1))
+    await wait_until(lambda: len(gate.started) == 1)
+    assert await control.set_enabled(service.store, "dev-alpha", False, force=True) == [running]
+    await wait_until(lambda: gate.cancelled == [running], timeout=1.0)
+    await wait_until(lambda: service.pool.get_worker("dev-alpha").current is None)
+    task = await service.store.get_task(running)
+    assert task is not None and task.state is TaskState.CANCELLED
+
+
+async def test_startup_builds_workers_and_queues_from_the_database(
+    tmp_path: Path, gate: GateRunner
+) -> None:
+    config = make_config(tmp_path, agents=[{"name": "dev-alpha", "type": "dev"}])
+    first = await Service.open(config, lambda _type: gate)
+    await first.start()
+    ids = [await first.pool.dispatch_by_type("dev", request(n)) for n in range(1, 4)]
+    await wait_until(lambda: len(gate.started) == 1)
+    await first.stop()  # a clean stop hands the running task back to the head of its queue
+    second_gate = GateRunner()
+    second = await Service.open(config, lambda _type: second_gate)
+    await second.start()
+    try:
+        await wait_until(lambda: second_gate.started == [ids[0]])
+        assert [e.id for e in second.pool.get_worker("dev-alpha").queue] == ids[1:]
+        task = await second.store.get_task(ids[0])
+        assert task is not None and task.attempts == 1
+    finally:
+        await second.stop()
