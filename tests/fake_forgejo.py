@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -164,15 +164,11 @@ class FakeForgejo:
         return f"http://{host!s}:{port}"
 
     def start(self) -> Self:
-        fake = self
-
-        class Handler(_Handler):
-            forge = fake
-
-        server = _Server(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.forge = self
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
         self._thread.start()
         return self
@@ -361,8 +357,8 @@ class FakeForgejo:
         split = urlsplit(raw_path)
         if not split.path.startswith(API + "/"):
             return _error(404, "not found")
-        segments = [unquote(s) for s in split.path[len(API) + 1 :].split("/")]
-        path = "/" + "/".join(segments)
+        raw = split.path[len(API) :]
+        path = unquote(raw)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         user = self.tokens.get(auth[len("token ") :]) if auth.startswith("token ") else None
         with self._lock:
@@ -379,14 +375,15 @@ class FakeForgejo:
         except ValueError:
             return _error(422, "invalid JSON body")
         for pattern, route_method, handler in _ROUTES:
-            match = pattern.fullmatch(path)
+            match = pattern.fullmatch(raw)
             if match is None:
                 continue
             if route_method != method:
                 return _error(405, "method not allowed")
+            args = [unquote(group) for group in match.groups()]
             with self._lock:
                 try:
-                    return handler(self, user, query, payload, *match.groups())
+                    return handler(self, user, query, payload, *args)
                 except _NotFound:
                     return _error(404, "The target couldn't be found.")
         return _error(404, "not found")
@@ -628,6 +625,7 @@ def _pull_json(repo: FakeRepo, issue: FakeIssue) -> dict[str, Any]:
 
 
 class _Server(ThreadingHTTPServer):
+    forge: FakeForgejo
     # Join handler threads on close, so no thread outlives the test; hung handlers are
     # released by FakeForgejo.stop() first.
     daemon_threads = False
@@ -638,18 +636,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    forge: FakeForgejo
     protocol_version = "HTTP/1.0"  # one request per connection: nothing idles at stop()
     timeout = 5.0
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        forge = cast(_Server, self.server).forge
         try:
             auth = self.headers.get("Authorization", "")
-            answer = self.forge._handle(self.command, self.path, auth, body)
+            answer = forge._handle(self.command, self.path, auth, body)
         except Exception as exc:
-            self.forge.server_errors.append(exc)
+            forge.server_errors.append(exc)
             answer = _error(500, f"fake Forgejo bug: {exc!r}")
         if answer is None:
             self.close_connection = True

@@ -44,7 +44,12 @@ _tool_ids = itertools.count(1)
 def tool_use(name: str, tool_input: dict[str, Any], say: str = "") -> Reply:
     blocks: list[dict[str, Any]] = [{"type": "text", "text": say}] if say else []
     blocks.append(
-        {"type": "tool_use", "id": f"toolu_{next(_tool_ids):06d}", "name": name, "input": tool_input}
+        {
+            "type": "tool_use",
+            "id": f"toolu_{next(_tool_ids):06d}",
+            "name": name,
+            "input": tool_input,
+        }
     )
     return Reply(blocks)
 
@@ -274,7 +279,10 @@ class MessagesStandin:
                     "content_block_start",
                     {"type": "content_block_start", "index": index, "content_block": start},
                 )
-                send("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+                send(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
                 send("content_block_stop", {"type": "content_block_stop", "index": index})
 
             def _send(self, name: str, data: dict[str, Any]) -> None:

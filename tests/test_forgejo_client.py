@@ -24,7 +24,7 @@ from claude_hooks.forgejo.client import (
     MergeResult,
     PullInfo,
 )
-from fake_forgejo import FakeForgejo
+from tests.fake_forgejo import FakeForgejo
 
 TOKEN = "tok-boss-0123456789"
 REPO = ("acme", "widget")
