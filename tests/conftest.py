@@ -9,6 +9,7 @@ import pytest
 from claude_hooks.config import Config
 from claude_hooks.service import Service
 from claude_hooks.store.sql import SqlStore
+from tests.fake_forgejo import fake_forgejo  # noqa: F401
 from tests.support import GateRunner, make_config
 
 ServiceFactory = Callable[..., Any]

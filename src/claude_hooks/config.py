@@ -67,6 +67,36 @@ class TypeConfig(_Section):
     allowed_tools: list[str] = Field(default_factory=list)
     disallowed_tools: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    role: str = Field(
+        "", description="the type's role, appended to Claude Code's system prompt (claude runner)"
+    )
+    system_prompt: str | None = Field(
+        None, description="replaces Claude Code's own system prompt; the role is still appended"
+    )
+    prompts: dict[
+        Literal[
+            "system",
+            "work_issue",
+            "review_pr",
+            "address_review",
+            "merge_pr",
+            "fix_ci",
+            "answer_mention",
+        ],
+        str,
+    ] = Field(
+        default_factory=dict,
+        description="Jinja2 template text by name, overriding prompts_dir and the shipped ones",
+    )
+    prompts_dir: Path | None = Field(
+        None, description="a folder of <name>.md.j2 templates overriding the shipped ones"
+    )
+    setting_sources: list[Literal["user", "project", "local"]] | None = Field(
+        None, description="Claude Code settings files to load; unset: the CLI's default"
+    )
+    max_api_retries: int = Field(
+        2, ge=0, description="CLAUDE_CODE_MAX_RETRIES: API retries before a run fails"
+    )
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> TypeConfig:

@@ -10,7 +10,6 @@ import uvicorn
 
 from claude_hooks.config import Config
 from claude_hooks.errors import ConfigError
-from claude_hooks.lockfile import ServiceLock
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
 
@@ -60,12 +59,9 @@ def run_server(config: Config, insecure_no_signature: bool = False) -> None:
     sock = bind(config.server.host, config.server.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
-    lock = ServiceLock(config.data_dir)
-    lock.acquire(url)
     try:
         asyncio.run(_serve(config, sock, url, insecure_no_signature))
     finally:
-        lock.release()
         sock.close()
 
 
@@ -73,7 +69,7 @@ async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) 
     service = await Service.open(config)
     service.insecure_no_signature = insecure and config.server.webhook_secret is None
     try:
-        await service.start()
+        await service.start(url)
         app = create_app(service)
         server = uvicorn.Server(
             uvicorn.Config(

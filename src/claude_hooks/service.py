@@ -12,6 +12,7 @@ from claude_hooks import control
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
 from claude_hooks.errors import ClaudeHooksError, ConfigError
+from claude_hooks.lockfile import ServiceLock
 from claude_hooks.pool import Pool
 from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
@@ -40,6 +41,7 @@ class Service:
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self.insecure_no_signature = False
+        self._lock = ServiceLock(config.data_dir)
 
     @classmethod
     async def open(
@@ -67,8 +69,10 @@ class Service:
         await control.set_enabled(self.store, name, enabled)
         await self.pool.sync_agents()
 
-    async def start(self) -> None:
+    async def start(self, url: str = "") -> None:
+        """Take the data dir (one service each), recover, and start the workers."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire(url)
         seeds = [(seed.name, seed.type) for seed in self.config.agents]
         added = await self.store.seed_agents(seeds, self.clock())
         if added:
@@ -84,6 +88,7 @@ class Service:
                 await self._watcher
         await self.pool.stop()
         await self.store.close()
+        self._lock.release()
 
     async def _watch(self) -> None:
         interval = self.config.server.poll_interval

@@ -1,0 +1,174 @@
+"""The CLI as a user runs it: a real subprocess against a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from tests.conftest import ServiceFactory
+from tests.support import GateRunner, make_config, wait_until
+
+CONFIG = """
+[server]
+data_dir = "{data}"
+webhook_secret = "s"
+api_token = "t"
+poll_interval = 0.05
+
+[types.dev]
+runner = "command"
+command = ["true"]
+
+[[agents]]
+name = "dev-alpha"
+type = "dev"
+"""
+
+
+def cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "claude_hooks", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "claude-hooks.toml"
+    path.write_text(CONFIG.format(data=tmp_path / "data"))
+    return path
+
+
+def test_agents_lifecycle(config_file: Path) -> None:
+    added = cli("agents", "add", "dev-charlie", "--type", "dev", config=config_file)
+    assert added.returncode == 0, added.stderr
+    assert "added dev-charlie (type dev)" in added.stdout
+    listed = json.loads(cli("agents", "list", "--json", config=config_file).stdout)
+    assert listed == [
+        {
+            "name": "dev-charlie",
+            "type": "dev",
+            "enabled": True,
+            "state": "idle",
+            "current_task": None,
+            "queued": 0,
+        },
+    ]
+    assert cli("agents", "disable", "dev-charlie", config=config_file).returncode == 0
+    listed = json.loads(cli("agents", "list", "--json", config=config_file).stdout)
+    assert listed[0]["enabled"] is False
+    assert listed[0]["state"] == "disabled"
+    assert cli("agents", "enable", "dev-charlie", config=config_file).returncode == 0
+    table = cli("agents", "list", config=config_file).stdout
+    assert "dev-charlie" in table
+    assert "idle" in table
+    assert cli("agents", "remove", "dev-charlie", config=config_file).returncode == 0
+    assert json.loads(cli("agents", "list", "--json", config=config_file).stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("agents", "add", "x", "--type", "nope"), "type 'nope' is not configured"),
+        (("agents", "add", "Bad Name", "--type", "dev"), "'Bad Name' is not a valid agent name"),
+        (("agents", "disable", "ghost"), "no agent named 'ghost'"),
+        (("agents", "remove", "ghost"), "no agent named 'ghost'"),
+        (("tasks", "show", "nope"), "no task with id 'nope'"),
+        (("tasks", "cancel", "nope"), "no task with id 'nope'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    config_file: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = cli(*args, config=config_file)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[server]\nprot = 1\n", "server.prot: unknown key"),
+        ("[server]\nport = 'abc'\n", "server.port: Input should be a valid integer"),
+        ("[types.dev]\nrunner = 'command'\n", "needs a non-empty 'command'"),
+        ("[[agents]]\nname = 'a'\n", "agents.0.type: required key is missing"),
+        ("[server\n", "is not valid TOML"),
+    ],
+)
+def test_bad_config_stops_with_the_key_named(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    result = cli("agents", "list", config=path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_environment_overrides_and_missing_file(tmp_path: Path, config_file: Path) -> None:
+    missing = cli("agents", "list", config=tmp_path / "nowhere.toml")
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr
+
+
+def test_serve_refuses_without_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[server]\ndata_dir = "{tmp_path}"\napi_token = "t"\n')
+    result = cli("serve", config=path)
+    assert result.returncode == 1
+    assert "server.webhook_secret is not set" in result.stderr
+    assert "--insecure-no-signature" in result.stderr
+    path.write_text(f'[server]\ndata_dir = "{tmp_path}"\nwebhook_secret = "s"\n')
+    result = cli("serve", config=path)
+    assert "server.api_token is not set" in result.stderr
+
+
+async def test_tasks_list_show_cancel(
+    start_service: ServiceFactory, gate: GateRunner, tmp_path: Path, config_file: Path
+) -> None:
+    config = make_config(tmp_path, agents=[{"name": "dev-alpha", "type": "dev"}])
+    service = await start_service(config, runner=gate)
+    ids = [
+        await service.pool.dispatch_by_type(
+            "dev", DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", n)
+        )
+        for n in (1, 2, 3)
+    ]
+    await wait_until(lambda: gate.started == ids[:1])
+
+    listed = await asyncio.to_thread(cli, "tasks", "list", "--json", config=config_file)
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert rows[ids[0]]["state"] == "running"
+    assert rows[ids[1]]["queue_position"] == 1
+    assert rows[ids[2]]["queue_position"] == 2
+    queued = await asyncio.to_thread(
+        cli, "tasks", "list", "--state", "queued", "--json", config=config_file
+    )
+    assert sorted(row["id"] for row in json.loads(queued.stdout)) == sorted(ids[1:])
+
+    shown = json.loads(
+        (await asyncio.to_thread(cli, "tasks", "show", ids[1], config=config_file)).stdout
+    )
+    assert shown["session_key"] == "dev:acme/widget:2"
+    assert shown["log"].endswith(f"{ids[1]}.log")
+
+    cancel_queued = await asyncio.to_thread(cli, "tasks", "cancel", ids[1], config=config_file)
+    assert "cancelled (was queued)" in cancel_queued.stdout
+    await wait_until(lambda: [e.id for e in service.pool.get_worker("dev-alpha").queue] == ids[2:])
+
+    cancel_running = await asyncio.to_thread(cli, "tasks", "cancel", ids[0], config=config_file)
+    assert "cancel requested" in cancel_running.stdout
+    await wait_until(lambda: gate.cancelled == ids[:1], timeout=2)
+    await wait_until(lambda: gate.started[-1:] == ids[2:])
+    first = await service.store.get_task(ids[0])
+    assert first is not None and first.state is TaskState.CANCELLED
+    again = await asyncio.to_thread(cli, "tasks", "cancel", ids[0], config=config_file)
+    assert again.returncode == 1
+    assert "already finished (cancelled)" in again.stderr
