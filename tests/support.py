@@ -72,3 +72,35 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.005)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "forgejo"
+FIXTURE_SECRET = "fixture-secret"
+
+
+def fixture(name: str) -> tuple[bytes, dict[str, str]]:
+    """A shared sample delivery: its exact body bytes and its headers."""
+    import json
+
+    body = (SHARED / f"{name}.json").read_bytes()
+    headers = json.loads((SHARED / f"{name}.headers.json").read_text())
+    return body, headers
+
+
+def sign(body: bytes, secret: str = FIXTURE_SECRET) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def forgejo_headers(
+    event_type: str, body: bytes, delivery: str, secret: str = FIXTURE_SECRET
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Forgejo-Delivery": delivery,
+        "X-Forgejo-Event": event_type,
+        "X-Forgejo-Event-Type": event_type,
+        "X-Forgejo-Signature": sign(body, secret),
+    }

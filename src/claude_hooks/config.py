@@ -45,17 +45,31 @@ class ServerConfig(_Section):
 
 class ForgejoConfig(_Section):
     url: str = ""
+    token: SecretStr | None = Field(
+        None, description="token of an account with admin rights, for sender permission checks"
+    )
     timeout: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+
+
+class FlowsConfig(_Section):
+    merge_type: str = Field("boss", description="the type that merges approved agent PRs")
+    merge_style: Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"] = "merge"
+    max_fix_attempts: int = Field(2, ge=0, description="fix_ci tasks per PR head before a human")
+    poll_ci: bool = Field(True, description="poll the combined status of agent PRs (Forgejo)")
+    ci_poll_interval: float = Field(30.0, gt=0)
+    ci_poll_timeout: float = Field(3 * 3600.0, gt=0)
 
 
 class SecurityConfig(_Section):
     allowed_senders: list[str] = Field(default_factory=list)
+    permission_cache_seconds: float = Field(300.0, ge=0)
 
 
 class TypeConfig(_Section):
     login: str | None = None
     token: SecretStr | None = None
-    runner: Literal["claude", "command"] = "claude"
+    runner: Literal["claude", "command", "merge"] = "claude"
     command: list[str] = Field(default_factory=list)
     model: str = "sonnet"
     max_turns: int = Field(200, gt=0)
@@ -119,7 +133,8 @@ class Config(BaseSettings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
     forgejo: ForgejoConfig = Field(default_factory=ForgejoConfig)  # type: ignore[arg-type]
-    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
+    flows: FlowsConfig = Field(default_factory=FlowsConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
 
@@ -161,6 +176,14 @@ class Config(BaseSettings):
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
+
+    def type_of_login(self, login: str) -> str | None:
+        """The agent type whose Forgejo account this is (logins compare case-insensitively)."""
+        wanted = login.lower()
+        for name in self.types:
+            if self.login_of(name).lower() == wanted:
+                return name
+        return None
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -20,6 +20,7 @@ from claude_hooks.agent_env import agent_environment
 from claude_hooks.config import Config
 from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.events import Event, EventBus
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.base import Outcome, QueueEntry, Store
@@ -122,6 +123,7 @@ class Worker:
                 if not still_queued:
                     self.pool._hold(entry.session_key, self.name)
                 self.current_task = task
+                self.pool.bus.publish(Event("task.started", task))
                 await self._execute(task)
             finally:
                 self.pool._free_key(entry.session_key, self)
@@ -162,6 +164,7 @@ class Worker:
                 outcome = _outcome(self._run.result())
         await pool.store.finish_task(task.id, outcome, pool.clock())
         pool._release_id(task.session_key, self)
+        await pool.publish_finished(task.id)
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
 
 
@@ -185,11 +188,13 @@ class Pool:
         store: Store,
         runner_for: RunnerFactory,
         clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.runner_for = runner_for
         self.clock = clock
+        self.bus = bus or EventBus()
         self.workspaces = Workspaces(config.data_dir)
         self.workers: dict[str, Worker] = {}
         self.cursors: dict[str, int] = {}
@@ -350,6 +355,10 @@ class Pool:
                 QueueEntry(task.id, worker.name, agent_type, task.session_key, task.kind.value, seq)
             )
             self._hold(task.session_key, worker.name)
+            task.seq = seq
+            self.bus.publish(
+                Event("task.queued", task, {"position": len(worker.queue), "busy": not worker.idle})
+            )
             return task.id
 
     async def _redispatch(self, entries: Iterable[QueueEntry]) -> None:
@@ -445,6 +454,7 @@ class Pool:
         if task.state is TaskState.QUEUED:
             if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
                 self._forget(task.agent, task_id)
+                await self.publish_finished(task_id)
                 return CancelResult(task_id, TaskState.QUEUED, task.agent)
             task = await self.store.get_task(task_id)
             assert task is not None
@@ -456,6 +466,11 @@ class Pool:
             return CancelResult(task_id, TaskState.RUNNING, task.agent)
         self._forget(task.agent, task_id)
         raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+
+    async def publish_finished(self, task_id: str) -> None:
+        task = await self.store.get_task(task_id)
+        if task is not None:
+            self.bus.publish(Event("task.finished", task))
 
     def _forget(self, agent: str, task_id: str) -> None:
         """Drop a task that left the queue in the database (cancelled by the CLI) from memory."""

@@ -82,7 +82,9 @@ class Prompts:
 
     @classmethod
     def for_type(cls, type_config: TypeConfig) -> Prompts:
-        return cls(dict(type_config.prompts), type_config.prompts_dir)
+        return cls(
+            {str(name): text for name, text in type_config.prompts.items()}, type_config.prompts_dir
+        )
 
     def _template(self, name: str) -> jinja2.Template:
         try:

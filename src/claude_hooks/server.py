@@ -66,8 +66,7 @@ def run_server(config: Config, insecure_no_signature: bool = False) -> None:
 
 
 async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) -> None:
-    service = await Service.open(config)
-    service.insecure_no_signature = insecure and config.server.webhook_secret is None
+    service = await Service.open(config, insecure_no_signature=insecure)
     try:
         await service.start(url)
         app = create_app(service)

@@ -9,13 +9,19 @@ import time
 from collections.abc import Callable
 
 from claude_hooks import control
+from claude_hooks.ci_watch import CiWatcher
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
 from claude_hooks.errors import ClaudeHooksError, ConfigError
+from claude_hooks.events import EventBus
+from claude_hooks.forge import Forge
+from claude_hooks.intake import Intake
 from claude_hooks.lockfile import ServiceLock
+from claude_hooks.notifier import Notifier
 from claude_hooks.pool import Pool
 from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
+from claude_hooks.runners.merge import MergeRunner
 from claude_hooks.store.base import Store
 from claude_hooks.store.sql import SqlStore
 
@@ -31,24 +37,37 @@ class Service:
         store: Store,
         clock: Callable[[], float] = time.time,
         runner_for: Callable[[str], AgentRunner] | None = None,
+        insecure_no_signature: bool = False,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.started_at = clock()
+        self.insecure_no_signature = insecure_no_signature and config.server.webhook_secret is None
         self._runners: dict[str, AgentRunner] = {}
-        self.pool = Pool(config, store, runner_for or self.runner_for, clock)
+        self.bus = EventBus()
+        self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
+        self.forge = Forge(config)
+        self.intake = Intake(
+            config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
+        )
+        self.notifier = Notifier(config, self.forge, self.bus)
+        self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
-        self.insecure_no_signature = False
         self._lock = ServiceLock(config.data_dir)
 
     @classmethod
     async def open(
-        cls, config: Config, runner_for: Callable[[str], AgentRunner] | None = None
+        cls,
+        config: Config,
+        runner_for: Callable[[str], AgentRunner] | None = None,
+        insecure_no_signature: bool = False,
     ) -> Service:
         store = await SqlStore.open(config.database_url)
-        return cls(config, store, runner_for=runner_for)
+        return cls(
+            config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
+        )
 
     def runner_for(self, agent_type: str) -> AgentRunner:
         runner = self._runners.get(agent_type)
@@ -60,6 +79,8 @@ class Service:
         type_config = self.config.types[agent_type]
         if type_config.runner == "command":
             return CommandRunner(type_config.command)
+        if type_config.runner == "merge":
+            return MergeRunner(self.forge, self.config.flows)
         raise ConfigError(
             f"types.{agent_type}.runner: runner {type_config.runner!r} is not available"
         )
@@ -79,6 +100,8 @@ class Service:
             log.info("registered agents from the configuration: %s", ", ".join(added))
         self._last_signal = await self.store.last_signal_id()
         await self.pool.start()
+        self.notifier.start()
+        self.ci.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
     async def stop(self) -> None:
@@ -86,7 +109,10 @@ class Service:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        await self.ci.stop()
         await self.pool.stop()
+        await self.notifier.stop()
+        await self.forge.aclose()
         await self.store.close()
         self._lock.release()
 

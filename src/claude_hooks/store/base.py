@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from claude_hooks.domain import AgentInstance, Task, TaskState
+from claude_hooks.store.intake import IntakeStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,9 @@ class SessionRecord:
 
 
 class Store(Protocol):
+    @property
+    def intake(self) -> IntakeStore: ...
+
     async def close(self) -> None: ...
 
     # agents

@@ -81,3 +81,60 @@ signals = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sqlite_autoincrement=True,
 )
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("flavor", sa.String(16), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64)),
+    sa.Column("repo", sa.String(200)),
+    sa.Column("number", sa.Integer),
+    sa.Column("sender", sa.String(100)),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("task_ids", sa.JSON, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("replay_of", sa.String(100)),
+)
+
+assignments = sa.Table(
+    "assignments",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("type", sa.String(63), primary_key=True),
+)
+
+pull_links = sa.Table(
+    "pull_links",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("pr_number", sa.Integer, primary_key=True),
+    sa.Column("author_type", sa.String(63), nullable=False),
+    sa.Column("issue_number", sa.Integer, nullable=False),
+    sa.Column("head_sha", sa.String(64), nullable=False),
+    sa.Column("open", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+fix_attempts = sa.Table(
+    "fix_attempts",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("pr_number", sa.Integer, primary_key=True),
+    sa.Column("head_sha", sa.String(64), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+ci_watches = sa.Table(
+    "ci_watches",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("pr_number", sa.Integer, primary_key=True),
+    sa.Column("head_sha", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -22,6 +22,7 @@ from claude_hooks.store.base import (
     Signal,
     TaskFilter,
 )
+from claude_hooks.store.intake import SqlIntake
 from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -103,6 +104,7 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.intake = SqlIntake(engine)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:

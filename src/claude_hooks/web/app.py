@@ -20,7 +20,7 @@ from claude_hooks.errors import (
     NotFoundError,
 )
 from claude_hooks.service import Service
-from claude_hooks.web import api
+from claude_hooks.web import api, webhook
 
 log = logging.getLogger(__name__)
 
@@ -81,5 +81,7 @@ def create_app(service: Service) -> FastAPI:
             "uptime_s": round(service.clock() - service.started_at, 3),
         }
 
+    app.include_router(webhook.router)
+    app.include_router(webhook.api)
     app.include_router(api.router)
     return app

@@ -1,0 +1,330 @@
+"""Storage for webhook intake: the deliveries, and the forge state the flows remember."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from claude_hooks.domain import TaskKind, TaskState
+from claude_hooks.store.schema import (
+    assignments,
+    ci_watches,
+    deliveries,
+    fix_attempts,
+    pull_links,
+    tasks,
+)
+
+OUTCOMES = ("received", "queued", "ignored", "duplicate", "error")
+
+
+@dataclass(slots=True)
+class DeliveryRecord:
+    id: str
+    flavor: str
+    event: str
+    event_type: str
+    received_at: float
+    body: str
+    action: str | None = None
+    repo: str | None = None
+    number: int | None = None
+    sender: str | None = None
+    outcome: str = "received"
+    reason: str | None = None
+    task_ids: list[str] = field(default_factory=list)
+    replay_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PullLink:
+    """An agent's pull request, and the issue whose conversation it continues."""
+
+    repo: str
+    pr_number: int
+    author_type: str
+    issue_number: int
+    head_sha: str
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CiWatch:
+    repo: str
+    pr_number: int
+    head_sha: str
+    created_at: float
+
+
+def _delivery(row: sa.Row[Any]) -> DeliveryRecord:
+    m = row._mapping
+    return DeliveryRecord(
+        id=m["id"],
+        flavor=m["flavor"],
+        event=m["event"],
+        event_type=m["event_type"],
+        received_at=m["received_at"],
+        body=m["body"],
+        action=m["action"],
+        repo=m["repo"],
+        number=m["number"],
+        sender=m["sender"],
+        outcome=m["outcome"],
+        reason=m["reason"],
+        task_ids=list(m["task_ids"] or []),
+        replay_of=m["replay_of"],
+    )
+
+
+def _link(row: sa.Row[Any]) -> PullLink:
+    m = row._mapping
+    return PullLink(
+        m["repo"],
+        m["pr_number"],
+        m["author_type"],
+        m["issue_number"],
+        m["head_sha"],
+        bool(m["open"]),
+    )
+
+
+class IntakeStore(Protocol):
+    async def add_delivery(self, record: DeliveryRecord) -> bool: ...
+    async def settle_delivery(
+        self, delivery_id: str, outcome: str, reason: str | None, task_ids: list[str]
+    ) -> None: ...
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
+    async def list_deliveries(
+        self, limit: int, offset: int, outcome: str | None = None
+    ) -> list[DeliveryRecord]: ...
+    async def count_deliveries(self, outcome: str | None = None) -> int: ...
+    async def assigned_types(self, repo: str, number: int) -> set[str]: ...
+    async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None: ...
+    async def put_pull_link(self, link: PullLink, now: float) -> None: ...
+    async def pull_link(self, repo: str, pr_number: int) -> PullLink | None: ...
+    async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None: ...
+    async def bump_fix_attempts(self, repo: str, pr_number: int, sha: str) -> int: ...
+    async def put_ci_watch(self, watch: CiWatch) -> None: ...
+    async def drop_ci_watch(self, repo: str, pr_number: int) -> None: ...
+    async def ci_watches(self) -> list[CiWatch]: ...
+    async def pending_task(self, session_key: str, kind: TaskKind) -> str | None: ...
+    async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool: ...
+    async def active_tasks(self, session_keys: Iterable[str]) -> list[str]: ...
+
+
+class SqlIntake:
+    """`IntakeStore` on the same engine as the `SqlStore` it belongs to."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add_delivery(self, record: DeliveryRecord) -> bool:
+        """Insert a delivery; False if its id was seen before (the primary key decides)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    deliveries.insert().values(
+                        id=record.id,
+                        flavor=record.flavor,
+                        event=record.event,
+                        event_type=record.event_type,
+                        action=record.action,
+                        repo=record.repo,
+                        number=record.number,
+                        sender=record.sender,
+                        received_at=record.received_at,
+                        outcome=record.outcome,
+                        reason=record.reason,
+                        task_ids=record.task_ids,
+                        body=record.body,
+                        replay_of=record.replay_of,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    async def settle_delivery(
+        self, delivery_id: str, outcome: str, reason: str | None, task_ids: list[str]
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id == delivery_id)
+                .values(outcome=outcome, reason=reason, task_ids=task_ids)
+            )
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id))
+            ).first()
+        return _delivery(row) if row else None
+
+    async def list_deliveries(
+        self, limit: int, offset: int, outcome: str | None = None
+    ) -> list[DeliveryRecord]:
+        query = sa.select(deliveries).order_by(deliveries.c.received_at.desc())
+        if outcome is not None:
+            query = query.where(deliveries.c.outcome == outcome)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.limit(limit).offset(offset))
+            return [_delivery(row) for row in rows]
+
+    async def count_deliveries(self, outcome: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(deliveries)
+        if outcome is not None:
+            query = query.where(deliveries.c.outcome == outcome)
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def assigned_types(self, repo: str, number: int) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.scalars(
+                sa.select(assignments.c.type).where(
+                    assignments.c.repo == repo, assignments.c.number == number
+                )
+            )
+            return set(rows.all())
+
+    async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                assignments.delete().where(
+                    assignments.c.repo == repo, assignments.c.number == number
+                )
+            )
+            rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
+            if rows:
+                await conn.execute(assignments.insert(), rows)
+
+    async def put_pull_link(self, link: PullLink, now: float) -> None:
+        values = {
+            "author_type": link.author_type,
+            "issue_number": link.issue_number,
+            "head_sha": link.head_sha,
+            "open": link.open,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                pull_links.update()
+                .where(pull_links.c.repo == link.repo, pull_links.c.pr_number == link.pr_number)
+                .values(**values)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    pull_links.insert().values(repo=link.repo, pr_number=link.pr_number, **values)
+                )
+
+    async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(pull_links).where(
+                        pull_links.c.repo == repo, pull_links.c.pr_number == pr_number
+                    )
+                )
+            ).first()
+        return _link(row) if row else None
+
+    async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(pull_links)
+                    .where(pull_links.c.repo == repo, pull_links.c.head_sha == sha)
+                    .order_by(pull_links.c.open.desc(), pull_links.c.updated_at.desc())
+                )
+            ).first()
+        return _link(row) if row else None
+
+    async def bump_fix_attempts(self, repo: str, pr_number: int, sha: str) -> int:
+        where = (
+            fix_attempts.c.repo == repo,
+            fix_attempts.c.pr_number == pr_number,
+            fix_attempts.c.head_sha == sha,
+        )
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                fix_attempts.update().where(*where).values(count=fix_attempts.c.count + 1)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    fix_attempts.insert().values(
+                        repo=repo, pr_number=pr_number, head_sha=sha, count=1
+                    )
+                )
+            return int(await conn.scalar(sa.select(fix_attempts.c.count).where(*where)) or 0)
+
+    async def put_ci_watch(self, watch: CiWatch) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                ci_watches.delete().where(
+                    ci_watches.c.repo == watch.repo, ci_watches.c.pr_number == watch.pr_number
+                )
+            )
+            await conn.execute(
+                ci_watches.insert().values(
+                    repo=watch.repo,
+                    pr_number=watch.pr_number,
+                    head_sha=watch.head_sha,
+                    created_at=watch.created_at,
+                )
+            )
+
+    async def drop_ci_watch(self, repo: str, pr_number: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                ci_watches.delete().where(
+                    ci_watches.c.repo == repo, ci_watches.c.pr_number == pr_number
+                )
+            )
+
+    async def ci_watches(self) -> list[CiWatch]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(ci_watches))
+            return [CiWatch(r.repo, r.pr_number, r.head_sha, r.created_at) for r in rows]
+
+    async def pending_task(self, session_key: str, kind: TaskKind) -> str | None:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                sa.select(tasks.c.id)
+                .where(
+                    tasks.c.session_key == session_key,
+                    tasks.c.kind == kind.value,
+                    tasks.c.state == TaskState.QUEUED.value,
+                )
+                .order_by(tasks.c.seq)
+                .limit(1)
+            )
+            return str(found) if found is not None else None
+
+    async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool:
+        """Give a still-queued task the newer event's payload instead of queueing a twin."""
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .values(payload=payload)
+            )
+            return updated.rowcount > 0
+
+    async def active_tasks(self, session_keys: Iterable[str]) -> list[str]:
+        keys = list(set(session_keys))
+        if not keys:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.scalars(
+                sa.select(tasks.c.id)
+                .where(
+                    tasks.c.session_key.in_(keys),
+                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.RUNNING.value]),
+                )
+                .order_by(tasks.c.seq)
+            )
+            return list(rows.all())

@@ -1,0 +1,101 @@
+"""`POST /webhook` (Forgejo and Gitea deliveries) and the deliveries API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from claude_hooks.errors import NotFoundError
+from claude_hooks.service import Service
+from claude_hooks.store.intake import DeliveryRecord
+from claude_hooks.views import iso
+from claude_hooks.web.auth import require_token
+
+router = APIRouter()
+api = APIRouter(dependencies=[Depends(require_token)])
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"status": "rejected", "error": f"body larger than server.max_body_bytes ({limit} bytes)"},
+        status_code=413,
+    )
+
+
+@router.post(
+    "/webhook",
+    summary="Receive a Forgejo or Gitea delivery",
+    responses={202: {"description": "queued"}, 200: {"description": "ignored or duplicate"}},
+)
+async def webhook(request: Request) -> JSONResponse:
+    service: Service = request.app.state.service
+    limit = service.config.server.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return _too_large(limit)
+        chunks.append(chunk)
+    answer = await service.intake.receive(request.headers, b"".join(chunks))
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
+def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": record.id,
+        "flavor": record.flavor,
+        "event": record.event,
+        "event_type": record.event_type,
+        "action": record.action,
+        "repo": record.repo,
+        "number": record.number,
+        "sender": record.sender,
+        "received_at": iso(record.received_at),
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "task_ids": record.task_ids,
+        "replay_of": record.replay_of,
+    }
+    if with_body:
+        view["body"] = record.body
+    return view
+
+
+@api.get("/api/deliveries", summary="Recent webhook deliveries, newest first")
+async def list_deliveries(
+    request: Request,
+    outcome: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    store = service.store.intake
+    records = await store.list_deliveries(limit, offset, outcome)
+    return {
+        "total": await store.count_deliveries(outcome),
+        "limit": limit,
+        "offset": offset,
+        "deliveries": [delivery_view(r) for r in records],
+    }
+
+
+@api.get("/api/deliveries/{delivery_id}", summary="One delivery, with its body")
+async def get_delivery(delivery_id: str, request: Request) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    record = await service.store.intake.get_delivery(delivery_id)
+    if record is None:
+        raise NotFoundError(f"no delivery with id {delivery_id!r}")
+    return delivery_view(record, with_body=True)
+
+
+@api.post("/api/deliveries/{delivery_id}/replay", summary="Run a delivery through the flows again")
+async def replay_delivery(delivery_id: str, request: Request) -> JSONResponse:
+    service: Service = request.app.state.service
+    answer = await service.intake.replay(delivery_id)
+    return JSONResponse(answer.body, status_code=answer.status)
