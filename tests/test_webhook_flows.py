@@ -132,11 +132,8 @@ async def test_fixture_outcome(client: httpx.AsyncClient, service: Service, name
     assert body["status"] == outcome
     assert words in body["reason"]
     assert tasks_of(body) == tasks
-    record = await service.store.intake.get_delivery(
-        fixture(name)[1][
-            "X-Forgejo-Delivery" if "X-Forgejo-Delivery" in fixture(name)[1] else "X-Gitea-Delivery"
-        ]
-    )
+    body_bytes, headers = fixture(name)
+    record = await service.store.intake.get_delivery(headers["X-Gitea-Delivery"])
     assert record is not None
     assert record.outcome == outcome
     assert record.body.encode() == body_bytes

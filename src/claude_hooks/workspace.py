@@ -172,7 +172,7 @@ class Workspaces:
         await git.run("-C", mirror, "remote", "set-url", "origin", url)
         await git.run("-C", mirror, "fetch", "--prune", "--quiet", "origin", network=True)
         if not await git.ok("-C", mirror, "rev-parse", "--verify", "--quiet", "origin/HEAD"):
-            await git.run("-C", mirror, "remote", "set-head", "origin", "--auto", network=True)
+            await git.ok("-C", mirror, "remote", "set-head", "origin", "--auto", network=True)
         return mirror
 
     async def _create_mirror(self, git: _Git, mirror: Path, url: str) -> None:
@@ -187,7 +187,8 @@ class Workspaces:
             for refspec in _FETCH_REFSPECS:
                 await git.run("-C", partial, "config", "--add", "remote.origin.fetch", refspec)
             await git.run("-C", partial, "fetch", "--prune", "--quiet", "origin", network=True)
-            await git.run("-C", partial, "remote", "set-head", "origin", "--auto", network=True)
+            # An empty repository has no HEAD to follow yet: `_start_point` says so.
+            await git.ok("-C", partial, "remote", "set-head", "origin", "--auto", network=True)
             partial.rename(mirror)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -375,8 +376,8 @@ class _Git:
         code, out, _ = await self._exec(args, False)
         return out if code == 0 else ""
 
-    async def ok(self, *args: str | Path) -> bool:
-        code, _, _ = await self._exec(args, False)
+    async def ok(self, *args: str | Path, network: bool = False) -> bool:
+        code, _, _ = await self._exec(args, network)
         return code == 0
 
 
