@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -332,8 +331,3 @@ def test_current_branch_of_other_folders(tmp_path: Path) -> None:
     assert current_branch(tmp_path) is None
     git("init", "--quiet", "--initial-branch=trunk", tmp_path / "plain")
     assert current_branch(tmp_path / "plain") == "trunk"
-
-
-def test_module_runs_without_the_service() -> None:
-    # workspace helpers are importable on their own (the CLI's sweep uses them)
-    assert sys.modules["claude_hooks.workspace"].Workspaces is Workspaces

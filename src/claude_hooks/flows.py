@@ -49,6 +49,9 @@ class Decision:
     cancel: list[str] = field(default_factory=list)
     comments: list[ForgeComment] = field(default_factory=list)
     watch: CiWatch | None = None
+    # The agent types now assigned to (repo, number), saved once the dispatches are committed,
+    # so an assignment whose work could not be queued is seen as new when replayed.
+    assigned: tuple[str, int, frozenset[str]] | None = None
 
 
 def ignore(reason: str) -> Decision:
@@ -160,7 +163,7 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
     logins = [user.login for user in issue.assignees]
     now = {t for login in logins if (t := ctx.config.type_of_login(login)) is not None}
     before = await ctx.intake.assigned_types(repo, issue.number)
-    await ctx.intake.set_assigned_types(repo, issue.number, now)
+    state = (repo, issue.number, frozenset(now))
     if payload.action == "unassigned":
         gone = sorted(set(ctx.config.types) - now)
         keys = [session_key(t, repo, issue.number) for t in gone]
@@ -168,28 +171,37 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
             reason=f"unassigned on {repo}#{issue.number}: "
             f"cancelling the work of {', '.join(gone) or 'no agent type'}",
             cancel=keys,
+            assigned=state,
         )
     newly = sorted(now - before)
     if not newly:
         if now:
-            return ignore(
+            decision = ignore(
                 f"{', '.join(sorted(now))} already assigned to {repo}#{issue.number}: "
                 "no new work (unassign and assign again to restart it)"
             )
-        known = ", ".join(sorted(ctx.config.login_of(t) for t in ctx.config.types))
-        return ignore(
-            f"no agent type has login {', '.join(repr(x) for x in logins) or 'among none'}"
-            f" (assignees of {repo}#{issue.number}); agent logins: {known}"
-        )
+        else:
+            known = ", ".join(sorted(ctx.config.login_of(t) for t in ctx.config.types))
+            decision = ignore(
+                f"no agent type has login {', '.join(repr(x) for x in logins) or 'among none'}"
+                f" (assignees of {repo}#{issue.number}); agent logins: {known}"
+            )
+        decision.assigned = state
+        return decision
     sender_type = ctx.config.type_of_login(sender)
     newly = [t for t in newly if t != sender_type]
     if not newly:
-        return ignore(f"{sender!r} assigned itself: an agent never triggers its own type")
+        decision = ignore(f"{sender!r} assigned itself: an agent never triggers its own type")
+        decision.assigned = state
+        return decision
     if not await _allowed(ctx, repo, sender):
-        return _not_allowed(sender, repo)
+        decision = _not_allowed(sender, repo)
+        decision.assigned = state
+        return decision
     kind = TaskKind.WORK_ISSUE
     return Decision(
         reason=f"{repo}#{issue.number} assigned to {', '.join(newly)}",
+        assigned=state,
         dispatch=[
             _request(
                 ctx,

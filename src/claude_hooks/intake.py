@@ -219,6 +219,9 @@ class Intake:
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue
+        if decision.assigned is not None:
+            repo, number, types = decision.assigned
+            await self.store.set_assigned_types(repo, number, types)
         for comment in decision.comments:
             self.pool.bus.publish(Event("comment", data={"comment": comment}))
         if decision.watch is not None:
