@@ -212,20 +212,47 @@ async def test_cancel_mid_turn_interrupts_in_well_under_a_second(
     assert "Let me look at the code" in api.message_requests()[-1].all_text()
 
 
-@pytest.mark.parametrize(("status", "kind"), [(529, "overloaded_error"), (500, "api_error")])
+@pytest.mark.parametrize(
+    ("status", "kind", "retries"), [(529, "overloaded_error", 2), (500, "api_error", 0)]
+)
 async def test_an_api_error_fails_fast_with_a_clear_reason(
-    e2e: EndToEnd, api: MessagesStandin, status: int, kind: str
+    e2e: EndToEnd, api: MessagesStandin, status: int, kind: str, retries: int
 ) -> None:
     api.script(*(error(status, kind) for _ in range(5)))
-    ctx = await e2e.context(make_task(), e2e.type_config(max_api_retries=0))
+    ctx = await e2e.context(make_task(), e2e.type_config(max_api_retries=retries))
     started = time.monotonic()
     result = await e2e.runner().run(ctx)
     took = time.monotonic() - started
-    print(f"\nHTTP {status}: failed after {took:.2f} s")
+    print(f"\nHTTP {status}, {retries} retries: failed after {took:.2f} s")
 
     assert not result.succeeded
     assert result.error is not None
     assert result.error.startswith(f"Claude API error (HTTP {status}): API Error: {status}")
     assert result.details["terminal_reason"] == "api_error"
-    assert len(api.message_requests()) == 1
+    assert len(api.message_requests()) == 1 + retries
     assert took < 10
+
+
+async def test_the_agents_tools_see_only_the_agent_environment(
+    e2e: EndToEnd, api: MessagesStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "CLAUDE_HOOKS_SERVER__WEBHOOK_SECRET": "webhook-s3cret",
+        "CLAUDE_HOOKS_SERVER__API_TOKEN": "api-t0ken",
+        "CLAUDE_HOOKS_TYPES__REVIEWER__TOKEN": "reviewer-t0ken",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    e2e.parent.update(secrets)  # what agent_env filters out; the SDK would merge os.environ
+    config = e2e.type_config(allowed_tools=["Bash(env)"])
+    ctx = await e2e.context(make_task(), config)
+    api.script(tool_use("Bash", {"command": "env", "description": "environment"}), text("ok"))
+    result = await e2e.runner().run(ctx)
+    assert result.succeeded, result.error
+
+    seen = api.message_requests()[-1].last_user_text()
+    assert "FORGEJO_TOKEN=forgejo-dev-token" in seen
+    assert "CLAUDE_HOOKS_TASK_ID=" in seen
+    for name, value in secrets.items():
+        assert name not in seen
+        assert value not in seen

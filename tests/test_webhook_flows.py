@@ -14,7 +14,7 @@ from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
-from tests.support import SHARED, GateRunner, fixture, forgejo_headers, make_config
+from tests.support import SHARED, GateRunner, fixture, forgejo_headers, make_config, wait_until
 
 AGENTS = [
     {"name": "dev-alpha", "type": "dev"},
@@ -174,3 +174,110 @@ async def test_assigned_deliveries_for_dev_land_on_either_instance(
         agents.append(answer.json()["tasks"][0]["agent"])
     assert set(agents) == {"dev-alpha", "dev-bravo"}
     assert agents[:2] == ["dev-alpha", "dev-bravo"]
+
+
+async def send(
+    client: httpx.AsyncClient, name: str, delivery: str, change: Any = None
+) -> httpx.Response:
+    """A shared fixture, changed by `change(data)`, re-signed under a new delivery id."""
+    body, headers = fixture(name)
+    data = json.loads(body)
+    if change is not None:
+        change(data)
+    payload = json.dumps(data).encode()
+    event_type = headers["X-Gitea-Event-Type"]
+    return await client.post(
+        "/webhook", content=payload, headers=forgejo_headers(event_type, payload, delivery)
+    )
+
+
+async def test_unassigning_cancels_running_and_queued_work(
+    client: httpx.AsyncClient, service: Service, gate: GateRunner
+) -> None:
+    work = (await post(client, "issues_assigned_dev")).json()["tasks"][0]["id"]
+    mention = (await post(client, "issue_comment_created_mention")).json()["tasks"][0]
+    assert mention["agent"] == "dev-alpha"  # the conversation of #17 lives there
+    await wait_until(lambda: gate.started == [work])
+
+    def to_issue_17(data: dict[str, Any]) -> None:
+        data["issue"]["number"] = 17
+
+    answer = await send(client, "issues_unassigned", "unassign-17", to_issue_17)
+    assert answer.status_code == 200
+    assert sorted(answer.json()["cancelled"]) == sorted([work, mention["id"]])
+    await wait_until(lambda: gate.cancelled == [work])
+    states = {t.id: t.state.value for t in await service.store.list_tasks(TaskFilter(), 10, 0)}
+    assert states == {work: "cancelled", mention["id"]: "cancelled"}
+    # Assigning again starts the work afresh.
+    again = await send(client, "issues_assigned_dev", "assign-17-again")
+    assert again.status_code == 202
+
+
+async def test_closing_the_pr_cancels_its_work(
+    client: httpx.AsyncClient, service: Service, gate: GateRunner
+) -> None:
+    await post(client, "pull_request_opened")
+    fix = (await post(client, "pull_request_review_rejected")).json()["tasks"][0]["id"]
+    answer = await post(client, "pull_request_closed_merged")
+    assert answer.json()["cancelled"] == [fix]
+
+
+async def test_an_agent_never_triggers_its_own_type(client: httpx.AsyncClient) -> None:
+    def by_dev(data: dict[str, Any]) -> None:
+        data["sender"]["login"] = "dev-bot"
+
+    answer = await send(client, "issues_assigned_dev", "self-1", by_dev)
+    assert answer.status_code == 200
+    assert "an agent never triggers its own type" in answer.json()["reason"]
+    mention = await send(client, "issue_comment_created_mention", "self-2", by_dev)
+    assert "agents do not wake each other" in mention.json()["reason"]
+
+
+async def test_an_identical_pending_event_is_merged(
+    client: httpx.AsyncClient, service: Service, gate: GateRunner
+) -> None:
+    work = (await post(client, "issues_assigned_dev")).json()["tasks"][0]["id"]
+    await wait_until(lambda: gate.started == [work])
+    first = (await post(client, "pull_request_review_rejected")).json()["tasks"][0]
+
+    def second_review(data: dict[str, Any]) -> None:
+        data["review"]["content"] = "Also rename the setting."
+
+    again = (await send(client, "pull_request_review_rejected", "review-2", second_review)).json()
+    assert again["tasks"][0]["id"] == first["id"]
+    assert again["tasks"][0]["merged"] is True
+    task = await service.store.get_task(first["id"])
+    assert task is not None
+    assert task.payload["review_body"] == "Also rename the setting."
+    assert await service.store.count_tasks(TaskFilter(session_key="dev:acme/widget:17")) == 2
+
+
+async def test_assigning_two_agent_types_dispatches_to_both(client: httpx.AsyncClient) -> None:
+    def both(data: dict[str, Any]) -> None:
+        reviewer = dict(data["issue"]["assignees"][0], login="reviewer", id=99)
+        data["issue"]["assignees"].append(reviewer)
+
+    answer = await send(client, "issues_assigned_dev", "both-1", both)
+    assert answer.status_code == 202
+    assert tasks_of(answer.json()) == [
+        ("dev", "dev:acme/widget:17"),
+        ("reviewer", "reviewer:acme/widget:17"),
+    ]
+
+
+async def test_deliveries_api_lists_reasons_and_replays(client: httpx.AsyncClient) -> None:
+    await post(client, "issues_opened")
+    await post(client, "issues_assigned_dev")
+    auth = {"Authorization": "Bearer test-token"}
+    listed = (await client.get("/api/deliveries", headers=auth)).json()
+    assert listed["total"] == 2
+    newest = listed["deliveries"][0]
+    assert newest["event_type"] == "issue_assign"
+    assert newest["outcome"] == "queued"
+    ignored = listed["deliveries"][1]
+    assert ignored["reason"] == "issues/opened events need no agent work"
+    assert (await client.get("/api/deliveries")).status_code == 401
+    assert (await client.get("/api/deliveries/nope", headers=auth)).status_code == 404
+    replay = await client.post(f"/api/deliveries/{ignored['id']}/replay", headers=auth)
+    assert replay.status_code == 200
+    assert replay.json()["delivery"].startswith("replay-")

@@ -59,7 +59,8 @@ class CiWatcher:
         store = self.intake.store
         owner, _, name = watch.repo.partition("/")
         status = await self.forge.client(None).combined_status(owner, name, watch.head_sha)
-        if (status.state == "pending" and status.total_count == 0) or status.state == "pending":
+        # No status yet means CI has not reported: keep waiting, up to the timeout.
+        if status.state == "pending" or status.total_count == 0:
             if self.clock() - watch.created_at > self.config.flows.ci_poll_timeout:
                 await store.drop_ci_watch(watch.repo, watch.pr_number)
                 return "timeout"

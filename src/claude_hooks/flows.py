@@ -195,9 +195,8 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
         decision.assigned = state
         return decision
     if not await _allowed(ctx, repo, sender):
-        decision = _not_allowed(sender, repo)
-        decision.assigned = state
-        return decision
+        # Not saved as assigned: the next assignment by an allowed sender starts the work.
+        return _not_allowed(sender, repo)
     kind = TaskKind.WORK_ISSUE
     return Decision(
         reason=f"{repo}#{issue.number} assigned to {', '.join(newly)}",
