@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +22,7 @@ from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
 from claude_hooks.lockfile import running_service
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
-from claude_hooks.views import queue_positions, task_view
+from claude_hooks.views import delivery_view, queue_positions, task_view
 
 T = TypeVar("T")
 
@@ -33,8 +34,10 @@ app = typer.Typer(
 )
 agents_app = typer.Typer(help="Manage agent instances.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Show and cancel tasks.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="Show and replay webhook deliveries.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(deliveries_app, name="deliveries")
 
 out = Console(markup=False, highlight=False)
 err = Console(stderr=True, markup=False, highlight=False)
@@ -283,6 +286,70 @@ def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
             "it is recorded as cancelled when the service next starts"
         )
     out.print(message)
+
+
+# deliveries
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    outcome: Annotated[
+        str | None, typer.Option(help="Only this outcome: queued, ignored, duplicate, error.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    config_file: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List recent webhook deliveries with their outcome and the reason for it."""
+    config = _config(config_file)
+
+    async def fetch(store: Store) -> list[dict[str, Any]]:
+        records = await store.intake.list_deliveries(limit, 0, outcome)
+        return [delivery_view(record) for record in records]
+
+    rows = _run(_with_store(config, fetch))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "received", "event", "target", "sender", "outcome", "reason")
+    for row in rows:
+        target = f"{row['repo']}#{row['number']}" if row["number"] else (row["repo"] or "-")
+        table.add_row(
+            row["id"],
+            (row["received_at"] or "")[:19],
+            row["event_type"],
+            target,
+            row["sender"] or "-",
+            row["outcome"],
+            row["reason"] or "",
+        )
+    out.print(table)
+
+
+@deliveries_app.command("replay")
+def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> None:
+    """Run a stored delivery through the flows again (needs the running service)."""
+    config = _config(config_file)
+    service = running_service(config.data_dir)
+    if service is None or not service.url:
+        _fail(f"no service is running on {str(config.data_dir)!r}: start 'claude-hooks serve'")
+    token = config.server.api_token.get_secret_value() if config.server.api_token else ""
+    try:
+        answer = httpx.post(
+            f"{service.url}/api/deliveries/{delivery_id}/replay",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the service at {service.url}: {exc}")
+    body = (
+        answer.json()
+        if answer.headers.get("content-type", "").startswith("application/json")
+        else {}
+    )
+    if answer.status_code >= 400 and "error" in body:
+        _fail(str(body["error"]))
+    _print_json(body)
 
 
 def main() -> None:

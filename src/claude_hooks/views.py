@@ -8,6 +8,7 @@ from typing import Any
 
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.store.base import QueueEntry
+from claude_hooks.store.intake import DeliveryRecord
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -51,3 +52,24 @@ def queue_positions(entries: Iterable[QueueEntry]) -> dict[str, int]:
         counts[entry.agent] = counts.get(entry.agent, 0) + 1
         positions[entry.id] = counts[entry.agent]
     return positions
+
+
+def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": record.id,
+        "flavor": record.flavor,
+        "event": record.event,
+        "event_type": record.event_type,
+        "action": record.action,
+        "repo": record.repo,
+        "number": record.number,
+        "sender": record.sender,
+        "received_at": iso(record.received_at),
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "task_ids": record.task_ids,
+        "replay_of": record.replay_of,
+    }
+    if with_body:
+        view["body"] = record.body
+    return view

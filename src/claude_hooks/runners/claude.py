@@ -117,10 +117,17 @@ class TaskLog:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        self.failed = False
 
     def write(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self.stream.flush()
+        if self.failed:
+            return
+        try:
+            self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            self.stream.flush()
+        except OSError as exc:  # a full disk must not end the run: the log just stops
+            self.failed = True
+            logger.warning("cannot write the task log %s: %s", self.stream.name, exc)
 
     def message(self, message: object) -> None:
         self.write(_jsonable(message))
@@ -297,8 +304,15 @@ class ClaudeRunner:
     # running
 
     async def run(self, ctx: RunContext) -> RunResult:
-        ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with ctx.log_path.open("a", encoding="utf-8") as stream:
+        try:
+            ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
+            stream = ctx.log_path.open("a", encoding="utf-8")
+        except OSError as exc:
+            return RunResult(
+                succeeded=False,
+                error=f"cannot open the task log {str(ctx.log_path)!r}: {exc.strerror or exc}",
+            )
+        with stream:
             log = TaskLog(stream)
             try:
                 result = await self._run(ctx, log)
@@ -340,6 +354,7 @@ class ClaudeRunner:
         except PromptError as exc:
             return RunResult(succeeded=False, error=str(exc))
         self._prepare_home()
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
         details: dict[str, object] = {}
         record = await self.store.get_session(task.session_key)
         if record is not None:
@@ -385,7 +400,7 @@ class ClaudeRunner:
             await self._stop(client, process, turn, ctx, log, record, started)
             raise
         except Exception as exc:
-            await self._close(client, process, ctx.cancel_grace, log)
+            await self._close(client, process, log, ctx.cancel_grace, ctx.cancel_grace)
             reason = _describe(exc)
             if resume is not None and turn.session_id is None:
                 raise _ResumeFailedError(reason) from None
@@ -397,7 +412,7 @@ class ClaudeRunner:
                 claude_session_id=turn.session_id,
                 details=details,
             )
-        await self._close(client, process, ctx.cancel_grace, log)
+        await self._close(client, process, log, ctx.cancel_grace, ctx.cancel_grace)
         details.update(self._details(ctx, turn, process, resume, started))
         return await self._outcome(ctx, turn, record, process, details)
 
@@ -444,17 +459,21 @@ class ClaudeRunner:
         """Cancelled: interrupt the turn, take its closing result, close, kill if need be."""
         asked = time.monotonic()
         log.event("interrupt", connected=turn.connected)
-        if turn.connected and turn.result is None:
-            try:
-                await asyncio.wait_for(client.interrupt(), self.interrupt_timeout)
-            except Exception as exc:
-                log.event("interrupt_failed", error=_describe(exc))
-            else:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        self._read(client, turn, ctx, log, record), self.result_timeout
-                    )
-        await self._close(client, process, ctx.cancel_grace, log)
+        patience = ctx.cancel_grace
+        try:
+            if turn.connected and turn.result is None:
+                try:
+                    await asyncio.wait_for(client.interrupt(), self.interrupt_timeout)
+                except Exception as exc:
+                    log.event("interrupt_failed", error=_describe(exc))
+                    patience = 0.0  # it does not listen: no point waiting for it to exit
+                else:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(
+                            self._read(client, turn, ctx, log, record), self.result_timeout
+                        )
+        finally:
+            await self._close(client, process, log, patience, ctx.cancel_grace)
         cost = _run_cost(turn, record)
         log.event(
             "cancelled",
@@ -465,10 +484,17 @@ class ClaudeRunner:
         )
 
     async def _close(
-        self, client: ClaudeSDKClient, process: _CliProcess, grace: float, log: TaskLog
+        self,
+        client: ClaudeSDKClient,
+        process: _CliProcess,
+        log: TaskLog,
+        patience: float,
+        grace: float,
     ) -> None:
-        """Disconnect (the CLI exits on end of input); SIGTERM then SIGKILL it if it does not."""
-        watchdog = asyncio.create_task(self._kill_after(process, grace, log))
+        """Disconnect: the CLI exits at the end of its input. One still running `patience`
+        seconds later gets SIGTERM, and SIGKILL `grace` seconds after that (its whole group).
+        """
+        watchdog = asyncio.create_task(self._kill_after(process, log, patience, grace))
         try:
             await client.disconnect()
         except asyncio.CancelledError:
@@ -482,12 +508,14 @@ class ClaudeRunner:
             process.kill_group()
             await process.reported()
 
-    async def _kill_after(self, process: _CliProcess, grace: float, log: TaskLog) -> None:
-        await asyncio.sleep(grace)
+    async def _kill_after(
+        self, process: _CliProcess, log: TaskLog, patience: float, grace: float
+    ) -> None:
+        await asyncio.sleep(patience)
         if process.pid is None:
             log.event("kill_impossible", reason="the CLI's pid is unknown")
             return
-        log.event("kill", pid=process.pid, reason=f"still running {grace:g} s after close")
+        log.event("kill", pid=process.pid, reason=f"still running {patience:g} s after close")
         await processes.stop_group(process.pid, grace)
 
     def _details(

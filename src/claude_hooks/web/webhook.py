@@ -9,8 +9,7 @@ from fastapi.responses import JSONResponse
 
 from claude_hooks.errors import NotFoundError
 from claude_hooks.service import Service
-from claude_hooks.store.intake import DeliveryRecord
-from claude_hooks.views import iso
+from claude_hooks.views import delivery_view
 from claude_hooks.web.auth import require_token
 
 router = APIRouter()
@@ -44,27 +43,6 @@ async def webhook(request: Request) -> JSONResponse:
         chunks.append(chunk)
     answer = await service.intake.receive(request.headers, b"".join(chunks))
     return JSONResponse(answer.body, status_code=answer.status)
-
-
-def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": record.id,
-        "flavor": record.flavor,
-        "event": record.event,
-        "event_type": record.event_type,
-        "action": record.action,
-        "repo": record.repo,
-        "number": record.number,
-        "sender": record.sender,
-        "received_at": iso(record.received_at),
-        "outcome": record.outcome,
-        "reason": record.reason,
-        "task_ids": record.task_ids,
-        "replay_of": record.replay_of,
-    }
-    if with_body:
-        view["body"] = record.body
-    return view
 
 
 @api.get("/api/deliveries", summary="Recent webhook deliveries, newest first")
