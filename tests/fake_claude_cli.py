@@ -6,8 +6,9 @@ It speaks the CLI's side of the SDK's stream-json protocol over stdin/stdout: it
 that it saved itself. Standard library only; run with the test's Python.
 
 Driven by its environment (which reaches it only if the runner let it through):
-- FAKE_CLAUDE_STATE: folder for its sessions (`<id>.json`) and `calls.jsonl`, one line per
-  start with its argv, environment, pid, process group, cwd and the prompts it got.
+- FAKE_CLAUDE_STATE: folder for its sessions (`<id>.json`) and `calls.jsonl`: a line per
+  prompt (and per refused resume) with its argv, environment, pid, process group, cwd and
+  the prompts it got.
 - FAKE_CLAUDE_SCENARIO: "ok" (default); "stall" (after one assistant message, waits for an
   interrupt); "hang" (waits, ignores interrupts, end of input and SIGTERM); "crash" (exits 3
   after its init message); "api_error" (an error result with HTTP 529, then exit 1);

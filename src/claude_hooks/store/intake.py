@@ -119,8 +119,9 @@ class IntakeStore(Protocol):
 class SqlIntake:
     """`IntakeStore` on the same engine as the `SqlStore` it belongs to."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reader: AsyncEngine) -> None:
         self.engine = engine
+        self.reader = reader
 
     async def add_delivery(self, record: DeliveryRecord) -> bool:
         """Insert a delivery; False if its id was seen before (the primary key decides)."""
@@ -159,7 +160,7 @@ class SqlIntake:
             )
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (
                 await conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id))
             ).first()
@@ -171,7 +172,7 @@ class SqlIntake:
         query = sa.select(deliveries).order_by(deliveries.c.received_at.desc())
         if outcome is not None:
             query = query.where(deliveries.c.outcome == outcome)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(query.limit(limit).offset(offset))
             return [_delivery(row) for row in rows]
 
@@ -179,11 +180,11 @@ class SqlIntake:
         query = sa.select(sa.func.count()).select_from(deliveries)
         if outcome is not None:
             query = query.where(deliveries.c.outcome == outcome)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
     async def assigned_types(self, repo: str, number: int) -> set[str]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.scalars(
                 sa.select(assignments.c.type).where(
                     assignments.c.repo == repo, assignments.c.number == number
@@ -222,7 +223,7 @@ class SqlIntake:
                 )
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(pull_links).where(
@@ -233,7 +234,7 @@ class SqlIntake:
         return _link(row) if row else None
 
     async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(pull_links)
@@ -286,12 +287,12 @@ class SqlIntake:
             )
 
     async def ci_watches(self) -> list[CiWatch]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(sa.select(ci_watches))
             return [CiWatch(r.repo, r.pr_number, r.head_sha, r.created_at) for r in rows]
 
     async def pending_task(self, session_key: str, kind: TaskKind) -> str | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             found = await conn.scalar(
                 sa.select(tasks.c.id)
                 .where(
@@ -318,7 +319,7 @@ class SqlIntake:
         keys = list(set(session_keys))
         if not keys:
             return []
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.scalars(
                 sa.select(tasks.c.id)
                 .where(

@@ -37,6 +37,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_manual_transactions(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin_immediate(conn: sa.Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once with "database is
+    # locked" when another connection wrote in between; IMMEDIATE takes the write lock first
+    # and waits for it (busy_timeout) instead.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
+    """A writer and a reader: on SQLite the writer begins IMMEDIATE, the reader never blocks."""
+    writer = create_async_engine(url)
+    if writer.dialect.name != "sqlite":
+        return writer, writer
+    reader = create_async_engine(url)
+    for engine in (writer, reader):
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    sa.event.listen(writer.sync_engine, "connect", _sqlite_manual_transactions)
+    sa.event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
+    return writer, reader
+
+
 def _upgrade(connection: sa.Connection) -> None:
     config = AlembicConfig()
     config.set_main_option("script_location", str(_MIGRATIONS))
@@ -102,9 +126,10 @@ _NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_
 class SqlStore:
     """`Store` over an async SQLAlchemy engine; each public method is one transaction."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
         self.engine = engine
-        self.intake = SqlIntake(engine)
+        self.reader = reader or engine
+        self.intake = SqlIntake(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
@@ -112,34 +137,35 @@ class SqlStore:
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         try:
-            engine = create_async_engine(url)
+            engine, reader = _engines(url)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
-        if engine.dialect.name == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_upgrade)
         except sa.exc.SQLAlchemyError as exc:
             await engine.dispose()
+            await reader.dispose()
             raise StoreError(
                 f"cannot open or migrate the database at {url!r}: {exc.__class__.__name__}: "
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
-        return cls(engine)
+        return cls(engine, reader)
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()
 
     # agents
 
     async def list_agents(self) -> list[AgentInstance]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(sa.select(agents).order_by(agents.c.name))
             return [_agent(row) for row in rows]
 
     async def get_agent(self, name: str) -> AgentInstance | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(sa.select(agents).where(agents.c.name == name))).first()
             return _agent(row) if row else None
 
@@ -234,7 +260,7 @@ class SqlStore:
         return int(seq)
 
     async def get_task(self, task_id: str) -> Task | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
             return _task(row) if row else None
 
@@ -246,12 +272,12 @@ class SqlStore:
             .limit(limit)
             .offset(offset)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [_task(row) for row in await conn.execute(query)]
 
     async def count_tasks(self, where: TaskFilter) -> int:
         query = sa.select(sa.func.count()).select_from(tasks).where(*_where(where))
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return int(await conn.scalar(query) or 0)
 
     async def queue_entries(self) -> list[QueueEntry]:
@@ -267,7 +293,7 @@ class SqlStore:
             .where(tasks.c.state == TaskState.QUEUED.value)
             .order_by(tasks.c.agent, tasks.c.seq)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return [QueueEntry(*row) for row in await conn.execute(query)]
 
     async def start_task(self, task_id: str, now: float) -> Task | None:
@@ -415,13 +441,13 @@ class SqlStore:
     # cursors
 
     async def load_cursors(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return {row.type: int(row.position) for row in await conn.execute(sa.select(cursors))}
 
     # sessions
 
     async def get_session(self, key: str) -> SessionRecord | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(sa.select(sessions).where(sessions.c.key == key))).first()
         if row is None:
             return None
@@ -466,7 +492,7 @@ class SqlStore:
             return found
 
     async def last_signal_id(self) -> int:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return int(
                 await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(signals.c.id), 0))) or 0
             )
