@@ -25,9 +25,9 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
             "poll_interval": 0.05,
         },
         "types": {
-            "dev": {"login": "dev-bot", "runner": "command", "command": command},
-            "reviewer": {"runner": "command", "command": command},
-            "boss": {"runner": "command", "command": command},
+            "dev": {"login": "dev-bot", "runner": "command", "command": command, "workdir": "none"},
+            "reviewer": {"runner": "command", "command": command, "workdir": "none"},
+            "boss": {"runner": "command", "command": command, "workdir": "none"},
         },
     }
     for key, value in overrides.items():

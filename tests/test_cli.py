@@ -23,6 +23,7 @@ poll_interval = 0.05
 
 [types.dev]
 runner = "command"
+workdir = "none"
 command = ["true"]
 
 [[agents]]

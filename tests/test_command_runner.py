@@ -32,7 +32,13 @@ async def run_one(
 ) -> tuple[Service, str]:
     service: Service = await start_service(
         types={
-            "dev": {"login": "dev-bot", "runner": "command", "command": command, **type_options}
+            "dev": {
+                "login": "dev-bot",
+                "runner": "command",
+                "command": command,
+                "workdir": "none",
+                **type_options,
+            }
         },
         agents=[{"name": "dev-alpha", "type": "dev"}],
     )

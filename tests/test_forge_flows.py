@@ -49,8 +49,20 @@ def forge_config(tmp_path: Path, forge: FakeForgejo, **overrides: Any) -> Any:
     )
     command = ["true"]
     types = {
-        "dev": {"login": "dev-bot", "token": "tok-dev", "runner": "command", "command": command},
-        "boss": {"login": "boss-bot", "token": "tok-boss", "runner": "command", "command": command},
+        "dev": {
+            "login": "dev-bot",
+            "token": "tok-dev",
+            "runner": "command",
+            "command": command,
+            "workdir": "none",
+        },
+        "boss": {
+            "login": "boss-bot",
+            "token": "tok-boss",
+            "runner": "command",
+            "command": command,
+            "workdir": "none",
+        },
     }
     types.update(overrides.pop("types", {}))
     return make_config(

@@ -45,6 +45,7 @@ poll_interval = 0.05
 
 [types.dev]
 runner = "command"
+workdir = "none"
 command = ["{sys.executable}", "{agent}"]
 env = {{ PIDS = "{tmp_path / "pids"}" }}
 

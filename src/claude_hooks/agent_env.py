@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task
@@ -42,6 +43,12 @@ def agent_environment(
         if name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)
     }
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    login = type_config.login or task.type
+    host = urlsplit(forgejo_url).hostname or "claude-hooks.invalid"
+    # Commits carry the type's account unless its `env` says otherwise.
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"] = login
+        env[f"GIT_{role}_EMAIL"] = f"{login}@noreply.{host}"
     if forgejo_url:
         env["FORGEJO_URL"] = forgejo_url
     if type_config.token is not None:

@@ -19,10 +19,13 @@ from claude_hooks import control
 from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
+from claude_hooks.forge import Forge
 from claude_hooks.lockfile import running_service
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.sweep import Sweeper
 from claude_hooks.views import delivery_view, queue_positions, task_view
+from claude_hooks.workspace import Workspaces
 
 T = TypeVar("T")
 
@@ -37,7 +40,11 @@ tasks_app = typer.Typer(help="Show and cancel tasks.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Show and replay webhook deliveries.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(tasks_app, name="tasks")
+workdirs_app = typer.Typer(
+    help="List and remove the workdirs of session keys.", no_args_is_help=True
+)
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(workdirs_app, name="workdirs")
 
 out = Console(markup=False, highlight=False)
 err = Console(stderr=True, markup=False, highlight=False)
@@ -350,6 +357,71 @@ def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> Non
     if answer.status_code >= 400 and "error" in body:
         _fail(str(body["error"]))
     _print_json(body)
+
+
+# workdirs
+
+
+def _sweeper(config: Config, store: Store) -> tuple[Sweeper, Forge]:
+    forge = Forge(config)
+    workspaces = Workspaces(
+        config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
+    )
+    return Sweeper(config, workspaces, store.intake, forge), forge
+
+
+@workdirs_app.command("list")
+def workdirs_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """The session keys that have a workdir, with where it is."""
+    config = _config(config_file)
+    workspaces = Workspaces(config.data_dir)
+    rows = [
+        {"session_key": k, "path": str(workspaces.workdir(k))} for k in workspaces.session_keys()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("session key", "path")
+    for row in rows:
+        table.add_row(row["session_key"], row["path"])
+    out.print(table)
+
+
+@workdirs_app.command("clean")
+def workdirs_clean(
+    keys: Annotated[list[str], typer.Argument(help="Session keys, e.g. dev:acme/widget:17.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Remove the workdirs of these session keys (not while a task of the key is active)."""
+    config = _config(config_file)
+
+    async def clean(store: Store) -> list[tuple[str, bool]]:
+        sweeper, forge = _sweeper(config, store)
+        try:
+            return [(key, await sweeper.clean(key)) for key in keys]
+        finally:
+            await forge.aclose()
+
+    for key, removed in _run(_with_store(config, clean)):
+        out.print(f"{key}: {'removed' if removed else 'kept (no workdir, or a task is active)'}")
+
+
+@workdirs_app.command("sweep")
+def workdirs_sweep(config_file: ConfigOption = None) -> None:
+    """Ask the forge about every workdir's issue and remove those of closed ones."""
+    config = _config(config_file)
+    if not config.forgejo.url:
+        _fail("[forgejo] url is not set: the sweep asks the forge which issues are closed")
+
+    async def sweep(store: Store) -> list[str]:
+        sweeper, forge = _sweeper(config, store)
+        try:
+            return await sweeper.sweep()
+        finally:
+            await forge.aclose()
+
+    removed = _run(_with_store(config, sweep))
+    out.print(f"removed {len(removed)} workdir(s)" + (": " + ", ".join(removed) if removed else ""))
 
 
 def main() -> None:

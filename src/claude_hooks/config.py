@@ -50,6 +50,9 @@ class ForgejoConfig(_Section):
     )
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=0, le=10)
+    clone_url: str = Field(
+        "", description="base URL git clones from (e.g. an SSH or internal URL); default: url"
+    )
 
 
 class FlowsConfig(_Section):
@@ -59,6 +62,9 @@ class FlowsConfig(_Section):
     poll_ci: bool = Field(True, description="poll the combined status of agent PRs (Forgejo)")
     ci_poll_interval: float = Field(30.0, gt=0)
     ci_poll_timeout: float = Field(3 * 3600.0, gt=0)
+    sweep_interval: float = Field(
+        3600.0, ge=0, description="seconds between sweeps of closed issues' workdirs; 0: off"
+    )
 
 
 class SecurityConfig(_Section):

@@ -52,6 +52,7 @@ class Decision:
     # The agent types now assigned to (repo, number), saved once the dispatches are committed,
     # so an assignment whose work could not be queued is seen as new when replayed.
     assigned: tuple[str, int, frozenset[str]] | None = None
+    cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
 
 
 def ignore(reason: str) -> Decision:
@@ -281,7 +282,7 @@ async def handle_changes_requested(ctx: FlowContext, payload: PullRequestPayload
                 repo,
                 link.issue_number,
                 review_body=review,
-                reviewer=sender,
+                sender=sender,
                 issue_number=link.issue_number,
                 **_pull_fields(pull),
             )
@@ -318,6 +319,7 @@ def dispatch_merge(ctx: FlowContext, pull: PullRequest, link: PullLink, approver
                 link.repo,
                 link.issue_number,
                 approver=approver,
+                sender=approver,
                 author_type=link.author_type,
                 issue_number=link.issue_number,
                 **_pull_fields(pull),
@@ -468,9 +470,11 @@ def _closed_keys(ctx: FlowContext, repo: str, numbers: set[int]) -> list[str]:
 
 async def handle_closed_issue(ctx: FlowContext, payload: IssuePayload) -> Decision:
     repo, number = payload.repository.full_name, payload.issue.number
+    keys = _closed_keys(ctx, repo, {number})
     return Decision(
         reason=f"{repo}#{number} closed: its agent work is cancelled",
-        cancel=_closed_keys(ctx, repo, {number}),
+        cancel=keys,
+        cleanup=keys,
     )
 
 
@@ -481,9 +485,11 @@ async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> 
         await ctx.intake.drop_ci_watch(repo, pull.number)
         numbers = {pull.number} | ({link.issue_number} if link else set())
         state = "merged" if pull.merged else "closed"
+        keys = _closed_keys(ctx, repo, numbers)
         return Decision(
             reason=f"{repo}#{pull.number} {state}: its agent work is cancelled",
-            cancel=_closed_keys(ctx, repo, numbers),
+            cancel=keys,
+            cleanup=keys,
         )
     if link is None:
         return ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")

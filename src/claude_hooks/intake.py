@@ -24,6 +24,7 @@ from claude_hooks.forgejo.payloads import Payload, parse_payload
 from claude_hooks.forgejo.webhook import WebhookError, decode_delivery
 from claude_hooks.pool import Pool
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
+from claude_hooks.sweep import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Intake:
     ) -> None:
         self.config = config
         self.pool = pool
+        self.sweeper = Sweeper(config, pool.workspaces, store, forge)
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -226,3 +228,4 @@ class Intake:
             self.pool.bus.publish(Event("comment", data={"comment": comment}))
         if decision.watch is not None:
             await self.store.put_ci_watch(decision.watch)
+        self.sweeper.schedule(decision.cleanup)

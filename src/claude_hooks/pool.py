@@ -24,7 +24,7 @@ from claude_hooks.events import Event, EventBus
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.base import Outcome, QueueEntry, Store
-from claude_hooks.workspace import Workspaces
+from claude_hooks.workspace import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,7 @@ class Worker:
         if self._cancel_current:
             outcome = Outcome(TaskState.CANCELLED, error="cancelled before it started")
         else:
-            ctx = pool._context(task)
-            runner = pool.runner_for(task.type)
-            self._run = asyncio.create_task(runner.run(ctx), name=f"run-{task.id}")
+            self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
             try:
                 done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
             except asyncio.CancelledError:
@@ -195,7 +193,9 @@ class Pool:
         self.runner_for = runner_for
         self.clock = clock
         self.bus = bus or EventBus()
-        self.workspaces = Workspaces(config.data_dir)
+        self.workspaces = Workspaces(
+            config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
+        )
         self.workers: dict[str, Worker] = {}
         self.cursors: dict[str, int] = {}
         self._holders: dict[str, Counter[str]] = {}
@@ -425,7 +425,16 @@ class Pool:
 
     # running
 
-    def _context(self, task: Task) -> RunContext:
+    async def _prepare_and_run(self, task: Task) -> RunResult:
+        """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
+        type_config = self.config.types[task.type]
+        try:
+            workdir = await self.workspaces.prepare(task, type_config)
+        except WorkspaceError as exc:
+            return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
+        return await self.runner_for(task.type).run(self._context(task, workdir))
+
+    def _context(self, task: Task, workdir: Path) -> RunContext:
         type_config = self.config.types[task.type]
 
         async def on_process(pid: int, pid_start: int | None) -> None:
@@ -434,7 +443,7 @@ class Pool:
         return RunContext(
             task=task,
             type_config=type_config,
-            workdir=self.workspaces.workdir(task.session_key),
+            workdir=workdir,
             log_path=self.log_path(task.id),
             env=agent_environment(task, type_config, self.config.forgejo.url),
             cancel_grace=self.config.server.cancel_grace,

@@ -12,7 +12,7 @@ from claude_hooks import control
 from claude_hooks.ci_watch import CiWatcher
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
-from claude_hooks.errors import ClaudeHooksError, ConfigError
+from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.events import EventBus
 from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
@@ -20,6 +20,7 @@ from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
 from claude_hooks.pool import Pool
 from claude_hooks.runners.base import AgentRunner
+from claude_hooks.runners.claude import ClaudeRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
 from claude_hooks.store.base import Store
@@ -45,6 +46,7 @@ class Service:
         self.started_at = clock()
         self.insecure_no_signature = insecure_no_signature and config.server.webhook_secret is None
         self._runners: dict[str, AgentRunner] = {}
+        self._claude: ClaudeRunner | None = None
         self.bus = EventBus()
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
@@ -81,9 +83,9 @@ class Service:
             return CommandRunner(type_config.command)
         if type_config.runner == "merge":
             return MergeRunner(self.forge, self.config.flows)
-        raise ConfigError(
-            f"types.{agent_type}.runner: runner {type_config.runner!r} is not available"
-        )
+        if self._claude is None:
+            self._claude = ClaudeRunner(self.store, self.config.data_dir)
+        return self._claude
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable an instance now (the API's way; the CLI's goes through signals)."""
@@ -102,6 +104,7 @@ class Service:
         await self.pool.start()
         self.notifier.start()
         self.ci.start()
+        self.intake.sweeper.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
     async def stop(self) -> None:
@@ -110,6 +113,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         await self.ci.stop()
+        await self.intake.sweeper.stop()
         await self.pool.stop()
         await self.notifier.stop()
         await self.forge.aclose()
