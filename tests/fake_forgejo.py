@@ -388,6 +388,9 @@ class FakeForgejo:
                     return _error(404, "The target couldn't be found.")
         return _error(404, "not found")
 
+    def _get_user(self, user: str, query: dict[str, str], body: Any) -> _Answer:
+        return _Answer(200, _user(user))
+
     def _repo(self, owner: str, name: str, user: str) -> FakeRepo:
         repo = self.repos.get((owner, name))
         if repo is None or (repo.private and self._level(repo, user) == "none"):
@@ -575,6 +578,7 @@ class FakeForgejo:
 Route = Callable[..., _Answer]
 _SEG = r"([^/]+)"
 _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
+    (re.compile(r"/user"), "GET", FakeForgejo._get_user),
     (
         re.compile(rf"/repos/{_SEG}/{_SEG}/collaborators/{_SEG}/permission"),
         "GET",

@@ -12,6 +12,7 @@ import pytest
 
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
+from tests.fake_forgejo import FakeForgejo
 from tests.support import GateRunner, make_config, wait_until
 
 CONFIG = """
@@ -173,3 +174,29 @@ async def test_tasks_list_show_cancel(
     again = await asyncio.to_thread(cli, "tasks", "cancel", ids[0], config=config_file)
     assert again.returncode == 1
     assert "already finished (cancelled)" in again.stderr
+
+
+def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: FakeForgejo) -> None:
+    fake_forgejo.add_token("tok-dev", "dev-bot")
+    fake_forgejo.add_token("tok-rev", "someone-else")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        f'[forgejo]\nurl = "{fake_forgejo.base_url}"\nretries = 0\n'
+        '[types.dev]\nlogin = "dev-bot"\ntoken = "tok-dev"\nrunner = "command"\n'
+        'command = ["no-such-agent-binary"]\nworkdir = "none"\n'
+        '[types.reviewer]\ntoken = "tok-rev"\nrunner = "command"\ncommand = ["true"]\n'
+        'workdir = "none"\n'
+        '[types.boss]\ntoken = "wrong"\nrunner = "merge"\n'
+    )
+    result = cli("doctor", config=path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "ok    types.dev.token: belongs to 'dev-bot'" in lines
+    assert any(
+        line.startswith("FAIL  types.reviewer.token: belongs to 'someone-else', but the type's")
+        for line in lines
+    )
+    assert any(line.startswith("FAIL  types.boss.token:") and "refused" in line for line in lines)
+    assert "FAIL  types.dev: command 'no-such-agent-binary' not found on PATH" in lines
+    assert "error: 3 check(s) failed" in result.stderr

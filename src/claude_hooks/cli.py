@@ -17,6 +17,7 @@ from rich.table import Table
 
 from claude_hooks import control
 from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
+from claude_hooks.doctor import Check, run_checks
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
 from claude_hooks.forge import Forge
@@ -46,7 +47,7 @@ workdirs_app = typer.Typer(
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(workdirs_app, name="workdirs")
 
-out = Console(markup=False, highlight=False)
+out = Console(markup=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, highlight=False)
 
 ConfigOption = Annotated[
@@ -357,6 +358,26 @@ def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> Non
     if answer.status_code >= 400 and "error" in body:
         _fail(str(body["error"]))
     _print_json(body)
+
+
+# doctor
+
+
+@app.command()
+def doctor(config_file: ConfigOption = None) -> None:
+    """Check the configuration, the database, the runners and the forge tokens."""
+    config = _config(config_file)
+
+    async def collect() -> list[Check]:
+        return [check async for check in run_checks(config)]
+
+    failed = 0
+    for check in _run(collect()):
+        mark = "ok  " if check.ok and not check.warning else ("warn" if check.ok else "FAIL")
+        failed += not check.ok
+        out.print(f"{mark}  {check.subject}: {check.detail}")
+    if failed:
+        _fail(f"{failed} check(s) failed")
 
 
 # workdirs

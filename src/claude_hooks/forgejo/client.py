@@ -324,6 +324,11 @@ class ForgejoClient:
             return "none"
         return self._parse(response, _WirePermission, request).permission
 
+    async def whoami(self) -> str:
+        """The login of the token's account (`GET /user`)."""
+        request = _Request("GET", "/user", "the token's user")
+        return self._parse(await self._send(request), _WireUser, request).login
+
     async def can_write(self, owner: str, repo: str, user: str) -> bool:
         return await self.permission(owner, repo, user) in WRITE_PERMISSIONS
 

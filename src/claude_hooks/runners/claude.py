@@ -187,6 +187,16 @@ class _Turn:
     result: ResultMessage | None = None
 
 
+def locate_cli(cli_path: str | Path | None = None, path_env: str | None = None) -> str | None:
+    """`cli_path` if given, else the CLI bundled with the SDK, else `claude` on PATH."""
+    if cli_path is not None:
+        return shutil.which(str(cli_path), path=path_env)
+    bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    if bundled.is_file() and os.access(bundled, os.X_OK):
+        return str(bundled)
+    return shutil.which("claude", path=path_env)
+
+
 class ClaudeRunner:
     """`AgentRunner` over claude-agent-sdk. One instance serves every type and every worker.
 
@@ -221,12 +231,7 @@ class ClaudeRunner:
 
     def find_cli(self, path_env: str | None = None) -> str | None:
         """The real CLI's absolute path, or None if there is none to run."""
-        if self.cli_path is not None:
-            return shutil.which(str(self.cli_path), path=path_env)
-        bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            return str(bundled)
-        return shutil.which("claude", path=path_env)
+        return locate_cli(self.cli_path, path_env)
 
     def _prepare_home(self) -> None:
         for folder in (self.config_dir, self.tmp_dir, self.launcher.parent):
