@@ -122,6 +122,8 @@ class TypeConfig(_Section):
     def _command_needs_argv(self) -> TypeConfig:
         if self.runner == "command" and not self.command:
             raise ValueError("runner = 'command' needs a non-empty 'command' argv list")
+        if self.runner == "merge":
+            self.workdir = "none"  # it merges through the API: no checkout to prepare
         return self
 
 
@@ -178,7 +180,7 @@ class Config(BaseSettings):
     def database_url(self) -> str:
         if self.server.database_url:
             return self.server.database_url
-        return f"sqlite+aiosqlite:///{(self.server.data_dir / 'claude-hooks.db').resolve()}"
+        return f"sqlite:///{(self.server.data_dir / 'claude-hooks.db').resolve()}"
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type

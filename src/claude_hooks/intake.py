@@ -203,9 +203,7 @@ class Intake:
                         }
                     )
                     continue
-            task_id = await self.pool.dispatch_by_type(agent_type, request)
-            task = await self.pool.store.get_task(task_id)
-            assert task is not None
+            task = await self.pool.dispatch(agent_type, request)
             applied.tasks.append(
                 {
                     "id": task.id,

@@ -332,6 +332,10 @@ class Pool:
 
     async def dispatch_by_type(self, agent_type: str, request: DispatchRequest) -> str:
         """Queue the request on one instance of the type; the task is committed on return."""
+        return (await self.dispatch(agent_type, request)).id
+
+    async def dispatch(self, agent_type: str, request: DispatchRequest) -> Task:
+        """`dispatch_by_type`, returning the queued task itself."""
         async with self._lock(agent_type):
             worker, cursor = self._place(agent_type, request.session_key)
             now = self.clock()
@@ -359,7 +363,7 @@ class Pool:
             self.bus.publish(
                 Event("task.queued", task, {"position": len(worker.queue), "busy": not worker.idle})
             )
-            return task.id
+            return task
 
     async def _redispatch(self, entries: Iterable[QueueEntry]) -> None:
         for entry in entries:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from claude_hooks.domain import TaskKind, TaskState
 from claude_hooks.store.schema import (
@@ -92,6 +91,35 @@ def _link(row: sa.Row[Any]) -> PullLink:
     )
 
 
+# Statements on the webhook path, built once: building a statement costs more than running it.
+_INSERT_DELIVERY = deliveries.insert()
+_SETTLE_DELIVERY = (
+    deliveries.update()
+    .where(deliveries.c.id == sa.bindparam("b_id"))
+    .values(
+        outcome=sa.bindparam("outcome"),
+        reason=sa.bindparam("reason"),
+        task_ids=sa.bindparam("task_ids", type_=deliveries.c.task_ids.type),
+    )
+)
+_ASSIGNED = sa.select(assignments.c.type).where(
+    assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
+)
+_UNASSIGN = assignments.delete().where(
+    assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
+)
+_PENDING = (
+    sa.select(tasks.c.id)
+    .where(
+        tasks.c.session_key == sa.bindparam("b_key"),
+        tasks.c.kind == sa.bindparam("b_kind"),
+        tasks.c.state == TaskState.QUEUED.value,
+    )
+    .order_by(tasks.c.seq)
+    .limit(1)
+)
+
+
 class IntakeStore(Protocol):
     async def add_delivery(self, record: DeliveryRecord) -> bool: ...
     async def settle_delivery(
@@ -119,31 +147,32 @@ class IntakeStore(Protocol):
 class SqlIntake:
     """`IntakeStore` on the same engine as the `SqlStore` it belongs to."""
 
-    def __init__(self, engine: AsyncEngine, reader: AsyncEngine) -> None:
+    def __init__(self, engine: sa.Engine, reader: sa.Engine) -> None:
         self.engine = engine
         self.reader = reader
 
     async def add_delivery(self, record: DeliveryRecord) -> bool:
         """Insert a delivery; False if its id was seen before (the primary key decides)."""
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    deliveries.insert().values(
-                        id=record.id,
-                        flavor=record.flavor,
-                        event=record.event,
-                        event_type=record.event_type,
-                        action=record.action,
-                        repo=record.repo,
-                        number=record.number,
-                        sender=record.sender,
-                        received_at=record.received_at,
-                        outcome=record.outcome,
-                        reason=record.reason,
-                        task_ids=record.task_ids,
-                        body=record.body,
-                        replay_of=record.replay_of,
-                    )
+            with self.engine.begin() as conn:
+                conn.execute(
+                    _INSERT_DELIVERY,
+                    {
+                        "id": record.id,
+                        "flavor": record.flavor,
+                        "event": record.event,
+                        "event_type": record.event_type,
+                        "action": record.action,
+                        "repo": record.repo,
+                        "number": record.number,
+                        "sender": record.sender,
+                        "received_at": record.received_at,
+                        "outcome": record.outcome,
+                        "reason": record.reason,
+                        "task_ids": record.task_ids,
+                        "body": record.body,
+                        "replay_of": record.replay_of,
+                    },
                 )
         except sa.exc.IntegrityError:
             return False
@@ -152,17 +181,16 @@ class SqlIntake:
     async def settle_delivery(
         self, delivery_id: str, outcome: str, reason: str | None, task_ids: list[str]
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id == delivery_id)
-                .values(outcome=outcome, reason=reason, task_ids=task_ids)
+        with self.engine.begin() as conn:
+            conn.execute(
+                _SETTLE_DELIVERY,
+                {"b_id": delivery_id, "outcome": outcome, "reason": reason, "task_ids": task_ids},
             )
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        async with self.reader.connect() as conn:
+        with self.reader.connect() as conn:
             row = (
-                await conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id))
+                conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id))
             ).first()
         return _delivery(row) if row else None
 
@@ -172,36 +200,28 @@ class SqlIntake:
         query = sa.select(deliveries).order_by(deliveries.c.received_at.desc())
         if outcome is not None:
             query = query.where(deliveries.c.outcome == outcome)
-        async with self.reader.connect() as conn:
-            rows = await conn.execute(query.limit(limit).offset(offset))
+        with self.reader.connect() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset))
             return [_delivery(row) for row in rows]
 
     async def count_deliveries(self, outcome: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(deliveries)
         if outcome is not None:
             query = query.where(deliveries.c.outcome == outcome)
-        async with self.reader.connect() as conn:
-            return int(await conn.scalar(query) or 0)
+        with self.reader.connect() as conn:
+            return int(conn.scalar(query) or 0)
 
     async def assigned_types(self, repo: str, number: int) -> set[str]:
-        async with self.reader.connect() as conn:
-            rows = await conn.scalars(
-                sa.select(assignments.c.type).where(
-                    assignments.c.repo == repo, assignments.c.number == number
-                )
-            )
+        with self.reader.connect() as conn:
+            rows = conn.scalars(_ASSIGNED, {"b_repo": repo, "b_number": number})
             return set(rows.all())
 
     async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                assignments.delete().where(
-                    assignments.c.repo == repo, assignments.c.number == number
-                )
-            )
+        with self.engine.begin() as conn:
+            conn.execute(_UNASSIGN, {"b_repo": repo, "b_number": number})
             rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
             if rows:
-                await conn.execute(assignments.insert(), rows)
+                conn.execute(assignments.insert(), rows)
 
     async def put_pull_link(self, link: PullLink, now: float) -> None:
         values = {
@@ -211,21 +231,21 @@ class SqlIntake:
             "open": link.open,
             "updated_at": now,
         }
-        async with self.engine.begin() as conn:
-            updated = await conn.execute(
+        with self.engine.begin() as conn:
+            updated = conn.execute(
                 pull_links.update()
                 .where(pull_links.c.repo == link.repo, pull_links.c.pr_number == link.pr_number)
                 .values(**values)
             )
             if updated.rowcount == 0:
-                await conn.execute(
+                conn.execute(
                     pull_links.insert().values(repo=link.repo, pr_number=link.pr_number, **values)
                 )
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
-        async with self.reader.connect() as conn:
+        with self.reader.connect() as conn:
             row = (
-                await conn.execute(
+                conn.execute(
                     sa.select(pull_links).where(
                         pull_links.c.repo == repo, pull_links.c.pr_number == pr_number
                     )
@@ -234,9 +254,9 @@ class SqlIntake:
         return _link(row) if row else None
 
     async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
-        async with self.reader.connect() as conn:
+        with self.reader.connect() as conn:
             row = (
-                await conn.execute(
+                conn.execute(
                     sa.select(pull_links)
                     .where(pull_links.c.repo == repo, pull_links.c.head_sha == sha)
                     .order_by(pull_links.c.open.desc(), pull_links.c.updated_at.desc())
@@ -250,26 +270,26 @@ class SqlIntake:
             fix_attempts.c.pr_number == pr_number,
             fix_attempts.c.head_sha == sha,
         )
-        async with self.engine.begin() as conn:
-            updated = await conn.execute(
+        with self.engine.begin() as conn:
+            updated = conn.execute(
                 fix_attempts.update().where(*where).values(count=fix_attempts.c.count + 1)
             )
             if updated.rowcount == 0:
-                await conn.execute(
+                conn.execute(
                     fix_attempts.insert().values(
                         repo=repo, pr_number=pr_number, head_sha=sha, count=1
                     )
                 )
-            return int(await conn.scalar(sa.select(fix_attempts.c.count).where(*where)) or 0)
+            return int(conn.scalar(sa.select(fix_attempts.c.count).where(*where)) or 0)
 
     async def put_ci_watch(self, watch: CiWatch) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        with self.engine.begin() as conn:
+            conn.execute(
                 ci_watches.delete().where(
                     ci_watches.c.repo == watch.repo, ci_watches.c.pr_number == watch.pr_number
                 )
             )
-            await conn.execute(
+            conn.execute(
                 ci_watches.insert().values(
                     repo=watch.repo,
                     pr_number=watch.pr_number,
@@ -279,36 +299,27 @@ class SqlIntake:
             )
 
     async def drop_ci_watch(self, repo: str, pr_number: int) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        with self.engine.begin() as conn:
+            conn.execute(
                 ci_watches.delete().where(
                     ci_watches.c.repo == repo, ci_watches.c.pr_number == pr_number
                 )
             )
 
     async def ci_watches(self) -> list[CiWatch]:
-        async with self.reader.connect() as conn:
-            rows = await conn.execute(sa.select(ci_watches))
+        with self.reader.connect() as conn:
+            rows = conn.execute(sa.select(ci_watches))
             return [CiWatch(r.repo, r.pr_number, r.head_sha, r.created_at) for r in rows]
 
     async def pending_task(self, session_key: str, kind: TaskKind) -> str | None:
-        async with self.reader.connect() as conn:
-            found = await conn.scalar(
-                sa.select(tasks.c.id)
-                .where(
-                    tasks.c.session_key == session_key,
-                    tasks.c.kind == kind.value,
-                    tasks.c.state == TaskState.QUEUED.value,
-                )
-                .order_by(tasks.c.seq)
-                .limit(1)
-            )
+        with self.reader.connect() as conn:
+            found = conn.scalar(_PENDING, {"b_key": session_key, "b_kind": kind.value})
             return str(found) if found is not None else None
 
     async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool:
         """Give a still-queued task the newer event's payload instead of queueing a twin."""
-        async with self.engine.begin() as conn:
-            updated = await conn.execute(
+        with self.engine.begin() as conn:
+            updated = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
                 .values(payload=payload)
@@ -319,8 +330,8 @@ class SqlIntake:
         keys = list(set(session_keys))
         if not keys:
             return []
-        async with self.reader.connect() as conn:
-            rows = await conn.scalars(
+        with self.reader.connect() as conn:
+            rows = conn.scalars(
                 sa.select(tasks.c.id)
                 .where(
                     tasks.c.session_key.in_(keys),

@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
@@ -32,7 +31,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -48,16 +47,25 @@ def _sqlite_begin_immediate(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
-    """A writer and a reader: on SQLite the writer begins IMMEDIATE, the reader never blocks."""
-    writer = create_async_engine(url)
-    if writer.dialect.name != "sqlite":
-        return writer, writer
-    reader = create_async_engine(url)
+def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+    """A writer and a reader on the SQLite file: the writer begins IMMEDIATE, readers never block.
+
+    Statements run on the event loop's thread: an SQLite statement takes microseconds, while
+    handing it to a worker thread (as aiosqlite does) was measured at 350-500 us per call here.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        raise StoreError(
+            f"database_url {url!r}: this version stores its data in SQLite only "
+            "(leave database_url empty, or give a sqlite:/// URL)"
+        )
+    parsed = parsed.set(drivername="sqlite")
+    writer = sa.create_engine(parsed, pool_size=1, max_overflow=0)
+    reader = sa.create_engine(parsed)
     for engine in (writer, reader):
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    sa.event.listen(writer.sync_engine, "connect", _sqlite_manual_transactions)
-    sa.event.listen(writer.sync_engine, "begin", _sqlite_begin_immediate)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(writer, "connect", _sqlite_manual_transactions)
+    sa.event.listen(writer, "begin", _sqlite_begin_immediate)
     return writer, reader
 
 
@@ -122,11 +130,25 @@ def _where(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
 
 _NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_subquery()
 
+# Statements on the webhook path, built once: building a statement costs more than running it.
+_INSERT_TASK = (
+    tasks.insert().values(seq=_NEXT_SEQ, state=TaskState.QUEUED.value).returning(tasks.c.seq)
+)
+_TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
+_UPDATE_CURSOR = (
+    cursors.update()
+    .where(cursors.c.type == sa.bindparam("b_type"))
+    .values(position=sa.bindparam("b_position"))
+)
+_INSERT_CURSOR = cursors.insert().values(
+    type=sa.bindparam("b_type"), position=sa.bindparam("b_position")
+)
+
 
 class SqlStore:
     """`Store` over an async SQLAlchemy engine; each public method is one transaction."""
 
-    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
+    def __init__(self, engine: sa.Engine, reader: sa.Engine | None = None) -> None:
         self.engine = engine
         self.reader = reader or engine
         self.intake = SqlIntake(engine, self.reader)
@@ -141,11 +163,11 @@ class SqlStore:
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_upgrade)
+            with engine.begin() as conn:
+                _upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
-            await engine.dispose()
-            await reader.dispose()
+            engine.dispose()
+            reader.dispose()
             raise StoreError(
                 f"cannot open or migrate the database at {url!r}: {exc.__class__.__name__}: "
                 f"{exc.args[0] if exc.args else exc}"
@@ -153,39 +175,39 @@ class SqlStore:
         return cls(engine, reader)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        self.engine.dispose()
         if self.reader is not self.engine:
-            await self.reader.dispose()
+            self.reader.dispose()
 
     # agents
 
     async def list_agents(self) -> list[AgentInstance]:
-        async with self.reader.connect() as conn:
-            rows = await conn.execute(sa.select(agents).order_by(agents.c.name))
+        with self.reader.connect() as conn:
+            rows = conn.execute(sa.select(agents).order_by(agents.c.name))
             return [_agent(row) for row in rows]
 
     async def get_agent(self, name: str) -> AgentInstance | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(sa.select(agents).where(agents.c.name == name))).first()
+        with self.reader.connect() as conn:
+            row = (conn.execute(sa.select(agents).where(agents.c.name == name))).first()
             return _agent(row) if row else None
 
     async def add_agent(self, name: str, agent_type: str, now: float) -> AgentInstance:
-        async with self.engine.begin() as conn:
-            exists = await conn.scalar(sa.select(agents.c.name).where(agents.c.name == name))
+        with self.engine.begin() as conn:
+            exists = conn.scalar(sa.select(agents.c.name).where(agents.c.name == name))
             if exists:
                 raise ConflictError(f"an agent named {name!r} already exists")
-            await conn.execute(
+            conn.execute(
                 agents.insert().values(name=name, type=agent_type, enabled=True, created_at=now)
             )
         return AgentInstance(name=name, type=agent_type, enabled=True, created_at=now)
 
     async def seed_agents(self, seeds: Iterable[tuple[str, str]], now: float) -> list[str]:
         added: list[str] = []
-        async with self.engine.begin() as conn:
-            existing = set((await conn.scalars(sa.select(agents.c.name))).all())
+        with self.engine.begin() as conn:
+            existing = set((conn.scalars(sa.select(agents.c.name))).all())
             for name, agent_type in seeds:
                 if name not in existing:
-                    await conn.execute(
+                    conn.execute(
                         agents.insert().values(
                             name=name, type=agent_type, enabled=True, created_at=now
                         )
@@ -195,73 +217,66 @@ class SqlStore:
         return added
 
     async def set_agent_enabled(self, name: str, enabled: bool) -> None:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 agents.update().where(agents.c.name == name).values(enabled=enabled)
             )
             if result.rowcount == 0:
                 raise UnknownAgentError(name)
 
     async def remove_agent(self, name: str) -> None:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(agents.delete().where(agents.c.name == name))
+        with self.engine.begin() as conn:
+            result = conn.execute(agents.delete().where(agents.c.name == name))
             if result.rowcount == 0:
                 raise UnknownAgentError(name)
 
     # tasks
 
-    async def _set_cursor(self, conn: AsyncConnection, cursor: tuple[str, int]) -> None:
-        agent_type, position = cursor
-        updated = await conn.execute(
-            cursors.update().where(cursors.c.type == agent_type).values(position=position)
-        )
-        if updated.rowcount == 0:
-            await conn.execute(cursors.insert().values(type=agent_type, position=position))
+    def _set_cursor(self, conn: sa.Connection, cursor: tuple[str, int]) -> None:
+        params = {"b_type": cursor[0], "b_position": cursor[1]}
+        if conn.execute(_UPDATE_CURSOR, params).rowcount == 0:
+            conn.execute(_INSERT_CURSOR, params)
 
     async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                tasks.insert().values(
-                    id=task.id,
-                    type=task.type,
-                    agent=task.agent,
-                    kind=task.kind.value,
-                    session_key=task.session_key,
-                    repo=task.repo,
-                    number=task.number,
-                    payload=task.payload,
-                    state=TaskState.QUEUED.value,
-                    seq=_NEXT_SEQ,
-                    attempts=task.attempts,
-                    enqueued_at=task.enqueued_at,
-                    delivery_id=task.delivery_id,
-                )
-            )
-            if cursor is not None:
-                await self._set_cursor(conn, cursor)
-            seq: int = (
-                await conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == task.id))
+        with self.engine.begin() as conn:
+            seq: int = conn.execute(
+                _INSERT_TASK,
+                {
+                    "id": task.id,
+                    "type": task.type,
+                    "agent": task.agent,
+                    "kind": task.kind.value,
+                    "session_key": task.session_key,
+                    "repo": task.repo,
+                    "number": task.number,
+                    "payload": task.payload,
+                    "attempts": task.attempts,
+                    "enqueued_at": task.enqueued_at,
+                    "delivery_id": task.delivery_id,
+                },
             ).scalar_one()
+            if cursor is not None:
+                self._set_cursor(conn, cursor)
         return int(seq)
 
     async def reassign_task(self, task_id: str, agent: str, cursor: tuple[str, int]) -> int | None:
-        async with self.engine.begin() as conn:
-            moved = await conn.execute(
+        with self.engine.begin() as conn:
+            moved = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
                 .values(agent=agent, seq=_NEXT_SEQ)
             )
             if moved.rowcount == 0:
                 return None
-            await self._set_cursor(conn, cursor)
+            self._set_cursor(conn, cursor)
             seq: int = (
-                await conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == task_id))
+                conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == task_id))
             ).scalar_one()
         return int(seq)
 
     async def get_task(self, task_id: str) -> Task | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
+        with self.reader.connect() as conn:
+            row = conn.execute(_TASK_BY_ID, {"b_id": task_id}).first()
             return _task(row) if row else None
 
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]:
@@ -272,13 +287,13 @@ class SqlStore:
             .limit(limit)
             .offset(offset)
         )
-        async with self.reader.connect() as conn:
-            return [_task(row) for row in await conn.execute(query)]
+        with self.reader.connect() as conn:
+            return [_task(row) for row in conn.execute(query)]
 
     async def count_tasks(self, where: TaskFilter) -> int:
         query = sa.select(sa.func.count()).select_from(tasks).where(*_where(where))
-        async with self.reader.connect() as conn:
-            return int(await conn.scalar(query) or 0)
+        with self.reader.connect() as conn:
+            return int(conn.scalar(query) or 0)
 
     async def queue_entries(self) -> list[QueueEntry]:
         query = (
@@ -293,12 +308,12 @@ class SqlStore:
             .where(tasks.c.state == TaskState.QUEUED.value)
             .order_by(tasks.c.agent, tasks.c.seq)
         )
-        async with self.reader.connect() as conn:
-            return [QueueEntry(*row) for row in await conn.execute(query)]
+        with self.reader.connect() as conn:
+            return [QueueEntry(*row) for row in conn.execute(query)]
 
     async def start_task(self, task_id: str, now: float) -> Task | None:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 tasks.update()
                 .where(
                     tasks.c.id == task_id,
@@ -314,18 +329,18 @@ class SqlStore:
             )
             if result.rowcount == 0:
                 return None
-            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).one()
+            row = (conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).one()
             return _task(row)
 
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        with self.engine.begin() as conn:
+            conn.execute(
                 tasks.update().where(tasks.c.id == task_id).values(pid=pid, pid_start=pid_start)
             )
 
     async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
                 .values(
@@ -343,8 +358,8 @@ class SqlStore:
             return result.rowcount > 0
 
     async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
                 .values(state=state.value, finished_at=now, error=reason)
@@ -358,16 +373,16 @@ class SqlStore:
         return await self._end_queued(task_id, TaskState.FAILED, reason, now)
 
     async def request_cancel(self, task_id: str) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        with self.engine.begin() as conn:
+            result = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
                 .values(cancel_requested=True)
             )
             return result.rowcount > 0
 
-    async def _head_seq(self, conn: AsyncConnection, agent: str, seq: int) -> int:
-        head = await conn.scalar(
+    def _head_seq(self, conn: sa.Connection, agent: str, seq: int) -> int:
+        head = conn.scalar(
             sa.select(sa.func.min(tasks.c.seq)).where(
                 tasks.c.agent == agent, tasks.c.state == TaskState.QUEUED.value
             )
@@ -376,9 +391,9 @@ class SqlStore:
 
     async def requeue_interrupted(self, task_id: str) -> bool:
         """Put a task the service stopped on purpose back at the head; the run does not count."""
-        async with self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             row = (
-                await conn.execute(
+                conn.execute(
                     sa.select(tasks.c.agent, tasks.c.seq).where(
                         tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value
                     )
@@ -386,12 +401,12 @@ class SqlStore:
             ).first()
             if row is None:
                 return False
-            await conn.execute(
+            conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id)
                 .values(
                     state=TaskState.QUEUED.value,
-                    seq=await self._head_seq(conn, row.agent, row.seq),
+                    seq=self._head_seq(conn, row.agent, row.seq),
                     attempts=tasks.c.attempts - 1,
                     started_at=None,
                     pid=None,
@@ -403,8 +418,8 @@ class SqlStore:
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
         """Settle tasks left running by a stopped service: back to the head of their queue."""
         recovered: list[Recovered] = []
-        async with self.engine.begin() as conn:
-            rows = await conn.execute(
+        with self.engine.begin() as conn:
+            rows = conn.execute(
                 sa.select(
                     tasks.c.id,
                     tasks.c.agent,
@@ -431,8 +446,8 @@ class SqlStore:
                     )
                 else:
                     state = TaskState.QUEUED
-                    values.update(started_at=None, seq=await self._head_seq(conn, agent, seq))
-                await conn.execute(
+                    values.update(started_at=None, seq=self._head_seq(conn, agent, seq))
+                conn.execute(
                     tasks.update().where(tasks.c.id == task_id).values(state=state.value, **values)
                 )
                 recovered.append(Recovered(task_id, agent, state, pid, pid_start))
@@ -441,14 +456,14 @@ class SqlStore:
     # cursors
 
     async def load_cursors(self) -> dict[str, int]:
-        async with self.reader.connect() as conn:
-            return {row.type: int(row.position) for row in await conn.execute(sa.select(cursors))}
+        with self.reader.connect() as conn:
+            return {row.type: int(row.position) for row in conn.execute(sa.select(cursors))}
 
     # sessions
 
     async def get_session(self, key: str) -> SessionRecord | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(sa.select(sessions).where(sessions.c.key == key))).first()
+        with self.reader.connect() as conn:
+            row = (conn.execute(sa.select(sessions).where(sessions.c.key == key))).first()
         if row is None:
             return None
         return SessionRecord(row.key, row.claude_session_id, row.total_cost_usd, row.updated_at)
@@ -461,26 +476,24 @@ class SqlStore:
             "total_cost_usd": total_cost_usd,
             "updated_at": now,
         }
-        async with self.engine.begin() as conn:
-            updated = await conn.execute(
-                sessions.update().where(sessions.c.key == key).values(**values)
-            )
+        with self.engine.begin() as conn:
+            updated = conn.execute(sessions.update().where(sessions.c.key == key).values(**values))
             if updated.rowcount == 0:
-                await conn.execute(sessions.insert().values(key=key, **values))
+                conn.execute(sessions.insert().values(key=key, **values))
 
     async def forget_session(self, key: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(sessions.delete().where(sessions.c.key == key))
+        with self.engine.begin() as conn:
+            conn.execute(sessions.delete().where(sessions.c.key == key))
 
     # signals
 
     async def emit_signal(self, kind: str, target: str, now: float) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(signals.insert().values(kind=kind, target=target, created_at=now))
+        with self.engine.begin() as conn:
+            conn.execute(signals.insert().values(kind=kind, target=target, created_at=now))
 
     async def signals_after(self, last_id: int) -> list[Signal]:
-        async with self.engine.begin() as conn:
-            rows = await conn.execute(
+        with self.engine.begin() as conn:
+            rows = conn.execute(
                 sa.select(signals.c.id, signals.c.kind, signals.c.target)
                 .where(signals.c.id > last_id)
                 .order_by(signals.c.id)
@@ -488,11 +501,9 @@ class SqlStore:
             found = [Signal(*row) for row in rows]
             if found:
                 # Keep the table small: what every reader has seen long ago is of no use.
-                await conn.execute(signals.delete().where(signals.c.id < found[-1].id - 1000))
+                conn.execute(signals.delete().where(signals.c.id < found[-1].id - 1000))
             return found
 
     async def last_signal_id(self) -> int:
-        async with self.reader.connect() as conn:
-            return int(
-                await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(signals.c.id), 0))) or 0
-            )
+        with self.reader.connect() as conn:
+            return int(conn.scalar(sa.select(sa.func.coalesce(sa.func.max(signals.c.id), 0))) or 0)
