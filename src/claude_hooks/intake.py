@@ -85,6 +85,7 @@ class Intake:
         self.secret = secret.get_secret_value().encode() if secret is not None else None
         self.insecure = insecure
         self.counts: dict[str, int] = {}
+        self._in_progress: set[str] = set()
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -134,7 +135,6 @@ class Intake:
             original,
             id=f"replay-{uuid.uuid4()}",
             received_at=self.clock(),
-            outcome="received",
             reason=None,
             task_ids=[],
             replay_of=original.id,
@@ -142,9 +142,11 @@ class Intake:
         return await self._process(record, payload)
 
     async def _process(self, record: DeliveryRecord, payload: Payload | None) -> Answer:
-        if not await self.store.add_delivery(record):
+        # The primary key settles duplicates for good; the set covers one still in progress.
+        if record.id in self._in_progress or await self.store.has_delivery(record.id):
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})
+        self._in_progress.add(record.id)
         applied = Applied()
         try:
             decision = await flows.route(self.context(record.id), record.event_type, payload)
@@ -156,16 +158,26 @@ class Intake:
             return await self._settle(record, "error", reason, applied, 502)
         except ClaudeHooksError as exc:
             return await self._settle(record, "error", str(exc), applied, 503)
+        finally:
+            self._in_progress.discard(record.id)
         outcome = "queued" if applied.tasks else "ignored"
-        return await self._settle(
-            record, outcome, decision.reason, applied, 202 if applied.tasks else 200
-        )
+        status = 202 if applied.tasks else 200
+        return await self._settle(record, outcome, decision.reason, applied, status, decision)
 
     async def _settle(
-        self, record: DeliveryRecord, outcome: str, reason: str, applied: Applied, status: int
+        self,
+        record: DeliveryRecord,
+        outcome: str,
+        reason: str,
+        applied: Applied,
+        status: int,
+        decision: flows.Decision | None = None,
     ) -> Answer:
-        task_ids = [task["id"] for task in applied.tasks]
-        await self.store.settle_delivery(record.id, outcome, reason, task_ids)
+        """Record the delivery with its outcome (and the assignment state it leaves) at once."""
+        record.outcome, record.reason = outcome, reason
+        record.task_ids = [task["id"] for task in applied.tasks]
+        assigned = decision.assigned if decision is not None else None
+        await self.store.add_delivery(record, assigned)
         self._count(outcome)
         self.pool.bus.publish(
             Event(
@@ -219,9 +231,6 @@ class Intake:
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue
-        if decision.assigned is not None:
-            repo, number, types = decision.assigned
-            await self.store.set_assigned_types(repo, number, types)
         for comment in decision.comments:
             self.pool.bus.publish(Event("comment", data={"comment": comment}))
         if decision.watch is not None:

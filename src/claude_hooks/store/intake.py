@@ -18,7 +18,7 @@ from claude_hooks.store.schema import (
     tasks,
 )
 
-OUTCOMES = ("received", "queued", "ignored", "duplicate", "error")
+OUTCOMES = ("queued", "ignored", "duplicate", "error")
 
 
 @dataclass(slots=True)
@@ -33,7 +33,7 @@ class DeliveryRecord:
     repo: str | None = None
     number: int | None = None
     sender: str | None = None
-    outcome: str = "received"
+    outcome: str = "queued"
     reason: str | None = None
     task_ids: list[str] = field(default_factory=list)
     replay_of: str | None = None
@@ -93,15 +93,7 @@ def _link(row: sa.Row[Any]) -> PullLink:
 
 # Statements on the webhook path, built once: building a statement costs more than running it.
 _INSERT_DELIVERY = deliveries.insert()
-_SETTLE_DELIVERY = (
-    deliveries.update()
-    .where(deliveries.c.id == sa.bindparam("b_id"))
-    .values(
-        outcome=sa.bindparam("outcome"),
-        reason=sa.bindparam("reason"),
-        task_ids=sa.bindparam("task_ids", type_=deliveries.c.task_ids.type),
-    )
-)
+_DELIVERY_EXISTS = sa.select(deliveries.c.id).where(deliveries.c.id == sa.bindparam("b_id"))
 _ASSIGNED = sa.select(assignments.c.type).where(
     assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
 )
@@ -121,10 +113,10 @@ _PENDING = (
 
 
 class IntakeStore(Protocol):
-    async def add_delivery(self, record: DeliveryRecord) -> bool: ...
-    async def settle_delivery(
-        self, delivery_id: str, outcome: str, reason: str | None, task_ids: list[str]
-    ) -> None: ...
+    async def has_delivery(self, delivery_id: str) -> bool: ...
+    async def add_delivery(
+        self, record: DeliveryRecord, assigned: tuple[str, int, frozenset[str]] | None = None
+    ) -> bool: ...
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
     async def list_deliveries(
         self, limit: int, offset: int, outcome: str | None = None
@@ -151,8 +143,15 @@ class SqlIntake:
         self.engine = engine
         self.reader = reader
 
-    async def add_delivery(self, record: DeliveryRecord) -> bool:
-        """Insert a delivery; False if its id was seen before (the primary key decides)."""
+    async def has_delivery(self, delivery_id: str) -> bool:
+        with self.reader.connect() as conn:
+            return conn.scalar(_DELIVERY_EXISTS, {"b_id": delivery_id}) is not None
+
+    async def add_delivery(
+        self, record: DeliveryRecord, assigned: tuple[str, int, frozenset[str]] | None = None
+    ) -> bool:
+        """Insert a settled delivery, and the assignment state it leaves, in one transaction;
+        False if its id was seen before (the primary key decides)."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -174,18 +173,11 @@ class SqlIntake:
                         "replay_of": record.replay_of,
                     },
                 )
+                if assigned is not None:
+                    self._assign(conn, *assigned)
         except sa.exc.IntegrityError:
             return False
         return True
-
-    async def settle_delivery(
-        self, delivery_id: str, outcome: str, reason: str | None, task_ids: list[str]
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                _SETTLE_DELIVERY,
-                {"b_id": delivery_id, "outcome": outcome, "reason": reason, "task_ids": task_ids},
-            )
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         with self.reader.connect() as conn:
@@ -218,10 +210,13 @@ class SqlIntake:
 
     async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(_UNASSIGN, {"b_repo": repo, "b_number": number})
-            rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
-            if rows:
-                conn.execute(assignments.insert(), rows)
+            self._assign(conn, repo, number, types)
+
+    def _assign(self, conn: sa.Connection, repo: str, number: int, types: Iterable[str]) -> None:
+        conn.execute(_UNASSIGN, {"b_repo": repo, "b_number": number})
+        rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
+        if rows:
+            conn.execute(assignments.insert(), rows)
 
     async def put_pull_link(self, link: PullLink, now: float) -> None:
         values = {

@@ -45,7 +45,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_state_seq", "state", "seq"),
     sa.Index("ix_tasks_seq", "seq"),
     sa.Index("ix_tasks_delivery", "delivery_id"),
-    sa.Index("ix_tasks_session_key", "session_key"),
+    sa.Index("ix_tasks_session_state", "session_key", "state", "kind", "seq"),
     # One conversation never runs twice at once: the database holds the invariant.
     sa.Index(
         "ux_tasks_running_session",
