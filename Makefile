@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/claude-hooks.toml
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,10 @@ test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks: `make bench` records bench/RESULTS.md; `make bench QUICK=1` only checks they run.
+bench: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null && command -v webhook >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk webhook; } || \
+	  echo "wrk and webhook (Debian packages) are missing: the ingest comparison needs them"
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick --out bench/results/quick.json,)

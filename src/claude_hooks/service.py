@@ -20,7 +20,6 @@ from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
 from claude_hooks.pool import Pool
 from claude_hooks.runners.base import AgentRunner
-from claude_hooks.runners.claude import ClaudeRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
 from claude_hooks.store.base import Store
@@ -46,7 +45,7 @@ class Service:
         self.started_at = clock()
         self.insecure_no_signature = insecure_no_signature and config.server.webhook_secret is None
         self._runners: dict[str, AgentRunner] = {}
-        self._claude: ClaudeRunner | None = None
+        self._claude: AgentRunner | None = None
         self.bus = EventBus()
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
@@ -84,6 +83,9 @@ class Service:
         if type_config.runner == "merge":
             return MergeRunner(self.forge, self.config.flows)
         if self._claude is None:
+            # Imported only when a type uses it: the SDK takes about a second to import.
+            from claude_hooks.runners.claude import ClaudeRunner
+
             self._claude = ClaudeRunner(self.store, self.config.data_dir)
         return self._claude
 
@@ -101,6 +103,8 @@ class Service:
         if added:
             log.info("registered agents from the configuration: %s", ", ".join(added))
         self._last_signal = await self.store.last_signal_id()
+        for agent_type in self.config.types:
+            self.pool.runner_for(agent_type)  # at start, not in the first task's time
         await self.pool.start()
         self.notifier.start()
         self.ci.start()

@@ -1,0 +1,1 @@
+"""Benchmarks of claude-hooks: `make bench` (or `python -m bench.run`) runs them all."""
