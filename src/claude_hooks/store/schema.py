@@ -120,6 +120,7 @@ pull_links = sa.Table(
     sa.Column("head_sha", sa.String(64), nullable=False),
     sa.Column("open", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_pull_links_head", "repo", "head_sha"),
 )
 
 fix_attempts = sa.Table(
