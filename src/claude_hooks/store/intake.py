@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -154,25 +155,7 @@ class SqlIntake:
         False if its id was seen before (the primary key decides)."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    _INSERT_DELIVERY,
-                    {
-                        "id": record.id,
-                        "flavor": record.flavor,
-                        "event": record.event,
-                        "event_type": record.event_type,
-                        "action": record.action,
-                        "repo": record.repo,
-                        "number": record.number,
-                        "sender": record.sender,
-                        "received_at": record.received_at,
-                        "outcome": record.outcome,
-                        "reason": record.reason,
-                        "task_ids": record.task_ids,
-                        "body": record.body,
-                        "replay_of": record.replay_of,
-                    },
-                )
+                conn.execute(_INSERT_DELIVERY, dataclasses.asdict(record))
                 if assigned is not None:
                     self._assign(conn, *assigned)
         except sa.exc.IntegrityError:
