@@ -380,6 +380,24 @@ def doctor(config_file: ConfigOption = None) -> None:
         _fail(f"{failed} check(s) failed")
 
 
+# demo
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
+    once: Annotated[bool, typer.Option(help="Exit when the sample tasks have finished.")] = False,
+) -> None:
+    """Try claude-hooks without a forge: stand-in agents, sample deliveries, a live dashboard."""
+    from claude_hooks.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        asyncio.run(run_demo(port, once, out.print))
+    except KeyboardInterrupt:
+        out.print("demo stopped")
+
+
 # workdirs
 
 

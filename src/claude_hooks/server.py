@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from claude_hooks.config import Config
 from claude_hooks.errors import ConfigError
@@ -14,6 +16,19 @@ from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
 
 log = logging.getLogger("claude_hooks")
+
+
+class AppServer(uvicorn.Server):
+    """uvicorn serving our app; it tells the app first that it is stopping, so live streams
+    (the dashboard's, a followed log) end at once instead of holding the shutdown up."""
+
+    def __init__(self, app: FastAPI, **options: Any) -> None:
+        super().__init__(uvicorn.Config(app, lifespan="off", **options))
+        self.closing: asyncio.Event = app.state.closing
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.closing.set()
+        await super().shutdown(sockets)
 
 
 def check_startup(config: Config, insecure_no_signature: bool) -> None:
@@ -69,15 +84,11 @@ async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) 
     service = await Service.open(config, insecure_no_signature=insecure)
     try:
         await service.start(url)
-        app = create_app(service)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                log_level=config.server.log_level,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=5,
-            )
+        server = AppServer(
+            create_app(service),
+            log_level=config.server.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
         )
         log.info(
             "claude-hooks listening on %s with %d agents (%s)",

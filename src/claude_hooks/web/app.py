@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,7 +21,8 @@ from claude_hooks.errors import (
     NotFoundError,
 )
 from claude_hooks.service import Service
-from claude_hooks.web import api, webhook
+from claude_hooks.web import api, dashboard, logs, metrics, webhook
+from claude_hooks.web.auth import require_token
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +64,19 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
 def create_app(service: Service) -> FastAPI:
     """The app serves a service that the caller starts and stops (the CLI, or a test)."""
     token = service.config.server.api_token
+    # No /docs or /redoc: they load their scripts from a CDN, and the service works offline.
     app = FastAPI(
         title="claude-hooks",
         version=__version__,
         summary="Forgejo and Gitea webhooks in, pooled Claude Code agents out.",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.api_token = token.get_secret_value() if token is not None else ""
+    # Set by the server when it stops, so live streams (dashboard, log follow) end at once.
+    app.state.closing = asyncio.Event()
     app.add_exception_handler(ClaudeHooksError, _on_package_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -81,7 +89,18 @@ def create_app(service: Service) -> FastAPI:
             "uptime_s": round(service.clock() - service.started_at, 3),
         }
 
+    @app.get(
+        "/openapi.json",
+        include_in_schema=False,
+        dependencies=[Depends(require_token)],
+    )
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     app.include_router(webhook.router)
     app.include_router(webhook.api)
     app.include_router(api.router)
+    app.include_router(logs.router)
+    app.include_router(metrics.router)
+    dashboard.install(app)
     return app

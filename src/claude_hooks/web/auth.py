@@ -1,23 +1,64 @@
-"""Bearer-token authentication for everything but the webhook and the health check."""
+"""Authentication for everything but the webhook and the health check.
+
+Two ways in, both backed by `server.api_token`: the `Authorization: Bearer` header (API clients,
+Prometheus), or the dashboard's HttpOnly cookie set by its login form. The cookie holds a digest
+of the token, not the token: a leaked cookie does not reveal it, and changing the token logs
+every browser out. A cookie-authenticated request that changes state must also carry
+`X-Requested-With: claude-hooks`, which another origin (another port on the same host is
+"same-site" to the browser) cannot send without a CORS preflight this service never grants.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import HTTPException, Request
 
+COOKIE_NAME = "claude_hooks_session"
+CSRF_HEADER = "x-requested-with"
+CSRF_VALUE = "claude-hooks"
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def session_value(token: str) -> str:
+    """The dashboard cookie's value for an api token."""
+    return hmac.new(token.encode(), b"claude-hooks dashboard session", hashlib.sha256).hexdigest()
+
+
+def token_matches(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+def check_request(request: Request) -> tuple[int, str] | None:
+    """None if the request is authenticated, else the status and the message to answer."""
+    expected: str = request.app.state.api_token
+    if not expected:
+        return 401, "server.api_token is not set: nothing can be authenticated"
+    header = request.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return 401, "malformed Authorization header: send 'Authorization: Bearer <token>'"
+        if not token_matches(token, expected):
+            return 401, "wrong api token: use server.api_token"
+        return None
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie is None:
+        return 401, "missing api token: send 'Authorization: Bearer <server.api_token>'"
+    if not hmac.compare_digest(cookie.encode(), session_value(expected).encode()):
+        return 401, "the dashboard session has expired or the api token changed: log in again"
+    if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
+        return (
+            403,
+            f"requests authenticated by cookie need the header 'X-Requested-With: {CSRF_VALUE}'",
+        )
+    return None
+
 
 def require_token(request: Request) -> None:
-    expected: str = request.app.state.api_token
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(
-            401,
-            "missing api token: send 'Authorization: Bearer <server.api_token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise HTTPException(
-            401, "wrong api token: use server.api_token", headers={"WWW-Authenticate": "Bearer"}
-        )
+    problem = check_request(request)
+    if problem is not None:
+        status, message = problem
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        raise HTTPException(status, message, headers=headers)

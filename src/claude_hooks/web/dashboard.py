@@ -1,0 +1,765 @@
+"""The dashboard: server-rendered pages that stay live over server-sent events.
+
+Each page is made of named sections. The page renders them once; `GET /live` renders them again
+when an event on the service's bus concerns them (coalesced over a short window) and sends a
+section only when its HTML changed, so a quiet service sends nothing but a keep-alive. The
+instances' log tails are the one thing that changes without an event: the overview looks at them
+once a second. Every asset is served from the package; nothing comes from a CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from markupsafe import Markup
+
+from claude_hooks import __version__
+from claude_hooks.domain import Task, TaskState
+from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
+from claude_hooks.events import Event, Subscription
+from claude_hooks.pool import Worker
+from claude_hooks.service import Service
+from claude_hooks.store.base import QueueEntry, TaskFilter
+from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
+from claude_hooks.store.schema import deliveries, tasks
+from claude_hooks.web.auth import (
+    COOKIE_NAME,
+    check_request,
+    require_token,
+    session_value,
+    token_matches,
+)
+from claude_hooks.web.logs import renders_json, tail_lines
+from claude_hooks.web.metrics import sql_read
+
+PAGE_SIZE = 50
+RECENT = 8  # rows of recent deliveries and of finished tasks on the overview
+QUEUE_SHOWN = 8  # queued tasks listed per instance on the overview
+LOG_LINES = 6  # lines of a running task's log on the overview
+TICK = 1.0  # seconds between looks at log tails (and at the server stopping)
+COALESCE = 0.15  # seconds to gather a burst of events into one update
+KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from closing
+COOKIE_MAX_AGE = 30 * 24 * 3600
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("claude_hooks", "templates"),
+    autoescape=jinja2.select_autoescape(("html",)),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} m {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} m"
+
+
+def _usd(value: float | None) -> str:
+    return "—" if value is None else f"${value:,.2f}"
+
+
+def _clock(timestamp: float | None) -> str:
+    """Server-local time; the page's script shows it in the browser's zone instead."""
+    if timestamp is None:
+        return "—"
+    moment = datetime.fromtimestamp(timestamp).astimezone()
+    if moment.date() == datetime.now().astimezone().date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+_env.filters.update(duration=_duration, usd=_usd, clock=_clock)
+
+
+def _render(template: str, **context: Any) -> str:
+    return _env.get_template(template).render(**context)
+
+
+# what the sections show
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedInfo:
+    """What the overview shows of a queued task; it never changes while the task waits."""
+
+    id: str
+    kind: str
+    repo: str
+    number: int
+    enqueued_at: float
+
+
+class QueuedCache:
+    """Queued tasks' details by id, so a live overview does not read each one every second."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self.known: dict[str, QueuedInfo] = {}
+
+    async def get(self, service: Service, entry: QueueEntry) -> QueuedInfo:
+        info = self.known.get(entry.id)
+        if info is not None:
+            return info
+        task = await service.store.get_task(entry.id)
+        assert task is not None  # a queue entry is written after its task's row
+        if len(self.known) >= self.LIMIT:
+            self.known.clear()
+        info = self.known[entry.id] = QueuedInfo(
+            task.id, task.kind.value, task.repo, task.number, task.enqueued_at
+        )
+        return info
+
+
+def start_of_today() -> float:
+    now = datetime.now().astimezone()
+    return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+@dataclass(slots=True)
+class Tally:
+    """One type's (or every type's) finished tasks today, and its instances now."""
+
+    name: str
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    cost: float = 0.0
+    run_seconds: float = 0.0
+    runs: int = 0
+    busy: int = 0
+    instances: int = 0
+    queued: int = 0
+
+    @property
+    def mean_duration(self) -> float | None:
+        return self.run_seconds / self.runs if self.runs else None
+
+    def add(self, state: str, count: int, cost: float, run_seconds: float, runs: int) -> None:
+        if state in ("succeeded", "failed", "cancelled"):
+            setattr(self, state, getattr(self, state) + count)
+        self.cost += cost
+        self.run_seconds += run_seconds
+        self.runs += runs
+
+
+async def _stats(service: Service) -> dict[str, Any]:
+    since = start_of_today()
+    run = tasks.c.finished_at - tasks.c.started_at
+    task_rows = sa.select(
+        tasks.c.type,
+        tasks.c.state,
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0),
+        sa.func.coalesce(sa.func.sum(run), 0.0),
+        sa.func.count(tasks.c.started_at),
+    ).where(tasks.c.finished_at >= since)
+    delivery_rows = sa.select(deliveries.c.outcome, sa.func.count()).where(
+        deliveries.c.received_at >= since
+    )
+
+    def query(conn: sa.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        by_state = conn.execute(task_rows.group_by(tasks.c.type, tasks.c.state))
+        by_outcome = conn.execute(delivery_rows.group_by(deliveries.c.outcome))
+        return [tuple(row) for row in by_state], [tuple(row) for row in by_outcome]
+
+    by_state, by_outcome = sql_read(service, query)
+    total = Tally("all")
+    per_type = {name: Tally(name) for name in service.config.types}
+    for agent_type, state, count, cost, run_seconds, runs in by_state:
+        tally = per_type.setdefault(agent_type, Tally(agent_type))
+        for target in (tally, total):
+            target.add(state, int(count), float(cost), float(run_seconds), int(runs))
+    for worker in service.pool.workers.values():
+        tally = per_type.setdefault(worker.type, Tally(worker.type))
+        for target in (tally, total):
+            target.instances += 1
+            target.busy += worker.current is not None
+            target.queued += len(worker.queue)
+    outcomes = {outcome: 0 for outcome in ("queued", "ignored", "error", "duplicate")}
+    outcomes.update({outcome: int(count) for outcome, count in by_outcome})
+    return {
+        "total": total,
+        "types": list(per_type.values()),
+        "deliveries": outcomes,
+        "delivered": sum(outcomes.values()),
+    }
+
+
+@dataclass(slots=True)
+class Instance:
+    name: str
+    enabled: bool
+    state: str
+    task: Task | None
+    starting: QueuedInfo | None
+    log: list[str]
+    queue: list[QueuedInfo]
+    queued: int
+
+
+@dataclass(slots=True)
+class TypeGroup:
+    name: str
+    runner: str
+    instances: list[Instance] = field(default_factory=list)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for i in self.instances if i.state == "busy")
+
+    @property
+    def idle(self) -> int:
+        return sum(1 for i in self.instances if i.state == "idle")
+
+    @property
+    def disabled(self) -> int:
+        return sum(1 for i in self.instances if not i.enabled)
+
+    @property
+    def queued(self) -> int:
+        return sum(i.queued for i in self.instances)
+
+
+async def _instance(service: Service, cache: QueuedCache, worker: Worker) -> Instance:
+    task = worker.current_task
+    log: list[str] = []
+    starting = None
+    if task is not None:
+        path = service.pool.log_path(task.id)
+        log = tail_lines(path, LOG_LINES, renders_json(service, task))
+    elif worker.current is not None:
+        starting = await cache.get(service, worker.current)
+    entries = list(worker.queue)
+    return Instance(
+        name=worker.name,
+        enabled=worker.enabled,
+        state=worker.state,
+        task=task,
+        starting=starting,
+        log=log,
+        queue=[await cache.get(service, entry) for entry in entries[:QUEUE_SHOWN]],
+        queued=len(entries),
+    )
+
+
+async def _groups(service: Service, cache: QueuedCache) -> list[TypeGroup]:
+    groups = {
+        name: TypeGroup(name, type_config.runner)
+        for name, type_config in service.config.types.items()
+    }
+    for name in sorted(service.pool.workers):
+        worker = service.pool.workers[name]
+        group = groups.get(worker.type)
+        if group is not None:
+            group.instances.append(await _instance(service, cache, worker))
+    return list(groups.values())
+
+
+def _positions(service: Service) -> dict[str, int]:
+    return {
+        entry.id: index + 1
+        for worker in service.pool.workers.values()
+        for index, entry in enumerate(worker.queue)
+    }
+
+
+# the pages' parameters
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """A tasks or deliveries listing: what to show and which page of it."""
+
+    state: TaskState | None = None
+    type: str | None = None
+    agent: str | None = None
+    repo: str | None = None
+    outcome: str | None = None
+    offset: int = 0
+    limit: int = PAGE_SIZE
+
+    @property
+    def task_filter(self) -> TaskFilter:
+        return TaskFilter(state=self.state, type=self.type, agent=self.agent, repo=self.repo)
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        values = {
+            "state": self.state.value if self.state else None,
+            "type": self.type,
+            "agent": self.agent,
+            "repo": self.repo,
+            "outcome": self.outcome,
+            "offset": self.offset or None,
+            "limit": self.limit if self.limit != PAGE_SIZE else None,
+            **changes,
+        }
+        return {key: str(value) for key, value in values.items() if value not in (None, "", 0)}
+
+    def query(self, **changes: Any) -> str:
+        return urlencode(self.params(**changes))
+
+
+def _filters(
+    state: str | None = None,
+    type: str | None = None,
+    agent: str | None = None,
+    repo: str | None = None,
+    outcome: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = PAGE_SIZE,
+) -> Filters:
+    """Query parameters as the filter forms send them: an empty field means no filter."""
+    parsed_state = None
+    if state:
+        try:
+            parsed_state = TaskState(state)
+        except ValueError:
+            choices = ", ".join(s.value for s in TaskState)
+            raise InvalidInputError(f"state must be one of {choices}, not {state!r}") from None
+    if outcome and outcome not in OUTCOMES:
+        raise InvalidInputError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    return Filters(
+        parsed_state, type or None, agent or None, repo or None, outcome or None, offset, limit
+    )
+
+
+FiltersDep = Annotated[Filters, Depends(_filters)]
+
+
+# views: a page's sections and the events that change them
+
+
+Builder = Callable[[], Awaitable[str]]
+
+
+@dataclass(slots=True)
+class View:
+    name: str
+    params: dict[str, str]
+    sections: dict[str, Builder]
+    affected: Callable[[Event], set[str]]
+    ticking: set[str] = field(default_factory=set)
+
+    @property
+    def live_url(self) -> str:
+        return "/live?" + urlencode({"view": self.name, **self.params})
+
+    async def render(self) -> dict[str, Markup]:
+        return {name: Markup(await build()) for name, build in self.sections.items()}
+
+
+def _common(service: Service) -> dict[str, Any]:
+    """What every section's template needs: the forge's base URL for issue links."""
+    return {"forge": service.config.forgejo.url.rstrip("/")}
+
+
+def _task_events(kinds: set[str]) -> Callable[[Event], set[str]]:
+    def affected(event: Event) -> set[str]:
+        return set(kinds) if event.kind.startswith("task.") else set()
+
+    return affected
+
+
+def overview_view(service: Service, cache: QueuedCache) -> View:
+    async def agents() -> str:
+        return _render("_agents.html", groups=await _groups(service, cache), **_common(service))
+
+    async def stats() -> str:
+        return _render("_stats.html", **await _stats(service))
+
+    async def finished() -> str:
+        def newest(conn: sa.Connection) -> list[str]:
+            query = (
+                sa.select(tasks.c.id)
+                .where(tasks.c.finished_at.is_not(None))
+                .order_by(tasks.c.finished_at.desc())
+                .limit(RECENT)
+            )
+            return list(conn.scalars(query))
+
+        found = [await service.store.get_task(task_id) for task_id in sql_read(service, newest)]
+        return _render(
+            "_tasks.html",
+            tasks=[task for task in found if task is not None],
+            positions={},
+            compact=True,
+            **_common(service),
+        )
+
+    async def recent_deliveries() -> str:
+        found = await service.store.intake.list_deliveries(RECENT, 0)
+        return _render("_deliveries.html", deliveries=found, compact=True, **_common(service))
+
+    def affected(event: Event) -> set[str]:
+        if event.kind == "delivery":
+            return {"recent-deliveries"}
+        if event.kind == "task.finished":
+            return {"agents", "stats", "finished"}
+        return {"agents", "stats"} if event.kind.startswith("task.") else set()
+
+    return View(
+        "overview",
+        {},
+        {
+            "stats": stats,
+            "agents": agents,
+            "recent-deliveries": recent_deliveries,
+            "finished": finished,
+        },
+        affected,
+        ticking={"agents"},
+    )
+
+
+def tasks_view(service: Service, filters: Filters) -> View:
+    async def table() -> str:
+        where = filters.task_filter
+        found = await service.store.list_tasks(where, filters.limit, filters.offset)
+        return _render(
+            "_tasks.html",
+            tasks=found,
+            total=await service.store.count_tasks(where),
+            filters=filters,
+            positions=_positions(service),
+            compact=False,
+            **_common(service),
+        )
+
+    return View("tasks", filters.params(), {"tasks": table}, _task_events({"tasks"}))
+
+
+def single_task_view(service: Service, task_id: str) -> View:
+    async def detail() -> str:
+        task = await service.store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        delivery = None
+        if task.delivery_id:
+            delivery = await service.store.intake.get_delivery(task.delivery_id)
+        return _render(
+            "_task.html",
+            task=task,
+            delivery=delivery,
+            position=_positions(service).get(task.id),
+            timeline=_timeline(task, delivery),
+            **_common(service),
+        )
+
+    return View("task", {"id": task_id}, {"task": detail}, _task_events({"task"}))
+
+
+def _timeline(
+    task: Task, delivery: DeliveryRecord | None
+) -> list[tuple[str, float | None, float | None]]:
+    """(step, when, seconds since the previous step) from delivery to end."""
+    end = task.state.value if task.state.finished else "finished"
+    steps = [
+        ("delivered", delivery.received_at if delivery else None),
+        ("queued", task.enqueued_at),
+        ("started", task.started_at),
+        (end, task.finished_at),
+    ]
+    timeline: list[tuple[str, float | None, float | None]] = []
+    previous: float | None = None
+    for label, at in steps:
+        delta = at - previous if at is not None and previous is not None else None
+        timeline.append((label, at, delta))
+        previous = at if at is not None else previous
+    return timeline
+
+
+def deliveries_view(service: Service, filters: Filters) -> View:
+    async def table() -> str:
+        store = service.store.intake
+        found = await store.list_deliveries(filters.limit, filters.offset, filters.outcome)
+        return _render(
+            "_deliveries.html",
+            deliveries=found,
+            total=await store.count_deliveries(filters.outcome),
+            filters=filters,
+            compact=False,
+            **_common(service),
+        )
+
+    def affected(event: Event) -> set[str]:
+        return {"deliveries"} if event.kind == "delivery" else set()
+
+    return View("deliveries", filters.params(), {"deliveries": table}, affected)
+
+
+def single_delivery_view(service: Service, delivery_id: str) -> View:
+    async def detail() -> str:
+        record = await service.store.intake.get_delivery(delivery_id)
+        if record is None:
+            raise NotFoundError(f"no delivery with id {delivery_id!r}")
+        found = [await service.store.get_task(task_id) for task_id in record.task_ids]
+        return _render(
+            "_delivery.html",
+            delivery=record,
+            tasks=[task for task in found if task is not None],
+            positions=_positions(service),
+            **_common(service),
+        )
+
+    def affected(event: Event) -> set[str]:
+        return {"delivery"} if event.kind == "delivery" or event.kind.startswith("task.") else set()
+
+    return View("delivery", {"id": delivery_id}, {"delivery": detail}, affected)
+
+
+def _pretty(body: str) -> str:
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except ValueError:
+        return body
+
+
+# routes
+
+router = APIRouter(include_in_schema=False)
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+async def _page(request: Request, template: str, view: View, **extra: Any) -> Response:
+    service = _service(request)
+    html = _render(
+        template,
+        view=view,
+        sections=await view.render(),
+        insecure=service.insecure_no_signature,
+        version=__version__,
+        **extra,
+        **_common(service),
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _login_redirect(request: Request) -> RedirectResponse | None:
+    """Pages send a browser without a valid session to the login form, and back after it."""
+    if check_request(request) is None:
+        return None
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this service: never an open redirect to another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _login_page(request: Request, target: str, error: str | None, status: int) -> Response:
+    html = _render(
+        "login.html",
+        target=target,
+        error=error,
+        insecure=_service(request).insecure_no_signature,
+        version=__version__,
+    )
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str | None = None) -> Response:
+    if check_request(request) is None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _login_page(request, _safe_next(next), None, 200)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0]
+    target = _safe_next((form.get("next") or ["/"])[0])
+    expected: str = request.app.state.api_token
+    if not token.strip():
+        return _login_page(request, target, "Enter the api token (server.api_token).", 400)
+    if not token_matches(token, expected):
+        return _login_page(request, target, "Wrong token: use server.api_token.", 401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE_NAME,
+        session_value(expected),
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, httponly=True, samesite="lax")
+    return response
+
+
+@router.get("/")
+async def overview_page(request: Request) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    view = overview_view(_service(request), request.app.state.queued_cache)
+    return await _page(request, "overview.html", view)
+
+
+@router.get("/tasks")
+async def tasks_page(request: Request, filters: FiltersDep) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    service = _service(request)
+    return await _page(
+        request,
+        "tasks.html",
+        tasks_view(service, filters),
+        filters=filters,
+        states=[state.value for state in TaskState],
+        types=sorted(service.config.types),
+        agents=sorted(service.pool.workers),
+    )
+
+
+@router.get("/tasks/{task_id}")
+async def task_page(request: Request, task_id: str) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    service = _service(request)
+    task = await service.store.get_task(task_id)
+    if task is None:
+        raise UnknownTaskError(task_id)
+    return await _page(request, "task.html", single_task_view(service, task_id), task=task)
+
+
+@router.get("/deliveries")
+async def deliveries_page(request: Request, filters: FiltersDep) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    view = deliveries_view(_service(request), filters)
+    return await _page(request, "deliveries.html", view, filters=filters, outcomes=OUTCOMES)
+
+
+@router.get("/deliveries/{delivery_id}")
+async def delivery_page(request: Request, delivery_id: str) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    service = _service(request)
+    record = await service.store.intake.get_delivery(delivery_id)
+    if record is None:
+        raise NotFoundError(f"no delivery with id {delivery_id!r}")
+    view = single_delivery_view(service, delivery_id)
+    return await _page(request, "delivery.html", view, delivery=record, body=_pretty(record.body))
+
+
+# live updates
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _changes(subscription: Subscription, view: View, seconds: float) -> set[str]:
+    """The sections that need a new look: those a burst of events touched, or the ticking ones."""
+    try:
+        first = await asyncio.wait_for(subscription.get(), seconds)
+    except TimeoutError:
+        return set(view.ticking)
+    await asyncio.sleep(COALESCE)
+    dirty = view.affected(first)
+    while not subscription.queue.empty():
+        dirty |= view.affected(subscription.queue.get_nowait())
+    if subscription.dropped:
+        subscription.dropped = 0
+        dirty = set(view.sections)
+    return dirty
+
+
+async def _live(view: View, service: Service, closing: asyncio.Event) -> AsyncIterator[bytes]:
+    subscription = service.bus.subscribe(256)
+    loop = asyncio.get_running_loop()
+    try:
+        yield b"retry: 2000\n\n"
+        sent: dict[str, str] = {}
+        dirty = set(view.sections)
+        quiet_since = loop.time()
+        while not closing.is_set():
+            for name in sorted(dirty):
+                try:
+                    html = await view.sections[name]()
+                except NotFoundError as exc:
+                    yield _sse("gone", {"error": str(exc)})
+                    return
+                if sent.get(name) != html:
+                    sent[name] = html
+                    yield _sse("section", {"id": name, "html": html})
+                    quiet_since = loop.time()
+            if loop.time() - quiet_since >= KEEPALIVE:
+                yield b": keep-alive\n\n"
+                quiet_since = loop.time()
+            dirty = await _changes(subscription, view, TICK)
+    finally:
+        subscription.close()
+
+
+@router.get("/live", dependencies=[Depends(require_token)])
+async def live(
+    request: Request,
+    filters: FiltersDep,
+    view: Literal["overview", "tasks", "task", "deliveries", "delivery"] = "overview",
+    id: str | None = None,
+) -> StreamingResponse:
+    """Server-sent events: `section` events carry {id, html} for a section of the page."""
+    service = _service(request)
+    chosen: View
+    if view in ("task", "delivery") and not id:
+        raise InvalidInputError(f"view={view} needs the query parameter 'id'")
+    if view == "task" and id:
+        if await service.store.get_task(id) is None:
+            raise UnknownTaskError(id)
+        chosen = single_task_view(service, id)
+    elif view == "delivery" and id:
+        if await service.store.intake.get_delivery(id) is None:
+            raise NotFoundError(f"no delivery with id {id!r}")
+        chosen = single_delivery_view(service, id)
+    elif view == "tasks":
+        chosen = tasks_view(service, filters)
+    elif view == "deliveries":
+        chosen = deliveries_view(service, filters)
+    else:
+        chosen = overview_view(service, request.app.state.queued_cache)
+    return StreamingResponse(
+        _live(chosen, service, request.app.state.closing),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Add the dashboard to the app: its pages, its live stream and its static files."""
+    app.state.queued_cache = QueuedCache()
+    app.include_router(router)
+    app.mount("/static", StaticFiles(packages=[("claude_hooks", "static")]), name="static")

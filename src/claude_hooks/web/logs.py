@@ -1,0 +1,304 @@
+"""`GET /api/tasks/{id}/log`: a task's log, whole, its tail, or followed live while it runs.
+
+The command runner's log is the agent's raw output; the claude runner's is one JSON object a
+line. `format=text` turns the latter into one readable line per message (text, tool calls,
+results), which is what the dashboard shows; `raw` is the file as written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from claude_hooks.domain import Task
+from claude_hooks.errors import UnknownTaskError
+from claude_hooks.events import Subscription
+from claude_hooks.service import Service
+from claude_hooks.web.auth import require_token
+
+router = APIRouter(dependencies=[Depends(require_token)])
+
+CHUNK = 64 * 1024
+FOLLOW_POLL = 0.25  # seconds between looks at a growing log file
+RECHECK_EVERY = 20  # idle polls between looks at the task's state in the store
+BRIEF = 200  # characters of a tool call's input or result shown in text form
+
+
+def _short(text: str, limit: int = BRIEF) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _brief(value: Any) -> str:
+    """A tool call's input in a few words: its command or path if it has one."""
+    if isinstance(value, dict):
+        for key in ("command", "file_path", "path", "pattern", "url", "query", "description"):
+            if isinstance(value.get(key), str):
+                return _short(value[key])
+    return _short(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def _result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        ).strip()
+    return "" if content is None else str(content)
+
+
+def _assistant(record: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for block in record.get("content") or []:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            lines.extend(str(block.get("text", "")).splitlines())
+        elif kind == "tool_use":
+            lines.append(f"→ {block.get('name', 'tool')} {_brief(block.get('input'))}")
+        elif kind == "thinking":
+            lines.append("(thinking)")
+    return lines
+
+
+def _user(record: dict[str, Any]) -> list[str]:
+    content = record.get("content")
+    if isinstance(content, str):
+        return [f"user: {_short(content)}"]
+    lines: list[str] = []
+    for block in content or []:
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            mark = "✗" if block.get("is_error") else "←"
+            lines.append(f"  {mark} {_short(_result_text(block.get('content'))) or '(empty)'}")
+    return lines
+
+
+def _result(record: dict[str, Any]) -> list[str]:
+    parts = [str(record.get("subtype", "done"))]
+    if record.get("num_turns") is not None:
+        parts.append(f"{record['num_turns']} turns")
+    if isinstance(record.get("total_cost_usd"), int | float):
+        parts.append(f"${record['total_cost_usd']:.2f}")
+    line = "result: " + ", ".join(parts)
+    text = record.get("result")
+    return [line, _short(str(text))] if text else [line]
+
+
+def render_claude_line(line: str) -> list[str]:
+    """One line of the claude runner's log as zero or more readable lines."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return [line]
+    if not isinstance(record, dict):
+        return [line]
+    kind = record.get("type")
+    if kind == "assistant":
+        return _assistant(record)
+    if kind == "user":
+        return _user(record)
+    if kind == "result":
+        return _result(record)
+    if kind == "stderr":
+        return [f"stderr: {record.get('line', '')}"]
+    if kind == "claude_hooks":
+        fields = {k: v for k, v in record.items() if k not in ("type", "event", "at")}
+        extra = " ".join(f"{k}={_brief(v)}" for k, v in fields.items())
+        return [f"· {record.get('event', 'event')} {extra}".rstrip()]
+    if kind == "system":
+        data = record["data"] if isinstance(record.get("data"), dict) else {}
+        if record.get("subtype") == "init":
+            return [f"· session {data.get('session_id', '?')} (model {data.get('model', '?')})"]
+        return [f"· {record.get('subtype', 'system')}"]
+    return [f"{kind}: {_brief(record)}"]
+
+
+def renders_json(service: Service, task: Task) -> bool:
+    """Whether the task's log is the claude runner's JSON lines."""
+    type_config = service.config.types.get(task.type)
+    return type_config is not None and type_config.runner == "claude"
+
+
+def tail_lines(path: Path, count: int, as_json: bool, window: int = CHUNK) -> list[str]:
+    """The last `count` readable lines of a log, from at most `window` bytes at its end."""
+    try:
+        with path.open("rb") as stream:
+            size = stream.seek(0, 2)
+            start = max(0, size - window)
+            stream.seek(start)
+            data = stream.read()
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # the window began inside a line
+    if as_json:
+        lines = [shown for line in lines for shown in render_claude_line(line)]
+    return [_short(line, 240) if len(line) > 240 else line for line in lines[-count:]]
+
+
+def tail_offset(path: Path, count: int) -> int:
+    """The byte offset at which the last `count` lines of a file begin."""
+    try:
+        stream = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    with stream:
+        end = stream.seek(0, 2)
+        if end:
+            stream.seek(end - 1)
+            if stream.read(1) == b"\n":
+                end -= 1  # a final newline ends the last line; it does not start another
+        found = 0
+        while end > 0:
+            start = max(0, end - CHUNK)
+            stream.seek(start)
+            block = stream.read(end - start)
+            index = len(block)
+            while (index := block.rfind(b"\n", 0, index)) >= 0:
+                found += 1
+                if found == count:
+                    return start + index + 1
+            end = start
+    return 0
+
+
+def _read(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            stream.seek(offset)
+            return stream.read(CHUNK)
+    except FileNotFoundError:
+        return b""
+
+
+class _Renderer:
+    """Bytes of the log in, bytes of the answer out: whole lines rendered, or passed through."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.partial = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.as_json:
+            return chunk
+        data = self.partial + chunk
+        complete, _, self.partial = data.rpartition(b"\n")
+        return self._render(complete) if complete else b""
+
+    def flush(self) -> bytes:
+        rest, self.partial = self.partial, b""
+        return self._render(rest) if self.as_json and rest else b""
+
+    @staticmethod
+    def _render(data: bytes) -> bytes:
+        shown = [line for line in data.decode("utf-8", "replace").split("\n") if line]
+        rendered = [text for line in shown for text in render_claude_line(line)]
+        return "".join(line + "\n" for line in rendered).encode()
+
+
+async def _finished(
+    subscription: Subscription, task_id: str, closing: asyncio.Event, seconds: float
+) -> bool:
+    """Wait up to `seconds` for the task's end (or the server's); True if it came."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not closing.is_set():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        try:
+            event = await asyncio.wait_for(subscription.get(), left)
+        except TimeoutError:
+            return False
+        if event.kind == "task.finished" and event.task is not None and event.task.id == task_id:
+            return True
+    return True
+
+
+async def _stream(
+    service: Service,
+    closing: asyncio.Event,
+    task: Task,
+    offset: int,
+    renderer: _Renderer,
+    follow: bool,
+) -> AsyncIterator[bytes]:
+    path = service.pool.log_path(task.id)
+    subscription = service.bus.subscribe(64) if follow else None
+    try:
+        done = not follow or task.state.finished
+        if subscription is not None and not done:
+            # Subscribed first, then looked again: an end between the two is not missed.
+            current = await service.store.get_task(task.id)
+            done = current is None or current.state.finished
+        idle = 0
+        while True:
+            chunk = _read(path, offset)
+            if chunk:
+                offset += len(chunk)
+                if out := renderer.feed(chunk):
+                    yield out
+                continue
+            if done or subscription is None:
+                break
+            done = await _finished(subscription, task.id, closing, FOLLOW_POLL)
+            idle += 1
+            if not done and (idle % RECHECK_EVERY == 0 or subscription.dropped):
+                subscription.dropped = 0
+                current = await service.store.get_task(task.id)
+                done = current is None or current.state.finished
+        if out := renderer.flush():
+            yield out
+    finally:
+        if subscription is not None:
+            subscription.close()
+
+
+@router.get(
+    "/api/tasks/{task_id}/log",
+    summary="A task's log; with follow=true it streams until the task ends",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "the log, as text"},
+        404: {"description": "no such task"},
+    },
+)
+async def task_log(
+    task_id: str,
+    request: Request,
+    follow: Annotated[
+        bool, Query(description="keep the answer open and send new output until the task ends")
+    ] = False,
+    format: Annotated[
+        Literal["raw", "text"],
+        Query(description="raw: the file as written; text: the claude runner's JSON made readable"),
+    ] = "raw",
+    tail: Annotated[
+        int | None, Query(ge=1, le=100_000, description="only the last N lines")
+    ] = None,
+) -> StreamingResponse:
+    service: Service = request.app.state.service
+    task = await service.store.get_task(task_id)
+    if task is None:
+        raise UnknownTaskError(task_id)
+    path = service.pool.log_path(task.id)
+    offset = tail_offset(path, tail) if tail is not None else 0
+    renderer = _Renderer(format == "text" and renders_json(service, task))
+    closing: asyncio.Event = request.app.state.closing
+    return StreamingResponse(
+        _stream(service, closing, task, offset, renderer, follow),
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Task-State": task.state.value,
+        },
+    )
