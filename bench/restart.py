@@ -13,7 +13,6 @@ from typing import Any
 from bench.common import Agents, Service, runs, stats
 from bench.deliveries import issue_assigned
 from bench.load import fixed_rate
-from claude_hooks.domain import new_task_id
 
 LONG_TASK = ["sleep", "3600"]
 
@@ -26,7 +25,7 @@ def _fill(service: Service, count: int) -> None:
         agent = f"dev-{n % 2:03d}"
         rows.append(
             (
-                new_task_id(now),
+                f"bench{n:011d}",
                 "dev",
                 agent,
                 "work_issue",

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ def run_all(quick: bool, only: list[str]) -> dict[str, Any]:
             continue
         print(f"[bench] {name} ...", flush=True)
         started = time.perf_counter()
-        results[name] = benchmark(quick)
+        try:
+            results[name] = benchmark(quick)
+        except Exception:
+            # One broken benchmark must not lose the others' figures.
+            results.setdefault("failed", {})[name] = traceback.format_exc()
+            print(f"[bench] {name} FAILED:\n{results['failed'][name]}", flush=True)
+            continue
         results[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
         print(f"[bench] {name} done in {results[name]['bench_seconds']} s", flush=True)
     return results
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         (ROOT / "bench" / "RESULTS.md").write_text(markdown(results))
     for what, target, measured, verdict in targets(results):
         print(f"{what}: {measured} (target {target}) {verdict}")
-    return 0
+    return 1 if results.get("failed") else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from claude_hooks.domain import new_task_id
 from claude_hooks.scheduler import Candidate, Choice, choose
 
 
@@ -102,3 +103,12 @@ def test_fair_share_over_idle_dispatches(count: int, cursor: int, dispatches: in
         tally[choice.index] += 1
         cursor = choice.cursor
     assert max(tally) - min(tally) <= 1
+
+
+def test_task_ids_are_unique_and_sorted_even_within_one_millisecond() -> None:
+    ids = [new_task_id(1_800_000_000.0) for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 16 for i in ids)
+    later = new_task_id(1_800_000_001.0)
+    assert later > ids[-1]

@@ -41,15 +41,36 @@ def session_key(agent_type: str, repo: str, number: int) -> str:
     return f"{agent_type}:{repo}:{number}"
 
 
+class _Ids:
+    """Time-sortable ids, unique within the process: within one millisecond a counter (from a
+    random start) makes the low 32 bits, so two ids never collide however fast they come."""
+
+    def __init__(self) -> None:
+        self.last_ms = -1
+        self.counter = 0
+
+    def next(self, now: float | None) -> str:
+        ms = int((time.time() if now is None else now) * 1000)
+        if ms <= self.last_ms:
+            ms = self.last_ms
+            self.counter = (self.counter + 1) & 0xFFFFFFFF
+        else:
+            self.last_ms = ms
+            self.counter = int.from_bytes(os.urandom(4), "big") >> 1
+        value = (ms << 32) | self.counter
+        chars = []
+        for _ in range(16):
+            chars.append(_CROCKFORD[value & 31])
+            value >>= 5
+        return "".join(reversed(chars))
+
+
+_ids = _Ids()
+
+
 def new_task_id(now: float | None = None) -> str:
-    """A 16-character id that sorts by creation time (48 bits of milliseconds, 32 random bits)."""
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 32) | int.from_bytes(os.urandom(4), "big")
-    chars = []
-    for _ in range(16):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """A 16-character id that sorts by creation time (48 bits of milliseconds, 32 bits more)."""
+    return _ids.next(now)
 
 
 def valid_name(name: str) -> bool:
