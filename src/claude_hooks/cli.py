@@ -17,7 +17,6 @@ from rich.table import Table
 
 from claude_hooks import control
 from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
-from claude_hooks.doctor import Check, run_checks
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
 from claude_hooks.forge import Forge
@@ -366,6 +365,8 @@ def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> Non
 @app.command()
 def doctor(config_file: ConfigOption = None) -> None:
     """Check the configuration, the database, the runners and the forge tokens."""
+    from claude_hooks.doctor import Check, run_checks  # it imports the Claude SDK: ~1 s
+
     config = _config(config_file)
 
     async def collect() -> list[Check]:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +198,8 @@ class Pool:
         )
         self.workers: dict[str, Worker] = {}
         self.cursors: dict[str, int] = {}
-        self._holders: dict[str, Counter[str]] = {}
+        # session key -> {worker name: how many of its tasks that worker holds}
+        self._holders: dict[str, dict[str, int]] = {}
         self._running_keys: dict[str, Worker] = {}
         self._key_freed = asyncio.Condition()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -325,7 +326,7 @@ class Pool:
         if not candidates:
             raise NoInstanceError(agent_type)
         holders = self._holders.get(session_key)
-        holder = next((w.name for w in candidates if holders and holders[w.name] > 0), None)
+        holder = next((w.name for w in candidates if holders and w.name in holders), None)
         snapshot = [Candidate(w.name, w.current is not None, len(w.queue)) for w in candidates]
         choice = choose(snapshot, self.cursors.get(agent_type, 0), holder)
         return candidates[choice.index], choice.cursor
@@ -392,7 +393,11 @@ class Pool:
     # session keys: where they are held, and that one runs at a time
 
     def _hold(self, session_key: str, worker_name: str) -> None:
-        self._holders.setdefault(session_key, Counter())[worker_name] += 1
+        holders = self._holders.get(session_key)
+        if holders is None:
+            self._holders[session_key] = {worker_name: 1}
+        else:
+            holders[worker_name] = holders.get(worker_name, 0) + 1
 
     def _release(self, entry: QueueEntry) -> None:
         self._release_name(entry.session_key, entry.agent)
@@ -404,9 +409,11 @@ class Pool:
         holders = self._holders.get(session_key)
         if holders is None:
             return
-        holders[worker_name] -= 1
-        if holders[worker_name] <= 0:
-            del holders[worker_name]
+        remaining = holders.get(worker_name, 0) - 1
+        if remaining > 0:
+            holders[worker_name] = remaining
+        else:
+            holders.pop(worker_name, None)
         if not holders:
             del self._holders[session_key]
 

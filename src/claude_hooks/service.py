@@ -98,14 +98,18 @@ class Service:
         """Take the data dir (one service each), recover, and start the workers."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(url)
-        seeds = [(seed.name, seed.type) for seed in self.config.agents]
-        added = await self.store.seed_agents(seeds, self.clock())
-        if added:
-            log.info("registered agents from the configuration: %s", ", ".join(added))
-        self._last_signal = await self.store.last_signal_id()
-        for agent_type in self.config.types:
-            self.pool.runner_for(agent_type)  # at start, not in the first task's time
-        await self.pool.start()
+        try:
+            seeds = [(seed.name, seed.type) for seed in self.config.agents]
+            added = await self.store.seed_agents(seeds, self.clock())
+            if added:
+                log.info("registered agents from the configuration: %s", ", ".join(added))
+            self._last_signal = await self.store.last_signal_id()
+            for agent_type in self.config.types:
+                self.pool.runner_for(agent_type)  # at start, not in the first task's time
+            await self.pool.start()
+        except BaseException:
+            self._lock.release()
+            raise
         self.notifier.start()
         self.ci.start()
         self.intake.sweeper.start()

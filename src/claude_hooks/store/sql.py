@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -323,7 +324,10 @@ class SqlStore:
             .order_by(tasks.c.agent, tasks.c.seq)
         )
         with self.reader.connect() as conn:
-            return [QueueEntry(*row) for row in conn.execute(query)]
+            # Start-up reads every queued task: fetch the rows in one go (100,000 of them
+            # took 0.5 s one Row at a time) and build the entries from plain tuples.
+            rows = conn.execute(query).all()
+        return list(itertools.starmap(QueueEntry, rows))
 
     async def start_task(self, task_id: str, now: float) -> Task | None:
         with self.engine.begin() as conn:
