@@ -46,7 +46,9 @@ workdirs_app = typer.Typer(
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(workdirs_app, name="workdirs")
 
-out = Console(markup=False, highlight=False, soft_wrap=True)
+# Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(markup=False, highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, markup=False, highlight=False)
 
 ConfigOption = Annotated[
