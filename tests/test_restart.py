@@ -184,3 +184,28 @@ def test_a_task_that_keeps_crashing_the_service_is_given_up(server: Server, tmp_
     assert task["attempts"] == 3
     assert "gave up after 3 attempts" in task["error"]
     assert json.dumps(task)  # the record is complete enough to serialise
+
+
+def test_sigterm_stops_agents_and_hands_their_tasks_back(server: Server, tmp_path: Path) -> None:
+    server.start()
+    answer = server.client.post(
+        "/api/tasks", json={"type": "dev", "kind": "work_issue", "repo": "acme/widget", "number": 1}
+    )
+    task_id = answer.json()["id"]
+    pids = tmp_path / "pids"
+    wait_for(lambda: (pids / task_id).exists())
+    agent = int((pids / task_id).read_text())
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=15) == 0
+    wait_for(lambda: not _alive(agent), timeout=5)
+    log = (tmp_path / "service.log").read_text()
+    assert "was running when the service stopped" not in log
+    (pids / task_id).unlink()
+    server.start()
+    # Handed back at the head of its queue without counting an attempt, and started again.
+    wait_for(lambda: (pids / task_id).exists())
+    task = server.client.get(f"/api/tasks/{task_id}").json()
+    assert task["state"] == "running"
+    assert task["attempts"] == 1
+    assert "was running when the service stopped" not in (tmp_path / "service.log").read_text()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -29,6 +31,15 @@ class AppServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.closing.set()
         await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn records the signal and raises it again once it has stopped, which would end
+        # the process before the service stops its agents and hands their tasks back to their
+        # queues. Stop the same way, without the second signal.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
 
 def check_startup(config: Config, insecure_no_signature: bool) -> None:
