@@ -44,3 +44,17 @@ async def test_migrated_database_has_every_table_and_index_of_the_schema(tmp_pat
 async def test_an_unsupported_database_url_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="SQLite only"):
         await SqlStore.open("postgresql://localhost/claude_hooks")
+
+
+async def test_checkpoints_run_off_the_event_loop_and_close_truncates_the_wal(
+    tmp_path: Path,
+) -> None:
+    store = await SqlStore.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    for number in range(200):
+        await store.emit_signal("agents", f"dev-{number}" * 20, 0.0)
+    wal = tmp_path / "db.sqlite-wal"
+    assert wal.stat().st_size > 0
+    await store.close()
+    assert not wal.exists() or wal.stat().st_size == 0
