@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +233,35 @@ async def test_startup_builds_workers_and_queues_from_the_database(
         assert task is not None and task.attempts == 1
     finally:
         await second.stop()
+
+
+async def test_a_worker_survives_a_database_fault_and_goes_on_with_its_queue(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha")
+    first = await service.pool.dispatch_by_type("dev", request(1))
+    second = await service.pool.dispatch_by_type("dev", request(2))
+    await wait_until(lambda: gate.started == [first])
+    database = service.config.data_dir / "claude-hooks.db"
+    locked = threading.Event()
+
+    def hold_the_write_lock() -> None:
+        # Another process (a CLI, a backup) holding the lock past the busy timeout (5 s).
+        connection = sqlite3.connect(database, timeout=1)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(5.5)
+        connection.rollback()
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    locked.wait(5)
+    gate.release(first)  # finishing it needs the lock: the worker hits "database is locked"
+    await wait_until(lambda: second in gate.started, timeout=20)
+    holder.join()
+    task = await service.store.get_task(first)
+    assert task is not None and task.state is TaskState.FAILED
+    assert task.error is not None and "database is locked" in task.error
+    gate.release(second)
+    await wait_until(lambda: service.pool.get_worker("dev-alpha").idle)

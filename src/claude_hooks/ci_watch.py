@@ -53,6 +53,8 @@ class CiWatcher:
                     await self.check(watch)
                 except ClaudeHooksError as exc:
                     log.warning("CI poll of %s#%d failed: %s", watch.repo, watch.pr_number, exc)
+                except Exception:
+                    log.exception("CI poll of %s#%d failed", watch.repo, watch.pr_number)
 
     async def check(self, watch: CiWatch) -> str:
         """Look once at a watched head; returns the combined state it saw."""

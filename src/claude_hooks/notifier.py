@@ -89,6 +89,9 @@ class Notifier:
             except ForgejoError as exc:
                 self.failed += 1
                 log.warning("could not comment on %s#%d: %s", comment.repo, comment.number, exc)
+            except Exception:
+                self.failed += 1
+                log.exception("could not comment on %s#%d", comment.repo, comment.number)
 
     def _comment_for(self, event: Event) -> ForgeComment | None:
         if not self.forge.enabled:

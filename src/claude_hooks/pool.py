@@ -29,6 +29,7 @@ from claude_hooks.workspace import WorkspaceError, Workspaces
 log = logging.getLogger(__name__)
 
 RunnerFactory = Callable[[str], AgentRunner]
+RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,31 +106,47 @@ class Worker:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            entry = self.queue[0]
-            self.current = entry
-            self._cancel_current = False
             try:
-                await self.pool._claim_key(entry.session_key, self)
-                task = await self.pool.store.start_task(entry.id, self.pool.clock())
-                # While it waited the entry may have been cancelled or moved to another worker,
-                # which took it off this queue and released its hold already.
-                still_queued = entry in self.queue
+                await self._take(self.queue[0])
+            except Exception:
+                # A store or runner fault must not end the worker: its queue would wait forever.
+                log.exception(
+                    "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
+                )
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _take(self, entry: QueueEntry) -> None:
+        """Start the entry at the head of the queue, run it, record how it ended."""
+        self.current = entry
+        self._cancel_current = False
+        try:
+            await self.pool._claim_key(entry.session_key, self)
+            task = await self.pool.store.start_task(entry.id, self.pool.clock())
+            # While it waited the entry may have been cancelled or moved to another worker,
+            # which took it off this queue and released its hold already.
+            still_queued = entry in self.queue
+            if still_queued:
+                self.queue.remove(entry)
+            if task is None:
                 if still_queued:
-                    self.queue.remove(entry)
-                if task is None:
-                    if still_queued:
-                        self.pool._release(entry)
-                    continue
-                if not still_queued:
-                    self.pool._hold(entry.session_key, self.name)
-                self.current_task = task
-                self.pool.bus.publish(Event("task.started", task))
+                    self.pool._release(entry)
+                return
+            if not still_queued:
+                self.pool._hold(entry.session_key, self.name)
+            self.current_task = task
+            self.pool.bus.publish(Event("task.started", task))
+            try:
                 await self._execute(task)
-            finally:
-                self.pool._free_key(entry.session_key, self)
-                self.current = None
-                self.current_task = None
-                self._run = None
+            except Exception as exc:
+                failed = Outcome(TaskState.FAILED, error=f"internal error: {exc!r}")
+                await self.pool.store.finish_task(task.id, failed, self.pool.clock())
+                self.pool._release_id(task.session_key, self)
+                raise
+        finally:
+            self.pool._free_key(entry.session_key, self)
+            self.current = None
+            self.current_task = None
+            self._run = None
 
     async def _execute(self, task: Task) -> None:
         pool = self.pool

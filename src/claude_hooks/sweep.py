@@ -73,6 +73,9 @@ class Sweeper:
                 except ClaudeHooksError as exc:
                     log.warning("could not remove the workdir of %s: %s", key, exc)
                     break
+                except Exception:
+                    log.exception("could not remove the workdir of %s", key)
+                    break
                 await asyncio.sleep(SETTLE_SECONDS)
 
     async def _periodic(self) -> None:
@@ -82,6 +85,8 @@ class Sweeper:
                 await self.sweep()
             except ClaudeHooksError as exc:
                 log.warning("workdir sweep failed: %s", exc)
+            except Exception:
+                log.exception("workdir sweep failed")
 
     async def sweep(self) -> list[str]:
         """Ask the forge about each workdir's issue; remove those whose issue is closed."""
