@@ -55,6 +55,7 @@ class Worker:
         self._run: asyncio.Task[RunResult] | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._unfinished: tuple[Task, Outcome] | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} type={self.type} queued={len(self.queue)}>"
@@ -99,14 +100,16 @@ class Worker:
 
     async def _serve(self) -> None:
         while True:
-            if not self.queue:
-                if self.retiring:
-                    self.pool._retired(self)
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
             try:
+                if self._unfinished is not None:
+                    await self._record(*self._unfinished)
+                if not self.queue:
+                    if self.retiring:
+                        self.pool._retired(self)
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
                 await self._take(self.queue[0])
             except Exception:
                 # A store or runner fault must not end the worker: its queue would wait forever.
@@ -121,66 +124,68 @@ class Worker:
         self._cancel_current = False
         try:
             await self.pool._claim_key(entry.session_key, self)
-            task = await self.pool.store.start_task(entry.id, self.pool.clock())
-            # While it waited the entry may have been cancelled or moved to another worker,
-            # which took it off this queue and released its hold already.
-            still_queued = entry in self.queue
-            if still_queued:
-                self.queue.remove(entry)
+            if entry not in self.queue:
+                return  # cancelled or moved to another instance while this one waited
+            # The store runs inline on this thread: nothing moves the entry before it starts.
+            task = await self.pool.store.start_task(entry.id, self.name, self.pool.clock())
+            self.queue.remove(entry)
             if task is None:
-                if still_queued:
-                    self.pool._release(entry)
+                self.pool._release(entry)
                 return
-            if not still_queued:
-                self.pool._hold(entry.session_key, self.name)
             self.current_task = task
             self.pool.bus.publish(Event("task.started", task))
-            try:
-                await self._execute(task)
-            except Exception as exc:
-                failed = Outcome(TaskState.FAILED, error=f"internal error: {exc!r}")
-                await self.pool.store.finish_task(task.id, failed, self.pool.clock())
-                self.pool._release_id(task.session_key, self)
-                raise
+            outcome = await self._execute(task)
+            self._unfinished = (task, outcome)
+            await self._record(task, outcome)
         finally:
             self.pool._free_key(entry.session_key, self)
             self.current = None
             self.current_task = None
             self._run = None
 
-    async def _execute(self, task: Task) -> None:
+    async def _record(self, task: Task, outcome: Outcome) -> None:
+        """Save how a run ended; kept for another try if the store fails, so it is never lost."""
+        await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
+        self._unfinished = None
+        self.pool._release_id(task.session_key, self)
+        log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
+        try:
+            await self.pool.publish_finished(task.id)
+        except Exception:
+            log.exception("could not announce the end of task %s", task.id)
+
+    async def _execute(self, task: Task) -> Outcome:
+        """Run the task to its end: how it went, or its timeout or cancel."""
         pool = self.pool
         type_config = pool.config.types[task.type]
-        outcome: Outcome | None = None
         if self._cancel_current:
-            outcome = Outcome(TaskState.CANCELLED, error="cancelled before it started")
-        else:
-            self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
+            return Outcome(TaskState.CANCELLED, error="cancelled before it started")
+        self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
+        try:
+            done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
+        except asyncio.CancelledError:
+            # The service is stopping: stop the agent, hand the task back to its queue.
+            self._run.cancel()
+            await asyncio.gather(self._run, return_exceptions=True)
+            await pool.store.requeue_interrupted(task.id, pool.clock())
+            raise
+        if not done:
+            outcome = Outcome(TaskState.FAILED, error=f"timed out after {type_config.timeout:g} s")
+            self._run.cancel()
             try:
-                done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
+                await asyncio.gather(self._run, return_exceptions=True)
             except asyncio.CancelledError:
-                # The service is stopping: stop the agent, hand the task back to its queue.
-                self._run.cancel()
-                await asyncio.gather(self._run, return_exceptions=True)
-                await pool.store.requeue_interrupted(task.id)
+                # Stopping while the agent was being stopped: the timeout is still its end.
+                await pool.store.finish_task(task.id, outcome, pool.clock())
                 raise
-            if not done:
-                self._run.cancel()
-                await asyncio.gather(self._run, return_exceptions=True)
-                outcome = Outcome(
-                    TaskState.FAILED, error=f"timed out after {type_config.timeout:g} s"
-                )
-            elif self._run.cancelled():
-                outcome = Outcome(TaskState.CANCELLED, error="cancelled while running")
-            elif (error := self._run.exception()) is not None:
-                log.error("runner of task %s failed", task.id, exc_info=error)
-                outcome = Outcome(TaskState.FAILED, error=f"runner error: {error!r}")
-            else:
-                outcome = _outcome(self._run.result())
-        await pool.store.finish_task(task.id, outcome, pool.clock())
-        pool._release_id(task.session_key, self)
-        await pool.publish_finished(task.id)
-        log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
+            return outcome
+        if self._run.cancelled():
+            return Outcome(TaskState.CANCELLED, error="cancelled while running")
+        error = self._run.exception()
+        if error is not None:
+            log.error("runner of task %s failed", task.id, exc_info=error)
+            return Outcome(TaskState.FAILED, error=f"runner error: {error!r}")
+        return _outcome(self._run.result())
 
 
 def _outcome(result: RunResult) -> Outcome:

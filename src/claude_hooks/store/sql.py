@@ -373,12 +373,15 @@ class SqlStore:
             rows = conn.execute(query).all()
         return list(itertools.starmap(QueueEntry, rows))
 
-    async def start_task(self, task_id: str, now: float) -> Task | None:
+    async def start_task(self, task_id: str, agent: str, now: float) -> Task | None:
+        """Mark a task running on `agent`; None if it is no longer queued there (cancelled,
+        moved to another instance). A task whose cancel was asked for is cancelled here."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
                 .where(
                     tasks.c.id == task_id,
+                    tasks.c.agent == agent,
                     tasks.c.state == TaskState.QUEUED.value,
                     tasks.c.cancel_requested == sa.false(),
                 )
@@ -390,8 +393,21 @@ class SqlStore:
                 )
             )
             if result.rowcount == 0:
+                conn.execute(
+                    tasks.update()
+                    .where(
+                        tasks.c.id == task_id,
+                        tasks.c.state == TaskState.QUEUED.value,
+                        tasks.c.cancel_requested == sa.true(),
+                    )
+                    .values(
+                        state=TaskState.CANCELLED.value,
+                        finished_at=now,
+                        error="cancelled before it started",
+                    )
+                )
                 return None
-            row = (conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).one()
+            row = conn.execute(_TASK_BY_ID, {"b_id": task_id}).one()
             return _task(row)
 
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
@@ -451,30 +467,34 @@ class SqlStore:
         )
         return seq if head is None or seq < head else int(head) - 1
 
-    async def requeue_interrupted(self, task_id: str) -> bool:
-        """Put a task the service stopped on purpose back at the head; the run does not count."""
+    async def requeue_interrupted(self, task_id: str, now: float) -> bool:
+        """Put a task the service stopped on purpose back at the head; the run does not count.
+        One whose cancel was asked for is recorded as cancelled instead."""
         with self.engine.begin() as conn:
             row = (
                 conn.execute(
-                    sa.select(tasks.c.agent, tasks.c.seq).where(
+                    sa.select(tasks.c.agent, tasks.c.seq, tasks.c.cancel_requested).where(
                         tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value
                     )
                 )
             ).first()
             if row is None:
                 return False
-            conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id)
-                .values(
+            values: dict[str, Any] = {"pid": None, "pid_start": None}
+            if row.cancel_requested:
+                values.update(
+                    state=TaskState.CANCELLED.value,
+                    finished_at=now,
+                    error="cancelled while running",
+                )
+            else:
+                values.update(
                     state=TaskState.QUEUED.value,
                     seq=self._head_seq(conn, row.agent, row.seq),
                     attempts=tasks.c.attempts - 1,
                     started_at=None,
-                    pid=None,
-                    pid_start=None,
                 )
-            )
+            conn.execute(tasks.update().where(tasks.c.id == task_id).values(**values))
             return True
 
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
