@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -285,3 +286,50 @@ async def test_cancel_task_by_id(
     assert (await client.post("/api/tasks/nope/cancel", headers=AUTH)).status_code == 404
     bad = await client.post("/api/tasks", headers=AUTH, json={"type": "dev", "kind": "dance"})
     assert bad.status_code == 400
+
+
+def _changed(change: Any) -> bytes:
+    data = json.loads(ASSIGNED)
+    change(data)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (_changed(lambda d: d["issue"].update(number=2**64)), "issue.number"),
+        (_changed(lambda d: d["issue"].update(number=-(2**63) - 1)), "issue.number"),
+        (ASSIGNED.replace(b'"acme/widget"', b'"acme/\\ud800"', 1), "surrogate"),
+        (ASSIGNED.replace(b'"assigned"', b'"assigned\\ud800"', 1), "surrogate"),
+    ],
+)
+async def test_values_the_database_cannot_hold_are_400(
+    client: httpx.AsyncClient, service: Service, body: bytes, words: str
+) -> None:
+    answer = await client.post(
+        "/webhook", content=body, headers=forgejo_headers("issue_assign", body, "odd-1")
+    )
+    assert answer.status_code == 400, answer.text
+    assert words in answer.json()["error"]
+    assert await service.store.count_tasks(TaskFilter()) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "POST",
+            "/api/tasks",
+            {"type": "dev", "kind": "work_issue", "repo": "a/b", "number": 2**63},
+        ),
+        ("GET", f"/api/tasks?offset={2**63}", None),
+        ("GET", f"/api/deliveries?offset={2**63}", None),
+        ("GET", "/api/tasks?limit=0", None),
+    ],
+)
+async def test_api_numbers_out_of_range_are_400(
+    client: httpx.AsyncClient, method: str, path: str, body: Any
+) -> None:
+    answer = await client.request(method, path, json=body, headers=AUTH)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]

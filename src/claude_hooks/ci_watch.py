@@ -48,7 +48,12 @@ class CiWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.config.flows.ci_poll_interval)
             self.wake.clear()
-            for watch in await self.intake.store.ci_watches():
+            try:
+                watches = await self.intake.store.ci_watches()
+            except Exception:
+                log.exception("could not read the CI watches; trying again")
+                continue
+            for watch in watches:
                 try:
                     await self.check(watch)
                 except ClaudeHooksError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from claude_hooks import flows
 from claude_hooks.config import Config
-from claude_hooks.errors import ClaudeHooksError, ConflictError, NoInstanceError, NotFoundError
+from claude_hooks.errors import ClaudeHooksError, ConflictError, NotFoundError
 from claude_hooks.events import Event
 from claude_hooks.forge import Forge
 from claude_hooks.forgejo.client import ForgejoError
@@ -63,6 +63,18 @@ def _summary(payload: Payload | None) -> dict[str, Any]:
         "sender": sender.login if sender is not None else None,
         "action": getattr(payload, "action", None),
     }
+
+
+def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
+    """The assignment state to save when a decision was applied only in part: the types whose
+    dispatch failed stay unassigned, so the same assignment is new work when replayed."""
+    if decision is None or decision.assigned is None:
+        return None
+    failed = {agent_type for agent_type, _ in decision.dispatch} - {
+        task["type"] for task in applied.tasks
+    }
+    repo, number, types = decision.assigned
+    return replace(decision, assigned=(repo, number, types - failed))
 
 
 class Intake:
@@ -148,16 +160,26 @@ class Intake:
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         self._in_progress.add(record.id)
         applied = Applied()
+        decision: flows.Decision | None = None
         try:
             decision = await flows.route(self.context(record.id), record.event_type, payload)
             await self.apply(decision, applied)
-        except NoInstanceError as exc:
-            return await self._settle(record, "error", str(exc), applied, 503)
         except ForgejoError as exc:
             reason = f"could not ask Forgejo: {exc}"
-            return await self._settle(record, "error", reason, applied, 502)
-        except ClaudeHooksError as exc:
-            return await self._settle(record, "error", str(exc), applied, 503)
+            return await self._settle(
+                record, "error", reason, applied, 502, _kept(decision, applied)
+            )
+        except ClaudeHooksError as exc:  # NoInstanceError above all: no instance of a type
+            return await self._settle(
+                record, "error", str(exc), applied, 503, _kept(decision, applied)
+            )
+        except Exception as exc:
+            # A fault of ours, not of the input: still record the delivery and what it queued.
+            log.exception("delivery %s could not be processed", record.id)
+            reason = f"internal error: {exc!r}"
+            return await self._settle(
+                record, "error", reason, applied, 500, _kept(decision, applied)
+            )
         finally:
             self._in_progress.discard(record.id)
         outcome = "queued" if applied.tasks else "ignored"

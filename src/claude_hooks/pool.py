@@ -225,6 +225,7 @@ class Pool:
         self._running_keys: dict[str, Worker] = {}
         self._key_freed = asyncio.Condition()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._stranded: list[QueueEntry] = []
         self._unknown_types_warned: set[str] = set()
 
     # registry
@@ -390,27 +391,41 @@ class Pool:
 
     async def _redispatch(self, entries: Iterable[QueueEntry]) -> None:
         for entry in entries:
-            async with self._lock(entry.type):
-                try:
-                    worker, cursor = self._place(entry.type, entry.session_key)
-                except NoInstanceError:
-                    await self.store.fail_queued(
-                        entry.id,
-                        f"instance {entry.agent!r} was disabled or removed and no enabled "
-                        f"instance of type {entry.type!r} is left to take the task",
-                        self.clock(),
-                    )
-                    continue
-                seq = await self.store.reassign_task(entry.id, worker.name, (entry.type, cursor))
-                if seq is None:
-                    continue
-                self.cursors[entry.type] = cursor
-                moved = QueueEntry(
-                    entry.id, worker.name, entry.type, entry.session_key, entry.kind, seq
+            try:
+                await self._redispatch_one(entry)
+            except Exception:
+                # Off its disabled instance and in no queue: keep it, and try again.
+                log.exception("could not move task %s; trying again shortly", entry.id)
+                self._stranded.append(entry)
+
+    async def retry_stranded(self) -> None:
+        """Try again to move the tasks a store fault left between two instances."""
+        if self._stranded:
+            stranded, self._stranded = self._stranded, []
+            await self._redispatch(stranded)
+
+    async def _redispatch_one(self, entry: QueueEntry) -> None:
+        async with self._lock(entry.type):
+            try:
+                worker, cursor = self._place(entry.type, entry.session_key)
+            except NoInstanceError:
+                await self.store.fail_queued(
+                    entry.id,
+                    f"instance {entry.agent!r} was disabled or removed and no enabled "
+                    f"instance of type {entry.type!r} is left to take the task",
+                    self.clock(),
                 )
-                worker.enqueue(moved)
-                self._hold(entry.session_key, worker.name)
-                log.info("task %s moved from %s to %s", entry.id, entry.agent, worker.name)
+                return
+            seq = await self.store.reassign_task(entry.id, worker.name, (entry.type, cursor))
+            if seq is None:
+                return
+            self.cursors[entry.type] = cursor
+            moved = QueueEntry(
+                entry.id, worker.name, entry.type, entry.session_key, entry.kind, seq
+            )
+            worker.enqueue(moved)
+            self._hold(entry.session_key, worker.name)
+            log.info("task %s moved from %s to %s", entry.id, entry.agent, worker.name)
 
     # session keys: where they are held, and that one runs at a time
 

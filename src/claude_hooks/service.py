@@ -147,13 +147,15 @@ class Service:
                 log.exception("watching for changes failed; trying again")
 
     async def apply_signals(self) -> None:
+        await self.pool.retry_stranded()
         found = await self.store.signals_after(self._last_signal)
         if not found:
             return
-        self._last_signal = found[-1].id
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
             await self.pool.sync_agents()
         for signal in found:
             if signal.kind == SIGNAL_CANCEL:
                 with contextlib.suppress(ClaudeHooksError):
                     await self.pool.cancel_task(signal.target)
+        # Only now: signals whose handling failed are read again at the next look.
+        self._last_signal = found[-1].id

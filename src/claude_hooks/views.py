@@ -10,6 +10,9 @@ from claude_hooks.domain import Task, TaskState
 from claude_hooks.store.base import QueueEntry
 from claude_hooks.store.intake import DeliveryRecord
 
+# Pagination offsets beyond this are a client's mistake, not a page (and overflow SQLite).
+MAX_OFFSET = 10**9
+
 
 def iso(timestamp: float | None) -> str | None:
     if timestamp is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, from_json
 
 from claude_hooks.forgejo.webhook import MalformedDeliveryError
@@ -33,6 +33,8 @@ def _embedded_json(value: object) -> object:
 
 
 Text = Annotated[str, BeforeValidator(_none_to_empty_str)]
+# Numbers and ids fit the database's 64-bit integers; anything larger is a malformed delivery.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class _Model(BaseModel):
@@ -41,7 +43,7 @@ class _Model(BaseModel):
 
 class User(_Model):
     login: str
-    id: int | None = None
+    id: Int64 | None = None
 
 
 class Permissions(_Model):
@@ -76,7 +78,7 @@ Users = Annotated[list[User], BeforeValidator(_none_to_empty_list)]
 
 
 class Issue(_Model):
-    number: int
+    number: Int64
     title: str
     body: Text = ""
     state: str
@@ -91,14 +93,14 @@ class Issue(_Model):
 
 
 class Comment(_Model):
-    id: int
+    id: Int64
     body: Text = ""
     user: User
     html_url: str | None = None
 
 
 class PullRequest(_Model):
-    number: int
+    number: Int64
     title: str
     body: Text = ""
     state: str
@@ -146,7 +148,7 @@ class PullRequestPayload(_Model):
     """
 
     action: str
-    number: int
+    number: Int64
     pull_request: PullRequest
     repository: Repository
     sender: User
@@ -167,7 +169,7 @@ class StatusPayload(_Model):
 
 
 class TriggerPullRequest(_Model):
-    number: int
+    number: Int64
     head: Branch
 
 
@@ -185,8 +187,8 @@ class ActionRun(_Model):
     tag. `event_payload` arrives as a JSON string and is decoded here.
     """
 
-    id: int
-    index_in_repo: int
+    id: Int64
+    index_in_repo: Int64
     workflow_id: str
     commit_sha: str
     status: str

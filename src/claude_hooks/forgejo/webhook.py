@@ -222,6 +222,15 @@ def _parse_object(signed: bytes) -> dict[str, Any]:
         raise MalformedDeliveryError(
             f"payload JSON cannot be decoded ({exc}): send the webhook's JSON body unchanged"
         ) from None
+    if "\\ud" in text or "\\uD" in text:
+        # An escaped lone surrogate decodes to a string that can be neither stored nor sent on.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedDeliveryError(
+                "payload JSON holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff): "
+                "send the webhook's JSON body unchanged"
+            ) from None
     if not isinstance(value, dict):
         raise MalformedDeliveryError(
             f"payload must be a JSON object, got {_json_kind(value)}: "

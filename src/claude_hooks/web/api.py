@@ -11,7 +11,7 @@ from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import InvalidInputError, UnknownTaskError
 from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
-from claude_hooks.views import task_view
+from claude_hooks.views import MAX_OFFSET, task_view
 from claude_hooks.web.auth import require_token
 
 router = APIRouter(dependencies=[Depends(require_token)])
@@ -73,7 +73,7 @@ async def list_tasks(
     agent: str | None = None,
     repo: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     where = TaskFilter(state=state, type=type, agent=agent, repo=repo)
     tasks = await service.store.list_tasks(where, limit, offset)
@@ -93,7 +93,7 @@ class NewTask(BaseModel):
     type: str
     kind: TaskKind
     repo: str = Field(pattern=r"^[^/\s]+/[^/\s]+$", description="owner/name")
-    number: int = Field(ge=1)
+    number: int = Field(ge=1, le=2**63 - 1)
     payload: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -33,6 +33,7 @@ from claude_hooks.service import Service
 from claude_hooks.store.base import QueueEntry, TaskFilter
 from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
 from claude_hooks.store.schema import deliveries, tasks
+from claude_hooks.views import MAX_OFFSET
 from claude_hooks.web.auth import (
     COOKIE_NAME,
     check_request,
@@ -325,7 +326,7 @@ def _filters(
     agent: str | None = None,
     repo: str | None = None,
     outcome: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = PAGE_SIZE,
 ) -> Filters:
     """Query parameters as the filter forms send them: an empty field means no filter."""

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from claude_hooks.errors import NotFoundError
 from claude_hooks.service import Service
-from claude_hooks.views import delivery_view
+from claude_hooks.views import MAX_OFFSET, delivery_view
 from claude_hooks.web.auth import require_token
 
 router = APIRouter()
@@ -50,7 +50,7 @@ async def list_deliveries(
     request: Request,
     outcome: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     service: Service = request.app.state.service
     store = service.store.intake
