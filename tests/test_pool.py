@@ -312,3 +312,35 @@ async def test_a_task_moved_off_a_disabled_waiting_instance_runs_where_it_was_mo
     assert service.pool.get_worker(moved_to).current.id == follow_up
     await service.pool.cancel_task(follow_up)
     await wait_until(lambda: follow_up in gate.cancelled)
+
+
+async def test_tasks_moved_during_a_database_fault_are_not_lost(
+    start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
+    await service.pool.dispatch_by_type("dev", request(1))  # alpha runs it
+    await service.pool.dispatch_by_type("dev", request(2))  # bravo takes it
+    queued = await service.pool.dispatch_by_type("dev", request(3))
+    await wait_until(lambda: len(gate.started) == 2)
+    assert await agent_of(service, queued) == "dev-alpha"
+    await control.set_enabled(service.store, "dev-alpha", False)  # as the CLI does
+    database = service.config.data_dir / "claude-hooks.db"
+    locked = threading.Event()
+
+    def hold_the_write_lock() -> None:
+        connection = sqlite3.connect(database, timeout=1)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(5.5)
+        connection.rollback()
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    locked.wait(5)
+    await service.pool.sync_agents()  # moving the queued task fails: the database is locked
+    holder.join()
+    await wait_until(
+        lambda: any(e.id == queued for e in service.pool.get_worker("dev-bravo").queue), 10
+    )
+    assert await agent_of(service, queued) == "dev-bravo"
