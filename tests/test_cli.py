@@ -200,3 +200,23 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
     assert any(line.startswith("FAIL  types.boss.token:") and "refused" in line for line in lines)
     assert "FAIL  types.dev: command 'no-such-agent-binary' not found on PATH" in lines
     assert "error: 3 check(s) failed" in result.stderr
+
+
+def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "claude_hooks", "demo", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("demo service on http://127.0.0.1:")
+    assert any("issue_assign" in line and "202 queued: dev -> dev-alpha" in line for line in lines)
+    assert any(
+        "pull_request_review_request" in line and "reviewer -> reviewer-1" in line for line in lines
+    )
+    assert any("issues " in line and "200 ignored" in line for line in lines)
+    assert lines[-1] == "all 4 tasks finished"
