@@ -37,6 +37,24 @@ async def agent_of(service: Service, task_id: str) -> str:
     return task.agent
 
 
+def hold_write_lock(database: Path, seconds: float) -> threading.Thread:
+    """Hold SQLite's write lock from another connection for `seconds`, in a thread."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(database, timeout=1)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(seconds)
+        connection.rollback()
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait(5)
+    return holder
+
+
 async def test_single_idle_instance_takes_the_task(
     start_service: ServiceFactory, gate: GateRunner
 ) -> None:
@@ -242,21 +260,8 @@ async def test_a_worker_survives_a_database_fault_and_goes_on_with_its_queue(
     first = await service.pool.dispatch_by_type("dev", request(1))
     second = await service.pool.dispatch_by_type("dev", request(2))
     await wait_until(lambda: gate.started == [first])
-    database = service.config.data_dir / "claude-hooks.db"
-    locked = threading.Event()
-
-    def hold_the_write_lock() -> None:
-        # Another process (a CLI, a backup) holding the lock past the busy timeout (5 s).
-        connection = sqlite3.connect(database, timeout=1)
-        connection.execute("BEGIN EXCLUSIVE")
-        locked.set()
-        time.sleep(5.5)
-        connection.rollback()
-        connection.close()
-
-    holder = threading.Thread(target=hold_the_write_lock)
-    holder.start()
-    locked.wait(5)
+    # Another process (a CLI, a backup) holds the lock past the busy timeout (5 s).
+    holder = hold_write_lock(service.config.data_dir / "claude-hooks.db", 5.5)
     gate.release(first)  # recording its end needs the lock: the worker hits "database is locked"
     await wait_until(lambda: second in gate.started, timeout=20)
     holder.join()
@@ -324,20 +329,8 @@ async def test_tasks_moved_during_a_database_fault_are_not_lost(
     await wait_until(lambda: len(gate.started) == 2)
     assert await agent_of(service, queued) == "dev-alpha"
     await control.set_enabled(service.store, "dev-alpha", False)  # as the CLI does
-    database = service.config.data_dir / "claude-hooks.db"
-    locked = threading.Event()
-
-    def hold_the_write_lock() -> None:
-        connection = sqlite3.connect(database, timeout=1)
-        connection.execute("BEGIN EXCLUSIVE")
-        locked.set()
-        time.sleep(5.5)
-        connection.rollback()
-        connection.close()
-
-    holder = threading.Thread(target=hold_the_write_lock)
-    holder.start()
-    locked.wait(5)
+    # Another process (a CLI, a backup) holds the lock past the busy timeout (5 s).
+    holder = hold_write_lock(service.config.data_dir / "claude-hooks.db", 5.5)
     await service.pool.sync_agents()  # moving the queued task fails: the database is locked
     holder.join()
     await wait_until(
