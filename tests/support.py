@@ -74,16 +74,16 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.005)
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "forgejo"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "forgejo"
 FIXTURE_SECRET = "fixture-secret"
 
 
 def fixture(name: str) -> tuple[bytes, dict[str, str]]:
-    """A shared sample delivery: its exact body bytes and its headers."""
+    """A sample delivery from tests/fixtures/forgejo: its exact body bytes and its headers."""
     import json
 
-    body = (SHARED / f"{name}.json").read_bytes()
-    headers = json.loads((SHARED / f"{name}.headers.json").read_text())
+    body = (FIXTURES / f"{name}.json").read_bytes()
+    headers = json.loads((FIXTURES / f"{name}.headers.json").read_text())
     return body, headers
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ from claude_hooks.forgejo.payloads import (
     validate_payload,
 )
 from claude_hooks.forgejo.webhook import MalformedDeliveryError, decode_delivery
+from tests.support import FIXTURES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "forgejo"
-INDEX: list[dict[str, Any]] = json.loads((SHARED / "INDEX.json").read_text())["fixtures"]
+INDEX: list[dict[str, Any]] = json.loads((FIXTURES / "INDEX.json").read_text())["fixtures"]
 SHA_A = "c5097eeead57e79ceb46023c3554f18325baa181"
 SHA_C = "dc5b081193719209a67d020d386d4c1ddc27c662"
 SHA_D = "84e76b1e1d5574c885c55e11fde12eaad5ad8d47"
@@ -54,14 +53,14 @@ EXPECTED_MODEL: dict[str, type[BaseModel]] = {
 
 
 def data(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((SHARED / f"{name}.json").read_bytes())
+    loaded: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_bytes())
     return loaded
 
 
 def parsed(name: str) -> Any:
     """The fixture as the service sees it: decoded with its headers, then parsed by event type."""
-    headers = json.loads((SHARED / f"{name}.headers.json").read_text())
-    delivery = decode_delivery(headers, (SHARED / f"{name}.json").read_bytes(), b"fixture-secret")
+    headers = json.loads((FIXTURES / f"{name}.headers.json").read_text())
+    delivery = decode_delivery(headers, (FIXTURES / f"{name}.json").read_bytes(), b"fixture-secret")
     return parse_payload(delivery.event_type, delivery.payload)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -22,9 +21,9 @@ from claude_hooks.forgejo.webhook import (
     WebhookError,
     decode_delivery,
 )
+from tests.support import FIXTURES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "forgejo"
-INDEX: list[dict[str, Any]] = json.loads((SHARED / "INDEX.json").read_text())["fixtures"]
+INDEX: list[dict[str, Any]] = json.loads((FIXTURES / "INDEX.json").read_text())["fixtures"]
 NAMES = [entry["name"] for entry in INDEX]
 SECRET = b"fixture-secret"
 FORM = "application/x-www-form-urlencoded"
@@ -38,8 +37,8 @@ SIGNATURE_HEADERS = (
 
 
 def fixture(name: str) -> tuple[dict[str, str], bytes]:
-    headers: dict[str, str] = json.loads((SHARED / f"{name}.headers.json").read_text())
-    return headers, (SHARED / f"{name}.json").read_bytes()
+    headers: dict[str, str] = json.loads((FIXTURES / f"{name}.headers.json").read_text())
+    return headers, (FIXTURES / f"{name}.json").read_bytes()
 
 
 def sign(body: bytes, secret: bytes = SECRET) -> str:

@@ -14,7 +14,7 @@ from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
-from tests.support import SHARED, GateRunner, fixture, forgejo_headers, make_config, wait_until
+from tests.support import FIXTURES, GateRunner, fixture, forgejo_headers, make_config, wait_until
 
 AGENTS = [
     {"name": "dev-alpha", "type": "dev"},
@@ -117,7 +117,7 @@ EXPECTED: dict[str, tuple[list[str], int, str, list[tuple[str, str]], str]] = {
 
 
 def test_every_shared_fixture_has_an_expectation() -> None:
-    names = {p.name.removesuffix(".headers.json") for p in SHARED.glob("*.headers.json")}
+    names = {p.name.removesuffix(".headers.json") for p in FIXTURES.glob("*.headers.json")}
     assert names == set(EXPECTED)
 
 

@@ -1,4 +1,4 @@
-"""Forgejo events -> work for agent types: one handler per flow (DESIGN.md §1).
+"""Forgejo events -> work for agent types: one handler per flow (docs/design.md §1).
 
 Handlers decide; they do not queue. Each returns a `Decision` (what to dispatch, what to
 cancel, what to tell a human) that the intake applies, so a handler's logic can be read and
@@ -504,7 +504,7 @@ async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> 
 
 
 async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> Decision:
-    """Pick the flow for an event type and action (DESIGN.md §1); anything else is ignored."""
+    """Pick the flow for an event type and action (docs/design.md §1); anything else is ignored."""
     if isinstance(payload, IssuePayload):
         if event_type == "issue_assign":
             return await handle_issue_assigned(ctx, payload)

@@ -1,6 +1,6 @@
 """The pool's choice of instance: a pure function of a snapshot, so it can be tested exhaustively.
 
-Rule (DESIGN.md §2): candidates are sorted by name; the instance already holding the request's
+Rule (docs/design.md §2): candidates are sorted by name; the instance already holding the request's
 session key wins; otherwise the first idle candidate at or after the cursor, cyclically;
 otherwise the first candidate with the shortest queue at or after the cursor. Afterwards the
 cursor is the chosen index + 1 (unchanged when the session key decided).

@@ -1,8 +1,8 @@
 """Typed views of the webhook payloads the flows read, validated with pydantic.
 
 Only the fields the flows need are modelled; unknown keys are ignored because Forgejo and Gitea
-add fields between versions (PROTOCOL.md §2 "Version drift"). Go renders empty slices and some
-strings as `null`, so those are read as empty values rather than rejected.
+add fields between versions (docs/forgejo-protocol.md §2 "Version drift"). Go renders empty
+slices and some strings as `null`, so those are read as empty values rather than rejected.
 """
 
 from __future__ import annotations

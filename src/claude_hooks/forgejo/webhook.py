@@ -3,7 +3,7 @@
 Pure: no HTTP server and no database, so the web layer, replays and tests share one code path.
 The signature is checked before any JSON is parsed, because an unauthenticated body is
 attacker-controlled input. Facts (header names, what is signed) are in
-`shared/forgejo/PROTOCOL.md` §1.
+`docs/forgejo-protocol.md` §1.
 """
 
 from __future__ import annotations
