@@ -1,0 +1,1 @@
+"""Capacity planning: replay a workload against pools of chosen sizes and policies, offline."""
