@@ -52,20 +52,23 @@ def test_a_key_never_runs_twice_even_beside_an_idle_instance() -> None:
     assert instances(simulate(jobs, 2, Policy.SEED)) == [0, 0, 1]  # the holder takes K1b
 
 
-def test_steal_takes_the_oldest_task_whose_key_is_free_and_keeps_the_key_in_order() -> None:
-    # L holds #0 for 100 s; k's two tasks queue behind it; N goes to #1 behind M.
-    jobs = jobs_of((0, 100, "l"), (1, 10, "m"), (2, 5, "k"), (3, 5, "k"), (4, 5, "n"))
+def test_steal_takes_the_oldest_task_whose_key_is_free_with_the_keys_later_tasks() -> None:
+    # L holds #0 for 100 s; k's two tasks queue behind it; N goes to #1 behind M; k's third task
+    # arrives after the steal.
+    jobs = jobs_of((0, 100, "l"), (1, 10, "m"), (2, 5, "k"), (3, 5, "k"), (4, 5, "n"), (17, 1, "k"))
     seed = simulate(jobs, 2, Policy.SEED)
-    assert instances(seed) == [0, 1, 0, 0, 1]
-    assert waits(seed) == [0, 0, 98, 102, 7]
-    assert seed.waited_while_idle == 1  # the first k task, from 16 to 100; the second could not
+    assert instances(seed) == [0, 1, 0, 0, 1, 0]
+    assert waits(seed) == [0, 0, 98, 102, 7, 93]
+    assert seed.waited_while_idle == 1  # the first k task, from 16 to 100; the others could not
     steal = simulate(jobs, 2, Policy.STEAL)
-    # #1 runs N at 11, then takes the first k task at 16 and the second when the first ends.
-    assert instances(steal) == [0, 1, 1, 1, 1]
-    assert waits(steal) == [0, 0, 14, 18, 7]
+    # #1 runs N at 11, then takes k's first two tasks at 16; k's third follows them to #1.
+    assert instances(steal) == [0, 1, 1, 1, 1, 1]
+    assert waits(steal) == [0, 0, 14, 18, 7, 9]
+    assert steal.waited_while_idle == 0
     shared = simulate(jobs, 2, Policy.SHARED)
-    # One queue in arrival order: the first k task at 11, the second at 16 (k was busy), N at 21.
-    assert waits(shared) == [0, 0, 9, 13, 17]
+    # One queue in arrival order, a task of k only when k is free: k at 11 and 16, N at 21,
+    # k's third at 26.
+    assert waits(shared) == [0, 0, 9, 13, 17, 9]
 
 
 def test_one_instance_is_one_fifo_queue_under_every_policy() -> None:

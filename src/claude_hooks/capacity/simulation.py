@@ -9,7 +9,8 @@ runs or is queued ahead of it elsewhere, so a conversation keeps its order.
 Policies:
 - `seed`: the service today; a task is placed once and never moves.
 - `steal`: as `seed`, and an instance with nothing to do takes the oldest task queued on another
-  instance of its type whose key is neither running nor queued ahead elsewhere.
+  instance of its type whose key is neither running nor queued ahead elsewhere, with the later
+  tasks of that key queued on the same instance.
 - `shared`: one FIFO queue per type that every free instance takes from: the ideal bound.
 
 Events at the same instant: runs that end come before arrivals, and arrivals keep their order.
@@ -187,11 +188,20 @@ class _Simulation:
                     moved = True
 
     def _steal(self, job: int, thief: _Instance) -> None:
+        """Move the job, and its key's later tasks on the same instance, to the idle thief.
+
+        The key's tasks stay together: its next tasks go to the instance that holds it, and no
+        instance waits with a task whose key runs elsewhere.
+        """
         victim = self.instances[self.where[job]]
-        victim.queue.remove(job)
         key = self.jobs[job].session_key
-        self._release(key, victim.name)
-        self._hold(key, thief.name)
+        moving = [j for j in victim.queue if self.jobs[j].session_key == key]
+        victim.queue = deque(j for j in victim.queue if self.jobs[j].session_key != key)
+        for moved in moving:
+            self._release(key, victim.name)
+            self._hold(key, thief.name)
+            self.where[moved] = thief.index
+        thief.queue.extend(moving[1:])
 
     def _start(self, job: int, instance: _Instance, now: float) -> None:
         key = self.jobs[job].session_key
