@@ -74,6 +74,12 @@ def _number(text: str, option: str, low: float, high: float) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    if not text.strip().isdigit():
+        raise InvalidInputError(f"--seed {text!r}: not a whole number from 0 up")
+    return int(text)
+
+
 def sweep(
     workload: Workload, sizes: dict[str, list[int]], policies: Sequence[Policy]
 ) -> list[tuple[Summary, Run]]:
@@ -152,6 +158,8 @@ def simulate_command(
     try:
         if not instances:
             raise InvalidInputError("--instances is required: e.g. --instances dev=1..6")
+        if schedule and not as_json:
+            raise InvalidInputError("--schedule lists each task's run in the JSON: add --json")
         sizes = parse_instances(instances)
         policies = parse_policies(policy)
         sources = [from_db, workload is not None, arrivals is not None or durations is not None]
@@ -172,7 +180,7 @@ def simulate_command(
                 arrivals,
                 durations,
                 _number(hours, "--hours", 0.001, 24 * 366),
-                int(_number(seed, "--seed", 0, 2**63)),
+                _seed(seed),
                 _number(follow_ups, "--follow-ups", 0, 1),
             )
         runs = sweep(loaded, sizes, policies)
