@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from claude_hooks.capacity.simulation import Policy
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
 from tests.support import make_config, wait_until
@@ -50,7 +51,7 @@ def test_synthetic_sweep_as_json() -> None:
     )
     runs = document["runs"]
     assert [(r["instances"], r["policy"]) for r in runs] == [
-        (n, p) for n in (1, 2, 3) for p in ("seed", "steal", "shared")
+        (n, p.value) for n in (1, 2, 3) for p in Policy
     ]
     tasks = document["workload"]["tasks"]
     assert 80 <= tasks <= 160  # 30 an hour for 4 hours
@@ -69,11 +70,11 @@ def test_workload_file_gives_the_hand_computed_schedule(tmp_path: Path) -> None:
     path.write_text(json.dumps(WORKLOAD))
     document = run_json("--workload", str(path), "--instances", "dev=2", "--schedule")
     by_policy = {run["policy"]: run for run in document["runs"]}
-    assert [s["wait_s"] for s in by_policy["seed"]["schedule"]] == [0, 0, 58]
-    assert [s["instance"] for s in by_policy["seed"]["schedule"]] == [0, 1, 0]
-    assert by_policy["seed"]["waited_while_idle"] == 1
-    assert [s["wait_s"] for s in by_policy["steal"]["schedule"]] == [0, 0, 9]
-    assert [s["wait_s"] for s in by_policy["shared"]["schedule"]] == [0, 0, 9]
+    assert [s["wait_s"] for s in by_policy[Policy.SEED]["schedule"]] == [0, 0, 58]
+    assert [s["instance"] for s in by_policy[Policy.SEED]["schedule"]] == [0, 1, 0]
+    assert by_policy[Policy.SEED]["waited_while_idle"] == 1
+    assert [s["wait_s"] for s in by_policy[Policy.STEAL]["schedule"]] == [0, 0, 9]
+    assert [s["wait_s"] for s in by_policy[Policy.SHARED]["schedule"]] == [0, 0, 9]
     csv = tmp_path / "workload.csv"
     rows = ["arrival,type,session_key,duration"]
     rows += [f"{r['arrival']},{r['type']},{r['session_key']},{r['duration']}" for r in WORKLOAD]

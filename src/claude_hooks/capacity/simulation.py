@@ -28,9 +28,9 @@ from claude_hooks.scheduler import Candidate, choose
 
 
 class Policy(enum.StrEnum):
-    SEED = "seed"
-    STEAL = "steal"
-    SHARED = "shared"
+    SEED = enum.auto()
+    STEAL = enum.auto()
+    SHARED = enum.auto()
 
 
 @dataclass(frozen=True, slots=True)
