@@ -329,6 +329,11 @@ class FakeForgejo:
         with self._lock:
             self._faults.append(_Fault(method, path, count, None, "", seconds))
 
+    def heal(self) -> None:
+        """Drop every fault not yet used: the forge answers normally from now on."""
+        with self._lock:
+            self._faults.clear()
+
     def refuse_merge(self, owner: str, repo: str, number: int, status: int, message: str) -> None:
         """The next merge request for that PR is recorded and answered `status` + `message`."""
         with self._lock:

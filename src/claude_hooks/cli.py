@@ -20,11 +20,12 @@ from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
 from claude_hooks.forge import Forge
+from claude_hooks.history import REJECTED, delivery_rows
 from claude_hooks.lockfile import running_service
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.sweep import Sweeper
-from claude_hooks.views import delivery_view, queue_positions, task_view
+from claude_hooks.views import queue_positions, task_view
 from claude_hooks.workspace import Workspaces
 
 T = TypeVar("T")
@@ -303,7 +304,11 @@ def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
 @deliveries_app.command("list")
 def deliveries_list(
     outcome: Annotated[
-        str | None, typer.Option(help="Only this outcome: queued, ignored, duplicate, error.")
+        str | None,
+        typer.Option(
+            help="Only this outcome: queued, ignored, duplicate, error, pending, or rejected "
+            "(refused requests: wrong secret, malformed, too large)."
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
     config_file: ConfigOption = None,
@@ -313,12 +318,14 @@ def deliveries_list(
     config = _config(config_file)
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
-        records = await store.intake.list_deliveries(limit, 0, outcome)
-        return [delivery_view(record) for record in records]
+        return (await delivery_rows(store, outcome, limit, 0))[1]
 
     rows = _run(_with_store(config, fetch))
     if as_json:
         _print_json(rows)
+        return
+    if outcome == REJECTED:
+        _print_rejections(rows)
         return
     table = Table("id", "received", "event", "target", "sender", "outcome", "reason")
     for row in rows:
@@ -331,6 +338,22 @@ def deliveries_list(
             row["sender"] or "-",
             row["outcome"],
             row["reason"] or "",
+        )
+    out.print(table)
+
+
+def _print_rejections(rows: list[dict[str, Any]]) -> None:
+    table = Table("received", "status", "from", "event", "delivery", "size", "reason", "hint")
+    for row in rows:
+        table.add_row(
+            (row["received_at"] or "")[:19],
+            str(row["status"]),
+            row["remote"] or "-",
+            row["event_type"] or "-",
+            row["delivery_id"] or "-",
+            str(row["size"]),
+            row["reason"],
+            row["hint"],
         )
     out.print(table)
 

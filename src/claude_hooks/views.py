@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from claude_hooks.domain import Task, TaskState
+from claude_hooks.rejections import hint
 from claude_hooks.store.base import QueueEntry
 from claude_hooks.store.intake import DeliveryRecord
+from claude_hooks.store.rejections import Rejection
 
 # Pagination offsets beyond this are a client's mistake, not a page (and overflow SQLite).
 MAX_OFFSET = 10**9
@@ -72,7 +74,27 @@ def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, 
         "reason": record.reason,
         "task_ids": record.task_ids,
         "replay_of": record.replay_of,
+        "pruned": record.pruned_at is not None,
     }
     if with_body:
         view["body"] = record.body
     return view
+
+
+def rejection_view(rejection: Rejection) -> dict[str, Any]:
+    """A refused delivery, in the shape of a delivery where the two share a meaning."""
+    return {
+        "id": f"rejected-{rejection.id}",
+        "received_at": iso(rejection.received_at),
+        "outcome": "rejected",
+        "status": rejection.status,
+        "reason": rejection.reason,
+        "hint": hint(rejection.status, rejection.reason),
+        "remote": rejection.remote,
+        "event_type": rejection.event,
+        "delivery_id": rejection.delivery_id,
+        "user_agent": rejection.user_agent,
+        "content_type": rejection.content_type,
+        "content_length": rejection.content_length,
+        "size": rejection.size,
+    }
