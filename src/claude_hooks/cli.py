@@ -25,7 +25,7 @@ from claude_hooks.lockfile import running_service
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.sweep import Sweeper
-from claude_hooks.views import queue_positions, task_view
+from claude_hooks.views import history_view, queue_positions, task_view
 from claude_hooks.workspace import Workspaces
 
 T = TypeVar("T")
@@ -277,6 +277,7 @@ def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
             raise UnknownTaskError(task_id)
         positions = queue_positions(await store.queue_entries())
         view = task_view(task, positions.get(task.id))
+        view.update(await history_view(store, task))
         view["payload"] = task.payload
         view["log"] = str((config.data_dir / "logs" / f"{task.id}.log").resolve())
         return view
@@ -296,6 +297,14 @@ def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
             "it is recorded as cancelled when the service next starts"
         )
     out.print(message)
+
+
+@tasks_app.command("retry")
+def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
+    """Queue a failed or cancelled task again: a new task with the same key, kind and
+    payload, linked to the old one (needs the running service)."""
+    body = _post_to_service(_config(config_file), f"/api/tasks/{task_id}/retry")
+    out.print(f"task {body['id']} queued on {body['agent']}, a retry of {task_id}")
 
 
 # deliveries
@@ -361,27 +370,29 @@ def _print_rejections(rows: list[dict[str, Any]]) -> None:
 @deliveries_app.command("replay")
 def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> None:
     """Run a stored delivery through the flows again (needs the running service)."""
-    config = _config(config_file)
+    _print_json(_post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay"))
+
+
+def _post_to_service(config: Config, path: str) -> dict[str, Any]:
+    """POST to the running service's API: what only its pool can do (replay, retry)."""
     service = running_service(config.data_dir)
     if service is None or not service.url:
         _fail(f"no service is running on {str(config.data_dir)!r}: start 'claude-hooks serve'")
     token = config.server.api_token.get_secret_value() if config.server.api_token else ""
     try:
         answer = httpx.post(
-            f"{service.url}/api/deliveries/{delivery_id}/replay",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
+            f"{service.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the service at {service.url}: {exc}")
-    body = (
+    body: dict[str, Any] = (
         answer.json()
         if answer.headers.get("content-type", "").startswith("application/json")
         else {}
     )
     if answer.status_code >= 400 and "error" in body:
         _fail(str(body["error"]))
-    _print_json(body)
+    return body
 
 
 # doctor

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from claude_hooks import flows
+from claude_hooks import flows, task_actions
 from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError, ConflictError, NotFoundError
 from claude_hooks.events import Event
@@ -80,6 +80,13 @@ def _summary(payload: Payload | None) -> dict[str, Any]:
         "sender": sender.login if sender is not None else None,
         "action": getattr(payload, "action", None),
     }
+
+
+def _source(record: DeliveryRecord) -> str:
+    """The delivery, as the cause of what it cancels: `forge event issue_unassign by bob`."""
+    event = record.event_type + (f" {record.action}" if record.action else "")
+    sender = f" by {record.sender}" if record.sender else ""
+    return f"forge event {event}{sender} (delivery {record.id})"
 
 
 def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
@@ -232,7 +239,7 @@ class Intake:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
-            await self.apply(decision, applied)
+            await self.apply(decision, applied, _source(record), record.id)
         except ForgeUnreachable as exc:
             reason = f"waiting for Forgejo ({exc}); retried automatically"
             return Verdict("pending", reason, 202, applied, None)
@@ -327,8 +334,15 @@ class Intake:
             body["cancelled"] = verdict.applied.cancelled
         return Answer(verdict.status, body)
 
-    async def apply(self, decision: flows.Decision, applied: Applied) -> None:
-        """Queue, merge and cancel as the decision says; each task is committed on return."""
+    async def apply(
+        self,
+        decision: flows.Decision,
+        applied: Applied,
+        source: str = "a flow of claude-hooks",
+        delivery_id: str | None = None,
+    ) -> None:
+        """Queue, merge and cancel as the decision says; each task is committed on return.
+        `source` and `delivery_id` are recorded as what cancelled a task."""
         for agent_type, request in decision.dispatch:
             pending = await self.store.pending_task(request.session_key, request.kind)
             if pending is not None and await self.store.merge_into(pending, request.payload):
@@ -356,7 +370,7 @@ class Intake:
             )
         for task_id in await self.store.active_tasks(decision.cancel):
             try:
-                await self.pool.cancel_task(task_id)
+                await task_actions.cancel(self.pool, task_id, source, delivery_id)
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue

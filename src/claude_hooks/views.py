@@ -8,7 +8,7 @@ from typing import Any
 
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.rejections import hint
-from claude_hooks.store.base import QueueEntry
+from claude_hooks.store.base import QueueEntry, Store
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.rejections import Rejection
 
@@ -46,6 +46,18 @@ def task_view(task: Task, queue_position: int | None = None) -> dict[str, Any]:
         "delivery_id": task.delivery_id,
         "cancel_requested": task.cancel_requested,
         "queue_position": queue_position if task.state is TaskState.QUEUED else None,
+    }
+
+
+async def history_view(store: Store, task: Task) -> dict[str, Any]:
+    """What a single task's view adds: the task it retries, its retries, who cancelled it,
+    whether its log was pruned."""
+    note = await store.notes.get_note(task.id)
+    return {
+        "retry_of": note.retry_of,
+        "retries": await store.notes.retries_of(task.id),
+        "cancelled_by": note.cancelled_by if task.state is TaskState.CANCELLED else None,
+        "log_pruned": note.log_pruned_at is not None,
     }
 
 

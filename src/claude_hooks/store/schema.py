@@ -179,6 +179,8 @@ task_notes = sa.Table(
     sa.Column("task_id", sa.String(32), primary_key=True),
     sa.Column("retry_of", sa.String(32)),
     sa.Column("cancelled_by", sa.Text),
+    sa.Column("cancelled_by_delivery", sa.String(100)),
     sa.Column("log_pruned_at", sa.Float),
     sa.Index("ix_task_notes_retry_of", "retry_of"),
+    sa.Index("ix_task_notes_delivery", "cancelled_by_delivery"),
 )

@@ -47,9 +47,11 @@ def upgrade() -> None:
         sa.Column("task_id", sa.String(32), primary_key=True),
         sa.Column("retry_of", sa.String(32)),
         sa.Column("cancelled_by", sa.Text),
+        sa.Column("cancelled_by_delivery", sa.String(100)),
         sa.Column("log_pruned_at", sa.Float),
     )
     op.create_index("ix_task_notes_retry_of", "task_notes", ["retry_of"])
+    op.create_index("ix_task_notes_delivery", "task_notes", ["cancelled_by_delivery"])
 
 
 def downgrade() -> None:
