@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_hooks import control
+from claude_hooks.backup import backup
 from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
@@ -393,6 +394,24 @@ def _post_to_service(config: Config, path: str) -> dict[str, Any]:
     if answer.status_code >= 400 and "error" in body:
         _fail(str(body["error"]))
     return body
+
+
+# backup
+
+
+@app.command("backup")
+def backup_command(
+    path: Annotated[Path, typer.Argument(help="Where to write the copy; must not exist.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Copy the database consistently, even while the service runs (SQLite; on PostgreSQL
+    it says how to use pg_dump)."""
+    config = _config(config_file)
+    try:
+        size = backup(config.database_url, path)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+    out.print(f"backed up {config.database_url} to {path} ({size:,} bytes)")
 
 
 # doctor

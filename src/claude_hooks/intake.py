@@ -168,7 +168,8 @@ class Intake:
         self._count(f"rejected_{status}")
         log.warning("webhook rejected (%d) from %s: %s", status, remote or "?", reason)
         try:
-            await self.rejections.record(status, reason, headers, size, remote)
+            if await self.rejections.record(status, reason, headers, size, remote):
+                self.pool.bus.publish(Event("delivery", data={"outcome": "rejected"}))
         except Exception:
             log.exception("could not record a rejected delivery")
         return Answer(status, {"status": "rejected", "error": reason})
