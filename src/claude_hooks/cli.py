@@ -443,13 +443,22 @@ def doctor(config_file: ConfigOption = None) -> None:
 def demo(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
     once: Annotated[bool, typer.Option(help="Exit when the sample tasks have finished.")] = False,
+    pace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=60.0,
+            help="Seconds between sample deliveries; a stand-in agent works 4 paces.",
+        ),
+    ] = 1.0,
 ) -> None:
-    """Try claude-hooks without a forge: stand-in agents, sample deliveries, a live dashboard."""
+    """Try claude-hooks without a forge: stand-in agents act out a queue, a failure, a cancel,
+    review -> merge and CI -> fix on a live dashboard."""
     from claude_hooks.demo import run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        asyncio.run(run_demo(port, once, out.print))
+        asyncio.run(run_demo(port, once, out.print, pace))
     except KeyboardInterrupt:
         out.print("demo stopped")
 
