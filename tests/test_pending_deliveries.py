@@ -76,6 +76,11 @@ async def test_a_forge_that_never_answers_does_not_hold_the_answer_up(
     record = await service.store.intake.get_delivery(DELIVERY)
     assert record is not None and record.outcome == "pending" and record.task_ids == []
     assert await service.store.count_tasks(TaskFilter()) == 0
+    auth = {"Authorization": "Bearer test-token"}
+    page = await client.get(f"/deliveries/{DELIVERY}", headers=auth)
+    assert "retried automatically with backoff" in page.text
+    listed = await client.get("/deliveries", params={"outcome": "pending"}, headers=auth)
+    assert f'data-delivery="{DELIVERY}"' in listed.text and "s-pending" in listed.text
 
     fake_forgejo.heal()
     await wait_until(lambda: service.intake.counts.get("queued", 0) == 1, timeout=10)

@@ -89,5 +89,16 @@ class PendingRetrier:
         store = self.intake.pool.store.pending
         due = await store.due(self.intake.clock(), BATCH)
         for entry in due:
-            await self.intake.retry_pending(entry)
+            try:
+                await self.intake.retry_pending(entry)
+            except Exception as exc:
+                # One delivery that cannot be retried must not hold up the others: it waits
+                # its backoff like one whose forge is down, and the log says why.
+                log.exception("retrying pending delivery %s failed", entry.id)
+                server = self.config.server
+                attempts = entry.attempts + 1
+                wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
+                await store.reschedule(
+                    entry.id, attempts, self.intake.clock() + wait, f"retry failed: {exc!r}"
+                )
         return len(due)

@@ -526,6 +526,9 @@ def single_delivery_view(service: Service, delivery_id: str) -> View:
         if record is None:
             raise NotFoundError(f"no delivery with id {delivery_id!r}")
         found = [await service.store.get_task(task_id) for task_id in record.task_ids]
+        pending = None
+        if record.outcome == "pending":
+            pending = await service.store.pending.get_pending(delivery_id)
         stopped = await service.store.notes.cancelled_by_delivery(delivery_id)
         cancelled = [await service.store.get_task(task_id) for task_id in stopped]
         return _render(
@@ -533,6 +536,7 @@ def single_delivery_view(service: Service, delivery_id: str) -> View:
             delivery=record,
             tasks=[task for task in found if task is not None],
             cancelled=[task for task in cancelled if task is not None],
+            pending=pending,
             positions=_positions(service),
             **_common(service),
         )
