@@ -23,13 +23,12 @@ from tests.support import fixture, run_cli, wait_until
 from tests.test_forge_flows import forge_config
 
 PERMISSION = "/repos/acme/widget/collaborators/alice/permission"
-DEADLINE = 1.0
+DEADLINE = 1.5
 
 
 def pending_config(tmp_path: Path, forge: FakeForgejo) -> Config:
     config: Config = forge_config(tmp_path, forge)
     config.server.answer_deadline = DEADLINE
-    config.forgejo.timeout = 0.5  # a retry that hangs gives up quickly
     config.forgejo.retries = 0
     config.server.pending_retry_min = 0.1
     config.server.pending_retry_max = 0.4
@@ -67,7 +66,9 @@ async def test_a_forge_that_never_answers_does_not_hold_the_answer_up(
     fake_forgejo: FakeForgejo, client_for: Any, tmp_path: Path
 ) -> None:
     fake_forgejo.hang_next(PERMISSION, 1000, seconds=60)
-    service, client = await client_for(pending_config(tmp_path, fake_forgejo), None)
+    config = pending_config(tmp_path, fake_forgejo)
+    assert config.forgejo.timeout > DEADLINE  # the client alone would wait far longer
+    service, client = await client_for(config, None)
     answer, elapsed = await timed_post(client)
     assert answer.status_code == 202, answer.text
     assert answer.json()["status"] == "pending"

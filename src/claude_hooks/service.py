@@ -121,6 +121,7 @@ class Service:
         except BaseException:
             self._lock.release()
             raise
+        self.forge.prepare()
         self.notifier.start()
         self.ci.start()
         self.intake.sweeper.start()
