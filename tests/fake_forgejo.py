@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class FakeForgejo:
         self._next_comment_id = 1000
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self._healed = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -329,6 +331,12 @@ class FakeForgejo:
         with self._lock:
             self._faults.append(_Fault(method, path, count, None, "", seconds))
 
+    def heal(self) -> None:
+        """Drop every fault not yet used and answer hung requests: all is normal from now on."""
+        with self._lock:
+            self._faults.clear()
+            self._healed.set()
+
     def refuse_merge(self, owner: str, repo: str, number: int, status: int, message: str) -> None:
         """The next merge request for that PR is recorded and answered `status` + `message`."""
         with self._lock:
@@ -352,6 +360,14 @@ class FakeForgejo:
                     return fault
             return None
 
+    def _hang(self, seconds: float) -> bool:
+        """Wait `seconds`, or until healed (False: answer now) or stopped (True: close)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._healed.is_set():
+            if self._stopping.wait(0.01):
+                return True
+        return False
+
     def _handle(self, method: str, raw_path: str, auth: str, body: bytes) -> _Answer | None:
         """The answer to one request; None to close the connection without answering."""
         split = urlsplit(raw_path)
@@ -364,7 +380,7 @@ class FakeForgejo:
         with self._lock:
             self.requests.append(RecordedRequest(method, path, query, user))
         fault = self._take_fault(method, path)
-        if fault is not None and fault.status is None and self._stopping.wait(fault.hang):
+        if fault is not None and fault.status is None and self._hang(fault.hang):
             return None
         if fault is not None and fault.status is not None:
             return _error(fault.status, fault.message)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -104,3 +106,16 @@ def forgejo_headers(
         "X-Forgejo-Event-Type": event_type,
         "X-Forgejo-Signature": sign(body, secret),
     }
+
+
+def run_cli(*args: str, config: Config) -> subprocess.CompletedProcess[str]:
+    """`claude-hooks ARGS` in a subprocess, on the database of an in-process test's config."""
+    path = Path(config.data_dir) / "cli.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = config.server.api_token.get_secret_value() if config.server.api_token else "t"
+    path.write_text(
+        f"[server]\ndata_dir = {json.dumps(str(Path(config.data_dir).resolve()))}\n"
+        f"api_token = {json.dumps(token)}\n"
+    )
+    argv = [sys.executable, "-m", "claude_hooks", *args, "--config", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

@@ -204,7 +204,7 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
 
 def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "claude_hooks", "demo", "--once"],
+        [sys.executable, "-m", "claude_hooks", "demo", "--once", "--pace", "0.2"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -219,4 +219,12 @@ def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
         "pull_request_review_request" in line and "reviewer -> reviewer-1" in line for line in lines
     )
     assert any("issues " in line and "200 ignored" in line for line in lines)
-    assert lines[-1] == "all 4 tasks finished"
+    # The story: a queue, a failure, a cancel, review -> merge, CI -> fix.
+    assigned = [line for line in lines if line.startswith("issue_assign ") and "202" in line]
+    assert len(assigned) == 5  # two dev instances: three of them wait in a queue
+    assert any("200 ignored: cancelled task" in line for line in lines)
+    assert any(
+        "pull_request_review_approved" in line and "boss -> boss-1" in line for line in lines
+    )
+    assert any(line.startswith("status ") and "dev -> dev-" in line for line in lines)
+    assert lines[-1] == "all 9 tasks finished: 1 cancelled, 1 failed, 7 succeeded"

@@ -136,7 +136,10 @@ async def test_forge_failure_is_an_error_answer_not_a_500(
     client_for: Any, fake_forgejo: FakeForgejo, tmp_path: Path, gate: GateRunner
 ) -> None:
     service, client = await client_for(forge_config(tmp_path, fake_forgejo), gate)
-    fake_forgejo.fail_next("/repos/acme/widget/collaborators/alice/permission", 5)
+    # A refusal is final (a forge that is down makes the delivery pending instead).
+    fake_forgejo.fail_next(
+        "/repos/acme/widget/collaborators/alice/permission", 5, status=403, message="forbidden"
+    )
     answer = await post(client, "issues_assigned_dev")
     assert answer.status_code == 502
     assert answer.json()["status"] == "error"

@@ -16,16 +16,18 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_hooks import control
+from claude_hooks.backup import backup
 from claude_hooks.capacity.command import simulate_command
 from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
 from claude_hooks.forge import Forge
+from claude_hooks.history import REJECTED, delivery_rows
 from claude_hooks.lockfile import running_service
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.sweep import Sweeper
-from claude_hooks.views import delivery_view, queue_positions, task_view
+from claude_hooks.views import history_view, queue_positions, task_view
 from claude_hooks.workspace import Workspaces
 
 T = TypeVar("T")
@@ -278,6 +280,7 @@ def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
             raise UnknownTaskError(task_id)
         positions = queue_positions(await store.queue_entries())
         view = task_view(task, positions.get(task.id))
+        view.update(await history_view(store, task))
         view["payload"] = task.payload
         view["log"] = str((config.data_dir / "logs" / f"{task.id}.log").resolve())
         return view
@@ -299,13 +302,25 @@ def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
     out.print(message)
 
 
+@tasks_app.command("retry")
+def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
+    """Queue a failed or cancelled task again: a new task with the same key, kind and
+    payload, linked to the old one (needs the running service)."""
+    body = _post_to_service(_config(config_file), f"/api/tasks/{task_id}/retry")
+    out.print(f"task {body['id']} queued on {body['agent']}, a retry of {task_id}")
+
+
 # deliveries
 
 
 @deliveries_app.command("list")
 def deliveries_list(
     outcome: Annotated[
-        str | None, typer.Option(help="Only this outcome: queued, ignored, duplicate, error.")
+        str | None,
+        typer.Option(
+            help="Only this outcome: queued, ignored, duplicate, error, pending, or rejected "
+            "(refused requests: wrong secret, malformed, too large)."
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
     config_file: ConfigOption = None,
@@ -315,12 +330,14 @@ def deliveries_list(
     config = _config(config_file)
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
-        records = await store.intake.list_deliveries(limit, 0, outcome)
-        return [delivery_view(record) for record in records]
+        return (await delivery_rows(store, outcome, limit, 0))[1]
 
     rows = _run(_with_store(config, fetch))
     if as_json:
         _print_json(rows)
+        return
+    if outcome == REJECTED:
+        _print_rejections(rows)
         return
     table = Table("id", "received", "event", "target", "sender", "outcome", "reason")
     for row in rows:
@@ -337,30 +354,66 @@ def deliveries_list(
     out.print(table)
 
 
+def _print_rejections(rows: list[dict[str, Any]]) -> None:
+    table = Table("received", "status", "from", "event", "delivery", "size", "reason", "hint")
+    for row in rows:
+        table.add_row(
+            (row["received_at"] or "")[:19],
+            str(row["status"]),
+            row["remote"] or "-",
+            row["event_type"] or "-",
+            row["delivery_id"] or "-",
+            str(row["size"]),
+            row["reason"],
+            row["hint"],
+        )
+    out.print(table)
+
+
 @deliveries_app.command("replay")
 def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> None:
     """Run a stored delivery through the flows again (needs the running service)."""
-    config = _config(config_file)
+    _print_json(_post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay"))
+
+
+def _post_to_service(config: Config, path: str) -> dict[str, Any]:
+    """POST to the running service's API: what only its pool can do (replay, retry)."""
     service = running_service(config.data_dir)
     if service is None or not service.url:
         _fail(f"no service is running on {str(config.data_dir)!r}: start 'claude-hooks serve'")
     token = config.server.api_token.get_secret_value() if config.server.api_token else ""
     try:
         answer = httpx.post(
-            f"{service.url}/api/deliveries/{delivery_id}/replay",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
+            f"{service.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the service at {service.url}: {exc}")
-    body = (
+    body: dict[str, Any] = (
         answer.json()
         if answer.headers.get("content-type", "").startswith("application/json")
         else {}
     )
     if answer.status_code >= 400 and "error" in body:
         _fail(str(body["error"]))
-    _print_json(body)
+    return body
+
+
+# backup
+
+
+@app.command("backup")
+def backup_command(
+    path: Annotated[Path, typer.Argument(help="Where to write the copy; must not exist.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Copy the database consistently, even while the service runs (SQLite; on PostgreSQL
+    it says how to use pg_dump)."""
+    config = _config(config_file)
+    try:
+        size = backup(config.database_url, path)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+    out.print(f"backed up {config.database_url} to {path} ({size:,} bytes)")
 
 
 # doctor
@@ -392,13 +445,22 @@ def doctor(config_file: ConfigOption = None) -> None:
 def demo(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
     once: Annotated[bool, typer.Option(help="Exit when the sample tasks have finished.")] = False,
+    pace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=60.0,
+            help="Seconds between sample deliveries; a stand-in agent works 4 paces.",
+        ),
+    ] = 1.0,
 ) -> None:
-    """Try claude-hooks without a forge: stand-in agents, sample deliveries, a live dashboard."""
+    """Try claude-hooks without a forge: stand-in agents act out a queue, a failure, a cancel,
+    review -> merge and CI -> fix on a live dashboard."""
     from claude_hooks.demo import run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        asyncio.run(run_demo(port, once, out.print))
+        asyncio.run(run_demo(port, once, out.print, pace))
     except KeyboardInterrupt:
         out.print("demo stopped")
 

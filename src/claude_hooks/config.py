@@ -41,6 +41,24 @@ class ServerConfig(_Section):
         0.25, gt=0, le=5, description="seconds between looks for changes made by the CLI"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    answer_deadline: float = Field(
+        3.0, gt=0, le=30, description="seconds within which every delivery is answered"
+    )
+    pending_retry_min: float = Field(
+        5.0, gt=0, description="seconds before the first retry of a pending delivery"
+    )
+    pending_retry_max: float = Field(
+        300.0, gt=0, description="longest wait between retries of a pending delivery"
+    )
+    max_rejections_per_hour: int = Field(
+        1000, ge=0, description="rejected deliveries recorded per hour; the rest only counted"
+    )
+    retention_days: float = Field(
+        90.0,
+        ge=0,
+        description="days before finished tasks' logs and deliveries' bodies go; 0: keep",
+    )
+    retention_interval: float = Field(3600.0, gt=0, description="seconds between retention sweeps")
 
 
 class ForgejoConfig(_Section):

@@ -56,14 +56,18 @@ async def remove_agent(store: Store, name: str, force: bool = False) -> list[str
 async def _cancel_running_on(store: Store, name: str) -> list[str]:
     running = await store.list_tasks(TaskFilter(state=TaskState.RUNNING, agent=name), 100, 0)
     for task in running:
-        await cancel_task(store, task.id)
+        await cancel_task(store, task.id, f"--force when instance {name} was taken out (CLI)")
     return [task.id for task in running]
 
 
-async def cancel_task(store: Store, task_id: str) -> CancelRequest:
+async def cancel_task(
+    store: Store, task_id: str, by: str = "a user, with the CLI (tasks cancel)"
+) -> CancelRequest:
     task = await store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
+    if not task.state.finished:
+        await store.notes.set_cancelled_by(task_id, by)
     now = time.time()
     if task.state is TaskState.QUEUED and await store.cancel_queued(
         task_id, "cancelled while queued", now

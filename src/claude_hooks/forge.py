@@ -77,6 +77,12 @@ class Forge:
             self._clients[agent_type] = client
         return client
 
+    def prepare(self) -> None:
+        """Build the client for permission checks now: its TLS set-up is synchronous and took
+        seconds on a busy machine, time a delivery's answer does not have."""
+        if self.enabled:
+            self.client(None)
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()

@@ -2,11 +2,14 @@
 
 A 2xx answer means the delivery and every task it created are committed. Agent work happens
 after the answer; the only waits before it are the database and, for a sender not seen in a
-while, one permission look-up on the forge.
+while, one permission look-up on the forge, cut short at the answer deadline: a delivery that
+needs a forge that cannot answer in time is stored `pending` and retried (see `pending`).
+Refused deliveries are recorded too (see `rejections`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -14,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from claude_hooks import flows
+from claude_hooks import flows, task_actions
 from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError, ConflictError, NotFoundError
 from claude_hooks.events import Event
@@ -22,8 +25,11 @@ from claude_hooks.forge import Forge
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.forgejo.payloads import Payload, parse_payload
 from claude_hooks.forgejo.webhook import WebhookError, decode_delivery
+from claude_hooks.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.pool import Pool
+from claude_hooks.rejections import RejectionLog
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
+from claude_hooks.store.pending import PendingEntry
 from claude_hooks.sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,17 @@ class Answer:
 class Applied:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How running a delivery through the flows went, before it is recorded."""
+
+    outcome: str
+    reason: str
+    status: int
+    applied: Applied
+    decision: flows.Decision | None
 
 
 def _summary(payload: Payload | None) -> dict[str, Any]:
@@ -63,6 +80,13 @@ def _summary(payload: Payload | None) -> dict[str, Any]:
         "sender": sender.login if sender is not None else None,
         "action": getattr(payload, "action", None),
     }
+
+
+def _source(record: DeliveryRecord) -> str:
+    """The delivery, as the cause of what it cancels: `forge event issue_unassign by bob`."""
+    event = record.event_type + (f" {record.action}" if record.action else "")
+    sender = f" by {record.sender}" if record.sender else ""
+    return f"forge event {event}{sender} (delivery {record.id})"
 
 
 def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
@@ -98,34 +122,72 @@ class Intake:
         self.insecure = insecure
         self.counts: dict[str, int] = {}
         self._in_progress: set[str] = set()
+        self.rejections = RejectionLog(
+            pool.store.rejections, config.server.max_rejections_per_hour, clock
+        )
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
-    def context(self, delivery_id: str | None) -> flows.FlowContext:
+    def context(
+        self, delivery_id: str | None, deadline: float | None = None, bounded: bool = False
+    ) -> flows.FlowContext:
+        """The flows' view of the service. `bounded`: a forge look-up that fails, or does not
+        finish by `deadline` (event-loop time), raises ForgeUnreachable."""
         forge = self.forge if self.forge.enabled else None
+        may_trigger: flows.SenderCheck = self.forge.may_trigger
+        find_pull: flows.PullLookup | None = forge.find_pull if forge else None
+        find_head: flows.HeadLookup | None = forge.find_head if forge else None
+        if bounded:
+            may_trigger = within(may_trigger, deadline)
+            find_pull = within(find_pull, deadline) if find_pull else None
+            find_head = within(find_head, deadline) if find_head else None
         return flows.FlowContext(
             config=self.config,
             intake=self.store,
-            may_trigger=self.forge.may_trigger,
+            may_trigger=may_trigger,
             delivery_id=delivery_id,
             now=self.clock(),
-            find_pull=forge.find_pull if forge else None,
-            find_head=forge.find_head if forge else None,
+            find_pull=find_pull,
+            find_head=find_head,
         )
 
-    async def receive(self, headers: Mapping[str, str], body: bytes) -> Answer:
+    def _answer_deadline(self) -> float:
+        budget = self.config.server.answer_deadline * FORGE_SHARE
+        return asyncio.get_running_loop().time() + budget
+
+    async def reject(
+        self,
+        status: int,
+        reason: str,
+        headers: Mapping[str, str],
+        size: int,
+        remote: str | None = None,
+    ) -> Answer:
+        """Count, log and record a refused delivery; a store fault never changes the answer."""
+        self._count(f"rejected_{status}")
+        log.warning("webhook rejected (%d) from %s: %s", status, remote or "?", reason)
+        try:
+            if await self.rejections.record(status, reason, headers, size, remote):
+                self.pool.bus.publish(Event("delivery", data={"outcome": "rejected"}))
+        except Exception:
+            log.exception("could not record a rejected delivery")
+        return Answer(status, {"status": "rejected", "error": reason})
+
+    async def receive(
+        self, headers: Mapping[str, str], body: bytes, remote: str | None = None
+    ) -> Answer:
         if self.secret is None and not self.insecure:
-            return Answer(401, {"status": "rejected", "error": "server.webhook_secret is not set"})
+            return await self.reject(
+                401, "server.webhook_secret is not set", headers, len(body), remote
+            )
         try:
             delivery = decode_delivery(
                 headers, body, self.secret, max_body_bytes=self.config.server.max_body_bytes
             )
             payload = parse_payload(delivery.event_type, delivery.payload)
         except WebhookError as exc:
-            self._count(f"rejected_{exc.status}")
-            log.warning("webhook rejected (%d): %s", exc.status, exc)
-            return Answer(exc.status, {"status": "rejected", "error": str(exc)})
+            return await self.reject(exc.status, str(exc), headers, len(body), remote)
         record = DeliveryRecord(
             id=delivery.delivery_id,
             flavor=delivery.flavor,
@@ -159,69 +221,129 @@ class Intake:
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         self._in_progress.add(record.id)
+        try:
+            verdict = await self._run(record, payload, self._answer_deadline())
+            if verdict.outcome == "pending":
+                return await self._hold(record, verdict.reason)
+            return await self._settle(record, verdict)
+        finally:
+            self._in_progress.discard(record.id)
+
+    async def _run(
+        self, record: DeliveryRecord, payload: Payload | None, deadline: float | None
+    ) -> Verdict:
+        """Route and apply; nothing is applied before the forge look-ups, so a delivery that
+        waits for the forge has changed nothing yet."""
         applied = Applied()
         decision: flows.Decision | None = None
         try:
-            decision = await flows.route(self.context(record.id), record.event_type, payload)
-            await self.apply(decision, applied)
+            decision = await flows.route(
+                self.context(record.id, deadline, bounded=True), record.event_type, payload
+            )
+            await self.apply(decision, applied, _source(record), record.id)
+        except ForgeUnreachable as exc:
+            reason = f"waiting for Forgejo ({exc}); retried automatically"
+            return Verdict("pending", reason, 202, applied, None)
         except ForgejoError as exc:
             reason = f"could not ask Forgejo: {exc}"
-            return await self._settle(
-                record, "error", reason, applied, 502, _kept(decision, applied)
-            )
+            return Verdict("error", reason, 502, applied, _kept(decision, applied))
         except ClaudeHooksError as exc:  # NoInstanceError above all: no instance of a type
-            return await self._settle(
-                record, "error", str(exc), applied, 503, _kept(decision, applied)
-            )
+            return Verdict("error", str(exc), 503, applied, _kept(decision, applied))
         except Exception as exc:
             # A fault of ours, not of the input: still record the delivery and what it queued.
             log.exception("delivery %s could not be processed", record.id)
             reason = f"internal error: {exc!r}"
-            return await self._settle(
-                record, "error", reason, applied, 500, _kept(decision, applied)
-            )
-        finally:
-            self._in_progress.discard(record.id)
+            return Verdict("error", reason, 500, applied, _kept(decision, applied))
         outcome = "queued" if applied.tasks else "ignored"
         status = 202 if applied.tasks else 200
-        return await self._settle(record, outcome, decision.reason, applied, status, decision)
+        return Verdict(outcome, decision.reason, status, applied, decision)
 
-    async def _settle(
-        self,
-        record: DeliveryRecord,
-        outcome: str,
-        reason: str,
-        applied: Applied,
-        status: int,
-        decision: flows.Decision | None = None,
-    ) -> Answer:
-        """Record the delivery with its outcome (and the assignment state it leaves) at once."""
-        record.outcome, record.reason = outcome, reason
-        record.task_ids = [task["id"] for task in applied.tasks]
-        assigned = decision.assigned if decision is not None else None
-        await self.store.add_delivery(record, assigned)
-        self._count(outcome)
+    async def _hold(self, record: DeliveryRecord, reason: str) -> Answer:
+        """Keep a delivery that waits for the forge; the retrier takes it from here."""
+        record.outcome, record.reason = "pending", reason
+        first = self.clock() + self.config.server.pending_retry_min
+        await self.pool.store.pending.add_pending(record, first)
+        self._published(record)
+        return Answer(202, {"status": "pending", "reason": reason, "delivery": record.id})
+
+    async def retry_pending(self, entry: PendingEntry) -> str:
+        """Run a pending delivery through the flows again; the outcome it now has."""
+        record = await self.store.get_delivery(entry.id)
+        if record is None:
+            return "gone"
+        payload = parse_payload(record.event_type, json.loads(record.body))
+        self._in_progress.add(record.id)
+        try:
+            # In the background nothing waits for an answer: the client's own bounds suffice.
+            verdict = await self._run(record, payload, None)
+            if verdict.outcome == "pending":
+                attempts = entry.attempts + 1
+                server = self.config.server
+                wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
+                await self.pool.store.pending.reschedule(
+                    record.id, attempts, self.clock() + wait, verdict.reason
+                )
+                log.info("delivery %s still pending (try %d): %s", record.id, attempts, wait)
+                return "pending"
+            self._fill(record, verdict)
+            assigned = verdict.decision.assigned if verdict.decision is not None else None
+            if await self.pool.store.pending.settle(record, assigned):
+                self._published(record)
+            return record.outcome
+        finally:
+            self._in_progress.discard(record.id)
+
+    def _fill(self, record: DeliveryRecord, verdict: Verdict) -> None:
+        record.outcome, record.reason = verdict.outcome, verdict.reason
+        record.task_ids = [task["id"] for task in verdict.applied.tasks]
+
+    def _published(self, record: DeliveryRecord) -> None:
+        self._count(record.outcome)
         self.pool.bus.publish(
             Event(
                 "delivery",
                 data={
                     "id": record.id,
                     "event_type": record.event_type,
-                    "outcome": outcome,
-                    "reason": reason,
+                    "outcome": record.outcome,
+                    "reason": record.reason,
                 },
             )
         )
-        log.info("delivery %s (%s): %s: %s", record.id, record.event_type, outcome, reason)
-        body: dict[str, Any] = {"status": outcome, "reason": reason, "delivery": record.id}
-        if applied.tasks:
-            body["tasks"] = applied.tasks
-        if applied.cancelled:
-            body["cancelled"] = applied.cancelled
-        return Answer(status, body)
+        log.info(
+            "delivery %s (%s): %s: %s",
+            record.id,
+            record.event_type,
+            record.outcome,
+            record.reason,
+        )
 
-    async def apply(self, decision: flows.Decision, applied: Applied) -> None:
-        """Queue, merge and cancel as the decision says; each task is committed on return."""
+    async def _settle(self, record: DeliveryRecord, verdict: Verdict) -> Answer:
+        """Record the delivery with its outcome (and the assignment state it leaves) at once."""
+        self._fill(record, verdict)
+        assigned = verdict.decision.assigned if verdict.decision is not None else None
+        await self.store.add_delivery(record, assigned)
+        self._published(record)
+        body: dict[str, Any] = {
+            "status": verdict.outcome,
+            "reason": verdict.reason,
+            "delivery": record.id,
+        }
+        if verdict.applied.tasks:
+            body["tasks"] = verdict.applied.tasks
+        if verdict.applied.cancelled:
+            body["cancelled"] = verdict.applied.cancelled
+        return Answer(verdict.status, body)
+
+    async def apply(
+        self,
+        decision: flows.Decision,
+        applied: Applied,
+        source: str = "a flow of claude-hooks",
+        delivery_id: str | None = None,
+    ) -> None:
+        """Queue, merge and cancel as the decision says; each task is committed on return.
+        `source` and `delivery_id` are recorded as what cancelled a task."""
         for agent_type, request in decision.dispatch:
             pending = await self.store.pending_task(request.session_key, request.kind)
             if pending is not None and await self.store.merge_into(pending, request.payload):
@@ -249,7 +371,7 @@ class Intake:
             )
         for task_id in await self.store.active_tasks(decision.cancel):
             try:
-                await self.pool.cancel_task(task_id)
+                await task_actions.cancel(self.pool, task_id, source, delivery_id)
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue

@@ -19,7 +19,9 @@ from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
 from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
+from claude_hooks.pending import PendingRetrier
 from claude_hooks.pool import Pool
+from claude_hooks.retention import Retention
 from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
@@ -61,6 +63,8 @@ class Service:
         )
         self.notifier = Notifier(config, self.forge, self.bus)
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
+        self.pending = PendingRetrier(config, self.intake)
+        self.retention = Retention(config, store, self.pool.log_path, clock)
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self._lock = ServiceLock(config.data_dir)
@@ -117,9 +121,12 @@ class Service:
         except BaseException:
             self._lock.release()
             raise
+        self.forge.prepare()
         self.notifier.start()
         self.ci.start()
         self.intake.sweeper.start()
+        self.pending.start()
+        self.retention.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
     async def stop(self) -> None:
@@ -128,6 +135,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         await self.ci.stop()
+        await self.pending.stop()
+        await self.retention.stop()
         await self.intake.sweeper.stop()
         await self.pool.stop()
         await self.notifier.stop()

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from claude_hooks.domain import Task, TaskState
-from claude_hooks.store.base import QueueEntry
+from claude_hooks.rejections import hint
+from claude_hooks.store.base import QueueEntry, Store
 from claude_hooks.store.intake import DeliveryRecord
+from claude_hooks.store.rejections import Rejection
 
 # Pagination offsets beyond this are a client's mistake, not a page (and overflow SQLite).
 MAX_OFFSET = 10**9
@@ -47,6 +49,18 @@ def task_view(task: Task, queue_position: int | None = None) -> dict[str, Any]:
     }
 
 
+async def history_view(store: Store, task: Task) -> dict[str, Any]:
+    """What a single task's view adds: the task it retries, its retries, who cancelled it,
+    whether its log was pruned."""
+    note = await store.notes.get_note(task.id)
+    return {
+        "retry_of": note.retry_of,
+        "retries": await store.notes.retries_of(task.id),
+        "cancelled_by": note.cancelled_by if task.state is TaskState.CANCELLED else None,
+        "log_pruned": note.log_pruned_at is not None,
+    }
+
+
 def queue_positions(entries: Iterable[QueueEntry]) -> dict[str, int]:
     """Task id -> 1-based position in its agent's queue, from entries in queue order."""
     positions: dict[str, int] = {}
@@ -72,7 +86,27 @@ def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, 
         "reason": record.reason,
         "task_ids": record.task_ids,
         "replay_of": record.replay_of,
+        "pruned": record.pruned_at is not None,
     }
     if with_body:
         view["body"] = record.body
     return view
+
+
+def rejection_view(rejection: Rejection) -> dict[str, Any]:
+    """A refused delivery, in the shape of a delivery where the two share a meaning."""
+    return {
+        "id": f"rejected-{rejection.id}",
+        "received_at": iso(rejection.received_at),
+        "outcome": "rejected",
+        "status": rejection.status,
+        "reason": rejection.reason,
+        "hint": hint(rejection.status, rejection.reason),
+        "remote": rejection.remote,
+        "event_type": rejection.event,
+        "delivery_id": rejection.delivery_id,
+        "user_agent": rejection.user_agent,
+        "content_type": rejection.content_type,
+        "content_length": rejection.content_length,
+        "size": rejection.size,
+    }

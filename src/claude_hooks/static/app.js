@@ -23,10 +23,11 @@
     });
     root.querySelectorAll("time[data-ts]:not([data-done])").forEach((el) => {
       const at = new Date(Number(el.dataset.ts) * 1000);
-      const today = at.toDateString() === new Date().toDateString();
-      el.textContent = today
-        ? at.toLocaleTimeString([], { hour12: false })
-        : at.toLocaleString([], { hour12: false, dateStyle: "short", timeStyle: "short" });
+      // Always the date and the zone: a time alone is ambiguous once a page is shared.
+      el.textContent = at.toLocaleString([], {
+        hour12: false, year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+      });
       el.title = at.toISOString();
       el.dataset.done = "1";
     });

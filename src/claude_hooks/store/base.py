@@ -12,6 +12,10 @@ from typing import Protocol
 
 from claude_hooks.domain import AgentInstance, Task, TaskState
 from claude_hooks.store.intake import IntakeStore
+from claude_hooks.store.notes import NoteStore
+from claude_hooks.store.pending import PendingStore
+from claude_hooks.store.rejections import RejectionStore
+from claude_hooks.store.retention import RetentionStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,14 @@ class SessionRecord:
 class Store(Protocol):
     @property
     def intake(self) -> IntakeStore: ...
+    @property
+    def pending(self) -> PendingStore: ...
+    @property
+    def rejections(self) -> RejectionStore: ...
+    @property
+    def notes(self) -> NoteStore: ...
+    @property
+    def retention(self) -> RetentionStore: ...
 
     async def close(self) -> None: ...
 

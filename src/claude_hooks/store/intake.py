@@ -19,7 +19,7 @@ from claude_hooks.store.schema import (
     tasks,
 )
 
-OUTCOMES = ("queued", "ignored", "duplicate", "error")
+OUTCOMES = ("queued", "ignored", "duplicate", "error", "pending")
 
 
 @dataclass(slots=True)
@@ -38,6 +38,7 @@ class DeliveryRecord:
     reason: str | None = None
     task_ids: list[str] = field(default_factory=list)
     replay_of: str | None = None
+    pruned_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ def _delivery(row: sa.Row[Any]) -> DeliveryRecord:
         reason=m["reason"],
         task_ids=list(m["task_ids"] or []),
         replay_of=m["replay_of"],
+        pruned_at=m["pruned_at"],
     )
 
 
@@ -111,6 +113,14 @@ _PENDING = (
     .order_by(tasks.c.seq)
     .limit(1)
 )
+
+
+def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterable[str]) -> None:
+    """Make `types` the ones assigned to an issue, within the caller's transaction."""
+    conn.execute(_UNASSIGN, {"b_repo": repo, "b_number": number})
+    rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
+    if rows:
+        conn.execute(assignments.insert(), rows)
 
 
 class IntakeStore(Protocol):
@@ -196,10 +206,7 @@ class SqlIntake:
             self._assign(conn, repo, number, types)
 
     def _assign(self, conn: sa.Connection, repo: str, number: int, types: Iterable[str]) -> None:
-        conn.execute(_UNASSIGN, {"b_repo": repo, "b_number": number})
-        rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
-        if rows:
-            conn.execute(assignments.insert(), rows)
+        write_assignment(conn, repo, number, types)
 
     async def put_pull_link(self, link: PullLink, now: float) -> None:
         values = {

@@ -99,6 +99,7 @@ deliveries = sa.Table(
     sa.Column("task_ids", sa.JSON, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("replay_of", sa.String(100)),
+    sa.Column("pruned_at", sa.Float),
     sa.Index("ix_deliveries_received", "received_at"),
 )
 
@@ -139,4 +140,47 @@ ci_watches = sa.Table(
     sa.Column("pr_number", sa.Integer, primary_key=True),
     sa.Column("head_sha", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# A delivery answered `pending`: the forge could not answer in time; retried until it does.
+pending_deliveries = sa.Table(
+    "pending_deliveries",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_pending_deliveries_next", "next_attempt_at"),
+)
+
+# Deliveries refused before they were read: what arrived, never its body.
+rejections = sa.Table(
+    "rejections",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("remote", sa.String(100)),
+    sa.Column("event", sa.String(64)),
+    sa.Column("delivery_id", sa.String(100)),
+    sa.Column("user_agent", sa.String(200)),
+    sa.Column("content_type", sa.String(200)),
+    sa.Column("content_length", sa.String(32)),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Index("ix_rejections_received", "received_at"),
+    sqlite_autoincrement=True,
+)
+
+# What a task's own row does not say: who cancelled it, which task it retries, when its log went.
+task_notes = sa.Table(
+    "task_notes",
+    metadata,
+    sa.Column("task_id", sa.String(32), primary_key=True),
+    sa.Column("retry_of", sa.String(32)),
+    sa.Column("cancelled_by", sa.Text),
+    sa.Column("cancelled_by_delivery", sa.String(100)),
+    sa.Column("log_pruned_at", sa.Float),
+    sa.Index("ix_task_notes_retry_of", "retry_of"),
+    sa.Index("ix_task_notes_delivery", "cancelled_by_delivery"),
 )

@@ -24,6 +24,10 @@ from claude_hooks.store.base import (
     TaskFilter,
 )
 from claude_hooks.store.intake import SqlIntake
+from claude_hooks.store.notes import SqlNotes
+from claude_hooks.store.pending import SqlPending
+from claude_hooks.store.rejections import SqlRejections
+from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -104,7 +108,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -207,6 +211,10 @@ class SqlStore:
         self.reader = reader or engine
         self.checkpointer = checkpointer
         self.intake = SqlIntake(engine, self.reader)
+        self.pending = SqlPending(engine, self.reader)
+        self.rejections = SqlRejections(engine, self.reader)
+        self.notes = SqlNotes(engine, self.reader)
+        self.retention = SqlRetention(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from claude_hooks import task_actions
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import InvalidInputError, UnknownTaskError
 from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
-from claude_hooks.views import MAX_OFFSET, task_view
+from claude_hooks.views import MAX_OFFSET, history_view, task_view
 from claude_hooks.web.auth import require_token
 
 router = APIRouter(dependencies=[Depends(require_token)])
@@ -108,25 +109,51 @@ async def create_task(body: NewTask, service: ServiceDep) -> dict[str, Any]:
     return task_view(task, _position(service, task.agent, task.id))
 
 
-@router.get("/api/tasks/{task_id}", summary="One task")
+@router.get("/api/tasks/{task_id}", summary="One task, with its retries and who cancelled it")
 async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
     task = await service.store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
-    return task_view(task, _position(service, task.agent, task.id))
+    view = task_view(task, _position(service, task.agent, task.id))
+    view.update(await history_view(service.store, task))
+    return view
 
 
 @router.post("/api/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
-async def cancel_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
-    result = await service.pool.cancel_task(task_id)
+async def cancel_task(task_id: str, request: Request, service: ServiceDep) -> dict[str, Any]:
+    result = await task_actions.cancel(service.pool, task_id, _who(request))
     return {"id": result.task_id, "agent": result.agent, "was": result.state.value}
+
+
+@router.post(
+    "/api/tasks/{task_id}/retry",
+    status_code=202,
+    summary="Queue a failed or cancelled task again, as a new task linked to it",
+)
+async def retry_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
+    task = await task_actions.retry(service.pool, task_id)
+    view = task_view(task, _position(service, task.agent, task.id))
+    view["retry_of"] = task_id
+    return view
+
+
+def _who(request: Request) -> str:
+    """The dashboard signs in with a cookie; API clients send the token as a header."""
+    if request.headers.get("authorization"):
+        return "a user, through the API"
+    return "a user, on the dashboard"
 
 
 @router.post("/cancel", summary="Cancel the task an agent is running now")
 async def cancel_agent(
-    service: ServiceDep, agent: Annotated[str | None, Query()] = None
+    request: Request, service: ServiceDep, agent: Annotated[str | None, Query()] = None
 ) -> dict[str, Any]:
     if not agent:
         raise InvalidInputError("query parameter 'agent' is required: POST /cancel?agent=NAME")
+    current = service.pool.get_worker(agent).current
+    if current is not None:
+        await service.store.notes.set_cancelled_by(
+            current.id, f"{_who(request)} (POST /cancel?agent={agent})"
+        )
     task_id = await service.pool.cancel_agent(agent)
     return {"cancelled": task_id, "agent": agent}

@@ -24,16 +24,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.staticfiles import StaticFiles
 from markupsafe import Markup
 
-from claude_hooks import __version__
+from claude_hooks import __version__, task_actions
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.events import Event, Subscription
+from claude_hooks.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
 from claude_hooks.pool import Worker
+from claude_hooks.rejections import hint
 from claude_hooks.service import Service
 from claude_hooks.store.base import QueueEntry, TaskFilter
-from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
+from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.schema import deliveries, tasks
-from claude_hooks.views import MAX_OFFSET
+from claude_hooks.views import MAX_OFFSET, history_view
 from claude_hooks.web.auth import (
     COOKIE_NAME,
     check_request,
@@ -52,6 +54,7 @@ TICK = 1.0  # seconds between looks at log tails (and at the server stopping)
 COALESCE = 0.15  # seconds to gather a burst of events into one update
 KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from closing
 COOKIE_MAX_AGE = 30 * 24 * 3600
+DAY = 24 * 3600.0
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("claude_hooks", "templates"),
@@ -79,16 +82,14 @@ def _usd(value: float | None) -> str:
 
 
 def _clock(timestamp: float | None) -> str:
-    """Server-local time; the page's script shows it in the browser's zone instead."""
+    """Server-local date, time and zone; the page's script shows it in the browser's zone."""
     if timestamp is None:
         return "—"
-    moment = datetime.fromtimestamp(timestamp).astimezone()
-    if moment.date() == datetime.now().astimezone().date():
-        return moment.strftime("%H:%M:%S")
-    return moment.strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 _env.filters.update(duration=_duration, usd=_usd, clock=_clock)
+_env.globals.update(hint=hint)
 
 
 def _render(template: str, **context: Any) -> str:
@@ -196,7 +197,7 @@ async def _stats(service: Service) -> dict[str, Any]:
             target.instances += 1
             target.busy += worker.current is not None
             target.queued += len(worker.queue)
-    outcomes = {outcome: 0 for outcome in ("queued", "ignored", "error", "duplicate")}
+    outcomes = {outcome: 0 for outcome in ("queued", "ignored", "error", "duplicate", "pending")}
     outcomes.update({outcome: int(count) for outcome, count in by_outcome})
     return {
         "total": total,
@@ -337,8 +338,7 @@ def _filters(
         except ValueError:
             choices = ", ".join(s.value for s in TaskState)
             raise InvalidInputError(f"state must be one of {choices}, not {state!r}") from None
-    if outcome and outcome not in OUTCOMES:
-        raise InvalidInputError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    check_outcome(outcome)
     return Filters(
         parsed_state, type or None, agent or None, repo or None, outcome or None, offset, limit
     )
@@ -460,6 +460,8 @@ def single_task_view(service: Service, task_id: str) -> View:
         return _render(
             "_task.html",
             task=task,
+            history=await history_view(service.store, task),
+            retryable=task.state in task_actions.RETRYABLE,
             delivery=delivery,
             position=_positions(service).get(task.id),
             timeline=_timeline(task, delivery),
@@ -491,14 +493,24 @@ def _timeline(
 
 def deliveries_view(service: Service, filters: Filters) -> View:
     async def table() -> str:
+        if filters.outcome == REJECTED:
+            rejections = service.store.rejections
+            return _render(
+                "_rejections.html",
+                rejections=await rejections.list_rejections(filters.limit, filters.offset),
+                total=await rejections.count_rejections(),
+                filters=filters,
+            )
         store = service.store.intake
         found = await store.list_deliveries(filters.limit, filters.offset, filters.outcome)
+        recent = await service.store.rejections.count_rejections(since=service.clock() - DAY)
         return _render(
             "_deliveries.html",
             deliveries=found,
             total=await store.count_deliveries(filters.outcome),
             filters=filters,
             compact=False,
+            rejected_today=recent,
             **_common(service),
         )
 
@@ -514,10 +526,17 @@ def single_delivery_view(service: Service, delivery_id: str) -> View:
         if record is None:
             raise NotFoundError(f"no delivery with id {delivery_id!r}")
         found = [await service.store.get_task(task_id) for task_id in record.task_ids]
+        pending = None
+        if record.outcome == "pending":
+            pending = await service.store.pending.get_pending(delivery_id)
+        stopped = await service.store.notes.cancelled_by_delivery(delivery_id)
+        cancelled = [await service.store.get_task(task_id) for task_id in stopped]
         return _render(
             "_delivery.html",
             delivery=record,
             tasks=[task for task in found if task is not None],
+            cancelled=[task for task in cancelled if task is not None],
+            pending=pending,
             positions=_positions(service),
             **_common(service),
         )
@@ -661,7 +680,9 @@ async def deliveries_page(request: Request, filters: FiltersDep) -> Response:
     if redirect := _login_redirect(request):
         return redirect
     view = deliveries_view(_service(request), filters)
-    return await _page(request, "deliveries.html", view, filters=filters, outcomes=OUTCOMES)
+    return await _page(
+        request, "deliveries.html", view, filters=filters, outcomes=DELIVERY_OUTCOMES
+    )
 
 
 @router.get("/deliveries/{delivery_id}")
@@ -673,7 +694,8 @@ async def delivery_page(request: Request, delivery_id: str) -> Response:
     if record is None:
         raise NotFoundError(f"no delivery with id {delivery_id!r}")
     view = single_delivery_view(service, delivery_id)
-    return await _page(request, "delivery.html", view, delivery=record, body=_pretty(record.body))
+    body = _pretty(record.body) if record.pruned_at is None else ""
+    return await _page(request, "delivery.html", view, delivery=record, body=body)
 
 
 # live updates

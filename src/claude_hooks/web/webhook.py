@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from claude_hooks.errors import NotFoundError
+from claude_hooks.history import delivery_rows
 from claude_hooks.service import Service
 from claude_hooks.views import MAX_OFFSET, delivery_view
 from claude_hooks.web.auth import require_token
@@ -16,11 +17,15 @@ router = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token)])
 
 
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        {"status": "rejected", "error": f"body larger than server.max_body_bytes ({limit} bytes)"},
-        status_code=413,
-    )
+async def _too_large(service: Service, request: Request, size: int) -> JSONResponse:
+    limit = service.config.server.max_body_bytes
+    reason = f"body larger than server.max_body_bytes ({limit} bytes)"
+    answer = await service.intake.reject(413, reason, request.headers, size, _remote(request))
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
+def _remote(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
 
 
 @router.post(
@@ -33,15 +38,15 @@ async def webhook(request: Request) -> JSONResponse:
     limit = service.config.server.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        return _too_large(limit)
+        return await _too_large(service, request, int(declared))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return _too_large(limit)
+            return await _too_large(service, request, size)
         chunks.append(chunk)
-    answer = await service.intake.receive(request.headers, b"".join(chunks))
+    answer = await service.intake.receive(request.headers, b"".join(chunks), _remote(request))
     return JSONResponse(answer.body, status_code=answer.status)
 
 
@@ -53,14 +58,8 @@ async def list_deliveries(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     service: Service = request.app.state.service
-    store = service.store.intake
-    records = await store.list_deliveries(limit, offset, outcome)
-    return {
-        "total": await store.count_deliveries(outcome),
-        "limit": limit,
-        "offset": offset,
-        "deliveries": [delivery_view(r) for r in records],
-    }
+    total, rows = await delivery_rows(service.store, outcome, limit, offset)
+    return {"total": total, "limit": limit, "offset": offset, "deliveries": rows}
 
 
 @api.get("/api/deliveries/{delivery_id}", summary="One delivery, with its body")

@@ -1,0 +1,97 @@
+"""Retention: finished tasks' logs and old deliveries' bodies go after `server.retention_days`.
+
+Rows stay, marked pruned, so the history (who did what, when, at what cost) is kept while the
+bulk — logs can reach megabytes per task — does not grow without bound. Rejections older than
+that are dropped entirely: they are refused input, not history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from claude_hooks.config import Config
+from claude_hooks.store.base import Store
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+BATCH = 500  # task logs removed per transaction
+FIRST_SWEEP = 5.0  # seconds after start-up, so start-up itself stays quick
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    logs: int
+    deliveries: int
+    rejections: int
+
+
+class Retention:
+    """Prunes on a schedule; `prune` runs one sweep (tests and the CLI call it directly)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        log_path: Callable[[str], Path],
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.log_path = log_path
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.server.retention_days > 0
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._loop(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(min(FIRST_SWEEP, self.config.server.retention_interval))
+        while True:
+            try:
+                pruned = await self.prune()
+                if pruned.logs or pruned.deliveries or pruned.rejections:
+                    log.info(
+                        "retention: pruned %d task logs, %d delivery bodies, %d rejections",
+                        pruned.logs,
+                        pruned.deliveries,
+                        pruned.rejections,
+                    )
+            except Exception:
+                log.exception("retention sweep failed; trying again at the next one")
+            await asyncio.sleep(self.config.server.retention_interval)
+
+    async def prune(self) -> Pruned:
+        now = self.clock()
+        before = now - self.config.server.retention_days * DAY
+        store = self.store.retention
+        logs = 0
+        while True:
+            ids = await store.unpruned_logs(before, BATCH)
+            for task_id in ids:
+                # Gone first, marked after: a crash in between only repeats an unlink.
+                self.log_path(task_id).unlink(missing_ok=True)
+            await store.mark_logs_pruned(ids, now)
+            logs += len(ids)
+            if len(ids) < BATCH:
+                break
+        deliveries = await store.prune_deliveries(before, now)
+        rejections = await store.drop_rejections(before)
+        return Pruned(logs, deliveries, rejections)
