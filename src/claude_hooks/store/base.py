@@ -12,6 +12,7 @@ from typing import Protocol
 
 from claude_hooks.domain import AgentInstance, Task, TaskState
 from claude_hooks.store.intake import IntakeStore
+from claude_hooks.store.spend import SpendStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,8 @@ class SessionRecord:
 class Store(Protocol):
     @property
     def intake(self) -> IntakeStore: ...
+    @property
+    def spend(self) -> SpendStore: ...
 
     async def close(self) -> None: ...
 

@@ -25,6 +25,7 @@ from claude_hooks.store.base import (
 )
 from claude_hooks.store.intake import SqlIntake
 from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
+from claude_hooks.store.spend import SqlSpend
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -104,7 +105,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0008"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -207,6 +208,7 @@ class SqlStore:
         self.reader = reader or engine
         self.checkpointer = checkpointer
         self.intake = SqlIntake(engine, self.reader)
+        self.spend = SqlSpend(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
