@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
-from claude_hooks.config import Config
+from claude_hooks.config import Config, load_config
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.events import Event
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.service import Service
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.web.app import create_app
 from tests.support import make_config, wait_until
 
 
@@ -171,8 +173,6 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_raising_the_budget_from_the_cli_resumes_a_waiting_queue_at_once(
     tmp_path: Path, services: list[Service]
 ) -> None:
-    from claude_hooks.config import load_config
-
     path = write_config(tmp_path, "daily_budget_usd = 1.5")
     runner = CostRunner(1.0)
     service = await start(services, load_config(path), runner, Clock(ts("2026-04-10 12:00")))
@@ -232,3 +232,52 @@ async def test_work_without_a_cost_is_not_held_by_a_cost_budget(
     await wait_until(lambda: service.pool.get_worker("dev-alpha").idle)
     assert await states(service, ids) == [TaskState.SUCCEEDED] * 2
     assert not service.pool.limits.paused
+
+
+async def test_a_paused_type_shows_on_the_dashboard_the_api_and_the_metrics(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    path = write_config(tmp_path, "daily_budget_usd = 1.0")
+    runner = CostRunner(1.25)
+    service = await start(services, load_config(path), runner, Clock(ts("2026-04-10 12:00")))
+    await queue(service, 2)
+    await wait_until(lambda: "dev" in service.pool.limits.paused)
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)),
+        base_url="http://test",
+        headers={"Authorization": "Bearer t"},
+    )
+    async with client:
+        limits = (await client.get("/api/limits")).json()
+        assert limits["paused"]["dev"]["reason"] == "budget"
+        assert limits["budgets"] == [
+            {
+                "scope": "dev",
+                "period": "day",
+                "usd": 1.0,
+                "source": "config",
+                "spent": 1.25,
+                "reached": True,
+                "resets_at": ts("2026-04-11 00:00"),
+            }
+        ]
+        agents = (await client.get("/api/agents")).json()
+        assert agents[0]["paused"]["message"].startswith("the daily budget of type 'dev'")
+        costs = (await client.get("/api/costs", params={"by": "day", "since": 0})).json()
+        assert costs == [{"day": "2026-04-10", "tasks": 1, "cost_usd": 1.25}]
+        assert (await client.get("/api/costs", params={"by": "week"})).status_code == 400
+        page = (await client.get("/")).text
+        assert "dev waits" in page and "($1.00) is reached: $1.25 spent" in page
+        assert "<svg" in page and "2026-04-10: $1.25" in page
+        metrics = (await client.get("/metrics")).text
+        assert 'claude_hooks_type_paused{reason="budget",type="dev"} 1.0' in metrics
+
+    by_issue = await asyncio.to_thread(
+        cli, path, "costs", "--by", "issue", "--since", "2026-04-01", "--json"
+    )
+    assert by_issue.returncode == 0, by_issue.stderr
+    assert '"issue": "acme/widget#1"' in by_issue.stdout and '"cost_usd": 1.25' in by_issue.stdout
+    bad = await asyncio.to_thread(cli, path, "costs", "--since", "yesterday")
+    assert bad.returncode == 2 and "--since 'yesterday': give a date as YYYY-MM-DD" in bad.stderr
+    unknown = await asyncio.to_thread(cli, path, "budget", "set", "qa", "--daily", "3")
+    assert unknown.returncode == 2 and "type 'qa' is not configured" in unknown.stderr
