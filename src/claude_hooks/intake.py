@@ -22,6 +22,7 @@ from claude_hooks.forge import Forge
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.forgejo.payloads import Payload, parse_payload
 from claude_hooks.forgejo.webhook import WebhookError, decode_delivery
+from claude_hooks.loop_guard import LoopGuard
 from claude_hooks.pool import Pool
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
 from claude_hooks.sweep import Sweeper
@@ -90,6 +91,7 @@ class Intake:
         self.config = config
         self.pool = pool
         self.sweeper = Sweeper(config, pool.workspaces, store, forge)
+        self.guard = LoopGuard(config, pool.store.spend, store, forge, clock)
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -163,6 +165,7 @@ class Intake:
         decision: flows.Decision | None = None
         try:
             decision = await flows.route(self.context(record.id), record.event_type, payload)
+            decision = await self.guard.review(decision, record.event_type, record.sender)
             await self.apply(decision, applied)
         except ForgejoError as exc:
             reason = f"could not ask Forgejo: {exc}"

@@ -130,6 +130,7 @@ class Service:
                 await self._watcher
         await self.ci.stop()
         await self.intake.sweeper.stop()
+        await self.intake.guard.stop()
         await self.pool.stop()
         await self.notifier.stop()
         await self.forge.aclose()

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from claude_hooks.budget import Period
-from claude_hooks.store.schema import budgets, issue_guards, tasks
+from claude_hooks.store.schema import budgets, issue_guards, pull_links, tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +112,18 @@ class SqlSpend:
         return _guard(row) if row else None
 
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
-        """Tasks queued for an issue since `since`, and what the finished ones cost."""
+        """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what
+        the finished ones cost."""
+        pulls = sa.select(pull_links.c.pr_number).where(
+            pull_links.c.repo == repo, pull_links.c.issue_number == number
+        )
         query = sa.select(
             sa.func.count(), sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)
-        ).where(tasks.c.repo == repo, tasks.c.number == number, tasks.c.enqueued_at >= since)
+        ).where(
+            tasks.c.repo == repo,
+            sa.or_(tasks.c.number == number, tasks.c.number.in_(pulls)),
+            tasks.c.enqueued_at >= since,
+        )
         with self.reader.connect() as conn:
             count, cost = conn.execute(query).one()
         return int(count), float(cost)

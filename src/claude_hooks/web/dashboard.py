@@ -420,7 +420,7 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
 
     def affected(event: Event) -> set[str]:
         if event.kind == "delivery":
-            return {"recent-deliveries"}
+            return {"recent-deliveries", "limits"}
         if event.kind == "limits":
             return {"limits"}
         if event.kind == "task.finished":
