@@ -20,6 +20,7 @@ from tests.support import make_config, wait_until
         ("Claude API error (HTTP 429): rate_limit_error", FailureKind.RATE_LIMIT, None),
         ("Claude AI usage limit reached|1767225600", FailureKind.USAGE_LIMIT, 1767225600.0),
         ("API Error: Connection error. (ECONNREFUSED)", FailureKind.NETWORK, None),
+        ("5-hour limit reached ∙ resets 3pm", FailureKind.USAGE_LIMIT, None),
         ("Claude API error (HTTP 400): prompt is too long", None, None),
         ("gave up after 3 attempts", None, None),
     ],
@@ -45,23 +46,25 @@ def test_breaker_opens_after_n_failures_probes_once_and_backs_off() -> None:
     failure = ApiFailure(FailureKind.OVERLOADED, "529")
     assert not breaker.failed(failure, 0.0)
     assert not breaker.failed(failure, 1.0)
-    assert breaker.wait(1.5) is None  # still closed
+    assert breaker.wait(1.5, "t1") is None  # still closed
     assert breaker.failed(failure, 2.0)
-    assert breaker.wait(5.0) == 7.0
-    assert breaker.wait(12.0) is None  # the probe
-    assert breaker.wait(12.5) == 99.5  # the others wait for the probe
+    assert breaker.wait(5.0, "t1") == 7.0
+    assert breaker.wait(12.0, "t1") is None  # the probe
+    assert breaker.wait(12.5, "t2") == 99.5  # the others wait for the probe
     assert breaker.failed(failure, 13.0)  # the probe failed: twice the delay
-    assert breaker.wait(20.0) == 13.0
-    assert breaker.wait(33.0) is None
+    assert breaker.wait(20.0, "t1") == 13.0
+    assert breaker.wait(33.0, "t1") is None
+    breaker.probe_lost("t1")  # the probe was cancelled before it ran: the next one probes
+    assert breaker.wait(33.2, "t2") is None
     breaker.answered()
-    assert breaker.wait(33.5) is None
+    assert breaker.wait(33.5, "t1") is None
     assert not breaker.is_open
 
 
 def test_a_usage_limit_opens_until_its_reset_time() -> None:
     breaker = Breaker(threshold=1, base_delay=10.0, probe_timeout=100.0)
     assert breaker.failed(ApiFailure(FailureKind.USAGE_LIMIT, "limit", retry_at=5000.0), 100.0)
-    assert breaker.wait(200.0) == 4800.0
+    assert breaker.wait(200.0, "t1") == 4800.0
 
 
 async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_loses_nothing(

@@ -31,6 +31,7 @@ class ApiFailure:
 
 _HTTP = re.compile(r"Claude API error \(HTTP (\d{3})\)")
 _USAGE_LIMIT = re.compile(r"usage limit reached\|(\d{9,11})", re.IGNORECASE)
+_LIMIT_REACHED = re.compile(r"\blimit reached\b.*\bresets\b", re.IGNORECASE)
 _NETWORK = re.compile(
     r"ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|Connection error|fetch failed"
     r"|socket hang up|network error",
@@ -52,6 +53,8 @@ def classify(
     usage = _USAGE_LIMIT.search(error)
     if usage is not None:
         return ApiFailure(FailureKind.USAGE_LIMIT, first, float(usage.group(1)))
+    if _LIMIT_REACHED.search(error):
+        return ApiFailure(FailureKind.USAGE_LIMIT, first)
     status = _HTTP.search(error)
     if status is not None:
         code = int(status.group(1))
@@ -76,13 +79,14 @@ class Breaker:
         self.trips = 0  # openings since the last success: the backoff exponent
         self.open_until: float | None = None
         self.probe_since: float | None = None
+        self.probe_task: str | None = None
         self.last: ApiFailure | None = None
 
     @property
     def is_open(self) -> bool:
         return self.open_until is not None
 
-    def wait(self, now: float) -> float | None:
+    def wait(self, now: float, task_id: str) -> float | None:
         """Seconds until a task may start, or None: start now (perhaps as the probe)."""
         if self.open_until is None:
             return None
@@ -91,7 +95,14 @@ class Breaker:
         if self.probe_since is not None and now < self.probe_since + self.probe_timeout:
             return self.probe_since + self.probe_timeout - now
         self.probe_since = now  # this start is the probe (a lost probe is replaced)
+        self.probe_task = task_id
         return None
+
+    def probe_lost(self, task_id: str) -> None:
+        """The probe ended without a run (cancelled): another task may probe at once."""
+        if self.probe_task == task_id:
+            self.probe_since = None
+            self.probe_task = None
 
     def failed(self, failure: ApiFailure, now: float) -> bool:
         """Count an API failure; True if it opened (or kept open) the breaker."""
@@ -99,6 +110,7 @@ class Breaker:
         self.last = failure
         probing = self.probe_since is not None
         self.probe_since = None
+        self.probe_task = None
         if not probing and self.failures < self.threshold:
             return False
         self.trips += 1
@@ -112,3 +124,4 @@ class Breaker:
         self.trips = 0
         self.open_until = None
         self.probe_since = None
+        self.probe_task = None

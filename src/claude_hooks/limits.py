@@ -103,13 +103,13 @@ class Limits:
             spent[limit] = await self.store.spend.spent(scope, start, end)
         return first_reached(limits, spent, now, self.zone)
 
-    async def _pause(self, agent_type: str) -> Pause | None:
+    async def _pause(self, agent_type: str, task_id: str) -> Pause | None:
         reached = await self.reached(agent_type)
         if reached is not None:
             message = reached.describe(self.zone)
             return Pause(agent_type, "budget", message, reached.resets_at)
         breaker = self.breaker(agent_type)
-        wait = breaker.wait(self.clock())
+        wait = breaker.wait(self.clock(), task_id)
         if wait is None:
             return None
         last = breaker.last.detail if breaker.last else "API failures"
@@ -122,7 +122,7 @@ class Limits:
     async def wait_until_open(self, agent_type: str, task_id: str) -> bool:
         """False at once when a task of the type may start; else wait until that may have
         changed and return True, so the worker looks at its queue again."""
-        pause = await self._pause(agent_type)
+        pause = await self._pause(agent_type, task_id)
         if pause is None:
             if self.paused.pop(agent_type, None) is not None:
                 log.info("type %s resumes work", agent_type)
@@ -184,6 +184,8 @@ class Limits:
             if breaker.is_open:
                 log.info("API breaker of type %s closed: a run got an answer", task.type)
             breaker.answered()
+        else:
+            breaker.probe_lost(task.id)
         self._noticed.discard(task.id)
         return False
 
@@ -203,6 +205,8 @@ class Limits:
             event = await self._finished.get()
             if event.kind != "task.finished" or event.task is None:
                 continue
+            if event.task.type in self.breakers:
+                self.breakers[event.task.type].probe_lost(event.task.id)
             self.poke()
             if event.task.cost_usd:
                 try:
@@ -214,11 +218,14 @@ class Limits:
         """With `[budget] hard = true`, stop the running tasks of types over a budget."""
         if not self.config.budget.hard:
             return
+        reached_by_type: dict[str, Reached | None] = {}
         for worker in list(self.pool.workers.values()):
             task = worker.current_task
             if task is None or task.type not in self.config.types:
                 continue
-            reached = await self.reached(task.type)
+            if task.type not in reached_by_type:
+                reached_by_type[task.type] = await self.reached(task.type)
+            reached = reached_by_type[task.type]
             if reached is not None:
                 log.warning("stopping task %s: %s", task.id, reached.describe(self.zone))
                 await self.pool.cancel_task(task.id)
