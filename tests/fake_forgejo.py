@@ -64,6 +64,7 @@ class FakeIssue:
     state: str = "open"
     assignees: list[str] = field(default_factory=list)
     pull: FakePull | None = None
+    labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class FakeRepo:
     collaborators: dict[str, str] = field(default_factory=dict)
     issues: dict[int, FakeIssue] = field(default_factory=dict)
     statuses: dict[str, list[FakeStatus]] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)  # id -> name
 
     @property
     def full_name(self) -> str:
@@ -390,19 +392,21 @@ class FakeForgejo:
             payload = json.loads(body) if body else {}
         except ValueError:
             return _error(422, "invalid JSON body")
+        allowed = False  # the path exists for another method
         for pattern, route_method, handler in _ROUTES:
             match = pattern.fullmatch(raw)
             if match is None:
                 continue
             if route_method != method:
-                return _error(405, "method not allowed")
+                allowed = True
+                continue
             args = [unquote(group) for group in match.groups()]
             with self._lock:
                 try:
                     return handler(self, user, query, payload, *args)
                 except _NotFound:
                     return _error(404, "The target couldn't be found.")
-        return _error(404, "not found")
+        return _error(405, "method not allowed") if allowed else _error(404, "not found")
 
     def _get_user(self, user: str, query: dict[str, str], body: Any) -> _Answer:
         return _Answer(200, _user(user))
@@ -466,6 +470,40 @@ class FakeForgejo:
                 "html_url": f"{_html(repo)}/issues/{issue.number}#issuecomment-{comment.id}",
             },
         )
+
+    def _list_labels(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        page, limit = int(query.get("page", "1")), min(int(query.get("limit", "50")), 50)
+        found = [{"id": i, "name": n} for i, n in sorted(repo.labels.items())]
+        return _Answer(200, found[(page - 1) * limit : page * limit])
+
+    def _post_label(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        label = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(label, str) or not label:
+            return _error(422, "name is required")
+        if label in repo.labels.values():
+            return _error(409, "label already exists")
+        label_id = max(repo.labels, default=0) + 1
+        repo.labels[label_id] = label
+        return _Answer(201, {"id": label_id, "name": label, "color": body.get("color", "")})
+
+    def _post_issue_labels(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, number: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        issue = self._item(repo, number, pull=False)
+        ids = body.get("labels") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or any(i not in repo.labels for i in ids):
+            return _error(422, "labels must be a list of existing label ids")
+        for label_id in ids:
+            if repo.labels[label_id] not in issue.labels:
+                issue.labels.append(repo.labels[label_id])
+        return _Answer(200, [{"id": i, "name": repo.labels[i]} for i in ids])
 
     def _get_issue(
         self, user: str, query: dict[str, str], body: Any, owner: str, name: str, number: str
@@ -604,6 +642,13 @@ _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
         re.compile(rf"/repos/{_SEG}/{_SEG}/issues/{_SEG}/comments"),
         "POST",
         FakeForgejo._post_comment,
+    ),
+    (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "GET", FakeForgejo._list_labels),
+    (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "POST", FakeForgejo._post_label),
+    (
+        re.compile(rf"/repos/{_SEG}/{_SEG}/issues/{_SEG}/labels"),
+        "POST",
+        FakeForgejo._post_issue_labels,
     ),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/issues/{_SEG}"), "GET", FakeForgejo._get_issue),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/pulls"), "GET", FakeForgejo._list_pulls),

@@ -28,6 +28,8 @@ class Reply:
     stall: bool = False  # stream the blocks, then hang until the client goes or the server stops
     input_tokens: int = 1000
     output_tokens: int = 200
+    headers: dict[str, str] = field(default_factory=dict)  # sent with an HTTP error
+    message: str = "stand-in error"
 
     @property
     def stop_reason(self) -> str:
@@ -54,8 +56,13 @@ def tool_use(name: str, tool_input: dict[str, Any], say: str = "") -> Reply:
     return Reply(blocks)
 
 
-def error(status: int, error_type: str = "overloaded_error") -> Reply:
-    return Reply(status=status, error_type=error_type)
+def error(
+    status: int,
+    error_type: str = "overloaded_error",
+    headers: dict[str, str] | None = None,
+    message: str = "stand-in error",
+) -> Reply:
+    return Reply(status=status, error_type=error_type, headers=headers or {}, message=message)
 
 
 def stall(answer: str) -> Reply:
@@ -160,9 +167,13 @@ class MessagesStandin:
                     return b"".join(chunks)
                 return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
-            def _json(self, status: int, document: dict[str, Any]) -> None:
+            def _json(
+                self, status: int, document: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 body = json.dumps(document).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -204,8 +215,9 @@ class MessagesStandin:
                         reply.status,
                         {
                             "type": "error",
-                            "error": {"type": reply.error_type, "message": "stand-in error"},
+                            "error": {"type": reply.error_type, "message": reply.message},
                         },
+                        reply.headers,
                     )
                     return
                 message_id = f"msg_standin_{next(standin._messages):04d}"

@@ -557,8 +557,8 @@ async def test_live_stream_sends_sections_as_work_moves(
     async with client.stream("GET", "/live", params={"view": "overview"}) as answer:
         assert answer.headers["content-type"].startswith("text/event-stream")
         events = sse_events(answer)
-        initial = {data["id"] for _, data in [await anext(events) for _ in range(4)]}
-        assert initial == {"stats", "agents", "recent-deliveries", "finished"}
+        initial = {data["id"] for _, data in [await anext(events) for _ in range(6)]}
+        assert initial == {"stats", "agents", "recent-deliveries", "finished", "limits", "costs"}
         assigned = await post_fixture(client, "issues_assigned_dev")
         task_id = assigned["tasks"][0]["id"]
         seen = await until_section(events, "agents", task_id[-7:])

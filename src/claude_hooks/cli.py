@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from claude_hooks import control
+from claude_hooks import control, spend_cli
 from claude_hooks.backup import backup
 from claude_hooks.capacity.command import simulate_command
 from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
@@ -49,6 +49,8 @@ workdirs_app = typer.Typer(
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(workdirs_app, name="workdirs")
 app.command("simulate")(simulate_command)
+app.add_typer(spend_cli.budget_app, name="budget")
+app.command("costs")(spend_cli.costs)
 
 # Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -59,6 +60,12 @@ class ServerConfig(_Section):
         description="days before finished tasks' logs and deliveries' bodies go; 0: keep",
     )
     retention_interval: float = Field(3600.0, gt=0, description="seconds between retention sweeps")
+    timezone: str = Field("UTC", description="IANA zone of budget days and months")
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> ServerConfig:
+        zone_of(self.timezone)
+        return self
 
 
 class ForgejoConfig(_Section):
@@ -83,6 +90,17 @@ class FlowsConfig(_Section):
     sweep_interval: float = Field(
         3600.0, ge=0, description="seconds between sweeps of closed issues' workdirs; 0: off"
     )
+    max_tasks_per_issue: int = Field(12, ge=1, description="agent tasks per issue before a human")
+    max_cost_per_issue_usd: float | None = Field(None, ge=0)
+    max_review_rounds: int = Field(3, ge=1, description="changes-requested rounds on one PR")
+    escalate_to: str = Field("", description="login or @org/team mentioned when a limit trips")
+    escalation_label: str = "needs-human"
+
+
+class BudgetConfig(_Section):
+    daily_usd: float | None = Field(None, ge=0, description="team-wide spend per calendar day")
+    monthly_usd: float | None = Field(None, ge=0, description="team-wide spend per month")
+    hard: bool = Field(False, description="stop running tasks when a budget is reached")
 
 
 class SecurityConfig(_Section):
@@ -135,6 +153,13 @@ class TypeConfig(_Section):
     max_api_retries: int = Field(
         2, ge=0, description="CLAUDE_CODE_MAX_RETRIES: API retries before a run fails"
     )
+    daily_budget_usd: float | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+    breaker_failures: int = Field(3, ge=1, description="API failures in a row that pause the type")
+    breaker_backoff: float = Field(30.0, gt=0, description="first pause of the breaker, seconds")
+    breaker_exit_codes: list[int] = Field(
+        default_factory=list, description="command runner exit codes counted as API failures"
+    )
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> TypeConfig:
@@ -161,6 +186,7 @@ class Config(BaseSettings):
     forgejo: ForgejoConfig = Field(default_factory=ForgejoConfig)  # type: ignore[arg-type]
     security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
     flows: FlowsConfig = Field(default_factory=FlowsConfig)  # type: ignore[arg-type]
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
 
@@ -210,6 +236,16 @@ class Config(BaseSettings):
             if self.login_of(name).lower() == wanted:
                 return name
         return None
+
+
+def zone_of(name: str) -> ZoneInfo:
+    """The time zone of budget periods; ValueError names a zone that does not exist."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name such as 'Europe/Berlin')"
+        ) from None
 
 
 def _describe(error: Mapping[str, Any]) -> str:

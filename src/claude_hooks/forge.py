@@ -14,6 +14,7 @@ from claude_hooks.forgejo.client import ForgejoClient, PullInfo
 from claude_hooks.forgejo.payloads import Branch, PullRequest, User
 
 log = logging.getLogger(__name__)
+LABEL_COLOR = "#d93f0b"  # the escalation label, when the service creates it
 
 
 def _split(repo: str) -> tuple[str, str]:
@@ -118,3 +119,12 @@ class Forge:
     async def comment(self, as_type: str, repo: str, number: int, body: str) -> None:
         owner, name = _split(repo)
         await self.client(as_type).comment(owner, name, number, body)
+
+    async def label(self, as_type: str, repo: str, number: int, name: str) -> None:
+        """Put the label `name` on an issue, creating it in the repository if missing."""
+        owner, repo_name = _split(repo)
+        client = self.client(as_type)
+        label_id = await client.label_id(owner, repo_name, name)
+        if label_id is None:
+            label_id = await client.create_label(owner, repo_name, name, LABEL_COLOR)
+        await client.add_labels(owner, repo_name, number, [label_id])

@@ -25,6 +25,7 @@ from claude_hooks.forge import Forge
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.forgejo.payloads import Payload, parse_payload
 from claude_hooks.forgejo.webhook import WebhookError, decode_delivery
+from claude_hooks.loop_guard import LoopGuard
 from claude_hooks.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.pool import Pool
 from claude_hooks.rejections import RejectionLog
@@ -114,6 +115,7 @@ class Intake:
         self.config = config
         self.pool = pool
         self.sweeper = Sweeper(config, pool.workspaces, store, forge)
+        self.guard = LoopGuard(config, pool.store.spend, store, forge, clock)
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -240,6 +242,7 @@ class Intake:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
+            decision = await self.guard.review(decision, record.event_type, record.sender)
             await self.apply(decision, applied, _source(record), record.id)
         except ForgeUnreachable as exc:
             reason = f"waiting for Forgejo ({exc}); retried automatically"

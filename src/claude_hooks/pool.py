@@ -21,6 +21,7 @@ from claude_hooks.config import Config
 from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.events import Event, EventBus
+from claude_hooks.limits import Limits
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.base import Outcome, QueueEntry, Store
@@ -110,7 +111,10 @@ class Worker:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                await self._take(self.queue[0])
+                head = self.queue[0]
+                if await self.pool.limits.wait_until_open(self.type, head.id):
+                    continue
+                await self._take(head)
             except Exception:
                 # A store or runner fault must not end the worker: its queue would wait forever.
                 log.exception(
@@ -135,6 +139,10 @@ class Worker:
             self.current_task = task
             self.pool.bus.publish(Event("task.started", task))
             outcome = await self._execute(task)
+            if await self.pool.limits.after_run(task, outcome):
+                await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
+                self.queue.appendleft(entry)
+                return
             self._unfinished = (task, outcome)
             await self._record(task, outcome)
         finally:
@@ -227,6 +235,7 @@ class Pool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._stranded: list[QueueEntry] = []
         self._unknown_types_warned: set[str] = set()
+        self.limits = Limits(config, store, clock, self.bus, self)
 
     # registry
 
@@ -263,6 +272,7 @@ class Pool:
         for r in recovered:
             log.warning("task %s was running when the service stopped: now %s", r.id, r.state.value)
         self.cursors = await self.store.load_cursors()
+        await self.limits.reload()
         for agent in await self.store.list_agents():
             self._add_worker(agent.name, agent.type, agent.enabled)
         orphans: list[QueueEntry] = []
@@ -275,10 +285,12 @@ class Pool:
                 self._hold(entry.session_key, worker.name)
         for worker in self.workers.values():
             worker.start()
+        self.limits.start()
         await self._redispatch(orphans)
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+        await self.limits.stop()
 
     def _add_worker(self, name: str, agent_type: str, enabled: bool) -> Worker | None:
         if agent_type not in self.config.types:

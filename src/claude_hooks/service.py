@@ -17,6 +17,7 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.events import EventBus
 from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
+from claude_hooks.limits import SIGNAL_BUDGET
 from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
 from claude_hooks.pending import PendingRetrier
@@ -138,6 +139,7 @@ class Service:
         await self.pending.stop()
         await self.retention.stop()
         await self.intake.sweeper.stop()
+        await self.intake.guard.stop()
         await self.pool.stop()
         await self.notifier.stop()
         await self.forge.aclose()
@@ -162,6 +164,8 @@ class Service:
             return
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
             await self.pool.sync_agents()
+        if any(signal.kind == SIGNAL_BUDGET for signal in found):
+            await self.pool.limits.reload()
         for signal in found:
             if signal.kind == SIGNAL_CANCEL:
                 with contextlib.suppress(ClaudeHooksError):

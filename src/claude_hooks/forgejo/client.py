@@ -204,6 +204,11 @@ class _WirePermission(_Wire):
     permission: str
 
 
+class _WireLabel(_Wire):
+    id: int
+    name: str
+
+
 class _WireComment(_Wire):
     id: int
 
@@ -343,6 +348,43 @@ class ForgejoClient:
         )
         response = await self._send(request)
         return self._parse(response, _WireComment, request).id
+
+    async def label_id(self, owner: str, repo: str, name: str) -> int | None:
+        """The id of the repository's label called `name`, looked for page by page."""
+        page = 1
+        while True:
+            request = _Request(
+                "GET",
+                f"/repos/{_seg(owner)}/{_seg(repo)}/labels",
+                f"labels of {owner}/{repo}",
+                params={"page": page, "limit": PAGE_LIMIT},
+            )
+            batch = self._parse_list(await self._send(request), _WireLabel, request)
+            for label in batch:
+                if label.name == name:
+                    return label.id
+            if len(batch) < PAGE_LIMIT:
+                return None
+            page += 1
+
+    async def create_label(self, owner: str, repo: str, name: str, color: str) -> int:
+        request = _Request(
+            "POST",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/labels",
+            f"labels of {owner}/{repo}",
+            json={"name": name, "color": color},
+            idempotent=False,
+        )
+        return self._parse(await self._send(request), _WireLabel, request).id
+
+    async def add_labels(self, owner: str, repo: str, number: int, ids: list[int]) -> None:
+        request = _Request(
+            "POST",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/issues/{_seg(number)}/labels",
+            f"issue or pull request {owner}/{repo}#{number}",
+            json={"labels": ids},
+        )
+        await self._send(request)
 
     async def combined_status(self, owner: str, repo: str, ref: str) -> CombinedStatus:
         request = _Request(

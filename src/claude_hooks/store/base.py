@@ -16,6 +16,7 @@ from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
+from claude_hooks.store.spend import SpendStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,8 @@ class Store(Protocol):
     def notes(self) -> NoteStore: ...
     @property
     def retention(self) -> RetentionStore: ...
+    @property
+    def spend(self) -> SpendStore: ...
 
     async def close(self) -> None: ...
 

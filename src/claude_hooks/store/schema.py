@@ -46,6 +46,8 @@ tasks = sa.Table(
     sa.Index("ix_tasks_seq", "seq"),
     sa.Index("ix_tasks_delivery", "delivery_id"),
     sa.Index("ix_tasks_session_state", "session_key", "state", "kind", "seq"),
+    sa.Index("ix_tasks_finished", "finished_at"),
+    sa.Index("ix_tasks_issue", "repo", "number"),
     # One conversation never runs twice at once: the database holds the invariant.
     sa.Index(
         "ux_tasks_running_session",
@@ -183,4 +185,24 @@ task_notes = sa.Table(
     sa.Column("log_pruned_at", sa.Float),
     sa.Index("ix_task_notes_retry_of", "retry_of"),
     sa.Index("ix_task_notes_delivery", "cancelled_by_delivery"),
+)
+
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("scope", sa.String(63), primary_key=True),
+    sa.Column("period", sa.String(8), primary_key=True),
+    sa.Column("usd", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+issue_guards = sa.Table(
+    "issue_guards",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("review_rounds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tripped_at", sa.Float),
+    sa.Column("reason", sa.Text),
 )

@@ -29,6 +29,7 @@ from claude_hooks.store.pending import SqlPending
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
+from claude_hooks.store.spend import SqlSpend
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -108,7 +109,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -215,6 +216,7 @@ class SqlStore:
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
+        self.spend = SqlSpend(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:

@@ -14,6 +14,7 @@ from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.views import MAX_OFFSET, history_view, task_view
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.spend import pause_json
 
 router = APIRouter(dependencies=[Depends(require_token)])
 
@@ -36,6 +37,7 @@ def agent_json(service: Service, name: str) -> dict[str, Any]:
         "current_task": worker.current.id if worker.current else None,
         "queue": [entry.id for entry in worker.queue],
         "queued": len(worker.queue),
+        "paused": pause_json(service, worker.type),
     }
 
 

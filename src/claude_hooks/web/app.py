@@ -21,7 +21,7 @@ from claude_hooks.errors import (
     NotFoundError,
 )
 from claude_hooks.service import Service
-from claude_hooks.web import api, dashboard, logs, metrics, webhook
+from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
 
 log = logging.getLogger(__name__)
@@ -102,5 +102,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api.router)
     app.include_router(logs.router)
     app.include_router(metrics.router)
+    app.include_router(spend.router)
     dashboard.install(app)
     return app

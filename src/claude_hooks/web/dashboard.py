@@ -36,6 +36,7 @@ from claude_hooks.store.base import QueueEntry, TaskFilter
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.schema import deliveries, tasks
 from claude_hooks.views import MAX_OFFSET, history_view
+from claude_hooks.web import spend
 from claude_hooks.web.auth import (
     COOKIE_NAME,
     check_request,
@@ -411,11 +412,19 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
         found = await service.store.intake.list_deliveries(RECENT, 0)
         return _render("_deliveries.html", deliveries=found, compact=True, **_common(service))
 
+    async def limits() -> str:
+        return _render("_limits.html", **await spend.limits_context(service))
+
+    async def costs() -> str:
+        return _render("_costs.html", **await spend.costs_context(service))
+
     def affected(event: Event) -> set[str]:
         if event.kind == "delivery":
-            return {"recent-deliveries"}
+            return {"recent-deliveries", "limits"}
+        if event.kind == "limits":
+            return {"limits"}
         if event.kind == "task.finished":
-            return {"agents", "stats", "finished"}
+            return {"agents", "stats", "finished", "limits", "costs"}
         return {"agents", "stats"} if event.kind.startswith("task.") else set()
 
     return View(
@@ -426,6 +435,8 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
             "agents": agents,
             "recent-deliveries": recent_deliveries,
             "finished": finished,
+            "limits": limits,
+            "costs": costs,
         },
         affected,
         ticking={"agents"},

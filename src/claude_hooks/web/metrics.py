@@ -188,7 +188,26 @@ def _in_memory(service: Service) -> list[Metric]:
         "claude_hooks_start_time_seconds", "When the service started (Unix time)"
     )
     started.add_metric([], service.started_at)
-    return [rejected, started]
+    paused = GaugeMetricFamily(
+        "claude_hooks_type_paused",
+        "1 while a type takes no new task: a budget is reached or the API breaker is open",
+        labels=["type", "reason"],
+    )
+    until = GaugeMetricFamily(
+        "claude_hooks_type_paused_until_seconds",
+        "When a paused type looks again (Unix time)",
+        labels=["type", "reason"],
+    )
+    for pause in service.pool.limits.paused.values():
+        paused.add_metric([pause.type, pause.reason], 1)
+        if pause.until is not None:
+            until.add_metric([pause.type, pause.reason], pause.until)
+    trips = CounterMetricFamily(
+        "claude_hooks_breaker_trips", "Times a type's API breaker opened", labels=["type"]
+    )
+    for agent_type, count in sorted(service.pool.limits.trips.items()):
+        trips.add_metric([agent_type], count)
+    return [rejected, started, paused, until, trips]
 
 
 def families(service: Service) -> list[Metric]:

@@ -1,0 +1,184 @@
+"""Storage for spend and loop control: spend over the tasks table, budgets, per-issue guards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from claude_hooks.budget import Period
+from claude_hooks.store.schema import budgets, issue_guards, pull_links, tasks
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """One finished task that cost something."""
+
+    finished_at: float
+    type: str
+    repo: str
+    number: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class IssueGuard:
+    """An issue's lifecycle counters since `since` (a human's reset), and whether it tripped."""
+
+    repo: str
+    number: int
+    since: float
+    review_rounds: int
+    tripped_at: float | None
+    reason: str | None
+
+
+class SpendStore(Protocol):
+    async def spent(self, agent_type: str | None, start: float, end: float) -> float: ...
+    async def budgets(self) -> dict[tuple[str, Period], float]: ...
+    async def set_budget(self, scope: str, period: Period, usd: float, now: float) -> None: ...
+    async def clear_budgets(self, scope: str) -> int: ...
+    async def cost_rows(self, since: float) -> list[CostRow]: ...
+    async def guard(self, repo: str, number: int) -> IssueGuard | None: ...
+    async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]: ...
+    async def add_review_round(self, repo: str, number: int) -> int: ...
+    async def trip(self, repo: str, number: int, reason: str, now: float) -> bool: ...
+    async def reset_guard(self, repo: str, number: int, now: float) -> None: ...
+    async def tripped(self) -> list[IssueGuard]: ...
+
+
+def _guard(row: sa.Row[Any]) -> IssueGuard:
+    m = row._mapping
+    return IssueGuard(
+        m["repo"], m["number"], m["since"], m["review_rounds"], m["tripped_at"], m["reason"]
+    )
+
+
+class SqlSpend:
+    """`SpendStore` on the same engines as the `SqlStore` it belongs to."""
+
+    def __init__(self, engine: sa.Engine, reader: sa.Engine) -> None:
+        self.engine = engine
+        self.reader = reader
+
+    async def spent(self, agent_type: str | None, start: float, end: float) -> float:
+        """What the tasks that finished in [start, end) cost, of one type or of all."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)).where(
+            tasks.c.finished_at >= start, tasks.c.finished_at < end
+        )
+        if agent_type is not None:
+            query = query.where(tasks.c.type == agent_type)
+        with self.reader.connect() as conn:
+            return float(conn.scalar(query) or 0.0)
+
+    async def budgets(self) -> dict[tuple[str, Period], float]:
+        with self.reader.connect() as conn:
+            rows = conn.execute(sa.select(budgets.c.scope, budgets.c.period, budgets.c.usd))
+            return {(scope, Period(period)): usd for scope, period, usd in rows}
+
+    async def set_budget(self, scope: str, period: Period, usd: float, now: float) -> None:
+        with self.engine.begin() as conn:
+            where = (budgets.c.scope == scope, budgets.c.period == period.value)
+            updated = conn.execute(budgets.update().where(*where).values(usd=usd, updated_at=now))
+            if updated.rowcount == 0:
+                conn.execute(
+                    budgets.insert().values(
+                        scope=scope, period=period.value, usd=usd, updated_at=now
+                    )
+                )
+
+    async def clear_budgets(self, scope: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(budgets.delete().where(budgets.c.scope == scope)).rowcount
+
+    async def cost_rows(self, since: float) -> list[CostRow]:
+        query = (
+            sa.select(
+                tasks.c.finished_at, tasks.c.type, tasks.c.repo, tasks.c.number, tasks.c.cost_usd
+            )
+            .where(tasks.c.finished_at >= since, tasks.c.cost_usd.is_not(None))
+            .order_by(tasks.c.finished_at)
+        )
+        with self.reader.connect() as conn:
+            return [CostRow(*row) for row in conn.execute(query).all()]
+
+    async def guard(self, repo: str, number: int) -> IssueGuard | None:
+        query = sa.select(issue_guards).where(
+            issue_guards.c.repo == repo, issue_guards.c.number == number
+        )
+        with self.reader.connect() as conn:
+            row = conn.execute(query).first()
+        return _guard(row) if row else None
+
+    async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
+        """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what
+        the finished ones cost."""
+        pulls = sa.select(pull_links.c.pr_number).where(
+            pull_links.c.repo == repo, pull_links.c.issue_number == number
+        )
+        query = sa.select(
+            sa.func.count(), sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)
+        ).where(
+            tasks.c.repo == repo,
+            sa.or_(tasks.c.number == number, tasks.c.number.in_(pulls)),
+            tasks.c.enqueued_at >= since,
+        )
+        with self.reader.connect() as conn:
+            count, cost = conn.execute(query).one()
+        return int(count), float(cost)
+
+    def _ensure(self, conn: sa.Connection, repo: str, number: int) -> None:
+        exists = conn.scalar(
+            sa.select(issue_guards.c.repo).where(
+                issue_guards.c.repo == repo, issue_guards.c.number == number
+            )
+        )
+        if exists is None:
+            conn.execute(issue_guards.insert().values(repo=repo, number=number, since=0.0))
+
+    async def add_review_round(self, repo: str, number: int) -> int:
+        """Count one more changes-requested round on the issue's pull request; the new count."""
+        with self.engine.begin() as conn:
+            self._ensure(conn, repo, number)
+            where = (issue_guards.c.repo == repo, issue_guards.c.number == number)
+            conn.execute(
+                issue_guards.update()
+                .where(*where)
+                .values(review_rounds=issue_guards.c.review_rounds + 1)
+            )
+            return int(conn.scalar(sa.select(issue_guards.c.review_rounds).where(*where)) or 0)
+
+    async def trip(self, repo: str, number: int, reason: str, now: float) -> bool:
+        """Mark the issue as needing a human; False if it already was."""
+        with self.engine.begin() as conn:
+            self._ensure(conn, repo, number)
+            result = conn.execute(
+                issue_guards.update()
+                .where(
+                    issue_guards.c.repo == repo,
+                    issue_guards.c.number == number,
+                    issue_guards.c.tripped_at.is_(None),
+                )
+                .values(tripped_at=now, reason=reason)
+            )
+            return result.rowcount > 0
+
+    async def reset_guard(self, repo: str, number: int, now: float) -> None:
+        """A human stepped in: count afresh from now."""
+        with self.engine.begin() as conn:
+            self._ensure(conn, repo, number)
+            conn.execute(
+                issue_guards.update()
+                .where(issue_guards.c.repo == repo, issue_guards.c.number == number)
+                .values(since=now, review_rounds=0, tripped_at=None, reason=None)
+            )
+
+    async def tripped(self) -> list[IssueGuard]:
+        query = (
+            sa.select(issue_guards)
+            .where(issue_guards.c.tripped_at.is_not(None))
+            .order_by(issue_guards.c.tripped_at.desc())
+        )
+        with self.reader.connect() as conn:
+            return [_guard(row) for row in conn.execute(query).all()]

@@ -1,0 +1,115 @@
+"""The API breaker: the classifier, the state machine, and a command runner keyed on exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from claude_hooks.breaker import ApiFailure, Breaker, FailureKind, classify
+from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from tests.conftest import ServiceFactory
+from tests.support import make_config, wait_until
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "retry_at"),
+    [
+        ("Claude API error (HTTP 529): Overloaded", FailureKind.OVERLOADED, None),
+        ("Claude API error (HTTP 429): rate_limit_error", FailureKind.RATE_LIMIT, None),
+        ("Claude AI usage limit reached|1767225600", FailureKind.USAGE_LIMIT, 1767225600.0),
+        ("API Error: Connection error. (ECONNREFUSED)", FailureKind.NETWORK, None),
+        ("5-hour limit reached ∙ resets 3pm", FailureKind.USAGE_LIMIT, None),
+        ("Claude API error (HTTP 400): prompt is too long", None, None),
+        ("gave up after 3 attempts", None, None),
+    ],
+)
+def test_claude_failures_are_classified(
+    error: str, kind: FailureKind | None, retry_at: float | None
+) -> None:
+    found = classify("claude", error, 1, [])
+    assert (found.kind if found else None) == kind
+    if found is not None:
+        assert found.retry_at == retry_at
+
+
+def test_command_failures_count_only_for_the_named_exit_codes() -> None:
+    assert classify("command", "exit 75", 75, [75]) == ApiFailure(
+        FailureKind.EXIT_CODE, "exit code 75"
+    )
+    assert classify("command", "exit 1", 1, [75]) is None
+
+
+def test_breaker_opens_after_n_failures_probes_once_and_backs_off() -> None:
+    breaker = Breaker(threshold=3, base_delay=10.0, probe_timeout=100.0)
+    failure = ApiFailure(FailureKind.OVERLOADED, "529")
+    assert not breaker.failed(failure, 0.0)
+    assert not breaker.failed(failure, 1.0)
+    assert breaker.wait(1.5, "t1") is None  # still closed
+    assert breaker.failed(failure, 2.0)
+    assert breaker.wait(5.0, "t1") == 7.0
+    assert breaker.wait(12.0, "t1") is None  # the probe
+    assert breaker.wait(12.5, "t2") == 99.5  # the others wait for the probe
+    assert breaker.failed(failure, 13.0)  # the probe failed: twice the delay
+    assert breaker.wait(20.0, "t1") == 13.0
+    assert breaker.wait(33.0, "t1") is None
+    breaker.probe_lost("t1")  # the probe was cancelled before it ran: the next one probes
+    assert breaker.wait(33.2, "t2") is None
+    breaker.answered()
+    assert breaker.wait(33.5, "t1") is None
+    assert not breaker.is_open
+
+
+def test_a_usage_limit_opens_until_its_reset_time() -> None:
+    breaker = Breaker(threshold=1, base_delay=10.0, probe_timeout=100.0)
+    assert breaker.failed(ApiFailure(FailureKind.USAGE_LIMIT, "limit", retry_at=5000.0), 100.0)
+    assert breaker.wait(200.0, "t1") == 4800.0
+
+
+async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_loses_nothing(
+    tmp_path: Path, start_service: ServiceFactory
+) -> None:
+    down = tmp_path / "api-down"
+    down.touch()
+    script = (
+        f"import os, sys; sys.stdin.read(); sys.exit(75 if os.path.exists({str(down)!r}) else 0)"
+    )
+    config = make_config(
+        tmp_path,
+        types={
+            "dev": {
+                "runner": "command",
+                "command": [sys.executable, "-c", script],
+                "workdir": "none",
+                "breaker_failures": 2,
+                "breaker_backoff": 1.5,
+                "breaker_exit_codes": [75],
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    service = await start_service(config)
+    ids = [
+        await service.pool.dispatch_by_type(
+            "dev", DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", n)
+        )
+        for n in (1, 2, 3)
+    ]
+    limits = service.pool.limits
+    await wait_until(lambda: "dev" in limits.paused, timeout=20)
+    assert limits.paused["dev"].reason == "breaker"
+    assert limits.trips["dev"] >= 1
+    worker = service.pool.get_worker("dev-alpha")
+    assert [entry.id for entry in worker.queue] == ids  # the failed one is back at the head
+    for task_id in ids:
+        task = await service.store.get_task(task_id)
+        assert task is not None and task.state is TaskState.QUEUED and task.attempts == 0
+
+    down.unlink()  # the API is back: the next probe succeeds and the queue drains
+    await wait_until(lambda: worker.idle, timeout=20)
+    for task_id in ids:
+        task = await service.store.get_task(task_id)
+        assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1
+    assert "dev" not in limits.paused
+    assert not limits.breaker("dev").is_open

@@ -1,0 +1,90 @@
+"""The API breaker with the REAL Claude Code CLI against the stand-in Messages API: overloaded,
+rate-limited and usage-limited answers pause the type; the queue survives and drains after."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service import Service
+from tests.conftest import ServiceFactory
+from tests.messages_standin import MessagesStandin, error
+from tests.support import make_config, wait_until
+
+
+@pytest.fixture
+def api() -> Iterator[MessagesStandin]:
+    with MessagesStandin() as standin:
+        yield standin
+
+
+async def start(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    api: MessagesStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Service:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
+    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    config = make_config(
+        tmp_path,
+        types={
+            "dev": {
+                "runner": "claude",
+                "workdir": "none",
+                "comments": False,
+                "max_api_retries": 0,
+                "breaker_failures": 2,
+                "breaker_backoff": 1.0,
+                "env": {"DISABLE_TELEMETRY": "1"},
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    service: Service = await start_service(config)
+    return service
+
+
+async def test_an_api_outage_pauses_the_type_and_the_queue_drains_when_it_recovers(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    api: MessagesStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = await start(start_service, tmp_path, api, monkeypatch)
+    # Two failures open the breaker; the first probe fails too.
+    api.script(
+        error(529, "overloaded_error"),
+        error(429, "rate_limit_error", {"retry-after": "1"}),
+        error(529, "overloaded_error"),
+    )
+    ids = [
+        await service.pool.dispatch_by_type(
+            "dev", DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", n)
+        )
+        for n in (1, 2)
+    ]
+    limits = service.pool.limits
+    await wait_until(lambda: "dev" in limits.paused, timeout=60)
+    assert limits.paused["dev"].reason == "breaker"
+    worker = service.pool.get_worker("dev-alpha")
+    assert [entry.id for entry in worker.queue] == ids
+    started = time.monotonic()
+    await wait_until(lambda: worker.idle and not api.replies, timeout=90)
+    assert time.monotonic() - started >= 1.0  # it waited for the probe's backoff
+    for task_id in ids:
+        task = await service.store.get_task(task_id)
+        assert task is not None
+        assert task.state is TaskState.SUCCEEDED, task.error
+        assert task.attempts == 1
+    assert limits.trips["dev"] == 2  # opened, then the failed probe opened it again
+    assert not limits.breaker("dev").is_open
+    assert len(api.message_requests()) == 5  # three refused, then one per task
