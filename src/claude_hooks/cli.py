@@ -10,18 +10,22 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from claude_hooks import control
-from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
-from claude_hooks.domain import TaskState
-from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
+from claude_hooks import __version__, control
+from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
+from claude_hooks.config_env import CONFIG_ENV
+from claude_hooks.domain import Task, TaskState
+from claude_hooks.errors import ClaudeHooksError, ConfigError, StoreError, UnknownTaskError
 from claude_hooks.forge import Forge
 from claude_hooks.lockfile import running_service
+from claude_hooks.log_format import configure_logging
 from claude_hooks.store.base import Store, TaskFilter
+from claude_hooks.store.intake import OUTCOMES
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.sweep import Sweeper
 from claude_hooks.views import delivery_view, queue_positions, task_view
@@ -51,13 +55,16 @@ _WIDTH = None if sys.stdout.isatty() else 200
 out = Console(markup=False, highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, markup=False, highlight=False)
 
+# Exit codes: 1 when the command could not do what was asked, 2 for a configuration or usage
+# error (the same code click gives a bad option).
+USAGE_ERROR = 2
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
         "-c",
-        envvar=CONFIG_ENV,
-        help="Path of claude-hooks.toml (default: ./claude-hooks.toml if present).",
+        help=f"Path of {CONFIG_FILE} (default: ${CONFIG_ENV}, else ./{CONFIG_FILE}).",
         dir_okay=False,
     ),
 ]
@@ -70,21 +77,54 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"claude-hooks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config_file: ConfigOption = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run a team of Claude Code agents on a Forgejo or Gitea forge."""
+    ctx.obj = config_file  # `--config` before the command; one after it wins
+
+
 def _config(path: Path | None) -> Config:
+    chosen = path if path is not None else click.get_current_context().find_root().obj
     try:
-        return load_config(config_path(path))
+        return load_config(config_path(chosen))
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), USAGE_ERROR)
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
     except ClaudeHooksError as exc:
         _fail(str(exc))
 
 
-async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
+async def _with_store(
+    config: Config, action: Callable[[Store], Awaitable[T]], create: bool = False
+) -> T:
+    """Run `action` on the database; only commands that record something may create it."""
+    database = config.sqlite_file
+    if not create and database is not None and not database.exists():
+        raise StoreError(
+            f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
+            "'claude-hooks serve' creates it; pass --config if you meant another configuration"
+        )
     store = await SqlStore.open(config.database_url)
     try:
         return await action(store)
@@ -122,6 +162,8 @@ def serve(
         config.server.port = port
     try:
         run_server(config, insecure_no_signature=insecure_no_signature)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
     except ClaudeHooksError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -184,7 +226,9 @@ def agents_add(
 ) -> None:
     """Register a new instance of a type; a running service starts using it within a second."""
     config = _config(config_file)
-    agent = _run(_with_store(config, lambda s: control.add_agent(s, config, name, agent_type)))
+    agent = _run(
+        _with_store(config, lambda s: control.add_agent(s, config, name, agent_type), create=True)
+    )
     out.print(f"added {agent.name} (type {agent.type})")
 
 
@@ -214,10 +258,18 @@ def agents_remove(
     force: Annotated[bool, typer.Option(help="Also cancel the task it is running.")] = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Remove an instance; its queued tasks move to the others, its running task finishes."""
+    """Remove an instance; its queued tasks move to the others, its running task finishes.
+
+    An instance declared in the configuration's [[agents]] comes back at the next start."""
     config = _config(config_file)
     cancelled = _run(_with_store(config, lambda s: control.remove_agent(s, name, force)))
     out.print(f"removed {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
+    if any(seed.name == name for seed in config.agents):
+        out.print(
+            f"note: {name} is declared in [[agents]] of {config.source}, so the next start "
+            "registers it again: delete it there to remove it for good, or use "
+            f"'claude-hooks agents disable {name}' to keep it without work"
+        )
 
 
 # tasks
@@ -235,6 +287,9 @@ def tasks_list(
 ) -> None:
     """List tasks, newest first."""
     config = _config(config_file)
+    if agent_type is not None and agent_type not in config.types:
+        known = ", ".join(sorted(config.types)) or "none"
+        _fail(f"unknown type {agent_type!r} for --type (types: {known})", USAGE_ERROR)
     where = TaskFilter(state=state, type=agent_type, agent=agent, repo=repo)
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
@@ -297,13 +352,81 @@ def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
     out.print(message)
 
 
+FOLLOW_POLL = 0.25  # seconds between looks at a followed log
+
+
+def _log_lines(config: Config, task: Task, raw: bool) -> Callable[[bytes], bytes]:
+    """How log bytes are shown: the claude runner's JSON lines made readable, unless `raw`."""
+    type_config = config.types.get(task.type)
+    if raw or type_config is None or type_config.runner != "claude":
+        return lambda chunk: chunk
+    from claude_hooks.web.logs import render_claude_line
+
+    partial = b""
+
+    def render(chunk: bytes) -> bytes:
+        nonlocal partial
+        complete, _, partial = (partial + chunk).rpartition(b"\n")
+        lines = complete.decode("utf-8", "replace").split("\n") if complete else []
+        return "".join(
+            f"{shown}\n" for line in lines for shown in render_claude_line(line)
+        ).encode()
+
+    return render
+
+
+@tasks_app.command("log")
+def tasks_log(
+    task_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
+    ] = False,
+    raw: Annotated[
+        bool, typer.Option(help="The claude runner's log as written (JSON lines).")
+    ] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Print a task's log; with -f, follow it until the task ends."""
+    config = _config(config_file)
+
+    async def show_log(store: Store) -> tuple[Task, int]:
+        task = await store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        path = config.data_dir / "logs" / f"{task.id}.log"
+        show = _log_lines(config, task, raw)
+        offset = 0
+        while True:
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(offset)
+                    chunk = stream.read()
+            except FileNotFoundError:
+                chunk = b""
+            offset += len(chunk)
+            sys.stdout.buffer.write(show(chunk))
+            sys.stdout.flush()
+            # The state is read before the last look at the file: nothing written is missed.
+            if not follow or task.state.finished:
+                return task, offset
+            await asyncio.sleep(FOLLOW_POLL)
+            task = await store.get_task(task_id) or task
+
+    try:
+        task, size = _run(_with_store(config, show_log))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if size == 0:
+        err.print(f"task {task.id} has no output ({task.state.value})")
+
+
 # deliveries
 
 
 @deliveries_app.command("list")
 def deliveries_list(
     outcome: Annotated[
-        str | None, typer.Option(help="Only this outcome: queued, ignored, duplicate, error.")
+        str | None, typer.Option(help=f"Only this outcome: {', '.join(OUTCOMES)}.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
     config_file: ConfigOption = None,
@@ -311,6 +434,10 @@ def deliveries_list(
 ) -> None:
     """List recent webhook deliveries with their outcome and the reason for it."""
     config = _config(config_file)
+    if outcome is not None and outcome not in OUTCOMES:
+        _fail(
+            f"unknown outcome {outcome!r} for --outcome (one of {', '.join(OUTCOMES)})", USAGE_ERROR
+        )
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
         records = await store.intake.list_deliveries(limit, 0, outcome)
@@ -437,15 +564,26 @@ def workdirs_clean(
     """Remove the workdirs of these session keys (not while a task of the key is active)."""
     config = _config(config_file)
 
-    async def clean(store: Store) -> list[tuple[str, bool]]:
-        sweeper, forge = _sweeper(config, store)
-        try:
-            return [(key, await sweeper.clean(key)) for key in keys]
-        finally:
-            await forge.aclose()
+    def clean(wanted: list[str]) -> Callable[[Store], Awaitable[list[tuple[str, bool]]]]:
+        async def run(store: Store) -> list[tuple[str, bool]]:
+            sweeper, forge = _sweeper(config, store)
+            try:
+                return [(key, await sweeper.clean(key)) for key in wanted]
+            finally:
+                await forge.aclose()
 
-    for key, removed in _run(_with_store(config, clean)):
-        out.print(f"{key}: {'removed' if removed else 'kept (no workdir, or a task is active)'}")
+        return run
+
+    workspaces = Workspaces(config.data_dir)
+    missing = [key for key in keys if not workspaces.workdir(key).exists()]
+    present = [key for key in keys if key not in missing]
+    results = _run(_with_store(config, clean(present))) if present else []
+    for key in missing:
+        err.print(f"{key}: no workdir (see 'claude-hooks workdirs list')")
+    for key, removed in results:
+        out.print(f"{key}: {'removed' if removed else 'kept: a task of this key is active'}")
+    if missing or not all(removed for _, removed in results):
+        raise typer.Exit(1)
 
 
 @workdirs_app.command("sweep")
@@ -467,5 +605,5 @@ def workdirs_sweep(config_file: ConfigOption = None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging("warning")
     app()
