@@ -6,11 +6,11 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import click
 import httpx
 import typer
 from rich.console import Console
@@ -24,6 +24,7 @@ from claude_hooks.errors import ClaudeHooksError, ConfigError, StoreError, Unkno
 from claude_hooks.forge import Forge
 from claude_hooks.lockfile import running_service
 from claude_hooks.log_format import configure_logging
+from claude_hooks.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.intake import OUTCOMES
 from claude_hooks.store.sql import SqlStore
@@ -77,6 +78,12 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+class _given:
+    """Options given before the command."""
+
+    config: Path | None = None
+
+
 def _show_version(value: bool) -> None:
     if value:
         out.print(f"claude-hooks {__version__}")
@@ -85,7 +92,6 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    ctx: typer.Context,
     config_file: ConfigOption = None,
     version: Annotated[
         bool,
@@ -95,11 +101,11 @@ def main_options(
     ] = False,
 ) -> None:
     """Run a team of Claude Code agents on a Forgejo or Gitea forge."""
-    ctx.obj = config_file  # `--config` before the command; one after it wins
+    _given.config = config_file  # `--config` before the command; one after it wins
 
 
 def _config(path: Path | None) -> Config:
-    chosen = path if path is not None else click.get_current_context().find_root().obj
+    chosen = path if path is not None else _given.config
     try:
         return load_config(config_path(chosen))
     except ConfigError as exc:
@@ -170,6 +176,52 @@ def serve(
         _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
 
 
+# init
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path, typer.Option("--path", help="Where to write the configuration.", dir_okay=False)
+    ] = Path(CONFIG_FILE),
+    types: Annotated[
+        str, typer.Option("--types", help="Types and their instances, as in dev=2,reviewer=1.")
+    ] = DEFAULT_TEAM,
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented configuration with fresh secrets, and create its database."""
+    try:
+        team = parse_team(types)
+    except ClaudeHooksError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    if path.exists() and not force:
+        _fail(f"{str(path)!r} already exists: pass --force to replace it")
+    scaffold = render(team)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(scaffold.text, encoding="utf-8")
+        path.chmod(0o600)  # it holds the secrets
+    except OSError as exc:
+        _fail(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+    config = _config(path)
+
+    async def create(store: Store) -> list[str]:
+        return await store.seed_agents([(s.name, s.type) for s in config.agents], time.time())
+
+    _run(_with_store(config, create, create=True))
+    counts = ", ".join(f"{count} {name}" for name, count in team.items())
+    out.print(f"wrote {path} ({counts}); database in {config.data_dir}")
+    out.print("")
+    for line in webhook_settings(scaffold):
+        out.print(line)
+    out.print("")
+    out.print(
+        f"next: set [forgejo] url and each type's token in {path}, give Claude Code its "
+        f"credentials (see the README), then 'claude-hooks doctor --config {path}' and "
+        f"'claude-hooks serve --config {path}'"
+    )
+
+
 # agents
 
 
@@ -226,6 +278,10 @@ def agents_add(
 ) -> None:
     """Register a new instance of a type; a running service starts using it within a second."""
     config = _config(config_file)
+    try:
+        control.check_type(config, agent_type)  # before the database is created for it
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
     agent = _run(
         _with_store(config, lambda s: control.add_agent(s, config, name, agent_type), create=True)
     )

@@ -302,7 +302,7 @@ def read_file(path: Path) -> dict[str, Any]:
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file and the environment; ConfigError says every problem."""
     environ = os.environ if environ is None else environ
-    data = resolve_paths(read_file(path), path.absolute().parent)
+    data = resolve_paths(read_file(path), path.resolve().parent)
     overrides, variables = environment_overrides(environ, data, Config)
     try:
         config = Config(**merge(data, overrides))
@@ -311,5 +311,5 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"invalid configuration in {str(path)!r}: " + "; ".join(lines)) from None
     # A relative path from the environment is relative to where the command runs.
     config.server.data_dir = config.server.data_dir.absolute()
-    config._source = path.absolute()
+    config._source = path.resolve()
     return config
