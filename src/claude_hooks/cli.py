@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -78,7 +79,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-class _given:
+class _GlobalOptions:
     """Options given before the command."""
 
     config: Path | None = None
@@ -101,11 +102,11 @@ def main_options(
     ] = False,
 ) -> None:
     """Run a team of Claude Code agents on a Forgejo or Gitea forge."""
-    _given.config = config_file  # `--config` before the command; one after it wins
+    _GlobalOptions.config = config_file  # `--config` before the command; one after it wins
 
 
 def _config(path: Path | None) -> Config:
-    chosen = path if path is not None else _given.config
+    chosen = path if path is not None else _GlobalOptions.config
     try:
         return load_config(config_path(chosen))
     except ConfigError as exc:
@@ -199,8 +200,11 @@ def init(
     scaffold = render(team)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(scaffold.text, encoding="utf-8")
-        path.chmod(0o600)  # it holds the secrets
+        # Created unreadable to others from the start: it holds the secrets.
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(handle, 0o600)
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(scaffold.text)
     except OSError as exc:
         _fail(f"cannot write {str(path)!r}: {exc.strerror or exc}")
     config = _config(path)
