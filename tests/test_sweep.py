@@ -13,6 +13,7 @@ import httpx
 
 from claude_hooks.config import Config, load_config
 from claude_hooks.service import Service
+from claude_hooks.store.sql import SqlStore
 from claude_hooks.web.app import create_app
 from claude_hooks.workspace import Workspaces
 from tests.conftest import ServiceFactory
@@ -82,6 +83,7 @@ async def test_cli_sweep_asks_the_forge(fake_forgejo: FakeForgejo, tmp_path: Pat
     )
 
     config = load_config(config_file)
+    await (await SqlStore.open(config.database_url)).close()  # as the service that made them
     workspaces = Workspaces(config.data_dir, forgejo_url=f"file://{forge.root}")
     for number in (17, 30):
         await workspaces.prepare(make_task(number=number), config.types["dev"])

@@ -30,18 +30,22 @@ def task_variables(task: Task) -> dict[str, str]:
     }
 
 
+def inherited(parent: Mapping[str, str]) -> dict[str, str]:
+    """What an agent keeps of the service's environment (credentials among it)."""
+    return {
+        name: value
+        for name, value in parent.items()
+        if name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)
+    }
+
+
 def agent_environment(
     task: Task,
     type_config: TypeConfig,
     forgejo_url: str,
     parent: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    parent = os.environ if parent is None else parent
-    env = {
-        name: value
-        for name, value in parent.items()
-        if name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)
-    }
+    env = inherited(os.environ if parent is None else parent)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     login = type_config.login or task.type
     host = urlsplit(forgejo_url).hostname or "claude-hooks.invalid"

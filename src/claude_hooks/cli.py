@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -15,15 +17,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from claude_hooks import control, spend_cli
+from claude_hooks import __version__, control, spend_cli
 from claude_hooks.backup import backup
 from claude_hooks.capacity.command import simulate_command
-from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config
-from claude_hooks.domain import TaskState
-from claude_hooks.errors import ClaudeHooksError, ConfigError, UnknownTaskError
+from claude_hooks.cli_options import ConfigOption, GlobalOptions, chosen_config
+from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
+from claude_hooks.domain import Task, TaskState
+from claude_hooks.errors import ClaudeHooksError, ConfigError, StoreError, UnknownTaskError
 from claude_hooks.forge import Forge
-from claude_hooks.history import REJECTED, delivery_rows
+from claude_hooks.history import DELIVERY_OUTCOMES, REJECTED, delivery_rows
 from claude_hooks.lockfile import running_service
+from claude_hooks.log_format import configure_logging
+from claude_hooks.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.sweep import Sweeper
@@ -57,16 +62,10 @@ _WIDTH = None if sys.stdout.isatty() else 200
 out = Console(markup=False, highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, markup=False, highlight=False)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar=CONFIG_ENV,
-        help="Path of claude-hooks.toml (default: ./claude-hooks.toml if present).",
-        dir_okay=False,
-    ),
-]
+# Exit codes: 1 when the command could not do what was asked, 2 for a configuration or usage
+# error (the same code click gives a bad option).
+USAGE_ERROR = 2
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")]
 
 
@@ -76,21 +75,52 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"claude-hooks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config_file: ConfigOption = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run a team of Claude Code agents on a Forgejo or Gitea forge."""
+    GlobalOptions.config = config_file  # `--config` before the command; one after it wins
+
+
 def _config(path: Path | None) -> Config:
     try:
-        return load_config(config_path(path))
+        return load_config(config_path(chosen_config(path)))
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), USAGE_ERROR)
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
     except ClaudeHooksError as exc:
         _fail(str(exc))
 
 
-async def _with_store(config: Config, action: Callable[[Store], Awaitable[T]]) -> T:
+async def _with_store(
+    config: Config, action: Callable[[Store], Awaitable[T]], create: bool = False
+) -> T:
+    """Run `action` on the database; only commands that record something may create it."""
+    database = config.sqlite_file
+    if not create and database is not None and not database.exists():
+        raise StoreError(
+            f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
+            "'claude-hooks serve' creates it; pass --config if you meant another configuration"
+        )
     store = await SqlStore.open(config.database_url)
     try:
         return await action(store)
@@ -128,10 +158,61 @@ def serve(
         config.server.port = port
     try:
         run_server(config, insecure_no_signature=insecure_no_signature)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
     except ClaudeHooksError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
+
+
+# init
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path, typer.Option("--path", help="Where to write the configuration.", dir_okay=False)
+    ] = Path(CONFIG_FILE),
+    types: Annotated[
+        str, typer.Option("--types", help="Types and their instances, as in dev=2,reviewer=1.")
+    ] = DEFAULT_TEAM,
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented configuration with fresh secrets, and create its database."""
+    try:
+        team = parse_team(types)
+    except ClaudeHooksError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    if path.exists() and not force:
+        _fail(f"{str(path)!r} already exists: pass --force to replace it")
+    scaffold = render(team)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created unreadable to others from the start: it holds the secrets.
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(handle, 0o600)
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(scaffold.text)
+    except OSError as exc:
+        _fail(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+    config = _config(path)
+
+    async def create(store: Store) -> list[str]:
+        return await store.seed_agents([(s.name, s.type) for s in config.agents], time.time())
+
+    _run(_with_store(config, create, create=True))
+    counts = ", ".join(f"{count} {name}" for name, count in team.items())
+    out.print(f"wrote {path} ({counts}); database in {config.data_dir}")
+    out.print("")
+    for line in webhook_settings(scaffold):
+        out.print(line)
+    out.print("")
+    out.print(
+        f"next: set [forgejo] url and each type's token in {path}, give Claude Code its "
+        f"credentials (see the README), then 'claude-hooks doctor --config {path}' and "
+        f"'claude-hooks serve --config {path}'"
+    )
 
 
 # agents
@@ -190,7 +271,13 @@ def agents_add(
 ) -> None:
     """Register a new instance of a type; a running service starts using it within a second."""
     config = _config(config_file)
-    agent = _run(_with_store(config, lambda s: control.add_agent(s, config, name, agent_type)))
+    try:
+        control.check_type(config, agent_type)  # before the database is created for it
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    agent = _run(
+        _with_store(config, lambda s: control.add_agent(s, config, name, agent_type), create=True)
+    )
     out.print(f"added {agent.name} (type {agent.type})")
 
 
@@ -220,10 +307,18 @@ def agents_remove(
     force: Annotated[bool, typer.Option(help="Also cancel the task it is running.")] = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Remove an instance; its queued tasks move to the others, its running task finishes."""
+    """Remove an instance; its queued tasks move to the others, its running task finishes.
+
+    An instance declared in the configuration's [[agents]] comes back at the next start."""
     config = _config(config_file)
     cancelled = _run(_with_store(config, lambda s: control.remove_agent(s, name, force)))
     out.print(f"removed {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
+    if any(seed.name == name for seed in config.agents):
+        out.print(
+            f"note: {name} is declared in [[agents]] of {config.source}, so the next start "
+            "registers it again: delete it there to remove it for good, or use "
+            f"'claude-hooks agents disable {name}' to keep it without work"
+        )
 
 
 # tasks
@@ -241,6 +336,9 @@ def tasks_list(
 ) -> None:
     """List tasks, newest first."""
     config = _config(config_file)
+    if agent_type is not None and agent_type not in config.types:
+        known = ", ".join(sorted(config.types)) or "none"
+        _fail(f"unknown type {agent_type!r} for --type (types: {known})", USAGE_ERROR)
     where = TaskFilter(state=state, type=agent_type, agent=agent, repo=repo)
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
@@ -312,6 +410,74 @@ def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
     out.print(f"task {body['id']} queued on {body['agent']}, a retry of {task_id}")
 
 
+FOLLOW_POLL = 0.25  # seconds between looks at a followed log
+
+
+def _log_lines(config: Config, task: Task, raw: bool) -> Callable[[bytes], bytes]:
+    """How log bytes are shown: the claude runner's JSON lines made readable, unless `raw`."""
+    type_config = config.types.get(task.type)
+    if raw or type_config is None or type_config.runner != "claude":
+        return lambda chunk: chunk
+    from claude_hooks.web.logs import render_claude_line
+
+    partial = b""
+
+    def render(chunk: bytes) -> bytes:
+        nonlocal partial
+        complete, _, partial = (partial + chunk).rpartition(b"\n")
+        lines = complete.decode("utf-8", "replace").split("\n") if complete else []
+        return "".join(
+            f"{shown}\n" for line in lines for shown in render_claude_line(line)
+        ).encode()
+
+    return render
+
+
+@tasks_app.command("log")
+def tasks_log(
+    task_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
+    ] = False,
+    raw: Annotated[
+        bool, typer.Option(help="The claude runner's log as written (JSON lines).")
+    ] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Print a task's log; with -f, follow it until the task ends."""
+    config = _config(config_file)
+
+    async def show_log(store: Store) -> tuple[Task, int]:
+        task = await store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        path = config.data_dir / "logs" / f"{task.id}.log"
+        show = _log_lines(config, task, raw)
+        offset = 0
+        while True:
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(offset)
+                    chunk = stream.read()
+            except FileNotFoundError:
+                chunk = b""
+            offset += len(chunk)
+            sys.stdout.buffer.write(show(chunk))
+            sys.stdout.flush()
+            # The state is read before the last look at the file: nothing written is missed.
+            if not follow or task.state.finished:
+                return task, offset
+            await asyncio.sleep(FOLLOW_POLL)
+            task = await store.get_task(task_id) or task
+
+    try:
+        task, size = _run(_with_store(config, show_log))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if size == 0:
+        err.print(f"task {task.id} has no output ({task.state.value})")
+
+
 # deliveries
 
 
@@ -320,8 +486,8 @@ def deliveries_list(
     outcome: Annotated[
         str | None,
         typer.Option(
-            help="Only this outcome: queued, ignored, duplicate, error, pending, or rejected "
-            "(refused requests: wrong secret, malformed, too large)."
+            help=f"Only this outcome: {', '.join(DELIVERY_OUTCOMES)} "
+            "(rejected: refused requests, such as a wrong secret, malformed or too large)."
         ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
@@ -330,6 +496,11 @@ def deliveries_list(
 ) -> None:
     """List recent webhook deliveries with their outcome and the reason for it."""
     config = _config(config_file)
+    if outcome is not None and outcome not in DELIVERY_OUTCOMES:
+        _fail(
+            f"unknown outcome {outcome!r} for --outcome (one of {', '.join(DELIVERY_OUTCOMES)})",
+            USAGE_ERROR,
+        )
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
         return (await delivery_rows(store, outcome, limit, 0))[1]
@@ -503,15 +674,26 @@ def workdirs_clean(
     """Remove the workdirs of these session keys (not while a task of the key is active)."""
     config = _config(config_file)
 
-    async def clean(store: Store) -> list[tuple[str, bool]]:
-        sweeper, forge = _sweeper(config, store)
-        try:
-            return [(key, await sweeper.clean(key)) for key in keys]
-        finally:
-            await forge.aclose()
+    def clean(wanted: list[str]) -> Callable[[Store], Awaitable[list[tuple[str, bool]]]]:
+        async def run(store: Store) -> list[tuple[str, bool]]:
+            sweeper, forge = _sweeper(config, store)
+            try:
+                return [(key, await sweeper.clean(key)) for key in wanted]
+            finally:
+                await forge.aclose()
 
-    for key, removed in _run(_with_store(config, clean)):
-        out.print(f"{key}: {'removed' if removed else 'kept (no workdir, or a task is active)'}")
+        return run
+
+    workspaces = Workspaces(config.data_dir)
+    missing = [key for key in keys if not workspaces.workdir(key).exists()]
+    present = [key for key in keys if key not in missing]
+    results = _run(_with_store(config, clean(present))) if present else []
+    for key in missing:
+        err.print(f"{key}: no workdir (see 'claude-hooks workdirs list')")
+    for key, removed in results:
+        out.print(f"{key}: {'removed' if removed else 'kept: a task of this key is active'}")
+    if missing or not all(removed for _, removed in results):
+        raise typer.Exit(1)
 
 
 @workdirs_app.command("sweep")
@@ -533,5 +715,5 @@ def workdirs_sweep(config_file: ConfigOption = None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging("warning")
     app()

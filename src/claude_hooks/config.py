@@ -1,27 +1,36 @@
 """Settings: `claude-hooks.toml` with `CLAUDE_HOOKS_*` environment overrides, validated at start.
 
-Environment names follow the TOML path with `__` between levels, e.g.
-`CLAUDE_HOOKS_SERVER__PORT=9000` or `CLAUDE_HOOKS_TYPES__DEV__TOKEN=...`; environment values
-win over the file. Every problem is reported as one line naming its key.
+Relative paths in the file (data_dir, a sqlite URL's file, prompts_dir, a command's files)
+are relative to the file's folder, so a command finds the same data from any directory.
+Environment overrides (`claude_hooks.config_env`) win over the file. Every problem is reported
+as one line naming its key or variable.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
+from claude_hooks.config_env import CONFIG_ENV, environment_overrides, merge
 from claude_hooks.domain import NAME_RULE, valid_name
 from claude_hooks.errors import ConfigError
 
-CONFIG_ENV = "CLAUDE_HOOKS_CONFIG"
-ENV_PREFIX = "CLAUDE_HOOKS_"
+CONFIG_FILE = "claude-hooks.toml"
 
 
 class _Section(BaseModel):
@@ -175,12 +184,8 @@ class AgentSeed(_Section):
     type: str
 
 
-class Config(BaseSettings):
+class Config(_Section):
     """The whole configuration; `load_config` builds it from a file and the environment."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
-    )
 
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
     forgejo: ForgejoConfig = Field(default_factory=ForgejoConfig)  # type: ignore[arg-type]
@@ -189,17 +194,12 @@ class Config(BaseSettings):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
+    _source: Path | None = PrivateAttr(None)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from, if any."""
+        return self._source
 
     @model_validator(mode="after")
     def _names_and_types(self) -> Config:
@@ -226,6 +226,14 @@ class Config(BaseSettings):
             return self.server.database_url
         return f"sqlite:///{(self.server.data_dir / 'claude-hooks.db').resolve()}"
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file, when the database is one."""
+        found = _SQLITE_URL.match(self.database_url)
+        if found is None or found["path"] in ("", ":memory:"):
+            return None
+        return Path(found["path"])
+
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
 
@@ -248,8 +256,13 @@ def zone_of(name: str) -> ZoneInfo:
         ) from None
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ()))
+def _describe(error: Mapping[str, Any], variables: Mapping[tuple[str, ...], str]) -> str:
+    loc = tuple(str(part) for part in error.get("loc", ()))
+    location = ".".join(loc)
+    for length in range(len(loc), 0, -1):
+        if loc[:length] in variables:
+            location = f"{variables[loc[:length]]} ({location})"
+            break
     message = str(error.get("msg", "invalid"))
     message = message.removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
@@ -262,31 +275,95 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{location}: {message}" if location else message
 
 
-def config_path(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
+def config_path(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The file to read: --config, else $CLAUDE_HOOKS_CONFIG, else ./claude-hooks.toml."""
     environ = os.environ if environ is None else environ
     if explicit is not None:
         return explicit
     if environ.get(CONFIG_ENV):
         return Path(environ[CONFIG_ENV])
-    default = Path("claude-hooks.toml")
-    return default if default.exists() else None
+    default = Path(CONFIG_FILE)
+    if default.exists():
+        return default
+    raise ConfigError(
+        f"no configuration file: looked for --config, ${CONFIG_ENV} and "
+        f"{str(default.absolute())!r}; make one with 'claude-hooks init' "
+        "(or pass --config PATH)"
+    )
 
 
-def load_config(path: Path | None) -> Config:
-    """Read the TOML file (if any) and the environment; ConfigError says every problem."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+# `sqlite:///relative/file.db` (three slashes: relative; four: absolute), with any driver.
+_SQLITE_URL = re.compile(r"^(?P<scheme>sqlite(\+\w+)?:///)(?P<path>[^?]*)(?P<query>\?.*)?$")
+
+
+def _beside(base: Path, value: Any) -> Any:
+    """A relative path string made absolute against `base`; anything else as it was."""
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return str(base / value)
+    if isinstance(value, str):
+        return str(Path(value).expanduser())
+    return value
+
+
+def _command_beside(base: Path, argv: Any) -> Any:
+    """The program, if it is a path (`agents/run.sh`), and arguments naming files that exist
+    beside the file, made absolute: agents run in their workdir, not where the service starts."""
+    if not isinstance(argv, list):
+        return argv
+    resolved: list[Any] = []
+    for index, arg in enumerate(argv):
+        relative = isinstance(arg, str) and "/" in arg and not Path(arg).is_absolute()
+        if relative and (index == 0 or (base / arg).exists()):
+            arg = str(base / arg)
+        resolved.append(arg)
+    return resolved
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The file's relative paths, made absolute against its folder (`base`)."""
+    server = data.setdefault("server", {})
+    if isinstance(server, dict):
+        server["data_dir"] = _beside(base, server.get("data_dir", "data"))
+        url = server.get("database_url")
+        found = _SQLITE_URL.match(url) if isinstance(url, str) else None
+        if found and found["path"] not in ("", ":memory:"):
+            path = _beside(base, found["path"])
+            server["database_url"] = f"{found['scheme']}{path}{found['query'] or ''}"
+    types = data.get("types")
+    for table in types.values() if isinstance(types, dict) else ():
+        if isinstance(table, dict):
+            if "prompts_dir" in table:
+                table["prompts_dir"] = _beside(base, table["prompts_dir"])
+            if "command" in table:
+                table["command"] = _command_beside(base, table["command"])
+    return data
+
+
+def read_file(path: Path) -> dict[str, Any]:
     try:
-        return Config(**data)
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist: make one with "
+            f"'claude-hooks init --path {path}'"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file and the environment; ConfigError says every problem."""
+    environ = os.environ if environ is None else environ
+    data = resolve_paths(read_file(path), path.resolve().parent)
+    overrides, variables = environment_overrides(environ, data, Config)
+    try:
+        config = Config(**merge(data, overrides))
     except ValidationError as exc:
-        lines = [_describe(error) for error in exc.errors()]
-        where = f" in {str(path)!r}" if path is not None else ""
-        raise ConfigError(f"invalid configuration{where}: " + "; ".join(lines)) from None
+        lines = [_describe(error, variables) for error in exc.errors()]
+        raise ConfigError(f"invalid configuration in {str(path)!r}: " + "; ".join(lines)) from None
+    # A relative path from the environment is relative to where the command runs.
+    config.server.data_dir = config.server.data_dir.absolute()
+    config._source = path.resolve()
+    return config

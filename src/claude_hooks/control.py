@@ -26,15 +26,20 @@ class CancelRequest:
     message: str
 
 
-async def add_agent(store: Store, config: Config, name: str, agent_type: str) -> AgentInstance:
-    if not valid_name(name):
-        raise ConflictError(f"{name!r} is not a valid agent name: {NAME_RULE}")
+def check_type(config: Config, agent_type: str) -> None:
+    """A type exists only where the configuration defines it."""
     if agent_type not in config.types:
         known = ", ".join(sorted(config.types)) or "none"
         raise ConfigError(
             f"type {agent_type!r} is not configured (configured: {known}): "
             f"add a [types.{agent_type}] table to the configuration first"
         )
+
+
+async def add_agent(store: Store, config: Config, name: str, agent_type: str) -> AgentInstance:
+    if not valid_name(name):
+        raise ConflictError(f"{name!r} is not a valid agent name: {NAME_RULE}")
+    check_type(config, agent_type)
     agent = await store.add_agent(name, agent_type, time.time())
     await store.emit_signal(SIGNAL_AGENTS, name, time.time())
     return agent

@@ -10,10 +10,11 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from claude_hooks.config import Config
+from claude_hooks.credentials import HOW_TO, claude_credential
 from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.exposure import is_loopback, weak_secrets
 from claude_hooks.forge import Forge
 from claude_hooks.lockfile import running_service
 from claude_hooks.prompting import Prompts
@@ -37,6 +38,7 @@ def _executable(name: str) -> str | None:
 
 async def run_checks(config: Config) -> AsyncIterator[Check]:
     server = config.server
+    yield Check(True, "configuration", str(config.source))
     yield Check(
         server.webhook_secret is not None,
         "server.webhook_secret",
@@ -47,6 +49,27 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
         "server.api_token",
         "set" if server.api_token else "not set: serve refuses to start without it",
     )
+    exposed = not is_loopback(server.host)
+    for problem in weak_secrets(config):
+        yield Check(
+            not exposed,
+            "secrets",
+            f"{problem}: serve refuses it on {server.host!r}"
+            if exposed
+            else f"{problem}: fine on {server.host}, refused on any other address",
+            warning=True,
+        )
+    database = config.sqlite_file
+    if database is not None and not database.exists():
+        yield Check(
+            True,
+            "database",
+            f"none yet at {database}: 'claude-hooks serve' creates it",
+            warning=True,
+        )
+        async for check in _machine_checks(config):
+            yield check
+        return
     try:
         store = await SqlStore.open(config.database_url)
     except ClaudeHooksError as exc:
@@ -69,6 +92,11 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
             )
     finally:
         await store.close()
+    async for check in _machine_checks(config):
+        yield check
+
+
+async def _machine_checks(config: Config) -> AsyncIterator[Check]:
     service = running_service(config.data_dir)
     yield Check(
         True,
@@ -120,18 +148,18 @@ def _runner_checks(config: Config) -> list[Check]:
             checks.append(Check(False, subject, "workdir = 'worktree' needs [forgejo] url"))
     if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
         checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
-    if any(t.runner == "claude" for t in config.types.values()):
-        has_key = any(k in os.environ for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"))
-        credentials = Path.home() / ".claude" / ".credentials.json"
-        checks.append(
-            Check(
-                has_key or credentials.exists(),
-                "Anthropic credentials",
-                "found"
-                if has_key or credentials.exists()
-                else "set ANTHROPIC_API_KEY in the service's environment",
+    for name, type_config in sorted(config.types.items()):
+        if type_config.runner == "claude":
+            credential = claude_credential(name, type_config, config.data_dir)
+            checks.append(
+                Check(
+                    credential is not None,
+                    f"types.{name} credentials",
+                    f"{credential.what} from {credential.source}"
+                    if credential
+                    else f"none: {HOW_TO}",
+                )
             )
-        )
     return checks
 
 

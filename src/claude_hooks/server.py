@@ -13,7 +13,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from claude_hooks.config import Config
+from claude_hooks.credentials import HOW_TO, claude_credential
 from claude_hooks.errors import ConfigError
+from claude_hooks.exposure import is_loopback, weak_secrets
+from claude_hooks.log_format import configure_logging
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
 
@@ -25,7 +28,8 @@ class AppServer(uvicorn.Server):
     (the dashboard's, a followed log) end at once instead of holding the shutdown up."""
 
     def __init__(self, app: FastAPI, **options: Any) -> None:
-        super().__init__(uvicorn.Config(app, lifespan="off", **options))
+        # log_config=None: uvicorn's records go to our handlers, in our format.
+        super().__init__(uvicorn.Config(app, lifespan="off", log_config=None, **options))
         self.closing: asyncio.Event = app.state.closing
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -54,6 +58,26 @@ def check_startup(config: Config, insecure_no_signature: bool) -> None:
             "server.api_token is not set: set it (or CLAUDE_HOOKS_SERVER__API_TOKEN) to a long "
             "random string; the API and dashboard require it as a Bearer token"
         )
+    weak = weak_secrets(config)
+    if weak and not is_loopback(config.server.host):
+        raise ConfigError(
+            f"{'; '.join(weak)}: serve refuses such secrets on {config.server.host!r}, which is "
+            "not a loopback address; set long random ones (as 'claude-hooks init' writes)"
+        )
+
+
+def warn_missing_credentials(config: Config) -> None:
+    """A claude type without credentials fails every task: say so once, at start."""
+    for name, type_config in sorted(config.types.items()):
+        if type_config.runner == "claude" and (
+            claude_credential(name, type_config, config.data_dir) is None
+        ):
+            log.warning(
+                "type %s uses the claude runner but has no Anthropic credentials, so its tasks "
+                "will fail: %s",
+                name,
+                HOW_TO,
+            )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -71,11 +95,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(config: Config, insecure_no_signature: bool = False) -> None:
     check_startup(config, insecure_no_signature)
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    configure_logging(config.server.log_level)
+    warn_missing_credentials(config)
     if insecure_no_signature and config.server.webhook_secret is None:
         log.warning(
             "webhook signatures are NOT checked (--insecure-no-signature): "

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from claude_hooks import control
 from claude_hooks.ci_watch import CiWatcher
@@ -30,12 +29,6 @@ from claude_hooks.store.base import Store
 from claude_hooks.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
-
-
-def absolute_paths(argv: list[str]) -> list[str]:
-    """Agents run in their workdir: a relative path in the command that exists where the
-    service starts (`examples/agents/echo_agent.py`) is made absolute, so it still works there."""
-    return [str(Path(arg).resolve()) if "/" in arg and Path(arg).exists() else arg for arg in argv]
 
 
 class Service:
@@ -91,7 +84,7 @@ class Service:
     def _make_runner(self, agent_type: str) -> AgentRunner:
         type_config = self.config.types[agent_type]
         if type_config.runner == "command":
-            return CommandRunner(absolute_paths(type_config.command))
+            return CommandRunner(type_config.command)
         if type_config.runner == "merge":
             return MergeRunner(self.forge, self.config.flows)
         if self._claude is None:

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_hooks.budget import TEAM, Period
-from claude_hooks.config import CONFIG_ENV, Config, config_path, load_config, zone_of
+from claude_hooks.cli_options import ConfigOption, chosen_config
+from claude_hooks.config import Config, config_path, load_config, zone_of
 from claude_hooks.costs import Grouping, group_costs
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.limits import SIGNAL_BUDGET
@@ -36,12 +37,6 @@ out = Console(
 )
 err = Console(stderr=True, markup=False, highlight=False)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", envvar=CONFIG_ENV, help="Path of claude-hooks.toml.", dir_okay=False
-    ),
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TeamOption = Annotated[bool, typer.Option("--team", help="The team-wide budget ([budget]).")]
 
@@ -53,7 +48,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _config(path: Path | None) -> Config:
     try:
-        return load_config(config_path(path))
+        return load_config(config_path(chosen_config(path)))
     except ClaudeHooksError as exc:
         _fail(str(exc), 2)
 

@@ -16,7 +16,8 @@ from claude_hooks.capacity import report
 from claude_hooks.capacity.report import Summary, summarise
 from claude_hooks.capacity.simulation import Job, Policy, Run, simulate
 from claude_hooks.capacity.workload import Workload, load_database, load_file, synthetic
-from claude_hooks.config import CONFIG_ENV, config_path, load_config
+from claude_hooks.cli_options import chosen_config
+from claude_hooks.config import config_path, load_config
 from claude_hooks.domain import valid_name
 from claude_hooks.errors import ClaudeHooksError, ConfigError, InvalidInputError
 
@@ -148,7 +149,6 @@ def simulate_command(
         typer.Option(
             "--config",
             "-c",
-            envvar=CONFIG_ENV,
             help="Path of claude-hooks.toml, for --from-db.",
             dir_okay=False,
         ),
@@ -169,7 +169,9 @@ def simulate_command(
                 "or --arrivals poisson:RATE with --durations lognormal:MEDIAN,P90"
             )
         if from_db:
-            loaded = load_database(load_config(config_path(config_file)).database_url)
+            loaded = load_database(
+                load_config(config_path(chosen_config(config_file))).database_url
+            )
         elif workload is not None:
             loaded = load_file(workload)
         else:

@@ -51,6 +51,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import SystemPromptPreset
 
 from claude_hooks import processes
+from claude_hooks.credentials import claude_config_dir
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.store.base import SessionRecord, Store
@@ -218,7 +219,7 @@ class ClaudeRunner:
     ) -> None:
         self.store = store
         self.home = (data_dir / "claude").resolve()
-        self.config_dir = self.home / "config"
+        self.config_dir = claude_config_dir(data_dir)
         self.tmp_dir = self.home / "tmp"
         self.runtime_dir = self.home / "run"
         self.launcher = self.home / "bin" / "launch-claude"
