@@ -19,6 +19,7 @@ from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError, ConflictError, NotFoundError
 from claude_hooks.events import Event
 from claude_hooks.forge import Forge
+from claude_hooks.forgejo.binding import check_event_type
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.forgejo.payloads import Payload, parse_payload
 from claude_hooks.forgejo.webhook import WebhookError, decode_delivery
@@ -63,6 +64,14 @@ def _summary(payload: Payload | None) -> dict[str, Any]:
         "sender": sender.login if sender is not None else None,
         "action": getattr(payload, "action", None),
     }
+
+
+def _typed(event_type: str, data: Mapping[str, Any]) -> Payload | None:
+    """The typed payload, refused if the signed body contradicts the unsigned event type."""
+    payload = parse_payload(event_type, data)
+    if payload is not None:
+        check_event_type(event_type, payload)
+    return payload
 
 
 def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
@@ -121,7 +130,7 @@ class Intake:
             delivery = decode_delivery(
                 headers, body, self.secret, max_body_bytes=self.config.server.max_body_bytes
             )
-            payload = parse_payload(delivery.event_type, delivery.payload)
+            payload = _typed(delivery.event_type, delivery.payload)
         except WebhookError as exc:
             self._count(f"rejected_{exc.status}")
             log.warning("webhook rejected (%d): %s", exc.status, exc)
@@ -142,7 +151,10 @@ class Intake:
         original = await self.store.get_delivery(delivery_id)
         if original is None:
             raise NotFoundError(f"no delivery with id {delivery_id!r}: see 'deliveries list'")
-        payload = parse_payload(original.event_type, json.loads(original.body))
+        try:
+            payload = _typed(original.event_type, json.loads(original.body))
+        except WebhookError as exc:
+            return Answer(exc.status, {"status": "rejected", "error": str(exc)})
         record = replace(
             original,
             id=f"replay-{uuid.uuid4()}",

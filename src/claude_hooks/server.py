@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from claude_hooks import log_lines
 from claude_hooks.config import Config
 from claude_hooks.errors import ConfigError
 from claude_hooks.service import Service
@@ -71,11 +72,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(config: Config, insecure_no_signature: bool = False) -> None:
     check_startup(config, insecure_no_signature)
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    log_lines.configure(config.server.log_level)
     if insecure_no_signature and config.server.webhook_secret is None:
         log.warning(
             "webhook signatures are NOT checked (--insecure-no-signature): "

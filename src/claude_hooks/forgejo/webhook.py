@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import unquote_to_bytes
 
 from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.forgejo.names import DELIVERY_ID_RULE, valid_delivery_id
 
 # Forgejo sends every name of each header; Gitea lacks the X-Forgejo-* ones. First match wins.
 _DELIVERY_HEADERS = (
@@ -106,6 +107,11 @@ def decode_delivery(
     if delivery_id is None:
         raise MalformedDeliveryError(
             "missing X-Forgejo-Delivery (or X-Gitea-Delivery) header: "
+            "send deliveries from a Forgejo or Gitea webhook"
+        )
+    if not valid_delivery_id(delivery_id):
+        raise MalformedDeliveryError(
+            f"X-Forgejo-Delivery {delivery_id[:80]!r} is not a delivery id ({DELIVERY_ID_RULE}): "
             "send deliveries from a Forgejo or Gitea webhook"
         )
     event_type = _first(lowered, _EVENT_TYPE_HEADERS) or _first(lowered, _EVENT_HEADERS)
