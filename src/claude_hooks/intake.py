@@ -123,12 +123,19 @@ class Intake:
             find_head=forge.find_head if forge else None,
         )
 
-    async def receive(self, headers: Mapping[str, str], body: bytes) -> Answer:
+    async def receive(
+        self, headers: Mapping[str, str], body: bytes, body_hmac: str | None = None
+    ) -> Answer:
+        """`body_hmac`: the body's HMAC with the webhook secret, if computed as it arrived."""
         if self.secret is None and not self.insecure:
             return Answer(401, {"status": "rejected", "error": "server.webhook_secret is not set"})
         try:
             delivery = decode_delivery(
-                headers, body, self.secret, max_body_bytes=self.config.server.max_body_bytes
+                headers,
+                body,
+                self.secret,
+                max_body_bytes=self.config.server.max_body_bytes,
+                body_hmac=body_hmac,
             )
             payload = _typed(delivery.event_type, delivery.payload)
         except WebhookError as exc:

@@ -12,11 +12,12 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from claude_hooks import log_lines
+from claude_hooks import log_lines, resources
 from claude_hooks.config import Config
 from claude_hooks.errors import ConfigError
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
+from claude_hooks.web.limits import edge_protocol
 
 log = logging.getLogger("claude_hooks")
 
@@ -27,6 +28,8 @@ class AppServer(uvicorn.Server):
 
     def __init__(self, app: FastAPI, **options: Any) -> None:
         super().__init__(uvicorn.Config(app, lifespan="off", **options))
+        # The loop's default handler logs a traceback per failed accept(): one line will do.
+        asyncio.get_running_loop().set_exception_handler(resources.loop_exception_handler)
         self.closing: asyncio.Event = app.state.closing
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -97,6 +100,7 @@ async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) 
             log_level=config.server.log_level,
             access_log=False,
             timeout_graceful_shutdown=5,
+            http=edge_protocol(config.server.read_timeout, config.server.max_connections),
         )
         log.info(
             "claude-hooks listening on %s with %d agents (%s)",
