@@ -7,7 +7,8 @@ protocol here, uvicorn's own with three rules added:
 - headers must arrive within `server.read_timeout` of the connection (or of the end of the
   previous response), and a body within `server.read_timeout` of its headers (plus a second,
   so the webhook can answer 408 first); otherwise the connection is closed;
-- at most `max_connections` are open (default: half the soft RLIMIT_NOFILE, at most 4096);
+- at most `max_connections` are open (default: half the soft RLIMIT_NOFILE, at most 4096;
+  never so many that fewer than a quarter of the descriptors are left);
 - when full, a new connection replaces the one that has waited longest without a request in
   progress, so slow or idle clients cannot lock out `/healthz` or Forgejo. Only when every open
   connection is busy with a request is the new one refused, with a 503.
@@ -35,13 +36,26 @@ _REFUSED = (
 )
 
 
+def _soft_nofile() -> int | None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def default_max_connections() -> int:
     """Half the soft file-descriptor limit: the other half stays for the database, the logs,
     git and the agents' pipes."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    soft = _soft_nofile()
+    if soft is None:
         return MAX_DEFAULT_CONNECTIONS
     return max(8, min(MAX_DEFAULT_CONNECTIONS, soft // 2))
+
+
+def connection_ceiling() -> int | None:
+    """The most connections that still leave descriptors for everything else (a quarter of the
+    soft limit, at least 64): more would let clients make accept() fail, which the event loop
+    reports once per waiting connection, and starve the agents."""
+    soft = _soft_nofile()
+    return None if soft is None else max(8, soft - max(64, soft // 4))
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -135,6 +149,16 @@ class EdgeProtocol(HttpToolsProtocol):
 def edge_protocol(read_timeout: float, max_connections: int) -> type[EdgeProtocol]:
     """A protocol class for one server, with its limits (`max_connections` 0: the default)."""
     limit = max_connections or default_max_connections()
+    ceiling = connection_ceiling()
+    if ceiling is not None and limit > ceiling:
+        log.warning(
+            "server.max_connections = %d leaves too few file descriptors (soft RLIMIT_NOFILE "
+            "%d): using %d; raise the limit (ulimit -n) for more",
+            limit,
+            _soft_nofile(),
+            ceiling,
+        )
+        limit = ceiling
     log.debug("at most %d connections, %g s to send a request", limit, read_timeout)
     return type(
         "ServerEdgeProtocol",
