@@ -6,6 +6,7 @@ with psutil, and its descriptor limit set) and attacks it over raw sockets on 12
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import select
 import socket
@@ -172,36 +173,56 @@ def answer_of(sock: socket.socket, timeout: float) -> bytes:
     raise AssertionError("the server neither answered nor closed the connection in time")
 
 
+def read_all(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection, within `timeout`."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    while True:
+        chunk = answer_of(sock, deadline - time.monotonic())
+        if not chunk:
+            return received
+        received += chunk
+
+
+@contextlib.contextmanager
+def closing_all(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 def test_slow_large_bodies_do_not_grow_memory(served: Callable[..., Served]) -> None:
     """60 clients each start a 5 MB body and feed it slowly: 300 MB offered, the server holds
     at most server.max_pending_body_bytes of it, answers 503 beyond, and 408 to the slow."""
     server = served("read_timeout = 2.0\nmax_pending_body_bytes = 8388608")
     process = server.start()
     before = process.memory_info().rss
-    clients = [connect(server.port, webhook_head(5 * MB)) for _ in range(60)]
-    chunk = b"x" * (64 * 1024)
-    peak = before
-    started = time.monotonic()
-    open_clients = list(clients)
-    while open_clients and time.monotonic() - started < 4:
-        for sock in list(open_clients):
-            try:
-                sock.send(chunk)
-            except BlockingIOError:
-                continue
-            except OSError:
-                open_clients.remove(sock)
-        peak = max(peak, process.memory_info().rss)
-        time.sleep(0.02)
-    answers = [answer_of(sock, 5) for sock in clients]
-    for sock in clients:
-        sock.close()
+    with closing_all([connect(server.port, webhook_head(5 * MB)) for _ in range(60)]) as clients:
+        chunk = b"x" * (64 * 1024)
+        peak = before
+        started = time.monotonic()
+        open_clients = list(clients)
+        while open_clients and time.monotonic() - started < 4:
+            for sock in list(open_clients):
+                try:
+                    sock.send(chunk)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    open_clients.remove(sock)
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.02)
+        answers = [answer_of(sock, 5) for sock in clients]
     grown = (peak - before) / MB
     print(f"RSS before {before / MB:.0f} MB, peak {peak / MB:.0f} MB (+{grown:.1f} MB)")
     assert grown < 48, f"RSS grew {grown:.1f} MB under 300 MB of slow bodies"
     statuses = {a.split(b" ")[1] for a in answers if a.startswith(b"HTTP/1.1 ")}
     assert b"503" in statuses, answers[:3]
-    assert statuses <= {b"503", b"408", b"413"}, statuses
+    # 401: a body that arrived whole within the budget, and its (made-up) signature is wrong.
+    assert statuses <= {b"503", b"408", b"401"}, statuses
     assert any(b"max_pending_body_bytes" in a for a in answers)
     wait_for(lambda: process.memory_info().rss - before < 48 * MB, 5)
 
@@ -209,19 +230,19 @@ def test_slow_large_bodies_do_not_grow_memory(served: Callable[..., Served]) -> 
 def test_slow_headers_and_bodies_are_cut_off(served: Callable[..., Served]) -> None:
     server = served("read_timeout = 1.5")
     server.start()
-    silent = connect(server.port, b"")
-    headers = connect(server.port, b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
-    body = connect(server.port, webhook_head(1000) + b"{")
-    started = time.monotonic()
-    assert answer_of(silent, 5) == b""
-    assert answer_of(headers, 5) == b""
-    slow_answer = answer_of(body, 5)
-    took = time.monotonic() - started
+    with closing_all([]) as socks:
+        silent = connect(server.port, b"")
+        headers = connect(server.port, b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+        body = connect(server.port, webhook_head(1000) + b"{")
+        socks += [silent, headers, body]
+        started = time.monotonic()
+        assert answer_of(silent, 5) == b""
+        assert answer_of(headers, 5) == b""
+        slow_answer = read_all(body, 5)
+        took = time.monotonic() - started
     assert slow_answer.startswith(b"HTTP/1.1 408"), slow_answer
-    assert b"server.read_timeout" in slow_answer
+    assert b"server.read_timeout" in slow_answer, slow_answer
     assert took < 4, f"slow clients were cut off after {took:.1f} s"
-    for sock in (silent, headers, body):
-        sock.close()
     assert server.client.get("/healthz").status_code == 200
 
 
@@ -230,10 +251,8 @@ def test_slowloris_at_the_connection_limit(served: Callable[..., Served]) -> Non
     /healthz still answers and a task queued meanwhile runs to success."""
     server = served("read_timeout = 30.0", nofile=256)
     process = server.start()
-    lingering = [
-        connect(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(200)
-    ]
-    try:
+    slowloris = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+    with closing_all([connect(server.port, slowloris) for _ in range(200)]):
         wait_for(lambda: len(process.net_connections()) >= 128, 10)
         for _ in range(5):
             assert server.client.get("/healthz").status_code == 200
@@ -241,9 +260,6 @@ def test_slowloris_at_the_connection_limit(served: Callable[..., Served]) -> Non
         server.release.touch()
         wait_for(lambda: server.task(task_id)["state"] == "succeeded", 20)
         assert process.num_fds() < 256
-    finally:
-        for sock in lingering:
-            sock.close()
     log = server.log_text()
     assert "Traceback" not in log, log[-3000:]
     assert "Too many open files" not in log, log[-3000:]

@@ -65,7 +65,6 @@ class EdgeProtocol(HttpToolsProtocol):
 
     read_timeout: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = MAX_DEFAULT_CONNECTIONS
-    evicted: ClassVar[int] = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,7 +127,6 @@ class EdgeProtocol(HttpToolsProtocol):
         oldest = min(waiting, key=lambda other: other._waiting_since)
         self.connections.discard(oldest)
         oldest._close()
-        type(self).evicted += 1
         return True
 
     def _arm(self, seconds: float) -> None:
@@ -163,5 +161,5 @@ def edge_protocol(read_timeout: float, max_connections: int) -> type[EdgeProtoco
     return type(
         "ServerEdgeProtocol",
         (EdgeProtocol,),
-        {"read_timeout": read_timeout, "max_connections": limit, "evicted": 0},
+        {"read_timeout": read_timeout, "max_connections": limit},
     )

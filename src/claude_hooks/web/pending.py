@@ -13,12 +13,10 @@ class PendingBodies:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self.refused = 0
 
     def take(self, size: int) -> bool:
         """Hold `size` more bytes, or False (and hold nothing) if the budget would be exceeded."""
         if self.held + size > self.limit:
-            self.refused += 1
             return False
         self.held += size
         return True
