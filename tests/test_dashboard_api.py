@@ -23,7 +23,7 @@ from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.server import AppServer, bind
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
-from claude_hooks.web.auth import COOKIE_NAME, session_value
+from claude_hooks.web.auth import COOKIE_NAME
 from claude_hooks.web.logs import render_claude_line, tail_offset
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, fixture, make_config, wait_until
@@ -185,7 +185,7 @@ async def test_pages_send_a_browser_without_a_session_to_the_login_form(
         assert answer.status_code == 303, path
         assert answer.headers["location"].startswith("/login?next=")
         assert "state%3Dqueued" in answer.headers["location"]
-    anonymous.cookies.set(COOKIE_NAME, session_value("other-token"))
+    anonymous.cookies.set(COOKIE_NAME, "a-session-this-service-never-started")
     assert (await anonymous.get("/")).status_code == 303
 
 

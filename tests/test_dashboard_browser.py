@@ -19,6 +19,7 @@ import pytest
 from claude_hooks.config import Config
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.service import Service
+from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, fixture, make_config, wait_until
@@ -221,6 +222,53 @@ async def test_an_ignored_delivery_shows_its_reason(
     await expect(page.locator("#deliveries tr .tag", has_text="replay")).to_have_count(1)
     await still_the_same_page(page)
     await page.context.close()
+
+
+async def test_a_hostile_delivery_id_cannot_steer_the_replay_button(
+    browser: Any, base_url: str, service: Service
+) -> None:
+    """A delivery id recorded before ids were checked: its Replay button posts to its own
+    (encoded) URL, never to /api/agents/dev-alpha/disable. The page runs under the CSP with
+    no violation."""
+    hostile = "../agents/dev-alpha/disable?x="
+    await service.store.intake.add_delivery(
+        DeliveryRecord(
+            id=hostile,
+            flavor="forgejo",
+            event="issues",
+            event_type="issues",
+            received_at=time.time(),
+            body="{}",
+            outcome="ignored",
+        ),
+        None,
+    )
+    context = await browser.new_context()
+    page = await context.new_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    posted: list[str] = []
+    page.on(
+        "request", lambda request: posted.append(request.url) if request.method == "POST" else None
+    )
+    await page.goto(base_url + "/deliveries")
+    await page.fill("#token", "test-token")
+    await page.click("button[type=submit]")
+    await expect(page.locator("#live-state")).to_have_text("live")
+    page.on("dialog", lambda dialog: dialog.accept())
+    await page.locator(f"tr[data-delivery='{hostile}'] button", has_text="Replay").click()
+    await expect(page.locator(".toast")).to_contain_text("Not Found")
+    replays = [url for url in posted if "/replay" in url]
+    assert replays == [base_url + "/api/deliveries/..%2Fagents%2Fdev-alpha%2Fdisable%3Fx%3D/replay"]
+    assert not any("/api/agents/" in url for url in posted), posted
+    assert service.pool.workers["dev-alpha"].enabled
+    assert violations == []
+    await context.close()
 
 
 async def test_task_page_follows_the_log_live(

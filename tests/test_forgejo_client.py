@@ -65,6 +65,13 @@ async def client(forge: FakeForgejo) -> AsyncIterator[ForgejoClient]:
 # -- permission ------------------------------------------------------------------------------
 
 
+async def test_dot_segments_stay_in_their_place(forge: FakeForgejo, client: ForgejoClient) -> None:
+    """`..` as an owner or repository is sent as `%2E%2E`: URL normalisation cannot turn the
+    permission look-up into a request for another endpoint."""
+    assert await client.permission("..", "..", "alice") == "none"
+    assert [r.path for r in forge.requests][-1] == "/repos/../../collaborators/alice/permission"
+
+
 @pytest.mark.parametrize(
     ("user", "expected"),
     [

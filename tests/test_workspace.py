@@ -321,7 +321,23 @@ def test_names() -> None:
     assert branch_name("dev", 17, "Fix it") == "dev/17-fix-it"
     assert branch_name("dev", 17, "!!!") == "dev/17"
     assert key_path("dev:acme/widget:17") == Path("dev/acme/widget/17")
-    assert key_path("dev:../x:1") == Path("dev/_/x/1")
+    assert key_path("dev:../x:1") == Path("dev/%2E%2E/x/1")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("dev:acme/widget.:1", "dev:acme/widget:1"),
+        ("dev:acme/.widget:1", "dev:acme/widget:1"),
+        ("dev:acme/wid get:1", "dev:acme/wid_get:1"),
+        ("dev:acme/wid%20get:1", "dev:acme/wid get:1"),
+        ("dev:acme/%2Ewidget:1", "dev:acme/.widget:1"),
+    ],
+)
+def test_key_paths_are_injective(one: str, other: str) -> None:
+    """Two names never share a workdir, even names the forge would refuse."""
+    assert key_path(one) != key_path(other)
+    assert all(part not in (".", "..", "") for part in key_path(one).parts)
     assert split_key("dev:acme/widget:17") == ("dev", "acme/widget", 17)
     with pytest.raises(ValueError, match="not a session key"):
         split_key("nonsense")

@@ -45,6 +45,21 @@ class ServerConfig(_Section):
     webhook_secret: SecretStr | None = None
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(5 * 1024 * 1024, gt=0)
+    read_timeout: float = Field(
+        10.0, gt=0, description="seconds a client has to send a request's headers, then its body"
+    )
+    max_pending_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="bytes held at once for webhook bodies not yet verified; beyond: 503",
+    )
+    max_connections: int = Field(
+        0, ge=0, description="open HTTP connections at most; 0: half the soft RLIMIT_NOFILE"
+    )
+    session_hours: float = Field(12.0, gt=0, description="a dashboard login lasts this long")
+    login_failures_per_minute: int = Field(
+        5, ge=1, description="failed dashboard logins per remote address before a 429"
+    )
     max_attempts: int = Field(3, ge=1, description="starts of one task before it is failed")
     cancel_grace: float = Field(10.0, ge=0, description="seconds between SIGTERM and SIGKILL")
     poll_interval: float = Field(

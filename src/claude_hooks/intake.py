@@ -22,6 +22,7 @@ from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError, ConflictError, NotFoundError
 from claude_hooks.events import Event
 from claude_hooks.forge import Forge
+from claude_hooks.forgejo.binding import check_event_type
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.forgejo.payloads import Payload, parse_payload
 from claude_hooks.forgejo.webhook import WebhookError, decode_delivery
@@ -88,6 +89,14 @@ def _source(record: DeliveryRecord) -> str:
     event = record.event_type + (f" {record.action}" if record.action else "")
     sender = f" by {record.sender}" if record.sender else ""
     return f"forge event {event}{sender} (delivery {record.id})"
+
+
+def _typed(event_type: str, data: Mapping[str, Any]) -> Payload | None:
+    """The typed payload, refused if the signed body contradicts the unsigned event type."""
+    payload = parse_payload(event_type, data)
+    if payload is not None:
+        check_event_type(event_type, payload)
+    return payload
 
 
 def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
@@ -177,17 +186,26 @@ class Intake:
         return Answer(status, {"status": "rejected", "error": reason})
 
     async def receive(
-        self, headers: Mapping[str, str], body: bytes, remote: str | None = None
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        remote: str | None = None,
+        body_hmac: str | None = None,
     ) -> Answer:
+        """`body_hmac`: the body's HMAC with the webhook secret, if computed as it arrived."""
         if self.secret is None and not self.insecure:
             return await self.reject(
                 401, "server.webhook_secret is not set", headers, len(body), remote
             )
         try:
             delivery = decode_delivery(
-                headers, body, self.secret, max_body_bytes=self.config.server.max_body_bytes
+                headers,
+                body,
+                self.secret,
+                max_body_bytes=self.config.server.max_body_bytes,
+                body_hmac=body_hmac,
             )
-            payload = parse_payload(delivery.event_type, delivery.payload)
+            payload = _typed(delivery.event_type, delivery.payload)
         except WebhookError as exc:
             return await self.reject(exc.status, str(exc), headers, len(body), remote)
         record = DeliveryRecord(
@@ -206,7 +224,10 @@ class Intake:
         original = await self.store.get_delivery(delivery_id)
         if original is None:
             raise NotFoundError(f"no delivery with id {delivery_id!r}: see 'deliveries list'")
-        payload = parse_payload(original.event_type, json.loads(original.body))
+        try:
+            payload = _typed(original.event_type, json.loads(original.body))
+        except WebhookError as exc:
+            return Answer(exc.status, {"status": "rejected", "error": str(exc)})
         record = replace(
             original,
             id=f"replay-{uuid.uuid4()}",

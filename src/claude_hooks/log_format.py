@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 
+from claude_hooks.log_lines import OneLineFormatter
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Their INFO lines are chatter on every start (Alembic's plugin set-up and SQLite dialect notes).
 QUIET = ("alembic",)
 
 
 def configure_logging(level: str) -> None:
-    """Everything to stderr in FORMAT at `level`; uvicorn must be given `log_config=None`."""
+    """Everything to stderr in FORMAT at `level`, one escaped line per record (log_lines);
+    uvicorn must be given `log_config=None`."""
     threshold = logging.getLevelName(level.upper())
-    logging.basicConfig(level=threshold, format=FORMAT, force=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(FORMAT))
+    logging.basicConfig(level=threshold, handlers=[handler], force=True)
     for name in QUIET:
         logging.getLogger(name).setLevel(max(threshold, logging.WARNING))

@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from claude_hooks import processes
+from claude_hooks import processes, resources
 from claude_hooks.agent_env import agent_environment
 from claude_hooks.config import Config
 from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.events import Event, EventBus
 from claude_hooks.limits import Limits
+from claude_hooks.private_files import private_dir, private_file
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.base import Outcome, QueueEntry, Store
@@ -139,6 +140,9 @@ class Worker:
             self.current_task = task
             self.pool.bus.publish(Event("task.started", task))
             outcome = await self._execute(task)
+            if outcome is None:
+                await self._requeue_exhausted(task, entry)
+                return
             if await self.pool.limits.after_run(task, outcome):
                 await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
                 self.queue.appendleft(entry)
@@ -162,8 +166,21 @@ class Worker:
         except Exception:
             log.exception("could not announce the end of task %s", task.id)
 
-    async def _execute(self, task: Task) -> Outcome:
-        """Run the task to its end: how it went, or its timeout or cancel."""
+    async def _requeue_exhausted(self, task: Task, entry: QueueEntry) -> None:
+        """Back to the head of the queue: the run could not start for want of descriptors or
+        processes, which passes; it starts again after a pause, its attempt not counted."""
+        await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
+        self.queue.insert(0, entry)
+        _exhausted_notice(
+            "task %s could not start (out of file descriptors or processes): "
+            "it waits at the head of its queue and is tried again",
+            task.id,
+        )
+        await asyncio.sleep(resources.BACKOFF_SECONDS)
+
+    async def _execute(self, task: Task) -> Outcome | None:
+        """Run the task to its end: how it went, or its timeout or cancel; None if it could
+        not start for want of file descriptors or processes."""
         pool = self.pool
         type_config = pool.config.types[task.type]
         if self._cancel_current:
@@ -190,10 +207,15 @@ class Worker:
         if self._run.cancelled():
             return Outcome(TaskState.CANCELLED, error="cancelled while running")
         error = self._run.exception()
+        if resources.exhausted(error):
+            return None
         if error is not None:
             log.error("runner of task %s failed", task.id, exc_info=error)
             return Outcome(TaskState.FAILED, error=f"runner error: {error!r}")
         return _outcome(self._run.result())
+
+
+_exhausted_notice = resources.Notice()
 
 
 def _outcome(result: RunResult) -> Outcome:
@@ -504,7 +526,7 @@ class Pool:
             task=task,
             type_config=type_config,
             workdir=workdir,
-            log_path=self.log_path(task.id),
+            log_path=self._private_log(task.id),
             env=agent_environment(task, type_config, self.config.forgejo.url),
             cancel_grace=self.config.server.cancel_grace,
             on_process=on_process,
@@ -512,6 +534,10 @@ class Pool:
 
     def log_path(self, task_id: str) -> Path:
         return self.config.data_dir / "logs" / f"{task_id}.log"
+
+    def _private_log(self, task_id: str) -> Path:
+        """The task's log, created 0600 before the runner appends to it."""
+        return private_file(private_dir(self.config.data_dir / "logs") / f"{task_id}.log")
 
     # cancel
 

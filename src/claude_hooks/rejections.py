@@ -37,6 +37,8 @@ def hint(status: int, reason: str) -> str:
         return "set server.webhook_secret to the webhook's secret and restart"
     if status == 401:
         return "set a secret on the Forgejo webhook, the same as server.webhook_secret"
+    if status == 408:
+        return "the body arrived too slowly: check the network between the forge and the service"
     if status == 413:
         return "the body is larger than server.max_body_bytes: raise it if the sender is yours"
     return "the request is not a well-formed Forgejo delivery: check the webhook's content type"

@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from claude_hooks import resources
 from claude_hooks.config import Config
 from claude_hooks.credentials import HOW_TO, claude_credential
 from claude_hooks.errors import ConfigError
@@ -19,6 +20,7 @@ from claude_hooks.exposure import is_loopback, weak_secrets
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
+from claude_hooks.web.limits import edge_protocol
 
 log = logging.getLogger("claude_hooks")
 
@@ -30,6 +32,8 @@ class AppServer(uvicorn.Server):
     def __init__(self, app: FastAPI, **options: Any) -> None:
         # log_config=None: uvicorn's records go to our handlers, in our format.
         super().__init__(uvicorn.Config(app, lifespan="off", log_config=None, **options))
+        # The loop's default handler logs a traceback per failed accept(): one line will do.
+        asyncio.get_running_loop().set_exception_handler(resources.loop_exception_handler)
         self.closing: asyncio.Event = app.state.closing
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -121,6 +125,7 @@ async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) 
             log_level=config.server.log_level,
             access_log=False,
             timeout_graceful_shutdown=5,
+            http=edge_protocol(config.server.read_timeout, config.server.max_connections),
         )
         log.info(
             "claude-hooks listening on %s with %d agents (%s)",

@@ -21,6 +21,7 @@ from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
 from claude_hooks.pending import PendingRetrier
 from claude_hooks.pool import Pool
+from claude_hooks.private_files import prepare_data_dir, private_dir
 from claude_hooks.retention import Retention
 from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
@@ -70,6 +71,7 @@ class Service:
         runner_for: Callable[[str], AgentRunner] | None = None,
         insecure_no_signature: bool = False,
     ) -> Service:
+        prepare_data_dir(config.data_dir, config.database_url)
         store = await SqlStore.open(config.database_url)
         return cls(
             config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
@@ -101,7 +103,7 @@ class Service:
 
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.data_dir)
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]

@@ -20,6 +20,7 @@ import shutil
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task, TaskKind
@@ -27,7 +28,7 @@ from claude_hooks.errors import ClaudeHooksError
 
 log = logging.getLogger(__name__)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 SLUG_LENGTH = 40
 GIT_TIMEOUT = 600.0
@@ -46,10 +47,22 @@ class WorkspaceError(ClaudeHooksError):
 
 
 def key_path(session_key: str) -> Path:
-    """`dev:acme/widget:17` -> `dev/acme/widget/17`, each part made safe for a file name."""
-    parts = re.split(r"[:/]", session_key)
-    safe = [_UNSAFE.sub("_", part).strip(".") or "_" for part in parts]
-    return Path(*safe)
+    """`dev:acme/widget:17` -> `dev/acme/widget/17`, each part made safe for a file name.
+
+    Injective: anything outside `[A-Za-z0-9._-]` (`%` included), a leading or trailing dot and
+    an empty part are percent-encoded, so two names never share a directory."""
+    return Path(*(_file_name(part) for part in re.split(r"[:/]", session_key)))
+
+
+def _file_name(part: str) -> str:
+    encoded = _UNSAFE.sub(lambda match: quote(match.group(), safe=""), part)
+    if not encoded:
+        return "%00"
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]
+    if encoded.endswith("."):
+        encoded = encoded[:-1] + "%2E"
+    return encoded
 
 
 def slug(title: object, limit: int = SLUG_LENGTH) -> str:

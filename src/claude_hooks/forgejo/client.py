@@ -233,8 +233,12 @@ class _Request:
 
 
 def _seg(value: str | int) -> str:
-    """Quote one path segment, so names cannot change the path."""
-    return quote(str(value), safe="")
+    """Quote one path segment, so names cannot change the path: `/` is escaped, and `.` or `..`
+    (which URL normalisation would resolve) become `%2E` or `%2E%2E`."""
+    text = str(value)
+    if text in (".", ".."):
+        return "%2E" * len(text)
+    return quote(text, safe="")
 
 
 @functools.cache

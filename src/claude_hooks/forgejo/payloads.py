@@ -10,9 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, from_json
 
+from claude_hooks.forgejo.names import full_name_problem
 from claude_hooks.forgejo.webhook import MalformedDeliveryError
 
 
@@ -34,7 +43,10 @@ def _embedded_json(value: object) -> object:
 
 Text = Annotated[str, BeforeValidator(_none_to_empty_str)]
 # Numbers and ids fit the database's 64-bit integers; anything larger is a malformed delivery.
+# User ids may be negative (Forgejo's ghost user is -1); issue numbers and other ids may not.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Number = Annotated[int, Field(ge=1, le=2**63 - 1)]
+Id = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class _Model(BaseModel):
@@ -55,11 +67,30 @@ class Permissions(_Model):
 
 
 class Repository(_Model):
+    """`full_name` names workdirs, mirrors and API paths: it must follow the forge's rules."""
+
     full_name: str
     owner: User
     name: str
     html_url: str | None = None
     permissions: Permissions | None = None
+
+    @field_validator("full_name")
+    @classmethod
+    def _forge_name(cls, value: str) -> str:
+        problem = full_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Repository:
+        if self.full_name != f"{self.owner.login}/{self.name}":
+            raise ValueError(
+                f"full_name {self.full_name!r} is not owner.login/name "
+                f"({self.owner.login[:40]!r}/{self.name[:100]!r})"
+            )
+        return self
 
 
 class Branch(_Model):
@@ -78,7 +109,7 @@ Users = Annotated[list[User], BeforeValidator(_none_to_empty_list)]
 
 
 class Issue(_Model):
-    number: Int64
+    number: Number
     title: str
     body: Text = ""
     state: str
@@ -93,14 +124,14 @@ class Issue(_Model):
 
 
 class Comment(_Model):
-    id: Int64
+    id: Id
     body: Text = ""
     user: User
     html_url: str | None = None
 
 
 class PullRequest(_Model):
-    number: Int64
+    number: Number
     title: str
     body: Text = ""
     state: str
@@ -148,7 +179,7 @@ class PullRequestPayload(_Model):
     """
 
     action: str
-    number: Int64
+    number: Number
     pull_request: PullRequest
     repository: Repository
     sender: User
@@ -169,7 +200,7 @@ class StatusPayload(_Model):
 
 
 class TriggerPullRequest(_Model):
-    number: Int64
+    number: Number
     head: Branch
 
 
@@ -187,8 +218,8 @@ class ActionRun(_Model):
     tag. `event_payload` arrives as a JSON string and is decoded here.
     """
 
-    id: Int64
-    index_in_repo: Int64
+    id: Id
+    index_in_repo: Number
     workflow_id: str
     commit_sha: str
     status: str

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import unquote_to_bytes
 
 from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.forgejo.names import DELIVERY_ID_RULE, valid_delivery_id
 
 # Forgejo sends every name of each header; Gitea lacks the X-Forgejo-* ones. First match wins.
 _DELIVERY_HEADERS = (
@@ -86,12 +87,14 @@ def decode_delivery(
     secret: bytes | None,
     *,
     max_body_bytes: int | None = None,
+    body_hmac: str | None = None,
 ) -> Delivery:
     """Verify and decode one delivery, or raise the `WebhookError` that says what is wrong.
 
     `secret=None` skips signature verification (the service's insecure mode).
     `max_body_bytes` bounds the raw body; the web layer should also refuse early on
-    Content-Length, this check covers chunked bodies.
+    Content-Length, this check covers chunked bodies. `body_hmac` is the hex HMAC-SHA256 of
+    `body` with `secret` if the caller computed it while the body arrived (`BodyHmac`).
     """
     if max_body_bytes is not None and len(body) > max_body_bytes:
         raise PayloadTooLargeError(
@@ -101,11 +104,17 @@ def decode_delivery(
     lowered = {name.lower(): value for name, value in headers.items()}
     signed = _signed_bytes(lowered.get("content-type", ""), body)
     if secret is not None:
-        _verify_signature(lowered, signed, secret)
+        streamed = body_hmac if signed is body else None
+        _verify_signature(lowered, signed, secret, streamed)
     delivery_id = _first(lowered, _DELIVERY_HEADERS)
     if delivery_id is None:
         raise MalformedDeliveryError(
             "missing X-Forgejo-Delivery (or X-Gitea-Delivery) header: "
+            "send deliveries from a Forgejo or Gitea webhook"
+        )
+    if not valid_delivery_id(delivery_id):
+        raise MalformedDeliveryError(
+            f"X-Forgejo-Delivery {delivery_id[:80]!r} is not a delivery id ({DELIVERY_ID_RULE}): "
             "send deliveries from a Forgejo or Gitea webhook"
         )
     event_type = _first(lowered, _EVENT_TYPE_HEADERS) or _first(lowered, _EVENT_HEADERS)
@@ -165,9 +174,38 @@ def _form_payload(body: bytes) -> bytes:
     return values[0]
 
 
-def _verify_signature(headers: Mapping[str, str], signed: bytes, secret: bytes) -> None:
+def is_signed(headers: Mapping[str, str]) -> bool:
+    """Whether the request carries a signature at all: one without is refused unread."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    try:
+        _signature(lowered)
+    except SignatureError:
+        return False
+    return True
+
+
+class BodyHmac:
+    """The HMAC-SHA256 of a body, updated chunk by chunk as it arrives, so the signature check
+    costs nothing once the last byte is in."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def update(self, chunk: bytes) -> None:
+        self._hmac.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hmac.hexdigest()
+
+
+def _verify_signature(
+    headers: Mapping[str, str], signed: bytes, secret: bytes, streamed: str | None
+) -> None:
     source, given = _signature(headers)
-    expected = hmac.new(secret, signed, hashlib.sha256).hexdigest().encode("ascii")
+    digest = (
+        streamed if streamed is not None else hmac.new(secret, signed, hashlib.sha256).hexdigest()
+    )
+    expected = digest.encode("ascii")
     # backslashreplace: a header can hold any text, and compare_digest needs bytes.
     if not hmac.compare_digest(expected, given.lower().encode("utf-8", "backslashreplace")):
         raise SignatureError(

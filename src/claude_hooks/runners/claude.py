@@ -50,7 +50,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import SystemPromptPreset
 
-from claude_hooks import processes
+from claude_hooks import processes, resources
 from claude_hooks.credentials import claude_config_dir
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
@@ -314,6 +314,8 @@ class ClaudeRunner:
             ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
             stream = ctx.log_path.open("a", encoding="utf-8")
         except OSError as exc:
+            if resources.exhausted(exc):
+                raise  # passing: the pool puts the task back in its queue
             return RunResult(
                 succeeded=False,
                 error=f"cannot open the task log {str(ctx.log_path)!r}: {exc.strerror or exc}",
@@ -325,6 +327,8 @@ class ClaudeRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if resources.exhausted(exc):
+                    raise
                 logger.exception("task %s: the claude runner failed", ctx.task.id)
                 log.event("error", error=repr(exc))
                 result = RunResult(
@@ -407,6 +411,8 @@ class ClaudeRunner:
             raise
         except Exception as exc:
             await self._close(client, process, log, ctx.cancel_grace, ctx.cancel_grace)
+            if not turn.connected and resources.exhausted(exc):
+                raise  # the CLI could not start; the pool puts the task back in its queue
             reason = _describe(exc)
             if resume is not None and turn.session_id is None:
                 raise _ResumeFailedError(reason) from None

@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
-from claude_hooks import processes
+from claude_hooks import processes, resources
 from claude_hooks.runners.base import RunContext, RunResult
 
 TAIL_BYTES = 4096
@@ -88,6 +88,8 @@ class CommandRunner:
                 start_new_session=True,
             )
         except OSError as exc:
+            if resources.exhausted(exc):
+                raise  # passing: the pool puts the task back in its queue
             return RunResult(
                 succeeded=False,
                 error=f"cannot start command {self.argv[0]!r}: {exc.strerror or exc}",

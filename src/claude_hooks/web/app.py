@@ -23,6 +23,8 @@ from claude_hooks.errors import (
 from claude_hooks.service import Service
 from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.headers import SecurityHeaders
+from claude_hooks.web.pending import PendingBodies
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.api_token = token.get_secret_value() if token is not None else ""
     # Set by the server when it stops, so live streams (dashboard, log follow) end at once.
     app.state.closing = asyncio.Event()
+    app.state.pending_bodies = PendingBodies(service.config.server.max_pending_body_bytes)
     app.add_exception_handler(ClaudeHooksError, _on_package_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -103,5 +106,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(logs.router)
     app.include_router(metrics.router)
     app.include_router(spend.router)
-    dashboard.install(app)
+    dashboard.install(app, service.config.server)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -1,29 +1,25 @@
 """Authentication for everything but the webhook and the health check.
 
-Two ways in, both backed by `server.api_token`: the `Authorization: Bearer` header (API clients,
-Prometheus), or the dashboard's HttpOnly cookie set by its login form. The cookie holds a digest
-of the token, not the token: a leaked cookie does not reveal it, and changing the token logs
-every browser out. A cookie-authenticated request that changes state must also carry
+Two ways in: the `Authorization: Bearer` header with `server.api_token` (API clients,
+Prometheus), or the dashboard's HttpOnly cookie set by its login form. The cookie holds a
+random session id, the session is kept by the service (`web/sessions.py`) and ends at logout
+or on expiry. A cookie-authenticated request that changes state must also carry
 `X-Requested-With: claude-hooks`, which another origin (another port on the same host is
 "same-site" to the browser) cannot send without a CORS preflight this service never grants.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from fastapi import HTTPException, Request
+
+from claude_hooks.web.sessions import Sessions
 
 COOKIE_NAME = "claude_hooks_session"
 CSRF_HEADER = "x-requested-with"
 CSRF_VALUE = "claude-hooks"
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-
-def session_value(token: str) -> str:
-    """The dashboard cookie's value for an api token."""
-    return hmac.new(token.encode(), b"claude-hooks dashboard session", hashlib.sha256).hexdigest()
 
 
 def token_matches(given: str, expected: str) -> bool:
@@ -46,8 +42,12 @@ def check_request(request: Request) -> tuple[int, str] | None:
     cookie = request.cookies.get(COOKIE_NAME)
     if cookie is None:
         return 401, "missing api token: send 'Authorization: Bearer <server.api_token>'"
-    if not hmac.compare_digest(cookie.encode(), session_value(expected).encode()):
-        return 401, "the dashboard session has expired or the api token changed: log in again"
+    sessions: Sessions = request.app.state.sessions
+    if not sessions.valid(cookie):
+        return (
+            401,
+            "the dashboard session has ended (logout, expiry or restart): log in again",
+        )
     if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
         return (
             403,

@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from markupsafe import Markup
 
 from claude_hooks import __version__, task_actions
+from claude_hooks.config import ServerConfig
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.events import Event, Subscription
@@ -41,11 +49,12 @@ from claude_hooks.web.auth import (
     COOKIE_NAME,
     check_request,
     require_token,
-    session_value,
     token_matches,
 )
+from claude_hooks.web.login_limit import LoginLimit
 from claude_hooks.web.logs import renders_json, tail_lines
 from claude_hooks.web.metrics import sql_read
+from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
 RECENT = 8  # rows of recent deliveries and of finished tasks on the overview
@@ -54,7 +63,6 @@ LOG_LINES = 6  # lines of a running task's log on the overview
 TICK = 1.0  # seconds between looks at log tails (and at the server stopping)
 COALESCE = 0.15  # seconds to gather a burst of events into one update
 KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from closing
-COOKIE_MAX_AGE = 30 * 24 * 3600
 DAY = 24 * 3600.0
 
 _env = jinja2.Environment(
@@ -89,7 +97,14 @@ def _clock(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-_env.filters.update(duration=_duration, usd=_usd, clock=_clock)
+def _segment(value: object) -> str:
+    """One URL path segment: every id and name the dashboard puts in a URL goes through this,
+    so none can add a segment, a query or a dot segment to it."""
+    text = str(value)
+    return "%2E" * len(text) if text in (".", "..") else quote(text, safe="")
+
+
+_env.filters.update(duration=_duration, usd=_usd, clock=_clock, segment=_segment)
 _env.globals.update(hint=hint)
 
 
@@ -611,6 +626,7 @@ def _login_page(request: Request, target: str, error: str | None, status: int) -
         error=error,
         insecure=_service(request).insecure_no_signature,
         version=__version__,
+        session_hours=_service(request).config.server.session_hours,
     )
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -624,6 +640,11 @@ async def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
+    limit: LoginLimit = request.app.state.login_limit
+    address = request.client.host if request.client is not None else ""
+    wait = limit.wait(address)
+    if wait > 0:
+        return _too_many(wait)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0]
     target = _safe_next((form.get("next") or ["/"])[0])
@@ -631,12 +652,15 @@ async def login(request: Request) -> Response:
     if not token.strip():
         return _login_page(request, target, "Enter the api token (server.api_token).", 400)
     if not token_matches(token, expected):
+        limit.failed(address)
         return _login_page(request, target, "Wrong token: use server.api_token.", 401)
+    limit.succeeded(address)
+    sessions: Sessions = request.app.state.sessions
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE_NAME,
-        session_value(expected),
-        max_age=COOKIE_MAX_AGE,
+        sessions.start(),
+        max_age=int(sessions.lifetime),
         httponly=True,
         samesite="lax",
         secure=request.url.scheme == "https",
@@ -644,8 +668,21 @@ async def login(request: Request) -> Response:
     return response
 
 
+def _too_many(wait: float) -> Response:
+    seconds = max(1, math.ceil(wait))
+    return JSONResponse(
+        {"error": f"too many failed logins from this address: try again in {seconds} s"},
+        status_code=429,
+        headers={"Retry-After": str(seconds), "Cache-Control": "no-store"},
+    )
+
+
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie is not None:
+        sessions: Sessions = request.app.state.sessions
+        sessions.end(cookie)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="lax")
     return response
@@ -792,8 +829,10 @@ async def live(
     )
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, server: ServerConfig) -> None:
     """Add the dashboard to the app: its pages, its live stream and its static files."""
     app.state.queued_cache = QueuedCache()
+    app.state.sessions = Sessions(server.session_hours * 3600)
+    app.state.login_limit = LoginLimit(server.login_failures_per_minute)
     app.include_router(router)
     app.mount("/static", StaticFiles(packages=[("claude_hooks", "static")]), name="static")

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 
 from claude_hooks.domain import TaskState
+from claude_hooks.forgejo import event_types
 from claude_hooks.service import Service
 from claude_hooks.store.schema import deliveries, tasks
 from claude_hooks.store.sql import SqlStore
@@ -128,12 +129,15 @@ def _stored(conn: sa.Connection) -> list[Metric]:
     )
     run = tasks.c.finished_at - tasks.c.started_at
     wait = tasks.c.started_at - deliveries.c.received_at
+    by_label: dict[tuple[str, str], int] = {}
     for event_type, outcome, count in conn.execute(
         sa.select(deliveries.c.event_type, deliveries.c.outcome, sa.func.count())
         .where(deliveries.c.outcome != "received")
         .group_by(deliveries.c.event_type, deliveries.c.outcome)
-        .order_by(deliveries.c.event_type, deliveries.c.outcome)
     ):
+        key = (event_types.label(event_type), outcome)
+        by_label[key] = by_label.get(key, 0) + count
+    for (event_type, outcome), count in sorted(by_label.items()):
         delivered.add_metric([event_type, outcome], count)
     for agent_type, kind, state, count in conn.execute(
         sa.select(tasks.c.type, tasks.c.kind, tasks.c.state, sa.func.count())

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from claude_hooks.errors import NotFoundError
+from claude_hooks.forgejo.webhook import BodyHmac, is_signed
 from claude_hooks.history import delivery_rows
 from claude_hooks.service import Service
 from claude_hooks.views import MAX_OFFSET, delivery_view
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.pending import PendingBodies
 
 router = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token)])
@@ -28,25 +31,70 @@ def _remote(request: Request) -> str | None:
     return request.client.host if request.client is not None else None
 
 
+def _busy(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {
+            "status": "rejected",
+            "error": f"too many webhook bodies arriving at once (more than "
+            f"server.max_pending_body_bytes, {limit} bytes, unchecked): retry shortly",
+        },
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _slow(service: Service, request: Request, size: int) -> JSONResponse:
+    seconds = service.config.server.read_timeout
+    reason = f"the body did not arrive within server.read_timeout ({seconds:g} s)"
+    answer = await service.intake.reject(408, reason, request.headers, size, _remote(request))
+    return JSONResponse(answer.body, status_code=answer.status, headers={"Connection": "close"})
+
+
 @router.post(
     "/webhook",
     summary="Receive a Forgejo or Gitea delivery",
     responses={202: {"description": "queued"}, 200: {"description": "ignored or duplicate"}},
 )
 async def webhook(request: Request) -> JSONResponse:
+    """The body is read only from a signed request, within `server.read_timeout`, its HMAC
+    computed as it arrives, its bytes held within `server.max_pending_body_bytes`."""
     service: Service = request.app.state.service
-    limit = service.config.server.max_body_bytes
+    intake = service.intake
+    server = service.config.server
+    if (intake.secret is None and not intake.insecure) or (
+        intake.secret is not None and not is_signed(request.headers)
+    ):
+        # Refused without reading the body.
+        answer = await intake.receive(request.headers, b"", _remote(request))
+        return JSONResponse(answer.body, status_code=answer.status)
+    limit = server.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return await _too_large(service, request, int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return await _too_large(service, request, size)
-        chunks.append(chunk)
-    answer = await service.intake.receive(request.headers, b"".join(chunks), _remote(request))
+    pending: PendingBodies = request.app.state.pending_bodies
+    body_hmac = BodyHmac(intake.secret) if intake.secret is not None else None
+    body = bytearray()
+    try:
+        try:
+            async with asyncio.timeout(server.read_timeout):
+                async for chunk in request.stream():
+                    if len(body) + len(chunk) > limit:
+                        return await _too_large(service, request, len(body) + len(chunk))
+                    if not pending.take(len(chunk)):
+                        return _busy(pending.limit)
+                    body += chunk
+                    if body_hmac is not None:
+                        body_hmac.update(chunk)
+        except TimeoutError:
+            return await _slow(service, request, len(body))
+        answer = await intake.receive(
+            request.headers,
+            bytes(body),
+            _remote(request),
+            body_hmac.hexdigest() if body_hmac is not None else None,
+        )
+    finally:
+        pending.give_back(len(body))
     return JSONResponse(answer.body, status_code=answer.status)
 
 
