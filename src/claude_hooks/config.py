@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from claude_hooks.domain import NAME_RULE, valid_name
@@ -41,6 +49,13 @@ class ServerConfig(_Section):
         0.25, gt=0, le=5, description="seconds between looks for changes made by the CLI"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_log_bytes: int = Field(
+        10 * 1024 * 1024, ge=4096, description="a task's log keeps its head and tail within this"
+    )
+    sandbox_user: str = Field(
+        "claude-hooks-agent",
+        description="the account sandboxed agents run as when the service runs as root",
+    )
 
 
 class ForgejoConfig(_Section):
@@ -75,6 +90,10 @@ class SecurityConfig(_Section):
 class TypeConfig(_Section):
     login: str | None = None
     token: SecretStr | None = None
+    agent_token: SecretStr | None = Field(
+        None, description="a token handed to the agents (e.g. read-only); never `token`"
+    )
+    sandbox: bool = Field(True, description="run the agents in a bubblewrap sandbox")
     runner: Literal["claude", "command", "merge"] = "claude"
     command: list[str] = Field(default_factory=list)
     model: str = "sonnet"
@@ -145,6 +164,8 @@ class Config(BaseSettings):
     flows: FlowsConfig = Field(default_factory=FlowsConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
+    # The file the configuration was read from: hidden from sandboxed agents.
+    _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -162,6 +183,16 @@ class Config(BaseSettings):
         for name in self.types:
             if not valid_name(name):
                 raise ValueError(f"types.{name}: a type name must be {NAME_RULE}")
+        secrets = {t.token.get_secret_value() for t in self.types.values() if t.token}
+        if self.forgejo.token is not None:
+            secrets.add(self.forgejo.token.get_secret_value())
+        for name, type_config in self.types.items():
+            given = type_config.agent_token
+            if given is not None and given.get_secret_value() in secrets:
+                raise ValueError(
+                    f"types.{name}.agent_token: it is one of the service's own tokens; "
+                    "give agents a separate (e.g. read-only) token, or none"
+                )
         for seed in self.agents:
             if not valid_name(seed.name):
                 raise ValueError(f"agents: {seed.name!r} is not a valid name ({NAME_RULE})")
@@ -171,6 +202,14 @@ class Config(BaseSettings):
                     f"which has no [types.{seed.type}] table"
                 )
         return self
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    @source.setter
+    def source(self, path: Path | None) -> None:
+        self._source = path.resolve() if path is not None else None
 
     @property
     def data_dir(self) -> Path:
@@ -231,8 +270,10 @@ def load_config(path: Path | None) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     try:
-        return Config(**data)
+        config = Config(**data)
     except ValidationError as exc:
         lines = [_describe(error) for error in exc.errors()]
         where = f" in {str(path)!r}" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}: " + "; ".join(lines)) from None
+    config.source = path
+    return config

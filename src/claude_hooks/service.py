@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from claude_hooks import control
+from claude_hooks import control, sandbox
 from claude_hooks.ci_watch import CiWatcher
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
@@ -23,6 +23,7 @@ from claude_hooks.pool import Pool
 from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
+from claude_hooks.sandbox import Sandbox, SandboxError
 from claude_hooks.store.base import Store
 from claude_hooks.store.sql import SqlStore
 
@@ -33,6 +34,18 @@ def absolute_paths(argv: list[str]) -> list[str]:
     """Agents run in their workdir: a relative path in the command that exists where the
     service starts (`examples/agents/echo_agent.py`) is made absolute, so it still works there."""
     return [str(Path(arg).resolve()) if "/" in arg and Path(arg).exists() else arg for arg in argv]
+
+
+def hidden_paths(config: Config) -> list[Path]:
+    """What a sandboxed agent must not see of the service: its data dir, the configuration's
+    folder (unless that is a top-level system folder such as /etc), the database's folder."""
+    hidden = [config.data_dir.resolve()]
+    if config.source is not None and len(config.source.parent.parts) > 2:
+        hidden.append(config.source.parent)
+    url = config.database_url
+    if url.startswith("sqlite:///"):
+        hidden.append(Path(url.removeprefix("sqlite:///")).resolve().parent)
+    return hidden
 
 
 class Service:
@@ -104,6 +117,7 @@ class Service:
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pool.sandbox = self._sandbox()
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -121,6 +135,30 @@ class Service:
         self.ci.start()
         self.intake.sweeper.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
+
+    def _sandbox(self) -> Sandbox | None:
+        """Build and probe the agents' sandbox; refuse to start a sandboxed type without one."""
+        agent_types = {n: t for n, t in self.config.types.items() if t.runner != "merge"}
+        unconfined = sorted(n for n, t in agent_types.items() if not t.sandbox)
+        for name in unconfined:
+            log.warning(
+                "type %r runs its agents WITHOUT a sandbox (sandbox = false): they can read "
+                "the service's secrets and data, and act as its user",
+                name,
+            )
+        confined = sorted(n for n, t in agent_types.items() if t.sandbox)
+        if not confined:
+            return None
+        try:
+            return sandbox.build(
+                sandbox.find_bwrap(), self.config.server.sandbox_user, hidden_paths(self.config)
+            )
+        except SandboxError as exc:
+            names = ", ".join(confined)
+            raise SandboxError(
+                f"cannot sandbox the agents of {names}: {exc}; or set sandbox = false "
+                "in their [types.<type>] table to run them unconfined"
+            ) from None
 
     async def stop(self) -> None:
         if self._watcher is not None:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task
+from claude_hooks.sandbox import Sandbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class RunContext:
     # Called with (pid, start time) once the agent process exists, so a restarted service
     # can stop it even if this one dies.
     on_process: Callable[[int, int | None], Awaitable[None]]
+    # None: the type runs unconfined (`sandbox = false`).
+    sandbox: Sandbox | None = None
+    max_log_bytes: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
