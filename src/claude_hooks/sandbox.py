@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 15.0
 INSTALL_HINT = "install it (Debian: apt-get install bubblewrap)"
 # Always hidden behind an empty tmpfs, besides the service's own folders.
-_PRIVATE_DIRS = (Path("/root"), Path("/home"), Path("/tmp"), Path("/var/tmp"))
+_PRIVATE_DIRS = (Path("/root"), Path("/home"))
+_SCRATCH_DIRS = (Path("/tmp"), Path("/var/tmp"))  # empty and writable by all, as usual
 
 
 class SandboxError(ClaudeHooksError):
@@ -91,10 +92,15 @@ class Sandbox:
     bwrap: str
     account: Account | None
     hidden: tuple[Path, ...] = ()
+    setpriv: str = "setpriv"
     _masks: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        masks = {p.resolve() for p in (*_PRIVATE_DIRS, *self.hidden) if p.resolve() != Path("/")}
+        masks = {
+            p.resolve()
+            for p in (*_PRIVATE_DIRS, *_SCRATCH_DIRS, *self.hidden)
+            if p.resolve() != Path("/")
+        }
         object.__setattr__(self, "_masks", tuple(sorted(masks, key=lambda p: len(p.parts))))
 
     def wrap(
@@ -116,7 +122,8 @@ class Sandbox:
             "--die-with-parent", "--new-session",
         ]  # fmt: skip
         for mask in self._masks:
-            args += ["--perms", "0755", "--tmpfs", str(mask)]
+            mode = "1777" if mask in _SCRATCH_DIRS else "0755"
+            args += ["--perms", mode, "--tmpfs", str(mask)]
         made: set[Path] = set()
         binds = [("--ro-bind", p.resolve()) for p in readable if p.exists()]
         binds += [("--bind", p.resolve()) for p in (workdir, *writable)]
@@ -126,7 +133,7 @@ class Sandbox:
         args += ["--chdir", str(workdir.resolve())]
         if self.account is not None:
             args += [
-                "--", "setpriv",
+                "--", self.setpriv,
                 f"--reuid={self.account.uid}", f"--regid={self.account.gid}",
                 "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
             ]  # fmt: skip
@@ -189,6 +196,8 @@ def build(bwrap: str | None, account_name: str, hidden: Iterable[Path]) -> Sandb
     """The service's sandbox, probed; SandboxError says what is missing."""
     if bwrap is None:
         raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
-    sandbox = Sandbox(bwrap, agent_account(account_name), tuple(hidden))
+    account = agent_account(account_name)
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv)
     probe(sandbox)
     return sandbox

@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import unicodedata
@@ -273,7 +274,19 @@ class Workspaces:
 
     async def _refresh(self, git: _Git, mirror: Path, path: Path, sandbox: Sandbox | None) -> None:
         """Bring the workdir's `origin/*` up to the mirror's, as the agent, in its sandbox."""
-        args = ("fetch", "--quiet", "--no-tags", "--prune", str(mirror), _WORKDIR_REFSPEC)
+        # The mirror belongs to the service: its upload-pack must trust it (git run by the
+        # agent's account would refuse it as of "dubious ownership").
+        trusted = shlex.quote(f"safe.directory={mirror}")
+        upload_pack = f"--upload-pack=git -c {trusted} upload-pack"
+        args = (
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--prune",
+            upload_pack,
+            str(mirror),
+            _WORKDIR_REFSPEC,
+        )
         await git.in_workdir(path, args, sandbox, readable=[mirror])
 
     async def _branches(self, git: _Git, mirror: Path, prefix: str, task: Task) -> list[str]:

@@ -9,8 +9,13 @@ it with `{**os.environ, **options.env}` plus a few variables of its own, so `cli
 launcher written into the data dir: it keeps `ctx.env`, the runner's CLI settings and the SDK's
 own `CLAUDE_CODE_*`/`CLAUDE_AGENT_SDK_*`/`PWD` variables, drops everything else (the service's
 `CLAUDE_HOOKS_*` settings and secrets among them), makes the CLI the leader of a new process
-group, tells its pid on stderr, and execs the real CLI. The pid reaches `ctx.on_process`, and
-the process group is what a cancel or a restarted service stops.
+group, tells its pid on stderr, and execs the real CLI: inside the type's sandbox (bwrap, see
+`claude_hooks.sandbox`) unless the type has `sandbox = false`. The pid reaches
+`ctx.on_process`, and the process group is what a cancel or a restarted service stops.
+
+Each session key has its own Claude state (`<data_dir>/claude/sessions/<key>/`: config and
+transcripts, runtime dir, home), the only part of the data dir its sandbox sees besides the
+workdir.
 
 The task log (`ctx.log_path`) gets one JSON object a line: every SDK message (`type` is the
 message class, e.g. "assistant", "result"), the CLI's stderr (`"type": "stderr"`) and the
@@ -54,7 +59,7 @@ from claude_hooks import processes
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.store.base import SessionRecord, Store
-from claude_hooks.workspace import current_branch
+from claude_hooks.workspace import current_branch, key_path
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ LAUNCHER = f"""
 import json, os, sys
 keep = set(json.loads(os.environ.get("CLAUDE_HOOKS_CLI_ENV") or "[]"))
 cli = os.environ.get("CLAUDE_HOOKS_CLI") or "claude"
+argv = json.loads(os.environ.get("CLAUDE_HOOKS_SANDBOX") or "[]") + [cli] + sys.argv[1:]
 env = {{k: v for k, v in os.environ.items()
        if k in keep or k == "PWD" or k.startswith({SDK_PREFIXES!r})}}
 try:
@@ -78,9 +84,9 @@ except OSError:
 sys.stderr.write("{PID_MARKER}%d\\n" % os.getpid())
 sys.stderr.flush()
 try:
-    os.execve(cli, [cli] + sys.argv[1:], env)
+    os.execve(argv[0], argv, env)
 except OSError as exc:
-    sys.stderr.write("claude-hooks: cannot run the Claude Code CLI %r: %s\\n" % (cli, exc.strerror))
+    sys.stderr.write("claude-hooks: cannot run %r: %s\\n" % (argv[0], exc.strerror))
     sys.exit(127)
 """
 
@@ -202,8 +208,9 @@ class ClaudeRunner:
 
     `cli_path`: the Claude Code CLI to run (default: the one bundled with the SDK, else
     `claude` on PATH); tests pass a fake. Everything the CLI keeps goes under
-    `<data_dir>/claude/`: `config/` (CLAUDE_CONFIG_DIR: transcripts, so sessions resume),
-    `tmp/` (CLAUDE_CODE_TMPDIR), `run/` (XDG_RUNTIME_DIR) and `bin/` (the launcher).
+    `<data_dir>/claude/sessions/<session key>/`: `config/` (CLAUDE_CONFIG_DIR: transcripts,
+    so sessions resume), `tmp/` (CLAUDE_CODE_TMPDIR; in a sandbox its own `/tmp`), `run/`
+    (XDG_RUNTIME_DIR) and `home/` (HOME, in a sandbox); the launcher is `<data_dir>/claude/bin/`.
     """
 
     def __init__(
@@ -218,9 +225,6 @@ class ClaudeRunner:
     ) -> None:
         self.store = store
         self.home = (data_dir / "claude").resolve()
-        self.config_dir = self.home / "config"
-        self.tmp_dir = self.home / "tmp"
-        self.runtime_dir = self.home / "run"
         self.launcher = self.home / "bin" / "launch-claude"
         self.cli_path = cli_path
         self.interrupt_timeout = interrupt_timeout
@@ -233,10 +237,18 @@ class ClaudeRunner:
         """The real CLI's absolute path, or None if there is none to run."""
         return locate_cli(self.cli_path, path_env)
 
-    def _prepare_home(self) -> None:
-        for folder in (self.config_dir, self.tmp_dir, self.launcher.parent):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def state_dir(self, session_key: str) -> Path:
+        """The Claude state of one session key: shared by no other type or session."""
+        return self.home / "sessions" / key_path(session_key)
+
+    def _prepare_home(self, ctx: RunContext) -> None:
+        state = self.state_dir(ctx.task.session_key)
+        for folder in ("config", "tmp", "home"):
+            (state / folder).mkdir(parents=True, exist_ok=True)
+        (state / "run").mkdir(mode=0o700, parents=True, exist_ok=True)
+        if ctx.sandbox is not None:
+            ctx.sandbox.give(state, ctx.workdir)
+        self.launcher.parent.mkdir(parents=True, exist_ok=True)
         script = (
             "#!/bin/sh\n"
             "# Written by claude-hooks: runs the Claude Code CLI with the environment the runner\n"
@@ -256,20 +268,26 @@ class ClaudeRunner:
     def cli_environment(self, ctx: RunContext, cli: str) -> dict[str, str]:
         """`options.env`: what the launcher keeps, plus its two instructions."""
         env = dict(ctx.env)
+        state = self.state_dir(ctx.task.session_key)
         env.update(
-            CLAUDE_CONFIG_DIR=str(self.config_dir),
-            CLAUDE_CODE_TMPDIR=str(self.tmp_dir),
-            XDG_RUNTIME_DIR=str(self.runtime_dir),
+            CLAUDE_CONFIG_DIR=str(state / "config"),
+            CLAUDE_CODE_TMPDIR=str(state / "tmp"),
+            XDG_RUNTIME_DIR=str(state / "run"),
             CLAUDE_CODE_MAX_RETRIES=str(ctx.type_config.max_api_retries),
         )
         env.setdefault("DISABLE_AUTOUPDATER", "1")
+        if ctx.sandbox is not None:
+            env.update(HOME=str(state / "home"), CLAUDE_CODE_TMPDIR="/tmp", TMPDIR="/tmp")
         keep = sorted(env)
         env["CLAUDE_HOOKS_CLI"] = cli
         env["CLAUDE_HOOKS_CLI_ENV"] = json.dumps(keep)
+        if ctx.sandbox is not None:
+            prefix = ctx.sandbox.wrap([], ctx.workdir, writable=[state], readable=[Path(cli)])
+            env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
         return env
 
-    def transcript_path(self, workdir: Path, session_id: str) -> Path | None:
-        projects = self.config_dir / "projects"
+    def transcript_path(self, session_key: str, workdir: Path, session_id: str) -> Path | None:
+        projects = self.state_dir(session_key) / "config" / "projects"
         expected = projects / re.sub(r"[^A-Za-z0-9]", "-", str(workdir)) / f"{session_id}.jsonl"
         if expected.is_file():
             return expected
@@ -358,8 +376,8 @@ class ClaudeRunner:
             prompt = prompts.render(task.kind.value, context)
         except PromptError as exc:
             return RunResult(succeeded=False, error=str(exc))
-        self._prepare_home()
         ctx.workdir.mkdir(parents=True, exist_ok=True)
+        self._prepare_home(ctx)
         details: dict[str, object] = {}
         record = await self.store.get_session(task.session_key)
         if record is not None:
@@ -539,7 +557,7 @@ class ClaudeRunner:
             "wall_seconds": round(time.monotonic() - started, 3),
         }
         if turn.session_id is not None:
-            transcript = self.transcript_path(ctx.workdir, turn.session_id)
+            transcript = self.transcript_path(ctx.task.session_key, ctx.workdir, turn.session_id)
             details["transcript_path"] = str(transcript) if transcript is not None else None
         result = turn.result
         if result is not None:
