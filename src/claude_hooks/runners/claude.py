@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import claude_agent_sdk
 from claude_agent_sdk import (
@@ -56,6 +56,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import SystemPromptPreset
 
 from claude_hooks import processes
+from claude_hooks.capped_log import CappedLog
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.store.base import SessionRecord, Store
@@ -68,6 +69,10 @@ INTERRUPT_TIMEOUT = 2.0  # the CLI acknowledged an interrupt in 18-60 ms when me
 RESULT_TIMEOUT = 2.0  # for the result that ends an interrupted turn
 STDERR_TAIL_LINES = 20
 SDK_PREFIXES = ("CLAUDE_CODE_", "CLAUDE_AGENT_SDK_")
+TRUNCATED = (
+    '{{"type": "claude_hooks", "event": "log_truncated", "dropped_bytes": {dropped}, '
+    '"max_log_bytes": {limit}}}\n'
+)
 
 # Runs as `python -I -S -c LAUNCHER ARGS...`: standard library only, nothing from the data dir.
 LAUNCHER = f"""
@@ -119,21 +124,16 @@ def _jsonable(value: Any) -> Any:
 
 
 class TaskLog:
-    """The task's log: one JSON object a line, flushed as written so it can be followed live."""
+    """The task's log: one JSON object a line, written as it comes so it can be followed live,
+    within `server.max_log_bytes` (head and tail kept, with a line counting what was dropped).
+    """
 
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.failed = False
+    def __init__(self, out: CappedLog) -> None:
+        self.out = out
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.failed:
-            return
-        try:
-            self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            self.stream.flush()
-        except OSError as exc:  # a full disk must not end the run: the log just stops
-            self.failed = True
-            logger.warning("cannot write the task log %s: %s", self.stream.name, exc)
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        self.out.write(line.encode())
 
     def message(self, message: object) -> None:
         self.write(_jsonable(message))
@@ -328,15 +328,14 @@ class ClaudeRunner:
 
     async def run(self, ctx: RunContext) -> RunResult:
         try:
-            ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-            stream = ctx.log_path.open("a", encoding="utf-8")
+            out = CappedLog(ctx.log_path, ctx.max_log_bytes, notice=TRUNCATED, lines=True)
         except OSError as exc:
             return RunResult(
                 succeeded=False,
                 error=f"cannot open the task log {str(ctx.log_path)!r}: {exc.strerror or exc}",
             )
-        with stream:
-            log = TaskLog(stream)
+        with out:
+            log = TaskLog(out)
             try:
                 result = await self._run(ctx, log)
             except asyncio.CancelledError:
