@@ -61,14 +61,14 @@ class TokenTrap(http.server.ThreadingHTTPServer):
         trap = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 trap.requests.append(f"{self.path} {self.headers}")
                 self.send_response(404)
                 self.end_headers()
 
-            do_POST = do_GET  # noqa: N815
+            do_POST = do_GET
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         super().__init__(("127.0.0.1", 0), Handler)
