@@ -21,6 +21,8 @@ from claude_hooks.config import Config
 from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.events import Event, EventBus
+from claude_hooks.forge import Forge
+from claude_hooks.forge_tools import ForgeTools
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.sandbox import Sandbox
 from claude_hooks.scheduler import Candidate, choose
@@ -230,6 +232,8 @@ class Pool:
         self._unknown_types_warned: set[str] = set()
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
+        # Set by the service: the forge the agents' forge tools act on.
+        self.forge: Forge | None = None
 
     # registry
 
@@ -506,6 +510,11 @@ class Pool:
             on_process=on_process,
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
+            forge_tools=None
+            if self.forge is None
+            else ForgeTools(
+                task, type_config, self.forge, self.workspaces, self.sandbox_of(task.type)
+            ),
         )
 
     def log_path(self, task_id: str) -> Path:

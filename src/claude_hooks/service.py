@@ -69,6 +69,7 @@ class Service:
         self.bus = EventBus()
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
+        self.pool.forge = self.forge
         self.intake = Intake(
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )

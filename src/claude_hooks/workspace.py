@@ -321,6 +321,21 @@ class Workspaces:
                 return candidate
         raise WorkspaceError(f"{task.repo} has no branch to start from (is the repository empty?)")
 
+    async def session_branch(self, task: Task) -> str | None:
+        """The session's branch, once a task of it has prepared its workdir."""
+        mirror = self.mirror(task.repo)
+        if not (mirror / "HEAD").is_file():
+            return None
+        found = await self._branches(self._git(None), mirror, "refs/heads", task)
+        return found[0] if found else None
+
+    async def default_branch(self, repo: str) -> str:
+        """The remote's default branch, as the mirror last saw it ("main" if unknown)."""
+        head = await self._git(None).output(
+            "-C", self.mirror(repo), "symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"
+        )
+        return head.strip().removeprefix("refs/remotes/origin/") or "main"
+
     # delivering
 
     async def deliver(

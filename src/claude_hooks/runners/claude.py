@@ -48,15 +48,20 @@ from claude_agent_sdk import (
     CLIConnectionError,
     CLIJSONDecodeError,
     CLINotFoundError,
+    McpServerConfig,
     ProcessError,
     ResultError,
     ResultMessage,
+    SdkMcpTool,
     SystemMessage,
+    create_sdk_mcp_server,
+    tool,
 )
 from claude_agent_sdk.types import SystemPromptPreset
 
 from claude_hooks import processes
 from claude_hooks.capped_log import CappedLog
+from claude_hooks.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.store.base import SessionRecord, Store
@@ -308,6 +313,11 @@ class ClaudeRunner:
             system_prompt = f"{config.system_prompt.rstrip()}\n\n{system}"
         else:
             system_prompt = {"type": "preset", "preset": "claude_code", "append": system}
+        allowed = list(config.allowed_tools)
+        servers: dict[str, McpServerConfig] = {}
+        if ctx.forge_tools is not None:
+            servers[SERVER_NAME] = forge_server(ctx.forge_tools)
+            allowed += [f"mcp__{SERVER_NAME}__{name}" for name in TOOL_SCHEMAS]
         return ClaudeAgentOptions(
             cwd=ctx.workdir,
             cli_path=self.launcher,
@@ -315,7 +325,8 @@ class ClaudeRunner:
             resume=resume,
             model=config.model,
             permission_mode=config.permission_mode,
-            allowed_tools=list(config.allowed_tools),
+            mcp_servers=servers,
+            allowed_tools=allowed,
             disallowed_tools=list(config.disallowed_tools),
             max_turns=config.max_turns,
             max_budget_usd=config.max_budget_usd,
@@ -604,6 +615,67 @@ class ClaudeRunner:
             claude_session_id=result.session_id or turn.session_id,
             details=details,
         )
+
+
+_NUMBER = {"type": "integer", "minimum": 1}
+TOOL_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "read_issue": ("Read an issue or pull request of this repository (default: this task's).",
+                   {"number": _NUMBER}),
+    "read_pull_request": ("Read a pull request of this repository (default: this task's).",
+                          {"number": _NUMBER}),
+    "ci_status": ("The CI status of a commit or branch (default: this task's pull request).",
+                  {"ref": {"type": "string"}}),
+    "comment": ("Comment on this task's issue or pull request (default: the issue).",
+                {"body": {"type": "string"}, "number": _NUMBER}, ),
+    "open_pull_request": (
+        "Push this session's branch and open its pull request, or update its title and body.",
+        {"title": {"type": "string"}, "body": {"type": "string"}},
+    ),
+    "submit_review": (
+        "Review this task's pull request: APPROVED, REQUEST_CHANGES or COMMENT, with a summary "
+        "and line comments ({path, line, body}, line in the new file).",
+        {
+            "event": {"type": "string", "enum": ["APPROVED", "REQUEST_CHANGES", "COMMENT"]},
+            "body": {"type": "string"},
+            "comments": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "line": _NUMBER,
+                        "body": {"type": "string"},
+                    },
+                    "required": ["path", "line", "body"],
+                },
+            },
+        },
+    ),
+    "merge_pull_request": ("Merge this task's approved pull request, at its approved head.",
+                           {"number": _NUMBER}),
+    "push": ("Push this session's branch to the forge now.", {}),
+}  # fmt: skip
+_REQUIRED = {
+    "comment": ["body"],
+    "open_pull_request": ["title"],
+    "submit_review": ["event"],
+}
+
+
+def forge_server(tools: ForgeTools) -> McpServerConfig:
+    """The forge tools as an in-process MCP server: each call runs in the service."""
+
+    def make(name: str, description: str, properties: dict[str, Any]) -> SdkMcpTool[Any]:
+        schema = {"type": "object", "properties": properties, "required": _REQUIRED.get(name, [])}
+
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            done, answer = await tools.call(name, args)
+            return {"content": [{"type": "text", "text": answer}], "is_error": not done}
+
+        return tool(name, description, schema)(handler)
+
+    made = [make(name, text, props) for name, (text, props) in TOOL_SCHEMAS.items()]
+    return create_sdk_mcp_server(SERVER_NAME, tools=made)
 
 
 def _run_cost(turn: _Turn, record: SessionRecord | None) -> float | None:

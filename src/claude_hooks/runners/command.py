@@ -11,6 +11,7 @@ from pathlib import Path
 
 from claude_hooks import processes
 from claude_hooks.capped_log import CappedLog
+from claude_hooks.forge_tools import RESULT_FILE
 from claude_hooks.runners.base import RunContext, RunResult
 
 TAIL_BYTES = 4096
@@ -76,11 +77,14 @@ class CommandRunner:
 
     def command(self, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
         """The argv and environment to start: in the sandbox, its scratch `/tmp` is `HOME`."""
+        env = dict(ctx.env)
+        if ctx.forge_tools is not None:
+            env["CLAUDE_HOOKS_RESULT"] = str(ctx.workdir / RESULT_FILE)
         if ctx.sandbox is None:
-            return list(self.argv), ctx.env
+            return list(self.argv), env
         ctx.sandbox.give(ctx.workdir)
         readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
-        env = {**ctx.env, "HOME": "/tmp", "TMPDIR": "/tmp"}
+        env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
         return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable), env
 
     async def run(self, ctx: RunContext) -> RunResult:
@@ -122,6 +126,9 @@ class CommandRunner:
                     await asyncio.wait_for(copier, OUTPUT_DRAIN_SECONDS)
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
+                if ctx.forge_tools is not None:
+                    for outcome in await ctx.forge_tools.run_result_file(ctx.workdir):
+                        log.write(f"[claude-hooks] forge: {json.dumps(outcome)}\n".encode())
             except asyncio.CancelledError:
                 waiter = asyncio.create_task(_reap(process, exited))
                 if ctx.sandbox is not None:
