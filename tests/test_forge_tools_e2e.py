@@ -146,7 +146,3 @@ async def test_a_sandboxed_dev_opens_its_pr_and_a_reviewer_requests_changes_thro
     assert fake_forgejo.merges == [], "a reviewer's task merges nothing"
     merge_answer = json.dumps([r.last_user_text() for r in api.message_requests()])
     assert "only a merge_pr task merges" in merge_answer
-    print(
-        f"dev and review tasks with the real CLI: {time.monotonic() - started:.1f} s",
-        file=sys.stderr,
-    )
