@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +147,47 @@ async def test_a_sandboxed_dev_opens_its_pr_and_a_reviewer_requests_changes_thro
     assert fake_forgejo.merges == [], "a reviewer's task merges nothing"
     merge_answer = json.dumps([r.last_user_text() for r in api.message_requests()])
     assert "only a merge_pr task merges" in merge_answer
+
+
+async def test_a_command_agent_asks_through_its_result_file(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    fake_forgejo.add_token(DEV_TOKEN, "dev-bot")
+    fake_forgejo.add_repo("acme", "widget", collaborators={"dev-bot": "write"})
+    fake_forgejo.add_issue("acme", "widget", number=17, title="Retries", user="alice")
+    fake_forgejo.add_issue("acme", "widget", number=18, title="Someone else's", user="alice")
+    agent = tmp_path / "agents" / "asks.py"
+    agent.parent.mkdir()
+    agent.write_text(
+        "import json, os\n"
+        "requests = [{'tool': 'comment', 'body': 'A question about the retries'},\n"
+        "            {'tool': 'comment', 'number': 18, 'body': 'spam'},\n"
+        "            {'tool': 'merge_pull_request'}]\n"
+        "open(os.environ['CLAUDE_HOOKS_RESULT'], 'w').write(json.dumps({'forge': requests}))\n"
+    )
+    service: Service = await start_service(
+        forgejo={"url": fake_forgejo.base_url},
+        types={
+            "dev": {
+                "login": "dev-bot",
+                "token": DEV_TOKEN,
+                "runner": "command",
+                "command": [sys.executable, str(agent)],
+                "workdir": "none",
+                "comments": False,
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    task = await run(service, "dev", TaskKind.WORK_ISSUE, 17, title="Retries")
+    assert task.state.value == "succeeded", task.error
+    assert [(c.number, c.body, c.user) for c in fake_forgejo.comments] == [
+        (17, "A question about the retries", "dev-bot")
+    ]
+    assert fake_forgejo.merges == []
+    log = service.pool.log_path(task.id).read_text()
+    assert "#18 is not this task's issue or pull request" in log
+    assert "only a merge_pr task merges" in log
+    assert not (
+        service.pool.workspaces.workdir(task.session_key) / ".claude-hooks-result.json"
+    ).exists()

@@ -74,6 +74,7 @@ INTERRUPT_TIMEOUT = 2.0  # the CLI acknowledged an interrupt in 18-60 ms when me
 RESULT_TIMEOUT = 2.0  # for the result that ends an interrupted turn
 STDERR_TAIL_LINES = 20
 SDK_PREFIXES = ("CLAUDE_CODE_", "CLAUDE_AGENT_SDK_")
+SANDBOXED_TOOLS = ("Bash", "Read", "Edit", "Write", "Glob", "Grep")
 TRUNCATED = (
     '{{"type": "claude_hooks", "event": "log_truncated", "dropped_bytes": {dropped}, '
     '"max_log_bytes": {limit}}}\n'
@@ -314,6 +315,9 @@ class ClaudeRunner:
         else:
             system_prompt = {"type": "preset", "preset": "claude_code", "append": system}
         allowed = list(config.allowed_tools)
+        if ctx.sandbox is not None:
+            # Inside its sandbox an agent may use its shell and files freely: that is its job.
+            allowed += [name for name in SANDBOXED_TOOLS if name not in allowed]
         servers: dict[str, McpServerConfig] = {}
         if ctx.forge_tools is not None:
             servers[SERVER_NAME] = forge_server(ctx.forge_tools)
