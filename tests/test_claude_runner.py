@@ -471,6 +471,13 @@ def test_every_prompt_renders_with_any_payload(
     assert "Undefined" not in text
     if payload:
         assert f"<{UNTRUSTED_TAG}-" in text
+    # The agents hold no token: the forge is reached through the service's tools only.
+    system = Prompts().render("system", context)
+    for rendered in (text, system):
+        assert "curl" not in rendered
+        assert "FORGEJO_TOKEN" not in rendered
+        assert "/api/v1" not in rendered
+    assert "mcp__forge__" in system
 
 
 def test_untrusted_text_cannot_close_its_block(tmp_path: Path) -> None:
