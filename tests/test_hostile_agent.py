@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from claude_hooks.config import load_config
 from claude_hooks.domain import DispatchRequest, Task, TaskKind, TaskState
 from claude_hooks.service import Service
+from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
+from tests.messages_standin import MessagesStandin, text, tool_use
 from tests.support import wait_until
 from tests.test_command_runner import finished
 from tests.test_workspace import Forge, git
@@ -305,10 +308,16 @@ async def test_a_cancelled_sandbox_ends_every_process_in_it(
 async def test_an_unconfined_type_is_announced(
     start_service: ServiceFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await start_service(
+    service: Service = await start_service(
         types={"dev": {"runner": "command", "command": ["true"], "sandbox": False}},
     )
     assert "type 'dev' runs its agents WITHOUT a sandbox" in caplog.text
+    transport = httpx.ASGITransport(app=create_app(service))
+    headers = {"Authorization": "Bearer test-token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        page = await client.get("/", headers=headers)
+    assert page.status_code == 200
+    assert "Agents without a sandbox</b>: dev" in page.text
 
 
 def test_serve_refuses_a_sandboxed_type_without_bubblewrap(tmp_path: Path) -> None:
@@ -330,3 +339,55 @@ def test_serve_refuses_a_sandboxed_type_without_bubblewrap(tmp_path: Path) -> No
     assert lines[-1].startswith("error: cannot sandbox the agents of dev: bubblewrap (bwrap)")
     assert "apt-get install bubblewrap" in lines[-1]
     assert "sandbox = false" in lines[-1]
+
+
+async def test_a_hostile_claude_agent_reaches_nothing_either(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real Claude Code CLI, driven by a stand-in Messages API, runs the same attacks
+    through its Bash tool; the tool's output goes back to the API, where the test reads it."""
+    monkeypatch.setenv("CLAUDE_HOOKS_FORGEJO__TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    with MessagesStandin() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        path = tmp_path / "etc" / "claude-hooks.toml"
+        path.parent.mkdir()
+        path.write_text(
+            f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "{WEBHOOK_SECRET}"\n'
+            f'api_token = "{API_TOKEN}"\n'
+            f'[types.dev]\nrunner = "claude"\nworkdir = "none"\ntoken = "{DEV_TOKEN}"\n'
+            'comments = false\nenv = { DISABLE_TELEMETRY = "1" }\n'
+            f'[types.reviewer]\nrunner = "claude"\ntoken = "{REVIEWER_TOKEN}"\n'
+            '[[agents]]\nname = "dev-alpha"\ntype = "dev"\n'
+        )
+        service: Service = await start_service(load_config(path))
+        data_dir = service.config.data_dir.resolve()
+        attacks = "; ".join(
+            [
+                "echo UID=$(id -u)",
+                f"cat {path}",
+                f"cat {data_dir}/claude-hooks.db",
+                f"ls {data_dir} {data_dir}/logs {data_dir}/claude/sessions",
+                f"cat /proc/{os.getpid()}/environ",
+                f"kill -STOP {os.getpid()} && echo STOPPED",
+                "echo x >> /etc/hostile && echo WROTE",
+                "env",
+            ]
+        )
+        api.script(
+            tool_use("Bash", {"command": f"({attacks}) 2>&1", "description": "attack"}),
+            text("done"),
+        )
+        task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Attack"})
+        assert task.state is TaskState.SUCCEEDED, task.error
+        seen = api.message_requests()[-1].last_user_text()
+    assert "UID=" in seen
+    assert "UID=0\n" not in seen, "the agent runs as root"
+    for secret in (WEBHOOK_SECRET, API_TOKEN, DEV_TOKEN, REVIEWER_TOKEN, ADMIN_TOKEN):
+        assert secret not in seen
+    assert "claude-hooks.db" not in seen.replace(f"{data_dir}/claude-hooks.db", "")
+    assert "STOPPED" not in seen
+    assert "WROTE" not in seen
+    assert "No such file or directory" in seen
+    assert state_of(os.getpid()) != "T"

@@ -152,11 +152,14 @@ class Sandbox:
         return args
 
     def give(self, *paths: Path) -> None:
-        """Make `paths` (recursively) the agent account's, so it can write them."""
+        """Make `paths` (recursively) the agent account's, so it can write them. A tree whose
+        top is the account's already is left alone: only the service's fresh clones and
+        folders need it, and no agent process runs while its own workdir is given."""
         if self.account is None:
             return
         for path in paths:
-            _chown_tree(path, self.account.uid, self.account.gid)
+            if path.exists() and path.stat().st_uid != self.account.uid:
+                _chown_tree(path, self.account.uid, self.account.gid)
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

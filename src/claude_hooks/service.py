@@ -137,11 +137,17 @@ class Service:
         self.intake.sweeper.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
+    @property
+    def unconfined_types(self) -> list[str]:
+        """Agent types that run without a sandbox (`sandbox = false`): shown as a warning."""
+        return sorted(
+            n for n, t in self.config.types.items() if t.runner != "merge" and not t.sandbox
+        )
+
     def _sandbox(self) -> Sandbox | None:
         """Build and probe the agents' sandbox; refuse to start a sandboxed type without one."""
         agent_types = {n: t for n, t in self.config.types.items() if t.runner != "merge"}
-        unconfined = sorted(n for n, t in agent_types.items() if not t.sandbox)
-        for name in unconfined:
+        for name in self.unconfined_types:
             log.warning(
                 "type %r runs its agents WITHOUT a sandbox (sandbox = false): they can read "
                 "the service's secrets and data, and act as its user",

@@ -345,7 +345,7 @@ class Workspaces:
 
         A push that fails turns the task's result into a failure that says why.
         """
-        if type_config.workdir != "worktree" or not _found(self.workdir(task.session_key)):
+        if type_config.workdir != "worktree" or _found(self.workdir(task.session_key)) != "git":
             return result
         try:
             pushed = await self.push_session(task, type_config, sandbox)
