@@ -92,6 +92,16 @@ class FakeComment:
 
 
 @dataclass(frozen=True)
+class FakeReview:
+    repo: str
+    number: int
+    event: str
+    body: str
+    comments: list[dict[str, Any]]
+    user: str
+
+
+@dataclass(frozen=True)
 class FakeMerge:
     """One merge request as received, whatever the answer was."""
 
@@ -146,6 +156,7 @@ class FakeForgejo:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.comments: list[FakeComment] = []
         self.merges: list[FakeMerge] = []
+        self.reviews: list[FakeReview] = []
         self.requests: list[RecordedRequest] = []
         self.server_errors: list[BaseException] = []
         self._faults: list[_Fault] = []
@@ -505,6 +516,49 @@ class FakeForgejo:
                 issue.labels.append(repo.labels[label_id])
         return _Answer(200, [{"id": i, "name": repo.labels[i]} for i in ids])
 
+    def _post_pull(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        fields = body if isinstance(body, dict) else {}
+        head, base, title = fields.get("head"), fields.get("base"), fields.get("title")
+        if not all(isinstance(v, str) and v for v in (head, base, title)):
+            return _error(422, "head, base and title are required")
+        if self._level(repo, user) not in ("write", "admin", "owner"):
+            return _error(403, "user has no write access")
+        number = max(repo.issues, default=0) + 1
+        pull = FakePull(head_sha="", head_ref=str(head), base_ref=str(base))
+        issue = FakeIssue(number, str(title), str(fields.get("body") or ""), user, pull=pull)
+        repo.issues[number] = issue
+        return _Answer(201, _pull_json(repo, issue))
+
+    def _patch_pull(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, number: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        issue = self._item(repo, number, pull=True)
+        fields = body if isinstance(body, dict) else {}
+        issue.title = str(fields.get("title") or issue.title)
+        issue.body = str(fields.get("body") or issue.body)
+        return _Answer(201, _pull_json(repo, issue))
+
+    def _post_review(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, number: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        issue = self._item(repo, number, pull=True)
+        fields = body if isinstance(body, dict) else {}
+        event = fields.get("event")
+        if event not in ("APPROVED", "REQUEST_CHANGES", "COMMENT"):
+            return _error(422, "event must be APPROVED, REQUEST_CHANGES or COMMENT")
+        comments = fields.get("comments") or []
+        review = FakeReview(
+            repo.full_name, issue.number, event, str(fields.get("body") or ""), comments, user
+        )
+        self.reviews.append(review)
+        self._next_comment_id += 1
+        return _Answer(200, {"id": self._next_comment_id, "state": event, "user": _user(user)})
+
     def _get_issue(
         self, user: str, query: dict[str, str], body: Any, owner: str, name: str, number: str
     ) -> _Answer:
@@ -652,7 +706,14 @@ _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
     ),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/issues/{_SEG}"), "GET", FakeForgejo._get_issue),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/pulls"), "GET", FakeForgejo._list_pulls),
+    (re.compile(rf"/repos/{_SEG}/{_SEG}/pulls"), "POST", FakeForgejo._post_pull),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/pulls/{_SEG}"), "GET", FakeForgejo._get_pull),
+    (re.compile(rf"/repos/{_SEG}/{_SEG}/pulls/{_SEG}"), "PATCH", FakeForgejo._patch_pull),
+    (
+        re.compile(rf"/repos/{_SEG}/{_SEG}/pulls/{_SEG}/reviews"),
+        "POST",
+        FakeForgejo._post_review,
+    ),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/pulls/{_SEG}/merge"), "POST", FakeForgejo._post_merge),
     (
         re.compile(rf"/repos/{_SEG}/{_SEG}/commits/{_SEG}/status"),

@@ -261,9 +261,11 @@ async def test_the_cli_gets_only_the_agent_environment(
         assert all(value not in v for v in env.values())
     assert not [name for name in env if name.startswith("CLAUDE_HOOKS_CLI")]
     assert env["ANTHROPIC_API_KEY"] == "sk-test"
-    assert env["FORGEJO_TOKEN"] == "forgejo-dev-token"
+    assert "FORGEJO_TOKEN" not in env, "the service acts on the forge, not the agent"
+    assert all("forgejo-dev-token" not in v for v in env.values())
     assert env["CLAUDE_HOOKS_TASK_ID"] == task.id
-    claude_home = (harness.data_dir / "claude").resolve()
+    claude_home = (harness.data_dir / "claude" / "sessions" / "dev" / "acme" / "widget").resolve()
+    claude_home /= str(task.number)  # one state dir per session key, shared by no other
     assert env["CLAUDE_CONFIG_DIR"] == str(claude_home / "config")
     assert env["CLAUDE_CODE_TMPDIR"] == str(claude_home / "tmp")
     assert env["XDG_RUNTIME_DIR"] == str(claude_home / "run")
@@ -469,6 +471,13 @@ def test_every_prompt_renders_with_any_payload(
     assert "Undefined" not in text
     if payload:
         assert f"<{UNTRUSTED_TAG}-" in text
+    # The agents hold no token: the forge is reached through the service's tools only.
+    system = Prompts().render("system", context)
+    for rendered in (text, system):
+        assert "curl" not in rendered
+        assert "FORGEJO_TOKEN" not in rendered
+        assert "/api/v1" not in rendered
+    assert "mcp__forge__" in system
 
 
 def test_untrusted_text_cannot_close_its_block(tmp_path: Path) -> None:

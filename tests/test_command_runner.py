@@ -66,7 +66,7 @@ async def test_success_gets_the_task_on_stdin_and_its_variables(
     start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CLAUDE_HOOKS_SERVER__WEBHOOK_SECRET", "must-not-leak")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "passed-on")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "for-claude-only")
     command = script(
         tmp_path,
         "ok",
@@ -92,8 +92,8 @@ async def test_success_gets_the_task_on_stdin_and_its_variables(
     assert env["CLAUDE_HOOKS_REPO"] == "acme/widget"
     assert env["CLAUDE_HOOKS_NUMBER"] == "17"
     assert env["EXTRA"] == "yes"
-    assert env["ANTHROPIC_API_KEY"] == "passed-on"
     assert "must-not-leak" not in json.dumps(env)
+    assert "for-claude-only" not in json.dumps(env)  # a command agent needs no Claude key
     assert seen["cwd"] == str(service.pool.workspaces.workdir("dev:acme/widget:17"))
 
 
@@ -161,7 +161,9 @@ async def test_cancel_sends_sigterm_then_sigkill_to_the_whole_group(
         "print('working', flush=True)\n"
         "time.sleep(60)\n",
     )
-    service, task_id = await run_one(start_service, command)
+    # Unconfined, so the agent can write its marker outside its workdir; the sandboxed
+    # case is in test_hostile_agent.py.
+    service, task_id = await run_one(start_service, command, sandbox=False)
     await wait_until(lambda: marker.exists() and marker.read_text() != "")
     child = int(marker.read_text())
     started = time.monotonic()
@@ -197,7 +199,7 @@ async def test_cancel_of_a_polite_command_is_prompt(
     assert time.monotonic() - started < 1.0
 
 
-async def test_huge_output_streams_to_the_log_without_holding_it(
+async def test_huge_output_streams_to_a_capped_log_without_holding_it(
     start_service: ServiceFactory, tmp_path: Path
 ) -> None:
     command = script(
@@ -209,7 +211,15 @@ async def test_huge_output_streams_to_the_log_without_holding_it(
     service, task_id = await run_one(start_service, command)
     task = await finished(service, task_id, timeout=30)
     assert task.state is TaskState.SUCCEEDED
-    assert os.path.getsize(service.pool.log_path(task_id)) == 60 * 1024 * 1024
+    log = service.pool.log_path(task_id)
+    limit = service.config.server.max_log_bytes
+    assert limit < os.path.getsize(log) < limit + 200  # head, notice, tail
+    with log.open("rb") as stream:
+        assert stream.read(1024) == b"y" * 1023 + b"\n"
+        stream.seek(-2048, os.SEEK_END)
+        assert stream.read() == (b"y" * 1023 + b"\n") * 2
+    dropped = 60 * 1024 * 1024 - limit
+    assert f"{dropped} bytes of output dropped here".encode() in log.read_bytes()
     assert task.result is not None and len(task.result) <= 1000
 
 

@@ -63,9 +63,11 @@ api_token = "{TOKEN}"
 poll_interval = 0.05
 {server}
 
+# Unconfined: the agent waits for a file the test makes in its own /tmp, which a sandbox hides.
 [types.dev]
 runner = "command"
 workdir = "none"
+sandbox = false
 command = ["{sys.executable}", "{agent}"]
 
 [[agents]]

@@ -46,6 +46,7 @@ poll_interval = 0.05
 [types.dev]
 runner = "command"
 workdir = "none"
+sandbox = false  # the agent records its host pid outside its workdir
 command = ["{sys.executable}", "{agent}"]
 env = {{ PIDS = "{tmp_path / "pids"}" }}
 

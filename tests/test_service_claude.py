@@ -91,7 +91,7 @@ async def post(client: httpx.AsyncClient, name: str) -> httpx.Response:
 
 
 async def test_assigned_issue_is_worked_then_resumed_on_another_instance(
-    service: Service, client: httpx.AsyncClient, api: MessagesStandin
+    service: Service, client: httpx.AsyncClient, api: MessagesStandin, tmp_path: Path
 ) -> None:
     workdir = service.pool.workspaces.workdir(KEY)
     api.script(
@@ -116,7 +116,11 @@ async def test_assigned_issue_is_worked_then_resumed_on_another_instance(
     assert first.claude_session_id
     assert first.cost_usd is not None and first.cost_usd > 0
     assert git(workdir, "log", "-1", "--format=%s %an") == "Add retries dev-bot"
-    assert git(workdir, "branch", "--show-current").startswith("dev/17-")
+    branch = git(workdir, "branch", "--show-current")
+    assert branch.startswith("dev/17-")
+    # The service pushed the session's branch itself: the agent holds no forge token.
+    forge_repo = tmp_path / "forge" / "acme" / "widget.git"
+    assert git(forge_repo, "log", "-1", "--format=%s %an", branch) == "Add retries dev-bot"
     session = await service.store.get_session(KEY)
     assert session is not None
     assert session.claude_session_id == first.claude_session_id

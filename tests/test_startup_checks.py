@@ -142,27 +142,27 @@ def test_the_credential_is_the_one_the_agent_environment_carries(
     (home / ".claude" / ".credentials.json").write_text("{}")
     parent = {"HOME": str(home), "PATH": "/usr/bin", **parent}
     type_config = _claude_type(**type_env)
-    found = claude_credential("dev", type_config, tmp_path / "data", parent)
+    found = claude_credential("dev", type_config, parent)
     assert found == expected
     env = agent_environment(_task(), type_config, "", parent)
     if expected is not None:
         assert env[expected.what]
 
 
-async def test_a_login_stored_in_the_runners_config_dir_counts(tmp_path: Path) -> None:
+async def test_a_stored_login_does_not_count_for_the_runner_never_reads_one(
+    tmp_path: Path,
+) -> None:
+    # Each session gets a fresh CLAUDE_CONFIG_DIR: a login file left anywhere is not used.
     config = make_config(tmp_path)
     store = await SqlStore.open(config.database_url)
     try:
         runner = ClaudeRunner(store, config.data_dir)
-        runner.config_dir.mkdir(parents=True)
-        (runner.config_dir / ".credentials.json").write_text("{}")
+        stored = runner.state_dir("dev:acme/widget:1") / "config" / ".credentials.json"
+        stored.parent.mkdir(parents=True)
+        stored.write_text("{}")
     finally:
         await store.close()
-    found = claude_credential("dev", _claude_type(), config.data_dir, {"HOME": str(tmp_path)})
-    assert found == Credential(
-        str(runner.config_dir / ".credentials.json"),
-        "a login stored in the runner's CLAUDE_CONFIG_DIR",
-    )
+    assert claude_credential("dev", _claude_type(), {"HOME": str(tmp_path)}) is None
 
 
 CLAUDE_TEAM = """

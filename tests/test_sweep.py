@@ -51,7 +51,7 @@ async def test_closing_the_issue_removes_its_worktree(
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         body, headers = fixture("issues_assigned_dev")
         assert (await client.post("/webhook", content=body, headers=headers)).status_code == 202
-        await wait_until(lambda: (workdir / ".git").is_file(), timeout=20)
+        await wait_until(lambda: (workdir / ".git").is_dir(), timeout=20)
         await wait_until(lambda: service.pool.get_worker("dev-alpha").idle, timeout=20)
 
         data = json.loads(fixture("issues_opened")[0])

@@ -130,7 +130,7 @@ def all_text_under(folder: Path) -> str:
 # preparing
 
 
-async def test_a_first_task_gets_a_worktree_on_its_own_branch(
+async def test_a_first_task_gets_a_repository_of_its_own_on_its_branch(
     workspaces: Workspaces, forge: Forge, tmp_path: Path
 ) -> None:
     task = make_task()
@@ -147,7 +147,10 @@ async def test_a_first_task_gets_a_worktree_on_its_own_branch(
     assert mirror == (tmp_path / "data" / "mirrors" / "acme" / "widget.git").resolve()
     assert git("rev-parse", "--is-bare-repository", cwd=mirror) == "true"
     assert TOKEN not in all_text_under(mirror)
-    assert TOKEN not in (path / ".git").read_text()
+    assert TOKEN not in all_text_under(path / ".git")
+    # Its own repository: nothing the agent does to its config or hooks reaches the mirror.
+    assert (path / ".git").is_dir()
+    assert git("config", "remote.origin.url", cwd=path) == forge.url("acme/widget")
 
 
 async def test_the_next_task_fetches_and_keeps_the_same_worktree(
@@ -224,7 +227,7 @@ async def test_the_token_reaches_git_only_through_its_environment(
     wrapper.write_text(
         "#!/bin/sh\n"
         f'printf "ARGV %s\\n" "$*" >> "{trace}"\n'
-        f'printf "HEADER %s %s\\n" "$1$3" "${{GIT_CONFIG_VALUE_0-}}" >> "{trace}"\n'
+        f'printf "HEADER %s | %s\\n" "$*" "${{GIT_CONFIG_VALUE_0-}}" >> "{trace}"\n'
         'exec git "$@"\n'
     )
     wrapper.chmod(0o755)
@@ -236,10 +239,10 @@ async def test_the_token_reaches_git_only_through_its_environment(
     lines = trace.read_text().splitlines()
     assert all(TOKEN not in line for line in lines if line.startswith("ARGV"))
     headers = [line for line in lines if line.startswith("HEADER")]
-    fetches = [line for line in headers if "fetch" in line.split()[1]]
+    fetches = [line for line in headers if " fetch --prune --quiet origin" in line]
     assert len(fetches) == 2
     assert all(line.endswith(f"Authorization: token {TOKEN}") for line in fetches)
-    local = [line for line in headers if "fetch" not in line and "remote" not in line]
+    local = [line for line in headers if " origin" not in line]
     assert local, "local git commands ran too"
     assert all(TOKEN not in line for line in local), "only commands that talk to the remote"
 

@@ -1,7 +1,9 @@
 """The environment an agent process gets: built from parts, never inherited whole.
 
-Only what the agent's type needs reaches it: never the webhook secret, the API token, or
-another type's Forgejo token.
+Only what the agent's type needs reaches it: never the webhook secret, the API token, or any
+type's Forgejo `token` (the service acts on the forge for the agents). A type's `agent_token`,
+if set, is the only forge token an agent gets. The Anthropic credentials and Claude Code
+settings reach only the `claude` runner, which needs them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task
 
 _PASSED_NAMES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "SHELL")
-_PASSED_PREFIXES = ("LC_", "ANTHROPIC_", "CLAUDE_CODE_")
+_PASSED_PREFIXES = ("LC_",)
+_CLAUDE_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 
 
 def task_variables(task: Task) -> dict[str, str]:
@@ -30,12 +33,14 @@ def task_variables(task: Task) -> dict[str, str]:
     }
 
 
-def inherited(parent: Mapping[str, str]) -> dict[str, str]:
-    """What an agent keeps of the service's environment (credentials among it)."""
+def inherited(parent: Mapping[str, str], runner: str) -> dict[str, str]:
+    """What an agent keeps of the service's environment: the Claude credentials and settings
+    only for the `claude` runner, which needs them."""
+    prefixes = _PASSED_PREFIXES + (_CLAUDE_PREFIXES if runner == "claude" else ())
     return {
         name: value
         for name, value in parent.items()
-        if name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)
+        if name in _PASSED_NAMES or name.startswith(prefixes)
     }
 
 
@@ -45,7 +50,7 @@ def agent_environment(
     forgejo_url: str,
     parent: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    env = inherited(os.environ if parent is None else parent)
+    env = inherited(os.environ if parent is None else parent, type_config.runner)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     login = type_config.login or task.type
     host = urlsplit(forgejo_url).hostname or "claude-hooks.invalid"
@@ -55,8 +60,8 @@ def agent_environment(
         env[f"GIT_{role}_EMAIL"] = f"{login}@noreply.{host}"
     if forgejo_url:
         env["FORGEJO_URL"] = forgejo_url
-    if type_config.token is not None:
-        env["FORGEJO_TOKEN"] = type_config.token.get_secret_value()
+    if type_config.agent_token is not None:
+        env["FORGEJO_TOKEN"] = type_config.agent_token.get_secret_value()
     env.update(task_variables(task))
     env.update(type_config.env)
     return env

@@ -85,6 +85,13 @@ class ServerConfig(_Section):
     )
     retention_interval: float = Field(3600.0, gt=0, description="seconds between retention sweeps")
     timezone: str = Field("UTC", description="IANA zone of budget days and months")
+    max_log_bytes: int = Field(
+        10 * 1024 * 1024, ge=4096, description="a task's log keeps its head and tail within this"
+    )
+    sandbox_user: str = Field(
+        "claude-hooks-agent",
+        description="the account sandboxed agents run as when the service runs as root",
+    )
 
     @model_validator(mode="after")
     def _known_zone(self) -> ServerConfig:
@@ -135,6 +142,10 @@ class SecurityConfig(_Section):
 class TypeConfig(_Section):
     login: str | None = None
     token: SecretStr | None = None
+    agent_token: SecretStr | None = Field(
+        None, description="a token handed to the agents (e.g. read-only); never `token`"
+    )
+    sandbox: bool = Field(True, description="run the agents in a bubblewrap sandbox")
     runner: Literal["claude", "command", "merge"] = "claude"
     command: list[str] = Field(default_factory=list)
     model: str = "sonnet"
@@ -209,6 +220,7 @@ class Config(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
+    # The file the configuration was read from: hidden from sandboxed agents.
     _source: Path | None = PrivateAttr(None)
 
     @property
@@ -221,6 +233,16 @@ class Config(_Section):
         for name in self.types:
             if not valid_name(name):
                 raise ValueError(f"types.{name}: a type name must be {NAME_RULE}")
+        secrets = {t.token.get_secret_value() for t in self.types.values() if t.token}
+        if self.forgejo.token is not None:
+            secrets.add(self.forgejo.token.get_secret_value())
+        for name, type_config in self.types.items():
+            given = type_config.agent_token
+            if given is not None and given.get_secret_value() in secrets:
+                raise ValueError(
+                    f"types.{name}.agent_token: it is one of the service's own tokens; "
+                    "give agents a separate (e.g. read-only) token, or none"
+                )
         for seed in self.agents:
             if not valid_name(seed.name):
                 raise ValueError(f"agents: {seed.name!r} is not a valid name ({NAME_RULE})")

@@ -1,10 +1,10 @@
 """Which Anthropic credentials the claude runner's CLI gets: decided here, for doctor and serve too.
 
 The CLI runs with the agent environment (`agent_env.inherited` plus the type's `env`) and with
-`CLAUDE_CONFIG_DIR` in the data dir, so `~/.claude` is never read. It takes, in Claude Code's
-order: a cloud provider (`CLAUDE_CODE_USE_BEDROCK`, `_VERTEX`), `ANTHROPIC_AUTH_TOKEN`,
-`ANTHROPIC_API_KEY`, `CLAUDE_CODE_OAUTH_TOKEN` (from `claude setup-token`), then a login stored
-in its config dir.
+a `CLAUDE_CONFIG_DIR` of its own per session key, made fresh, so neither `~/.claude` nor a
+stored login is ever read. It takes, in Claude Code's order: a cloud provider
+(`CLAUDE_CODE_USE_BEDROCK`, `_VERTEX`), `ANTHROPIC_AUTH_TOKEN`, `ANTHROPIC_API_KEY`, then
+`CLAUDE_CODE_OAUTH_TOKEN` (from `claude setup-token`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from claude_hooks.agent_env import inherited
 from claude_hooks.config import TypeConfig
@@ -27,24 +26,18 @@ HOW_TO = (
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    what: str  # the variable, or the stored login's file
+    what: str  # the variable
     source: str  # where it comes from, in the user's words
-
-
-def claude_config_dir(data_dir: Path) -> Path:
-    """The CLI's CLAUDE_CONFIG_DIR: its transcripts, settings and any stored login."""
-    return (data_dir / "claude" / "config").resolve()
 
 
 def claude_credential(
     agent_type: str,
     type_config: TypeConfig,
-    data_dir: Path,
     parent: Mapping[str, str] | None = None,
 ) -> Credential | None:
     """The credential the claude runner's CLI uses for this type, or None if it has none."""
     parent = os.environ if parent is None else parent
-    env = {**inherited(parent), **type_config.env}
+    env = {**inherited(parent, type_config.runner), **type_config.env}
 
     def source(name: str) -> str:
         if type_config.env.get(name):
@@ -57,7 +50,4 @@ def claude_credential(
     for name in CREDENTIAL_VARIABLES:
         if env.get(name, "").strip():
             return Credential(name, source(name))
-    stored = claude_config_dir(data_dir) / ".credentials.json"
-    if stored.is_file():
-        return Credential(str(stored), "a login stored in the runner's CLAUDE_CONFIG_DIR")
     return None

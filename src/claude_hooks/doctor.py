@@ -19,6 +19,7 @@ from claude_hooks.forge import Forge
 from claude_hooks.lockfile import running_service
 from claude_hooks.prompting import Prompts
 from claude_hooks.runners.claude import locate_cli
+from claude_hooks.sandbox import INSTALL_HINT, find_bwrap
 from claude_hooks.store.sql import SqlStore
 
 
@@ -146,11 +147,24 @@ def _runner_checks(config: Config) -> list[Check]:
             config.forgejo.clone_url or config.forgejo.url
         ):
             checks.append(Check(False, subject, "workdir = 'worktree' needs [forgejo] url"))
+    sandboxed = sorted(n for n, t in config.types.items() if t.sandbox and t.runner != "merge")
+    if sandboxed:
+        bwrap = find_bwrap()
+        checks.append(
+            Check(
+                bwrap is not None,
+                "sandbox",
+                f"bubblewrap {bwrap} for {', '.join(sandboxed)}"
+                if bwrap
+                else f"bubblewrap (bwrap) not found: {INSTALL_HINT}, or set sandbox = false "
+                f"for {', '.join(sandboxed)}",
+            )
+        )
     if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
         checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
     for name, type_config in sorted(config.types.items()):
         if type_config.runner == "claude":
-            credential = claude_credential(name, type_config, config.data_dir)
+            credential = claude_credential(name, type_config)
             checks.append(
                 Check(
                     credential is not None,

@@ -21,9 +21,12 @@ from claude_hooks.config import Config
 from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.events import Event, EventBus
+from claude_hooks.forge import Forge
+from claude_hooks.forge_tools import ForgeTools
 from claude_hooks.limits import Limits
 from claude_hooks.private_files import private_dir, private_file
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
+from claude_hooks.sandbox import Sandbox
 from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.base import Outcome, QueueEntry, Store
 from claude_hooks.workspace import WorkspaceError, Workspaces
@@ -258,6 +261,10 @@ class Pool:
         self._stranded: list[QueueEntry] = []
         self._unknown_types_warned: set[str] = set()
         self.limits = Limits(config, store, clock, self.bus, self)
+        # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
+        self.sandbox: Sandbox | None = None
+        # Set by the service: the forge the agents' forge tools act on.
+        self.forge: Forge | None = None
 
     # registry
 
@@ -510,11 +517,16 @@ class Pool:
     async def _prepare_and_run(self, task: Task) -> RunResult:
         """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
         type_config = self.config.types[task.type]
+        sandbox = self.sandbox_of(task.type)
         try:
-            workdir = await self.workspaces.prepare(task, type_config)
+            workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        return await self.runner_for(task.type).run(self._context(task, workdir))
+        result = await self.runner_for(task.type).run(self._context(task, workdir))
+        return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    def sandbox_of(self, agent_type: str) -> Sandbox | None:
+        return self.sandbox if self.config.types[agent_type].sandbox else None
 
     def _context(self, task: Task, workdir: Path) -> RunContext:
         type_config = self.config.types[task.type]
@@ -530,6 +542,13 @@ class Pool:
             env=agent_environment(task, type_config, self.config.forgejo.url),
             cancel_grace=self.config.server.cancel_grace,
             on_process=on_process,
+            sandbox=self.sandbox_of(task.type),
+            max_log_bytes=self.config.server.max_log_bytes,
+            forge_tools=None
+            if self.forge is None
+            else ForgeTools(
+                task, type_config, self.forge, self.workspaces, self.sandbox_of(task.type)
+            ),
         )
 
     def log_path(self, task_id: str) -> Path:

@@ -38,6 +38,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> bool:
     return True
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left of a process group whose leader has exited (a grandchild that
+    stayed behind); the sandbox's PID namespace also ends those that left the group."""
+    _signal_group(pid, signal.SIGKILL)
+
+
 async def stop_group(pid: int, grace: float, exited: asyncio.Event | None = None) -> None:
     """SIGTERM the process group led by `pid`, then SIGKILL it after `grace` seconds.
 
@@ -54,6 +60,42 @@ async def stop_group(pid: int, grace: float, exited: asyncio.Event | None = None
         # Not our child (its parent was a service that died): nothing to wait on but /proc.
         while start_time(pid) is not None and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, parents first (one look at /proc: a racing fork may escape
+    it, but not the PID namespace that `stop_sandbox` ends)."""
+    found: list[int] = []
+    pending = children(pid)
+    while pending:
+        current = pending.pop(0)
+        found.append(current)
+        pending += children(current)
+    return found
+
+
+async def stop_sandbox(pid: int, grace: float, exited: asyncio.Event) -> None:
+    """Stop a sandbox whose bwrap is `pid`: SIGTERM every process inside it, so agents can
+    stop cleanly, then SIGKILL bwrap after `grace` seconds: its PID namespace ends with it.
+
+    bwrap forwards no signal, and SIGTERM to bwrap itself would kill the sandbox at once;
+    its first child is the namespace's init, which is left alone.
+    """
+    for init in children(pid):
+        for inner in descendants(init):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(inner, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(exited.wait(), grace)
     _signal_group(pid, signal.SIGKILL)
 
 

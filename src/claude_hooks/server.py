@@ -73,9 +73,7 @@ def check_startup(config: Config, insecure_no_signature: bool) -> None:
 def warn_missing_credentials(config: Config) -> None:
     """A claude type without credentials fails every task: say so once, at start."""
     for name, type_config in sorted(config.types.items()):
-        if type_config.runner == "claude" and (
-            claude_credential(name, type_config, config.data_dir) is None
-        ):
+        if type_config.runner == "claude" and (claude_credential(name, type_config) is None):
             log.warning(
                 "type %s uses the claude runner but has no Anthropic credentials, so its tasks "
                 "will fail: %s",

@@ -7,8 +7,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from claude_hooks import control
+from claude_hooks import control, sandbox
 from claude_hooks.ci_watch import CiWatcher
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
@@ -26,10 +27,23 @@ from claude_hooks.retention import Retention
 from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
+from claude_hooks.sandbox import Sandbox, SandboxError
 from claude_hooks.store.base import Store
 from claude_hooks.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
+
+
+def hidden_paths(config: Config) -> list[Path]:
+    """What a sandboxed agent must not see of the service: its data dir, the configuration's
+    folder (unless that is a top-level system folder such as /etc), the database's folder."""
+    hidden = [config.data_dir.resolve()]
+    if config.source is not None and len(config.source.parent.parts) > 2:
+        hidden.append(config.source.parent)
+    url = config.database_url
+    if url.startswith("sqlite:///"):
+        hidden.append(Path(url.removeprefix("sqlite:///")).resolve().parent)
+    return hidden
 
 
 class Service:
@@ -53,6 +67,7 @@ class Service:
         self.bus = EventBus()
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
+        self.pool.forge = self.forge
         self.intake = Intake(
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )
@@ -104,6 +119,7 @@ class Service:
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
+        self.pool.sandbox = self._sandbox()
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -124,6 +140,36 @@ class Service:
         self.pending.start()
         self.retention.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
+
+    @property
+    def unconfined_types(self) -> list[str]:
+        """Agent types that run without a sandbox (`sandbox = false`): shown as a warning."""
+        return sorted(
+            n for n, t in self.config.types.items() if t.runner != "merge" and not t.sandbox
+        )
+
+    def _sandbox(self) -> Sandbox | None:
+        """Build and probe the agents' sandbox; refuse to start a sandboxed type without one."""
+        agent_types = {n: t for n, t in self.config.types.items() if t.runner != "merge"}
+        for name in self.unconfined_types:
+            log.warning(
+                "type %r runs its agents WITHOUT a sandbox (sandbox = false): they can read "
+                "the service's secrets and data, and act as its user",
+                name,
+            )
+        confined = sorted(n for n, t in agent_types.items() if t.sandbox)
+        if not confined:
+            return None
+        try:
+            return sandbox.build(
+                sandbox.find_bwrap(), self.config.server.sandbox_user, hidden_paths(self.config)
+            )
+        except SandboxError as exc:
+            names = ", ".join(confined)
+            raise SandboxError(
+                f"cannot sandbox the agents of {names}: {exc}; or set sandbox = false "
+                "in their [types.<type>] table to run them unconfined"
+            ) from None
 
     async def stop(self) -> None:
         if self._watcher is not None:

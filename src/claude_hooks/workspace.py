@@ -1,30 +1,44 @@
 """Where an agent works: one directory per session key, the same for every instance of a type.
 
-With `workdir = "worktree"` that directory is a git worktree of a cached clone of the repository
-(`<data_dir>/mirrors/<owner>/<repo>.git`, bare, fetched before every task) on the branch
-`<type>/<number>-<slug>`; with `workdir = "none"` it is a plain directory. Stable paths let any
-instance resume a Claude session where it left off (its transcripts are keyed by directory).
+With `workdir = "worktree"` that directory is a git repository of its own, cloned from the
+service's cache of the repository (`<data_dir>/mirrors/<owner>/<repo>.git`, bare, fetched
+before every task) on the branch `<type>/<number>-<slug>`; with `workdir = "none"` it is a
+plain directory. Stable paths let any instance resume a Claude session where it left off.
 
-The type's Forgejo token reaches git only through the environment of the git processes
-(`GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_0`/`GIT_CONFIG_VALUE_0`): never argv, a URL or .git/config.
+The agent may do what it likes to its own repository (config, hooks, refs): the service never
+runs git with a configuration the agent can write. It clones a new workdir into a fresh
+repository; a workdir that exists is brought up to date, and its commits are taken back as a
+bundle, by git running in the agent's sandbox as the agent. The service then fetches the
+bundle into the mirror and pushes the session's branch itself, with the type's token.
+
+Every git the service runs is hardened (`_Git`): no system or global config, no hooks, no
+fsmonitor, and a protocol allow-list (https; http only when the forge's URL is http; file
+only for a `file://` clone URL and the service's own local copies). The type's token reaches
+git only through the environment of the network commands: never argv, a URL or a config file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
+import shlex
 import shutil
+import signal
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task, TaskKind
 from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.runners.base import RunResult
+from claude_hooks.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,8 @@ SLUG_LENGTH = 40
 GIT_TIMEOUT = 600.0
 _PR_KINDS = (TaskKind.REVIEW_PR, TaskKind.MERGE_PR)
 _PASSED_TO_GIT = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+MAX_BUNDLE_BYTES = 2 * 1024**3
+_WORKDIR_REFSPEC = "+refs/remotes/origin/*:refs/remotes/origin/*"
 _FETCH_REFSPECS = (
     "+refs/heads/*:refs/remotes/origin/*",
     "+refs/pull/*/head:refs/remotes/origin/pr/*",
@@ -120,13 +136,16 @@ class Workspaces:
         remote_url: RemoteUrl | None = None,
         git: str = "git",
         git_timeout: float = GIT_TIMEOUT,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
     ) -> None:
         self.root = data_dir / "workdirs"
         self.mirrors = data_dir / "mirrors"
+        self.bundles = data_dir / "bundles"
         self.forgejo_url = forgejo_url.rstrip("/")
         self._remote_url = remote_url
         self.git = git
         self.git_timeout = git_timeout
+        self.max_bundle_bytes = max_bundle_bytes
         self._locks: dict[str, asyncio.Lock] = {}
 
     def workdir(self, session_key: str) -> Path:
@@ -155,19 +174,38 @@ class Workspaces:
             if path.is_dir() and path.name.isdigit()
         )
 
+    def _git(self, type_config: TypeConfig | None, url: str = "") -> _Git:
+        token = None
+        if type_config is not None and type_config.token is not None:
+            token = type_config.token.get_secret_value()
+        return _Git(self.git, self.git_timeout, token, network_protocols(url))
+
     # preparing
 
-    async def prepare(self, task: Task, type_config: TypeConfig) -> Path:
-        """The task's workdir, ready: a worktree fetched up to date, or a plain directory."""
+    async def prepare(
+        self, task: Task, type_config: TypeConfig, sandbox: Sandbox | None = None
+    ) -> Path:
+        """The task's workdir, ready: a repository up to date, or a plain directory."""
         path = self.workdir(task.session_key)
         if type_config.workdir == "none":
             path.mkdir(parents=True, exist_ok=True)
+            if sandbox is not None:
+                sandbox.give(path)
             return path
-        token = type_config.token.get_secret_value() if type_config.token is not None else None
-        git = _Git(self.git, self.git_timeout, token)
+        url = self.remote_url(task.repo)
+        git = self._git(type_config, url)
         async with self._lock(task.repo):
-            mirror = await self._update_mirror(git, task.repo)
-            await self._ensure_worktree(git, mirror, path, task)
+            mirror = await self._update_mirror(git, task.repo, url)
+            branch = await self._session_branch(git, mirror, task)
+            if _found(path) == "git":
+                await self._refresh(git, mirror, path, sandbox)
+                return path
+            if path.exists():
+                log.warning("workdir %s is not a git repository: making it anew", path)
+                shutil.rmtree(path)
+            await self._clone(git, mirror, path, branch, url)
+        if sandbox is not None:
+            sandbox.give(path)
         return path
 
     def _lock(self, repo: str) -> asyncio.Lock:
@@ -176,9 +214,8 @@ class Workspaces:
             lock = self._locks[repo] = asyncio.Lock()
         return lock
 
-    async def _update_mirror(self, git: _Git, repo: str) -> Path:
+    async def _update_mirror(self, git: _Git, repo: str, url: str) -> Path:
         mirror = self.mirror(repo)
-        url = self.remote_url(repo)
         if not (mirror / "HEAD").is_file():
             await self._create_mirror(git, mirror, url)
             return mirror
@@ -189,12 +226,16 @@ class Workspaces:
         return mirror
 
     async def _create_mirror(self, git: _Git, mirror: Path, url: str) -> None:
-        """Clone into a side folder and rename it, so a failed clone leaves nothing half-made."""
+        """Clone into a side folder and rename it, so a failed clone leaves nothing half-made.
+
+        Its files are world-readable (`--shared=0644`): sandboxed agents fetch from it, bound
+        read-only, while the data dir above it stays private.
+        """
         partial = mirror.with_name(mirror.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await git.run("init", "--bare", "--quiet", partial)
+            await git.run("init", "--bare", "--quiet", "--shared=0644", partial)
             await git.run("-C", partial, "remote", "add", "origin", url)
             await git.run("-C", partial, "config", "--unset-all", "remote.origin.fetch")
             for refspec in _FETCH_REFSPECS:
@@ -207,44 +248,59 @@ class Workspaces:
             shutil.rmtree(partial, ignore_errors=True)
             raise
 
-    async def _ensure_worktree(self, git: _Git, mirror: Path, path: Path, task: Task) -> None:
-        found = _found(path)
-        if found == "git":
-            top = await git.output("-C", path, "rev-parse", "--show-toplevel")
-            if top.strip() == str(path):
-                return
-        if found != "absent":
-            log.warning("workdir %s is not a usable git worktree: making it anew", path)
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await git.run("-C", mirror, "worktree", "prune")
+    async def _session_branch(self, git: _Git, mirror: Path, task: Task) -> str:
+        """The session's branch in the mirror: kept, taken up from the remote, or made."""
         local = await self._branches(git, mirror, "refs/heads", task)
         if local:
-            await git.run("-C", mirror, "worktree", "add", "--quiet", path, local[0])
-            return
+            return local[0]
         remote = await self._branches(git, mirror, "refs/remotes/origin", task)
         if remote:
             # Pushed from another host's workdir: carry on from it.
-            await git.run(
-                "-C",
-                mirror,
-                "worktree",
-                "add",
-                "--quiet",
-                "--track",
-                "-b",
-                remote[0],
-                path,
-                f"origin/{remote[0]}",
-            )
-            return
+            await git.run("-C", mirror, "branch", "--no-track", remote[0], f"origin/{remote[0]}")
+            return remote[0]
         branch = branch_name(task.type, task.number, task.payload.get("title"))
         if not await git.ok("check-ref-format", "--branch", branch):
             raise WorkspaceError(f"cannot make a branch named {branch!r} for {task.session_key}")
         start = await self._start_point(git, mirror, task)
-        await git.run(
-            "-C", mirror, "worktree", "add", "--quiet", "--no-track", "-b", branch, path, start
+        await git.run("-C", mirror, "branch", "--no-track", branch, start)
+        return branch
+
+    async def _clone(self, git: _Git, mirror: Path, path: Path, branch: str, url: str) -> None:
+        """A fresh repository (so its config is the service's) with the mirror's branches."""
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await git.run("init", "--quiet", f"--initial-branch={branch}", partial)
+            await git.run(
+                "-C", partial, "fetch", "--quiet", "--no-tags", "--update-head-ok", mirror,
+                _WORKDIR_REFSPEC, f"+refs/heads/{branch}:refs/heads/{branch}", local=True,
+            )  # fmt: skip
+            await git.run("-C", partial, "reset", "--hard", "--quiet", "HEAD")
+            await git.run("-C", partial, "remote", "add", "origin", url)
+            if await git.ok("-C", partial, "rev-parse", "--verify", "--quiet", f"origin/{branch}"):
+                await git.run("-C", partial, "branch", f"--set-upstream-to=origin/{branch}")
+            partial.rename(path)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    async def _refresh(self, git: _Git, mirror: Path, path: Path, sandbox: Sandbox | None) -> None:
+        """Bring the workdir's `origin/*` up to the mirror's, as the agent, in its sandbox."""
+        # The mirror belongs to the service: its upload-pack must trust it (git run by the
+        # agent's account would refuse it as of "dubious ownership").
+        trusted = shlex.quote(f"safe.directory={mirror}")
+        upload_pack = f"--upload-pack=git -c {trusted} upload-pack"
+        args = (
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--prune",
+            upload_pack,
+            str(mirror),
+            _WORKDIR_REFSPEC,
         )
+        await git.in_workdir(path, args, sandbox, readable=[mirror])
 
     async def _branches(self, git: _Git, mirror: Path, prefix: str, task: Task) -> list[str]:
         """Branches `<type>/<number>` or `<type>/<number>-*` under a ref prefix."""
@@ -278,10 +334,106 @@ class Workspaces:
                 return candidate
         raise WorkspaceError(f"{task.repo} has no branch to start from (is the repository empty?)")
 
+    async def session_branch(self, task: Task) -> str | None:
+        """The session's branch, once a task of it has prepared its workdir."""
+        mirror = self.mirror(task.repo)
+        if not (mirror / "HEAD").is_file():
+            return None
+        found = await self._branches(self._git(None), mirror, "refs/heads", task)
+        return found[0] if found else None
+
+    async def default_branch(self, repo: str) -> str:
+        """The remote's default branch, as the mirror last saw it ("main" if unknown)."""
+        head = await self._git(None).output(
+            "-C", self.mirror(repo), "symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"
+        )
+        return head.strip().removeprefix("refs/remotes/origin/") or "main"
+
+    # delivering
+
+    async def deliver(
+        self, task: Task, type_config: TypeConfig, sandbox: Sandbox | None, result: RunResult
+    ) -> RunResult:
+        """After a run: push the session's branch if the agent committed to it.
+
+        A push that fails turns the task's result into a failure that says why.
+        """
+        if type_config.workdir != "worktree" or _found(self.workdir(task.session_key)) != "git":
+            return result
+        try:
+            pushed = await self.push_session(task, type_config, sandbox)
+        except WorkspaceError as exc:
+            return dataclasses.replace(
+                result,
+                succeeded=False,
+                error=f"{result.error + '; ' if result.error else ''}"
+                f"the session's commits were not pushed: {exc}",
+            )
+        if pushed:
+            details = {**result.details, "pushed": pushed}
+            return dataclasses.replace(result, details=details)
+        return result
+
+    async def push_session(
+        self, task: Task, type_config: TypeConfig, sandbox: Sandbox | None
+    ) -> str | None:
+        """Take the session branch's commits from the workdir and push them to the forge.
+
+        Only the session's own branch (`<type>/<number>-…`) is taken, as a bundle written by
+        git in the agent's sandbox; the service checks it while fetching it into the mirror
+        and pushes with the type's token. Returns the branch pushed, or None if nothing new.
+        """
+        path = self.workdir(task.session_key)
+        if _found(path) != "git":
+            return None
+        url = self.remote_url(task.repo)
+        git = self._git(type_config, url)
+        mirror = self.mirror(task.repo)
+        async with self._lock(task.repo):
+            branches = await self._branches(git, mirror, "refs/heads", task)
+            if not branches:
+                return None
+            branch = branches[0]
+            bundle = await self._take_bundle(git, path, branch, sandbox, task.id)
+            try:
+                await git.run(
+                    "-C", mirror, "-c", "transfer.fsckObjects=true", "fetch", "--quiet",
+                    "--no-tags", bundle, f"+refs/heads/{branch}:refs/heads/{branch}", local=True,
+                )  # fmt: skip
+            finally:
+                bundle.unlink(missing_ok=True)
+            ahead = await git.run(
+                "-C", mirror, "rev-list", "--count", f"refs/heads/{branch}", "--not", "--remotes"
+            )
+            if int(ahead.strip() or 0) == 0:
+                return None
+            await git.run(
+                "-C", mirror, "push", "--quiet", "origin",
+                f"refs/heads/{branch}:refs/heads/{branch}", network=True,
+            )  # fmt: skip
+        log.info("pushed %s of %s for %s", branch, task.repo, task.session_key)
+        return branch
+
+    async def _take_bundle(
+        self, git: _Git, path: Path, branch: str, sandbox: Sandbox | None, name: str
+    ) -> Path:
+        self.bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
+        bundle = self.bundles / f"{name}.bundle"
+        args = ("bundle", "create", "--quiet", "-", f"refs/heads/{branch}")
+        with bundle.open("wb") as out:
+            try:
+                await git.in_workdir(path, args, sandbox, out=out, limit=self.max_bundle_bytes)
+            except WorkspaceError as exc:
+                bundle.unlink(missing_ok=True)
+                raise WorkspaceError(
+                    f"cannot read the branch {branch!r} in the workdir: {exc}"
+                ) from None
+        return bundle
+
     # cleaning up
 
     async def cleanup(self, session_key: str) -> bool:
-        """Remove a session key's workdir and its branch; False if there was none.
+        """Remove a session key's workdir and its branch in the mirror; False if there was none.
 
         For closed issues: uncommitted work and unpushed commits of that workdir are dropped.
         """
@@ -289,22 +441,37 @@ class Workspaces:
         if not path.exists():
             return False
         try:
-            _, repo, _ = split_key(session_key)
+            agent_type, repo, number = split_key(session_key)
         except ValueError:
-            repo = ""
+            agent_type, repo, number = "", "", 0
         mirror = self.mirror(repo) if repo else None
-        git = _Git(self.git, self.git_timeout, None)
+        git = self._git(None)
         async with self._lock(repo):
-            branch = ""
-            if (path / ".git").is_file():
-                branch = (await git.output("-C", path, "branch", "--show-current")).strip()
             shutil.rmtree(path)
             if mirror is not None and (mirror / "HEAD").is_file():
-                await git.run("-C", mirror, "worktree", "prune")
-                if branch:
-                    await git.ok("-C", mirror, "branch", "--quiet", "-D", branch)
+                for prefix in (
+                    f"refs/heads/{agent_type}/{number}",
+                    f"refs/heads/{agent_type}/{number}-*",
+                ):
+                    out = await git.output(
+                        "-C", mirror, "for-each-ref", "--format=%(refname)", prefix
+                    )
+                    for ref in out.split():
+                        await git.ok("-C", mirror, "update-ref", "-d", ref)
         _remove_empty_parents(path.parent, self.root)
         return True
+
+
+def network_protocols(url: str) -> tuple[str, ...]:
+    """The protocols git may use to reach the forge: https, plus http or file only when the
+    clone URL itself is one (insteadOf cannot send the token elsewhere)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    allowed = ["https"]
+    if scheme in ("http", "file"):
+        allowed.append(scheme)
+    elif url.startswith("/"):
+        allowed.append("file")
+    return tuple(allowed)
 
 
 def _found(path: Path) -> str:
@@ -323,13 +490,34 @@ def _remove_empty_parents(folder: Path, root: Path) -> None:
         folder = folder.parent
 
 
-class _Git:
-    """git subprocesses with a clean environment; the token only in the environment."""
+def _hardening(protocols: tuple[str, ...]) -> list[str]:
+    """`-c` options of every git the service runs: nothing from the repository may run code
+    in the service or send its token elsewhere."""
+    args = [
+        "-c", "core.hooksPath=/dev/null",
+        "-c", "core.fsmonitor=false",
+        "-c", "core.sshCommand=false",
+        "-c", "credential.helper=",
+        "-c", "gc.auto=0",
+        "-c", "maintenance.auto=false",
+        "-c", "safe.directory=*",
+        "-c", "protocol.allow=never",
+    ]  # fmt: skip
+    for protocol in protocols:
+        args += ["-c", f"protocol.{protocol}.allow=always"]
+    return args
 
-    def __init__(self, git: str, timeout: float, token: str | None) -> None:
+
+class _Git:
+    """Hardened git subprocesses with a clean environment; the token only in the environment."""
+
+    def __init__(
+        self, git: str, timeout: float, token: str | None, protocols: tuple[str, ...] = ("https",)
+    ) -> None:
         self.git = git
         self.timeout = timeout
         self.token = token
+        self.protocols = protocols
 
     def _env(self, network: bool) -> dict[str, str]:
         env = {name: os.environ[name] for name in _PASSED_TO_GIT if name in os.environ}
@@ -340,6 +528,9 @@ class _Git:
             GIT_ASKPASS="",
             SSH_ASKPASS="",
             GCM_INTERACTIVE="never",
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL="/dev/null",
+            GIT_PROTOCOL_FROM_USER="0",
         )
         if network and self.token:
             env.update(
@@ -349,49 +540,97 @@ class _Git:
             )
         return env
 
+    def _argv(self, args: tuple[str | Path, ...], local: bool) -> list[str]:
+        protocols = ("file",) if local else self.protocols
+        return [self.git, *_hardening(protocols), *(str(a) for a in args)]
+
     def _redact(self, text: str) -> str:
         return text.replace(self.token, "***") if self.token else text
 
-    async def _exec(self, args: tuple[str | Path, ...], network: bool) -> tuple[int, str, str]:
-        argv = [self.git, *(str(a) for a in args)]
+    async def _exec(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        verb: str,
+        out: IO[bytes] | None = None,
+        limit: int = 0,
+        cwd: Path | None = None,
+    ) -> tuple[int, str, str]:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env(network),
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
             )
         except OSError as exc:
-            raise WorkspaceError(f"cannot run {self.git!r}: {exc.strerror or exc}") from None
+            raise WorkspaceError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+        assert process.stdout is not None
+        assert process.stderr is not None
         try:
-            out, err = await asyncio.wait_for(process.communicate(), self.timeout)
+            if out is None:
+                stdout, err = await asyncio.wait_for(process.communicate(), self.timeout)
+            else:
+                stdout = b""
+                reader = asyncio.create_task(process.stderr.read())
+                await asyncio.wait_for(_copy_capped(process.stdout, out, limit, verb), self.timeout)
+                err = await reader
+                await process.wait()
         except BaseException as exc:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
             if isinstance(exc, TimeoutError):
-                raise WorkspaceError(
-                    f"git {_verb(args)} took longer than {self.timeout:g} s"
-                ) from None
+                raise WorkspaceError(f"git {verb} took longer than {self.timeout:g} s") from None
             raise
         code = process.returncode
         assert code is not None
-        return code, out.decode(errors="replace"), self._redact(err.decode(errors="replace"))
+        return code, stdout.decode(errors="replace"), self._redact(err.decode(errors="replace"))
 
-    async def run(self, *args: str | Path, network: bool = False) -> str:
-        code, out, err = await self._exec(args, network)
+    async def in_workdir(
+        self,
+        path: Path,
+        args: tuple[str, ...],
+        sandbox: Sandbox | None,
+        readable: list[Path] | None = None,
+        out: IO[bytes] | None = None,
+        limit: int = 0,
+    ) -> None:
+        """git in an agent's repository: in its sandbox as the agent when it has one."""
+        argv = self._argv(args, local=True)
+        env = self._env(network=False)
+        if sandbox is not None:
+            env["HOME"] = "/tmp"
+            argv = sandbox.wrap(argv, path, readable=readable or [])
+        code, _, err = await self._exec(argv, env, _verb(args), out, limit, cwd=path)
+        if code != 0:
+            raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
+
+    async def run(self, *args: str | Path, network: bool = False, local: bool = False) -> str:
+        code, out, err = await self._exec(self._argv(args, local), self._env(network), _verb(args))
         if code != 0:
             raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
         return out
 
     async def output(self, *args: str | Path) -> str:
-        code, out, _ = await self._exec(args, False)
+        code, out, _ = await self._exec(self._argv(args, False), self._env(False), _verb(args))
         return out if code == 0 else ""
 
     async def ok(self, *args: str | Path, network: bool = False) -> bool:
-        code, _, _ = await self._exec(args, network)
+        code, _, _ = await self._exec(self._argv(args, False), self._env(network), _verb(args))
         return code == 0
+
+
+async def _copy_capped(stream: asyncio.StreamReader, out: IO[bytes], limit: int, verb: str) -> None:
+    written = 0
+    while chunk := await stream.read(65536):
+        written += len(chunk)
+        if limit and written > limit:
+            raise WorkspaceError(f"git {verb} wrote more than {limit} bytes")
+        out.write(chunk)
 
 
 def _verb(args: tuple[str | Path, ...]) -> str:

@@ -493,6 +493,56 @@ class ForgejoClient:
             return MergeResult(merged=False, scheduled=True)
         return MergeResult(merged=True, scheduled=False)
 
+    async def create_pull(
+        self, owner: str, repo: str, *, head: str, base: str, title: str, body: str
+    ) -> PullInfo:
+        """Open a pull request from the branch `head` into `base`."""
+        request = _Request(
+            "POST",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/pulls",
+            f"repository {owner}/{repo}",
+            json={"head": head, "base": base, "title": title, "body": body},
+            idempotent=False,
+        )
+        return self._parse(await self._send(request), _WirePull, request).info()
+
+    async def edit_pull(
+        self, owner: str, repo: str, number: int, *, title: str, body: str
+    ) -> PullInfo:
+        request = _Request(
+            "PATCH",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/pulls/{_seg(number)}",
+            f"pull request {owner}/{repo}#{number}",
+            json={"title": title, "body": body},
+            idempotent=False,
+        )
+        return self._parse(await self._send(request), _WirePull, request).info()
+
+    async def submit_review(
+        self,
+        owner: str,
+        repo: str,
+        number: int,
+        *,
+        event: str,
+        body: str,
+        comments: list[dict[str, Any]],
+        commit_id: str | None = None,
+    ) -> int:
+        """Post a review (`APPROVED`, `REQUEST_CHANGES` or `COMMENT`) with line comments
+        (`{"path", "new_position", "body"}`); returns the review id."""
+        payload: dict[str, Any] = {"event": event, "body": body, "comments": comments}
+        if commit_id:
+            payload["commit_id"] = commit_id
+        request = _Request(
+            "POST",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/pulls/{_seg(number)}/reviews",
+            f"pull request {owner}/{repo}#{number}",
+            json=payload,
+            idempotent=False,
+        )
+        return self._parse(await self._send(request), _WireComment, request).id
+
     async def get_issue(self, owner: str, repo: str, number: int) -> IssueInfo:
         """An issue or a pull request (they share numbers); `is_pull` tells which."""
         request = _Request(

@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task
+from claude_hooks.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from claude_hooks.forge_tools import ForgeTools
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,11 @@ class RunContext:
     # Called with (pid, start time) once the agent process exists, so a restarted service
     # can stop it even if this one dies.
     on_process: Callable[[int, int | None], Awaitable[None]]
+    # None: the type runs unconfined (`sandbox = false`).
+    sandbox: Sandbox | None = None
+    max_log_bytes: int = 10 * 1024 * 1024
+    # What the agent may do on the forge, done by the service (None: no forge configured).
+    forge_tools: ForgeTools | None = None
 
 
 @dataclass(frozen=True, slots=True)

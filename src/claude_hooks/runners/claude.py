@@ -9,8 +9,13 @@ it with `{**os.environ, **options.env}` plus a few variables of its own, so `cli
 launcher written into the data dir: it keeps `ctx.env`, the runner's CLI settings and the SDK's
 own `CLAUDE_CODE_*`/`CLAUDE_AGENT_SDK_*`/`PWD` variables, drops everything else (the service's
 `CLAUDE_HOOKS_*` settings and secrets among them), makes the CLI the leader of a new process
-group, tells its pid on stderr, and execs the real CLI. The pid reaches `ctx.on_process`, and
-the process group is what a cancel or a restarted service stops.
+group, tells its pid on stderr, and execs the real CLI: inside the type's sandbox (bwrap, see
+`claude_hooks.sandbox`) unless the type has `sandbox = false`. The pid reaches
+`ctx.on_process`, and the process group is what a cancel or a restarted service stops.
+
+Each session key has its own Claude state (`<data_dir>/claude/sessions/<key>/`: config and
+transcripts, runtime dir, home), the only part of the data dir its sandbox sees besides the
+workdir.
 
 The task log (`ctx.log_path`) gets one JSON object a line: every SDK message (`type` is the
 message class, e.g. "assistant", "result"), the CLI's stderr (`"type": "stderr"`) and the
@@ -34,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import claude_agent_sdk
 from claude_agent_sdk import (
@@ -43,19 +48,24 @@ from claude_agent_sdk import (
     CLIConnectionError,
     CLIJSONDecodeError,
     CLINotFoundError,
+    McpServerConfig,
     ProcessError,
     ResultError,
     ResultMessage,
+    SdkMcpTool,
     SystemMessage,
+    create_sdk_mcp_server,
+    tool,
 )
 from claude_agent_sdk.types import SystemPromptPreset
 
 from claude_hooks import processes, resources
-from claude_hooks.credentials import claude_config_dir
+from claude_hooks.capped_log import CappedLog
+from claude_hooks.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.store.base import SessionRecord, Store
-from claude_hooks.workspace import current_branch
+from claude_hooks.workspace import current_branch, key_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +74,18 @@ INTERRUPT_TIMEOUT = 2.0  # the CLI acknowledged an interrupt in 18-60 ms when me
 RESULT_TIMEOUT = 2.0  # for the result that ends an interrupted turn
 STDERR_TAIL_LINES = 20
 SDK_PREFIXES = ("CLAUDE_CODE_", "CLAUDE_AGENT_SDK_")
+SANDBOXED_TOOLS = ("Bash", "Read", "Edit", "Write", "Glob", "Grep")
+TRUNCATED = (
+    '{{"type": "claude_hooks", "event": "log_truncated", "dropped_bytes": {dropped}, '
+    '"max_log_bytes": {limit}}}\n'
+)
 
 # Runs as `python -I -S -c LAUNCHER ARGS...`: standard library only, nothing from the data dir.
 LAUNCHER = f"""
 import json, os, sys
 keep = set(json.loads(os.environ.get("CLAUDE_HOOKS_CLI_ENV") or "[]"))
 cli = os.environ.get("CLAUDE_HOOKS_CLI") or "claude"
+argv = json.loads(os.environ.get("CLAUDE_HOOKS_SANDBOX") or "[]") + [cli] + sys.argv[1:]
 env = {{k: v for k, v in os.environ.items()
        if k in keep or k == "PWD" or k.startswith({SDK_PREFIXES!r})}}
 try:
@@ -79,9 +95,9 @@ except OSError:
 sys.stderr.write("{PID_MARKER}%d\\n" % os.getpid())
 sys.stderr.flush()
 try:
-    os.execve(cli, [cli] + sys.argv[1:], env)
+    os.execve(argv[0], argv, env)
 except OSError as exc:
-    sys.stderr.write("claude-hooks: cannot run the Claude Code CLI %r: %s\\n" % (cli, exc.strerror))
+    sys.stderr.write("claude-hooks: cannot run %r: %s\\n" % (argv[0], exc.strerror))
     sys.exit(127)
 """
 
@@ -114,21 +130,16 @@ def _jsonable(value: Any) -> Any:
 
 
 class TaskLog:
-    """The task's log: one JSON object a line, flushed as written so it can be followed live."""
+    """The task's log: one JSON object a line, written as it comes so it can be followed live,
+    within `server.max_log_bytes` (head and tail kept, with a line counting what was dropped).
+    """
 
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.failed = False
+    def __init__(self, out: CappedLog) -> None:
+        self.out = out
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.failed:
-            return
-        try:
-            self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            self.stream.flush()
-        except OSError as exc:  # a full disk must not end the run: the log just stops
-            self.failed = True
-            logger.warning("cannot write the task log %s: %s", self.stream.name, exc)
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        self.out.write(line.encode())
 
     def message(self, message: object) -> None:
         self.write(_jsonable(message))
@@ -203,8 +214,9 @@ class ClaudeRunner:
 
     `cli_path`: the Claude Code CLI to run (default: the one bundled with the SDK, else
     `claude` on PATH); tests pass a fake. Everything the CLI keeps goes under
-    `<data_dir>/claude/`: `config/` (CLAUDE_CONFIG_DIR: transcripts, so sessions resume),
-    `tmp/` (CLAUDE_CODE_TMPDIR), `run/` (XDG_RUNTIME_DIR) and `bin/` (the launcher).
+    `<data_dir>/claude/sessions/<session key>/`: `config/` (CLAUDE_CONFIG_DIR: transcripts,
+    so sessions resume), `tmp/` (CLAUDE_CODE_TMPDIR; in a sandbox its own `/tmp`), `run/`
+    (XDG_RUNTIME_DIR) and `home/` (HOME, in a sandbox); the launcher is `<data_dir>/claude/bin/`.
     """
 
     def __init__(
@@ -219,9 +231,6 @@ class ClaudeRunner:
     ) -> None:
         self.store = store
         self.home = (data_dir / "claude").resolve()
-        self.config_dir = claude_config_dir(data_dir)
-        self.tmp_dir = self.home / "tmp"
-        self.runtime_dir = self.home / "run"
         self.launcher = self.home / "bin" / "launch-claude"
         self.cli_path = cli_path
         self.interrupt_timeout = interrupt_timeout
@@ -234,10 +243,18 @@ class ClaudeRunner:
         """The real CLI's absolute path, or None if there is none to run."""
         return locate_cli(self.cli_path, path_env)
 
-    def _prepare_home(self) -> None:
-        for folder in (self.config_dir, self.tmp_dir, self.launcher.parent):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def state_dir(self, session_key: str) -> Path:
+        """The Claude state of one session key: shared by no other type or session."""
+        return self.home / "sessions" / key_path(session_key)
+
+    def _prepare_home(self, ctx: RunContext) -> None:
+        state = self.state_dir(ctx.task.session_key)
+        for folder in ("config", "tmp", "home"):
+            (state / folder).mkdir(parents=True, exist_ok=True)
+        (state / "run").mkdir(mode=0o700, parents=True, exist_ok=True)
+        if ctx.sandbox is not None:
+            ctx.sandbox.give(state, ctx.workdir)
+        self.launcher.parent.mkdir(parents=True, exist_ok=True)
         script = (
             "#!/bin/sh\n"
             "# Written by claude-hooks: runs the Claude Code CLI with the environment the runner\n"
@@ -257,20 +274,26 @@ class ClaudeRunner:
     def cli_environment(self, ctx: RunContext, cli: str) -> dict[str, str]:
         """`options.env`: what the launcher keeps, plus its two instructions."""
         env = dict(ctx.env)
+        state = self.state_dir(ctx.task.session_key)
         env.update(
-            CLAUDE_CONFIG_DIR=str(self.config_dir),
-            CLAUDE_CODE_TMPDIR=str(self.tmp_dir),
-            XDG_RUNTIME_DIR=str(self.runtime_dir),
+            CLAUDE_CONFIG_DIR=str(state / "config"),
+            CLAUDE_CODE_TMPDIR=str(state / "tmp"),
+            XDG_RUNTIME_DIR=str(state / "run"),
             CLAUDE_CODE_MAX_RETRIES=str(ctx.type_config.max_api_retries),
         )
         env.setdefault("DISABLE_AUTOUPDATER", "1")
+        if ctx.sandbox is not None:
+            env.update(HOME=str(state / "home"), CLAUDE_CODE_TMPDIR="/tmp", TMPDIR="/tmp")
         keep = sorted(env)
         env["CLAUDE_HOOKS_CLI"] = cli
         env["CLAUDE_HOOKS_CLI_ENV"] = json.dumps(keep)
+        if ctx.sandbox is not None:
+            prefix = ctx.sandbox.wrap([], ctx.workdir, writable=[state], readable=[Path(cli)])
+            env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
         return env
 
-    def transcript_path(self, workdir: Path, session_id: str) -> Path | None:
-        projects = self.config_dir / "projects"
+    def transcript_path(self, session_key: str, workdir: Path, session_id: str) -> Path | None:
+        projects = self.state_dir(session_key) / "config" / "projects"
         expected = projects / re.sub(r"[^A-Za-z0-9]", "-", str(workdir)) / f"{session_id}.jsonl"
         if expected.is_file():
             return expected
@@ -291,6 +314,14 @@ class ClaudeRunner:
             system_prompt = f"{config.system_prompt.rstrip()}\n\n{system}"
         else:
             system_prompt = {"type": "preset", "preset": "claude_code", "append": system}
+        allowed = list(config.allowed_tools)
+        if ctx.sandbox is not None:
+            # Inside its sandbox an agent may use its shell and files freely: that is its job.
+            allowed += [name for name in SANDBOXED_TOOLS if name not in allowed]
+        servers: dict[str, McpServerConfig] = {}
+        if ctx.forge_tools is not None:
+            servers[SERVER_NAME] = forge_server(ctx.forge_tools)
+            allowed += [f"mcp__{SERVER_NAME}__{name}" for name in TOOL_SCHEMAS]
         return ClaudeAgentOptions(
             cwd=ctx.workdir,
             cli_path=self.launcher,
@@ -298,7 +329,8 @@ class ClaudeRunner:
             resume=resume,
             model=config.model,
             permission_mode=config.permission_mode,
-            allowed_tools=list(config.allowed_tools),
+            mcp_servers=servers,
+            allowed_tools=allowed,
             disallowed_tools=list(config.disallowed_tools),
             max_turns=config.max_turns,
             max_budget_usd=config.max_budget_usd,
@@ -311,8 +343,7 @@ class ClaudeRunner:
 
     async def run(self, ctx: RunContext) -> RunResult:
         try:
-            ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-            stream = ctx.log_path.open("a", encoding="utf-8")
+            out = CappedLog(ctx.log_path, ctx.max_log_bytes, notice=TRUNCATED, lines=True)
         except OSError as exc:
             if resources.exhausted(exc):
                 raise  # passing: the pool puts the task back in its queue
@@ -320,8 +351,8 @@ class ClaudeRunner:
                 succeeded=False,
                 error=f"cannot open the task log {str(ctx.log_path)!r}: {exc.strerror or exc}",
             )
-        with stream:
-            log = TaskLog(stream)
+        with out:
+            log = TaskLog(out)
             try:
                 result = await self._run(ctx, log)
             except asyncio.CancelledError:
@@ -363,8 +394,8 @@ class ClaudeRunner:
             prompt = prompts.render(task.kind.value, context)
         except PromptError as exc:
             return RunResult(succeeded=False, error=str(exc))
-        self._prepare_home()
         ctx.workdir.mkdir(parents=True, exist_ok=True)
+        self._prepare_home(ctx)
         details: dict[str, object] = {}
         record = await self.store.get_session(task.session_key)
         if record is not None:
@@ -546,7 +577,7 @@ class ClaudeRunner:
             "wall_seconds": round(time.monotonic() - started, 3),
         }
         if turn.session_id is not None:
-            transcript = self.transcript_path(ctx.workdir, turn.session_id)
+            transcript = self.transcript_path(ctx.task.session_key, ctx.workdir, turn.session_id)
             details["transcript_path"] = str(transcript) if transcript is not None else None
         result = turn.result
         if result is not None:
@@ -594,6 +625,67 @@ class ClaudeRunner:
             claude_session_id=result.session_id or turn.session_id,
             details=details,
         )
+
+
+_NUMBER = {"type": "integer", "minimum": 1}
+TOOL_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "read_issue": ("Read an issue or pull request of this repository (default: this task's).",
+                   {"number": _NUMBER}),
+    "read_pull_request": ("Read a pull request of this repository (default: this task's).",
+                          {"number": _NUMBER}),
+    "ci_status": ("The CI status of a commit or branch (default: this task's pull request).",
+                  {"ref": {"type": "string"}}),
+    "comment": ("Comment on this task's issue or pull request (default: the issue).",
+                {"body": {"type": "string"}, "number": _NUMBER}, ),
+    "open_pull_request": (
+        "Push this session's branch and open its pull request, or update its title and body.",
+        {"title": {"type": "string"}, "body": {"type": "string"}},
+    ),
+    "submit_review": (
+        "Review this task's pull request: APPROVED, REQUEST_CHANGES or COMMENT, with a summary "
+        "and line comments ({path, line, body}, line in the new file).",
+        {
+            "event": {"type": "string", "enum": ["APPROVED", "REQUEST_CHANGES", "COMMENT"]},
+            "body": {"type": "string"},
+            "comments": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "path": {"type": "string"},
+                        "line": _NUMBER,
+                        "body": {"type": "string"},
+                    },
+                    "required": ["path", "line", "body"],
+                },
+            },
+        },
+    ),
+    "merge_pull_request": ("Merge this task's approved pull request, at its approved head.",
+                           {"number": _NUMBER}),
+    "push": ("Push this session's branch to the forge now.", {}),
+}  # fmt: skip
+_REQUIRED = {
+    "comment": ["body"],
+    "open_pull_request": ["title"],
+    "submit_review": ["event"],
+}
+
+
+def forge_server(tools: ForgeTools) -> McpServerConfig:
+    """The forge tools as an in-process MCP server: each call runs in the service."""
+
+    def make(name: str, description: str, properties: dict[str, Any]) -> SdkMcpTool[Any]:
+        schema = {"type": "object", "properties": properties, "required": _REQUIRED.get(name, [])}
+
+        async def handler(args: dict[str, Any]) -> dict[str, Any]:
+            done, answer = await tools.call(name, args)
+            return {"content": [{"type": "text", "text": answer}], "is_error": not done}
+
+        return tool(name, description, schema)(handler)
+
+    made = [make(name, text, props) for name, (text, props) in TOOL_SCHEMAS.items()]
+    return create_sdk_mcp_server(SERVER_NAME, tools=made)
 
 
 def _run_cost(turn: _Turn, record: SessionRecord | None) -> float | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 from collections import deque
 from pathlib import Path
-from typing import IO
 
 from claude_hooks import processes, resources
+from claude_hooks.capped_log import CappedLog
+from claude_hooks.forge_tools import RESULT_FILE
 from claude_hooks.runners.base import RunContext, RunResult
 
 TAIL_BYTES = 4096
@@ -54,10 +56,9 @@ class _Tail:
         return b"".join(self.chunks)[-self.limit :].decode("utf-8", "replace")
 
 
-async def _copy(stream: asyncio.StreamReader, log: IO[bytes], tail: _Tail) -> None:
+async def _copy(stream: asyncio.StreamReader, log: CappedLog, tail: _Tail) -> None:
     while chunk := await stream.read(_CHUNK):
         log.write(chunk)
-        log.flush()
         tail.add(chunk)
 
 
@@ -74,17 +75,33 @@ class CommandRunner:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
 
+    def command(self, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment to start: in the sandbox, its scratch `/tmp` is `HOME`."""
+        env = dict(ctx.env)
+        if ctx.forge_tools is not None:
+            env["CLAUDE_HOOKS_RESULT"] = str(ctx.workdir / RESULT_FILE)
+        if ctx.sandbox is None:
+            return list(self.argv), env
+        ctx.sandbox.give(ctx.workdir)
+        readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
+        env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
+        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable), env
+
     async def run(self, ctx: RunContext) -> RunResult:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.which(self.argv[0], path=ctx.env.get("PATH")) is None:
+            return RunResult(
+                succeeded=False, error=f"cannot start command {self.argv[0]!r}: not found"
+            )
+        argv, env = self.command(ctx)
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=ctx.workdir,
-                env=ctx.env,
+                env=env,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -99,20 +116,27 @@ class CommandRunner:
         await ctx.on_process(process.pid, processes.start_time(process.pid))
         tail = _Tail(TAIL_BYTES)
         exited = asyncio.Event()
-        with Path(ctx.log_path).open("ab") as log:
+        with CappedLog(ctx.log_path, ctx.max_log_bytes) as log:
             copier = asyncio.create_task(_copy(process.stdout, log, tail))
             feeder = asyncio.create_task(_feed(process.stdin, task_document(ctx)))
             try:
                 code = await process.wait()
                 exited.set()
+                processes.kill_group(process.pid)
                 # A descendant that left the group may hold the pipe open: do not wait on it.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(copier, OUTPUT_DRAIN_SECONDS)
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
+                if ctx.forge_tools is not None:
+                    for outcome in await ctx.forge_tools.run_result_file(ctx.workdir):
+                        log.write(f"[claude-hooks] forge: {json.dumps(outcome)}\n".encode())
             except asyncio.CancelledError:
                 waiter = asyncio.create_task(_reap(process, exited))
-                await processes.stop_group(process.pid, ctx.cancel_grace, exited)
+                if ctx.sandbox is not None:
+                    await processes.stop_sandbox(process.pid, ctx.cancel_grace, exited)
+                else:
+                    await processes.stop_group(process.pid, ctx.cancel_grace, exited)
                 await waiter
                 copier.cancel()
                 feeder.cancel()

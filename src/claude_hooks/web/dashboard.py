@@ -597,6 +597,7 @@ async def _page(request: Request, template: str, view: View, **extra: Any) -> Re
         view=view,
         sections=await view.render(),
         insecure=service.insecure_no_signature,
+        unconfined=service.unconfined_types,
         version=__version__,
         **extra,
         **_common(service),

@@ -1,0 +1,213 @@
+"""The agents' sandbox: every agent process runs inside bubblewrap (`bwrap`).
+
+An agent reads text written by strangers and runs tools, so it is treated as hostile. In its
+sandbox it has its own mount, PID, IPC and UTS namespaces; it sees the system read-only, its
+own workdir (and state dir) read-write, a fresh `/tmp`, and nothing of the data dir, the
+config's folder, the database's folder, `/root` or `/home`. Its `/proc` shows only its own
+processes. When the service runs as root, the agent runs as an unprivileged account
+(`server.sandbox_user`, created at need) with no capabilities, dropped by `setpriv` inside
+the sandbox (bwrap itself stays privileged so it can bind paths the account cannot reach).
+
+Every process it starts dies with the sandbox's first process (the PID namespace), and the
+sandbox dies with the service (`--die-with-parent`). The environment is passed in bwrap's
+own environment, not its argv, so no secret shows in a process list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from claude_hooks.errors import ClaudeHooksError
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 15.0
+INSTALL_HINT = "install it (Debian: apt-get install bubblewrap)"
+# Always hidden behind an empty tmpfs, besides the service's own folders.
+_PRIVATE_DIRS = (Path("/root"), Path("/home"))
+_SCRATCH_DIRS = (Path("/tmp"), Path("/var/tmp"))  # empty and writable by all, as usual
+
+
+class SandboxError(ClaudeHooksError):
+    """The sandbox cannot be built (bwrap missing, namespaces refused, no account)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The unprivileged account sandboxed agents run as when the service runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def agent_account(name: str) -> Account | None:
+    """The account agents run as: None when the service is not root (they run as its user,
+    which cannot reach the service's files through the sandbox's mounts anyway)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        _create_account(name)
+        entry = pwd.getpwnam(name)
+    if entry.pw_uid == 0:
+        raise SandboxError(f"server.sandbox_user {name!r} is root: name an unprivileged account")
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def _create_account(name: str) -> None:
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    try:
+        subprocess.run(
+            [useradd, "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+            check=True, capture_output=True, timeout=PROBE_TIMEOUT,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise SandboxError(
+            f"cannot create the sandbox account {name!r} ({detail.decode().strip() or exc}): "
+            "create it yourself (useradd --system NAME) or set server.sandbox_user"
+        ) from None
+    log.info("created the system account %r for sandboxed agents", name)
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """Builds the bwrap command line of one agent process.
+
+    `hidden`: folders the agent must not see (data dir, the config's and the database's
+    folders); each becomes an empty tmpfs, and the paths bound later are re-created inside.
+    """
+
+    bwrap: str
+    account: Account | None
+    hidden: tuple[Path, ...] = ()
+    setpriv: str = "setpriv"
+    _masks: tuple[Path, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        masks = {
+            p.resolve()
+            for p in (*_PRIVATE_DIRS, *_SCRATCH_DIRS, *self.hidden)
+            if p.resolve() != Path("/")
+        }
+        object.__setattr__(self, "_masks", tuple(sorted(masks, key=lambda p: len(p.parts))))
+
+    def wrap(
+        self,
+        argv: Sequence[str],
+        workdir: Path,
+        writable: Iterable[Path] = (),
+        readable: Iterable[Path] = (),
+    ) -> list[str]:
+        """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
+        them) are bound read-write, `readable` ones read-only (an agent's own script)."""
+        args = [
+            self.bwrap,
+            "--ro-bind", "/", "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", "sandbox",
+            "--die-with-parent", "--new-session",
+        ]  # fmt: skip
+        for mask in self._masks:
+            mode = "1777" if mask in _SCRATCH_DIRS else "0755"
+            args += ["--perms", mode, "--tmpfs", str(mask)]
+        made: set[Path] = set()
+        binds = [("--ro-bind", self._installation(p.resolve())) for p in readable if p.exists()]
+        binds += [("--bind", p.resolve()) for p in (workdir, *writable)]
+        for flag, path in binds:
+            args += self._parents(path, made)
+            args += [flag, str(path), str(path)]
+        args += ["--chdir", str(workdir.resolve())]
+        if self.account is not None:
+            args += [
+                "--", self.setpriv,
+                f"--reuid={self.account.uid}", f"--regid={self.account.gid}",
+                "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+            ]  # fmt: skip
+        return [*args, "--", *argv]
+
+    def _installation(self, path: Path) -> Path:
+        """What must be visible for `path` to run: a program in a `bin/` folder under a hidden
+        one (an interpreter installed under /root, as pyenv does) brings its whole installation
+        (`…/bin/..`: its libraries and the links between its names), and nothing else there."""
+        hidden = any(mask in path.parents for mask in self._masks)
+        return path.parent.parent if hidden and path.parent.name == "bin" else path
+
+    def _parents(self, path: Path, made: set[Path]) -> list[str]:
+        """Traversable folders (0755) down to `path` inside the masks that cover it."""
+        args: list[str] = []
+        for mask in self._masks:
+            if mask not in path.parents:
+                continue
+            for parent in reversed(path.parents):
+                if mask in parent.parents and parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0755", "--dir", str(parent)]
+        return args
+
+    def give(self, *paths: Path) -> None:
+        """Make `paths` (recursively) the agent account's, so it can write them. A tree whose
+        top is the account's already is left alone: only the service's fresh clones and
+        folders need it, and no agent process runs while its own workdir is given."""
+        if self.account is None:
+            return
+        for path in paths:
+            if path.exists() and path.stat().st_uid != self.account.uid:
+                _chown_tree(path, self.account.uid, self.account.gid)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    if not root.exists():
+        return
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+
+
+def find_bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def probe(sandbox: Sandbox) -> None:
+    """Run `true` in a sandbox like the agents'; SandboxError with the reason if it fails."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="claude-hooks-probe-") as scratch:
+            done = subprocess.run(
+                sandbox.wrap(["true"], Path(scratch)),
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
+            )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxError(f"bubblewrap cannot run: {exc}") from None
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise SandboxError(
+            "bubblewrap cannot create the sandbox's namespaces"
+            + (f" ({reason[-1]})" if reason else f" (exit {done.returncode})")
+        )
+
+
+def build(bwrap: str | None, account_name: str, hidden: Iterable[Path]) -> Sandbox:
+    """The service's sandbox, probed; SandboxError says what is missing."""
+    if bwrap is None:
+        raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
+    account = agent_account(account_name)
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv)
+    probe(sandbox)
+    return sandbox
