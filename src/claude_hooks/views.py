@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from claude_hooks.domain import Task, TaskState
-from claude_hooks.store.base import QueueEntry
 from claude_hooks.store.intake import DeliveryRecord
 
 # Pagination offsets beyond this are a client's mistake, not a page (and overflow SQLite).
@@ -45,16 +43,6 @@ def task_view(task: Task, queue_position: int | None = None) -> dict[str, Any]:
         "cancel_requested": task.cancel_requested,
         "queue_position": queue_position if task.state is TaskState.QUEUED else None,
     }
-
-
-def queue_positions(entries: Iterable[QueueEntry]) -> dict[str, int]:
-    """Task id -> 1-based position in its agent's queue, from entries in queue order."""
-    positions: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry.agent] = counts.get(entry.agent, 0) + 1
-        positions[entry.id] = counts[entry.agent]
-    return positions
 
 
 def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,22 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
+from claude_hooks.store import reports
 from claude_hooks.store.base import (
+    DeliveryTally,
+    Histogram,
+    InstanceView,
     Outcome,
     QueueEntry,
     Recovered,
     SessionRecord,
     Signal,
     TaskFilter,
+    TaskTally,
 )
 from claude_hooks.store.intake import SqlIntake
 from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
+from claude_hooks.store.upsert import upsert
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -184,14 +190,6 @@ _INSERT_TASK = (
     tasks.insert().values(seq=_NEXT_SEQ, state=TaskState.QUEUED.value).returning(tasks.c.seq)
 )
 _TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
-_UPDATE_CURSOR = (
-    cursors.update()
-    .where(cursors.c.type == sa.bindparam("b_type"))
-    .values(position=sa.bindparam("b_position"))
-)
-_INSERT_CURSOR = cursors.insert().values(
-    type=sa.bindparam("b_type"), position=sa.bindparam("b_position")
-)
 
 
 class SqlStore:
@@ -292,9 +290,7 @@ class SqlStore:
     # tasks
 
     def _set_cursor(self, conn: sa.Connection, cursor: tuple[str, int]) -> None:
-        params = {"b_type": cursor[0], "b_position": cursor[1]}
-        if conn.execute(_UPDATE_CURSOR, params).rowcount == 0:
-            conn.execute(_INSERT_CURSOR, params)
+        upsert(conn, cursors, {"type": cursor[0], "position": cursor[1]})
 
     async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int:
         with self.engine.begin() as conn:
@@ -535,6 +531,46 @@ class SqlStore:
                 recovered.append(Recovered(task_id, agent, state, pid, pid_start))
         return recovered
 
+    # the pool's read model and summaries
+
+    async def instances(self) -> list[InstanceView]:
+        with self.reader.connect() as conn:
+            return reports.instances(conn)
+
+    async def queue_positions(self, task_ids: Iterable[str]) -> dict[str, int]:
+        with self.reader.connect() as conn:
+            return reports.queue_positions(conn, task_ids)
+
+    async def task_tallies(self, since: float | None = None) -> list[TaskTally]:
+        with self.reader.connect() as conn:
+            return reports.task_tallies(conn, since)
+
+    async def delivery_tallies(self, since: float | None = None) -> list[DeliveryTally]:
+        with self.reader.connect() as conn:
+            return reports.delivery_tallies(conn, since)
+
+    async def cost_by_agent(self) -> dict[tuple[str, str], float]:
+        with self.reader.connect() as conn:
+            return reports.cost_by_agent(conn)
+
+    async def run_durations(self, bounds: Sequence[float]) -> list[Histogram]:
+        with self.reader.connect() as conn:
+            return reports.run_durations(conn, bounds)
+
+    async def start_latencies(self, bounds: Sequence[float]) -> list[Histogram]:
+        with self.reader.connect() as conn:
+            return reports.start_latencies(conn, bounds)
+
+    async def recently_finished(self, limit: int) -> list[Task]:
+        query = (
+            sa.select(tasks)
+            .where(tasks.c.finished_at.is_not(None))
+            .order_by(tasks.c.finished_at.desc())
+            .limit(limit)
+        )
+        with self.reader.connect() as conn:
+            return [_task(row) for row in conn.execute(query)]
+
     # cursors
 
     async def load_cursors(self) -> dict[str, int]:
@@ -559,9 +595,7 @@ class SqlStore:
             "updated_at": now,
         }
         with self.engine.begin() as conn:
-            updated = conn.execute(sessions.update().where(sessions.c.key == key).values(**values))
-            if updated.rowcount == 0:
-                conn.execute(sessions.insert().values(key=key, **values))
+            upsert(conn, sessions, {"key": key, **values})
 
     async def forget_session(self, key: str) -> None:
         with self.engine.begin() as conn:

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.errors import InvalidInputError, UnknownTaskError
+from claude_hooks.errors import InvalidInputError, UnknownAgentError, UnknownTaskError
 from claude_hooks.service import Service
-from claude_hooks.store.base import TaskFilter
+from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.views import MAX_OFFSET, task_view
 from claude_hooks.web.auth import require_token
 
@@ -25,44 +25,40 @@ def _service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(_service)]
 
 
-def agent_json(service: Service, name: str) -> dict[str, Any]:
-    worker = service.pool.get_worker(name)
+def agent_json(instance: InstanceView) -> dict[str, Any]:
     return {
-        "name": worker.name,
-        "type": worker.type,
-        "enabled": worker.enabled,
-        "state": worker.state,
-        "current_task": worker.current.id if worker.current else None,
-        "queue": [entry.id for entry in worker.queue],
-        "queued": len(worker.queue),
+        "name": instance.name,
+        "type": instance.type,
+        "enabled": instance.enabled,
+        "state": instance.state,
+        "current_task": instance.running,
+        "queue": list(instance.queue),
+        "queued": len(instance.queue),
     }
 
 
-def _position(service: Service, agent: str, task_id: str) -> int | None:
-    worker = service.pool.workers.get(agent)
-    if worker is None:
-        return None
-    for index, entry in enumerate(worker.queue):
-        if entry.id == task_id:
-            return index + 1
-    return None
+async def _agent(service: Service, name: str) -> dict[str, Any]:
+    for instance in await service.store.instances():
+        if instance.name == name:
+            return agent_json(instance)
+    raise UnknownAgentError(name)
 
 
 @router.get("/api/agents", summary="Every instance with its state and queue")
 async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
-    return [agent_json(service, name) for name in sorted(service.pool.workers)]
+    return [agent_json(instance) for instance in await service.store.instances()]
 
 
 @router.post("/api/agents/{name}/disable", summary="Stop giving work to an instance")
 async def disable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
     await service.set_enabled(name, False)
-    return agent_json(service, name)
+    return await _agent(service, name)
 
 
 @router.post("/api/agents/{name}/enable", summary="Give work to an instance again")
 async def enable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
     await service.set_enabled(name, True)
-    return agent_json(service, name)
+    return await _agent(service, name)
 
 
 @router.get("/api/tasks", summary="Tasks, newest first, filtered and paginated")
@@ -77,11 +73,12 @@ async def list_tasks(
 ) -> dict[str, Any]:
     where = TaskFilter(state=state, type=type, agent=agent, repo=repo)
     tasks = await service.store.list_tasks(where, limit, offset)
+    positions = await service.store.queue_positions(t.id for t in tasks)
     return {
         "total": await service.store.count_tasks(where),
         "limit": limit,
         "offset": offset,
-        "tasks": [task_view(t, _position(service, t.agent, t.id)) for t in tasks],
+        "tasks": [task_view(t, positions.get(t.id)) for t in tasks],
     }
 
 
@@ -105,7 +102,7 @@ async def create_task(body: NewTask, service: ServiceDep) -> dict[str, Any]:
     task_id = await service.pool.dispatch_by_type(body.type, request)
     task = await service.store.get_task(task_id)
     assert task is not None
-    return task_view(task, _position(service, task.agent, task.id))
+    return task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
 
 
 @router.get("/api/tasks/{task_id}", summary="One task")
@@ -113,7 +110,7 @@ async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
     task = await service.store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
-    return task_view(task, _position(service, task.agent, task.id))
+    return task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
 
 
 @router.post("/api/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
