@@ -16,7 +16,7 @@ from claude_hooks.store.intake import IntakeStore
 
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
-    """What a worker keeps in memory per queued task; the payload stays in the database."""
+    """Where a queued task waits: its instance, type, session key, and place (`seq`)."""
 
     id: str
     agent: str
@@ -24,6 +24,23 @@ class QueueEntry:
     session_key: str
     kind: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A task just queued by `Store.dispatch`, and what its instance was doing then."""
+
+    task: Task
+    position: int  # 1-based place in its instance's queue
+    busy: bool  # the instance was running or had a queue: the task does not start at once
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker got from the head of its queue."""
+
+    task: Task | None
+    blocked: bool = False  # the head waits for its session key to end on another instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +159,13 @@ class Store(Protocol):
     async def remove_agent(self, name: str) -> None: ...
 
     # tasks
-    async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int: ...
-    async def reassign_task(
-        self, task_id: str, agent: str, cursor: tuple[str, int]
-    ) -> int | None: ...
+    async def dispatch(self, task: Task) -> Placement: ...
+    async def reassign_task(self, task_id: str) -> Task | None: ...
+    async def orphaned_tasks(self) -> list[QueueEntry]: ...
     async def get_task(self, task_id: str) -> Task | None: ...
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]: ...
     async def count_tasks(self, where: TaskFilter) -> int: ...
-    async def queue_entries(self) -> list[QueueEntry]: ...
-    async def start_task(self, task_id: str, agent: str, now: float) -> Task | None: ...
+    async def claim_next(self, agent: str, now: float) -> Claim: ...
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None: ...
     async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool: ...
     async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import sqlite3
 import threading
@@ -15,12 +16,14 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
-from claude_hooks.store import reports
+from claude_hooks.store import placing, reports
 from claude_hooks.store.base import (
+    Claim,
     DeliveryTally,
     Histogram,
     InstanceView,
     Outcome,
+    Placement,
     QueueEntry,
     Recovered,
     SessionRecord,
@@ -190,6 +193,47 @@ _INSERT_TASK = (
     tasks.insert().values(seq=_NEXT_SEQ, state=TaskState.QUEUED.value).returning(tasks.c.seq)
 )
 _TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
+_HEAD_ID = (
+    sa.select(tasks.c.id)
+    .where(tasks.c.agent == sa.bindparam("b_agent"), tasks.c.state == TaskState.QUEUED.value)
+    .order_by(tasks.c.seq)
+    .limit(1)
+)
+_HEAD = _HEAD_ID.with_only_columns(tasks.c.id, tasks.c.session_key)
+_RUNNING_KEY = tasks.alias("running_key")
+_CLAIM = (
+    tasks.update()
+    .where(
+        tasks.c.id == _HEAD_ID.scalar_subquery(),
+        tasks.c.state == TaskState.QUEUED.value,
+        tasks.c.cancel_requested == sa.false(),
+        sa.exists().where(agents.c.name == tasks.c.agent, agents.c.enabled == sa.true()),
+        ~sa.exists().where(
+            _RUNNING_KEY.c.session_key == tasks.c.session_key,
+            _RUNNING_KEY.c.state == TaskState.RUNNING.value,
+        ),
+    )
+    .values(
+        state=TaskState.RUNNING.value,
+        started_at=sa.bindparam("b_now"),
+        finished_at=None,
+        attempts=tasks.c.attempts + 1,
+    )
+    .returning(*tasks.c)
+)
+_CANCEL_REQUESTED = (
+    tasks.update()
+    .where(
+        tasks.c.agent == sa.bindparam("b_agent"),
+        tasks.c.state == TaskState.QUEUED.value,
+        tasks.c.cancel_requested == sa.true(),
+    )
+    .values(
+        state=TaskState.CANCELLED.value,
+        finished_at=sa.bindparam("b_now"),
+        error="cancelled before it started",
+    )
+)
 
 
 class SqlStore:
@@ -289,17 +333,16 @@ class SqlStore:
 
     # tasks
 
-    def _set_cursor(self, conn: sa.Connection, cursor: tuple[str, int]) -> None:
-        upsert(conn, cursors, {"type": cursor[0], "position": cursor[1]})
-
-    async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int:
+    async def dispatch(self, task: Task) -> Placement:
+        """Choose the task's instance, insert it and move the type's cursor: one transaction."""
         with self.engine.begin() as conn:
+            spot = placing.place(conn, task.type, task.session_key)
             seq: int = conn.execute(
                 _INSERT_TASK,
                 {
                     "id": task.id,
                     "type": task.type,
-                    "agent": task.agent,
+                    "agent": spot.agent,
                     "kind": task.kind.value,
                     "session_key": task.session_key,
                     "repo": task.repo,
@@ -310,24 +353,47 @@ class SqlStore:
                     "delivery_id": task.delivery_id,
                 },
             ).scalar_one()
-            if cursor is not None:
-                self._set_cursor(conn, cursor)
-        return int(seq)
+        placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
+        return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
-    async def reassign_task(self, task_id: str, agent: str, cursor: tuple[str, int]) -> int | None:
+    async def reassign_task(self, task_id: str) -> Task | None:
+        """Move a queued task to the tail of the instance the rule picks now (its own was
+        disabled or removed); None if it is no longer queued."""
         with self.engine.begin() as conn:
-            moved = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
-                .values(agent=agent, seq=_NEXT_SEQ)
-            )
-            if moved.rowcount == 0:
+            row = conn.execute(
+                sa.select(tasks.c.type, tasks.c.session_key).where(
+                    tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value
+                )
+            ).first()
+            if row is None:
                 return None
-            self._set_cursor(conn, cursor)
-            seq: int = (
-                conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == task_id))
-            ).scalar_one()
-        return int(seq)
+            spot = placing.place(conn, row.type, row.session_key)
+            conn.execute(
+                tasks.update().where(tasks.c.id == task_id).values(agent=spot.agent, seq=_NEXT_SEQ)
+            )
+            moved = conn.execute(_TASK_BY_ID, {"b_id": task_id}).one()
+        return _task(moved)
+
+    async def orphaned_tasks(self) -> list[QueueEntry]:
+        """Queued tasks whose instance is disabled or gone, in queue order."""
+        query = (
+            sa.select(
+                tasks.c.id,
+                tasks.c.agent,
+                tasks.c.type,
+                tasks.c.session_key,
+                tasks.c.kind,
+                tasks.c.seq,
+            )
+            .select_from(tasks.outerjoin(agents, agents.c.name == tasks.c.agent))
+            .where(
+                tasks.c.state == TaskState.QUEUED.value,
+                sa.or_(agents.c.name.is_(None), agents.c.enabled == sa.false()),
+            )
+            .order_by(tasks.c.seq)
+        )
+        with self.reader.connect() as conn:
+            return list(itertools.starmap(QueueEntry, conn.execute(query).all()))
 
     async def get_task(self, task_id: str) -> Task | None:
         with self.reader.connect() as conn:
@@ -350,61 +416,22 @@ class SqlStore:
         with self.reader.connect() as conn:
             return int(conn.scalar(query) or 0)
 
-    async def queue_entries(self) -> list[QueueEntry]:
-        query = (
-            sa.select(
-                tasks.c.id,
-                tasks.c.agent,
-                tasks.c.type,
-                tasks.c.session_key,
-                tasks.c.kind,
-                tasks.c.seq,
-            )
-            .where(tasks.c.state == TaskState.QUEUED.value)
-            .order_by(tasks.c.agent, tasks.c.seq)
-        )
-        with self.reader.connect() as conn:
-            # Start-up reads every queued task: fetch the rows in one go (100,000 of them
-            # took 0.5 s one Row at a time) and build the entries from plain tuples.
-            rows = conn.execute(query).all()
-        return list(itertools.starmap(QueueEntry, rows))
+    async def claim_next(self, agent: str, now: float) -> Claim:
+        """Start the head of `agent`'s queue: one atomic UPDATE, so a task starts once.
 
-    async def start_task(self, task_id: str, agent: str, now: float) -> Task | None:
-        """Mark a task running on `agent`; None if it is no longer queued there (cancelled,
-        moved to another instance). A task whose cancel was asked for is cancelled here."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                tasks.update()
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.agent == agent,
-                    tasks.c.state == TaskState.QUEUED.value,
-                    tasks.c.cancel_requested == sa.false(),
-                )
-                .values(
-                    state=TaskState.RUNNING.value,
-                    started_at=now,
-                    finished_at=None,
-                    attempts=tasks.c.attempts + 1,
-                )
-            )
-            if result.rowcount == 0:
-                conn.execute(
-                    tasks.update()
-                    .where(
-                        tasks.c.id == task_id,
-                        tasks.c.state == TaskState.QUEUED.value,
-                        tasks.c.cancel_requested == sa.true(),
-                    )
-                    .values(
-                        state=TaskState.CANCELLED.value,
-                        finished_at=now,
-                        error="cancelled before it started",
-                    )
-                )
-                return None
-            row = conn.execute(_TASK_BY_ID, {"b_id": task_id}).one()
-            return _task(row)
+        The head waits (blocked) while its session key runs elsewhere; the partial unique
+        index on running session keys holds that even between processes. A head whose cancel
+        was asked for is cancelled here instead."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_CANCEL_REQUESTED, {"b_agent": agent, "b_now": now})
+                row = conn.execute(_CLAIM, {"b_agent": agent, "b_now": now}).first()
+                if row is not None:
+                    return Claim(_task(row))
+                head = conn.execute(_HEAD, {"b_agent": agent}).first()
+                return Claim(None, blocked=head is not None)
+        except sa.exc.IntegrityError:
+            return Claim(None, blocked=True)
 
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
         with self.engine.begin() as conn:
