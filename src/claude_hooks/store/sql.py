@@ -1,4 +1,8 @@
-"""The SQL store: SQLAlchemy Core on SQLite (WAL) by default; migrations run when it opens."""
+"""The SQL store: SQLAlchemy Core on SQLite (WAL, the default) or PostgreSQL (psycopg 3).
+
+The same statements serve both; the dialect shows only in how the engines are made, in
+`upsert`, and in how `placing` makes a cursor row. Migrations run when the store opens.
+"""
 
 from __future__ import annotations
 
@@ -89,26 +93,42 @@ def _sqlite_begin_immediate(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
     """A writer and a reader on the SQLite file: the writer begins IMMEDIATE, readers never block.
 
     Statements run on the event loop's thread: an SQLite statement takes microseconds, while
     handing it to a worker thread (as aiosqlite does) was measured at 350-500 us per call here.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        raise StoreError(
-            f"database_url {url!r}: this version stores its data in SQLite only "
-            "(leave database_url empty, or give a sqlite:/// URL)"
-        )
-    parsed = parsed.set(drivername="sqlite")
-    writer = sa.create_engine(parsed, pool_size=1, max_overflow=0)
-    reader = sa.create_engine(parsed)
+    url = url.set(drivername="sqlite")
+    writer = sa.create_engine(url, pool_size=1, max_overflow=0)
+    reader = sa.create_engine(url)
     for engine in (writer, reader):
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     sa.event.listen(writer, "connect", _sqlite_manual_transactions)
     sa.event.listen(writer, "begin", _sqlite_begin_immediate)
     return writer, reader
+
+
+def _postgresql_engine(url: sa.URL) -> sa.Engine:
+    """One pooled engine through psycopg 3: PostgreSQL serialises what must be serial with
+    row locks (see `placing`), so readers and writers share it."""
+    return sa.create_engine(
+        url.set(drivername="postgresql+psycopg"), pool_size=5, max_overflow=5, pool_pre_ping=True
+    )
+
+
+def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engines(parsed)
+    if backend == "postgresql":
+        engine = _postgresql_engine(parsed)
+        return engine, engine
+    raise StoreError(
+        f"database_url {url!r}: the data is stored in SQLite or PostgreSQL "
+        "(leave database_url empty, or give a sqlite:/// or postgresql:// URL)"
+    )
 
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
@@ -122,7 +142,16 @@ def _current_revision(connection: sa.Connection) -> str | None:
     return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
+# Any fixed number: every node migrating the same PostgreSQL database takes this lock first.
+MIGRATION_LOCK = 0x636C6175
+_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=MIGRATION_LOCK)
+
+
 def _upgrade(connection: sa.Connection) -> None:
+    """Bring the schema to the newest revision; on PostgreSQL under an advisory lock held to
+    the end of the transaction, so nodes starting together migrate one after another."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(_LOCK)
     if _current_revision(connection) == HEAD_REVISION:
         return
     from alembic import command
@@ -269,6 +298,8 @@ class SqlStore:
                 f"cannot open or migrate the database at {url!r}: {exc.__class__.__name__}: "
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
+        if engine.dialect.name != "sqlite":
+            return cls(engine, reader)
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
         return cls(engine, reader, checkpointer)
