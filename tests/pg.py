@@ -66,27 +66,23 @@ def throwaway_cluster() -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", _free_port()
 
-    def run(program: str, *args: str) -> None:
+    def run(program: str, *args: str, check: bool = True) -> None:
         subprocess.run(
             [*as_user, str(bin_dir / program), "-D", str(data), *args],
-            check=True,
+            check=check,
             capture_output=True,
             timeout=60,
         )
 
     try:
-        run("initdb", "-A", "trust", "-U", "postgres")
-        run(
-            "pg_ctl",
-            "-o",
-            f"-p {port} -k {root} -c listen_addresses='' -c fsync=off",
-            "-w",
-            "start",
-        )
+        run("initdb", "-A", "trust", "-U", "postgres", "--no-sync")
+        options = f"-p {port} -k {root} -c listen_addresses='' -c fsync=off"
         try:
+            # The server's output goes to a file: a pipe it inherits would never close.
+            run("pg_ctl", "-o", options, "-l", str(root / "server.log"), "-w", "start")
             yield f"postgresql://postgres@/postgres?host={root}&port={port}"
         finally:
-            run("pg_ctl", "-m", "immediate", "stop")
+            run("pg_ctl", "-m", "immediate", "stop", check=False)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
