@@ -36,19 +36,21 @@ _MOVE_CURSOR = (
     .where(cursors.c.type == sa.bindparam("b_type"))
     .values(position=sa.bindparam("b_position"))
 )
+# Per candidate, two lookups in the (agent, state, seq) index: a join with GROUP BY read the
+# same rows seven times slower on SQLite.
+_RUNS = (
+    sa.select(sa.literal(1))
+    .where(tasks.c.agent == agents.c.name, tasks.c.state == _RUNNING)
+    .exists()
+)
+_QUEUE_LENGTH = (
+    sa.select(sa.func.count())
+    .where(tasks.c.agent == agents.c.name, tasks.c.state == _QUEUED)
+    .scalar_subquery()
+)
 _CANDIDATES = (
-    sa.select(
-        agents.c.name,
-        sa.func.coalesce(sa.func.sum(sa.case((tasks.c.state == _RUNNING, 1), else_=0)), 0),
-        sa.func.coalesce(sa.func.sum(sa.case((tasks.c.state == _QUEUED, 1), else_=0)), 0),
-    )
-    .select_from(
-        agents.outerjoin(
-            tasks, sa.and_(tasks.c.agent == agents.c.name, tasks.c.state.in_([_QUEUED, _RUNNING]))
-        )
-    )
+    sa.select(agents.c.name, _RUNS, _QUEUE_LENGTH)
     .where(agents.c.type == sa.bindparam("b_type"), agents.c.enabled == sa.true())
-    .group_by(agents.c.name)
     .order_by(agents.c.name)
 )
 _HOLDERS = (
