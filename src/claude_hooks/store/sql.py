@@ -111,10 +111,10 @@ def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
 
 def _postgresql_engine(url: sa.URL) -> sa.Engine:
     """One pooled engine through psycopg 3: PostgreSQL serialises what must be serial with
-    row locks (see `placing`), so readers and writers share it."""
-    return sa.create_engine(
-        url.set(drivername="postgresql+psycopg"), pool_size=5, max_overflow=5, pool_pre_ping=True
-    )
+    row locks (see `placing`), so readers and writers share it. No ping before each use (a
+    round trip per call): a connection the server dropped fails one call, and SQLAlchemy
+    then replaces the whole pool; the callers retry."""
+    return sa.create_engine(url.set(drivername="postgresql+psycopg"), pool_size=5, max_overflow=5)
 
 
 def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
