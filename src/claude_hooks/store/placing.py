@@ -26,10 +26,8 @@ _CURSOR = (
     sa.select(cursors.c.position).where(cursors.c.type == sa.bindparam("b_type")).with_for_update()
 )
 _NEW_CURSOR = {
-    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(cursors)
-    .values(type=sa.bindparam("b_type"), position=0)
-    .on_conflict_do_nothing(index_elements=["type"])
-    for dialect in (postgresql, sqlite)
+    "postgresql": postgresql.insert(cursors).on_conflict_do_nothing(index_elements=["type"]),
+    "sqlite": sqlite.insert(cursors).on_conflict_do_nothing(index_elements=["type"]),
 }
 _MOVE_CURSOR = (
     cursors.update()
@@ -74,7 +72,7 @@ def _lock_cursor(conn: sa.Connection, agent_type: str) -> int:
     params = {"b_type": agent_type}
     position = conn.execute(_CURSOR, params).scalar()
     if position is None:
-        conn.execute(_NEW_CURSOR[conn.dialect.name], params)
+        conn.execute(_NEW_CURSOR[conn.dialect.name], {"type": agent_type, "position": 0})
         position = conn.execute(_CURSOR, params).scalar_one()
     return int(position)
 
