@@ -1,14 +1,22 @@
 """2. Dispatch decision: the pure choice at 10, 100 and 1,000 instances, and `dispatch_by_type`
-end to end including its commit."""
+end to end including its commit, on SQLite and (at 100 instances) on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import socket
 import tempfile
 import time
 import timeit
+import uuid
+from collections.abc import Iterator
 from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
 
 from bench.common import runs, stats
 from claude_hooks.config import Config
@@ -51,11 +59,44 @@ class Forever:
         raise AssertionError("unreachable")
 
 
-async def _end_to_end(instances: int, dispatches: int) -> float:
+POSTGRES_ENV = "CLAUDE_HOOKS_BENCH_DATABASE_URL"
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def postgres_server() -> str | None:
+    """A PostgreSQL server to measure on: $CLAUDE_HOOKS_BENCH_DATABASE_URL, or 127.0.0.1:5432."""
+    given = os.environ.get(POSTGRES_ENV)
+    if given:
+        return given
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return LOCAL_POSTGRES if sock.connect_ex(("127.0.0.1", 5432)) == 0 else None
+
+
+@contextlib.contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    """A database of the benchmark's own on the server, dropped afterwards."""
+    name = f"claude_hooks_bench_{uuid.uuid4().hex[:12]}"
+    admin = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _end_to_end(instances: int, dispatches: int, database_url: str = "") -> float:
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         command = ["true"]
         config = Config(
-            server={"data_dir": tmp, "webhook_secret": "s", "api_token": "t"},
+            server={
+                "data_dir": tmp,
+                "webhook_secret": "s",
+                "api_token": "t",
+                "database_url": database_url,
+            },
             types={
                 "dev": {
                     "runner": "command",
@@ -83,13 +124,23 @@ async def _end_to_end(instances: int, dispatches: int) -> float:
 
 
 def end_to_end(quick: bool) -> dict[str, Any]:
+    """SQLite at 10 and 100 instances; PostgreSQL at 100 when a server answers (not in the
+    quick mode), each run in a fresh database."""
     dispatches = 100 if quick else 2000
-    return {
+    results = {
         f"dispatch_by_type_{count}_us": stats(
             [asyncio.run(_end_to_end(count, dispatches)) for _ in range(runs(quick))]
         )
         for count in (10, 100)
     }
+    server = None if quick else postgres_server()
+    if server is not None:
+        figures = []
+        for _ in range(runs(quick)):
+            with postgres_database(server) as url:
+                figures.append(asyncio.run(_end_to_end(100, dispatches, url)))
+        results["dispatch_by_type_100_postgresql_us"] = stats(figures)
+    return results
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -231,6 +231,13 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{_m(d['pure'][f'all_busy_{count}_us'])} | "
                 f"{_m(e2e, digits=0) if e2e else '-'} |"
             )
+        on_postgres = d["end_to_end"].get("dispatch_by_type_100_postgresql_us")
+        if on_postgres:
+            lines += [
+                "",
+                f"`dispatch_by_type` with commit at 100 instances on PostgreSQL (localhost): "
+                f"{_m(on_postgres, digits=0)} us.",
+            ]
     if "start_latency" in r:
         s = r["start_latency"]
         lines += [

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from claude_hooks.config import Config
 from claude_hooks.service import Service
+from claude_hooks.store.schema import metadata
 from claude_hooks.store.sql import SqlStore
+from tests import pg
 from tests.fake_forgejo import fake_forgejo  # noqa: F401
 from tests.support import GateRunner, make_config
 
@@ -25,6 +31,52 @@ async def store(config: Config) -> AsyncIterator[SqlStore]:
     opened = await SqlStore.open(config.database_url)
     yield opened
     await opened.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A PostgreSQL server (see tests/pg.py); skipped without one, except under CI."""
+    try:
+        with pg.server() as url:
+            yield url
+    except pg.NoServer as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: str) -> Iterator[str]:
+    """A database of this test run's own, migrated once."""
+    with pg.own_database(pg_server) as url:
+        asyncio.run(_migrate(url))
+        yield url
+
+
+async def _migrate(url: str) -> None:
+    await (await SqlStore.open(url)).close()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The run's PostgreSQL database, emptied for this test."""
+    engine = sa.create_engine(make_url(pg_database).set(drivername="postgresql+psycopg"))
+    try:
+        with engine.begin() as conn:
+            names = ", ".join(table.name for table in metadata.sorted_tables)
+            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
+    finally:
+        engine.dispose()
+    return pg_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each backend in turn: a fresh SQLite file, or the run's PostgreSQL database emptied."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture

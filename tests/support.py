@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from claude_hooks.config import Config
 from claude_hooks.runners.base import RunContext, RunResult
+from claude_hooks.store.base import Store
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -68,12 +70,41 @@ class GateRunner:
         return RunResult(succeeded=True, exit_code=0, result=f"done by {ctx.task.agent}")
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Wait until `condition` (a function, or a coroutine function) holds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        met = condition()
+        if inspect.isawaitable(met):
+            met = await met
+        if met:
+            return
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.005)
+
+
+async def queue_of(store: Store, agent: str) -> list[str]:
+    """The ids queued on an instance, head first, as the database has them."""
+    for instance in await store.instances():
+        if instance.name == agent:
+            return list(instance.queue)
+    return []
+
+
+async def all_idle(store: Store) -> bool:
+    """No instance runs a task or has one queued."""
+    return all(i.running is None and not i.queue for i in await store.instances())
+
+
+async def instance_idle(store: Store, agent: str) -> bool:
+    return any(
+        i.name == agent and i.running is None and not i.queue for i in await store.instances()
+    )
+
+
+async def queue_is(store: Store, agent: str, expected: list[str]) -> bool:
+    return await queue_of(store, agent) == expected
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "forgejo"

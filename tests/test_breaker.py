@@ -10,7 +10,7 @@ import pytest
 from claude_hooks.breaker import ApiFailure, Breaker, FailureKind, classify
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
-from tests.support import make_config, wait_until
+from tests.support import instance_idle, make_config, queue_of, wait_until
 
 
 @pytest.mark.parametrize(
@@ -85,6 +85,8 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
                 "breaker_failures": 2,
                 "breaker_backoff": 1.5,
                 "breaker_exit_codes": [75],
+                # Unconfined: the command looks for a file in the test's /tmp.
+                "sandbox": False,
             }
         },
         agents=[{"name": "dev-alpha", "type": "dev"}],
@@ -100,14 +102,13 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
     await wait_until(lambda: "dev" in limits.paused, timeout=20)
     assert limits.paused["dev"].reason == "breaker"
     assert limits.trips["dev"] >= 1
-    worker = service.pool.get_worker("dev-alpha")
-    assert [entry.id for entry in worker.queue] == ids  # the failed one is back at the head
+    assert await queue_of(service.store, "dev-alpha") == ids  # the failed one is back at the head
     for task_id in ids:
         task = await service.store.get_task(task_id)
         assert task is not None and task.state is TaskState.QUEUED and task.attempts == 0
 
     down.unlink()  # the API is back: the next probe succeeds and the queue drains
-    await wait_until(lambda: worker.idle, timeout=20)
+    await wait_until(lambda: instance_idle(service.store, "dev-alpha"), timeout=20)
     for task_id in ids:
         task = await service.store.get_task(task_id)
         assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1

@@ -13,7 +13,7 @@ from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
 from tests.messages_standin import MessagesStandin, error
-from tests.support import make_config, wait_until
+from tests.support import instance_idle, make_config, queue_of, wait_until
 
 
 @pytest.fixture
@@ -76,9 +76,13 @@ async def test_an_api_outage_pauses_the_type_and_the_queue_drains_when_it_recove
     await wait_until(lambda: "dev" in limits.paused, timeout=60)
     assert limits.paused["dev"].reason == "breaker"
     worker = service.pool.get_worker("dev-alpha")
-    assert [entry.id for entry in worker.queue] == ids
+    assert await queue_of(service.store, worker.name) == ids
     started = time.monotonic()
-    await wait_until(lambda: worker.idle and not api.replies, timeout=90)
+
+    async def drained() -> bool:
+        return not api.replies and await instance_idle(service.store, worker.name)
+
+    await wait_until(drained, timeout=90)
     assert time.monotonic() - started >= 1.0  # it waited for the probe's backoff
     for task_id in ids:
         task = await service.store.get_task(task_id)

@@ -12,7 +12,7 @@ from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
 from tests.messages_standin import MessagesStandin, stall
-from tests.support import make_config, wait_until
+from tests.support import instance_idle, make_config, wait_until
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ async def test_a_hard_budget_stops_a_running_claude_session(
     ]
 
     for name in ("dev-alpha", "dev-bravo"):
-        await wait_until(lambda name=name: service.pool.get_worker(name).idle, timeout=90)
+        await wait_until(lambda name=name: instance_idle(service.store, name), timeout=90)
     tasks = [await service.store.get_task(task_id) for task_id in ids]
     by_state = {task.state: task for task in tasks if task is not None}
     assert set(by_state) == {TaskState.SUCCEEDED, TaskState.CANCELLED}

@@ -15,7 +15,7 @@ from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.store.sql import SqlStore
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
-from tests.support import GateRunner, make_config, wait_until
+from tests.support import GateRunner, make_config, queue_is, wait_until
 
 CONFIG = """
 [server]
@@ -177,7 +177,7 @@ async def test_tasks_list_show_cancel(
 
     cancel_queued = await asyncio.to_thread(cli, "tasks", "cancel", ids[1], config=config_file)
     assert "cancelled (was queued)" in cancel_queued.stdout
-    await wait_until(lambda: [e.id for e in service.pool.get_worker("dev-alpha").queue] == ids[2:])
+    await wait_until(lambda: queue_is(service.store, "dev-alpha", ids[2:]))
 
     cancel_running = await asyncio.to_thread(cli, "tasks", "cancel", ids[0], config=config_file)
     assert "cancel requested" in cancel_running.stdout

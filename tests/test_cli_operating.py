@@ -291,7 +291,8 @@ async def test_tasks_log_follows_until_the_task_ends(
     path = tmp_path / "team.toml"
     path.write_text(
         f'[server]\ndata_dir = "data"\nwebhook_secret = "s"\napi_token = "t"\n'
-        f"[types.dev]\nrunner = 'command'\nworkdir = 'none'\n"
+        # Unconfined: the agent waits for a file in the test's /tmp, which a sandbox hides.
+        f"[types.dev]\nrunner = 'command'\nworkdir = 'none'\nsandbox = false\n"
         f"command = {json.dumps([sys.executable, '-c', agent])}\n"
         '[[agents]]\nname = "dev-alpha"\ntype = "dev"\n'
     )

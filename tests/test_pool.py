@@ -15,7 +15,15 @@ from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentErro
 from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
 from tests.conftest import ServiceFactory
-from tests.support import GateRunner, make_config, wait_until
+from tests.support import (
+    GateRunner,
+    all_idle,
+    instance_idle,
+    make_config,
+    queue_is,
+    queue_of,
+    wait_until,
+)
 
 
 def request(
@@ -71,7 +79,7 @@ async def test_idle_instances_take_turns(start_service: ServiceFactory, gate: Ga
         task_id = await service.pool.dispatch_by_type("dev", request(number))
         placed.append(await agent_of(service, task_id))
         gate.release(task_id)
-        await wait_until(lambda: all(w.idle for w in service.pool.workers.values()))
+        await wait_until(lambda: all_idle(service.store))
     assert placed == ["dev-alpha", "dev-bravo", "dev-charlie"] * 2
     assert await service.store.load_cursors() == {"dev": 3}  # charlie (index 2) + 1
 
@@ -129,7 +137,8 @@ async def test_disabled_instance_is_skipped(
         for n in range(1, 4)
     }
     assert placed == {"dev-bravo"}
-    assert [w.name for w in service.pool.get_workers_by_type("dev")] == ["dev-bravo"]
+    instances = await service.store.instances()
+    assert [i.name for i in instances if i.type == "dev" and i.enabled] == ["dev-bravo"]
 
 
 async def test_registry_lookups(start_service: ServiceFactory, gate: GateRunner) -> None:
@@ -150,7 +159,7 @@ async def test_each_worker_is_fifo_and_runs_one_at_a_time(
         await wait_until(lambda task_id=task_id: gate.started[-1:] == [task_id])
         assert len(gate.started) == index + 1
         gate.release(task_id)
-    await wait_until(lambda: service.pool.get_worker("dev-alpha").idle)
+    await wait_until(lambda: instance_idle(service.store, "dev-alpha"))
     states = {t.id: t.state for t in await service.store.list_tasks(TaskFilter(), 10, 0)}
     assert set(states.values()) == {TaskState.SUCCEEDED}
 
@@ -206,9 +215,7 @@ async def test_cli_changes_reach_the_running_service(
     queued_on = await agent_of(service, queued)
     await control.remove_agent(service.store, queued_on)
     other = ({"dev-alpha", "dev-charlie"} - {queued_on}).pop()
-    await wait_until(
-        lambda: [e.id for e in service.pool.workers[other].queue] == [queued], timeout=1.0
-    )
+    await wait_until(lambda: queue_is(service.store, other, [queued]), timeout=1.0)
     assert service.pool.workers[queued_on].retiring
     assert await agent_of(service, queued) == other
     # The removed instance finishes its running task, then leaves the registry.
@@ -246,7 +253,7 @@ async def test_startup_builds_workers_and_queues_from_the_database(
     await second.start()
     try:
         await wait_until(lambda: second_gate.started == [ids[0]])
-        assert [e.id for e in second.pool.get_worker("dev-alpha").queue] == ids[1:]
+        assert await queue_of(second.store, "dev-alpha") == ids[1:]
         task = await second.store.get_task(ids[0])
         assert task is not None and task.attempts == 1
     finally:
@@ -268,7 +275,7 @@ async def test_a_worker_survives_a_database_fault_and_goes_on_with_its_queue(
     task = await service.store.get_task(first)
     assert task is not None and task.state is TaskState.SUCCEEDED  # recorded once it could be
     gate.release(second)
-    await wait_until(lambda: service.pool.get_worker("dev-alpha").idle)
+    await wait_until(lambda: instance_idle(service.store, "dev-alpha"))
 
 
 async def test_a_cancel_asked_before_a_clean_stop_is_honoured_after_it(
@@ -304,8 +311,9 @@ async def test_a_task_moved_off_a_disabled_waiting_instance_runs_where_it_was_mo
     follow_up = await service.pool.dispatch_by_type("dev", request(1, kind=TaskKind.FIX_CI))
     waiting_on = await agent_of(service, follow_up)
     waiter = service.pool.get_worker(waiting_on)
-    # It waits there: issue 1's conversation still runs on alpha.
-    await wait_until(lambda: waiter.current is not None and waiter.current.id == follow_up)
+    # It waits at the head of its queue there: issue 1's conversation still runs on alpha.
+    await wait_until(lambda: waiter.blocked)
+    assert await queue_of(service.store, waiting_on) == [follow_up]
     await service.set_enabled(waiting_on, False)
     moved_to = await agent_of(service, follow_up)
     assert moved_to not in ("dev-alpha", waiting_on)
@@ -333,7 +341,5 @@ async def test_tasks_moved_during_a_database_fault_are_not_lost(
     holder = hold_write_lock(service.config.data_dir / "claude-hooks.db", 5.5)
     await service.pool.sync_agents()  # moving the queued task fails: the database is locked
     holder.join()
-    await wait_until(
-        lambda: any(e.id == queued for e in service.pool.get_worker("dev-bravo").queue), 10
-    )
+    await wait_until(lambda: queue_is(service.store, "dev-bravo", [queued]), 10)
     assert await agent_of(service, queued) == "dev-bravo"

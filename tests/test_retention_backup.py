@@ -40,8 +40,11 @@ async def finished_task(store: SqlStore, config: Config, task_id: str, at: float
         seq=0,
         enqueued_at=at,
     )
-    await store.insert_task(task, None)
-    await store.start_task(task_id, "dev-alpha", at)
+    if await store.get_agent("dev-alpha") is None:
+        await store.add_agent("dev-alpha", "dev", at)
+    await store.dispatch(task)
+    claim = await store.claim_next("dev-alpha", at)
+    assert claim.task is not None and claim.task.id == task_id
     await store.finish_task(task_id, Outcome(TaskState.SUCCEEDED, result="done"), at)
     log = config.data_dir / "logs" / f"{task_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 from claude_hooks.capacity.simulation import Policy
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
-from tests.support import make_config, wait_until
+from tests.support import all_idle, make_config, wait_until
 
 # A's 60 s run holds #0 while C queues behind it; #1 is free from 11 s (tests/test_simulation.py).
 WORKLOAD = [
@@ -182,7 +182,7 @@ async def test_the_simulation_of_a_recorded_workload_matches_what_the_service_di
         for number, seconds in RECORDED
     ]
     # A worker is idle again only after its task's end is recorded.
-    await wait_until(lambda: all(w.idle for w in service.pool.workers.values()), timeout=30)
+    await wait_until(lambda: all_idle(service.store), timeout=30)
     recorded = {t: await service.store.get_task(t) for t in ids}
     assert all(t is not None and t.state is TaskState.SUCCEEDED for t in recorded.values())
 

@@ -21,7 +21,7 @@ from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.service import Service
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.web.app import create_app
-from tests.support import make_config, wait_until
+from tests.support import instance_idle, make_config, queue_of, wait_until
 
 
 class Clock:
@@ -122,7 +122,7 @@ async def test_a_reached_budget_holds_the_queue_until_the_period_ends(
     assert pause.reason == "budget"
     assert pause.until == ts(after) - 1
     assert await states(service, ids) == [TaskState.SUCCEEDED] * 2 + [TaskState.QUEUED] * 2
-    assert [entry.id for entry in service.pool.get_worker("dev-alpha").queue] == ids[2:]
+    assert await queue_of(service.store, "dev-alpha") == ids[2:]
     # The issue of the waiting task hears why, once.
     notice = await _next(waiting, "task.waiting")
     assert notice.task is not None and notice.task.id == ids[2]
@@ -207,7 +207,7 @@ async def test_hard_budget_stops_running_work_of_the_type(
     # The first run's $1 reaches the budget: the second run is stopped.
     runner.release(first)
     await wait_until(lambda: runner.cancelled == [second])
-    await wait_until(lambda: service.pool.get_worker("dev-bravo").idle)
+    await wait_until(lambda: instance_idle(service.store, "dev-bravo"))
     assert await states(service, [first, second]) == [TaskState.SUCCEEDED, TaskState.CANCELLED]
 
 
@@ -229,7 +229,7 @@ async def test_work_without_a_cost_is_not_held_by_a_cost_budget(
     )
     service = await start(services, config, None)
     ids = await queue(service, 2)
-    await wait_until(lambda: service.pool.get_worker("dev-alpha").idle)
+    await wait_until(lambda: instance_idle(service.store, "dev-alpha"))
     assert await states(service, ids) == [TaskState.SUCCEEDED] * 2
     assert not service.pool.limits.paused
 

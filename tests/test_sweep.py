@@ -18,7 +18,7 @@ from claude_hooks.web.app import create_app
 from claude_hooks.workspace import Workspaces
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
-from tests.support import fixture, forgejo_headers, make_config, wait_until
+from tests.support import fixture, forgejo_headers, instance_idle, make_config, wait_until
 from tests.test_workspace import Forge, make_task
 
 
@@ -52,7 +52,7 @@ async def test_closing_the_issue_removes_its_worktree(
         body, headers = fixture("issues_assigned_dev")
         assert (await client.post("/webhook", content=body, headers=headers)).status_code == 202
         await wait_until(lambda: (workdir / ".git").is_dir(), timeout=20)
-        await wait_until(lambda: service.pool.get_worker("dev-alpha").idle, timeout=20)
+        await wait_until(lambda: instance_idle(service.store, "dev-alpha"), timeout=20)
 
         data = json.loads(fixture("issues_opened")[0])
         data["action"] = "closed"

@@ -18,7 +18,15 @@ from claude_hooks.service import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
-from tests.support import GateRunner, fixture, forgejo_headers, make_config, sign, wait_until
+from tests.support import (
+    GateRunner,
+    fixture,
+    forgejo_headers,
+    instance_idle,
+    make_config,
+    sign,
+    wait_until,
+)
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -261,7 +269,7 @@ async def test_cancel_by_agent(
     assert cancelled.json() == {"cancelled": task_id, "agent": "dev-alpha"}
     await wait_until(lambda: gate.cancelled == [task_id])
     # dev-bravo stayed idle: cancel never picks "the first busy worker".
-    assert service.pool.get_worker("dev-bravo").idle
+    assert await instance_idle(service.store, "dev-bravo")
 
 
 async def test_cancel_task_by_id(

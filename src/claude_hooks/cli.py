@@ -32,7 +32,7 @@ from claude_hooks.scaffold import DEFAULT_TEAM, parse_team, render, webhook_sett
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.sweep import Sweeper
-from claude_hooks.views import history_view, queue_positions, task_view
+from claude_hooks.views import history_view, task_view
 from claude_hooks.workspace import Workspaces
 
 T = TypeVar("T")
@@ -220,24 +220,16 @@ def init(
 
 def _agent_rows(config: Config) -> list[dict[str, Any]]:
     async def rows(store: Store) -> list[dict[str, Any]]:
-        agents = await store.list_agents()
-        running = {
-            t.agent: t.id
-            for t in await store.list_tasks(TaskFilter(state=TaskState.RUNNING), 10_000, 0)
-        }
-        queued: dict[str, int] = {}
-        for entry in await store.queue_entries():
-            queued[entry.agent] = queued.get(entry.agent, 0) + 1
         return [
             {
-                "name": a.name,
-                "type": a.type,
-                "enabled": a.enabled,
-                "state": "busy" if a.name in running else ("idle" if a.enabled else "disabled"),
-                "current_task": running.get(a.name),
-                "queued": queued.get(a.name, 0),
+                "name": i.name,
+                "type": i.type,
+                "enabled": i.enabled,
+                "state": i.state,
+                "current_task": i.running,
+                "queued": len(i.queue),
             }
-            for a in agents
+            for i in await store.instances()
         ]
 
     return _run(_with_store(config, rows))
@@ -342,8 +334,8 @@ def tasks_list(
     where = TaskFilter(state=state, type=agent_type, agent=agent, repo=repo)
 
     async def fetch(store: Store) -> list[dict[str, Any]]:
-        positions = queue_positions(await store.queue_entries())
         tasks = await store.list_tasks(where, limit, 0)
+        positions = await store.queue_positions(t.id for t in tasks)
         return [task_view(t, positions.get(t.id)) for t in tasks]
 
     rows = _run(_with_store(config, fetch))
@@ -378,7 +370,7 @@ def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
         task = await store.get_task(task_id)
         if task is None:
             raise UnknownTaskError(task_id)
-        positions = queue_positions(await store.queue_entries())
+        positions = await store.queue_positions([task.id])
         view = task_view(task, positions.get(task.id))
         view.update(await history_view(store, task))
         view["payload"] = task.payload

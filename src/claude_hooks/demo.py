@@ -112,7 +112,11 @@ def sample_deliveries() -> list[tuple[str, dict[str, Any]]]:
         ),
         (
             "pull_request_review_approved",
-            _pull("reviewed", "reviewer", review={"type": "approved", "content": "LGTM"}),
+            _pull(
+                "reviewed",
+                "reviewer",
+                review={"type": "pull_request_review_approved", "content": "LGTM"},
+            ),
         ),
         (
             "status",

@@ -220,7 +220,7 @@ class Limits:
             return
         reached_by_type: dict[str, Reached | None] = {}
         for worker in list(self.pool.workers.values()):
-            task = worker.current_task
+            task = worker.current
             if task is None or task.type not in self.config.types:
                 continue
             if task.type not in reached_by_type:

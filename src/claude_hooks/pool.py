@@ -1,7 +1,8 @@
-"""Workers and the registry: one worker per enabled instance, dispatch by type.
+"""Workers and the registry: one worker per instance, dispatch by type.
 
-The pool keeps each worker's FIFO queue in memory (ids only; payloads stay in the database)
-and writes every change to the store before it is visible in memory, so a crash loses nothing.
+The database is the truth: `Store.dispatch` places a task in one transaction and each worker
+claims the head of its instance's queue from the store, so every process sharing the
+database sees the same queues. In memory are only the workers and their wake-up events.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,6 @@ from claude_hooks.limits import Limits
 from claude_hooks.private_files import private_dir, private_file
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.sandbox import Sandbox
-from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.base import Outcome, QueueEntry, Store
 from claude_hooks.workspace import WorkspaceError, Workspaces
 
@@ -35,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RunnerFactory = Callable[[str], AgentRunner]
 RETRY_SECONDS = 1.0
+BLOCKED_RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,8 @@ class CancelResult:
 
 
 class Worker:
-    """One instance: a FIFO queue and at most one running task."""
+    """One instance: it takes the head of its queue from the database and runs one task at a
+    time. The wake-up event only says "look again"; the queue itself lives in the store."""
 
     def __init__(self, pool: Pool, name: str, agent_type: str, enabled: bool) -> None:
         self.pool = pool
@@ -53,9 +54,8 @@ class Worker:
         self.type = agent_type
         self.enabled = enabled
         self.retiring = False
-        self.queue: deque[QueueEntry] = deque()
-        self.current: QueueEntry | None = None
-        self.current_task: Task | None = None
+        self.blocked = False  # the head of the queue waits for its session key
+        self.current: Task | None = None
         self._cancel_current = False
         self._run: asyncio.Task[RunResult] | None = None
         self._wake = asyncio.Event()
@@ -63,20 +63,9 @@ class Worker:
         self._unfinished: tuple[Task, Outcome] | None = None
 
     def __repr__(self) -> str:
-        return f"<Worker {self.name} type={self.type} queued={len(self.queue)}>"
+        return f"<Worker {self.name} type={self.type} running={self.current is not None}>"
 
-    @property
-    def idle(self) -> bool:
-        return self.current is None and not self.queue
-
-    @property
-    def state(self) -> str:
-        if self.current is not None:
-            return "busy"
-        return "idle" if self.enabled else "disabled"
-
-    def enqueue(self, entry: QueueEntry) -> None:
-        self.queue.append(entry)
+    def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
@@ -96,29 +85,22 @@ class Worker:
             self._run.cancel()
         return True
 
-    def drop(self, task_id: str) -> QueueEntry | None:
-        for entry in self.queue:
-            if entry.id == task_id:
-                self.queue.remove(entry)
-                return entry
-        return None
-
     async def _serve(self) -> None:
         while True:
             try:
                 if self._unfinished is not None:
                     await self._record(*self._unfinished)
-                if not self.queue:
-                    if self.retiring:
-                        self.pool._retired(self)
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
+                if self.retiring:
+                    self.pool._retired(self)
+                    return
+                self._wake.clear()
+                if self.enabled and await self._held():
                     continue
-                head = self.queue[0]
-                if await self.pool.limits.wait_until_open(self.type, head.id):
+                task = await self._claim() if self.enabled else None
+                if task is None:
+                    await self._idle()
                     continue
-                await self._take(head)
+                await self._take(task)
             except Exception:
                 # A store or runner fault must not end the worker: its queue would wait forever.
                 log.exception(
@@ -126,54 +108,59 @@ class Worker:
                 )
                 await asyncio.sleep(RETRY_SECONDS)
 
-    async def _take(self, entry: QueueEntry) -> None:
-        """Start the entry at the head of the queue, run it, record how it ended."""
-        self.current = entry
+    async def _held(self) -> bool:
+        """Wait while a budget or the API breaker holds the type; True to look again after."""
+        head = await self.pool.store.queue_head(self.name)
+        return head is not None and await self.pool.limits.wait_until_open(self.type, head)
+
+    async def _claim(self) -> Task | None:
+        claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+        self.blocked = claim.blocked
+        return claim.task
+
+    async def _idle(self) -> None:
+        """Wait for a wake-up; a blocked head is looked at again after a while regardless,
+        since the session key it waits for may end in another process."""
+        if not self.blocked:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), BLOCKED_RECHECK_SECONDS)
+
+    async def _take(self, task: Task) -> None:
+        """Run a claimed task and record how it ended."""
+        self.current = task
         self._cancel_current = False
         try:
-            await self.pool._claim_key(entry.session_key, self)
-            if entry not in self.queue:
-                return  # cancelled or moved to another instance while this one waited
-            # The store runs inline on this thread: nothing moves the entry before it starts.
-            task = await self.pool.store.start_task(entry.id, self.name, self.pool.clock())
-            self.queue.remove(entry)
-            if task is None:
-                self.pool._release(entry)
-                return
-            self.current_task = task
             self.pool.bus.publish(Event("task.started", task))
             outcome = await self._execute(task)
             if outcome is None:
-                await self._requeue_exhausted(task, entry)
+                await self._requeue_exhausted(task)
                 return
             if await self.pool.limits.after_run(task, outcome):
                 await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
-                self.queue.appendleft(entry)
                 return
             self._unfinished = (task, outcome)
             await self._record(task, outcome)
         finally:
-            self.pool._free_key(entry.session_key, self)
             self.current = None
-            self.current_task = None
             self._run = None
 
     async def _record(self, task: Task, outcome: Outcome) -> None:
         """Save how a run ended; kept for another try if the store fails, so it is never lost."""
         await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
         self._unfinished = None
-        self.pool._release_id(task.session_key, self)
+        self.pool._key_freed()
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
         try:
             await self.pool.publish_finished(task.id)
         except Exception:
             log.exception("could not announce the end of task %s", task.id)
 
-    async def _requeue_exhausted(self, task: Task, entry: QueueEntry) -> None:
+    async def _requeue_exhausted(self, task: Task) -> None:
         """Back to the head of the queue: the run could not start for want of descriptors or
         processes, which passes; it starts again after a pause, its attempt not counted."""
         await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
-        self.queue.insert(0, entry)
         _exhausted_notice(
             "task %s could not start (out of file descriptors or processes): "
             "it waits at the head of its queue and is tried again",
@@ -233,7 +220,7 @@ def _outcome(result: RunResult) -> Outcome:
 
 
 class Pool:
-    """The registry of workers and `dispatch_by_type`."""
+    """The registry of this process's workers, and `dispatch_by_type` through the store."""
 
     def __init__(
         self,
@@ -252,13 +239,7 @@ class Pool:
             config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
         )
         self.workers: dict[str, Worker] = {}
-        self.cursors: dict[str, int] = {}
-        # session key -> {worker name: how many of its tasks that worker holds}
-        self._holders: dict[str, dict[str, int]] = {}
-        self._running_keys: dict[str, Worker] = {}
-        self._key_freed = asyncio.Condition()
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._stranded: list[QueueEntry] = []
+        self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
@@ -275,7 +256,7 @@ class Pool:
             raise UnknownAgentError(name) from None
 
     def get_workers_by_type(self, agent_type: str) -> list[Worker]:
-        """Enabled workers of a type, sorted by name: the candidates of a dispatch."""
+        """This process's enabled workers of a type, sorted by name."""
         return sorted(
             (
                 w
@@ -288,7 +269,7 @@ class Pool:
     # lifecycle
 
     async def start(self) -> None:
-        """Recover from a crash, build one worker per instance, load the queues, start."""
+        """Recover from a crash, build one worker per instance, move orphaned tasks, start."""
         recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
         stale = [r for r in recovered if r.pid is not None]
         await asyncio.gather(
@@ -300,22 +281,13 @@ class Pool:
         )
         for r in recovered:
             log.warning("task %s was running when the service stopped: now %s", r.id, r.state.value)
-        self.cursors = await self.store.load_cursors()
         await self.limits.reload()
         for agent in await self.store.list_agents():
             self._add_worker(agent.name, agent.type, agent.enabled)
-        orphans: list[QueueEntry] = []
-        for entry in await self.store.queue_entries():
-            worker = self.workers.get(entry.agent)
-            if worker is None or not worker.enabled:
-                orphans.append(entry)
-            else:
-                worker.queue.append(entry)
-                self._hold(entry.session_key, worker.name)
+        await self._redispatch(await self.store.orphaned_tasks())
         for worker in self.workers.values():
             worker.start()
         self.limits.start()
-        await self._redispatch(orphans)
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
@@ -344,7 +316,6 @@ class Pool:
     async def sync_agents(self) -> None:
         """Bring the workers in line with the `agents` table (changed by the CLI)."""
         rows = {agent.name: agent for agent in await self.store.list_agents()}
-        orphans: list[QueueEntry] = []
         for name, agent in rows.items():
             worker = self.workers.get(name)
             if worker is None:
@@ -354,46 +325,19 @@ class Pool:
                     log.info("agent %s (%s) added", name, agent.type)
                 continue
             worker.retiring = False
-            if worker.enabled and not agent.enabled:
-                worker.enabled = False
-                orphans.extend(self._take_queue(worker))
-                log.info("agent %s disabled", name)
-            elif agent.enabled and not worker.enabled:
-                worker.enabled = True
-                log.info("agent %s enabled", name)
+            if worker.enabled != agent.enabled:
+                worker.enabled = agent.enabled
+                worker.wake()
+                log.info("agent %s %s", name, "enabled" if agent.enabled else "disabled")
         for name, worker in list(self.workers.items()):
             if name not in rows and not worker.retiring:
                 worker.retiring = True
                 worker.enabled = False
-                orphans.extend(self._take_queue(worker))
-                worker._wake.set()
+                worker.wake()
                 log.info("agent %s removed", name)
-        await self._redispatch(orphans)
-
-    def _take_queue(self, worker: Worker) -> list[QueueEntry]:
-        entries = list(worker.queue)
-        worker.queue.clear()
-        for entry in entries:
-            self._release(entry)
-        return entries
+        await self._redispatch(await self.store.orphaned_tasks())
 
     # dispatch
-
-    def _lock(self, agent_type: str) -> asyncio.Lock:
-        lock = self._locks.get(agent_type)
-        if lock is None:
-            lock = self._locks[agent_type] = asyncio.Lock()
-        return lock
-
-    def _place(self, agent_type: str, session_key: str) -> tuple[Worker, int]:
-        candidates = self.get_workers_by_type(agent_type)
-        if not candidates:
-            raise NoInstanceError(agent_type)
-        holders = self._holders.get(session_key)
-        holder = next((w.name for w in candidates if holders and w.name in holders), None)
-        snapshot = [Candidate(w.name, w.current is not None, len(w.queue)) for w in candidates]
-        choice = choose(snapshot, self.cursors.get(agent_type, 0), holder)
-        return candidates[choice.index], choice.cursor
 
     async def dispatch_by_type(self, agent_type: str, request: DispatchRequest) -> str:
         """Queue the request on one instance of the type; the task is committed on return."""
@@ -401,13 +345,12 @@ class Pool:
 
     async def dispatch(self, agent_type: str, request: DispatchRequest) -> Task:
         """`dispatch_by_type`, returning the queued task itself."""
-        async with self._lock(agent_type):
-            worker, cursor = self._place(agent_type, request.session_key)
-            now = self.clock()
-            task = Task(
+        now = self.clock()
+        placed = await self.store.dispatch(
+            Task(
                 id=new_task_id(now),
                 type=agent_type,
-                agent=worker.name,
+                agent="",
                 kind=request.kind,
                 session_key=request.session_key,
                 repo=request.repo,
@@ -418,99 +361,53 @@ class Pool:
                 payload=request.payload,
                 delivery_id=request.delivery_id,
             )
-            seq = await self.store.insert_task(task, (agent_type, cursor))
-            self.cursors[agent_type] = cursor
-            worker.enqueue(
-                QueueEntry(task.id, worker.name, agent_type, task.session_key, task.kind.value, seq)
-            )
-            self._hold(task.session_key, worker.name)
-            task.seq = seq
-            self.bus.publish(
-                Event("task.queued", task, {"position": len(worker.queue), "busy": not worker.idle})
-            )
-            return task
+        )
+        self._wake(placed.task.agent)
+        self.bus.publish(
+            Event("task.queued", placed.task, {"position": placed.position, "busy": placed.busy})
+        )
+        return placed.task
+
+    def _wake(self, agent: str) -> None:
+        worker = self.workers.get(agent)
+        if worker is not None:
+            worker.wake()
 
     async def _redispatch(self, entries: Iterable[QueueEntry]) -> None:
         for entry in entries:
             try:
                 await self._redispatch_one(entry)
             except Exception:
-                # Off its disabled instance and in no queue: keep it, and try again.
+                # Off its disabled instance and still queued there: try again shortly.
                 log.exception("could not move task %s; trying again shortly", entry.id)
-                self._stranded.append(entry)
+                self._stranded = True
 
     async def retry_stranded(self) -> None:
-        """Try again to move the tasks a store fault left between two instances."""
+        """Try again to move the tasks a store fault left on a disabled instance."""
         if self._stranded:
-            stranded, self._stranded = self._stranded, []
-            await self._redispatch(stranded)
+            self._stranded = False
+            await self._redispatch(await self.store.orphaned_tasks())
 
     async def _redispatch_one(self, entry: QueueEntry) -> None:
-        async with self._lock(entry.type):
-            try:
-                worker, cursor = self._place(entry.type, entry.session_key)
-            except NoInstanceError:
-                await self.store.fail_queued(
-                    entry.id,
-                    f"instance {entry.agent!r} was disabled or removed and no enabled "
-                    f"instance of type {entry.type!r} is left to take the task",
-                    self.clock(),
-                )
-                return
-            seq = await self.store.reassign_task(entry.id, worker.name, (entry.type, cursor))
-            if seq is None:
-                return
-            self.cursors[entry.type] = cursor
-            moved = QueueEntry(
-                entry.id, worker.name, entry.type, entry.session_key, entry.kind, seq
+        try:
+            moved = await self.store.reassign_task(entry.id)
+        except NoInstanceError:
+            await self.store.fail_queued(
+                entry.id,
+                f"instance {entry.agent!r} was disabled or removed and no enabled "
+                f"instance of type {entry.type!r} is left to take the task",
+                self.clock(),
             )
-            worker.enqueue(moved)
-            self._hold(entry.session_key, worker.name)
-            log.info("task %s moved from %s to %s", entry.id, entry.agent, worker.name)
-
-    # session keys: where they are held, and that one runs at a time
-
-    def _hold(self, session_key: str, worker_name: str) -> None:
-        holders = self._holders.get(session_key)
-        if holders is None:
-            self._holders[session_key] = {worker_name: 1}
-        else:
-            holders[worker_name] = holders.get(worker_name, 0) + 1
-
-    def _release(self, entry: QueueEntry) -> None:
-        self._release_name(entry.session_key, entry.agent)
-
-    def _release_id(self, session_key: str, worker: Worker) -> None:
-        self._release_name(session_key, worker.name)
-
-    def _release_name(self, session_key: str, worker_name: str) -> None:
-        holders = self._holders.get(session_key)
-        if holders is None:
             return
-        remaining = holders.get(worker_name, 0) - 1
-        if remaining > 0:
-            holders[worker_name] = remaining
-        else:
-            holders.pop(worker_name, None)
-        if not holders:
-            del self._holders[session_key]
+        if moved is not None:
+            self._wake(moved.agent)
+            log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
 
-    async def _claim_key(self, session_key: str, worker: Worker) -> None:
-        """Wait until no other worker runs this session key (e.g. a disabled one finishing)."""
-        async with self._key_freed:
-            await self._key_freed.wait_for(
-                lambda: self._running_keys.get(session_key, worker) is worker
-            )
-            self._running_keys[session_key] = worker
-
-    def _free_key(self, session_key: str, worker: Worker) -> None:
-        if self._running_keys.get(session_key) is worker:
-            del self._running_keys[session_key]
-            asyncio.get_running_loop().create_task(self._notify_key_freed())
-
-    async def _notify_key_freed(self) -> None:
-        async with self._key_freed:
-            self._key_freed.notify_all()
+    def _key_freed(self) -> None:
+        """A task ended: workers whose head waits for a session key look again."""
+        for worker in self.workers.values():
+            if worker.blocked:
+                worker.wake()
 
     # running
 
@@ -567,7 +464,6 @@ class Pool:
             raise UnknownTaskError(task_id)
         if task.state is TaskState.QUEUED:
             if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
-                self._forget(task.agent, task_id)
                 await self.publish_finished(task_id)
                 return CancelResult(task_id, TaskState.QUEUED, task.agent)
             task = await self.store.get_task(task_id)
@@ -578,21 +474,12 @@ class Pool:
             if worker is not None and worker.current is not None and worker.current.id == task_id:
                 worker.cancel_current()
             return CancelResult(task_id, TaskState.RUNNING, task.agent)
-        self._forget(task.agent, task_id)
         raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
 
     async def publish_finished(self, task_id: str) -> None:
         task = await self.store.get_task(task_id)
         if task is not None:
             self.bus.publish(Event("task.finished", task))
-
-    def _forget(self, agent: str, task_id: str) -> None:
-        """Drop a task that left the queue in the database (cancelled by the CLI) from memory."""
-        worker = self.workers.get(agent)
-        if worker is not None:
-            entry = worker.drop(task_id)
-            if entry is not None:
-                self._release(entry)
 
     async def cancel_agent(self, name: str) -> str:
         worker = self.get_worker(name)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.rejections import hint
-from claude_hooks.store.base import QueueEntry, Store
+from claude_hooks.store.base import Store
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.rejections import Rejection
 
@@ -59,16 +58,6 @@ async def history_view(store: Store, task: Task) -> dict[str, Any]:
         "cancelled_by": note.cancelled_by if task.state is TaskState.CANCELLED else None,
         "log_pruned": note.log_pruned_at is not None,
     }
-
-
-def queue_positions(entries: Iterable[QueueEntry]) -> dict[str, int]:
-    """Task id -> 1-based position in its agent's queue, from entries in queue order."""
-    positions: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry.agent] = counts.get(entry.agent, 0) + 1
-        positions[entry.id] = counts[entry.agent]
-    return positions
 
 
 def delivery_view(record: DeliveryRecord, with_body: bool = False) -> dict[str, Any]:

@@ -6,7 +6,7 @@ can serve the same code: each method is one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from claude_hooks.store.spend import SpendStore
 
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
-    """What a worker keeps in memory per queued task; the payload stays in the database."""
+    """Where a queued task waits: its instance, type, session key, and place (`seq`)."""
 
     id: str
     agent: str
@@ -29,6 +29,41 @@ class QueueEntry:
     session_key: str
     kind: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A task just queued by `Store.dispatch`, and what its instance was doing then."""
+
+    task: Task
+    position: int  # 1-based place in its instance's queue
+    busy: bool  # the instance was running or had a queue: the task does not start at once
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker got from the head of its queue."""
+
+    task: Task | None
+    blocked: bool = False  # the head waits for its session key to end on another instance
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """An instance as the database has it: the one read model of the pool that the API, the
+    dashboard, the metrics and the CLI all show."""
+
+    name: str
+    type: str
+    enabled: bool
+    running: str | None  # the id of the task it runs
+    queue: tuple[str, ...]  # the ids of its queued tasks, head first
+
+    @property
+    def state(self) -> str:
+        if self.running is not None:
+            return "busy"
+        return "idle" if self.enabled else "disabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +109,37 @@ class Recovered:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskTally:
+    """Finished tasks of one type, kind and end state: how many, their cost and run time."""
+
+    type: str
+    kind: str
+    state: str
+    count: int
+    cost_usd: float
+    run_seconds: float
+    runs: int  # how many of them started (the rest were cancelled while queued)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTally:
+    event_type: str
+    outcome: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Observations under some labels: their count, their sum, and how many fall at or under
+    each bound (cumulative, in the order of the bounds asked for)."""
+
+    labels: tuple[str, ...]
+    count: int
+    total: float
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SessionRecord:
     """The Claude conversation of a session key, resumed by the next task with that key."""
 
@@ -108,15 +174,14 @@ class Store(Protocol):
     async def remove_agent(self, name: str) -> None: ...
 
     # tasks
-    async def insert_task(self, task: Task, cursor: tuple[str, int] | None) -> int: ...
-    async def reassign_task(
-        self, task_id: str, agent: str, cursor: tuple[str, int]
-    ) -> int | None: ...
+    async def dispatch(self, task: Task) -> Placement: ...
+    async def reassign_task(self, task_id: str) -> Task | None: ...
+    async def orphaned_tasks(self) -> list[QueueEntry]: ...
     async def get_task(self, task_id: str) -> Task | None: ...
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]: ...
     async def count_tasks(self, where: TaskFilter) -> int: ...
-    async def queue_entries(self) -> list[QueueEntry]: ...
-    async def start_task(self, task_id: str, agent: str, now: float) -> Task | None: ...
+    async def claim_next(self, agent: str, now: float) -> Claim: ...
+    async def queue_head(self, agent: str) -> str | None: ...
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None: ...
     async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool: ...
     async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool: ...
@@ -124,6 +189,16 @@ class Store(Protocol):
     async def request_cancel(self, task_id: str) -> bool: ...
     async def requeue_interrupted(self, task_id: str, now: float) -> bool: ...
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]: ...
+
+    # the pool's read model and summaries
+    async def instances(self) -> list[InstanceView]: ...
+    async def queue_positions(self, task_ids: Iterable[str]) -> dict[str, int]: ...
+    async def task_tallies(self, since: float | None = None) -> list[TaskTally]: ...
+    async def delivery_tallies(self, since: float | None = None) -> list[DeliveryTally]: ...
+    async def cost_by_agent(self) -> dict[tuple[str, str], float]: ...
+    async def run_durations(self, bounds: Sequence[float]) -> list[Histogram]: ...
+    async def start_latencies(self, bounds: Sequence[float]) -> list[Histogram]: ...
+    async def recently_finished(self, limit: int) -> list[Task]: ...
 
     # cursors and sessions
     async def load_cursors(self) -> dict[str, int]: ...

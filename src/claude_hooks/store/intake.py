@@ -18,6 +18,7 @@ from claude_hooks.store.schema import (
     pull_links,
     tasks,
 )
+from claude_hooks.store.upsert import upsert
 
 OUTCOMES = ("queued", "ignored", "duplicate", "error", "pending")
 
@@ -217,15 +218,7 @@ class SqlIntake:
             "updated_at": now,
         }
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                pull_links.update()
-                .where(pull_links.c.repo == link.repo, pull_links.c.pr_number == link.pr_number)
-                .values(**values)
-            )
-            if updated.rowcount == 0:
-                conn.execute(
-                    pull_links.insert().values(repo=link.repo, pr_number=link.pr_number, **values)
-                )
+            upsert(conn, pull_links, {"repo": link.repo, "pr_number": link.pr_number, **values})
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
         with self.reader.connect() as conn:
@@ -250,38 +243,19 @@ class SqlIntake:
         return _link(row) if row else None
 
     async def bump_fix_attempts(self, repo: str, pr_number: int, sha: str) -> int:
-        where = (
-            fix_attempts.c.repo == repo,
-            fix_attempts.c.pr_number == pr_number,
-            fix_attempts.c.head_sha == sha,
-        )
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                fix_attempts.update().where(*where).values(count=fix_attempts.c.count + 1)
+            count = upsert(
+                conn,
+                fix_attempts,
+                {"repo": repo, "pr_number": pr_number, "head_sha": sha, "count": 1},
+                update={"count": fix_attempts.c.count + 1},
+                returning=fix_attempts.c.count,
             )
-            if updated.rowcount == 0:
-                conn.execute(
-                    fix_attempts.insert().values(
-                        repo=repo, pr_number=pr_number, head_sha=sha, count=1
-                    )
-                )
-            return int(conn.scalar(sa.select(fix_attempts.c.count).where(*where)) or 0)
+        return int(count)
 
     async def put_ci_watch(self, watch: CiWatch) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                ci_watches.delete().where(
-                    ci_watches.c.repo == watch.repo, ci_watches.c.pr_number == watch.pr_number
-                )
-            )
-            conn.execute(
-                ci_watches.insert().values(
-                    repo=watch.repo,
-                    pr_number=watch.pr_number,
-                    head_sha=watch.head_sha,
-                    created_at=watch.created_at,
-                )
-            )
+            upsert(conn, ci_watches, dataclasses.asdict(watch))
 
     async def drop_ci_watch(self, repo: str, pr_number: int) -> None:
         with self.engine.begin() as conn:

@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from claude_hooks import task_actions
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.errors import InvalidInputError, UnknownTaskError
+from claude_hooks.errors import InvalidInputError, UnknownAgentError, UnknownTaskError
 from claude_hooks.forgejo.names import full_name_problem
 from claude_hooks.service import Service
-from claude_hooks.store.base import TaskFilter
+from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.views import MAX_OFFSET, history_view, task_view
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.spend import pause_json
@@ -28,45 +28,41 @@ def _service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(_service)]
 
 
-def agent_json(service: Service, name: str) -> dict[str, Any]:
-    worker = service.pool.get_worker(name)
+def agent_json(service: Service, instance: InstanceView) -> dict[str, Any]:
     return {
-        "name": worker.name,
-        "type": worker.type,
-        "enabled": worker.enabled,
-        "state": worker.state,
-        "current_task": worker.current.id if worker.current else None,
-        "queue": [entry.id for entry in worker.queue],
-        "queued": len(worker.queue),
-        "paused": pause_json(service, worker.type),
+        "name": instance.name,
+        "type": instance.type,
+        "enabled": instance.enabled,
+        "state": instance.state,
+        "current_task": instance.running,
+        "queue": list(instance.queue),
+        "queued": len(instance.queue),
+        "paused": pause_json(service, instance.type),
     }
 
 
-def _position(service: Service, agent: str, task_id: str) -> int | None:
-    worker = service.pool.workers.get(agent)
-    if worker is None:
-        return None
-    for index, entry in enumerate(worker.queue):
-        if entry.id == task_id:
-            return index + 1
-    return None
+async def _agent(service: Service, name: str) -> dict[str, Any]:
+    for instance in await service.store.instances():
+        if instance.name == name:
+            return agent_json(service, instance)
+    raise UnknownAgentError(name)
 
 
 @router.get("/api/agents", summary="Every instance with its state and queue")
 async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
-    return [agent_json(service, name) for name in sorted(service.pool.workers)]
+    return [agent_json(service, instance) for instance in await service.store.instances()]
 
 
 @router.post("/api/agents/{name}/disable", summary="Stop giving work to an instance")
 async def disable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
     await service.set_enabled(name, False)
-    return agent_json(service, name)
+    return await _agent(service, name)
 
 
 @router.post("/api/agents/{name}/enable", summary="Give work to an instance again")
 async def enable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
     await service.set_enabled(name, True)
-    return agent_json(service, name)
+    return await _agent(service, name)
 
 
 @router.get("/api/tasks", summary="Tasks, newest first, filtered and paginated")
@@ -81,11 +77,12 @@ async def list_tasks(
 ) -> dict[str, Any]:
     where = TaskFilter(state=state, type=type, agent=agent, repo=repo)
     tasks = await service.store.list_tasks(where, limit, offset)
+    positions = await service.store.queue_positions(t.id for t in tasks)
     return {
         "total": await service.store.count_tasks(where),
         "limit": limit,
         "offset": offset,
-        "tasks": [task_view(t, _position(service, t.agent, t.id)) for t in tasks],
+        "tasks": [task_view(t, positions.get(t.id)) for t in tasks],
     }
 
 
@@ -117,7 +114,7 @@ async def create_task(body: NewTask, service: ServiceDep) -> dict[str, Any]:
     task_id = await service.pool.dispatch_by_type(body.type, request)
     task = await service.store.get_task(task_id)
     assert task is not None
-    return task_view(task, _position(service, task.agent, task.id))
+    return task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
 
 
 @router.get("/api/tasks/{task_id}", summary="One task, with its retries and who cancelled it")
@@ -125,7 +122,7 @@ async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
     task = await service.store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
-    view = task_view(task, _position(service, task.agent, task.id))
+    view = task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
     view.update(await history_view(service.store, task))
     return view
 
@@ -143,7 +140,7 @@ async def cancel_task(task_id: str, request: Request, service: ServiceDep) -> di
 )
 async def retry_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
     task = await task_actions.retry(service.pool, task_id)
-    view = task_view(task, _position(service, task.agent, task.id))
+    view = task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
     view["retry_of"] = task_id
     return view
 

@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import (
     HTMLResponse,
@@ -37,12 +36,10 @@ from claude_hooks.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.events import Event, Subscription
 from claude_hooks.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
-from claude_hooks.pool import Worker
 from claude_hooks.rejections import hint
 from claude_hooks.service import Service
-from claude_hooks.store.base import QueueEntry, TaskFilter
+from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.store.intake import DeliveryRecord
-from claude_hooks.store.schema import deliveries, tasks
 from claude_hooks.views import MAX_OFFSET, history_view
 from claude_hooks.web import spend
 from claude_hooks.web.auth import (
@@ -53,7 +50,6 @@ from claude_hooks.web.auth import (
 )
 from claude_hooks.web.login_limit import LoginLimit
 from claude_hooks.web.logs import renders_json, tail_lines
-from claude_hooks.web.metrics import sql_read
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -134,15 +130,17 @@ class QueuedCache:
     def __init__(self) -> None:
         self.known: dict[str, QueuedInfo] = {}
 
-    async def get(self, service: Service, entry: QueueEntry) -> QueuedInfo:
-        info = self.known.get(entry.id)
+    async def get(self, service: Service, task_id: str) -> QueuedInfo | None:
+        """None when the task is gone (a finished task's row is never deleted, so: never)."""
+        info = self.known.get(task_id)
         if info is not None:
             return info
-        task = await service.store.get_task(entry.id)
-        assert task is not None  # a queue entry is written after its task's row
+        task = await service.store.get_task(task_id)
+        if task is None:
+            return None
         if len(self.known) >= self.LIMIT:
             self.known.clear()
-        info = self.known[entry.id] = QueuedInfo(
+        info = self.known[task_id] = QueuedInfo(
             task.id, task.kind.value, task.repo, task.number, task.enqueued_at
         )
         return info
@@ -180,41 +178,24 @@ class Tally:
         self.runs += runs
 
 
-async def _stats(service: Service) -> dict[str, Any]:
+async def _stats(service: Service, instances: list[InstanceView]) -> dict[str, Any]:
     since = start_of_today()
-    run = tasks.c.finished_at - tasks.c.started_at
-    task_rows = sa.select(
-        tasks.c.type,
-        tasks.c.state,
-        sa.func.count(),
-        sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0),
-        sa.func.coalesce(sa.func.sum(run), 0.0),
-        sa.func.count(tasks.c.started_at),
-    ).where(tasks.c.finished_at >= since)
-    delivery_rows = sa.select(deliveries.c.outcome, sa.func.count()).where(
-        deliveries.c.received_at >= since
-    )
-
-    def query(conn: sa.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        by_state = conn.execute(task_rows.group_by(tasks.c.type, tasks.c.state))
-        by_outcome = conn.execute(delivery_rows.group_by(deliveries.c.outcome))
-        return [tuple(row) for row in by_state], [tuple(row) for row in by_outcome]
-
-    by_state, by_outcome = sql_read(service, query)
+    store = service.store
     total = Tally("all")
     per_type = {name: Tally(name) for name in service.config.types}
-    for agent_type, state, count, cost, run_seconds, runs in by_state:
-        tally = per_type.setdefault(agent_type, Tally(agent_type))
+    for found in await store.task_tallies(since):
+        tally = per_type.setdefault(found.type, Tally(found.type))
         for target in (tally, total):
-            target.add(state, int(count), float(cost), float(run_seconds), int(runs))
-    for worker in service.pool.workers.values():
-        tally = per_type.setdefault(worker.type, Tally(worker.type))
+            target.add(found.state, found.count, found.cost_usd, found.run_seconds, found.runs)
+    for instance in instances:
+        tally = per_type.setdefault(instance.type, Tally(instance.type))
         for target in (tally, total):
             target.instances += 1
-            target.busy += worker.current is not None
-            target.queued += len(worker.queue)
+            target.busy += instance.running is not None
+            target.queued += len(instance.queue)
     outcomes = {outcome: 0 for outcome in ("queued", "ignored", "error", "duplicate", "pending")}
-    outcomes.update({outcome: int(count) for outcome, count in by_outcome})
+    for delivered in await store.delivery_tallies(since):
+        outcomes[delivered.outcome] = outcomes.get(delivered.outcome, 0) + delivered.count
     return {
         "total": total,
         "types": list(per_type.values()),
@@ -229,7 +210,6 @@ class Instance:
     enabled: bool
     state: str
     task: Task | None
-    starting: QueuedInfo | None
     log: list[str]
     queue: list[QueuedInfo]
     queued: int
@@ -258,47 +238,36 @@ class TypeGroup:
         return sum(i.queued for i in self.instances)
 
 
-async def _instance(service: Service, cache: QueuedCache, worker: Worker) -> Instance:
-    task = worker.current_task
+async def _instance(service: Service, cache: QueuedCache, instance: InstanceView) -> Instance:
+    task = await service.store.get_task(instance.running) if instance.running else None
     log: list[str] = []
-    starting = None
     if task is not None:
         path = service.pool.log_path(task.id)
         log = tail_lines(path, LOG_LINES, renders_json(service, task))
-    elif worker.current is not None:
-        starting = await cache.get(service, worker.current)
-    entries = list(worker.queue)
+    shown = [await cache.get(service, task_id) for task_id in instance.queue[:QUEUE_SHOWN]]
     return Instance(
-        name=worker.name,
-        enabled=worker.enabled,
-        state=worker.state,
+        name=instance.name,
+        enabled=instance.enabled,
+        state=instance.state,
         task=task,
-        starting=starting,
         log=log,
-        queue=[await cache.get(service, entry) for entry in entries[:QUEUE_SHOWN]],
-        queued=len(entries),
+        queue=[info for info in shown if info is not None],
+        queued=len(instance.queue),
     )
 
 
-async def _groups(service: Service, cache: QueuedCache) -> list[TypeGroup]:
+async def _groups(
+    service: Service, cache: QueuedCache, instances: list[InstanceView]
+) -> list[TypeGroup]:
     groups = {
         name: TypeGroup(name, type_config.runner)
         for name, type_config in service.config.types.items()
     }
-    for name in sorted(service.pool.workers):
-        worker = service.pool.workers[name]
-        group = groups.get(worker.type)
+    for instance in instances:
+        group = groups.get(instance.type)
         if group is not None:
-            group.instances.append(await _instance(service, cache, worker))
+            group.instances.append(await _instance(service, cache, instance))
     return list(groups.values())
-
-
-def _positions(service: Service) -> dict[str, int]:
-    return {
-        entry.id: index + 1
-        for worker in service.pool.workers.values()
-        for index, entry in enumerate(worker.queue)
-    }
 
 
 # the pages' parameters
@@ -399,25 +368,18 @@ def _task_events(kinds: set[str]) -> Callable[[Event], set[str]]:
 
 def overview_view(service: Service, cache: QueuedCache) -> View:
     async def agents() -> str:
-        return _render("_agents.html", groups=await _groups(service, cache), **_common(service))
+        instances = await service.store.instances()
+        groups = await _groups(service, cache, instances)
+        return _render("_agents.html", groups=groups, **_common(service))
 
     async def stats() -> str:
-        return _render("_stats.html", **await _stats(service))
+        return _render("_stats.html", **await _stats(service, await service.store.instances()))
 
     async def finished() -> str:
-        def newest(conn: sa.Connection) -> list[str]:
-            query = (
-                sa.select(tasks.c.id)
-                .where(tasks.c.finished_at.is_not(None))
-                .order_by(tasks.c.finished_at.desc())
-                .limit(RECENT)
-            )
-            return list(conn.scalars(query))
-
-        found = [await service.store.get_task(task_id) for task_id in sql_read(service, newest)]
+        found = await service.store.recently_finished(RECENT)
         return _render(
             "_tasks.html",
-            tasks=[task for task in found if task is not None],
+            tasks=found,
             positions={},
             compact=True,
             **_common(service),
@@ -467,7 +429,7 @@ def tasks_view(service: Service, filters: Filters) -> View:
             tasks=found,
             total=await service.store.count_tasks(where),
             filters=filters,
-            positions=_positions(service),
+            positions=await service.store.queue_positions(t.id for t in found),
             compact=False,
             **_common(service),
         )
@@ -489,7 +451,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             history=await history_view(service.store, task),
             retryable=task.state in task_actions.RETRYABLE,
             delivery=delivery,
-            position=_positions(service).get(task.id),
+            position=(await service.store.queue_positions([task.id])).get(task.id),
             timeline=_timeline(task, delivery),
             **_common(service),
         )
@@ -551,7 +513,8 @@ def single_delivery_view(service: Service, delivery_id: str) -> View:
         record = await service.store.intake.get_delivery(delivery_id)
         if record is None:
             raise NotFoundError(f"no delivery with id {delivery_id!r}")
-        found = [await service.store.get_task(task_id) for task_id in record.task_ids]
+        looked_up = [await service.store.get_task(task_id) for task_id in record.task_ids]
+        found = [task for task in looked_up if task is not None]
         pending = None
         if record.outcome == "pending":
             pending = await service.store.pending.get_pending(delivery_id)
@@ -560,10 +523,10 @@ def single_delivery_view(service: Service, delivery_id: str) -> View:
         return _render(
             "_delivery.html",
             delivery=record,
-            tasks=[task for task in found if task is not None],
+            tasks=found,
             cancelled=[task for task in cancelled if task is not None],
             pending=pending,
-            positions=_positions(service),
+            positions=await service.store.queue_positions(t.id for t in found),
             **_common(service),
         )
 

@@ -1,6 +1,6 @@
 """`GET /metrics`: Prometheus text format, behind the api token like the rest of the API.
 
-Everything is read at scrape time: gauges from the pool in memory, counters and histograms from
+Everything is read at scrape time: gauges from the pool's read model, counters and histograms from
 the database (deliveries and tasks are all kept there), so the series survive a restart and no
 event can be missed between scrapes. Only rejected webhooks, which are not stored, are counted
 in memory since the service started.
@@ -8,10 +8,8 @@ in memory since the service started.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -21,29 +19,15 @@ from prometheus_client.core import (
     Metric,
 )
 
-from claude_hooks.domain import TaskState
 from claude_hooks.forgejo import event_types
 from claude_hooks.service import Service
-from claude_hooks.store.schema import deliveries, tasks
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.base import Histogram, InstanceView, Store
 from claude_hooks.web.auth import require_token
 
 router = APIRouter(dependencies=[Depends(require_token)])
 
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 LATENCY_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0)
-FINISHED = [state.value for state in TaskState if state.finished]
-
-T = TypeVar("T")
-
-
-def sql_read(service: Service, query: Callable[[sa.Connection], T]) -> T:
-    """Run aggregate queries the store's interface has no method for, on its read engine."""
-    store = service.store
-    if not isinstance(store, SqlStore):
-        raise TypeError("the dashboard's and metrics' summaries are SQL: they need SqlStore")
-    with store.reader.connect() as conn:
-        return query(conn)
 
 
 class _Snapshot:
@@ -56,54 +40,46 @@ class _Snapshot:
         return self.families
 
 
-def _buckets(value: Any, bounds: Sequence[float]) -> list[Any]:
-    return [sa.func.sum(sa.case((value <= bound, 1), else_=0)) for bound in bounds]
-
-
 def _bound(value: float) -> str:
     """A bucket's `le` label as prometheus-client writes it (1.0, 2.5, 3600.0)."""
     return repr(float(value))
 
 
-def _histogram_row(
-    family: HistogramMetricFamily,
-    labels: list[str],
-    bounds: Sequence[float],
-    row: Sequence[Any],
+def _add_histogram(
+    family: HistogramMetricFamily, bounds: Sequence[float], found: Histogram
 ) -> None:
-    """A row of (count, sum, bucket counts...) into a labelled histogram."""
-    count, total, *cumulative = row
-    buckets = [(_bound(b), float(n or 0)) for b, n in zip(bounds, cumulative, strict=True)]
-    buckets.append(("+Inf", float(count)))
-    family.add_metric(labels, buckets, float(total or 0.0))
+    buckets = [(_bound(b), float(n)) for b, n in zip(bounds, found.buckets, strict=True)]
+    buckets.append(("+Inf", float(found.count)))
+    family.add_metric(list(found.labels), buckets, found.total)
 
 
-def _pool(service: Service) -> list[Metric]:
+def _pool(found: list[InstanceView], types: Iterable[str]) -> list[Metric]:
     instances = GaugeMetricFamily(
         "claude_hooks_instances", "Agent instances by state", labels=["type", "state"]
     )
-    busy = GaugeMetricFamily(
+    busy_now = GaugeMetricFamily(
         "claude_hooks_busy_instances", "Instances running a task now", labels=["type"]
     )
     depth = GaugeMetricFamily(
         "claude_hooks_queue_depth", "Tasks waiting in an instance's queue", labels=["type", "agent"]
     )
     states: dict[tuple[str, str], int] = {}
-    busy_by_type = dict.fromkeys(service.config.types, 0)
-    for name, worker in sorted(service.pool.workers.items()):
+    busy_by_type = dict.fromkeys(types, 0)
+    for instance in found:
         for state in ("idle", "busy", "disabled"):
-            states.setdefault((worker.type, state), 0)
-        states[(worker.type, worker.state)] += 1
-        busy_by_type[worker.type] = busy_by_type.get(worker.type, 0) + (worker.state == "busy")
-        depth.add_metric([worker.type, name], len(worker.queue))
+            states.setdefault((instance.type, state), 0)
+        states[(instance.type, instance.state)] += 1
+        busy = instance.state == "busy"
+        busy_by_type[instance.type] = busy_by_type.get(instance.type, 0) + busy
+        depth.add_metric([instance.type, instance.name], len(instance.queue))
     for (agent_type, state), count in sorted(states.items()):
         instances.add_metric([agent_type, state], count)
     for agent_type, count in sorted(busy_by_type.items()):
-        busy.add_metric([agent_type], count)
-    return [instances, busy, depth]
+        busy_now.add_metric([agent_type], count)
+    return [instances, busy_now, depth]
 
 
-def _stored(conn: sa.Connection) -> list[Metric]:
+async def _stored(store: Store) -> list[Metric]:
     delivered = CounterMetricFamily(
         "claude_hooks_deliveries",
         "Webhook deliveries by event type and outcome (queued, ignored, duplicate, error)",
@@ -127,55 +103,20 @@ def _stored(conn: sa.Connection) -> list[Metric]:
         "Time from a delivery's arrival to the start of a task it created",
         labels=["type"],
     )
-    run = tasks.c.finished_at - tasks.c.started_at
-    wait = tasks.c.started_at - deliveries.c.received_at
     by_label: dict[tuple[str, str], int] = {}
-    for event_type, outcome, count in conn.execute(
-        sa.select(deliveries.c.event_type, deliveries.c.outcome, sa.func.count())
-        .where(deliveries.c.outcome != "received")
-        .group_by(deliveries.c.event_type, deliveries.c.outcome)
-    ):
-        key = (event_types.label(event_type), outcome)
-        by_label[key] = by_label.get(key, 0) + count
+    for tally in await store.delivery_tallies():
+        key = (event_types.label(tally.event_type), tally.outcome)
+        by_label[key] = by_label.get(key, 0) + tally.count
     for (event_type, outcome), count in sorted(by_label.items()):
         delivered.add_metric([event_type, outcome], count)
-    for agent_type, kind, state, count in conn.execute(
-        sa.select(tasks.c.type, tasks.c.kind, tasks.c.state, sa.func.count())
-        .where(tasks.c.state.in_(FINISHED))
-        .group_by(tasks.c.type, tasks.c.kind, tasks.c.state)
-        .order_by(tasks.c.type, tasks.c.kind, tasks.c.state)
-    ):
-        finished.add_metric([agent_type, kind, state], count)
-    for agent_type, kind, *row in conn.execute(
-        sa.select(
-            tasks.c.type,
-            tasks.c.kind,
-            sa.func.count(),
-            sa.func.sum(run),
-            *_buckets(run, DURATION_BUCKETS),
-        )
-        .where(tasks.c.state.in_(FINISHED), tasks.c.started_at.is_not(None))
-        .group_by(tasks.c.type, tasks.c.kind)
-        .order_by(tasks.c.type, tasks.c.kind)
-    ):
-        _histogram_row(durations, [agent_type, kind], DURATION_BUCKETS, row)
-    for agent_type, agent, total in conn.execute(
-        sa.select(tasks.c.type, tasks.c.agent, sa.func.sum(tasks.c.cost_usd))
-        .where(tasks.c.cost_usd.is_not(None))
-        .group_by(tasks.c.type, tasks.c.agent)
-        .order_by(tasks.c.type, tasks.c.agent)
-    ):
-        cost.add_metric([agent_type, agent], float(total))
-    for agent_type, *row in conn.execute(
-        sa.select(
-            tasks.c.type, sa.func.count(), sa.func.sum(wait), *_buckets(wait, LATENCY_BUCKETS)
-        )
-        .select_from(tasks.join(deliveries, tasks.c.delivery_id == deliveries.c.id))
-        .where(tasks.c.started_at.is_not(None))
-        .group_by(tasks.c.type)
-        .order_by(tasks.c.type)
-    ):
-        _histogram_row(latency, [agent_type], LATENCY_BUCKETS, row)
+    for task_tally in await store.task_tallies():
+        finished.add_metric([task_tally.type, task_tally.kind, task_tally.state], task_tally.count)
+    for histogram in await store.run_durations(DURATION_BUCKETS):
+        _add_histogram(durations, DURATION_BUCKETS, histogram)
+    for (agent_type, agent), total in (await store.cost_by_agent()).items():
+        cost.add_metric([agent_type, agent], total)
+    for histogram in await store.start_latencies(LATENCY_BUCKETS):
+        _add_histogram(latency, LATENCY_BUCKETS, histogram)
     return [delivered, finished, durations, cost, latency]
 
 
@@ -214,8 +155,9 @@ def _in_memory(service: Service) -> list[Metric]:
     return [rejected, started, paused, until, trips]
 
 
-def families(service: Service) -> list[Metric]:
-    return _pool(service) + sql_read(service, _stored) + _in_memory(service)
+async def families(service: Service) -> list[Metric]:
+    pool = _pool(await service.store.instances(), service.config.types)
+    return pool + await _stored(service.store) + _in_memory(service)
 
 
 @router.get(
@@ -227,5 +169,5 @@ def families(service: Service) -> list[Metric]:
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(families(service)))
+    registry.register(_Snapshot(await families(service)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

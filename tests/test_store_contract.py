@@ -1,0 +1,374 @@
+"""The store contract: every `Store` method, run over every backend (SQLite and PostgreSQL).
+
+Each test gets an empty database of its backend (`database_url` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
+from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
+from claude_hooks.store.base import Outcome, Store, TaskFilter
+from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink
+from claude_hooks.store.sql import SqlStore
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    opened = await SqlStore.open(database_url)
+    yield opened
+    await opened.close()
+
+
+def new_task(number: int, agent_type: str = "dev", kind: TaskKind = TaskKind.WORK_ISSUE) -> Task:
+    return Task(
+        id=new_task_id(),
+        type=agent_type,
+        agent="",
+        kind=kind,
+        session_key=session_key(agent_type, "acme/widget", number),
+        repo="acme/widget",
+        number=number,
+        state=TaskState.QUEUED,
+        seq=0,
+        enqueued_at=NOW + number,
+        payload={"number": number},
+        delivery_id=f"d-{number}",
+    )
+
+
+async def agents(store: Store, *names: str, agent_type: str = "dev") -> None:
+    await store.seed_agents([(name, agent_type) for name in names], NOW)
+
+
+async def test_agents_are_added_listed_disabled_and_removed(store: Store) -> None:
+    assert await store.seed_agents([("dev-b", "dev"), ("dev-a", "dev")], NOW) == ["dev-b", "dev-a"]
+    assert await store.seed_agents([("dev-a", "dev"), ("rev-a", "reviewer")], NOW) == ["rev-a"]
+    added = await store.add_agent("dev-c", "dev", NOW)
+    assert added.name == "dev-c" and added.enabled
+    with pytest.raises(ConflictError, match="already exists"):
+        await store.add_agent("dev-c", "dev", NOW)
+    assert [a.name for a in await store.list_agents()] == ["dev-a", "dev-b", "dev-c", "rev-a"]
+    await store.set_agent_enabled("dev-b", False)
+    found = await store.get_agent("dev-b")
+    assert found is not None and not found.enabled and found.type == "dev"
+    await store.remove_agent("dev-c")
+    assert await store.get_agent("dev-c") is None
+    with pytest.raises(UnknownAgentError):
+        await store.remove_agent("dev-c")
+    with pytest.raises(UnknownAgentError):
+        await store.set_agent_enabled("dev-zulu", True)
+
+
+async def test_dispatch_follows_the_rule_and_moves_the_cursor(store: Store) -> None:
+    with pytest.raises(NoInstanceError, match="'dev'"):
+        await store.dispatch(new_task(1))
+    await agents(store, "dev-b", "dev-a", "dev-c")
+    placed = [await store.dispatch(new_task(n)) for n in range(1, 5)]
+    # Idle first, round-robin from the cursor; then the shortest queue from the cursor.
+    assert [p.task.agent for p in placed] == ["dev-a", "dev-b", "dev-c", "dev-a"]
+    assert [p.busy for p in placed] == [False, False, False, True]
+    assert [p.position for p in placed] == [1, 1, 1, 2]
+    assert await store.load_cursors() == {"dev": 1}
+    # The instance holding a session key gets its next task, and the cursor stays.
+    follow_up = await store.dispatch(new_task(2, kind=TaskKind.FIX_CI))
+    assert follow_up.task.agent == "dev-b"
+    assert await store.load_cursors() == {"dev": 1}
+    stored = await store.get_task(follow_up.task.id)
+    assert stored is not None and stored.agent == "dev-b" and stored.seq == follow_up.task.seq
+    assert stored.payload == {"number": 2} and stored.state is TaskState.QUEUED
+
+
+async def test_claim_takes_the_head_once_and_respects_session_keys(store: Store) -> None:
+    await agents(store, "dev-a", "dev-b")
+    first = (await store.dispatch(new_task(1))).task
+    second = (await store.dispatch(new_task(2))).task
+    third = (await store.dispatch(new_task(1, kind=TaskKind.FIX_CI))).task  # holder: dev-a
+    assert third.agent == "dev-a"
+    claim = await store.claim_next("dev-a", NOW)
+    assert claim.task is not None and claim.task.id == first.id
+    assert claim.task.state is TaskState.RUNNING and claim.task.attempts == 1
+    # The instance runs one task at a time: the head is taken only when it is queued.
+    again = await store.claim_next("dev-a", NOW)
+    assert again.task is None and again.blocked  # issue 1 still runs
+    assert (await store.claim_next("dev-b", NOW)).task is not None
+    empty = await store.claim_next("dev-b", NOW)
+    assert empty.task is None and not empty.blocked
+    assert await store.finish_task(first.id, Outcome(TaskState.SUCCEEDED, exit_code=0), NOW)
+    assert not await store.finish_task(first.id, Outcome(TaskState.FAILED), NOW)
+    follow = await store.claim_next("dev-a", NOW + 1)
+    assert follow.task is not None and follow.task.id == third.id
+    done = await store.get_task(first.id)
+    assert done is not None and done.state is TaskState.SUCCEEDED and done.exit_code == 0
+    assert second.agent == "dev-b"
+
+
+async def test_a_disabled_instance_claims_nothing_and_its_tasks_move(store: Store) -> None:
+    await agents(store, "dev-a", "dev-b")
+    running = (await store.dispatch(new_task(1))).task  # dev-a
+    await store.claim_next("dev-a", NOW)
+    await store.dispatch(new_task(2))  # dev-b, idle
+    await store.claim_next("dev-b", NOW)
+    queued = (await store.dispatch(new_task(3))).task
+    assert queued.agent == "dev-a"
+    await store.set_agent_enabled("dev-a", False)
+    assert (await store.claim_next("dev-a", NOW)).task is None
+    orphans = await store.orphaned_tasks()
+    assert [(o.id, o.agent, o.type) for o in orphans] == [(queued.id, "dev-a", "dev")]
+    moved = await store.reassign_task(queued.id)
+    assert moved is not None and moved.agent == "dev-b" and moved.seq > queued.seq
+    assert await store.orphaned_tasks() == []
+    assert await store.reassign_task(running.id) is None  # running: not moved
+    await store.set_agent_enabled("dev-b", False)
+    with pytest.raises(NoInstanceError):
+        await store.reassign_task(queued.id)
+
+
+async def test_cancel_fail_and_requeue(store: Store) -> None:
+    await agents(store, "dev-a")
+    ids = [(await store.dispatch(new_task(n))).task.id for n in range(1, 5)]
+    assert await store.cancel_queued(ids[3], "cancelled while queued", NOW)
+    assert not await store.cancel_queued(ids[3], "again", NOW)
+    assert await store.fail_queued(ids[2], "no instance left", NOW)
+    assert not await store.request_cancel(ids[0])  # only a running task takes a cancel request
+    await store.claim_next("dev-a", NOW)
+    await store.set_process(ids[0], 4242, 99)
+    running = await store.get_task(ids[0])
+    assert running is not None and running.pid == 4242 and running.pid_start == 99
+    # Stopped on purpose: back to the head, the run does not count.
+    assert await store.requeue_interrupted(ids[0], NOW)
+    back = await store.get_task(ids[0])
+    assert back is not None and back.state is TaskState.QUEUED and back.attempts == 0
+    assert back.pid is None
+    assert await store.queue_positions(ids) == {ids[0]: 1, ids[1]: 2}
+    await store.claim_next("dev-a", NOW)
+    assert await store.request_cancel(ids[0])
+    assert await store.requeue_interrupted(ids[0], NOW)
+    cancelled = await store.get_task(ids[0])
+    assert cancelled is not None and cancelled.state is TaskState.CANCELLED
+    failed = await store.get_task(ids[2])
+    assert failed is not None and failed.state is TaskState.FAILED
+    assert failed.error == "no instance left"
+
+
+async def test_recover_requeues_at_the_head_and_gives_up_after_max_attempts(
+    store: Store,
+) -> None:
+    await agents(store, "dev-a", "dev-b")
+    first = (await store.dispatch(new_task(1))).task.id  # dev-a
+    second = (await store.dispatch(new_task(2))).task.id  # dev-b
+    behind = (await store.dispatch(new_task(3))).task.id  # dev-a, behind first
+    cancelled = (await store.dispatch(new_task(4))).task.id  # dev-b
+    await store.claim_next("dev-a", NOW)
+    await store.set_process(first, 1234, 5)
+    await store.claim_next("dev-b", NOW)
+    assert await store.requeue_interrupted(second, NOW)
+    await store.claim_next("dev-b", NOW)  # second again
+    await store.request_cancel(second)
+    recovered = {r.id: r for r in await store.recover(max_attempts=3, now=NOW)}
+    assert recovered[first].state is TaskState.QUEUED and recovered[first].pid == 1234
+    assert recovered[second].state is TaskState.CANCELLED
+    assert await store.queue_positions([first, behind, cancelled]) == {
+        first: 1,
+        behind: 2,
+        cancelled: 1,
+    }
+    # A task that was running at each of max_attempts stops fails for good.
+    claim = await store.claim_next("dev-a", NOW)
+    assert claim.task is not None and claim.task.id == first and claim.task.attempts == 2
+    await store.recover(max_attempts=3, now=NOW)
+    await store.claim_next("dev-a", NOW)
+    [gave_up] = await store.recover(max_attempts=3, now=NOW)
+    assert gave_up.id == first and gave_up.state is TaskState.FAILED
+    task = await store.get_task(first)
+    assert task is not None and task.attempts == 3 and "gave up after 3 attempts" in str(task.error)
+
+
+async def test_a_queued_task_whose_cancel_was_asked_is_cancelled_at_claim(store: Store) -> None:
+    await agents(store, "dev-a")
+    task_id = (await store.dispatch(new_task(1))).task.id
+    await store.claim_next("dev-a", NOW)
+    await store.request_cancel(task_id)
+    await store.recover(max_attempts=3, now=NOW)  # the cancel wins over a requeue
+    after = await store.get_task(task_id)
+    assert after is not None and after.state is TaskState.CANCELLED
+    assert (await store.claim_next("dev-a", NOW)).task is None
+
+
+async def test_read_model_lists_and_counts(store: Store) -> None:
+    await agents(store, "dev-a", "dev-b")
+    await agents(store, "rev-a", agent_type="reviewer")
+    ids = [(await store.dispatch(new_task(n))).task.id for n in range(1, 4)]
+    review = (await store.dispatch(new_task(9, agent_type="reviewer"))).task.id
+    await store.claim_next("dev-a", NOW)
+    await store.set_agent_enabled("rev-a", False)
+    views = {v.name: v for v in await store.instances()}
+    assert views["dev-a"].state == "busy" and views["dev-a"].running == ids[0]
+    assert views["dev-a"].queue == (ids[2],)
+    assert views["dev-b"].state == "idle" and views["dev-b"].queue == (ids[1],)
+    assert views["rev-a"].state == "disabled" and views["rev-a"].queue == (review,)
+    assert await store.count_tasks(TaskFilter(type="dev")) == 3
+    assert await store.count_tasks(TaskFilter(state=TaskState.RUNNING)) == 1
+    listed = await store.list_tasks(TaskFilter(agent="dev-a"), 10, 0)
+    assert [t.id for t in listed] == [ids[2], ids[0]]  # newest first
+    assert [t.id for t in await store.list_tasks(TaskFilter(delivery_id="d-2"), 10, 0)] == [ids[1]]
+    assert len(await store.list_tasks(TaskFilter(), 2, 1)) == 2
+    assert await store.queue_positions([*ids, "nope"]) == {ids[1]: 1, ids[2]: 1}
+
+
+async def test_summaries(store: Store) -> None:
+    await agents(store, "dev-a")
+    ids = [(await store.dispatch(new_task(n))).task.id for n in range(1, 4)]
+    await store.intake.add_delivery(delivery("d-1", NOW - 2))
+    await store.claim_next("dev-a", NOW)
+    await store.finish_task(ids[0], Outcome(TaskState.SUCCEEDED, cost_usd=0.5), NOW + 10)
+    await store.claim_next("dev-a", NOW + 10)
+    await store.finish_task(ids[1], Outcome(TaskState.FAILED, cost_usd=0.25), NOW + 100)
+    await store.cancel_queued(ids[2], "no", NOW + 101)
+    tallies = {t.state: t for t in await store.task_tallies()}
+    assert tallies["succeeded"].count == 1 and tallies["succeeded"].run_seconds == 10.0
+    assert tallies["failed"].cost_usd == 0.25 and tallies["failed"].runs == 1
+    assert tallies["cancelled"].runs == 0
+    assert [t.state for t in await store.task_tallies(since=NOW + 50)] == ["cancelled", "failed"]
+    assert [(d.outcome, d.count) for d in await store.delivery_tallies()] == [("queued", 1)]
+    assert await store.delivery_tallies(since=NOW) == []
+    assert await store.cost_by_agent() == {("dev", "dev-a"): 0.75}
+    [durations] = await store.run_durations([5.0, 60.0])
+    assert durations.labels == ("dev", "work_issue") and durations.count == 2
+    assert durations.buckets == (0, 1) and durations.total == 100.0
+    [latency] = await store.start_latencies([1.0, 5.0])
+    assert latency.labels == ("dev",) and latency.count == 1 and latency.buckets == (0, 1)
+    assert [t.id for t in await store.recently_finished(2)] == [ids[2], ids[1]]
+
+
+async def test_sessions_and_signals(store: Store) -> None:
+    key = session_key("dev", "acme/widget", 1)
+    assert await store.get_session(key) is None
+    await store.put_session(key, "claude-1", 0.5, NOW)
+    await store.put_session(key, "claude-2", 0.75, NOW + 1)
+    found = await store.get_session(key)
+    assert found is not None and (found.claude_session_id, found.total_cost_usd) == (
+        "claude-2",
+        0.75,
+    )
+    await store.forget_session(key)
+    assert await store.get_session(key) is None
+    assert await store.last_signal_id() == 0
+    await store.emit_signal("agents", "dev-a", NOW)
+    await store.emit_signal("cancel", "task-1", NOW)
+    found_signals = await store.signals_after(0)
+    assert [(s.kind, s.target) for s in found_signals] == [
+        ("agents", "dev-a"),
+        ("cancel", "task-1"),
+    ]
+    assert await store.last_signal_id() == found_signals[-1].id
+    assert await store.signals_after(found_signals[-1].id) == []
+
+
+def delivery(delivery_id: str, received_at: float) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=delivery_id,
+        flavor="forgejo",
+        event="issues",
+        event_type="issues",
+        received_at=received_at,
+        body="{}",
+        repo="acme/widget",
+        number=1,
+        task_ids=["t1"],
+    )
+
+
+async def test_intake_store(store: Store) -> None:
+    intake = store.intake
+    assert await intake.add_delivery(delivery("d-1", NOW), ("acme/widget", 1, frozenset({"dev"})))
+    assert not await intake.add_delivery(delivery("d-1", NOW))  # the id decides
+    assert await intake.add_delivery(delivery("d-2", NOW + 1))
+    assert await intake.has_delivery("d-1") and not await intake.has_delivery("d-9")
+    found = await intake.get_delivery("d-1")
+    assert found is not None and found.task_ids == ["t1"]
+    assert [d.id for d in await intake.list_deliveries(10, 0)] == ["d-2", "d-1"]
+    assert await intake.count_deliveries("queued") == 2 and await intake.count_deliveries() == 2
+    assert await intake.assigned_types("acme/widget", 1) == {"dev"}
+    await intake.set_assigned_types("acme/widget", 1, ["reviewer", "dev"])
+    assert await intake.assigned_types("acme/widget", 1) == {"dev", "reviewer"}
+    link = PullLink("acme/widget", 5, "dev", 1, "abc", True)
+    await intake.put_pull_link(link, NOW)
+    await intake.put_pull_link(PullLink("acme/widget", 5, "dev", 1, "def", True), NOW + 1)
+    assert await intake.pull_link("acme/widget", 5) == PullLink(
+        "acme/widget", 5, "dev", 1, "def", True
+    )
+    assert await intake.pull_link_for_head("acme/widget", "def") is not None
+    assert await intake.pull_link_for_head("acme/widget", "abc") is None
+    assert [await intake.bump_fix_attempts("acme/widget", 5, "def") for _ in range(3)] == [1, 2, 3]
+    assert await intake.bump_fix_attempts("acme/widget", 5, "xyz") == 1
+    await intake.put_ci_watch(CiWatch("acme/widget", 5, "abc", NOW))
+    await intake.put_ci_watch(CiWatch("acme/widget", 5, "def", NOW + 1))
+    assert await intake.ci_watches() == [CiWatch("acme/widget", 5, "def", NOW + 1)]
+    await intake.drop_ci_watch("acme/widget", 5)
+    assert await intake.ci_watches() == []
+    await agents(store, "dev-a")
+    task_id = (await store.dispatch(new_task(1))).task.id
+    key = session_key("dev", "acme/widget", 1)
+    assert await intake.pending_task(key, TaskKind.WORK_ISSUE) == task_id
+    assert await intake.pending_task(key, TaskKind.FIX_CI) is None
+    assert await intake.merge_into(task_id, {"newer": True})
+    merged = await store.get_task(task_id)
+    assert merged is not None and merged.payload == {"newer": True}
+    assert await intake.active_tasks([key, "dev:acme/widget:99"]) == [task_id]
+    await store.claim_next("dev-a", NOW)
+    assert not await intake.merge_into(task_id, {"too": "late"})
+
+
+def test_processes_dispatching_at_once_make_the_choices_one_would(database_url: str) -> None:
+    """Four stores (separate engines, as separate processes have) dispatch 25 tasks each at
+    once onto 10 idle instances: every instance gets exactly 10, and the type's cursor has
+    ended after the last instance."""
+
+    async def seed() -> None:
+        store = await SqlStore.open(database_url)
+        await agents(store, *(f"dev-{i:02d}" for i in range(10)))
+        await store.close()
+
+    asyncio.run(seed())
+    errors: list[BaseException] = []
+    placed: list[str] = []
+
+    def dispatcher(offset: int) -> None:
+        async def run() -> None:
+            store = await SqlStore.open(database_url)
+            try:
+                for n in range(25):
+                    placed.append((await store.dispatch(new_task(offset + n))).task.agent)
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=dispatcher, args=(100 * i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Counter(placed) == {f"dev-{i:02d}": 10 for i in range(10)}
+
+    async def cursor() -> dict[str, int]:
+        store = await SqlStore.open(database_url)
+        try:
+            return await store.load_cursors()
+        finally:
+            await store.close()
+
+    assert asyncio.run(cursor()) == {"dev": 10}  # dev-09 took the last one
