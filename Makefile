@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/claude-hooks.toml
 
-.PHONY: run test lint typecheck unit clean bench
+.PHONY: run test lint typecheck unit clean bench sandbox
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(VENV)/.installed $@
 
-run: $(VENV)/.installed
+# Agents run in a bubblewrap sandbox: as root, install Debian's package when it is missing.
+sandbox:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || \
+	  { echo "bubblewrap is missing: install it (apt-get install bubblewrap), agents run in it"; exit 1; }
+
+run: $(VENV)/.installed sandbox
 	$(BIN)/claude-hooks serve --config $(CONFIG)
 
 lint: $(VENV)/.installed-dev
@@ -28,7 +34,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev
+unit: $(VENV)/.installed-dev sandbox
 	$(BIN)/pytest
 
 test: lint typecheck unit
