@@ -9,6 +9,9 @@ or ending with a dot and without `..`; owners up to 40 characters, repositories 
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 DELIVERY_ID_RULE = "a UUID, or 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -50,3 +53,14 @@ def full_name_problem(full_name: str) -> str | None:
     if problem is not None:
         return f"repository {repo[:110]!r} {problem}"
     return None
+
+
+def _checked_full_name(value: str) -> str:
+    problem = full_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+FullName = Annotated[str, AfterValidator(_checked_full_name)]
+"""A model field holding `<owner>/<repository>` by the forge's rules."""

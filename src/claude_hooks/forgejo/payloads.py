@@ -16,12 +16,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, from_json
 
-from claude_hooks.forgejo.names import full_name_problem
+from claude_hooks.forgejo.names import FullName
 from claude_hooks.forgejo.webhook import MalformedDeliveryError
 
 
@@ -69,19 +68,11 @@ class Permissions(_Model):
 class Repository(_Model):
     """`full_name` names workdirs, mirrors and API paths: it must follow the forge's rules."""
 
-    full_name: str
+    full_name: FullName
     owner: User
     name: str
     html_url: str | None = None
     permissions: Permissions | None = None
-
-    @field_validator("full_name")
-    @classmethod
-    def _forge_name(cls, value: str) -> str:
-        problem = full_name_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Repository:

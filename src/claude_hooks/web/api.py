@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from claude_hooks import task_actions
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import InvalidInputError, UnknownAgentError, UnknownTaskError
-from claude_hooks.forgejo.names import full_name_problem
+from claude_hooks.forgejo.names import FullName
 from claude_hooks.service import Service
 from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.views import MAX_OFFSET, history_view, task_view
@@ -93,17 +93,9 @@ class NewTask(BaseModel):
 
     type: str
     kind: TaskKind
-    repo: str = Field(description="owner/name")
+    repo: FullName = Field(description="owner/name")
     number: int = Field(ge=1, le=2**63 - 1)
     payload: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("repo")
-    @classmethod
-    def _forge_name(cls, value: str) -> str:
-        problem = full_name_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
 
 @router.post("/api/tasks", status_code=202, summary="Queue a task for a type by hand")
