@@ -3,7 +3,8 @@
 The rule is the simulator's `steal` policy (claude_hooks.capacity): take the oldest queued task
 of another enabled instance whose session key is neither running nor queued ahead of it
 anywhere, together with the later tasks of that key on the same instance, so a key stays on one
-instance and in order. It runs under the type's cursor lock, like `placing.place`, so two
+instance and in order. The head of an idle instance's queue stays: it is about to start there.
+It runs under the type's cursor lock, like `placing.place`, so two
 processes sharing the database never take the same task.
 """
 
@@ -29,6 +30,7 @@ _OCCUPIED = (
     .exists()
 )
 _OTHER = tasks.alias("other")
+_PEER = tasks.alias("peer")
 _VICTIM = (
     sa.select(tasks.c.id, tasks.c.agent, tasks.c.session_key, tasks.c.seq)
     .join(agents, agents.c.name == tasks.c.agent)
@@ -38,6 +40,15 @@ _VICTIM = (
         tasks.c.agent != sa.bindparam("b_agent"),
         tasks.c.cancel_requested == sa.false(),
         agents.c.enabled == sa.true(),
+        # Not the head of an idle instance's queue: that one starts there at once (it may
+        # have just been stolen by that instance).
+        sa.exists().where(
+            _PEER.c.agent == tasks.c.agent,
+            sa.or_(
+                _PEER.c.state == _RUNNING,
+                sa.and_(_PEER.c.state == _QUEUED, _PEER.c.seq < tasks.c.seq),
+            ),
+        ),
         ~sa.exists().where(
             _OTHER.c.session_key == tasks.c.session_key,
             sa.or_(
