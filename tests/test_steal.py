@@ -11,6 +11,7 @@ from claude_hooks.events import Event, Subscription
 from claude_hooks.notifier import task_comment
 from claude_hooks.service import Service
 from claude_hooks.views import history_view
+from claude_hooks.web.metrics import families
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, instance_idle, wait_until
 from tests.test_pool import agent_of, request
@@ -69,6 +70,7 @@ async def test_an_idle_instance_steals_the_task_queued_behind_a_long_run(
     comment = task_comment(moved)
     assert comment is not None and "from the queue of `dev-a` to `dev-b`" in comment
     assert long not in gate.cancelled
+    assert await beside_idle(service) == 0
     gate.release_all()
 
 
@@ -83,6 +85,7 @@ async def test_without_steal_the_task_waits_behind_the_long_run(
     await asyncio.sleep(1.0)
     assert waiting not in gate.started
     assert await agent_of(service, waiting) == "dev-a"
+    assert await beside_idle(service) == 1  # what `steal` would have taken
     gate.release(long)
     await wait_until(lambda: waiting in gate.started)
 
@@ -92,3 +95,11 @@ async def next_event(subscription: Subscription, kind: str) -> Event:
         event = await asyncio.wait_for(subscription.get(), 5.0)
         if event.kind == kind:
             return event
+
+
+async def beside_idle(service: Service) -> float:
+    """The gauge of tasks waiting while an instance of their type idles, for type dev."""
+    for family in await families(service):
+        if family.name == "claude_hooks_waiting_beside_idle":
+            return next(s.value for s in family.samples if s.labels == {"type": "dev"})
+    raise AssertionError("no claude_hooks_waiting_beside_idle gauge")

@@ -385,7 +385,10 @@ async def test_steal_takes_the_oldest_free_key_with_its_later_tasks(store: Store
     key_2_later = (await store.dispatch(new_task(2, kind=TaskKind.FIX_CI))).task
     assert {t.agent for t in (key_1, key_2, key_3, key_2_later)} == {"dev-a"}
     assert await store.steal("dev-b", NOW) is None  # disabled instances take nothing
+    assert await store.waiting_beside_idle() == {}  # dev-b is disabled
     await store.set_agent_enabled("dev-b", True)
+    # Keys 2 and 3 could start on dev-b; key 1 runs, and key 2's second task waits for it.
+    assert await store.waiting_beside_idle() == {"dev": 2}
     assert await store.steal("dev-a", NOW) is None  # it runs a task
     stolen = await store.steal("dev-b", NOW + 5)
     assert stolen is not None and stolen.source == "dev-a"
@@ -396,6 +399,7 @@ async def test_steal_takes_the_oldest_free_key_with_its_later_tasks(store: Store
     assert note.moved_from == "dev-a" and note.moved_at == NOW + 5
     assert (await store.notes.get_note(key_3.id)).moved_from is None
     assert await store.steal("dev-b", NOW) is None  # its queue is not empty
+    assert await store.waiting_beside_idle() == {}  # no instance is idle with an empty queue
     claim = await store.claim_next("dev-b", NOW + 6)
     assert claim.task is not None and claim.task.id == key_2.id
     await agents(store, "dev-c")
@@ -406,6 +410,11 @@ async def test_steal_takes_the_oldest_free_key_with_its_later_tasks(store: Store
     await store.finish_task(running.id, Outcome(TaskState.SUCCEEDED), NOW + 9)
     head = await store.claim_next("dev-a", NOW + 9)
     assert head.task is not None and head.task.id == key_1.id  # order kept on dev-a
+    waits = {h.labels: h for h in await store.queue_waits([5.0, 10.0])}
+    # Waits: the long task -1 s (claimed at NOW, enqueued at NOW + 1), key 2 4 s, key 1 8 s.
+    assert waits[("dev",)].count == 3
+    assert waits[("dev",)].total == pytest.approx(0 - 1 + 4 + 8)
+    assert waits[("dev",)].buckets == (2, 3)
 
 
 def test_stores_stealing_at_once_never_take_the_same_task(database_url: str) -> None:

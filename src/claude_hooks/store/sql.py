@@ -651,6 +651,14 @@ class SqlStore:
         with self.reader.connect() as conn:
             return reports.start_latencies(conn, bounds)
 
+    async def queue_waits(self, bounds: Sequence[float]) -> list[Histogram]:
+        with self.reader.connect() as conn:
+            return reports.queue_waits(conn, bounds)
+
+    async def waiting_beside_idle(self) -> dict[str, int]:
+        with self.reader.connect() as conn:
+            return stealing.waiting_beside_idle(conn)
+
     async def recently_finished(self, limit: int) -> list[Task]:
         query = (
             sa.select(tasks)

@@ -31,34 +31,53 @@ _OCCUPIED = (
 )
 _OTHER = tasks.alias("other")
 _PEER = tasks.alias("peer")
+# A queued task another instance could start now: its key neither runs nor waits ahead of it
+# anywhere, and it is not the head of an idle instance's queue (that one starts there at once;
+# it may have just been stolen by that instance).
+_TAKEABLE = (
+    tasks.c.state == _QUEUED,
+    tasks.c.cancel_requested == sa.false(),
+    sa.exists().where(
+        _PEER.c.agent == tasks.c.agent,
+        sa.or_(
+            _PEER.c.state == _RUNNING,
+            sa.and_(_PEER.c.state == _QUEUED, _PEER.c.seq < tasks.c.seq),
+        ),
+    ),
+    ~sa.exists().where(
+        _OTHER.c.session_key == tasks.c.session_key,
+        sa.or_(
+            _OTHER.c.state == _RUNNING,
+            sa.and_(_OTHER.c.state == _QUEUED, _OTHER.c.seq < tasks.c.seq),
+        ),
+    ),
+)
 _VICTIM = (
     sa.select(tasks.c.id, tasks.c.agent, tasks.c.session_key, tasks.c.seq)
     .join(agents, agents.c.name == tasks.c.agent)
     .where(
         tasks.c.type == sa.bindparam("b_type"),
-        tasks.c.state == _QUEUED,
         tasks.c.agent != sa.bindparam("b_agent"),
-        tasks.c.cancel_requested == sa.false(),
         agents.c.enabled == sa.true(),
-        # Not the head of an idle instance's queue: that one starts there at once (it may
-        # have just been stolen by that instance).
-        sa.exists().where(
-            _PEER.c.agent == tasks.c.agent,
-            sa.or_(
-                _PEER.c.state == _RUNNING,
-                sa.and_(_PEER.c.state == _QUEUED, _PEER.c.seq < tasks.c.seq),
-            ),
-        ),
-        ~sa.exists().where(
-            _OTHER.c.session_key == tasks.c.session_key,
-            sa.or_(
-                _OTHER.c.state == _RUNNING,
-                sa.and_(_OTHER.c.state == _QUEUED, _OTHER.c.seq < tasks.c.seq),
-            ),
-        ),
+        *_TAKEABLE,
     )
     .order_by(tasks.c.seq)
     .limit(1)
+)
+_IDLE = agents.alias("idle")
+_WAITING_BESIDE_IDLE = (
+    sa.select(tasks.c.type, sa.func.count())
+    .where(
+        *_TAKEABLE,
+        sa.exists().where(
+            _IDLE.c.type == tasks.c.type,
+            _IDLE.c.enabled == sa.true(),
+            ~sa.exists().where(
+                _PEER.c.agent == _IDLE.c.name, _PEER.c.state.in_([_QUEUED, _RUNNING])
+            ),
+        ),
+    )
+    .group_by(tasks.c.type)
 )
 _FOLLOWERS = (
     sa.select(tasks.c.id)
@@ -94,6 +113,12 @@ def worth_trying(conn: sa.Connection, agent: str) -> bool:
         return False
     found = conn.execute(_VICTIM, {"b_type": agent_type, "b_agent": agent}).first()
     return found is not None
+
+
+def waiting_beside_idle(conn: sa.Connection) -> dict[str, int]:
+    """Per type, the queued tasks that could start now while an instance of their type sits
+    idle with an empty queue: what `steal` takes (0 under it, but for a moment)."""
+    return {agent_type: int(count) for agent_type, count in conn.execute(_WAITING_BESIDE_IDLE)}
 
 
 def steal(conn: sa.Connection, agent: str, now: float) -> Theft | None:
