@@ -7,13 +7,15 @@ import asyncio
 import sys
 import time
 
+import httpx
+
 from claude_hooks.events import Event, Subscription
 from claude_hooks.notifier import task_comment
 from claude_hooks.service import Service
-from claude_hooks.views import history_view
 from claude_hooks.web.metrics import families
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, instance_idle, wait_until
+from tests.test_dashboard_api import AUTH, serve
 from tests.test_pool import agent_of, request
 
 COMMAND = [sys.executable, "-c", "import sys; sys.stdin.read()"]
@@ -62,8 +64,11 @@ async def test_an_idle_instance_steals_the_task_queued_behind_a_long_run(
     assert took < 1.0
     task = await service.store.get_task(waiting)
     assert task is not None and task.agent == "dev-b"
-    history = await history_view(service.store, task)
-    assert history["moved_from"] == "dev-a" and history["moved_at"] is not None
+    async with serve(service) as url, httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        shown = (await client.get(f"/api/tasks/{waiting}")).json()
+        page = await client.get(f"/tasks/{waiting}")
+    assert shown["moved_from"] == "dev-a" and shown["moved_at"] is not None
+    assert page.status_code == 200 and '<dd class="moved">from dev-a\'s queue' in page.text
     moved = await next_event(events, "task.moved")
     assert moved.task is not None and moved.task.id == waiting
     assert moved.data == {"from": "dev-a"}
