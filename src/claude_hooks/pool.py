@@ -58,6 +58,7 @@ class Worker:
         self.enabled = enabled
         self.retiring = False
         self.blocked = False  # the head of the queue waits for its session key
+        self._head: str | None = None  # the head of the queue when last looked at
         self.current: Task | None = None
         self._cancel_current = False
         self._run: asyncio.Task[RunResult] | None = None
@@ -113,7 +114,7 @@ class Worker:
 
     async def _held(self) -> bool:
         """Wait while a budget or the API breaker holds the type; True to look again after."""
-        head = await self.pool.store.queue_head(self.name)
+        head = self._head = await self.pool.store.queue_head(self.name)
         return head is not None and await self.pool.limits.wait_until_open(self.type, head)
 
     @property
@@ -125,10 +126,14 @@ class Worker:
         return self.enabled and not self.retiring and self.current is None
 
     async def _claim(self) -> Task | None:
-        claim = await self.pool.store.claim_next(self.name, self.pool.clock())
-        self.blocked = claim.blocked
-        if claim.task is not None or claim.blocked or not self.steals:
-            return claim.task
+        """Claim the head of the queue; with an empty queue, a stealing type takes work from a
+        peer first (without the claim's write: an idle instance looks twice a second)."""
+        if not self.steals or self._head is not None:
+            claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+            self.blocked = claim.blocked
+            if claim.task is not None or claim.blocked or not self.steals:
+                return claim.task
+        self.blocked = False
         if not await self.pool.steal_for(self):
             return None
         claim = await self.pool.store.claim_next(self.name, self.pool.clock())
