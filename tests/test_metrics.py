@@ -62,6 +62,8 @@ async def test_metrics_of_an_idle_service(client: httpx.AsyncClient, service: Se
     assert value(samples, "claude_hooks_instances", type="dev", state="busy") == 0
     assert value(samples, "claude_hooks_busy_instances", type="boss") == 0
     assert value(samples, "claude_hooks_queue_depth", type="dev", agent="dev-alpha") == 0
+    assert value(samples, "claude_hooks_waiting_beside_idle", type="dev") == 0
+    assert "claude_hooks_queue_wait_seconds_count" not in samples
     assert value(samples, "claude_hooks_start_time_seconds") == service.started_at
     assert "claude_hooks_deliveries_total" not in samples
 
@@ -115,4 +117,8 @@ async def test_metrics_follow_deliveries_and_tasks(
     assert value(samples, latency + "_count", type="dev") == 1
     assert 0 <= value(samples, latency + "_sum", type="dev") < 5
     assert value(samples, latency + "_bucket", type="dev", le="5.0") == 1
+    waits = "claude_hooks_queue_wait_seconds"
+    assert value(samples, waits + "_count", type="reviewer") == 2  # the cancelled one never ran
+    assert value(samples, waits + "_bucket", type="reviewer", le="0.1") >= 1  # the first at once
+    assert value(samples, waits + "_bucket", type="reviewer", le="+Inf") == 2
     assert value(samples, "claude_hooks_queue_depth", type="reviewer", agent="reviewer-1") == 0

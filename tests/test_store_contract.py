@@ -372,3 +372,106 @@ def test_processes_dispatching_at_once_make_the_choices_one_would(database_url: 
             await store.close()
 
     assert asyncio.run(cursor()) == {"dev": 10}  # dev-09 took the last one
+
+
+async def test_steal_takes_the_oldest_free_key_with_its_later_tasks(store: Store) -> None:
+    await agents(store, "dev-a", "dev-b")
+    await store.set_agent_enabled("dev-b", False)
+    running = (await store.dispatch(new_task(1))).task
+    await store.claim_next("dev-a", NOW)
+    key_1 = (await store.dispatch(new_task(1, kind=TaskKind.FIX_CI))).task  # its key runs
+    key_2 = (await store.dispatch(new_task(2))).task
+    key_3 = (await store.dispatch(new_task(3))).task
+    key_2_later = (await store.dispatch(new_task(2, kind=TaskKind.FIX_CI))).task
+    assert {t.agent for t in (key_1, key_2, key_3, key_2_later)} == {"dev-a"}
+    assert await store.steal("dev-b", NOW) is None  # disabled instances take nothing
+    assert await store.waiting_beside_idle() == {}  # dev-b is disabled
+    await store.set_agent_enabled("dev-b", True)
+    # Keys 2 and 3 could start on dev-b; key 1 runs, and key 2's second task waits for it.
+    assert await store.waiting_beside_idle() == {"dev": 2}
+    assert await store.steal("dev-a", NOW) is None  # it runs a task
+    stolen = await store.steal("dev-b", NOW + 5)
+    assert stolen is not None and stolen.source == "dev-a"
+    assert [t.id for t in stolen.tasks] == [key_2.id, key_2_later.id]
+    assert [t.agent for t in stolen.tasks] == ["dev-b", "dev-b"]
+    assert stolen.tasks[0].seq < stolen.tasks[1].seq
+    note = await store.notes.get_note(key_2.id)
+    assert note.moved_from == "dev-a" and note.moved_at == NOW + 5
+    assert (await store.notes.get_note(key_3.id)).moved_from is None
+    assert await store.steal("dev-b", NOW) is None  # its queue is not empty
+    assert await store.waiting_beside_idle() == {}  # no instance is idle with an empty queue
+    claim = await store.claim_next("dev-b", NOW + 6)
+    assert claim.task is not None and claim.task.id == key_2.id
+    await agents(store, "dev-c")
+    # Key 1 runs on dev-a and key 2 on dev-b: only key 3 is free to take.
+    third = await store.steal("dev-c", NOW + 7)
+    assert third is not None and [t.id for t in third.tasks] == [key_3.id]
+    assert await store.steal("dev-c", NOW + 8) is None
+    await store.finish_task(running.id, Outcome(TaskState.SUCCEEDED), NOW + 9)
+    head = await store.claim_next("dev-a", NOW + 9)
+    assert head.task is not None and head.task.id == key_1.id  # order kept on dev-a
+    waits = {h.labels: h for h in await store.queue_waits([5.0, 10.0])}
+    # Waits: the long task -1 s (claimed at NOW, enqueued at NOW + 1), key 2 4 s, key 1 8 s.
+    assert waits[("dev",)].count == 3
+    assert waits[("dev",)].total == pytest.approx(0 - 1 + 4 + 8)
+    assert waits[("dev",)].buckets == (2, 3)
+
+
+def test_stores_stealing_at_once_never_take_the_same_task(database_url: str) -> None:
+    """Eight stores (separate engines) steal for eight idle instances at once from one busy
+    instance with five queued tasks of distinct keys: each task moves exactly once."""
+
+    async def seed() -> list[str]:
+        store = await SqlStore.open(database_url)
+        try:
+            await agents(store, "dev-busy", *(f"dev-t{i}" for i in range(8)))
+            for i in range(8):
+                await store.set_agent_enabled(f"dev-t{i}", False)
+            await store.dispatch(new_task(100))
+            await store.claim_next("dev-busy", NOW)
+            queued = [(await store.dispatch(new_task(n))).task.id for n in range(1, 6)]
+            for i in range(8):
+                await store.set_agent_enabled(f"dev-t{i}", True)
+            return queued
+        finally:
+            await store.close()
+
+    queued = asyncio.run(seed())
+    errors: list[BaseException] = []
+    taken: dict[str, list[str]] = {}
+    start = threading.Barrier(8)
+
+    def thief(name: str) -> None:
+        async def run() -> None:
+            store = await SqlStore.open(database_url)
+            try:
+                start.wait()
+                stolen = await store.steal(name, NOW)
+                taken[name] = [] if stolen is None else [t.id for t in stolen.tasks]
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thief, args=(f"dev-t{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    moved = [task_id for ids in taken.values() for task_id in ids]
+    assert sorted(moved) == sorted(queued)  # every task once, none twice
+    assert sorted(len(ids) for ids in taken.values()) == [0, 0, 0, 1, 1, 1, 1, 1]
+
+    async def owners() -> dict[str, str]:
+        store = await SqlStore.open(database_url)
+        try:
+            found = [await store.get_task(task_id) for task_id in queued]
+            return {task.id: task.agent for task in found if task is not None}
+        finally:
+            await store.close()
+
+    assert asyncio.run(owners()) == {ids[0]: name for name, ids in taken.items() if ids}

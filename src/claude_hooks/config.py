@@ -154,6 +154,10 @@ class TypeConfig(_Section):
     timeout: float = Field(3600.0, gt=0)
     workdir: Literal["worktree", "none"] = "worktree"
     comments: bool = True
+    rebalance: Literal["none", "steal"] = Field(
+        "none",
+        description="steal: an idle instance with an empty queue takes queued work from a peer",
+    )
     permission_mode: Literal["default", "acceptEdits", "plan", "bypassPermissions"] = "acceptEdits"
     allowed_tools: list[str] = Field(default_factory=list)
     disallowed_tools: list[str] = Field(default_factory=list)

@@ -15,7 +15,7 @@ from claude_hooks.domain import Task
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # task.queued | task.started | task.finished | delivery
+    kind: str  # task.queued | task.started | task.finished | task.moved | delivery
     task: Task | None = None
     data: dict[str, Any] = field(default_factory=dict)
 

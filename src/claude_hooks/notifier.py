@@ -41,6 +41,11 @@ def task_comment(event: Event) -> str | None:
         return f"claude-hooks: `{task.agent}` started {what}{attempt}."
     if event.kind == "task.finished":
         return _finished(task, what)
+    if event.kind == "task.moved":
+        return (
+            f"claude-hooks: moved {what} from the queue of `{event.data['from']}` to "
+            f'`{task.agent}`, which was idle (`rebalance = "steal"`).'
+        )
     if event.kind == "task.waiting":
         return f"claude-hooks: {what} waits in the queue of `{task.agent}`: {event.data['reason']}."
     return None

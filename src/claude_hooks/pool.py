@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 RunnerFactory = Callable[[str], AgentRunner]
 RETRY_SECONDS = 1.0
 BLOCKED_RECHECK_SECONDS = 1.0
+# How often an idle instance of a `rebalance = "steal"` type looks for work queued on a peer
+# (another process's dispatch does not wake it); a dispatch in this process wakes it at once.
+STEAL_LOOK_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class Worker:
         self.enabled = enabled
         self.retiring = False
         self.blocked = False  # the head of the queue waits for its session key
+        self._head: str | None = None  # the head of the queue when last looked at
         self.current: Task | None = None
         self._cancel_current = False
         self._run: asyncio.Task[RunResult] | None = None
@@ -110,22 +114,42 @@ class Worker:
 
     async def _held(self) -> bool:
         """Wait while a budget or the API breaker holds the type; True to look again after."""
-        head = await self.pool.store.queue_head(self.name)
+        head = self._head = await self.pool.store.queue_head(self.name)
         return head is not None and await self.pool.limits.wait_until_open(self.type, head)
 
+    @property
+    def steals(self) -> bool:
+        return self.pool.config.types[self.type].rebalance == "steal"
+
+    @property
+    def idle(self) -> bool:
+        return self.enabled and not self.retiring and self.current is None
+
     async def _claim(self) -> Task | None:
+        """Claim the head of the queue; with an empty queue, a stealing type takes work from a
+        peer first (without the claim's write: an idle instance looks twice a second)."""
+        if not self.steals or self._head is not None:
+            claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+            self.blocked = claim.blocked
+            if claim.task is not None or claim.blocked or not self.steals:
+                return claim.task
+        self.blocked = False
+        if not await self.pool.steal_for(self):
+            return None
         claim = await self.pool.store.claim_next(self.name, self.pool.clock())
         self.blocked = claim.blocked
         return claim.task
 
     async def _idle(self) -> None:
         """Wait for a wake-up; a blocked head is looked at again after a while regardless,
-        since the session key it waits for may end in another process."""
-        if not self.blocked:
+        since the session key it waits for may end in another process, and so are a stealing
+        type's peers' queues."""
+        if not self.blocked and not self.steals:
             await self._wake.wait()
             return
+        timeout = BLOCKED_RECHECK_SECONDS if self.blocked else STEAL_LOOK_SECONDS
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), BLOCKED_RECHECK_SECONDS)
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _take(self, task: Task) -> None:
         """Run a claimed task and record how it ended."""
@@ -366,7 +390,27 @@ class Pool:
         self.bus.publish(
             Event("task.queued", placed.task, {"position": placed.position, "busy": placed.busy})
         )
+        if placed.busy:
+            self._wake_thieves(agent_type)
         return placed.task
+
+    def _wake_thieves(self, agent_type: str) -> None:
+        """A task waits behind another: idle instances of a stealing type look at once."""
+        if self.config.types[agent_type].rebalance != "steal":
+            return
+        for worker in self.get_workers_by_type(agent_type):
+            if worker.idle:
+                worker.wake()
+
+    async def steal_for(self, worker: Worker) -> bool:
+        """Move queued work of a peer to the idle `worker` and announce it; True if any moved."""
+        stolen = await self.store.steal(worker.name, self.clock())
+        if stolen is None:
+            return False
+        for task in stolen.tasks:
+            log.info("task %s moved from %s to %s, idle", task.id, stolen.source, task.agent)
+            self.bus.publish(Event("task.moved", task, {"from": stolen.source}))
+        return True
 
     def _wake(self, agent: str) -> None:
         worker = self.workers.get(agent)

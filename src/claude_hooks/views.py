@@ -57,6 +57,8 @@ async def history_view(store: Store, task: Task) -> dict[str, Any]:
         "retries": await store.notes.retries_of(task.id),
         "cancelled_by": note.cancelled_by if task.state is TaskState.CANCELLED else None,
         "log_pruned": note.log_pruned_at is not None,
+        "moved_from": note.moved_from,
+        "moved_at": iso(note.moved_at),
     }
 
 

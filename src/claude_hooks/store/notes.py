@@ -18,6 +18,8 @@ class TaskNote:
     cancelled_by: str | None = None
     cancelled_by_delivery: str | None = None
     log_pruned_at: float | None = None
+    moved_from: str | None = None  # the instance it was stolen from (`rebalance = "steal"`)
+    moved_at: float | None = None
 
 
 class NoteStore(Protocol):

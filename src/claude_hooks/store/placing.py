@@ -67,7 +67,7 @@ class Spot:
     running: bool
 
 
-def _lock_cursor(conn: sa.Connection, agent_type: str) -> int:
+def lock_cursor(conn: sa.Connection, agent_type: str) -> int:
     """The type's cursor, locked until the transaction ends (the row is made on first use)."""
     params = {"b_type": agent_type}
     position = conn.execute(_CURSOR, params).scalar()
@@ -80,7 +80,7 @@ def _lock_cursor(conn: sa.Connection, agent_type: str) -> int:
 def place(conn: sa.Connection, agent_type: str, session_key: str) -> Spot:
     """Choose the instance of `agent_type` for a task of `session_key` and move the cursor;
     the caller writes the task in the same transaction."""
-    cursor = _lock_cursor(conn, agent_type)
+    cursor = lock_cursor(conn, agent_type)
     rows = conn.execute(_CANDIDATES, {"b_type": agent_type}).all()
     if not rows:
         raise NoInstanceError(agent_type)

@@ -154,3 +154,14 @@ def start_latencies(conn: sa.Connection, bounds: Sequence[float]) -> list[Histog
         .order_by(tasks.c.type)
     )
     return _histograms(conn, query, tasks.c.started_at - deliveries.c.received_at, 1, bounds)
+
+
+def queue_waits(conn: sa.Connection, bounds: Sequence[float]) -> list[Histogram]:
+    """Time started tasks waited in a queue, from enqueued to started, by type."""
+    query = (
+        sa.select(tasks.c.type)
+        .where(tasks.c.started_at.is_not(None))
+        .group_by(tasks.c.type)
+        .order_by(tasks.c.type)
+    )
+    return _histograms(conn, query, tasks.c.started_at - tasks.c.enqueued_at, 1, bounds)

@@ -183,6 +183,8 @@ task_notes = sa.Table(
     sa.Column("cancelled_by", sa.Text),
     sa.Column("cancelled_by_delivery", sa.String(100)),
     sa.Column("log_pruned_at", sa.Float),
+    sa.Column("moved_from", sa.String(63)),
+    sa.Column("moved_at", sa.Float),
     sa.Index("ix_task_notes_retry_of", "retry_of"),
     sa.Index("ix_task_notes_delivery", "cancelled_by_delivery"),
 )

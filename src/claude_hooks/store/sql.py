@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
-from claude_hooks.store import placing, reports
+from claude_hooks.store import placing, reports, stealing
 from claude_hooks.store.base import (
     Claim,
     DeliveryTally,
@@ -32,6 +32,7 @@ from claude_hooks.store.base import (
     Recovered,
     SessionRecord,
     Signal,
+    Stolen,
     TaskFilter,
     TaskTally,
 )
@@ -138,7 +139,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -239,6 +240,8 @@ _CLAIM = (
     tasks.update()
     .where(
         tasks.c.id == _HEAD_ID.scalar_subquery(),
+        # Checked again on the row itself: a steal may have moved the head meanwhile.
+        tasks.c.agent == sa.bindparam("b_agent"),
         tasks.c.state == TaskState.QUEUED.value,
         tasks.c.cancel_requested == sa.false(),
         sa.exists().where(agents.c.name == tasks.c.agent, agents.c.enabled == sa.true()),
@@ -474,6 +477,20 @@ class SqlStore:
         except sa.exc.IntegrityError:
             return Claim(None, blocked=True)
 
+    async def steal(self, agent: str, now: float) -> Stolen | None:
+        """Move queued work of a peer to `agent`, idle with an empty queue: one transaction
+        under the type's cursor lock (see `stealing`); None if there was nothing to take."""
+        with self.reader.connect() as conn:
+            if not stealing.worth_trying(conn, agent):
+                return None
+        with self.engine.begin() as conn:
+            theft = stealing.steal(conn, agent, now)
+            if theft is None:
+                return None
+            rows = conn.execute(sa.select(tasks).where(tasks.c.id.in_(theft.task_ids)))
+            moved = sorted((_task(row) for row in rows), key=lambda task: task.seq)
+        return Stolen(theft.source, tuple(moved))
+
     async def queue_head(self, agent: str) -> str | None:
         with self.reader.connect() as conn:
             row = conn.execute(_HEAD, {"b_agent": agent}).first()
@@ -633,6 +650,14 @@ class SqlStore:
     async def start_latencies(self, bounds: Sequence[float]) -> list[Histogram]:
         with self.reader.connect() as conn:
             return reports.start_latencies(conn, bounds)
+
+    async def queue_waits(self, bounds: Sequence[float]) -> list[Histogram]:
+        with self.reader.connect() as conn:
+            return reports.queue_waits(conn, bounds)
+
+    async def waiting_beside_idle(self) -> dict[str, int]:
+        with self.reader.connect() as conn:
+            return stealing.waiting_beside_idle(conn)
 
     async def recently_finished(self, limit: int) -> list[Task]:
         query = (

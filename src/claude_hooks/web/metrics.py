@@ -120,6 +120,27 @@ async def _stored(store: Store) -> list[Metric]:
     return [delivered, finished, durations, cost, latency]
 
 
+async def _waits(store: Store, types: Iterable[str]) -> list[Metric]:
+    """Queue waits, to compare the live pool with `claude-hooks simulate`."""
+    waits = HistogramMetricFamily(
+        "claude_hooks_queue_wait_seconds",
+        "Time started tasks waited in a queue, from enqueued to started",
+        labels=["type"],
+    )
+    for histogram in await store.queue_waits(LATENCY_BUCKETS):
+        _add_histogram(waits, LATENCY_BUCKETS, histogram)
+    beside_idle = GaugeMetricFamily(
+        "claude_hooks_waiting_beside_idle",
+        "Queued tasks that could start now while an instance of their type is idle "
+        "(0 under rebalance = steal)",
+        labels=["type"],
+    )
+    found = await store.waiting_beside_idle()
+    for agent_type in sorted({*found, *types}):
+        beside_idle.add_metric([agent_type], found.get(agent_type, 0))
+    return [waits, beside_idle]
+
+
 def _in_memory(service: Service) -> list[Metric]:
     rejected = CounterMetricFamily(
         "claude_hooks_webhooks_rejected",
@@ -157,7 +178,8 @@ def _in_memory(service: Service) -> list[Metric]:
 
 async def families(service: Service) -> list[Metric]:
     pool = _pool(await service.store.instances(), service.config.types)
-    return pool + await _stored(service.store) + _in_memory(service)
+    waits = await _waits(service.store, service.config.types)
+    return pool + await _stored(service.store) + waits + _in_memory(service)
 
 
 @router.get(
