@@ -21,6 +21,26 @@ from tests.support import instance_idle, make_config, queue_of, wait_until
         ("Claude AI usage limit reached|1767225600", FailureKind.USAGE_LIMIT, 1767225600.0),
         ("API Error: Connection error. (ECONNREFUSED)", FailureKind.NETWORK, None),
         ("5-hour limit reached ∙ resets 3pm", FailureKind.USAGE_LIMIT, None),
+        # What the runner makes of the real CLI's answer to a subscription's usage limit: the
+        # result text, and the reset time from the CLI's rate-limit event.
+        (
+            "Claude API error (HTTP 429): You've hit your 5-hour limit · resets 4:33am (UTC)"
+            " (usage limit resets at 1795840398)",
+            FailureKind.USAGE_LIMIT,
+            1795840398.0,
+        ),
+        (
+            "Claude API error (HTTP 429): You've hit your weekly limit",
+            FailureKind.USAGE_LIMIT,
+            None,
+        ),
+        # With an API key the CLI reads no usage-limit headers: a 429 is a rate limit.
+        (
+            "Claude API error (HTTP 429): API Error: Request rejected (429) · This request would"
+            " exceed your account's rate limit. Please try again later.",
+            FailureKind.RATE_LIMIT,
+            None,
+        ),
         ("Claude API error (HTTP 400): prompt is too long", None, None),
         ("gave up after 3 attempts", None, None),
     ],
