@@ -35,6 +35,9 @@ async def test_a_review_task_reads_the_logs_of_its_own_pull_requests_failing_che
         "acme", "widget", HEAD, "ext/ci", "failure", target_url="http://203.0.113.9/build/1"
     )
     fake_forgejo.add_status("acme", "widget", HEAD, "ci/docs", "success", target_url=forge + job)
+    secret = fake_forgejo.set_job_log("acme", "private", 1, 1, "the private repository's log")
+    escape = f"{forge}/acme/widget/../private/actions/runs/1/jobs/1"
+    fake_forgejo.add_status("acme", "widget", HEAD, "ci/escape", "failure", target_url=escape)
     agent = tmp_path / "agents" / "reads_logs.py"
     agent.parent.mkdir()
     agent.write_text(
@@ -68,13 +71,15 @@ async def test_a_review_task_reads_the_logs_of_its_own_pull_requests_failing_che
     answer = json.loads(logs["answer"])
     assert (answer["pull_request"], answer["sha"]) == (pull.number, HEAD)
     failing = {item["context"]: item for item in answer["failing"]}
-    assert set(failing) == {"ci/test", "ci/lint", "ext/ci"}
+    assert set(failing) == {"ci/test", "ci/lint", "ext/ci", "ci/escape"}
     test_log = failing["ci/test"]
     assert test_log["truncated"] is True and len(test_log["log"]) == MAX_LOG_BYTES
     assert test_log["log"].endswith("FAILED tests/test_retry.py::test_backoff\n")
     assert failing["ci/lint"]["log"] == "ruff: E501 line too long\n"
     assert failing["ci/lint"]["truncated"] is False
-    assert failing["ext/ci"]["log"] is None and "not fetched" in failing["ext/ci"]["note"]
+    for elsewhere in ("ext/ci", "ci/escape"):
+        assert failing[elsewhere]["log"] is None and "not fetched" in failing[elsewhere]["note"]
+    assert secret + "/logs" not in [path for path, _ in fake_forgejo.web_requests]
     # Only this repository's job logs were read, with the type's token; nothing off the forge.
     assert sorted(fake_forgejo.web_requests) == [
         (job + "/logs", "reviewer-bot"),

@@ -195,6 +195,7 @@ class ForgeTools:
             raise ToolRefusedError(f"CI logs are only for this task's pull request #{pull.number}")
         status = await client.combined_status(*self.owner_name, pull.head_sha or pull.head_ref)
         owner, name = self.owner_name
+        repo_pages = f"{urlsplit(client.base_url).path}/{owner}/{name}/"
         failing = []
         for item in status.statuses:
             if item.state not in ("failure", "error"):
@@ -206,7 +207,12 @@ class ForgeTools:
                 "url": item.target_url,
             }
             path = urlsplit(item.target_url).path.rstrip("/")
-            if not client.on_forge(item.target_url) or not path.startswith(f"/{owner}/{name}/"):
+            if (
+                not client.on_forge(item.target_url)
+                or not path.startswith(repo_pages)
+                or ".." in path.split("/")
+                or "%" in path
+            ):
                 entry["log"] = None
                 entry["note"] = "not a page of this repository on the forge: not fetched"
             else:
