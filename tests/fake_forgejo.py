@@ -135,6 +135,7 @@ class _Answer:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a plain-text body instead of JSON
 
 
 def _error(status: int, message: str) -> _Answer:
@@ -158,6 +159,8 @@ class FakeForgejo:
         self.merges: list[FakeMerge] = []
         self.reviews: list[FakeReview] = []
         self.requests: list[RecordedRequest] = []
+        self.job_logs: dict[str, str] = {}  # web path of a job's `/logs` -> the log
+        self.web_requests: list[tuple[str, str | None]] = []  # (web path, token user)
         self.server_errors: list[BaseException] = []
         self._faults: list[_Fault] = []
         self._merge_answers: dict[tuple[str, str, int], list[tuple[int, str]]] = {}
@@ -300,6 +303,14 @@ class FakeForgejo:
             statuses[:] = [s for s in statuses if s.context != context]
             statuses.append(FakeStatus(context, state, target_url, description))
 
+    def set_job_log(self, owner: str, repo: str, run: int, job: int, text: str) -> str:
+        """A Forgejo Actions job's log, served (plain text) at the job page's `/logs`, as
+        Forgejo's web side does; returns the job page's path (a status's target URL path)."""
+        page = f"/{owner}/{repo}/actions/runs/{run}/jobs/{job}"
+        with self._lock:
+            self.job_logs[page + "/logs"] = text
+        return page
+
     def _add(
         self,
         owner: str,
@@ -384,12 +395,17 @@ class FakeForgejo:
     def _handle(self, method: str, raw_path: str, auth: str, body: bytes) -> _Answer | None:
         """The answer to one request; None to close the connection without answering."""
         split = urlsplit(raw_path)
+        user = self.tokens.get(auth[len("token ") :]) if auth.startswith("token ") else None
         if not split.path.startswith(API + "/"):
-            return _error(404, "not found")
+            with self._lock:
+                self.web_requests.append((split.path, user))
+                job_log = self.job_logs.get(unquote(split.path))
+            if job_log is None:
+                return _error(404, "not found")
+            return _Answer(200, raw=job_log.encode())
         raw = split.path[len(API) :]
         path = unquote(raw)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-        user = self.tokens.get(auth[len("token ") :]) if auth.startswith("token ") else None
         with self._lock:
             self.requests.append(RecordedRequest(method, path, query, user))
         fault = self._take_fault(method, path)
@@ -779,9 +795,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         data = b"" if answer.body is None else json.dumps(answer.body).encode()
+        kind = "application/json;charset=utf-8"
+        if answer.raw is not None:
+            data, kind = answer.raw, "text/plain;charset=utf-8"
         try:
             self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json;charset=utf-8")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             for name, value in answer.headers.items():
                 self.send_header(name, value)

@@ -65,6 +65,21 @@ def error(
     return Reply(status=status, error_type=error_type, headers=headers or {}, message=message)
 
 
+def usage_limit(resets_at: int, limit: str = "five_hour") -> Reply:
+    """A subscription's usage limit, as the API answers it: 429 with the unified rate-limit
+    headers (rejected, the reset time as epoch seconds, which window)."""
+    return error(
+        429,
+        "rate_limit_error",
+        {
+            "anthropic-ratelimit-unified-status": "rejected",
+            "anthropic-ratelimit-unified-reset": str(resets_at),
+            "anthropic-ratelimit-unified-representative-claim": limit,
+        },
+        "This request would exceed your account's rate limit. Please try again later.",
+    )
+
+
 def stall(answer: str) -> Reply:
     return Reply([{"type": "text", "text": answer}], stall=True)
 

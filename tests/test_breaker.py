@@ -9,6 +9,7 @@ import pytest
 
 from claude_hooks.breaker import ApiFailure, Breaker, FailureKind, classify
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
 from tests.support import instance_idle, make_config, queue_of, wait_until
 
@@ -21,6 +22,26 @@ from tests.support import instance_idle, make_config, queue_of, wait_until
         ("Claude AI usage limit reached|1767225600", FailureKind.USAGE_LIMIT, 1767225600.0),
         ("API Error: Connection error. (ECONNREFUSED)", FailureKind.NETWORK, None),
         ("5-hour limit reached ∙ resets 3pm", FailureKind.USAGE_LIMIT, None),
+        # What the runner makes of the real CLI's answer to a subscription's usage limit: the
+        # result text, and the reset time from the CLI's rate-limit event.
+        (
+            "Claude API error (HTTP 429): You've hit your 5-hour limit · resets 4:33am (UTC)"
+            " (usage limit resets at 1795840398)",
+            FailureKind.USAGE_LIMIT,
+            1795840398.0,
+        ),
+        (
+            "Claude API error (HTTP 429): You've hit your weekly limit",
+            FailureKind.USAGE_LIMIT,
+            None,
+        ),
+        # With an API key the CLI reads no usage-limit headers: a 429 is a rate limit.
+        (
+            "Claude API error (HTTP 429): API Error: Request rejected (429) · This request would"
+            " exceed your account's rate limit. Please try again later.",
+            FailureKind.RATE_LIMIT,
+            None,
+        ),
         ("Claude API error (HTTP 400): prompt is too long", None, None),
         ("gave up after 3 attempts", None, None),
     ],
@@ -114,3 +135,55 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
         assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1
     assert "dev" not in limits.paused
     assert not limits.breaker("dev").is_open
+
+
+async def test_an_open_breaker_stays_open_across_a_restart(
+    tmp_path: Path, start_service: ServiceFactory
+) -> None:
+    down = tmp_path / "api-down"
+    down.touch()
+    runs = tmp_path / "runs"
+    script = (
+        "import os, sys, time; sys.stdin.read()\n"
+        f"open({str(runs)!r}, 'a').write(f'{{time.time()}}\\n')\n"
+        f"sys.exit(75 if os.path.exists({str(down)!r}) else 0)"
+    )
+    config = make_config(
+        tmp_path,
+        types={
+            "dev": {
+                "runner": "command",
+                "command": [sys.executable, "-c", script],
+                "workdir": "none",
+                "breaker_failures": 1,
+                "breaker_backoff": 4.0,
+                "breaker_exit_codes": [75],
+                "sandbox": False,
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    first = await Service.open(config)
+    await first.start()
+    try:
+        task_id = await first.pool.dispatch_by_type(
+            "dev", DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 1)
+        )
+        await wait_until(lambda: "dev" in first.pool.limits.paused, timeout=20)
+        open_until = first.pool.limits.breaker("dev").open_until
+        assert open_until is not None
+    finally:
+        await first.stop()
+    down.unlink()  # the API is back, but the breaker said to wait until open_until
+
+    service = await start_service(config)
+    limits = service.pool.limits
+    assert limits.breaker("dev").open_until == open_until
+    assert limits.trips["dev"] == 1
+    await wait_until(lambda: instance_idle(service.store, "dev-alpha"), timeout=20)
+    task = await service.store.get_task(task_id)
+    assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1
+    failed_at, probed_at = (float(line) for line in runs.read_text().split())
+    assert probed_at >= open_until > failed_at  # the restarted service waited for the reset
+    assert not limits.breaker("dev").is_open
+    assert await service.store.spend.breaker_states() == []  # closed, and forgotten

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from claude_hooks.breaker import FailureKind
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
-from tests.messages_standin import MessagesStandin, error
+from tests.messages_standin import MessagesStandin, error, usage_limit
 from tests.support import instance_idle, make_config, queue_of, wait_until
 
 
@@ -27,12 +28,18 @@ async def start(
     tmp_path: Path,
     api: MessagesStandin,
     monkeypatch: pytest.MonkeyPatch,
+    subscription: bool = False,
 ) -> Service:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
+    if subscription:  # a login from `claude setup-token`: the CLI reads the usage-limit headers
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-standin")
+    else:
+        monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
     monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     config = make_config(
         tmp_path,
@@ -92,3 +99,44 @@ async def test_an_api_outage_pauses_the_type_and_the_queue_drains_when_it_recove
     assert limits.trips["dev"] == 2  # opened, then the failed probe opened it again
     assert not limits.breaker("dev").is_open
     assert len(api.message_requests()) == 5  # three refused, then one per task
+
+
+async def test_a_usage_limit_pauses_the_type_until_the_reset_time_it_gives(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    api: MessagesStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = await start(start_service, tmp_path, api, monkeypatch, subscription=True)
+    resets_at = int(time.time()) + 6  # well past the 1 s backoff the breaker would use
+    api.script(usage_limit(resets_at), usage_limit(resets_at))
+    ids = [
+        await service.pool.dispatch_by_type(
+            "dev", DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", n)
+        )
+        for n in (1, 2)
+    ]
+    limits = service.pool.limits
+    await wait_until(lambda: "dev" in limits.paused, timeout=60)
+    pause = limits.paused["dev"]
+    assert pause.reason == "breaker"
+    last = limits.breaker("dev").last
+    assert last is not None and last.kind is FailureKind.USAGE_LIMIT, last
+    assert last.retry_at == resets_at
+    worker = service.pool.get_worker("dev-alpha")
+    assert await queue_of(service.store, worker.name) == ids
+
+    async def drained() -> bool:
+        return not api.replies and await instance_idle(service.store, worker.name)
+
+    await wait_until(drained, timeout=90)
+    requests = api.message_requests()
+    assert len(requests) == 4  # two refused, then one per task
+    probe_wall_time = time.time() - (time.monotonic() - requests[2].at)
+    assert probe_wall_time >= resets_at - 0.05  # waited for the reset, not the 1 s backoff
+    for task_id in ids:
+        task = await service.store.get_task(task_id)
+        assert task is not None
+        assert task.state is TaskState.SUCCEEDED, task.error
+        assert task.attempts == 1
+    assert not limits.breaker("dev").is_open

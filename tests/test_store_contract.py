@@ -16,6 +16,7 @@ from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.store.base import Outcome, Store, TaskFilter
 from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink
+from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
@@ -326,6 +327,20 @@ async def test_intake_store(store: Store) -> None:
     assert await intake.active_tasks([key, "dev:acme/widget:99"]) == [task_id]
     await store.claim_next("dev-a", NOW)
     assert not await intake.merge_into(task_id, {"too": "late"})
+
+
+async def test_breaker_states_are_kept_replaced_and_cleared(store: Store) -> None:
+    spend = store.spend
+    assert await spend.breaker_states() == []
+    counting = BreakerState("dev", 1, 0, None, "overloaded", "HTTP 529")
+    await spend.put_breaker(counting)
+    opened = BreakerState("dev", 2, 1, 1_800_000_000.5, "usage_limit", "5-hour limit")
+    await spend.put_breaker(opened)
+    other = BreakerState("reviewer", 1, 0, None, "network", "ECONNREFUSED")
+    await spend.put_breaker(other)
+    assert sorted(await spend.breaker_states(), key=lambda s: s.type) == [opened, other]
+    await spend.clear_breaker("dev")
+    assert await spend.breaker_states() == [other]
 
 
 def test_processes_dispatching_at_once_make_the_choices_one_would(database_url: str) -> None:

@@ -31,7 +31,8 @@ class ApiFailure:
 
 _HTTP = re.compile(r"Claude API error \(HTTP (\d{3})\)")
 _USAGE_LIMIT = re.compile(r"usage limit reached\|(\d{9,11})", re.IGNORECASE)
-_LIMIT_REACHED = re.compile(r"\blimit reached\b.*\bresets\b", re.IGNORECASE)
+_RESETS_AT = re.compile(r"usage limit resets at (\d{9,11})")
+_LIMIT_REACHED = re.compile(r"\blimit reached\b.*\bresets\b|\bhit your\b.*\blimit\b", re.IGNORECASE)
 _NETWORK = re.compile(
     r"ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|Connection error|fetch failed"
     r"|socket hang up|network error",
@@ -50,7 +51,7 @@ def classify(
     if runner != "claude" or not error:
         return None
     first = error.strip().splitlines()[0][:200] if error.strip() else error
-    usage = _USAGE_LIMIT.search(error)
+    usage = _USAGE_LIMIT.search(error) or _RESETS_AT.search(error)
     if usage is not None:
         return ApiFailure(FailureKind.USAGE_LIMIT, first, float(usage.group(1)))
     if _LIMIT_REACHED.search(error):

@@ -2,9 +2,10 @@
 
 Agents hold no forge token. These operations act with the type's token, outside the sandbox,
 and only on the task's own repository, issue, branch and pull request: reading this
-repository's issues, pull requests and CI status; commenting on this issue or pull request;
-opening or updating the pull request of this session's branch (pushed first); reviewing or
-merging this task's pull request. A call for anything else is refused, and logged.
+repository's issues, pull requests and CI status, and the CI logs of this task's pull request;
+commenting on this issue or pull request; opening or updating the pull request of this
+session's branch (pushed first); reviewing or merging this task's pull request. A call for
+anything else is refused, and logged.
 
 The `claude` runner offers them as an in-process MCP server (`forge`, tools
 `mcp__forge__<name>`); the `command` runner takes the same requests from a JSON file the agent
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task, TaskKind
@@ -36,7 +39,9 @@ SERVER_NAME = "forge"
 RESULT_FILE = ".claude-hooks-result.json"
 MAX_RESULT_BYTES = 1024 * 1024
 MAX_TEXT = 65536
+MAX_LOG_BYTES = 64 * 1024  # of one CI log, the tail (where failures are) is kept
 REVIEW_EVENTS = ("APPROVED", "REQUEST_CHANGES", "COMMENT")
+_JOB_PAGE = re.compile(r"/actions/runs/\d+/jobs/\d+$")
 _PR_KINDS = (TaskKind.REVIEW_PR, TaskKind.MERGE_PR)
 
 
@@ -174,6 +179,55 @@ class ForgeTools:
             }
         )  # fmt: skip
 
+    async def ci_logs(self, args: dict[str, Any]) -> str:
+        """The failing statuses of this task's pull request head, each with its log: the
+        Forgejo Actions job log (the job page's `/logs`), or the target page itself, fetched
+        only from the forge's own host and cut to its last MAX_LOG_BYTES."""
+        client = self.forge.client(self.task.type)
+        given = _number(args, "number")
+        number = self.task_pull()
+        pull = await (
+            client.get_pull(*self.owner_name, number) if number is not None else self.session_pull()
+        )
+        if pull is None:
+            raise ToolRefusedError("this task has no pull request yet: there are no CI logs")
+        if given is not None and given != pull.number:
+            raise ToolRefusedError(f"CI logs are only for this task's pull request #{pull.number}")
+        status = await client.combined_status(*self.owner_name, pull.head_sha or pull.head_ref)
+        owner, name = self.owner_name
+        repo_pages = f"{urlsplit(client.base_url).path}/{owner}/{name}/"
+        failing = []
+        for item in status.statuses:
+            if item.state not in ("failure", "error"):
+                continue
+            entry: dict[str, Any] = {
+                "context": item.context,
+                "state": item.state,
+                "description": item.description,
+                "url": item.target_url,
+            }
+            path = urlsplit(item.target_url).path.rstrip("/")
+            if (
+                not client.on_forge(item.target_url)
+                or not path.startswith(repo_pages)
+                or ".." in path.split("/")
+                or "%" in path
+            ):
+                entry["log"] = None
+                entry["note"] = "not a page of this repository on the forge: not fetched"
+            else:
+                page = item.target_url.rstrip("/") + ("/logs" if _JOB_PAGE.search(path) else "")
+                try:
+                    entry["log"], entry["truncated"] = await client.fetch_page(page, MAX_LOG_BYTES)
+                except ForgejoError as exc:
+                    entry["log"] = None
+                    entry["note"] = str(exc)
+            failing.append(entry)
+        return json.dumps(
+            {"pull_request": pull.number, "sha": status.sha, "state": status.state,
+             "failing": failing}
+        )  # fmt: skip
+
     async def push(self, args: dict[str, Any]) -> str:
         branch = await self._push()
         return f"pushed {branch}" if branch else "nothing new to push"
@@ -266,6 +320,7 @@ class ForgeTools:
             "read_issue": self.read_issue,
             "read_pull_request": self.read_pull_request,
             "ci_status": self.ci_status,
+            "ci_logs": self.ci_logs,
             "comment": self.comment,
             "open_pull_request": self.open_pull_request,
             "submit_review": self.submit_review,

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from claude_hooks.breaker import Breaker, classify
+from claude_hooks.breaker import ApiFailure, Breaker, FailureKind, classify
 from claude_hooks.budget import TEAM, Limit, Overrides, Reached, first_reached, limits_for
 from claude_hooks.budget import period_bounds as bounds
 from claude_hooks.config import Config, zone_of
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.events import Event, EventBus
 from claude_hooks.store.base import Outcome, Store
+from claude_hooks.store.spend import BreakerState
 
 if TYPE_CHECKING:
     from claude_hooks.pool import Pool
@@ -103,6 +104,32 @@ class Limits:
             spent[limit] = await self.store.spend.spent(scope, start, end)
         return first_reached(limits, spent, now, self.zone)
 
+    async def restore(self) -> None:
+        """Take up the breakers that API failures left open or counting before a restart."""
+        for state in await self.store.spend.breaker_states():
+            if state.type not in self.config.types:
+                continue
+            breaker = self.breaker(state.type)
+            breaker.failures, breaker.trips = state.failures, state.trips
+            breaker.open_until = state.open_until
+            breaker.last = ApiFailure(FailureKind(state.kind), state.detail)
+            if state.open_until is not None:
+                self.trips[state.type] += 1
+
+    async def _keep(self, agent_type: str, breaker: Breaker) -> None:
+        if breaker.last is None:
+            return
+        await self.store.spend.put_breaker(
+            BreakerState(
+                agent_type,
+                breaker.failures,
+                breaker.trips,
+                breaker.open_until,
+                breaker.last.kind.value,
+                breaker.last.detail,
+            )
+        )
+
     async def _pause(self, agent_type: str, task_id: str) -> Pause | None:
         reached = await self.reached(agent_type)
         if reached is not None:
@@ -178,11 +205,14 @@ class Limits:
                         task.type,
                         failure.detail,
                     )
+                await self._keep(task.type, breaker)
                 self.bus.publish(Event("task.requeued", task, {"reason": failure.detail}))
                 return True
         if outcome.state in (TaskState.SUCCEEDED, TaskState.FAILED):
             if breaker.is_open:
                 log.info("API breaker of type %s closed: a run got an answer", task.type)
+            if breaker.failures:
+                await self.store.spend.clear_breaker(task.type)
             breaker.answered()
         else:
             breaker.probe_lost(task.id)

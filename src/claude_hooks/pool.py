@@ -306,6 +306,7 @@ class Pool:
         for r in recovered:
             log.warning("task %s was running when the service stopped: now %s", r.id, r.state.value)
         await self.limits.reload()
+        await self.limits.restore()
         for agent in await self.store.list_agents():
             self._add_worker(agent.name, agent.type, agent.enabled)
         await self._redispatch(await self.store.orphaned_tasks())

@@ -17,7 +17,7 @@ import ssl
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,6 +27,7 @@ from claude_hooks.errors import ClaudeHooksError
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+MAX_PAGE_READ = 32 * 1024 * 1024  # a web page read no further than this (its tail is kept)
 PAGE_LIMIT = 50  # Forgejo's default [api] MAX_RESPONSE_ITEMS
 WRITE_PERMISSIONS = frozenset({"write", "admin", "owner"})
 
@@ -411,6 +412,38 @@ class ForgejoClient:
                 for s in wire.statuses or ()
             ),
         )
+
+    def on_forge(self, url: str) -> bool:
+        """Whether `url` is on this forge's own scheme, host and port (so the token may go)."""
+        mine, theirs = urlsplit(self.base_url), urlsplit(url)
+        return (mine.scheme, mine.netloc) == (theirs.scheme, theirs.netloc)
+
+    async def fetch_page(self, url: str, max_bytes: int) -> tuple[str, bool]:
+        """A page of the forge's web side (a CI job log): its last `max_bytes` bytes as text,
+        and whether more came before. Only on the forge's own host; one attempt."""
+        if not self.on_forge(url):
+            raise ForgejoError(f"{url!r} is not on the forge {self.base_url}: not fetched")
+        tail = b""
+        truncated = False
+        try:
+            async with self._http.stream("GET", url, headers={"Accept": "text/plain"}) as response:
+                if not response.is_success:
+                    raise ForgejoError(
+                        f"Forgejo at {self.base_url} answered GET {url} with "
+                        f"{response.status_code} {response.reason_phrase}"
+                    )
+                read = 0
+                async for chunk in response.aiter_bytes():
+                    read += len(chunk)
+                    tail = (tail + chunk)[-max_bytes:]
+                    truncated = truncated or read > max_bytes
+                    if read > MAX_PAGE_READ:
+                        break
+        except httpx.HTTPError as exc:
+            raise ForgejoError(
+                f"cannot fetch {url} from Forgejo ({type(exc).__name__}: {exc or 'no detail'})"
+            ) from exc
+        return tail.decode("utf-8", "replace"), truncated
 
     async def get_pull(self, owner: str, repo: str, number: int) -> PullInfo:
         request = _Request(

@@ -50,6 +50,7 @@ from claude_agent_sdk import (
     CLINotFoundError,
     McpServerConfig,
     ProcessError,
+    RateLimitEvent,
     ResultError,
     ResultMessage,
     SdkMcpTool,
@@ -197,6 +198,7 @@ class _Turn:
     session_id: str | None = None
     model: str | None = None
     result: ResultMessage | None = None
+    limit_resets_at: int | None = None  # a subscription usage limit rejected the run until then
 
 
 def locate_cli(cli_path: str | Path | None = None, path_env: str | None = None) -> str | None:
@@ -479,6 +481,10 @@ class ClaudeRunner:
                         await self.store.put_session(
                             ctx.task.session_key, session_id, None, self.clock()
                         )
+            elif isinstance(message, RateLimitEvent):
+                info = message.rate_limit_info
+                if info.status == "rejected" and info.resets_at is not None:
+                    turn.limit_resets_at = int(info.resets_at)
             elif isinstance(message, ResultMessage):
                 turn.result = message
                 await self._record_total(ctx, message)
@@ -620,7 +626,7 @@ class ClaudeRunner:
         return RunResult(
             succeeded=not result.is_error,
             result=result.result,
-            error=_result_error(result, ctx) if result.is_error else None,
+            error=_result_error(result, ctx, turn.limit_resets_at) if result.is_error else None,
             cost_usd=cost,
             claude_session_id=result.session_id or turn.session_id,
             details=details,
@@ -635,6 +641,8 @@ TOOL_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
                           {"number": _NUMBER}),
     "ci_status": ("The CI status of a commit or branch (default: this task's pull request).",
                   {"ref": {"type": "string"}}),
+    "ci_logs": ("The failing CI checks of this task's pull request, with their logs (the end).",
+                {"number": _NUMBER}),
     "comment": ("Comment on this task's issue or pull request (default: the issue).",
                 {"body": {"type": "string"}, "number": _NUMBER}, ),
     "open_pull_request": (
@@ -698,13 +706,17 @@ def _run_cost(turn: _Turn, record: SessionRecord | None) -> float | None:
     return round(max(turn.result.total_cost_usd - previous, 0.0), 6)
 
 
-def _result_error(result: ResultMessage, ctx: RunContext) -> str:
+def _result_error(result: ResultMessage, ctx: RunContext, limit_resets_at: int | None) -> str:
+    """The run's error; a usage limit's reset time (from the CLI's rate-limit event, which the
+    result text only gives as a local clock time) is appended for the breaker."""
     config = ctx.type_config
     if result.subtype == "error_max_turns":
         return f"stopped after {result.num_turns} turns: max_turns ({config.max_turns}) reached"
     if result.subtype == "error_max_budget_usd":
         return f"stopped: the budget of ${config.max_budget_usd:g} (max_budget_usd) is spent"
     text = "; ".join(result.errors or []) or (result.result or "").strip() or result.subtype
+    if limit_resets_at is not None:
+        text += f" (usage limit resets at {limit_resets_at})"
     if result.api_error_status is not None:
         return f"Claude API error (HTTP {result.api_error_status}): {text}"
     return f"Claude Code failed ({result.terminal_reason or result.subtype}): {text}"

@@ -198,6 +198,17 @@ budgets = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+breakers = sa.Table(
+    "breakers",
+    metadata,
+    sa.Column("type", sa.String(63), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("trips", sa.Integer, nullable=False),
+    sa.Column("open_until", sa.Float),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
 issue_guards = sa.Table(
     "issue_guards",
     metadata,

@@ -8,7 +8,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from claude_hooks.budget import Period
-from claude_hooks.store.schema import budgets, issue_guards, pull_links, tasks
+from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
+from claude_hooks.store.upsert import upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,18 @@ class IssueGuard:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """A type's API breaker as it stood after its last API failure (kept across a restart)."""
+
+    type: str
+    failures: int
+    trips: int
+    open_until: float | None
+    kind: str
+    detail: str
+
+
 class SpendStore(Protocol):
     async def spent(self, agent_type: str | None, start: float, end: float) -> float: ...
     async def budgets(self) -> dict[tuple[str, Period], float]: ...
@@ -46,6 +59,9 @@ class SpendStore(Protocol):
     async def trip(self, repo: str, number: int, reason: str, now: float) -> bool: ...
     async def reset_guard(self, repo: str, number: int, now: float) -> None: ...
     async def tripped(self) -> list[IssueGuard]: ...
+    async def breaker_states(self) -> list[BreakerState]: ...
+    async def put_breaker(self, state: BreakerState) -> None: ...
+    async def clear_breaker(self, agent_type: str) -> None: ...
 
 
 def _guard(row: sa.Row[Any]) -> IssueGuard:
@@ -182,3 +198,23 @@ class SqlSpend:
         )
         with self.reader.connect() as conn:
             return [_guard(row) for row in conn.execute(query).all()]
+
+    async def breaker_states(self) -> list[BreakerState]:
+        with self.reader.connect() as conn:
+            return [BreakerState(**row._mapping) for row in conn.execute(breakers.select())]
+
+    async def put_breaker(self, state: BreakerState) -> None:
+        values = {
+            "type": state.type,
+            "failures": state.failures,
+            "trips": state.trips,
+            "open_until": state.open_until,
+            "kind": state.kind,
+            "detail": state.detail,
+        }
+        with self.engine.begin() as conn:
+            upsert(conn, breakers, values)
+
+    async def clear_breaker(self, agent_type: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(breakers.delete().where(breakers.c.type == agent_type))
