@@ -46,7 +46,8 @@ def test_a_lone_copy_collects_every_test(tmp_path: Path) -> None:
 
 
 def test_no_file_reads_outside_the_repository() -> None:
-    needles = ("../shared", '"shared"', "parents[2]")
+    beside = "shared"  # the folder of reference material that sits beside a checkout
+    needles = (f"../{beside}", f'"{beside}"', "parents[2]")
     offenders = [
         name
         for name in repository_files()
