@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,12 @@ from claude_hooks.domain import NAME_RULE, valid_name
 from claude_hooks.errors import ConfigError
 
 CONFIG_FILE = "claude-hooks.toml"
+
+
+def _host_node_name() -> str:
+    """The host name as a node name: lower case, the first label, other characters as '-'."""
+    name = re.sub(r"[^a-z0-9._-]", "-", socket.gethostname().split(".")[0].lower())
+    return name.strip("-._")[:63] or "node"
 
 
 class _Section(BaseModel):
@@ -92,11 +99,32 @@ class ServerConfig(_Section):
         "claude-hooks-agent",
         description="the account sandboxed agents run as when the service runs as root",
     )
+    node: str = Field(
+        default_factory=lambda: _host_node_name(),
+        description="this node's name among the nodes on one database; default: the host name",
+    )
+    capacity: int = Field(0, ge=0, description="instances this node holds at most; 0: no limit")
+    lease_seconds: float = Field(
+        30.0, ge=1, le=3600, description="seconds without a heartbeat before a node is dead"
+    )
+    advertise_url: str = Field(
+        "", description="where other nodes reach this node's API; default: http://host:port"
+    )
 
     @model_validator(mode="after")
     def _known_zone(self) -> ServerConfig:
         zone_of(self.timezone)
+        if not valid_name(self.node):
+            raise ValueError(f"server.node {self.node!r}: {NAME_RULE}")
         return self
+
+    @property
+    def node_url(self) -> str:
+        """The URL other nodes use for this node's API (live logs of its tasks)."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
 
 class ForgejoConfig(_Section):

@@ -13,6 +13,8 @@ agents = sa.Table(
     sa.Column("type", sa.String(63), nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("node", sa.String(63)),  # the live node that holds it now, if any
+    sa.Column("pinned_node", sa.String(63)),  # only this node may hold it
 )
 
 tasks = sa.Table(
@@ -41,6 +43,7 @@ tasks = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("pid", sa.Integer),
     sa.Column("pid_start", sa.BigInteger),
+    sa.Column("node", sa.String(63)),  # the node that runs it (set when claimed)
     sa.Index("ix_tasks_agent_state_seq", "agent", "state", "seq"),
     sa.Index("ix_tasks_state_seq", "state", "seq"),
     sa.Index("ix_tasks_seq", "seq"),
@@ -218,4 +221,31 @@ issue_guards = sa.Table(
     sa.Column("review_rounds", sa.Integer, nullable=False, server_default="0"),
     sa.Column("tripped_at", sa.Float),
     sa.Column("reason", sa.Text),
+)
+
+# Every `serve` on the database is a node; its lease is `heartbeat_at + lease_seconds`.
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("incarnation", sa.String(32), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("url", sa.String(300)),
+    sa.Column("capacity", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_seconds", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float),
+    sa.Column("dead_at", sa.Float),
+)
+
+# One runner of each background duty across the nodes: the holder renews before it expires.
+leaders = sa.Table(
+    "leaders",
+    metadata,
+    sa.Column("duty", sa.String(32), primary_key=True),
+    sa.Column("node", sa.String(63), nullable=False),
+    sa.Column("incarnation", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )
