@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from claude_hooks.budget import Period
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
@@ -145,13 +146,14 @@ class SqlSpend:
         return int(count), float(cost)
 
     def _ensure(self, conn: sa.Connection, repo: str, number: int) -> None:
-        exists = conn.scalar(
-            sa.select(issue_guards.c.repo).where(
-                issue_guards.c.repo == repo, issue_guards.c.number == number
-            )
+        """The issue's row, made if missing; one insert that yields to a concurrent one (two
+        nodes taking deliveries of one issue at once), never a check and then an insert."""
+        module = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(
+            module.insert(issue_guards)
+            .values(repo=repo, number=number, since=0.0)
+            .on_conflict_do_nothing(index_elements=["repo", "number"])
         )
-        if exists is None:
-            conn.execute(issue_guards.insert().values(repo=repo, number=number, since=0.0))
 
     async def add_review_round(self, repo: str, number: int) -> int:
         """Count one more changes-requested round on the issue's pull request; the new count."""

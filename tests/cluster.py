@@ -1,0 +1,260 @@
+"""Several real `claude-hooks serve` processes (nodes) on one database, for the cluster tests.
+
+Each node has its own port, data dir and `server.node`, and the same `server.database_url`.
+The `dev` type runs a small agent script that records, in a folder of the test, one file per
+run named `<task id>.<pid>` holding the node that ran it, and then sleeps: the tests read that
+folder to know what ran where, and /proc to know what still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from sqlalchemy.engine import make_url
+
+from tests.support import FIXTURE_SECRET, fixture, forgejo_headers
+
+TOKEN = "cluster-token"
+AGENTS = ("dev-a", "dev-b", "dev-c")
+AGENT_SCRIPT = """\
+import json, os, sys, time
+task = json.load(sys.stdin)
+record = os.path.join(os.environ["PIDS"], task["id"] + "." + str(os.getpid()))
+with open(record, "w") as out:
+    out.write(os.environ["NODE"])
+time.sleep(float(os.environ["HOLD"]))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assigned(number: int, delivery: str) -> tuple[bytes, dict[str, str]]:
+    """The fixture "issue assigned to dev-bot", for issue `number`, signed, as `delivery`."""
+    data = json.loads(fixture("issues_assigned_dev")[0])
+    data["number"] = data["issue"]["number"] = number
+    body = json.dumps(data).encode()
+    return body, forgejo_headers("issue_assign", body, delivery)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in {timeout:g} s: {what}")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Node:
+    """One `claude-hooks serve` process with its own config, port and data dir."""
+
+    name: str
+    folder: Path
+    config: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, timeout: float = 10.0) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout
+        )
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it (see `start`)."""
+        with (self.folder / "service.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "claude_hooks", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+            )
+        return self.process
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start and wait until /healthz answers; fails with the log if the process exits."""
+        process = self.launch()
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    code = process.returncode
+                    raise AssertionError(f"{self.name} exited with {code}:\n{self.log}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/healthz").status_code == 200:
+                        return
+                time.sleep(0.02)
+        raise AssertionError(f"{self.name} did not answer /healthz in {timeout:g} s:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        path = self.folder / "service.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """kill -9: no handler runs, nothing is handed back."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """`claude-hooks ARGS --config <this node's config>` in a subprocess."""
+        argv = [sys.executable, "-m", "claude_hooks", *args, "--config", str(self.config)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class Cluster:
+    """Nodes sharing one database; `pids` is where the agent script records its runs."""
+
+    root: Path
+    database_url: str
+    agents: Sequence[str] = AGENTS
+    lease_seconds: float = 2.0
+    hold: float = 60.0  # how long each agent run sleeps
+    paused: bool = False  # a daily budget of 0: every task stays queued, none runs
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pids = self.root / "pids"
+        self.pids.mkdir(parents=True, exist_ok=True)
+        self.agent = self.root / "agent.py"
+        self.agent.write_text(AGENT_SCRIPT)
+
+    def add(self, name: str, data_dir: Path | None = None, **server: Any) -> Node:
+        """A node's config (not started); `server` adds or replaces `[server]` keys."""
+        folder = self.root / f"{name}-{len(self.nodes)}"
+        folder.mkdir()
+        port = free_port()
+        settings: dict[str, Any] = {
+            "port": port,
+            "data_dir": str(data_dir or folder / "data"),
+            "node": name,
+            "lease_seconds": self.lease_seconds,
+            "database_url": self.database_url,
+            "webhook_secret": FIXTURE_SECRET,
+            "api_token": TOKEN,
+            "cancel_grace": 1.0,
+            "poll_interval": 0.05,
+            **server,
+        }
+        lines = ["[server]", *(f"{key} = {json.dumps(value)}" for key, value in settings.items())]
+        lines += [
+            "",
+            "[security]",
+            'allowed_senders = ["alice"]',
+            "",
+            "[types.dev]",
+            'login = "dev-bot"',
+            'runner = "command"',
+            'workdir = "none"',
+            "comments = false",
+            "# Not sandboxed: the agent records its runs in the test's folder, outside a workdir.",
+            "sandbox = false",
+            f"command = {json.dumps([sys.executable, str(self.agent)])}",
+            f"env = {{ PIDS = {json.dumps(str(self.pids))}, NODE = {json.dumps(name)}, "
+            f"HOLD = {json.dumps(str(self.hold))} }}",
+        ]
+        if self.paused:
+            lines.append("daily_budget_usd = 0.0")
+        for agent in self.agents:
+            lines += ["", "[[agents]]", f'name = "{agent}"', 'type = "dev"']
+        config = folder / "claude-hooks.toml"
+        config.write_text("\n".join(lines) + "\n")
+        node = Node(name, folder, config, port)
+        self.nodes.append(node)
+        return node
+
+    def start(self, *names: str) -> list[Node]:
+        """Add and start nodes one after the other (each seeds the same agents)."""
+        started = []
+        for name in names:
+            node = self.add(name)
+            node.start()
+            started.append(node)
+        return started
+
+    def runs(self) -> list[tuple[str, int, str]]:
+        """(task id, agent pid, node) of every agent run so far."""
+        found = []
+        for path in self.pids.iterdir():
+            task_id, pid = path.name.rsplit(".", 1)
+            found.append((task_id, int(pid), path.read_text()))
+        return found
+
+    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """Rows of a query on the shared database (PostgreSQL)."""
+        url = make_url(self.database_url).set(drivername="postgresql")
+        with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+            return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Stop every node, kill -9 what does not stop, and any agent a node left behind."""
+        for node in self.nodes:
+            node.stop()
+        for _task_id, pid, _node in self.runs():
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def cluster(root: Path, database_url: str, **options: Any) -> Iterator[Cluster]:
+    running = Cluster(root, database_url, **options)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+async def post_all(
+    sends: Sequence[tuple[Node, bytes, dict[str, str]]], concurrency: int = 16
+) -> list[httpx.Response]:
+    """POST every delivery to /webhook of its node, `concurrency` at a time per node; the
+    answers in the order of `sends`."""
+    limits = {node.name: asyncio.Semaphore(concurrency) for node, _b, _h in sends}
+    async with httpx.AsyncClient(timeout=30.0) as client:
+
+        async def send(node: Node, body: bytes, headers: dict[str, str]) -> httpx.Response:
+            async with limits[node.name]:
+                return await client.post(f"{node.url}/webhook", content=body, headers=headers)
+
+        return list(await asyncio.gather(*(send(*one) for one in sends)))
