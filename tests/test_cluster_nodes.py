@@ -68,9 +68,13 @@ def deliver(node: Node, numbers: range) -> list[str]:
     return ids
 
 
-def runs_on(nodes: Cluster, node: str) -> dict[str, int]:
-    """Task id -> agent pid of the runs `node` started."""
-    return {task_id: pid for task_id, pid, where in nodes.runs() if where == node}
+def runs_on(nodes: Cluster, node: str) -> list[tuple[str, int]]:
+    """(task id, agent pid) of the runs `node` started."""
+    return [(task_id, pid) for task_id, pid, where in nodes.runs() if where == node]
+
+
+def tasks_run_on(nodes: Cluster, node: str) -> set[str]:
+    return {task_id for task_id, _pid in runs_on(nodes, node)}
 
 
 def queues(node: Node) -> dict[str, list[tuple[str, str, int]]]:
@@ -111,10 +115,10 @@ def test_a_delivery_to_one_node_starts_at_once_on_the_node_holding_the_instance(
     _node_1, node_2 = first_holds_all(running)
     sent = time.monotonic()
     (task_id,) = deliver(node_2, range(1, 2))
-    wait_for(lambda: task_id in runs_on(running, "node-1"), 5, "the task runs on node-1")
+    wait_for(lambda: task_id in tasks_run_on(running, "node-1"), 5, "the task runs on node-1")
     # Woken through the database's notifications, not a poll of the queue.
     assert time.monotonic() - sent < 1.0
-    assert runs_on(running, "node-2") == {}
+    assert runs_on(running, "node-2") == []
 
 
 def test_kill_9_of_a_node_hands_its_instances_and_tasks_to_the_other(running: Cluster) -> None:
@@ -124,7 +128,7 @@ def test_kill_9_of_a_node_hands_its_instances_and_tasks_to_the_other(running: Cl
     before = queues(node_2)
     assert sorted(before) == sorted(AGENTS)
     assert all(queue[0][1:] == ("running", 1) for queue in before.values())
-    killed_agents = runs_on(running, "node-1")
+    killed_agents = dict(runs_on(running, "node-1"))
 
     node_1.kill()
     killed = time.monotonic()
@@ -141,7 +145,7 @@ def test_kill_9_of_a_node_hands_its_instances_and_tasks_to_the_other(running: Cl
     )
     adopted_after = time.monotonic() - killed
     assert holders(running) == dict.fromkeys(AGENTS, "node-2")
-    assert set(runs_on(running, "node-2")) == set(killed_agents)
+    assert tasks_run_on(running, "node-2") == set(killed_agents)
     after = queues(node_2)
     for agent, queue in before.items():
         # The same order; the interrupted head runs again with its attempt counted.
@@ -161,14 +165,14 @@ def test_a_node_restarted_after_kill_9_rejoins_and_a_second_of_its_name_is_refus
     (node_1,) = running.start("node-1")
     deliver(node_1, range(1, 2))
     wait_for(lambda: len(runs_on(running, "node-1")) == 1, 10, "a task runs on node-1")
-    ((task_id, old_agent),) = runs_on(running, "node-1").items()
+    ((task_id, old_agent),) = runs_on(running, "node-1")
     node_1.kill()
     # At once, while its lease has not yet run out: the same node (same data dir) rejoins,
     # stops what its previous life left running and runs that task again.
     node_1.start()
     wait_for(lambda: not alive(old_agent), 5, "the previous life's agent is stopped")
     wait_for(
-        lambda: any(alive(pid) for pid in runs_on(running, "node-1").values()),
+        lambda: any(alive(pid) for _task, pid in runs_on(running, "node-1")),
         running.lease_seconds + 5,
         "the interrupted task runs again",
     )
@@ -207,7 +211,7 @@ def test_cancel_sent_to_a_node_that_does_not_run_the_task_stops_it(running: Clus
     _node_1, node_2 = first_holds_all(running)
     first, second = deliver(node_2, range(1, 3))
     wait_for(lambda: len(runs_on(running, "node-1")) == 2, 10, "two tasks run on node-1")
-    agents = runs_on(running, "node-1")
+    agents = dict(runs_on(running, "node-1"))
     with node_2.client() as client:
         asked = time.monotonic()
         answer = client.post(f"/api/tasks/{first}/cancel")
