@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 import traceback
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import claude_overhead, dispatch, ingest, memory, restart, start_latency
+from bench import claude_overhead, cluster, dispatch, ingest, memory, restart, start_latency
 from bench.common import ROOT, machine
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -26,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "restart": restart.run,
     "memory": memory.run,
     "claude_overhead": claude_overhead.run,
+    "cluster": cluster.run,
 }
 HERE = Path(__file__).resolve().parent
 
@@ -284,6 +286,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"each CLI process {c['cli_rss_per_running_session_mb']:.0f} MB "
             f"({c['sessions']} sessions at once).",
         ]
+    lines += cluster.markdown(r)
     history = HERE / "history.md"
     if history.exists():
         lines += ["", history.read_text().strip()]
@@ -295,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, results not recorded")
     parser.add_argument("--only", action="append", default=[], choices=sorted(BENCHMARKS))
     parser.add_argument("--out", type=Path, help="write the JSON here (quick runs)")
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL server to measure on (default: 127.0.0.1:5432)"
+    )
     args = parser.parse_args(argv)
+    if args.database_url:
+        os.environ[dispatch.POSTGRES_ENV] = args.database_url
     results = run_all(args.quick, args.only)
     text = json.dumps(results, indent=2)
     if args.out is not None:
