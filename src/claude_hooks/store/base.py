@@ -67,6 +67,8 @@ class InstanceView:
     enabled: bool
     running: str | None  # the id of the task it runs
     queue: tuple[str, ...]  # the ids of its queued tasks, head first
+    node: str | None = None  # the node holding it; None: it waits for a node with room
+    pinned_node: str | None = None
 
     @property
     def state(self) -> str:
