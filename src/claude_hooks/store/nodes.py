@@ -289,11 +289,11 @@ class SqlNodes:
             if exists is not None:
                 return False
             inserted = conn.execute(
-                _insert_leader(conn).values(
-                    duty=duty, node=node.name, incarnation=node.incarnation, expires_at=until
-                )
+                _insert_leader(conn)
+                .values(duty=duty, node=node.name, incarnation=node.incarnation, expires_at=until)
+                .returning(leaders.c.duty)
             )
-            return inserted.rowcount > 0
+            return inserted.first() is not None
 
     async def resign(self, duty: str, node: NodeInfo) -> None:
         with self.engine.begin() as conn:
