@@ -162,24 +162,21 @@ class SqlNodes:
     async def join(self, node: NodeInfo, now: float) -> None:
         """Register this node, refusing a live namesake and, on SQLite, any other live node."""
         with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                other = conn.execute(
-                    sa.select(nodes.c.name).where(_live(now), nodes.c.name != node.name)
-                ).first()
-                if other is not None:
-                    raise ConflictError(
-                        f"node {other.name!r} is live on this SQLite database, which serves "
-                        "one node: stop it, or point every node at one PostgreSQL database "
-                        '(server.database_url = "postgresql://...")'
-                    )
-            row = conn.execute(
-                sa.select(nodes).where(nodes.c.name == node.name).with_for_update()
-            ).first()
-            if row is not None and _state(row, now) == "live" and not _restarted(row, node):
+            rows = conn.execute(sa.select(nodes).where(_live(now)).with_for_update()).all()
+            others = [r for r in rows if not (r.name == node.name and _restarted(r, node))]
+            if others and conn.dialect.name == "sqlite":
+                raise ConflictError(
+                    f"node {others[0].name!r} (pid {others[0].pid} on {others[0].host}) is live "
+                    "on this SQLite database, which serves one node: stop it, or point every "
+                    'node at one PostgreSQL database (server.database_url = "postgresql://...")'
+                )
+            namesake = next((r for r in others if r.name == node.name), None)
+            if namesake is not None:
                 raise ConflictError(
                     f"a live node named {node.name!r} already uses this database (pid "
-                    f"{row.pid} on {row.host}, heartbeat {now - row.heartbeat_at:.1f} s ago): "
-                    "give this one another server.node, or stop that one"
+                    f"{namesake.pid} on {namesake.host}, heartbeat "
+                    f"{now - namesake.heartbeat_at:.1f} s ago): give this one another "
+                    "server.node, or stop that one"
                 )
             upsert(
                 conn,
