@@ -75,6 +75,8 @@ def test_agents_lifecycle(config_file: Path) -> None:
             "state": "idle",
             "current_task": None,
             "queued": 0,
+            "node": None,  # no service runs: no node holds it
+            "pinned_node": None,
         },
     ]
     assert cli("agents", "disable", "dev-charlie", config=config_file).returncode == 0

@@ -365,9 +365,11 @@ async def test_cancel_running_and_queued_tasks(
 async def test_disable_and_enable(client: httpx.AsyncClient, service: Service) -> None:
     answer = await client.post("/api/agents/dev-bravo/disable")
     assert answer.json()["state"] == "disabled" and answer.json()["enabled"] is False
-    assert not service.pool.workers["dev-bravo"].enabled
+    # A disabled instance is let go by its node: no worker runs it, it takes no capacity.
+    assert answer.json()["node"] is None and "dev-bravo" not in service.pool.workers
     answer = await client.post("/api/agents/dev-bravo/enable")
-    assert answer.json()["state"] == "idle"
+    assert answer.json()["state"] == "idle" and answer.json()["node"] == service.node.name
+    assert service.pool.workers["dev-bravo"].enabled
 
 
 async def test_deliveries_say_why_and_replay(client: httpx.AsyncClient, service: Service) -> None:
@@ -557,8 +559,16 @@ async def test_live_stream_sends_sections_as_work_moves(
     async with client.stream("GET", "/live", params={"view": "overview"}) as answer:
         assert answer.headers["content-type"].startswith("text/event-stream")
         events = sse_events(answer)
-        initial = {data["id"] for _, data in [await anext(events) for _ in range(6)]}
-        assert initial == {"stats", "agents", "recent-deliveries", "finished", "limits", "costs"}
+        initial = {data["id"] for _, data in [await anext(events) for _ in range(7)]}
+        assert initial == {
+            "stats",
+            "agents",
+            "nodes",
+            "recent-deliveries",
+            "finished",
+            "limits",
+            "costs",
+        }
         assigned = await post_fixture(client, "issues_assigned_dev")
         task_id = assigned["tasks"][0]["id"]
         seen = await until_section(events, "agents", task_id[-7:])

@@ -51,7 +51,9 @@ app.add_typer(tasks_app, name="tasks")
 workdirs_app = typer.Typer(
     help="List and remove the workdirs of session keys.", no_args_is_help=True
 )
+nodes_app = typer.Typer(help="Show the nodes that share the database.", no_args_is_help=True)
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(nodes_app, name="nodes")
 app.add_typer(workdirs_app, name="workdirs")
 app.command("simulate")(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget")
@@ -228,6 +230,8 @@ def _agent_rows(config: Config) -> list[dict[str, Any]]:
                 "state": i.state,
                 "current_task": i.running,
                 "queued": len(i.queue),
+                "node": i.node,
+                "pinned_node": i.pinned_node,
             }
             for i in await store.instances()
         ]
@@ -242,7 +246,7 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "type", "enabled", "state", "current task", "queued")
+    table = Table("name", "type", "enabled", "state", "current task", "queued", "node")
     for row in rows:
         table.add_row(
             row["name"],
@@ -251,6 +255,48 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
             row["state"],
             row["current_task"] or "-",
             str(row["queued"]),
+            (row["node"] or "-")
+            + (f" (pinned to {row['pinned_node']})" if row["pinned_node"] else ""),
+        )
+    out.print(table)
+
+
+# nodes
+
+
+@nodes_app.command("list")
+def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List the nodes on the database: each one's state, last heartbeat and instances."""
+    config = _config(config_file)
+    now = time.time()
+    views = _run(_with_store(config, lambda store: store.nodes.list_nodes(now)))
+    rows: list[dict[str, Any]] = [
+        {
+            "name": v.name,
+            "state": v.state,
+            "url": v.url,
+            "host": v.host,
+            "pid": v.pid,
+            "capacity": v.capacity,
+            "lease_seconds": v.lease_seconds,
+            "started_at": v.started_at,
+            "heartbeat_at": v.heartbeat_at,
+            "instances": list(v.instances),
+        }
+        for v in views
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "state", "last heartbeat", "capacity", "instances", "url")
+    for v in views:
+        table.add_row(
+            v.name,
+            v.state,
+            f"{now - v.heartbeat_at:.1f} s ago",
+            str(v.capacity or "no limit"),
+            ", ".join(v.instances) or "-",
+            v.url or "-",
         )
     out.print(table)
 
@@ -259,18 +305,26 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
 def agents_add(
     name: Annotated[str, typer.Argument(help="Instance name, e.g. dev-charlie.")],
     agent_type: Annotated[str, typer.Option("--type", "-t", help="A configured agent type.")],
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Pin the instance to this node: only it may run it."),
+    ] = None,
     config_file: ConfigOption = None,
 ) -> None:
     """Register a new instance of a type; a running service starts using it within a second."""
     config = _config(config_file)
     try:
         control.check_type(config, agent_type)  # before the database is created for it
+        control.check_node(node)
     except ConfigError as exc:
         _fail(str(exc), USAGE_ERROR)
     agent = _run(
-        _with_store(config, lambda s: control.add_agent(s, config, name, agent_type), create=True)
+        _with_store(
+            config, lambda s: control.add_agent(s, config, name, agent_type, node), create=True
+        )
     )
-    out.print(f"added {agent.name} (type {agent.type})")
+    pinned = f", pinned to node {agent.pinned_node}" if agent.pinned_node else ""
+    out.print(f"added {agent.name} (type {agent.type}{pinned})")
 
 
 @agents_app.command("disable")

@@ -36,11 +36,19 @@ def check_type(config: Config, agent_type: str) -> None:
         )
 
 
-async def add_agent(store: Store, config: Config, name: str, agent_type: str) -> AgentInstance:
+def check_node(node: str | None) -> None:
+    if node is not None and not valid_name(node):
+        raise ConfigError(f"--node {node!r} is not a valid node name: {NAME_RULE}")
+
+
+async def add_agent(
+    store: Store, config: Config, name: str, agent_type: str, node: str | None = None
+) -> AgentInstance:
     if not valid_name(name):
         raise ConflictError(f"{name!r} is not a valid agent name: {NAME_RULE}")
     check_type(config, agent_type)
-    agent = await store.add_agent(name, agent_type, time.time())
+    check_node(node)
+    agent = await store.add_agent(name, agent_type, time.time(), node)
     await store.emit_signal(SIGNAL_AGENTS, name, time.time())
     return agent
 

@@ -152,3 +152,5 @@ class AgentInstance:
     type: str
     enabled: bool = True
     created_at: float = 0.0
+    node: str | None = None  # the live node holding it, if any
+    pinned_node: str | None = None  # only this node may hold it

@@ -18,7 +18,7 @@ from pathlib import Path
 from claude_hooks import processes, resources
 from claude_hooks.agent_env import agent_environment
 from claude_hooks.config import Config
-from claude_hooks.domain import DispatchRequest, Task, TaskState, new_task_id
+from claude_hooks.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.events import Event, EventBus
 from claude_hooks.forge import Forge
@@ -308,7 +308,8 @@ class Pool:
         await self.limits.reload()
         await self.limits.restore()
         for agent in await self.store.list_agents():
-            self._add_worker(agent.name, agent.type, agent.enabled)
+            if self._holds(agent):
+                self._add_worker(agent.name, agent.type, agent.enabled)
         await self._redispatch(await self.store.orphaned_tasks())
         for worker in self.workers.values():
             worker.start()
@@ -317,6 +318,17 @@ class Pool:
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
         await self.limits.stop()
+
+    async def drop_all(self) -> None:
+        """Stop every worker and its agent now, recording nothing: the node lost its lease,
+        so its tasks are another node's to run (the store refuses this node's late writes)."""
+        workers = list(self.workers.values())
+        self.workers.clear()
+        await asyncio.gather(*(w.stop() for w in workers))
+
+    def _holds(self, agent: AgentInstance) -> bool:
+        """The instance is this node's to run (every instance, outside a cluster)."""
+        return self.store.node is None or agent.node == self.store.node
 
     def _add_worker(self, name: str, agent_type: str, enabled: bool) -> Worker | None:
         if agent_type not in self.config.types:
@@ -339,8 +351,9 @@ class Pool:
             del self.workers[worker.name]
 
     async def sync_agents(self) -> None:
-        """Bring the workers in line with the `agents` table (changed by the CLI)."""
-        rows = {agent.name: agent for agent in await self.store.list_agents()}
+        """Bring the workers in line with the instances this node holds in the `agents` table
+        (changed by the CLI, and by the node taking and letting go of instances)."""
+        rows = {agent.name: agent for agent in await self.store.list_agents() if self._holds(agent)}
         for name, agent in rows.items():
             worker = self.workers.get(name)
             if worker is None:

@@ -5,8 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from pathlib import Path
+
+
+def dies_with_service(argv: list[str]) -> list[str]:
+    """`argv` run so that the kernel kills it when the service dies (PR_SET_PDEATHSIG through
+    util-linux's `setpriv`): an agent never outlives its node, even after a SIGKILL."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def start_time(pid: int) -> int | None:

@@ -19,6 +19,7 @@ from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
 from claude_hooks.limits import SIGNAL_BUDGET
 from claude_hooks.lockfile import ServiceLock
+from claude_hooks.node import Node
 from claude_hooks.notifier import Notifier
 from claude_hooks.pending import PendingRetrier
 from claude_hooks.pool import Pool
@@ -75,6 +76,8 @@ class Service:
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, self.intake)
         self.retention = Retention(config, store, self.pool.log_path, clock)
+        # CI polling and pending deliveries run on the node that leads; the rest on each node.
+        self.node = Node(config, store, self.pool, [self.ci, self.pending], clock)
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self._lock = ServiceLock(config.data_dir)
@@ -114,6 +117,7 @@ class Service:
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable an instance now (the API's way; the CLI's goes through signals)."""
         await control.set_enabled(self.store, name, enabled)
+        await self.node.rebalance()
         await self.pool.sync_agents()
 
     async def start(self, url: str = "") -> None:
@@ -129,15 +133,15 @@ class Service:
             self._last_signal = await self.store.last_signal_id()
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
+            await self.node.join()
             await self.pool.start()
         except BaseException:
             self._lock.release()
             raise
         self.forge.prepare()
         self.notifier.start()
-        self.ci.start()
+        await self.node.start()
         self.intake.sweeper.start()
-        self.pending.start()
         self.retention.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
@@ -176,12 +180,12 @@ class Service:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        await self.ci.stop()
-        await self.pending.stop()
+        await self.node.stop()
         await self.retention.stop()
         await self.intake.sweeper.stop()
         await self.intake.guard.stop()
         await self.pool.stop()
+        await self.node.leave()
         await self.notifier.stop()
         await self.forge.aclose()
         await self.store.close()
@@ -204,6 +208,7 @@ class Service:
         if not found:
             return
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
+            await self.node.rebalance()
             await self.pool.sync_agents()
         if any(signal.kind == SIGNAL_BUDGET for signal in found):
             await self.pool.limits.reload()

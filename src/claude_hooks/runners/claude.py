@@ -83,7 +83,12 @@ TRUNCATED = (
 
 # Runs as `python -I -S -c LAUNCHER ARGS...`: standard library only, nothing from the data dir.
 LAUNCHER = f"""
-import json, os, sys
+import ctypes, json, os, sys
+parent = os.getppid()
+# PR_SET_PDEATHSIG: the kernel kills the CLI when the service dies, even by SIGKILL.
+ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+if os.getppid() != parent:
+    sys.exit(1)
 keep = set(json.loads(os.environ.get("CLAUDE_HOOKS_CLI_ENV") or "[]"))
 cli = os.environ.get("CLAUDE_HOOKS_CLI") or "claude"
 argv = json.loads(os.environ.get("CLAUDE_HOOKS_SANDBOX") or "[]") + [cli] + sys.argv[1:]

@@ -81,7 +81,8 @@ class CommandRunner:
         if ctx.forge_tools is not None:
             env["CLAUDE_HOOKS_RESULT"] = str(ctx.workdir / RESULT_FILE)
         if ctx.sandbox is None:
-            return list(self.argv), env
+            # A sandboxed agent dies with the service through bwrap's --die-with-parent.
+            return processes.dies_with_service(list(self.argv)), env
         ctx.sandbox.give(ctx.workdir)
         readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
         env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from claude_hooks.domain import AgentInstance, Task, TaskState
 from claude_hooks.store.intake import IntakeStore
+from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
@@ -66,6 +67,8 @@ class InstanceView:
     enabled: bool
     running: str | None  # the id of the task it runs
     queue: tuple[str, ...]  # the ids of its queued tasks, head first
+    node: str | None = None  # the node holding it; None: it waits for a node with room
+    pinned_node: str | None = None
 
     @property
     def state(self) -> str:
@@ -103,17 +106,6 @@ class Outcome:
     error: str | None = None
     cost_usd: float | None = None
     claude_session_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """A task found running at start-up, and what recovery did with it."""
-
-    id: str
-    agent: str
-    state: TaskState
-    pid: int | None
-    pid_start: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +162,19 @@ class Store(Protocol):
     def retention(self) -> RetentionStore: ...
     @property
     def spend(self) -> SpendStore: ...
+    @property
+    def nodes(self) -> NodeStore: ...
+
+    node: str | None  # the node this process is, once its service has joined
 
     async def close(self) -> None: ...
 
     # agents
     async def list_agents(self) -> list[AgentInstance]: ...
     async def get_agent(self, name: str) -> AgentInstance | None: ...
-    async def add_agent(self, name: str, agent_type: str, now: float) -> AgentInstance: ...
+    async def add_agent(
+        self, name: str, agent_type: str, now: float, pinned_node: str | None = None
+    ) -> AgentInstance: ...
     async def seed_agents(self, seeds: Iterable[tuple[str, str]], now: float) -> list[str]: ...
     async def set_agent_enabled(self, name: str, enabled: bool) -> None: ...
     async def remove_agent(self, name: str) -> None: ...

@@ -34,10 +34,18 @@ def instances(conn: sa.Connection) -> list[InstanceView]:
             queued.setdefault(agent, []).append(task_id)
     return [
         InstanceView(
-            name, agent_type, bool(enabled), running.get(name), tuple(queued.get(name, ()))
+            name,
+            agent_type,
+            bool(enabled),
+            running.get(name),
+            tuple(queued.get(name, ())),
+            node,
+            pinned_node,
         )
-        for name, agent_type, enabled in conn.execute(
-            sa.select(agents.c.name, agents.c.type, agents.c.enabled).order_by(agents.c.name)
+        for name, agent_type, enabled, node, pinned_node in conn.execute(
+            sa.select(
+                agents.c.name, agents.c.type, agents.c.enabled, agents.c.node, agents.c.pinned_node
+            ).order_by(agents.c.name)
         )
     ]
 

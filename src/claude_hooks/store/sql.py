@@ -29,7 +29,6 @@ from claude_hooks.store.base import (
     Outcome,
     Placement,
     QueueEntry,
-    Recovered,
     SessionRecord,
     Signal,
     Stolen,
@@ -37,6 +36,7 @@ from claude_hooks.store.base import (
     TaskTally,
 )
 from claude_hooks.store.intake import SqlIntake
+from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.pending import SqlPending
 from claude_hooks.store.rejections import SqlRejections
@@ -201,7 +201,12 @@ def _task(row: sa.Row[Any]) -> Task:
 def _agent(row: sa.Row[Any]) -> AgentInstance:
     m = row._mapping
     return AgentInstance(
-        name=m["name"], type=m["type"], enabled=bool(m["enabled"]), created_at=m["created_at"]
+        name=m["name"],
+        type=m["type"],
+        enabled=bool(m["enabled"]),
+        created_at=m["created_at"],
+        node=m["node"],
+        pinned_node=m["pinned_node"],
     )
 
 
@@ -244,7 +249,11 @@ _CLAIM = (
         tasks.c.agent == sa.bindparam("b_agent"),
         tasks.c.state == TaskState.QUEUED.value,
         tasks.c.cancel_requested == sa.false(),
-        sa.exists().where(agents.c.name == tasks.c.agent, agents.c.enabled == sa.true()),
+        sa.exists().where(
+            agents.c.name == tasks.c.agent,
+            agents.c.enabled == sa.true(),
+            agents.c.node.is_not_distinct_from(sa.bindparam("b_node")),
+        ),
         ~sa.exists().where(
             _RUNNING_KEY.c.session_key == tasks.c.session_key,
             _RUNNING_KEY.c.state == TaskState.RUNNING.value,
@@ -255,8 +264,14 @@ _CLAIM = (
         started_at=sa.bindparam("b_now"),
         finished_at=None,
         attempts=tasks.c.attempts + 1,
+        node=sa.bindparam("b_node"),
     )
     .returning(*tasks.c)
+)
+# Taken before the claim on PostgreSQL: a node letting the instance go waits for the claim to
+# commit, then sees its running task (see `nodes._release`).
+_LOCK_AGENT = (
+    sa.select(agents.c.node).where(agents.c.name == sa.bindparam("b_agent")).with_for_update()
 )
 _CANCEL_REQUESTED = (
     tasks.update()
@@ -291,6 +306,10 @@ class SqlStore:
         self.notes = SqlNotes(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader)
+        self.nodes = SqlNodes(engine, self.reader)
+        # The node this process is: it claims only on instances it holds, and changes only
+        # the tasks it runs. None outside a service (tests of the store alone, the CLI).
+        self.node: str | None = None
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
@@ -336,15 +355,25 @@ class SqlStore:
             row = (conn.execute(sa.select(agents).where(agents.c.name == name))).first()
             return _agent(row) if row else None
 
-    async def add_agent(self, name: str, agent_type: str, now: float) -> AgentInstance:
+    async def add_agent(
+        self, name: str, agent_type: str, now: float, pinned_node: str | None = None
+    ) -> AgentInstance:
         with self.engine.begin() as conn:
             exists = conn.scalar(sa.select(agents.c.name).where(agents.c.name == name))
             if exists:
                 raise ConflictError(f"an agent named {name!r} already exists")
             conn.execute(
-                agents.insert().values(name=name, type=agent_type, enabled=True, created_at=now)
+                agents.insert().values(
+                    name=name,
+                    type=agent_type,
+                    enabled=True,
+                    created_at=now,
+                    pinned_node=pinned_node,
+                )
             )
-        return AgentInstance(name=name, type=agent_type, enabled=True, created_at=now)
+        return AgentInstance(
+            name=name, type=agent_type, enabled=True, created_at=now, pinned_node=pinned_node
+        )
 
     async def seed_agents(self, seeds: Iterable[tuple[str, str]], now: float) -> list[str]:
         added: list[str] = []
@@ -468,8 +497,14 @@ class SqlStore:
         was asked for is cancelled here instead."""
         try:
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    holder = conn.execute(_LOCK_AGENT, {"b_agent": agent}).first()
+                    if holder is None or holder.node != self.node:
+                        return Claim(None)
                 conn.execute(_CANCEL_REQUESTED, {"b_agent": agent, "b_now": now})
-                row = conn.execute(_CLAIM, {"b_agent": agent, "b_now": now}).first()
+                row = conn.execute(
+                    _CLAIM, {"b_agent": agent, "b_now": now, "b_node": self.node}
+                ).first()
                 if row is not None:
                     return Claim(_task(row))
                 head = conn.execute(_HEAD, {"b_agent": agent}).first()
@@ -499,14 +534,18 @@ class SqlStore:
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                tasks.update().where(tasks.c.id == task_id).values(pid=pid, pid_start=pid_start)
+                tasks.update()
+                .where(tasks.c.id == task_id, self._mine())
+                .values(pid=pid, pid_start=pid_start)
             )
 
     async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
+                .where(
+                    tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value, self._mine()
+                )
                 .values(
                     state=outcome.state.value,
                     finished_at=now,
@@ -517,6 +556,7 @@ class SqlStore:
                     claude_session_id=outcome.claude_session_id,
                     pid=None,
                     pid_start=None,
+                    node=None,
                 )
             )
             return result.rowcount > 0
@@ -545,13 +585,9 @@ class SqlStore:
             )
             return result.rowcount > 0
 
-    def _head_seq(self, conn: sa.Connection, agent: str, seq: int) -> int:
-        head = conn.scalar(
-            sa.select(sa.func.min(tasks.c.seq)).where(
-                tasks.c.agent == agent, tasks.c.state == TaskState.QUEUED.value
-            )
-        )
-        return seq if head is None or seq < head else int(head) - 1
+    def _mine(self) -> sa.ColumnElement[bool]:
+        """Tasks this node runs: a node declared dead no longer changes what was rescued."""
+        return tasks.c.node.is_not_distinct_from(self.node)
 
     async def requeue_interrupted(self, task_id: str, now: float) -> bool:
         """Put a task the service stopped on purpose back at the head; the run does not count.
@@ -560,13 +596,15 @@ class SqlStore:
             row = (
                 conn.execute(
                     sa.select(tasks.c.agent, tasks.c.seq, tasks.c.cancel_requested).where(
-                        tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value
+                        tasks.c.id == task_id,
+                        tasks.c.state == TaskState.RUNNING.value,
+                        self._mine(),
                     )
                 )
             ).first()
             if row is None:
                 return False
-            values: dict[str, Any] = {"pid": None, "pid_start": None}
+            values: dict[str, Any] = {"pid": None, "pid_start": None, "node": None}
             if row.cancel_requested:
                 values.update(
                     state=TaskState.CANCELLED.value,
@@ -576,7 +614,7 @@ class SqlStore:
             else:
                 values.update(
                     state=TaskState.QUEUED.value,
-                    seq=self._head_seq(conn, row.agent, row.seq),
+                    seq=head_seq(conn, row.agent, row.seq),
                     attempts=tasks.c.attempts - 1,
                     started_at=None,
                 )
@@ -584,42 +622,16 @@ class SqlStore:
             return True
 
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
-        """Settle tasks left running by a stopped service: back to the head of their queue."""
-        recovered: list[Recovered] = []
+        """Settle the tasks this node left running when it stopped: back to the head of their
+        queue. Other nodes' running tasks are theirs (or the rescue's, once they are dead)."""
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(
-                    tasks.c.id,
-                    tasks.c.agent,
-                    tasks.c.attempts,
-                    tasks.c.cancel_requested,
-                    tasks.c.seq,
-                    tasks.c.pid,
-                    tasks.c.pid_start,
-                )
-                .where(tasks.c.state == TaskState.RUNNING.value)
-                .order_by(tasks.c.seq)
+            return settle_running(
+                conn,
+                sa.or_(tasks.c.node.is_(None), tasks.c.node == self.node),
+                max_attempts,
+                now,
+                "the service stopped",
             )
-            for task_id, agent, attempts, cancel_requested, seq, pid, pid_start in rows.all():
-                values: dict[str, Any] = {"pid": None, "pid_start": None}
-                if cancel_requested:
-                    state = TaskState.CANCELLED
-                    values.update(finished_at=now, error="cancelled while the service was down")
-                elif attempts >= max_attempts:
-                    state = TaskState.FAILED
-                    values.update(
-                        finished_at=now,
-                        error=f"gave up after {attempts} attempts: the service stopped while "
-                        "the task was running each time",
-                    )
-                else:
-                    state = TaskState.QUEUED
-                    values.update(started_at=None, seq=self._head_seq(conn, agent, seq))
-                conn.execute(
-                    tasks.update().where(tasks.c.id == task_id).values(state=state.value, **values)
-                )
-                recovered.append(Recovered(task_id, agent, state, pid, pid_start))
-        return recovered
 
     # the pool's read model and summaries
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -38,6 +39,8 @@ def agent_json(service: Service, instance: InstanceView) -> dict[str, Any]:
         "queue": list(instance.queue),
         "queued": len(instance.queue),
         "paused": pause_json(service, instance.type),
+        "node": instance.node,
+        "pinned_node": instance.pinned_node,
     }
 
 
@@ -51,6 +54,14 @@ async def _agent(service: Service, name: str) -> dict[str, Any]:
 @router.get("/api/agents", summary="Every instance with its state and queue")
 async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
     return [agent_json(service, instance) for instance in await service.store.instances()]
+
+
+@router.get("/api/nodes", summary="The nodes on the database, their state and instances")
+async def list_nodes(service: ServiceDep) -> list[dict[str, Any]]:
+    return [
+        {**dataclasses.asdict(view), "instances": list(view.instances)}
+        for view in await service.store.nodes.list_nodes(service.clock())
+    ]
 
 
 @router.post("/api/agents/{name}/disable", summary="Stop giving work to an instance")

@@ -88,6 +88,8 @@ def create_app(service: Service) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {
             "status": "ok",
+            "node": service.node.name,
+            "leading": service.node.leading,
             "agents": len(service.pool.workers),
             "uptime_s": round(service.clock() - service.started_at, 3),
         }

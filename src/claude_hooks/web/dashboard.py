@@ -213,6 +213,8 @@ class Instance:
     log: list[str]
     queue: list[QueuedInfo]
     queued: int
+    node: str | None = None
+    pinned_node: str | None = None
 
 
 @dataclass(slots=True)
@@ -253,6 +255,8 @@ async def _instance(service: Service, cache: QueuedCache, instance: InstanceView
         log=log,
         queue=[info for info in shown if info is not None],
         queued=len(instance.queue),
+        node=instance.node,
+        pinned_node=instance.pinned_node,
     )
 
 
@@ -392,6 +396,11 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
     async def limits() -> str:
         return _render("_limits.html", **await spend.limits_context(service))
 
+    async def nodes() -> str:
+        now = service.clock()
+        found = await service.store.nodes.list_nodes(now)
+        return _render("_nodes.html", nodes=found, now=now, this_node=service.node.name)
+
     async def costs() -> str:
         return _render("_costs.html", **await spend.costs_context(service))
 
@@ -414,9 +423,10 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
             "finished": finished,
             "limits": limits,
             "costs": costs,
+            "nodes": nodes,
         },
         affected,
-        ticking={"agents"},
+        ticking={"agents", "nodes"},
     )
 
 
@@ -672,7 +682,7 @@ async def tasks_page(request: Request, filters: FiltersDep) -> Response:
         filters=filters,
         states=[state.value for state in TaskState],
         types=sorted(service.config.types),
-        agents=sorted(service.pool.workers),
+        agents=[instance.name for instance in await service.store.instances()],
     )
 
 

@@ -1,0 +1,175 @@
+"""This process as a node of the cluster: it joins, heartbeats its lease, holds instances,
+and leads the duties that must run once across all nodes.
+
+Each beat (a third of the lease, at most 5 s) renews the lease, renews or takes the lead,
+rescues the work of dead nodes when leading, and takes or lets go of instances by the share
+rule (`node_share`). A node that finds itself declared dead, or could not renew its lease
+for a whole lease, stops its agents at once: its tasks are being run elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from claude_hooks.config import Config
+from claude_hooks.store.base import Store
+from claude_hooks.store.nodes import NodeInfo
+
+log = logging.getLogger(__name__)
+
+LEAD_DUTY = "cluster"
+MAX_BEAT_SECONDS = 5.0
+
+
+class Duty(Protocol):
+    """A background job that runs on the leader only."""
+
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class Holder(Protocol):
+    """What the node tells of the instances it holds: the pool."""
+
+    async def sync_agents(self) -> None: ...
+    async def drop_all(self) -> None: ...
+
+
+def beat_seconds(lease_seconds: float) -> float:
+    return min(lease_seconds / 3, MAX_BEAT_SECONDS)
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        holder: Holder,
+        duties: Sequence[Duty],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        server = config.server
+        self.config = config
+        self.store = store
+        self.holder = holder
+        self.duties = list(duties)
+        self.clock = clock
+        self.info = NodeInfo(
+            name=server.node,
+            incarnation=uuid.uuid4().hex,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            url=server.node_url,
+            capacity=server.capacity,
+            lease_seconds=server.lease_seconds,
+        )
+        self.leading = False
+        self._renewed = 0.0  # monotonic time of the last renewed lease
+        self._loop: asyncio.Task[None] | None = None
+        self._fenced = False  # agents were stopped: rebuild the workers at the next beat
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    async def join(self) -> None:
+        """Register (refused if a live namesake exists), then take this node's instances."""
+        self.store.node = self.name
+        await self.store.nodes.join(self.info, self.clock())
+        self._renewed = time.monotonic()
+        await self.store.nodes.rebalance(self.info, self.clock())
+
+    async def start(self) -> None:
+        """Take the lead if it is free (starting the duties), then beat."""
+        await self._lead()
+        self._loop = asyncio.create_task(self._run(), name="node-heartbeat")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        await self._step_down()
+
+    async def leave(self) -> None:
+        """After the workers stopped: let go of the instances and the lead."""
+        await self.store.nodes.leave(self.info, self.clock())
+
+    async def _run(self) -> None:
+        interval = beat_seconds(self.info.lease_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.beat()
+            except Exception:
+                log.exception("node %s: heartbeat failed; trying again", self.name)
+                if time.monotonic() - self._renewed > self.info.lease_seconds:
+                    await self._fence("its lease could not be renewed")
+
+    async def beat(self) -> None:
+        if not await self.store.nodes.heartbeat(self.info, self.clock()):
+            await self._fence("the other nodes declared it dead")
+            self.info = replace(self.info, incarnation=uuid.uuid4().hex)
+            await self.store.nodes.join(self.info, self.clock())
+        self._renewed = time.monotonic()
+        await self._lead()
+        rescued = []
+        if self.leading:
+            rescued = await self.store.nodes.rescue(self.config.server.max_attempts, self.clock())
+            for task in rescued:
+                log.warning(
+                    "task %s on %s was running on a dead node: now %s",
+                    task.id,
+                    task.agent,
+                    task.state.value,
+                )
+        if await self.rebalance() or rescued or self._fenced:
+            self._fenced = False
+            await self.holder.sync_agents()
+
+    async def rebalance(self) -> bool:
+        """Take and let go of instances by the share rule; True if any moved."""
+        moved = await self.store.nodes.rebalance(self.info, self.clock())
+        for name in moved.take:
+            log.info("node %s holds %s", self.name, name)
+        for name in moved.release:
+            log.info("node %s lets %s go", self.name, name)
+        return bool(moved.take or moved.release)
+
+    async def _lead(self) -> None:
+        leading = await self.store.nodes.lead(LEAD_DUTY, self.info, self.clock())
+        if leading and not self.leading:
+            log.info("node %s leads the cluster's duties", self.name)
+            for duty in self.duties:
+                duty.start()
+        elif self.leading and not leading:
+            log.warning("node %s no longer leads the cluster's duties", self.name)
+            await self._stop_duties()
+        self.leading = leading
+
+    async def _step_down(self) -> None:
+        if self.leading:
+            await self._stop_duties()
+            self.leading = False
+            with contextlib.suppress(Exception):
+                await self.store.nodes.resign(LEAD_DUTY, self.info)
+
+    async def _stop_duties(self) -> None:
+        for duty in self.duties:
+            await duty.stop()
+
+    async def _fence(self, why: str) -> None:
+        """Stop every agent of this node now: its work is, or may be, running elsewhere."""
+        log.error("node %s stops its agents: %s", self.name, why)
+        await self._step_down()
+        await self.holder.drop_all()
+        self._fenced = True

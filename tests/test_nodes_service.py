@@ -1,0 +1,80 @@
+"""Two services on one PostgreSQL database, in one process: instances spread over the nodes,
+move when a node stops or joins, and one node leads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from claude_hooks.domain import TaskState
+from claude_hooks.service import Service
+from tests.support import GateRunner, make_config, wait_until
+from tests.test_pool import request
+
+AGENTS = [{"name": f"dev-{c}", "type": "dev"} for c in "abcd"]
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, pg_url: str, name: str, gate: GateRunner, capacity: int = 0
+) -> AsyncIterator[Service]:
+    config = make_config(
+        tmp_path / name,
+        agents=AGENTS,
+        server={"database_url": pg_url, "node": name, "lease_seconds": 1.5, "capacity": capacity},
+    )
+    service = await Service.open(config, lambda _type: gate)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def _finished(service: Service, task_id: str) -> bool:
+    task = await service.store.get_task(task_id)
+    return task is not None and task.state is TaskState.SUCCEEDED
+
+
+async def test_instances_spread_over_nodes_and_move_when_one_stops(
+    tmp_path: Path, pg_url: str
+) -> None:
+    gate_one, gate_two = GateRunner(), GateRunner()
+    async with running(tmp_path, pg_url, "one", gate_one) as one:
+        assert set(one.pool.workers) == {"dev-a", "dev-b", "dev-c", "dev-d"}
+        assert one.node.leading
+        async with running(tmp_path, pg_url, "two", gate_two) as two:
+            assert not two.node.leading
+            await wait_until(lambda: len(two.pool.workers) == 2, timeout=5)
+            await wait_until(lambda: len(one.pool.workers) == 2, timeout=5)
+            assert set(one.pool.workers).isdisjoint(two.pool.workers)
+            views = {v.name: v for v in await one.store.nodes.list_nodes(one.clock())}
+            assert set(views["two"].instances) == set(two.pool.workers)
+            assert views["one"].state == views["two"].state == "live"
+            # Four tasks, one an instance: those on node one's instances start there.
+            tasks = [await one.pool.dispatch("dev", request(n)) for n in range(1, 5)]
+            assert {t.agent for t in tasks} == {"dev-a", "dev-b", "dev-c", "dev-d"}
+            mine = {t.id for t in tasks if t.agent in one.pool.workers}
+            await wait_until(lambda: set(gate_one.started) == mine)
+            assert not gate_two.started  # node two was not woken: it holds the others
+        # Node two stopped cleanly: node one adopts its instances with their queues within a
+        # beat or two, and runs what waited there.
+        await wait_until(lambda: len(one.pool.workers) == 4, timeout=5)
+        views = {v.name: v for v in await one.store.nodes.list_nodes(one.clock())}
+        assert views["two"].state == "stopped" and len(views["one"].instances) == 4
+        await wait_until(lambda: set(gate_one.started) == {t.id for t in tasks}, timeout=5)
+        gate_one.release_all()
+        for task in tasks:
+            await wait_until(lambda t=task: _finished(one, t.id))
+
+
+async def test_capacity_leaves_an_instance_waiting_with_its_queue(
+    tmp_path: Path, pg_url: str
+) -> None:
+    gate = GateRunner()
+    async with running(tmp_path, pg_url, "one", gate, capacity=3) as one:
+        assert len(one.pool.workers) == 3
+        nodes = await one.store.instances()
+        waiting = [i.name for i in nodes if i.node is None]
+        assert len(waiting) == 1
