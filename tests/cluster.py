@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from tests.support import FIXTURE_SECRET, fixture, forgejo_headers
 
 TOKEN = "cluster-token"
+AWAY = "node-away"  # a node name no test starts
 AGENTS = ("dev-a", "dev-b", "dev-c")
 AGENT_SCRIPT = """\
 import json, os, sys, time
@@ -150,7 +151,9 @@ class Cluster:
     agents: Sequence[str] = AGENTS
     lease_seconds: float = 2.0
     hold: float = 60.0  # how long each agent run sleeps
-    paused: bool = False  # a daily budget of 0: every task stays queued, none runs
+    # The instances pinned to a node that never starts: they wait unheld, so every task
+    # stays queued and none runs.
+    pinned_away: bool = False
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -193,8 +196,6 @@ class Cluster:
             f"env = {{ PIDS = {json.dumps(str(self.pids))}, NODE = {json.dumps(name)}, "
             f"HOLD = {json.dumps(str(self.hold))} }}",
         ]
-        if self.paused:
-            lines.append("daily_budget_usd = 0.0")
         for agent in self.agents:
             lines += ["", "[[agents]]", f'name = "{agent}"', 'type = "dev"']
         config = folder / "claude-hooks.toml"
@@ -208,6 +209,10 @@ class Cluster:
         started = []
         for name in names:
             node = self.add(name)
+            if self.pinned_away and not started:
+                for agent in self.agents:
+                    added = node.cli("agents", "add", agent, "--type", "dev", "--node", AWAY)
+                    assert added.returncode == 0, added.stdout + added.stderr
             node.start()
             started.append(node)
         return started

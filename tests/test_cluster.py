@@ -1,8 +1,9 @@
 """Two real `serve` processes on one PostgreSQL database make the choices one would make.
 
-The `dev` type has a daily budget of 0, so no task starts and every queue only grows: the
-choice of each delivery then depends on nothing but the deliveries committed before it, and
-the tests can replay `scheduler.choose` over them in commit order (`seq`).
+The instances are pinned to a node that is not running, so no node holds them: no task starts
+and every queue only grows. The choice of each delivery then depends on nothing but the
+deliveries committed before it, and the tests replay `scheduler.choose` over them in commit
+order (`seq`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from tests.cluster import AGENTS, Cluster, assigned, cluster, post_all
 
 
 @pytest.fixture
-def paused(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
-    with cluster(tmp_path, pg_url, paused=True) as running:
+def waiting(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
+    with cluster(tmp_path, pg_url, pinned_away=True) as running:
         running.start("node-1", "node-2")
         yield running
 
@@ -42,8 +43,8 @@ def agents_in_commit_order(running: Cluster) -> list[str]:
     return [agent for (agent,) in running.query("SELECT agent FROM tasks ORDER BY seq")]
 
 
-def test_deliveries_sent_to_either_node_go_round_robin_as_on_one_node(paused: Cluster) -> None:
-    node_1, node_2 = paused.nodes
+def test_deliveries_sent_to_either_node_go_round_robin_as_on_one_node(waiting: Cluster) -> None:
+    node_1, node_2 = waiting.nodes
     landed = []
     for number in range(1, 10):
         node = node_1 if number % 2 else node_2
@@ -55,11 +56,12 @@ def test_deliveries_sent_to_either_node_go_round_robin_as_on_one_node(paused: Cl
     expected = single_node_choices(9)
     assert expected == ["dev-a", "dev-b", "dev-c"] * 3
     assert landed == expected
-    assert agents_in_commit_order(paused) == expected
+    assert agents_in_commit_order(waiting) == expected
+    assert waiting.runs() == []  # the premise: nothing started
 
 
-def test_200_concurrent_deliveries_over_two_nodes(paused: Cluster) -> None:
-    node_1, node_2 = paused.nodes
+def test_200_concurrent_deliveries_over_two_nodes(waiting: Cluster) -> None:
+    node_1, node_2 = waiting.nodes
     sends = []
     for number in range(1, 201):
         body, headers = assigned(number, f"burst-{number}")
@@ -68,17 +70,18 @@ def test_200_concurrent_deliveries_over_two_nodes(paused: Cluster) -> None:
     assert [a.status_code for a in answers] == [202] * 200, [a.text for a in answers][:5]
     named = [task["id"] for a in answers for task in a.json()["tasks"]]
     assert len(named) == len(set(named)) == 200
-    rows = paused.query("SELECT id, delivery_id FROM tasks")
+    rows = waiting.query("SELECT id, delivery_id FROM tasks")
     assert sorted(task_id for task_id, _ in rows) == sorted(named)
     assert Counter(delivery for _, delivery in rows) == {f"burst-{n}": 1 for n in range(1, 201)}
-    (deliveries,) = paused.query("SELECT count(*) FROM deliveries WHERE outcome = 'queued'")
+    (deliveries,) = waiting.query("SELECT count(*) FROM deliveries WHERE outcome = 'queued'")
     assert deliveries == (200,)
     # Committed one at a time under the type's lock: exactly one node's choices, in that order,
     # so after every commit the queues differ by at most one task.
-    order = agents_in_commit_order(paused)
+    order = agents_in_commit_order(waiting)
     assert order == single_node_choices(200)
     tally: Counter[str] = Counter()
     for agent in order:
         tally[agent] += 1
         lengths = [tally[name] for name in AGENTS]
         assert max(lengths) - min(lengths) <= 1
+    assert waiting.runs() == []
