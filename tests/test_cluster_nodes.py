@@ -76,6 +76,20 @@ def deliver(node: Node, numbers: range) -> list[str]:
     return ids
 
 
+def run_one_each(nodes: Cluster, held: dict[str, str | None], first: int = 1) -> None:
+    """Deliveries of issues `first`.. that start a task on each idle instance, each sent to
+    the node holding the instance it lands on (all idle: they go in name order), so none waits
+    for a wake-up from another node."""
+    by_name = {node.name: node for node in nodes.nodes}
+    for number, agent in enumerate(AGENTS, start=first):
+        with by_name[str(held[agent])].client() as client:
+            body, headers = assigned(number, f"issue-{number}")
+            answer = client.post("/webhook", content=body, headers=headers)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["tasks"][0]["agent"] == agent
+    wait_for(lambda: len(nodes.runs()) == len(AGENTS), 10, "a task runs on every instance")
+
+
 def runs_on(nodes: Cluster, node: str) -> list[tuple[str, int]]:
     """(task id, agent pid) of the runs `node` started."""
     return [(task_id, pid) for task_id, pid, where in nodes.runs() if where == node]
@@ -134,8 +148,8 @@ def test_a_delivery_to_one_node_starts_at_once_on_the_node_holding_the_instance(
 
 def test_kill_9_of_a_node_hands_its_instances_and_tasks_to_the_other(running: Cluster) -> None:
     node_1, node_2, held = two_nodes(running)
-    deliver(node_2, range(1, 8))  # dev-a, dev-b, dev-c run one each; four wait behind them
-    wait_for(lambda: len(running.runs()) == 3, 10, "three tasks run")
+    run_one_each(running, held)
+    deliver(node_2, range(4, 8))  # four wait behind the running ones
     before = queues(node_2)
     assert sorted(before) == sorted(AGENTS)
     assert all(queue[0][1:] == ("running", 1) for queue in before.values())
@@ -220,9 +234,8 @@ def test_a_second_node_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_cancel_sent_to_a_node_that_does_not_run_the_task_stops_it(running: Cluster) -> None:
-    node_1, node_2, _held = two_nodes(running)
-    deliver(node_1, range(1, 4))
-    wait_for(lambda: len(running.runs()) == 3, 10, "three tasks run")
+    node_1, node_2, held = two_nodes(running)
+    run_one_each(running, held)
     ran = {where: (task_id, pid) for task_id, pid, where in running.runs()}  # a run per node
     # Node 2 cancels what node 1 runs by its task id, node 1 what node 2 runs by its instance.
     for where, elsewhere, by_agent in (("node-1", node_2, False), ("node-2", node_1, True)):
