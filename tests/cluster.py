@@ -250,6 +250,82 @@ def cluster(root: Path, database_url: str, **options: Any) -> Iterator[Cluster]:
         running.close()
 
 
+def holders(nodes: Cluster) -> dict[str, str | None]:
+    return dict(nodes.query("SELECT name, node FROM agents"))  # type: ignore[arg-type]
+
+
+def spread(nodes: Cluster, *names: str) -> dict[str, str | None]:
+    """Wait until every instance is held, and every one of `names` holds one; who holds what."""
+
+    def settled() -> bool:
+        held = holders(nodes)
+        return None not in held.values() and set(held.values()) == set(names)
+
+    wait_for(settled, 10, f"the instances spread over {', '.join(names)}")
+    return holders(nodes)
+
+
+def two_nodes(nodes: Cluster) -> tuple[Node, Node, dict[str, str | None]]:
+    node_1, node_2 = nodes.start("node-1", "node-2")
+    return node_1, node_2, spread(nodes, "node-1", "node-2")
+
+
+def listed(node: Node, *command: str) -> list[dict[str, Any]]:
+    done = node.cli(*command, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
+def deliver(node: Node, numbers: range) -> list[str]:
+    """Deliveries of issues `numbers` to `node`, one after the other; their task ids."""
+    ids = []
+    with node.client() as client:
+        for number in numbers:
+            body, headers = assigned(number, f"issue-{number}")
+            answer = client.post("/webhook", content=body, headers=headers)
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["tasks"][0]["id"])
+    return ids
+
+
+def run_one_each(nodes: Cluster, held: dict[str, str | None], first: int = 1) -> None:
+    """Deliveries of issues `first`.. that start a task on each idle instance, each sent to
+    the node holding the instance it lands on (all idle: they go in name order), so none waits
+    for a wake-up from another node."""
+    by_name = {node.name: node for node in nodes.nodes}
+    for number, agent in enumerate(AGENTS, start=first):
+        with by_name[str(held[agent])].client() as client:
+            body, headers = assigned(number, f"issue-{number}")
+            answer = client.post("/webhook", content=body, headers=headers)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["tasks"][0]["agent"] == agent
+    wait_for(lambda: len(nodes.runs()) == len(AGENTS), 10, "a task runs on every instance")
+
+
+def runs_on(nodes: Cluster, node: str) -> list[tuple[str, int]]:
+    """(task id, agent pid) of the runs `node` started."""
+    return [(task_id, pid) for task_id, pid, where in nodes.runs() if where == node]
+
+
+def tasks_run_on(nodes: Cluster, node: str) -> set[str]:
+    return {task_id for task_id, _pid in runs_on(nodes, node)}
+
+
+def queues(node: Node) -> dict[str, list[tuple[str, str, int]]]:
+    """Per instance, (task id, state, attempts): the running task first, then the queue."""
+    with node.client() as client:
+        tasks = client.get("/api/tasks", params={"limit": 500}).json()["tasks"]
+    grouped: dict[str, list[tuple[str, str, int]]] = {}
+    order = sorted(tasks, key=lambda t: (t["state"] != "running", t["queue_position"] or 0))
+    for task in order:
+        if task["state"] in ("running", "queued"):
+            grouped.setdefault(task["agent"], []).append(
+                (task["id"], task["state"], task["attempts"])
+            )
+    return grouped
+
+
 async def post_all(
     sends: Sequence[tuple[Node, bytes, dict[str, str]]], concurrency: int = 16
 ) -> list[httpx.Response]:

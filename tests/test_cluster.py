@@ -1,14 +1,18 @@
-"""Two real `serve` processes on one PostgreSQL database make the choices one would make.
+"""Real `serve` processes on one PostgreSQL database: the choices one node would make, the
+nodes and who holds what, adoption after `kill -9`, a node rejoining, SQLite's one node.
 
-The instances are pinned to a node that is not running, so no node holds them: no task starts
-and every queue only grows. The choice of each delivery then depends on nothing but the
-deliveries committed before it, and the tests replay `scheduler.choose` over them in commit
-order (`seq`).
+For the choices, the instances are pinned to a node that is not running, so no node holds
+them: no task starts and every queue only grows. The choice of each delivery then depends on
+nothing but the deliveries committed before it, and the tests replay `scheduler.choose` over
+them in commit order (`seq`). Elsewhere instances spread over the live nodes (`node_share`),
+so the tests read who holds what from the database; the agent script records the node that
+ran it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,7 +20,23 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.scheduler import Candidate, choose
-from tests.cluster import AGENTS, Cluster, assigned, cluster, post_all
+from tests.cluster import (
+    AGENTS,
+    Cluster,
+    alive,
+    assigned,
+    cluster,
+    deliver,
+    holders,
+    listed,
+    post_all,
+    queues,
+    run_one_each,
+    runs_on,
+    tasks_run_on,
+    two_nodes,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -85,3 +105,127 @@ def test_200_concurrent_deliveries_over_two_nodes(waiting: Cluster) -> None:
         lengths = [tally[name] for name in AGENTS]
         assert max(lengths) - min(lengths) <= 1
     assert waiting.runs() == []
+
+
+NODE_KEYS = {
+    "name",
+    "state",
+    "url",
+    "host",
+    "pid",
+    "capacity",
+    "started_at",
+    "heartbeat_at",
+    "instances",
+}
+
+
+@pytest.fixture
+def running(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
+    with cluster(tmp_path, pg_url) as nodes:
+        yield nodes
+
+
+def test_nodes_list_and_agents_list_show_both_nodes_and_who_holds_what(running: Cluster) -> None:
+    node_1, node_2, held = two_nodes(running)
+    rows = {row["name"]: row for row in listed(node_2, "nodes", "list")}
+    assert set(rows) == {"node-1", "node-2"}
+    for node in (node_1, node_2):
+        row = rows[node.name]
+        assert set(row) >= NODE_KEYS
+        assert row["state"] == "live"
+        assert row["url"] == node.url
+        assert node.process is not None and row["pid"] == node.process.pid
+        assert row["heartbeat_at"] >= row["started_at"]
+        assert sorted(row["instances"]) == sorted(a for a, n in held.items() if n == node.name)
+    assert sorted(rows["node-1"]["instances"] + rows["node-2"]["instances"]) == sorted(AGENTS)
+    agents = {row["name"]: row for row in listed(node_1, "agents", "list")}
+    assert {name: row["node"] for name, row in agents.items()} == held
+    assert {row["pinned_node"] for row in agents.values()} == {None}
+
+
+def test_kill_9_of_a_node_hands_its_instances_and_tasks_to_the_other(running: Cluster) -> None:
+    node_1, node_2, held = two_nodes(running)
+    run_one_each(running, held)
+    deliver(node_2, range(4, 8))  # four wait behind the running ones
+    before = queues(node_2)
+    assert sorted(before) == sorted(AGENTS)
+    assert all(queue[0][1:] == ("running", 1) for queue in before.values())
+    interrupted = dict(runs_on(running, "node-1"))
+    assert interrupted, held  # node-1 holds an instance, so it runs a task
+    assert {task for task, _pid in runs_on(running, "node-2")}.isdisjoint(interrupted)
+
+    node_1.kill()
+    killed = time.monotonic()
+    # No agent of the dead node goes on: an adopted task must never run twice at once.
+    wait_for(
+        lambda: not any(alive(pid) for pid in interrupted.values()),
+        3,
+        "the dead node's agents are gone",
+    )
+    wait_for(
+        lambda: tasks_run_on(running, "node-2") >= set(interrupted),
+        running.lease_seconds + 5,
+        "node-2 runs the interrupted tasks",
+    )
+    assert time.monotonic() - killed < running.lease_seconds + 5
+    assert holders(running) == dict.fromkeys(AGENTS, "node-2")
+    after = queues(node_2)
+    for agent, queue in before.items():
+        # The same order; an interrupted head runs again with its attempt counted.
+        assert [task_id for task_id, _s, _a in after[agent]] == [t for t, _s, _a in queue]
+        attempts = 2 if queue[0][0] in interrupted else 1
+        assert after[agent][0][1:] == ("running", attempts)
+        assert [state for _t, state, _a in after[agent][1:]] == ["queued"] * (len(queue) - 1)
+    rows = {row["name"]: row for row in listed(node_2, "nodes", "list")}
+    assert rows["node-1"]["state"] == "dead"
+    assert rows["node-1"]["instances"] == []
+    assert sorted(rows["node-2"]["instances"]) == sorted(AGENTS)
+
+
+def test_a_node_restarted_after_kill_9_rejoins_and_a_second_of_its_name_is_refused(
+    running: Cluster,
+) -> None:
+    (node_1,) = running.start("node-1")
+    deliver(node_1, range(1, 2))
+    wait_for(lambda: len(runs_on(running, "node-1")) == 1, 10, "a task runs on node-1")
+    ((task_id, old_agent),) = runs_on(running, "node-1")
+    node_1.kill()
+    # At once, while its lease has not yet run out: the same node (same data dir) rejoins,
+    # stops what its previous life left running and runs that task again.
+    node_1.start()
+    wait_for(lambda: not alive(old_agent), 5, "the previous life's agent is stopped")
+    wait_for(
+        lambda: any(alive(pid) for _task, pid in runs_on(running, "node-1")),
+        running.lease_seconds + 5,
+        "the interrupted task runs again",
+    )
+    with node_1.client() as client:
+        task = client.get(f"/api/tasks/{task_id}").json()
+    assert (task["state"], task["attempts"]) == ("running", 2)
+    ((row,),) = [[r for r in listed(node_1, "nodes", "list") if r["name"] == "node-1"]]
+    assert node_1.process is not None
+    assert (row["state"], row["pid"]) == ("live", node_1.process.pid)
+
+    twin = running.add("node-1")
+    process = twin.launch()
+    assert process.wait(timeout=20) != 0
+    assert "server.node" in twin.log
+    assert node_1.process.poll() is None
+    assert [r["state"] for r in listed(node_1, "nodes", "list") if r["name"] == "node-1"] == [
+        "live"
+    ]
+
+
+def test_a_second_node_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with cluster(tmp_path, url) as nodes:
+        first = nodes.add("node-1", database_url=url)
+        first.start()
+        second = nodes.add("node-2", database_url=url)
+        process = second.launch()
+        assert process.wait(timeout=20) != 0
+        assert "sqlite" in second.log.lower()
+        assert "postgresql" in second.log.lower()  # what to use instead
+        with first.client() as client:
+            assert client.get("/healthz").status_code == 200
