@@ -629,3 +629,15 @@ async def until_section(
         raise AssertionError("the stream ended")
 
     return await asyncio.wait_for(look(), 5)
+
+
+async def test_every_node_is_listed_with_its_instances(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    listed = (await client.get("/api/nodes")).json()
+    assert [(n["name"], n["state"]) for n in listed] == [(service.node.name, "live")]
+    assert listed[0]["instances"] == sorted(service.pool.workers)
+    agents = (await client.get("/api/agents")).json()
+    assert {a["node"] for a in agents} == {service.node.name}
+    page = (await client.get("/")).text
+    assert f'data-node="{service.node.name}"' in page and "(this node)" in page
