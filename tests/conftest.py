@@ -20,6 +20,9 @@ from tests.support import GateRunner, make_config
 
 ServiceFactory = Callable[..., Any]
 
+# Fixtures of the dashboard's tests (a service, a real server, clients): used by several modules.
+pytest_plugins = ("tests.dashboard_fixtures",)
+
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:

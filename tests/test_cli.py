@@ -244,3 +244,14 @@ def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
     )
     assert any(line.startswith("status ") and "dev -> dev-" in line for line in lines)
     assert lines[-1] == "all 9 tasks finished: 1 cancelled, 1 failed, 7 succeeded"
+
+
+def test_an_instance_pinned_to_a_node_and_the_nodes_listed(config_file: Path) -> None:
+    added = cli("agents", "add", "dev-p", "--type", "dev", "--node", "build-2", config=config_file)
+    assert added.returncode == 0, added.stderr
+    assert "added dev-p (type dev, pinned to node build-2)" in added.stdout
+    listed = json.loads(cli("agents", "list", "--json", config=config_file).stdout)
+    assert listed[0]["pinned_node"] == "build-2" and listed[0]["node"] is None
+    bad = cli("agents", "add", "dev-q", "--type", "dev", "--node", "Build 2", config=config_file)
+    assert bad.returncode == 2 and "--node 'Build 2' is not a valid node name" in bad.stderr
+    assert json.loads(cli("nodes", "list", "--json", config=config_file).stdout) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.service import Service
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore
-from tests.conftest import ServiceFactory
+from tests.dashboard_fixtures import AUTH, CHROMIUM, LoggingGate, serve
 from tests.support import GateRunner, fixture, make_config, wait_until
-from tests.test_dashboard_api import AUTH, LoggingGate, dashboard_config, serve
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(
         "browser tests need Debian's chromium: apt-get install chromium", allow_module_level=True
@@ -35,51 +32,9 @@ playwright_api = pytest.importorskip(
 )
 expect = playwright_api.expect
 
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The README's picture is refreshed on demand (UPDATE_SCREENSHOT=1 make test), so a test run
 # leaves the working tree as it found it.
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as driver:
-        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
-def runner() -> LoggingGate:
-    return LoggingGate()
-
-
-@pytest.fixture
-async def service(start_service: ServiceFactory, runner: LoggingGate, tmp_path: Path) -> Service:
-    started: Service = await start_service(dashboard_config(tmp_path), runner=runner)
-    return started
-
-
-@pytest.fixture
-async def base_url(service: Service) -> AsyncIterator[str]:
-    async with serve(service) as url:
-        yield url
-
-
-@pytest.fixture
-async def api(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, headers=AUTH) as client:
-        yield client
 
 
 async def log_in(browser: Any, base_url: str, path: str = "/") -> Any:

@@ -7,21 +7,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.service import Service
-from tests.conftest import ServiceFactory
+from tests.dashboard_fixtures import LoggingGate
 from tests.support import forgejo_headers, sign, wait_until
-from tests.test_dashboard_api import AUTH, LoggingGate, dashboard_config, serve
 
 pytest.importorskip("tests.test_dashboard_browser")  # skips this module with that one
-from tests.test_dashboard_browser import CHROMIUM, FLAGS, expect, log_in, playwright_api, queue
+from tests.test_dashboard_browser import expect, log_in, queue
 
 LONG = "The change touches the scheduler. " * 12 + "Last words of the long result."
 
@@ -33,46 +29,18 @@ class LongResults(LoggingGate):
 
 
 @pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as driver:
-        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
 def runner() -> LongResults:
     return LongResults()
 
 
-@pytest.fixture
-async def service(start_service: ServiceFactory, runner: LongResults, tmp_path: Path) -> Service:
-    started: Service = await start_service(dashboard_config(tmp_path), runner=runner)
-    return started
-
-
-@pytest.fixture
-async def base_url(service: Service) -> AsyncIterator[str]:
-    async with serve(service) as url:
-        yield url
-
-
-@pytest.fixture
-async def api(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, headers=AUTH) as client:
-        yield client
-
-
 async def test_retry_a_cancelled_task_from_its_page(
-    chromium: Any, base_url: str, api: httpx.AsyncClient, runner: LongResults
+    browser: Any, base_url: str, api: httpx.AsyncClient, runner: LongResults
 ) -> None:
     task_id = await queue(api, "reviewer", 3)
     await wait_until(lambda: task_id in runner.started)
     assert (await api.post(f"/api/tasks/{task_id}/cancel")).status_code == 200
     await wait_until(lambda: task_id in runner.cancelled)
-    page = await log_in(chromium, base_url, f"/tasks/{task_id}")
+    page = await log_in(browser, base_url, f"/tasks/{task_id}")
     await expect(page.locator("#task h1 .badge")).to_have_text("cancelled")
     await expect(page.locator("#task .cancelled-by")).to_have_text("a user, through the API")
     page.on("dialog", lambda dialog: dialog.accept())
@@ -89,9 +57,9 @@ async def test_retry_a_cancelled_task_from_its_page(
 
 
 async def test_a_wrong_secret_shows_on_the_deliveries_page_with_its_hint(
-    chromium: Any, base_url: str, api: httpx.AsyncClient
+    browser: Any, base_url: str, api: httpx.AsyncClient
 ) -> None:
-    page = await log_in(chromium, base_url, "/deliveries")
+    page = await log_in(browser, base_url, "/deliveries")
     body = json.dumps({"action": "assigned"}).encode()
     headers = forgejo_headers("issue_assign", body, "d-wrong-secret")
     headers["X-Forgejo-Signature"] = sign(body, "another-secret")
@@ -108,12 +76,12 @@ async def test_a_wrong_secret_shows_on_the_deliveries_page_with_its_hint(
 
 
 async def test_long_results_are_cut_at_a_word_and_times_carry_date_and_zone(
-    chromium: Any, base_url: str, api: httpx.AsyncClient, runner: LongResults
+    browser: Any, base_url: str, api: httpx.AsyncClient, runner: LongResults
 ) -> None:
     task_id = await queue(api, "dev", 8)
     await wait_until(lambda: task_id in runner.started)
     runner.release(task_id)
-    page = await log_in(chromium, base_url, "/tasks")
+    page = await log_in(browser, base_url, "/tasks")
     cell = page.locator(f"tr[data-task='{task_id}'] td.why")
     summary = cell.locator("summary")
     await expect(summary).to_be_visible()
@@ -129,8 +97,8 @@ async def test_long_results_are_cut_at_a_word_and_times_carry_date_and_zone(
     await page.context.close()
 
 
-async def test_the_per_type_table_fits_a_phone(chromium: Any, base_url: str) -> None:
-    context = await chromium.new_context(viewport={"width": 360, "height": 780}, is_mobile=True)
+async def test_the_per_type_table_fits_a_phone(browser: Any, base_url: str) -> None:
+    context = await browser.new_context(viewport={"width": 360, "height": 780}, is_mobile=True)
     page = await context.new_page()
     await page.goto(base_url + "/login")
     await page.fill("#token", "test-token")

@@ -63,6 +63,10 @@ async def test_metrics_of_an_idle_service(client: httpx.AsyncClient, service: Se
     assert value(samples, "claude_hooks_busy_instances", type="boss") == 0
     assert value(samples, "claude_hooks_queue_depth", type="dev", agent="dev-alpha") == 0
     assert value(samples, "claude_hooks_waiting_beside_idle", type="dev") == 0
+    assert value(samples, "claude_hooks_nodes", state="live") == 1
+    assert value(samples, "claude_hooks_nodes", state="dead") == 0
+    assert value(samples, "claude_hooks_instances_unheld", type="dev") == 0
+    assert value(samples, "claude_hooks_node_leading", node=service.node.name) == 1
     assert "claude_hooks_queue_wait_seconds_count" not in samples
     assert value(samples, "claude_hooks_start_time_seconds") == service.started_at
     assert "claude_hooks_deliveries_total" not in samples

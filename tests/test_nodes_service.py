@@ -9,6 +9,8 @@ from pathlib import Path
 
 from claude_hooks.domain import TaskState
 from claude_hooks.service import Service
+from claude_hooks.store.schema import nodes
+from claude_hooks.store.sql import SqlStore
 from tests.support import GateRunner, make_config, wait_until
 from tests.test_pool import request
 
@@ -78,3 +80,29 @@ async def test_capacity_leaves_an_instance_waiting_with_its_queue(
         nodes = await one.store.instances()
         waiting = [i.name for i in nodes if i.node is None]
         assert len(waiting) == 1
+
+
+async def test_a_node_declared_dead_stops_its_agents_and_loses_no_write(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Another node rescued this one's task while it still ran (a pause longer than the
+    lease): at its next beat it stops the agent, its late requeue is refused, and it joins
+    again and runs the task, the lost run counted."""
+    gate = GateRunner()
+    async with running(tmp_path, pg_url, "one", gate) as one:
+        task = await one.pool.dispatch("dev", request(1))
+        await wait_until(lambda: gate.started == [task.id])
+        other = await SqlStore.open(pg_url)
+        try:
+            with other.engine.begin() as conn:
+                conn.execute(nodes.update().values(heartbeat_at=one.clock() - 60))
+            rescued = await other.nodes.rescue(3, one.clock())
+        finally:
+            await other.close()
+        assert [r.id for r in rescued] == [task.id]
+        await wait_until(lambda: gate.cancelled == [task.id], timeout=5)
+        await wait_until(lambda: gate.started == [task.id, task.id], timeout=5)
+        again = await one.store.get_task(task.id)
+        assert again is not None and again.state is TaskState.RUNNING and again.attempts == 2
+        gate.release_all()
+        await wait_until(lambda: _finished(one, task.id))

@@ -176,10 +176,42 @@ def _in_memory(service: Service) -> list[Metric]:
     return [rejected, started, paused, until, trips]
 
 
+async def _nodes(service: Service, found: list[InstanceView]) -> list[Metric]:
+    """The cluster: nodes by state, instances no live node holds, and who leads."""
+    nodes = GaugeMetricFamily(
+        "claude_hooks_nodes", "Nodes on the database by state", labels=["state"]
+    )
+    counts = {"live": 0, "dead": 0, "stopped": 0}
+    for view in await service.store.nodes.list_nodes(service.clock()):
+        counts[view.state] += 1
+    for state, count in counts.items():
+        nodes.add_metric([state], count)
+    unheld = GaugeMetricFamily(
+        "claude_hooks_instances_unheld",
+        "Enabled instances no live node holds: they wait for a node with room",
+        labels=["type"],
+    )
+    waiting = dict.fromkeys(service.config.types, 0)
+    for instance in found:
+        if instance.enabled and instance.node is None:
+            waiting[instance.type] = waiting.get(instance.type, 0) + 1
+    for agent_type, count in sorted(waiting.items()):
+        unheld.add_metric([agent_type], count)
+    leading = GaugeMetricFamily(
+        "claude_hooks_node_leading",
+        "1 on the node that leads the cluster's duties (rescue, CI polling, pending retries)",
+        labels=["node"],
+    )
+    leading.add_metric([service.node.name], 1 if service.node.leading else 0)
+    return [nodes, unheld, leading]
+
+
 async def families(service: Service) -> list[Metric]:
-    pool = _pool(await service.store.instances(), service.config.types)
+    found = await service.store.instances()
+    pool = _pool(found, service.config.types)
     waits = await _waits(service.store, service.config.types)
-    return pool + await _stored(service.store) + waits + _in_memory(service)
+    cluster = await _nodes(service, found)
+    return pool + await _stored(service.store) + waits + cluster + _in_memory(service)
 
 
 @router.get(
