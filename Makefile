@@ -43,10 +43,10 @@ clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks: `make bench` records bench/RESULTS.md; `make bench QUICK=1` only checks they run;
-# `make bench DATABASE_URL=postgresql://user@host/db` measures PostgreSQL there (default: 127.0.0.1:5432).
+# `make bench BENCH_DATABASE_URL=postgresql://user@host/db` measures PostgreSQL there (default: 127.0.0.1:5432).
 bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null && command -v webhook >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk webhook; } || \
 	  echo "wrk and webhook (Debian packages) are missing: the ingest comparison needs them"
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick --out bench/results/quick.json,) \
-	  $(if $(DATABASE_URL),--database-url $(DATABASE_URL),)
+	  $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL),)
