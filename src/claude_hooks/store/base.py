@@ -17,6 +17,8 @@ from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
 from claude_hooks.store.spend import SpendStore
+from claude_hooks.store.transcripts import SqlSessionStore
+from claude_hooks.store.worktree_states import WorktreeStateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,12 @@ class Store(Protocol):
     def retention(self) -> RetentionStore: ...
     @property
     def spend(self) -> SpendStore: ...
+    @property
+    def transcripts(self) -> SqlSessionStore: ...
+    @property
+    def worktree_states(self) -> WorktreeStateStore: ...
+    @property
+    def shared(self) -> bool: ...
 
     async def close(self) -> None: ...
 

@@ -1,0 +1,46 @@
+"""Transcripts in the database: the SDK's SessionStore conformance suite over each backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from claude_agent_sdk.testing import run_session_store_conformance
+
+from claude_hooks.store.schema import transcript_entries
+from claude_hooks.store.sql import SqlStore
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    opened = await SqlStore.open(database_url)
+    yield opened
+    await opened.close()
+
+
+def _emptied(store: SqlStore) -> Any:
+    """A fresh store for each contract: the same database, emptied."""
+    with store.engine.begin() as conn:
+        conn.execute(transcript_entries.delete())
+    return store.transcripts
+
+
+async def test_the_store_passes_the_sdk_conformance_suite(store: SqlStore) -> None:
+    await run_session_store_conformance(lambda: _emptied(store))
+
+
+async def test_an_entry_is_stored_once_and_entries_without_uuid_every_time(
+    store: SqlStore,
+) -> None:
+    key: Any = {"project_key": "p", "session_id": "s"}
+    first = [{"type": "user", "uuid": "u1", "n": 1}, {"type": "title", "title": "t"}]
+    await store.transcripts.append(key, first)
+    # A retried batch that had partly landed: u1 again, u2 new, the untagged entry again.
+    await store.transcripts.append(key, [*first, {"type": "assistant", "uuid": "u2"}])
+    assert await store.transcripts.load(key) == [
+        first[0],
+        first[1],
+        first[1],
+        {"type": "assistant", "uuid": "u2"},
+    ]
