@@ -260,7 +260,12 @@ class Pool:
         self.clock = clock
         self.bus = bus or EventBus()
         self.workspaces = Workspaces(
-            config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
+            config.data_dir,
+            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
+            # Only nodes sharing a database resume each other's sessions.
+            states=store.worktree_states if store.shared else None,
+            max_state_bytes=config.server.max_worktree_state_bytes,
+            node=config.server.node,
         )
         self.workers: dict[str, Worker] = {}
         self._stranded = False
