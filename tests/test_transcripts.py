@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
+from claude_hooks.runners.transcripts import SessionTranscripts
 from claude_hooks.store.schema import transcript_entries
 from claude_hooks.store.sql import SqlStore
 
@@ -28,6 +30,24 @@ def _emptied(store: SqlStore) -> Any:
 
 async def test_the_store_passes_the_sdk_conformance_suite(store: SqlStore) -> None:
     await run_session_store_conformance(lambda: _emptied(store))
+
+
+async def test_a_session_keys_view_passes_it_too_and_files_its_workdir_under_the_key(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    def view(workdir: Path) -> SessionTranscripts:
+        return SessionTranscripts(store.transcripts, workdir, "dev:acme/widget:17")
+
+    await run_session_store_conformance(lambda: (_emptied(store), view(tmp_path / "a"))[1])
+    # Two nodes' workdirs of one session key: different paths, one transcript.
+    on_a, on_b = view(tmp_path / "a" / "workdir"), view(tmp_path / "b" / "workdir")
+    assert on_a.local != on_b.local
+    entry: Any = {"type": "user", "uuid": "u1"}
+    await on_a.append({"project_key": on_a.local, "session_id": "s"}, [entry])
+    assert await on_b.load({"project_key": on_b.local, "session_id": "s"}) == [entry]
+    assert await store.transcripts.load(
+        {"project_key": "claude-hooks:dev:acme/widget:17", "session_id": "s"}
+    ) == [entry]
 
 
 async def test_an_entry_is_stored_once_and_entries_without_uuid_every_time(
