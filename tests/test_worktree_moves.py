@@ -3,6 +3,7 @@ through the database (each backend), with real git repositories."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -10,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.runners.base import RunResult
+from claude_hooks.domain import TaskState
+from claude_hooks.runners.base import RunContext, RunResult
+from claude_hooks.service import Service
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.workspace import Workspaces, current_branch
+from tests.conftest import ServiceFactory
+from tests.support import make_config
+from tests.test_sessions_across_nodes import deliver, finished
 from tests.test_workspace import CONFIG, Forge, git, make_task
 
 
@@ -103,3 +109,39 @@ async def test_a_state_over_the_limit_is_not_saved_and_says_so(
     there = await b.prepare(make_task(), CONFIG)
     assert not (there / "big.bin").exists()
     assert current_branch(there) == current_branch(here)
+
+
+class HalfDone:
+    """Leaves a file in the workdir, then works until cancelled."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        (ctx.workdir / "half-done.txt").write_text("half\n")
+        self.started.set()
+        await asyncio.sleep(60)
+        return RunResult(succeeded=True)
+
+
+async def test_a_cancelled_run_saves_its_worktree_too(
+    tmp_path: Path, forge: Forge, pg_url: str, start_service: ServiceFactory
+) -> None:
+    runner = HalfDone()
+    config = make_config(
+        tmp_path,
+        server={"database_url": pg_url, "node": "a"},
+        forgejo={"clone_url": f"file://{forge.root}"},
+        security={"allowed_senders": ["alice"]},
+        types={"dev": {"login": "dev-bot", "runner": "command", "command": ["true"]}},
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    service: Service = await start_service(config, runner=runner)
+    task_id = await deliver(service, "issues_assigned_dev")
+    await asyncio.wait_for(runner.started.wait(), 30)
+    await service.pool.cancel_task(task_id)
+    assert (await finished(service, task_id)).state is TaskState.CANCELLED
+
+    b = node(tmp_path, "b", forge, service.store)
+    there = await b.prepare(make_task(), CONFIG)
+    assert (there / "half-done.txt").read_text() == "half\n"

@@ -469,7 +469,12 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        result = await self.runner_for(task.type).run(self._context(task, workdir))
+        try:
+            result = await self.runner_for(task.type).run(self._context(task, workdir))
+        except asyncio.CancelledError:
+            # Stopped mid-run (the agent is gone by now): its work still moves with the session.
+            await self.workspaces.save_state(task, type_config, sandbox)
+            raise
         return await self.workspaces.deliver(task, type_config, sandbox, result)
 
     def sandbox_of(self, agent_type: str) -> Sandbox | None:

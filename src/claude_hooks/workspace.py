@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
+from claude_hooks import resources
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task, TaskKind
 from claude_hooks.errors import ClaudeHooksError
@@ -462,16 +463,22 @@ class Workspaces:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             bundle.unlink(missing_ok=True)
-        if captured is None:
-            # A state older than this copy must not be restored elsewhere.
-            await self.states.forget_state(key)
-            self._mark(key, None)
+        try:
+            if captured is None:
+                # A state older than this copy must not be restored elsewhere.
+                await self.states.forget_state(key)
+                self._mark(key, None)
+                return None
+            state = WorktreeState(
+                key, captured.branch, captured.head, captured.worktree, captured.index_commit,
+                data, self.node, time.time(),
+            )  # fmt: skip
+            await self.states.put_state(state)
+        except Exception as exc:
+            if resources.exhausted(exc):
+                raise
+            log.exception("cannot store the worktree state of %s", key)
             return None
-        state = WorktreeState(
-            key, captured.branch, captured.head, captured.worktree, captured.index_commit,
-            data, self.node, time.time(),
-        )  # fmt: skip
-        await self.states.put_state(state)
         self._mark(key, captured.worktree)
         return len(data)
 
