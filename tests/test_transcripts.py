@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
-from claude_hooks.runners.transcripts import SessionTranscripts
+from claude_hooks.runners.transcripts import SessionTranscripts, materialize
 from claude_hooks.store.schema import transcript_entries
 from claude_hooks.store.sql import SqlStore
 
@@ -63,4 +64,33 @@ async def test_an_entry_is_stored_once_and_entries_without_uuid_every_time(
         first[1],
         first[1],
         {"type": "assistant", "uuid": "u2"},
+    ]
+
+
+async def test_a_resume_writes_the_stored_transcript_only_over_a_missing_or_older_copy(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    view = SessionTranscripts(store.transcripts, tmp_path / "workdir", "dev:acme/widget:17")
+    key: Any = {"project_key": view.local, "session_id": "s"}
+    config = tmp_path / "config"
+    local = config / "projects" / view.local / "s.jsonl"
+    assert not await materialize(view, config, "s", None), "nothing stored: nothing written"
+    await view.append(key, [{"uuid": "u1", "type": "user"}, {"uuid": "u2", "type": "assistant"}])
+
+    assert await materialize(view, config, "s", None)  # missing here
+    lines = [json.loads(line) for line in local.read_text().splitlines()]
+    assert lines == [{"type": "user", "uuid": "u1"}, {"type": "assistant", "uuid": "u2"}]
+    assert local.read_text().startswith('{"type":"user"'), "type first, as the CLI writes"
+
+    with local.open("a") as out:  # this node went on (mirroring failed, say)
+        out.write('{"type":"user","uuid":"u3"}\n')
+    assert not await materialize(view, config, "s", None), "a copy ahead is kept"
+    assert "u3" in local.read_text()
+
+    await view.append(key, [{"uuid": "u9", "type": "user"}])  # another node went on
+    assert await materialize(view, config, "s", None)
+    assert [json.loads(line)["uuid"] for line in local.read_text().splitlines()] == [
+        "u1",
+        "u2",
+        "u9",
     ]
