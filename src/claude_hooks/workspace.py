@@ -42,7 +42,7 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.runners.base import RunResult
 from claude_hooks.sandbox import Sandbox
 from claude_hooks.store.worktree_states import WorktreeState, WorktreeStateStore
-from claude_hooks.worktree_state import Captured, StateTooLargeError, apply, capture
+from claude_hooks.worktree_state import Captured, apply, capture
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ RemoteUrl = Callable[[str], str]
 
 class WorkspaceError(ClaudeHooksError):
     """A workdir could not be prepared or removed (git failed, the remote has no branch...)."""
+
+
+class OutputTooLargeError(WorkspaceError):
+    """git wrote more than the limit set for it (a bundle)."""
 
 
 def key_path(session_key: str) -> Path:
@@ -411,7 +415,7 @@ class Workspaces:
             bundle.write_bytes(state.bundle)
             await self._clone(git, mirror, restored, branch, url)
             await apply(git, restored, bundle, captured)
-        except WorkspaceError as exc:
+        except ClaudeHooksError as exc:
             shutil.rmtree(restored, ignore_errors=True)
             fallback = "its branch" if _found(path) == "absent" else "this node's copy"
             log.warning(
@@ -449,7 +453,7 @@ class Workspaces:
             git = self._git(None)
             captured = await capture(git, path, sandbox, scratch, bundle, self.max_state_bytes)
             data = bundle.read_bytes() if captured is not None else b""
-        except StateTooLargeError:
+        except OutputTooLargeError:
             log.warning(
                 "the worktree state of %s is larger than server.max_worktree_state_bytes "
                 "(%d): not saved, so another node continues from its pushed branch; raise "
@@ -773,7 +777,7 @@ async def _copy_capped(stream: asyncio.StreamReader, out: IO[bytes], limit: int,
     while chunk := await stream.read(65536):
         written += len(chunk)
         if limit and written > limit:
-            raise WorkspaceError(f"git {verb} wrote more than {limit} bytes")
+            raise OutputTooLargeError(f"git {verb} wrote more than {limit} bytes")
         out.write(chunk)
 
 

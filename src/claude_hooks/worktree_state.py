@@ -33,10 +33,6 @@ _IDENTITY = {
 }
 
 
-class StateTooLargeError(ClaudeHooksError):
-    """The workdir's bundle is larger than `server.max_worktree_state_bytes`."""
-
-
 @dataclass(frozen=True, slots=True)
 class Captured:
     branch: str | None
@@ -59,7 +55,6 @@ async def capture(
 
     `scratch` is an empty folder the agent may write (the temporary index goes there).
     """
-    from claude_hooks.workspace import WorkspaceError
 
     async def run(*args: str, index: bool = False) -> str:
         env = {**_IDENTITY, **({"GIT_INDEX_FILE": str(scratch / "index")} if index else {})}
@@ -67,16 +62,16 @@ async def capture(
 
     try:
         head = _sha(await run("rev-parse", "--verify", "--quiet", "HEAD^{commit}"), "HEAD")
-    except WorkspaceError:
+    except ClaudeHooksError:
         return None
     try:
         ref = (await run("symbolic-ref", "--quiet", "HEAD")).strip()
-    except WorkspaceError:
+    except ClaudeHooksError:
         ref = ""  # detached
     branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
     try:
         index_tree = (await run("write-tree")).strip()
-    except WorkspaceError:
+    except ClaudeHooksError:
         index_tree = f"{head}^{{tree}}"  # a merge in progress: its conflicts are not kept
     await run("read-tree", head, index=True)
     await run("add", "--all", index=True)
@@ -91,20 +86,13 @@ async def capture(
     await run("update-ref", INDEX_REF, index_commit)
     await run("update-ref", WORKTREE_REF, worktree)
     args = ("bundle", "create", "--quiet", "-", WORKTREE_REF, INDEX_REF, "--not", "--remotes")
-    with bundle.open("wb") as out:
-        try:
-            await git.in_workdir(path, args, sandbox, out=out, limit=limit)
-        except WorkspaceError as exc:
-            if "wrote more than" in str(exc):
-                raise StateTooLargeError(str(exc)) from None
-            raise
+    with bundle.open("wb") as out:  # OutputTooLargeError past `limit`
+        await git.in_workdir(path, args, sandbox, out=out, limit=limit)
     return Captured(branch, head, worktree, index_commit)
 
 
 async def apply(git: _Git, repo: Path, bundle: Path, state: Captured) -> None:
     """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files."""
-    from claude_hooks.workspace import WorkspaceError
-
     await git.run(
         "-C", repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", bundle,
         f"{WORKTREE_REF}:{WORKTREE_REF}", f"{INDEX_REF}:{INDEX_REF}", local=True,
@@ -113,10 +101,12 @@ async def apply(git: _Git, repo: Path, bundle: Path, state: Captured) -> None:
         found = (await git.run("-C", repo, "rev-parse", "--verify", f"{ref}^{{commit}}")).strip()
         parent = (await git.run("-C", repo, "rev-parse", "--verify", f"{ref}^1")).strip()
         if found != expected or parent != state.head:
-            raise WorkspaceError(f"the saved bundle's {ref} is not the state recorded with it")
+            raise ClaudeHooksError(f"the saved bundle's {ref} is not the state recorded with it")
     if state.branch is not None:
         if not await git.ok("check-ref-format", "--branch", state.branch):
-            raise WorkspaceError(f"the saved state's branch {state.branch!r} is not a branch name")
+            raise ClaudeHooksError(
+                f"the saved state's branch {state.branch!r} is not a branch name"
+            )
         await git.run("-C", repo, "update-ref", f"refs/heads/{state.branch}", state.head)
         await git.run("-C", repo, "symbolic-ref", "HEAD", f"refs/heads/{state.branch}")
     else:

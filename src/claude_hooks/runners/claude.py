@@ -2,7 +2,9 @@
 
 One session per session key: the `sessions` table maps the key to the Claude session id, and
 the next task with that key resumes it (same workdir, same `CLAUDE_CONFIG_DIR`, so the CLI
-finds its transcript); a session the CLI cannot resume is replaced by a fresh one.
+finds its transcript); a session the CLI cannot resume is replaced by a fresh one. The CLI's
+transcript is mirrored into the database as it is written (`runners/transcripts.py`), so a
+node that never ran the session, or ran an older part of it, resumes it too.
 
 The CLI runs with an environment the runner chose, not the service's. The SDK (0.2.189) starts
 it with `{**os.environ, **options.env}` plus a few variables of its own, so `cli_path` is a small
