@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,25 @@ async def test_a_resume_writes_the_stored_transcript_only_over_a_missing_or_olde
         "u2",
         "u9",
     ]
+
+
+async def test_a_link_left_in_the_transcripts_place_is_replaced_not_followed(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    view = SessionTranscripts(store.transcripts, tmp_path / "workdir", "dev:acme/widget:17")
+    await view.append({"project_key": view.local, "session_id": "s"}, [{"type": "user"}])
+    config = tmp_path / "config"
+    folder = config / "projects" / view.local
+    folder.mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the agent's\n")
+    (folder / "s.jsonl").symlink_to(outside)
+    os.mkfifo(folder / "elsewhere")  # a FIFO is never read either
+    assert await materialize(view, config, "s", None)
+    assert outside.read_text() == "not the agent's\n"
+    assert not (folder / "s.jsonl").is_symlink()
+    assert (folder / "s.jsonl").read_text() == '{"type":"user"}\n'
+    (folder / "s.jsonl").unlink()
+    os.rename(folder / "elsewhere", folder / "s.jsonl")
+    assert await materialize(view, config, "s", None)
+    assert (folder / "s.jsonl").read_text() == '{"type":"user"}\n'

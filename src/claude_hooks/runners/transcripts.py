@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,11 @@ def _uuids(lines: list[Any]) -> set[str]:
 
 
 def _read_local(path: Path) -> list[Any] | None:
+    """The local transcript's entries; None unless it is a regular file (the agent may have
+    left a link or a FIFO there, which is replaced, never read)."""
     try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return None
         text = path.read_text(encoding="utf-8")
     except OSError:
         return None
