@@ -18,7 +18,7 @@ import pytest
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
-from tests.messages_standin import MessagesStandin, text, tool_use
+from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
 from tests.support import fixture, make_config
 from tests.test_claude_e2e import git
 from tests.test_workspace import Forge
@@ -34,12 +34,7 @@ def api() -> Iterator[MessagesStandin]:
 
 @pytest.fixture
 def environment(tmp_path: Path, api: MessagesStandin, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
-    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    cli_environment(api, monkeypatch, tmp_path / "home")
 
 
 async def open_node(tmp_path: Path, name: str, forge: Forge, database_url: str) -> Service:
