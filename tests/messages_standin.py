@@ -13,7 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 MODEL = "claude-sonnet-4-5"
 
@@ -317,3 +320,24 @@ class MessagesStandin:
                 self.wfile.flush()
 
         return Handler
+
+
+def cli_environment(
+    api: MessagesStandin,
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path | None = None,
+    subscription: bool = False,
+) -> None:
+    """The service's own environment (which the agents' is built from) for the real CLI: the
+    stand-in as the Messages API, an API key or a subscription login, a fresh HOME if given."""
+    if home is not None:
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+    if subscription:  # a login from `claude setup-token`: the CLI reads the usage-limit headers
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-standin")
+    else:
+        monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
+    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")

@@ -13,7 +13,7 @@ from claude_hooks.breaker import FailureKind
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
-from tests.messages_standin import MessagesStandin, error, usage_limit
+from tests.messages_standin import MessagesStandin, cli_environment, error, usage_limit
 from tests.support import instance_idle, make_config, queue_of, wait_until
 
 
@@ -30,17 +30,7 @@ async def start(
     monkeypatch: pytest.MonkeyPatch,
     subscription: bool = False,
 ) -> Service:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-    if subscription:  # a login from `claude setup-token`: the CLI reads the usage-limit headers
-        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-        monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-standin")
-    else:
-        monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
-    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    cli_environment(api, monkeypatch, tmp_path / "home", subscription)
     config = make_config(
         tmp_path,
         types={

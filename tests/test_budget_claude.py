@@ -11,7 +11,7 @@ import pytest
 from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
-from tests.messages_standin import MessagesStandin, stall
+from tests.messages_standin import MessagesStandin, cli_environment, stall
 from tests.support import instance_idle, make_config, wait_until
 
 
@@ -27,12 +27,7 @@ async def test_a_hard_budget_stops_a_running_claude_session(
     api: MessagesStandin,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
-    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    cli_environment(api, monkeypatch, tmp_path / "home")
     config = make_config(
         tmp_path,
         types={

@@ -18,7 +18,7 @@ from claude_hooks.domain import DispatchRequest, Task, TaskKind
 from claude_hooks.service import Service
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
-from tests.messages_standin import MessagesStandin, text, tool_use
+from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
 from tests.support import make_config
 from tests.test_command_runner import finished
 from tests.test_workspace import Forge, git
@@ -47,9 +47,7 @@ async def service(
     fake_forgejo: FakeForgejo,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Service:
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
-    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    cli_environment(api, monkeypatch)
     fake_forgejo.add_token(DEV_TOKEN, "dev-bot")
     fake_forgejo.add_token(REVIEWER_TOKEN, "reviewer-bot")
     fake_forgejo.add_repo(

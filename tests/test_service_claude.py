@@ -16,7 +16,7 @@ from claude_hooks.domain import Task, TaskState
 from claude_hooks.service import Service
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
-from tests.messages_standin import MessagesStandin, text, tool_use
+from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
 from tests.support import fixture, make_config
 from tests.test_claude_e2e import git
 from tests.test_workspace import Forge
@@ -37,13 +37,7 @@ async def service(
     api: MessagesStandin,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Service:
-    home = tmp_path / "home"
-    home.mkdir()
-    # The service's own environment, which the agents' environment is built from.
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-standin")
-    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    cli_environment(api, monkeypatch, tmp_path / "home")
     forge = Forge(tmp_path / "forge")
     forge.create()
     config = make_config(

@@ -92,6 +92,12 @@ class ServerConfig(_Section):
     )
     retention_interval: float = Field(3600.0, gt=0, description="seconds between retention sweeps")
     timezone: str = Field("UTC", description="IANA zone of budget days and months")
+    max_worktree_state_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest saved worktree state (a git bundle in the database) another node "
+        "can resume a session from; a larger one is not saved, with a warning",
+    )
     max_log_bytes: int = Field(
         10 * 1024 * 1024, ge=4096, description="a task's log keeps its head and tail within this"
     )

@@ -260,7 +260,12 @@ class Pool:
         self.clock = clock
         self.bus = bus or EventBus()
         self.workspaces = Workspaces(
-            config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
+            config.data_dir,
+            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
+            # Only nodes sharing a database resume each other's sessions.
+            states=store.worktree_states if store.shared else None,
+            max_state_bytes=config.server.max_worktree_state_bytes,
+            node=config.server.node,
         )
         self.workers: dict[str, Worker] = {}
         self._stranded = False
@@ -477,7 +482,12 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        result = await self.runner_for(task.type).run(self._context(task, workdir))
+        try:
+            result = await self.runner_for(task.type).run(self._context(task, workdir))
+        except asyncio.CancelledError:
+            # Stopped mid-run (the agent is gone by now): its work still moves with the session.
+            await self.workspaces.save_state(task, type_config, sandbox)
+            raise
         return await self.workspaces.deliver(task, type_config, sandbox, result)
 
     def sandbox_of(self, agent_type: str) -> Sandbox | None:

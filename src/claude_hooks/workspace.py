@@ -28,17 +28,21 @@ import re
 import shlex
 import shutil
 import signal
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
+from claude_hooks import resources
 from claude_hooks.config import TypeConfig
 from claude_hooks.domain import Task, TaskKind
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.runners.base import RunResult
 from claude_hooks.sandbox import Sandbox
+from claude_hooks.store.worktree_states import WorktreeState, WorktreeStateStore
+from claude_hooks.worktree_state import Captured, apply, capture
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ GIT_TIMEOUT = 600.0
 _PR_KINDS = (TaskKind.REVIEW_PR, TaskKind.MERGE_PR)
 _PASSED_TO_GIT = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 MAX_BUNDLE_BYTES = 2 * 1024**3
+MAX_STATE_BYTES = 64 * 1024**2
 _WORKDIR_REFSPEC = "+refs/remotes/origin/*:refs/remotes/origin/*"
 _FETCH_REFSPECS = (
     "+refs/heads/*:refs/remotes/origin/*",
@@ -60,6 +65,10 @@ RemoteUrl = Callable[[str], str]
 
 class WorkspaceError(ClaudeHooksError):
     """A workdir could not be prepared or removed (git failed, the remote has no branch...)."""
+
+
+class OutputTooLargeError(WorkspaceError):
+    """git wrote more than the limit set for it (a bundle)."""
 
 
 def key_path(session_key: str) -> Path:
@@ -127,6 +136,10 @@ class Workspaces:
 
     `remote_url(repo)` gives the URL to clone (default `<forgejo_url>/<owner>/<repo>.git`);
     tests point it at a local bare repository.
+
+    `states` (set when nodes share the database): after every run the session's worktree
+    state is saved there (`deliver`), and `prepare` restores it when this node's copy is
+    missing or older; `<data_dir>/worktree-states/<key>` holds the state this copy is at.
     """
 
     def __init__(
@@ -137,6 +150,9 @@ class Workspaces:
         git: str = "git",
         git_timeout: float = GIT_TIMEOUT,
         max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+        states: WorktreeStateStore | None = None,
+        max_state_bytes: int = MAX_STATE_BYTES,
+        node: str | None = None,
     ) -> None:
         self.root = data_dir / "workdirs"
         self.mirrors = data_dir / "mirrors"
@@ -146,6 +162,10 @@ class Workspaces:
         self.git = git
         self.git_timeout = git_timeout
         self.max_bundle_bytes = max_bundle_bytes
+        self.states = states
+        self.max_state_bytes = max_state_bytes
+        self.node = node
+        self.markers = data_dir / "worktree-states"
         self._locks: dict[str, asyncio.Lock] = {}
 
     def workdir(self, session_key: str) -> Path:
@@ -197,13 +217,16 @@ class Workspaces:
         async with self._lock(task.repo):
             mirror = await self._update_mirror(git, task.repo, url)
             branch = await self._session_branch(git, mirror, task)
-            if _found(path) == "git":
+            if await self._restore(git, mirror, path, task, branch, url):
+                pass
+            elif _found(path) == "git":
                 await self._refresh(git, mirror, path, sandbox)
                 return path
-            if path.exists():
-                log.warning("workdir %s is not a git repository: making it anew", path)
-                shutil.rmtree(path)
-            await self._clone(git, mirror, path, branch, url)
+            else:
+                if path.exists():
+                    log.warning("workdir %s is not a git repository: making it anew", path)
+                    shutil.rmtree(path)
+                await self._clone(git, mirror, path, branch, url)
         if sandbox is not None:
             sandbox.give(path)
         return path
@@ -349,12 +372,127 @@ class Workspaces:
         )
         return head.strip().removeprefix("refs/remotes/origin/") or "main"
 
+    # moving between nodes
+
+    def _marker(self, session_key: str) -> Path:
+        return self.markers / key_path(session_key)
+
+    def _marked(self, session_key: str) -> str | None:
+        """The saved state this node's copy of the workdir is at, if known."""
+        try:
+            return self._marker(session_key).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _mark(self, session_key: str, worktree: str | None) -> None:
+        marker = self._marker(session_key)
+        if worktree is None:
+            marker.unlink(missing_ok=True)
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(worktree + "\n")
+
+    async def _restore(
+        self, git: _Git, mirror: Path, path: Path, task: Task, branch: str, url: str
+    ) -> bool:
+        """Replace this node's copy by the saved state when it is missing or older; False
+        when there is nothing newer to restore, or it cannot be (then the copy stays)."""
+        key = task.session_key
+        if self.states is None:
+            return False
+        saved = await self.states.saved_worktree(key)
+        if saved is None or saved == self._marked(key):
+            return False
+        state = await self.states.get_state(key)
+        if state is None:
+            return False
+        self.bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
+        bundle = self.bundles / f"{task.id}.restore.bundle"
+        restored = path.with_name(path.name + ".restored")
+        shutil.rmtree(restored, ignore_errors=True)
+        captured = Captured(state.branch, state.head, state.worktree, state.index_commit)
+        try:
+            bundle.write_bytes(state.bundle)
+            await self._clone(git, mirror, restored, branch, url)
+            await apply(git, restored, bundle, captured)
+        except ClaudeHooksError as exc:
+            shutil.rmtree(restored, ignore_errors=True)
+            fallback = "its branch" if _found(path) == "absent" else "this node's copy"
+            log.warning(
+                "cannot restore the worktree of %s saved by node %s (%s): continuing from %s",
+                key, state.node, exc, fallback,
+            )  # fmt: skip
+            return False
+        finally:
+            bundle.unlink(missing_ok=True)
+        if _found(path) != "absent":
+            shutil.rmtree(path)
+        restored.rename(path)
+        self._mark(key, state.worktree)
+        log.info("restored the worktree of %s saved by node %s", key, state.node)
+        return True
+
+    async def save_state(
+        self, task: Task, type_config: TypeConfig, sandbox: Sandbox | None
+    ) -> int | None:
+        """Save the workdir's exact state for the next node; the bundle's size, or None if
+        nothing was saved. A state larger than `max_state_bytes` is not kept (a warning says
+        so): another node then continues from the pushed branch."""
+        key = task.session_key
+        path = self.workdir(key)
+        if self.states is None or type_config.workdir != "worktree" or _found(path) != "git":
+            return None
+        self.bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
+        scratch = self.bundles / f"{task.id}.state"
+        bundle = self.bundles / f"{task.id}.state.bundle"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(mode=0o700)
+        if sandbox is not None:
+            sandbox.give(scratch)
+        try:
+            git = self._git(None)
+            captured = await capture(git, path, sandbox, scratch, bundle, self.max_state_bytes)
+            data = bundle.read_bytes() if captured is not None else b""
+        except OutputTooLargeError:
+            log.warning(
+                "the worktree state of %s is larger than server.max_worktree_state_bytes "
+                "(%d): not saved, so another node continues from its pushed branch; raise "
+                "the limit or keep large files out of the repository (.gitignore)",
+                key, self.max_state_bytes,
+            )  # fmt: skip
+            captured = None
+        except ClaudeHooksError as exc:
+            log.warning("cannot save the worktree state of %s: %s", key, exc)
+            captured = None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            bundle.unlink(missing_ok=True)
+        try:
+            if captured is None:
+                # A state older than this copy must not be restored elsewhere.
+                await self.states.forget_state(key)
+                self._mark(key, None)
+                return None
+            state = WorktreeState(
+                key, captured.branch, captured.head, captured.worktree, captured.index_commit,
+                data, self.node, time.time(),
+            )  # fmt: skip
+            await self.states.put_state(state)
+        except Exception as exc:
+            if resources.exhausted(exc):
+                raise
+            log.exception("cannot store the worktree state of %s", key)
+            return None
+        self._mark(key, captured.worktree)
+        return len(data)
+
     # delivering
 
     async def deliver(
         self, task: Task, type_config: TypeConfig, sandbox: Sandbox | None, result: RunResult
     ) -> RunResult:
-        """After a run: push the session's branch if the agent committed to it.
+        """After a run: push the session's branch if the agent committed to it, and save the
+        workdir's state for the next node (when nodes share the database).
 
         A push that fails turns the task's result into a failure that says why.
         """
@@ -363,15 +501,19 @@ class Workspaces:
         try:
             pushed = await self.push_session(task, type_config, sandbox)
         except WorkspaceError as exc:
-            return dataclasses.replace(
+            result = dataclasses.replace(
                 result,
                 succeeded=False,
                 error=f"{result.error + '; ' if result.error else ''}"
                 f"the session's commits were not pushed: {exc}",
             )
-        if pushed:
-            details = {**result.details, "pushed": pushed}
-            return dataclasses.replace(result, details=details)
+            pushed = None
+        saved = await self.save_state(task, type_config, sandbox)
+        extra: dict[str, object] = {"pushed": pushed} if pushed else {}
+        if saved is not None:
+            extra["worktree_state_bytes"] = saved
+        if extra:
+            return dataclasses.replace(result, details={**result.details, **extra})
         return result
 
     async def push_session(
@@ -438,6 +580,9 @@ class Workspaces:
         For closed issues: uncommitted work and unpushed commits of that workdir are dropped.
         """
         path = self.workdir(session_key)
+        if self.states is not None:
+            await self.states.forget_state(session_key)
+        self._mark(session_key, None)
         if not path.exists():
             return False
         try:
@@ -598,16 +743,19 @@ class _Git:
         readable: list[Path] | None = None,
         out: IO[bytes] | None = None,
         limit: int = 0,
-    ) -> None:
+        env: dict[str, str] | None = None,
+        writable: list[Path] | None = None,
+    ) -> str:
         """git in an agent's repository: in its sandbox as the agent when it has one."""
         argv = self._argv(args, local=True)
-        env = self._env(network=False)
+        full_env = {**self._env(network=False), **(env or {})}
         if sandbox is not None:
-            env["HOME"] = "/tmp"
-            argv = sandbox.wrap(argv, path, readable=readable or [])
-        code, _, err = await self._exec(argv, env, _verb(args), out, limit, cwd=path)
+            full_env["HOME"] = "/tmp"
+            argv = sandbox.wrap(argv, path, writable=writable or [], readable=readable or [])
+        code, stdout, err = await self._exec(argv, full_env, _verb(args), out, limit, cwd=path)
         if code != 0:
             raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
+        return stdout
 
     async def run(self, *args: str | Path, network: bool = False, local: bool = False) -> str:
         code, out, err = await self._exec(self._argv(args, local), self._env(network), _verb(args))
@@ -629,7 +777,7 @@ async def _copy_capped(stream: asyncio.StreamReader, out: IO[bytes], limit: int,
     while chunk := await stream.read(65536):
         written += len(chunk)
         if limit and written > limit:
-            raise WorkspaceError(f"git {verb} wrote more than {limit} bytes")
+            raise OutputTooLargeError(f"git {verb} wrote more than {limit} bytes")
         out.write(chunk)
 
 

@@ -2,7 +2,9 @@
 
 One session per session key: the `sessions` table maps the key to the Claude session id, and
 the next task with that key resumes it (same workdir, same `CLAUDE_CONFIG_DIR`, so the CLI
-finds its transcript); a session the CLI cannot resume is replaced by a fresh one.
+finds its transcript); a session the CLI cannot resume is replaced by a fresh one. The CLI's
+transcript is mirrored into the database as it is written (`runners/transcripts.py`), so a
+node that never ran the session, or ran an older part of it, resumes it too.
 
 The CLI runs with an environment the runner chose, not the service's. The SDK (0.2.189) starts
 it with `{**os.environ, **options.env}` plus a few variables of its own, so `cli_path` is a small
@@ -65,6 +67,7 @@ from claude_hooks.capped_log import CappedLog
 from claude_hooks.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.prompting import PromptError, Prompts, prompt_context
 from claude_hooks.runners.base import RunContext, RunResult
+from claude_hooks.runners.transcripts import SessionTranscripts, materialize
 from claude_hooks.store.base import SessionRecord, Store
 from claude_hooks.workspace import current_branch, key_path
 
@@ -314,6 +317,7 @@ class ClaudeRunner:
         system: str,
         resume: str | None,
         process: _CliProcess,
+        transcripts: SessionTranscripts,
     ) -> ClaudeAgentOptions:
         config = ctx.type_config
         system_prompt: str | SystemPromptPreset
@@ -333,7 +337,11 @@ class ClaudeRunner:
             cwd=ctx.workdir,
             cli_path=self.launcher,
             env=self.cli_environment(ctx, cli),
-            resume=resume,
+            # Every entry the CLI writes is mirrored to the database; a resume reads the local
+            # transcript `_materialize` brought up to date, so the SDK is not given `resume`
+            # (with a store it would materialise into the service's /tmp: see transcripts).
+            session_store=transcripts,
+            extra_args={"resume": resume} if resume is not None else {},
             model=config.model,
             permission_mode=config.permission_mode,
             mcp_servers=servers,
@@ -404,10 +412,14 @@ class ClaudeRunner:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         self._prepare_home(ctx)
         details: dict[str, object] = {}
+        transcripts = SessionTranscripts(self.store.transcripts, ctx.workdir, task.session_key)
         record = await self.store.get_session(task.session_key)
         if record is not None:
+            await self._materialize(ctx, log, transcripts, record.claude_session_id)
             try:
-                return await self._session(ctx, log, cli, system, prompt, record, details)
+                return await self._session(
+                    ctx, log, cli, system, prompt, record, details, transcripts
+                )
             except _ResumeFailedError as failed:
                 log.event(
                     "resume_failed",
@@ -420,7 +432,22 @@ class ClaudeRunner:
                     "reason": failed.reason,
                 }
                 await self.store.forget_session(task.session_key)
-        return await self._session(ctx, log, cli, system, prompt, None, details)
+        return await self._session(ctx, log, cli, system, prompt, None, details, transcripts)
+
+    async def _materialize(
+        self, ctx: RunContext, log: TaskLog, transcripts: SessionTranscripts, session_id: str
+    ) -> None:
+        """Put the stored transcript where the CLI resumes from, if this node's is behind
+        (the session ran on another node); a store fault leaves the local one to resume."""
+        config_dir = self.state_dir(ctx.task.session_key) / "config"
+        try:
+            if await materialize(transcripts, config_dir, session_id, ctx.sandbox):
+                log.event("transcript_restored", session_id=session_id)
+        except Exception as exc:
+            if resources.exhausted(exc):
+                raise
+            logger.exception("task %s: restoring transcript %s failed", ctx.task.id, session_id)
+            log.event("transcript_restore_failed", session_id=session_id, error=repr(exc))
 
     async def _session(
         self,
@@ -431,11 +458,12 @@ class ClaudeRunner:
         prompt: str,
         record: SessionRecord | None,
         details: dict[str, object],
+        transcripts: SessionTranscripts,
     ) -> RunResult:
         """One CLI process: start or resume the session, send the prompt, read to the result."""
         resume = record.claude_session_id if record is not None else None
         process = _CliProcess(ctx, log)
-        client = ClaudeSDKClient(self._options(ctx, cli, system, resume, process))
+        client = ClaudeSDKClient(self._options(ctx, cli, system, resume, process, transcripts))
         turn = _Turn()
         started = time.monotonic()
         log.event("start", resume=resume, cwd=str(ctx.workdir), model=ctx.type_config.model)

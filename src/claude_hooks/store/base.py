@@ -18,6 +18,8 @@ from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
 from claude_hooks.store.spend import SpendStore
+from claude_hooks.store.transcripts import SqlSessionStore
+from claude_hooks.store.worktree_states import WorktreeStateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,12 @@ class Store(Protocol):
     def spend(self) -> SpendStore: ...
     @property
     def nodes(self) -> NodeStore: ...
+    @property
+    def transcripts(self) -> SqlSessionStore: ...
+    @property
+    def worktree_states(self) -> WorktreeStateStore: ...
+    @property
+    def shared(self) -> bool: ...
 
     node: str | None  # the node this process is, once its service has joined
 

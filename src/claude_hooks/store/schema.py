@@ -249,3 +249,42 @@ leaders = sa.Table(
     sa.Column("incarnation", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
+
+# Claude Code transcripts mirrored through the SDK's SessionStore, one row per entry in order;
+# `subpath` is "" for the main transcript. A `uuid` is stored once per transcript.
+transcript_entries = sa.Table(
+    "transcript_entries",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("project_key", sa.String(500), nullable=False),
+    sa.Column("session_id", sa.String(100), nullable=False),
+    sa.Column("subpath", sa.String(500), nullable=False),
+    sa.Column("uuid", sa.String(100)),
+    sa.Column("entry", sa.JSON, nullable=False),
+    sa.Column("mtime", sa.BigInteger, nullable=False),  # epoch milliseconds, when stored
+    sa.Index("ix_transcript_entries_key", "project_key", "session_id", "subpath", "id"),
+    sa.Index(
+        "ux_transcript_entries_uuid", "project_key", "session_id", "subpath", "uuid", unique=True
+    ),
+    sqlite_autoincrement=True,
+)
+
+# A session's workdir as its last run left it (commits, index, uncommitted and untracked
+# files), as a git bundle, so whichever node runs the session next continues from it.
+worktree_states = sa.Table(
+    "worktree_states",
+    metadata,
+    sa.Column("session_key", sa.String(300), primary_key=True),
+    sa.Column("branch", sa.String(255)),  # None: HEAD was detached
+    sa.Column("head", sa.String(64), nullable=False),
+    sa.Column("worktree", sa.String(64), nullable=False),
+    sa.Column("index_commit", sa.String(64), nullable=False),
+    sa.Column("bundle", sa.LargeBinary, nullable=False),
+    sa.Column("node", sa.String(63)),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

@@ -43,7 +43,9 @@ from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
+from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.upsert import upsert
+from claude_hooks.store.worktree_states import SqlWorktreeStates
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -139,7 +141,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -310,6 +312,8 @@ class SqlStore:
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
         self.node: str | None = None
+        self.transcripts = SqlSessionStore(engine, self.reader)
+        self.worktree_states = SqlWorktreeStates(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
@@ -335,6 +339,11 @@ class SqlStore:
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
         return cls(engine, reader, checkpointer)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes may use this database too (PostgreSQL; SQLite is one node's)."""
+        return self.engine.dialect.name == "postgresql"
 
     async def close(self) -> None:
         if self.checkpointer is not None:
