@@ -18,6 +18,7 @@ from claude_hooks.events import EventBus
 from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
 from claude_hooks.limits import SIGNAL_BUDGET
+from claude_hooks.listener import Listener, listen_url
 from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
 from claude_hooks.pending import PendingRetrier
@@ -28,8 +29,10 @@ from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
 from claude_hooks.sandbox import Sandbox, SandboxError
+from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,9 @@ class Service:
         self.retention = Retention(config, store, self.pool.log_path, clock)
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
+        self._poke = asyncio.Event()  # a signal was written: look at the signals table now
+        url = listen_url(config.database_url)
+        self.listener = None if url is None else Listener(url, self._heard, self._reconnected)
         self._lock = ServiceLock(config.data_dir)
 
     @classmethod
@@ -139,6 +145,8 @@ class Service:
         self.intake.sweeper.start()
         self.pending.start()
         self.retention.start()
+        if self.listener is not None:
+            self.listener.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
     @property
@@ -172,6 +180,8 @@ class Service:
             ) from None
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -187,19 +197,36 @@ class Service:
         await self.store.close()
         self._lock.release()
 
+    def _heard(self, wake: Wake) -> None:
+        if wake.kind == wakeups.SIGNAL:
+            self._poke.set()
+        else:
+            self.pool.heard(wake)
+
+    def _reconnected(self) -> None:
+        """Listening (again): one look at the signals and the queues, nothing missed."""
+        self._poke.set()
+        self.pool.wake_all()
+
     async def _watch(self) -> None:
+        """Apply the CLI's and other nodes' changes: on SQLite every poll_interval, on
+        PostgreSQL when a NOTIFY says a signal was written."""
         interval = self.config.server.poll_interval
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), interval)
+            poked = self._poke.is_set()
+            self._poke.clear()
             try:
-                await self.apply_signals()
+                await self.pool.retry_stranded()
+                if poked or self.listener is None:
+                    await self.apply_signals()
             except ClaudeHooksError as exc:
                 log.warning("could not apply a change made from the CLI: %s", exc)
             except Exception:
                 log.exception("watching for changes failed; trying again")
 
     async def apply_signals(self) -> None:
-        await self.pool.retry_stranded()
         found = await self.store.signals_after(self._last_signal)
         if not found:
             return
@@ -209,7 +236,6 @@ class Service:
             await self.pool.limits.reload()
         for signal in found:
             if signal.kind == SIGNAL_CANCEL:
-                with contextlib.suppress(ClaudeHooksError):
-                    await self.pool.cancel_task(signal.target)
+                self.pool.stop_running(signal.target)
         # Only now: signals whose handling failed are read again at the next look.
         self._last_signal = found[-1].id

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
-from claude_hooks.store import placing, reports, stealing
+from claude_hooks.store import placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
     DeliveryTally,
@@ -397,6 +397,7 @@ class SqlStore:
                     "delivery_id": task.delivery_id,
                 },
             ).scalar_one()
+            wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
         placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
         return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
@@ -415,6 +416,7 @@ class SqlStore:
             conn.execute(
                 tasks.update().where(tasks.c.id == task_id).values(agent=spot.agent, seq=_NEXT_SEQ)
             )
+            wakeups.notify(conn, wakeups.TASK, spot.agent)
             moved = conn.execute(_TASK_BY_ID, {"b_id": task_id}).one()
         return _task(moved)
 
@@ -489,6 +491,9 @@ class SqlStore:
                 return None
             rows = conn.execute(sa.select(tasks).where(tasks.c.id.in_(theft.task_ids)))
             moved = sorted((_task(row) for row in rows), key=lambda task: task.seq)
+            # The thief's node and the victim's (whose head may have moved) look again.
+            wakeups.notify(conn, wakeups.TASK, agent)
+            wakeups.notify(conn, wakeups.TASK, theft.source)
         return Stolen(theft.source, tuple(moved))
 
     async def queue_head(self, agent: str) -> str | None:
@@ -519,6 +524,8 @@ class SqlStore:
                     pid_start=None,
                 )
             )
+            if result.rowcount:
+                wakeups.notify(conn, wakeups.FREED)
             return result.rowcount > 0
 
     async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
@@ -581,6 +588,8 @@ class SqlStore:
                     started_at=None,
                 )
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(**values))
+            wakeups.notify(conn, wakeups.FREED)
+            wakeups.notify(conn, wakeups.TASK, row.agent)
             return True
 
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
@@ -704,6 +713,7 @@ class SqlStore:
     async def emit_signal(self, kind: str, target: str, now: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(signals.insert().values(kind=kind, target=target, created_at=now))
+            wakeups.notify(conn, wakeups.SIGNAL)
 
     async def signals_after(self, last_id: int) -> list[Signal]:
         with self.engine.begin() as conn:
