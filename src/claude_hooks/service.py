@@ -21,6 +21,7 @@ from claude_hooks.limits import SIGNAL_BUDGET
 from claude_hooks.listener import Listener, listen_url
 from claude_hooks.lockfile import ServiceLock
 from claude_hooks.notifier import Notifier
+from claude_hooks.outbox import Drainer
 from claude_hooks.pending import PendingRetrier
 from claude_hooks.pool import Pool
 from claude_hooks.private_files import prepare_data_dir, private_dir
@@ -74,7 +75,11 @@ class Service:
         self.intake = Intake(
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )
-        self.notifier = Notifier(config, self.forge, self.bus)
+        # The drainer posts on one node only: the lead's leadership starts and stops it.
+        self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.notifier = Notifier(
+            config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
+        )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, self.intake)
         self.retention = Retention(config, store, self.pool.log_path, clock)
@@ -141,6 +146,7 @@ class Service:
             raise
         self.forge.prepare()
         self.notifier.start()
+        self.outbox.start()
         self.ci.start()
         self.intake.sweeper.start()
         self.pending.start()
@@ -193,6 +199,7 @@ class Service:
         await self.intake.guard.stop()
         await self.pool.stop()
         await self.notifier.stop()
+        await self.outbox.stop()
         await self.forge.aclose()
         await self.store.close()
         self._lock.release()
@@ -200,6 +207,8 @@ class Service:
     def _heard(self, wake: Wake) -> None:
         if wake.kind == wakeups.SIGNAL:
             self._poke.set()
+        elif wake.kind == wakeups.OUTBOX:
+            self.outbox.wake()
         else:
             self.pool.heard(wake)
 

@@ -13,6 +13,7 @@ from typing import Protocol
 from claude_hooks.domain import AgentInstance, Task, TaskState
 from claude_hooks.store.intake import IntakeStore
 from claude_hooks.store.notes import NoteStore
+from claude_hooks.store.outbox import OutboxStore
 from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
@@ -166,6 +167,8 @@ class Store(Protocol):
     def rejections(self) -> RejectionStore: ...
     @property
     def notes(self) -> NoteStore: ...
+    @property
+    def outbox(self) -> OutboxStore: ...
     @property
     def retention(self) -> RetentionStore: ...
     @property

@@ -38,6 +38,7 @@ from claude_hooks.store.base import (
 )
 from claude_hooks.store.intake import SqlIntake
 from claude_hooks.store.notes import SqlNotes
+from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.pending import SqlPending
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
@@ -139,7 +140,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0010"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -289,6 +290,7 @@ class SqlStore:
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
+        self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader)
 
