@@ -26,6 +26,7 @@ from claude_hooks.store.base import (
     DeliveryTally,
     Histogram,
     InstanceView,
+    NodeAddress,
     Outcome,
     Placement,
     QueueEntry,
@@ -42,7 +43,7 @@ from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.pending import SqlPending
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
-from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
+from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
 from claude_hooks.store.upsert import upsert
 
@@ -447,6 +448,17 @@ class SqlStore:
         with self.reader.connect() as conn:
             row = conn.execute(_TASK_BY_ID, {"b_id": task_id}).first()
             return _task(row) if row else None
+
+    async def node_of(self, task_id: str) -> NodeAddress | None:
+        """The node that runs (or ran) a task, which has its log; None if none did."""
+        query = (
+            sa.select(tasks.c.node, nodes.c.url)
+            .select_from(tasks.outerjoin(nodes, nodes.c.name == tasks.c.node))
+            .where(tasks.c.id == task_id, tasks.c.node.is_not(None))
+        )
+        with self.reader.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else NodeAddress(row.node, row.url)
 
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]:
         query = (

@@ -49,7 +49,7 @@ from claude_hooks.web.auth import (
     token_matches,
 )
 from claude_hooks.web.login_limit import LoginLimit
-from claude_hooks.web.logs import renders_json, tail_lines
+from claude_hooks.web.logs import log_tail
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -242,8 +242,7 @@ async def _instance(service: Service, cache: QueuedCache, instance: InstanceView
     task = await service.store.get_task(instance.running) if instance.running else None
     log: list[str] = []
     if task is not None:
-        path = service.pool.log_path(task.id)
-        log = tail_lines(path, LOG_LINES, renders_json(service, task))
+        log = await log_tail(service, task, LOG_LINES)
     shown = [await cache.get(service, task_id) for task_id in instance.queue[:QUEUE_SHOWN]]
     return Instance(
         name=instance.name,
