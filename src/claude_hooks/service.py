@@ -204,6 +204,11 @@ class Service:
         await self.store.close()
         self._lock.release()
 
+    @property
+    def listening(self) -> bool:
+        """Whether NOTIFY reaches this service now; while not, it polls the signals."""
+        return self.listener is not None and self.listener.connected.is_set()
+
     def _heard(self, wake: Wake) -> None:
         if wake.kind == wakeups.SIGNAL:
             self._poke.set()
@@ -218,8 +223,8 @@ class Service:
         self.pool.wake_all()
 
     async def _watch(self) -> None:
-        """Apply the CLI's and other nodes' changes: on SQLite every poll_interval, on
-        PostgreSQL when a NOTIFY says a signal was written."""
+        """Apply the CLI's and other nodes' changes: when a NOTIFY says a signal was
+        written, or every poll_interval while not listening (SQLite, or the connection down)."""
         interval = self.config.server.poll_interval
         while True:
             with contextlib.suppress(TimeoutError):
@@ -228,7 +233,7 @@ class Service:
             self._poke.clear()
             try:
                 await self.pool.retry_stranded()
-                if poked or self.listener is None:
+                if poked or not self.listening:
                     await self.apply_signals()
             except ClaudeHooksError as exc:
                 log.warning("could not apply a change made from the CLI: %s", exc)
