@@ -45,6 +45,7 @@ def node_config(tmp_path: Path, url: str, name: str, agent_type: str, agent: str
 class Cluster:
     a: Service
     b: Service
+    gate_a: GateRunner
     gate_b: LoggingGate
     engine: sa.Engine
 
@@ -103,7 +104,7 @@ async def cluster(tmp_path: Path, pg_url: str, engine: sa.Engine) -> AsyncIterat
         assert a.listener is not None and b.listener is not None
         await asyncio.wait_for(b.listener.connected.wait(), 5)
         assert sorted(b.pool.workers) == ["rev-b"] and sorted(a.pool.workers) == ["dev-a"]
-        yield Cluster(a, b, gate_b, engine)
+        yield Cluster(a, b, gate_a, gate_b, engine)
     finally:
         gate_a.release_all()
         gate_b.release_all()
@@ -126,6 +127,23 @@ async def test_a_dispatch_on_one_node_wakes_the_worker_on_the_other(cluster: Clu
     # The next one, queued while B is idle again, starts at once too.
     second = await cluster.review(2)
     await wait_until(lambda: second in cluster.gate_b.started, WITHIN)
+
+
+async def test_a_task_ending_on_one_node_starts_the_head_waiting_for_its_key_on_the_other(
+    cluster: Cluster,
+) -> None:
+    # Sooner than the blocked head's own recheck (1 s), in each of three rounds.
+    for number in (1, 2, 3):
+        key = f"shared:acme/widget:{number}"
+        work = DispatchRequest(TaskKind.WORK_ISSUE, "acme/widget", number, key)
+        running = await cluster.a.pool.dispatch_by_type("dev", work)
+        await wait_until(lambda r=running: r in cluster.gate_a.started)
+        waiting = await cluster.a.pool.dispatch_by_type("reviewer", work)
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].blocked)
+        cluster.gate_a.release(running)
+        assert await elapsed_until(lambda w=waiting: w in cluster.gate_b.started) < 0.4
+        cluster.gate_b.release(waiting)
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
 
 
 async def test_cancel_through_the_node_that_does_not_run_the_task(
@@ -204,6 +222,10 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         assert whole.headers["x-task-state"] == "running"
         tail = await api.get(f"/api/tasks/{task_id}/log", params={"tail": 1})
         assert tail.text == "working\n"
+        # The dashboard shows the configured types' instances: nodes share one configuration.
+        cluster.a.config.types["reviewer"] = cluster.b.config.types["reviewer"]
+        overview = (await api.get("/")).text  # with the log tail of each running task
+        assert "rev-b" in overview and "checking out" in overview
 
         received: list[str] = []
         async with api.stream("GET", f"/api/tasks/{task_id}/log?follow=true") as answer:
