@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +112,10 @@ async def cluster(tmp_path: Path, pg_url: str, engine: sa.Engine) -> AsyncIterat
         await a.stop()
 
 
+def has(items: list[str], item: str) -> Callable[[], bool]:
+    return lambda: item in items
+
+
 async def elapsed_until(condition: object, timeout: float = WITHIN) -> float:
     start = time.monotonic()
     await wait_until(condition, timeout)  # type: ignore[arg-type]
@@ -137,11 +141,11 @@ async def test_a_task_ending_on_one_node_starts_the_head_waiting_for_its_key_on_
         key = f"shared:acme/widget:{number}"
         work = DispatchRequest(TaskKind.WORK_ISSUE, "acme/widget", number, key)
         running = await cluster.a.pool.dispatch_by_type("dev", work)
-        await wait_until(lambda r=running: r in cluster.gate_a.started)
+        await wait_until(has(cluster.gate_a.started, running))
         waiting = await cluster.a.pool.dispatch_by_type("reviewer", work)
         await wait_until(lambda: cluster.b.pool.workers["rev-b"].blocked)
         cluster.gate_a.release(running)
-        assert await elapsed_until(lambda w=waiting: w in cluster.gate_b.started) < 0.4
+        assert await elapsed_until(has(cluster.gate_b.started, waiting)) < 0.4
         cluster.gate_b.release(waiting)
         await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
 
