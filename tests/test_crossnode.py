@@ -116,9 +116,9 @@ def has(items: list[str], item: str) -> Callable[[], bool]:
     return lambda: item in items
 
 
-async def elapsed_until(condition: object, timeout: float = WITHIN) -> float:
+async def elapsed_until(condition: Callable[[], bool], timeout: float = WITHIN) -> float:
     start = time.monotonic()
-    await wait_until(condition, timeout)  # type: ignore[arg-type]
+    await wait_until(condition, timeout)
     return time.monotonic() - start
 
 

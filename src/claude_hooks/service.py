@@ -226,15 +226,17 @@ class Service:
         """Apply the CLI's and other nodes' changes: when a NOTIFY says a signal was
         written, or every poll_interval while not listening (SQLite, or the connection down)."""
         interval = self.config.server.poll_interval
+        due = False  # kept when applying fails, so the signals are read again next time
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), interval)
-            poked = self._poke.is_set()
+            due = due or self._poke.is_set() or not self.listening
             self._poke.clear()
             try:
                 await self.pool.retry_stranded()
-                if poked or not self.listening:
+                if due:
                     await self.apply_signals()
+                    due = False
             except ClaudeHooksError as exc:
                 log.warning("could not apply a change made from the CLI: %s", exc)
             except Exception:
