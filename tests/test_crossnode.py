@@ -18,7 +18,8 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks import control
 from claude_hooks.config import Config
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
+from claude_hooks.events import TASK_CHANGED
 from claude_hooks.service import Service
 from claude_hooks.store.schema import nodes, tasks
 from claude_hooks.store.sql import SqlStore
@@ -131,6 +132,30 @@ async def test_a_dispatch_on_one_node_wakes_the_worker_on_the_other(cluster: Clu
     # The next one, queued while B is idle again, starts at once too.
     second = await cluster.review(2)
     await wait_until(lambda: second in cluster.gate_b.started, WITHIN)
+
+
+async def test_live_views_hear_of_tasks_on_the_other_node(cluster: Cluster) -> None:
+    heard = cluster.a.bus.subscribe()
+    placed = await cluster.b.store.dispatch(
+        Task(
+            id=new_task_id(),
+            type="reviewer",
+            agent="",
+            kind=TaskKind.WORK_ISSUE,
+            session_key="reviewer:acme/widget:1",
+            repo="acme/widget",
+            number=1,
+            state=TaskState.QUEUED,
+            seq=0,
+            enqueued_at=time.time(),
+        )
+    )
+    event = await asyncio.wait_for(heard.get(), WITHIN)  # queued by B's store, heard by A
+    assert event.kind == TASK_CHANGED and event.task is None
+    await wait_until(has(cluster.gate_b.started, placed.task.id))
+    cluster.gate_b.release(placed.task.id)
+    while (await asyncio.wait_for(heard.get(), WITHIN)).kind != TASK_CHANGED:
+        pass  # its end is heard too
 
 
 async def test_a_task_ending_on_one_node_starts_the_head_waiting_for_its_key_on_the_other(

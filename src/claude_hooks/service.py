@@ -14,7 +14,7 @@ from claude_hooks.ci_watch import CiWatcher
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
 from claude_hooks.errors import ClaudeHooksError
-from claude_hooks.events import EventBus
+from claude_hooks.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
 from claude_hooks.limits import SIGNAL_BUDGET
@@ -216,6 +216,8 @@ class Service:
             self.outbox.wake()
         else:
             self.pool.heard(wake)
+            if wake.kind in (wakeups.TASK, wakeups.FREED):
+                self.bus.publish(Event(TASK_CHANGED))
 
     def _reconnected(self) -> None:
         """Listening (again): one look at the signals and the queues, nothing missed."""

@@ -34,7 +34,7 @@ from claude_hooks import __version__, task_actions
 from claude_hooks.config import ServerConfig
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
-from claude_hooks.events import Event, Subscription
+from claude_hooks.events import TASK_CHANGED, Event, Subscription
 from claude_hooks.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
 from claude_hooks.rejections import hint
 from claude_hooks.service import Service
@@ -399,7 +399,7 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
             return {"recent-deliveries", "limits"}
         if event.kind == "limits":
             return {"limits"}
-        if event.kind == "task.finished":
+        if event.kind in ("task.finished", TASK_CHANGED):
             return {"agents", "stats", "finished", "limits", "costs"}
         return {"agents", "stats"} if event.kind.startswith("task.") else set()
 
