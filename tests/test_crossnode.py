@@ -267,8 +267,15 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
             received.extend([chunk async for chunk in chunks])
         assert "".join(received) == "checking out\nworking\nstill working\n"
 
-        # A node that does not answer: a 502 that says which node and why.
+        # A node that does not answer: a 502 that says which node and why; the dashboard
+        # says so in the tail, and does not ask again at once.
         cluster.node_at("node-b", "http://127.0.0.1:9")
         gone = await api.get(f"/api/tasks/{task_id}/log")
         assert gone.status_code == 502
         assert "node-b" in gone.json()["error"] and "did not answer" in gone.json()["error"]
+        second = await cluster.review(2)
+        await wait_until(has(cluster.gate_b.started, second))
+        cluster.ran_on(second, "node-b")
+        assert "which did not answer (ConnectError" in (await api.get("/")).text
+        assert "did not answer a moment ago" in (await api.get("/")).text
+        cluster.gate_b.release(second)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -22,6 +23,10 @@ from claude_hooks.store.base import NodeAddress
 RELAYED = "x-claude-hooks-relayed"
 CONNECT_SECONDS = 2.0
 READ_SECONDS = 10.0  # for a whole log or a tail; a follow waits as long as the task runs
+# The dashboard asks for the tails of all running tasks every second: a node that did not
+# answer is not asked again for a while, or each look would wait for its timeouts.
+QUIET_SECONDS = 10.0
+_silent_until: dict[str, float] = {}  # node URL -> monotonic time
 
 
 async def home_of(service: Service, task_id: str, relayed: bool = False) -> NodeAddress | None:
@@ -109,10 +114,15 @@ async def open_relay(
 
 async def tail(service: Service, home: NodeAddress, task_id: str, count: int) -> list[str]:
     """The last `count` lines of the log at `home`, readable; a line saying why if none."""
+    now = time.monotonic()
+    if _silent_until.get(home.url or "", 0.0) > now:
+        return [f"(the log is on node {home.name}, which did not answer a moment ago)"]
     try:
         relay = await open_relay(service, home, task_id, {"tail": str(count), "format": "text"})
     except PeerUnreachableError as exc:
+        _silent_until[home.url or ""] = now + QUIET_SECONDS
         return [f"({exc})"]
+    _silent_until.pop(home.url or "", None)
     try:
         data = await relay.answer.aread()
     except httpx.HTTPError as exc:
