@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -141,3 +142,18 @@ async def test_one_node_leads_until_its_lease_runs_out(store: SqlStore) -> None:
     assert not await store.nodes.lead("cluster", one, NOW + 2 + LEASE + 1)
     await store.nodes.resign("cluster", two)
     assert await store.nodes.lead("cluster", one, NOW + 2 + LEASE + 1)
+
+
+async def test_a_node_never_holds_an_instance_of_a_type_it_does_not_run(pg_url: str) -> None:
+    store = await SqlStore.open(pg_url)
+    try:
+        await agents(store, "dev-a")
+        await agents(store, "rev-a", agent_type="reviewer")
+        devs = replace(node("devs"), types=frozenset({"dev"}))
+        await store.nodes.join(devs, NOW)
+        assert (await store.nodes.rebalance(devs, NOW)).take == ("dev-a",)
+        everything = node("all")
+        await store.nodes.join(everything, NOW)
+        assert (await store.nodes.rebalance(everything, NOW)).take == ("rev-a",)
+    finally:
+        await store.close()

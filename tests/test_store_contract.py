@@ -490,3 +490,22 @@ def test_stores_stealing_at_once_never_take_the_same_task(database_url: str) -> 
             await store.close()
 
     assert asyncio.run(owners()) == {ids[0]: name for name, ids in taken.items() if ids}
+
+
+async def test_the_outbox_keeps_comments_in_order_until_removed(store: Store) -> None:
+    first = await store.outbox.put("dev", "acme/widget", 17, "queued", NOW)
+    second = await store.outbox.put("dev", "acme/widget", 17, "started", NOW + 1)
+    other = await store.outbox.put("boss", "acme/gadget", 3, "moved", NOW + 2)
+    waiting = await store.outbox.waiting(10)
+    assert [(w.id, w.body, w.attempts, w.next_at) for w in waiting] == [
+        (first, "queued", 0, NOW),
+        (second, "started", 0, NOW + 1),
+        (other, "moved", 0, NOW + 2),
+    ]
+    assert (waiting[2].as_type, waiting[2].repo, waiting[2].number) == ("boss", "acme/gadget", 3)
+    await store.outbox.retry_at(first, NOW + 60, "forge down")
+    await store.outbox.retry_at(first, NOW + 120, "forge down")
+    await store.outbox.remove(second)
+    again = await store.outbox.waiting(1)
+    assert [(w.id, w.attempts, w.next_at) for w in again] == [(first, 2, NOW + 120)]
+    assert [w.id for w in await store.outbox.waiting(10)] == [first, other]

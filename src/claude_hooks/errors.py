@@ -58,3 +58,7 @@ class UnknownTaskError(NotFoundError):
 
 class ConflictError(ClaudeHooksError):
     """The request conflicts with the current state."""
+
+
+class PeerUnreachableError(ClaudeHooksError):
+    """Another node holds what was asked for (a task's log) and did not answer."""

@@ -12,10 +12,14 @@ from typing import Any
 
 from claude_hooks.domain import Task
 
+# Heard through the database: a task was queued, moved or ended on some node (maybe another
+# one), so live views look again; it names no task, and nothing is posted for it.
+TASK_CHANGED = "task.changed"
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # task.queued | task.started | task.finished | task.moved | delivery
+    kind: str  # task.queued | task.started | task.finished | task.moved | task.changed | delivery
     task: Task | None = None
     data: dict[str, Any] = field(default_factory=dict)
 

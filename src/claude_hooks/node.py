@@ -71,6 +71,7 @@ class Node:
             url=server.node_url,
             capacity=server.capacity,
             lease_seconds=server.lease_seconds,
+            types=frozenset(config.types),
         )
         self.leading = False
         self._renewed = 0.0  # monotonic time of the last renewed lease

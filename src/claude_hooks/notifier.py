@@ -1,7 +1,8 @@
 """Comments on the forge about each task: queued (where, at what position), started, finished.
 
-Posting happens in the background from the event bus, so a slow or failing forge never holds
-up a webhook answer or a worker; a comment that cannot be posted is logged and dropped.
+The notifier decides each comment from the event bus and writes it to the outbox table at
+once; `outbox.Drainer` posts it. So a slow or failing forge never holds up a webhook answer
+or a worker, and a comment decided before a crash or a restart is still posted after it.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from claude_hooks.config import Config
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.events import Event, EventBus
 from claude_hooks.flows import ForgeComment
 from claude_hooks.forge import Forge
-from claude_hooks.forgejo.client import ForgejoError
+from claude_hooks.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -64,41 +66,56 @@ def _finished(task: Task, what: str) -> str:
 
 
 class Notifier:
-    def __init__(self, config: Config, forge: Forge, bus: EventBus) -> None:
+    """Writes the comment each event calls for to the outbox; `written` wakes the drainer."""
+
+    def __init__(
+        self,
+        config: Config,
+        forge: Forge,
+        bus: EventBus,
+        outbox: OutboxStore,
+        clock: Callable[[], float],
+        written: Callable[[], None],
+    ) -> None:
         self.config = config
         self.forge = forge
+        self.outbox = outbox
+        self.clock = clock
+        self.written = written
         self.subscription = bus.subscribe(10_000)
         self._task: asyncio.Task[None] | None = None
-        self.posted = 0
-        self.failed = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="forge-notifier")
 
     async def stop(self) -> None:
+        """Write what is still on the bus, then stop: a clean stop keeps every comment."""
         self.subscription.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        while not self.subscription.queue.empty():
+            await self._keep(self.subscription.queue.get_nowait())
 
     async def _run(self) -> None:
         while True:
-            event = await self.subscription.get()
-            comment = self._comment_for(event)
-            if comment is None:
-                continue
-            try:
-                await self.forge.comment(
-                    comment.as_type, comment.repo, comment.number, comment.body
-                )
-                self.posted += 1
-            except ForgejoError as exc:
-                self.failed += 1
-                log.warning("could not comment on %s#%d: %s", comment.repo, comment.number, exc)
-            except Exception:
-                self.failed += 1
-                log.exception("could not comment on %s#%d", comment.repo, comment.number)
+            await self._keep(await self.subscription.get())
+
+    async def _keep(self, event: Event) -> None:
+        comment = self._comment_for(event)
+        if comment is None:
+            return
+        try:
+            await self.outbox.put(
+                comment.as_type, comment.repo, comment.number, comment.body, self.clock()
+            )
+        except Exception:
+            log.exception(
+                "could not keep the comment on %s#%d for posting", comment.repo, comment.number
+            )
+            return
+        self.written()
 
     def _comment_for(self, event: Event) -> ForgeComment | None:
         if not self.forge.enabled:

@@ -18,6 +18,7 @@ from pathlib import Path
 from claude_hooks import processes, resources
 from claude_hooks.agent_env import agent_environment
 from claude_hooks.config import Config
+from claude_hooks.control import SIGNAL_CANCEL
 from claude_hooks.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.events import Event, EventBus
@@ -27,7 +28,9 @@ from claude_hooks.limits import Limits
 from claude_hooks.private_files import private_dir, private_file
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.sandbox import Sandbox
+from claude_hooks.store import wakeups
 from claude_hooks.store.base import Outcome, QueueEntry, Store
+from claude_hooks.store.wakeups import Wake
 from claude_hooks.workspace import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
@@ -415,7 +418,8 @@ class Pool:
 
     def _wake_thieves(self, agent_type: str) -> None:
         """A task waits behind another: idle instances of a stealing type look at once."""
-        if self.config.types[agent_type].rebalance != "steal":
+        type_config = self.config.types.get(agent_type)
+        if type_config is None or type_config.rebalance != "steal":
             return
         for worker in self.get_workers_by_type(agent_type):
             if worker.idle:
@@ -430,6 +434,20 @@ class Pool:
             log.info("task %s moved from %s to %s, idle", task.id, stolen.source, task.agent)
             self.bus.publish(Event("task.moved", task, {"from": stolen.source}))
         return True
+
+    def heard(self, wake: Wake) -> None:
+        """A wake-up from another node (or this one) through the database: look again."""
+        if wake.kind == wakeups.TASK:
+            self._wake(wake.target)
+        elif wake.kind == wakeups.BUSY:
+            self._wake_thieves(wake.target)
+        elif wake.kind == wakeups.FREED:
+            self._key_freed()
+
+    def wake_all(self) -> None:
+        """Every worker looks again (wake-ups may have been missed while not listening)."""
+        for worker in self.workers.values():
+            worker.wake()
 
     def _wake(self, agent: str) -> None:
         worker = self.workers.get(agent)
@@ -538,21 +556,29 @@ class Pool:
             assert task is not None
         if task.state is TaskState.RUNNING:
             await self.store.request_cancel(task_id)
-            worker = self.workers.get(task.agent)
-            if worker is not None and worker.current is not None and worker.current.id == task_id:
-                worker.cancel_current()
+            if not self.stop_running(task_id):
+                # Run by another node (or not yet seen here): its listener stops it.
+                await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
             return CancelResult(task_id, TaskState.RUNNING, task.agent)
         raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+
+    def stop_running(self, task_id: str) -> bool:
+        """Stop the task if one of this node's workers runs it; False if none does."""
+        for worker in self.workers.values():
+            if worker.current is not None and worker.current.id == task_id:
+                return worker.cancel_current()
+        return False
 
     async def publish_finished(self, task_id: str) -> None:
         task = await self.store.get_task(task_id)
         if task is not None:
             self.bus.publish(Event("task.finished", task))
 
-    async def cancel_agent(self, name: str) -> str:
-        worker = self.get_worker(name)
-        current = worker.current
-        if current is None:
-            raise ConflictError(f"agent {name!r} is idle: it has no task to cancel")
-        await self.cancel_task(current.id)
-        return current.id
+    async def running_on(self, name: str) -> str:
+        """The id of the task instance `name` runs, on whichever node holds it."""
+        for instance in await self.store.instances():
+            if instance.name == name:
+                if instance.running is None:
+                    raise ConflictError(f"agent {name!r} is idle: it has no task to cancel")
+                return instance.running
+        raise UnknownAgentError(name)

@@ -14,13 +14,15 @@ from claude_hooks.ci_watch import CiWatcher
 from claude_hooks.config import Config
 from claude_hooks.control import SIGNAL_AGENTS, SIGNAL_CANCEL
 from claude_hooks.errors import ClaudeHooksError
-from claude_hooks.events import EventBus
+from claude_hooks.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.forge import Forge
 from claude_hooks.intake import Intake
 from claude_hooks.limits import SIGNAL_BUDGET
+from claude_hooks.listener import Listener, listen_url
 from claude_hooks.lockfile import ServiceLock
 from claude_hooks.node import Node
 from claude_hooks.notifier import Notifier
+from claude_hooks.outbox import Drainer
 from claude_hooks.pending import PendingRetrier
 from claude_hooks.pool import Pool
 from claude_hooks.private_files import prepare_data_dir, private_dir
@@ -29,8 +31,10 @@ from claude_hooks.runners.base import AgentRunner
 from claude_hooks.runners.command import CommandRunner
 from claude_hooks.runners.merge import MergeRunner
 from claude_hooks.sandbox import Sandbox, SandboxError
+from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +76,21 @@ class Service:
         self.intake = Intake(
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )
-        self.notifier = Notifier(config, self.forge, self.bus)
+        # Comments are posted by one node: the leader (see `node`).
+        self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.notifier = Notifier(
+            config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
+        )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, self.intake)
         self.retention = Retention(config, store, self.pool.log_path, clock)
-        # CI polling and pending deliveries run on the node that leads; the rest on each node.
-        self.node = Node(config, store, self.pool, [self.ci, self.pending], clock)
+        # CI polling, pending deliveries and posting comments run on the node that leads.
+        self.node = Node(config, store, self.pool, [self.ci, self.pending, self.outbox], clock)
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
+        self._poke = asyncio.Event()  # a signal was written: look at the signals table now
+        url = listen_url(config.database_url)
+        self.listener = None if url is None else Listener(url, self._heard, self._reconnected)
         self._lock = ServiceLock(config.data_dir)
 
     @classmethod
@@ -143,6 +154,8 @@ class Service:
         await self.node.start()
         self.intake.sweeper.start()
         self.retention.start()
+        if self.listener is not None:
+            self.listener.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
 
     @property
@@ -176,6 +189,8 @@ class Service:
             ) from None
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -187,23 +202,52 @@ class Service:
         await self.pool.stop()
         await self.node.leave()
         await self.notifier.stop()
+        await self.outbox.stop()
         await self.forge.aclose()
         await self.store.close()
         self._lock.release()
 
+    @property
+    def listening(self) -> bool:
+        """Whether NOTIFY reaches this service now; while not, it polls the signals."""
+        return self.listener is not None and self.listener.connected.is_set()
+
+    def _heard(self, wake: Wake) -> None:
+        if wake.kind == wakeups.SIGNAL:
+            self._poke.set()
+        elif wake.kind == wakeups.OUTBOX:
+            self.outbox.wake()
+        else:
+            self.pool.heard(wake)
+            if wake.kind in (wakeups.TASK, wakeups.FREED):
+                self.bus.publish(Event(TASK_CHANGED))
+
+    def _reconnected(self) -> None:
+        """Listening (again): one look at the signals and the queues, nothing missed."""
+        self._poke.set()
+        self.pool.wake_all()
+
     async def _watch(self) -> None:
+        """Apply the CLI's and other nodes' changes: when a NOTIFY says a signal was
+        written, or every poll_interval while not listening (SQLite, or the connection down)."""
         interval = self.config.server.poll_interval
+        due = False  # kept when applying fails, so the signals are read again next time
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), interval)
+            due = due or self._poke.is_set() or not self.listening
+            self._poke.clear()
             try:
-                await self.apply_signals()
+                await self.pool.retry_stranded()
+                if due:
+                    await self.apply_signals()
+                    due = False
             except ClaudeHooksError as exc:
                 log.warning("could not apply a change made from the CLI: %s", exc)
             except Exception:
                 log.exception("watching for changes failed; trying again")
 
     async def apply_signals(self) -> None:
-        await self.pool.retry_stranded()
         found = await self.store.signals_after(self._last_signal)
         if not found:
             return
@@ -214,7 +258,6 @@ class Service:
             await self.pool.limits.reload()
         for signal in found:
             if signal.kind == SIGNAL_CANCEL:
-                with contextlib.suppress(ClaudeHooksError):
-                    await self.pool.cancel_task(signal.target)
+                self.pool.stop_running(signal.target)
         # Only now: signals whose handling failed are read again at the next look.
         self._last_signal = found[-1].id

@@ -14,6 +14,7 @@ from claude_hooks.domain import AgentInstance, Task, TaskState
 from claude_hooks.store.intake import IntakeStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
+from claude_hooks.store.outbox import OutboxStore
 from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
@@ -77,6 +78,14 @@ class InstanceView:
         if self.running is not None:
             return "busy"
         return "idle" if self.enabled else "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """A node by name, and where its API answers (None until it said)."""
+
+    name: str
+    url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +170,8 @@ class Store(Protocol):
     @property
     def notes(self) -> NoteStore: ...
     @property
+    def outbox(self) -> OutboxStore: ...
+    @property
     def retention(self) -> RetentionStore: ...
     @property
     def spend(self) -> SpendStore: ...
@@ -192,6 +203,7 @@ class Store(Protocol):
     async def reassign_task(self, task_id: str) -> Task | None: ...
     async def orphaned_tasks(self) -> list[QueueEntry]: ...
     async def get_task(self, task_id: str) -> Task | None: ...
+    async def node_of(self, task_id: str) -> NodeAddress | None: ...
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]: ...
     async def count_tasks(self, where: TaskFilter) -> int: ...
     async def claim_next(self, agent: str, now: float) -> Claim: ...

@@ -48,6 +48,7 @@ class NodeInfo:
     url: str | None
     capacity: int
     lease_seconds: float
+    types: frozenset[str] = frozenset()  # the types its configuration runs; empty: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,10 +257,24 @@ class SqlNodes:
             running = set(
                 conn.scalars(sa.select(tasks.c.agent).where(tasks.c.state == _RUNNING)).all()
             )
+            # An instance of a type this node's configuration lacks is, to this node, one it
+            # cannot run: it never takes one and lets go of any it holds.
             leases = [
-                Lease(row.name, bool(row.enabled), row.node, row.pinned_node, row.name in running)
+                Lease(
+                    row.name,
+                    bool(row.enabled) and (not node.types or row.type in node.types),
+                    row.node,
+                    row.pinned_node,
+                    row.name in running,
+                )
                 for row in conn.execute(
-                    sa.select(agents.c.name, agents.c.enabled, agents.c.node, agents.c.pinned_node)
+                    sa.select(
+                        agents.c.name,
+                        agents.c.type,
+                        agents.c.enabled,
+                        agents.c.node,
+                        agents.c.pinned_node,
+                    )
                 )
             ]
             me = next(m for m in members if m.name == node.name)

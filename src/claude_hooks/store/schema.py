@@ -288,3 +288,19 @@ worktree_states = sa.Table(
     sa.Column("node", sa.String(63)),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+# Forge comments decided but not yet posted: the drainer posts them in id order and deletes
+# each once posted, so a crash or restart loses none.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("as_type", sa.String(63), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_at", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+)

@@ -20,12 +20,13 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
-from claude_hooks.store import placing, reports, stealing
+from claude_hooks.store import placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
     DeliveryTally,
     Histogram,
     InstanceView,
+    NodeAddress,
     Outcome,
     Placement,
     QueueEntry,
@@ -38,10 +39,11 @@ from claude_hooks.store.base import (
 from claude_hooks.store.intake import SqlIntake
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
+from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.pending import SqlPending
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
-from claude_hooks.store.schema import agents, cursors, sessions, signals, tasks
+from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.upsert import upsert
@@ -141,7 +143,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -306,6 +308,7 @@ class SqlStore:
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
+        self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader)
         self.nodes = SqlNodes(engine, self.reader)
@@ -435,6 +438,7 @@ class SqlStore:
                     "delivery_id": task.delivery_id,
                 },
             ).scalar_one()
+            wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
         placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
         return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
@@ -453,6 +457,7 @@ class SqlStore:
             conn.execute(
                 tasks.update().where(tasks.c.id == task_id).values(agent=spot.agent, seq=_NEXT_SEQ)
             )
+            wakeups.notify(conn, wakeups.TASK, spot.agent)
             moved = conn.execute(_TASK_BY_ID, {"b_id": task_id}).one()
         return _task(moved)
 
@@ -481,6 +486,17 @@ class SqlStore:
         with self.reader.connect() as conn:
             row = conn.execute(_TASK_BY_ID, {"b_id": task_id}).first()
             return _task(row) if row else None
+
+    async def node_of(self, task_id: str) -> NodeAddress | None:
+        """The node that runs (or ran) a task, which has its log; None if none did."""
+        query = (
+            sa.select(tasks.c.node, nodes.c.url)
+            .select_from(tasks.outerjoin(nodes, nodes.c.name == tasks.c.node))
+            .where(tasks.c.id == task_id, tasks.c.node.is_not(None))
+        )
+        with self.reader.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else NodeAddress(row.node, row.url)
 
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]:
         query = (
@@ -533,6 +549,9 @@ class SqlStore:
                 return None
             rows = conn.execute(sa.select(tasks).where(tasks.c.id.in_(theft.task_ids)))
             moved = sorted((_task(row) for row in rows), key=lambda task: task.seq)
+            # The thief's node and the victim's (whose head may have moved) look again.
+            wakeups.notify(conn, wakeups.TASK, agent)
+            wakeups.notify(conn, wakeups.TASK, theft.source)
         return Stolen(theft.source, tuple(moved))
 
     async def queue_head(self, agent: str) -> str | None:
@@ -565,9 +584,10 @@ class SqlStore:
                     claude_session_id=outcome.claude_session_id,
                     pid=None,
                     pid_start=None,
-                    node=None,
                 )
             )
+            if result.rowcount:
+                wakeups.notify(conn, wakeups.FREED)
             return result.rowcount > 0
 
     async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
@@ -628,6 +648,8 @@ class SqlStore:
                     started_at=None,
                 )
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(**values))
+            wakeups.notify(conn, wakeups.FREED)
+            wakeups.notify(conn, wakeups.TASK, row.agent)
             return True
 
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
@@ -725,6 +747,7 @@ class SqlStore:
     async def emit_signal(self, kind: str, target: str, now: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(signals.insert().values(kind=kind, target=target, created_at=now))
+            wakeups.notify(conn, wakeups.SIGNAL)
 
     async def signals_after(self, last_id: int) -> list[Signal]:
         with self.engine.begin() as conn:

@@ -161,10 +161,9 @@ async def cancel_agent(
 ) -> dict[str, Any]:
     if not agent:
         raise InvalidInputError("query parameter 'agent' is required: POST /cancel?agent=NAME")
-    current = service.pool.get_worker(agent).current
-    if current is not None:
-        await service.store.notes.set_cancelled_by(
-            current.id, f"{_who(request)} (POST /cancel?agent={agent})"
-        )
-    task_id = await service.pool.cancel_agent(agent)
-    return {"cancelled": task_id, "agent": agent}
+    running = await service.pool.running_on(agent)
+    await service.store.notes.set_cancelled_by(
+        running, f"{_who(request)} (POST /cancel?agent={agent})"
+    )
+    await service.pool.cancel_task(running)
+    return {"cancelled": running, "agent": agent}

@@ -19,6 +19,7 @@ from claude_hooks.errors import (
     InvalidInputError,
     NoInstanceError,
     NotFoundError,
+    PeerUnreachableError,
 )
 from claude_hooks.service import Service
 from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
@@ -34,6 +35,7 @@ _STATUS: list[tuple[type[ClaudeHooksError], int]] = [
     (NoInstanceError, 409),
     (InvalidInputError, 400),
     (ConfigError, 400),
+    (PeerUnreachableError, 502),
 ]
 
 

@@ -34,7 +34,7 @@ from claude_hooks import __version__, task_actions
 from claude_hooks.config import ServerConfig
 from claude_hooks.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
-from claude_hooks.events import Event, Subscription
+from claude_hooks.events import TASK_CHANGED, Event, Subscription
 from claude_hooks.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
 from claude_hooks.rejections import hint
 from claude_hooks.service import Service
@@ -49,7 +49,7 @@ from claude_hooks.web.auth import (
     token_matches,
 )
 from claude_hooks.web.login_limit import LoginLimit
-from claude_hooks.web.logs import renders_json, tail_lines
+from claude_hooks.web.logs import log_tail
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -244,8 +244,7 @@ async def _instance(service: Service, cache: QueuedCache, instance: InstanceView
     task = await service.store.get_task(instance.running) if instance.running else None
     log: list[str] = []
     if task is not None:
-        path = service.pool.log_path(task.id)
-        log = tail_lines(path, LOG_LINES, renders_json(service, task))
+        log = await log_tail(service, task, LOG_LINES)
     shown = [await cache.get(service, task_id) for task_id in instance.queue[:QUEUE_SHOWN]]
     return Instance(
         name=instance.name,
@@ -409,7 +408,7 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
             return {"recent-deliveries", "limits"}
         if event.kind == "limits":
             return {"limits"}
-        if event.kind == "task.finished":
+        if event.kind in ("task.finished", TASK_CHANGED):
             return {"agents", "stats", "finished", "limits", "costs"}
         return {"agents", "stats"} if event.kind.startswith("task.") else set()
 

@@ -8,6 +8,7 @@ results), which is what the dashboard shows; `raw` is the file as written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from claude_hooks.domain import Task
+from claude_hooks.domain import Task, TaskState
 from claude_hooks.errors import UnknownTaskError
 from claude_hooks.events import Subscription
 from claude_hooks.service import Service
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.peer_logs import RELAYED, home_of, open_relay
+from claude_hooks.web.peer_logs import tail as peer_tail
 
 router = APIRouter(dependencies=[Depends(require_token)])
 
@@ -289,12 +292,24 @@ async def task_log(
     task = await service.store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
-    path = service.pool.log_path(task.id)
-    offset = tail_offset(path, tail) if tail is not None else 0
-    renderer = _Renderer(format == "text" and renders_json(service, task))
     closing: asyncio.Event = request.app.state.closing
+    relayed = RELAYED in request.headers
+    if follow and task.state is TaskState.QUEUED and not relayed:
+        # Where it will run, and so where its log will be, is known once it starts.
+        task = await _started(service, closing, task)
+    home = await home_of(service, task.id, relayed)
+    if home is not None:
+        params = {"follow": str(follow).lower(), "format": format}
+        if tail is not None:
+            params["tail"] = str(tail)
+        body = (await open_relay(service, home, task.id, params)).chunks(closing)
+    else:
+        path = service.pool.log_path(task.id)
+        offset = tail_offset(path, tail) if tail is not None else 0
+        renderer = _Renderer(format == "text" and renders_json(service, task))
+        body = _stream(service, closing, task, offset, renderer, follow)
     return StreamingResponse(
-        _stream(service, closing, task, offset, renderer, follow),
+        body,
         media_type="text/plain; charset=utf-8",
         headers={
             "Cache-Control": "no-cache",
@@ -302,3 +317,24 @@ async def task_log(
             "X-Task-State": task.state.value,
         },
     )
+
+
+async def _started(service: Service, closing: asyncio.Event, task: Task) -> Task:
+    """The task once it has left its queue (or as it is when the server closes)."""
+    while task.state is TaskState.QUEUED and not closing.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(closing.wait(), FOLLOW_POLL)
+        current = await service.store.get_task(task.id)
+        if current is None:
+            break
+        task = current
+    return task
+
+
+async def log_tail(service: Service, task: Task, count: int) -> list[str]:
+    """The last `count` readable lines of a task's log, from whichever node has it."""
+    home = await home_of(service, task.id)
+    if home is not None:
+        lines = await peer_tail(service, home, task.id, count)
+        return [_short(line, 240) if len(line) > 240 else line for line in lines]
+    return tail_lines(service.pool.log_path(task.id), count, renders_json(service, task))

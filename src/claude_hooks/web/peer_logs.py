@@ -1,0 +1,132 @@
+"""Logs of tasks another node runs or ran: relayed from that node's API, which has the file.
+
+A task's log is a file in the data dir of the node that ran it (`tasks.node`). A node asked
+for a log it does not have sends the same request to that node's API (`nodes.url`, from its
+`server.advertise_url`) with the API token, marked as relayed so that it is never relayed a
+second time, and streams the answer through, a live follow included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import httpx
+
+from claude_hooks.errors import PeerUnreachableError
+from claude_hooks.service import Service
+from claude_hooks.store.base import NodeAddress
+
+RELAYED = "x-claude-hooks-relayed"
+CONNECT_SECONDS = 2.0
+READ_SECONDS = 10.0  # for a whole log or a tail; a follow waits as long as the task runs
+# The dashboard asks for the tails of all running tasks every second: a node that did not
+# answer is not asked again for a while, or each look would wait for its timeouts.
+QUIET_SECONDS = 10.0
+_silent_until: dict[str, float] = {}  # node URL -> monotonic time
+
+
+async def home_of(service: Service, task_id: str, relayed: bool = False) -> NodeAddress | None:
+    """The other node that has the task's log; None when this node has it (or should)."""
+    if relayed:
+        return None
+    home = await service.store.node_of(task_id)
+    return None if home is None or home.name == service.config.server.node else home
+
+
+class Relay:
+    """An open answer of another node to a log request."""
+
+    def __init__(self, client: httpx.AsyncClient, answer: httpx.Response) -> None:
+        self.client = client
+        self.answer = answer
+
+    async def chunks(self, closing: asyncio.Event) -> AsyncIterator[bytes]:
+        """The answer's bytes as they come, until it ends or this server closes."""
+        stream = self.answer.aiter_raw()
+        closed = asyncio.ensure_future(closing.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(stream))
+                await asyncio.wait({following, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                    return
+                try:
+                    yield following.result()
+                except StopAsyncIteration:
+                    return
+        except httpx.HTTPError:
+            return  # the other node went away mid-answer: what came is what there is
+        finally:
+            closed.cancel()
+            await self.close()
+
+    async def close(self) -> None:
+        await self.answer.aclose()
+        await self.client.aclose()
+
+
+async def open_relay(
+    service: Service, home: NodeAddress, task_id: str, params: dict[str, str]
+) -> Relay:
+    """Ask `home` for the log; PeerUnreachableError (a 502) if it cannot answer."""
+    where = f"the log of task {task_id} is on node {home.name}"
+    if not home.url:
+        raise PeerUnreachableError(
+            f"{where}, which has not said where its API answers: set server.advertise_url "
+            "on that node (or server.host to an address this node can reach)"
+        )
+    follow = params.get("follow") == "true"
+    token = service.config.server.api_token
+    headers = {RELAYED: "1"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(None if follow else READ_SECONDS, connect=CONNECT_SECONDS)
+    )
+    url = f"{home.url}/api/tasks/{quote(task_id, safe='')}/log"
+    try:
+        answer = await client.send(
+            client.build_request("GET", url, params=params, headers=headers), stream=True
+        )
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        raise PeerUnreachableError(
+            f"{where} ({home.url}), which did not answer ({exc.__class__.__name__}: {exc}); "
+            "try again when it is up"
+        ) from None
+    if answer.status_code != 200:
+        body = (await answer.aread())[:300].decode("utf-8", "replace")
+        await answer.aclose()
+        await client.aclose()
+        raise PeerUnreachableError(
+            f"{where} ({home.url}), which answered {answer.status_code}: {body} (do the "
+            "nodes share one server.api_token?)"
+        )
+    return Relay(client, answer)
+
+
+async def tail(service: Service, home: NodeAddress, task_id: str, count: int) -> list[str]:
+    """The last `count` lines of the log at `home`, readable; a line saying why if none."""
+    now = time.monotonic()
+    if _silent_until.get(home.url or "", 0.0) > now:
+        return [f"(the log is on node {home.name}, which did not answer a moment ago)"]
+    try:
+        relay = await open_relay(service, home, task_id, {"tail": str(count), "format": "text"})
+    except PeerUnreachableError as exc:
+        _silent_until[home.url or ""] = now + QUIET_SECONDS
+        return [f"({exc})"]
+    _silent_until.pop(home.url or "", None)
+    try:
+        data = await relay.answer.aread()
+    except httpx.HTTPError as exc:
+        return [f"(the log of task {task_id} on node {home.name} could not be read: {exc})"]
+    finally:
+        await relay.close()
+    return data.decode("utf-8", "replace").splitlines()[-count:]
