@@ -13,6 +13,7 @@ from claude_hooks.domain import TaskState
 from claude_hooks.errors import ConflictError
 from claude_hooks.store.base import Outcome
 from claude_hooks.store.nodes import NodeInfo
+from claude_hooks.store.schema import agents as agents_table
 from claude_hooks.store.sql import SqlStore
 from tests.support import queue_of
 from tests.test_store_contract import NOW, agents, new_task
@@ -155,5 +156,31 @@ async def test_a_node_never_holds_an_instance_of_a_type_it_does_not_run(pg_url: 
         everything = node("all")
         await store.nodes.join(everything, NOW)
         assert (await store.nodes.rebalance(everything, NOW)).take == ("rev-a",)
+    finally:
+        await store.close()
+
+
+async def test_each_node_prunes_only_the_logs_on_its_own_disk(pg_url: str) -> None:
+    store = await SqlStore.open(pg_url)
+    try:
+        await agents(store, "dev-a", "dev-b")
+        with store.engine.begin() as conn:  # one holds dev-a, two holds dev-b
+            for name, holder in (("dev-a", "one"), ("dev-b", "two")):
+                conn.execute(
+                    agents_table.update().where(agents_table.c.name == name).values(node=holder)
+                )
+        ran = {}
+        for number in (1, 2):
+            task = (await store.dispatch(new_task(number))).task
+            store.node = "one" if task.agent == "dev-a" else "two"
+            claimed = (await store.claim_next(task.agent, NOW)).task
+            assert claimed is not None and claimed.id == task.id
+            assert await store.finish_task(task.id, Outcome(TaskState.SUCCEEDED), NOW + 1)
+            ran[store.node] = task.id
+        never = (await store.dispatch(new_task(3))).task  # cancelled before any node ran it
+        await store.cancel_queued(never.id, "cancelled while queued", NOW + 1)
+        later = NOW + 10
+        assert await store.retention.unpruned_logs(later, 10, "one") == [ran["one"], never.id]
+        assert await store.retention.unpruned_logs(later, 10, "two") == [ran["two"], never.id]
     finally:
         await store.close()

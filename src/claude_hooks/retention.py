@@ -84,7 +84,8 @@ class Retention:
         store = self.store.retention
         logs = 0
         while True:
-            ids = await store.unpruned_logs(before, BATCH)
+            # Each node prunes the logs on its own disk (its tasks' logs stay on it).
+            ids = await store.unpruned_logs(before, BATCH, self.store.node)
             for task_id in ids:
                 # Gone first, marked after: a crash in between only repeats an unlink.
                 self.log_path(task_id).unlink(missing_ok=True)

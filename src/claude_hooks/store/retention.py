@@ -14,7 +14,9 @@ _FINISHED = [state.value for state in TaskState if state.finished]
 
 
 class RetentionStore(Protocol):
-    async def unpruned_logs(self, before: float, limit: int) -> list[str]: ...
+    async def unpruned_logs(
+        self, before: float, limit: int, node: str | None = None
+    ) -> list[str]: ...
     async def mark_logs_pruned(self, task_ids: Iterable[str], now: float) -> None: ...
     async def prune_deliveries(self, before: float, now: float) -> int: ...
     async def drop_rejections(self, before: float) -> int: ...
@@ -27,8 +29,9 @@ class SqlRetention:
         self.engine = engine
         self.reader = reader
 
-    async def unpruned_logs(self, before: float, limit: int) -> list[str]:
-        """Tasks that finished before `before` and whose log has not been pruned yet."""
+    async def unpruned_logs(self, before: float, limit: int, node: str | None = None) -> list[str]:
+        """Tasks that finished before `before` and whose log has not been pruned yet; with a
+        `node`, only those whose log file is on that node (it ran them, or none did)."""
         query = (
             sa.select(tasks.c.id)
             .select_from(tasks.outerjoin(task_notes, task_notes.c.task_id == tasks.c.id))
@@ -36,6 +39,7 @@ class SqlRetention:
                 tasks.c.state.in_(_FINISHED),
                 tasks.c.finished_at < before,
                 task_notes.c.log_pruned_at.is_(None),
+                sa.true() if node is None else sa.or_(tasks.c.node == node, tasks.c.node.is_(None)),
             )
             .order_by(tasks.c.finished_at)
             .limit(limit)
