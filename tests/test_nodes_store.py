@@ -178,7 +178,7 @@ async def test_each_node_prunes_only_the_logs_on_its_own_disk(pg_url: str) -> No
             assert await store.finish_task(task.id, Outcome(TaskState.SUCCEEDED), NOW + 1)
             ran[store.node] = task.id
         never = (await store.dispatch(new_task(3))).task  # cancelled before any node ran it
-        await store.cancel_queued(never.id, "cancelled while queued", NOW + 1)
+        await store.cancel_queued(never.id, "cancelled while queued", NOW + 2)
         later = NOW + 10
         assert await store.retention.unpruned_logs(later, 10, "one") == [ran["one"], never.id]
         assert await store.retention.unpruned_logs(later, 10, "two") == [ran["two"], never.id]
