@@ -329,6 +329,27 @@ async def test_intake_store(store: Store) -> None:
     assert not await intake.merge_into(task_id, {"too": "late"})
 
 
+async def test_issue_guard_counts_the_issue_and_its_agent_pull_requests(store: Store) -> None:
+    spend = store.spend
+    await agents(store, "dev-a")
+    for number in (1, 5, 7):  # 5 is an agent's pull request for issue 1; 7 is unrelated
+        await store.dispatch(new_task(number))
+    await store.intake.put_pull_link(PullLink("acme/widget", 5, "dev", 1, "abc", True), NOW)
+    assert await spend.issue_usage("acme/widget", 1, 0.0) == (2, 0.0)
+    assert await spend.issue_usage("acme/widget", 1, NOW + 2) == (1, 0.0)  # since: only #5
+    assert await spend.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
+    assert await spend.guard("acme/widget", 1) is None
+    assert await spend.add_review_round("acme/widget", 1) == 1
+    assert await spend.trip("acme/widget", 1, "too many", NOW)
+    await spend.reset_guard("acme/widget", 1, NOW + 10)
+    await spend.reset_guard("acme/widget", 2, NOW + 11)
+    reset = await spend.guard("acme/widget", 1)
+    assert reset is not None and (reset.since, reset.review_rounds) == (NOW + 10, 0)
+    assert reset.tripped_at is None and reset.reason is None
+    fresh = await spend.guard("acme/widget", 2)
+    assert fresh is not None and fresh.since == NOW + 11
+
+
 async def test_breaker_states_are_kept_replaced_and_cleared(store: Store) -> None:
     spend = store.spend
     assert await spend.breaker_states() == []
