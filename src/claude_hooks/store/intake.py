@@ -124,6 +124,17 @@ def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterabl
         conn.execute(assignments.insert(), rows)
 
 
+Assigned = tuple[str, int, frozenset[str]]
+
+
+def insert_delivery(conn: sa.Connection, record: DeliveryRecord, assigned: Assigned | None) -> None:
+    """Insert a settled delivery and the assignment state it leaves, within the caller's
+    transaction; an id seen before raises `sa.exc.IntegrityError` (the primary key decides)."""
+    conn.execute(_INSERT_DELIVERY, dataclasses.asdict(record))
+    if assigned is not None:
+        write_assignment(conn, *assigned)
+
+
 class IntakeStore(Protocol):
     async def has_delivery(self, delivery_id: str) -> bool: ...
     async def add_delivery(
@@ -166,9 +177,7 @@ class SqlIntake:
         False if its id was seen before (the primary key decides)."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(_INSERT_DELIVERY, dataclasses.asdict(record))
-                if assigned is not None:
-                    self._assign(conn, *assigned)
+                insert_delivery(conn, record, assigned)
         except sa.exc.IntegrityError:
             return False
         return True
