@@ -101,6 +101,9 @@ _DELIVERY_EXISTS = sa.select(deliveries.c.id).where(deliveries.c.id == sa.bindpa
 _ASSIGNED = sa.select(assignments.c.type).where(
     assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
 )
+_PULL_LINK = sa.select(pull_links).where(
+    pull_links.c.repo == sa.bindparam("b_repo"), pull_links.c.pr_number == sa.bindparam("b_number")
+)
 _UNASSIGN = assignments.delete().where(
     assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
 )
@@ -231,13 +234,7 @@ class SqlIntake:
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
         with self.reader.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(pull_links).where(
-                        pull_links.c.repo == repo, pull_links.c.pr_number == pr_number
-                    )
-                )
-            ).first()
+            row = conn.execute(_PULL_LINK, {"b_repo": repo, "b_number": pr_number}).first()
         return _link(row) if row else None
 
     async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
