@@ -14,7 +14,7 @@ import pytest
 
 from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
-from claude_hooks.store.base import Outcome, Store, TaskFilter
+from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
 from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink
 from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
@@ -327,6 +327,52 @@ async def test_intake_store(store: Store) -> None:
     assert await intake.active_tasks([key, "dev:acme/widget:99"]) == [task_id]
     await store.claim_next("dev-a", NOW)
     assert not await intake.merge_into(task_id, {"too": "late"})
+
+
+async def test_issue_guard_counts_the_issue_and_its_agent_pull_requests(store: Store) -> None:
+    spend = store.spend
+    await agents(store, "dev-a")
+    for number in (1, 5, 7):  # 5 is an agent's pull request for issue 1; 7 is unrelated
+        await store.dispatch(new_task(number))
+    await store.intake.put_pull_link(PullLink("acme/widget", 5, "dev", 1, "abc", True), NOW)
+    assert await spend.issue_usage("acme/widget", 1, 0.0) == (2, 0.0)
+    assert await spend.issue_usage("acme/widget", 1, NOW + 2) == (1, 0.0)  # since: only #5
+    assert await spend.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
+    assert await spend.guard("acme/widget", 1) is None
+    assert await spend.add_review_round("acme/widget", 1) == 1
+    assert await spend.trip("acme/widget", 1, "too many", NOW)
+    await spend.reset_guard("acme/widget", 1, NOW + 10)
+    await spend.reset_guard("acme/widget", 2, NOW + 11)
+    reset = await spend.guard("acme/widget", 1)
+    assert reset is not None and (reset.since, reset.review_rounds) == (NOW + 10, 0)
+    assert reset.tripped_at is None and reset.reason is None
+    fresh = await spend.guard("acme/widget", 2)
+    assert fresh is not None and fresh.since == NOW + 11
+
+
+async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) -> None:
+    await agents(store, "dev-a")
+    seen: list[tuple[list[str], str | None]] = []
+
+    def settle(
+        placements: list[Placement], failure: NoInstanceError | None
+    ) -> tuple[DeliveryRecord, tuple[str, int, frozenset[str]] | None]:
+        record = delivery("d-1", NOW)
+        record.task_ids = [p.task.id for p in placements]
+        record.outcome = "error" if failure else "queued"
+        seen.append((record.task_ids, str(failure) if failure else None))
+        return record, ("acme/widget", 1, frozenset({"dev"}))
+
+    done = await store.dispatch_all([new_task(1), new_task(2, agent_type="nobody")], settle)
+    assert done.recorded and len(done.placements) == 1 and done.failure is not None
+    stored = await store.intake.get_delivery("d-1")
+    assert stored is not None and stored.outcome == "error"
+    assert stored.task_ids == [done.placements[0].task.id] == seen[0][0]
+    assert await store.intake.assigned_types("acme/widget", 1) == {"dev"}
+    # The same id again: nothing is placed, nothing is recorded twice.
+    again = await store.dispatch_all([new_task(3)], settle)
+    assert not again.recorded and again.placements == []
+    assert await store.count_tasks(TaskFilter()) == 1
 
 
 async def test_breaker_states_are_kept_replaced_and_cleared(store: Store) -> None:

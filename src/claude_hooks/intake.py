@@ -19,7 +19,8 @@ from typing import Any
 
 from claude_hooks import flows, task_actions
 from claude_hooks.config import Config
-from claude_hooks.errors import ClaudeHooksError, ConflictError, NotFoundError
+from claude_hooks.domain import DispatchRequest, Task
+from claude_hooks.errors import ClaudeHooksError, ConflictError, NoInstanceError, NotFoundError
 from claude_hooks.events import Event
 from claude_hooks.forge import Forge
 from claude_hooks.forgejo.binding import check_event_type
@@ -30,7 +31,8 @@ from claude_hooks.loop_guard import LoopGuard
 from claude_hooks.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.pool import Pool
 from claude_hooks.rejections import RejectionLog
-from claude_hooks.store.intake import DeliveryRecord, IntakeStore
+from claude_hooks.store.base import Placement, Settle
+from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore
 from claude_hooks.store.pending import PendingEntry
 from claude_hooks.sweep import Sweeper
 
@@ -47,6 +49,37 @@ class Answer:
 class Applied:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    recorded: bool = False  # the delivery was recorded with its tasks
+    seen: bool = False  # its id was recorded before (by another node): nothing was placed
+
+
+def _entry(task: Task, merged: bool) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "agent": task.agent,
+        "session_key": task.session_key,
+        "merged": merged,
+    }
+
+
+def _settler(record: DeliveryRecord, decision: flows.Decision, applied: Applied) -> Settle:
+    """What to record with the tasks placed for `record`: the outcome `Intake._run` gives."""
+
+    def settle(
+        placements: list[Placement], failure: NoInstanceError | None
+    ) -> tuple[DeliveryRecord, Assigned | None]:
+        done = Applied(applied.tasks + [_entry(p.task, merged=False) for p in placements])
+        record.task_ids = [task["id"] for task in done.tasks]
+        if failure is not None:
+            record.outcome, record.reason = "error", str(failure)
+            kept = _kept(decision, done)
+            return record, kept.assigned if kept is not None else None
+        record.outcome = "queued" if done.tasks else "ignored"
+        record.reason = decision.reason
+        return record, decision.assigned
+
+    return settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,18 +278,26 @@ class Intake:
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         self._in_progress.add(record.id)
         try:
-            verdict = await self._run(record, payload, self._answer_deadline())
+            verdict = await self._run(record, payload, self._answer_deadline(), record)
             if verdict.outcome == "pending":
                 return await self._hold(record, verdict.reason)
+            if verdict.outcome == "duplicate":
+                self._count("duplicate")
+                return Answer(200, {"status": "duplicate", "delivery": record.id})
             return await self._settle(record, verdict)
         finally:
             self._in_progress.discard(record.id)
 
     async def _run(
-        self, record: DeliveryRecord, payload: Payload | None, deadline: float | None
+        self,
+        record: DeliveryRecord,
+        payload: Payload | None,
+        deadline: float | None,
+        recording: DeliveryRecord | None = None,
     ) -> Verdict:
         """Route and apply; nothing is applied before the forge look-ups, so a delivery that
-        waits for the forge has changed nothing yet."""
+        waits for the forge has changed nothing yet. `recording`: the delivery to record in
+        the transaction of its tasks (a new one; a pending one is settled apart)."""
         applied = Applied()
         decision: flows.Decision | None = None
         try:
@@ -264,7 +305,7 @@ class Intake:
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
             decision = await self.guard.review(decision, record.event_type, record.sender)
-            await self.apply(decision, applied, _source(record), record.id)
+            await self.apply(decision, applied, _source(record), record.id, recording)
         except ForgeUnreachable as exc:
             reason = f"waiting for Forgejo ({exc}); retried automatically"
             return Verdict("pending", reason, 202, applied, None)
@@ -278,6 +319,8 @@ class Intake:
             log.exception("delivery %s could not be processed", record.id)
             reason = f"internal error: {exc!r}"
             return Verdict("error", reason, 500, applied, _kept(decision, applied))
+        if applied.seen:
+            return Verdict("duplicate", "", 200, applied, None)
         outcome = "queued" if applied.tasks else "ignored"
         status = 202 if applied.tasks else 200
         return Verdict(outcome, decision.reason, status, applied, decision)
@@ -345,8 +388,9 @@ class Intake:
     async def _settle(self, record: DeliveryRecord, verdict: Verdict) -> Answer:
         """Record the delivery with its outcome (and the assignment state it leaves) at once."""
         self._fill(record, verdict)
-        assigned = verdict.decision.assigned if verdict.decision is not None else None
-        await self.store.add_delivery(record, assigned)
+        if not verdict.applied.recorded:
+            assigned = verdict.decision.assigned if verdict.decision is not None else None
+            await self.store.add_delivery(record, assigned)
         self._published(record)
         body: dict[str, Any] = {
             "status": verdict.outcome,
@@ -365,42 +409,46 @@ class Intake:
         applied: Applied,
         source: str = "a flow of claude-hooks",
         delivery_id: str | None = None,
+        record: DeliveryRecord | None = None,
     ) -> None:
-        """Queue, merge and cancel as the decision says; each task is committed on return.
-        `source` and `delivery_id` are recorded as what cancelled a task."""
+        """Merge, cancel, queue as the decision says; each task is committed on return, and
+        `record` (if given) with the tasks, in their transaction. `source` and `delivery_id`
+        are recorded as what cancelled a task. A decision that cancels queues nothing."""
+        new: list[tuple[str, DispatchRequest]] = []
         for agent_type, request in decision.dispatch:
             pending = await self.store.pending_task(request.session_key, request.kind)
             if pending is not None and await self.store.merge_into(pending, request.payload):
                 task = await self.pool.store.get_task(pending)
                 if task is not None:
-                    applied.tasks.append(
-                        {
-                            "id": task.id,
-                            "type": task.type,
-                            "agent": task.agent,
-                            "session_key": task.session_key,
-                            "merged": True,
-                        }
-                    )
+                    applied.tasks.append(_entry(task, merged=True))
                     continue
-            task = await self.pool.dispatch(agent_type, request)
-            applied.tasks.append(
-                {
-                    "id": task.id,
-                    "type": task.type,
-                    "agent": task.agent,
-                    "session_key": task.session_key,
-                    "merged": False,
-                }
-            )
+            new.append((agent_type, request))
         for task_id in await self.store.active_tasks(decision.cancel):
             try:
                 await task_actions.cancel(self.pool, task_id, source, delivery_id)
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue
-        for comment in decision.comments:
-            self.pool.bus.publish(Event("comment", data={"comment": comment}))
         if decision.watch is not None:
             await self.store.put_ci_watch(decision.watch)
+        if record is not None:
+            await self._dispatch_recorded(new, record, decision, applied)
+        else:
+            for agent_type, request in new:
+                applied.tasks.append(_entry(await self.pool.dispatch(agent_type, request), False))
+        for comment in decision.comments:
+            self.pool.bus.publish(Event("comment", data={"comment": comment}))
         self.sweeper.schedule(decision.cleanup)
+
+    async def _dispatch_recorded(
+        self,
+        requests: list[tuple[str, DispatchRequest]],
+        record: DeliveryRecord,
+        decision: flows.Decision,
+        applied: Applied,
+    ) -> None:
+        dispatched = await self.pool.dispatch_all(requests, _settler(record, decision, applied))
+        applied.recorded, applied.seen = dispatched.recorded, not dispatched.recorded
+        applied.tasks += [_entry(p.task, merged=False) for p in dispatched.placements]
+        if dispatched.failure is not None:
+            raise dispatched.failure

@@ -20,7 +20,7 @@ from claude_hooks.flows import Decision, ForgeComment
 from claude_hooks.forge import Forge
 from claude_hooks.forgejo.client import ForgejoError
 from claude_hooks.store.intake import IntakeStore
-from claude_hooks.store.spend import SpendStore
+from claude_hooks.store.spend import IssueGuard, SpendStore
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,12 @@ class LoopGuard:
         comments: list[ForgeComment] = []
         for agent_type, request in decision.dispatch:
             issue = await self._issue_of(request.repo, request.number)
+            reset = None
             if human:
-                await self.spend.reset_guard(request.repo, issue, self.clock())
-            stop, newly = await self._check(request, issue)
+                now = self.clock()
+                await self.spend.reset_guard(request.repo, issue, now)
+                reset = IssueGuard(request.repo, issue, now, 0, None, None)
+            stop, newly = await self._check(request, issue, reset)
             if stop is None:
                 kept.append((agent_type, request))
                 continue
@@ -111,10 +114,13 @@ class LoopGuard:
             decision, reason=reason, dispatch=kept, comments=decision.comments + comments
         )
 
-    async def _check(self, request: DispatchRequest, issue: int) -> tuple[str | None, bool]:
-        """Why this dispatch is stopped (or None), and whether it trips the guard just now."""
+    async def _check(
+        self, request: DispatchRequest, issue: int, reset: IssueGuard | None
+    ) -> tuple[str | None, bool]:
+        """Why this dispatch is stopped (or None), and whether it trips the guard just now.
+        `reset`: the guard as a human's reset just left it, known without reading it back."""
         repo = request.repo
-        guard = await self.spend.guard(repo, issue)
+        guard = reset if reset is not None else await self.spend.guard(repo, issue)
         if guard is not None and guard.tripped_at is not None:
             return guard.reason, False
         since = guard.since if guard is not None else 0.0

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from claude_hooks.private_files import private_dir, private_file
 from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.sandbox import Sandbox
 from claude_hooks.store import wakeups
-from claude_hooks.store.base import Outcome, QueueEntry, Store
+from claude_hooks.store.base import Dispatched, Outcome, Placement, QueueEntry, Settle, Store
 from claude_hooks.store.wakeups import Wake
 from claude_hooks.workspace import WorkspaceError, Workspaces
 
@@ -391,30 +391,46 @@ class Pool:
 
     async def dispatch(self, agent_type: str, request: DispatchRequest) -> Task:
         """`dispatch_by_type`, returning the queued task itself."""
+        placed = await self.store.dispatch(self._task(agent_type, request))
+        self._placed(placed)
+        return placed.task
+
+    async def dispatch_all(
+        self, requests: Sequence[tuple[str, DispatchRequest]], settle: Settle
+    ) -> Dispatched:
+        """Queue a delivery's requests in order and record the delivery as `settle` says, in
+        one transaction (see `Store.dispatch_all`)."""
+        tasks = [self._task(agent_type, request) for agent_type, request in requests]
+        dispatched = await self.store.dispatch_all(tasks, settle)
+        for placed in dispatched.placements:
+            self._placed(placed)
+        return dispatched
+
+    def _task(self, agent_type: str, request: DispatchRequest) -> Task:
         now = self.clock()
-        placed = await self.store.dispatch(
-            Task(
-                id=new_task_id(now),
-                type=agent_type,
-                agent="",
-                kind=request.kind,
-                session_key=request.session_key,
-                repo=request.repo,
-                number=request.number,
-                state=TaskState.QUEUED,
-                seq=0,
-                enqueued_at=now,
-                payload=request.payload,
-                delivery_id=request.delivery_id,
-            )
+        return Task(
+            id=new_task_id(now),
+            type=agent_type,
+            agent="",
+            kind=request.kind,
+            session_key=request.session_key,
+            repo=request.repo,
+            number=request.number,
+            state=TaskState.QUEUED,
+            seq=0,
+            enqueued_at=now,
+            payload=request.payload,
+            delivery_id=request.delivery_id,
         )
+
+    def _placed(self, placed: Placement) -> None:
+        """A committed task: wake its instance and announce it."""
         self._wake(placed.task.agent)
         self.bus.publish(
             Event("task.queued", placed.task, {"position": placed.position, "busy": placed.busy})
         )
         if placed.busy:
-            self._wake_thieves(agent_type)
-        return placed.task
+            self._wake_thieves(placed.task.type)
 
     def _wake_thieves(self, agent_type: str) -> None:
         """A task waits behind another: idle instances of a stealing type look at once."""

@@ -6,12 +6,13 @@ can serve the same code: each method is one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from claude_hooks.domain import AgentInstance, Task, TaskState
-from claude_hooks.store.intake import IntakeStore
+from claude_hooks.errors import NoInstanceError
+from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
@@ -42,6 +43,20 @@ class Placement:
     task: Task
     position: int  # 1-based place in its instance's queue
     busy: bool  # the instance was running or had a queue: the task does not start at once
+
+
+# What to record with the tasks a delivery placed: given them and the error that stopped the
+# placing (if any), the delivery with its outcome and the assignment state it leaves.
+Settle = Callable[[list[Placement], NoInstanceError | None], tuple[DeliveryRecord, Assigned | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """What `Store.dispatch_all` placed, and why it stopped early (if it did)."""
+
+    placements: list[Placement]
+    failure: NoInstanceError | None
+    recorded: bool  # False: the delivery's id was recorded before, and nothing was placed
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +215,7 @@ class Store(Protocol):
 
     # tasks
     async def dispatch(self, task: Task) -> Placement: ...
+    async def dispatch_all(self, tasks: Sequence[Task], settle: Settle) -> Dispatched: ...
     async def reassign_task(self, task_id: str) -> Task | None: ...
     async def orphaned_tasks(self) -> list[QueueEntry]: ...
     async def get_task(self, task_id: str) -> Task | None: ...

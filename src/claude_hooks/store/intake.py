@@ -101,6 +101,9 @@ _DELIVERY_EXISTS = sa.select(deliveries.c.id).where(deliveries.c.id == sa.bindpa
 _ASSIGNED = sa.select(assignments.c.type).where(
     assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
 )
+_PULL_LINK = sa.select(pull_links).where(
+    pull_links.c.repo == sa.bindparam("b_repo"), pull_links.c.pr_number == sa.bindparam("b_number")
+)
 _UNASSIGN = assignments.delete().where(
     assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
 )
@@ -122,6 +125,17 @@ def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterabl
     rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
     if rows:
         conn.execute(assignments.insert(), rows)
+
+
+Assigned = tuple[str, int, frozenset[str]]
+
+
+def insert_delivery(conn: sa.Connection, record: DeliveryRecord, assigned: Assigned | None) -> None:
+    """Insert a settled delivery and the assignment state it leaves, within the caller's
+    transaction; an id seen before raises `sa.exc.IntegrityError` (the primary key decides)."""
+    conn.execute(_INSERT_DELIVERY, dataclasses.asdict(record))
+    if assigned is not None:
+        write_assignment(conn, *assigned)
 
 
 class IntakeStore(Protocol):
@@ -166,9 +180,7 @@ class SqlIntake:
         False if its id was seen before (the primary key decides)."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(_INSERT_DELIVERY, dataclasses.asdict(record))
-                if assigned is not None:
-                    self._assign(conn, *assigned)
+                insert_delivery(conn, record, assigned)
         except sa.exc.IntegrityError:
             return False
         return True
@@ -222,13 +234,7 @@ class SqlIntake:
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
         with self.reader.connect() as conn:
-            row = (
-                conn.execute(
-                    sa.select(pull_links).where(
-                        pull_links.c.repo == repo, pull_links.c.pr_number == pr_number
-                    )
-                )
-            ).first()
+            row = conn.execute(_PULL_LINK, {"b_repo": repo, "b_number": pr_number}).first()
         return _link(row) if row else None
 
     async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:

@@ -65,6 +65,40 @@ class SpendStore(Protocol):
     async def clear_breaker(self, agent_type: str) -> None: ...
 
 
+# Statements on the webhook path, built once: building a statement costs more than running it.
+_GUARD = sa.select(issue_guards).where(
+    issue_guards.c.repo == sa.bindparam("b_repo"),
+    issue_guards.c.number == sa.bindparam("b_number"),
+)
+# The issue and the agent pull requests opened for it as one IN list: with `number = ? OR
+# number IN (...)` SQLite used only the repo part of the (repo, number) index and read every
+# task of the repository, more with each delivery.
+_NUMBERS = sa.union(
+    sa.select(sa.cast(sa.bindparam("b_number"), sa.Integer)),
+    sa.select(pull_links.c.pr_number).where(
+        pull_links.c.repo == sa.bindparam("b_repo"),
+        pull_links.c.issue_number == sa.bindparam("b_number"),
+    ),
+)
+_USAGE = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)).where(
+    tasks.c.repo == sa.bindparam("b_repo"),
+    tasks.c.number.in_(_NUMBERS),
+    tasks.c.enqueued_at >= sa.bindparam("b_since"),
+)
+
+
+def _reset(module: Any) -> Any:
+    """Count an issue afresh: one upsert, where a read, an insert and an update were."""
+    statement = module.insert(issue_guards).values(review_rounds=0, tripped_at=None, reason=None)
+    cleared = {"since": statement.excluded.since, "review_rounds": 0}
+    return statement.on_conflict_do_update(
+        index_elements=["repo", "number"], set_={**cleared, "tripped_at": None, "reason": None}
+    )
+
+
+_RESET = {"postgresql": _reset(postgresql), "sqlite": _reset(sqlite)}
+
+
 def _guard(row: sa.Row[Any]) -> IssueGuard:
     m = row._mapping
     return IssueGuard(
@@ -121,28 +155,16 @@ class SqlSpend:
             return [CostRow(*row) for row in conn.execute(query).all()]
 
     async def guard(self, repo: str, number: int) -> IssueGuard | None:
-        query = sa.select(issue_guards).where(
-            issue_guards.c.repo == repo, issue_guards.c.number == number
-        )
         with self.reader.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_GUARD, {"b_repo": repo, "b_number": number}).first()
         return _guard(row) if row else None
 
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
         """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what
         the finished ones cost."""
-        pulls = sa.select(pull_links.c.pr_number).where(
-            pull_links.c.repo == repo, pull_links.c.issue_number == number
-        )
-        query = sa.select(
-            sa.func.count(), sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)
-        ).where(
-            tasks.c.repo == repo,
-            sa.or_(tasks.c.number == number, tasks.c.number.in_(pulls)),
-            tasks.c.enqueued_at >= since,
-        )
+        params = {"b_repo": repo, "b_number": number, "b_since": since}
         with self.reader.connect() as conn:
-            count, cost = conn.execute(query).one()
+            count, cost = conn.execute(_USAGE, params).one()
         return int(count), float(cost)
 
     def _ensure(self, conn: sa.Connection, repo: str, number: int) -> None:
@@ -184,13 +206,9 @@ class SqlSpend:
 
     async def reset_guard(self, repo: str, number: int, now: float) -> None:
         """A human stepped in: count afresh from now."""
+        params = {"repo": repo, "number": number, "since": now}
         with self.engine.begin() as conn:
-            self._ensure(conn, repo, number)
-            conn.execute(
-                issue_guards.update()
-                .where(issue_guards.c.repo == repo, issue_guards.c.number == number)
-                .values(since=now, review_rounds=0, tripped_at=None, reason=None)
-            )
+            conn.execute(_RESET[conn.dialect.name], params)
 
     async def tripped(self) -> list[IssueGuard]:
         query = (

@@ -19,11 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
-from claude_hooks.errors import ConflictError, StoreError, UnknownAgentError
+from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
 from claude_hooks.store import placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
     DeliveryTally,
+    Dispatched,
     Histogram,
     InstanceView,
     NodeAddress,
@@ -31,12 +32,13 @@ from claude_hooks.store.base import (
     Placement,
     QueueEntry,
     SessionRecord,
+    Settle,
     Signal,
     Stolen,
     TaskFilter,
     TaskTally,
 )
-from claude_hooks.store.intake import SqlIntake
+from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.outbox import SqlOutbox
@@ -171,6 +173,31 @@ def _upgrade(connection: sa.Connection) -> None:
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _place(conn: sa.Connection, task: Task) -> Placement:
+    """Queue `task` on the instance the rule picks, within the caller's transaction: the one
+    place where a task is placed."""
+    spot = placing.place(conn, task.type, task.session_key)
+    seq: int = conn.execute(
+        _INSERT_TASK,
+        {
+            "id": task.id,
+            "type": task.type,
+            "agent": spot.agent,
+            "kind": task.kind.value,
+            "session_key": task.session_key,
+            "repo": task.repo,
+            "number": task.number,
+            "payload": task.payload,
+            "attempts": task.attempts,
+            "enqueued_at": task.enqueued_at,
+            "delivery_id": task.delivery_id,
+        },
+    ).scalar_one()
+    wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
+    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
+    return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
 
 def _task(row: sa.Row[Any]) -> Task:
@@ -421,26 +448,26 @@ class SqlStore:
     async def dispatch(self, task: Task) -> Placement:
         """Choose the task's instance, insert it and move the type's cursor: one transaction."""
         with self.engine.begin() as conn:
-            spot = placing.place(conn, task.type, task.session_key)
-            seq: int = conn.execute(
-                _INSERT_TASK,
-                {
-                    "id": task.id,
-                    "type": task.type,
-                    "agent": spot.agent,
-                    "kind": task.kind.value,
-                    "session_key": task.session_key,
-                    "repo": task.repo,
-                    "number": task.number,
-                    "payload": task.payload,
-                    "attempts": task.attempts,
-                    "enqueued_at": task.enqueued_at,
-                    "delivery_id": task.delivery_id,
-                },
-            ).scalar_one()
-            wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-        placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
-        return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
+            return _place(conn, task)
+
+    async def dispatch_all(self, tasks: Sequence[Task], settle: Settle) -> Dispatched:
+        """Place the tasks of one delivery in order, stopping at a type with no instance, and
+        record the delivery as `settle` says: one transaction, so the delivery and its tasks
+        are committed together or not at all."""
+        placements: list[Placement] = []
+        failure: NoInstanceError | None = None
+        try:
+            with self.engine.begin() as conn:
+                for task in tasks:
+                    try:
+                        placements.append(_place(conn, task))
+                    except NoInstanceError as exc:  # raised before the type's task is written
+                        failure = exc
+                        break
+                insert_delivery(conn, *settle(placements, failure))
+        except sa.exc.IntegrityError:
+            return Dispatched([], None, recorded=False)
+        return Dispatched(placements, failure, recorded=True)
 
     async def reassign_task(self, task_id: str) -> Task | None:
         """Move a queued task to the tail of the instance the rule picks now (its own was

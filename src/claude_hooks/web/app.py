@@ -10,6 +10,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from claude_hooks import __version__
 from claude_hooks.errors import (
@@ -65,11 +67,22 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     return _error(400, "invalid request: " + "; ".join(problems))
 
 
-def create_app(service: Service) -> FastAPI:
+class App(FastAPI):
+    """FastAPI, except that `POST /webhook` goes straight to its plain ASGI handler: the
+    middleware, routing and dependency injection cost more than the delivery's own work."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/webhook" and scope["method"] == "POST":
+            await self.state.webhook(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(service: Service) -> App:
     """The app serves a service that the caller starts and stops (the CLI, or a test)."""
     token = service.config.server.api_token
     # No /docs or /redoc: they load their scripts from a CDN, and the service works offline.
-    app = FastAPI(
+    app = App(
         title="claude-hooks",
         version=__version__,
         summary="Forgejo and Gitea webhooks in, pooled Claude Code agents out.",
@@ -82,6 +95,9 @@ def create_app(service: Service) -> FastAPI:
     # Set by the server when it stops, so live streams (dashboard, log follow) end at once.
     app.state.closing = asyncio.Event()
     app.state.pending_bodies = PendingBodies(service.config.server.max_pending_body_bytes)
+    app.state.webhook = webhook.Webhook(service, app.state.pending_bodies)
+    # Reached through the middleware only by other methods, which it answers 405.
+    app.router.routes.append(Route("/webhook", app.state.webhook, methods=["POST"]))
     app.add_exception_handler(ClaudeHooksError, _on_package_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -104,7 +120,6 @@ def create_app(service: Service) -> FastAPI:
     async def openapi() -> dict[str, Any]:
         return app.openapi()
 
-    app.include_router(webhook.router)
     app.include_router(webhook.api)
     app.include_router(api.router)
     app.include_router(logs.router)

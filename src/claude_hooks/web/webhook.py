@@ -1,101 +1,148 @@
-"""`POST /webhook` (Forgejo and Gitea deliveries) and the deliveries API."""
+"""`POST /webhook` (Forgejo and Gitea deliveries), a plain ASGI handler, and the deliveries
+API."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 
 from claude_hooks.errors import NotFoundError
 from claude_hooks.forgejo.webhook import BodyHmac, is_signed
 from claude_hooks.history import delivery_rows
+from claude_hooks.intake import Answer
 from claude_hooks.service import Service
 from claude_hooks.views import MAX_OFFSET, delivery_view
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.headers import HEADERS
 from claude_hooks.web.pending import PendingBodies
 
-router = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token)])
 
 
-async def _too_large(service: Service, request: Request, size: int) -> JSONResponse:
-    limit = service.config.server.max_body_bytes
-    reason = f"body larger than server.max_body_bytes ({limit} bytes)"
-    answer = await service.intake.reject(413, reason, request.headers, size, _remote(request))
-    return JSONResponse(answer.body, status_code=answer.status)
+Headerlist = list[tuple[bytes, bytes]]
 
 
-def _remote(request: Request) -> str | None:
-    return request.client.host if request.client is not None else None
+async def _answer(send: Send, answer: Answer, extra: Headerlist | None = None) -> None:
+    """The JSON answer, with the security headers every other route gets from middleware."""
+    content = orjson.dumps(answer.body)
+    headers = [
+        (b"content-length", str(len(content)).encode()),
+        (b"content-type", b"application/json"),
+        *(extra or []),
+        *HEADERS,
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
 
 
-def _busy(limit: int) -> JSONResponse:
-    return JSONResponse(
+def _busy(limit: int) -> Answer:
+    return Answer(
+        503,
         {
             "status": "rejected",
             "error": f"too many webhook bodies arriving at once (more than "
             f"server.max_pending_body_bytes, {limit} bytes, unchecked): retry shortly",
         },
-        status_code=503,
-        headers={"Retry-After": "5"},
     )
 
 
-async def _slow(service: Service, request: Request, size: int) -> JSONResponse:
-    seconds = service.config.server.read_timeout
-    reason = f"the body did not arrive within server.read_timeout ({seconds:g} s)"
-    answer = await service.intake.reject(408, reason, request.headers, size, _remote(request))
-    return JSONResponse(answer.body, status_code=answer.status, headers={"Connection": "close"})
+class _Disconnected(Exception):
+    """The sender went away before its body was in: there is no one to answer."""
 
 
-@router.post(
-    "/webhook",
-    summary="Receive a Forgejo or Gitea delivery",
-    responses={202: {"description": "queued"}, 200: {"description": "ignored or duplicate"}},
-)
-async def webhook(request: Request) -> JSONResponse:
-    """The body is read only from a signed request, within `server.read_timeout`, its HMAC
-    computed as it arrives, its bytes held within `server.max_pending_body_bytes`."""
-    service: Service = request.app.state.service
+class _Full(Exception):
+    """The budget of unchecked body bytes is spent."""
+
+
+async def _body(
+    receive: Receive, limit: int, pending: PendingBodies, body: bytearray, mac: BodyHmac | None
+) -> int | None:
+    """Read the body into `body`, taking its bytes from `pending` and updating `mac`; the size
+    it reached if that exceeds `limit`, else None. Raises `_Disconnected` or `_Full`."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            if len(body) + len(chunk) > limit:
+                return len(body) + len(chunk)
+            if not pending.take(len(chunk)):
+                raise _Full
+            body += chunk
+            if mac is not None:
+                mac.update(chunk)
+        if not message.get("more_body", False):
+            return None
+
+
+class Webhook:
+    """`POST /webhook` as a plain ASGI app: no routing, middleware or dependency injection on
+    the hottest path (see `web.app.App`)."""
+
+    def __init__(self, service: Service, pending: PendingBodies) -> None:
+        self.service = service
+        self.pending = pending
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await webhook(self.service, self.pending, scope, receive, send)
+
+
+async def webhook(
+    service: Service, pending: PendingBodies, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """The body is read only from a signed request, within
+    `server.read_timeout`, its HMAC computed as it arrives, its bytes held within
+    `server.max_pending_body_bytes`; 413, 408 and 503 are answered as soon as they are known."""
     intake = service.intake
     server = service.config.server
+    headers = Headers(scope=scope)
+    client = scope.get("client")
+    remote = client[0] if client else None
     if (intake.secret is None and not intake.insecure) or (
-        intake.secret is not None and not is_signed(request.headers)
+        intake.secret is not None and not is_signed(headers)
     ):
         # Refused without reading the body.
-        answer = await intake.receive(request.headers, b"", _remote(request))
-        return JSONResponse(answer.body, status_code=answer.status)
+        await _answer(send, await intake.receive(headers, b"", remote))
+        return
     limit = server.max_body_bytes
-    declared = request.headers.get("content-length", "")
+    too_large = f"body larger than server.max_body_bytes ({limit} bytes)"
+    declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        return await _too_large(service, request, int(declared))
-    pending: PendingBodies = request.app.state.pending_bodies
-    body_hmac = BodyHmac(intake.secret) if intake.secret is not None else None
+        await _answer(send, await intake.reject(413, too_large, headers, int(declared), remote))
+        return
+    mac = BodyHmac(intake.secret) if intake.secret is not None else None
     body = bytearray()
     try:
         try:
             async with asyncio.timeout(server.read_timeout):
-                async for chunk in request.stream():
-                    if len(body) + len(chunk) > limit:
-                        return await _too_large(service, request, len(body) + len(chunk))
-                    if not pending.take(len(chunk)):
-                        return _busy(pending.limit)
-                    body += chunk
-                    if body_hmac is not None:
-                        body_hmac.update(chunk)
+                oversize = await _body(receive, limit, pending, body, mac)
         except TimeoutError:
-            return await _slow(service, request, len(body))
+            seconds = server.read_timeout
+            reason = f"the body did not arrive within server.read_timeout ({seconds:g} s)"
+            answer = await intake.reject(408, reason, headers, len(body), remote)
+            await _answer(send, answer, [(b"connection", b"close")])
+            return
+        except _Full:
+            await _answer(send, _busy(pending.limit), [(b"retry-after", b"5")])
+            return
+        except _Disconnected:
+            return
+        if oversize is not None:
+            await _answer(send, await intake.reject(413, too_large, headers, oversize, remote))
+            return
         answer = await intake.receive(
-            request.headers,
-            bytes(body),
-            _remote(request),
-            body_hmac.hexdigest() if body_hmac is not None else None,
+            headers, bytes(body), remote, mac.hexdigest() if mac is not None else None
         )
     finally:
         pending.give_back(len(body))
-    return JSONResponse(answer.body, status_code=answer.status)
+    await _answer(send, answer)
 
 
 @api.get("/api/deliveries", summary="Recent webhook deliveries, newest first")
