@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+from sqlalchemy.engine import make_url
 
 from bench.common import SECRET, Agents, free_port, percentile, service, stats
 from bench.common import runs as bench_runs
 from bench.deliveries import Delivery, issue_assigned
+from bench.dispatch import postgres_database, postgres_server
 from bench.load import fixed_rate, run_wrk, wrk_script
 
 LONG_TASK = ["sleep", "3600"]
@@ -172,31 +175,13 @@ def run(quick: bool) -> dict[str, Any]:
         for sub in ["wrk-calibrate", "wrk-shared", *(f"wrk-{i}" for i in range(runs))]:
             (folder / sub).mkdir()
         numbers = Numbers(10)
-        with service(Agents(command=LONG_TASK, instances=2)) as hooks:
-            # Both dev instances busy on long tasks: every delivery below is queued.
-            warm = asyncio.run(
-                fixed_rate("127.0.0.1", hooks.port, "/webhook", numbers.take(2), 100, 2)
-            )
-            assert set(warm.statuses) == {202}, warm.statuses
-            throughput = _throughput(hooks.port, "/webhook", numbers, runs, seconds, folder, True)
-            latency = _latency(
-                hooks.port, "/webhook", [numbers.take(rate_size) for _ in range(runs)], rate
-            )
-            accepted = latency.pop("answers")
-            task_ids = [t["id"] for a in accepted for t in json.loads(a).get("tasks", [])]
-            with hooks.database() as db:
-                placeholders = ",".join("?" * len(task_ids))
-                stored = db.execute(
-                    f"SELECT count(*) FROM tasks WHERE id IN ({placeholders})", task_ids
-                ).fetchone()[0]
-                queued = db.execute("SELECT count(*) FROM tasks WHERE state='queued'").fetchone()[0]
-            results["claude_hooks"] = {
-                "throughput": throughput,
-                "fixed_rate": latency,
-                "accepted_with_task": len(task_ids),
-                "tasks_in_database": stored,
-                "queued_total": queued,
-            }
+        measure = Measure(numbers, runs, seconds, folder, rate, rate_size)
+        results["claude_hooks"] = measure.ours({}, _sqlite_count)
+        server = None if quick else postgres_server()
+        if server is not None:
+            with postgres_database(server) as url:
+                env = {"CLAUDE_HOOKS_SERVER__DATABASE_URL": url}
+                results["claude_hooks_postgresql"] = measure.ours(env, _postgres_count(url))
         with floor() as (port, path):
             results["floor"] = {
                 "throughput": _throughput(port, path, numbers, runs, seconds, folder, False),
@@ -213,7 +198,11 @@ def run(quick: bool) -> dict[str, Any]:
                     ),
                 }
     ours = results["claude_hooks"]["throughput"]["per_second"]["median"]
-    results["ratio_to_floor"] = ours / results["floor"]["throughput"]["per_second"]["median"]
+    floor_rate = results["floor"]["throughput"]["per_second"]["median"]
+    results["ratio_to_floor"] = ours / floor_rate
+    if "claude_hooks_postgresql" in results:
+        on_postgres = results["claude_hooks_postgresql"]["throughput"]["per_second"]["median"]
+        results["postgresql_ratio_to_floor"] = on_postgres / floor_rate
     if "peer_webhook" in results:
         peer_rate = results["peer_webhook"]["throughput"]["per_second"]["median"]
         results["ratio_to_peer"] = ours / peer_rate
@@ -225,6 +214,72 @@ def run(quick: bool) -> dict[str, Any]:
         "body_bytes": len(issue_assigned(1).body),
     }
     return results
+
+
+Counter = Callable[[Any, list[str]], tuple[int, int]]
+
+
+def _sqlite_count(hooks: Any, task_ids: list[str]) -> tuple[int, int]:
+    """(how many of `task_ids` are stored, how many tasks are queued) in the SQLite file."""
+    with hooks.database() as db:
+        placeholders = ",".join("?" * len(task_ids))
+        stored = db.execute(
+            f"SELECT count(*) FROM tasks WHERE id IN ({placeholders})", task_ids
+        ).fetchone()[0]
+        queued = db.execute("SELECT count(*) FROM tasks WHERE state='queued'").fetchone()[0]
+    return int(stored), int(queued)
+
+
+def _postgres_count(url: str) -> Counter:
+    def count(_hooks: Any, task_ids: list[str]) -> tuple[int, int]:
+        with psycopg.connect(make_url(url).render_as_string(hide_password=False)) as conn:
+            stored = conn.execute(
+                "SELECT count(*) FROM tasks WHERE id = ANY(%s)", (task_ids,)
+            ).fetchone()
+            queued = conn.execute("SELECT count(*) FROM tasks WHERE state='queued'").fetchone()
+        assert stored is not None
+        assert queued is not None
+        return int(stored[0]), int(queued[0])
+
+    return count
+
+
+class Measure:
+    """claude-hooks under the ingest load, on the database its environment names."""
+
+    def __init__(
+        self, numbers: Numbers, runs: int, seconds: int, folder: Path, rate: float, size: int
+    ) -> None:
+        self.numbers, self.runs, self.seconds = numbers, runs, seconds
+        self.folder, self.rate, self.size = folder, rate, size
+
+    def ours(self, env: dict[str, str], count: Counter) -> dict[str, Any]:
+        numbers = self.numbers
+        with service(Agents(command=LONG_TASK, instances=2), env) as hooks:
+            # Both dev instances busy on long tasks: every delivery below is queued.
+            warm = asyncio.run(
+                fixed_rate("127.0.0.1", hooks.port, "/webhook", numbers.take(2), 100, 2)
+            )
+            assert set(warm.statuses) == {202}, warm.statuses
+            throughput = _throughput(
+                hooks.port, "/webhook", numbers, self.runs, self.seconds, self.folder, True
+            )
+            latency = _latency(
+                hooks.port,
+                "/webhook",
+                [numbers.take(self.size) for _ in range(self.runs)],
+                self.rate,
+            )
+            accepted = latency.pop("answers")
+            task_ids = [t["id"] for a in accepted for t in json.loads(a).get("tasks", [])]
+            stored, queued = count(hooks, task_ids)
+        return {
+            "throughput": throughput,
+            "fixed_rate": latency,
+            "accepted_with_task": len(task_ids),
+            "tasks_in_database": stored,
+            "queued_total": queued,
+        }
 
 
 def _without_answers(latency: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,25 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _verdict(i["ratio_to_floor"] >= 0.5),
             )
         )
+        if "postgresql_ratio_to_floor" in i:
+            pg_ratio = i["postgresql_ratio_to_floor"]
+            rows.append(
+                (
+                    "ingest on PostgreSQL vs floor",
+                    ">= 0.25x",
+                    f"{pg_ratio:.2f}x",
+                    _verdict(pg_ratio >= 0.25),
+                )
+            )
+            pg_p99 = i["claude_hooks_postgresql"]["fixed_rate"]["p99_ms"]["median"]
+            rows.append(
+                (
+                    "p99 time to the 202 at 200 deliveries/s, PostgreSQL",
+                    "<= 10 ms",
+                    f"{pg_p99:.1f} ms",
+                    _verdict(pg_p99 <= 10),
+                )
+            )
         if "ratio_to_peer" in i:
             rows.append(
                 (
@@ -206,6 +225,7 @@ def markdown(r: dict[str, Any]) -> str:
         ]
         for key, label in (
             ("claude_hooks", "claude-hooks"),
+            ("claude_hooks_postgresql", "claude-hooks on PostgreSQL (localhost)"),
             ("floor", "floor: bare FastAPI 202"),
             ("peer_webhook", "peer: adnanh/webhook + HMAC rule"),
         ):
