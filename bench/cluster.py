@@ -27,7 +27,16 @@ import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench.common import SECRET, TOKEN, free_port, percentile, runs, stats, wait_healthy
+from bench.common import (
+    SECRET,
+    TOKEN,
+    free_port,
+    percentile,
+    runs,
+    stats,
+    stop_process,
+    wait_healthy,
+)
 from bench.deliveries import issue_assigned
 from bench.dispatch import _end_to_end, postgres_database, postgres_server
 
@@ -66,13 +75,7 @@ class Node:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass

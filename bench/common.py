@@ -146,16 +146,21 @@ class Service:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def database(self) -> sqlite3.Connection:
         return sqlite3.connect(self.folder / "data" / "claude-hooks.db")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL after `grace` seconds."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:

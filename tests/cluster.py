@@ -26,7 +26,7 @@ import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.support import FIXTURE_SECRET, fixture, forgejo_headers
+from tests.support import FIXTURE_SECRET, fixture, forgejo_headers, stop_process
 
 TOKEN = "cluster-token"
 AWAY = "node-away"  # a node name no test starts
@@ -128,13 +128,7 @@ class Node:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """`claude-hooks ARGS --config <this node's config>` in a subprocess."""
