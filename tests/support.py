@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -151,14 +150,3 @@ def run_cli(*args: str, config: Config) -> subprocess.CompletedProcess[str]:
     )
     argv = [sys.executable, "-m", "claude_hooks", *args, "--config", str(path)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-
-
-def stop_process(process: subprocess.Popen[Any] | None, grace: float = 15.0) -> None:
-    """SIGTERM (a graceful stop), then SIGKILL after `grace` seconds."""
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
