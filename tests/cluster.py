@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 import psycopg
+from bench.common import stop_process
 from sqlalchemy.engine import make_url
 
-from tests.support import FIXTURE_SECRET, fixture, forgejo_headers, stop_process
+from tests.support import FIXTURE_SECRET, fixture, forgejo_headers
 
 TOKEN = "cluster-token"
 AWAY = "node-away"  # a node name no test starts
