@@ -11,11 +11,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+import sqlalchemy as sa
 
 from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
 from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink
+from claude_hooks.store.schema import queue_lengths, tasks
 from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
 
@@ -555,3 +557,37 @@ async def test_the_outbox_keeps_comments_in_order_until_removed(store: Store) ->
     again = await store.outbox.waiting(1)
     assert [(w.id, w.attempts, w.next_at) for w in again] == [(first, 2, NOW + 120)]
     assert [w.id for w in await store.outbox.waiting(10)] == [first, other]
+
+
+async def test_queue_lengths_follow_every_change_of_a_queue(store: SqlStore) -> None:
+    """Placing reads the queue lengths the triggers keep: they must equal a count of the
+    queues after dispatches, claims, cancels, requeues, moves and ends."""
+
+    def kept_and_counted() -> tuple[dict[str, int], dict[str, int]]:
+        with store.engine.connect() as conn:
+            kept = {a: n for a, n in conn.execute(sa.select(queue_lengths)) if n}
+            counted = dict(
+                conn.execute(
+                    sa.select(tasks.c.agent, sa.func.count())
+                    .where(tasks.c.state == TaskState.QUEUED.value)
+                    .group_by(tasks.c.agent)
+                ).all()
+            )
+        return kept, counted
+
+    await agents(store, "dev-a", "dev-b")
+    placed = [(await store.dispatch(new_task(n))).task for n in range(1, 8)]
+    kept, counted = kept_and_counted()
+    assert kept == counted and sum(kept.values()) == 7
+    first = (await store.claim_next("dev-a", NOW)).task
+    assert first is not None
+    await store.cancel_queued(placed[-1].id, "cancelled while queued", NOW)
+    await store.requeue_interrupted(first.id, NOW)
+    await store.set_agent_enabled("dev-b", False)
+    for entry in await store.orphaned_tasks():
+        await store.reassign_task(entry.id)
+    again = (await store.claim_next("dev-a", NOW)).task
+    assert again is not None
+    await store.finish_task(again.id, Outcome(TaskState.SUCCEEDED), NOW + 1)
+    kept, counted = kept_and_counted()
+    assert kept == counted == {"dev-a": 5}

@@ -304,3 +304,12 @@ outbox = sa.Table(
     sa.Column("next_at", sa.Float, nullable=False),
     sa.Column("last_error", sa.Text),
 )
+
+# Each instance's queued tasks, counted by triggers on `tasks` (migration 0011): placing reads
+# it instead of counting the queue.
+queue_lengths = sa.Table(
+    "queue_lengths",
+    metadata,
+    sa.Column("agent", sa.String(63), primary_key=True),
+    sa.Column("queued", sa.Integer, nullable=False),
+)
