@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from claude_hooks.domain import TaskKind, TaskState
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import (
     assignments,
     ci_watches,
@@ -83,31 +84,47 @@ def _delivery(row: sa.Row[Any]) -> DeliveryRecord:
     )
 
 
-def _link(row: sa.Row[Any]) -> PullLink:
-    m = row._mapping
-    return PullLink(
-        m["repo"],
-        m["pr_number"],
-        m["author_type"],
-        m["issue_number"],
-        m["head_sha"],
-        bool(m["open"]),
+_LINK_COLUMNS = (
+    pull_links.c.repo,
+    pull_links.c.pr_number,
+    pull_links.c.author_type,
+    pull_links.c.issue_number,
+    pull_links.c.head_sha,
+    pull_links.c.open,
+)
+
+
+def _link(row: Any) -> PullLink:
+    """A pull link from a row of `_LINK_COLUMNS`."""
+    repo, pr_number, author_type, issue_number, head_sha, is_open = tuple(row)
+    return PullLink(repo, pr_number, author_type, issue_number, head_sha, bool(is_open))
+
+
+# Statements on the webhook path, built once and run by the driver (see `prepared`).
+_INSERT_DELIVERY = Prepared(deliveries.insert())
+_DELIVERY_EXISTS = Prepared(
+    sa.select(deliveries.c.id).where(deliveries.c.id == sa.bindparam("b_id"))
+)
+_ASSIGNED = Prepared(
+    sa.select(assignments.c.type).where(
+        assignments.c.repo == sa.bindparam("b_repo"),
+        assignments.c.number == sa.bindparam("b_number"),
     )
-
-
-# Statements on the webhook path, built once: building a statement costs more than running it.
-_INSERT_DELIVERY = deliveries.insert()
-_DELIVERY_EXISTS = sa.select(deliveries.c.id).where(deliveries.c.id == sa.bindparam("b_id"))
-_ASSIGNED = sa.select(assignments.c.type).where(
-    assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
 )
-_PULL_LINK = sa.select(pull_links).where(
-    pull_links.c.repo == sa.bindparam("b_repo"), pull_links.c.pr_number == sa.bindparam("b_number")
+_PULL_LINK = Prepared(
+    sa.select(*_LINK_COLUMNS).where(
+        pull_links.c.repo == sa.bindparam("b_repo"),
+        pull_links.c.pr_number == sa.bindparam("b_number"),
+    )
 )
-_UNASSIGN = assignments.delete().where(
-    assignments.c.repo == sa.bindparam("b_repo"), assignments.c.number == sa.bindparam("b_number")
+_UNASSIGN = Prepared(
+    assignments.delete().where(
+        assignments.c.repo == sa.bindparam("b_repo"),
+        assignments.c.number == sa.bindparam("b_number"),
+    )
 )
-_PENDING = (
+_ASSIGN = Prepared(assignments.insert())
+_PENDING = Prepared(
     sa.select(tasks.c.id)
     .where(
         tasks.c.session_key == sa.bindparam("b_key"),
@@ -121,10 +138,9 @@ _PENDING = (
 
 def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterable[str]) -> None:
     """Make `types` the ones assigned to an issue, within the caller's transaction."""
-    conn.execute(_UNASSIGN, {"b_repo": repo, "b_number": number})
-    rows = [{"repo": repo, "number": number, "type": t} for t in sorted(set(types))]
-    if rows:
-        conn.execute(assignments.insert(), rows)
+    _UNASSIGN.run(conn, {"b_repo": repo, "b_number": number})
+    for agent_type in sorted(set(types)):
+        _ASSIGN.run(conn, {"repo": repo, "number": number, "type": agent_type})
 
 
 Assigned = tuple[str, int, frozenset[str]]
@@ -133,7 +149,7 @@ Assigned = tuple[str, int, frozenset[str]]
 def insert_delivery(conn: sa.Connection, record: DeliveryRecord, assigned: Assigned | None) -> None:
     """Insert a settled delivery and the assignment state it leaves, within the caller's
     transaction; an id seen before raises `sa.exc.IntegrityError` (the primary key decides)."""
-    conn.execute(_INSERT_DELIVERY, dataclasses.asdict(record))
+    _INSERT_DELIVERY.run(conn, dataclasses.asdict(record))
     if assigned is not None:
         write_assignment(conn, *assigned)
 
@@ -171,7 +187,7 @@ class SqlIntake:
 
     async def has_delivery(self, delivery_id: str) -> bool:
         with self.reader.connect() as conn:
-            return conn.scalar(_DELIVERY_EXISTS, {"b_id": delivery_id}) is not None
+            return _DELIVERY_EXISTS.scalar(conn, {"b_id": delivery_id}) is not None
 
     async def add_delivery(
         self, record: DeliveryRecord, assigned: tuple[str, int, frozenset[str]] | None = None
@@ -211,8 +227,8 @@ class SqlIntake:
 
     async def assigned_types(self, repo: str, number: int) -> set[str]:
         with self.reader.connect() as conn:
-            rows = conn.scalars(_ASSIGNED, {"b_repo": repo, "b_number": number})
-            return set(rows.all())
+            rows = _ASSIGNED.run(conn, {"b_repo": repo, "b_number": number}).fetchall()
+            return {row[0] for row in rows}
 
     async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None:
         with self.engine.begin() as conn:
@@ -234,14 +250,14 @@ class SqlIntake:
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
         with self.reader.connect() as conn:
-            row = conn.execute(_PULL_LINK, {"b_repo": repo, "b_number": pr_number}).first()
+            row = _PULL_LINK.run(conn, {"b_repo": repo, "b_number": pr_number}).fetchone()
         return _link(row) if row else None
 
     async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
         with self.reader.connect() as conn:
             row = (
                 conn.execute(
-                    sa.select(pull_links)
+                    sa.select(*_LINK_COLUMNS)
                     .where(pull_links.c.repo == repo, pull_links.c.head_sha == sha)
                     .order_by(pull_links.c.open.desc(), pull_links.c.updated_at.desc())
                 )
@@ -278,7 +294,7 @@ class SqlIntake:
 
     async def pending_task(self, session_key: str, kind: TaskKind) -> str | None:
         with self.reader.connect() as conn:
-            found = conn.scalar(_PENDING, {"b_key": session_key, "b_kind": kind.value})
+            found = _PENDING.scalar(conn, {"b_key": session_key, "b_kind": kind.value})
             return str(found) if found is not None else None
 
     async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool:

@@ -17,19 +17,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from claude_hooks.domain import TaskState
 from claude_hooks.errors import NoInstanceError
 from claude_hooks.scheduler import Candidate, choose
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import agents, cursors, queue_lengths, tasks
 
 _QUEUED = TaskState.QUEUED.value
 _RUNNING = TaskState.RUNNING.value
 
-_CURSOR = (
+_CURSOR = Prepared(
     sa.select(cursors.c.position).where(cursors.c.type == sa.bindparam("b_type")).with_for_update()
 )
 _NEW_CURSOR = {
     "postgresql": postgresql.insert(cursors).on_conflict_do_nothing(index_elements=["type"]),
     "sqlite": sqlite.insert(cursors).on_conflict_do_nothing(index_elements=["type"]),
 }
-_MOVE_CURSOR = (
+_MOVE_CURSOR = Prepared(
     cursors.update()
     .where(cursors.c.type == sa.bindparam("b_type"))
     .values(position=sa.bindparam("b_position"))
@@ -42,15 +43,18 @@ _RUNS = (
     .where(tasks.c.agent == agents.c.name, tasks.c.state == _RUNNING)
     .exists()
 )
-_CANDIDATES = (
+_CANDIDATES = Prepared(
     sa.select(agents.c.name, _RUNS, sa.func.coalesce(queue_lengths.c.queued, 0))
     .select_from(agents.outerjoin(queue_lengths, queue_lengths.c.agent == agents.c.name))
     .where(agents.c.type == sa.bindparam("b_type"), agents.c.enabled == sa.true())
     .order_by(agents.c.name)
 )
-_HOLDERS = (
+_HOLDERS = Prepared(
     sa.select(tasks.c.agent)
-    .where(tasks.c.session_key == sa.bindparam("b_key"), tasks.c.state.in_([_QUEUED, _RUNNING]))
+    .where(
+        tasks.c.session_key == sa.bindparam("b_key"),
+        sa.or_(tasks.c.state == _QUEUED, tasks.c.state == _RUNNING),
+    )
     .distinct()
 )
 
@@ -67,10 +71,10 @@ class Spot:
 def lock_cursor(conn: sa.Connection, agent_type: str) -> int:
     """The type's cursor, locked until the transaction ends (the row is made on first use)."""
     params = {"b_type": agent_type}
-    position = conn.execute(_CURSOR, params).scalar()
+    position = _CURSOR.scalar(conn, params)
     if position is None:
         conn.execute(_NEW_CURSOR[conn.dialect.name], {"type": agent_type, "position": 0})
-        position = conn.execute(_CURSOR, params).scalar_one()
+        position = _CURSOR.scalar(conn, params)
     return int(position)
 
 
@@ -78,14 +82,14 @@ def place(conn: sa.Connection, agent_type: str, session_key: str) -> Spot:
     """Choose the instance of `agent_type` for a task of `session_key` and move the cursor;
     the caller writes the task in the same transaction."""
     cursor = lock_cursor(conn, agent_type)
-    rows = conn.execute(_CANDIDATES, {"b_type": agent_type}).all()
+    rows = _CANDIDATES.run(conn, {"b_type": agent_type}).fetchall()
     if not rows:
         raise NoInstanceError(agent_type)
     snapshot = [Candidate(name, bool(running), int(queued)) for name, running, queued in rows]
-    holders = set(conn.scalars(_HOLDERS, {"b_key": session_key}))
+    holders = {row[0] for row in _HOLDERS.run(conn, {"b_key": session_key}).fetchall()}
     holder = next((c.name for c in snapshot if c.name in holders), None)
     choice = choose(snapshot, cursor, holder)
     if choice.cursor != cursor:
-        conn.execute(_MOVE_CURSOR, {"b_type": agent_type, "b_position": choice.cursor})
+        _MOVE_CURSOR.run(conn, {"b_type": agent_type, "b_position": choice.cursor})
     chosen = snapshot[choice.index]
     return Spot(chosen.name, chosen.queued, chosen.running)

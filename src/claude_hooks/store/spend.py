@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from claude_hooks.budget import Period
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
 from claude_hooks.store.upsert import upsert
 
@@ -66,9 +67,18 @@ class SpendStore(Protocol):
 
 
 # Statements on the webhook path, built once: building a statement costs more than running it.
-_GUARD = sa.select(issue_guards).where(
-    issue_guards.c.repo == sa.bindparam("b_repo"),
-    issue_guards.c.number == sa.bindparam("b_number"),
+_GUARD = Prepared(
+    sa.select(
+        issue_guards.c.repo,
+        issue_guards.c.number,
+        issue_guards.c.since,
+        issue_guards.c.review_rounds,
+        issue_guards.c.tripped_at,
+        issue_guards.c.reason,
+    ).where(
+        issue_guards.c.repo == sa.bindparam("b_repo"),
+        issue_guards.c.number == sa.bindparam("b_number"),
+    )
 )
 # The issue and the agent pull requests opened for it as one IN list: with `number = ? OR
 # number IN (...)` SQLite used only the repo part of the (repo, number) index and read every
@@ -80,10 +90,12 @@ _NUMBERS = sa.union(
         pull_links.c.issue_number == sa.bindparam("b_number"),
     ),
 )
-_USAGE = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)).where(
-    tasks.c.repo == sa.bindparam("b_repo"),
-    tasks.c.number.in_(_NUMBERS),
-    tasks.c.enqueued_at >= sa.bindparam("b_since"),
+_USAGE = Prepared(
+    sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)).where(
+        tasks.c.repo == sa.bindparam("b_repo"),
+        tasks.c.number.in_(_NUMBERS),
+        tasks.c.enqueued_at >= sa.bindparam("b_since"),
+    )
 )
 
 
@@ -96,7 +108,7 @@ def _reset(module: Any) -> Any:
     )
 
 
-_RESET = {"postgresql": _reset(postgresql), "sqlite": _reset(sqlite)}
+_RESET = {"postgresql": Prepared(_reset(postgresql)), "sqlite": Prepared(_reset(sqlite))}
 
 
 def _guard(row: sa.Row[Any]) -> IssueGuard:
@@ -156,15 +168,15 @@ class SqlSpend:
 
     async def guard(self, repo: str, number: int) -> IssueGuard | None:
         with self.reader.connect() as conn:
-            row = conn.execute(_GUARD, {"b_repo": repo, "b_number": number}).first()
-        return _guard(row) if row else None
+            row = _GUARD.run(conn, {"b_repo": repo, "b_number": number}).fetchone()
+        return IssueGuard(*row) if row else None
 
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
         """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what
         the finished ones cost."""
         params = {"b_repo": repo, "b_number": number, "b_since": since}
         with self.reader.connect() as conn:
-            count, cost = conn.execute(_USAGE, params).one()
+            count, cost = _USAGE.run(conn, params).fetchall()[0]
         return int(count), float(cost)
 
     def _ensure(self, conn: sa.Connection, repo: str, number: int) -> None:
@@ -208,7 +220,7 @@ class SqlSpend:
         """A human stepped in: count afresh from now."""
         params = {"repo": repo, "number": number, "since": now}
         with self.engine.begin() as conn:
-            conn.execute(_RESET[conn.dialect.name], params)
+            _RESET[conn.dialect.name].run(conn, params)
 
     async def tripped(self) -> list[IssueGuard]:
         query = (

@@ -43,6 +43,7 @@ from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_runni
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.pending import SqlPending
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
@@ -121,12 +122,17 @@ def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
     return writer, reader
 
 
-def _postgresql_engine(url: sa.URL) -> sa.Engine:
-    """One pooled engine through psycopg 3: PostgreSQL serialises what must be serial with
-    row locks (see `placing`), so readers and writers share it. No ping before each use (a
-    round trip per call): a connection the server dropped fails one call, and SQLAlchemy
-    then replaces the whole pool; the callers retry."""
-    return sa.create_engine(url.set(drivername="postgresql+psycopg"), pool_size=5, max_overflow=5)
+def _postgresql_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
+    """A writer and a reader through psycopg 3, each pooled: PostgreSQL serialises what must be
+    serial with row locks (see `placing`). The reader runs in autocommit: a read is one round
+    trip instead of three (BEGIN, the query, ROLLBACK), and under READ COMMITTED a transaction
+    gave each statement its own snapshot anyway. No ping before each use (a round trip per
+    call): a connection the server dropped fails one call, and SQLAlchemy then replaces the
+    whole pool; the callers retry."""
+    url = url.set(drivername="postgresql+psycopg")
+    writer = sa.create_engine(url, pool_size=5, max_overflow=5)
+    reader = sa.create_engine(url, pool_size=5, max_overflow=5, isolation_level="AUTOCOMMIT")
+    return writer, reader
 
 
 def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
@@ -135,8 +141,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
     if backend == "sqlite":
         return _sqlite_engines(parsed)
     if backend == "postgresql":
-        engine = _postgresql_engine(parsed)
-        return engine, engine
+        return _postgresql_engines(parsed)
     raise StoreError(
         f"database_url {url!r}: the data is stored in SQLite or PostgreSQL "
         "(leave database_url empty, or give a sqlite:/// or postgresql:// URL)"
@@ -179,8 +184,8 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
     """Queue `task` on the instance the rule picks, within the caller's transaction: the one
     place where a task is placed."""
     spot = placing.place(conn, task.type, task.session_key)
-    seq: int = conn.execute(
-        _INSERT_TASK,
+    seq = _INSERT_TASK.scalar(
+        conn,
         {
             "id": task.id,
             "type": task.type,
@@ -194,7 +199,7 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
             "enqueued_at": task.enqueued_at,
             "delivery_id": task.delivery_id,
         },
-    ).scalar_one()
+    )
     wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
     placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
     return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
@@ -260,7 +265,7 @@ def _where(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
 _NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_subquery()
 
 # Statements on the webhook path, built once: building a statement costs more than running it.
-_INSERT_TASK = (
+_INSERT_TASK = Prepared(
     tasks.insert().values(seq=_NEXT_SEQ, state=TaskState.QUEUED.value).returning(tasks.c.seq)
 )
 _TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))

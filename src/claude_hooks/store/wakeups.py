@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from claude_hooks.store.prepared import Prepared
+
 CHANNEL = "claude_hooks"
 TASK = "task"
 BUSY = "busy"
@@ -26,7 +28,7 @@ SIGNAL = "signal"
 OUTBOX = "outbox"
 KINDS = frozenset({TASK, BUSY, FREED, SIGNAL, OUTBOX})
 
-_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+_NOTIFY = Prepared(sa.text("SELECT pg_notify(:channel, :payload)"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class Wake:
 def notify(conn: sa.Connection, kind: str, target: str = "") -> None:
     """Send a wake-up when `conn`'s transaction commits (PostgreSQL only)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": f"{kind}:{target}"})
+        _NOTIFY.run(conn, {"channel": CHANNEL, "payload": f"{kind}:{target}"})
 
 
 def placed(conn: sa.Connection, agent: str, agent_type: str, busy: bool) -> None:
