@@ -53,6 +53,9 @@ class Decision:
     # so an assignment whose work could not be queued is seen as new when replayed.
     assigned: tuple[str, int, frozenset[str]] | None = None
     cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
+    # Issues whose loop guard a human's event resets (see `loop_guard`), written with the
+    # delivery: a duplicate resets nothing.
+    resets: list[tuple[str, int, float]] = field(default_factory=list)
 
 
 def ignore(reason: str) -> Decision:

@@ -32,7 +32,7 @@ from claude_hooks.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.pool import Pool
 from claude_hooks.rejections import RejectionLog
 from claude_hooks.store.base import Placement, Settle
-from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore
+from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
 from claude_hooks.store.pending import PendingEntry
 from claude_hooks.sweep import Sweeper
 
@@ -68,16 +68,16 @@ def _settler(record: DeliveryRecord, decision: flows.Decision, applied: Applied)
 
     def settle(
         placements: list[Placement], failure: NoInstanceError | None
-    ) -> tuple[DeliveryRecord, Assigned | None]:
+    ) -> tuple[DeliveryRecord, Assigned | None, list[Reset]]:
         done = Applied(applied.tasks + [_entry(p.task, merged=False) for p in placements])
         record.task_ids = [task["id"] for task in done.tasks]
         if failure is not None:
             record.outcome, record.reason = "error", str(failure)
             kept = _kept(decision, done)
-            return record, kept.assigned if kept is not None else None
+            return record, kept.assigned if kept is not None else None, decision.resets
         record.outcome = "queued" if done.tasks else "ignored"
         record.reason = decision.reason
-        return record, decision.assigned
+        return record, decision.assigned, decision.resets
 
     return settle
 
@@ -389,8 +389,9 @@ class Intake:
         """Record the delivery with its outcome (and the assignment state it leaves) at once."""
         self._fill(record, verdict)
         if not verdict.applied.recorded:
-            assigned = verdict.decision.assigned if verdict.decision is not None else None
-            await self.store.add_delivery(record, assigned)
+            decision = verdict.decision
+            assigned = decision.assigned if decision is not None else None
+            await self.store.add_delivery(record, assigned, decision.resets if decision else ())
         self._published(record)
         body: dict[str, Any] = {
             "status": verdict.outcome,
@@ -434,6 +435,8 @@ class Intake:
         if record is not None:
             await self._dispatch_recorded(new, record, decision, applied)
         else:
+            for repo, number, since in decision.resets:
+                await self.guard.spend.reset_guard(repo, number, since)
             for agent_type, request in new:
                 applied.tasks.append(_entry(await self.pool.dispatch(agent_type, request), False))
         for comment in decision.comments:

@@ -87,18 +87,22 @@ class LoopGuard:
         kept: list[tuple[str, DispatchRequest]] = []
         stops: list[str] = []
         comments: list[ForgeComment] = []
+        resets: list[tuple[str, int, float]] = []
+        tripped: set[tuple[str, int]] = set()
         for agent_type, request in decision.dispatch:
             issue = await self._issue_of(request.repo, request.number)
             reset = None
             if human:
+                # Written with the delivery (see `Decision.resets`); read here as it will be.
                 now = self.clock()
-                await self.spend.reset_guard(request.repo, issue, now)
+                resets.append((request.repo, issue, now))
                 reset = IssueGuard(request.repo, issue, now, 0, None, None)
             stop, newly = await self._check(request, issue, reset)
             if stop is None:
                 kept.append((agent_type, request))
                 continue
             stops.append(f"no {agent_type} work: {request.repo}#{issue} needs a human ({stop})")
+            tripped.add((request.repo, issue))
             if newly:
                 number = int(request.payload.get("comment_on", request.number))
                 comments.append(
@@ -107,11 +111,17 @@ class LoopGuard:
                     )
                 )
                 self._label(agent_type, request.repo, number)
+        # A guard that trips even counted afresh (a limit of 0) stays tripped.
+        resets = decision.resets + [r for r in resets if (r[0], r[1]) not in tripped]
         if not stops:
-            return decision
+            return replace(decision, resets=resets) if resets else decision
         reason = "; ".join(stops) if not kept else f"{decision.reason}; {'; '.join(stops)}"
         return replace(
-            decision, reason=reason, dispatch=kept, comments=decision.comments + comments
+            decision,
+            reason=reason,
+            dispatch=kept,
+            comments=decision.comments + comments,
+            resets=resets,
         )
 
     async def _check(

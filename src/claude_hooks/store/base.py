@@ -12,7 +12,7 @@ from typing import Protocol
 
 from claude_hooks.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
-from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore
+from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
@@ -46,8 +46,12 @@ class Placement:
 
 
 # What to record with the tasks a delivery placed: given them and the error that stopped the
-# placing (if any), the delivery with its outcome and the assignment state it leaves.
-Settle = Callable[[list[Placement], NoInstanceError | None], tuple[DeliveryRecord, Assigned | None]]
+# placing (if any), the delivery with its outcome, the assignment state and the loop-guard
+# resets it leaves.
+Settle = Callable[
+    [list[Placement], NoInstanceError | None],
+    tuple[DeliveryRecord, Assigned | None, Sequence[Reset]],
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from claude_hooks.store.schema import (
     pull_links,
     tasks,
 )
+from claude_hooks.store.spend import write_reset
 from claude_hooks.store.upsert import upsert
 
 OUTCOMES = ("queued", "ignored", "duplicate", "error", "pending")
@@ -144,20 +145,32 @@ def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterabl
 
 
 Assigned = tuple[str, int, frozenset[str]]
+Reset = tuple[str, int, float]  # (repo, issue, since): a human's event resets its loop guard
 
 
-def insert_delivery(conn: sa.Connection, record: DeliveryRecord, assigned: Assigned | None) -> None:
-    """Insert a settled delivery and the assignment state it leaves, within the caller's
-    transaction; an id seen before raises `sa.exc.IntegrityError` (the primary key decides)."""
+def insert_delivery(
+    conn: sa.Connection,
+    record: DeliveryRecord,
+    assigned: Assigned | None,
+    resets: Sequence[Reset] = (),
+) -> None:
+    """Insert a settled delivery, the assignment state and the loop guards it leaves, within
+    the caller's transaction; an id seen before raises `sa.exc.IntegrityError` (the primary
+    key decides), so a duplicate leaves nothing."""
     _INSERT_DELIVERY.run(conn, dataclasses.asdict(record))
     if assigned is not None:
         write_assignment(conn, *assigned)
+    for repo, number, since in resets:
+        write_reset(conn, repo, number, since)
 
 
 class IntakeStore(Protocol):
     async def has_delivery(self, delivery_id: str) -> bool: ...
     async def add_delivery(
-        self, record: DeliveryRecord, assigned: tuple[str, int, frozenset[str]] | None = None
+        self,
+        record: DeliveryRecord,
+        assigned: tuple[str, int, frozenset[str]] | None = None,
+        resets: Sequence[Reset] = (),
     ) -> bool: ...
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None: ...
     async def list_deliveries(
@@ -190,13 +203,16 @@ class SqlIntake:
             return _DELIVERY_EXISTS.scalar(conn, {"b_id": delivery_id}) is not None
 
     async def add_delivery(
-        self, record: DeliveryRecord, assigned: tuple[str, int, frozenset[str]] | None = None
+        self,
+        record: DeliveryRecord,
+        assigned: tuple[str, int, frozenset[str]] | None = None,
+        resets: Sequence[Reset] = (),
     ) -> bool:
-        """Insert a settled delivery, and the assignment state it leaves, in one transaction;
-        False if its id was seen before (the primary key decides)."""
+        """Insert a settled delivery, and the state it leaves, in one transaction; False if
+        its id was seen before (the primary key decides)."""
         try:
             with self.engine.begin() as conn:
-                insert_delivery(conn, record, assigned)
+                insert_delivery(conn, record, assigned, resets)
         except sa.exc.IntegrityError:
             return False
         return True

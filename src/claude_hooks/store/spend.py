@@ -111,6 +111,11 @@ def _reset(module: Any) -> Any:
 _RESET = {"postgresql": Prepared(_reset(postgresql)), "sqlite": Prepared(_reset(sqlite))}
 
 
+def write_reset(conn: sa.Connection, repo: str, number: int, now: float) -> None:
+    """Count an issue afresh from `now`, within the caller's transaction."""
+    _RESET[conn.dialect.name].run(conn, {"repo": repo, "number": number, "since": now})
+
+
 def _guard(row: sa.Row[Any]) -> IssueGuard:
     m = row._mapping
     return IssueGuard(
@@ -218,9 +223,8 @@ class SqlSpend:
 
     async def reset_guard(self, repo: str, number: int, now: float) -> None:
         """A human stepped in: count afresh from now."""
-        params = {"repo": repo, "number": number, "since": now}
         with self.engine.begin() as conn:
-            _RESET[conn.dialect.name].run(conn, params)
+            write_reset(conn, repo, number, now)
 
     async def tripped(self) -> list[IssueGuard]:
         query = (
