@@ -79,6 +79,12 @@ async def test_a_pull_request_bounced_between_reviewer_and_dev_stops_until_a_hum
     assert [(g["repo"], g["number"]) for g in limits["needs_human"]] == [("acme/widget", 17)]
     assert "Needs a human" in (await client.get("/", headers=auth)).text
 
+    # A human's assignment under a delivery id seen before is a duplicate: it resets nothing.
+    replayed = await post(client, "issues_assigned_dev", "round-1")
+    assert replayed["status"] == "duplicate", replayed
+    limits = (await client.get("/api/limits", headers=auth)).json()
+    assert [(g["repo"], g["number"]) for g in limits["needs_human"]] == [("acme/widget", 17)]
+
     # alice (a human) assigns dev-bot to #17: the guard resets and work flows again.
     assigned = await post(client, "issues_assigned_dev", "human-assign")
     assert assigned["status"] == "queued", assigned
