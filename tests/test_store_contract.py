@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
-from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink
+from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink, Reset
 from claude_hooks.store.schema import queue_lengths, tasks
 from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
@@ -358,12 +358,13 @@ async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) ->
 
     def settle(
         placements: list[Placement], failure: NoInstanceError | None
-    ) -> tuple[DeliveryRecord, tuple[str, int, frozenset[str]] | None]:
+    ) -> tuple[DeliveryRecord, tuple[str, int, frozenset[str]] | None, list[Reset]]:
         record = delivery("d-1", NOW)
         record.task_ids = [p.task.id for p in placements]
         record.outcome = "error" if failure else "queued"
         seen.append((record.task_ids, str(failure) if failure else None))
-        return record, ("acme/widget", 1, frozenset({"dev"}))
+        since = NOW + len(seen)
+        return record, ("acme/widget", 1, frozenset({"dev"})), [("acme/widget", 1, since)]
 
     done = await store.dispatch_all([new_task(1), new_task(2, agent_type="nobody")], settle)
     assert done.recorded and len(done.placements) == 1 and done.failure is not None
@@ -371,10 +372,14 @@ async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) ->
     assert stored is not None and stored.outcome == "error"
     assert stored.task_ids == [done.placements[0].task.id] == seen[0][0]
     assert await store.intake.assigned_types("acme/widget", 1) == {"dev"}
-    # The same id again: nothing is placed, nothing is recorded twice.
+    guard = await store.spend.guard("acme/widget", 1)
+    assert guard is not None and guard.since == NOW + 1
+    # The same id again: nothing is placed, nothing is recorded twice, no guard is reset.
     again = await store.dispatch_all([new_task(3)], settle)
     assert not again.recorded and again.placements == []
     assert await store.count_tasks(TaskFilter()) == 1
+    guard = await store.spend.guard("acme/widget", 1)
+    assert guard is not None and guard.since == NOW + 1
 
 
 async def test_breaker_states_are_kept_replaced_and_cleared(store: Store) -> None:

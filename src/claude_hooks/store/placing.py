@@ -35,27 +35,27 @@ _MOVE_CURSOR = Prepared(
     .where(cursors.c.type == sa.bindparam("b_type"))
     .values(position=sa.bindparam("b_position"))
 )
-# Per candidate: whether it runs a task (a lookup in the (agent, state, seq) index) and its queue
-# length as the triggers of migration 0011 keep it, so placing costs the same with 20,000 tasks
-# queued as with none.
+# Per candidate, in one statement: whether it runs a task (a lookup in the (agent, state, seq)
+# index), its queue length as the triggers of migration 0011 keep it (so placing costs the same
+# with 20,000 tasks queued as with none), and whether it holds the session's queued or running
+# work (a lookup in the (session_key, state, ...) index).
 _RUNS = (
     sa.select(sa.literal(1))
     .where(tasks.c.agent == agents.c.name, tasks.c.state == _RUNNING)
     .exists()
 )
-_CANDIDATES = Prepared(
-    sa.select(agents.c.name, _RUNS, sa.func.coalesce(queue_lengths.c.queued, 0))
-    .select_from(agents.outerjoin(queue_lengths, queue_lengths.c.agent == agents.c.name))
-    .where(agents.c.type == sa.bindparam("b_type"), agents.c.enabled == sa.true())
-    .order_by(agents.c.name)
-)
-_HOLDERS = Prepared(
-    sa.select(tasks.c.agent)
-    .where(
+# Not correlated: a correlated form let SQLite walk the candidate's whole queue by its agent.
+_HOLDS = agents.c.name.in_(
+    sa.select(tasks.c.agent).where(
         tasks.c.session_key == sa.bindparam("b_key"),
         sa.or_(tasks.c.state == _QUEUED, tasks.c.state == _RUNNING),
     )
-    .distinct()
+)
+_CANDIDATES = Prepared(
+    sa.select(agents.c.name, _RUNS, sa.func.coalesce(queue_lengths.c.queued, 0), _HOLDS)
+    .select_from(agents.outerjoin(queue_lengths, queue_lengths.c.agent == agents.c.name))
+    .where(agents.c.type == sa.bindparam("b_type"), agents.c.enabled == sa.true())
+    .order_by(agents.c.name)
 )
 
 
@@ -82,12 +82,11 @@ def place(conn: sa.Connection, agent_type: str, session_key: str) -> Spot:
     """Choose the instance of `agent_type` for a task of `session_key` and move the cursor;
     the caller writes the task in the same transaction."""
     cursor = lock_cursor(conn, agent_type)
-    rows = _CANDIDATES.run(conn, {"b_type": agent_type}).fetchall()
+    rows = _CANDIDATES.run(conn, {"b_type": agent_type, "b_key": session_key}).fetchall()
     if not rows:
         raise NoInstanceError(agent_type)
-    snapshot = [Candidate(name, bool(running), int(queued)) for name, running, queued in rows]
-    holders = {row[0] for row in _HOLDERS.run(conn, {"b_key": session_key}).fetchall()}
-    holder = next((c.name for c in snapshot if c.name in holders), None)
+    snapshot = [Candidate(name, bool(running), int(queued)) for name, running, queued, _ in rows]
+    holder = next((row[0] for row in rows if row[3]), None)
     choice = choose(snapshot, cursor, holder)
     if choice.cursor != cursor:
         _MOVE_CURSOR.run(conn, {"b_type": agent_type, "b_position": choice.cursor})

@@ -43,7 +43,7 @@ from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_runni
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.pending import SqlPending
-from claude_hooks.store.prepared import Prepared
+from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
@@ -462,7 +462,7 @@ class SqlStore:
         placements: list[Placement] = []
         failure: NoInstanceError | None = None
         try:
-            with self.engine.begin() as conn:
+            with self.engine.begin() as conn, pipelined(conn):
                 for task in tasks:
                     try:
                         placements.append(_place(conn, task))
