@@ -81,8 +81,17 @@ def lock_cursor(conn: sa.Connection, agent_type: str) -> int:
 def place(conn: sa.Connection, agent_type: str, session_key: str) -> Spot:
     """Choose the instance of `agent_type` for a task of `session_key` and move the cursor;
     the caller writes the task in the same transaction."""
-    cursor = lock_cursor(conn, agent_type)
-    rows = _CANDIDATES.run(conn, {"b_type": agent_type, "b_key": session_key}).fetchall()
+    # Both sent before either is read: one round trip when pipelined (see `prepared`). The
+    # candidates are still read under the lock: the server runs the two in order, and under
+    # READ COMMITTED the second one takes its snapshot once the first holds the lock.
+    locked = _CURSOR.run(conn, {"b_type": agent_type})
+    candidates = _CANDIDATES.run(conn, {"b_type": agent_type, "b_key": session_key})
+    position = locked.fetchone()
+    rows = candidates.fetchall()
+    if position is None:  # the type's first placement: make its cursor, then read under it
+        conn.execute(_NEW_CURSOR[conn.dialect.name], {"type": agent_type, "position": 0})
+        return place(conn, agent_type, session_key)
+    cursor = int(position[0])
     if not rows:
         raise NoInstanceError(agent_type)
     snapshot = [Candidate(name, bool(running), int(queued)) for name, running, queued, _ in rows]

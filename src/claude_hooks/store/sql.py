@@ -205,6 +205,20 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
     return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
 
+def _place_all(
+    conn: sa.Connection, tasks: Sequence[Task]
+) -> tuple[list[Placement], NoInstanceError | None]:
+    """Queue `tasks` in order, stopping at the first type with no instance (its task is not
+    written), within the caller's transaction."""
+    placements: list[Placement] = []
+    for task in tasks:
+        try:
+            placements.append(_place(conn, task))
+        except NoInstanceError as exc:
+            return placements, exc
+    return placements, None
+
+
 def _task(row: sa.Row[Any]) -> Task:
     m = row._mapping
     return Task(
@@ -459,16 +473,11 @@ class SqlStore:
         """Place the tasks of one delivery in order, stopping at a type with no instance, and
         record the delivery as `settle` says: one transaction, so the delivery and its tasks
         are committed together or not at all."""
-        placements: list[Placement] = []
-        failure: NoInstanceError | None = None
         try:
+            # The pipeline ends before the commit, so a duplicate id fails as itself (an
+            # IntegrityError), not as the commit of an aborted transaction.
             with self.engine.begin() as conn, pipelined(conn):
-                for task in tasks:
-                    try:
-                        placements.append(_place(conn, task))
-                    except NoInstanceError as exc:  # raised before the type's task is written
-                        failure = exc
-                        break
+                placements, failure = _place_all(conn, tasks)
                 insert_delivery(conn, *settle(placements, failure))
         except sa.exc.IntegrityError:
             return Dispatched([], None, recorded=False)
