@@ -51,6 +51,7 @@ def run_all(quick: bool, only: list[str]) -> dict[str, Any]:
             print(f"[bench] {name} FAILED:\n{results['failed'][name]}", flush=True)
             continue
         results[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+        results[name]["recorded"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         print(f"[bench] {name} done in {results[name]['bench_seconds']} s", flush=True)
     return results
 
@@ -307,10 +308,32 @@ def markdown(r: dict[str, Any]) -> str:
             f"({c['sessions']} sessions at once).",
         ]
     lines += cluster.markdown(r)
+    earlier = [
+        f"{name} ({r[name]['recorded']})"
+        for name in BENCHMARKS
+        if name in r and r[name].get("recorded", r["date"])[:13] != r["date"][:13]
+    ]
+    if earlier:
+        lines += ["", f"Measured in an earlier run than the others: {', '.join(earlier)}."]
     history = HERE / "history.md"
     if history.exists():
         lines += ["", history.read_text().strip()]
     return "\n".join(lines) + "\n"
+
+
+def _newest_recorded() -> dict[str, Any]:
+    """The newest full results on record: a run of some benchmarks (`--only`) updates those
+    and keeps the others' figures."""
+    folder = ROOT / "bench" / "results"
+    recorded = sorted(p for p in folder.glob("*.json") if p.name != "quick.json")
+    if not recorded:
+        return {}
+    previous: dict[str, Any] = json.loads(recorded[-1].read_text())
+    previous.pop("failed", None)
+    for name in BENCHMARKS:
+        if isinstance(previous.get(name), dict):
+            previous[name].setdefault("recorded", previous["date"])
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.database_url:
         os.environ[dispatch.POSTGRES_ENV] = args.database_url
     results = run_all(args.quick, args.only)
+    if args.only and not args.quick:
+        results = {**_newest_recorded(), **results}
     text = json.dumps(results, indent=2)
     if args.out is not None:
         args.out.write_text(text)
