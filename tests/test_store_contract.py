@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
+from claude_hooks.store import spend
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
 from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink, Reset
 from claude_hooks.store.schema import queue_lengths, tasks
@@ -596,3 +598,39 @@ async def test_queue_lengths_follow_every_change_of_a_queue(store: SqlStore) -> 
     await store.finish_task(again.id, Outcome(TaskState.SUCCEEDED), NOW + 1)
     kept, counted = kept_and_counted()
     assert kept == counted == {"dev-a": 5}
+
+
+async def test_an_issues_usage_looks_its_tasks_up_by_repo_and_number(store: SqlStore) -> None:
+    """Whatever the plan, PostgreSQL's generic plan included (made while the tables were small
+    and kept by the prepared statement), the loop guard's usage query finds an issue's tasks
+    through the full (repo, number) index: reading every task of the repository instead made
+    each delivery slower than the one before."""
+    statement = spend._USAGE.statement
+    values = {"b_repo": "acme/widget", "b_number": 7, "b_since": 0.0}
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            compiled = statement.compile(dialect=conn.dialect)
+            args = {**compiled.params, **values}
+            positional = tuple(args[name] for name in compiled.positiontup or ())
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            rows = raw.execute(f"EXPLAIN QUERY PLAN {compiled}", positional).fetchall()
+            steps = [str(row[3]) for row in rows]
+            on_tasks = [step for step in steps if " tasks " in f"{step} "]
+            assert on_tasks and all("(repo=? AND number=?)" in step for step in on_tasks), steps
+        else:
+            compiled = statement.compile(dialect=postgresql.asyncpg.dialect())
+            args = {**compiled.params, **values}
+            literal = ", ".join(
+                repr(args[name]).replace('"', "'") for name in compiled.positiontup or ()
+            )
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql(f"PREPARE usage_plan AS {compiled}")
+            plan = [
+                row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE usage_plan({literal})")
+            ]
+            text = "\n".join(plan)
+            assert "Merge Join" not in text and "Seq Scan on tasks" not in text, text
+            conditions = [line for line in plan if "Index Cond" in line and "number" in line]
+            scans = [line for line in plan if " on tasks" in line]
+            assert scans and len(conditions) >= len(scans), text
