@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from claude_hooks.domain import TaskKind, TaskState
+from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import (
     assignments,
@@ -197,13 +198,14 @@ class IntakeStore(Protocol):
 class SqlIntake:
     """`IntakeStore` on the same engine as the `SqlStore` it belongs to."""
 
-    def __init__(self, engine: sa.Engine, reader: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, reader: sa.Engine, kept: KeptReader) -> None:
         self.engine = engine
         self.reader = reader
+        self.kept = kept  # for the webhook path's reads
 
     async def has_delivery(self, delivery_id: str) -> bool:
-        with self.reader.connect() as conn:
-            return _DELIVERY_EXISTS.scalar(conn, {"b_id": delivery_id}) is not None
+        conn = self.kept.connection()
+        return _DELIVERY_EXISTS.scalar(conn, {"b_id": delivery_id}) is not None
 
     async def add_delivery(
         self,
@@ -245,9 +247,8 @@ class SqlIntake:
             return int(conn.scalar(query) or 0)
 
     async def assigned_types(self, repo: str, number: int) -> set[str]:
-        with self.reader.connect() as conn:
-            rows = _ASSIGNED.run(conn, {"b_repo": repo, "b_number": number}).fetchall()
-            return {row[0] for row in rows}
+        rows = _ASSIGNED.run(self.kept.connection(), {"b_repo": repo, "b_number": number})
+        return {row[0] for row in rows.fetchall()}
 
     async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None:
         with self.engine.begin() as conn:
@@ -268,8 +269,8 @@ class SqlIntake:
             upsert(conn, pull_links, {"repo": link.repo, "pr_number": link.pr_number, **values})
 
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
-        with self.reader.connect() as conn:
-            row = _PULL_LINK.run(conn, {"b_repo": repo, "b_number": pr_number}).fetchone()
+        params = {"b_repo": repo, "b_number": pr_number}
+        row = _PULL_LINK.run(self.kept.connection(), params).fetchone()
         return _link(row) if row else None
 
     async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
@@ -312,9 +313,9 @@ class SqlIntake:
             return [CiWatch(r.repo, r.pr_number, r.head_sha, r.created_at) for r in rows]
 
     async def pending_task(self, session_key: str, kind: TaskKind) -> str | None:
-        with self.reader.connect() as conn:
-            found = _PENDING.scalar(conn, {"b_key": session_key, "b_kind": kind.value})
-            return str(found) if found is not None else None
+        params = {"b_key": session_key, "b_kind": kind.value}
+        found = _PENDING.scalar(self.kept.connection(), params)
+        return str(found) if found is not None else None
 
     async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool:
         """Give a still-queued task the newer event's payload instead of queueing a twin."""

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from claude_hooks.budget import Period
+from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
 from claude_hooks.store.upsert import upsert
@@ -142,9 +143,10 @@ def _guard(row: sa.Row[Any]) -> IssueGuard:
 class SqlSpend:
     """`SpendStore` on the same engines as the `SqlStore` it belongs to."""
 
-    def __init__(self, engine: sa.Engine, reader: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, reader: sa.Engine, kept: KeptReader) -> None:
         self.engine = engine
         self.reader = reader
+        self.kept = kept  # for the webhook path's reads
 
     async def spent(self, agent_type: str | None, start: float, end: float) -> float:
         """What the tasks that finished in [start, end) cost, of one type or of all."""
@@ -188,16 +190,14 @@ class SqlSpend:
             return [CostRow(*row) for row in conn.execute(query).all()]
 
     async def guard(self, repo: str, number: int) -> IssueGuard | None:
-        with self.reader.connect() as conn:
-            row = _GUARD.run(conn, {"b_repo": repo, "b_number": number}).fetchone()
+        row = _GUARD.run(self.kept.connection(), {"b_repo": repo, "b_number": number}).fetchone()
         return IssueGuard(*row) if row else None
 
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
         """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what
         the finished ones cost."""
         params = {"b_repo": repo, "b_number": number, "b_since": since}
-        with self.reader.connect() as conn:
-            rows = _USAGE.run(conn, params).fetchall()
+        rows = _USAGE.run(self.kept.connection(), params).fetchall()
         return sum(int(count) for count, _ in rows), sum(float(cost) for _, cost in rows)
 
     def _ensure(self, conn: sa.Connection, repo: str, number: int) -> None:

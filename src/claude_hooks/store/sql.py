@@ -39,6 +39,7 @@ from claude_hooks.store.base import (
     TaskTally,
 )
 from claude_hooks.store.intake import SqlIntake, insert_delivery
+from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.outbox import SqlOutbox
@@ -350,13 +351,14 @@ class SqlStore:
         self.engine = engine
         self.reader = reader or engine
         self.checkpointer = checkpointer
-        self.intake = SqlIntake(engine, self.reader)
+        self.kept = KeptReader(self.reader)
+        self.intake = SqlIntake(engine, self.reader, self.kept)
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
-        self.spend = SqlSpend(engine, self.reader)
+        self.spend = SqlSpend(engine, self.reader, self.kept)
         self.nodes = SqlNodes(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
@@ -397,6 +399,7 @@ class SqlStore:
     async def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.stop()
+        self.kept.close()
         self.engine.dispose()
         if self.reader is not self.engine:
             self.reader.dispose()
