@@ -116,9 +116,6 @@ async def _exchange(
     return status, await reader.readexactly(length)
 
 
-START_LEAD = 0.25  # seconds
-
-
 async def fixed_rate(
     host: str,
     port: int,
@@ -129,18 +126,15 @@ async def fixed_rate(
     keep_bodies: bool = False,
 ) -> Latencies:
     """Send at `rate` per second; latency counts from each request's scheduled time, so a
-    stalled server is not hidden by the client waiting (no coordinated omission)."""
+    stalled server is not hidden by the client waiting (no coordinated omission). One loop
+    starts each request when it is due: making all the tasks at once took this client tens of
+    milliseconds, which the first requests' latencies then counted as the server's."""
     result = Latencies()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(await asyncio.open_connection(host, port))
-    # The first request is due a moment from now: making the thousands of tasks below takes
-    # this client tens of milliseconds, which would otherwise be counted as the server's.
-    start = time.perf_counter() + START_LEAD
 
-    async def one(index: int, delivery: Delivery) -> None:
-        scheduled = start + index / rate
-        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+    async def one(scheduled: float, delivery: Delivery) -> None:
         reader, writer = await pool.get()
         status, body = await _exchange(reader, writer, _request_bytes(host, path, delivery))
         result.seconds.append(time.perf_counter() - scheduled)
@@ -149,7 +143,15 @@ async def fixed_rate(
             result.bodies.append(body)
         pool.put_nowait((reader, writer))
 
-    await asyncio.gather(*(one(i, d) for i, d in enumerate(deliveries)))
+    start = time.perf_counter()
+    started: list[asyncio.Task[None]] = []
+    for index, delivery in enumerate(deliveries):
+        scheduled = start + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        started.append(asyncio.create_task(one(scheduled, delivery)))
+    await asyncio.gather(*started)
     while not pool.empty():
         _, writer = pool.get_nowait()
         writer.close()
