@@ -103,8 +103,11 @@ class Checkpointer:
 def _sqlite_begin_immediate(conn: sa.Connection) -> None:
     # A deferred transaction that reads and then writes fails at once with "database is
     # locked" when another connection wrote in between; IMMEDIATE takes the write lock first
-    # and waits for it (busy_timeout) instead.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # and waits for it (busy_timeout) instead. Sent by the driver: through SQLAlchemy the
+    # statement cost ~40 us more, at every write transaction.
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.execute("BEGIN IMMEDIATE")
 
 
 def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
