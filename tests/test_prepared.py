@@ -4,57 +4,41 @@ dropped fails one read, then is replaced."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import sqlalchemy as sa
 
-from claude_hooks.store.intake import DeliveryRecord, insert_delivery
+from claude_hooks.store.intake import insert_delivery
 from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.schema import deliveries
 from claude_hooks.store.sql import SqlStore
+from tests.test_store_contract import delivery
 
 COUNT = Prepared(sa.select(sa.func.count()).select_from(deliveries))
 BACKEND = Prepared(sa.select(sa.func.pg_backend_pid()))
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    opened = await SqlStore.open(database_url)
-    yield opened
-    await opened.close()
-
-
-def record(delivery_id: str) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=delivery_id,
-        flavor="forgejo",
-        event="issues",
-        event_type="issue_assign",
-        received_at=1.0,
-        body='{"action": "assigned"}',
-        task_ids=["t1", "t2"],
-    )
+def insert_deliveries(store: SqlStore, ids: list[str]) -> None:
+    """The deliveries `ids` in one pipelined transaction."""
+    with store.engine.begin() as conn, pipelined(conn):
+        for delivery_id in ids:
+            insert_delivery(conn, delivery(delivery_id, 1.0), None)
 
 
 async def test_a_duplicate_row_fails_as_an_integrity_error_and_leaves_nothing(
-    store: SqlStore,
+    database_url: str,
 ) -> None:
-    with store.engine.begin() as conn, pipelined(conn):
-        insert_delivery(conn, record("d-1"), None)
-
-    def twice() -> None:
-        with store.engine.begin() as conn, pipelined(conn):
-            insert_delivery(conn, record("d-2"), None)
-            insert_delivery(conn, record("d-1"), None)
-
-    with pytest.raises(sa.exc.IntegrityError):
-        twice()
-    with store.engine.connect() as conn:
-        assert COUNT.scalar(conn) == 1
-    stored = await store.intake.get_delivery("d-1")
-    # Bind processing as through SQLAlchemy: the JSON list comes back as a list.
-    assert stored is not None and stored.task_ids == ["t1", "t2"]
+    store = await SqlStore.open(database_url)
+    try:
+        insert_deliveries(store, ["d-1"])
+        with pytest.raises(sa.exc.IntegrityError):
+            insert_deliveries(store, ["d-2", "d-1"])
+        with store.engine.connect() as conn:
+            assert COUNT.scalar(conn) == 1
+        stored = await store.intake.get_delivery("d-1")
+        # Bind processing as through SQLAlchemy: the JSON list comes back as a list.
+        assert stored is not None and stored.task_ids == ["t1"]
+    finally:
+        await store.close()
 
 
 async def test_the_kept_reader_is_replaced_after_the_server_drops_it(pg_url: str) -> None:
