@@ -342,6 +342,9 @@ async def test_issue_guard_counts_the_issue_and_its_agent_pull_requests(store: S
     assert await spend.issue_usage("acme/widget", 1, 0.0) == (2, 0.0)
     assert await spend.issue_usage("acme/widget", 1, NOW + 2) == (1, 0.0)  # since: only #5
     assert await spend.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
+    # A link of a number to itself counts its tasks once, as the number's own.
+    await store.intake.put_pull_link(PullLink("acme/widget", 7, "dev", 7, "def", True), NOW)
+    assert await spend.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
     assert await spend.guard("acme/widget", 1) is None
     assert await spend.add_review_round("acme/widget", 1) == 1
     assert await spend.trip("acme/widget", 1, "too many", NOW)

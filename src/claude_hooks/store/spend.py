@@ -111,6 +111,8 @@ _USAGE = Prepared(
         ).where(
             pull_links.c.repo == sa.bindparam("b_repo"),
             pull_links.c.issue_number == sa.bindparam("b_number"),
+            # A link of the number to itself: its tasks are counted above already.
+            pull_links.c.pr_number != sa.bindparam("b_number"),
         ),
     )
 )
