@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 
 from claude_hooks.config import FlowsConfig
+from claude_hooks.flows import Decision
+from claude_hooks.intake import Applied, _kept
 from claude_hooks.loop_guard import trip_reason
 from tests.fake_forgejo import FakeForgejo
 from tests.support import fixture, forgejo_headers, wait_until
@@ -93,3 +95,11 @@ async def test_a_pull_request_bounced_between_reviewer_and_dev_stops_until_a_hum
     assert resumed["status"] == "queued", resumed
     assert len(fake_forgejo.comments) == 1
     assert len(fake_forgejo.requests_to("/repos/acme/widget/labels", "POST")) == 1
+
+
+def test_a_decision_that_failed_part_way_keeps_a_humans_guard_resets() -> None:
+    """A mention or comment (no assignment state) whose applying fails is recorded as an
+    error with the resets its human sender made, as an assignment is."""
+    resets = [("acme/widget", 17, 5.0)]
+    kept = _kept(Decision(reason="mentioned", resets=resets), Applied())
+    assert kept is not None and kept.resets == resets

@@ -133,10 +133,11 @@ def _typed(event_type: str, data: Mapping[str, Any]) -> Payload | None:
 
 
 def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
-    """The assignment state to save when a decision was applied only in part: the types whose
-    dispatch failed stay unassigned, so the same assignment is new work when replayed."""
+    """The state to save when a decision was applied only in part: the types whose dispatch
+    failed stay unassigned, so the same assignment is new work when replayed; a human's
+    loop-guard resets are kept."""
     if decision is None or decision.assigned is None:
-        return None
+        return decision
     failed = {agent_type for agent_type, _ in decision.dispatch} - {
         task["type"] for task in applied.tasks
     }

@@ -44,16 +44,24 @@ def _compile(statement: sa.ClauseElement, dialect: Dialect, keys: tuple[str, ...
             "equalities, or run it through Connection.execute"
         )
     defaults: dict[str, Any] = {}
-    processors: list[tuple[str, Processor]] = []
+    processors: dict[str, Processor] = {}  # by name: one name may stand for several binds
     for bind, name in compiled.bind_names.items():
         if not bind.required:
             defaults[name] = bind.effective_value
         processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if processor is not None:
-            processors.append((name, processor))
+            processors[name] = processor
     positional = compiled.positiontup is not None
     names = tuple(compiled.positiontup or ())
-    return _Compiled(sql, names, positional, defaults, tuple(processors))
+    return _Compiled(sql, names, positional, defaults, tuple(processors.items()))
+
+
+def _disconnected(conn: sa.Connection, exc: BaseException) -> None:
+    """The server dropped `conn`: as `Connection.execute` does, discard it and every other
+    connection of its pool (a restarted server dropped them all), so the next calls connect
+    afresh instead of each failing once."""
+    conn.invalidate(exc)
+    conn.engine.dispose()
 
 
 class Prepared:
@@ -90,7 +98,7 @@ class Prepared:
             cursor.execute(compiled.sql, arguments)
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, dbapi_connection, cursor):
-                conn.invalidate(exc)
+                _disconnected(conn, exc)
             raise sa.exc.DBAPIError.instance(
                 compiled.sql, arguments, exc, dialect.loaded_dbapi.Error
             ) from exc
@@ -119,7 +127,7 @@ def pipelined(conn: sa.Connection) -> Iterator[None]:
     except dialect.loaded_dbapi.Error as exc:
         # A statement sent earlier failed when the pipeline caught up with it.
         if dialect.is_disconnect(exc, dbapi_connection, None):
-            conn.invalidate(exc)
+            _disconnected(conn, exc)
         raise sa.exc.DBAPIError.instance(
             "(pipelined statements)", None, exc, dialect.loaded_dbapi.Error
         ) from exc

@@ -107,7 +107,10 @@ def _sqlite_begin_immediate(conn: sa.Connection) -> None:
     # statement cost ~40 us more, at every write transaction.
     dbapi_connection = conn.connection.dbapi_connection
     assert dbapi_connection is not None
-    dbapi_connection.execute("BEGIN IMMEDIATE")
+    try:
+        dbapi_connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:  # "database is locked", as SQLAlchemy would have raised it
+        raise sa.exc.DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
 
 
 def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
