@@ -112,7 +112,7 @@ class LoopGuard:
                 )
                 self._label(agent_type, request.repo, number)
         # A guard that trips even counted afresh (a limit of 0) stays tripped.
-        resets = decision.resets + [r for r in resets if (r[0], r[1]) not in tripped]
+        resets = [r for r in resets if (r[0], r[1]) not in tripped]
         if not stops:
             return replace(decision, resets=resets) if resets else decision
         reason = "; ".join(stops) if not kept else f"{decision.reason}; {'; '.join(stops)}"

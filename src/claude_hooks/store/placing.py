@@ -68,12 +68,17 @@ class Spot:
     running: bool
 
 
+def _make_cursor(conn: sa.Connection, agent_type: str) -> None:
+    """The type's cursor row, made on its first use (an insert that yields to a concurrent one)."""
+    conn.execute(_NEW_CURSOR[conn.dialect.name], {"type": agent_type, "position": 0})
+
+
 def lock_cursor(conn: sa.Connection, agent_type: str) -> int:
-    """The type's cursor, locked until the transaction ends (the row is made on first use)."""
+    """The type's cursor, locked until the transaction ends."""
     params = {"b_type": agent_type}
     position = _CURSOR.scalar(conn, params)
     if position is None:
-        conn.execute(_NEW_CURSOR[conn.dialect.name], {"type": agent_type, "position": 0})
+        _make_cursor(conn, agent_type)
         position = _CURSOR.scalar(conn, params)
     return int(position)
 
@@ -89,7 +94,7 @@ def place(conn: sa.Connection, agent_type: str, session_key: str) -> Spot:
     position = locked.fetchone()
     rows = candidates.fetchall()
     if position is None:  # the type's first placement: make its cursor, then read under it
-        conn.execute(_NEW_CURSOR[conn.dialect.name], {"type": agent_type, "position": 0})
+        _make_cursor(conn, agent_type)
         return place(conn, agent_type, session_key)
     cursor = int(position[0])
     if not rows:
