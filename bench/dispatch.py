@@ -19,11 +19,11 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from bench.common import runs, stats
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
-from claude_hooks.domain import DispatchRequest, TaskKind
-from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.scheduler import Candidate, choose
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, TaskKind
+from claude_hooks.core.scheduler import Candidate, choose
+from claude_hooks.service.runtime import Service
 
 
 def candidates(count: int, seed: int = 7) -> list[Candidate]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from claude_hooks.config import Config
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.schema import metadata
 from claude_hooks.store.sql import SqlStore
 from tests import pg

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
-from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.server import AppServer, bind
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
+from claude_hooks.web.server import AppServer, bind
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, make_config, wait_until
 

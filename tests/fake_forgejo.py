@@ -1,6 +1,6 @@
 """A fake Forgejo REST API on 127.0.0.1, real HTTP, for tests of everything that calls Forgejo.
 
-It serves the endpoints `claude_hooks.forgejo.client` uses, under /api/v1, from in-memory
+It serves the endpoints `claude_hooks.forge.client` uses, under /api/v1, from in-memory
 state, and imitates Forgejo's answers (status codes, `{"message": ...}` bodies, pagination
 with `X-Total-Count`, the permission rules). Every request needs a configured token. Faults
 can be injected per path: the next N requests answer a chosen status or hang.

@@ -12,9 +12,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
-from claude_hooks.runners.base import RunContext, RunResult
 from claude_hooks.store.base import Store
+
+
+def cli_option(argv: list[str], flag: str) -> str:
+    """The value of `flag` in a CLI's argv, written `--flag value` or `--flag=value`: the SDK
+    has used both, and a test of what reaches the CLI must not depend on which."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+    raise AssertionError(f"{flag} is not in {argv}")
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.processes import dies_with_service
-from claude_hooks.runners.claude import LAUNCHER
+from claude_hooks.agents.processes import dies_with_service
+from claude_hooks.agents.runners.claude import LAUNCHER
 
 # Stands in for the service: starts the agent as the runners do, prints its pid, waits.
 PARENT = textwrap.dedent(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.breaker import ApiFailure, Breaker, FailureKind, classify
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.breaker import ApiFailure, Breaker, FailureKind, classify
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.support import instance_idle, make_config, queue_of, wait_until
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.breaker import FailureKind
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.breaker import FailureKind
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.messages_standin import MessagesStandin, cli_environment, error, usage_limit
 from tests.support import instance_idle, make_config, queue_of, wait_until

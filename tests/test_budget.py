@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from claude_hooks.budget import TEAM, Limit, Period, first_reached, limits_for, period_bounds
+from claude_hooks.core.budget import TEAM, Limit, Period, first_reached, limits_for, period_bounds
 from tests.support import make_config
 
 

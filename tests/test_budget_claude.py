@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.messages_standin import MessagesStandin, cli_environment, stall
 from tests.support import instance_idle, make_config, wait_until

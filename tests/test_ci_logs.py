@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from claude_hooks.domain import TaskKind
-from claude_hooks.forge_tools import MAX_LOG_BYTES
+from claude_hooks.agents.forge_tools import MAX_LOG_BYTES
+from claude_hooks.core.domain import TaskKind
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
 from tests.test_forge_tools_e2e import run

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from claude_hooks import processes
-from claude_hooks.agent_env import agent_environment
+from claude_hooks.agents import processes
+from claude_hooks.agents.environment import agent_environment
+from claude_hooks.agents.runners.base import RunContext
+from claude_hooks.agents.runners.claude import ClaudeRunner
+from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.config import TypeConfig
-from claude_hooks.domain import Task, TaskKind
-from claude_hooks.runners.base import RunContext
-from claude_hooks.runners.claude import ClaudeRunner
+from claude_hooks.core.domain import Task, TaskKind
 from claude_hooks.store.sql import SqlStore
-from claude_hooks.workspace import Workspaces
 from tests.messages_standin import MessagesStandin, error, stall, text, tool_use
 from tests.test_workspace import IDENTITY, Forge, make_task
 

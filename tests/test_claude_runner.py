@@ -19,15 +19,16 @@ from typing import Any
 
 import pytest
 
-from claude_hooks import processes
-from claude_hooks.agent_env import agent_environment
+from claude_hooks.agents import processes
+from claude_hooks.agents.environment import agent_environment
+from claude_hooks.agents.prompting import NAMES, UNTRUSTED_TAG, PromptError, Prompts, prompt_context
+from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.agents.runners.claude import ClaudeRunner
+from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.config import TypeConfig
-from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
-from claude_hooks.prompting import NAMES, UNTRUSTED_TAG, PromptError, Prompts, prompt_context
-from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.runners.claude import ClaudeRunner
+from claude_hooks.core.domain import Task, TaskKind, TaskState, new_task_id, session_key
 from claude_hooks.store.sql import SqlStore
-from claude_hooks.workspace import Workspaces
+from tests.support import cli_option
 
 FAKE_CLI = Path(__file__).with_name("fake_claude_cli.py")
 FORGE = "https://forge.example.org"
@@ -211,7 +212,7 @@ async def test_the_next_task_of_the_key_resumes_on_another_instance(harness: Har
     assert session is not None
     assert session.total_cost_usd == 0.5
     argv = harness.calls()[-1]["argv"]
-    assert argv[argv.index("--resume") + 1] == first.claude_session_id
+    assert cli_option(argv, "--resume") == first.claude_session_id
 
 
 async def test_an_unknown_session_falls_back_to_a_fresh_one(harness: Harness) -> None:
@@ -304,7 +305,7 @@ async def test_type_settings_reach_the_cli(harness: Harness) -> None:
     argv: list[str] = call["argv"]
 
     def value(flag: str) -> str:
-        return argv[argv.index(flag) + 1]
+        return cli_option(argv, flag)
 
     assert value("--model") == "opus"
     assert value("--permission-mode") == "plan"
@@ -325,7 +326,7 @@ async def test_a_custom_system_prompt_replaces_claude_codes(harness: Harness) ->
     ctx = harness.context(make_task(), config)
     assert (await run(harness, ctx)).succeeded
     argv: list[str] = harness.calls()[0]["argv"]
-    system = argv[argv.index("--system-prompt") + 1]
+    system = cli_option(argv, "--system-prompt")
     assert system.startswith("You are a careful bot.\n\n")
     assert "You write small, tested changes." in system
     assert "--append-system-prompt" not in argv

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.config import load_config
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.store.sql import SqlStore
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo

@@ -16,8 +16,8 @@ import pytest
 
 from claude_hooks import __version__
 from claude_hooks.config import load_config
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.support import wait_until
 

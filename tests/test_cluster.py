@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.scheduler import Candidate, choose
+from claude_hooks.core.scheduler import Candidate, choose
 from tests.cluster import (
     AGENTS,
     Cluster,

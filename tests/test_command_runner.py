@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from claude_hooks.domain import DispatchRequest, Task, TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.support import wait_until
 

@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from claude_hooks import control
 from claude_hooks.config import Config
-from claude_hooks.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
-from claude_hooks.events import TASK_CHANGED
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
+from claude_hooks.service import control
+from claude_hooks.service.events import TASK_CHANGED
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.schema import nodes
 from claude_hooks.store.sql import SqlStore
 from tests.support import GateRunner, make_config, wait_until

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.auth import COOKIE_NAME
 from claude_hooks.web.logs import render_claude_line, tail_offset
 from tests.dashboard_fixtures import AUTH, CSRF, LoggingGate, dashboard_config, serve

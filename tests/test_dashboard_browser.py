@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
-from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore
 from tests.dashboard_fixtures import AUTH, CHROMIUM, LoggingGate, serve

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from claude_hooks.runners.base import RunContext, RunResult
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from tests.dashboard_fixtures import LoggingGate
 from tests.support import forgejo_headers, sign, wait_until
 

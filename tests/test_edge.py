@@ -20,12 +20,12 @@ import pytest
 
 from claude_hooks.log_format import FORMAT
 from claude_hooks.log_lines import OneLineFormatter
-from claude_hooks.server import AppServer, bind
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.web.app import create_app
 from claude_hooks.web.auth import COOKIE_NAME
+from claude_hooks.web.server import AppServer, bind
 from claude_hooks.web.sessions import Sessions
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, fixture, forgejo_headers, make_config, wait_until

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.config import load_config
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
 
 ROOT = Path(__file__).resolve().parents[1]

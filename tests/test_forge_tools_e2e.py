@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.domain import DispatchRequest, Task, TaskKind
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
 from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from claude_hooks.forgejo.client import (
+from claude_hooks.forge.client import (
     CombinedStatus,
     CommitStatus,
     ForgejoClient,

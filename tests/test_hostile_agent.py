@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from claude_hooks.config import load_config
-from claude_hooks.domain import DispatchRequest, Task, TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.messages_standin import MessagesStandin, text, tool_use

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.support import fixture, forgejo_headers, wait_until
 from tests.test_dashboard_api import AUTH, LoggingGate, dashboard_config, serve

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from claude_hooks.node_share import Lease, Member, moves
+from claude_hooks.core.node_share import Lease, Member, moves
 
 
 def lease(name: str, holder: str | None = None, **kwargs: object) -> Lease:

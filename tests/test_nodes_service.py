@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from claude_hooks.domain import TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import TaskState
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.schema import nodes
 from claude_hooks.store.sql import SqlStore
 from tests.support import GateRunner, make_config, wait_until

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from claude_hooks.domain import TaskState
+from claude_hooks.core.domain import TaskState
 from claude_hooks.errors import ConflictError
 from claude_hooks.store.base import Outcome
 from claude_hooks.store.nodes import NodeInfo

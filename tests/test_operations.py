@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.dashboard import _clock
 from tests.conftest import ServiceFactory
 from tests.support import fixture, forgejo_headers, run_cli, sign, wait_until

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from claude_hooks.config import Config
-from claude_hooks.domain import DispatchRequest, TaskKind
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, TaskKind
+from claude_hooks.service.runtime import Service
 from tests.fake_forgejo import FakeForgejo
 from tests.support import wait_until
 from tests.test_forge_flows import forge_config

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from claude_hooks.forgejo.payloads import (
+from claude_hooks.forge.payloads import (
     ActionRunPayload,
     IssueCommentPayload,
     IssuePayload,
@@ -21,7 +21,7 @@ from claude_hooks.forgejo.payloads import (
     parse_payload,
     validate_payload,
 )
-from claude_hooks.forgejo.webhook import MalformedDeliveryError, decode_delivery
+from claude_hooks.forge.webhook import MalformedDeliveryError, decode_delivery
 from tests.support import FIXTURES
 
 INDEX: list[dict[str, Any]] = json.loads((FIXTURES / "INDEX.json").read_text())["fixtures"]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory

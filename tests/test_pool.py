@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks import control
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
-from claude_hooks.service import Service
+from claude_hooks.service import control
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from tests.conftest import ServiceFactory
 from tests.support import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from claude_hooks.domain import TaskKind, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import TaskKind, TaskState
+from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, all_idle, make_config, queue_of, wait_until
 from tests.test_pool import agent_of, request

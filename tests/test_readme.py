@@ -8,7 +8,7 @@ from typing import Any
 
 import typer.main
 
-from claude_hooks.cli import app
+from claude_hooks.cli.main import app
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 

@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 from claude_hooks.config import Config
-from claude_hooks.domain import Task, TaskKind, TaskState
-from claude_hooks.retention import DAY, Retention
-from claude_hooks.service import Service
+from claude_hooks.core.domain import Task, TaskKind, TaskState
+from claude_hooks.service.retention import DAY, Retention
+from claude_hooks.service.runtime import Service
+from claude_hooks.service.views import delivery_view, history_view
 from claude_hooks.store.base import Outcome
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.rejections import Rejection
 from claude_hooks.store.sql import SqlStore
-from claude_hooks.views import delivery_view, history_view
 from tests.conftest import ServiceFactory
 from tests.support import make_config, run_cli, wait_until
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_hooks.domain import new_task_id
-from claude_hooks.scheduler import Candidate, Choice, choose
+from claude_hooks.core.domain import new_task_id
+from claude_hooks.core.scheduler import Candidate, Choice, choose
 
 
 def idle(name: str) -> Candidate:

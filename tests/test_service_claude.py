@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from claude_hooks.domain import Task, TaskState
-from claude_hooks.service import Service
+from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use

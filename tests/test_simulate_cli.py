@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from claude_hooks.capacity.simulation import Policy
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
 from tests.support import all_idle, make_config, wait_until
 
@@ -109,7 +109,7 @@ def test_plot_without_matplotlib_is_one_clear_error(tmp_path: Path) -> None:
     # The interpreter runs the real CLI with matplotlib made unimportable, as if not installed.
     code = (
         "import sys; sys.modules['matplotlib'] = None; "
-        "from claude_hooks.cli import main; sys.argv[0] = 'claude-hooks'; main()"
+        "from claude_hooks.cli.main import main; sys.argv[0] = 'claude-hooks'; main()"
     )
     plot = tmp_path / "capacity.png"
     done = subprocess.run(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.capacity.command import parse_instances, parse_policies, sweep
 from claude_hooks.capacity.simulation import Policy
 from claude_hooks.capacity.workload import load_file, parse_duration, synthetic
+from claude_hooks.cli.simulate import parse_instances, parse_policies, sweep
 from claude_hooks.errors import InvalidInputError
 
 

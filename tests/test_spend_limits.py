@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config, load_config
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.events import Event
-from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.service import Service
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service.events import Event
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.web.app import create_app
 from tests.support import instance_idle, make_config, queue_of, wait_until

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.agent_env import agent_environment
+from claude_hooks.agents.credentials import Credential, claude_credential
+from claude_hooks.agents.environment import agent_environment
+from claude_hooks.agents.runners.claude import ClaudeRunner
 from claude_hooks.config import TypeConfig
-from claude_hooks.credentials import Credential, claude_credential
-from claude_hooks.domain import Task, TaskKind, TaskState
+from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.errors import ConfigError
-from claude_hooks.runners.claude import ClaudeRunner
-from claude_hooks.server import check_startup
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.web.server import check_startup
 from tests.support import make_config
 
 CLAUDE_HOOKS = str(Path(sys.executable).parent / "claude-hooks")

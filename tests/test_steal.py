@@ -9,9 +9,9 @@ import time
 
 import httpx
 
-from claude_hooks.events import Event, Subscription
-from claude_hooks.notifier import task_comment
-from claude_hooks.service import Service
+from claude_hooks.service.events import Event, Subscription
+from claude_hooks.service.notifier import task_comment
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.metrics import families
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, instance_idle, wait_until

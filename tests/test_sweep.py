@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 
+from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.config import Config, load_config
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.web.app import create_app
-from claude_hooks.workspace import Workspaces
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
 from tests.support import fixture, forgejo_headers, instance_idle, make_config, wait_until

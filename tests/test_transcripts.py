@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
-from claude_hooks.runners.transcripts import SessionTranscripts, materialize
+from claude_hooks.agents.runners.transcripts import SessionTranscripts, materialize
 from claude_hooks.store.schema import transcript_entries
 from claude_hooks.store.sql import SqlStore
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from claude_hooks.errors import ClaudeHooksError
-from claude_hooks.forgejo.webhook import (
+from claude_hooks.forge.webhook import (
     Delivery,
     MalformedDeliveryError,
     PayloadTooLargeError,

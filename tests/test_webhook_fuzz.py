@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.support import GateRunner, fixture, forgejo_headers, make_config

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import uvicorn
 
-from claude_hooks.server import bind
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app
+from claude_hooks.web.server import bind
 from tests.conftest import ServiceFactory
 from tests.support import (
     GateRunner,

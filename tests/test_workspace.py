@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from claude_hooks.config import TypeConfig
-from claude_hooks.domain import Task, TaskKind, TaskState, new_task_id, session_key
-from claude_hooks.workspace import (
+from claude_hooks.agents.workspace import (
     WorkspaceError,
     Workspaces,
     branch_name,
@@ -22,6 +20,8 @@ from claude_hooks.workspace import (
     slug,
     split_key,
 )
+from claude_hooks.config import TypeConfig
+from claude_hooks.core.domain import Task, TaskKind, TaskState, new_task_id, session_key
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "Forge User",

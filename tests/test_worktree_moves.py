@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.domain import TaskState
-from claude_hooks.runners.base import RunContext, RunResult
-from claude_hooks.service import Service
+from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.agents.workspace import Workspaces, current_branch
+from claude_hooks.core.domain import TaskState
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.sql import SqlStore
-from claude_hooks.workspace import Workspaces, current_branch
 from tests.conftest import ServiceFactory
 from tests.support import make_config
 from tests.test_sessions_across_nodes import deliver, finished
@@ -101,7 +101,7 @@ async def test_a_state_over_the_limit_is_not_saved_and_says_so(
     task = make_task()
     here = await a.prepare(task, CONFIG)
     (here / "big.bin").write_bytes(os.urandom(16384))  # does not compress
-    with caplog.at_level(logging.WARNING, logger="claude_hooks.workspace"):
+    with caplog.at_level(logging.WARNING, logger="claude_hooks.agents.workspace"):
         result = await a.deliver(task, CONFIG, None, RunResult(succeeded=True))
     assert "worktree_state_bytes" not in result.details
     assert "larger than server.max_worktree_state_bytes (1024)" in caplog.text

@@ -1,3 +1,3 @@
-from claude_hooks.cli import main
+from claude_hooks.cli.main import main
 
 main()

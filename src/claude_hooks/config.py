@@ -28,8 +28,8 @@ from pydantic import (
 )
 
 from claude_hooks.config_env import CONFIG_ENV, environment_overrides, merge
-from claude_hooks.domain import NAME_RULE, valid_name
 from claude_hooks.errors import ConfigError
+from claude_hooks.names import NAME_RULE, valid_name
 
 CONFIG_FILE = "claude-hooks.toml"
 

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from claude_hooks.scheduler import Candidate, choose
+from claude_hooks.core.scheduler import Candidate, choose
 
 
 class Policy(enum.StrEnum):

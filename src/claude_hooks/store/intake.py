@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from claude_hooks.domain import TaskKind, TaskState
+from claude_hooks.core.domain import TaskKind, TaskState
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import (

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from claude_hooks.domain import TaskState
+from claude_hooks.core.domain import TaskState
+from claude_hooks.core.node_share import Lease, Member, Moves, moves
 from claude_hooks.errors import ConflictError
-from claude_hooks.node_share import Lease, Member, Moves, moves
 from claude_hooks.store.schema import agents, leaders, nodes, tasks
 from claude_hooks.store.upsert import upsert
 

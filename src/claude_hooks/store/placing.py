@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from claude_hooks.domain import TaskState
+from claude_hooks.core.domain import TaskState
+from claude_hooks.core.scheduler import Candidate, choose
 from claude_hooks.errors import NoInstanceError
-from claude_hooks.scheduler import Candidate, choose
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import agents, cursors, queue_lengths, tasks
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from claude_hooks.domain import TaskState
+from claude_hooks.core.domain import TaskState
 from claude_hooks.store.base import DeliveryTally, Histogram, InstanceView, TaskTally
 from claude_hooks.store.schema import agents, deliveries, tasks
 

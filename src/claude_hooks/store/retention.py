@@ -7,7 +7,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from claude_hooks.domain import TaskState
+from claude_hooks.core.domain import TaskState
 from claude_hooks.store.schema import deliveries, rejections, task_notes, tasks
 
 _FINISHED = [state.value for state in TaskState if state.finished]

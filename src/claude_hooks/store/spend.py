@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from claude_hooks.budget import Period
+from claude_hooks.core.budget import Period
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from claude_hooks.domain import AgentInstance, Task, TaskKind, TaskState
+from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
 from claude_hooks.store import placing, reports, stealing, wakeups
 from claude_hooks.store.base import (

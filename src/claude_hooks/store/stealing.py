@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from claude_hooks.domain import TaskState
+from claude_hooks.core.domain import TaskState
 from claude_hooks.store.placing import lock_cursor
 from claude_hooks.store.schema import agents, task_notes, tasks
 

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from claude_hooks import task_actions
-from claude_hooks.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import InvalidInputError, UnknownAgentError, UnknownTaskError
-from claude_hooks.forgejo.names import FullName
-from claude_hooks.service import Service
+from claude_hooks.forge.names import FullName
+from claude_hooks.service import task_actions
+from claude_hooks.service.runtime import Service
+from claude_hooks.service.views import MAX_OFFSET, history_view, task_view
 from claude_hooks.store.base import InstanceView, TaskFilter
-from claude_hooks.views import MAX_OFFSET, history_view, task_view
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.spend import pause_json
 

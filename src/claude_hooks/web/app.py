@@ -23,7 +23,7 @@ from claude_hooks.errors import (
     NotFoundError,
     PeerUnreachableError,
 )
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.headers import SecurityHeaders

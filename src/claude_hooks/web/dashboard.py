@@ -30,17 +30,18 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from markupsafe import Markup
 
-from claude_hooks import __version__, task_actions
+from claude_hooks import __version__
 from claude_hooks.config import ServerConfig
-from claude_hooks.domain import Task, TaskState
+from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
-from claude_hooks.events import TASK_CHANGED, Event, Subscription
-from claude_hooks.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
-from claude_hooks.rejections import hint
-from claude_hooks.service import Service
+from claude_hooks.service import task_actions
+from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
+from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
+from claude_hooks.service.rejections import hint
+from claude_hooks.service.runtime import Service
+from claude_hooks.service.views import MAX_OFFSET, history_view
 from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.store.intake import DeliveryRecord
-from claude_hooks.views import MAX_OFFSET, history_view
 from claude_hooks.web import spend
 from claude_hooks.web.auth import (
     COOKIE_NAME,
@@ -62,7 +63,7 @@ KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from 
 DAY = 24 * 3600.0
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("claude_hooks", "templates"),
+    loader=jinja2.PackageLoader("claude_hooks.web", "templates"),
     autoescape=jinja2.select_autoescape(("html",)),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
@@ -808,4 +809,4 @@ def install(app: FastAPI, server: ServerConfig) -> None:
     app.state.sessions = Sessions(server.session_hours * 3600)
     app.state.login_limit = LoginLimit(server.login_failures_per_minute)
     app.include_router(router)
-    app.mount("/static", StaticFiles(packages=[("claude_hooks", "static")]), name="static")
+    app.mount("/static", StaticFiles(packages=[("claude_hooks.web", "static")]), name="static")

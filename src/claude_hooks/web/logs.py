@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from claude_hooks.domain import Task, TaskState
+from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import UnknownTaskError
-from claude_hooks.events import Subscription
-from claude_hooks.service import Service
+from claude_hooks.service.events import Subscription
+from claude_hooks.service.runtime import Service
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.peer_logs import RELAYED, home_of, open_relay
 from claude_hooks.web.peer_logs import tail as peer_tail

@@ -19,8 +19,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from claude_hooks.forgejo import event_types
-from claude_hooks.service import Service
+from claude_hooks.forge import event_types
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import Histogram, InstanceView, Store
 from claude_hooks.web.auth import require_token
 

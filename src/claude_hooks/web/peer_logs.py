@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from claude_hooks.errors import PeerUnreachableError
-from claude_hooks.service import Service
+from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import NodeAddress
 
 RELAYED = "x-claude-hooks-relayed"

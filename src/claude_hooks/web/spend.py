@@ -12,9 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from claude_hooks.config import zone_of
-from claude_hooks.costs import Grouping, daily_series, group_costs, series_start
-from claude_hooks.service import Service
-from claude_hooks.spend_report import budget_report
+from claude_hooks.service.costs import Grouping, daily_series, group_costs, series_start
+from claude_hooks.service.runtime import Service
+from claude_hooks.service.spend_report import budget_report
 from claude_hooks.web.auth import require_token
 
 router = APIRouter(dependencies=[Depends(require_token)])

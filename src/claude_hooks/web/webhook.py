@@ -13,11 +13,11 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from claude_hooks.errors import NotFoundError
-from claude_hooks.forgejo.webhook import BodyHmac, is_signed
-from claude_hooks.history import delivery_rows
-from claude_hooks.intake import Answer
-from claude_hooks.service import Service
-from claude_hooks.views import MAX_OFFSET, delivery_view
+from claude_hooks.forge.webhook import BodyHmac, is_signed
+from claude_hooks.service.history import delivery_rows
+from claude_hooks.service.intake import Answer
+from claude_hooks.service.runtime import Service
+from claude_hooks.service.views import MAX_OFFSET, delivery_view
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.headers import HEADERS
 from claude_hooks.web.pending import PendingBodies

@@ -1,0 +1,52 @@
+"""The runner protocol: the worker hands over one task and gets back how it ended.
+
+Cancellation and timeouts reach a runner as `asyncio.CancelledError`; a runner stops its
+agent process before letting it propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.config import TypeConfig
+from claude_hooks.core.domain import Task
+
+if TYPE_CHECKING:
+    from claude_hooks.agents.forge_tools import ForgeTools
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    task: Task
+    type_config: TypeConfig
+    workdir: Path
+    log_path: Path
+    env: dict[str, str]
+    cancel_grace: float
+    # Called with (pid, start time) once the agent process exists, so a restarted service
+    # can stop it even if this one dies.
+    on_process: Callable[[int, int | None], Awaitable[None]]
+    # None: the type runs unconfined (`sandbox = false`).
+    sandbox: Sandbox | None = None
+    max_log_bytes: int = 10 * 1024 * 1024
+    # What the agent may do on the forge, done by the service (None: no forge configured).
+    forge_tools: ForgeTools | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    succeeded: bool
+    exit_code: int | None = None
+    result: str | None = None
+    error: str | None = None
+    cost_usd: float | None = None
+    claude_session_id: str | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class AgentRunner(Protocol):
+    async def run(self, ctx: RunContext) -> RunResult: ...

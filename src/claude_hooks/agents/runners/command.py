@@ -1,0 +1,159 @@
+"""The `command` runner: any executable, the task as JSON on stdin, exit 0 means success."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from collections import deque
+from pathlib import Path
+
+from claude_hooks.agents import processes, resources
+from claude_hooks.agents.capped_log import CappedLog
+from claude_hooks.agents.forge_tools import RESULT_FILE
+from claude_hooks.agents.runners.base import RunContext, RunResult
+
+TAIL_BYTES = 4096
+OUTPUT_DRAIN_SECONDS = 5.0
+_CHUNK = 65536
+
+
+def task_document(ctx: RunContext) -> bytes:
+    task = ctx.task
+    return json.dumps(
+        {
+            "id": task.id,
+            "type": task.type,
+            "agent": task.agent,
+            "kind": task.kind.value,
+            "session_key": task.session_key,
+            "repo": task.repo,
+            "number": task.number,
+            "attempt": task.attempts,
+            "delivery_id": task.delivery_id,
+            "workdir": str(ctx.workdir),
+            "payload": task.payload,
+        }
+    ).encode()
+
+
+class _Tail:
+    """The last bytes of a stream, for the error message of a failed run."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        while self.size - len(self.chunks[0]) >= self.limit:
+            self.size -= len(self.chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self.chunks)[-self.limit :].decode("utf-8", "replace")
+
+
+async def _copy(stream: asyncio.StreamReader, log: CappedLog, tail: _Tail) -> None:
+    while chunk := await stream.read(_CHUNK):
+        log.write(chunk)
+        tail.add(chunk)
+
+
+async def _feed(stdin: asyncio.StreamWriter, document: bytes) -> None:
+    # An agent that never reads its stdin must not stall the run.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(document)
+        await stdin.drain()
+        stdin.close()
+        await stdin.wait_closed()
+
+
+class CommandRunner:
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def command(self, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment to start: in the sandbox, its scratch `/tmp` is `HOME`."""
+        env = dict(ctx.env)
+        if ctx.forge_tools is not None:
+            env["CLAUDE_HOOKS_RESULT"] = str(ctx.workdir / RESULT_FILE)
+        if ctx.sandbox is None:
+            # A sandboxed agent dies with the service through bwrap's --die-with-parent.
+            return processes.dies_with_service(list(self.argv)), env
+        ctx.sandbox.give(ctx.workdir)
+        readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
+        env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
+        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable), env
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        if shutil.which(self.argv[0], path=ctx.env.get("PATH")) is None:
+            return RunResult(
+                succeeded=False, error=f"cannot start command {self.argv[0]!r}: not found"
+            )
+        argv, env = self.command(ctx)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=ctx.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            if resources.exhausted(exc):
+                raise  # passing: the pool puts the task back in its queue
+            return RunResult(
+                succeeded=False,
+                error=f"cannot start command {self.argv[0]!r}: {exc.strerror or exc}",
+            )
+        assert process.stdout is not None
+        assert process.stdin is not None
+        await ctx.on_process(process.pid, processes.start_time(process.pid))
+        tail = _Tail(TAIL_BYTES)
+        exited = asyncio.Event()
+        with CappedLog(ctx.log_path, ctx.max_log_bytes) as log:
+            copier = asyncio.create_task(_copy(process.stdout, log, tail))
+            feeder = asyncio.create_task(_feed(process.stdin, task_document(ctx)))
+            try:
+                code = await process.wait()
+                exited.set()
+                processes.kill_group(process.pid)
+                # A descendant that left the group may hold the pipe open: do not wait on it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(copier, OUTPUT_DRAIN_SECONDS)
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+                if ctx.forge_tools is not None:
+                    for outcome in await ctx.forge_tools.run_result_file(ctx.workdir):
+                        log.write(f"[claude-hooks] forge: {json.dumps(outcome)}\n".encode())
+            except asyncio.CancelledError:
+                waiter = asyncio.create_task(_reap(process, exited))
+                if ctx.sandbox is not None:
+                    await processes.stop_sandbox(process.pid, ctx.cancel_grace, exited)
+                else:
+                    await processes.stop_group(process.pid, ctx.cancel_grace, exited)
+                await waiter
+                copier.cancel()
+                feeder.cancel()
+                await asyncio.gather(copier, feeder, return_exceptions=True)
+                raise
+        if code == 0:
+            return RunResult(succeeded=True, exit_code=0, result=tail.text()[-1000:] or None)
+        reason = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
+        output = tail.text().strip()
+        return RunResult(
+            succeeded=False,
+            exit_code=code,
+            error=f"command {reason}" + (f"; last output:\n{output}" if output else ""),
+        )
+
+
+async def _reap(process: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
+    await process.wait()
+    exited.set()

@@ -1,0 +1,117 @@
+"""A workdir's exact state as git objects, to move a session between nodes.
+
+`capture` runs in the agent's repository, as the agent in its sandbox (like every git the
+service runs there): it records the checked-out commit (`head`), a commit whose tree is the
+index and one whose tree is the work tree with its uncommitted and untracked files (ignored
+files are left out, as `git add -A` does), both children of `head`, and bundles the two
+(`refs/claude-hooks/index`, `refs/claude-hooks/worktree`) without what the forge's branches
+already hold. `apply` runs in a fresh repository the service cloned (so its config is the
+service's): it fetches the bundle, checks its commits out and puts index and files back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from claude_hooks.errors import ClaudeHooksError
+
+if TYPE_CHECKING:
+    from claude_hooks.agents.sandbox import Sandbox
+    from claude_hooks.agents.workspace import _Git
+
+WORKTREE_REF = "refs/claude-hooks/worktree"
+INDEX_REF = "refs/claude-hooks/index"
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "claude-hooks",
+    "GIT_AUTHOR_EMAIL": "claude-hooks@localhost",
+    "GIT_COMMITTER_NAME": "claude-hooks",
+    "GIT_COMMITTER_EMAIL": "claude-hooks@localhost",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    branch: str | None
+    head: str
+    worktree: str
+    index_commit: str
+
+
+def _sha(text: str, what: str) -> str:
+    value = text.strip()
+    if not _SHA.fullmatch(value):
+        raise ClaudeHooksError(f"git gave {value[:80]!r} as the {what}, not a commit id")
+    return value
+
+
+async def capture(
+    git: _Git, path: Path, sandbox: Sandbox | None, scratch: Path, bundle: Path, limit: int
+) -> Captured | None:
+    """Write the workdir's state to `bundle`; None if it has no commit to start from.
+
+    `scratch` is an empty folder the agent may write (the temporary index goes there).
+    """
+
+    async def run(*args: str, index: bool = False) -> str:
+        env = {**_IDENTITY, **({"GIT_INDEX_FILE": str(scratch / "index")} if index else {})}
+        return await git.in_workdir(path, args, sandbox, env=env, writable=[scratch])
+
+    try:
+        head = _sha(await run("rev-parse", "--verify", "--quiet", "HEAD^{commit}"), "HEAD")
+    except ClaudeHooksError:
+        return None
+    try:
+        ref = (await run("symbolic-ref", "--quiet", "HEAD")).strip()
+    except ClaudeHooksError:
+        ref = ""  # detached
+    branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
+    try:
+        index_tree = (await run("write-tree")).strip()
+    except ClaudeHooksError:
+        index_tree = f"{head}^{{tree}}"  # a merge in progress: its conflicts are not kept
+    await run("read-tree", head, index=True)
+    await run("add", "--all", index=True)
+    files_tree = (await run("write-tree", index=True)).strip()
+    index_commit = _sha(
+        await run("commit-tree", index_tree, "-p", head, "-m", "claude-hooks: index"), "index"
+    )
+    worktree = _sha(
+        await run("commit-tree", files_tree, "-p", head, "-m", "claude-hooks: work tree"),
+        "work tree",
+    )
+    await run("update-ref", INDEX_REF, index_commit)
+    await run("update-ref", WORKTREE_REF, worktree)
+    args = ("bundle", "create", "--quiet", "-", WORKTREE_REF, INDEX_REF, "--not", "--remotes")
+    with bundle.open("wb") as out:  # OutputTooLargeError past `limit`
+        await git.in_workdir(path, args, sandbox, out=out, limit=limit)
+    return Captured(branch, head, worktree, index_commit)
+
+
+async def apply(git: _Git, repo: Path, bundle: Path, state: Captured) -> None:
+    """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files."""
+    await git.run(
+        "-C", repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", bundle,
+        f"{WORKTREE_REF}:{WORKTREE_REF}", f"{INDEX_REF}:{INDEX_REF}", local=True,
+    )  # fmt: skip
+    for ref, expected in ((WORKTREE_REF, state.worktree), (INDEX_REF, state.index_commit)):
+        found = (await git.run("-C", repo, "rev-parse", "--verify", f"{ref}^{{commit}}")).strip()
+        parent = (await git.run("-C", repo, "rev-parse", "--verify", f"{ref}^1")).strip()
+        if found != expected or parent != state.head:
+            raise ClaudeHooksError(f"the saved bundle's {ref} is not the state recorded with it")
+    if state.branch is not None:
+        if not await git.ok("check-ref-format", "--branch", state.branch):
+            raise ClaudeHooksError(
+                f"the saved state's branch {state.branch!r} is not a branch name"
+            )
+        await git.run("-C", repo, "update-ref", f"refs/heads/{state.branch}", state.head)
+        await git.run("-C", repo, "symbolic-ref", "HEAD", f"refs/heads/{state.branch}")
+    else:
+        await git.run("-C", repo, "update-ref", "--no-deref", "HEAD", state.head)
+    await git.run("-C", repo, "read-tree", "-u", "--reset", state.worktree)
+    await git.run("-C", repo, "read-tree", state.index_commit)
+    for ref in (WORKTREE_REF, INDEX_REF):
+        await git.run("-C", repo, "update-ref", "-d", ref)

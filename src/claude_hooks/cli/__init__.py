@@ -1,0 +1,1 @@
+"""The command line: `claude-hooks` and its commands, an edge like `web`."""

@@ -1,0 +1,213 @@
+"""`claude-hooks doctor`: check a configuration against the machine and the forge.
+
+Each check says what it found and, when it fails, what to change; the service would hit the
+same problems later, one task at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from claude_hooks.agents.credentials import HOW_TO, claude_credential
+from claude_hooks.agents.prompting import Prompts
+from claude_hooks.agents.runners.claude import locate_cli
+from claude_hooks.agents.sandbox import INSTALL_HINT, find_bwrap
+from claude_hooks.config import Config
+from claude_hooks.core.exposure import is_loopback, weak_secrets
+from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.service.lockfile import running_service
+from claude_hooks.store.sql import SqlStore
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    subject: str
+    detail: str
+    warning: bool = False  # worth knowing, not a failure
+
+
+def _executable(name: str) -> str | None:
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name)
+
+
+async def run_checks(config: Config) -> AsyncIterator[Check]:
+    server = config.server
+    yield Check(True, "configuration", str(config.source))
+    yield Check(
+        server.webhook_secret is not None,
+        "server.webhook_secret",
+        "set" if server.webhook_secret else "not set: serve refuses to start without it",
+    )
+    yield Check(
+        server.api_token is not None,
+        "server.api_token",
+        "set" if server.api_token else "not set: serve refuses to start without it",
+    )
+    exposed = not is_loopback(server.host)
+    for problem in weak_secrets(config):
+        yield Check(
+            not exposed,
+            "secrets",
+            f"{problem}: serve refuses it on {server.host!r}"
+            if exposed
+            else f"{problem}: fine on {server.host}, refused on any other address",
+            warning=True,
+        )
+    database = config.sqlite_file
+    if database is not None and not database.exists():
+        yield Check(
+            True,
+            "database",
+            f"none yet at {database}: 'claude-hooks serve' creates it",
+            warning=True,
+        )
+        async for check in _machine_checks(config):
+            yield check
+        return
+    try:
+        store = await SqlStore.open(config.database_url)
+    except ClaudeHooksError as exc:
+        yield Check(False, "database", str(exc))
+        return
+    try:
+        agents = await store.list_agents()
+        yield Check(True, "database", f"{config.database_url} (migrated, {len(agents)} agents)")
+        for agent in agents:
+            if agent.type not in config.types:
+                yield Check(
+                    False,
+                    f"agent {agent.name}",
+                    f"type {agent.type!r} has no [types.{agent.type}] table",
+                )
+        seeded = {seed.type for seed in config.agents} | {a.type for a in agents}
+        for name in sorted(set(config.types) - seeded):
+            yield Check(
+                True, f"type {name}", "has no instance: add one with 'agents add'", warning=True
+            )
+    finally:
+        await store.close()
+    async for check in _machine_checks(config):
+        yield check
+
+
+async def _machine_checks(config: Config) -> AsyncIterator[Check]:
+    service = running_service(config.data_dir)
+    yield Check(
+        True,
+        "service",
+        f"running (pid {service.pid}, {service.url})" if service else "not running",
+        warning=service is None,
+    )
+    for check in _runner_checks(config):
+        yield check
+    async for check in _forge_checks(config):
+        yield check
+
+
+def _runner_checks(config: Config) -> list[Check]:
+    checks = []
+    claude_cli: str | None = None
+    for name, type_config in sorted(config.types.items()):
+        subject = f"types.{name}"
+        if type_config.runner == "command":
+            found = _executable(type_config.command[0])
+            checks.append(
+                Check(
+                    found is not None,
+                    subject,
+                    f"command {type_config.command[0]!r} "
+                    + (f"found at {found}" if found else "not found on PATH"),
+                )
+            )
+        elif type_config.runner == "claude":
+            claude_cli = claude_cli or locate_cli()
+            checks.append(
+                Check(
+                    claude_cli is not None,
+                    subject,
+                    f"Claude Code CLI {claude_cli}"
+                    if claude_cli
+                    else "Claude Code CLI not found (reinstall claude-agent-sdk)",
+                )
+            )
+            try:
+                Prompts.for_type(type_config).check()
+            except ClaudeHooksError as exc:
+                checks.append(Check(False, f"{subject}.prompts", str(exc)))
+        elif type_config.runner == "merge" and not config.forgejo.url:
+            checks.append(Check(False, subject, "the merge runner needs [forgejo] url"))
+        if type_config.workdir == "worktree" and not (
+            config.forgejo.clone_url or config.forgejo.url
+        ):
+            checks.append(Check(False, subject, "workdir = 'worktree' needs [forgejo] url"))
+    sandboxed = sorted(n for n, t in config.types.items() if t.sandbox and t.runner != "merge")
+    if sandboxed:
+        bwrap = find_bwrap()
+        checks.append(
+            Check(
+                bwrap is not None,
+                "sandbox",
+                f"bubblewrap {bwrap} for {', '.join(sandboxed)}"
+                if bwrap
+                else f"bubblewrap (bwrap) not found: {INSTALL_HINT}, or set sandbox = false "
+                f"for {', '.join(sandboxed)}",
+            )
+        )
+    if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
+        checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
+    for name, type_config in sorted(config.types.items()):
+        if type_config.runner == "claude":
+            credential = claude_credential(name, type_config)
+            checks.append(
+                Check(
+                    credential is not None,
+                    f"types.{name} credentials",
+                    f"{credential.what} from {credential.source}"
+                    if credential
+                    else f"none: {HOW_TO}",
+                )
+            )
+    return checks
+
+
+async def _forge_checks(config: Config) -> AsyncIterator[Check]:
+    if not config.forgejo.url:
+        yield Check(
+            True, "forgejo.url", "not set: no permission checks, comments or merges", warning=True
+        )
+        return
+    forge = Forge(config)
+    try:
+        for name, type_config in sorted(config.types.items()):
+            if type_config.token is None:
+                yield Check(
+                    False,
+                    f"types.{name}.token",
+                    "not set: its agents cannot use the forge and comments fail",
+                )
+                continue
+            try:
+                login = await forge.client(name).whoami()
+            except ClaudeHooksError as exc:
+                yield Check(False, f"types.{name}.token", str(exc))
+                continue
+            expected = config.login_of(name)
+            yield Check(
+                login.lower() == expected.lower(),
+                f"types.{name}.token",
+                f"belongs to {login!r}"
+                + (
+                    ""
+                    if login.lower() == expected.lower()
+                    else f", but the type's login is {expected!r}"
+                ),
+            )
+    finally:
+        await forge.aclose()

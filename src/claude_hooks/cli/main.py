@@ -1,0 +1,767 @@
+"""The `claude-hooks` command line: serve, and manage agents and tasks in the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from claude_hooks import __version__
+from claude_hooks.agents.workspace import Workspaces
+from claude_hooks.cli import spend as spend_cli
+from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
+from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
+from claude_hooks.cli.simulate import simulate_command
+from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
+from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.errors import ClaudeHooksError, ConfigError, StoreError, UnknownTaskError
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.log_format import configure_logging
+from claude_hooks.service import control
+from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, delivery_rows
+from claude_hooks.service.lockfile import running_service
+from claude_hooks.service.sweep import Sweeper
+from claude_hooks.service.views import history_view, task_view
+from claude_hooks.store.backup import backup
+from claude_hooks.store.base import Store, TaskFilter
+from claude_hooks.store.sql import SqlStore
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Run a team of Claude Code agents on a Forgejo or Gitea forge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+agents_app = typer.Typer(help="Manage agent instances.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Show and cancel tasks.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="Show and replay webhook deliveries.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+app.add_typer(tasks_app, name="tasks")
+workdirs_app = typer.Typer(
+    help="List and remove the workdirs of session keys.", no_args_is_help=True
+)
+nodes_app = typer.Typer(help="Show the nodes that share the database.", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(nodes_app, name="nodes")
+app.add_typer(workdirs_app, name="workdirs")
+app.command("simulate")(simulate_command)
+app.add_typer(spend_cli.budget_app, name="budget")
+app.command("costs")(spend_cli.costs)
+
+# Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(markup=False, highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, markup=False, highlight=False)
+
+# Exit codes: 1 when the command could not do what was asked, 2 for a configuration or usage
+# error (the same code click gives a bad option).
+USAGE_ERROR = 2
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print("error:", style="red", end=" ")
+    err.print(message, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"claude-hooks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config_file: ConfigOption = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run a team of Claude Code agents on a Forgejo or Gitea forge."""
+    GlobalOptions.config = config_file  # `--config` before the command; one after it wins
+
+
+def _config(path: Path | None) -> Config:
+    try:
+        return load_config(config_path(chosen_config(path)))
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+
+
+async def _with_store(
+    config: Config, action: Callable[[Store], Awaitable[T]], create: bool = False
+) -> T:
+    """Run `action` on the database; only commands that record something may create it."""
+    database = config.sqlite_file
+    if not create and database is not None and not database.exists():
+        raise StoreError(
+            f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
+            "'claude-hooks serve' creates it; pass --config if you meant another configuration"
+        )
+    store = await SqlStore.open(config.database_url)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+# serve
+
+
+@app.command()
+def serve(
+    config_file: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+    insecure_no_signature: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-signature",
+            help="Accept unsigned webhooks when no webhook_secret is set. Local trials only.",
+        ),
+    ] = False,
+) -> None:
+    """Start the service: webhook intake, API, and one worker per agent instance."""
+    from claude_hooks.web.server import run_server
+
+    config = _config(config_file)
+    if host is not None:
+        config.server.host = host
+    if port is not None:
+        config.server.port = port
+    try:
+        run_server(config, insecure_no_signature=insecure_no_signature)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}")
+
+
+# init
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path, typer.Option("--path", help="Where to write the configuration.", dir_okay=False)
+    ] = Path(CONFIG_FILE),
+    types: Annotated[
+        str, typer.Option("--types", help="Types and their instances, as in dev=2,reviewer=1.")
+    ] = DEFAULT_TEAM,
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented configuration with fresh secrets, and create its database."""
+    try:
+        team = parse_team(types)
+    except ClaudeHooksError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    if path.exists() and not force:
+        _fail(f"{str(path)!r} already exists: pass --force to replace it")
+    scaffold = render(team)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created unreadable to others from the start: it holds the secrets.
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(handle, 0o600)
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(scaffold.text)
+    except OSError as exc:
+        _fail(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+    config = _config(path)
+
+    async def create(store: Store) -> list[str]:
+        return await store.seed_agents([(s.name, s.type) for s in config.agents], time.time())
+
+    _run(_with_store(config, create, create=True))
+    counts = ", ".join(f"{count} {name}" for name, count in team.items())
+    out.print(f"wrote {path} ({counts}); database in {config.data_dir}")
+    out.print("")
+    for line in webhook_settings(scaffold):
+        out.print(line)
+    out.print("")
+    out.print(
+        f"next: set [forgejo] url and each type's token in {path}, give Claude Code its "
+        f"credentials (see the README), then 'claude-hooks doctor --config {path}' and "
+        f"'claude-hooks serve --config {path}'"
+    )
+
+
+# agents
+
+
+def _agent_rows(config: Config) -> list[dict[str, Any]]:
+    async def rows(store: Store) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": i.name,
+                "type": i.type,
+                "enabled": i.enabled,
+                "state": i.state,
+                "current_task": i.running,
+                "queued": len(i.queue),
+                "node": i.node,
+                "pinned_node": i.pinned_node,
+            }
+            for i in await store.instances()
+        ]
+
+    return _run(_with_store(config, rows))
+
+
+@agents_app.command("list")
+def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List agent instances with their state."""
+    rows = _agent_rows(_config(config_file))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "type", "enabled", "state", "current task", "queued", "node")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["type"],
+            "yes" if row["enabled"] else "no",
+            row["state"],
+            row["current_task"] or "-",
+            str(row["queued"]),
+            (row["node"] or "-")
+            + (f" (pinned to {row['pinned_node']})" if row["pinned_node"] else ""),
+        )
+    out.print(table)
+
+
+# nodes
+
+
+@nodes_app.command("list")
+def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List the nodes on the database: each one's state, last heartbeat and instances."""
+    config = _config(config_file)
+    now = time.time()
+    views = _run(_with_store(config, lambda store: store.nodes.list_nodes(now)))
+    rows: list[dict[str, Any]] = [
+        {
+            "name": v.name,
+            "state": v.state,
+            "url": v.url,
+            "host": v.host,
+            "pid": v.pid,
+            "capacity": v.capacity,
+            "lease_seconds": v.lease_seconds,
+            "started_at": v.started_at,
+            "heartbeat_at": v.heartbeat_at,
+            "instances": list(v.instances),
+        }
+        for v in views
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "state", "last heartbeat", "capacity", "instances", "url")
+    for v in views:
+        table.add_row(
+            v.name,
+            v.state,
+            f"{now - v.heartbeat_at:.1f} s ago",
+            str(v.capacity or "no limit"),
+            ", ".join(v.instances) or "-",
+            v.url or "-",
+        )
+    out.print(table)
+
+
+@agents_app.command("add")
+def agents_add(
+    name: Annotated[str, typer.Argument(help="Instance name, e.g. dev-charlie.")],
+    agent_type: Annotated[str, typer.Option("--type", "-t", help="A configured agent type.")],
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Pin the instance to this node: only it may run it."),
+    ] = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Register a new instance of a type; a running service starts using it within a second."""
+    config = _config(config_file)
+    try:
+        control.check_type(config, agent_type)  # before the database is created for it
+        control.check_node(node)
+    except ConfigError as exc:
+        _fail(str(exc), USAGE_ERROR)
+    agent = _run(
+        _with_store(
+            config, lambda s: control.add_agent(s, config, name, agent_type, node), create=True
+        )
+    )
+    pinned = f", pinned to node {agent.pinned_node}" if agent.pinned_node else ""
+    out.print(f"added {agent.name} (type {agent.type}{pinned})")
+
+
+@agents_app.command("disable")
+def agents_disable(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Also cancel the task it is running.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Stop giving work to an instance; its queued tasks move to the others of its type."""
+    config = _config(config_file)
+    cancelled = _run(_with_store(config, lambda s: control.set_enabled(s, name, False, force)))
+    out.print(f"disabled {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
+
+
+@agents_app.command("enable")
+def agents_enable(name: str, config_file: ConfigOption = None) -> None:
+    """Give work to an instance again."""
+    config = _config(config_file)
+    _run(_with_store(config, lambda s: control.set_enabled(s, name, True)))
+    out.print(f"enabled {name}")
+
+
+@agents_app.command("remove")
+def agents_remove(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Also cancel the task it is running.")] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Remove an instance; its queued tasks move to the others, its running task finishes.
+
+    An instance declared in the configuration's [[agents]] comes back at the next start."""
+    config = _config(config_file)
+    cancelled = _run(_with_store(config, lambda s: control.remove_agent(s, name, force)))
+    out.print(f"removed {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
+    if any(seed.name == name for seed in config.agents):
+        out.print(
+            f"note: {name} is declared in [[agents]] of {config.source}, so the next start "
+            "registers it again: delete it there to remove it for good, or use "
+            f"'claude-hooks agents disable {name}' to keep it without work"
+        )
+
+
+# tasks
+
+
+@tasks_app.command("list")
+def tasks_list(
+    state: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
+    agent_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this instance.")] = None,
+    repo: Annotated[str | None, typer.Option(help="Only this repository (owner/name).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    config_file: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List tasks, newest first."""
+    config = _config(config_file)
+    if agent_type is not None and agent_type not in config.types:
+        known = ", ".join(sorted(config.types)) or "none"
+        _fail(f"unknown type {agent_type!r} for --type (types: {known})", USAGE_ERROR)
+    where = TaskFilter(state=state, type=agent_type, agent=agent, repo=repo)
+
+    async def fetch(store: Store) -> list[dict[str, Any]]:
+        tasks = await store.list_tasks(where, limit, 0)
+        positions = await store.queue_positions(t.id for t in tasks)
+        return [task_view(t, positions.get(t.id)) for t in tasks]
+
+    rows = _run(_with_store(config, fetch))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "type", "agent", "kind", "state", "target", "attempts", "enqueued", "error")
+    for row in rows:
+        state_text = row["state"]
+        if row["queue_position"]:
+            state_text += f" #{row['queue_position']}"
+        table.add_row(
+            row["id"],
+            row["type"],
+            row["agent"],
+            row["kind"],
+            state_text,
+            f"{row['repo']}#{row['number']}",
+            str(row["attempts"]),
+            (row["enqueued_at"] or "")[:19],
+            (row["error"] or "")[:60],
+        )
+    out.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
+    """Show one task as JSON, with the path of its log."""
+    config = _config(config_file)
+
+    async def fetch(store: Store) -> dict[str, Any]:
+        task = await store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        positions = await store.queue_positions([task.id])
+        view = task_view(task, positions.get(task.id))
+        view.update(await history_view(store, task))
+        view["payload"] = task.payload
+        view["log"] = str((config.data_dir / "logs" / f"{task.id}.log").resolve())
+        return view
+
+    _print_json(_run(_with_store(config, fetch)))
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
+    """Cancel a queued or running task."""
+    config = _config(config_file)
+    request = _run(_with_store(config, lambda s: control.cancel_task(s, task_id)))
+    message = request.message
+    if request.was is TaskState.RUNNING and running_service(config.data_dir) is None:
+        message = (
+            f"task {task_id} is marked running but no service is running: "
+            "it is recorded as cancelled when the service next starts"
+        )
+    out.print(message)
+
+
+@tasks_app.command("retry")
+def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
+    """Queue a failed or cancelled task again: a new task with the same key, kind and
+    payload, linked to the old one (needs the running service)."""
+    body = _post_to_service(_config(config_file), f"/api/tasks/{task_id}/retry")
+    out.print(f"task {body['id']} queued on {body['agent']}, a retry of {task_id}")
+
+
+FOLLOW_POLL = 0.25  # seconds between looks at a followed log
+
+
+def _log_lines(config: Config, task: Task, raw: bool) -> Callable[[bytes], bytes]:
+    """How log bytes are shown: the claude runner's JSON lines made readable, unless `raw`."""
+    type_config = config.types.get(task.type)
+    if raw or type_config is None or type_config.runner != "claude":
+        return lambda chunk: chunk
+    from claude_hooks.web.logs import render_claude_line
+
+    partial = b""
+
+    def render(chunk: bytes) -> bytes:
+        nonlocal partial
+        complete, _, partial = (partial + chunk).rpartition(b"\n")
+        lines = complete.decode("utf-8", "replace").split("\n") if complete else []
+        return "".join(
+            f"{shown}\n" for line in lines for shown in render_claude_line(line)
+        ).encode()
+
+    return render
+
+
+@tasks_app.command("log")
+def tasks_log(
+    task_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
+    ] = False,
+    raw: Annotated[
+        bool, typer.Option(help="The claude runner's log as written (JSON lines).")
+    ] = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Print a task's log; with -f, follow it until the task ends."""
+    config = _config(config_file)
+
+    async def show_log(store: Store) -> tuple[Task, int]:
+        task = await store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        path = config.data_dir / "logs" / f"{task.id}.log"
+        show = _log_lines(config, task, raw)
+        offset = 0
+        while True:
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(offset)
+                    chunk = stream.read()
+            except FileNotFoundError:
+                chunk = b""
+            offset += len(chunk)
+            sys.stdout.buffer.write(show(chunk))
+            sys.stdout.flush()
+            # The state is read before the last look at the file: nothing written is missed.
+            if not follow or task.state.finished:
+                return task, offset
+            await asyncio.sleep(FOLLOW_POLL)
+            task = await store.get_task(task_id) or task
+
+    try:
+        task, size = _run(_with_store(config, show_log))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if size == 0:
+        err.print(f"task {task.id} has no output ({task.state.value})")
+
+
+# deliveries
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    outcome: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Only this outcome: {', '.join(DELIVERY_OUTCOMES)} "
+            "(rejected: refused requests, such as a wrong secret, malformed or too large)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    config_file: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List recent webhook deliveries with their outcome and the reason for it."""
+    config = _config(config_file)
+    if outcome is not None and outcome not in DELIVERY_OUTCOMES:
+        _fail(
+            f"unknown outcome {outcome!r} for --outcome (one of {', '.join(DELIVERY_OUTCOMES)})",
+            USAGE_ERROR,
+        )
+
+    async def fetch(store: Store) -> list[dict[str, Any]]:
+        return (await delivery_rows(store, outcome, limit, 0))[1]
+
+    rows = _run(_with_store(config, fetch))
+    if as_json:
+        _print_json(rows)
+        return
+    if outcome == REJECTED:
+        _print_rejections(rows)
+        return
+    table = Table("id", "received", "event", "target", "sender", "outcome", "reason")
+    for row in rows:
+        target = f"{row['repo']}#{row['number']}" if row["number"] else (row["repo"] or "-")
+        table.add_row(
+            row["id"],
+            (row["received_at"] or "")[:19],
+            row["event_type"],
+            target,
+            row["sender"] or "-",
+            row["outcome"],
+            row["reason"] or "",
+        )
+    out.print(table)
+
+
+def _print_rejections(rows: list[dict[str, Any]]) -> None:
+    table = Table("received", "status", "from", "event", "delivery", "size", "reason", "hint")
+    for row in rows:
+        table.add_row(
+            (row["received_at"] or "")[:19],
+            str(row["status"]),
+            row["remote"] or "-",
+            row["event_type"] or "-",
+            row["delivery_id"] or "-",
+            str(row["size"]),
+            row["reason"],
+            row["hint"],
+        )
+    out.print(table)
+
+
+@deliveries_app.command("replay")
+def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> None:
+    """Run a stored delivery through the flows again (needs the running service)."""
+    _print_json(_post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay"))
+
+
+def _post_to_service(config: Config, path: str) -> dict[str, Any]:
+    """POST to the running service's API: what only its pool can do (replay, retry)."""
+    service = running_service(config.data_dir)
+    if service is None or not service.url:
+        _fail(f"no service is running on {str(config.data_dir)!r}: start 'claude-hooks serve'")
+    token = config.server.api_token.get_secret_value() if config.server.api_token else ""
+    try:
+        answer = httpx.post(
+            f"{service.url}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the service at {service.url}: {exc}")
+    body: dict[str, Any] = (
+        answer.json()
+        if answer.headers.get("content-type", "").startswith("application/json")
+        else {}
+    )
+    if answer.status_code >= 400 and "error" in body:
+        _fail(str(body["error"]))
+    return body
+
+
+# backup
+
+
+@app.command("backup")
+def backup_command(
+    path: Annotated[Path, typer.Argument(help="Where to write the copy; must not exist.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Copy the database consistently, even while the service runs (SQLite; on PostgreSQL
+    it says how to use pg_dump)."""
+    config = _config(config_file)
+    try:
+        size = backup(config.database_url, path)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+    out.print(f"backed up {config.database_url} to {path} ({size:,} bytes)")
+
+
+# doctor
+
+
+@app.command()
+def doctor(config_file: ConfigOption = None) -> None:
+    """Check the configuration, the database, the runners and the forge tokens."""
+    from claude_hooks.cli.doctor import Check, run_checks  # it imports the Claude SDK: ~1 s
+
+    config = _config(config_file)
+
+    async def collect() -> list[Check]:
+        return [check async for check in run_checks(config)]
+
+    failed = 0
+    for check in _run(collect()):
+        mark = "ok  " if check.ok and not check.warning else ("warn" if check.ok else "FAIL")
+        failed += not check.ok
+        out.print(f"{mark}  {check.subject}: {check.detail}")
+    if failed:
+        _fail(f"{failed} check(s) failed")
+
+
+# demo
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
+    once: Annotated[bool, typer.Option(help="Exit when the sample tasks have finished.")] = False,
+    pace: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=60.0,
+            help="Seconds between sample deliveries; a stand-in agent works 4 paces.",
+        ),
+    ] = 1.0,
+) -> None:
+    """Try claude-hooks without a forge: stand-in agents act out a queue, a failure, a cancel,
+    review -> merge and CI -> fix on a live dashboard."""
+    from claude_hooks.cli.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        asyncio.run(run_demo(port, once, out.print, pace))
+    except KeyboardInterrupt:
+        out.print("demo stopped")
+
+
+# workdirs
+
+
+def _sweeper(config: Config, store: Store) -> tuple[Sweeper, Forge]:
+    forge = Forge(config)
+    workspaces = Workspaces(
+        config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
+    )
+    return Sweeper(config, workspaces, store.intake, forge), forge
+
+
+@workdirs_app.command("list")
+def workdirs_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """The session keys that have a workdir, with where it is."""
+    config = _config(config_file)
+    workspaces = Workspaces(config.data_dir)
+    rows = [
+        {"session_key": k, "path": str(workspaces.workdir(k))} for k in workspaces.session_keys()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("session key", "path")
+    for row in rows:
+        table.add_row(row["session_key"], row["path"])
+    out.print(table)
+
+
+@workdirs_app.command("clean")
+def workdirs_clean(
+    keys: Annotated[list[str], typer.Argument(help="Session keys, e.g. dev:acme/widget:17.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Remove the workdirs of these session keys (not while a task of the key is active)."""
+    config = _config(config_file)
+
+    def clean(wanted: list[str]) -> Callable[[Store], Awaitable[list[tuple[str, bool]]]]:
+        async def run(store: Store) -> list[tuple[str, bool]]:
+            sweeper, forge = _sweeper(config, store)
+            try:
+                return [(key, await sweeper.clean(key)) for key in wanted]
+            finally:
+                await forge.aclose()
+
+        return run
+
+    workspaces = Workspaces(config.data_dir)
+    missing = [key for key in keys if not workspaces.workdir(key).exists()]
+    present = [key for key in keys if key not in missing]
+    results = _run(_with_store(config, clean(present))) if present else []
+    for key in missing:
+        err.print(f"{key}: no workdir (see 'claude-hooks workdirs list')")
+    for key, removed in results:
+        out.print(f"{key}: {'removed' if removed else 'kept: a task of this key is active'}")
+    if missing or not all(removed for _, removed in results):
+        raise typer.Exit(1)
+
+
+@workdirs_app.command("sweep")
+def workdirs_sweep(config_file: ConfigOption = None) -> None:
+    """Ask the forge about every workdir's issue and remove those of closed ones."""
+    config = _config(config_file)
+    if not config.forgejo.url:
+        _fail("[forgejo] url is not set: the sweep asks the forge which issues are closed")
+
+    async def sweep(store: Store) -> list[str]:
+        sweeper, forge = _sweeper(config, store)
+        try:
+            return await sweeper.sweep()
+        finally:
+            await forge.aclose()
+
+    removed = _run(_with_store(config, sweep))
+    out.print(f"removed {len(removed)} workdir(s)" + (": " + ", ".join(removed) if removed else ""))
+
+
+def main() -> None:
+    configure_logging("warning")
+    app()

@@ -1,5 +1,0 @@
-"""Agent runners: how one task is carried out by an agent process."""
-
-from claude_hooks.runners.base import AgentRunner, RunContext, RunResult
-
-__all__ = ["AgentRunner", "RunContext", "RunResult"]

@@ -1,0 +1,536 @@
+"""Forgejo events -> work for agent types: one handler per flow (docs/design.md §1).
+
+Handlers decide; they do not queue. Each returns a `Decision` (what to dispatch, what to
+cancel, what to tell a human) that the intake applies, so a handler's logic can be read and
+tested apart from HTTP, the pool and the forge. What they must look up (assignment state,
+which PR belongs to which issue, who may trigger work) comes through `FlowContext`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from claude_hooks.config import Config
+from claude_hooks.core.domain import DispatchRequest, TaskKind, session_key
+from claude_hooks.forge.payloads import (
+    ActionRunPayload,
+    IssueCommentPayload,
+    IssuePayload,
+    Payload,
+    PullRequest,
+    PullRequestPayload,
+    PushPayload,
+    StatusPayload,
+)
+from claude_hooks.store.intake import CiWatch, IntakeStore, PullLink
+
+_MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
+_CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
+_BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class ForgeComment:
+    """A comment the service itself posts, with the token of `as_type`."""
+
+    as_type: str
+    repo: str
+    number: int
+    body: str
+
+
+@dataclass(slots=True)
+class Decision:
+    reason: str = ""
+    dispatch: list[tuple[str, DispatchRequest]] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+    comments: list[ForgeComment] = field(default_factory=list)
+    watch: CiWatch | None = None
+    # The agent types now assigned to (repo, number), saved once the dispatches are committed,
+    # so an assignment whose work could not be queued is seen as new when replayed.
+    assigned: tuple[str, int, frozenset[str]] | None = None
+    cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
+    # Issues whose loop guard a human's event resets (see `loop_guard`), written with the
+    # delivery: a duplicate resets nothing.
+    resets: list[tuple[str, int, float]] = field(default_factory=list)
+
+
+def ignore(reason: str) -> Decision:
+    return Decision(reason=reason)
+
+
+SenderCheck = Callable[[str, str], Awaitable[bool]]  # (repo, login) -> may trigger work
+PullLookup = Callable[[str, int], Awaitable[PullRequest | None]]  # (repo, number) -> PR
+HeadLookup = Callable[[str, str], Awaitable[int | None]]  # (repo, sha) -> open PR number
+
+
+@dataclass(frozen=True, slots=True)
+class FlowContext:
+    config: Config
+    intake: IntakeStore
+    may_trigger: SenderCheck
+    delivery_id: str | None = None
+    now: float = 0.0
+    find_pull: PullLookup | None = None
+    find_head: HeadLookup | None = None
+
+
+# helpers
+
+
+def mentioned_logins(text: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for login in _MENTION.findall(text):
+        seen.setdefault(login.rstrip("."), None)
+    return list(seen)
+
+
+def linked_issue(pull: PullRequest) -> int:
+    """The issue an agent's PR was opened for: its branch `<type>/<number>-…`, a `Fixes #N`
+    line, or else the PR itself."""
+    match = _BRANCH_ISSUE.match(pull.head.ref)
+    if match:
+        return int(match.group(1))
+    match = _CLOSES.search(pull.body)
+    if match:
+        return int(match.group(1))
+    return pull.number
+
+
+def _not_allowed(login: str, repo: str) -> Decision:
+    return ignore(
+        f"sender {login!r} may not trigger agents: it needs write access to {repo} "
+        "or a place in [security] allowed_senders"
+    )
+
+
+async def _allowed(ctx: FlowContext, repo: str, login: str) -> bool:
+    if ctx.config.type_of_login(login) is not None:
+        return True  # agents hand work to each other (dev's PR asks the reviewer)
+    if login.lower() in {s.lower() for s in ctx.config.security.allowed_senders}:
+        return True
+    return await ctx.may_trigger(repo, login)
+
+
+def _request(
+    ctx: FlowContext, agent_type: str, kind: TaskKind, repo: str, number: int, **payload: Any
+) -> tuple[str, DispatchRequest]:
+    return agent_type, DispatchRequest(
+        kind=kind,
+        repo=repo,
+        number=number,
+        session_key=session_key(agent_type, repo, number),
+        payload={k: v for k, v in payload.items() if v is not None},
+        delivery_id=ctx.delivery_id,
+    )
+
+
+def _pull_fields(pull: PullRequest) -> dict[str, Any]:
+    return {
+        "pr_number": pull.number,
+        "title": pull.title,
+        "body": pull.body,
+        "html_url": pull.html_url,
+        "head_sha": pull.head.sha,
+        "head_ref": pull.head.ref,
+        "base_ref": pull.base.ref,
+        "comment_on": pull.number,
+    }
+
+
+async def remember_pull(ctx: FlowContext, repo: str, pull: PullRequest) -> PullLink | None:
+    """Record an agent's PR and the issue it continues; None for PRs of humans."""
+    author = ctx.config.type_of_login(pull.user.login)
+    if author is None:
+        return None
+    known = await ctx.intake.pull_link(repo, pull.number)
+    link = PullLink(
+        repo=repo,
+        pr_number=pull.number,
+        author_type=author,
+        issue_number=known.issue_number if known else linked_issue(pull),
+        head_sha=pull.head.sha,
+        open=pull.state == "open",
+    )
+    await ctx.intake.put_pull_link(link, ctx.now)
+    return link
+
+
+# the handlers
+
+
+async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Decision:
+    issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
+    logins = [user.login for user in issue.assignees]
+    now = {t for login in logins if (t := ctx.config.type_of_login(login)) is not None}
+    before = await ctx.intake.assigned_types(repo, issue.number)
+    state = (repo, issue.number, frozenset(now))
+    if payload.action == "unassigned":
+        gone = sorted(set(ctx.config.types) - now)
+        keys = [session_key(t, repo, issue.number) for t in gone]
+        return Decision(
+            reason=f"unassigned on {repo}#{issue.number}: "
+            f"cancelling the work of {', '.join(gone) or 'no agent type'}",
+            cancel=keys,
+            assigned=state,
+        )
+    newly = sorted(now - before)
+    if not newly:
+        if now:
+            decision = ignore(
+                f"{', '.join(sorted(now))} already assigned to {repo}#{issue.number}: "
+                "no new work (unassign and assign again to restart it)"
+            )
+        else:
+            known = ", ".join(sorted(ctx.config.login_of(t) for t in ctx.config.types))
+            decision = ignore(
+                f"no agent type has login {', '.join(repr(x) for x in logins) or 'among none'}"
+                f" (assignees of {repo}#{issue.number}); agent logins: {known}"
+            )
+        decision.assigned = state
+        return decision
+    sender_type = ctx.config.type_of_login(sender)
+    newly = [t for t in newly if t != sender_type]
+    if not newly:
+        decision = ignore(f"{sender!r} assigned itself: an agent never triggers its own type")
+        decision.assigned = state
+        return decision
+    if not await _allowed(ctx, repo, sender):
+        # Not saved as assigned: the next assignment by an allowed sender starts the work.
+        return _not_allowed(sender, repo)
+    kind = TaskKind.WORK_ISSUE
+    return Decision(
+        reason=f"{repo}#{issue.number} assigned to {', '.join(newly)}",
+        assigned=state,
+        dispatch=[
+            _request(
+                ctx,
+                t,
+                kind,
+                repo,
+                issue.number,
+                title=issue.title,
+                body=issue.body,
+                html_url=issue.html_url,
+                sender=sender,
+                issue_number=issue.number,
+                is_pull=issue.is_pull,
+                comment_on=issue.number,
+            )
+            for t in newly
+        ],
+    )
+
+
+async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
+    pull, repo, sender = payload.pull_request, payload.repository.full_name, payload.sender.login
+    reviewer = payload.requested_reviewer
+    if reviewer is None:
+        return ignore("review requested without a requested_reviewer: nothing to dispatch")
+    agent_type = ctx.config.type_of_login(reviewer.login)
+    if agent_type is None:
+        return ignore(f"no agent type has login {reviewer.login!r} (the requested reviewer)")
+    if ctx.config.type_of_login(sender) == agent_type:
+        return ignore(f"{sender!r} requested its own review: an agent never triggers its own type")
+    if ctx.config.type_of_login(pull.user.login) == agent_type:
+        return ignore(f"{reviewer.login!r} opened #{pull.number}: it does not review its own PR")
+    if not await _allowed(ctx, repo, sender):
+        return _not_allowed(sender, repo)
+    return Decision(
+        reason=f"review of {repo}#{pull.number} requested from {agent_type}",
+        dispatch=[
+            _request(
+                ctx,
+                agent_type,
+                TaskKind.REVIEW_PR,
+                repo,
+                pull.number,
+                sender=sender,
+                author=pull.user.login,
+                **_pull_fields(pull),
+            )
+        ],
+    )
+
+
+async def _agent_pull(ctx: FlowContext, payload: PullRequestPayload) -> PullLink | Decision:
+    pull, repo = payload.pull_request, payload.repository.full_name
+    link = await remember_pull(ctx, repo, pull)
+    if link is None:
+        return ignore(f"{repo}#{pull.number} was opened by {pull.user.login!r}, not an agent type")
+    return link
+
+
+async def handle_changes_requested(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
+    link = await _agent_pull(ctx, payload)
+    if isinstance(link, Decision):
+        return link
+    pull, repo, sender = payload.pull_request, payload.repository.full_name, payload.sender.login
+    if ctx.config.type_of_login(sender) == link.author_type:
+        return ignore(f"{sender!r} reviewed its own PR: an agent never triggers its own type")
+    if not await _allowed(ctx, repo, sender):
+        return _not_allowed(sender, repo)
+    review = payload.review.content if payload.review else ""
+    return Decision(
+        reason=f"changes requested on {repo}#{pull.number}: {link.author_type} resumes "
+        f"#{link.issue_number}",
+        dispatch=[
+            _request(
+                ctx,
+                link.author_type,
+                TaskKind.ADDRESS_REVIEW,
+                repo,
+                link.issue_number,
+                review_body=review,
+                sender=sender,
+                issue_number=link.issue_number,
+                **_pull_fields(pull),
+            )
+        ],
+    )
+
+
+async def handle_approved(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
+    link = await _agent_pull(ctx, payload)
+    if isinstance(link, Decision):
+        return link
+    sender, repo = payload.sender.login, payload.repository.full_name
+    if ctx.config.type_of_login(sender) == link.author_type:
+        return ignore(f"{sender!r} approved its own PR: an agent never triggers its own type")
+    if not await _allowed(ctx, repo, sender):
+        return _not_allowed(sender, repo)
+    return dispatch_merge(ctx, payload.pull_request, link, sender)
+
+
+def dispatch_merge(ctx: FlowContext, pull: PullRequest, link: PullLink, approver: str) -> Decision:
+    merge_type = ctx.config.flows.merge_type
+    if merge_type not in ctx.config.types:
+        return ignore(
+            f"{link.repo}#{pull.number} approved, but the merge type {merge_type!r} is not "
+            f"configured: add [types.{merge_type}] or set [flows] merge_type"
+        )
+    return Decision(
+        reason=f"{link.repo}#{pull.number} approved by {approver}: {merge_type} merges it",
+        dispatch=[
+            _request(
+                ctx,
+                merge_type,
+                TaskKind.MERGE_PR,
+                link.repo,
+                link.issue_number,
+                approver=approver,
+                sender=approver,
+                author_type=link.author_type,
+                issue_number=link.issue_number,
+                **_pull_fields(pull),
+            )
+        ],
+    )
+
+
+async def _link_for(ctx: FlowContext, repo: str, sha: str, number: int | None) -> PullLink | None:
+    link = None
+    if number is not None:
+        link = await ctx.intake.pull_link(repo, number)
+    if link is None:
+        link = await ctx.intake.pull_link_for_head(repo, sha)
+    if link is None and number is None and ctx.find_head is not None:
+        number = await ctx.find_head(repo, sha)
+    if link is None and number is not None and ctx.find_pull is not None:
+        pull = await ctx.find_pull(repo, number)
+        if pull is not None:
+            link = await remember_pull(ctx, repo, pull)
+    return link
+
+
+async def handle_status_event(
+    ctx: FlowContext, payload: StatusPayload | ActionRunPayload
+) -> Decision:
+    context: dict[str, Any]
+    if isinstance(payload, StatusPayload):
+        repo, sha, number = payload.repository.full_name, payload.sha, None
+        if payload.state not in ("failure", "error"):
+            return ignore(f"CI state {payload.state!r} on {sha[:10]}: nothing to fix")
+        context = {
+            "context": payload.context,
+            "description": payload.description,
+            "target_url": payload.target_url,
+            "state": payload.state,
+        }
+    else:
+        repo, sha, number = payload.repository.full_name, payload.sha, payload.pull_number
+        if payload.action != "failure":
+            return ignore(f"Actions run {payload.action} on {sha[:10]}: nothing to fix")
+        context = {
+            "context": f"Forgejo Actions run #{payload.run.index_in_repo} "
+            f"({payload.run.workflow_id})",
+            "target_url": payload.run.html_url,
+            "state": payload.run.status,
+        }
+    link = await _link_for(ctx, repo, sha, number)
+    if link is None:
+        return ignore(f"CI failed on {sha[:10]}, which is not the head of an agent's PR")
+    if not link.open:
+        return ignore(f"CI failed on {repo}#{link.pr_number}, which is closed")
+    if link.head_sha != sha:
+        return ignore(
+            f"CI failed on {sha[:10]}, no longer the head of {repo}#{link.pr_number} "
+            f"({link.head_sha[:10]})"
+        )
+    return await dispatch_fix_ci(ctx, link, context)
+
+
+async def dispatch_fix_ci(ctx: FlowContext, link: PullLink, context: dict[str, Any]) -> Decision:
+    limit = ctx.config.flows.max_fix_attempts
+    count = await ctx.intake.bump_fix_attempts(link.repo, link.pr_number, link.head_sha)
+    if count > limit:
+        decision = ignore(
+            f"CI failed again on {link.repo}#{link.pr_number} at {link.head_sha[:10]}: "
+            f"{limit} fix attempt(s) used, a human is asked to look"
+        )
+        if count == limit + 1:
+            decision.comments.append(
+                ForgeComment(
+                    link.author_type,
+                    link.repo,
+                    link.pr_number,
+                    f"CI still fails on {link.head_sha[:10]} after {limit} automatic fix "
+                    "attempt(s). A human needs to look at this pull request.",
+                )
+            )
+        return decision
+    return Decision(
+        reason=f"CI failed on {link.repo}#{link.pr_number} at {link.head_sha[:10]}: "
+        f"{link.author_type} fixes it (attempt {count} of {limit})",
+        dispatch=[
+            _request(
+                ctx,
+                link.author_type,
+                TaskKind.FIX_CI,
+                link.repo,
+                link.issue_number,
+                pr_number=link.pr_number,
+                head_sha=link.head_sha,
+                ci_context=context,
+                issue_number=link.issue_number,
+                fix_attempt=count,
+                comment_on=link.pr_number,
+            )
+        ],
+    )
+
+
+async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Decision:
+    issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
+    if payload.action != "created":
+        return ignore(f"comment {payload.action}: only new comments are read")
+    if ctx.config.type_of_login(sender) is not None:
+        return ignore(f"comment by the agent account {sender!r}: agents do not wake each other")
+    types = [
+        t
+        for login in mentioned_logins(payload.comment.body)
+        if (t := ctx.config.type_of_login(login)) is not None
+    ]
+    if not types:
+        return ignore(f"the comment on {repo}#{issue.number} mentions no agent login")
+    if not await _allowed(ctx, repo, sender):
+        return _not_allowed(sender, repo)
+    link = await ctx.intake.pull_link(repo, issue.number) if payload.is_pull else None
+    dispatch = []
+    for agent_type in dict.fromkeys(types):
+        number = link.issue_number if link and link.author_type == agent_type else issue.number
+        dispatch.append(
+            _request(
+                ctx,
+                agent_type,
+                TaskKind.ANSWER_MENTION,
+                repo,
+                number,
+                comment_body=payload.comment.body,
+                comment_url=payload.comment.html_url,
+                comment_id=payload.comment.id,
+                sender=sender,
+                title=issue.title,
+                body=issue.body,
+                html_url=issue.html_url,
+                is_pull=payload.is_pull,
+                issue_number=issue.number,
+                comment_on=issue.number,
+            )
+        )
+    return Decision(
+        reason=f"{sender} mentioned {', '.join(t for t, _ in dispatch)} on {repo}#{issue.number}",
+        dispatch=dispatch,
+    )
+
+
+def _closed_keys(ctx: FlowContext, repo: str, numbers: set[int]) -> list[str]:
+    return [session_key(t, repo, n) for t in ctx.config.types for n in sorted(numbers)]
+
+
+async def handle_closed_issue(ctx: FlowContext, payload: IssuePayload) -> Decision:
+    repo, number = payload.repository.full_name, payload.issue.number
+    keys = _closed_keys(ctx, repo, {number})
+    return Decision(
+        reason=f"{repo}#{number} closed: its agent work is cancelled",
+        cancel=keys,
+        cleanup=keys,
+    )
+
+
+async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
+    pull, repo = payload.pull_request, payload.repository.full_name
+    link = await remember_pull(ctx, repo, pull)
+    if payload.action == "closed":
+        await ctx.intake.drop_ci_watch(repo, pull.number)
+        numbers = {pull.number} | ({link.issue_number} if link else set())
+        state = "merged" if pull.merged else "closed"
+        keys = _closed_keys(ctx, repo, numbers)
+        return Decision(
+            reason=f"{repo}#{pull.number} {state}: its agent work is cancelled",
+            cancel=keys,
+            cleanup=keys,
+        )
+    if link is None:
+        return ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+    decision = ignore(
+        f"recorded {link.author_type}'s pull request {repo}#{pull.number} "
+        f"(continues #{link.issue_number}, head {link.head_sha[:10]})"
+    )
+    if payload.action in ("opened", "reopened", "synchronized") and ctx.config.flows.poll_ci:
+        decision.watch = CiWatch(repo, pull.number, pull.head.sha, ctx.now)
+        decision.reason += "; watching its CI status"
+    return decision
+
+
+async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> Decision:
+    """Pick the flow for an event type and action (docs/design.md §1); anything else is ignored."""
+    if isinstance(payload, IssuePayload):
+        if event_type == "issue_assign":
+            return await handle_issue_assigned(ctx, payload)
+        if event_type == "issues" and payload.action == "closed":
+            return await handle_closed_issue(ctx, payload)
+    elif isinstance(payload, PullRequestPayload):
+        if event_type == "pull_request_review_request":
+            if payload.action == "review_requested":
+                return await handle_review_requested(ctx, payload)
+        elif event_type == "pull_request_review_rejected":
+            return await handle_changes_requested(ctx, payload)
+        elif event_type == "pull_request_review_approved":
+            return await handle_approved(ctx, payload)
+        elif event_type in ("pull_request", "pull_request_sync"):
+            return await handle_pull_request(ctx, payload)
+        else:
+            await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
+    elif isinstance(payload, IssueCommentPayload):
+        return await handle_mention(ctx, payload)
+    elif isinstance(payload, StatusPayload | ActionRunPayload):
+        return await handle_status_event(ctx, payload)
+    elif isinstance(payload, PushPayload):
+        return ignore("push events need no agent work (pull_request_sync covers agent PRs)")
+    action = getattr(payload, "action", None)
+    described = f"{event_type}/{action}" if action else event_type
+    return ignore(f"{described} events need no agent work")

@@ -1,0 +1,36 @@
+"""Deliveries as the API, the CLI and the dashboard list them: recorded deliveries by outcome,
+or — for `rejected` — the requests refused before they became deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from claude_hooks.errors import InvalidInputError
+from claude_hooks.service.views import delivery_view, rejection_view
+from claude_hooks.store.base import Store
+from claude_hooks.store.intake import OUTCOMES
+
+REJECTED = "rejected"
+DELIVERY_OUTCOMES = (*OUTCOMES, REJECTED)
+
+
+def check_outcome(outcome: str | None) -> str | None:
+    if outcome and outcome not in DELIVERY_OUTCOMES:
+        raise InvalidInputError(
+            f"outcome must be one of {', '.join(DELIVERY_OUTCOMES)}, not {outcome!r}"
+        )
+    return outcome or None
+
+
+async def delivery_rows(
+    store: Store, outcome: str | None, limit: int, offset: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """The total that match, and one page of them, newest first."""
+    outcome = check_outcome(outcome)
+    if outcome == REJECTED:
+        found = await store.rejections.list_rejections(limit, offset)
+        total = await store.rejections.count_rejections()
+        return total, [rejection_view(r) for r in found]
+    records = await store.intake.list_deliveries(limit, offset, outcome)
+    total = await store.intake.count_deliveries(outcome)
+    return total, [delivery_view(r) for r in records]

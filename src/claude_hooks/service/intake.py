@@ -1,0 +1,458 @@
+"""Webhook intake: verify, record, run the flow, apply its decision, answer Forgejo.
+
+A 2xx answer means the delivery and every task it created are committed. Agent work happens
+after the answer; the only waits before it are the database and, for a sender not seen in a
+while, one permission look-up on the forge, cut short at the answer deadline: a delivery that
+needs a forge that cannot answer in time is stored `pending` and retried (see `pending`).
+Refused deliveries are recorded too (see `rejections`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from claude_hooks.config import Config
+from claude_hooks.core.domain import DispatchRequest, Task
+from claude_hooks.errors import ClaudeHooksError, ConflictError, NoInstanceError, NotFoundError
+from claude_hooks.forge.binding import check_event_type
+from claude_hooks.forge.client import ForgejoError
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.forge.payloads import Payload, parse_payload
+from claude_hooks.forge.webhook import WebhookError, decode_delivery
+from claude_hooks.service import flows, task_actions
+from claude_hooks.service.events import Event
+from claude_hooks.service.loop_guard import LoopGuard
+from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
+from claude_hooks.service.pool import Pool
+from claude_hooks.service.rejections import RejectionLog
+from claude_hooks.service.sweep import Sweeper
+from claude_hooks.store.base import Placement, Settle
+from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
+from claude_hooks.store.pending import PendingEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Applied:
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    recorded: bool = False  # the delivery was recorded with its tasks
+    seen: bool = False  # its id was recorded before (by another node): nothing was placed
+
+
+def _entry(task: Task, merged: bool) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "agent": task.agent,
+        "session_key": task.session_key,
+        "merged": merged,
+    }
+
+
+def _settler(record: DeliveryRecord, decision: flows.Decision, applied: Applied) -> Settle:
+    """What to record with the tasks placed for `record`: the outcome `Intake._run` gives."""
+
+    def settle(
+        placements: list[Placement], failure: NoInstanceError | None
+    ) -> tuple[DeliveryRecord, Assigned | None, list[Reset]]:
+        done = Applied(applied.tasks + [_entry(p.task, merged=False) for p in placements])
+        record.task_ids = [task["id"] for task in done.tasks]
+        if failure is not None:
+            record.outcome, record.reason = "error", str(failure)
+            kept = _kept(decision, done)
+            return record, kept.assigned if kept is not None else None, decision.resets
+        record.outcome = "queued" if done.tasks else "ignored"
+        record.reason = decision.reason
+        return record, decision.assigned, decision.resets
+
+    return settle
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How running a delivery through the flows went, before it is recorded."""
+
+    outcome: str
+    reason: str
+    status: int
+    applied: Applied
+    decision: flows.Decision | None
+
+
+def _summary(payload: Payload | None) -> dict[str, Any]:
+    """Repository, number, sender and action of a payload, for the deliveries table."""
+    if payload is None:
+        return {}
+    repository = getattr(payload, "repository", None)
+    number = None
+    for attribute in ("issue", "pull_request"):
+        item = getattr(payload, attribute, None)
+        if item is not None:
+            number = item.number
+            break
+    if number is None:
+        number = getattr(payload, "pull_number", None)
+    sender = getattr(payload, "sender", None) or getattr(
+        getattr(payload, "run", None), "trigger_user", None
+    )
+    return {
+        "repo": repository.full_name if repository is not None else None,
+        "number": number,
+        "sender": sender.login if sender is not None else None,
+        "action": getattr(payload, "action", None),
+    }
+
+
+def _source(record: DeliveryRecord) -> str:
+    """The delivery, as the cause of what it cancels: `forge event issue_unassign by bob`."""
+    event = record.event_type + (f" {record.action}" if record.action else "")
+    sender = f" by {record.sender}" if record.sender else ""
+    return f"forge event {event}{sender} (delivery {record.id})"
+
+
+def _typed(event_type: str, data: Mapping[str, Any]) -> Payload | None:
+    """The typed payload, refused if the signed body contradicts the unsigned event type."""
+    payload = parse_payload(event_type, data)
+    if payload is not None:
+        check_event_type(event_type, payload)
+    return payload
+
+
+def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
+    """The state to save when a decision was applied only in part: the types whose dispatch
+    failed stay unassigned, so the same assignment is new work when replayed; a human's
+    loop-guard resets are kept."""
+    if decision is None or decision.assigned is None:
+        return decision
+    failed = {agent_type for agent_type, _ in decision.dispatch} - {
+        task["type"] for task in applied.tasks
+    }
+    repo, number, types = decision.assigned
+    return replace(decision, assigned=(repo, number, types - failed))
+
+
+class Intake:
+    def __init__(
+        self,
+        config: Config,
+        pool: Pool,
+        store: IntakeStore,
+        forge: Forge,
+        clock: Callable[[], float],
+        insecure: bool = False,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.sweeper = Sweeper(config, pool.workspaces, store, forge)
+        self.guard = LoopGuard(config, pool.store.spend, store, forge, clock)
+        self.store = store
+        self.forge = forge
+        self.clock = clock
+        secret = config.server.webhook_secret
+        self.secret = secret.get_secret_value().encode() if secret is not None else None
+        self.insecure = insecure
+        self.counts: dict[str, int] = {}
+        self._in_progress: set[str] = set()
+        self.rejections = RejectionLog(
+            pool.store.rejections, config.server.max_rejections_per_hour, clock
+        )
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def context(
+        self, delivery_id: str | None, deadline: float | None = None, bounded: bool = False
+    ) -> flows.FlowContext:
+        """The flows' view of the service. `bounded`: a forge look-up that fails, or does not
+        finish by `deadline` (event-loop time), raises ForgeUnreachable."""
+        forge = self.forge if self.forge.enabled else None
+        may_trigger: flows.SenderCheck = self.forge.may_trigger
+        find_pull: flows.PullLookup | None = forge.find_pull if forge else None
+        find_head: flows.HeadLookup | None = forge.find_head if forge else None
+        if bounded:
+            may_trigger = within(may_trigger, deadline)
+            find_pull = within(find_pull, deadline) if find_pull else None
+            find_head = within(find_head, deadline) if find_head else None
+        return flows.FlowContext(
+            config=self.config,
+            intake=self.store,
+            may_trigger=may_trigger,
+            delivery_id=delivery_id,
+            now=self.clock(),
+            find_pull=find_pull,
+            find_head=find_head,
+        )
+
+    def _answer_deadline(self) -> float:
+        budget = self.config.server.answer_deadline * FORGE_SHARE
+        return asyncio.get_running_loop().time() + budget
+
+    async def reject(
+        self,
+        status: int,
+        reason: str,
+        headers: Mapping[str, str],
+        size: int,
+        remote: str | None = None,
+    ) -> Answer:
+        """Count, log and record a refused delivery; a store fault never changes the answer."""
+        self._count(f"rejected_{status}")
+        log.warning("webhook rejected (%d) from %s: %s", status, remote or "?", reason)
+        try:
+            if await self.rejections.record(status, reason, headers, size, remote):
+                self.pool.bus.publish(Event("delivery", data={"outcome": "rejected"}))
+        except Exception:
+            log.exception("could not record a rejected delivery")
+        return Answer(status, {"status": "rejected", "error": reason})
+
+    async def receive(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        remote: str | None = None,
+        body_hmac: str | None = None,
+    ) -> Answer:
+        """`body_hmac`: the body's HMAC with the webhook secret, if computed as it arrived."""
+        if self.secret is None and not self.insecure:
+            return await self.reject(
+                401, "server.webhook_secret is not set", headers, len(body), remote
+            )
+        try:
+            delivery = decode_delivery(
+                headers,
+                body,
+                self.secret,
+                max_body_bytes=self.config.server.max_body_bytes,
+                body_hmac=body_hmac,
+            )
+            payload = _typed(delivery.event_type, delivery.payload)
+        except WebhookError as exc:
+            return await self.reject(exc.status, str(exc), headers, len(body), remote)
+        record = DeliveryRecord(
+            id=delivery.delivery_id,
+            flavor=delivery.flavor,
+            event=delivery.event,
+            event_type=delivery.event_type,
+            received_at=self.clock(),
+            body=delivery.body.decode("utf-8", "replace"),
+            **_summary(payload),
+        )
+        return await self._process(record, payload)
+
+    async def replay(self, delivery_id: str) -> Answer:
+        """Run a stored delivery through the flows again, as a new delivery."""
+        original = await self.store.get_delivery(delivery_id)
+        if original is None:
+            raise NotFoundError(f"no delivery with id {delivery_id!r}: see 'deliveries list'")
+        try:
+            payload = _typed(original.event_type, json.loads(original.body))
+        except WebhookError as exc:
+            return Answer(exc.status, {"status": "rejected", "error": str(exc)})
+        record = replace(
+            original,
+            id=f"replay-{uuid.uuid4()}",
+            received_at=self.clock(),
+            reason=None,
+            task_ids=[],
+            replay_of=original.id,
+        )
+        return await self._process(record, payload)
+
+    async def _process(self, record: DeliveryRecord, payload: Payload | None) -> Answer:
+        # The primary key settles duplicates for good; the set covers one still in progress.
+        if record.id in self._in_progress or await self.store.has_delivery(record.id):
+            self._count("duplicate")
+            return Answer(200, {"status": "duplicate", "delivery": record.id})
+        self._in_progress.add(record.id)
+        try:
+            verdict = await self._run(record, payload, self._answer_deadline(), record)
+            if verdict.outcome == "pending":
+                return await self._hold(record, verdict.reason)
+            if verdict.outcome == "duplicate":
+                self._count("duplicate")
+                return Answer(200, {"status": "duplicate", "delivery": record.id})
+            return await self._settle(record, verdict)
+        finally:
+            self._in_progress.discard(record.id)
+
+    async def _run(
+        self,
+        record: DeliveryRecord,
+        payload: Payload | None,
+        deadline: float | None,
+        recording: DeliveryRecord | None = None,
+    ) -> Verdict:
+        """Route and apply; nothing is applied before the forge look-ups, so a delivery that
+        waits for the forge has changed nothing yet. `recording`: the delivery to record in
+        the transaction of its tasks (a new one; a pending one is settled apart)."""
+        applied = Applied()
+        decision: flows.Decision | None = None
+        try:
+            decision = await flows.route(
+                self.context(record.id, deadline, bounded=True), record.event_type, payload
+            )
+            decision = await self.guard.review(decision, record.event_type, record.sender)
+            await self.apply(decision, applied, _source(record), record.id, recording)
+        except ForgeUnreachable as exc:
+            reason = f"waiting for Forgejo ({exc}); retried automatically"
+            return Verdict("pending", reason, 202, applied, None)
+        except ForgejoError as exc:
+            reason = f"could not ask Forgejo: {exc}"
+            return Verdict("error", reason, 502, applied, _kept(decision, applied))
+        except ClaudeHooksError as exc:  # NoInstanceError above all: no instance of a type
+            return Verdict("error", str(exc), 503, applied, _kept(decision, applied))
+        except Exception as exc:
+            # A fault of ours, not of the input: still record the delivery and what it queued.
+            log.exception("delivery %s could not be processed", record.id)
+            reason = f"internal error: {exc!r}"
+            return Verdict("error", reason, 500, applied, _kept(decision, applied))
+        if applied.seen:
+            return Verdict("duplicate", "", 200, applied, None)
+        outcome = "queued" if applied.tasks else "ignored"
+        status = 202 if applied.tasks else 200
+        return Verdict(outcome, decision.reason, status, applied, decision)
+
+    async def _hold(self, record: DeliveryRecord, reason: str) -> Answer:
+        """Keep a delivery that waits for the forge; the retrier takes it from here."""
+        record.outcome, record.reason = "pending", reason
+        first = self.clock() + self.config.server.pending_retry_min
+        await self.pool.store.pending.add_pending(record, first)
+        self._published(record)
+        return Answer(202, {"status": "pending", "reason": reason, "delivery": record.id})
+
+    async def retry_pending(self, entry: PendingEntry) -> str:
+        """Run a pending delivery through the flows again; the outcome it now has."""
+        record = await self.store.get_delivery(entry.id)
+        if record is None:
+            return "gone"
+        payload = parse_payload(record.event_type, json.loads(record.body))
+        self._in_progress.add(record.id)
+        try:
+            # In the background nothing waits for an answer: the client's own bounds suffice.
+            verdict = await self._run(record, payload, None)
+            if verdict.outcome == "pending":
+                attempts = entry.attempts + 1
+                server = self.config.server
+                wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
+                await self.pool.store.pending.reschedule(
+                    record.id, attempts, self.clock() + wait, verdict.reason
+                )
+                log.info("delivery %s still pending (try %d): %s", record.id, attempts, wait)
+                return "pending"
+            self._fill(record, verdict)
+            assigned = verdict.decision.assigned if verdict.decision is not None else None
+            if await self.pool.store.pending.settle(record, assigned):
+                self._published(record)
+            return record.outcome
+        finally:
+            self._in_progress.discard(record.id)
+
+    def _fill(self, record: DeliveryRecord, verdict: Verdict) -> None:
+        record.outcome, record.reason = verdict.outcome, verdict.reason
+        record.task_ids = [task["id"] for task in verdict.applied.tasks]
+
+    def _published(self, record: DeliveryRecord) -> None:
+        self._count(record.outcome)
+        self.pool.bus.publish(
+            Event(
+                "delivery",
+                data={
+                    "id": record.id,
+                    "event_type": record.event_type,
+                    "outcome": record.outcome,
+                    "reason": record.reason,
+                },
+            )
+        )
+        log.info(
+            "delivery %s (%s): %s: %s",
+            record.id,
+            record.event_type,
+            record.outcome,
+            record.reason,
+        )
+
+    async def _settle(self, record: DeliveryRecord, verdict: Verdict) -> Answer:
+        """Record the delivery with its outcome (and the assignment state it leaves) at once."""
+        self._fill(record, verdict)
+        if not verdict.applied.recorded:
+            decision = verdict.decision
+            assigned = decision.assigned if decision is not None else None
+            await self.store.add_delivery(record, assigned, decision.resets if decision else ())
+        self._published(record)
+        body: dict[str, Any] = {
+            "status": verdict.outcome,
+            "reason": verdict.reason,
+            "delivery": record.id,
+        }
+        if verdict.applied.tasks:
+            body["tasks"] = verdict.applied.tasks
+        if verdict.applied.cancelled:
+            body["cancelled"] = verdict.applied.cancelled
+        return Answer(verdict.status, body)
+
+    async def apply(
+        self,
+        decision: flows.Decision,
+        applied: Applied,
+        source: str = "a flow of claude-hooks",
+        delivery_id: str | None = None,
+        record: DeliveryRecord | None = None,
+    ) -> None:
+        """Merge, cancel, queue as the decision says; each task is committed on return, and
+        `record` (if given) with the tasks, in their transaction. `source` and `delivery_id`
+        are recorded as what cancelled a task. A decision that cancels queues nothing."""
+        new: list[tuple[str, DispatchRequest]] = []
+        for agent_type, request in decision.dispatch:
+            pending = await self.store.pending_task(request.session_key, request.kind)
+            if pending is not None and await self.store.merge_into(pending, request.payload):
+                task = await self.pool.store.get_task(pending)
+                if task is not None:
+                    applied.tasks.append(_entry(task, merged=True))
+                    continue
+            new.append((agent_type, request))
+        for task_id in await self.store.active_tasks(decision.cancel):
+            try:
+                await task_actions.cancel(self.pool, task_id, source, delivery_id)
+                applied.cancelled.append(task_id)
+            except ConflictError:
+                continue
+        if decision.watch is not None:
+            await self.store.put_ci_watch(decision.watch)
+        if record is not None:
+            await self._dispatch_recorded(new, record, decision, applied)
+        else:
+            for repo, number, since in decision.resets:
+                await self.guard.spend.reset_guard(repo, number, since)
+            for agent_type, request in new:
+                applied.tasks.append(_entry(await self.pool.dispatch(agent_type, request), False))
+        for comment in decision.comments:
+            self.pool.bus.publish(Event("comment", data={"comment": comment}))
+        self.sweeper.schedule(decision.cleanup)
+
+    async def _dispatch_recorded(
+        self,
+        requests: list[tuple[str, DispatchRequest]],
+        record: DeliveryRecord,
+        decision: flows.Decision,
+        applied: Applied,
+    ) -> None:
+        dispatched = await self.pool.dispatch_all(requests, _settler(record, decision, applied))
+        applied.recorded, applied.seen = dispatched.recorded, not dispatched.recorded
+        applied.tasks += [_entry(p.task, merged=False) for p in dispatched.placements]
+        if dispatched.failure is not None:
+            raise dispatched.failure

@@ -1,0 +1,135 @@
+"""Comments on the forge about each task: queued (where, at what position), started, finished.
+
+The notifier decides each comment from the event bus and writes it to the outbox table at
+once; `outbox.Drainer` posts it. So a slow or failing forge never holds up a webhook answer
+or a worker, and a comment decided before a crash or a restart is still posted after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from claude_hooks.config import Config
+from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.service.events import Event, EventBus
+from claude_hooks.service.flows import ForgeComment
+from claude_hooks.store.outbox import OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def task_comment(event: Event) -> str | None:
+    task = event.task
+    if task is None:
+        return None
+    what = f"`{task.kind.value}` (task `{task.id}`)"
+    if event.kind == "task.queued":
+        position = event.data.get("position", 1)
+        where = "starts now" if not event.data.get("busy") else f"is #{position} in its queue"
+        return f"claude-hooks: queued {what} for **{task.type}** on `{task.agent}`, which {where}."
+    if event.kind == "task.started":
+        attempt = f", attempt {task.attempts}" if task.attempts > 1 else ""
+        return f"claude-hooks: `{task.agent}` started {what}{attempt}."
+    if event.kind == "task.finished":
+        return _finished(task, what)
+    if event.kind == "task.moved":
+        return (
+            f"claude-hooks: moved {what} from the queue of `{event.data['from']}` to "
+            f'`{task.agent}`, which was idle (`rebalance = "steal"`).'
+        )
+    if event.kind == "task.waiting":
+        return f"claude-hooks: {what} waits in the queue of `{task.agent}`: {event.data['reason']}."
+    return None
+
+
+def _finished(task: Task, what: str) -> str:
+    if task.state is TaskState.SUCCEEDED:
+        cost = f", cost ${task.cost_usd:.2f}" if task.cost_usd is not None else ""
+        return (
+            f"claude-hooks: `{task.agent}` finished {what} in {_duration(task.duration_s)}{cost}."
+        )
+    if task.state is TaskState.CANCELLED:
+        return f"claude-hooks: {what} on `{task.agent}` was cancelled."
+    reason = (task.error or "no reason recorded").strip().splitlines()[0][:300]
+    return f"claude-hooks: {what} on `{task.agent}` failed: {reason}"
+
+
+class Notifier:
+    """Writes the comment each event calls for to the outbox; `written` wakes the drainer."""
+
+    def __init__(
+        self,
+        config: Config,
+        forge: Forge,
+        bus: EventBus,
+        outbox: OutboxStore,
+        clock: Callable[[], float],
+        written: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.forge = forge
+        self.outbox = outbox
+        self.clock = clock
+        self.written = written
+        self.subscription = bus.subscribe(10_000)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="forge-notifier")
+
+    async def stop(self) -> None:
+        """Write what is still on the bus, then stop: a clean stop keeps every comment."""
+        self.subscription.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self.subscription.queue.empty():
+            await self._keep(self.subscription.queue.get_nowait())
+
+    async def _run(self) -> None:
+        while True:
+            await self._keep(await self.subscription.get())
+
+    async def _keep(self, event: Event) -> None:
+        comment = self._comment_for(event)
+        if comment is None:
+            return
+        try:
+            await self.outbox.put(
+                comment.as_type, comment.repo, comment.number, comment.body, self.clock()
+            )
+        except Exception:
+            log.exception(
+                "could not keep the comment on %s#%d for posting", comment.repo, comment.number
+            )
+            return
+        self.written()
+
+    def _comment_for(self, event: Event) -> ForgeComment | None:
+        if not self.forge.enabled:
+            return None
+        if event.kind == "comment":
+            comment = event.data["comment"]
+            return comment if isinstance(comment, ForgeComment) else None
+        task = event.task
+        if task is None or task.type not in self.config.types:
+            return None
+        if not self.config.types[task.type].comments:
+            return None
+        body = task_comment(event)
+        if body is None:
+            return None
+        number = task.payload.get("comment_on", task.number)
+        return ForgeComment(task.type, task.repo, int(number), body)

@@ -1,0 +1,119 @@
+"""The outbox's drainer: posts the forge comments the notifier wrote, in order, with retries.
+
+One node drains (the leader, once there are several): `start` and `stop` are called when it
+gains or loses the duty. Comments are posted in the order they were decided; one that fails
+waits with a growing pause, and the later comments on the same issue or PR wait behind it, so
+a thread never reads out of order. A comment is deleted once the forge took it: a crash
+between the post and the delete posts it again after the restart (at least once, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from claude_hooks.forge.client import ForgejoError
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.store.outbox import Letter, OutboxStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+LOOK_SECONDS = 5.0  # the longest wait between looks, for comments whose pause has passed
+BACKOFF_FIRST = 2.0
+BACKOFF_MOST = 600.0
+GIVE_UP_AFTER = 12  # failed posts (about an hour of pauses): the comment is dropped, logged
+# Answers that say the request itself is wrong (gone issue, no permission): retrying won't help.
+_RETRYABLE_4XX = frozenset({401, 408, 409, 429})
+
+
+def backoff(attempts: int) -> float:
+    """The pause after the `attempts`-th failed post."""
+    return float(min(BACKOFF_MOST, BACKOFF_FIRST * 2 ** max(0, attempts - 1)))
+
+
+def final(exc: Exception) -> bool:
+    """Whether a failed post is not worth another try."""
+    status = exc.status if isinstance(exc, ForgejoError) else None
+    return status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX
+
+
+class Drainer:
+    def __init__(self, forge: Forge, store: OutboxStore, clock: Callable[[], float]) -> None:
+        self.forge = forge
+        self.store = store
+        self.clock = clock
+        self.posted = 0
+        self.failed = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def wake(self) -> None:
+        """A comment was written: look now."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                pause = await self.drain() if self.forge.enabled else LOOK_SECONDS
+            except Exception:
+                log.exception("posting the outbox's comments failed; trying again")
+                pause = LOOK_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
+
+    async def drain(self) -> float:
+        """Post every comment that is due, in order; the seconds until one is due again."""
+        now = self.clock()
+        letters = await self.store.waiting(BATCH)
+        held: set[tuple[str, int]] = set()  # issues with an earlier comment still waiting
+        pause = LOOK_SECONDS
+        for letter in letters:
+            thread = (letter.repo, letter.number)
+            if thread in held:
+                continue
+            if letter.next_at > now:
+                held.add(thread)
+                pause = min(pause, letter.next_at - now)
+            elif not await self._post(letter):
+                held.add(thread)
+                pause = min(pause, backoff(letter.attempts + 1))
+        return 0.0 if len(letters) == BATCH and not held else pause
+
+    async def _post(self, letter: Letter) -> bool:
+        """Post one comment; True if it left the outbox (posted, or given up)."""
+        try:
+            await self.forge.comment(letter.as_type, letter.repo, letter.number, letter.body)
+        except Exception as exc:
+            attempts = letter.attempts + 1
+            where = f"{letter.repo}#{letter.number}"
+            if final(exc) or attempts >= GIVE_UP_AFTER:
+                self.failed += 1
+                log.warning("gave up the comment on %s after %d tries: %s", where, attempts, exc)
+                await self.store.remove(letter.id)
+                return True
+            pause = backoff(attempts)
+            log.warning("could not comment on %s (%s): trying again in %g s", where, exc, pause)
+            await self.store.retry_at(letter.id, self.clock() + pause, str(exc))
+            return False
+        self.posted += 1
+        await self.store.remove(letter.id)
+        return True

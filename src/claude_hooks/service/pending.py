@@ -1,0 +1,104 @@
+"""Deliveries that wait for the forge.
+
+Forgejo gives up on a delivery after 5 s and never sends it again, so the forge look-ups a
+flow makes (the sender's permission above all) get a deadline inside `server.answer_deadline`.
+A delivery whose look-up cannot finish in time is stored as `pending` and answered 202; the
+`PendingRetrier` runs it through the flows again, with backoff, until the forge answers. The
+schedule is in the database, so a restart picks up where the last run left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from claude_hooks.config import Config
+from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.forge.client import ForgejoUnavailable
+
+if TYPE_CHECKING:
+    from claude_hooks.service.intake import Intake
+
+log = logging.getLogger(__name__)
+
+# Forge look-ups may use this share of the answer deadline; the rest is for the database.
+FORGE_SHARE = 0.8
+BATCH = 50  # pending deliveries retried per look
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ForgeUnreachable(ClaudeHooksError):
+    """The forge is down or did not answer before the delivery's answer was due."""
+
+
+def within(call: Callable[P, Awaitable[R]], deadline: float | None) -> Callable[P, Awaitable[R]]:
+    """`call`, raising ForgeUnreachable when the forge fails or is still busy at `deadline`
+    (event-loop time; None: only the client's own timeouts and retries bound it)."""
+
+    async def bounded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await call(*args, **kwargs)
+        except TimeoutError:
+            raise ForgeUnreachable("Forgejo did not answer in time") from None
+        except ForgejoUnavailable as exc:
+            raise ForgeUnreachable(str(exc)) from None
+
+    return bounded
+
+
+def backoff(attempts: int, first: float, longest: float) -> float:
+    """Seconds before the next try after `attempts` failed ones: doubling, capped."""
+    return float(min(longest, first * 2 ** min(attempts, 32)))
+
+
+class PendingRetrier:
+    """Retries due pending deliveries in the background until each is settled."""
+
+    def __init__(self, config: Config, intake: Intake) -> None:
+        self.config = config
+        self.intake = intake
+        self.interval = min(1.0, config.server.pending_retry_min)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="pending-deliveries")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.run_due()
+            except Exception:
+                log.exception("retrying pending deliveries failed; trying again")
+
+    async def run_due(self) -> int:
+        """Retry every pending delivery that is due; how many were tried."""
+        store = self.intake.pool.store.pending
+        due = await store.due(self.intake.clock(), BATCH)
+        for entry in due:
+            try:
+                await self.intake.retry_pending(entry)
+            except Exception as exc:
+                # One delivery that cannot be retried must not hold up the others: it waits
+                # its backoff like one whose forge is down, and the log says why.
+                log.exception("retrying pending delivery %s failed", entry.id)
+                server = self.config.server
+                attempts = entry.attempts + 1
+                wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
+                await store.reschedule(
+                    entry.id, attempts, self.intake.clock() + wait, f"retry failed: {exc!r}"
+                )
+        return len(due)

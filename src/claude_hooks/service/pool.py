@@ -1,0 +1,600 @@
+"""Workers and the registry: one worker per instance, dispatch by type.
+
+The database is the truth: `Store.dispatch` places a task in one transaction and each worker
+claims the head of its instance's queue from the store, so every process sharing the
+database sees the same queues. In memory are only the workers and their wake-up events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from claude_hooks.agents import processes, resources
+from claude_hooks.agents.environment import agent_environment
+from claude_hooks.agents.forge_tools import ForgeTools
+from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
+from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.workspace import WorkspaceError, Workspaces
+from claude_hooks.config import Config
+from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
+from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.service.control import SIGNAL_CANCEL
+from claude_hooks.service.events import Event, EventBus
+from claude_hooks.service.limits import Limits
+from claude_hooks.service.private_files import private_dir, private_file
+from claude_hooks.store import wakeups
+from claude_hooks.store.base import Dispatched, Outcome, Placement, QueueEntry, Settle, Store
+from claude_hooks.store.wakeups import Wake
+
+log = logging.getLogger(__name__)
+
+RunnerFactory = Callable[[str], AgentRunner]
+RETRY_SECONDS = 1.0
+BLOCKED_RECHECK_SECONDS = 1.0
+# How often an idle instance of a `rebalance = "steal"` type looks for work queued on a peer
+# (another process's dispatch does not wake it); a dispatch in this process wakes it at once.
+STEAL_LOOK_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    task_id: str
+    state: TaskState  # the state the task was in when the cancel arrived
+    agent: str
+
+
+class Worker:
+    """One instance: it takes the head of its queue from the database and runs one task at a
+    time. The wake-up event only says "look again"; the queue itself lives in the store."""
+
+    def __init__(self, pool: Pool, name: str, agent_type: str, enabled: bool) -> None:
+        self.pool = pool
+        self.name = name
+        self.type = agent_type
+        self.enabled = enabled
+        self.retiring = False
+        self.blocked = False  # the head of the queue waits for its session key
+        self._head: str | None = None  # the head of the queue when last looked at
+        self.current: Task | None = None
+        self._cancel_current = False
+        self._run: asyncio.Task[RunResult] | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._unfinished: tuple[Task, Outcome] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} type={self.type} running={self.current is not None}>"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._serve(), name=f"worker-{self.name}")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    def cancel_current(self) -> bool:
+        if self.current is None:
+            return False
+        self._cancel_current = True
+        if self._run is not None:
+            self._run.cancel()
+        return True
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                if self._unfinished is not None:
+                    await self._record(*self._unfinished)
+                if self.retiring:
+                    self.pool._retired(self)
+                    return
+                self._wake.clear()
+                if self.enabled and await self._held():
+                    continue
+                task = await self._claim() if self.enabled else None
+                if task is None:
+                    await self._idle()
+                    continue
+                await self._take(task)
+            except Exception:
+                # A store or runner fault must not end the worker: its queue would wait forever.
+                log.exception(
+                    "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
+                )
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _held(self) -> bool:
+        """Wait while a budget or the API breaker holds the type; True to look again after."""
+        head = self._head = await self.pool.store.queue_head(self.name)
+        return head is not None and await self.pool.limits.wait_until_open(self.type, head)
+
+    @property
+    def steals(self) -> bool:
+        return self.pool.config.types[self.type].rebalance == "steal"
+
+    @property
+    def idle(self) -> bool:
+        return self.enabled and not self.retiring and self.current is None
+
+    async def _claim(self) -> Task | None:
+        """Claim the head of the queue; with an empty queue, a stealing type takes work from a
+        peer first (without the claim's write: an idle instance looks twice a second)."""
+        if not self.steals or self._head is not None:
+            claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+            self.blocked = claim.blocked
+            if claim.task is not None or claim.blocked or not self.steals:
+                return claim.task
+        self.blocked = False
+        if not await self.pool.steal_for(self):
+            return None
+        claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+        self.blocked = claim.blocked
+        return claim.task
+
+    async def _idle(self) -> None:
+        """Wait for a wake-up; a blocked head is looked at again after a while regardless,
+        since the session key it waits for may end in another process, and so are a stealing
+        type's peers' queues."""
+        if not self.blocked and not self.steals:
+            await self._wake.wait()
+            return
+        timeout = BLOCKED_RECHECK_SECONDS if self.blocked else STEAL_LOOK_SECONDS
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _take(self, task: Task) -> None:
+        """Run a claimed task and record how it ended."""
+        self.current = task
+        self._cancel_current = False
+        try:
+            self.pool.bus.publish(Event("task.started", task))
+            outcome = await self._execute(task)
+            if outcome is None:
+                await self._requeue_exhausted(task)
+                return
+            if await self.pool.limits.after_run(task, outcome):
+                await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
+                return
+            self._unfinished = (task, outcome)
+            await self._record(task, outcome)
+        finally:
+            self.current = None
+            self._run = None
+
+    async def _record(self, task: Task, outcome: Outcome) -> None:
+        """Save how a run ended; kept for another try if the store fails, so it is never lost."""
+        await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
+        self._unfinished = None
+        self.pool._key_freed()
+        log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
+        try:
+            await self.pool.publish_finished(task.id)
+        except Exception:
+            log.exception("could not announce the end of task %s", task.id)
+
+    async def _requeue_exhausted(self, task: Task) -> None:
+        """Back to the head of the queue: the run could not start for want of descriptors or
+        processes, which passes; it starts again after a pause, its attempt not counted."""
+        await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
+        _exhausted_notice(
+            "task %s could not start (out of file descriptors or processes): "
+            "it waits at the head of its queue and is tried again",
+            task.id,
+        )
+        await asyncio.sleep(resources.BACKOFF_SECONDS)
+
+    async def _execute(self, task: Task) -> Outcome | None:
+        """Run the task to its end: how it went, or its timeout or cancel; None if it could
+        not start for want of file descriptors or processes."""
+        pool = self.pool
+        type_config = pool.config.types[task.type]
+        if self._cancel_current:
+            return Outcome(TaskState.CANCELLED, error="cancelled before it started")
+        self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
+        try:
+            done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
+        except asyncio.CancelledError:
+            # The service is stopping: stop the agent, hand the task back to its queue.
+            self._run.cancel()
+            await asyncio.gather(self._run, return_exceptions=True)
+            await pool.store.requeue_interrupted(task.id, pool.clock())
+            raise
+        if not done:
+            outcome = Outcome(TaskState.FAILED, error=f"timed out after {type_config.timeout:g} s")
+            self._run.cancel()
+            try:
+                await asyncio.gather(self._run, return_exceptions=True)
+            except asyncio.CancelledError:
+                # Stopping while the agent was being stopped: the timeout is still its end.
+                await pool.store.finish_task(task.id, outcome, pool.clock())
+                raise
+            return outcome
+        if self._run.cancelled():
+            return Outcome(TaskState.CANCELLED, error="cancelled while running")
+        error = self._run.exception()
+        if resources.exhausted(error):
+            return None
+        if error is not None:
+            log.error("runner of task %s failed", task.id, exc_info=error)
+            return Outcome(TaskState.FAILED, error=f"runner error: {error!r}")
+        return _outcome(self._run.result())
+
+
+_exhausted_notice = resources.Notice()
+
+
+def _outcome(result: RunResult) -> Outcome:
+    return Outcome(
+        TaskState.SUCCEEDED if result.succeeded else TaskState.FAILED,
+        exit_code=result.exit_code,
+        result=result.result,
+        error=result.error,
+        cost_usd=result.cost_usd,
+        claude_session_id=result.claude_session_id,
+    )
+
+
+class Pool:
+    """The registry of this process's workers, and `dispatch_by_type` through the store."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        runner_for: RunnerFactory,
+        clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runner_for = runner_for
+        self.clock = clock
+        self.bus = bus or EventBus()
+        self.workspaces = Workspaces(
+            config.data_dir,
+            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
+            # Only nodes sharing a database resume each other's sessions.
+            states=store.worktree_states if store.shared else None,
+            max_state_bytes=config.server.max_worktree_state_bytes,
+            node=config.server.node,
+        )
+        self.workers: dict[str, Worker] = {}
+        self._stranded = False
+        self._unknown_types_warned: set[str] = set()
+        self.limits = Limits(config, store, clock, self.bus, self)
+        # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
+        self.sandbox: Sandbox | None = None
+        # Set by the service: the forge the agents' forge tools act on.
+        self.forge: Forge | None = None
+
+    # registry
+
+    def get_worker(self, name: str) -> Worker:
+        try:
+            return self.workers[name]
+        except KeyError:
+            raise UnknownAgentError(name) from None
+
+    def get_workers_by_type(self, agent_type: str) -> list[Worker]:
+        """This process's enabled workers of a type, sorted by name."""
+        return sorted(
+            (
+                w
+                for w in self.workers.values()
+                if w.type == agent_type and w.enabled and not w.retiring
+            ),
+            key=lambda w: w.name,
+        )
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Recover from a crash, build one worker per instance, move orphaned tasks, start."""
+        recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
+        stale = [r for r in recovered if r.pid is not None]
+        await asyncio.gather(
+            *(
+                processes.stop_stale(r.pid, r.pid_start, self.config.server.cancel_grace)
+                for r in stale
+                if r.pid is not None
+            )
+        )
+        for r in recovered:
+            log.warning("task %s was running when the service stopped: now %s", r.id, r.state.value)
+        await self.limits.reload()
+        await self.limits.restore()
+        for agent in await self.store.list_agents():
+            if self._holds(agent):
+                self._add_worker(agent.name, agent.type, agent.enabled)
+        await self._redispatch(await self.store.orphaned_tasks())
+        for worker in self.workers.values():
+            worker.start()
+        self.limits.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
+        await self.limits.stop()
+
+    async def drop_all(self) -> None:
+        """Stop every worker and its agent now, recording nothing: the node lost its lease,
+        so its tasks are another node's to run (the store refuses this node's late writes)."""
+        workers = list(self.workers.values())
+        self.workers.clear()
+        await asyncio.gather(*(w.stop() for w in workers))
+
+    def _holds(self, agent: AgentInstance) -> bool:
+        """The instance is this node's to run (every instance, outside a cluster)."""
+        return self.store.node is None or agent.node == self.store.node
+
+    def _add_worker(self, name: str, agent_type: str, enabled: bool) -> Worker | None:
+        if agent_type not in self.config.types:
+            if name not in self._unknown_types_warned:
+                self._unknown_types_warned.add(name)
+                log.warning(
+                    "agent %r has type %r, which the configuration does not define: "
+                    "it takes no work until [types.%s] is added",
+                    name,
+                    agent_type,
+                    agent_type,
+                )
+            return None
+        worker = Worker(self, name, agent_type, enabled)
+        self.workers[name] = worker
+        return worker
+
+    def _retired(self, worker: Worker) -> None:
+        if self.workers.get(worker.name) is worker:
+            del self.workers[worker.name]
+
+    async def sync_agents(self) -> None:
+        """Bring the workers in line with the instances this node holds in the `agents` table
+        (changed by the CLI, and by the node taking and letting go of instances)."""
+        rows = {agent.name: agent for agent in await self.store.list_agents() if self._holds(agent)}
+        for name, agent in rows.items():
+            worker = self.workers.get(name)
+            if worker is None:
+                worker = self._add_worker(name, agent.type, agent.enabled)
+                if worker is not None:
+                    worker.start()
+                    log.info("agent %s (%s) added", name, agent.type)
+                continue
+            worker.retiring = False
+            if worker.enabled != agent.enabled:
+                worker.enabled = agent.enabled
+                worker.wake()
+                log.info("agent %s %s", name, "enabled" if agent.enabled else "disabled")
+        for name, worker in list(self.workers.items()):
+            if name not in rows and not worker.retiring:
+                worker.retiring = True
+                worker.enabled = False
+                worker.wake()
+                log.info("agent %s removed", name)
+        await self._redispatch(await self.store.orphaned_tasks())
+
+    # dispatch
+
+    async def dispatch_by_type(self, agent_type: str, request: DispatchRequest) -> str:
+        """Queue the request on one instance of the type; the task is committed on return."""
+        return (await self.dispatch(agent_type, request)).id
+
+    async def dispatch(self, agent_type: str, request: DispatchRequest) -> Task:
+        """`dispatch_by_type`, returning the queued task itself."""
+        placed = await self.store.dispatch(self._task(agent_type, request))
+        self._placed(placed)
+        return placed.task
+
+    async def dispatch_all(
+        self, requests: Sequence[tuple[str, DispatchRequest]], settle: Settle
+    ) -> Dispatched:
+        """Queue a delivery's requests in order and record the delivery as `settle` says, in
+        one transaction (see `Store.dispatch_all`)."""
+        tasks = [self._task(agent_type, request) for agent_type, request in requests]
+        dispatched = await self.store.dispatch_all(tasks, settle)
+        for placed in dispatched.placements:
+            self._placed(placed)
+        return dispatched
+
+    def _task(self, agent_type: str, request: DispatchRequest) -> Task:
+        now = self.clock()
+        return Task(
+            id=new_task_id(now),
+            type=agent_type,
+            agent="",
+            kind=request.kind,
+            session_key=request.session_key,
+            repo=request.repo,
+            number=request.number,
+            state=TaskState.QUEUED,
+            seq=0,
+            enqueued_at=now,
+            payload=request.payload,
+            delivery_id=request.delivery_id,
+        )
+
+    def _placed(self, placed: Placement) -> None:
+        """A committed task: wake its instance and announce it."""
+        self._wake(placed.task.agent)
+        self.bus.publish(
+            Event("task.queued", placed.task, {"position": placed.position, "busy": placed.busy})
+        )
+        if placed.busy:
+            self._wake_thieves(placed.task.type)
+
+    def _wake_thieves(self, agent_type: str) -> None:
+        """A task waits behind another: idle instances of a stealing type look at once."""
+        type_config = self.config.types.get(agent_type)
+        if type_config is None or type_config.rebalance != "steal":
+            return
+        for worker in self.get_workers_by_type(agent_type):
+            if worker.idle:
+                worker.wake()
+
+    async def steal_for(self, worker: Worker) -> bool:
+        """Move queued work of a peer to the idle `worker` and announce it; True if any moved."""
+        stolen = await self.store.steal(worker.name, self.clock())
+        if stolen is None:
+            return False
+        for task in stolen.tasks:
+            log.info("task %s moved from %s to %s, idle", task.id, stolen.source, task.agent)
+            self.bus.publish(Event("task.moved", task, {"from": stolen.source}))
+        return True
+
+    def heard(self, wake: Wake) -> None:
+        """A wake-up from another node (or this one) through the database: look again."""
+        if wake.kind == wakeups.TASK:
+            self._wake(wake.target)
+        elif wake.kind == wakeups.BUSY:
+            self._wake_thieves(wake.target)
+        elif wake.kind == wakeups.FREED:
+            self._key_freed()
+
+    def wake_all(self) -> None:
+        """Every worker looks again (wake-ups may have been missed while not listening)."""
+        for worker in self.workers.values():
+            worker.wake()
+
+    def _wake(self, agent: str) -> None:
+        worker = self.workers.get(agent)
+        if worker is not None:
+            worker.wake()
+
+    async def _redispatch(self, entries: Iterable[QueueEntry]) -> None:
+        for entry in entries:
+            try:
+                await self._redispatch_one(entry)
+            except Exception:
+                # Off its disabled instance and still queued there: try again shortly.
+                log.exception("could not move task %s; trying again shortly", entry.id)
+                self._stranded = True
+
+    async def retry_stranded(self) -> None:
+        """Try again to move the tasks a store fault left on a disabled instance."""
+        if self._stranded:
+            self._stranded = False
+            await self._redispatch(await self.store.orphaned_tasks())
+
+    async def _redispatch_one(self, entry: QueueEntry) -> None:
+        try:
+            moved = await self.store.reassign_task(entry.id)
+        except NoInstanceError:
+            await self.store.fail_queued(
+                entry.id,
+                f"instance {entry.agent!r} was disabled or removed and no enabled "
+                f"instance of type {entry.type!r} is left to take the task",
+                self.clock(),
+            )
+            return
+        if moved is not None:
+            self._wake(moved.agent)
+            log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
+
+    def _key_freed(self) -> None:
+        """A task ended: workers whose head waits for a session key look again."""
+        for worker in self.workers.values():
+            if worker.blocked:
+                worker.wake()
+
+    # running
+
+    async def _prepare_and_run(self, task: Task) -> RunResult:
+        """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
+        type_config = self.config.types[task.type]
+        sandbox = self.sandbox_of(task.type)
+        try:
+            workdir = await self.workspaces.prepare(task, type_config, sandbox)
+        except WorkspaceError as exc:
+            return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
+        try:
+            result = await self.runner_for(task.type).run(self._context(task, workdir))
+        except asyncio.CancelledError:
+            # Stopped mid-run (the agent is gone by now): its work still moves with the session.
+            await self.workspaces.save_state(task, type_config, sandbox)
+            raise
+        return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    def sandbox_of(self, agent_type: str) -> Sandbox | None:
+        return self.sandbox if self.config.types[agent_type].sandbox else None
+
+    def _context(self, task: Task, workdir: Path) -> RunContext:
+        type_config = self.config.types[task.type]
+
+        async def on_process(pid: int, pid_start: int | None) -> None:
+            await self.store.set_process(task.id, pid, pid_start)
+
+        return RunContext(
+            task=task,
+            type_config=type_config,
+            workdir=workdir,
+            log_path=self._private_log(task.id),
+            env=agent_environment(task, type_config, self.config.forgejo.url),
+            cancel_grace=self.config.server.cancel_grace,
+            on_process=on_process,
+            sandbox=self.sandbox_of(task.type),
+            max_log_bytes=self.config.server.max_log_bytes,
+            forge_tools=None
+            if self.forge is None
+            else ForgeTools(
+                task, type_config, self.forge, self.workspaces, self.sandbox_of(task.type)
+            ),
+        )
+
+    def log_path(self, task_id: str) -> Path:
+        return self.config.data_dir / "logs" / f"{task_id}.log"
+
+    def _private_log(self, task_id: str) -> Path:
+        """The task's log, created 0600 before the runner appends to it."""
+        return private_file(private_dir(self.config.data_dir / "logs") / f"{task_id}.log")
+
+    # cancel
+
+    async def cancel_task(self, task_id: str) -> CancelResult:
+        """Cancel a queued or running task; ConflictError if it has already finished."""
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise UnknownTaskError(task_id)
+        if task.state is TaskState.QUEUED:
+            if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
+                await self.publish_finished(task_id)
+                return CancelResult(task_id, TaskState.QUEUED, task.agent)
+            task = await self.store.get_task(task_id)
+            assert task is not None
+        if task.state is TaskState.RUNNING:
+            await self.store.request_cancel(task_id)
+            if not self.stop_running(task_id):
+                # Run by another node (or not yet seen here): its listener stops it.
+                await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
+            return CancelResult(task_id, TaskState.RUNNING, task.agent)
+        raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+
+    def stop_running(self, task_id: str) -> bool:
+        """Stop the task if one of this node's workers runs it; False if none does."""
+        for worker in self.workers.values():
+            if worker.current is not None and worker.current.id == task_id:
+                return worker.cancel_current()
+        return False
+
+    async def publish_finished(self, task_id: str) -> None:
+        task = await self.store.get_task(task_id)
+        if task is not None:
+            self.bus.publish(Event("task.finished", task))
+
+    async def running_on(self, name: str) -> str:
+        """The id of the task instance `name` runs, on whichever node holds it."""
+        for instance in await self.store.instances():
+            if instance.name == name:
+                if instance.running is None:
+                    raise ConflictError(f"agent {name!r} is idle: it has no task to cancel")
+                return instance.running
+        raise UnknownAgentError(name)
