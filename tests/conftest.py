@@ -24,6 +24,18 @@ ServiceFactory = Callable[..., Any]
 pytest_plugins = ("tests.dashboard_fixtures",)
 
 
+LAYERS = ("unit", "store", "forge", "agents", "service", "web", "cli", "cluster", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries the marker of its folder, so `-m unit` picks the same tests as
+    `tests/unit`, across folders once a layer's tests sit in more than one."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in LAYERS:
+            item.add_marker(getattr(pytest.mark, folder))
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)

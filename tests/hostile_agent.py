@@ -1,7 +1,7 @@
 """A hostile `command` agent: it tries every attack of issue 10's items 1-6, and writes what
 each attempt got into `report.json` in its workdir (the only place it can write).
 
-The test (tests/test_hostile_agent.py) hands it the targets in the task's payload: the
+The test (tests/e2e/test_hostile_agent.py) hands it the targets in the task's payload: the
 service's pid, its data dir, config file and database, another type's workdir, a URL to send
 stolen tokens to and a file a planted hook would create. Standard library only.
 """

@@ -1,0 +1,67 @@
+"""deploy/: the systemd unit passes systemd's check; the Dockerfile needs only this repository."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "deploy" / "claude-hooks.service"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+INSTALLED = "/opt/claude-hooks/bin/claude-hooks"
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    # verify checks that ExecStart exists: point it at this checkout's console script.
+    text = UNIT.read_text()
+    assert f"ExecStart={INSTALLED} serve" in text
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace(INSTALLED, str(Path(sys.executable).parent / "claude-hooks")))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for hardening in ("ProtectSystem=strict", "NoNewPrivileges=yes", "User=claude-hooks"):
+        assert f"\n{hardening}\n" in text
+
+
+def _instructions(path: Path) -> list[list[str]]:
+    """The Dockerfile's instructions as argv lists, continuation lines joined."""
+    joined = path.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in joined.splitlines()]
+    return [shlex.split(line) for line in lines if line and not line.startswith("#")]
+
+
+def test_the_dockerfile_builds_from_the_repository_alone() -> None:
+    instructions = _instructions(DOCKERFILE)
+    assert instructions[0][0] == "FROM"
+    assert instructions[0][1].startswith("python:3.11-slim")
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    copied: list[str] = []
+    for argv in instructions:
+        if argv[0] in ("COPY", "ADD"):
+            assert not any(arg.startswith("--from") for arg in argv), argv
+            assert argv[0] == "COPY", "ADD could fetch from outside the repository"
+            copied += argv[1:-1]
+    assert copied
+    for source in copied:
+        assert not Path(source).is_absolute() and ".." not in Path(source).parts, source
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not here"
+        assert source.rstrip("/") not in ignored, f"{source} is excluded by .dockerignore"
+    # `pip install .` needs the project file, the readme it names and the package.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"pyproject.toml", project["readme"], "src"} <= set(copied)

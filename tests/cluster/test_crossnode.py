@@ -1,0 +1,262 @@
+"""Two nodes (in-process services) on one PostgreSQL database: wake-ups, commands and live
+logs cross between them. Node A has the `dev` type only, node B `reviewer` only, so each
+pool runs workers for its own instances (as nodes holding different instances do)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from claude_hooks.config import Config
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
+from claude_hooks.service import control
+from claude_hooks.service.events import TASK_CHANGED
+from claude_hooks.service.runtime import Service
+from claude_hooks.store.schema import nodes
+from claude_hooks.store.sql import SqlStore
+from tests.support import GateRunner, make_config, wait_until
+from tests.web.test_dashboard_api import LoggingGate, serve
+
+AUTH = {"Authorization": "Bearer test-token"}
+WITHIN = 1.0  # seconds: a command or a wake-up reaches the other node within this
+
+
+def node_config(tmp_path: Path, url: str, name: str, agent_type: str, agent: str) -> Config:
+    config = make_config(
+        tmp_path / name,
+        agents=[{"name": agent, "type": agent_type}],
+        server={"database_url": url, "node": name},
+    )
+    for other in [t for t in config.types if t != agent_type]:
+        del config.types[other]
+    return config
+
+
+@dataclass
+class Cluster:
+    a: Service
+    b: Service
+    gate_a: GateRunner
+    gate_b: LoggingGate
+    engine: sa.Engine
+
+    async def review(self, number: int) -> str:
+        """A reviewer task queued through node A; node B holds the reviewer instance."""
+        request = DispatchRequest.for_type("reviewer", TaskKind.WORK_ISSUE, "acme/widget", number)
+        return await self.a.pool.dispatch_by_type("reviewer", request)
+
+    async def state(self, task_id: str) -> TaskState:
+        task = await self.a.store.get_task(task_id)
+        assert task is not None
+        return task.state
+
+    def node_at(self, name: str, url: str) -> None:
+        """Where the node's API is: the test's server, on a port of its own."""
+        with self.engine.begin() as conn:
+            conn.execute(nodes.update().where(nodes.c.name == name).values(url=url))
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[sa.Engine]:
+    made = sa.create_engine(make_url(pg_url).set(drivername="postgresql+psycopg"))
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, pg_url: str, engine: sa.Engine) -> AsyncIterator[Cluster]:
+    gate_a, gate_b = GateRunner(), LoggingGate()
+    a = await Service.open(
+        node_config(tmp_path, pg_url, "node-a", "dev", "dev-a"), lambda _: gate_a
+    )
+    b = await Service.open(
+        node_config(tmp_path, pg_url, "node-b", "reviewer", "rev-b"), lambda _: gate_b
+    )
+    await a.start()
+    await b.start()
+    try:
+        assert a.listener is not None and b.listener is not None
+        await asyncio.wait_for(b.listener.connected.wait(), 5)
+        assert sorted(b.pool.workers) == ["rev-b"] and sorted(a.pool.workers) == ["dev-a"]
+        yield Cluster(a, b, gate_a, gate_b, engine)
+    finally:
+        gate_a.release_all()
+        gate_b.release_all()
+        await b.stop()
+        await a.stop()
+
+
+def has(items: list[str], item: str) -> Callable[[], bool]:
+    return lambda: item in items
+
+
+async def elapsed_until(condition: Callable[[], bool], timeout: float = WITHIN) -> float:
+    start = time.monotonic()
+    await wait_until(condition, timeout)
+    return time.monotonic() - start
+
+
+async def test_a_dispatch_on_one_node_wakes_the_worker_on_the_other(cluster: Cluster) -> None:
+    task_id = await cluster.review(1)
+    seconds = await elapsed_until(lambda: task_id in cluster.gate_b.started)
+    assert seconds < WITHIN
+    cluster.gate_b.release(task_id)
+    await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
+    # The next one, queued while B is idle again, starts at once too.
+    second = await cluster.review(2)
+    await wait_until(lambda: second in cluster.gate_b.started, WITHIN)
+
+
+async def test_live_views_hear_of_tasks_on_the_other_node(cluster: Cluster) -> None:
+    heard = cluster.a.bus.subscribe()
+    placed = await cluster.b.store.dispatch(
+        Task(
+            id=new_task_id(),
+            type="reviewer",
+            agent="",
+            kind=TaskKind.WORK_ISSUE,
+            session_key="reviewer:acme/widget:1",
+            repo="acme/widget",
+            number=1,
+            state=TaskState.QUEUED,
+            seq=0,
+            enqueued_at=time.time(),
+        )
+    )
+    event = await asyncio.wait_for(heard.get(), WITHIN)  # queued by B's store, heard by A
+    assert event.kind == TASK_CHANGED and event.task is None
+    await wait_until(has(cluster.gate_b.started, placed.task.id))
+    cluster.gate_b.release(placed.task.id)
+    while (await asyncio.wait_for(heard.get(), WITHIN)).kind != TASK_CHANGED:
+        pass  # its end is heard too
+
+
+async def test_a_task_ending_on_one_node_starts_the_head_waiting_for_its_key_on_the_other(
+    cluster: Cluster,
+) -> None:
+    # Sooner than the blocked head's own recheck (1 s), in each of three rounds.
+    for number in (1, 2, 3):
+        key = f"shared:acme/widget:{number}"
+        work = DispatchRequest(TaskKind.WORK_ISSUE, "acme/widget", number, key)
+        running = await cluster.a.pool.dispatch_by_type("dev", work)
+        await wait_until(has(cluster.gate_a.started, running))
+        waiting = await cluster.a.pool.dispatch_by_type("reviewer", work)
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].blocked)
+        cluster.gate_a.release(running)
+        assert await elapsed_until(has(cluster.gate_b.started, waiting)) < 0.4
+        cluster.gate_b.release(waiting)
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
+
+
+async def test_cancel_through_the_node_that_does_not_run_the_task(
+    cluster: Cluster, pg_url: str
+) -> None:
+    async with serve(cluster.a) as url_a, httpx.AsyncClient(base_url=url_a, headers=AUTH) as api:
+        first = await cluster.review(1)
+        await wait_until(lambda: first in cluster.gate_b.started)
+        answer = await api.post(f"/api/tasks/{first}/cancel")
+        assert answer.json() == {"id": first, "agent": "rev-b", "was": "running"}
+        await wait_until(lambda: first in cluster.gate_b.cancelled, WITHIN)
+
+        second = await cluster.review(2)
+        await wait_until(lambda: second in cluster.gate_b.started)
+        answer = await api.post("/cancel", params={"agent": "rev-b"})
+        assert answer.json() == {"cancelled": second, "agent": "rev-b"}
+        await wait_until(lambda: second in cluster.gate_b.cancelled, WITHIN)
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
+        idle = await api.post("/cancel", params={"agent": "rev-b"})
+        assert idle.status_code == 409 and "idle" in idle.json()["error"]
+        unknown = await api.post("/cancel", params={"agent": "rev-zulu"})
+        assert unknown.status_code == 404
+
+    # The CLI's way: its own store, a signal row and its NOTIFY.
+    cli = await SqlStore.open(pg_url)
+    try:
+        third = await cluster.review(3)
+        await wait_until(lambda: third in cluster.gate_b.started)
+        await control.cancel_task(cli, third)
+        await wait_until(lambda: third in cluster.gate_b.cancelled, WITHIN)
+        await control.set_enabled(cli, "rev-b", False)
+        # Disabled, it is let go by its node: no worker of B runs it any more.
+        await wait_until(lambda: "rev-b" not in cluster.b.pool.workers, WITHIN)
+    finally:
+        await cli.close()
+    assert {await cluster.state(t) for t in (first, second, third)} == {TaskState.CANCELLED}
+
+
+async def test_the_listener_connects_again_and_misses_nothing(
+    cluster: Cluster, pg_url: str
+) -> None:
+    listener = cluster.b.listener
+    assert listener is not None
+    running = await cluster.review(1)
+    await wait_until(lambda: running in cluster.gate_b.started)
+    dropped = listener.backend_pid
+    admin = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [dropped])
+    await wait_until(lambda: not listener.connected.is_set())
+    # Sent while B is deaf: B reads it at its one look after connecting again.
+    async with serve(cluster.a) as url_a, httpx.AsyncClient(base_url=url_a, headers=AUTH) as api:
+        await api.post(f"/api/tasks/{running}/cancel")
+    await wait_until(lambda: running in cluster.gate_b.cancelled, 2 * WITHIN)
+    assert listener.connected.is_set() and listener.backend_pid != dropped
+    # And wake-ups flow again.
+    after = await cluster.review(2)
+    await wait_until(lambda: after in cluster.gate_b.started, WITHIN)
+
+
+async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
+    cluster.gate_b.lines = ["checking out", "working"]
+    async with (
+        serve(cluster.a) as url_a,
+        serve(cluster.b) as url_b,
+        httpx.AsyncClient(base_url=url_a, headers=AUTH) as api,
+    ):
+        cluster.node_at("node-a", url_a)
+        cluster.node_at("node-b", url_b)
+        task_id = await cluster.review(1)
+        await wait_until(lambda: task_id in cluster.gate_b.started)
+        assert not cluster.a.pool.log_path(task_id).exists()  # the file is on B only
+
+        whole = await api.get(f"/api/tasks/{task_id}/log")
+        assert whole.status_code == 200 and whole.text == "checking out\nworking\n"
+        assert whole.headers["x-task-state"] == "running"
+        tail = await api.get(f"/api/tasks/{task_id}/log", params={"tail": 1})
+        assert tail.text == "working\n"
+        # The dashboard shows the configured types' instances: nodes share one configuration.
+        cluster.a.config.types["reviewer"] = cluster.b.config.types["reviewer"]
+        overview = (await api.get("/")).text  # with the log tail of each running task
+        assert "rev-b" in overview and "checking out" in overview
+
+        received: list[str] = []
+        async with api.stream("GET", f"/api/tasks/{task_id}/log?follow=true") as answer:
+            chunks = answer.aiter_text()
+            received.append(await anext(chunks))
+            with cluster.b.pool.log_path(task_id).open("a") as log:
+                log.write("still working\n")
+            received.append(await asyncio.wait_for(anext(chunks), 2))
+            cluster.gate_b.release(task_id)
+            received.extend([chunk async for chunk in chunks])
+        assert "".join(received) == "checking out\nworking\nstill working\n"
+
+        # A node that does not answer: a 502 that says which node and why; the dashboard
+        # says so in the tail, and does not ask again at once.
+        cluster.node_at("node-b", "http://127.0.0.1:9")
+        gone = await api.get(f"/api/tasks/{task_id}/log")
+        assert gone.status_code == 502
+        assert "node-b" in gone.json()["error"] and "did not answer" in gone.json()["error"]
+        second = await cluster.review(2)
+        await wait_until(has(cluster.gate_b.started, second))
+        assert "which did not answer (ConnectError" in (await api.get("/")).text
+        assert "did not answer a moment ago" in (await api.get("/")).text
+        cluster.gate_b.release(second)

@@ -1,0 +1,393 @@
+"""A hostile `command` agent (tests/hostile_agent.py) tries every attack of issue 10's items
+1-6 against a service run as on these machines (as root, SQLite, a config file with every
+secret): each attempt fails, the service stays healthy and the other type's work is untouched.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from claude_hooks.config import load_config
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
+from claude_hooks.web.app import create_app
+from tests.agents.test_command_runner import finished
+from tests.agents.test_workspace import Forge, git
+from tests.conftest import ServiceFactory
+from tests.messages_standin import MessagesStandin, text, tool_use
+from tests.support import wait_until
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None,
+    reason="bubblewrap (bwrap) is not installed here: apt-get install bubblewrap "
+    "(.ci/run installs it, so CI runs these tests)",
+)
+
+HOSTILE = Path(__file__).parents[1] / "hostile_agent.py"
+WEBHOOK_SECRET = "hostile-webhook-secret-7a1"
+API_TOKEN = "hostile-api-token-7a2"
+DEV_TOKEN = "hostile-dev-forge-token-7a3"
+REVIEWER_TOKEN = "hostile-reviewer-forge-token-7a4"
+ADMIN_TOKEN = "hostile-admin-forge-token-7a5"
+ANTHROPIC_KEY = "sk-ant-hostile-7a6"
+SECRETS = (WEBHOOK_SECRET, API_TOKEN, DEV_TOKEN, REVIEWER_TOKEN, ADMIN_TOKEN, ANTHROPIC_KEY)
+LOG_LIMIT = 1024 * 1024
+
+# The other type: keeps a secret in its workdir and notes the title of every task it gets.
+REVIEWER = (
+    "import json, os, sys\n"
+    "task = json.load(sys.stdin)\n"
+    "open('secret.txt', 'w').write('the reviewer\\'s notes\\n')\n"
+    "open('seen.txt', 'a').write(task['payload']['title'] + '\\n')\n"
+    "print(sorted(os.listdir('.')))\n"
+)
+
+
+class TokenTrap(http.server.ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 that records every request sent to it."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        trap = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                trap.requests.append(f"{self.path} {self.headers}")
+                self.send_response(404)
+                self.end_headers()
+
+            do_POST = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+@pytest.fixture
+def trap() -> Iterator[TokenTrap]:
+    server = TokenTrap()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def write_config(tmp_path: Path, forge: Forge) -> Path:
+    reviewer = tmp_path / "agents" / "reviewer.py"
+    reviewer.parent.mkdir()
+    reviewer.write_text(REVIEWER)
+    path = tmp_path / "etc" / "claude-hooks.toml"
+    path.parent.mkdir()
+    path.write_text(
+        f"""
+[server]
+data_dir = "{tmp_path / "data"}"
+webhook_secret = "{WEBHOOK_SECRET}"
+api_token = "{API_TOKEN}"
+cancel_grace = 2.0
+poll_interval = 0.05
+max_log_bytes = {LOG_LIMIT}
+
+[forgejo]
+clone_url = "file://{forge.root}"
+
+[types.dev]
+login = "dev-bot"
+token = "{DEV_TOKEN}"
+runner = "command"
+command = ["{sys.executable}", "{HOSTILE}"]
+comments = false
+
+[types.reviewer]
+login = "reviewer-bot"
+token = "{REVIEWER_TOKEN}"
+runner = "command"
+command = ["{sys.executable}", "{reviewer}"]
+comments = false
+
+[[agents]]
+name = "dev-alpha"
+type = "dev"
+
+[[agents]]
+name = "reviewer-1"
+type = "reviewer"
+"""
+    )
+    return path
+
+
+async def run_task(
+    service: Service, agent_type: str, kind: TaskKind, payload: dict[str, Any]
+) -> Task:
+    request = DispatchRequest.for_type(agent_type, kind, "acme/widget", 17, payload)
+    task_id = await service.pool.dispatch_by_type(agent_type, request)
+    return await finished(service, task_id, timeout=90)
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def sudo_git(path: Path, *args: str) -> str:
+    """git as the test's root in a workdir that belongs to the agents' account."""
+    return git("-c", "safe.directory=*", *args, cwd=path)
+
+
+async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    trap: TokenTrap,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    monkeypatch.setenv("CLAUDE_HOOKS_FORGEJO__TOKEN", ADMIN_TOKEN)
+    forge = Forge(tmp_path / "forge")
+    forge_repo = forge.create()
+    main_before = git("rev-parse", "refs/heads/main", cwd=forge_repo)
+    config_path = write_config(tmp_path, forge)
+    config_text = config_path.read_bytes()
+    service: Service = await start_service(load_config(config_path))
+    data_dir = service.config.data_dir.resolve()
+
+    # The other type works first: its workdir holds its notes.
+    review = await run_task(service, "reviewer", TaskKind.REVIEW_PR, {"title": "First review"})
+    assert review.state is TaskState.SUCCEEDED, review.error
+    reviewer_dir = service.pool.workspaces.workdir("reviewer:acme/widget:17")
+    assert (reviewer_dir / "secret.txt").is_file()
+
+    hook_marker = tmp_path / "hook-ran"
+    daemon_marker = f"hostile-daemon-{uuid.uuid4()}"
+    target = {
+        "service_pid": os.getpid(),
+        "data_dir": str(data_dir),
+        "config": str(config_path),
+        "database": str(data_dir / "claude-hooks.db"),
+        "other_workdir": str(reviewer_dir),
+        "mirror": str(service.pool.workspaces.mirror("acme/widget")),
+        "clone_url": f"file://{forge.root}/acme/widget.git",
+        "attacker_url": trap.url,
+        "hook_marker": str(hook_marker),
+        "daemon_marker": daemon_marker,
+        "log_megabytes": 300,
+    }
+    attack = await run_task(
+        service, "dev", TaskKind.WORK_ISSUE, {"title": "Add the feature", "target": target}
+    )
+    assert attack.state is TaskState.SUCCEEDED, attack.error
+    dev_dir = service.pool.workspaces.workdir("dev:acme/widget:17")
+    report: dict[str, Any] = json.loads((dev_dir / "report.json").read_text())
+
+    # 1. No secret: not in its environment, the service's /proc, the config or the database.
+    assert report["uid"] != 0, "a sandboxed agent never runs as root"
+    assert "FORGEJO_TOKEN" not in report["env"]
+    seen = json.dumps(report)
+    for secret in SECRETS:
+        assert secret not in seen
+    for name in (
+        "read_config",
+        "read_database",
+        "update_database",
+        "read_logs",
+        "read_claude_state",
+        "read_other_workdir",
+        "service_environ",
+        "service_cmdline",
+    ):
+        assert report[name]["ok"] is False, (name, report[name])
+    listing = report["list_data_dir"]
+    assert not listing["ok"] or "claude-hooks.db" not in listing["got"], listing
+
+    # 2. No write outside its workdir.
+    for name in ("write_other_workdir", "append_config", "write_system", "write_mirror_config"):
+        assert report[name]["ok"] is False, (name, report[name])
+    assert not (reviewer_dir / "planted.txt").exists()
+    assert config_path.read_bytes() == config_text
+    stored = await service.store.get_task(review.id)
+    assert stored is not None
+    assert stored.payload == {"title": "First review"}
+
+    # 3. The service is not frozen.
+    assert report["stop_service"]["ok"] is False
+    assert state_of(os.getpid()) != "T"
+
+    # 5. Nothing it started outlives the task: not a grandchild, not a setsid'd daemon.
+    assert report["daemons"]["ok"] is True
+    await wait_until(lambda: not processes_with(daemon_marker), timeout=5)
+
+    # 6. 300 MB of output: the log keeps its head and tail within the ceiling.
+    log = service.pool.log_path(attack.id)
+    assert log.stat().st_size < LOG_LIMIT + 200
+    assert b"bytes of output dropped here" in log.read_bytes()
+
+    # 4. Its poisoned repository (insteadOf, hooks, includes) turned nothing against the
+    # service: its session branch alone was pushed, by the service; no hook ran, no token left.
+    assert report["poison_git"]["ok"] is True
+    branch = report["commit"]["got"].strip()
+    assert branch.startswith("dev/17-")
+    assert git("log", "-1", "--format=%s", branch, cwd=forge_repo) == "Add the feature"
+    assert git("rev-parse", "refs/heads/main", cwd=forge_repo) == main_before
+
+    # ... and the other type's next task, on the same repository, runs as it should.
+    again = await run_task(service, "reviewer", TaskKind.REVIEW_PR, {"title": "Second review"})
+    assert again.state is TaskState.SUCCEEDED, again.error
+    assert (reviewer_dir / "seen.txt").read_text() == "First review\nSecond review\n"
+    assert not hook_marker.exists(), "a hook planted by the agent ran"
+    assert trap.requests == [], "git was sent to the attacker's URL"
+    assert "planted.txt" not in sudo_git(reviewer_dir, "status", "--porcelain")
+
+
+async def test_a_cancelled_sandbox_ends_every_process_in_it(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    marker = f"hostile-sleeper-{uuid.uuid4()}"
+    agent = tmp_path / "agents" / "stubborn.py"
+    agent.parent.mkdir()
+    agent.write_text(
+        "import signal, subprocess, sys, time\n"
+        "def polite(*_):\n"
+        "    open('terminated', 'w').write('yes')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, polite)\n"
+        f"sleeper = [sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}]\n"
+        "subprocess.Popen(sleeper, start_new_session=True)\n"
+        "subprocess.Popen(sleeper)\n"
+        "print('working', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    service: Service = await start_service(
+        types={
+            "dev": {"runner": "command", "command": [sys.executable, str(agent)], "workdir": "none"}
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    request = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 17, {})
+    task_id = await service.pool.dispatch_by_type("dev", request)
+    log = service.pool.log_path(task_id)
+    await wait_until(lambda: log.exists() and "working" in log.read_text(), timeout=10)
+    await wait_until(lambda: len(processes_with(marker)) == 2)
+    await service.pool.cancel_task(task_id)
+    task = await finished(service, task_id)
+    assert task.state is TaskState.CANCELLED
+    workdir = service.pool.workspaces.workdir("dev:acme/widget:17")
+    assert (workdir / "terminated").read_text() == "yes", "SIGTERM reached the agent"
+    await wait_until(lambda: not processes_with(marker))
+
+
+async def test_an_unconfined_type_is_announced(
+    start_service: ServiceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    service: Service = await start_service(
+        types={"dev": {"runner": "command", "command": ["true"], "sandbox": False}},
+    )
+    assert "type 'dev' runs its agents WITHOUT a sandbox" in caplog.text
+    transport = httpx.ASGITransport(app=create_app(service))
+    headers = {"Authorization": "Bearer test-token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        page = await client.get("/", headers=headers)
+    assert page.status_code == 200
+    assert "Agents without a sandbox</b>: dev" in page.text
+
+
+def test_serve_refuses_a_sandboxed_type_without_bubblewrap(tmp_path: Path) -> None:
+    config = tmp_path / "claude-hooks.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        'port = 0\n[types.dev]\nrunner = "command"\ncommand = ["true"]\n'
+    )
+    cli = Path(sys.executable).with_name("claude-hooks")
+    done = subprocess.run(
+        [str(cli), "serve", "--config", str(config)],
+        env={"PATH": str(tmp_path / "no-bwrap-here"), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: cannot sandbox the agents of dev: bubblewrap (bwrap)")
+    assert "apt-get install bubblewrap" in lines[-1]
+    assert "sandbox = false" in lines[-1]
+
+
+async def test_a_hostile_claude_agent_reaches_nothing_either(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real Claude Code CLI, driven by a stand-in Messages API, runs the same attacks
+    through its Bash tool; the tool's output goes back to the API, where the test reads it."""
+    monkeypatch.setenv("CLAUDE_HOOKS_FORGEJO__TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    with MessagesStandin() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        path = tmp_path / "etc" / "claude-hooks.toml"
+        path.parent.mkdir()
+        path.write_text(
+            f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "{WEBHOOK_SECRET}"\n'
+            f'api_token = "{API_TOKEN}"\n'
+            f'[types.dev]\nrunner = "claude"\nworkdir = "none"\ntoken = "{DEV_TOKEN}"\n'
+            'comments = false\nenv = { DISABLE_TELEMETRY = "1" }\n'
+            f'[types.reviewer]\nrunner = "claude"\ntoken = "{REVIEWER_TOKEN}"\n'
+            '[[agents]]\nname = "dev-alpha"\ntype = "dev"\n'
+        )
+        service: Service = await start_service(load_config(path))
+        data_dir = service.config.data_dir.resolve()
+        attacks = "; ".join(
+            [
+                "echo UID=$(id -u)",
+                f"cat {path}",
+                f"cat {data_dir}/claude-hooks.db",
+                f"ls {data_dir} {data_dir}/logs {data_dir}/claude/sessions",
+                f"cat /proc/{os.getpid()}/environ",
+                f"kill -STOP {os.getpid()} && echo STOPPED",
+                "echo x >> /etc/hostile && echo WROTE",
+                "env",
+            ]
+        )
+        api.script(
+            tool_use("Bash", {"command": f"({attacks}) 2>&1", "description": "attack"}),
+            text("done"),
+        )
+        task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Attack"})
+        assert task.state is TaskState.SUCCEEDED, task.error
+        seen = api.message_requests()[-1].last_user_text()
+    assert "UID=" in seen
+    assert "UID=0\n" not in seen, "the agent runs as root"
+    for secret in (WEBHOOK_SECRET, API_TOKEN, DEV_TOKEN, REVIEWER_TOKEN, ADMIN_TOKEN):
+        assert secret not in seen
+    assert "claude-hooks.db" not in seen.replace(f"{data_dir}/claude-hooks.db", "")
+    assert "STOPPED" not in seen
+    assert "WROTE" not in seen
+    assert "No such file or directory" in seen
+    assert state_of(os.getpid()) != "T"
