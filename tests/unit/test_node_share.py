@@ -70,6 +70,15 @@ def test_a_full_peer_lets_a_node_take_beyond_its_share() -> None:
     assert held.count("two") == 1 and held.count("one") == 3
 
 
+def test_a_joining_node_gets_its_part_of_what_two_nodes_hold() -> None:
+    one, two, three = Member("one", 0), Member("two", 0), Member("three", 0)
+    leases = [lease("dev-a", "one"), lease("dev-b", "one"), lease("dev-c", "two")]
+    leases.append(lease("dev-d", "two"))
+    settled = settle([one, two, three], leases)
+    held = sorted(sum(1 for x in settled if x.holder == m.name) for m in (one, two, three))
+    assert held == [1, 1, 2]
+
+
 def test_a_pinned_instance_goes_only_to_its_node() -> None:
     one, two = Member("one", 0), Member("two", 0)
     leases = [lease("dev-a", "one", pinned="two"), lease("dev-b")]

@@ -9,7 +9,6 @@ An instance that is running a task never moves: it is let go only once that task
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,30 +42,40 @@ def _eligible(lease: Lease, node: str) -> bool:
     return lease.enabled and (lease.pinned is None or lease.pinned == node)
 
 
-def _limits(members: Sequence[Member], leases: Sequence[Lease]) -> dict[str, int]:
-    """Each member's share, cut to its capacity."""
+def _limits(
+    members: Sequence[Member], leases: Sequence[Lease], held: dict[str, int]
+) -> dict[str, int]:
+    """Each member's share, cut to its capacity.
+
+    The floating instances split into equal parts; the remainder (one each) goes to the
+    nodes that already hold the most, so the shares add up to the instances there are. A
+    share rounded up for every node would let two nodes of three keep two instances each of
+    four and leave the third with none.
+    """
     names = {m.name for m in members}
     floating = sum(
         1
         for lease in leases
         if lease.enabled and (lease.pinned is None or lease.pinned not in names)
     )
-    per_node = math.ceil(floating / len(members)) if members else 0
+    base, extra = divmod(floating, len(members)) if members else (0, 0)
+    by_holding = sorted(members, key=lambda m: (-held.get(m.name, 0), m.name))
+    rounded_up = {m.name for m in by_holding[:extra]}
     limits: dict[str, int] = {}
     for member in members:
         pinned = sum(1 for lease in leases if lease.enabled and lease.pinned == member.name)
-        share = pinned + per_node
+        share = pinned + base + (member.name in rounded_up)
         limits[member.name] = min(share, member.capacity) if member.capacity else share
     return limits
 
 
 def moves(me: Member, members: Sequence[Member], leases: Sequence[Lease]) -> Moves:
     """What `me` should take and let go now, given the live `members` (`me` among them)."""
-    limits = _limits(members, leases)
     held = {m.name: 0 for m in members}
     for lease in leases:
         if lease.holder in held:
             held[lease.holder] += 1
+    limits = _limits(members, leases, held)
     mine = sorted((lease for lease in leases if lease.holder == me.name), key=lambda x: x.name)
     release = [x.name for x in mine if not x.running and not _eligible(x, me.name)]
     keep = [x for x in mine if x.name not in release]
