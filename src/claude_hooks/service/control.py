@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from claude_hooks.config import Config
 from claude_hooks.core.domain import AgentInstance, TaskState
-from claude_hooks.errors import ConfigError, ConflictError, UnknownTaskError
+from claude_hooks.errors import ConfigError, ConflictError
 from claude_hooks.names import NAME_RULE, valid_name
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store, TaskFilter
 
 SIGNAL_AGENTS = "agents"
@@ -77,9 +78,8 @@ async def _cancel_running_on(store: Store, name: str) -> list[str]:
 async def cancel_task(
     store: Store, task_id: str, by: str = "a user, with the CLI (tasks cancel)"
 ) -> CancelRequest:
-    task = await store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
+    task = await find_task(store, task_id)
+    task_id = task.id  # the full id, whichever tail of it was given
     if not task.state.finished:
         await store.notes.set_cancelled_by(task_id, by)
     now = time.time()
@@ -96,6 +96,6 @@ async def cancel_task(
             f"task {task_id} is running on {task.agent}: cancel requested, "
             "the service stops it within a second",
         )
-    task = await store.get_task(task_id)
-    state = task.state.value if task else "gone"
+    finished = await store.get_task(task_id)
+    state = finished.state.value if finished else "gone"
     raise ConflictError(f"task {task_id} has already finished ({state})")

@@ -18,9 +18,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from claude_hooks.core.domain import Task, TaskState
-from claude_hooks.errors import UnknownTaskError
 from claude_hooks.service.events import Subscription
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.peer_logs import RELAYED, home_of, open_relay
 from claude_hooks.web.peer_logs import tail as peer_tail
@@ -289,9 +289,7 @@ async def task_log(
     ] = None,
 ) -> StreamingResponse:
     service: Service = request.app.state.service
-    task = await service.store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
+    task = await find_task(service.store, task_id)
     closing: asyncio.Event = request.app.state.closing
     relayed = RELAYED in request.headers
     if follow and task.state is TaskState.QUEUED and not relayed:
