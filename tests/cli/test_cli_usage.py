@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,7 @@ def test_help_lists_the_commands_grouped_run_operate_inspect_plan() -> None:
         panel: re.findall(r"^│ (\w+) ", text, flags=re.MULTILINE)
         for panel, text in sections.items()
     }
-    assert listed["Run"] == ["serve", "init", "demo"]
+    assert listed["Run"] == ["serve", "init", "claude", "demo"]
     assert set(listed["Operate"]) == {"agents", "workdirs", "budget", "backup", "restore"}
     assert set(listed["Inspect"]) == {"tasks", "deliveries", "nodes", "costs", "doctor"}
     assert listed["Plan"] == ["simulate"]
@@ -96,3 +98,18 @@ async def test_tasks_are_named_by_the_tail_the_dashboard_shows(
     assert err.startswith(f"error: task id {common!r} matches several tasks ({matches[0]}, ")
     code, out, err = await run("tasks", "cancel", shown)
     assert (code, out) == (0, f"task {ids[-1]} cancelled (was queued)\n"), err
+
+
+def test_the_claude_cli_the_agents_run_is_at_hand(tmp_path: Path) -> None:
+    """`claude-hooks claude …` runs the CLI inside claude-agent-sdk's wheel (the README's
+    `claude setup-token`), with its arguments and exit code as they are."""
+    done = subprocess.run(
+        [sys.executable, "-m", "claude_hooks", "claude", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("(Claude Code)\n")

@@ -208,8 +208,9 @@ def init(
     ] = DEFAULT_TEAM,
     force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
-    """Write a commented configuration with fresh secrets (nothing else: `serve` creates the
-    database)."""
+    """Write a commented configuration with fresh secrets.
+
+    Nothing else: `serve` creates the data dir and the database where it says."""
     try:
         team = parse_team(types)
     except ClaudeHooksError as exc:
@@ -686,6 +687,28 @@ def restore_command(
     if kept is not None:
         out.print(f"the database it replaced is kept at {kept}")
     out.print("start the service: it brings an older backup's schema up to date")
+
+
+# the Claude Code CLI
+
+
+@app.command(
+    "claude",
+    rich_help_panel=RUN,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def claude_command(ctx: typer.Context) -> None:
+    """Run the Claude Code CLI the agents run, e.g. 'claude-hooks claude setup-token'.
+
+    It ships inside claude-agent-sdk's wheel; `make run` also links it as .venv/bin/claude."""
+    from claude_hooks.agents.runners.claude import locate_cli  # it imports the SDK: ~1 s
+
+    cli = locate_cli()
+    if cli is None:
+        _fail("no Claude Code CLI: claude-agent-sdk's wheel carries one; reinstall it")
+    sys.stdout.flush()
+    os.execv(cli, [cli, *ctx.args])
 
 
 # doctor
