@@ -9,6 +9,7 @@ push to the default branch takes effect at once.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -22,8 +23,9 @@ from claude_hooks.core.policy import (
     Layer,
     PolicyFile,
 )
-from claude_hooks.forge.client import ForgejoClient, ForgejoNotFound
+from claude_hooks.forge.client import ForgejoClient, ForgejoError, ForgejoNotFound
 
+log = logging.getLogger(__name__)
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 BRANCH_SECONDS = 60.0
 CACHED_FILES = 1024
@@ -95,6 +97,14 @@ class PolicyFiles:
         if cached is not None and cached[0] > now:
             return cached[1]
         owner, _, name = repo.partition("/")
-        sha = await client.branch_commit(owner, name, branch)
+        try:
+            sha = await client.branch_commit(owner, name, branch)
+        except ForgejoNotFound:
+            raise
+        except ForgejoError as exc:
+            if cached is None:
+                raise
+            log.warning("%s: using the policy of %s at %s: %s", repo, branch, cached[1][:10], exc)
+            return cached[1]  # the forge is down: the last commit seen still holds
         self._heads[(repo, branch)] = (now + BRANCH_SECONDS, sha)
         return sha

@@ -1,0 +1,91 @@
+"""Repositories' policies as the pool meets them: before a queued task starts, its repository's
+policy (service, organisation and repository files) says whether it may start at all, and the
+concurrency group it must fit in.
+
+The check sits at the start rather than at intake so a delivery's answer never waits for the
+forge: the files are read (and cached by commit) when the work is about to run, from the
+default branch for issue work and from a pull request's base branch for PR work. A file that
+cannot be used fails the task closed with the file, line and key; a forge that does not answer
+keeps the task waiting, with the last policy read for that branch used when there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from claude_hooks.config import Config
+from claude_hooks.core.domain import Task, TaskKind
+from claude_hooks.core.policy import Policy, PolicyError, effective
+from claude_hooks.forge.client import ForgejoError
+from claude_hooks.forge.gateway import Forge
+from claude_hooks.forge.policy_files import PolicyFiles
+from claude_hooks.store.base import RunningLimit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What a repository's policy says of a queued task: refused (why, and whether it is a
+    cancel rather than a failure), or allowed within a concurrency group (if any)."""
+
+    refusal: str | None = None
+    cancel: bool = False
+    group: RunningLimit | None = None
+    unreadable: str | None = None  # the forge did not answer: look again later
+
+
+class Policies:
+    """The effective policy of each repository, read through the forge's files."""
+
+    def __init__(self, config: Config, forge: Forge) -> None:
+        self.config = config
+        self.files = PolicyFiles(lambda: forge.client(None)) if forge.enabled else None
+        ceilings = config.policy
+        self.active = self.files is not None or bool(
+            ceilings.max_running or ceilings.allowed_types is not None
+        )
+
+    async def of(self, repo: str, branch: str | None = None) -> Policy:
+        """The repository's effective policy; PolicyError when one of its files is broken."""
+        files = [] if self.files is None else await self.files.for_repository(repo, branch)
+        return effective(self.config, files)
+
+    def pushed(self, repo: str, branch: str) -> None:
+        """A push moved `branch` of `repo`: its policy is read again next time."""
+        if self.files is not None:
+            self.files.forget_branch(repo, branch)
+
+    async def gate(self, task: Task) -> Gate:
+        """Whether `task` may start, and in which concurrency group."""
+        base = task.payload.get("base_ref")
+        try:
+            policy = await self.of(task.repo, base if isinstance(base, str) and base else None)
+        except PolicyError as exc:
+            return Gate(refusal=f"the policy of {task.repo} cannot be used: {exc}")
+        except ForgejoError as exc:
+            return Gate(unreadable=f"the policy of {task.repo} could not be read: {exc}")
+        if not policy.type_allowed(task.type):
+            allowed = ", ".join(policy.allowed_types) or "none"
+            return Gate(
+                refusal=f"the policy of {task.repo} does not let type {task.type!r} work there "
+                f"(allowed_types: {allowed})",
+                cancel=True,
+            )
+        if task.kind is TaskKind.MERGE_PR and not policy.auto_merge:
+            return Gate(
+                refusal=f"the policy of {task.repo} says auto_merge = false: a person merges",
+                cancel=True,
+            )
+        limits = policy.max_running()
+        if "all" not in limits and task.type not in limits:
+            return Gate()
+        return Gate(
+            group=RunningLimit(
+                repo=task.repo,
+                agent_type=task.type,
+                of_type=limits.get(task.type),
+                of_all=limits.get("all"),
+            )
+        )
