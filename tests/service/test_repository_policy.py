@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from claude_hooks.agents.prompting import Prompts, prompt_context
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
@@ -143,3 +145,37 @@ async def test_a_type_the_repository_does_not_allow_and_a_merge_it_does_not_want
 
 async def _ended(service: Service, task_id: str, state: TaskState) -> bool:
     return await state_of(service, task_id) is state
+
+
+async def test_the_repository_instructions_and_test_command_reach_the_run(
+    tmp_path: Path, fake_forgejo: FakeForgejo, start_service: ServiceFactory
+) -> None:
+    config = forge_config(tmp_path, fake_forgejo)
+    fake_forgejo.add_repo("acme", ".claude-hooks")
+    fake_forgejo.commit_file(
+        "acme", ".claude-hooks", ".forgejo/claude-hooks.toml", 'instructions = "Be brief."\n'
+    )
+    fake_forgejo.commit_file(
+        "acme",
+        "widget",
+        ".forgejo/claude-hooks.toml",
+        'test = "make check"\n[types.dev]\ninstructions = "Use uv."\n',
+    )
+    seen: list[RunContext] = []
+
+    class Recording(GateRunner):
+        async def run(self, ctx: RunContext) -> RunResult:
+            seen.append(ctx)
+            return RunResult(succeeded=True, exit_code=0)
+
+    service: Service = await start_service(config, runner=Recording())
+    task = await service.pool.dispatch("dev", work(17))
+    await wait_until(lambda: _ended(service, task.id, TaskState.SUCCEEDED))
+    [ctx] = seen
+    assert (ctx.instructions, ctx.test_command) == ("Be brief.\n\nUse uv.", "make check")
+    context = prompt_context(
+        ctx.task, ctx.type_config, tmp_path, "agent/17", "", ctx.instructions, ctx.test_command
+    )
+    system = Prompts().render("system", context)
+    assert "## From the maintainers of acme/widget\n\nBe brief.\n\nUse uv." in system
+    assert "run the repository's tests: `make check`" in system

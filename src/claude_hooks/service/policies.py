@@ -57,11 +57,21 @@ class Policies:
         if self.files is not None:
             self.files.forget_branch(repo, branch)
 
+    async def texts(self, task: Task) -> tuple[str, str | None]:
+        """The repository's instructions for the task's type and its test command; nothing
+        when the policy cannot be read now (the gate let the task start moments ago)."""
+        try:
+            policy = await self.of(task.repo, _base(task))
+        except (PolicyError, ForgejoError) as exc:
+            log.warning("task %s runs without its repository's instructions: %s", task.id, exc)
+            return "", None
+        test = policy.value("test")
+        return policy.instructions_for(task.type), test if isinstance(test, str) else None
+
     async def gate(self, task: Task) -> Gate:
         """Whether `task` may start, and in which concurrency group."""
-        base = task.payload.get("base_ref")
         try:
-            policy = await self.of(task.repo, base if isinstance(base, str) and base else None)
+            policy = await self.of(task.repo, _base(task))
         except PolicyError as exc:
             return Gate(refusal=f"the policy of {task.repo} cannot be used: {exc}")
         except ForgejoError as exc:
@@ -89,3 +99,9 @@ class Policies:
                 of_all=limits.get("all"),
             )
         )
+
+
+def _base(task: Task) -> str | None:
+    """The branch a task's policy is read from: a PR's base branch, else the default one."""
+    base = task.payload.get("base_ref")
+    return base if isinstance(base, str) and base else None

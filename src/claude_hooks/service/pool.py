@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from claude_hooks.agents import processes, resources
@@ -562,8 +562,12 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
+        context = self._context(task, workdir)
+        if self.policies is not None and self.policies.active:
+            instructions, test_command = await self.policies.texts(task)
+            context = replace(context, instructions=instructions, test_command=test_command)
         try:
-            result = await self.runner_for(task.type).run(self._context(task, workdir))
+            result = await self.runner_for(task.type).run(context)
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
             await self.workspaces.save_state(task, type_config, sandbox)

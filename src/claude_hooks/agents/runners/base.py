@@ -35,6 +35,9 @@ class RunContext:
     max_log_bytes: int = 10 * 1024 * 1024
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # From the repository's policy file: text for every prompt, and its test command.
+    instructions: str = ""
+    test_command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
