@@ -32,6 +32,7 @@ from claude_hooks.errors import ConfigError
 from claude_hooks.names import NAME_RULE, valid_name
 
 CONFIG_FILE = "claude-hooks.toml"
+MergeStyle = Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"]
 
 
 def _host_node_name() -> str:
@@ -147,7 +148,7 @@ class ForgejoConfig(_Section):
 
 class FlowsConfig(_Section):
     merge_type: str = Field("boss", description="the type that merges approved agent PRs")
-    merge_style: Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"] = "merge"
+    merge_style: MergeStyle = "merge"
     max_fix_attempts: int = Field(2, ge=0, description="fix_ci tasks per PR head before a human")
     poll_ci: bool = Field(True, description="poll the combined status of agent PRs (Forgejo)")
     ci_poll_interval: float = Field(30.0, gt=0)

@@ -179,3 +179,26 @@ async def test_the_repository_instructions_and_test_command_reach_the_run(
     system = Prompts().render("system", context)
     assert "## From the maintainers of acme/widget\n\nBe brief.\n\nUse uv." in system
     assert "run the repository's tests: `make check`" in system
+
+
+async def test_a_repository_merge_style_is_used_where_the_service_allows_it(
+    tmp_path: Path, fake_forgejo: FakeForgejo, start_service: ServiceFactory
+) -> None:
+    config = forge_config(
+        tmp_path,
+        fake_forgejo,
+        types={"boss": {"runner": "merge", "token": "tok-admin"}},
+        policy={"allow": ["merge_style"]},
+    )
+    fake_forgejo.add_pull("acme", "widget", number=18, head_sha="a" * 40, head_ref="agent/17")
+    fake_forgejo.commit_file("acme", "widget", ".claude-hooks.toml", 'merge_style = "squash"\n')
+    service: Service = await start_service(config)
+    merge = await service.pool.dispatch(
+        "boss",
+        DispatchRequest.for_type(
+            "boss", TaskKind.MERGE_PR, "acme/widget", 18, {"pr_number": 18, "base_ref": "main"}
+        ),
+    )
+    await wait_until(lambda: len(fake_forgejo.merges) > 0)
+    assert fake_forgejo.merges[0].body["Do"] == "squash"
+    assert fake_forgejo.merges[0].number == merge.number

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from claude_hooks.config import Config, PolicyConfig
+from claude_hooks.config import Config, MergeStyle, PolicyConfig
 from claude_hooks.errors import ClaudeHooksError
 
 FILE_PATHS = (".forgejo/claude-hooks.toml", ".gitea/claude-hooks.toml", ".claude-hooks.toml")
@@ -42,7 +42,6 @@ NewEventRule = Literal["coalesce", "queue", "supersede"]
 TaskKindName = Literal[
     "work_issue", "review_pr", "address_review", "merge_pr", "fix_ci", "answer_mention"
 ]
-MergeStyle = Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"]
 RAISABLE_LIMITS = ("max_review_rounds", "max_tasks_per_issue", "max_cost_per_issue_usd")
 
 

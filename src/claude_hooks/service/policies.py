@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskKind
@@ -57,16 +58,22 @@ class Policies:
         if self.files is not None:
             self.files.forget_branch(repo, branch)
 
-    async def texts(self, task: Task) -> tuple[str, str | None]:
-        """The repository's instructions for the task's type and its test command; nothing
-        when the policy cannot be read now (the gate let the task start moments ago)."""
+    async def run_settings(self, task: Task) -> dict[str, Any]:
+        """What the run takes from the repository's policy (`RunContext` fields): the
+        instructions for the task's type, the test command, the merge style. Nothing when
+        the policy cannot be read now: the gate let the task start moments ago."""
         try:
             policy = await self.of(task.repo, _base(task))
         except (PolicyError, ForgejoError) as exc:
-            log.warning("task %s runs without its repository's instructions: %s", task.id, exc)
-            return "", None
-        test = policy.value("test")
-        return policy.instructions_for(task.type), test if isinstance(test, str) else None
+            log.warning("task %s runs without its repository's settings: %s", task.id, exc)
+            return {}
+        settings: dict[str, Any] = {
+            "instructions": policy.instructions_for(task.type),
+            "test_command": policy.value("test"),
+        }
+        if policy.settings["merge_style"].layer != "service":
+            settings["merge_style"] = policy.value("merge_style")
+        return settings
 
     async def gate(self, task: Task) -> Gate:
         """Whether `task` may start, and in which concurrency group."""

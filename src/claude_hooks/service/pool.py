@@ -564,8 +564,7 @@ class Pool:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
         context = self._context(task, workdir)
         if self.policies is not None and self.policies.active:
-            instructions, test_command = await self.policies.texts(task)
-            context = replace(context, instructions=instructions, test_command=test_command)
+            context = replace(context, **await self.policies.run_settings(task))
         try:
             result = await self.runner_for(task.type).run(context)
         except asyncio.CancelledError:
