@@ -3,18 +3,23 @@ nodes on PostgreSQL, and tasks a repository's policy refuses ended before they s
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from claude_hooks.agents.prompting import Prompts, prompt_context
 from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
+from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
-from tests.support import GateRunner, make_config, wait_until
+from tests.support import GateRunner, fixture, forgejo_headers, make_config, wait_until
 
 DEVS = [{"name": "dev-a", "type": "dev"}, {"name": "dev-b", "type": "dev"}]
 
@@ -202,3 +207,35 @@ async def test_a_repository_merge_style_is_used_where_the_service_allows_it(
     await wait_until(lambda: len(fake_forgejo.merges) > 0)
     assert fake_forgejo.merges[0].body["Do"] == "squash"
     assert fake_forgejo.merges[0].number == merge.number
+
+
+async def test_a_push_to_the_default_branch_refreshes_the_policy_at_once(
+    tmp_path: Path, fake_forgejo: FakeForgejo, start_service: ServiceFactory
+) -> None:
+    config = forge_config(tmp_path, fake_forgejo)
+    path = ".forgejo/claude-hooks.toml"
+    fake_forgejo.commit_file("acme", "widget", path, 'instructions = "First."\n')
+    seen: list[str] = []
+
+    class Recording(GateRunner):
+        async def run(self, ctx: RunContext) -> RunResult:
+            seen.append(ctx.instructions)
+            return RunResult(succeeded=True, exit_code=0)
+
+    service: Service = await start_service(config, runner=Recording())
+    first = await service.pool.dispatch("dev", work(17))
+    await wait_until(lambda: _ended(service, first.id, TaskState.SUCCEEDED))
+    fake_forgejo.commit_file("acme", "widget", path, 'instructions = "Second."\n')
+    data = json.loads(fixture("push")[0])
+    data["ref"] = "refs/heads/main"
+    body = json.dumps(data).encode()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+    ) as client:
+        answer = await client.post(
+            "/webhook", content=body, headers=forgejo_headers("push", body, str(uuid.uuid4()))
+        )
+    assert answer.status_code == 200, answer.text
+    second = await service.pool.dispatch("dev", work(17))
+    await wait_until(lambda: _ended(service, second.id, TaskState.SUCCEEDED))
+    assert seen == ["First.", "Second."]
