@@ -239,3 +239,29 @@ async def test_a_push_to_the_default_branch_refreshes_the_policy_at_once(
     second = await service.pool.dispatch("dev", work(17))
     await wait_until(lambda: _ended(service, second.id, TaskState.SUCCEEDED))
     assert seen == ["First.", "Second."]
+
+
+async def test_a_spent_repository_budget_holds_its_next_task_and_not_another_repository(
+    tmp_path: Path, start_service: ServiceFactory
+) -> None:
+    class Costly(GateRunner):
+        async def run(self, ctx: RunContext) -> RunResult:
+            self.started.append(ctx.task.id)
+            return RunResult(succeeded=True, exit_code=0, cost_usd=3.0)
+
+    runner = Costly()
+    service: Service = await start_service(
+        runner=runner, agents=DEVS, policy={"daily_budget_usd": 2.5}
+    )
+    first = await service.pool.dispatch("dev", work(17))
+    await wait_until(lambda: _ended(service, first.id, TaskState.SUCCEEDED))
+    held = await service.pool.dispatch("dev", work(18))
+    elsewhere = await service.pool.dispatch("dev", work(5, repo="acme/gadget"))
+    await wait_until(lambda: _ended(service, elsewhere.id, TaskState.SUCCEEDED))
+    worker = service.pool.get_worker(held.agent)
+    await wait_until(lambda: worker.waiting is not None)
+    assert worker.waiting is not None
+    assert worker.waiting.startswith(
+        "waiting: the daily budget of acme/widget ($2.50) is spent ($3.00)"
+    )
+    assert held.id not in runner.started

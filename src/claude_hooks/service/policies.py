@@ -12,16 +12,21 @@ keeps the task waiting, with the last policy read for that branch used when ther
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from claude_hooks.config import Config
+from claude_hooks.config import Config, zone_of
+from claude_hooks.core.budget import Period, period_bounds
 from claude_hooks.core.domain import Task, TaskKind
 from claude_hooks.core.policy import Policy, PolicyError, effective
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.policy_files import PolicyFiles
 from claude_hooks.store.base import RunningLimit
+from claude_hooks.store.spend import SpendStore
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +39,30 @@ class Gate:
     refusal: str | None = None
     cancel: bool = False
     group: RunningLimit | None = None
-    unreadable: str | None = None  # the forge did not answer: look again later
+    # Not now (the forge did not answer, a budget of the repository is spent): look again.
+    not_now: str | None = None
 
 
 class Policies:
     """The effective policy of each repository, read through the forge's files."""
 
-    def __init__(self, config: Config, forge: Forge) -> None:
+    def __init__(
+        self,
+        config: Config,
+        forge: Forge,
+        spend: SpendStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
+        self.spend = spend
+        self.clock = clock
         self.files = PolicyFiles(lambda: forge.client(None)) if forge.enabled else None
         ceilings = config.policy
         self.active = self.files is not None or bool(
-            ceilings.max_running or ceilings.allowed_types is not None
+            ceilings.max_running
+            or ceilings.allowed_types is not None
+            or ceilings.daily_budget_usd is not None
+            or ceilings.monthly_budget_usd is not None
         )
 
     async def of(self, repo: str, branch: str | None = None) -> Policy:
@@ -82,7 +99,7 @@ class Policies:
         except PolicyError as exc:
             return Gate(refusal=f"the policy of {task.repo} cannot be used: {exc}")
         except ForgejoError as exc:
-            return Gate(unreadable=f"the policy of {task.repo} could not be read: {exc}")
+            return Gate(not_now=f"the policy of {task.repo} could not be read: {exc}")
         if not policy.type_allowed(task.type):
             allowed = ", ".join(policy.allowed_types) or "none"
             return Gate(
@@ -95,6 +112,9 @@ class Policies:
                 refusal=f"the policy of {task.repo} says auto_merge = false: a person merges",
                 cancel=True,
             )
+        reached = await self._budget_reached(task.repo, policy)
+        if reached is not None:
+            return Gate(not_now=reached)
         limits = policy.max_running()
         if "all" not in limits and task.type not in limits:
             return Gate()
@@ -106,6 +126,23 @@ class Policies:
                 of_all=limits.get("all"),
             )
         )
+
+    async def _budget_reached(self, repo: str, policy: Policy) -> str | None:
+        """Why no new task of `repo` starts now: a budget of the repository is spent."""
+        zone = zone_of(self.config.server.timezone)
+        for period, name in ((Period.DAY, "daily"), (Period.MONTH, "monthly")):
+            limit = policy.value(f"{name}_budget_usd")
+            if limit is None:
+                continue
+            start, end = period_bounds(period, self.clock(), zone)
+            spent = await self.spend.spent(None, start, end, repo=repo)
+            if spent >= limit:
+                return (
+                    f"waiting: the {name} budget of {repo} (${limit:.2f}) is spent "
+                    f"(${spent:.2f}); it resets at "
+                    f"{datetime.fromtimestamp(end, zone).isoformat(timespec='minutes')}"
+                )
+        return None
 
 
 def _base(task: Task) -> str | None:

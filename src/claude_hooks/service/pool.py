@@ -155,9 +155,9 @@ class Worker:
         """Claim the head within its repository's policy: a head the policy refuses ends
         here, and one whose concurrency group is full waits (blocked, with the reason)."""
         gate = await self.pool.gate(self._head)
-        if gate is not None and (gate.refusal is not None or gate.unreadable is not None):
-            # Refused: the head was ended and the worker woken; unreadable: look again soon.
-            self.blocked, self.waiting = gate.unreadable is not None, gate.unreadable
+        if gate is not None and (gate.refusal is not None or gate.not_now is not None):
+            # Refused: the head was ended and the worker woken; not_now: look again soon.
+            self.blocked, self.waiting = gate.not_now is not None, gate.not_now
             return Claim(None, blocked=self.blocked)
         group = gate.group if gate is not None else None
         claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)

@@ -75,7 +75,7 @@ class Service:
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
         self.pool.forge = self.forge
-        self.pool.policies = Policies(config, self.forge)
+        self.pool.policies = Policies(config, self.forge, self.store.spend, self.clock)
         self.intake = Intake(
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )
