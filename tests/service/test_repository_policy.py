@@ -49,6 +49,12 @@ async def test_max_running_holds_the_second_task_of_a_repository_until_the_first
     await wait_until(lambda: waiting.waiting is not None)
     assert waiting.waiting == "waiting: dev max_running 1 in acme/widget, held by #17"
     assert second.id not in gate.started
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+    ) as client:
+        answer = await client.get("/api/agents", headers={"Authorization": "Bearer test-token"})
+    shown = {agent["name"]: agent["waiting"] for agent in answer.json()}
+    assert shown[second.agent] == waiting.waiting and shown[first.agent] is None
     gate.release(first.id)
     await wait_until(lambda: second.id in gate.started)
     await wait_until(lambda: other.id in gate.started)  # another repository: its own group
@@ -265,3 +271,22 @@ async def test_a_spent_repository_budget_holds_its_next_task_and_not_another_rep
         "waiting: the daily budget of acme/widget ($2.50) is spent ($3.00)"
     )
     assert held.id not in runner.started
+
+
+async def test_a_forge_that_does_not_answer_leaves_the_service_settings_in_force(
+    tmp_path: Path, start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    service: Service = await start_service(
+        runner=gate,
+        agents=DEVS,
+        forgejo={"url": "http://127.0.0.1:9", "retries": 0},
+        policy={"max_running": {"dev": 1}},
+    )
+    first = await service.pool.dispatch("dev", work(17))
+    second = await service.pool.dispatch("dev", work(18))
+    await wait_until(lambda: first.id in gate.started)
+    waiting = service.pool.get_worker(second.agent)
+    await wait_until(lambda: waiting.waiting is not None)  # the ceiling holds without the forge
+    gate.release(first.id)
+    await wait_until(lambda: second.id in gate.started)
+    gate.release_all()

@@ -5,8 +5,9 @@ concurrency group it must fit in.
 The check sits at the start rather than at intake so a delivery's answer never waits for the
 forge: the files are read (and cached by commit) when the work is about to run, from the
 default branch for issue work and from a pull request's base branch for PR work. A file that
-cannot be used fails the task closed with the file, line and key; a forge that does not answer
-keeps the task waiting, with the last policy read for that branch used when there is one.
+cannot be used fails the task closed with the file, line and key. A forge that does not answer
+leaves the last file seen of that branch in force, or, with none seen, the service's own
+settings (ceilings included) until it answers again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from claude_hooks.store.base import RunningLimit
 from claude_hooks.store.spend import SpendStore
 
 log = logging.getLogger(__name__)
+UNREACHABLE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ class Gate:
     refusal: str | None = None
     cancel: bool = False
     group: RunningLimit | None = None
-    # Not now (the forge did not answer, a budget of the repository is spent): look again.
+    # Not now (a budget of the repository is spent): look again later.
     not_now: str | None = None
 
 
@@ -56,7 +58,8 @@ class Policies:
         self.config = config
         self.spend = spend
         self.clock = clock
-        self.files = PolicyFiles(lambda: forge.client(None)) if forge.enabled else None
+        self.files = PolicyFiles(forge.reader) if forge.enabled else None
+        self._unreachable: dict[str, float] = {}  # repository -> until when it is not asked
         ceilings = config.policy
         self.active = self.files is not None or bool(
             ceilings.max_running
@@ -66,8 +69,25 @@ class Policies:
         )
 
     async def of(self, repo: str, branch: str | None = None) -> Policy:
-        """The repository's effective policy; PolicyError when one of its files is broken."""
-        files = [] if self.files is None else await self.files.for_repository(repo, branch)
+        """The repository's effective policy; PolicyError when one of its files is broken.
+
+        A forge that does not answer (and no file of that branch was seen before) leaves the
+        service's own settings, ceilings included, for `UNREACHABLE_SECONDS`: an outage of
+        the forge must not stop work the service can do without it."""
+        if self.files is None or self._unreachable.get(repo, 0.0) > self.clock():
+            return effective(self.config, [])
+        try:
+            files = await self.files.for_repository(repo, branch)
+        except ForgejoError as exc:
+            self._unreachable[repo] = self.clock() + UNREACHABLE_SECONDS
+            log.warning(
+                "the policy files of %s cannot be read (%s): the service's settings apply for %g s",
+                repo,
+                exc,
+                UNREACHABLE_SECONDS,
+            )
+            return effective(self.config, [])
+        self._unreachable.pop(repo, None)
         return effective(self.config, files)
 
     def pushed(self, repo: str, branch: str) -> None:
@@ -81,7 +101,7 @@ class Policies:
         the policy cannot be read now: the gate let the task start moments ago."""
         try:
             policy = await self.of(task.repo, _base(task))
-        except (PolicyError, ForgejoError) as exc:
+        except PolicyError as exc:
             log.warning("task %s runs without its repository's settings: %s", task.id, exc)
             return {}
         settings: dict[str, Any] = {
@@ -98,8 +118,6 @@ class Policies:
             policy = await self.of(task.repo, _base(task))
         except PolicyError as exc:
             return Gate(refusal=f"the policy of {task.repo} cannot be used: {exc}")
-        except ForgejoError as exc:
-            return Gate(not_now=f"the policy of {task.repo} could not be read: {exc}")
         if not policy.type_allowed(task.type):
             allowed = ", ".join(policy.allowed_types) or "none"
             return Gate(

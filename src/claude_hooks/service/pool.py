@@ -162,6 +162,8 @@ class Worker:
         group = gate.group if gate is not None else None
         claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
         self.blocked, self.waiting = claim.blocked, claim.waiting
+        if claim.waiting is not None and self._head is not None:
+            await self.pool.notice_waiting(self._head, claim.waiting.removeprefix("waiting: "))
         return claim
 
     async def _idle(self) -> None:
@@ -294,6 +296,7 @@ class Pool:
         self.workers: dict[str, Worker] = {}
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
+        self._noticed: set[str] = set()  # tasks whose wait for their group was told
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
@@ -522,6 +525,20 @@ class Pool:
         if moved is not None:
             self._wake(moved.agent)
             log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
+
+    def waiting_of(self, name: str) -> str | None:
+        """Why the head of an instance held here waits (its concurrency group), or None."""
+        worker = self.workers.get(name)
+        return None if worker is None else worker.waiting
+
+    async def notice_waiting(self, task_id: str, reason: str) -> None:
+        """Tell the task's issue, once per task, that it waits for its group."""
+        if task_id in self._noticed:
+            return
+        self._noticed.add(task_id)
+        task = await self.store.get_task(task_id)
+        if task is not None:
+            self.bus.publish(Event("task.waiting", task, {"reason": reason}))
 
     async def gate(self, task_id: str | None) -> Gate | None:
         """The policy's word on a queued task about to start; a refused task is ended here
