@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -54,6 +55,10 @@ _PR_KINDS = (TaskKind.REVIEW_PR, TaskKind.MERGE_PR)
 _PASSED_TO_GIT = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 MAX_BUNDLE_BYTES = 2 * 1024**3
 MAX_STATE_BYTES = 64 * 1024**2
+# A restored worktree state writes at most this many times the largest state's size of files
+# (1 GiB at the default server.max_worktree_state_bytes): a state compresses, a limit on what
+# it expands to does not depend on how well.
+RESTORE_EXPANSION = 16
 _WORKDIR_REFSPEC = "+refs/remotes/origin/*:refs/remotes/origin/*"
 _FETCH_REFSPECS = (
     "+refs/heads/*:refs/remotes/origin/*",
@@ -153,6 +158,7 @@ class Workspaces:
         states: WorktreeStateStore | None = None,
         max_state_bytes: int = MAX_STATE_BYTES,
         node: str | None = None,
+        max_restored_bytes: int | None = None,
     ) -> None:
         self.root = data_dir / "workdirs"
         self.mirrors = data_dir / "mirrors"
@@ -164,6 +170,11 @@ class Workspaces:
         self.max_bundle_bytes = max_bundle_bytes
         self.states = states
         self.max_state_bytes = max_state_bytes
+        self.max_restored_bytes = (
+            max_state_bytes * RESTORE_EXPANSION
+            if max_restored_bytes is None
+            else max_restored_bytes
+        )
         self.node = node
         self.markers = data_dir / "worktree-states"
         self._locks: dict[str, asyncio.Lock] = {}
@@ -217,7 +228,7 @@ class Workspaces:
         async with self._lock(task.repo):
             mirror = await self._update_mirror(git, task.repo, url)
             branch = await self._session_branch(git, mirror, task)
-            if await self._restore(git, mirror, path, task, branch, url):
+            if await self._restore(git, mirror, path, task, branch, url, sandbox):
                 pass
             elif _found(path) == "git":
                 await self._refresh(git, mirror, path, sandbox)
@@ -393,10 +404,18 @@ class Workspaces:
         marker.write_text(worktree + "\n")
 
     async def _restore(
-        self, git: _Git, mirror: Path, path: Path, task: Task, branch: str, url: str
+        self,
+        git: _Git,
+        mirror: Path,
+        path: Path,
+        task: Task,
+        branch: str,
+        url: str,
+        sandbox: Sandbox | None,
     ) -> bool:
         """Replace this node's copy by the saved state when it is missing or older; False
-        when there is nothing newer to restore, or it cannot be (then the copy stays)."""
+        when there is nothing newer to restore, or it cannot be (then the copy stays).
+        Its files are written by git in the agent's sandbox, at most `max_restored_bytes`."""
         key = task.session_key
         if self.states is None:
             return False
@@ -414,7 +433,7 @@ class Workspaces:
         try:
             bundle.write_bytes(state.bundle)
             await self._clone(git, mirror, restored, branch, url)
-            await apply(git, restored, bundle, captured)
+            await apply(git, restored, bundle, captured, sandbox, self.max_restored_bytes)
         except ClaudeHooksError as exc:
             shutil.rmtree(restored, ignore_errors=True)
             fallback = "its branch" if _found(path) == "absent" else "this node's copy"
@@ -762,6 +781,19 @@ class _Git:
         if code != 0:
             raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
         return out
+
+    async def capped(self, *args: str | Path, limit: int) -> bytes | None:
+        """The output of a local git command; None if it is longer than `limit` bytes."""
+        out = io.BytesIO()
+        try:
+            code, _, err = await self._exec(
+                self._argv(args, local=True), self._env(False), _verb(args), out, limit
+            )
+        except OutputTooLargeError:
+            return None
+        if code != 0:
+            raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
+        return out.getvalue()
 
     async def output(self, *args: str | Path) -> str:
         code, out, _ = await self._exec(self._argv(args, False), self._env(False), _verb(args))
