@@ -78,8 +78,9 @@ def _refuse_constant(name: str) -> float:
 
 
 def _named(name: str) -> str:
-    """A tool name as it may appear in a message: cut short."""
-    return name if len(name) <= 64 else name[:64] + "…"
+    """A tool name as it may appear in a message or a log line: printable, cut short."""
+    shown = name if name.isprintable() else repr(name)
+    return shown if len(shown) <= 64 else shown[:64] + "…"
 
 
 def _number(args: dict[str, Any], name: str) -> int | None:
