@@ -6,12 +6,12 @@ index and one whose tree is the work tree with its uncommitted and untracked fil
 files are left out, as `git add -A` does), both children of `head`, and bundles the two
 (`refs/claude-hooks/index`, `refs/claude-hooks/worktree`) without what the forge's branches
 already hold. `apply` runs in a fresh repository the service cloned (so its config is the
-service's): it fetches the bundle (as the service: git keeps its pack as it came, so this
-writes no more than the bundle's size), checks the two commits against the state recorded
-with them, and measures what checking them out would write: a bundle of a few kilobytes can
-hold gigabytes of zeros, or a tree that names one subtree a billion times. Within the limit,
-the files are written and the index put back by git run as the agent, in its sandbox, as
-every git in an agent's repository.
+service's): it fetches the bundle (as the service: git stores the objects compressed, as
+they came, so this writes about the bundle's size), checks the two commits against the
+state recorded with them, and measures what checking them out would write: a bundle of a few
+kilobytes can hold gigabytes of zeros, or a tree that names one subtree a billion times.
+Within the limit, the files are written and the index put back by git run as the agent, in
+its sandbox, as every git in an agent's repository.
 """
 
 from __future__ import annotations
