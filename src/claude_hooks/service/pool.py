@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from claude_hooks.agents import processes, resources
+from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
@@ -276,6 +278,7 @@ class Pool:
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
+        self.egress = EgressProxy()
         # Set by the service: the forge the agents' forge tools act on.
         self.forge: Forge | None = None
 
@@ -326,6 +329,7 @@ class Pool:
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
         await self.limits.stop()
+        await self.egress.aclose()
 
     async def drop_all(self) -> None:
         """Stop every worker and its agent now, recording nothing: the node lost its lease,
@@ -516,13 +520,38 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
+        context = self._context(task, workdir)
+        session: EgressSession | None = None
+        if sandbox is not None:
+            session = await self.egress.open(
+                task.id, task.type, type_config, context.env, sandbox.account
+            )
+            context = dataclasses.replace(
+                context, env=session.environment(context.env), bridge=session.socket
+            )
         try:
-            result = await self.runner_for(task.type).run(self._context(task, workdir))
+            result = await self.runner_for(task.type).run(context)
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
             await self.workspaces.save_state(task, type_config, sandbox)
             raise
+        finally:
+            if session is not None:
+                await self._close_egress(session)
         return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    async def _close_egress(self, session: EgressSession) -> None:
+        """End the run's egress (its token with it) and keep what it refused and metered."""
+        await session.close()
+        blocked, metered = session.blocked(), session.metered()
+        if not blocked and metered is None:
+            return
+        try:
+            await self.store.egress.put_egress(
+                session.task_id, session.agent_type, blocked, metered
+            )
+        except Exception:
+            log.exception("task %s: could not store its egress record", session.task_id)
 
     def sandbox_of(self, agent_type: str) -> Sandbox | None:
         return self.sandbox if self.config.types[agent_type].sandbox else None
@@ -588,7 +617,8 @@ class Pool:
     async def publish_finished(self, task_id: str) -> None:
         task = await self.store.get_task(task_id)
         if task is not None:
-            self.bus.publish(Event("task.finished", task))
+            egress = await self.store.egress.get_egress(task_id)
+            self.bus.publish(Event("task.finished", task, {"egress_blocked": egress.blocked}))
 
     async def running_on(self, name: str) -> str:
         """The id of the task instance `name` runs, on whichever node holds it."""

@@ -38,6 +38,7 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -362,6 +363,7 @@ class SqlStore:
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
+        self.egress = SqlEgress(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader, self.kept)

@@ -35,6 +35,8 @@ class RunContext:
     max_log_bytes: int = 10 * 1024 * 1024
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # The egress proxy's socket for this run, bridged into its sandbox (None: no way out).
+    bridge: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,7 +298,9 @@ class ClaudeRunner:
         env["CLAUDE_HOOKS_CLI"] = cli
         env["CLAUDE_HOOKS_CLI_ENV"] = json.dumps(keep)
         if ctx.sandbox is not None:
-            prefix = ctx.sandbox.wrap([], ctx.workdir, writable=[state], readable=[Path(cli)])
+            prefix = ctx.sandbox.wrap(
+                [], ctx.workdir, writable=[state], readable=[Path(cli)], bridge=ctx.bridge
+            )
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
         return env
 

@@ -86,7 +86,7 @@ class CommandRunner:
         ctx.sandbox.give(ctx.workdir)
         readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
         env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
-        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable), env
+        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable, bridge=ctx.bridge), env
 
     async def run(self, ctx: RunContext) -> RunResult:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
