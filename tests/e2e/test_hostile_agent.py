@@ -1,6 +1,7 @@
 """A hostile `command` agent (tests/hostile_agent.py) tries every attack of issue 10's items
-1-6 against a service run as on these machines (as root, SQLite, a config file with every
-secret): each attempt fails, the service stays healthy and the other type's work is untouched.
+1-6 and issue 19's network ones against a service run as on these machines (as root, SQLite, a
+config file with every secret): each attempt fails, the service stays healthy and the other
+type's work is untouched; only the host on its type's egress list answers, through the proxy.
 """
 
 from __future__ import annotations
@@ -81,9 +82,29 @@ class TokenTrap(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/"
 
 
-@pytest.fixture
-def trap() -> Iterator[TokenTrap]:
-    server = TokenTrap()
+class AllowedHost(http.server.ThreadingHTTPServer):
+    """A host on the dev type's egress list: answers every GET with a greeting."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = f"hello from the allowed host, {self.path}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+def serving(server: http.server.ThreadingHTTPServer) -> Iterator[Any]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -91,7 +112,17 @@ def trap() -> Iterator[TokenTrap]:
     server.server_close()
 
 
-def write_config(tmp_path: Path, forge: Forge) -> Path:
+@pytest.fixture
+def trap() -> Iterator[TokenTrap]:
+    yield from serving(TokenTrap())
+
+
+@pytest.fixture
+def allowed() -> Iterator[AllowedHost]:
+    yield from serving(AllowedHost())
+
+
+def write_config(tmp_path: Path, forge: Forge, egress: list[str] | None = None) -> Path:
     reviewer = tmp_path / "agents" / "reviewer.py"
     reviewer.parent.mkdir()
     reviewer.write_text(REVIEWER)
@@ -116,6 +147,7 @@ token = "{DEV_TOKEN}"
 runner = "command"
 command = ["{sys.executable}", "{HOSTILE}"]
 comments = false
+egress = {json.dumps(egress or [])}
 
 [types.reviewer]
 login = "reviewer-bot"
@@ -169,6 +201,7 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
     start_service: ServiceFactory,
     tmp_path: Path,
     trap: TokenTrap,
+    allowed: AllowedHost,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
@@ -176,7 +209,7 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
     forge = Forge(tmp_path / "forge")
     forge_repo = forge.create()
     main_before = git("rev-parse", "refs/heads/main", cwd=forge_repo)
-    config_path = write_config(tmp_path, forge)
+    config_path = write_config(tmp_path, forge, [f"127.0.0.1:{allowed.server_address[1]}"])
     config_text = config_path.read_bytes()
     service: Service = await start_service(load_config(config_path))
     data_dir = service.config.data_dir.resolve()
@@ -198,6 +231,8 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
         "mirror": str(service.pool.workspaces.mirror("acme/widget")),
         "clone_url": f"file://{forge.root}/acme/widget.git",
         "attacker_url": trap.url,
+        "service_port": trap.server_address[1],  # a port on the host's loopback
+        "allowed_url": f"{allowed.url}listed",
         "hook_marker": str(hook_marker),
         "daemon_marker": daemon_marker,
         "log_megabytes": 300,
@@ -245,6 +280,32 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
     # 5. Nothing it started outlives the task: not a grandchild, not a setsid'd daemon.
     assert report["daemons"]["ok"] is True
     await wait_until(lambda: not processes_with(daemon_marker), timeout=5)
+
+    # Issue 19: its network is its own loopback. The database's port and socket, a port on the
+    # host's loopback (the service's, another node's), directly or through the proxy, and a host
+    # not on its list are refused; the host on its list answers through the proxy.
+    for name in ("database_port", "database_socket", "service_port"):
+        assert report[name]["ok"] is False, (name, report[name])
+    assert "Connection refused" in report["database_port"]["error"]
+    assert "No such file or directory" in report["database_socket"]["error"]
+    assert "403" in report["service_port_by_proxy"]["error"], report["service_port_by_proxy"]
+    for n in range(3):
+        assert "403" in report[f"unlisted_{n}"]["error"], report[f"unlisted_{n}"]
+    assert report["listed"] == {"ok": True, "got": "hello from the allowed host, /listed"}
+    assert report["env"]["HTTPS_PROXY"] == report["env"]["http_proxy"] == "http://127.0.0.1:3128"
+    transport = httpx.ASGITransport(app=create_app(service))
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        view = (await client.get(f"/api/tasks/{attack.id}", headers=headers)).json()
+        page = (await client.get(f"/tasks/{attack.id}", headers=headers)).text
+        metrics = (await client.get("/metrics", headers=headers)).text
+    trap_port = trap.server_address[1]
+    assert view["egress_blocked"] == [
+        {"host": "127.0.0.1", "port": trap_port, "count": 1},
+        {"host": "evil.example", "port": 443, "count": 3},
+    ]
+    assert "evil.example:443</span> ×3" in page  # noqa: RUF001
+    assert 'claude_hooks_egress_blocked_total{type="dev"} 4.0' in metrics
 
     # 6. 300 MB of output: the log keeps its head and tail within the ceiling.
     log = service.pool.log_path(attack.id)

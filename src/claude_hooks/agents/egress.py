@@ -28,6 +28,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -267,7 +268,8 @@ class _Connection:
             headers.append(("x-proxy-error", "blocked-by-allowlist"))
         if close:
             headers.append(("connection", "close"))
-        await self._send(h11.Response(status_code=status, headers=headers))
+        reason = HTTPStatus(status).phrase.encode()
+        await self._send(h11.Response(status_code=status, headers=headers, reason=reason))
         await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
