@@ -452,3 +452,56 @@ async def test_a_hostile_claude_agent_reaches_nothing_either(
     assert "WROTE" not in seen
     assert "No such file or directory" in seen
     assert state_of(os.getpid()) != "T"
+
+
+async def test_the_claude_cli_reaches_its_api_through_the_service_which_holds_the_key(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real CLI, sandboxed, with its Bash tool reading every environment in its sandbox:
+    it holds the task's token, never the key (nor a second credential of the service's); the
+    stand-in API receives the real key from the service, and the proxy's meter matches the
+    usage the run reports."""
+    oauth = "sk-ant-oat01-hostile-7a7"
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", oauth)
+    with MessagesStandin() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        service: Service = await start_service(
+            types={"dev": {"runner": "claude", "workdir": "none", "comments": False}},
+            agents=[{"name": "dev-alpha", "type": "dev"}],
+        )
+        every_environ = (
+            "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; echo; done; echo SCANNED"
+        )
+        api.script(
+            tool_use("Bash", {"command": every_environ, "description": "environments"}),
+            text("done"),
+        )
+        task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Look around"})
+        assert task.state is TaskState.SUCCEEDED, task.error
+        requests = api.message_requests()
+        seen = requests[-1].last_user_text()
+    assert "SCANNED" in seen
+    assert ANTHROPIC_KEY not in seen and oauth not in seen
+    assert "ANTHROPIC_API_KEY=claude-hooks-task-" in seen
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:3128" in seen
+    assert "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1" in seen
+    assert requests and all(r.headers.get("x-api-key") == ANTHROPIC_KEY for r in requests)
+
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        view = (
+            await client.get(
+                f"/api/tasks/{task.id}", headers={"Authorization": "Bearer test-token"}
+            )
+        ).json()
+    metered = view["metered"]
+    results = [
+        json.loads(line)
+        for line in service.pool.log_path(task.id).read_text().splitlines()
+        if '"type": "result"' in line
+    ]
+    usage = results[-1]["usage"]
+    assert metered["requests"] == len(api.message_requests()) == 2
+    for name in ("input_tokens", "output_tokens"):
+        assert metered[name] == usage[name], (name, metered, usage)
