@@ -192,7 +192,8 @@ def parse_egress(entry: str) -> EgressEntry:
     found = _EGRESS_ENTRY.match(entry.strip())
     port = int(found["port"]) if found and found["port"] else None
     host = (found["ip6"] or found["host"] or "").lower().rstrip(".") if found else ""
-    if not host or host.startswith(("-", ".")) or ".." in host or not 0 < (port or 1) < 65536:
+    bad_port = port is not None and not 0 < port < 65536
+    if not host or host.startswith(("-", ".")) or ".." in host or bad_port:
         raise ValueError(
             f"egress entry {entry!r} is not a host or host:port (e.g. 'pypi.org' or "
             "'files.pythonhosted.org:443'; no wildcards, no scheme)"
