@@ -160,6 +160,8 @@ def _runner_checks(config: Config) -> list[Check]:
                 f"for {', '.join(sandboxed)}",
             )
         )
+    for name in sandboxed:
+        checks.append(Check(True, f"types.{name}.egress", _egress(config.types[name].egress)))
     if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
         checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
     for name, type_config in sorted(config.types.items()):
@@ -175,6 +177,13 @@ def _runner_checks(config: Config) -> list[Check]:
                 )
             )
     return checks
+
+
+def _egress(entries: list[str]) -> str:
+    """What a sandboxed type's agents can reach besides the service: its egress list."""
+    if not entries:
+        return "no host (the agents reach nothing but the service's proxy)"
+    return "the agents may reach " + ", ".join(entries) + " (through the service's proxy)"
 
 
 async def _forge_checks(config: Config) -> AsyncIterator[Check]:
