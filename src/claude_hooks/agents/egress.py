@@ -149,23 +149,30 @@ class EgressSession:
     # connections
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection in a task of its own, which `close` cancels. The stream
+        server's own task must not end cancelled: Python 3.11's asyncio reports that as an
+        unhandled error (`task.exception()` in its done-callback), so a cancel ends it here."""
         if len(self._connections) >= MAX_CONNECTIONS:
             writer.close()
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+        serving = asyncio.create_task(self._serve(reader, writer))
+        self._connections.add(serving)
+        try:
+            await asyncio.wait([serving])
+        except asyncio.CancelledError:
+            pass  # the loop is closing: the connection ends below
+        finally:
+            self._connections.discard(serving)
+            serving.cancel()
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _Connection(self, reader, writer).serve()
         except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError):
             pass
         except Exception:
             log.exception("task %s: the egress proxy failed on a connection", self.task_id)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     def refuse(self, target: _Target, why: str) -> str:
         self.refused[(target.host, target.port)] += 1
