@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from claude_hooks.config import ConfigError, load_config
+from claude_hooks.config import load_config
 from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.core.egress import EgressPolicy
+from claude_hooks.errors import ConfigError
 from claude_hooks.service.events import Event
 from claude_hooks.service.notifier import task_comment
 from claude_hooks.store.egress import EgressBlock
