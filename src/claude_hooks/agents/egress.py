@@ -37,7 +37,11 @@ import h11
 import httpx
 
 from claude_hooks.agents.api_relay import DEFAULT_BASE_URL, Credential, Relay, ResponseUsage
-from claude_hooks.agents.credentials import PROVIDER_SWITCHES, claude_credential
+from claude_hooks.agents.credentials import (
+    CREDENTIAL_VARIABLES,
+    PROVIDER_SWITCHES,
+    claude_credential,
+)
 from claude_hooks.agents.sandbox import BRIDGE_PORT, Account
 from claude_hooks.config import TypeConfig
 from claude_hooks.core.egress import EgressPolicy, IPAddress, normalize
@@ -123,7 +127,7 @@ class EgressSession:
         if self.runner == "claude":
             env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] = "1"
         if self.relay is not None:
-            for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+            for name in CREDENTIAL_VARIABLES:
                 env.pop(name, None)
             env.update(self.relay.agent_variables(BRIDGE_URL))
         return env
