@@ -114,3 +114,28 @@ async def test_a_listed_name_that_resolves_to_loopback_is_refused_unless_the_add
     assert await absolute(session, f"http://localhost:{local_host}/") == (200, b"ok")
     assert session.blocked() == []
     await session.close()
+
+
+async def test_connect_tunnels_to_a_listed_host_and_keeps_bytes_sent_with_the_request(
+    proxy: EgressProxy, local_host: int
+) -> None:
+    config = TypeConfig(runner="command", command=["true"], egress=[f"127.0.0.1:{local_host}"])
+    session = await proxy.open("t4", "dev", config, {}, None)
+    reader, writer = await asyncio.open_unix_connection(str(session.socket))
+    # The tunnelled request goes in the same write as the CONNECT, as eager clients do.
+    writer.write(
+        f"CONNECT 127.0.0.1:{local_host} HTTP/1.1\r\nHost: 127.0.0.1:{local_host}\r\n\r\n"
+        "GET / HTTP/1.0\r\n\r\n".encode()
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(b"\r\n\r\nok")
+    assert session.blocked() == []
+    reader, writer = await asyncio.open_unix_connection(str(session.socket))
+    writer.write(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
+    refused = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert refused.startswith(b"HTTP/1.1 403 Forbidden")
+    assert [(b.host, b.port, b.count) for b in session.blocked()] == [("127.0.0.1", 22, 1)]
+    await session.close()
