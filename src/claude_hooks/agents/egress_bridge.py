@@ -79,7 +79,7 @@ def _relay(fd: int, path: str, slots: _Slots) -> None:
 def _serve(listener: _socket.socket, path: str) -> None:
     slots = _Slots(MAX_CONNECTIONS)
     while True:
-        fd, _ = listener._accept()
+        fd, _ = listener._accept()  # type: ignore[attr-defined]  # the C method socket.accept wraps
         if not slots.take():
             os.close(fd)
             continue
