@@ -28,8 +28,10 @@ from claude_hooks.web.app import create_app
 from tests.agents.test_command_runner import finished
 from tests.agents.test_workspace import Forge, git
 from tests.conftest import ServiceFactory
+from tests.fake_forgejo import FakeForgejo
 from tests.messages_standin import MessagesStandin, text, tool_use
 from tests.support import wait_until
+from tests.web.test_forge_flows import forge_config
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None,
@@ -505,3 +507,25 @@ async def test_the_claude_cli_reaches_its_api_through_the_service_which_holds_th
     assert metered["requests"] == len(api.message_requests()) == 2
     for name in ("input_tokens", "output_tokens"):
         assert metered[name] == usage[name], (name, metered, usage)
+
+
+async def test_the_final_comment_names_the_hosts_the_agent_was_refused(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    agent = (
+        "import urllib.request\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        urllib.request.urlopen('https://evil.example/', timeout=10)\n"
+        "    except OSError as exc:\n"
+        "        print(exc)\n"
+    )
+    dev = {"login": "dev-bot", "token": "tok-dev", "runner": "command", "workdir": "none"}
+    dev["command"] = [sys.executable, "-c", agent]
+    config = forge_config(tmp_path, fake_forgejo, types={"dev": dev})
+    service: Service = await start_service(config)
+    task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Fetch"})
+    assert task.state is TaskState.SUCCEEDED, task.error
+    await wait_until(lambda: any("finished" in c.body for c in fake_forgejo.comments))
+    finished = [c.body for c in fake_forgejo.comments if "finished" in c.body]
+    assert finished[-1].endswith("Egress blocked: evil.example:443 ×2")  # noqa: RUF001
