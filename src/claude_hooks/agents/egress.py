@@ -70,6 +70,10 @@ class _Closed(Exception):
     """The client went away."""
 
 
+class _LookupFailed(Exception):
+    """A listed name does not resolve (answered 502: nothing was refused)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     host: str
@@ -189,15 +193,12 @@ class EgressSession:
             f"(the hosts an agent may reach are [types.{self.agent_type}] egress)\n"
         )
 
-    async def addresses(self, target: _Target) -> list[IPAddress] | str:
-        """The addresses of a listed target it may connect to, or why there are none."""
+    async def addresses(self, target: _Target) -> list[IPAddress]:
+        """The addresses of a listed target it may connect to (none: every one it resolves
+        to is loopback or private, and not listed); _LookupFailed if it does not resolve."""
         try:
-            literal = ipaddress.ip_address(target.host)
+            found: list[IPAddress] = [ipaddress.ip_address(target.host)]
         except ValueError:
-            literal = None
-        if literal is not None:
-            found: list[IPAddress] = [literal]
-        else:
             loop = asyncio.get_running_loop()
             try:
                 infos = await asyncio.wait_for(
@@ -205,10 +206,9 @@ class EgressSession:
                     LOOKUP_TIMEOUT,
                 )
             except (OSError, TimeoutError) as exc:
-                return f"cannot resolve {target.host}: {exc}"
+                raise _LookupFailed(f"cannot resolve {target.host}: {exc}") from None
             found = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
-        allowed = self.policy.reachable(target.host, target.port, found)
-        return allowed or "it resolves to a loopback or private address that is not listed"
+        return self.policy.reachable(target.host, target.port, found)
 
 
 class _Connection:
@@ -290,12 +290,14 @@ class _Connection:
         if not session.policy.listed(target.host, target.port):
             await self._answer(403, session.refuse(target, "not on the list"))
             return None
-        found = await session.addresses(target)
-        if isinstance(found, str):
-            if found.startswith("cannot resolve"):
-                await self._answer(502, f"claude-hooks: {found}\n")
-            else:
-                await self._answer(403, session.refuse(target, found))
+        try:
+            found = await session.addresses(target)
+        except _LookupFailed as exc:
+            await self._answer(502, f"claude-hooks: {exc}\n")
+            return None
+        if not found:
+            why = "it resolves to a loopback or private address that is not listed"
+            await self._answer(403, session.refuse(target, why))
             return None
         return found
 
