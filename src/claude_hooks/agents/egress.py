@@ -177,8 +177,8 @@ class EgressSession:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _Connection(self, reader, writer).serve()
-        except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError):
-            pass
+        except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError, httpx.HTTPError):
+            pass  # either end went away or broke the protocol: the connection just ends
         except Exception:
             log.exception("task %s: the egress proxy failed on a connection", self.task_id)
 
