@@ -586,7 +586,7 @@ class Pool:
         if self.policies is not None and self.policies.active:
             context = replace(context, **await self.policies.run_settings(task))
         session: EgressSession | None = None
-        if sandbox is not None:
+        if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
             session = await self.egress.open(
                 task.id, task.type, type_config, context.env, sandbox.account
             )
