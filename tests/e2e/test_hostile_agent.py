@@ -529,3 +529,49 @@ async def test_the_final_comment_names_the_hosts_the_agent_was_refused(
     await wait_until(lambda: any("finished" in c.body for c in fake_forgejo.comments))
     finished = [c.body for c in fake_forgejo.comments if "finished" in c.body]
     assert finished[-1].endswith("Egress blocked: evil.example:443 ×2")  # noqa: RUF001
+
+
+async def test_a_running_task_shows_what_it_was_refused(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    agent = (
+        "import os, time, urllib.request\n"
+        "try:\n"
+        "    urllib.request.urlopen('http://evil.example/', timeout=10)\n"
+        "except OSError as exc:\n"
+        "    print(exc, flush=True)\n"
+        "while not os.path.exists('go'):\n"
+        "    time.sleep(0.05)\n"
+    )
+    service: Service = await start_service(
+        types={
+            "dev": {
+                "runner": "command",
+                "command": [sys.executable, "-c", agent],
+                "workdir": "none",
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    request = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 17, {})
+    task_id = await service.pool.dispatch_by_type("dev", request)
+    transport = httpx.ASGITransport(app=create_app(service))
+    headers = {"Authorization": "Bearer test-token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def view() -> dict[str, Any]:
+            answer = await client.get(f"/api/tasks/{task_id}", headers=headers)
+            return dict(answer.json())
+
+        seen: dict[str, Any] = {}
+
+        async def refused_while_running() -> bool:
+            seen.update(await view())
+            return bool(seen["egress_blocked"])
+
+        await wait_until(refused_while_running, timeout=30)
+        assert seen["state"] == "running"
+        assert seen["egress_blocked"] == [{"host": "evil.example", "port": 80, "count": 1}]
+        (service.pool.workspaces.workdir("dev:acme/widget:17") / "go").write_text("")
+        task = await finished(service, task_id)
+    assert task.state is TaskState.SUCCEEDED, task.error

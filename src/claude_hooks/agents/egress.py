@@ -26,7 +26,7 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -59,11 +59,15 @@ UPSTREAM_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=600.0)
 _CHUNK = 65536
 BRIDGE_URL = f"http://127.0.0.1:{BRIDGE_PORT}"
 NO_PROXY = "localhost,127.0.0.1,::1"
+RECORD_SECONDS = 1.0
 _HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
 _CREDENTIAL_HEADERS = {"x-api-key", "authorization"}
+
+
+Recorder = Callable[["EgressSession"], Awaitable[None]]
 
 
 class _Closed(Exception):
@@ -100,6 +104,7 @@ class EgressSession:
         policy: EgressPolicy,
         relay: Relay | None,
         runner: str,
+        recorder: Recorder | None = None,
     ) -> None:
         self.proxy = proxy
         self.task_id = task_id
@@ -111,6 +116,8 @@ class EgressSession:
         self.refused: Counter[tuple[str, int]] = Counter()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._recorder = recorder
+        self._recording: asyncio.Task[None] | None = None
 
     async def start(self, account: Account | None) -> None:
         self._server = await asyncio.start_unix_server(
@@ -142,9 +149,28 @@ class EgressSession:
     def metered(self) -> dict[str, Any] | None:
         return self.relay.meter.summary() if self.relay is not None else None
 
+    def changed(self) -> None:
+        """Something to keep: recorded within `RECORD_SECONDS`, so a running task shows what
+        it was refused, and a crash loses at most that much; a refusal loop costs one write
+        a second, not one a refusal."""
+        if self._recorder is not None and self._recording is None:
+            self._recording = asyncio.get_running_loop().create_task(self._record_soon())
+
+    async def _record_soon(self) -> None:
+        await asyncio.sleep(RECORD_SECONDS)
+        self._recording = None
+        assert self._recorder is not None
+        try:
+            await self._recorder(self)
+        except Exception:
+            log.exception("task %s: could not record its egress", self.task_id)
+
     async def close(self) -> None:
         """Stop accepting, end every connection (tunnels too), remove the socket: the task's
-        token is worthless from here on."""
+        token is worthless from here on. The caller records the final counts."""
+        if self._recording is not None:
+            self._recording.cancel()
+            await asyncio.gather(self._recording, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):
@@ -184,6 +210,7 @@ class EgressSession:
 
     def refuse(self, target: _Target, why: str) -> str:
         self.refused[(target.host, target.port)] += 1
+        self.changed()
         log.warning(
             "task %s (%s): egress to %s:%d refused: %s",
             self.task_id, self.agent_type, target.host, target.port, why,
@@ -401,6 +428,7 @@ class _Connection:
         found = usage.finish() if relay is not None and response.is_success else None
         if found is not None and relay is not None:
             relay.meter.add(*found)
+            self.session.changed()
 
 
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -463,7 +491,9 @@ class EgressProxy:
         type_config: TypeConfig,
         env: dict[str, str],
         account: Account | None,
+        recorder: Recorder | None = None,
     ) -> EgressSession:
+        """A run's session, listening; `recorder` keeps its counts as they change."""
         session = EgressSession(
             self,
             task_id,
@@ -471,6 +501,7 @@ class EgressProxy:
             EgressPolicy.of(type_config.egress),
             _relay(agent_type, type_config, env),
             type_config.runner,
+            recorder,
         )
         await session.start(account)
         return session

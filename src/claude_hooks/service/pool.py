@@ -588,7 +588,7 @@ class Pool:
         session: EgressSession | None = None
         if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
             session = await self.egress.open(
-                task.id, task.type, type_config, context.env, sandbox.account
+                task.id, task.type, type_config, context.env, sandbox.account, self._keep_egress
             )
             context = replace(context, env=session.environment(context.env), bridge=session.socket)
         try:
@@ -605,15 +605,17 @@ class Pool:
     async def _close_egress(self, session: EgressSession) -> None:
         """End the run's egress (its token with it) and keep what it refused and metered."""
         await session.close()
-        blocked, metered = session.blocked(), session.metered()
-        if not blocked and metered is None:
-            return
         try:
+            await self._keep_egress(session)
+        except Exception:
+            log.exception("task %s: could not store its egress record", session.task_id)
+
+    async def _keep_egress(self, session: EgressSession) -> None:
+        blocked, metered = session.blocked(), session.metered()
+        if blocked or metered is not None:
             await self.store.egress.put_egress(
                 session.task_id, session.agent_type, blocked, metered
             )
-        except Exception:
-            log.exception("task %s: could not store its egress record", session.task_id)
 
     def sandbox_of(self, agent_type: str) -> Sandbox | None:
         return self.sandbox if self.config.types[agent_type].sandbox else None
