@@ -9,10 +9,10 @@ there by `egress_bridge.py`. On it the proxy speaks HTTP/1.1 (h11) and serves:
 - origin-form (`POST /v1/messages`): the `claude` runner's Messages API relay (`api_relay`),
   which swaps the task's token for the real credential and meters the usage.
 
-A refused host gets 403 and is logged and counted per task; the counts are stored when the run
-ends (`Store.egress`). A listed name is resolved here and connected to by the address checked
-(`claude_hooks.core.egress`), so the answer of a second lookup cannot differ. Everything runs
-in the service's event loop; each session has at most `MAX_CONNECTIONS` connections open.
+A refused host gets 403 and is logged and counted per task; the counts are stored within a
+second and when the run ends (`Store.egress`). A listed name is resolved here and connected
+to by the address checked (`claude_hooks.core.egress`), so a second lookup cannot differ.
+Everything runs in the service's event loop; a session has at most `MAX_CONNECTIONS` open.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Storage for what a sandboxed task's egress proxy saw: one row per task, written when its run
-ends (the proxy counts in memory meanwhile, so a refusal loop costs no database write)."""
+"""Storage for what a sandboxed task's egress proxy saw: one row per task, rewritten at most once
+a second while it runs and when it ends (the proxy counts in memory, so a refusal loop costs one
+write a second)."""
 
 from __future__ import annotations
 
