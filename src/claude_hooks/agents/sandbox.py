@@ -126,11 +126,14 @@ class Sandbox:
         inside; without one the sandbox has no way out at all."""
         readable = list(readable)
         if bridge is not None:
+            # The base interpreter, not a venv's link to it: with -I -S the bridge needs no
+            # venv, and one under a hidden folder would not be in the sandbox.
+            python = Path(sys.executable).resolve()
             argv = [
-                sys.executable, "-I", "-S", str(BRIDGE_SCRIPT),
+                str(python), "-I", "-S", str(BRIDGE_SCRIPT),
                 str(BRIDGE_SOCKET), str(BRIDGE_PORT), "--", *argv,
             ]  # fmt: skip
-            readable += [Path(sys.executable), BRIDGE_SCRIPT]
+            readable += [python, BRIDGE_SCRIPT]
         args = [
             self.bwrap,
             "--ro-bind", "/", "/",
