@@ -226,6 +226,20 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
     assert "error: 3 check(s) failed" in result.stderr
 
 
+def test_doctor_says_an_unsandboxed_type_s_egress_list_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        '[types.loose]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
+        'sandbox = false\negress = ["pypi.org"]\n'
+    )
+    lines = cli("doctor", config=path).stdout.splitlines()
+    assert (
+        "warn  types.loose.egress: ignored: with sandbox = false the agents use the host's network"
+        in lines
+    )
+
+
 def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "claude_hooks", "demo", "--once", "--pace", "0.2"],

@@ -162,6 +162,10 @@ def _runner_checks(config: Config) -> list[Check]:
         )
     for name in sandboxed:
         checks.append(Check(True, f"types.{name}.egress", _egress(config.types[name].egress)))
+    for name, type_config in sorted(config.types.items()):
+        if type_config.egress and not type_config.sandbox:
+            detail = "ignored: with sandbox = false the agents use the host's network"
+            checks.append(Check(True, f"types.{name}.egress", detail, warning=True))
     if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
         checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
     for name, type_config in sorted(config.types.items()):
