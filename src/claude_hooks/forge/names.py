@@ -54,10 +54,10 @@ def repo_name_problem(value: str) -> str | None:
         return "is empty"
     if len(value) > REPO_MAX:
         return f"is longer than {REPO_MAX} characters"
-    if _REPO_NAME.fullmatch(value) is None:
-        return "may hold only ASCII letters, digits, '-', '_' and '.', and may not end with '.'"
     if ".." in value or value in _RESERVED_REPOS:
         return "may not be '.', '..' or '-', nor contain '..'"
+    if _REPO_NAME.fullmatch(value) is None:
+        return "may hold only ASCII letters, digits, '-', '_' and '.', and may not end with '.'"
     if value.lower().endswith(_RESERVED_REPO_ENDINGS):
         return "may not end in '.git', '.wiki', '.rss' or '.atom'"
     return None
