@@ -24,8 +24,12 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from claude_hooks.errors import ClaudeHooksError
+
+if TYPE_CHECKING:
+    from claude_hooks.agents.cages import Cage
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +113,13 @@ class Sandbox:
         workdir: Path,
         writable: Iterable[Path] = (),
         readable: Iterable[Path] = (),
+        cage: Cage | None = None,
     ) -> list[str]:
         """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
-        them) are bound read-write, `readable` ones read-only (an agent's own script)."""
+        them) are bound read-write, `readable` ones read-only (an agent's own script). In a
+        `cage`, bwrap starts in the run's cgroups and each tmpfs holds at most `max_disk`."""
         args = [
+            *(cage.prefix() if cage is not None else []),
             self.bwrap,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
@@ -123,7 +130,8 @@ class Sandbox:
         ]  # fmt: skip
         for mask in self._masks:
             mode = "1777" if mask in _SCRATCH_DIRS else "0755"
-            args += ["--perms", mode, "--tmpfs", str(mask)]
+            size = ["--size", str(cage.limits.disk)] if cage is not None else []
+            args += ["--perms", mode, *size, "--tmpfs", str(mask)]
         made: set[Path] = set()
         needed = {need for p in readable if p.exists() for need in self._installation(p)}
         binds = [("--ro-bind", p) for p in sorted(needed, key=lambda p: len(p.parts))]

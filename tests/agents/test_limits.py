@@ -1,0 +1,162 @@
+"""Limits per agent: a fork bomb, a memory balloon and a disk fill from a sandboxed `command`
+agent each end their task with the limit's reason, while the service keeps answering and the
+next task runs; a data dir short of free disk holds every agent, and says so."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from claude_hooks.agents import cages
+from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
+from claude_hooks.service.runtime import Service
+from tests.agents.test_command_runner import finished
+from tests.conftest import ServiceFactory
+from tests.dashboard_fixtures import serve
+from tests.e2e.test_hostile_agent import pytestmark as needs_bwrap
+
+pytestmark = needs_bwrap
+
+# What the task's title asks of it.
+GREEDY = """\
+import json, os, sys, time
+mode = json.load(sys.stdin)["payload"]["title"]
+print("starting", mode, flush=True)
+if mode == "fork":
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            time.sleep(0.01)
+elif mode == "memory":
+    balloon = []
+    while True:
+        balloon.append(b"x" * (8 << 20))
+elif mode == "disk":
+    for n in range(200):  # many files: no single one meets RLIMIT_FSIZE
+        with open(f"fill-{n}", "wb") as out:
+            out.write(os.urandom(1 << 20))
+    time.sleep(60)
+print("done", flush=True)
+"""
+
+
+@contextlib.asynccontextmanager
+async def healthz_watch(service: Service) -> AsyncIterator[list[float]]:
+    """Asks a real server's /healthz every 0.1 s; yields the answer times seen so far."""
+    times: list[float] = []
+    async with serve(service) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+
+        async def ask() -> None:
+            while True:
+                began = time.monotonic()
+                answer = await client.get("/healthz")
+                assert answer.status_code == 200
+                times.append(time.monotonic() - began)
+                await asyncio.sleep(0.1)
+
+        asker = asyncio.create_task(ask())
+        try:
+            yield times
+        finally:
+            asker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asker
+
+
+async def start(start_service: ServiceFactory, tmp_path: Path, **server: object) -> Service:
+    agent = tmp_path / "greedy.py"
+    agent.write_text(GREEDY)
+    service: Service = await start_service(
+        server=server,
+        types={
+            "dev": {
+                "runner": "command",
+                "command": [sys.executable, str(agent)],
+                "workdir": "none",
+                "timeout": 60,
+                "max_processes": 64,
+                "max_memory": "256M",
+                "max_disk": "50M",
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    return service
+
+
+async def run(service: Service, mode: str, number: int) -> tuple[TaskState, str | None, float]:
+    request = DispatchRequest.for_type(
+        "dev", TaskKind.WORK_ISSUE, "acme/widget", number, {"title": mode}
+    )
+    began = time.monotonic()
+    task = await finished(service, await service.pool.dispatch_by_type("dev", request), 30)
+    return task.state, task.error, time.monotonic() - began
+
+
+async def test_each_limit_ends_its_task_with_its_reason_and_the_next_task_runs(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    service = await start(start_service, tmp_path)
+    async with healthz_watch(service) as answers:
+        for number, (mode, reason) in enumerate(
+            [
+                ("fork", "process limit 64 reached"),
+                ("memory", "memory limit 256M reached"),
+                ("disk", "disk limit 50M reached"),
+            ]
+        ):
+            state, error, took = await run(service, mode, number)
+            assert (state, error) == (TaskState.FAILED, reason), mode
+            assert took < 10, f"{mode}: {took:.1f} s"
+        state, error, _ = await run(service, "nothing", 9)
+        assert state is TaskState.SUCCEEDED, error
+    assert answers, "no /healthz answer"
+    assert max(answers) < 1.0, f"/healthz took {max(answers):.2f} s"
+    assert service.pool.confinement is not None
+    assert service.pool.confinement.kind == cages.detect().kind
+
+
+async def test_rlimits_and_proc_counts_where_no_cgroup_is_writable(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    service = await start(start_service, tmp_path)
+    service.pool.confinement = cages.Confinement("rlimits")
+    for number, (mode, reason) in enumerate(
+        [("fork", "process limit 64 reached"), ("memory", "memory limit 256M reached")]
+    ):
+        state, error, took = await run(service, mode, number)
+        assert (state, error) == (TaskState.FAILED, reason), mode
+        assert took < 10, f"{mode}: {took:.1f} s"
+
+
+async def test_a_data_dir_short_of_disk_holds_the_agents_and_says_why(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    service = await start(start_service, tmp_path, min_free_disk="1000T")
+    request = DispatchRequest.for_type(
+        "dev", TaskKind.WORK_ISSUE, "acme/widget", 1, {"title": "nothing"}
+    )
+    task_id = await service.pool.dispatch_by_type("dev", request)
+    headers = {"Authorization": "Bearer test-token"}
+    async with serve(service) as url, httpx.AsyncClient(base_url=url, headers=headers) as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        paused = health.json()["agents_paused"]
+        assert "less than server.min_free_disk = 1000T" in paused
+        page = await client.get("/")
+        assert "Agents paused</b>: no agent starts" in page.text
+        await asyncio.sleep(0.5)
+        task = await service.store.get_task(task_id)
+        assert task is not None and task.state is TaskState.QUEUED
+
+        service.config.server.min_free_disk = "1K"
+        service.pool.wake_all()
+        assert (await finished(service, task_id)).state is TaskState.SUCCEEDED
+        assert (await client.get("/healthz")).json()["agents_paused"] is None
