@@ -321,9 +321,9 @@ def _cgroup2_mount() -> Path | None:
     return None
 
 
-def _delegated(own: dict[str, str]) -> Path | None:
-    """The service's cgroup v2 folder, made ready to hold the runs' cgroups, if it was
-    delegated with the memory and pids controllers (Delegate=yes in the unit)."""
+def _delegated(own: dict[str, str], prepare: bool) -> Path | None:
+    """The folder of the runs' cgroups in the service's cgroup v2 subtree, made ready when
+    `prepare`, if it was delegated with the memory and pids controllers (Delegate=yes)."""
     mount = _cgroup2_mount()
     if mount is None or "" not in own:
         return None
@@ -333,6 +333,8 @@ def _delegated(own: dict[str, str]) -> Path | None:
     controllers = set(_read(top / "cgroup.controllers").split())
     if not {"memory", "pids"} <= controllers or not os.access(top / "cgroup.procs", os.W_OK):
         return None
+    if not prepare:
+        return top / "agents"
     try:
         # No process may sit in a cgroup whose controllers are handed to its children.
         leaf = top / "service"
@@ -350,29 +352,30 @@ def _delegated(own: dict[str, str]) -> Path | None:
     return agents
 
 
-def _cgroup1(own: dict[str, str]) -> dict[str, Path] | None:
+def _cgroup1(own: dict[str, str], prepare: bool) -> dict[str, Path] | None:
     parents: dict[str, Path] = {}
     for controller in ("pids", "memory"):
         if controller not in own:
             return None
         parent = CGROUP_ROOT / controller / own[controller].lstrip("/") / CAGES
-        try:
-            parent.mkdir(exist_ok=True)
-        except OSError:
-            return None
-        if not os.access(parent, os.W_OK):
+        if prepare:
+            with contextlib.suppress(OSError):
+                parent.mkdir(exist_ok=True)
+        writable = parent if parent.exists() or prepare else parent.parent
+        if not writable.is_dir() or not os.access(writable, os.W_OK):
             return None
         parents[controller] = parent
     return parents
 
 
-def detect() -> Confinement:
-    """cgroup v2 if delegated, else cgroup v1 if writable, else rlimits only."""
+def detect(prepare: bool = True) -> Confinement:
+    """cgroup v2 if delegated, else cgroup v1 if writable, else rlimits only; without
+    `prepare` (for `doctor`), nothing is created or moved."""
     own = _own_cgroups()
-    agents = _delegated(own)
+    agents = _delegated(own, prepare)
     if agents is not None:
         return Confinement("cgroup2", {"": agents})
-    parents = _cgroup1(own)
+    parents = _cgroup1(own, prepare)
     if parents is not None:
         return Confinement("cgroup1", parents)
     return Confinement("rlimits")
