@@ -160,3 +160,27 @@ async def test_a_data_dir_short_of_disk_holds_the_agents_and_says_why(
         service.pool.wake_all()
         assert (await finished(service, task_id)).state is TaskState.SUCCEEDED
         assert (await client.get("/healthz")).json()["agents_paused"] is None
+
+
+def test_a_cgroup_v2_cage_writes_its_limits_and_reads_its_events(tmp_path: Path) -> None:
+    """The cgroup v2 files of a cage, in a plain folder standing for a delegated subtree
+    (this host's cgroup v2 has no memory or pids controller to delegate)."""
+    confinement = cages.Confinement("cgroup2", {"": tmp_path})
+    limits = cages.Limits(64, 256 << 20, 50 << 20, "256M", "50M")
+    cage = confinement.cage("task-1", limits)
+    folder = tmp_path / "task-1"
+    assert (folder / "pids.max").read_text() == "64"
+    assert (folder / "memory.max").read_text() == str(256 << 20)
+    assert (folder / "memory.swap.max").read_text() == "0"
+    prefix = cage.prefix()
+    assert prefix[:4] == ["/bin/sh", "-c", cages.JOIN, "sh"]
+    assert prefix[4:6] == [str(folder / "cgroup.procs"), "--"]
+    assert f"--fsize={50 << 20}" in prefix and not any("nproc" in a for a in prefix)
+    assert cage.exceeded() is None
+    (folder / "pids.events").write_text("max 3\n")
+    assert cage.exceeded() == "process limit 64 reached"
+    (folder / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+    assert cage.exceeded() == "memory limit 256M reached"
+    (folder / "cgroup.kill").write_text("")
+    cage.kill()
+    assert (folder / "cgroup.kill").read_text() == "1"

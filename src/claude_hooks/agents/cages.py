@@ -336,12 +336,14 @@ def _delegated(own: dict[str, str], prepare: bool) -> Path | None:
     if not prepare:
         return top / "agents"
     try:
-        # No process may sit in a cgroup whose controllers are handed to its children.
-        leaf = top / "service"
-        leaf.mkdir(exist_ok=True)
-        for pid in _read(top / "cgroup.procs").split():
-            with contextlib.suppress(ProcessLookupError, OSError):
-                (leaf / "cgroup.procs").write_text(pid)
+        # No process may sit in a cgroup whose controllers are handed to its children (the
+        # root cgroup excepted: there, every process of the host would be moved).
+        if top != mount:
+            leaf = top / "service"
+            leaf.mkdir(exist_ok=True)
+            for pid in _read(top / "cgroup.procs").split():
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    (leaf / "cgroup.procs").write_text(pid)
         (top / "cgroup.subtree_control").write_text("+memory +pids")
         agents = top / "agents"
         agents.mkdir(exist_ok=True)
