@@ -168,7 +168,7 @@ def test_a_cgroup_v2_cage_writes_its_limits_and_reads_its_events(tmp_path: Path)
     confinement = cages.Confinement("cgroup2", {"": tmp_path})
     limits = cages.Limits(64, 256 << 20, 50 << 20, "256M", "50M")
     cage = confinement.cage("task-1", limits)
-    folder = tmp_path / "task-1"
+    (folder,) = tmp_path.glob("task-1-*")
     assert (folder / "pids.max").read_text() == "64"
     assert (folder / "memory.max").read_text() == str(256 << 20)
     assert (folder / "memory.swap.max").read_text() == "0"

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -284,11 +285,13 @@ class Confinement:
         )
 
     def cage(self, name: str, limits: Limits) -> Cage:
-        """A cage for the run `name` (a task id), its cgroups made with the limits set."""
+        """A cage for a run of `name` (a task id), its cgroups made with the limits set: new
+        ones for each run, so no count of an earlier attempt's carries over."""
         cgroups: dict[str, Path] = {}
+        run = f"{name}-{secrets.token_hex(4)}"
         for controller, parent in self.parents.items():
-            folder = parent / name
-            folder.mkdir(exist_ok=True)
+            folder = parent / run
+            folder.mkdir()
             cgroups[controller] = folder
             if controller in ("", "pids"):
                 (folder / "pids.max").write_text(str(limits.processes))
