@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from claude_hooks.agents import cages
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
@@ -184,3 +186,18 @@ def test_a_cgroup_v2_cage_writes_its_limits_and_reads_its_events(tmp_path: Path)
     (folder / "cgroup.kill").write_text("")
     cage.kill()
     assert (folder / "cgroup.kill").read_text() == "1"
+
+
+def test_start_removes_the_empty_cgroups_a_dead_service_left(tmp_path: Path) -> None:
+    found = cages.detect()
+    if found.kind != "cgroup1":
+        pytest.skip(f"needs a writable cgroup v1 (this host: {found.describe()})")
+    limits = cages.Limits(8, 64 << 20, 1 << 20, "64M", "1M")
+    left, fresh = found.cage("left", limits), found.cage("fresh", limits)
+    for folder in left.cgroups.values():
+        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    cages.detect()
+    assert not any(folder.exists() for folder in left.cgroups.values())
+    assert all(folder.exists() for folder in fresh.cgroups.values())
+    asyncio.run(fresh.close())
+    assert not any(folder.exists() for folder in fresh.cgroups.values())

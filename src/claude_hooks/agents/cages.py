@@ -46,6 +46,7 @@ DISK_MIN_SECONDS = 0.5
 DISK_WALK_SHARE = 10.0
 KILL_ROUNDS = 50
 CLOSE_SECONDS = 2.0
+LEFTOVER_SECONDS = 60.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CAGES = "claude-hooks"  # the folder of the run cgroups under the service's own (cgroup v1)
 # Writes its pid into each cgroup file named before `--`, then execs what follows.
@@ -373,14 +374,26 @@ def _cgroup1(own: dict[str, str], prepare: bool) -> dict[str, Path] | None:
     return parents
 
 
+def _remove_leftovers(parent: Path) -> None:
+    """Remove the empty cgroups a service that died left behind. One younger than a minute
+    may be another service's run about to join it: it stays."""
+    with contextlib.suppress(OSError):
+        for folder in parent.iterdir():
+            with contextlib.suppress(OSError):
+                old = time.time() - folder.stat().st_mtime > LEFTOVER_SECONDS
+                if folder.is_dir() and old and not _read(folder / "cgroup.procs").strip():
+                    folder.rmdir()
+
+
 def detect(prepare: bool = True) -> Confinement:
     """cgroup v2 if delegated, else cgroup v1 if writable, else rlimits only; without
-    `prepare` (for `doctor`), nothing is created or moved."""
+    `prepare` (for `doctor`), nothing is created, moved or removed."""
     own = _own_cgroups()
     agents = _delegated(own, prepare)
-    if agents is not None:
-        return Confinement("cgroup2", {"": agents})
-    parents = _cgroup1(own, prepare)
-    if parents is not None:
-        return Confinement("cgroup1", parents)
-    return Confinement("rlimits")
+    parents = {"": agents} if agents is not None else _cgroup1(own, prepare)
+    if parents is None:
+        return Confinement("rlimits")
+    if prepare:
+        for parent in parents.values():
+            _remove_leftovers(parent)
+    return Confinement("cgroup2" if agents is not None else "cgroup1", parents)
