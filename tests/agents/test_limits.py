@@ -72,7 +72,9 @@ async def healthz_watch(service: Service) -> AsyncIterator[list[float]]:
                 await asker
 
 
-async def start(start_service: ServiceFactory, tmp_path: Path, **server: object) -> Service:
+async def start(
+    start_service: ServiceFactory, tmp_path: Path, sandbox: bool = True, **server: object
+) -> Service:
     agent = tmp_path / "greedy.py"
     agent.write_text(GREEDY)
     service: Service = await start_service(
@@ -86,6 +88,7 @@ async def start(start_service: ServiceFactory, tmp_path: Path, **server: object)
                 "max_processes": 64,
                 "max_memory": "256M",
                 "max_disk": "50M",
+                "sandbox": sandbox,
             }
         },
         agents=[{"name": "dev-alpha", "type": "dev"}],
@@ -102,10 +105,11 @@ async def run(service: Service, mode: str, number: int) -> tuple[TaskState, str 
     return task.state, task.error, time.monotonic() - began
 
 
+@pytest.mark.parametrize("sandbox", [True, False], ids=["sandboxed", "unconfined"])
 async def test_each_limit_ends_its_task_with_its_reason_and_the_next_task_runs(
-    start_service: ServiceFactory, tmp_path: Path
+    start_service: ServiceFactory, tmp_path: Path, sandbox: bool
 ) -> None:
-    service = await start(start_service, tmp_path)
+    service = await start(start_service, tmp_path, sandbox)
     async with healthz_watch(service) as answers:
         for number, (mode, reason) in enumerate(
             [
