@@ -6,6 +6,7 @@ systemd turns `SystemCallFilter=` into an allow-list seccomp filter (with @defau
 `RestrictNamespaces=` into a filter on the namespace flags of clone/unshare/setns (clone3:
 ENOSYS, so callers fall back to clone); `ProtectHostname=` refuses sethostname; the groups are
 expanded by `systemd-analyze syscall-filter`. The old unit's rules must fail the same start.
+Docker's masks over /proc are replayed too, for the image's `systempaths=unconfined`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 NOBODY = 65534
+# Docker's default masks over /proc (moby's oci defaults): files hidden behind /dev/null,
+# folders made read-only.
+DOCKER_MASKED = ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                 "/proc/timer_stats", "/proc/sched_debug"]  # fmt: skip
+DOCKER_READ_ONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 # The rules of the unit as shipped before: bwrap could not start under them.
 OLD_RULES = "RestrictNamespaces=yes\nSystemCallFilter=\nSystemCallFilter=@system-service\n"
 
@@ -119,19 +125,28 @@ def filters(unit: dict[str, list[str]]) -> list[object]:
     return loaded
 
 
-def as_the_unit(unit: dict[str, list[str]]) -> Callable[[], None]:
-    """Runs in the child before bwrap: what systemd sets up for the service's process."""
+def as_the_unit(unit: dict[str, list[str]], proc_masks: bool = False) -> Callable[[], None]:
+    """Runs in the child before bwrap: what systemd sets up for the service's process.
+    `proc_masks`: Docker's masks over /proc instead (what systempaths=unconfined lifts)."""
     libc = ctypes.CDLL(None, use_errno=True)
     built = filters(unit)
+    read_only = ["/proc/sys"] if unit.get("ProtectKernelTunables") == ["yes"] else []
+    hidden: list[str] = []
+    if proc_masks:
+        read_only = [p for p in DOCKER_READ_ONLY if os.path.exists(p)]
+        hidden = [p for p in DOCKER_MASKED if os.path.isfile(p)]
 
     def apply() -> None:
-        if unit.get("ProtectKernelTunables") == ["yes"]:
-            # /proc/sys read-only, as systemd lays it in the service's mount namespace.
+        if read_only or hidden:
+            # In the service's (container's) own mount namespace, as systemd or Docker lay them.
             assert libc.unshare(NAMESPACES["mnt"]) == 0
             assert libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
-            assert libc.mount(b"/proc/sys", b"/proc/sys", None, MS_BIND, None) == 0
+        for path in read_only:
+            assert libc.mount(path.encode(), path.encode(), None, MS_BIND, None) == 0
             flags = MS_BIND | MS_REMOUNT | MS_RDONLY
-            assert libc.mount(None, b"/proc/sys", None, flags, None) == 0
+            assert libc.mount(None, path.encode(), None, flags, None) == 0
+        for path in hidden:
+            assert libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None) == 0
         if unit.get("CapabilityBoundingSet") == []:
             for cap in range(64):
                 libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
@@ -147,7 +162,7 @@ def as_the_unit(unit: dict[str, list[str]]) -> Callable[[], None]:
     return apply
 
 
-def start_sandbox(unit_text: str) -> subprocess.CompletedProcess[str]:
+def start_sandbox(unit_text: str, proc_masks: bool = False) -> subprocess.CompletedProcess[str]:
     """The agents' sandbox, as the service builds it for an agent, started under the unit."""
     unit = settings(unit_text)
     bwrap = shutil.which("bwrap")
@@ -158,7 +173,7 @@ def start_sandbox(unit_text: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             argv,
             capture_output=True, text=True, timeout=30, check=False,
-            preexec_fn=as_the_unit(unit), env={"PATH": "/usr/bin:/bin"},
+            preexec_fn=as_the_unit(unit, proc_masks), env={"PATH": "/usr/bin:/bin"},
         )  # fmt: skip
 
 
@@ -185,3 +200,14 @@ def test_each_rule_the_unit_leaves_out_would_stop_the_sandbox(change: str, failu
     started = start_sandbox(text)
     assert started.returncode != 0 and "started" not in started.stdout
     assert failure in started.stderr, started.stderr
+
+
+def test_in_a_container_the_sandbox_needs_the_proc_masks_lifted() -> None:
+    """The image runs the service unprivileged, as the unit does: under Docker's masks over
+    /proc the sandbox cannot mount its own (hence `--security-opt systempaths=unconfined`);
+    with them lifted it starts. (seccomp and AppArmor: refused as under the old unit.)"""
+    container = "[Service]\nUser=claude-hooks\nNoNewPrivileges=yes\n"
+    masked = start_sandbox(container, proc_masks=True)
+    assert masked.returncode != 0 and "Can't mount proc" in masked.stderr, masked.stderr
+    lifted = start_sandbox(container)
+    assert (lifted.returncode, lifted.stdout) == (0, "started\n"), lifted.stderr
