@@ -134,13 +134,15 @@ class Cage:
         self.reason: str | None = None
 
     def prefix(self) -> list[str]:
-        """The argv that starts a program in this cage: joins the cgroups, sets the rlimits."""
+        """The argv that starts a program in this cage: joins the cgroups, sets the rlimits
+        (with util-linux's prlimit, as the sandbox uses its setpriv)."""
         files = [str(folder / "cgroup.procs") for folder in self.cgroups.values()]
         rlimits = [f"--fsize={self.limits.disk}"]
         if self.kind == "rlimits":
             rlimits.append(f"--nproc={self.limits.processes}")
         join = ["/bin/sh", "-c", JOIN, "sh", *files, "--"] if files else []
-        return [*join, shutil.which("prlimit") or "/usr/bin/prlimit", *rlimits, "--"]
+        prlimit = shutil.which("prlimit")
+        return [*join, prlimit, *rlimits, "--"] if prlimit else join
 
     # what ended it
 
@@ -274,15 +276,15 @@ class Confinement:
     parents: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
+        missing = "" if shutil.which("prlimit") else "; prlimit (util-linux) not found: no rlimits"
         if self.kind == "cgroup2":
-            return f"cgroup v2, delegated subtree {self.parents['']}"
+            return f"cgroup v2, delegated subtree {self.parents['']}{missing}"
         if self.kind == "cgroup1":
-            return "cgroup v1 (pids, memory) under " + ", ".join(
-                str(p) for p in self.parents.values()
-            )
+            folders = ", ".join(str(p) for p in self.parents.values())
+            return f"cgroup v1 (pids, memory) under {folders}{missing}"
         return (
             "no writable cgroup: rlimits only (RLIMIT_NPROC counts all the agents' processes "
-            "together), processes and memory counted from /proc"
+            f"together), processes and memory counted from /proc{missing}"
         )
 
     def cage(self, name: str, limits: Limits) -> Cage:
