@@ -45,6 +45,13 @@ elif mode == "disk":
         with open(f"fill-{n}", "wb") as out:
             out.write(os.urandom(1 << 20))
     time.sleep(60)
+elif mode == "tmp":
+    try:
+        for n in range(200):
+            with open(f"/tmp/fill-{n}", "wb") as out:
+                out.write(os.urandom(1 << 20))
+    except OSError as exc:
+        print("tmp full:", exc.strerror, flush=True)
 print("done", flush=True)
 """
 
@@ -205,3 +212,16 @@ def test_start_removes_the_empty_cgroups_a_dead_service_left(tmp_path: Path) -> 
     assert all(folder.exists() for folder in fresh.cgroups.values())
     asyncio.run(fresh.close())
     assert not any(folder.exists() for folder in fresh.cgroups.values())
+
+
+async def test_the_sandboxs_tmp_holds_at_most_max_disk(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    service = await start(start_service, tmp_path)
+    request = DispatchRequest.for_type(
+        "dev", TaskKind.WORK_ISSUE, "acme/widget", 1, {"title": "tmp"}
+    )
+    task_id = await service.pool.dispatch_by_type("dev", request)
+    task = await finished(service, task_id, 30)
+    assert task.state is TaskState.SUCCEEDED, task.error
+    assert "tmp full: No space left on device" in service.pool.log_path(task_id).read_text()

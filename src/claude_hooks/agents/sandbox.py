@@ -97,6 +97,9 @@ class Sandbox:
     account: Account | None
     hidden: tuple[Path, ...] = ()
     setpriv: str = "setpriv"
+    # bwrap 0.5 and later bound a tmpfs's size (`--size`); with an older one /tmp is bounded
+    # by the agent's memory limit only.
+    sized_tmpfs: bool = True
     _masks: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,9 +131,9 @@ class Sandbox:
             "--hostname", "sandbox",
             "--die-with-parent", "--new-session",
         ]  # fmt: skip
+        size = ["--size", str(cage.limits.disk)] if cage is not None and self.sized_tmpfs else []
         for mask in self._masks:
             mode = "1777" if mask in _SCRATCH_DIRS else "0755"
-            size = ["--size", str(cage.limits.disk)] if cage is not None else []
             args += ["--perms", mode, *size, "--tmpfs", str(mask)]
         made: set[Path] = set()
         needed = {need for p in readable if p.exists() for need in self._installation(p)}
@@ -239,12 +242,22 @@ def probe(sandbox: Sandbox) -> None:
         )
 
 
+def _knows_size(bwrap: str) -> bool:
+    try:
+        done = subprocess.run(
+            [bwrap, "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--size" in done.stdout + done.stderr
+
+
 def build(bwrap: str | None, account_name: str, hidden: Iterable[Path]) -> Sandbox:
     """The service's sandbox, probed; SandboxError says what is missing."""
     if bwrap is None:
         raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
     account = agent_account(account_name)
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv)
+    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv, _knows_size(bwrap))
     probe(sandbox)
     return sandbox
