@@ -1,6 +1,7 @@
 """Limits per agent: a fork bomb, a memory balloon and a disk fill from a sandboxed `command`
-agent each end their task with the limit's reason, while the service keeps answering and the
-next task runs; a data dir short of free disk holds every agent, and says so."""
+agent each end their task with the limit's reason, while the service keeps answering, an
+agent beside it finishes its work and the next task runs; a data dir short of free disk
+holds every agent, and says so."""
 
 from __future__ import annotations
 
@@ -96,19 +97,29 @@ async def start(
                 "max_memory": "256M",
                 "max_disk": "50M",
                 "sandbox": sandbox,
-            }
+            },
+            # Another agent, working beside the greedy one.
+            "reviewer": {
+                "runner": "command",
+                "command": [sys.executable, str(agent)],
+                "workdir": "none",
+                "sandbox": sandbox,
+            },
         },
-        agents=[{"name": "dev-alpha", "type": "dev"}],
+        agents=[{"name": "dev-alpha", "type": "dev"}, {"name": "reviewer-1", "type": "reviewer"}],
     )
     return service
 
 
-async def run(service: Service, mode: str, number: int) -> tuple[TaskState, str | None, float]:
+async def run(
+    service: Service, mode: str, number: int, agent_type: str = "dev"
+) -> tuple[TaskState, str | None, float]:
     request = DispatchRequest.for_type(
-        "dev", TaskKind.WORK_ISSUE, "acme/widget", number, {"title": mode}
+        agent_type, TaskKind.WORK_ISSUE, "acme/widget", number, {"title": mode}
     )
     began = time.monotonic()
-    task = await finished(service, await service.pool.dispatch_by_type("dev", request), 30)
+    task_id = await service.pool.dispatch_by_type(agent_type, request)
+    task = await finished(service, task_id, 30)
     return task.state, task.error, time.monotonic() - began
 
 
@@ -125,9 +136,12 @@ async def test_each_limit_ends_its_task_with_its_reason_and_the_next_task_runs(
                 ("disk", "disk limit 50M reached"),
             ]
         ):
-            state, error, took = await run(service, mode, number)
+            (state, error, took), beside = await asyncio.gather(
+                run(service, mode, number), run(service, "nothing", number, "reviewer")
+            )
             assert (state, error) == (TaskState.FAILED, reason), mode
             assert took < 10, f"{mode}: {took:.1f} s"
+            assert beside[0] is TaskState.SUCCEEDED, beside
         state, error, _ = await run(service, "nothing", 9)
         assert state is TaskState.SUCCEEDED, error
     assert answers, "no /healthz answer"
