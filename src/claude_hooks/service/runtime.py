@@ -139,6 +139,7 @@ class Service:
         private_dir(self.config.data_dir)
         self.pool.sandbox = self._sandbox()
         self.pool.confinement = cages.detect()
+        log.info("agents' limits: %s", self.pool.confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
