@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from tests.agents.test_command_runner import finished
 from tests.conftest import ServiceFactory
 from tests.dashboard_fixtures import serve
 from tests.e2e.test_hostile_agent import pytestmark as needs_bwrap
+from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
 
 pytestmark = needs_bwrap
 
@@ -239,3 +241,40 @@ async def test_the_sandboxs_tmp_holds_at_most_max_disk(
     task = await finished(service, task_id, 30)
     assert task.state is TaskState.SUCCEEDED, task.error
     assert "tmp full: No space left on device" in service.pool.log_path(task_id).read_text()
+
+
+async def test_a_claude_agents_fork_bomb_ends_its_task_with_the_reason(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real Claude Code CLI, driven by a stand-in Messages API, starts a fork bomb with
+    its Bash tool: the CLI and its tools share the run's cage."""
+    with MessagesStandin() as api:
+        cli_environment(api, monkeypatch)
+        bomb = (
+            "import os, time\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.fork()\n"
+            "    except OSError:\n"
+            "        time.sleep(0.01)\n"
+        )
+        api.script(
+            tool_use("Bash", {"command": f"python3 -c {shlex.quote(bomb)}", "description": "b"}),
+            text("done"),
+        )
+        service: Service = await start_service(
+            types={
+                "dev": {
+                    "runner": "claude",
+                    "workdir": "none",
+                    "comments": False,
+                    "max_processes": 128,
+                    "timeout": 60,
+                }
+            },
+            agents=[{"name": "dev-alpha", "type": "dev"}],
+        )
+        request = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 1, {})
+        task_id = await service.pool.dispatch_by_type("dev", request)
+        task = await finished(service, task_id, 30)
+    assert (task.state, task.error) == (TaskState.FAILED, "process limit 128 reached")
