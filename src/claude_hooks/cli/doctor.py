@@ -250,7 +250,7 @@ def _limit_checks(config: Config) -> list[Check]:
 
 async def _database_auth_check(config: Config) -> Check | None:
     """A PostgreSQL that lets this host in without a password lets every local process in,
-    agents among them (on the host's network): a warning."""
+    unconfined agents among them (sandboxed ones have a network of their own): a warning."""
     url = make_url(config.database_url)
     if not url.drivername.startswith("postgresql"):
         return None
@@ -270,7 +270,7 @@ async def _database_auth_check(config: Config) -> Check | None:
         True,
         "database auth",
         f"PostgreSQL lets {bare.username or 'a user'}@{bare.host or 'its socket'} in without "
-        "a password: any local process, agents included, can use the database; require "
+        "a password: any local process, unsandboxed agents included, can use the database; require "
         "scram-sha-256 for it in pg_hba.conf",
         warning=True,
     )
