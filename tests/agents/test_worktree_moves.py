@@ -17,11 +17,12 @@ from claude_hooks.agents import sandbox
 from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.agents.workspace import Workspaces, current_branch
 from claude_hooks.agents.worktree_state import INDEX_REF, MAX_LISTING_BYTES, WORKTREE_REF
+from claude_hooks.config import TypeConfig
 from claude_hooks.core.domain import TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.store.worktree_states import WorktreeState
-from tests.agents.test_workspace import CONFIG, Forge, git, make_task
+from tests.agents.test_workspace import CONFIG, TOKEN, Forge, git, make_task
 from tests.cluster.test_sessions_across_nodes import deliver, finished
 from tests.conftest import ServiceFactory
 from tests.support import make_config
@@ -159,14 +160,11 @@ def bytes_under(folder: Path) -> int:
     return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
 
-async def test_a_small_state_that_would_expand_past_the_limit_is_refused(
+async def test_a_small_state_that_would_expand_past_max_disk_is_refused(
     tmp_path: Path, forge: Forge, store: SqlStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = node(tmp_path, "a", forge, store)
-    b = Workspaces(
-        tmp_path / "b", remote_url=forge.url, states=store.worktree_states, node="b",
-        max_restored_bytes=1024 * 1024,
-    )  # fmt: skip
+    a, b = node(tmp_path, "a", forge, store), node(tmp_path, "b", forge, store)
+    small_disk = TypeConfig(token=TOKEN, max_disk="1M")
     task = make_task()
     here = await a.prepare(task, CONFIG)
     (here / "zeros.bin").write_bytes(bytes(16 * 1024 * 1024))
@@ -176,10 +174,11 @@ async def test_a_small_state_that_would_expand_past_the_limit_is_refused(
     assert isinstance(saved, int) and saved < 64 * 1024  # 16 MiB of zeros compress well
 
     with caplog.at_level(logging.WARNING, logger="claude_hooks.agents.workspace"):
-        there = await b.prepare(make_task(), CONFIG)
+        there = await b.prepare(make_task(), small_disk)
+    files = 16 * 1024 * 1024 + len("small\n") + len("# widget\n")
     assert (
-        f"would write {16 * 1024 * 1024 + 6} bytes into the workdir, more than the 1048576 a "
-        "restore may write" in caplog.text
+        f"the saved state's files come to {files} bytes, more than the type's max_disk "
+        "(1048576 bytes)" in caplog.text
     )
     assert "continuing from its branch" in caplog.text
     assert not (there / "zeros.bin").exists() and not (there / "notes.txt").exists()

@@ -40,7 +40,7 @@ from claude_hooks.agents import resources
 from claude_hooks.agents.runners.base import RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.worktree_state import Captured, apply, capture
-from claude_hooks.config import TypeConfig
+from claude_hooks.config import TypeConfig, size_bytes
 from claude_hooks.core.domain import Task, TaskKind
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.store.worktree_states import WorktreeState, WorktreeStateStore
@@ -55,10 +55,6 @@ _PR_KINDS = (TaskKind.REVIEW_PR, TaskKind.MERGE_PR)
 _PASSED_TO_GIT = ("PATH", "HOME", "USER", "LOGNAME", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 MAX_BUNDLE_BYTES = 2 * 1024**3
 MAX_STATE_BYTES = 64 * 1024**2
-# A restored worktree state writes at most this many times the largest state's size of files
-# (1 GiB at the default server.max_worktree_state_bytes): a state compresses, a limit on what
-# it expands to does not depend on how well.
-RESTORE_EXPANSION = 16
 _WORKDIR_REFSPEC = "+refs/remotes/origin/*:refs/remotes/origin/*"
 _FETCH_REFSPECS = (
     "+refs/heads/*:refs/remotes/origin/*",
@@ -158,7 +154,6 @@ class Workspaces:
         states: WorktreeStateStore | None = None,
         max_state_bytes: int = MAX_STATE_BYTES,
         node: str | None = None,
-        max_restored_bytes: int | None = None,
     ) -> None:
         self.root = data_dir / "workdirs"
         self.mirrors = data_dir / "mirrors"
@@ -170,11 +165,6 @@ class Workspaces:
         self.max_bundle_bytes = max_bundle_bytes
         self.states = states
         self.max_state_bytes = max_state_bytes
-        self.max_restored_bytes = (
-            max_state_bytes * RESTORE_EXPANSION
-            if max_restored_bytes is None
-            else max_restored_bytes
-        )
         self.node = node
         self.markers = data_dir / "worktree-states"
         self._locks: dict[str, asyncio.Lock] = {}
@@ -228,7 +218,10 @@ class Workspaces:
         async with self._lock(task.repo):
             mirror = await self._update_mirror(git, task.repo, url)
             branch = await self._session_branch(git, mirror, task)
-            if await self._restore(git, mirror, path, task, branch, url, sandbox):
+            restored = await self._restore(
+                git, mirror, path, task, branch, url, sandbox, size_bytes(type_config.max_disk)
+            )
+            if restored:
                 pass
             elif _found(path) == "git":
                 await self._refresh(git, mirror, path, sandbox)
@@ -412,10 +405,11 @@ class Workspaces:
         branch: str,
         url: str,
         sandbox: Sandbox | None,
+        max_disk: int,
     ) -> bool:
         """Replace this node's copy by the saved state when it is missing or older; False
         when there is nothing newer to restore, or it cannot be (then the copy stays).
-        Its files are written by git in the agent's sandbox, at most `max_restored_bytes`."""
+        Its files, at most the type's `max_disk`, are written by git in the agent's sandbox."""
         key = task.session_key
         if self.states is None:
             return False
@@ -433,7 +427,7 @@ class Workspaces:
         try:
             bundle.write_bytes(state.bundle)
             await self._clone(git, mirror, restored, branch, url)
-            await apply(git, restored, bundle, captured, sandbox, self.max_restored_bytes)
+            await apply(git, restored, bundle, captured, sandbox, max_disk)
         except ClaudeHooksError as exc:
             shutil.rmtree(restored, ignore_errors=True)
             fallback = "its branch" if _found(path) == "absent" else "this node's copy"

@@ -105,10 +105,9 @@ async def apply(
 ) -> None:
     """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files.
 
-    Refused (ClaudeHooksError, saying why) when checking it out would write more than
-    `limit` bytes of files; then nothing of it is checked out.
+    Refused (ClaudeHooksError, saying why) when its files come to more than `limit` bytes
+    (the type's `max_disk`); then nothing of it is checked out.
     """
-    base = _sha(await git.run("-C", repo, "rev-parse", "--verify", "HEAD^{tree}"), "checkout")
     await git.run(
         "-C", repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", bundle,
         f"{WORKTREE_REF}:{WORKTREE_REF}", f"{INDEX_REF}:{INDEX_REF}", local=True,
@@ -127,11 +126,11 @@ async def apply(
         await git.run("-C", repo, "symbolic-ref", "HEAD", f"refs/heads/{state.branch}")
     else:
         await git.run("-C", repo, "update-ref", "--no-deref", "HEAD", state.head)
-    written = await _written_bytes(git, repo, base, state.worktree)
-    if written > limit:
+    files = await _files_bytes(git, repo, state.worktree)
+    if files > limit:
         raise ClaudeHooksError(
-            f"checking the saved state out would write {written} bytes into the workdir, more "
-            f"than the {limit} a restore may write"
+            f"the saved state's files come to {files} bytes, more than the type's max_disk "
+            f"({limit} bytes)"
         )
     await _listing(git, repo, state.index_commit)  # an index of a tree bomb is refused too
     if sandbox is not None:
@@ -162,12 +161,7 @@ async def _listing(git: _Git, repo: Path, tree: str, sizes: bool = False) -> lis
     return entries
 
 
-async def _written_bytes(git: _Git, repo: Path, base: str, tree: str) -> int:
-    """The bytes of files `read-tree -u` writes going from the checkout `base` to `tree`:
-    each blob of `tree` not at the same path in `base` (links count their target's length)."""
-    present = {(entry[2], entry[3]) for entry in await _listing(git, repo, base)}
-    total = 0
-    for _mode, kind, blob, size, path in await _listing(git, repo, tree, sizes=True):
-        if kind == "blob" and (blob, path) not in present:
-            total += int(size)
-    return total
+async def _files_bytes(git: _Git, repo: Path, tree: str) -> int:
+    """The bytes of the files of `tree` once checked out (a link counts its target's length)."""
+    entries = await _listing(git, repo, tree, sizes=True)
+    return sum(int(entry[3]) for entry in entries if entry[1] == "blob")
