@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from claude_hooks.agents import cages, processes, resources
 from claude_hooks.agents.egress import EgressProxy, EgressSession
@@ -22,6 +21,7 @@ from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
@@ -30,7 +30,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.control import SIGNAL_CANCEL
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
-from claude_hooks.service.policies import Gate, Policies
+from claude_hooks.service.policies import Gate, Policies, RunPolicy
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import (
@@ -593,24 +593,30 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        settings: dict[str, Any] = {}
+        policy = RunPolicy()
         if self.policies is not None and self.policies.active:
-            settings = await self.policies.run_settings(task)
+            policy = await self.policies.for_run(task)
         try:
             cage = self._cage(task, workdir)
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
-        context = replace(self._context(task, workdir, cage), **settings)
+        context = replace(self._context(task, workdir, cage), **policy.context)
         session: EgressSession | None = None
         try:
             if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
                 session = await self.egress.open(
-                    task.id, task.type, type_config, context.env, sandbox.account, self._keep_egress
+                    task.id,
+                    task.type,
+                    type_config,
+                    context.env,
+                    sandbox.account,
+                    self._keep_egress,
+                    policy.egress,
                 )
                 context = replace(
                     context, env=session.environment(context.env), bridge=session.socket
                 )
-            run = self.runner_for(task.type).run(context)
+            run = self._run_agent(task, context, policy.setup)
             result = await (run if cage is None else cages.enforce(cage, run))
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
@@ -622,6 +628,14 @@ class Pool:
             if cage is not None:
                 await cage.close()
         return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    async def _run_agent(self, task: Task, context: RunContext, setup: Sequence[str]) -> RunResult:
+        """The repository's setup commands, then the agent (a merge runs no agent)."""
+        if setup and self.config.types[task.type].runner != "merge":
+            failed = await run_setup(setup, context)
+            if failed is not None:
+                return failed
+        return await self.runner_for(task.type).run(context)
 
     async def _close_egress(self, session: EgressSession) -> None:
         """End the run's egress (its token with it) and keep what it refused and metered."""
