@@ -41,7 +41,7 @@ from claude_hooks.service.rejections import hint
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.views import MAX_OFFSET, history_view
 from claude_hooks.store.base import InstanceView, TaskFilter
-from claude_hooks.store.intake import DeliveryRecord
+from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
 from claude_hooks.web import spend
 from claude_hooks.web.auth import (
     COOKIE_NAME,
@@ -194,7 +194,7 @@ async def _stats(service: Service, instances: list[InstanceView]) -> dict[str, A
             target.instances += 1
             target.busy += instance.running is not None
             target.queued += len(instance.queue)
-    outcomes = {outcome: 0 for outcome in ("queued", "ignored", "error", "duplicate", "pending")}
+    outcomes = {outcome: 0 for outcome in OUTCOMES}
     for delivered in await store.delivery_tallies(since):
         outcomes[delivered.outcome] = outcomes.get(delivered.outcome, 0) + delivered.count
     return {
