@@ -183,6 +183,10 @@ def test_init_writes_a_working_configuration_and_refuses_to_overwrite(tmp_path: 
     assert len(secret) >= 32
     assert secret != config.server.api_token.get_secret_value()
     assert config.data_dir == path.parent / "data"
+    # What it says of a type's token is what the service does: it never reaches the agents.
+    text = path.read_text()
+    assert "given to its agents" not in text
+    assert "it is never given to the agents (see agent_token)" in text
     # The webhook settings to paste: the URL, the content type, the same secret, the events.
     lines = made.stdout.splitlines()
     assert "  Target URL:    http://127.0.0.1:8080/webhook" in lines

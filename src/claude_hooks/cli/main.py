@@ -592,9 +592,32 @@ def _print_rejections(rows: list[dict[str, Any]]) -> None:
 
 
 @deliveries_app.command("replay")
-def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> None:
+def deliveries_replay(
+    delivery_id: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the service's answer as JSON.")
+    ] = False,
+    config_file: ConfigOption = None,
+) -> None:
     """Run a stored delivery through the flows again (needs the running service)."""
-    _print_json(_post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay"))
+    body = _post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay")
+    if as_json:
+        _print_json(body)
+        return
+    out.print(_replayed(delivery_id, body))
+
+
+def _replayed(delivery_id: str, body: dict[str, Any]) -> str:
+    """`delivery X replayed as replay-…: queued task T on dev-1 (assigned to dev)`."""
+    line = f"delivery {delivery_id} replayed as {body.get('delivery', '?')}: {body.get('status')}"
+    tasks = [f"task {t['id']} on {t['agent']}" for t in body.get("tasks", [])]
+    if tasks:
+        line += " " + ", ".join(tasks)
+    if body.get("cancelled"):
+        line += " (cancelled " + ", ".join(f"task {t}" for t in body["cancelled"]) + ")"
+    if body.get("reason"):
+        line += f": {body['reason']}"
+    return line
 
 
 def _post_to_service(config: Config, path: str) -> dict[str, Any]:

@@ -196,3 +196,7 @@ def costs(
     total = sum(line.cost_usd for line in lines)
     table.add_row("total", str(sum(line.tasks for line in lines)), f"${total:.2f}")
     out.print(table)
+    out.print(
+        "Counts only runs that reported a cost: claude runs that reached a result "
+        "(command and merge runs report none)."
+    )
