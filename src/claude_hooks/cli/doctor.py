@@ -17,7 +17,7 @@ from claude_hooks.agents.runners.claude import locate_cli
 from claude_hooks.agents.sandbox import INSTALL_HINT, find_bwrap
 from claude_hooks.config import Config
 from claude_hooks.core.exposure import is_loopback, weak_secrets
-from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.errors import ClaudeHooksError, NoDatabaseYet
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.lockfile import running_service
 from claude_hooks.store.sql import SqlStore
@@ -72,7 +72,12 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
             yield check
         return
     try:
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, create=False)
+    except NoDatabaseYet as exc:
+        yield Check(True, "database", str(exc), warning=True)
+        async for check in _machine_checks(config):
+            yield check
+        return
     except ClaudeHooksError as exc:
         yield Check(False, "database", str(exc))
         return

@@ -125,7 +125,7 @@ async def _with_store(
             f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
             "'claude-hooks serve' creates it; pass --config if you meant another configuration"
         )
-    store = await SqlStore.open(config.database_url)
+    store = await SqlStore.open(config.database_url, create=create)
     try:
         return await action(store)
     finally:
