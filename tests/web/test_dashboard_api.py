@@ -396,6 +396,28 @@ async def test_claude_log_as_text(
     assert tail.text == "result: success, 3 turns, $0.50\nOpened #18\n"
 
 
+def test_a_result_claude_marks_as_an_error_reads_as_one() -> None:
+    """Claude Code ends an API failure with subtype `success` and `is_error`: the log must not
+    say `result: success` just before the runner's `finished succeeded=false`."""
+    failed = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "api_error_status": 529,
+        "num_turns": 1,
+        "total_cost_usd": 0,
+        "result": "API Error: 529 Overloaded",
+    }
+    assert render_claude_line(json.dumps(failed)) == [
+        "result: error, API status 529, 1 turns, $0.00",
+        "API Error: 529 Overloaded",
+    ]
+    limited = {**failed, "subtype": "error_max_turns", "api_error_status": None}
+    assert render_claude_line(json.dumps(limited))[0] == (
+        "result: error (error_max_turns), 1 turns, $0.00"
+    )
+
+
 def test_log_helpers_on_odd_input(tmp_path: Path) -> None:
     assert render_claude_line("not json") == ["not json"]
     assert render_claude_line("[1, 2]") == ["[1, 2]"]

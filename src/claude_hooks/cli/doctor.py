@@ -6,6 +6,7 @@ same problems later, one task at a time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -22,6 +23,9 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.lockfile import running_service
 from claude_hooks.store.sql import SqlStore
 
+# How long `serve` waits for the forge's answers at start: a down forge delays it no longer.
+STARTUP_FORGE_SECONDS = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -29,6 +33,7 @@ class Check:
     subject: str
     detail: str
     warning: bool = False  # worth knowing, not a failure
+    fatal: bool = False  # failing, it cannot work whatever the forge's state: serve refuses it
 
 
 def _executable(name: str) -> str | None:
@@ -147,11 +152,19 @@ def _runner_checks(config: Config) -> list[Check]:
             except ClaudeHooksError as exc:
                 checks.append(Check(False, f"{subject}.prompts", str(exc)))
         elif type_config.runner == "merge" and not config.forgejo.url:
-            checks.append(Check(False, subject, "the merge runner needs [forgejo] url"))
+            checks.append(Check(False, subject, "the merge runner needs [forgejo] url", fatal=True))
         if type_config.workdir == "worktree" and not (
             config.forgejo.clone_url or config.forgejo.url
         ):
-            checks.append(Check(False, subject, "workdir = 'worktree' needs [forgejo] url"))
+            checks.append(
+                Check(
+                    False,
+                    subject,
+                    "workdir = 'worktree' needs [forgejo] url (or workdir = 'none' to try "
+                    "without a forge)",
+                    fatal=True,
+                )
+            )
     sandboxed = sorted(n for n, t in config.types.items() if t.sandbox and t.runner != "merge")
     if sandboxed:
         bwrap = find_bwrap()
@@ -177,8 +190,34 @@ def _runner_checks(config: Config) -> list[Check]:
                     f"{credential.what} from {credential.source}"
                     if credential
                     else f"none: {HOW_TO}",
+                    fatal=True,
                 )
             )
+    return checks
+
+
+def startup_checks(config: Config) -> list[Check]:
+    """What `serve` checks before it starts, without the network: a fatal one refuses."""
+    return _runner_checks(config)
+
+
+async def startup_forge_checks(config: Config) -> list[Check]:
+    """The forge's checks within STARTUP_FORGE_SECONDS. A forge that does not answer is a
+    warning, never fatal: an outage must never keep the service from restarting."""
+    checks: list[Check] = []
+    try:
+        async with asyncio.timeout(STARTUP_FORGE_SECONDS):
+            async for check in _forge_checks(config):
+                checks.append(check)
+    except TimeoutError:
+        checks.append(
+            Check(
+                False,
+                "forgejo",
+                f"{config.forgejo.url} did not answer within {STARTUP_FORGE_SECONDS:g} s",
+                warning=True,
+            )
+        )
     return checks
 
 

@@ -25,7 +25,13 @@ from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_
 from claude_hooks.cli.simulate import simulate_command
 from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
 from claude_hooks.core.domain import Task, TaskState
-from claude_hooks.errors import ClaudeHooksError, ConfigError, StoreError, UnknownTaskError
+from claude_hooks.errors import (
+    ClaudeHooksError,
+    ConfigError,
+    NotFoundError,
+    StoreError,
+    UnknownTaskError,
+)
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import control
@@ -34,7 +40,7 @@ from claude_hooks.service.lockfile import running_service
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup
-from claude_hooks.store.base import Store, TaskFilter
+from claude_hooks.store.base import NodeAddress, Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 
 T = TypeVar("T")
@@ -153,7 +159,9 @@ def serve(
     ] = False,
 ) -> None:
     """Start the service: webhook intake, API, and one worker per agent instance."""
-    from claude_hooks.web.server import run_server
+    from claude_hooks.cli.doctor import startup_checks, startup_forge_checks
+    from claude_hooks.log_format import configure_logging
+    from claude_hooks.web.server import check_startup, run_server
 
     config = _config(config_file)
     if host is not None:
@@ -161,7 +169,18 @@ def serve(
     if port is not None:
         config.server.port = port
     try:
-        run_server(config, insecure_no_signature=insecure_no_signature)
+        check_startup(config, insecure_no_signature)
+        failing = [check for check in startup_checks(config) if not check.ok]
+        refused = [f"{check.subject}: {check.detail}" for check in failing if check.fatal]
+        if refused:
+            raise ConfigError(
+                f"{'; '.join(refused)}: serve refuses a configuration that cannot work "
+                "(see 'claude-hooks doctor')"
+            )
+        configure_logging(config.server.log_level)  # the forge client's warnings, in format
+        failing += [check for check in asyncio.run(startup_forge_checks(config)) if not check.ok]
+        problems = [f"{check.subject}: {check.detail}" for check in failing]
+        run_server(config, insecure_no_signature=insecure_no_signature, problems=problems)
     except ConfigError as exc:
         _fail(str(exc), USAGE_ERROR)
     except ClaudeHooksError as exc:
@@ -461,26 +480,6 @@ def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
 FOLLOW_POLL = 0.25  # seconds between looks at a followed log
 
 
-def _log_lines(config: Config, task: Task, raw: bool) -> Callable[[bytes], bytes]:
-    """How log bytes are shown: the claude runner's JSON lines made readable, unless `raw`."""
-    type_config = config.types.get(task.type)
-    if raw or type_config is None or type_config.runner != "claude":
-        return lambda chunk: chunk
-    from claude_hooks.web.logs import render_claude_line
-
-    partial = b""
-
-    def render(chunk: bytes) -> bytes:
-        nonlocal partial
-        complete, _, partial = (partial + chunk).rpartition(b"\n")
-        lines = complete.decode("utf-8", "replace").split("\n") if complete else []
-        return "".join(
-            f"{shown}\n" for line in lines for shown in render_claude_line(line)
-        ).encode()
-
-    return render
-
-
 @tasks_app.command("log")
 def tasks_log(
     task_id: str,
@@ -492,15 +491,36 @@ def tasks_log(
     ] = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Print a task's log; with -f, follow it until the task ends."""
+    """Print a task's log; with -f, follow it until the task ends. A task another node ran is
+    read through that node's API, as the dashboard does."""
+    from claude_hooks.web.logs import LogRenderer, is_claude_log, pruned_line
+    from claude_hooks.web.peer_logs import open_peer_log
+
     config = _config(config_file)
+    write = sys.stdout.buffer.write
+
+    async def relayed(task: Task, home: NodeAddress) -> int:
+        token = config.server.api_token
+        params = {"follow": str(follow).lower(), "format": "raw" if raw else "text"}
+        relay = await open_peer_log(
+            token.get_secret_value() if token else None, home, task.id, params
+        )
+        size = 0
+        async for chunk in relay.chunks(asyncio.Event()):
+            size += len(chunk)
+            write(chunk)
+            sys.stdout.flush()
+        return size
 
     async def show_log(store: Store) -> tuple[Task, int]:
         task = await store.get_task(task_id)
         if task is None:
             raise UnknownTaskError(task_id)
         path = config.data_dir / "logs" / f"{task.id}.log"
-        show = _log_lines(config, task, raw)
+        home = await store.node_of(task.id)
+        if home is not None and home.name != config.server.node and not path.exists():
+            return task, await relayed(task, home)
+        renderer = LogRenderer(not raw and is_claude_log(config, task))
         offset = 0
         while True:
             try:
@@ -510,10 +530,13 @@ def tasks_log(
             except FileNotFoundError:
                 chunk = b""
             offset += len(chunk)
-            sys.stdout.buffer.write(show(chunk))
+            write(renderer.feed(chunk))
             sys.stdout.flush()
             # The state is read before the last look at the file: nothing written is missed.
             if not follow or task.state.finished:
+                write(renderer.flush())
+                if offset == 0 and (pruned := (await store.notes.get_note(task.id)).log_pruned_at):
+                    raise NotFoundError(pruned_line(task, pruned))
                 return task, offset
             await asyncio.sleep(FOLLOW_POLL)
             task = await store.get_task(task_id) or task

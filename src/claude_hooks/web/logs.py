@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import UnknownTaskError
 from claude_hooks.service.events import Subscription
@@ -85,7 +87,13 @@ def _user(record: dict[str, Any]) -> list[str]:
 
 
 def _result(record: dict[str, Any]) -> list[str]:
-    parts = [str(record.get("subtype", "done"))]
+    # Claude Code reports an API error as subtype `success` with `is_error`: say `error`.
+    subtype = str(record.get("subtype", "done"))
+    if record.get("is_error"):
+        subtype = "error" if subtype == "success" else f"error ({subtype})"
+    parts = [subtype]
+    if record.get("is_error") and record.get("api_error_status") is not None:
+        parts.append(f"API status {record['api_error_status']}")
     if record.get("num_turns") is not None:
         parts.append(f"{record['num_turns']} turns")
     if isinstance(record.get("total_cost_usd"), int | float):
@@ -126,8 +134,18 @@ def render_claude_line(line: str) -> list[str]:
 
 def renders_json(service: Service, task: Task) -> bool:
     """Whether the task's log is the claude runner's JSON lines."""
-    type_config = service.config.types.get(task.type)
+    return is_claude_log(service.config, task)
+
+
+def is_claude_log(config: Config, task: Task) -> bool:
+    type_config = config.types.get(task.type)
     return type_config is not None and type_config.runner == "claude"
+
+
+def pruned_line(task: Task, pruned_at: float) -> str:
+    """What a reader of a pruned log is told, on the dashboard and by `tasks log` alike."""
+    when = datetime.fromtimestamp(pruned_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"the log of task {task.id} was pruned on {when} (server.retention_days)"
 
 
 def tail_lines(path: Path, count: int, as_json: bool, window: int = CHUNK) -> list[str]:
@@ -183,7 +201,7 @@ def _read(path: Path, offset: int) -> bytes:
         return b""
 
 
-class _Renderer:
+class LogRenderer:
     """Bytes of the log in, bytes of the answer out: whole lines rendered, or passed through."""
 
     def __init__(self, as_json: bool) -> None:
@@ -231,7 +249,7 @@ async def _stream(
     closing: asyncio.Event,
     task: Task,
     offset: int,
-    renderer: _Renderer,
+    renderer: LogRenderer,
     follow: bool,
 ) -> AsyncIterator[bytes]:
     path = service.pool.log_path(task.id)
@@ -303,10 +321,14 @@ async def task_log(
         if tail is not None:
             params["tail"] = str(tail)
         body = (await open_relay(service, home, task.id, params)).chunks(closing)
+    elif not service.pool.log_path(task.id).exists() and (
+        pruned := (await service.store.notes.get_note(task.id)).log_pruned_at
+    ):
+        body = _lines([pruned_line(task, pruned)])
     else:
         path = service.pool.log_path(task.id)
         offset = tail_offset(path, tail) if tail is not None else 0
-        renderer = _Renderer(format == "text" and renders_json(service, task))
+        renderer = LogRenderer(format == "text" and renders_json(service, task))
         body = _stream(service, closing, task, offset, renderer, follow)
     return StreamingResponse(
         body,
@@ -317,6 +339,10 @@ async def task_log(
             "X-Task-State": task.state.value,
         },
     )
+
+
+async def _lines(lines: list[str]) -> AsyncIterator[bytes]:
+    yield "".join(f"{line}\n" for line in lines).encode()
 
 
 async def _started(service: Service, closing: asyncio.Event, task: Task) -> Task:
@@ -337,4 +363,9 @@ async def log_tail(service: Service, task: Task, count: int) -> list[str]:
     if home is not None:
         lines = await peer_tail(service, home, task.id, count)
         return [_short(line, 240) if len(line) > 240 else line for line in lines]
-    return tail_lines(service.pool.log_path(task.id), count, renders_json(service, task))
+    path = service.pool.log_path(task.id)
+    if not path.exists() and (
+        pruned := (await service.store.notes.get_note(task.id)).log_pruned_at
+    ):
+        return [pruned_line(task, pruned)]
+    return tail_lines(path, count, renders_json(service, task))
