@@ -36,6 +36,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import control
 from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, delivery_rows
+from claude_hooks.service.limits import Pause, stored_pauses
 from claude_hooks.service.lockfile import running_service
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.service.views import history_view, task_view
@@ -241,18 +242,28 @@ def init(
 # agents
 
 
+def _paused_json(pause: Pause | None) -> dict[str, Any] | None:
+    """A type's pause as the API gives it (`GET /api/agents`)."""
+    if pause is None:
+        return None
+    return {"reason": pause.reason, "message": pause.message, "until": pause.until}
+
+
 def _agent_rows(config: Config) -> list[dict[str, Any]]:
     async def rows(store: Store) -> list[dict[str, Any]]:
+        paused = await stored_pauses(config, store, time.time())
         return [
             {
                 "name": i.name,
                 "type": i.type,
                 "enabled": i.enabled,
-                "state": i.state,
+                # An idle instance of a paused type is not idle: its queue waits.
+                "state": "paused" if i.state == "idle" and i.type in paused else i.state,
                 "current_task": i.running,
                 "queued": len(i.queue),
                 "node": i.node,
                 "pinned_node": i.pinned_node,
+                "paused": _paused_json(paused.get(i.type)),
             }
             for i in await store.instances()
         ]
@@ -268,6 +279,7 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
         _print_json(rows)
         return
     table = Table("name", "type", "enabled", "state", "current task", "queued", "node")
+    paused: dict[str, str] = {}
     for row in rows:
         table.add_row(
             row["name"],
@@ -279,7 +291,11 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
             (row["node"] or "-")
             + (f" (pinned to {row['pinned_node']})" if row["pinned_node"] else ""),
         )
+        if row["paused"]:
+            paused[row["type"]] = row["paused"]["message"]
     out.print(table)
+    for agent_type, message in sorted(paused.items()):
+        out.print(f"{agent_type} waits: {message}")
 
 
 # nodes
@@ -411,17 +427,38 @@ def tasks_list(
     async def fetch(store: Store) -> list[dict[str, Any]]:
         tasks = await store.list_tasks(where, limit, 0)
         positions = await store.queue_positions(t.id for t in tasks)
-        return [task_view(t, positions.get(t.id)) for t in tasks]
+        paused = await stored_pauses(config, store, time.time())
+        return [
+            {
+                **task_view(t, positions.get(t.id)),
+                "waiting_for": paused[t.type].message
+                if t.state is TaskState.QUEUED and t.type in paused
+                else None,
+            }
+            for t in tasks
+        ]
 
     rows = _run(_with_store(config, fetch))
     if as_json:
         _print_json(rows)
         return
-    table = Table("id", "type", "agent", "kind", "state", "target", "attempts", "enqueued", "error")
+    table = Table(
+        "id",
+        "type",
+        "agent",
+        "kind",
+        "state",
+        "target",
+        "attempts",
+        "enqueued",
+        "error / waits for",
+    )
     for row in rows:
         state_text = row["state"]
         if row["queue_position"]:
             state_text += f" #{row['queue_position']}"
+        if row["waiting_for"]:
+            state_text += ", paused"
         table.add_row(
             row["id"],
             row["type"],
@@ -431,7 +468,7 @@ def tasks_list(
             f"{row['repo']}#{row['number']}",
             str(row["attempts"]),
             (row["enqueued_at"] or "")[:19],
-            (row["error"] or "")[:60],
+            (row["error"] or row["waiting_for"] or "")[:60],
         )
     out.print(table)
 
