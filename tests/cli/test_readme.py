@@ -123,3 +123,17 @@ def test_every_setting_is_in_the_settings_table() -> None:
         for key in get_type_hints(Config)[section].model_fields
     } | {f"types.<t>.{key}" for key in TypeConfig.model_fields}
     assert sorted(wanted - documented) == []
+
+
+def test_the_contents_link_every_section_and_the_first_hour_comes_first() -> None:
+    titles = re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
+    contents = README[README.index("**Contents:**") : README.index("\n## ")]
+    for title in titles:
+        anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        assert f"[{title}](#{anchor})" in contents, title
+    assert titles[0] == "The first hour"
+    first_hour = _section("The first hour")
+    assert 'workdir = "none"' in first_hour
+    for step in ("Try it", "Your own configuration", "Connect Forgejo", "Claude credentials"):
+        assert f"**{step}" in first_hour, step
+    assert "**Production**" in first_hour
