@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from claude_hooks.core.breaker import ApiFailure, Breaker, FailureKind, classify
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
+from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.support import instance_idle, make_config, queue_of, wait_until
 
@@ -130,6 +132,16 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
     for task_id in ids:
         task = await service.store.get_task(task_id)
         assert task is not None and task.state is TaskState.QUEUED and task.attempts == 0
+    # The task page of the one that ran says so, and shows its earlier output, not "waiting".
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)),
+        base_url="http://test",
+        headers={"Authorization": "Bearer test-token"},
+    )
+    async with client:
+        page = (await client.get(f"/tasks/{ids[0]}")).text
+    assert "it ran before and went back to its queue" in page
+    assert "waiting for the task to start…" not in page
 
     down.unlink()  # the API is back: the next probe succeeds and the queue drains
     await wait_until(lambda: instance_idle(service.store, "dev-alpha"), timeout=20)

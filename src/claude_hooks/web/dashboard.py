@@ -462,11 +462,17 @@ def single_task_view(service: Service, task_id: str) -> View:
             retryable=task.state in task_actions.RETRYABLE,
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
+            ran_before=_ran_before(service, task),
             timeline=_timeline(task, delivery),
             **_common(service),
         )
 
     return View("task", {"id": task_id}, {"task": detail}, _task_events({"task"}))
+
+
+def _ran_before(service: Service, task: Task) -> bool:
+    """A queued task with a log here ran before: the API breaker or a stop sent it back."""
+    return task.state is TaskState.QUEUED and service.pool.log_path(task.id).exists()
 
 
 def _timeline(
@@ -694,7 +700,8 @@ async def task_page(request: Request, task_id: str) -> Response:
     task = await service.store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
-    return await _page(request, "task.html", single_task_view(service, task_id), task=task)
+    view = single_task_view(service, task_id)
+    return await _page(request, "task.html", view, task=task, ran_before=_ran_before(service, task))
 
 
 @router.get("/deliveries")

@@ -312,7 +312,8 @@ async def task_log(
         raise UnknownTaskError(task_id)
     closing: asyncio.Event = request.app.state.closing
     relayed = RELAYED in request.headers
-    if follow and task.state is TaskState.QUEUED and not relayed:
+    ran_here = service.pool.log_path(task.id).exists()  # sent back to its queue after a run
+    if follow and task.state is TaskState.QUEUED and not relayed and not ran_here:
         # Where it will run, and so where its log will be, is known once it starts.
         task = await _started(service, closing, task)
     home = await home_of(service, task.id, relayed)
