@@ -77,6 +77,7 @@ def test_agents_lifecycle(config_file: Path) -> None:
             "queued": 0,
             "node": None,  # no service runs: no node holds it
             "pinned_node": None,
+            "paused": None,  # its type waits on no budget or breaker
         },
     ]
     assert cli("agents", "disable", "dev-charlie", config=config_file).returncode == 0
