@@ -396,6 +396,29 @@ async def test_claude_log_as_text(
     assert tail.text == "result: success, 3 turns, $0.50\nOpened #18\n"
 
 
+async def test_the_task_page_lists_every_run_its_log_holds(
+    client: httpx.AsyncClient, service: Service, runner: LoggingGate
+) -> None:
+    """Two runs the API breaker sent back (no attempt counted) and the one running now."""
+    failed = "Claude API error (HTTP 529): Overloaded"
+    records: list[dict[str, Any]] = []
+    for at in (100.0, 200.0):
+        records += [
+            {"type": "claude_hooks", "event": "start", "at": at},
+            {"type": "result", "subtype": "success", "is_error": True, "result": failed},
+            {"type": "claude_hooks", "event": "finished", "at": at + 5, "succeeded": False,
+             "error": failed},
+        ]  # fmt: skip
+    records.append({"type": "claude_hooks", "event": "start", "at": 300.0})
+    runner.lines = [json.dumps(r) for r in records]
+    task_id = await queue(client, "ai")
+    await wait_until(lambda: task_id in runner.started)
+    page = (await client.get(f"/tasks/{task_id}")).text
+    runs = page[page.index('<ol class="runs">') : page.index("</ol>", page.index('class="runs"'))]
+    assert runs.count(f"failed: {failed}") == 2
+    assert runs.count("<li>") == 3 and "running</li>" in runs
+
+
 def test_a_result_claude_marks_as_an_error_reads_as_one() -> None:
     """Claude Code ends an API failure with subtype `success` and `is_error`: the log must not
     say `result: success` just before the runner's `finished succeeded=false`."""

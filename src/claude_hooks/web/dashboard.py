@@ -50,7 +50,7 @@ from claude_hooks.web.auth import (
     token_matches,
 )
 from claude_hooks.web.login_limit import LoginLimit
-from claude_hooks.web.logs import log_tail
+from claude_hooks.web.logs import claude_runs, log_tail, renders_json
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -465,6 +465,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
             ran_before=_ran_before(service, task),
+            runs=claude_runs(service.pool.log_path(task.id)) if renders_json(service, task) else [],
             timeline=_timeline(task, delivery),
             **_common(service),
         )

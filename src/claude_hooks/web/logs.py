@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -146,6 +147,54 @@ def pruned_line(task: Task, pruned_at: float) -> str:
     """What a reader of a pruned log is told, on the dashboard and by `tasks log` alike."""
     when = datetime.fromtimestamp(pruned_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"the log of task {task.id} was pruned on {when} (server.retention_days)"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a task, as the claude runner's log tells it."""
+
+    started_at: float | None
+    finished_at: float | None = None
+    succeeded: bool | None = None
+    error: str | None = None
+
+
+def claude_runs(path: Path) -> list[Run]:
+    """Every run in a claude runner's log, from its `start` and `finished` events. The log
+    keeps all runs of a task, also those the API breaker or a stop sent back to the queue
+    without counting an attempt: `attempts` alone would hide them."""
+    runs: list[Run] = []
+    try:
+        stream = path.open("rb")
+    except FileNotFoundError:
+        return runs
+    with stream:
+        for raw in stream:
+            if b'"claude_hooks"' not in raw:
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or record.get("type") != "claude_hooks":
+                continue
+            at = record.get("at")
+            at = float(at) if isinstance(at, int | float) else None
+            if record.get("event") == "start":
+                runs.append(Run(at))
+            elif record.get("event") == "finished":
+                error = record.get("error")
+                ended = Run(
+                    runs[-1].started_at if runs and runs[-1].finished_at is None else None,
+                    at,
+                    bool(record.get("succeeded")),
+                    _short(str(error)) if error else None,
+                )
+                if runs and runs[-1].finished_at is None:
+                    runs[-1] = ended
+                else:
+                    runs.append(ended)
+    return runs
 
 
 def tail_lines(path: Path, count: int, as_json: bool, window: int = CHUNK) -> list[str]:
