@@ -163,7 +163,6 @@ def serve(
 ) -> None:
     """Start the service: webhook intake, API, and one worker per agent instance."""
     from claude_hooks.cli.doctor import startup_checks, startup_forge_checks
-    from claude_hooks.log_format import configure_logging
     from claude_hooks.web.server import check_startup, run_server
 
     config = _config(config_file)
