@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from claude_hooks.service.runtime import Service
+from claude_hooks.store.schema import tasks
 from claude_hooks.web.auth import COOKIE_NAME
 from claude_hooks.web.logs import render_claude_line, tail_offset
 from tests.dashboard_fixtures import AUTH, CSRF, LoggingGate, dashboard_config, serve
@@ -417,6 +418,11 @@ async def test_the_task_page_lists_every_run_its_log_holds(
     runs = page[page.index('<ol class="runs">') : page.index("</ol>", page.index('class="runs"'))]
     assert runs.count(f"failed: {failed}") == 2
     assert runs.count("<li>") == 3 and "running</li>" in runs
+    # An attempt lost with a node that died: counted, its log on that node.
+    with service.store.engine.begin() as conn:
+        conn.execute(tasks.update().where(tasks.c.id == task_id).values(attempts=4))
+    page = (await client.get(f"/tasks/{task_id}")).text
+    assert "1 attempt not in this log: run on another node" in page
 
 
 def test_a_result_claude_marks_as_an_error_reads_as_one() -> None:
