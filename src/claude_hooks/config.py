@@ -14,11 +14,12 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -39,6 +40,32 @@ def _host_node_name() -> str:
     """The host name as a node name: lower case, the first label, other characters as '-'."""
     name = re.sub(r"[^a-z0-9._-]", "-", socket.gethostname().split(".")[0].lower())
     return name.strip("-._")[:63] or "node"
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_bytes(text: str) -> int:
+    """'512M', '4G', '20GiB' or a number of bytes: powers of 1024, as systemd and Docker read
+    them; ValueError says how to write one."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: write a number of bytes or e.g. 512M, 4G")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def _size(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        size_bytes(value)
+    return value
+
+
+# A size as written ("4G"): kept as text so messages quote it; `size_bytes` reads it.
+Size = Annotated[str, BeforeValidator(_size)]
 
 
 class _Section(BaseModel):
@@ -106,6 +133,9 @@ class ServerConfig(_Section):
         "claude-hooks-agent",
         description="the account sandboxed agents run as when the service runs as root",
     )
+    min_free_disk: Size = Field(
+        "2G", description="free space on the data dir's filesystem below which no agent starts"
+    )
     node: str = Field(
         default_factory=lambda: _host_node_name(),
         description="this node's name among the nodes on one database; default: the host name",
@@ -172,6 +202,34 @@ class BudgetConfig(_Section):
 class SecurityConfig(_Section):
     allowed_senders: list[str] = Field(default_factory=list)
     permission_cache_seconds: float = Field(300.0, ge=0)
+
+
+_EGRESS_ENTRY = re.compile(
+    r"^(?:\[(?P<ip6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?$"
+)
+
+
+class EgressEntry(NamedTuple):
+    """One `egress` entry: a host (a name or an IP literal, lower case) and its port, or None
+    for ports 80 and 443."""
+
+    host: str
+    port: int | None
+
+
+def parse_egress(entry: str) -> EgressEntry:
+    """`pypi.org`, `files.pythonhosted.org:443`, `127.0.0.1:8080`, `[::1]:8080`; ValueError
+    naming the entry otherwise (wildcards and URLs are refused: a host names one host)."""
+    found = _EGRESS_ENTRY.match(entry.strip())
+    port = int(found["port"]) if found and found["port"] else None
+    host = (found["ip6"] or found["host"] or "").lower().rstrip(".") if found else ""
+    bad_port = port is not None and not 0 < port < 65536
+    if not host or host.startswith(("-", ".")) or ".." in host or bad_port:
+        raise ValueError(
+            f"egress entry {entry!r} is not a host or host:port (e.g. 'pypi.org' or "
+            "'files.pythonhosted.org:443'; no wildcards, no scheme)"
+        )
+    return EgressEntry(host, port)
 
 
 class PolicyConfig(_Section):
@@ -269,6 +327,24 @@ class TypeConfig(_Section):
     breaker_exit_codes: list[int] = Field(
         default_factory=list, description="command runner exit codes counted as API failures"
     )
+    max_processes: int = Field(
+        512, ge=1, description="processes and threads one agent holds at once"
+    )
+    max_memory: Size = Field("4G", description="memory of one agent's processes together")
+    max_disk: Size = Field(
+        "20G", description="what one agent's workdir (and its session's state) may hold"
+    )
+    egress: list[str] = Field(
+        default_factory=list,
+        description="hosts a sandboxed agent may reach through the service's proxy: 'host' "
+        "(ports 80 and 443) or 'host:port'; default none",
+    )
+
+    @model_validator(mode="after")
+    def _egress_entries(self) -> TypeConfig:
+        for entry in self.egress:
+            parse_egress(entry)
+        return self
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> TypeConfig:
@@ -427,9 +503,12 @@ def _command_beside(base: Path, argv: Any) -> Any:
         return argv
     resolved: list[Any] = []
     for index, arg in enumerate(argv):
-        relative = isinstance(arg, str) and "/" in arg and not Path(arg).is_absolute()
-        if relative and (index == 0 or (base / arg).exists()):
-            arg = str(base / arg)
+        if isinstance(arg, str) and arg and not Path(arg).is_absolute():
+            # A bare program (`python3`) is looked up on PATH; a bare argument naming a file
+            # beside the config (`sleep_agent.py`) is that file, as one with a `/` is.
+            there = base / arg
+            if ("/" in arg and (index == 0 or there.exists())) or (index > 0 and there.is_file()):
+                arg = str(there)
         resolved.append(arg)
     return resolved
 

@@ -4,12 +4,20 @@ repository, the cache by commit, and `claude-hooks policy check` as a user runs 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from claude_hooks.config import load_config
-from claude_hooks.core.policy import effective
+from claude_hooks.core.policy import (
+    REPOSITORY,
+    PolicyFile,
+    RepositorySettings,
+    TypeSettings,
+    effective,
+    parse,
+)
 from claude_hooks.forge.client import ForgejoClient
 from claude_hooks.forge.policy_files import PolicyFiles
 from tests.fake_forgejo import FakeForgejo
@@ -125,3 +133,19 @@ def test_policy_check_refuses_a_bad_repository_name(tmp_path: Path) -> None:
     shown = policy_check(path, "acme/..")
     assert shown.returncode == 2
     assert shown.stderr.startswith("error: REPO repository '..' may not be")
+
+
+def test_init_writes_an_example_whose_every_key_is_valid(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "claude_hooks", "init", "--repository", str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / PATH).read_text()
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    # Only comments; with every key line uncommented it fits the schema and names every key.
+    keys = re.compile(r"^# (\[types\.dev\]$|[a-z_]+ = )")
+    uncommented = "\n".join(line[2:] if keys.match(line) else line for line in text.splitlines())
+    assert parse(PolicyFile(REPOSITORY, "example", text)) == {}
+    table = parse(PolicyFile(REPOSITORY, "example", uncommented))
+    assert set(table) == set(RepositorySettings.model_fields)
+    assert set(table["types"]["dev"]) == set(TypeSettings.model_fields)

@@ -1,12 +1,16 @@
 """The agents' sandbox: every agent process runs inside bubblewrap (`bwrap`).
 
 An agent reads text written by strangers and runs tools, so it is treated as hostile. In its
-sandbox it has its own mount, PID, IPC and UTS namespaces; it sees the system read-only, its
-own workdir (and state dir) read-write, a fresh `/tmp`, and nothing of the data dir, the
-config's folder, the database's folder, `/root` or `/home`. Its `/proc` shows only its own
-processes. When the service runs as root, the agent runs as an unprivileged account
-(`server.sandbox_user`, created at need) with no capabilities, dropped by `setpriv` inside
-the sandbox (bwrap itself stays privileged so it can bind paths the account cannot reach).
+sandbox it has its own mount, PID, IPC, UTS and network namespaces; it sees the system
+read-only, its own workdir (and state dir) read-write, a fresh `/tmp`, and nothing of the data
+dir, the config's folder, the database's folder, `/root`, `/home` or `/run` (the database's
+socket). Its network is its own loopback: it reaches the outside only through the service's
+egress proxy (`claude_hooks.agents.egress`), whose Unix socket is bound into the sandbox and
+served on 127.0.0.1:`BRIDGE_PORT` there by `egress_bridge.py`, the sandbox's first program.
+Its `/proc` shows only its own processes. When the service runs as root, the agent runs as an
+unprivileged account (`server.sandbox_user`, created at need) with no capabilities, dropped by
+`setpriv` inside the sandbox (bwrap itself stays privileged so it can bind paths the account
+cannot reach).
 
 Every process it starts dies with the sandbox's first process (the PID namespace), and the
 sandbox dies with the service (`--die-with-parent`). The environment is passed in bwrap's
@@ -20,19 +24,28 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from claude_hooks.errors import ClaudeHooksError
+
+if TYPE_CHECKING:
+    from claude_hooks.agents.cages import Cage
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 15.0
 INSTALL_HINT = "install it (Debian: apt-get install bubblewrap)"
 # Always hidden behind an empty tmpfs, besides the service's own folders.
-_PRIVATE_DIRS = (Path("/root"), Path("/home"))
+_PRIVATE_DIRS = (Path("/root"), Path("/home"), Path("/run"))
+# Where the egress proxy's socket appears inside, and the port its bridge listens on there.
+BRIDGE_SOCKET = Path("/run/claude-hooks/egress.sock")
+BRIDGE_PORT = 3128
+BRIDGE_SCRIPT = Path(__file__).with_name("egress_bridge.py")
 _SCRATCH_DIRS = (Path("/tmp"), Path("/var/tmp"))  # empty and writable by all, as usual
 
 
@@ -93,6 +106,9 @@ class Sandbox:
     account: Account | None
     hidden: tuple[Path, ...] = ()
     setpriv: str = "setpriv"
+    # bwrap 0.5 and later bound a tmpfs's size (`--size`); with an older one /tmp is bounded
+    # by the agent's memory limit only.
+    sized_tmpfs: bool = True
     _masks: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,27 +125,47 @@ class Sandbox:
         workdir: Path,
         writable: Iterable[Path] = (),
         readable: Iterable[Path] = (),
+        cage: Cage | None = None,
+        bridge: Path | None = None,
     ) -> list[str]:
         """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
-        them) are bound read-write, `readable` ones read-only (an agent's own script)."""
+        them) are bound read-write, `readable` ones read-only (an agent's own script). In a
+        `cage`, bwrap starts in the run's cgroups and each tmpfs holds at most `max_disk`.
+        `bridge`: the egress proxy's socket for this run, served on 127.0.0.1:`BRIDGE_PORT`
+        inside; without one the sandbox has no way out at all."""
+        readable = list(readable)
+        if bridge is not None:
+            # The base interpreter, not a venv's link to it: with -I -S the bridge needs no
+            # venv, and one under a hidden folder would not be in the sandbox.
+            python = Path(sys.executable).resolve()
+            argv = [
+                str(python), "-I", "-S", str(BRIDGE_SCRIPT),
+                str(BRIDGE_SOCKET), str(BRIDGE_PORT), "--", *argv,
+            ]  # fmt: skip
+            readable += [python, BRIDGE_SCRIPT]
         args = [
+            *(cage.prefix() if cage is not None else []),
             self.bwrap,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
             "--hostname", "sandbox",
             "--die-with-parent", "--new-session",
         ]  # fmt: skip
+        size = ["--size", str(cage.limits.disk)] if cage is not None and self.sized_tmpfs else []
         for mask in self._masks:
             mode = "1777" if mask in _SCRATCH_DIRS else "0755"
-            args += ["--perms", mode, "--tmpfs", str(mask)]
+            args += ["--perms", mode, *size, "--tmpfs", str(mask)]
         made: set[Path] = set()
-        binds = [("--ro-bind", self._installation(p.resolve())) for p in readable if p.exists()]
+        needed = {need for p in readable if p.exists() for need in self._installation(p)}
+        binds = [("--ro-bind", p) for p in sorted(needed, key=lambda p: len(p.parts))]
         binds += [("--bind", p.resolve()) for p in (workdir, *writable)]
         for flag, path in binds:
             args += self._parents(path, made)
             args += [flag, str(path), str(path)]
+        if bridge is not None:
+            args += ["--dir", str(BRIDGE_SOCKET.parent), "--bind", str(bridge), str(BRIDGE_SOCKET)]
         args += ["--chdir", str(workdir.resolve())]
         if self.account is not None:
             args += [
@@ -139,12 +175,27 @@ class Sandbox:
             ]  # fmt: skip
         return [*args, "--", *argv]
 
-    def _installation(self, path: Path) -> Path:
-        """What must be visible for `path` to run: a program in a `bin/` folder under a hidden
-        one (an interpreter installed under /root, as pyenv does) brings its whole installation
-        (`…/bin/..`: its libraries and the links between its names), and nothing else there."""
-        hidden = any(mask in path.parents for mask in self._masks)
-        return path.parent.parent if hidden and path.parent.name == "bin" else path
+    def _installation(self, path: Path) -> set[Path]:
+        """What must be bound for `path` to run where a mask hides it: itself and what it links
+        to. A program in a `bin/` folder brings its whole installation (`…/bin/..`: libraries,
+        links between its names), nothing else there: an interpreter under /root (pyenv), or
+        a virtualenv in a clone under /tmp or /home with the base installation its pyvenv.cfg
+        names (a venv made with --copies has no link to it)."""
+        named = Path(os.path.abspath(path))
+        needed: set[Path] = set()
+        for program in (named, path.resolve()):
+            if not any(mask in program.parents for mask in self._masks):
+                continue  # visible as it is
+            if program.parent.name != "bin":
+                needed.add(program)
+                continue
+            installation = program.parent.parent
+            needed.add(installation)
+            home = _venv_home(installation / "pyvenv.cfg")
+            base = home.resolve() if home is not None and home.is_dir() else None
+            if base is not None and any(mask in base.parents for mask in self._masks):
+                needed.add(base.parent if base.name == "bin" else base)
+        return needed
 
     def _parents(self, path: Path, made: set[Path]) -> list[str]:
         """Traversable folders (0755) down to `path` inside the masks that cover it."""
@@ -167,6 +218,19 @@ class Sandbox:
         for path in paths:
             if path.exists() and path.stat().st_uid != self.account.uid:
                 _chown_tree(path, self.account.uid, self.account.gid)
+
+
+def _venv_home(config: Path) -> Path | None:
+    """The `home` a virtualenv's pyvenv.cfg names (its base interpreter's folder), if any."""
+    try:
+        lines = config.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            return Path(value.strip())
+    return None
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -202,12 +266,22 @@ def probe(sandbox: Sandbox) -> None:
         )
 
 
+def _knows_size(bwrap: str) -> bool:
+    try:
+        done = subprocess.run(
+            [bwrap, "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--size" in done.stdout + done.stderr
+
+
 def build(bwrap: str | None, account_name: str, hidden: Iterable[Path]) -> Sandbox:
     """The service's sandbox, probed; SandboxError says what is missing."""
     if bwrap is None:
         raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
     account = agent_account(account_name)
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv)
+    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv, _knows_size(bwrap))
     probe(sandbox)
     return sandbox

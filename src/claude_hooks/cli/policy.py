@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from importlib import resources
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,10 +15,33 @@ import typer
 from claude_hooks.cli.options import ConfigOption, chosen_config
 from claude_hooks.config import config_path, load_config
 from claude_hooks.core.policy import Policy, PolicyError, effective
-from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.errors import ClaudeHooksError, InvalidInputError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.names import full_name_problem
 from claude_hooks.forge.policy_files import PolicyFiles
+
+EXAMPLE_PATH = ".forgejo/claude-hooks.toml"
+
+
+def example_text() -> str:
+    """The commented example of a repository's file that `init --repository` writes."""
+    return (
+        resources.files("claude_hooks.cli").joinpath("templates/repository-policy.toml").read_text()
+    )
+
+
+def write_example(directory: Path, force: bool) -> Path:
+    """Write the example into a repository's checkout; ClaudeHooksError if it exists."""
+    path = directory / EXAMPLE_PATH
+    if path.exists() and not force:
+        raise InvalidInputError(f"{str(path)!r} already exists: pass --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(example_text(), encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
 
 policy_app = typer.Typer(
     help="Per-repository policy: what each repository's file sets.", no_args_is_help=True

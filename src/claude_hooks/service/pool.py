@@ -15,20 +15,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from claude_hooks.agents import processes, resources
+from claude_hooks.agents import cages, processes, resources
+from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
-from claude_hooks.config import Config
+from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.control import SIGNAL_CANCEL
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
-from claude_hooks.service.policies import Gate, Policies
+from claude_hooks.service.policies import Gate, Policies, RunPolicy
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import (
@@ -50,6 +52,8 @@ BLOCKED_RECHECK_SECONDS = 1.0
 # How often an idle instance of a `rebalance = "steal"` type looks for work queued on a peer
 # (another process's dispatch does not wake it); a dispatch in this process wakes it at once.
 STEAL_LOOK_SECONDS = 0.5
+# How often instances look at the free disk again while it is below server.min_free_disk.
+LOW_DISK_RECHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,12 @@ class Worker:
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _held(self) -> bool:
-        """Wait while a budget or the API breaker holds the type; True to look again after."""
+        """Wait while the data dir's disk is low, or a budget or the API breaker holds the
+        type; True to look again after."""
+        if self.pool.low_disk() is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), LOW_DISK_RECHECK_SECONDS)
+            return True
         head = self._head = await self.pool.store.queue_head(self.name)
         return head is not None and await self.pool.limits.wait_until_open(self.type, head)
 
@@ -269,6 +278,15 @@ def _outcome(result: RunResult) -> Outcome:
     )
 
 
+def _gone(agent: AgentInstance | None) -> str:
+    """Why this node no longer runs an instance it ran: the log's words for it."""
+    if agent is None:
+        return "removed"
+    if agent.node is None:
+        return "let go: it goes to the next node with room"
+    return f"handed over to node {agent.node}"
+
+
 class Pool:
     """The registry of this process's workers, and `dispatch_by_type` through the store."""
 
@@ -300,6 +318,10 @@ class Pool:
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
+        self.egress = EgressProxy()
+        # Set by the service at start: where each run's limits are enforced.
+        self.confinement: cages.Confinement | None = None
+        self._disk_was_low = False
         # Set by the service: the forge the agents' forge tools act on.
         self.forge: Forge | None = None
         # Set by the service: repositories' policies, checked before a queued task starts.
@@ -352,6 +374,7 @@ class Pool:
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
         await self.limits.stop()
+        await self.egress.aclose()
 
     async def drop_all(self) -> None:
         """Stop every worker and its agent now, recording nothing: the node lost its lease,
@@ -387,7 +410,8 @@ class Pool:
     async def sync_agents(self) -> None:
         """Bring the workers in line with the instances this node holds in the `agents` table
         (changed by the CLI, and by the node taking and letting go of instances)."""
-        rows = {agent.name: agent for agent in await self.store.list_agents() if self._holds(agent)}
+        every = {agent.name: agent for agent in await self.store.list_agents()}
+        rows = {name: agent for name, agent in every.items() if self._holds(agent)}
         for name, agent in rows.items():
             worker = self.workers.get(name)
             if worker is None:
@@ -406,7 +430,7 @@ class Pool:
                 worker.retiring = True
                 worker.enabled = False
                 worker.wake()
-                log.info("agent %s removed", name)
+                log.info("agent %s %s", name, _gone(every.get(name)))
         await self._redispatch(await self.store.orphaned_tasks())
 
     # dispatch
@@ -579,24 +603,106 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        context = self._context(task, workdir)
+        policy = RunPolicy()
         if self.policies is not None and self.policies.active:
-            context = replace(context, **await self.policies.run_settings(task))
+            policy = await self.policies.for_run(task)
         try:
-            result = await self.runner_for(task.type).run(context)
+            cage = self._cage(task, workdir)
+        except OSError as exc:
+            return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
+        context = replace(self._context(task, workdir, cage), **policy.context)
+        session: EgressSession | None = None
+        try:
+            if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
+                session = await self.egress.open(
+                    task.id,
+                    task.type,
+                    type_config,
+                    context.env,
+                    sandbox.account,
+                    self._keep_egress,
+                    policy.egress,
+                )
+                context = replace(
+                    context, env=session.environment(context.env), bridge=session.socket
+                )
+            run = self._run_agent(task, context, policy.setup)
+            result = await (run if cage is None else cages.enforce(cage, run))
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
             await self.workspaces.save_state(task, type_config, sandbox)
             raise
+        finally:
+            if session is not None:
+                await self._close_egress(session)
+            if cage is not None:
+                await cage.close()
         return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    async def _run_agent(self, task: Task, context: RunContext, setup: Sequence[str]) -> RunResult:
+        """The repository's setup commands, then the agent (a merge runs no agent)."""
+        if setup and self.config.types[task.type].runner != "merge":
+            failed = await run_setup(setup, context)
+            if failed is not None:
+                return failed
+        return await self.runner_for(task.type).run(context)
+
+    async def _close_egress(self, session: EgressSession) -> None:
+        """End the run's egress (its token with it) and keep what it refused and metered."""
+        await session.close()
+        try:
+            await self._keep_egress(session)
+        except Exception:
+            log.exception("task %s: could not store its egress record", session.task_id)
+
+    async def _keep_egress(self, session: EgressSession) -> None:
+        blocked, metered = session.blocked(), session.metered()
+        if blocked or metered is not None:
+            await self.store.egress.put_egress(
+                session.task_id, session.agent_type, blocked, metered
+            )
+
+    def _cage(self, task: Task, workdir: Path) -> cages.Cage | None:
+        """The run's limits (`max_processes`, `max_memory`, `max_disk`); none for `merge`."""
+        type_config = self.config.types[task.type]
+        if self.confinement is None or type_config.runner == "merge":
+            return None
+        cage = self.confinement.cage(task.id, cages.Limits.of(type_config))
+        cage.disk_paths.append(workdir)
+        return cage
+
+    def low_disk(self) -> str | None:
+        """Why no agent starts, while the data dir's filesystem has less free space than
+        `server.min_free_disk` (a full disk would fail runs and the database alike); the
+        service keeps answering webhooks and queues their work meanwhile."""
+        minimum = self.config.server.min_free_disk
+        try:
+            free = cages.free_disk(self.config.data_dir)
+        except OSError as exc:
+            free, note = 0, f"cannot read the free disk of {self.config.data_dir}: {exc}"
+        else:
+            note = (
+                f"no agent starts: {free / (1 << 30):.1f}G free on the data dir's filesystem, "
+                f"less than server.min_free_disk = {minimum}"
+            )
+        low = free < size_bytes(minimum)
+        if low != self._disk_was_low:
+            self._disk_was_low = low
+            if low:
+                log.warning("%s", note)
+            else:
+                log.info("free disk back above server.min_free_disk: agents start again")
+        return note if low else None
 
     def sandbox_of(self, agent_type: str) -> Sandbox | None:
         return self.sandbox if self.config.types[agent_type].sandbox else None
 
-    def _context(self, task: Task, workdir: Path) -> RunContext:
+    def _context(self, task: Task, workdir: Path, cage: cages.Cage | None = None) -> RunContext:
         type_config = self.config.types[task.type]
 
         async def on_process(pid: int, pid_start: int | None) -> None:
+            if cage is not None:
+                cage.pid = pid
             await self.store.set_process(task.id, pid, pid_start)
 
         return RunContext(
@@ -609,6 +715,7 @@ class Pool:
             on_process=on_process,
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
+            cage=cage,
             forge_tools=None
             if self.forge is None
             else ForgeTools(
@@ -654,7 +761,8 @@ class Pool:
     async def publish_finished(self, task_id: str) -> None:
         task = await self.store.get_task(task_id)
         if task is not None:
-            self.bus.publish(Event("task.finished", task))
+            egress = await self.store.egress.get_egress(task_id)
+            self.bus.publish(Event("task.finished", task, {"egress_blocked": egress.blocked}))
 
     async def running_on(self, name: str) -> str:
         """The id of the task instance `name` runs, on whichever node holds it."""

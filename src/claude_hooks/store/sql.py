@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
-from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
+from claude_hooks.errors import (
+    ConflictError,
+    NoDatabaseYet,
+    NoInstanceError,
+    StoreError,
+    UnknownAgentError,
+)
 from claude_hooks.store import groups, placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
@@ -39,6 +45,7 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -158,7 +165,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -363,6 +370,7 @@ class SqlStore:
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
+        self.egress = SqlEgress(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader, self.kept)
@@ -374,7 +382,9 @@ class SqlStore:
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str) -> SqlStore:
+    async def open(cls, url: str, create: bool = True) -> SqlStore:
+        """The store on `url`, its schema brought up to date. Without `create`, a database
+        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -384,6 +394,13 @@ class SqlStore:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
             with engine.begin() as conn:
+                if not create and _current_revision(conn) is None:
+                    engine.dispose()
+                    reader.dispose()
+                    raise NoDatabaseYet(
+                        f"the database at {parsed.render_as_string(hide_password=True)!r} has "
+                        "no tables yet: 'claude-hooks serve' creates them"
+                    )
                 _upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
             engine.dispose()
