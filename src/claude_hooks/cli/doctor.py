@@ -20,7 +20,7 @@ from claude_hooks.core.exposure import is_loopback, weak_secrets
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.lockfile import running_service
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
             yield check
         return
     try:
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
     except ClaudeHooksError as exc:
         yield Check(False, "database", str(exc))
         return

@@ -35,7 +35,7 @@ from claude_hooks.service.sweep import Sweeper
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup
 from claude_hooks.store.base import Store, TaskFilter
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ async def _with_store(
             f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
             "'claude-hooks serve' creates it; pass --config if you meant another configuration"
         )
-    store = await SqlStore.open(config.database_url)
+    store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
     try:
         return await action(store)
     finally:

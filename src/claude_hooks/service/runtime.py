@@ -34,7 +34,7 @@ from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.retention import Retention
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Service:
         insecure_no_signature: bool = False,
     ) -> Service:
         prepare_data_dir(config.data_dir, config.database_url)
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
         return cls(
             config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
         )
