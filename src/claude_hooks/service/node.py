@@ -110,18 +110,24 @@ class Node:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.beat()
-            except Exception:
-                log.exception("node %s: heartbeat failed; trying again", self.name)
-                if time.monotonic() - self._renewed > self.info.lease_seconds:
+                # A beat that hangs (a lock held elsewhere, a partition) is given up: the store
+                # call waits on its own thread (see `store.offload`), not on this loop.
+                async with asyncio.timeout(interval):
+                    await self.beat()
+            except Exception as exc:
+                why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
+                log.warning("node %s: heartbeat failed (%s); trying again", self.name, why)
+                # Fenced before the lease runs out: the next try would come too late.
+                if time.monotonic() - self._renewed + 2 * interval >= self.info.lease_seconds:
                     await self._fence("its lease could not be renewed")
 
     async def beat(self) -> None:
+        sent = time.monotonic()
         if not await self.store.nodes.heartbeat(self.info, self.clock()):
             await self._fence("the other nodes declared it dead")
             self.info = replace(self.info, incarnation=uuid.uuid4().hex)
             await self.store.nodes.join(self.info, self.clock())
-        self._renewed = time.monotonic()
+        self._renewed = sent
         await self._lead()
         rescued = []
         if self.leading:
@@ -162,7 +168,8 @@ class Node:
             await self._stop_duties()
             self.leading = False
             with contextlib.suppress(Exception):
-                await self.store.nodes.resign(LEAD_DUTY, self.info)
+                async with asyncio.timeout(beat_seconds(self.info.lease_seconds)):
+                    await self.store.nodes.resign(LEAD_DUTY, self.info)
 
     async def _stop_duties(self) -> None:
         for duty in self.duties:
@@ -170,6 +177,8 @@ class Node:
 
     async def _fence(self, why: str) -> None:
         """Stop every agent of this node now: its work is, or may be, running elsewhere."""
+        if self._fenced:
+            return  # stopped already; the workers come back at the next renewed lease
         log.error("node %s stops its agents: %s", self.name, why)
         await self._step_down()
         await self.holder.drop_all()

@@ -31,9 +31,12 @@ from claude_hooks.service.outbox import Drainer
 from claude_hooks.service.pending import PendingRetrier
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
+from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
+from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
+from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake
 
@@ -74,8 +77,18 @@ class Service:
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
         self.pool.forge = self.forge
+        self.faults = StorageFaults(clock)
         self.intake = Intake(
-            config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
+            config,
+            self.pool,
+            store.intake,
+            self.forge,
+            clock,
+            self.insecure_no_signature,
+            self.faults,
+        )
+        self.readiness = Readiness(
+            store, self._replay_spool, config.server.database_connect_timeout
         )
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock)
@@ -147,9 +160,13 @@ class Service:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
             await self.pool.start()
+            self.intake.spool.open()
         except BaseException:
             self._lock.release()
             raise
+        # What an earlier run spooled goes first, before any new delivery is taken.
+        await self._replay_spool()
+        self.readiness.start()
         self.forge.prepare()
         self.notifier.start()
         await self.node.start()
@@ -189,7 +206,21 @@ class Service:
                 "in their [types.<type>] table to run them unconfined"
             ) from None
 
+    async def _replay_spool(self) -> None:
+        """Replay the spool's deliveries while the database takes them."""
+        if not self.intake.spool.waiting:
+            return
+        try:
+            taken = await self.intake.replay_spool()
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            self.faults.note(fault_reason(exc))
+            return
+        log.info("replayed %d spooled deliveries into the database", taken)
+
     async def stop(self) -> None:
+        await self.readiness.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self._watcher is not None:

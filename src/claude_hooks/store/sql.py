@@ -460,6 +460,11 @@ class SqlStore:
         if self.reader is not self.engine:
             self.reader.dispose()
 
+    async def ping(self) -> None:
+        """One round trip to the database: it answers, or this raises."""
+        with self.reader.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     # agents
 
     async def list_agents(self) -> list[AgentInstance]:

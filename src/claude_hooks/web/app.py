@@ -24,6 +24,8 @@ from claude_hooks.errors import (
     PeerUnreachableError,
 )
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.storage_faults import RETRY_AFTER
+from claude_hooks.store.faults import STORAGE_FAULTS, fault_reason
 from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.headers import SecurityHeaders
@@ -99,6 +101,14 @@ def create_app(service: Service) -> App:
     # Reached through the middleware only by other methods, which it answers 405.
     app.router.routes.append(Route("/webhook", app.state.webhook, methods=["POST"]))
     app.add_exception_handler(ClaudeHooksError, _on_package_error)
+
+    async def on_storage_fault(_request: Request, exc: Exception) -> JSONResponse:
+        reason = fault_reason(exc)
+        service.faults.note(reason)
+        return _error(503, f"{reason}: retry shortly", {"Retry-After": str(RETRY_AFTER)})
+
+    for fault in STORAGE_FAULTS:
+        app.add_exception_handler(fault, on_storage_fault)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
 
@@ -111,6 +121,19 @@ def create_app(service: Service) -> App:
             "agents": len(service.pool.workers),
             "uptime_s": round(service.clock() - service.started_at, 3),
         }
+
+    @app.get("/readyz", summary="Readiness: 503 with the reason while the database is away")
+    async def readyz() -> JSONResponse:
+        problem = service.readiness.database_problem()
+        body: dict[str, Any] = {
+            "status": "ready" if problem is None else "unready",
+            "node": service.node.name,
+            "spooled": len(service.intake.spool.waiting),
+        }
+        if problem is None:
+            return JSONResponse(body)
+        body["reason"] = problem
+        return JSONResponse(body, 503, headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.get(
         "/openapi.json",

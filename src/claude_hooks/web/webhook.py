@@ -37,6 +37,8 @@ async def _answer(send: Send, answer: Answer, extra: Headerlist | None = None) -
         *(extra or []),
         *HEADERS,
     ]
+    if answer.retry_after is not None:
+        headers.append((b"retry-after", str(answer.retry_after).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
 
