@@ -173,3 +173,15 @@ class Spool:
             except OSError as exc:
                 # Kept: replaying it again is harmless (the delivery ids are recorded).
                 log.warning("spool %s: could not empty it: %s", self.path, exc)
+
+
+def read_spool(path: Path) -> list[Spooled]:
+    """The deliveries in a spool file, or in the spool of a data dir (`path` a folder)."""
+    file = path / FILE_NAME if path.is_dir() else path
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SpoolError(f"cannot read the spool {file}: {exc}") from None
+    return list(read_records(data, str(file)))

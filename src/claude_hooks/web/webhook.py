@@ -155,7 +155,8 @@ async def list_deliveries(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     service: Service = request.app.state.service
-    total, rows = await delivery_rows(service.store, outcome, limit, offset)
+    spooled = [entry.record for entry in service.intake.spool.waiting]
+    total, rows = await delivery_rows(service.store, outcome, limit, offset, spooled)
     return {"total": total, "limit": limit, "offset": offset, "deliveries": rows}
 
 
