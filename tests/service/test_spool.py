@@ -6,6 +6,7 @@ replayed at start; `deliveries list --outcome spooled` and `spool replay PATH` f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -117,8 +118,6 @@ def test_the_cli_lists_a_spool_and_loads_it_from_any_host(tmp_path: Path) -> Non
     async def made() -> None:
         await (await SqlStore.open(config.database_url)).close()
 
-    import asyncio
-
     asyncio.run(made())
     loaded = run_cli("spool", "replay", str(elsewhere), config=config)
     assert loaded.returncode == 0, loaded.stderr
@@ -128,3 +127,19 @@ def test_the_cli_lists_a_spool_and_loads_it_from_any_host(tmp_path: Path) -> Non
     missing = run_cli("spool", "replay", str(tmp_path / "nothing"), config=config)
     assert missing.returncode == 1
     assert "no spool at" in missing.stderr
+
+
+async def test_nodes_list_tells_a_node_with_unreplayed_deliveries(
+    start_service: ServiceFactory, gate: GateRunner, tmp_path: Path
+) -> None:
+    service = await start_service(_config(tmp_path), runner=gate)
+    # Three deliveries wait in the spool (for a database locked for writes but not reads,
+    # say): the heartbeat tells, and every later one too.
+    service.node.spooled = lambda: 3
+    await service.node.beat()
+    listed = await asyncio.to_thread(run_cli, "nodes", "list", "--json", config=service.config)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["spooled"] == 3
+    table = await asyncio.to_thread(run_cli, "nodes", "list", config=service.config)
+    assert "3 not replayed" in table.stdout

@@ -295,13 +295,14 @@ def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) ->
             "started_at": v.started_at,
             "heartbeat_at": v.heartbeat_at,
             "instances": list(v.instances),
+            "spooled": v.spooled,
         }
         for v in views
     ]
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "state", "last heartbeat", "capacity", "instances", "url")
+    table = Table("name", "state", "last heartbeat", "capacity", "instances", "spooled", "url")
     for v in views:
         table.add_row(
             v.name,
@@ -309,6 +310,7 @@ def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) ->
             f"{now - v.heartbeat_at:.1f} s ago",
             str(v.capacity or "no limit"),
             ", ".join(v.instances) or "-",
+            f"{v.spooled} not replayed" if v.spooled else "-",
             v.url or "-",
         )
     out.print(table)

@@ -56,8 +56,10 @@ class Node:
         holder: Holder,
         duties: Sequence[Duty],
         clock: Callable[[], float] = time.time,
+        spooled: Callable[[], int] = lambda: 0,
     ) -> None:
         server = config.server
+        self.spooled = spooled  # deliveries in this node's spool, told with each heartbeat
         self.config = config
         self.store = store
         self.holder = holder
@@ -123,7 +125,7 @@ class Node:
 
     async def beat(self) -> None:
         sent = time.monotonic()
-        if not await self.store.nodes.heartbeat(self.info, self.clock()):
+        if not await self.store.nodes.heartbeat(self.info, self.clock(), self.spooled()):
             await self._fence("the other nodes declared it dead")
             self.info = replace(self.info, incarnation=uuid.uuid4().hex)
             await self.store.nodes.join(self.info, self.clock())

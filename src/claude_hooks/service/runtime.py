@@ -99,7 +99,14 @@ class Service:
         self.pending = PendingRetrier(config, self.intake)
         self.retention = Retention(config, store, self.pool.log_path, clock)
         # CI polling, pending deliveries and posting comments run on the node that leads.
-        self.node = Node(config, store, self.pool, [self.ci, self.pending, self.outbox], clock)
+        self.node = Node(
+            config,
+            store,
+            self.pool,
+            [self.ci, self.pending, self.outbox],
+            clock,
+            lambda: len(self.intake.spool.waiting),
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self._poke = asyncio.Event()  # a signal was written: look at the signals table now

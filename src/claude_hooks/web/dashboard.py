@@ -36,7 +36,7 @@ from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.service import task_actions
 from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
-from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
+from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
 from claude_hooks.service.rejections import hint
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.views import MAX_OFFSET, history_view
@@ -500,12 +500,18 @@ def deliveries_view(service: Service, filters: Filters) -> View:
                 filters=filters,
             )
         store = service.store.intake
-        found = await store.list_deliveries(filters.limit, filters.offset, filters.outcome)
+        if filters.outcome == SPOOLED:  # in this node's spool: the database may be away
+            waiting = [entry.record for entry in service.intake.spool.waiting]
+            found = list(reversed(waiting))[filters.offset : filters.offset + filters.limit]
+            total = len(waiting)
+        else:
+            found = await store.list_deliveries(filters.limit, filters.offset, filters.outcome)
+            total = await store.count_deliveries(filters.outcome)
         recent = await service.store.rejections.count_rejections(since=service.clock() - DAY)
         return _render(
             "_deliveries.html",
             deliveries=found,
-            total=await store.count_deliveries(filters.outcome),
+            total=total,
             filters=filters,
             compact=False,
             rejected_today=recent,
@@ -571,6 +577,8 @@ async def _page(request: Request, template: str, view: View, **extra: Any) -> Re
         sections=await view.render(),
         insecure=service.insecure_no_signature,
         unconfined=service.unconfined_types,
+        spooled=len(service.intake.spool.waiting),
+        database_problem=service.readiness.database_problem(),
         version=__version__,
         **extra,
         **_common(service),
