@@ -17,7 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import claude_overhead, cluster, dispatch, ingest, memory, restart, start_latency
+from bench import (
+    claude_overhead,
+    cluster,
+    dispatch,
+    ingest,
+    memory,
+    restart,
+    start_latency,
+    storage_faults,
+)
 from bench.common import ROOT, machine
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -28,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "memory": memory.run,
     "claude_overhead": claude_overhead.run,
     "cluster": cluster.run,
+    "storage_faults": storage_faults.run,
 }
 HERE = Path(__file__).resolve().parent
 

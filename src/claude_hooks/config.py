@@ -120,11 +120,12 @@ class ServerConfig(_Section):
         5.0, gt=0, le=300, description="seconds to open a connection to PostgreSQL, at most"
     )
     database_lock_timeout: float = Field(
-        5.0,
+        2.0,
         gt=0,
         le=300,
         description="seconds a statement waits for a lock (PostgreSQL lock_timeout, SQLite's "
-        "busy timeout) before it fails",
+        "busy timeout) before it fails; below server.answer_deadline, so a delivery that "
+        "waited in vain is still spooled in time",
     )
     database_statement_timeout: float = Field(
         30.0,

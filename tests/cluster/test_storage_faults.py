@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from bench.tcp_proxy import TcpProxy, proxy
 from sqlalchemy.engine import make_url
 
 from tests.serve_nodes import Cluster, Node, alive, assigned, cluster, wait_for
 from tests.support import fixture, forgejo_headers
-from tests.tcp_proxy import TcpProxy, proxy
 
 DEADLINE = 2.0  # server.answer_deadline in these tests
 

@@ -35,7 +35,7 @@ from claude_hooks.service.spool import Spool, SpoolError
 from claude_hooks.service.storage_faults import RETRY_AFTER, StorageFaults
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store.base import Placement, Settle
-from claude_hooks.store.faults import fault_reason, is_storage_fault
+from claude_hooks.store.faults import fault_reason, is_disconnect, is_storage_fault
 from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
 from claude_hooks.store.pending import PendingEntry
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # The share of the answer deadline kept for writing the spool when the database is late;
 # the forge's look-ups end before (`pending.FORGE_SHARE`).
 SPOOL_SHARE = 0.1
+# Tries of a spooled delivery on connections the database dropped, before the next probe.
+RECONNECTS = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +274,9 @@ class Intake:
     async def _take(self, record: DeliveryRecord, payload: Payload | None) -> Answer:
         """Process a verified delivery within the answer deadline, or spool it: a storage
         fault is never a 500, and what the database could not take is not lost."""
-        if self.spool.waiting:
+        if self.spool.busy:
             # In arrival order: the new one goes after those already waiting.
-            return self._spooled(record, "earlier deliveries wait in the spool")
+            return await self._spooled(record, "earlier deliveries wait in the spool")
         budget = self._storage_budget()
         try:
             async with asyncio.timeout(budget):
@@ -286,11 +288,11 @@ class Intake:
             if isinstance(exc, TimeoutError):
                 reason = f"database: no answer within {budget:g} s"
         self.faults.note(reason)
-        return self._spooled(record, reason)
+        return await self._spooled(record, reason)
 
-    def _spooled(self, record: DeliveryRecord, reason: str) -> Answer:
+    async def _spooled(self, record: DeliveryRecord, reason: str) -> Answer:
         try:
-            self.spool.append(record, reason)
+            await self.spool.append(record, reason)
         except SpoolError as exc:
             self.faults.note(str(exc))
             self._count("refused_503")
@@ -312,7 +314,14 @@ class Intake:
             except (WebhookError, ValueError) as exc:
                 log.warning("spooled delivery %s cannot be read: %s", record.id, exc)
                 payload = None
-            await self._process(record, payload)
+            for attempt in range(1, RECONNECTS + 1):
+                try:
+                    await self._process(record, payload)
+                    break
+                except Exception as exc:
+                    # After a restart of the database each pooled connection fails once.
+                    if attempt == RECONNECTS or not is_disconnect(exc):
+                        raise
             self.spool.done(entry)
             taken += 1
         return taken

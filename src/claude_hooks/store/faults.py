@@ -24,6 +24,11 @@ def is_storage_fault(exc: BaseException) -> bool:
     return isinstance(exc, STORAGE_FAULTS)
 
 
+def is_disconnect(exc: BaseException) -> bool:
+    """The connection was dropped (the pool has let it go): the next try gets a new one."""
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
 def fault_reason(exc: BaseException) -> str:
     """One line saying what failed: `database: could not connect ...`, `disk: [Errno 28] ...`."""
     if isinstance(exc, TimeoutError):

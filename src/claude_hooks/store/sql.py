@@ -65,7 +65,7 @@ class Timeouts:
     """Every wait on the database, bounded (`server.database_*_timeout`, in seconds)."""
 
     connect: float = 5.0
-    lock: float = 5.0
+    lock: float = 2.0
     statement: float = 30.0
 
     @classmethod
