@@ -77,6 +77,7 @@ class Node:
         )
         self.leading = False
         self._renewed = 0.0  # monotonic time of the last renewed lease
+        self._offset = 0.0  # the database's clock minus this node's (see `now`)
         self._loop: asyncio.Task[None] | None = None
         self._fenced = False  # agents were stopped: rebuild the workers at the next beat
 
@@ -84,12 +85,27 @@ class Node:
     def name(self) -> str:
         return self.info.name
 
+    def now(self) -> float:
+        """The database's time as this node estimates it: leases, heartbeats and expiries are
+        all counted on that one clock, so nodes whose own clocks drift still agree."""
+        return self.clock() + self._offset
+
+    async def _sync_clock(self) -> None:
+        """Measure the offset of the database's clock from this node's (PostgreSQL; SQLite
+        serves one node, whose clock is the only one)."""
+        if not self.store.shared:
+            return
+        before = self.clock()
+        database = await self.store.database_time()
+        self._offset = database - (before + self.clock()) / 2
+
     async def join(self) -> None:
         """Register (refused if a live namesake exists), then take this node's instances."""
         self.store.node = self.name
-        await self.store.nodes.join(self.info, self.clock())
+        await self._sync_clock()
+        await self.store.nodes.join(self.info, self.now())
         self._renewed = time.monotonic()
-        await self.store.nodes.rebalance(self.info, self.clock())
+        await self.store.nodes.rebalance(self.info, self.now())
 
     async def start(self) -> None:
         """Take the lead if it is free (starting the duties), then beat."""
@@ -105,7 +121,7 @@ class Node:
 
     async def leave(self) -> None:
         """After the workers stopped: let go of the instances and the lead."""
-        await self.store.nodes.leave(self.info, self.clock())
+        await self.store.nodes.leave(self.info, self.now())
 
     async def _run(self) -> None:
         interval = beat_seconds(self.info.lease_seconds)
@@ -125,15 +141,16 @@ class Node:
 
     async def beat(self) -> None:
         sent = time.monotonic()
-        if not await self.store.nodes.heartbeat(self.info, self.clock(), self.spooled()):
+        await self._sync_clock()
+        if not await self.store.nodes.heartbeat(self.info, self.now(), self.spooled()):
             await self._fence("the other nodes declared it dead")
             self.info = replace(self.info, incarnation=uuid.uuid4().hex)
-            await self.store.nodes.join(self.info, self.clock())
+            await self.store.nodes.join(self.info, self.now())
         self._renewed = sent
         await self._lead()
         rescued = []
         if self.leading:
-            rescued = await self.store.nodes.rescue(self.config.server.max_attempts, self.clock())
+            rescued = await self.store.nodes.rescue(self.config.server.max_attempts, self.now())
             for task in rescued:
                 log.warning(
                     "task %s on %s was running on a dead node: now %s",
@@ -147,7 +164,7 @@ class Node:
 
     async def rebalance(self) -> bool:
         """Take and let go of instances by the share rule; True if any moved."""
-        moved = await self.store.nodes.rebalance(self.info, self.clock())
+        moved = await self.store.nodes.rebalance(self.info, self.now())
         for name in moved.take:
             log.info("node %s holds %s", self.name, name)
         for name in moved.release:
@@ -155,7 +172,7 @@ class Node:
         return bool(moved.take or moved.release)
 
     async def _lead(self) -> None:
-        leading = await self.store.nodes.lead(LEAD_DUTY, self.info, self.clock())
+        leading = await self.store.nodes.lead(LEAD_DUTY, self.info, self.now())
         if leading and not self.leading:
             log.info("node %s leads the cluster's duties", self.name)
             for duty in self.duties:

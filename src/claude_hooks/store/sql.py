@@ -12,6 +12,7 @@ import itertools
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -459,6 +460,14 @@ class SqlStore:
         self.engine.dispose()
         if self.reader is not self.engine:
             self.reader.dispose()
+
+    async def database_time(self) -> float:
+        """The database server's clock (Unix seconds); on SQLite, this host's."""
+        if self.engine.dialect.name != "postgresql":
+            return time.time()
+        with self.reader.connect() as conn:
+            query = sa.select(sa.func.extract("epoch", sa.func.clock_timestamp()))
+            return float(conn.execute(query).scalar_one())
 
     async def ping(self) -> None:
         """One round trip to the database: it answers, or this raises."""

@@ -397,7 +397,7 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
         return _render("_limits.html", **await spend.limits_context(service))
 
     async def nodes() -> str:
-        now = service.clock()
+        now = service.node.now()  # the database's clock, which leases are counted on
         found = await service.store.nodes.list_nodes(now)
         return _render("_nodes.html", nodes=found, now=now, this_node=service.node.name)
 

@@ -203,7 +203,7 @@ async def _nodes(service: Service, found: list[InstanceView]) -> list[Metric]:
         "claude_hooks_nodes", "Nodes on the database by state", labels=["state"]
     )
     counts = {"live": 0, "dead": 0, "stopped": 0}
-    for view in await service.store.nodes.list_nodes(service.clock()):
+    for view in await service.store.nodes.list_nodes(service.node.now()):
         counts[view.state] += 1
     for state, count in counts.items():
         nodes.add_metric([state], count)
