@@ -228,8 +228,11 @@ class Intake:
         try:
             if await self.rejections.record(status, reason, headers, size, remote):
                 self.pool.bus.publish(Event("delivery", data={"outcome": "rejected"}))
-        except Exception:
-            log.exception("could not record a rejected delivery")
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                log.exception("could not record a rejected delivery")
+            else:
+                self.faults.note(fault_reason(exc))
         return Answer(status, {"status": "rejected", "error": reason})
 
     async def receive(

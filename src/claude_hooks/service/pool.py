@@ -30,7 +30,17 @@ from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.store import wakeups
-from claude_hooks.store.base import Dispatched, Outcome, Placement, QueueEntry, Settle, Store
+from claude_hooks.store.base import (
+    Claim,
+    Dispatched,
+    Outcome,
+    Placement,
+    QueueEntry,
+    Settle,
+    Store,
+    TaskFilter,
+)
+from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._unfinished: tuple[Task, Outcome] | None = None
+        self._claim_unsure = False  # a claim failed with a storage fault: it may have committed
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} type={self.type} running={self.current is not None}>"
@@ -101,6 +112,8 @@ class Worker:
                     self.pool._retired(self)
                     return
                 self._wake.clear()
+                if self._claim_unsure:
+                    await self._requeue_lost_claim()
                 if self.enabled and await self._held():
                     continue
                 task = await self._claim() if self.enabled else None
@@ -108,12 +121,42 @@ class Worker:
                     await self._idle()
                     continue
                 await self._take(task)
-            except Exception:
+            except Exception as exc:
                 # A store or runner fault must not end the worker: its queue would wait forever.
-                log.exception(
-                    "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
-                )
+                if is_storage_fault(exc):
+                    log.warning(
+                        "worker %s: %s; it goes on in %g s",
+                        self.name,
+                        fault_reason(exc),
+                        RETRY_SECONDS,
+                    )
+                else:
+                    log.exception(
+                        "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
+                    )
                 await asyncio.sleep(RETRY_SECONDS)
+
+    async def _claim_next(self) -> Claim:
+        try:
+            return await self.pool.store.claim_next(self.name, self.pool.clock())
+        except Exception as exc:
+            # The claim may have committed with its answer lost on the way (the connection
+            # dropped): its task would stay running with nothing running it.
+            self._claim_unsure = is_storage_fault(exc)
+            raise
+
+    async def _requeue_lost_claim(self) -> None:
+        """Put back at the head of the queue a task a claim took without this worker knowing."""
+        where = TaskFilter(agent=self.name, state=TaskState.RUNNING)
+        for task in await self.pool.store.list_tasks(where, 10, 0):
+            if await self.pool.store.requeue_interrupted(task.id, self.pool.clock()):
+                log.warning(
+                    "task %s was claimed as the database connection dropped: back at the "
+                    "head of %s's queue",
+                    task.id,
+                    self.name,
+                )
+        self._claim_unsure = False
 
     async def _held(self) -> bool:
         """Wait while a budget or the API breaker holds the type; True to look again after."""
@@ -132,14 +175,14 @@ class Worker:
         """Claim the head of the queue; with an empty queue, a stealing type takes work from a
         peer first (without the claim's write: an idle instance looks twice a second)."""
         if not self.steals or self._head is not None:
-            claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+            claim = await self._claim_next()
             self.blocked = claim.blocked
             if claim.task is not None or claim.blocked or not self.steals:
                 return claim.task
         self.blocked = False
         if not await self.pool.steal_for(self):
             return None
-        claim = await self.pool.store.claim_next(self.name, self.pool.clock())
+        claim = await self._claim_next()
         self.blocked = claim.blocked
         return claim.task
 

@@ -36,37 +36,50 @@ class Readiness:
         self.bound = bound
         self._answered = time.monotonic()
         self._error: str | None = None
+        self._asked: float | None = None  # when the probe under way was sent
         self._task: asyncio.Task[None] | None = None
+        self._replaying: asyncio.Task[None] | None = None
 
     def database_problem(self) -> str | None:
-        """Why the database is not ready, in one line; None while it answers."""
-        silent = time.monotonic() - self._answered
-        if self._error is not None and silent >= STALE_AFTER:
-            return f"database: no answer for {silent:.1f} s ({self._error})"
-        if silent >= STALE_AFTER:
-            return f"database: no answer for {silent:.1f} s"
+        """Why the database is not ready, in one line; None while it answers. Counted from a
+        probe that failed or waits, not from the last answer alone: an event loop busy for a
+        while (SQLite runs on it) does not make the database unready."""
+        now = time.monotonic()
+        silent = now - self._answered
+        waiting = self._asked is not None and now - self._asked >= STALE_AFTER
+        if waiting or (self._error is not None and silent >= STALE_AFTER):
+            detail = f" ({self._error})" if self._error not in (None, "timed out") else ""
+            return f"database: no answer for {silent:.1f} s{detail}"
         return None
 
     def start(self) -> None:
+        self._answered = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="readiness")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._replaying):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _replay(self) -> None:
+        try:
+            await self.replay()
+        except Exception as exc:  # the database failed again: after the next probe
+            log.info("replaying the spool stopped: %s", fault_reason(exc))
 
     async def _run(self) -> None:
         while True:
+            self._asked = time.monotonic()
             try:
                 async with asyncio.timeout(self.bound):
                     await self.store.ping()
                 self._answered, self._error = time.monotonic(), None
             except Exception as exc:
                 self._error = "timed out" if isinstance(exc, TimeoutError) else fault_reason(exc)
-            if self._error is None:
-                try:
-                    await self.replay()
-                except Exception as exc:  # the database failed again: next time
-                    log.info("replaying the spool stopped: %s", fault_reason(exc))
+            self._asked = None
+            if self._error is None and (self._replaying is None or self._replaying.done()):
+                # Apart from the probes: a replay the database holds up must not stop them.
+                self._replaying = asyncio.create_task(self._replay(), name="spool-replay")
             await asyncio.sleep(PROBE_EVERY)

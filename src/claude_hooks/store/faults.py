@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from claude_hooks.errors import ClaudeHooksError
+
+
+class StorageUnavailable(ClaudeHooksError):
+    """The database does not answer now: the request is refused (503) instead of waiting."""
+
+
 # Unreachable, restarting, timed out (statement_timeout, lock_timeout, busy timeout, no free
 # connection in the pool), out of space, an I/O error: all reach SQLAlchemy as one of these.
 STORAGE_FAULTS: tuple[type[Exception], ...] = (

@@ -5,7 +5,8 @@ Each method of the SQL store is a coroutine whose body runs to its end without s
 statement takes microseconds, less than a hop to a thread. On PostgreSQL a call waits for the
 network and the server, so `Offloaded` runs it on a bounded pool of threads: a query that hangs
 (a lock held elsewhere, a partition) holds one thread, not the loop, and the caller bounds its
-own wait (`asyncio.timeout`), so heartbeats, fencing and answers go on meanwhile.
+own wait (`asyncio.timeout`), so heartbeats, fencing and answers go on meanwhile; no call
+waits longer than `bound` (the statement and connect timeouts together).
 """
 
 from __future__ import annotations
@@ -48,11 +49,16 @@ class Offloaded:
     other attributes, read or set, are the target's own."""
 
     def __init__(
-        self, target: Any, executor: ThreadPoolExecutor, parts: tuple[str, ...] = ()
+        self,
+        target: Any,
+        executor: ThreadPoolExecutor,
+        bound: float,
+        parts: tuple[str, ...] = (),
     ) -> None:
-        wrapped = {name: Offloaded(getattr(target, name), executor) for name in parts}
+        wrapped = {name: Offloaded(getattr(target, name), executor, bound) for name in parts}
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_executor", executor)
+        object.__setattr__(self, "_bound", bound)
         object.__setattr__(self, "_parts", wrapped)
 
     def __getattr__(self, name: str) -> Any:
@@ -70,14 +76,17 @@ class Offloaded:
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         call = functools.partial(_drive, function, *args, **kwargs)
-        return await loop.run_in_executor(self._executor, call)
+        # Bounded even when the server cannot say so (a partition: no statement_timeout
+        # arrives); the thread is left to finish or fail on its own.
+        async with asyncio.timeout(self._bound):
+            return await loop.run_in_executor(self._executor, call)
 
 
 class OffloadedStore(Offloaded):
     """The store itself: its parts offloaded too, and its threads let go when it closes."""
 
-    def __init__(self, target: Any, executor: ThreadPoolExecutor) -> None:
-        super().__init__(target, executor, PARTS)
+    def __init__(self, target: Any, executor: ThreadPoolExecutor, bound: float) -> None:
+        super().__init__(target, executor, bound, PARTS)
 
     async def close(self) -> None:
         """Close the store, then let the threads go (one still in a hung call is left behind)."""

@@ -443,7 +443,8 @@ class SqlStore:
             ) from None
         if engine.dialect.name != "sqlite":
             threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
-            return cast(SqlStore, OffloadedStore(cls(engine, reader), threads))
+            bound = timeouts.statement + timeouts.connect
+            return cast(SqlStore, OffloadedStore(cls(engine, reader), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
         return cls(engine, reader, checkpointer)
