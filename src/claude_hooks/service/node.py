@@ -22,12 +22,14 @@ from typing import Protocol
 
 from claude_hooks.config import Config
 from claude_hooks.store.base import Store
+from claude_hooks.store.faults import is_disconnect
 from claude_hooks.store.nodes import NodeInfo
 
 log = logging.getLogger(__name__)
 
 LEAD_DUTY = "cluster"
 MAX_BEAT_SECONDS = 5.0
+RENEW_TRIES = 5
 
 
 class Duty(Protocol):
@@ -142,7 +144,7 @@ class Node:
     async def beat(self) -> None:
         sent = time.monotonic()
         await self._sync_clock()
-        if not await self.store.nodes.heartbeat(self.info, self.now(), self.spooled()):
+        if not await self._renew():
             await self._fence("the other nodes declared it dead")
             self.info = replace(self.info, incarnation=uuid.uuid4().hex)
             await self.store.nodes.join(self.info, self.now())
@@ -166,6 +168,17 @@ class Node:
         if await self.rebalance() or rescued or self._fenced:
             self._fenced = False
             await self.holder.sync_agents()
+
+    async def _renew(self) -> bool:
+        """The heartbeat, tried again at once on a connection the database dropped (after it
+        restarted, each pooled connection fails once): such a failure must not cost a beat."""
+        for _ in range(RENEW_TRIES - 1):
+            try:
+                return await self.store.nodes.heartbeat(self.info, self.now(), self.spooled())
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+        return await self.store.nodes.heartbeat(self.info, self.now(), self.spooled())
 
     async def rebalance(self) -> bool:
         """Take and let go of instances by the share rule; True if any moved."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from claude_hooks.agents.sandbox import Sandbox
-from claude_hooks.config import TypeConfig
+from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ class RunContext:
     max_log_bytes: int = 10 * 1024 * 1024
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # From the repository's policy file: text for every prompt, its test command, and how
+    # its pull requests are merged (None: the service's [flows] merge_style).
+    instructions: str = ""
+    test_command: str | None = None
+    merge_style: MergeStyle | None = None
 
 
 @dataclass(frozen=True, slots=True)
