@@ -16,12 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from claude_hooks.agents import processes, resources
+from claude_hooks.agents.disk_room import DiskRoom
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
-from claude_hooks.config import Config
+from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.forge.gateway import Forge
@@ -317,6 +318,7 @@ class Pool:
         self.runner_for = runner_for
         self.clock = clock
         self.bus = bus or EventBus()
+        self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
         self.workspaces = Workspaces(
             config.data_dir,
             forgejo_url=config.forgejo.clone_url or config.forgejo.url,
@@ -324,6 +326,7 @@ class Pool:
             states=store.worktree_states if store.shared else None,
             max_state_bytes=config.server.max_worktree_state_bytes,
             node=config.server.node,
+            room=self.disk_room.ok,
         )
         self.workers: dict[str, Worker] = {}
         self._stranded = False
@@ -641,6 +644,7 @@ class Pool:
             on_process=on_process,
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
+            disk_room=self.disk_room.ok,
             forge_tools=None
             if self.forge is None
             else ForgeTools(
