@@ -135,9 +135,9 @@ class ServerConfig(_Section):
     )
     min_free_disk: Size = Field(
         "2G",
-        description="free space kept on the data dir's disk: below it the service's own "
-        "non-essential writes (task logs beyond their head, worktree states) stop, leaving "
-        "room for the delivery spool",
+        description="free space on the data dir's filesystem below which no agent starts, and "
+        "the service's own non-essential writes (task logs beyond their head, worktree states) "
+        "stop, leaving room for the delivery spool",
     )
     node: str = Field(
         default_factory=lambda: _host_node_name(),
@@ -328,6 +328,13 @@ class TypeConfig(_Section):
     breaker_backoff: float = Field(30.0, gt=0, description="first pause of the breaker, seconds")
     breaker_exit_codes: list[int] = Field(
         default_factory=list, description="command runner exit codes counted as API failures"
+    )
+    max_processes: int = Field(
+        512, ge=1, description="processes and threads one agent holds at once"
+    )
+    max_memory: Size = Field("4G", description="memory of one agent's processes together")
+    max_disk: Size = Field(
+        "20G", description="what one agent's workdir (and its session's state) may hold"
     )
 
     @model_validator(mode="after")

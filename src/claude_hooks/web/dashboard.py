@@ -581,6 +581,7 @@ async def _page(request: Request, template: str, view: View, **extra: Any) -> Re
         unconfined=service.unconfined_types,
         spooled=len(service.intake.spool.waiting),
         database_problem=service.readiness.database_problem(),
+        low_disk=service.pool.low_disk(),
         version=__version__,
         **extra,
         **_common(service),

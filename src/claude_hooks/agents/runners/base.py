@@ -16,6 +16,7 @@ from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
 
 if TYPE_CHECKING:
+    from claude_hooks.agents.cages import Cage
     from claude_hooks.agents.forge_tools import ForgeTools
 
 
@@ -37,6 +38,8 @@ class RunContext:
     disk_room: Callable[[], bool] | None = None
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # The run's limits (its cgroups, the paths whose disk use counts); None: no limits.
+    cage: Cage | None = None
     # From the repository's policy file: text for every prompt, its test command, and how
     # its pull requests are merged (None: the service's [flows] merge_style).
     instructions: str = ""
