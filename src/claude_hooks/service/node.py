@@ -3,8 +3,10 @@ and leads the duties that must run once across all nodes.
 
 Each beat (a third of the lease, at most 5 s) renews the lease, renews or takes the lead,
 rescues the work of dead nodes when leading, and takes or lets go of instances by the share
-rule (`node_share`). A node that finds itself declared dead, or could not renew its lease
-for a whole lease, stops its agents at once: its tasks are being run elsewhere.
+rule (`node_share`). A failed beat is tried again within half a second. A node that finds
+itself declared dead, or cannot renew its lease before it runs out (a second before, a
+sixth of the lease at most), stops its agents at once: its tasks are, or will be, run
+elsewhere.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 LEAD_DUTY = "cluster"
 MAX_BEAT_SECONDS = 5.0
 RENEW_TRIES = 5
+# After a failed beat the next try comes this soon; a node stops its agents this long (at
+# most a sixth of the lease) before its lease would run out.
+RETRY_BEAT = 0.5
+FENCE_MARGIN = 1.0
 
 
 class Duty(Protocol):
@@ -126,20 +132,30 @@ class Node:
         await self.store.nodes.leave(self.info, self.now())
 
     async def _run(self) -> None:
-        interval = beat_seconds(self.info.lease_seconds)
+        lease = self.info.lease_seconds
+        interval = beat_seconds(lease)
+        margin = min(FENCE_MARGIN, lease / 6)
+        wait = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            wait = interval
+            left = self._renewed + lease - margin - time.monotonic()
+            if left <= 0:
+                await self._fence("its lease could not be renewed")
             try:
                 # A beat that hangs (a lock held elsewhere, a partition) is given up: the store
                 # call waits on its own thread (see `store.offload`), not on this loop.
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(min(interval, left) if left > 0 else interval):
                     await self.beat()
             except Exception as exc:
                 why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
                 log.warning("node %s: heartbeat failed (%s); trying again", self.name, why)
-                # Fenced before the lease runs out: the next try would come too late.
-                if time.monotonic() - self._renewed + 2 * interval >= self.info.lease_seconds:
+                left = self._renewed + lease - margin - time.monotonic()
+                if left <= 0:
+                    # Stopped before the lease runs out and other nodes may take the work.
                     await self._fence("its lease could not be renewed")
+                else:
+                    wait = min(RETRY_BEAT, left)
 
     async def beat(self) -> None:
         sent = time.monotonic()
