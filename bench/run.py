@@ -23,6 +23,7 @@ from bench import (
     dispatch,
     ingest,
     memory,
+    proxy_overhead,
     restart,
     start_latency,
     storage_faults,
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "restart": restart.run,
     "memory": memory.run,
     "claude_overhead": claude_overhead.run,
+    "proxy_overhead": proxy_overhead.run,
     "cluster": cluster.run,
     "storage_faults": storage_faults.run,
 }
@@ -198,6 +200,16 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(
             ("service memory per running agent", "<= 5 MB", f"{per:.2f} MB", _verdict(per <= 5))
         )
+    if "proxy_overhead" in r:
+        added = r["proxy_overhead"]["added_p50_ms"]["median"]
+        rows.append(
+            (
+                "egress proxy: added per Messages API call, p50",
+                "<= 2 ms",
+                f"{added:.2f} ms",
+                _verdict(added <= 2),
+            )
+        )
     return rows
 
 
@@ -316,6 +328,17 @@ def markdown(r: dict[str, Any]) -> str:
             f"own RSS per running session {c['service_rss_per_running_session_mb']:.2f} MB; "
             f"each CLI process {c['cli_rss_per_running_session_mb']:.0f} MB "
             f"({c['sessions']} sessions at once).",
+        ]
+    if "proxy_overhead" in r:
+        p = r["proxy_overhead"]
+        lines += [
+            "",
+            "## 7. Egress proxy overhead",
+            "",
+            "A streamed Messages API call to the local stand-in from inside an agent's sandbox, "
+            "through its bridge and the service's relay, against the same call made directly: "
+            f"p50 {p['proxied_p50_ms']:.2f} ms vs {p['direct_p50_ms']:.2f} ms, "
+            f"{_m(p['added_p50_ms'], digits=2)} ms added ({p['calls']} calls).",
         ]
     lines += cluster.markdown(r)
     earlier = [

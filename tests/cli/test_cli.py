@@ -77,6 +77,7 @@ def test_agents_lifecycle(config_file: Path) -> None:
             "queued": 0,
             "node": None,  # no service runs: no node holds it
             "pinned_node": None,
+            "paused": None,  # its type waits on no budget or breaker
         },
     ]
     assert cli("agents", "disable", "dev-charlie", config=config_file).returncode == 0
@@ -202,7 +203,7 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
         '[types.dev]\nlogin = "dev-bot"\ntoken = "tok-dev"\nrunner = "command"\n'
         'command = ["no-such-agent-binary"]\nworkdir = "none"\n'
         '[types.reviewer]\ntoken = "tok-rev"\nrunner = "command"\ncommand = ["true"]\n'
-        'workdir = "none"\n'
+        'workdir = "none"\negress = ["pypi.org", "files.pythonhosted.org:443"]\n'
         '[types.boss]\ntoken = "wrong"\nrunner = "merge"\n'
     )
     result = cli("doctor", config=path)
@@ -215,7 +216,29 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
     )
     assert any(line.startswith("FAIL  types.boss.token:") and "refused" in line for line in lines)
     assert "FAIL  types.dev: command 'no-such-agent-binary' not found on PATH" in lines
+    assert (
+        "ok    types.reviewer.egress: the agents may reach pypi.org, "
+        "files.pythonhosted.org:443 (through the service's proxy)" in lines
+    )
+    assert (
+        "ok    types.dev.egress: no host (the agents reach nothing but the service's proxy)"
+        in lines
+    )
     assert "error: 3 check(s) failed" in result.stderr
+
+
+def test_doctor_says_an_unsandboxed_type_s_egress_list_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        '[types.loose]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
+        'sandbox = false\negress = ["pypi.org"]\n'
+    )
+    lines = cli("doctor", config=path).stdout.splitlines()
+    assert (
+        "warn  types.loose.egress: ignored: with sandbox = false the agents use the host's network"
+        in lines
+    )
 
 
 def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
@@ -238,7 +261,7 @@ def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
     # The story: a queue, a failure, a cancel, review -> merge, CI -> fix.
     assigned = [line for line in lines if line.startswith("issue_assign ") and "202" in line]
     assert len(assigned) == 5  # two dev instances: three of them wait in a queue
-    assert any("200 ignored: cancelled task" in line for line in lines)
+    assert any("200 cancelled: cancelled task" in line for line in lines)
     assert any(
         "pull_request_review_approved" in line and "boss -> boss-1" in line for line in lines
     )

@@ -23,7 +23,13 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.config import ServerConfig
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
-from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
+from claude_hooks.errors import (
+    ConflictError,
+    NoDatabaseYet,
+    NoInstanceError,
+    StoreError,
+    UnknownAgentError,
+)
 from claude_hooks.store import groups, placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
@@ -43,6 +49,7 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -411,6 +418,7 @@ class SqlStore:
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
+        self.egress = SqlEgress(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader, self.kept)
@@ -422,9 +430,11 @@ class SqlStore:
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str, timeouts: Timeouts = Timeouts()) -> SqlStore:
-        """The store at `url`, migrated. On PostgreSQL its calls run off the event loop (see
-        `offload`): the object returned stands in for the store, with the same attributes."""
+    async def open(cls, url: str, timeouts: Timeouts = Timeouts(), create: bool = True) -> SqlStore:
+        """The store on `url`, its schema brought up to date. Without `create`, a database
+        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands. On
+        PostgreSQL its calls run off the event loop (see `offload`): the object returned
+        stands in for the store, with the same attributes."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -434,6 +444,13 @@ class SqlStore:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
             with engine.begin() as conn:
+                if not create and _current_revision(conn) is None:
+                    engine.dispose()
+                    reader.dispose()
+                    raise NoDatabaseYet(
+                        f"the database at {parsed.render_as_string(hide_password=True)!r} has "
+                        "no tables yet: 'claude-hooks serve' creates them"
+                    )
                 _upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
             engine.dispose()
