@@ -14,13 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Protocol
 
+from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.errors import ClaudeHooksError
-
-if TYPE_CHECKING:
-    from claude_hooks.agents.sandbox import Sandbox
-    from claude_hooks.agents.workspace import _Git
 
 WORKTREE_REF = "refs/claude-hooks/worktree"
 INDEX_REF = "refs/claude-hooks/index"
@@ -31,6 +28,27 @@ _IDENTITY = {
     "GIT_COMMITTER_NAME": "claude-hooks",
     "GIT_COMMITTER_EMAIL": "claude-hooks@localhost",
 }
+
+
+class Git(Protocol):
+    """The hardened git the workspaces run (`workspace._Git`): declared here, so this module
+    needs nothing from the one that uses it."""
+
+    async def in_workdir(
+        self,
+        path: Path,
+        args: tuple[str, ...],
+        sandbox: Sandbox | None,
+        readable: list[Path] | None = None,
+        out: IO[bytes] | None = None,
+        limit: int = 0,
+        env: dict[str, str] | None = None,
+        writable: list[Path] | None = None,
+    ) -> str: ...
+
+    async def run(self, *args: str | Path, network: bool = False, local: bool = False) -> str: ...
+
+    async def ok(self, *args: str | Path, network: bool = False) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +67,7 @@ def _sha(text: str, what: str) -> str:
 
 
 async def capture(
-    git: _Git, path: Path, sandbox: Sandbox | None, scratch: Path, bundle: Path, limit: int
+    git: Git, path: Path, sandbox: Sandbox | None, scratch: Path, bundle: Path, limit: int
 ) -> Captured | None:
     """Write the workdir's state to `bundle`; None if it has no commit to start from.
 
@@ -91,7 +109,7 @@ async def capture(
     return Captured(branch, head, worktree, index_commit)
 
 
-async def apply(git: _Git, repo: Path, bundle: Path, state: Captured) -> None:
+async def apply(git: Git, repo: Path, bundle: Path, state: Captured) -> None:
     """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files."""
     await git.run(
         "-C", repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", bundle,

@@ -273,7 +273,7 @@ class Pool:
         self.workers: dict[str, Worker] = {}
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
-        self.limits = Limits(config, store, clock, self.bus, self)
+        self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self.cancel_task)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
         # Set by the service: the forge the agents' forge tools act on.
@@ -577,6 +577,10 @@ class Pool:
                 await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
             return CancelResult(task_id, TaskState.RUNNING, task.agent)
         raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+
+    def running_tasks(self) -> list[Task]:
+        """The tasks this node's workers run now."""
+        return [w.current for w in list(self.workers.values()) if w.current is not None]
 
     def stop_running(self, task_id: str) -> bool:
         """Stop the task if one of this node's workers runs it; False if none does."""

@@ -83,7 +83,7 @@ class Service:
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
         )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
-        self.pending = PendingRetrier(config, self.intake)
+        self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
         # CI polling, pending deliveries and posting comments run on the node that leads.
         self.node = Node(config, store, self.pool, [self.ci, self.pending, self.outbox], clock)
