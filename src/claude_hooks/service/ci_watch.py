@@ -13,11 +13,11 @@ import logging
 from collections.abc import Callable
 
 from claude_hooks.config import Config
+from claude_hooks.core.decision import CiWatch
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import flows
 from claude_hooks.service.intake import Applied, Intake
-from claude_hooks.store.intake import CiWatch
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,6 @@ class CiWatcher:
             "target_url": next((s.target_url for s in failed if s.target_url), None),
         }
         decision = await flows.dispatch_fix_ci(self.intake.context(None), link, context)
-        await self.intake.apply(decision, Applied())
+        await self.intake.apply(decision, Applied(), "a CI poll of claude-hooks")
         log.info("CI of %s#%d: %s", watch.repo, watch.pr_number, decision.reason)
         return status.state

@@ -22,6 +22,7 @@ from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config
+from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
 from claude_hooks.forge.gateway import Forge
@@ -31,6 +32,7 @@ from claude_hooks.service.limits import Limits
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Dispatched, Outcome, Placement, QueueEntry, Settle, Store
+from claude_hooks.store.decisions import Cause
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -396,12 +398,17 @@ class Pool:
         return placed.task
 
     async def dispatch_all(
-        self, requests: Sequence[tuple[str, DispatchRequest]], settle: Settle
+        self,
+        requests: Sequence[tuple[str, DispatchRequest]],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
     ) -> Dispatched:
-        """Queue a delivery's requests in order and record the delivery as `settle` says, in
-        one transaction (see `Store.dispatch_all`)."""
+        """Queue a delivery's requests in order, apply the rest of its decision and record
+        the delivery as `settle` says, in one transaction (see `Store.dispatch_all`)."""
         tasks = [self._task(agent_type, request) for agent_type, request in requests]
-        dispatched = await self.store.dispatch_all(tasks, settle)
+        dispatched = await self.store.dispatch_all(tasks, settle, decision, cause, pending)
         for placed in dispatched.placements:
             self._placed(placed)
         return dispatched

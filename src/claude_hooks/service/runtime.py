@@ -74,11 +74,17 @@ class Service:
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
         self.pool.forge = self.forge
-        self.intake = Intake(
-            config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
-        )
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.intake = Intake(
+            config,
+            self.pool,
+            store.intake,
+            self.forge,
+            clock,
+            self.outbox.wake,
+            self.insecure_no_signature,
+        )
         self.notifier = Notifier(
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
         )
@@ -199,7 +205,7 @@ class Service:
         await self.node.stop()
         await self.retention.stop()
         await self.intake.sweeper.stop()
-        await self.intake.guard.stop()
+        await self.intake.stop()
         await self.pool.stop()
         await self.node.leave()
         await self.notifier.stop()
