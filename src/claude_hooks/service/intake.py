@@ -21,6 +21,7 @@ from typing import Any
 from claude_hooks.config import Config
 from claude_hooks.core.decision import Assigned, Decision, Label, Reset
 from claude_hooks.core.domain import Task
+from claude_hooks.core.loop_guard import LoopGuard
 from claude_hooks.errors import ClaudeHooksError, NoInstanceError, NotFoundError
 from claude_hooks.forge.binding import check_event_type
 from claude_hooks.forge.client import ForgejoError
@@ -29,7 +30,6 @@ from claude_hooks.forge.payloads import Payload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows
 from claude_hooks.service.events import Event
-from claude_hooks.service.loop_guard import LoopGuard
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
