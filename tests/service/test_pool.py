@@ -14,6 +14,7 @@ from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentErro
 from claude_hooks.service import control
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
+from claude_hooks.store.decisions import Cause
 from tests.conftest import ServiceFactory
 from tests.support import (
     GateRunner,
@@ -286,7 +287,8 @@ async def test_a_cancel_asked_before_a_clean_stop_is_honoured_after_it(
     await first.start()
     task_id = await first.pool.dispatch_by_type("dev", request(1))
     await wait_until(lambda: gate.started == [task_id])
-    await first.store.request_cancel(task_id)  # as the CLI does; the service stops before acting
+    # As the CLI does (its signal unread: the service stops before acting on it).
+    await first.store.cancel_tasks([task_id], Cause("a test", None, time.time()))
     await first.stop()
     second_gate = GateRunner()
     second = await Service.open(config, lambda _type: second_gate)

@@ -27,6 +27,7 @@ from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
+CAUSE = Cause("a test", None, NOW)
 
 
 @pytest.fixture
@@ -143,10 +144,9 @@ async def test_a_disabled_instance_claims_nothing_and_its_tasks_move(store: Stor
 async def test_cancel_fail_and_requeue(store: Store) -> None:
     await agents(store, "dev-a")
     ids = [(await store.dispatch(new_task(n))).task.id for n in range(1, 5)]
-    assert await store.cancel_queued(ids[3], "cancelled while queued", NOW)
-    assert not await store.cancel_queued(ids[3], "again", NOW)
+    assert (await store.cancel_tasks([ids[3]], CAUSE)).cancelled == [ids[3]]
+    assert (await store.cancel_tasks([ids[3]], CAUSE)).cancelled == []
     assert await store.fail_queued(ids[2], "no instance left", NOW)
-    assert not await store.request_cancel(ids[0])  # only a running task takes a cancel request
     await store.claim_next("dev-a", NOW)
     await store.set_process(ids[0], 4242, 99)
     running = await store.get_task(ids[0])
@@ -158,7 +158,7 @@ async def test_cancel_fail_and_requeue(store: Store) -> None:
     assert back.pid is None
     assert await store.queue_positions(ids) == {ids[0]: 1, ids[1]: 2}
     await store.claim_next("dev-a", NOW)
-    assert await store.request_cancel(ids[0])
+    assert (await store.cancel_tasks([ids[0]], CAUSE)).stopping == [ids[0]]
     assert await store.requeue_interrupted(ids[0], NOW)
     cancelled = await store.get_task(ids[0])
     assert cancelled is not None and cancelled.state is TaskState.CANCELLED
@@ -180,7 +180,7 @@ async def test_recover_requeues_at_the_head_and_gives_up_after_max_attempts(
     await store.claim_next("dev-b", NOW)
     assert await store.requeue_interrupted(second, NOW)
     await store.claim_next("dev-b", NOW)  # second again
-    await store.request_cancel(second)
+    await store.cancel_tasks([second], CAUSE)
     recovered = {r.id: r for r in await store.recover(max_attempts=3, now=NOW)}
     assert recovered[first].state is TaskState.QUEUED and recovered[first].pid == 1234
     assert recovered[second].state is TaskState.CANCELLED
@@ -204,7 +204,7 @@ async def test_a_queued_task_whose_cancel_was_asked_is_cancelled_at_claim(store:
     await agents(store, "dev-a")
     task_id = (await store.dispatch(new_task(1))).task.id
     await store.claim_next("dev-a", NOW)
-    await store.request_cancel(task_id)
+    await store.cancel_tasks([task_id], CAUSE)
     await store.recover(max_attempts=3, now=NOW)  # the cancel wins over a requeue
     after = await store.get_task(task_id)
     assert after is not None and after.state is TaskState.CANCELLED
@@ -240,7 +240,7 @@ async def test_summaries(store: Store) -> None:
     await store.finish_task(ids[0], Outcome(TaskState.SUCCEEDED, cost_usd=0.5), NOW + 10)
     await store.claim_next("dev-a", NOW + 10)
     await store.finish_task(ids[1], Outcome(TaskState.FAILED, cost_usd=0.25), NOW + 100)
-    await store.cancel_queued(ids[2], "no", NOW + 101)
+    await store.cancel_tasks([ids[2]], Cause("a test", None, NOW + 101))
     tallies = {t.state: t for t in await store.task_tallies()}
     assert tallies["succeeded"].count == 1 and tallies["succeeded"].run_seconds == 10.0
     assert tallies["failed"].cost_usd == 0.25 and tallies["failed"].runs == 1
@@ -648,7 +648,7 @@ async def test_queue_lengths_follow_every_change_of_a_queue(store: SqlStore) -> 
     assert kept == counted and sum(kept.values()) == 7
     first = (await store.claim_next("dev-a", NOW)).task
     assert first is not None
-    await store.cancel_queued(placed[-1].id, "cancelled while queued", NOW)
+    await store.cancel_tasks([placed[-1].id], CAUSE)
     await store.requeue_interrupted(first.id, NOW)
     await store.set_agent_enabled("dev-b", False)
     for entry in await store.orphaned_tasks():

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from claude_hooks.agents import processes, resources
@@ -24,9 +23,10 @@ from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config
 from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
-from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service.control import SIGNAL_CANCEL
+from claude_hooks.service import control
+from claude_hooks.service.control import CancelRequest
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.private_files import private_dir, private_file
@@ -43,13 +43,6 @@ BLOCKED_RECHECK_SECONDS = 1.0
 # How often an idle instance of a `rebalance = "steal"` type looks for work queued on a peer
 # (another process's dispatch does not wake it); a dispatch in this process wakes it at once.
 STEAL_LOOK_SECONDS = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResult:
-    task_id: str
-    state: TaskState  # the state the task was in when the cancel arrived
-    agent: str
 
 
 class Worker:
@@ -275,7 +268,7 @@ class Pool:
         self.workers: dict[str, Worker] = {}
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
-        self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self.cancel_task)
+        self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self._over_budget)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
         # Set by the service: the forge the agents' forge tools act on.
@@ -566,24 +559,20 @@ class Pool:
 
     # cancel
 
-    async def cancel_task(self, task_id: str) -> CancelResult:
-        """Cancel a queued or running task; ConflictError if it has already finished."""
-        task = await self.store.get_task(task_id)
-        if task is None:
-            raise UnknownTaskError(task_id)
-        if task.state is TaskState.QUEUED:
-            if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
-                await self.publish_finished(task_id)
-                return CancelResult(task_id, TaskState.QUEUED, task.agent)
-            task = await self.store.get_task(task_id)
-            assert task is not None
-        if task.state is TaskState.RUNNING:
-            await self.store.request_cancel(task_id)
-            if not self.stop_running(task_id):
-                # Run by another node (or not yet seen here): its listener stops it.
-                await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
-            return CancelResult(task_id, TaskState.RUNNING, task.agent)
-        raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+    async def cancel_task(
+        self, task_id: str, by: str = "the service", delivery_id: str | None = None
+    ) -> CancelRequest:
+        """Cancel a queued or running task (`control.cancel_task`) and act on it here at once:
+        announce a queued one finished, stop a running one if this node runs it."""
+        request = await control.cancel_task(self.store, task_id, by, delivery_id)
+        if request.was is TaskState.QUEUED:
+            await self.publish_finished(task_id)
+        else:
+            self.stop_running(task_id)  # run by another node: its listener stops it
+        return request
+
+    async def _over_budget(self, task_id: str) -> None:
+        await self.cancel_task(task_id, "the hard budget ([budget] hard = true)")
 
     def running_tasks(self) -> list[Task]:
         """The tasks this node's workers run now."""

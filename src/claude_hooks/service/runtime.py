@@ -19,7 +19,7 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.control import SIGNAL_AGENTS, SIGNAL_CANCEL
+from claude_hooks.service.control import SIGNAL_AGENTS
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.intake import Intake
 from claude_hooks.service.limits import SIGNAL_BUDGET
@@ -34,6 +34,7 @@ from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.retention import Retention
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
+from claude_hooks.store.decisions import SIGNAL_CANCEL
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.store.wakeups import Wake
 

@@ -49,14 +49,20 @@ class Written:
 
 
 def cancel_sessions(conn: sa.Connection, keys: list[str], cause: Cause) -> Written:
-    """Cancel the queued and running tasks of `keys`: queued ones end now, running ones get
-    their cancel asked for and a signal for the node that runs them."""
-    written = Written()
+    """Cancel the queued and running tasks of the session keys `keys` (see `cancel`)."""
     if not keys:
-        return written
+        return Written()
+    return cancel(conn, tasks.c.session_key.in_(sorted(set(keys))), cause)
+
+
+def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> Written:
+    """Cancel the queued and running tasks `which` selects, noting who asked, within the
+    caller's transaction: the one place a task is cancelled. Queued ones end now; running
+    ones get their cancel asked for and a signal for the node that runs them."""
+    written = Written()
     rows = conn.execute(
         sa.select(tasks.c.id, tasks.c.state)
-        .where(tasks.c.session_key.in_(sorted(set(keys))), tasks.c.state.in_(_ACTIVE))
+        .where(which, tasks.c.state.in_(_ACTIVE))
         .order_by(tasks.c.seq)
     ).all()
     for task_id, state in rows:

@@ -43,9 +43,6 @@ class NoteStore(Protocol):
     async def get_note(self, task_id: str) -> TaskNote: ...
     async def retries_of(self, task_id: str) -> list[str]: ...
     async def link_retry(self, task_id: str, retry_of: str) -> None: ...
-    async def set_cancelled_by(
-        self, task_id: str, who: str, delivery_id: str | None = None
-    ) -> None: ...
     async def cancelled_by_delivery(self, delivery_id: str) -> list[str]: ...
 
 
@@ -73,13 +70,6 @@ class SqlNotes:
 
     async def link_retry(self, task_id: str, retry_of: str) -> None:
         self._upsert(task_id, retry_of=retry_of)
-
-    async def set_cancelled_by(
-        self, task_id: str, who: str, delivery_id: str | None = None
-    ) -> None:
-        """Who asked first wins: a later cancel of a task being cancelled changes nothing."""
-        with self.engine.begin() as conn:
-            write_cancelled_by(conn, task_id, who, delivery_id)
 
     async def cancelled_by_delivery(self, delivery_id: str) -> list[str]:
         query = (

@@ -39,7 +39,7 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
-from claude_hooks.store.decisions import Cause, Written, write_decision
+from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -672,29 +672,19 @@ class SqlStore:
                 wakeups.notify(conn, wakeups.FREED)
             return result.rowcount > 0
 
-    async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
+    async def fail_queued(self, task_id: str, reason: str, now: float) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
-                .values(state=state.value, finished_at=now, error=reason)
+                .values(state=TaskState.FAILED.value, finished_at=now, error=reason)
             )
             return result.rowcount > 0
 
-    async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool:
-        return await self._end_queued(task_id, TaskState.CANCELLED, reason, now)
-
-    async def fail_queued(self, task_id: str, reason: str, now: float) -> bool:
-        return await self._end_queued(task_id, TaskState.FAILED, reason, now)
-
-    async def request_cancel(self, task_id: str) -> bool:
+    async def cancel_tasks(self, task_ids: Sequence[str], cause: Cause) -> Written:
+        """Cancel the tasks of `task_ids` still queued or running: one transaction."""
         with self.engine.begin() as conn:
-            result = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
-                .values(cancel_requested=True)
-            )
-            return result.rowcount > 0
+            return cancel(conn, tasks.c.id.in_(list(task_ids)), cause)
 
     def _mine(self) -> sa.ColumnElement[bool]:
         """Tasks this node runs: a node declared dead no longer changes what was rescued."""
