@@ -82,6 +82,10 @@ class Worker:
     def cancel_current(self) -> bool:
         if self.current is None:
             return False
+        if self._cancel_current:
+            # Asked again (the cancel's signal, heard after the local stop): a second
+            # cancellation would cut the runner's grace period short.
+            return True
         self._cancel_current = True
         if self._run is not None:
             self._run.cancel()
