@@ -10,7 +10,6 @@ schedule is in the database, so a restart picks up where the last run left off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
@@ -18,6 +17,7 @@ from typing import ParamSpec, TypeVar
 from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.client import ForgejoUnavailable
+from claude_hooks.service.loop import Loop
 from claude_hooks.store.pending import PendingEntry, PendingStore
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def backoff(attempts: int, first: float, longest: float) -> float:
     return float(min(longest, first * 2 ** min(attempts, 32)))
 
 
-class PendingRetrier:
+class PendingRetrier(Loop):
     """Retries due pending deliveries in the background until each is settled."""
 
     def __init__(
@@ -66,30 +66,14 @@ class PendingRetrier:
         retry: Callable[[PendingEntry], Awaitable[str]],
     ) -> None:
         """`retry` runs one entry through the flows again (`Intake.retry_pending`)."""
+        super().__init__("pending-deliveries", min(1.0, config.server.pending_retry_min))
         self.config = config
         self.store = store
         self.clock = clock
         self.retry = retry
-        self.interval = min(1.0, config.server.pending_retry_min)
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="pending-deliveries")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.run_due()
-            except Exception:
-                log.exception("retrying pending deliveries failed; trying again")
+    async def run_once(self) -> None:
+        await self.run_due()
 
     async def run_due(self) -> int:
         """Retry every pending delivery that is due; how many were tried."""
