@@ -97,7 +97,7 @@ class Worker:
                 if self._unfinished is not None:
                     await self._record(*self._unfinished)
                 if self.retiring:
-                    self.pool._retired(self)
+                    self.pool.retired(self)
                     return
                 self._wake.clear()
                 if self.enabled and await self._held():
@@ -176,7 +176,7 @@ class Worker:
         """Save how a run ended; kept for another try if the store fails, so it is never lost."""
         await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
         self._unfinished = None
-        self.pool._key_freed()
+        self.pool.key_freed()
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
         try:
             await self.pool.publish_finished(task.id)
@@ -201,7 +201,7 @@ class Worker:
         type_config = pool.config.types[task.type]
         if self._cancel_current:
             return Outcome(TaskState.CANCELLED, error="cancelled before it started")
-        self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
+        self._run = asyncio.create_task(pool.prepare_and_run(task), name=f"run-{task.id}")
         try:
             done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
         except asyncio.CancelledError:
@@ -255,10 +255,13 @@ class Pool:
         runner_for: RunnerFactory,
         clock: Callable[[], float] = time.time,
         bus: EventBus | None = None,
+        forge: Forge | None = None,
     ) -> None:
+        """`forge`: the forge the agents' forge tools act on (None: no forge tools)."""
         self.config = config
         self.store = store
         self.runner_for = runner_for
+        self.forge = forge
         self.clock = clock
         self.bus = bus or EventBus()
         self.workspaces = Workspaces(
@@ -273,10 +276,9 @@ class Pool:
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self._over_budget)
-        # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
+        # Given at `start`, once the service has probed bubblewrap; types with
+        # `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
-        # Set by the service: the forge the agents' forge tools act on.
-        self.forge: Forge | None = None
 
     # registry
 
@@ -299,8 +301,10 @@ class Pool:
 
     # lifecycle
 
-    async def start(self) -> None:
-        """Recover from a crash, build one worker per instance, move orphaned tasks, start."""
+    async def start(self, sandbox: Sandbox | None) -> None:
+        """Recover from a crash, build one worker per instance, move orphaned tasks, start;
+        `sandbox`: the agents' sandbox, as probed."""
+        self.sandbox = sandbox
         recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
         stale = [r for r in recovered if r.pid is not None]
         await asyncio.gather(
@@ -353,7 +357,8 @@ class Pool:
         self.workers[name] = worker
         return worker
 
-    def _retired(self, worker: Worker) -> None:
+    def retired(self, worker: Worker) -> None:
+        """A removed instance's worker has finished its last task: forget it."""
         if self.workers.get(worker.name) is worker:
             del self.workers[worker.name]
 
@@ -462,7 +467,7 @@ class Pool:
         elif wake.kind == wakeups.BUSY:
             self._wake_thieves(wake.target)
         elif wake.kind == wakeups.FREED:
-            self._key_freed()
+            self.key_freed()
 
     def wake_all(self) -> None:
         """Every worker looks again (wake-ups may have been missed while not listening)."""
@@ -504,7 +509,7 @@ class Pool:
             self._wake(moved.agent)
             log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
 
-    def _key_freed(self) -> None:
+    def key_freed(self) -> None:
         """A task ended: workers whose head waits for a session key look again."""
         for worker in self.workers.values():
             if worker.blocked:
@@ -512,7 +517,7 @@ class Pool:
 
     # running
 
-    async def _prepare_and_run(self, task: Task) -> RunResult:
+    async def prepare_and_run(self, task: Task) -> RunResult:
         """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
         type_config = self.config.types[task.type]
         sandbox = self.sandbox_of(task.type)

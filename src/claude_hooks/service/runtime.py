@@ -72,9 +72,8 @@ class Service:
         self._runners: dict[str, AgentRunner] = {}
         self._claude: AgentRunner | None = None
         self.bus = EventBus()
-        self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
-        self.pool.forge = self.forge
+        self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus, self.forge)
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock)
         self.intake = Intake(
@@ -142,7 +141,7 @@ class Service:
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
-        self.pool.sandbox = self._sandbox()
+        sandbox = self._sandbox()
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -153,7 +152,7 @@ class Service:
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
-            await self.pool.start()
+            await self.pool.start(sandbox)
         except BaseException:
             self._lock.release()
             raise
