@@ -26,7 +26,7 @@ from claude_hooks.errors import ClaudeHooksError, NoInstanceError, NotFoundError
 from claude_hooks.forge.binding import check_event_type
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.forge.payloads import Payload, parse_payload
+from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows
 from claude_hooks.service.events import Event
@@ -316,6 +316,10 @@ class Intake:
         there already, as pending, and settled with it)."""
         applied = Applied()
         decision: Decision | None = None
+        if isinstance(payload, PushPayload) and self.pool.policies is not None:
+            # The pushed branch's policy file may have changed: read it again next time.
+            branch = payload.ref.removeprefix("refs/heads/")
+            self.pool.policies.pushed(payload.repository.full_name, branch)
         try:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload

@@ -29,6 +29,7 @@ from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
 from claude_hooks.service.pending import PendingRetrier
+from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.retention import Retention
@@ -73,7 +74,15 @@ class Service:
         self._claude: AgentRunner | None = None
         self.bus = EventBus()
         self.forge = Forge(config)
-        self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus, self.forge)
+        self.pool = Pool(
+            config,
+            store,
+            runner_for or self.runner_for,
+            clock,
+            self.bus,
+            self.forge,
+            Policies(config, self.forge, self.store.spend, self.clock),
+        )
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock)
         self.intake = Intake(

@@ -37,6 +37,7 @@ class Cause:
     by: str
     delivery_id: str | None
     now: float
+    reason: str = "cancelled while queued"  # the error a queued task ends with
 
 
 @dataclass(slots=True)
@@ -74,7 +75,7 @@ def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> 
                 .values(
                     state=TaskState.CANCELLED.value,
                     finished_at=cause.now,
-                    error="cancelled while queued",
+                    error=cause.reason,
                 )
                 .returning(tasks.c.id)
             ).first()

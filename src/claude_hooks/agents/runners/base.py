@@ -14,7 +14,7 @@ from typing import Protocol
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.sandbox import Sandbox
-from claude_hooks.config import TypeConfig
+from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
 
 
@@ -34,6 +34,11 @@ class RunContext:
     max_log_bytes: int = 10 * 1024 * 1024
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # From the repository's policy file: text for every prompt, its test command, and how
+    # its pull requests are merged (None: the service's [flows] merge_style).
+    instructions: str = ""
+    test_command: str | None = None
+    merge_style: MergeStyle | None = None
 
 
 __all__ = ["AgentRunner", "RunContext", "RunResult"]
