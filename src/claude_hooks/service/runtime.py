@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from claude_hooks.agents import sandbox
+from claude_hooks.agents import cages, sandbox
 from claude_hooks.agents.runners.base import AgentRunner
 from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
@@ -151,6 +151,8 @@ class Service:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
         sandbox = self._sandbox()
+        confinement = cages.detect()
+        log.info("agents' limits: %s", confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -161,7 +163,7 @@ class Service:
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
-            await self.pool.start(sandbox)
+            await self.pool.start(sandbox, confinement)
         except BaseException:
             self._lock.release()
             raise

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from claude_hooks.agents.cages import Cage
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.sandbox import Sandbox
@@ -34,6 +35,8 @@ class RunContext:
     max_log_bytes: int = 10 * 1024 * 1024
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # The run's limits (its cgroups, the paths whose disk use counts); None: no limits.
+    cage: Cage | None = None
     # From the repository's policy file: text for every prompt, its test command, and how
     # its pull requests are merged (None: the service's [flows] merge_style).
     instructions: str = ""
