@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_hooks.agents import cages, processes, resources
+from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
@@ -315,6 +316,7 @@ class Pool:
         # Given at `start`, once the service has probed bubblewrap; types with
         # `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
+        self.egress = EgressProxy()
         # Given at `start`: where each run's limits are enforced.
         self.confinement: cages.Confinement | None = None
         self._disk_was_low = False
@@ -369,6 +371,7 @@ class Pool:
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
         await self.limits.stop()
+        await self.egress.aclose()
 
     async def drop_all(self) -> None:
         """Stop every worker and its agent now, recording nothing: the node lost its lease,
@@ -610,7 +613,15 @@ class Pool:
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
         context = replace(self._context(task, workdir, cage), **settings)
+        session: EgressSession | None = None
         try:
+            if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
+                session = await self.egress.open(
+                    task.id, task.type, type_config, context.env, sandbox.account, self._keep_egress
+                )
+                context = replace(
+                    context, env=session.environment(context.env), bridge=session.socket
+                )
             run = self.runner_for(task.type).run(context)
             result = await (run if cage is None else cages.enforce(cage, run))
         except asyncio.CancelledError:
@@ -618,9 +629,26 @@ class Pool:
             await self.workspaces.save_state(task, type_config, sandbox)
             raise
         finally:
+            if session is not None:
+                await self._close_egress(session)
             if cage is not None:
                 await cage.close()
         return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    async def _close_egress(self, session: EgressSession) -> None:
+        """End the run's egress (its token with it) and keep what it refused and metered."""
+        await session.close()
+        try:
+            await self._keep_egress(session)
+        except Exception:
+            log.exception("task %s: could not store its egress record", session.task_id)
+
+    async def _keep_egress(self, session: EgressSession) -> None:
+        blocked, metered = session.blocked(), session.metered()
+        if blocked or metered is not None:
+            await self.store.egress.put_egress(
+                session.task_id, session.agent_type, blocked, metered
+            )
 
     def _cage(self, task: Task, workdir: Path) -> cages.Cage | None:
         """The run's limits (`max_processes`, `max_memory`, `max_disk`); none for `merge`."""
@@ -721,7 +749,8 @@ class Pool:
     async def publish_finished(self, task_id: str) -> None:
         task = await self.store.get_task(task_id)
         if task is not None:
-            self.bus.publish(Event("task.finished", task))
+            egress = await self.store.egress.get_egress(task_id)
+            self.bus.publish(Event("task.finished", task, {"egress_blocked": egress.blocked}))
 
     async def running_on(self, name: str) -> str:
         """The id of the task instance `name` runs, on whichever node holds it."""

@@ -14,6 +14,7 @@ from claude_hooks.core.decision import Assigned, Decision, Reset
 from claude_hooks.core.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
 from claude_hooks.store.decisions import Cause, Written
+from claude_hooks.store.egress import EgressStore
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
@@ -207,6 +208,8 @@ class Store(Protocol):
     def rejections(self) -> RejectionStore: ...
     @property
     def notes(self) -> NoteStore: ...
+    @property
+    def egress(self) -> EgressStore: ...
     @property
     def outbox(self) -> OutboxStore: ...
     @property

@@ -42,6 +42,8 @@ class RunContext:
     instructions: str = ""
     test_command: str | None = None
     merge_style: MergeStyle | None = None
+    # The egress proxy's socket for this run, bridged into its sandbox (None: no way out).
+    bridge: Path | None = None
 
 
 __all__ = ["AgentRunner", "RunContext", "RunResult"]
