@@ -2,6 +2,10 @@
 network ones, and writes what each attempt got into `report.json` in its workdir (the only place
 it can write).
 
+Given `result_file` instead (issue 19), it commits to its session's branch and writes that
+text as its forge requests (`$CLAUDE_HOOKS_RESULT`): a file built to make the service raise,
+or requests aimed at a stranger's pull request.
+
 The test (tests/e2e/test_hostile_agent.py) hands it the targets in the task's payload: the
 service's pid, its data dir, config file and database, another type's workdir, a URL to send
 stolen tokens to and a file a planted hook would create. Standard library only.
@@ -110,6 +114,14 @@ def daemons() -> str:
     subprocess.Popen([sys.executable, "-c", code, marker])
     subprocess.Popen([sys.executable, "-c", code, marker], start_new_session=True)
     return "started"
+
+
+if "result_file" in target:
+    Path("feature.txt").write_text("the feature\n")
+    git("-c", "core.hooksPath=/dev/null", "add", "feature.txt")
+    git("-c", "core.hooksPath=/dev/null", "commit", "-q", "--no-verify", "-m", "Add the feature")
+    Path(os.environ["CLAUDE_HOOKS_RESULT"]).write_text(target["result_file"])
+    sys.exit(0)
 
 
 def connect(address: tuple[str, int]) -> str:

@@ -2,6 +2,8 @@
 1-6 and issue 19's network ones against a service run as on these machines (as root, SQLite, a
 config file with every secret): each attempt fails, the service stays healthy and the other
 type's work is untouched; only the host on its type's egress list answers, through the proxy.
+Issue 19's forge items too: a fork's PR named like the session's branch is never the agent's,
+and a hostile result file gets a refusal per request while the branch is still pushed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.agents.workspace import branch_name
 from claude_hooks.config import load_config
 from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
@@ -575,3 +578,109 @@ async def test_a_running_task_shows_what_it_was_refused(
         (service.pool.workspaces.workdir("dev:acme/widget:17") / "go").write_text("")
         task = await finished(service, task_id)
     assert task.state is TaskState.SUCCEEDED, task.error
+
+
+# Issue 19: a stranger's pull request, and result files built to make the service raise.
+
+
+async def forge_service(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> tuple[Service, Forge]:
+    """A sandboxed `command` dev on a worktree, its forge tools acting on the fake forge."""
+    fake_forgejo.add_token(DEV_TOKEN, "dev-bot")
+    fake_forgejo.add_repo("acme", "widget", collaborators={"dev-bot": "write"})
+    fake_forgejo.add_issue("acme", "widget", number=17, title="Retries", user="alice")
+    forge = Forge(tmp_path / "forge")
+    forge.create()
+    service: Service = await start_service(
+        forgejo={"url": fake_forgejo.base_url, "clone_url": f"file://{forge.root}"},
+        types={
+            "dev": {
+                "login": "dev-bot",
+                "token": DEV_TOKEN,
+                "runner": "command",
+                "command": [sys.executable, str(HOSTILE)],
+                "comments": False,
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    return service, forge
+
+
+async def test_a_pr_from_a_fork_with_the_session_branch_is_never_the_agents(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    service, forge = await forge_service(start_service, tmp_path, fake_forgejo)
+    branch = branch_name("dev", 17, "Retries")
+    fork = fake_forgejo.add_pull(
+        "acme", "widget", head_sha="f" * 40, head_ref=branch, head_repo="mallory/widget",
+        title="Mallory's PR", user="mallory",
+    )  # fmt: skip
+    requests = [
+        {"tool": "read_pull_request"},
+        {"tool": "open_pull_request", "title": "Retries, done"},
+        {"tool": "comment", "number": fork.number, "body": "spam"},
+        {"tool": "open_pull_request", "title": "Retries, done again"},
+    ]
+    payload = {"title": "Retries", "target": {"result_file": json.dumps({"forge": requests})}}
+    task = await run_task(service, "dev", TaskKind.WORK_ISSUE, payload)
+    assert task.state is TaskState.SUCCEEDED, task.error
+    assert fork.title == "Mallory's PR"
+    assert fake_forgejo.requests_to(f"/repos/acme/widget/pulls/{fork.number}", "PATCH") == []
+    assert fake_forgejo.comments == []
+    log = service.pool.log_path(task.id).read_text()
+    assert "this task has no pull request yet" in log
+    assert f"#{fork.number} is not this task's issue or pull request" in log
+    repo = fake_forgejo.repos[("acme", "widget")]
+    own = [i for i in repo.issues.values() if i.pull is not None and i.number != fork.number]
+    assert [(i.title, i.user, i.pull.head_ref) for i in own if i.pull] == [
+        ("Retries, done again", "dev-bot", branch)
+    ]
+    assert git("rev-parse", f"refs/heads/{branch}", cwd=Path(forge.url("acme/widget")))
+
+
+HOSTILE_REQUESTS = [
+    {"tool": "submit_review", "event": "COMMENT", "body": "x", "comments": 5},
+    {"tool": "comment", "body": "deep", "extra": [[[[["too deep"]]]]]},
+    {"tool": ["not", "a", "name"]},
+    "not a request",
+    {"tool": "x" * 100_000},
+    {"tool": "comment", "body": {"not": "text"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "refusals"),
+    [
+        ("[" * 200_000, 1),
+        ('{"forge": ' + "[" * 200_000 + "]" * 200_000 + "}", 1),
+        ('{"forge": {"tool": "comment"}}', 1),
+        ('{"forge": [{"tool": "comment", "body": NaN}]}', 1),
+        (json.dumps({"forge": HOSTILE_REQUESTS}), len(HOSTILE_REQUESTS)),
+    ],
+    ids=["brackets", "deep-list", "not-a-list", "nan", "hostile-requests"],
+)
+async def test_a_hostile_result_file_is_refused_and_the_push_still_made(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    fake_forgejo: FakeForgejo,
+    content: str,
+    refusals: int,
+) -> None:
+    service, forge = await forge_service(start_service, tmp_path, fake_forgejo)
+    payload = {"title": "Retries", "pr_number": 20, "target": {"result_file": content}}
+    task = await run_task(service, "dev", TaskKind.WORK_ISSUE, payload)
+    assert task.state is TaskState.SUCCEEDED, task.error
+    outcomes = [
+        json.loads(line.removeprefix("[claude-hooks] forge: "))
+        for line in service.pool.log_path(task.id).read_text().splitlines()
+        if line.startswith("[claude-hooks] forge: ")
+    ]
+    assert len(outcomes) == refusals
+    for outcome in outcomes:
+        assert "refused" in outcome or outcome["answer"].startswith("refused: "), outcome
+    assert fake_forgejo.comments == [] and fake_forgejo.reviews == []
+    pushed = git("log", "-1", "--format=%s", branch_name("dev", 17, "Retries"),
+                 cwd=Path(forge.url("acme/widget")))  # fmt: skip
+    assert pushed == "Add the feature"

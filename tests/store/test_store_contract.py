@@ -402,7 +402,10 @@ async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) ->
     seen: list[tuple[list[str], str | None]] = []
 
     def settle(
-        placements: list[Placement], merged: list[Task], failure: NoInstanceError | None
+        placements: list[Placement],
+        merged: list[Task],
+        cancelled: list[str],
+        failure: NoInstanceError | None,
     ) -> tuple[DeliveryRecord, tuple[str, int, frozenset[str]] | None, list[Reset]]:
         record = delivery("d-1", NOW)
         record.task_ids = [p.task.id for p in placements]

@@ -26,7 +26,7 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -492,13 +492,15 @@ class EgressProxy:
         env: dict[str, str],
         account: Account | None,
         recorder: Recorder | None = None,
+        extra: Sequence[str] = (),
     ) -> EgressSession:
-        """A run's session, listening; `recorder` keeps its counts as they change."""
+        """A run's session, listening; `recorder` keeps its counts as they change; `extra`:
+        hosts the repository's policy adds to the type's list."""
         session = EgressSession(
             self,
             task_id,
             agent_type,
-            EgressPolicy.of(type_config.egress),
+            EgressPolicy.of([*type_config.egress, *extra]),
             _relay(agent_type, type_config, env),
             type_config.runner,
             recorder,

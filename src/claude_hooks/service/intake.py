@@ -66,20 +66,30 @@ def _entry(task: Task, merged: bool) -> dict[str, Any]:
     }
 
 
+def _outcome(applied: Applied) -> str:
+    """`queued` if it placed work, `cancelled` if it only cancelled some, else `ignored`."""
+    if applied.tasks:
+        return "queued"
+    return "cancelled" if applied.cancelled else "ignored"
+
+
 def _settler(record: DeliveryRecord, decision: Decision) -> Settle:
     """What to record with the tasks placed for `record`: the outcome `Intake._run` gives."""
 
     def settle(
-        placements: list[Placement], merged: list[Task], failure: NoInstanceError | None
+        placements: list[Placement],
+        merged: list[Task],
+        cancelled: list[str],
+        failure: NoInstanceError | None,
     ) -> tuple[DeliveryRecord, Assigned | None, list[Reset]]:
         entries = [_entry(t, merged=True) for t in merged]
-        done = Applied(entries + [_entry(p.task, merged=False) for p in placements])
-        record.task_ids = [task["id"] for task in done.tasks]
+        done = Applied(entries + [_entry(p.task, merged=False) for p in placements], cancelled)
+        record.task_ids = [task["id"] for task in done.tasks] + done.cancelled
         if failure is not None:
             record.outcome, record.reason = "error", str(failure)
             kept = _kept(decision, done)
             return record, kept.assigned if kept is not None else None, decision.resets
-        record.outcome = "queued" if done.tasks else "ignored"
+        record.outcome = _outcome(done)
         record.reason = decision.reason
         return record, decision.assigned, decision.resets
 
@@ -346,9 +356,8 @@ class Intake:
             return Verdict("error", reason, 500, applied, None)
         if applied.seen:
             return Verdict("duplicate", "", 200, applied, None)
-        outcome = "queued" if applied.tasks else "ignored"
         status = 202 if applied.tasks else 200
-        return Verdict(outcome, decision.reason, status, applied, decision)
+        return Verdict(_outcome(applied), decision.reason, status, applied, decision)
 
     async def _hold(self, record: DeliveryRecord, reason: str) -> Answer:
         """Keep a delivery that waits for the forge; the retrier takes it from here."""
@@ -390,13 +399,13 @@ class Intake:
         """Record a delivery whose decision left nothing (it failed before or while being
         applied); False if its id was recorded (or settled) before."""
         dispatched = await self.pool.store.dispatch_all(
-            [], lambda _placed, _merged, _failure: (record, None, ()), pending=pending
+            [], lambda _placed, _merged, _cancelled, _failure: (record, None, ()), pending=pending
         )
         return dispatched.recorded
 
     def _fill(self, record: DeliveryRecord, verdict: Verdict) -> None:
         record.outcome, record.reason = verdict.outcome, verdict.reason
-        record.task_ids = [task["id"] for task in verdict.applied.tasks]
+        record.task_ids = [task["id"] for task in verdict.applied.tasks] + verdict.applied.cancelled
 
     def _published(self, record: DeliveryRecord) -> None:
         self._count(record.outcome)

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from claude_hooks.agents import cages, processes, resources
 from claude_hooks.agents.egress import EgressProxy, EgressSession
@@ -22,6 +21,7 @@ from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.decision import Decision
@@ -32,7 +32,7 @@ from claude_hooks.service import control
 from claude_hooks.service.control import CancelRequest
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
-from claude_hooks.service.policies import Gate, Policies
+from claude_hooks.service.policies import Gate, Policies, RunPolicy
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import (
@@ -278,6 +278,15 @@ def _outcome(result: RunResult) -> Outcome:
     )
 
 
+def _gone(agent: AgentInstance | None) -> str:
+    """Why this node no longer runs an instance it ran: the log's words for it."""
+    if agent is None:
+        return "removed"
+    if agent.node is None:
+        return "let go: it goes to the next node with room"
+    return f"handed over to node {agent.node}"
+
+
 class Pool:
     """The registry of this process's workers, and `dispatch_by_type` through the store."""
 
@@ -408,7 +417,8 @@ class Pool:
     async def sync_agents(self) -> None:
         """Bring the workers in line with the instances this node holds in the `agents` table
         (changed by the CLI, and by the node taking and letting go of instances)."""
-        rows = {agent.name: agent for agent in await self.store.list_agents() if self._holds(agent)}
+        every = {agent.name: agent for agent in await self.store.list_agents()}
+        rows = {name: agent for name, agent in every.items() if self._holds(agent)}
         for name, agent in rows.items():
             worker = self.workers.get(name)
             if worker is None:
@@ -427,7 +437,7 @@ class Pool:
                 worker.retiring = True
                 worker.enabled = False
                 worker.wake()
-                log.info("agent %s removed", name)
+                log.info("agent %s %s", name, _gone(every.get(name)))
         await self._redispatch(await self.store.orphaned_tasks())
 
     # dispatch
@@ -605,24 +615,30 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        settings: dict[str, Any] = {}
+        policy = RunPolicy()
         if self.policies is not None and self.policies.active:
-            settings = await self.policies.run_settings(task)
+            policy = await self.policies.for_run(task)
         try:
             cage = self._cage(task, workdir)
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
-        context = replace(self._context(task, workdir, cage), **settings)
+        context = replace(self._context(task, workdir, cage), **policy.context)
         session: EgressSession | None = None
         try:
             if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
                 session = await self.egress.open(
-                    task.id, task.type, type_config, context.env, sandbox.account, self._keep_egress
+                    task.id,
+                    task.type,
+                    type_config,
+                    context.env,
+                    sandbox.account,
+                    self._keep_egress,
+                    policy.egress,
                 )
                 context = replace(
                     context, env=session.environment(context.env), bridge=session.socket
                 )
-            run = self.runner_for(task.type).run(context)
+            run = self._run_agent(task, context, policy.setup)
             result = await (run if cage is None else cages.enforce(cage, run))
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
@@ -634,6 +650,14 @@ class Pool:
             if cage is not None:
                 await cage.close()
         return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    async def _run_agent(self, task: Task, context: RunContext, setup: Sequence[str]) -> RunResult:
+        """The repository's setup commands, then the agent (a merge runs no agent)."""
+        if setup and self.config.types[task.type].runner != "merge":
+            failed = await run_setup(setup, context)
+            if failed is not None:
+                return failed
+        return await self.runner_for(task.type).run(context)
 
     async def _close_egress(self, session: EgressSession) -> None:
         """End the run's egress (its token with it) and keep what it refused and metered."""

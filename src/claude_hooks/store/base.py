@@ -49,10 +49,10 @@ class Placement:
 
 
 # What to record with the tasks a delivery placed: given them, the queued tasks its requests
-# were merged into, and the error that stopped the placing (if any), the delivery with its
-# outcome, the assignment state and the loop-guard resets it leaves.
+# were merged into, the tasks it cancelled and the error that stopped the placing (if any),
+# the delivery with its outcome, the assignment state and the loop-guard resets it leaves.
 Settle = Callable[
-    [list[Placement], list[Task], NoInstanceError | None],
+    [list[Placement], list[Task], list[str], NoInstanceError | None],
     tuple[DeliveryRecord, Assigned | None, Sequence[Reset]],
 ]
 

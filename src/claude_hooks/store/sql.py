@@ -20,7 +20,13 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
-from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
+from claude_hooks.errors import (
+    ConflictError,
+    NoDatabaseYet,
+    NoInstanceError,
+    StoreError,
+    UnknownAgentError,
+)
 from claude_hooks.store import groups, placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
@@ -378,7 +384,9 @@ class SqlStore:
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str) -> SqlStore:
+    async def open(cls, url: str, create: bool = True) -> SqlStore:
+        """The store on `url`, its schema brought up to date. Without `create`, a database
+        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +396,13 @@ class SqlStore:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
             with engine.begin() as conn:
+                if not create and _current_revision(conn) is None:
+                    engine.dispose()
+                    reader.dispose()
+                    raise NoDatabaseYet(
+                        f"the database at {parsed.render_as_string(hide_password=True)!r} has "
+                        "no tables yet: 'claude-hooks serve' creates them"
+                    )
                 _upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
             engine.dispose()
@@ -518,7 +533,12 @@ class SqlStore:
                         else:
                             merged.append(dataclasses.replace(task, id=twin))
                     placements, failure = _place_all(conn, placing)
-                    record = settle(placements, merged, failure) if settle is not None else None
+                    cancelled = written.cancelled + written.stopping
+                    record = (
+                        settle(placements, merged, cancelled, failure)
+                        if settle is not None
+                        else None
+                    )
                     if record is not None and not pending:
                         insert_delivery(conn, *record)
                 if record is not None and pending:
