@@ -194,6 +194,9 @@ async def test_cancel_through_the_node_that_does_not_run_the_task(
         await wait_until(lambda: third in cluster.gate_b.started)
         await control.cancel_task(cli, third)
         await wait_until(lambda: third in cluster.gate_b.cancelled, WITHIN)
+        # The cancelled run is recorded first (its worker keeps it until then); the let-go of
+        # a disabled instance is timed from there.
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
         await control.set_enabled(cli, "rev-b", False)
         # Disabled, it is let go by its node: no worker of B runs it any more.
         await wait_until(lambda: "rev-b" not in cluster.b.pool.workers, WITHIN)

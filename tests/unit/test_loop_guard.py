@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 
 from claude_hooks.config import FlowsConfig
-from claude_hooks.service.flows import Decision
+from claude_hooks.core.decision import Decision
+from claude_hooks.core.loop_guard import trip_reason
 from claude_hooks.service.intake import Applied, _kept
-from claude_hooks.service.loop_guard import trip_reason
 from tests.fake_forgejo import FakeForgejo
 from tests.support import fixture, forgejo_headers, wait_until
 from tests.web.test_forge_flows import client_for, forge_config  # noqa: F401

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.core.decision import CiWatch
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
-from claude_hooks.store.intake import CiWatch
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo

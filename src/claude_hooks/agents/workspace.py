@@ -37,7 +37,7 @@ from typing import IO
 from urllib.parse import quote
 
 from claude_hooks.agents import resources
-from claude_hooks.agents.runners.base import RunResult
+from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.worktree_state import Captured, apply, capture
 from claude_hooks.config import TypeConfig, size_bytes

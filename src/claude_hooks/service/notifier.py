@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable, Iterable
 
 from claude_hooks.config import Config
+from claude_hooks.core.decision import ForgeComment
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.events import Event, EventBus
-from claude_hooks.service.flows import ForgeComment
 from claude_hooks.store.egress import EgressBlock
 from claude_hooks.store.outbox import OutboxStore
 
@@ -127,9 +127,6 @@ class Notifier:
     def _comment_for(self, event: Event) -> ForgeComment | None:
         if not self.forge.enabled:
             return None
-        if event.kind == "comment":
-            comment = event.data["comment"]
-            return comment if isinstance(comment, ForgeComment) else None
         task = event.task
         if task is None or task.type not in self.config.types:
             return None

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from claude_hooks.agents import cages, processes, resources
@@ -25,10 +25,12 @@ from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, size_bytes
+from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
-from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service.control import SIGNAL_CANCEL
+from claude_hooks.service import control
+from claude_hooks.service.control import CancelRequest
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.policies import Gate, Policies, RunPolicy
@@ -44,6 +46,7 @@ from claude_hooks.store.base import (
     Store,
     TaskFilter,
 )
+from claude_hooks.store.decisions import Cause
 from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.wakeups import Wake
 
@@ -57,13 +60,6 @@ BLOCKED_RECHECK_SECONDS = 1.0
 STEAL_LOOK_SECONDS = 0.5
 # How often instances look at the free disk again while it is below server.min_free_disk.
 LOW_DISK_RECHECK_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResult:
-    task_id: str
-    state: TaskState  # the state the task was in when the cancel arrived
-    agent: str
 
 
 class Worker:
@@ -105,6 +101,10 @@ class Worker:
     def cancel_current(self) -> bool:
         if self.current is None:
             return False
+        if self._cancel_current:
+            # Asked again (the cancel's signal, heard after the local stop): a second
+            # cancellation would cut the runner's grace period short.
+            return True
         self._cancel_current = True
         if self._run is not None:
             self._run.cancel()
@@ -116,7 +116,7 @@ class Worker:
                 if self._unfinished is not None:
                     await self._record(*self._unfinished)
                 if self.retiring:
-                    self.pool._retired(self)
+                    self.pool.retired(self)
                     return
                 self._wake.clear()
                 if self._claim_unsure:
@@ -242,7 +242,7 @@ class Worker:
         """Save how a run ended; kept for another try if the store fails, so it is never lost."""
         await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
         self._unfinished = None
-        self.pool._key_freed()
+        self.pool.key_freed()
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
         try:
             await self.pool.publish_finished(task.id)
@@ -267,7 +267,7 @@ class Worker:
         type_config = pool.config.types[task.type]
         if self._cancel_current:
             return Outcome(TaskState.CANCELLED, error="cancelled before it started")
-        self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
+        self._run = asyncio.create_task(pool.prepare_and_run(task), name=f"run-{task.id}")
         try:
             done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
         except asyncio.CancelledError:
@@ -330,10 +330,16 @@ class Pool:
         runner_for: RunnerFactory,
         clock: Callable[[], float] = time.time,
         bus: EventBus | None = None,
+        forge: Forge | None = None,
+        policies: Policies | None = None,
     ) -> None:
+        """`forge`: the forge the agents' forge tools act on (None: no forge tools);
+        `policies`: repositories' policies, checked before a queued task starts."""
         self.config = config
         self.store = store
         self.runner_for = runner_for
+        self.forge = forge
+        self.policies = policies
         self.clock = clock
         self.bus = bus or EventBus()
         self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
@@ -350,17 +356,14 @@ class Pool:
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self._noticed: set[str] = set()  # tasks whose wait for their group was told
-        self.limits = Limits(config, store, clock, self.bus, self)
-        # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
+        self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self._over_budget)
+        # Given at `start`, once the service has probed bubblewrap; types with
+        # `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
         self.egress = EgressProxy()
-        # Set by the service at start: where each run's limits are enforced.
+        # Given at `start`: where each run's limits are enforced.
         self.confinement: cages.Confinement | None = None
         self._disk_was_low = False
-        # Set by the service: the forge the agents' forge tools act on.
-        self.forge: Forge | None = None
-        # Set by the service: repositories' policies, checked before a queued task starts.
-        self.policies: Policies | None = None
 
     # registry
 
@@ -383,8 +386,11 @@ class Pool:
 
     # lifecycle
 
-    async def start(self) -> None:
-        """Recover from a crash, build one worker per instance, move orphaned tasks, start."""
+    async def start(self, sandbox: Sandbox | None, confinement: cages.Confinement) -> None:
+        """Recover from a crash, build one worker per instance, move orphaned tasks, start;
+        `sandbox`: the agents' sandbox, as probed; `confinement`: where runs' limits go."""
+        self.sandbox = sandbox
+        self.confinement = confinement
         recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
         stale = [r for r in recovered if r.pid is not None]
         await asyncio.gather(
@@ -438,7 +444,8 @@ class Pool:
         self.workers[name] = worker
         return worker
 
-    def _retired(self, worker: Worker) -> None:
+    def retired(self, worker: Worker) -> None:
+        """A removed instance's worker has finished its last task: forget it."""
         if self.workers.get(worker.name) is worker:
             del self.workers[worker.name]
 
@@ -481,12 +488,17 @@ class Pool:
         return placed.task
 
     async def dispatch_all(
-        self, requests: Sequence[tuple[str, DispatchRequest]], settle: Settle
+        self,
+        requests: Sequence[tuple[str, DispatchRequest]],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
     ) -> Dispatched:
-        """Queue a delivery's requests in order and record the delivery as `settle` says, in
-        one transaction (see `Store.dispatch_all`)."""
+        """Queue a delivery's requests in order, apply the rest of its decision and record
+        the delivery as `settle` says, in one transaction (see `Store.dispatch_all`)."""
         tasks = [self._task(agent_type, request) for agent_type, request in requests]
-        dispatched = await self.store.dispatch_all(tasks, settle)
+        dispatched = await self.store.dispatch_all(tasks, settle, decision, cause, pending)
         for placed in dispatched.placements:
             self._placed(placed)
         return dispatched
@@ -543,7 +555,7 @@ class Pool:
         elif wake.kind == wakeups.BUSY:
             self._wake_thieves(wake.target)
         elif wake.kind == wakeups.FREED:
-            self._key_freed()
+            self.key_freed()
 
     def wake_all(self) -> None:
         """Every worker looks again (wake-ups may have been missed while not listening)."""
@@ -611,18 +623,18 @@ class Pool:
         if gate.refusal is None:
             return gate
         now = self.clock()
-        ended = (
-            await self.store.cancel_queued(task.id, gate.refusal, now)
-            if gate.cancel
-            else await self.store.fail_queued(task.id, gate.refusal, now)
-        )
+        if gate.cancel:
+            cause = Cause("the repository's policy", None, now, reason=gate.refusal)
+            ended = bool((await self.store.cancel_tasks([task.id], cause)).cancelled)
+        else:
+            ended = await self.store.fail_queued(task.id, gate.refusal, now)
         if ended:
             log.warning("task %s not started: %s", task.id, gate.refusal)
             await self.publish_finished(task.id)
         self._wake(task.agent)
         return gate
 
-    def _key_freed(self) -> None:
+    def key_freed(self) -> None:
         """A task ended: workers whose head waits for a session key look again."""
         for worker in self.workers.values():
             if worker.blocked:
@@ -630,7 +642,7 @@ class Pool:
 
     # running
 
-    async def _prepare_and_run(self, task: Task) -> RunResult:
+    async def prepare_and_run(self, task: Task) -> RunResult:
         """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
         type_config = self.config.types[task.type]
         sandbox = self.sandbox_of(task.type)
@@ -768,24 +780,24 @@ class Pool:
 
     # cancel
 
-    async def cancel_task(self, task_id: str) -> CancelResult:
-        """Cancel a queued or running task; ConflictError if it has already finished."""
-        task = await self.store.get_task(task_id)
-        if task is None:
-            raise UnknownTaskError(task_id)
-        if task.state is TaskState.QUEUED:
-            if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
-                await self.publish_finished(task_id)
-                return CancelResult(task_id, TaskState.QUEUED, task.agent)
-            task = await self.store.get_task(task_id)
-            assert task is not None
-        if task.state is TaskState.RUNNING:
-            await self.store.request_cancel(task_id)
-            if not self.stop_running(task_id):
-                # Run by another node (or not yet seen here): its listener stops it.
-                await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
-            return CancelResult(task_id, TaskState.RUNNING, task.agent)
-        raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+    async def cancel_task(
+        self, task_id: str, by: str = "the service", delivery_id: str | None = None
+    ) -> CancelRequest:
+        """Cancel a queued or running task (`control.cancel_task`) and act on it here at once:
+        announce a queued one finished, stop a running one if this node runs it."""
+        request = await control.cancel_task(self.store, task_id, by, delivery_id)
+        if request.was is TaskState.QUEUED:
+            await self.publish_finished(task_id)
+        else:
+            self.stop_running(task_id)  # run by another node: its listener stops it
+        return request
+
+    async def _over_budget(self, task_id: str) -> None:
+        await self.cancel_task(task_id, "the hard budget ([budget] hard = true)")
+
+    def running_tasks(self) -> list[Task]:
+        """The tasks this node's workers run now."""
+        return [w.current for w in list(self.workers.values()) if w.current is not None]
 
     def stop_running(self, task_id: str) -> bool:
         """Stop the task if one of this node's workers runs it; False if none does."""

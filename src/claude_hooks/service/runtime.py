@@ -19,7 +19,7 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.control import SIGNAL_AGENTS, SIGNAL_CANCEL
+from claude_hooks.service.control import SIGNAL_AGENTS
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.intake import Intake
 from claude_hooks.service.limits import SIGNAL_BUDGET
@@ -37,6 +37,7 @@ from claude_hooks.service.retention import Retention
 from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
+from claude_hooks.store.decisions import SIGNAL_CANCEL
 from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake
@@ -75,10 +76,18 @@ class Service:
         self._runners: dict[str, AgentRunner] = {}
         self._claude: AgentRunner | None = None
         self.bus = EventBus()
-        self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
-        self.pool.forge = self.forge
-        self.pool.policies = Policies(config, self.forge, self.store.spend, self.clock)
+        self.pool = Pool(
+            config,
+            store,
+            runner_for or self.runner_for,
+            clock,
+            self.bus,
+            self.forge,
+            Policies(config, self.forge, self.store.spend, self.clock),
+        )
+        # Comments are posted by one node: the leader (see `node`).
+        self.outbox = Drainer(self.forge, store.outbox, clock)
         self.faults = StorageFaults(clock)
         self.intake = Intake(
             config,
@@ -86,19 +95,18 @@ class Service:
             store.intake,
             self.forge,
             clock,
+            self.outbox.wake,
             self.insecure_no_signature,
             self.faults,
         )
         self.readiness = Readiness(
             store, self._replay_spool, config.server.database_connect_timeout
         )
-        # Comments are posted by one node: the leader (see `node`).
-        self.outbox = Drainer(self.forge, store.outbox, clock)
         self.notifier = Notifier(
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
         )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
-        self.pending = PendingRetrier(config, self.intake)
+        self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
         # CI polling, pending deliveries and posting comments run on the node that leads.
         self.node = Node(
@@ -157,9 +165,9 @@ class Service:
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
-        self.pool.sandbox = self._sandbox()
-        self.pool.confinement = cages.detect()
-        log.info("agents' limits: %s", self.pool.confinement.describe())
+        sandbox = self._sandbox()
+        confinement = cages.detect()
+        log.info("agents' limits: %s", confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -170,7 +178,7 @@ class Service:
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
-            await self.pool.start()
+            await self.pool.start(sandbox, confinement)
             self.intake.spool.open()
         except BaseException:
             self._lock.release()
@@ -241,7 +249,7 @@ class Service:
         await self.node.stop()
         await self.retention.stop()
         await self.intake.sweeper.stop()
-        await self.intake.guard.stop()
+        await self.intake.stop()
         await self.pool.stop()
         await self.node.leave()
         await self.notifier.stop()

@@ -1,23 +1,13 @@
-"""What a user does to a task through the service: cancel it (remembering who asked) and
-retry it. The CLI's cancel goes through `control`, which records its own `cancelled_by`."""
+"""What a user does to a task through the service besides cancelling it (`Pool.cancel_task`,
+over `control.cancel_task`): retry it."""
 
 from __future__ import annotations
 
 from claude_hooks.core.domain import DispatchRequest, Task, TaskState
 from claude_hooks.errors import ConflictError, UnknownTaskError
-from claude_hooks.service.pool import CancelResult, Pool
+from claude_hooks.service.pool import Pool
 
 RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
-
-
-async def cancel(pool: Pool, task_id: str, by: str, delivery_id: str | None = None) -> CancelResult:
-    """Cancel a queued or running task, noting who or what asked (kept only once cancelled)."""
-    task = await pool.store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
-    if not task.state.finished:
-        await pool.store.notes.set_cancelled_by(task_id, by, delivery_id)
-    return await pool.cancel_task(task_id)
 
 
 async def retry(pool: Pool, task_id: str) -> Task:

@@ -29,6 +29,20 @@ class Letter:
     next_at: float  # not posted before this time
 
 
+def write_letter(
+    conn: sa.Connection, as_type: str, repo: str, number: int, body: str, now: float
+) -> int:
+    """Add a comment to the outbox, with a wake-up for the drainer, within the caller's
+    transaction; its id."""
+    letter_id = conn.execute(
+        outbox.insert()
+        .values(as_type=as_type, repo=repo, number=number, body=body, created_at=now, next_at=now)
+        .returning(outbox.c.id)
+    ).scalar_one()
+    wakeups.notify(conn, wakeups.OUTBOX)
+    return int(letter_id)
+
+
 class OutboxStore(Protocol):
     async def put(self, as_type: str, repo: str, number: int, body: str, now: float) -> int: ...
     async def waiting(self, limit: int) -> list[Letter]: ...
@@ -43,20 +57,7 @@ class SqlOutbox:
 
     async def put(self, as_type: str, repo: str, number: int, body: str, now: float) -> int:
         with self.engine.begin() as conn:
-            letter_id = conn.execute(
-                outbox.insert()
-                .values(
-                    as_type=as_type,
-                    repo=repo,
-                    number=number,
-                    body=body,
-                    created_at=now,
-                    next_at=now,
-                )
-                .returning(outbox.c.id)
-            ).scalar_one()
-            wakeups.notify(conn, wakeups.OUTBOX)
-        return int(letter_id)
+            return write_letter(conn, as_type, repo, number, body, now)
 
     async def waiting(self, limit: int) -> list[Letter]:
         query = (

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from claude_hooks.config import ServerConfig
+from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import (
     ConflictError,
@@ -49,14 +50,15 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
-from claude_hooks.store.intake import SqlIntake, insert_delivery
+from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.offload import OffloadedStore
 from claude_hooks.store.outbox import SqlOutbox
-from claude_hooks.store.pending import SqlPending
+from claude_hooks.store.pending import AlreadySettled, SqlPending, settle_pending
 from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
@@ -421,7 +423,7 @@ class SqlStore:
         self.egress = SqlEgress(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
-        self.spend = SqlSpend(engine, self.reader, self.kept)
+        self.spend = SqlSpend(engine, self.reader)
         self.nodes = SqlNodes(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
@@ -561,19 +563,54 @@ class SqlStore:
         with self.engine.begin() as conn:
             return _place(conn, task)
 
-    async def dispatch_all(self, tasks: Sequence[Task], settle: Settle) -> Dispatched:
-        """Place the tasks of one delivery in order, stopping at a type with no instance, and
-        record the delivery as `settle` says: one transaction, so the delivery and its tasks
-        are committed together or not at all."""
+    async def dispatch_all(
+        self,
+        tasks: Sequence[Task],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
+    ) -> Dispatched:
+        """Apply a delivery's whole decision in one transaction: its writes (`decisions`),
+        then its tasks in order (each merged into a queued twin of its session and kind, or
+        placed, stopping at a type with no instance), then the delivery as `settle` records
+        it. A duplicate id, or a failure, leaves nothing of it. `settle` None: no delivery
+        to record (a CI poll's decision); `pending`: the delivery is recorded already, as
+        pending, and is settled now."""
         try:
-            # The pipeline ends before the commit, so a duplicate id fails as itself (an
-            # IntegrityError), not as the commit of an aborted transaction.
-            with self.engine.begin() as conn, pipelined(conn):
-                placements, failure = _place_all(conn, tasks)
-                insert_delivery(conn, *settle(placements, failure))
-        except sa.exc.IntegrityError:
+            with self.engine.begin() as conn:
+                # Before the pipeline: these writes read what they changed (SQLAlchemy's
+                # results), and most deliveries have none of them.
+                written = (
+                    write_decision(conn, decision, cause or Cause("", None, 0.0))
+                    if decision is not None
+                    else Written()
+                )
+                # The pipeline ends before the commit, so a duplicate id fails as itself (an
+                # IntegrityError), not as the commit of an aborted transaction.
+                with pipelined(conn):
+                    merged: list[Task] = []
+                    placing: list[Task] = []
+                    for task in tasks:
+                        twin = merge_into_twin(conn, task)
+                        if twin is None:
+                            placing.append(task)
+                        else:
+                            merged.append(dataclasses.replace(task, id=twin))
+                    placements, failure = _place_all(conn, placing)
+                    cancelled = written.cancelled + written.stopping
+                    record = (
+                        settle(placements, merged, cancelled, failure)
+                        if settle is not None
+                        else None
+                    )
+                    if record is not None and not pending:
+                        insert_delivery(conn, *record)
+                if record is not None and pending:
+                    settle_pending(conn, *record)  # reads what it deleted: after the pipeline
+        except (sa.exc.IntegrityError, AlreadySettled):
             return Dispatched([], None, recorded=False)
-        return Dispatched(placements, failure, recorded=True)
+        return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
 
     async def reassign_task(self, task_id: str) -> Task | None:
         """Move a queued task to the tail of the instance the rule picks now (its own was
@@ -729,29 +766,19 @@ class SqlStore:
                 wakeups.notify(conn, wakeups.FREED)
             return result.rowcount > 0
 
-    async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
+    async def fail_queued(self, task_id: str, reason: str, now: float) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
-                .values(state=state.value, finished_at=now, error=reason)
+                .values(state=TaskState.FAILED.value, finished_at=now, error=reason)
             )
             return result.rowcount > 0
 
-    async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool:
-        return await self._end_queued(task_id, TaskState.CANCELLED, reason, now)
-
-    async def fail_queued(self, task_id: str, reason: str, now: float) -> bool:
-        return await self._end_queued(task_id, TaskState.FAILED, reason, now)
-
-    async def request_cancel(self, task_id: str) -> bool:
+    async def cancel_tasks(self, task_ids: Sequence[str], cause: Cause) -> Written:
+        """Cancel the tasks of `task_ids` still queued or running: one transaction."""
         with self.engine.begin() as conn:
-            result = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
-                .values(cancel_requested=True)
-            )
-            return result.rowcount > 0
+            return cancel(conn, tasks.c.id.in_(list(task_ids)), cause)
 
     def _mine(self) -> sa.ColumnElement[bool]:
         """Tasks this node runs: a node declared dead no longer changes what was rescued."""

@@ -7,17 +7,16 @@ agent process before letting it propagate.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from claude_hooks.agents.cages import Cage
+from claude_hooks.agents.forge_tools import ForgeTools
+from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
-
-if TYPE_CHECKING:
-    from claude_hooks.agents.cages import Cage
-    from claude_hooks.agents.forge_tools import ForgeTools
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +48,7 @@ class RunContext:
     bridge: Path | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    succeeded: bool
-    exit_code: int | None = None
-    result: str | None = None
-    error: str | None = None
-    cost_usd: float | None = None
-    claude_session_id: str | None = None
-    details: dict[str, object] = field(default_factory=dict)
+__all__ = ["AgentRunner", "RunContext", "RunResult"]
 
 
 class AgentRunner(Protocol):
