@@ -134,7 +134,10 @@ class ServerConfig(_Section):
         description="the account sandboxed agents run as when the service runs as root",
     )
     min_free_disk: Size = Field(
-        "2G", description="free space on the data dir's filesystem below which no agent starts"
+        "2G",
+        description="free space on the data dir's filesystem below which no agent starts, and "
+        "the service's own non-essential writes (task logs beyond their head, worktree states) "
+        "stop, leaving room for the delivery spool",
     )
     node: str = Field(
         default_factory=lambda: _host_node_name(),
@@ -146,6 +149,33 @@ class ServerConfig(_Section):
     )
     advertise_url: str = Field(
         "", description="where other nodes reach this node's API; default: http://host:port"
+    )
+    database_connect_timeout: float = Field(
+        5.0, gt=0, le=300, description="seconds to open a connection to PostgreSQL, at most"
+    )
+    database_lock_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="seconds a statement waits for a lock (PostgreSQL lock_timeout, SQLite's "
+        "busy timeout) before it fails; below server.answer_deadline, so a delivery that "
+        "waited in vain is still spooled in time",
+    )
+    database_statement_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a PostgreSQL statement may run (statement_timeout)",
+    )
+    spool_dir: Path | None = Field(
+        None,
+        description="where deliveries the database cannot take in time are kept until it can; "
+        "default: data_dir",
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="largest delivery spool; beyond it deliveries are answered 503",
     )
 
     @model_validator(mode="after")
@@ -418,6 +448,11 @@ class Config(_Section):
         return f"sqlite:///{(self.server.data_dir / 'claude-hooks.db').resolve()}"
 
     @property
+    def spool_dir(self) -> Path:
+        """Where undelivered deliveries wait for the database (see `service.spool`)."""
+        return self.server.spool_dir or self.server.data_dir
+
+    @property
     def sqlite_file(self) -> Path | None:
         """The SQLite database file, when the database is one."""
         found = _SQLITE_URL.match(self.database_url)
@@ -518,6 +553,8 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     server = data.setdefault("server", {})
     if isinstance(server, dict):
         server["data_dir"] = _beside(base, server.get("data_dir", "data"))
+        if server.get("spool_dir"):
+            server["spool_dir"] = _beside(base, server["spool_dir"])
         url = server.get("database_url")
         found = _SQLITE_URL.match(url) if isinstance(url, str) else None
         if found and found["path"] not in ("", ":memory:"):

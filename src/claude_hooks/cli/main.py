@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -36,14 +37,22 @@ from claude_hooks.errors import (
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import control
-from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, delivery_rows
+from claude_hooks.service.history import (
+    DELIVERY_OUTCOMES,
+    REJECTED,
+    SPOOLED,
+    delivery_rows,
+    spooled_rows,
+)
 from claude_hooks.service.limits import Pause, stored_pauses
 from claude_hooks.service.lockfile import running_service
+from claude_hooks.service.spool import FILE_NAME as SPOOL_FILE
+from claude_hooks.service.spool import Spooled, SpoolError, read_spool
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup
 from claude_hooks.store.base import NodeAddress, Store, TaskFilter
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 
 T = TypeVar("T")
 
@@ -64,6 +73,8 @@ workdirs_app = typer.Typer(
 nodes_app = typer.Typer(help="Show the nodes that share the database.", no_args_is_help=True)
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(nodes_app, name="nodes")
+spool_app = typer.Typer(help="Load a node's delivery spool by hand.", no_args_is_help=True)
+app.add_typer(spool_app, name="spool")
 app.add_typer(workdirs_app, name="workdirs")
 app.command("simulate")(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget")
@@ -134,7 +145,7 @@ async def _with_store(
             f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
             "'claude-hooks serve' creates it; pass --config if you meant another configuration"
         )
-    store = await SqlStore.open(config.database_url, create=create)
+    store = await SqlStore.open(config.database_url, Timeouts.of(config.server), create=create)
     try:
         return await action(store)
     finally:
@@ -336,13 +347,14 @@ def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) ->
             "started_at": v.started_at,
             "heartbeat_at": v.heartbeat_at,
             "instances": list(v.instances),
+            "spooled": v.spooled,
         }
         for v in views
     ]
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "state", "last heartbeat", "capacity", "instances", "url")
+    table = Table("name", "state", "last heartbeat", "capacity", "instances", "spooled", "url")
     for v in views:
         table.add_row(
             v.name,
@@ -350,6 +362,7 @@ def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) ->
             f"{now - v.heartbeat_at:.1f} s ago",
             str(v.capacity or "no limit"),
             ", ".join(v.instances) or "-",
+            f"{v.spooled} not replayed" if v.spooled else "-",
             v.url or "-",
         )
     out.print(table)
@@ -630,7 +643,11 @@ def deliveries_list(
     async def fetch(store: Store) -> list[dict[str, Any]]:
         return (await delivery_rows(store, outcome, limit, 0))[1]
 
-    rows = _run(_with_store(config, fetch))
+    if outcome == SPOOLED:  # read from the spool file: the database may be what is away
+        waiting = [entry.record for entry in _read_spool(config.spool_dir)]
+        rows = spooled_rows(waiting, limit, 0)[1]
+    else:
+        rows = _run(_with_store(config, fetch))
     if as_json:
         _print_json(rows)
         return
@@ -666,6 +683,46 @@ def _print_rejections(rows: list[dict[str, Any]]) -> None:
             row["hint"],
         )
     out.print(table)
+
+
+def _read_spool(path: Path) -> list[Spooled]:
+    try:
+        return read_spool(path)
+    except SpoolError as exc:
+        _fail(str(exc))
+
+
+@spool_app.command("replay")
+def spool_replay(
+    path: Annotated[
+        Path, typer.Argument(help="A spool file, or the data dir (server.spool_dir) holding one.")
+    ],
+    config_file: ConfigOption = None,
+) -> None:
+    """Load the deliveries of a node's spool into the database, from any host: each is stored
+    pending, and the leading node runs it through the flows; one already there is skipped."""
+    config = _config(config_file)
+    if not path.exists():
+        _fail(f"no spool at {str(path)!r}: give the file or the folder holding {SPOOL_FILE}")
+    entries = _read_spool(path)
+
+    async def load(store: Store) -> int:
+        loaded = 0
+        now = time.time()
+        for place, entry in enumerate(entries):
+            record = dataclasses.replace(
+                entry.record, outcome="pending", reason=f"loaded from the spool {path}"
+            )
+            # In arrival order: the retrier takes the earliest due first.
+            if await store.pending.add_pending(record, now + place * 1e-6):
+                loaded += 1
+        return loaded
+
+    loaded = _run(_with_store(config, load))
+    out.print(
+        f"{loaded} of {len(entries)} spooled deliveries loaded as pending "
+        f"({len(entries) - loaded} were in the database already); the leading node runs them"
+    )
 
 
 @deliveries_app.command("replay")

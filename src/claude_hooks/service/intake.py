@@ -33,19 +33,29 @@ from claude_hooks.service.events import Event
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
+from claude_hooks.service.spool import Spool, SpoolError
+from claude_hooks.service.storage_faults import RETRY_AFTER, StorageFaults
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store.base import Placement, Settle
 from claude_hooks.store.decisions import Cause
+from claude_hooks.store.faults import fault_reason, is_disconnect, is_storage_fault
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
 from claude_hooks.store.pending import PendingEntry
 
 log = logging.getLogger(__name__)
+
+# The share of the answer deadline kept for writing the spool when the database is late;
+# the forge's look-ups end before (`pending.FORGE_SHARE`).
+SPOOL_SHARE = 0.1
+# Tries of a spooled delivery on connections the database dropped, before the next probe.
+RECONNECTS = 25
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
     body: dict[str, Any]
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
 
 @dataclass(slots=True)
@@ -175,10 +185,13 @@ class Intake:
         clock: Callable[[], float],
         wake_outbox: Callable[[], None],
         insecure: bool = False,
+        faults: StorageFaults | None = None,
     ) -> None:
         """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer."""
         self.config = config
         self.pool = pool
+        self.spool = Spool(config.spool_dir, config.server.spool_max_bytes)
+        self.faults = faults or StorageFaults(clock)
         self.sweeper = Sweeper(config, pool.workspaces, store, forge)
         self.guard = LoopGuard(config, clock)
         self.wake_outbox = wake_outbox
@@ -239,8 +252,11 @@ class Intake:
         try:
             if await self.rejections.record(status, reason, headers, size, remote):
                 self.pool.bus.publish(Event("delivery", data={"outcome": "rejected"}))
-        except Exception:
-            log.exception("could not record a rejected delivery")
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                log.exception("could not record a rejected delivery")
+            else:
+                self.faults.note(fault_reason(exc))
         return Answer(status, {"status": "rejected", "error": reason})
 
     async def receive(
@@ -275,7 +291,67 @@ class Intake:
             body=delivery.body.decode("utf-8", "replace"),
             **_summary(payload),
         )
-        return await self._process(record, payload)
+        return await self._take(record, payload)
+
+    def _storage_budget(self) -> float:
+        """Seconds the database has to take a delivery; the rest of the answer deadline is
+        the spool's (an fsync: milliseconds)."""
+        return self.config.server.answer_deadline * (1 - SPOOL_SHARE)
+
+    async def _take(self, record: DeliveryRecord, payload: Payload | None) -> Answer:
+        """Process a verified delivery within the answer deadline, or spool it: a storage
+        fault is never a 500, and what the database could not take is not lost."""
+        if self.spool.busy:
+            # In arrival order: the new one goes after those already waiting.
+            return await self._spooled(record, "earlier deliveries wait in the spool")
+        budget = self._storage_budget()
+        try:
+            async with asyncio.timeout(budget):
+                return await self._process(record, payload)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            reason = fault_reason(exc)
+            if isinstance(exc, TimeoutError):
+                reason = f"database: no answer within {budget:g} s"
+        self.faults.note(reason)
+        return await self._spooled(record, reason)
+
+    async def _spooled(self, record: DeliveryRecord, reason: str) -> Answer:
+        try:
+            await self.spool.append(record, reason)
+        except SpoolError as exc:
+            self.faults.note(str(exc))
+            self._count("refused_503")
+            body = {"status": "rejected", "error": str(exc)}
+            return Answer(503, body, retry_after=RETRY_AFTER)
+        record.outcome, record.reason = "spooled", reason
+        self._published(record)
+        return Answer(202, {"status": "spooled", "reason": reason, "delivery": record.id})
+
+    async def replay_spool(self) -> int:
+        """Feed the spool's deliveries to the flows in arrival order, until it is empty or the
+        database fails again (raised); how many were taken."""
+        taken = 0
+        while self.spool.waiting:
+            entry = self.spool.waiting[0]
+            record = replace(entry.record, outcome="queued", reason=None, task_ids=[])
+            try:
+                payload = _typed(record.event_type, json.loads(record.body))
+            except (WebhookError, ValueError) as exc:
+                log.warning("spooled delivery %s cannot be read: %s", record.id, exc)
+                payload = None
+            for attempt in range(1, RECONNECTS + 1):
+                try:
+                    await self._process(record, payload)
+                    break
+                except Exception as exc:
+                    # After a restart of the database each pooled connection fails once.
+                    if attempt == RECONNECTS or not is_disconnect(exc):
+                        raise
+            self.spool.done(entry)
+            taken += 1
+        return taken
 
     async def replay(self, delivery_id: str) -> Answer:
         """Run a stored delivery through the flows again, as a new delivery."""
@@ -349,6 +425,8 @@ class Intake:
         except ClaudeHooksError as exc:  # NoInstanceError above all: no instance of a type
             return Verdict("error", str(exc), 503, applied, None)
         except Exception as exc:
+            if is_storage_fault(exc):
+                raise  # the database's fault, not the delivery's: spooled (see `_take`)
             # A fault of ours, not of the input: the decision's transaction was rolled back,
             # and the delivery is still recorded, alone.
             log.exception("delivery %s could not be processed", record.id)

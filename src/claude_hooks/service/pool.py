@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from claude_hooks.agents import cages, processes, resources
+from claude_hooks.agents.disk_room import DiskRoom
 from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
@@ -43,8 +44,10 @@ from claude_hooks.store.base import (
     QueueEntry,
     Settle,
     Store,
+    TaskFilter,
 )
 from claude_hooks.store.decisions import Cause
+from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._unfinished: tuple[Task, Outcome] | None = None
+        self._claim_unsure = False  # a claim failed with a storage fault: it may have committed
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} type={self.type} running={self.current is not None}>"
@@ -115,6 +119,8 @@ class Worker:
                     self.pool.retired(self)
                     return
                 self._wake.clear()
+                if self._claim_unsure:
+                    await self._requeue_lost_claim()
                 if self.enabled and await self._held():
                     continue
                 task = await self._claim() if self.enabled else None
@@ -122,12 +128,33 @@ class Worker:
                     await self._idle()
                     continue
                 await self._take(task)
-            except Exception:
+            except Exception as exc:
                 # A store or runner fault must not end the worker: its queue would wait forever.
-                log.exception(
-                    "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
-                )
+                if is_storage_fault(exc):
+                    log.warning(
+                        "worker %s: %s; it goes on in %g s",
+                        self.name,
+                        fault_reason(exc),
+                        RETRY_SECONDS,
+                    )
+                else:
+                    log.exception(
+                        "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
+                    )
                 await asyncio.sleep(RETRY_SECONDS)
+
+    async def _requeue_lost_claim(self) -> None:
+        """Put back at the head of the queue a task a claim took without this worker knowing."""
+        where = TaskFilter(agent=self.name, state=TaskState.RUNNING)
+        for task in await self.pool.store.list_tasks(where, 10, 0):
+            if await self.pool.store.requeue_interrupted(task.id, self.pool.clock()):
+                log.warning(
+                    "task %s was claimed as the database connection dropped: back at the "
+                    "head of %s's queue",
+                    task.id,
+                    self.name,
+                )
+        self._claim_unsure = False
 
     async def _held(self) -> bool:
         """Wait while the data dir's disk is low, or a budget or the API breaker holds the
@@ -169,7 +196,13 @@ class Worker:
             self.blocked, self.waiting = gate.not_now is not None, gate.not_now
             return Claim(None, blocked=self.blocked)
         group = gate.group if gate is not None else None
-        claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
+        try:
+            claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
+        except Exception as exc:
+            # The claim may have committed with its answer lost on the way (the connection
+            # dropped): its task would stay running with nothing running it.
+            self._claim_unsure = is_storage_fault(exc)
+            raise
         self.blocked, self.waiting = claim.blocked, claim.waiting
         if claim.waiting is not None and self._head is not None:
             await self.pool.notice_waiting(self._head, claim.waiting.removeprefix("waiting: "))
@@ -309,6 +342,7 @@ class Pool:
         self.policies = policies
         self.clock = clock
         self.bus = bus or EventBus()
+        self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
         self.workspaces = Workspaces(
             config.data_dir,
             forgejo_url=config.forgejo.clone_url or config.forgejo.url,
@@ -316,6 +350,7 @@ class Pool:
             states=store.worktree_states if store.shared else None,
             max_state_bytes=config.server.max_worktree_state_bytes,
             node=config.server.node,
+            room=self.disk_room.ok,
         )
         self.workers: dict[str, Worker] = {}
         self._stranded = False
@@ -727,6 +762,7 @@ class Pool:
             on_process=on_process,
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
+            disk_room=self.disk_room.ok,
             cage=cage,
             forge_tools=None
             if self.forge is None

@@ -32,11 +32,14 @@ from claude_hooks.service.pending import PendingRetrier
 from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
+from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
+from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.decisions import SIGNAL_CANCEL
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.faults import fault_reason, is_storage_fault
+from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ class Service:
         )
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.faults = StorageFaults(clock)
         self.intake = Intake(
             config,
             self.pool,
@@ -93,6 +97,10 @@ class Service:
             clock,
             self.outbox.wake,
             self.insecure_no_signature,
+            self.faults,
+        )
+        self.readiness = Readiness(
+            store, self._replay_spool, config.server.database_connect_timeout
         )
         self.notifier = Notifier(
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
@@ -101,7 +109,14 @@ class Service:
         self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
         # CI polling, pending deliveries and posting comments run on the node that leads.
-        self.node = Node(config, store, self.pool, [self.ci, self.pending, self.outbox], clock)
+        self.node = Node(
+            config,
+            store,
+            self.pool,
+            [self.ci, self.pending, self.outbox],
+            clock,
+            lambda: len(self.intake.spool.waiting),
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self._poke = asyncio.Event()  # a signal was written: look at the signals table now
@@ -117,7 +132,7 @@ class Service:
         insecure_no_signature: bool = False,
     ) -> Service:
         prepare_data_dir(config.data_dir, config.database_url)
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
         return cls(
             config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
         )
@@ -164,9 +179,13 @@ class Service:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
             await self.pool.start(sandbox, confinement)
+            self.intake.spool.open()
         except BaseException:
             self._lock.release()
             raise
+        # What an earlier run spooled goes first, before any new delivery is taken.
+        await self._replay_spool()
+        self.readiness.start()
         self.forge.prepare()
         self.notifier.start()
         await self.node.start()
@@ -206,7 +225,21 @@ class Service:
                 "in their [types.<type>] table to run them unconfined"
             ) from None
 
+    async def _replay_spool(self) -> None:
+        """Replay the spool's deliveries while the database takes them."""
+        if not self.intake.spool.waiting:
+            return
+        try:
+            taken = await self.intake.replay_spool()
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            self.faults.note(fault_reason(exc))
+            return
+        log.info("replayed %d spooled deliveries into the database", taken)
+
     async def stop(self) -> None:
+        await self.readiness.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self._watcher is not None:

@@ -249,6 +249,8 @@ nodes = sa.Table(
     sa.Column("heartbeat_at", sa.Float, nullable=False),
     sa.Column("stopped_at", sa.Float),
     sa.Column("dead_at", sa.Float),
+    # Deliveries in the node's spool, waiting for the database (as of its last heartbeat).
+    sa.Column("spooled", sa.Integer, nullable=False, server_default="0"),
 )
 
 # One runner of each background duty across the nodes: the holder renews before it expires.

@@ -9,15 +9,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from claude_hooks.config import ServerConfig
 from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import (
@@ -52,6 +56,7 @@ from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twi
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
+from claude_hooks.store.offload import OffloadedStore
 from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.pending import AlreadySettled, SqlPending, settle_pending
 from claude_hooks.store.prepared import Prepared, pipelined
@@ -66,13 +71,33 @@ from claude_hooks.store.worktree_states import SqlWorktreeStates
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Every wait on the database, bounded (`server.database_*_timeout`, in seconds)."""
+
+    connect: float = 5.0
+    lock: float = 2.0
+    statement: float = 30.0
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> Timeouts:
+        return cls(
+            server.database_connect_timeout,
+            server.database_lock_timeout,
+            server.database_statement_timeout,
+        )
+
+
+def _sqlite_pragmas(lock_timeout: float) -> Any:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={round(lock_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return pragmas
 
 
 def _sqlite_manual_transactions(dbapi_connection: Any, _record: Any) -> None:
@@ -123,23 +148,23 @@ def _sqlite_begin_immediate(conn: sa.Connection) -> None:
         raise sa.exc.DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
 
 
-def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
+def _sqlite_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     """A writer and a reader on the SQLite file: the writer begins IMMEDIATE, readers never block.
 
     Statements run on the event loop's thread: an SQLite statement takes microseconds, while
     handing it to a worker thread (as aiosqlite does) was measured at 350-500 us per call here.
     """
     url = url.set(drivername="sqlite")
-    writer = sa.create_engine(url, pool_size=1, max_overflow=0)
-    reader = sa.create_engine(url)
+    writer = sa.create_engine(url, pool_size=1, max_overflow=0, pool_timeout=timeouts.lock)
+    reader = sa.create_engine(url, pool_timeout=timeouts.lock)
     for engine in (writer, reader):
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_pragmas(timeouts.lock))
     sa.event.listen(writer, "connect", _sqlite_manual_transactions)
     sa.event.listen(writer, "begin", _sqlite_begin_immediate)
     return writer, reader
 
 
-def _postgresql_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
+def _postgresql_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     """A writer and a reader through psycopg 3, each pooled: PostgreSQL serialises what must be
     serial with row locks (see `placing`). The reader runs in autocommit: a read is one round
     trip instead of three (BEGIN, the query, ROLLBACK), and under READ COMMITTED a transaction
@@ -147,18 +172,41 @@ def _postgresql_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
     call): a connection the server dropped fails one call, and SQLAlchemy then replaces the
     whole pool; the callers retry."""
     url = url.set(drivername="postgresql+psycopg")
-    writer = sa.create_engine(url, pool_size=5, max_overflow=5)
-    reader = sa.create_engine(url, pool_size=5, max_overflow=5, isolation_level="AUTOCOMMIT")
+    options = (
+        f"-c lock_timeout={round(timeouts.lock * 1000)} "
+        f"-c statement_timeout={round(timeouts.statement * 1000)}"
+    )
+    # libpq counts connect_timeout in whole seconds (2 at least); TCP keepalives notice a
+    # peer that vanished without closing the connection.
+    connect_args = {
+        "connect_timeout": max(2, math.ceil(timeouts.connect)),
+        "options": options,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    bounds: dict[str, Any] = {"pool_timeout": timeouts.connect, "connect_args": connect_args}
+    writer = sa.create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, **bounds)
+    # Each thread keeps a reader connection (`KeptReader`) besides the one a call may take.
+    reader = sa.create_engine(
+        url, pool_size=POOL_SIZE, max_overflow=THREADS, isolation_level="AUTOCOMMIT", **bounds
+    )
     return writer, reader
 
 
-def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+# Connections per engine, as many again in overflow; the threads that run PostgreSQL's store
+# calls (see `offload`) are as many as the writer's connections.
+POOL_SIZE = 5
+THREADS = 2 * POOL_SIZE
+
+
+def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engines(parsed)
+        return _sqlite_engines(parsed, timeouts)
     if backend == "postgresql":
-        return _postgresql_engines(parsed)
+        return _postgresql_engines(parsed, timeouts)
     raise StoreError(
         f"database_url {url!r}: the data is stored in SQLite or PostgreSQL "
         "(leave database_url empty, or give a sqlite:/// or postgresql:// URL)"
@@ -167,7 +215,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -384,14 +432,16 @@ class SqlStore:
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str, create: bool = True) -> SqlStore:
+    async def open(cls, url: str, timeouts: Timeouts = Timeouts(), create: bool = True) -> SqlStore:
         """The store on `url`, its schema brought up to date. Without `create`, a database
-        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands."""
+        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands. On
+        PostgreSQL its calls run off the event loop (see `offload`): the object returned
+        stands in for the store, with the same attributes."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         try:
-            engine, reader = _engines(url)
+            engine, reader = _engines(url, timeouts)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
@@ -412,7 +462,9 @@ class SqlStore:
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
         if engine.dialect.name != "sqlite":
-            return cls(engine, reader)
+            threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
+            bound = timeouts.statement + timeouts.connect
+            return cast(SqlStore, OffloadedStore(cls(engine, reader), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
         return cls(engine, reader, checkpointer)
@@ -429,6 +481,19 @@ class SqlStore:
         self.engine.dispose()
         if self.reader is not self.engine:
             self.reader.dispose()
+
+    async def database_time(self) -> float:
+        """The database server's clock (Unix seconds); on SQLite, this host's."""
+        if self.engine.dialect.name != "postgresql":
+            return time.time()
+        with self.reader.connect() as conn:
+            query = sa.select(sa.func.extract("epoch", sa.func.clock_timestamp()))
+            return float(conn.execute(query).scalar_one())
+
+    async def ping(self) -> None:
+        """One round trip to the database: it answers, or this raises."""
+        with self.reader.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     # agents
 

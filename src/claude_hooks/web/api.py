@@ -61,7 +61,7 @@ async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
 async def list_nodes(service: ServiceDep) -> list[dict[str, Any]]:
     return [
         {**dataclasses.asdict(view), "instances": list(view.instances)}
-        for view in await service.store.nodes.list_nodes(service.clock())
+        for view in await service.store.nodes.list_nodes(service.node.now())
     ]
 
 

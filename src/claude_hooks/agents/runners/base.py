@@ -33,6 +33,8 @@ class RunContext:
     # None: the type runs unconfined (`sandbox = false`).
     sandbox: Sandbox | None = None
     max_log_bytes: int = 10 * 1024 * 1024
+    # False while the data dir's disk is short (`DiskRoom`): the log stops after its head.
+    disk_room: Callable[[], bool] | None = None
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
     # The run's limits (its cgroups, the paths whose disk use counts); None: no limits.

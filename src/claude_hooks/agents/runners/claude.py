@@ -372,7 +372,9 @@ class ClaudeRunner:
 
     async def run(self, ctx: RunContext) -> RunResult:
         try:
-            out = CappedLog(ctx.log_path, ctx.max_log_bytes, notice=TRUNCATED, lines=True)
+            out = CappedLog(
+                ctx.log_path, ctx.max_log_bytes, notice=TRUNCATED, lines=True, room=ctx.disk_room
+            )
         except OSError as exc:
             if resources.exhausted(exc):
                 raise  # passing: the pool puts the task back in its queue

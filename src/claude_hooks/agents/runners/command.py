@@ -121,7 +121,7 @@ class CommandRunner:
         await ctx.on_process(process.pid, processes.start_time(process.pid))
         tail = _Tail(TAIL_BYTES)
         exited = asyncio.Event()
-        with CappedLog(ctx.log_path, ctx.max_log_bytes) as log:
+        with CappedLog(ctx.log_path, ctx.max_log_bytes, room=ctx.disk_room) as log:
             copier = asyncio.create_task(_copy(process.stdout, log, tail))
             feeder = asyncio.create_task(_feed(process.stdin, task_document(ctx)))
             try:
