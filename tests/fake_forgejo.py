@@ -92,6 +92,14 @@ class FakeComment:
 
 
 @dataclass(frozen=True)
+class FakeReaction:
+    repo: str
+    comment_id: int
+    content: str
+    user: str
+
+
+@dataclass(frozen=True)
 class FakeReview:
     repo: str
     number: int
@@ -158,6 +166,7 @@ class FakeForgejo:
         self.comments: list[FakeComment] = []
         self.merges: list[FakeMerge] = []
         self.reviews: list[FakeReview] = []
+        self.reactions: list[FakeReaction] = []
         self.requests: list[RecordedRequest] = []
         self.job_logs: dict[str, str] = {}  # web path of a job's `/logs` -> the log
         self.web_requests: list[tuple[str, str | None]] = []  # (web path, token user)
@@ -498,6 +507,26 @@ class FakeForgejo:
             },
         )
 
+    def _post_reaction(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, comment: str
+    ) -> _Answer:
+        """Forgejo keeps one reaction of each kind per user: a repeat answers 200, not 201."""
+        repo = self._repo(owner, name, user)
+        content = body.get("content") if isinstance(body, dict) else None
+        if content not in ("+1", "-1", "laugh", "hooray", "confused", "heart", "rocket", "eyes"):
+            return _error(403, f"'{content}' is not an allowed reaction")
+        reaction = FakeReaction(repo.full_name, int(comment), content, user)
+        answer = {"user": _user(user), "content": content, "created_at": "2026-01-01T00:00:00Z"}
+        if reaction in self.reactions:
+            return _Answer(200, answer)
+        self.reactions.append(reaction)
+        return _Answer(201, answer)
+
+    def reactions_on(self, comment_id: int) -> list[str]:
+        """The reactions on a comment, in the order they came."""
+        with self._lock:
+            return [r.content for r in self.reactions if r.comment_id == comment_id]
+
     def _list_labels(
         self, user: str, query: dict[str, str], body: Any, owner: str, name: str
     ) -> _Answer:
@@ -712,6 +741,11 @@ _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
         re.compile(rf"/repos/{_SEG}/{_SEG}/issues/{_SEG}/comments"),
         "POST",
         FakeForgejo._post_comment,
+    ),
+    (
+        re.compile(rf"/repos/{_SEG}/{_SEG}/issues/comments/(\d+)/reactions"),
+        "POST",
+        FakeForgejo._post_reaction,
     ),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "GET", FakeForgejo._list_labels),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "POST", FakeForgejo._post_label),

@@ -116,6 +116,9 @@ class ServerConfig(_Section):
     advertise_url: str = Field(
         "", description="where other nodes reach this node's API; default: http://host:port"
     )
+    public_url: str = Field(
+        "", description="where people reach the dashboard (links in forge comments); default: none"
+    )
 
     @model_validator(mode="after")
     def _known_zone(self) -> ServerConfig:

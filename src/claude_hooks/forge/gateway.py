@@ -120,6 +120,10 @@ class Forge:
         owner, name = _split(repo)
         await self.client(as_type).comment(owner, name, number, body)
 
+    async def react(self, as_type: str, repo: str, comment_id: int, content: str) -> None:
+        owner, name = _split(repo)
+        await self.client(as_type).react(owner, name, comment_id, content)
+
     async def label(self, as_type: str, repo: str, number: int, name: str) -> None:
         """Put the label `name` on an issue, creating it in the repository if missing."""
         owner, repo_name = _split(repo)

@@ -83,11 +83,13 @@ async def cancel_task(
     if not task.state.finished:
         await store.notes.set_cancelled_by(task_id, by)
     now = time.time()
-    if task.state is TaskState.QUEUED and await store.cancel_queued(
+    if task.state in (TaskState.QUEUED, TaskState.HELD) and await store.cancel_queued(
         task_id, "cancelled while queued", now
     ):
         await store.emit_signal(SIGNAL_CANCEL, task_id, now)
-        return CancelRequest(task_id, TaskState.QUEUED, f"task {task_id} cancelled (was queued)")
+        return CancelRequest(
+            task_id, task.state, f"task {task_id} cancelled (was {task.state.value})"
+        )
     if await store.request_cancel(task_id):
         await store.emit_signal(SIGNAL_CANCEL, task_id, now)
         return CancelRequest(

@@ -30,6 +30,13 @@ from claude_hooks.store.intake import CiWatch, IntakeStore, PullLink
 _MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
 _BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
+COMMANDS = ("stop", "status", "retry", "pause", "resume", "help")
+# A command is a line that is exactly `@<login> <word>`: "@dev-bot stop using globals" is a
+# mention, not a command.
+_COMMAND = re.compile(
+    rf"^[ \t]*@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+({'|'.join(COMMANDS)})[ \t]*\.?[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,21 @@ class ForgeComment:
     repo: str
     number: int
     body: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForgeCommand:
+    """A command a comment addressed to an agent login, for the intake to carry out."""
+
+    word: str  # one of COMMANDS
+    agent_type: str
+    repo: str
+    number: int  # the issue or PR commented on: replies go there
+    session: str  # the session key the command is about
+    keys: tuple[str, ...]  # the session keys whose work `stop` cancels
+    comment_id: int
+    sender: str
+    allowed: bool  # False: the sender may not trigger work, and is refused
 
 
 @dataclass(slots=True)
@@ -56,6 +78,7 @@ class Decision:
     # Issues whose loop guard a human's event resets (see `loop_guard`), written with the
     # delivery: a duplicate resets nothing.
     resets: list[tuple[str, int, float]] = field(default_factory=list)
+    commands: list[ForgeCommand] = field(default_factory=list)
 
 
 def ignore(reason: str) -> Decision:
@@ -86,6 +109,11 @@ def mentioned_logins(text: str) -> list[str]:
     for login in _MENTION.findall(text):
         seen.setdefault(login.rstrip("."), None)
     return list(seen)
+
+
+def commands_in(text: str) -> list[tuple[str, str]]:
+    """The (login, command word) of each line of `text` that is a command, in order."""
+    return [(login.rstrip("."), word.lower()) for login, word in _COMMAND.findall(text)]
 
 
 def linked_issue(pull: PullRequest) -> int:
@@ -429,6 +457,13 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
         return ignore(f"comment {payload.action}: only new comments are read")
     if ctx.config.type_of_login(sender) is not None:
         return ignore(f"comment by the agent account {sender!r}: agents do not wake each other")
+    commands = [
+        (t, word)
+        for login, word in commands_in(payload.comment.body)
+        if (t := ctx.config.type_of_login(login)) is not None
+    ]
+    if commands:
+        return await handle_commands(ctx, payload, commands)
     types = [
         t
         for login in mentioned_logins(payload.comment.body)
@@ -465,6 +500,40 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
         reason=f"{sender} mentioned {', '.join(t for t, _ in dispatch)} on {repo}#{issue.number}",
         dispatch=dispatch,
     )
+
+
+async def handle_commands(
+    ctx: FlowContext, payload: IssueCommentPayload, commands: list[tuple[str, str]]
+) -> Decision:
+    """A comment with command lines: each is carried out by the intake (`service.commands`);
+    its other lines are not read as mentions."""
+    issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
+    allowed = await _allowed(ctx, repo, sender)
+    link = await ctx.intake.pull_link(repo, issue.number) if payload.is_pull else None
+    decision = Decision(
+        reason=f"{sender} commanded "
+        + ", ".join(f"{t} {word}" for t, word in dict.fromkeys(commands))
+        + f" on {repo}#{issue.number}"
+        + ("" if allowed else f" (refused: {sender!r} may not trigger agents)")
+    )
+    for agent_type, word in dict.fromkeys(commands):
+        # An agent's PR continues its issue's session; stop ends the work on both numbers.
+        number = link.issue_number if link and link.author_type == agent_type else issue.number
+        numbers = sorted({number, issue.number})
+        decision.commands.append(
+            ForgeCommand(
+                word=word,
+                agent_type=agent_type,
+                repo=repo,
+                number=issue.number,
+                session=session_key(agent_type, repo, number),
+                keys=tuple(session_key(agent_type, repo, n) for n in numbers),
+                comment_id=payload.comment.id,
+                sender=sender,
+                allowed=allowed,
+            )
+        )
+    return decision
 
 
 def _closed_keys(ctx: FlowContext, repo: str, numbers: set[int]) -> list[str]:

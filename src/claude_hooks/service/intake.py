@@ -26,6 +26,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.payloads import Payload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows, task_actions
+from claude_hooks.service.commands import Commands
 from claude_hooks.service.events import Event
 from claude_hooks.service.loop_guard import LoopGuard
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
@@ -159,6 +160,7 @@ class Intake:
         self.pool = pool
         self.sweeper = Sweeper(config, pool.workspaces, store, forge)
         self.guard = LoopGuard(config, pool.store.spend, store, forge, clock)
+        self.commands = Commands(config, pool, forge, clock)
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -431,6 +433,15 @@ class Intake:
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue
+        for command in decision.commands:
+            # Before the delivery is recorded (below): its reason says what each command did.
+            done = await self.commands.run(command, delivery_id)
+            decision.reason += f"; {command.agent_type} {command.word}: {done.summary}"
+            applied.tasks += [_entry(task, merged=False) for task in done.tasks]
+            applied.cancelled += done.cancelled
+            reply = self.commands.reply(command, done)
+            if reply is not None:
+                decision.comments.append(reply)
         if decision.watch is not None:
             await self.store.put_ci_watch(decision.watch)
         if record is not None:

@@ -564,10 +564,10 @@ class Pool:
         task = await self.store.get_task(task_id)
         if task is None:
             raise UnknownTaskError(task_id)
-        if task.state is TaskState.QUEUED:
+        if task.state in (TaskState.QUEUED, TaskState.HELD):
             if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
                 await self.publish_finished(task_id)
-                return CancelResult(task_id, TaskState.QUEUED, task.agent)
+                return CancelResult(task_id, task.state, task.agent)
             task = await self.store.get_task(task_id)
             assert task is not None
         if task.state is TaskState.RUNNING:

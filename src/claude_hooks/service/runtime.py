@@ -200,6 +200,7 @@ class Service:
         await self.retention.stop()
         await self.intake.sweeper.stop()
         await self.intake.guard.stop()
+        await self.intake.commands.stop()
         await self.pool.stop()
         await self.node.leave()
         await self.notifier.stop()

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from claude_hooks.core.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
+from claude_hooks.store.commands import CommandStore
 from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
@@ -200,6 +201,8 @@ class Store(Protocol):
     def transcripts(self) -> SqlSessionStore: ...
     @property
     def worktree_states(self) -> WorktreeStateStore: ...
+    @property
+    def commands(self) -> CommandStore: ...
     @property
     def shared(self) -> bool: ...
 

@@ -336,7 +336,9 @@ class SqlIntake:
                 sa.select(tasks.c.id)
                 .where(
                     tasks.c.session_key.in_(keys),
-                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.RUNNING.value]),
+                    tasks.c.state.in_(
+                        [TaskState.QUEUED.value, TaskState.HELD.value, TaskState.RUNNING.value]
+                    ),
                 )
                 .order_by(tasks.c.seq)
             )

@@ -313,3 +313,22 @@ queue_lengths = sa.Table(
     sa.Column("agent", sa.String(63), primary_key=True),
     sa.Column("queued", sa.Integer, nullable=False),
 )
+
+# Sessions a human paused from the forge (`@<login> pause`): their tasks wait as `held`.
+paused_sessions = sa.Table(
+    "paused_sessions",
+    metadata,
+    sa.Column("session_key", sa.String(300), primary_key=True),
+    sa.Column("paused_by", sa.String(255), nullable=False),
+    sa.Column("paused_at", sa.Float, nullable=False),
+)
+
+# The last polite refusal of a forge command per sender and issue: at most one an hour.
+command_refusals = sa.Table(
+    "command_refusals",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("sender", sa.String(255), primary_key=True),
+    sa.Column("refused_at", sa.Float, nullable=False),
+)

@@ -38,6 +38,7 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -157,7 +158,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -207,8 +208,9 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
             "delivery_id": task.delivery_id,
         },
     )
+    state = TaskState.HELD if hold_if_paused(conn, task.id, task.session_key) else TaskState.QUEUED
     wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
+    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=state)
     return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
 
@@ -371,6 +373,7 @@ class SqlStore:
         self.node: str | None = None
         self.transcripts = SqlSessionStore(engine, self.reader)
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
+        self.commands = SqlCommands(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:
@@ -644,7 +647,10 @@ class SqlStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.HELD.value]),
+                )
                 .values(state=state.value, finished_at=now, error=reason)
             )
             return result.rowcount > 0

@@ -1,0 +1,36 @@
+"""Forge commands: paused sessions, and the refusals already sent per sender and issue.
+
+Revision ID: 0012
+Revises: 0011
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0012"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "paused_sessions",
+        sa.Column("session_key", sa.String(300), primary_key=True),
+        sa.Column("paused_by", sa.String(255), nullable=False),
+        sa.Column("paused_at", sa.Float, nullable=False),
+    )
+    op.create_table(
+        "command_refusals",
+        sa.Column("repo", sa.String(200), primary_key=True),
+        sa.Column("number", sa.Integer, primary_key=True),
+        sa.Column("sender", sa.String(255), primary_key=True),
+        sa.Column("refused_at", sa.Float, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("command_refusals")
+    op.drop_table("paused_sessions")
