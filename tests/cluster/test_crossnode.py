@@ -20,6 +20,7 @@ from claude_hooks.config import Config
 from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
 from claude_hooks.service import control
 from claude_hooks.service.events import TASK_CHANGED
+from claude_hooks.service.flows import ForgeCommand
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.schema import nodes
 from claude_hooks.store.sql import SqlStore
@@ -260,3 +261,29 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         assert "which did not answer (ConnectError" in (await api.get("/")).text
         assert "did not answer a moment ago" in (await api.get("/")).text
         cluster.gate_b.release(second)
+
+
+async def test_a_stop_command_heard_by_one_node_stops_the_task_on_the_other(
+    cluster: Cluster,
+) -> None:
+    """`@<login> stop` arrives at whichever node Forgejo reaches; the run stops within 2 s."""
+    running = await cluster.review(1)
+    queued = await cluster.review(1)
+    await wait_until(lambda: running in cluster.gate_b.started)
+    key = "reviewer:acme/widget:1"
+    stop = ForgeCommand(
+        word="stop",
+        agent_type="reviewer",
+        repo="acme/widget",
+        number=1,
+        session=key,
+        keys=(key,),
+        comment_id=1,
+        sender="alice",
+        allowed=True,
+    )
+    done = await cluster.a.intake.commands.run(stop, "d-stop")
+    assert sorted(done.cancelled) == sorted([running, queued])
+    assert await elapsed_until(has(cluster.gate_b.cancelled, running), 2.0) < 2.0
+    await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
+    assert {await cluster.state(t) for t in (running, queued)} == {TaskState.CANCELLED}

@@ -92,7 +92,6 @@ class Commands:
         return done
 
     async def _carry_out(self, command: ForgeCommand, delivery_id: str | None) -> Done:
-        login = self.config.login_of(command.agent_type)
         if command.word == "stop":
             return await self._stop(command, delivery_id)
         if command.word == "status":
@@ -103,6 +102,7 @@ class Commands:
             held = await self.store.commands.pause(command.session, command.sender, self.clock())
             if held is None:
                 return Done("already paused", f"`{command.session}` is already paused.")
+            login = self.config.login_of(command.agent_type)
             return Done(
                 f"paused {command.session} ({len(held)} task(s) held)",
                 f"Paused: I take no new task here until `@{login} resume`. "
@@ -115,7 +115,7 @@ class Commands:
             for agent in agents:
                 self.pool.heard(Wake(wakeups.TASK, agent))
             return Done(f"resumed {command.session}", "Resumed: held work goes back in line.")
-        return Done("help answered", HELP.format(login=login))
+        return Done("help answered", HELP.format(login=self.config.login_of(command.agent_type)))
 
     async def _stop(self, command: ForgeCommand, delivery_id: str | None) -> Done:
         by = f"forge command stop by {command.sender}"
