@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -191,6 +191,11 @@ class TypeConfig(_Section):
     timeout: float = Field(3600.0, gt=0)
     workdir: Literal["worktree", "none"] = "worktree"
     comments: bool = True
+    labels: list[str] = Field(
+        default_factory=list,
+        description="labels whose adding to an issue or PR assigns it to this type "
+        "(removing one unassigns it), e.g. ['agent:dev']",
+    )
     rebalance: Literal["none", "steal"] = Field(
         "none",
         description="steal: an idle instance with an empty queue takes queued work from a peer",
@@ -314,6 +319,11 @@ class Config(_Section):
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
+
+    def types_of_labels(self, labels: Iterable[str]) -> set[str]:
+        """The agent types one of `labels` triggers (`[types.<t>] labels`)."""
+        names = set(labels)
+        return {t for t, c in self.types.items() if names.intersection(c.labels)}
 
     def type_of_login(self, login: str) -> str | None:
         """The agent type whose Forgejo account this is (logins compare case-insensitively)."""

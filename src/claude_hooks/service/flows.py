@@ -17,6 +17,7 @@ from claude_hooks.config import Config
 from claude_hooks.core.domain import DispatchRequest, TaskKind, session_key
 from claude_hooks.forge.payloads import (
     ActionRunPayload,
+    Issue,
     IssueCommentPayload,
     IssuePayload,
     Payload,
@@ -26,6 +27,7 @@ from claude_hooks.forge.payloads import (
     StatusPayload,
 )
 from claude_hooks.store.intake import CiWatch, IntakeStore, PullLink
+from claude_hooks.store.labels import LabelStore
 
 _MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
@@ -79,6 +81,8 @@ class Decision:
     # delivery: a duplicate resets nothing.
     resets: list[tuple[str, int, float]] = field(default_factory=list)
     commands: list[ForgeCommand] = field(default_factory=list)
+    # The labels now on (repo, number), saved once the dispatches are committed (as `assigned`).
+    labels: tuple[str, int, frozenset[str]] | None = None
 
 
 def ignore(reason: str) -> Decision:
@@ -99,6 +103,7 @@ class FlowContext:
     now: float = 0.0
     find_pull: PullLookup | None = None
     find_head: HeadLookup | None = None
+    labels: LabelStore | None = None
 
 
 # helpers
@@ -251,6 +256,61 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
             for t in newly
         ],
     )
+
+
+async def handle_labels(ctx: FlowContext, payload: IssuePayload | PullRequestPayload) -> Decision:
+    """A label event is an assignment of each type whose trigger label it added, and an
+    unassignment of each whose label it removed. It carries the labels after the change, so
+    what changed is the difference with the labels last seen on the issue."""
+    repo, sender = payload.repository.full_name, payload.sender.login
+    if isinstance(payload, IssuePayload):
+        item: Issue | PullRequest = payload.issue
+        is_pull = payload.issue.is_pull
+    else:
+        item, is_pull = payload.pull_request, True
+        await remember_pull(ctx, repo, payload.pull_request)
+    number = item.number
+    now = {label.name for label in item.labels}
+    before = await ctx.labels.labels(repo, number) if ctx.labels is not None else set()
+    state = (repo, number, frozenset(now))
+    added = sorted(ctx.config.types_of_labels(now) - ctx.config.types_of_labels(before))
+    removed = sorted(ctx.config.types_of_labels(before) - ctx.config.types_of_labels(now))
+    decision = Decision(labels=state)
+    reasons = []
+    if removed:
+        decision.cancel = [session_key(t, repo, number) for t in removed]
+        reasons.append(f"label removed: cancelling the work of {', '.join(removed)}")
+    sender_type = ctx.config.type_of_login(sender)
+    if sender_type in added:
+        added.remove(sender_type)
+        reasons.append(f"{sender!r} labelled for itself: an agent never triggers its own type")
+    if added:
+        if not await _allowed(ctx, repo, sender):
+            # Not saved: the next label event by an allowed sender starts the work.
+            return _not_allowed(sender, repo)
+        reasons.append(f"labelled for {', '.join(added)}")
+        decision.dispatch = [
+            _request(
+                ctx,
+                t,
+                TaskKind.WORK_ISSUE,
+                repo,
+                number,
+                title=item.title,
+                body=item.body,
+                html_url=item.html_url,
+                sender=sender,
+                issue_number=number,
+                is_pull=is_pull,
+                comment_on=number,
+                label=sorted(set(ctx.config.types[t].labels) & now)[0],
+            )
+            for t in added
+        ]
+    if not reasons:
+        reasons.append(f"labels {', '.join(sorted(now)) or '(none)'}: no agent label changed")
+    decision.reason = f"{repo}#{number} " + "; ".join(reasons)
+    return decision
 
 
 async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
@@ -580,6 +640,8 @@ async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> D
     if isinstance(payload, IssuePayload):
         if event_type == "issue_assign":
             return await handle_issue_assigned(ctx, payload)
+        if event_type == "issue_label":
+            return await handle_labels(ctx, payload)
         if event_type == "issues" and payload.action == "closed":
             return await handle_closed_issue(ctx, payload)
     elif isinstance(payload, PullRequestPayload):
@@ -592,6 +654,8 @@ async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> D
             return await handle_approved(ctx, payload)
         elif event_type in ("pull_request", "pull_request_sync"):
             return await handle_pull_request(ctx, payload)
+        elif event_type == "pull_request_label":
+            return await handle_labels(ctx, payload)
         else:
             await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
     elif isinstance(payload, IssueCommentPayload):

@@ -197,6 +197,7 @@ class Intake:
             now=self.clock(),
             find_pull=find_pull,
             find_head=find_head,
+            labels=self.pool.store.labels,
         )
 
     def _answer_deadline(self) -> float:
@@ -451,6 +452,8 @@ class Intake:
                 await self.guard.spend.reset_guard(repo, number, since)
             for agent_type, request in new:
                 applied.tasks.append(_entry(await self.pool.dispatch(agent_type, request), False))
+        if decision.labels is not None:  # after the dispatches: a failed one stays new
+            await self.pool.store.labels.put_labels(*decision.labels)
         for comment in decision.comments:
             self.pool.bus.publish(Event("comment", data={"comment": comment}))
         self.sweeper.schedule(decision.cleanup)

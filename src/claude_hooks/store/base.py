@@ -14,6 +14,7 @@ from claude_hooks.core.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
 from claude_hooks.store.commands import CommandStore
 from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
+from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
@@ -203,6 +204,8 @@ class Store(Protocol):
     def worktree_states(self) -> WorktreeStateStore: ...
     @property
     def commands(self) -> CommandStore: ...
+    @property
+    def labels(self) -> LabelStore: ...
     @property
     def shared(self) -> bool: ...
 

@@ -323,6 +323,16 @@ paused_sessions = sa.Table(
     sa.Column("paused_at", sa.Float, nullable=False),
 )
 
+# The labels last seen on an issue or PR: a label event carries the labels after the change
+# only, so what was added or removed is the difference with these.
+issue_labels = sa.Table(
+    "issue_labels",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+)
+
 # The last polite refusal of a forge command per sender and issue: at most one an hour.
 command_refusals = sa.Table(
     "command_refusals",

@@ -41,6 +41,7 @@ from claude_hooks.store.base import (
 from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.kept_reader import KeptReader
+from claude_hooks.store.labels import SqlLabels
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.outbox import SqlOutbox
@@ -374,6 +375,7 @@ class SqlStore:
         self.transcripts = SqlSessionStore(engine, self.reader)
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
         self.commands = SqlCommands(engine, self.reader)
+        self.labels = SqlLabels(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:

@@ -1,4 +1,5 @@
-"""Forge commands: paused sessions, and the refusals already sent per sender and issue.
+"""Forge commands: paused sessions, the refusals already sent per sender and issue, and the
+labels last seen on each issue (label triggers).
 
 Revision ID: 0012
 Revises: 0011
@@ -23,6 +24,12 @@ def upgrade() -> None:
         sa.Column("paused_at", sa.Float, nullable=False),
     )
     op.create_table(
+        "issue_labels",
+        sa.Column("repo", sa.String(200), primary_key=True),
+        sa.Column("number", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(255), primary_key=True),
+    )
+    op.create_table(
         "command_refusals",
         sa.Column("repo", sa.String(200), primary_key=True),
         sa.Column("number", sa.Integer, primary_key=True),
@@ -33,4 +40,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("command_refusals")
+    op.drop_table("issue_labels")
     op.drop_table("paused_sessions")
