@@ -22,7 +22,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self, cast
@@ -167,6 +167,7 @@ class FakeForgejo:
         self.merges: list[FakeMerge] = []
         self.reviews: list[FakeReview] = []
         self.reactions: list[FakeReaction] = []
+        self.edits: list[tuple[int, str]] = []  # (comment id, new body), in order
         self.requests: list[RecordedRequest] = []
         self.job_logs: dict[str, str] = {}  # web path of a job's `/logs` -> the log
         self.web_requests: list[tuple[str, str | None]] = []  # (web path, token user)
@@ -507,6 +508,30 @@ class FakeForgejo:
             },
         )
 
+    def _patch_comment(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, comment: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        text = body.get("body") if isinstance(body, dict) else None
+        index = next(
+            (
+                i
+                for i, c in enumerate(self.comments)
+                if (c.id, c.repo) == (int(comment), repo.full_name)
+            ),
+            None,
+        )
+        if index is None:
+            raise _NotFound
+        found = self.comments[index]
+        if found.user != user:
+            return _error(403, "user is not the author of the comment")
+        if not isinstance(text, str) or not text:
+            return _error(422, "body is required")
+        self.comments[index] = replace(found, body=text)
+        self.edits.append((found.id, text))
+        return _Answer(200, {"id": found.id, "body": text, "user": _user(user)})
+
     def _post_reaction(
         self, user: str, query: dict[str, str], body: Any, owner: str, name: str, comment: str
     ) -> _Answer:
@@ -746,6 +771,11 @@ _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
         re.compile(rf"/repos/{_SEG}/{_SEG}/issues/comments/(\d+)/reactions"),
         "POST",
         FakeForgejo._post_reaction,
+    ),
+    (
+        re.compile(rf"/repos/{_SEG}/{_SEG}/issues/comments/(\d+)"),
+        "PATCH",
+        FakeForgejo._patch_comment,
     ),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "GET", FakeForgejo._list_labels),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "POST", FakeForgejo._post_label),

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -116,6 +117,9 @@ class ServerConfig(_Section):
     advertise_url: str = Field(
         "", description="where other nodes reach this node's API; default: http://host:port"
     )
+    comment_edit_interval: float = Field(
+        10.0, ge=0, description="seconds between two edits of one living status comment"
+    )
     public_url: str = Field(
         "", description="where people reach the dashboard (links in forge comments); default: none"
     )
@@ -190,7 +194,11 @@ class TypeConfig(_Section):
     max_budget_usd: float = Field(5.0, gt=0)
     timeout: float = Field(3600.0, gt=0)
     workdir: Literal["worktree", "none"] = "worktree"
-    comments: bool = True
+    comments: Literal["living", "each", "off"] = Field(
+        "living",
+        description="living: one comment per task, edited as it moves; each: a comment per "
+        "step; off: none (true means living, false off)",
+    )
     labels: list[str] = Field(
         default_factory=list,
         description="labels whose adding to an issue or PR assigns it to this type "
@@ -241,6 +249,14 @@ class TypeConfig(_Section):
     breaker_exit_codes: list[int] = Field(
         default_factory=list, description="command runner exit codes counted as API failures"
     )
+
+    @field_validator("comments", mode="before")
+    @classmethod
+    def _comments_from_bool(cls, value: object) -> object:
+        """Files written when `comments` was a bool keep loading."""
+        if isinstance(value, bool):
+            return "living" if value else "off"
+        return value
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> TypeConfig:

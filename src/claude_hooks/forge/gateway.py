@@ -117,9 +117,13 @@ class Forge:
         found = await self.client(None).pull_for_head(owner, name, sha)
         return found.number if found else None
 
-    async def comment(self, as_type: str, repo: str, number: int, body: str) -> None:
+    async def comment(self, as_type: str, repo: str, number: int, body: str) -> int:
         owner, name = _split(repo)
-        await self.client(as_type).comment(owner, name, number, body)
+        return await self.client(as_type).comment(owner, name, number, body)
+
+    async def edit_comment(self, as_type: str, repo: str, comment_id: int, body: str) -> None:
+        owner, name = _split(repo)
+        await self.client(as_type).edit_comment(owner, name, comment_id, body)
 
     async def react(self, as_type: str, repo: str, comment_id: int, content: str) -> None:
         owner, name = _split(repo)

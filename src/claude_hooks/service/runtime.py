@@ -78,7 +78,7 @@ class Service:
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )
         # Comments are posted by one node: the leader (see `node`).
-        self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.notifier = Notifier(
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
         )

@@ -303,6 +303,18 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_at", sa.Float, nullable=False),
     sa.Column("last_error", sa.Text),
+    # Set for a living comment's letter: the task whose one comment it creates or edits.
+    sa.Column("living_key", sa.String(64)),
+)
+
+# Living comments (`comments = "living"`): the forge's id of each task's one comment, once
+# posted, and when it was last written (edits are throttled per comment).
+living_comments = sa.Table(
+    "living_comments",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("comment_id", sa.BigInteger, nullable=False),
+    sa.Column("written_at", sa.Float, nullable=False),
 )
 
 # Each instance's queued tasks, counted by triggers on `tasks` (migration 0011): placing reads

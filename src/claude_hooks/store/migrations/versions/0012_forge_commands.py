@@ -1,5 +1,5 @@
 """Forge commands: paused sessions, the refusals already sent per sender and issue, and the
-labels last seen on each issue (label triggers).
+labels last seen on each issue (label triggers), and living comments (one per task, edited).
 
 Revision ID: 0012
 Revises: 0011
@@ -17,6 +17,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("outbox", sa.Column("living_key", sa.String(64)))
+    op.create_table(
+        "living_comments",
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("comment_id", sa.BigInteger, nullable=False),
+        sa.Column("written_at", sa.Float, nullable=False),
+    )
     op.create_table(
         "paused_sessions",
         sa.Column("session_key", sa.String(300), primary_key=True),
@@ -41,4 +48,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("command_refusals")
     op.drop_table("issue_labels")
+    op.drop_table("living_comments")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("living_key")
     op.drop_table("paused_sessions")
