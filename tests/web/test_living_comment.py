@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.core.domain import TaskState
 from claude_hooks.service.events import Event
-from claude_hooks.service.living import Progress
 from claude_hooks.service.runtime import Service
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
@@ -61,9 +61,9 @@ async def test_one_comment_per_task_is_edited_from_queued_to_finished(
             "task.progress",
             await service.store.get_task(task_id),
             {
-                "progress": Progress(
-                    todos=[("completed", "Read the issue"), ("in_progress", "Write the fix")],
-                    files=["src/retry.py"],
+                "progress": RunProgress(
+                    todos=(("completed", "Read the issue"), ("in_progress", "Write the fix")),
+                    files=("src/retry.py",),
                     cost_usd=0.42,
                 )
             },
@@ -91,8 +91,8 @@ async def test_edits_are_throttled_and_the_last_state_wins(
     posted = time.monotonic()
     task = await service.store.get_task(task_id)
     for step in range(5):
-        todos = [("in_progress", f"step {step}")]
-        service.bus.publish(Event("task.progress", task, {"progress": Progress(todos=todos)}))
+        todos = (("in_progress", f"step {step}"),)
+        service.bus.publish(Event("task.progress", task, {"progress": RunProgress(todos=todos)}))
         await asyncio.sleep(0.05)
     await wait_until(lambda: body_has(fake_forgejo, "step 4"), timeout=10)
     assert time.monotonic() - posted >= 1.4  # not before the interval since the last write

@@ -12,18 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.core.domain import Task, TaskState
 
 MAX_FILES = 20  # files listed; the rest are counted
-
-
-@dataclass(slots=True)
-class Progress:
-    """What the agent reported while running: its todo list and the files it touched."""
-
-    todos: list[tuple[str, str]] = field(default_factory=list)  # (status, content)
-    files: list[str] = field(default_factory=list)
-    cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -34,7 +26,7 @@ class Picture:
     position: int | None = None  # in its instance's queue, while queued
     node: str | None = None  # where it started
     note: str | None = None  # why it waits, or where it moved from
-    progress: Progress = field(default_factory=Progress)
+    progress: RunProgress = field(default_factory=RunProgress)
 
 
 def _when(ts: float | None) -> str:

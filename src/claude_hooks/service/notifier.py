@@ -12,12 +12,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.flows import ForgeComment
-from claude_hooks.service.living import Picture, Progress, render
+from claude_hooks.service.living import Picture, render
 from claude_hooks.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class Notifier:
             picture.node, picture.note = self.config.server.node, None
         elif event.kind == "task.progress":
             progress = event.data.get("progress")
-            if isinstance(progress, Progress):
+            if isinstance(progress, RunProgress):
                 picture.progress = progress
         elif event.kind == "task.moved":
             picture.note = f"Moved from the queue of `{event.data['from']}`, which was busy."

@@ -543,6 +543,9 @@ class Pool:
             on_process=on_process,
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
+            on_progress=lambda progress: self.bus.publish(
+                Event("task.progress", task, {"progress": progress})
+            ),
             forge_tools=None
             if self.forge is None
             else ForgeTools(

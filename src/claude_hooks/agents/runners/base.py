@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class RunProgress:
+    """What a running agent reported: its own todo list (Claude Code's TodoWrite) and the
+    files it edited; shown in the task's living status comment."""
+
+    todos: tuple[tuple[str, str], ...] = ()  # (status, content)
+    files: tuple[str, ...] = ()
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunContext:
     task: Task
     type_config: TypeConfig
@@ -35,6 +45,8 @@ class RunContext:
     max_log_bytes: int = 10 * 1024 * 1024
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # Called with the agent's progress each time it changes (None: nobody listens).
+    on_progress: Callable[[RunProgress], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

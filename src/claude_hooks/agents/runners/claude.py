@@ -45,6 +45,7 @@ from typing import Any
 
 import claude_agent_sdk
 from claude_agent_sdk import (
+    AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKClient,
     CLIConnectionError,
@@ -57,6 +58,7 @@ from claude_agent_sdk import (
     ResultMessage,
     SdkMcpTool,
     SystemMessage,
+    ToolUseBlock,
     create_sdk_mcp_server,
     tool,
 )
@@ -66,7 +68,7 @@ from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context
-from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
 from claude_hooks.agents.runners.transcripts import SessionTranscripts, materialize
 from claude_hooks.agents.workspace import current_branch, key_path
 from claude_hooks.store.base import SessionRecord, Store
@@ -207,6 +209,32 @@ class _Turn:
     model: str | None = None
     result: ResultMessage | None = None
     limit_resets_at: int | None = None  # a subscription usage limit rejected the run until then
+    progress: RunProgress = dataclasses.field(default_factory=RunProgress)
+
+
+_EDITING_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
+
+
+def _progress(before: RunProgress, message: AssistantMessage, workdir: Path) -> RunProgress:
+    """The progress after `message`: TodoWrite replaces the todo list, edits add files."""
+    todos, files = before.todos, list(before.files)
+    for block in message.content:
+        if not isinstance(block, ToolUseBlock):
+            continue
+        if block.name == "TodoWrite" and isinstance(block.input.get("todos"), list):
+            todos = tuple(
+                (str(item.get("status", "pending")), str(item.get("content", "")))
+                for item in block.input["todos"]
+                if isinstance(item, dict)
+            )
+        elif block.name in _EDITING_TOOLS:
+            path = block.input.get("file_path") or block.input.get("notebook_path")
+            if isinstance(path, str) and path:
+                with contextlib.suppress(ValueError):
+                    path = str(Path(path).relative_to(workdir))
+                if path not in files:
+                    files.append(path)
+    return dataclasses.replace(before, todos=todos, files=tuple(files))
 
 
 def locate_cli(cli_path: str | Path | None = None, path_env: str | None = None) -> str | None:
@@ -521,6 +549,11 @@ class ClaudeRunner:
             elif isinstance(message, ResultMessage):
                 turn.result = message
                 await self._record_total(ctx, message)
+            elif isinstance(message, AssistantMessage) and ctx.on_progress is not None:
+                progress = _progress(turn.progress, message, ctx.workdir)
+                if progress != turn.progress:
+                    turn.progress = progress
+                    ctx.on_progress(progress)
 
     async def _record_total(self, ctx: RunContext, result: ResultMessage) -> None:
         if result.session_id and result.total_cost_usd is not None:
