@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_hooks.config import Config
-from claude_hooks.core.domain import DispatchRequest, TaskKind, session_key
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, session_key
 from claude_hooks.forge.payloads import (
     ActionRunPayload,
     Issue,
@@ -26,6 +26,7 @@ from claude_hooks.forge.payloads import (
     PushPayload,
     StatusPayload,
 )
+from claude_hooks.store.base import TaskFilter
 from claude_hooks.store.intake import CiWatch, IntakeStore, PullLink
 from claude_hooks.store.labels import LabelStore
 
@@ -83,6 +84,8 @@ class Decision:
     commands: list[ForgeCommand] = field(default_factory=list)
     # The labels now on (repo, number), saved once the dispatches are committed (as `assigned`).
     labels: tuple[str, int, frozenset[str]] | None = None
+    # Queued reviews to point at a PR's new head: (session key, payload fields to set).
+    retarget: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def ignore(reason: str) -> Decision:
@@ -91,6 +94,7 @@ def ignore(reason: str) -> Decision:
 
 SenderCheck = Callable[[str, str], Awaitable[bool]]  # (repo, login) -> may trigger work
 PullLookup = Callable[[str, int], Awaitable[PullRequest | None]]  # (repo, number) -> PR
+TaskLookup = Callable[[TaskFilter, int, int], Awaitable[list[Task]]]  # (where, limit, offset)
 HeadLookup = Callable[[str, str], Awaitable[int | None]]  # (repo, sha) -> open PR number
 
 
@@ -104,6 +108,7 @@ class FlowContext:
     find_pull: PullLookup | None = None
     find_head: HeadLookup | None = None
     labels: LabelStore | None = None
+    tasks: TaskLookup | None = None
 
 
 # helpers
@@ -327,8 +332,12 @@ async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload)
         return ignore(f"{reviewer.login!r} opened #{pull.number}: it does not review its own PR")
     if not await _allowed(ctx, repo, sender):
         return _not_allowed(sender, repo)
+    earlier = await _last_review(ctx, session_key(agent_type, repo, pull.number))
+    if earlier is not None and earlier.payload["head_sha"] == pull.head.sha:
+        earlier = None  # the same head again: a whole review, as the first
+    since = f" (again: what changed since {earlier.payload['head_sha'][:10]})" if earlier else ""
     return Decision(
-        reason=f"review of {repo}#{pull.number} requested from {agent_type}",
+        reason=f"review of {repo}#{pull.number} requested from {agent_type}{since}",
         dispatch=[
             _request(
                 ctx,
@@ -338,9 +347,21 @@ async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload)
                 pull.number,
                 sender=sender,
                 author=pull.user.login,
+                reviewed_head=earlier.payload["head_sha"] if earlier else None,
+                previous_review=(earlier.result or "")[:4000] if earlier else None,
                 **_pull_fields(pull),
             )
         ],
+    )
+
+
+async def _last_review(ctx: FlowContext, key: str) -> Task | None:
+    """The session's last finished review with the head it looked at, if any."""
+    if ctx.tasks is None:
+        return None
+    done = await ctx.tasks(TaskFilter(session_key=key, state=TaskState.SUCCEEDED), 50, 0)
+    return next(
+        (t for t in done if t.kind is TaskKind.REVIEW_PR and t.payload.get("head_sha")), None
     )
 
 
@@ -623,12 +644,20 @@ async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> 
             cancel=keys,
             cleanup=keys,
         )
+    retarget = []
+    if payload.action == "synchronized":
+        # A review still queued reviews the new head; a push never asks for a review itself.
+        fields = {"head_sha": pull.head.sha, "head_ref": pull.head.ref}
+        retarget = [(session_key(t, repo, pull.number), fields) for t in ctx.config.types]
     if link is None:
-        return ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+        decision = ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+        decision.retarget = retarget
+        return decision
     decision = ignore(
         f"recorded {link.author_type}'s pull request {repo}#{pull.number} "
         f"(continues #{link.issue_number}, head {link.head_sha[:10]})"
     )
+    decision.retarget = retarget
     if payload.action in ("opened", "reopened", "synchronized") and ctx.config.flows.poll_ci:
         decision.watch = CiWatch(repo, pull.number, pull.head.sha, ctx.now)
         decision.reason += "; watching its CI status"

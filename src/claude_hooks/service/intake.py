@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from claude_hooks.config import Config
-from claude_hooks.core.domain import DispatchRequest, Task
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind
 from claude_hooks.errors import ClaudeHooksError, ConflictError, NoInstanceError, NotFoundError
 from claude_hooks.forge.binding import check_event_type
 from claude_hooks.forge.client import ForgejoError
@@ -198,6 +198,7 @@ class Intake:
             find_pull=find_pull,
             find_head=find_head,
             labels=self.pool.store.labels,
+            tasks=self.pool.store.list_tasks,
         )
 
     def _answer_deadline(self) -> float:
@@ -434,6 +435,11 @@ class Intake:
                 applied.cancelled.append(task_id)
             except ConflictError:
                 continue
+        for key, fields in decision.retarget:
+            queued = await self.store.pending_task(key, TaskKind.REVIEW_PR)
+            task = await self.pool.store.get_task(queued) if queued is not None else None
+            if task is not None:
+                await self.store.merge_into(task.id, {**task.payload, **fields})
         for command in decision.commands:
             # Before the delivery is recorded (below): its reason says what each command did.
             done = await self.commands.run(command, delivery_id)
