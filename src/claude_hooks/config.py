@@ -199,6 +199,11 @@ class TypeConfig(_Section):
         description="living: one comment per task, edited as it moves; each: a comment per "
         "step; off: none (true means living, false off)",
     )
+    while_running: Literal["steer", "queue"] = Field(
+        "steer",
+        description="a mention while the session runs: steer reaches the running agent, "
+        "queue makes a task after the run",
+    )
     labels: list[str] = Field(
         default_factory=list,
         description="labels whose adding to an issue or PR assigns it to this type "

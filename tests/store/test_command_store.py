@@ -88,3 +88,28 @@ async def test_a_refusal_is_due_once_an_hour_per_sender_and_issue(store: SqlStor
     assert await due("acme/widget", 17, "eve", NOW + 10, 3600)
     assert await due("acme/widget", 17, "mallory", NOW + 3600, 3600)
     assert not await due("acme/widget", 17, "mallory", NOW + 3601, 3600)
+
+
+async def test_a_steer_reaches_only_a_running_task_and_is_taken_once(store: SqlStore) -> None:
+    payload = {"comment_body": "also X", "sender": "alice"}
+    assert await store.steering.steer(KEY, "alice", "also X", 7, payload, NOW) is None
+    placed = await store.dispatch(task(17))
+    assert await store.steering.steer(KEY, "alice", "also X", 7, payload, NOW) is None  # queued
+    store.node = None
+    claim = await store.claim_next("dev-a", NOW)
+    assert claim.task is not None and claim.task.id == placed.task.id
+    assert await store.steering.steer(KEY, "alice", "also X", 7, payload, NOW + 1) == placed.task.id
+    assert await store.steering.steer(KEY, "bob", "and Y", None, {}, NOW + 2) == placed.task.id
+    first = await store.steering.take(placed.task.id, NOW + 3)
+    assert [(s.sender, s.body, s.comment_id) for s in first] == [
+        ("alice", "also X", 7),
+        ("bob", "and Y", None),
+    ]
+    assert await store.steering.take(placed.task.id, NOW + 4) == []
+    assert await store.steering.leftovers(placed.task.id) == []
+    assert await store.steering.steer(KEY, "carol", "Z", 9, payload, NOW + 5) == placed.task.id
+    [left] = await store.steering.leftovers(placed.task.id)
+    assert left.payload == payload
+    await store.steering.followed_up(left.id, NOW + 6)
+    assert await store.steering.leftovers(placed.task.id) == []
+    assert len(await store.steering.of_task(placed.task.id)) == 3

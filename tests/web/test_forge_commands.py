@@ -123,7 +123,7 @@ async def test_stop_cancels_the_running_and_the_queued_work_of_the_session(
     service, client = await client_for(forge_config(tmp_path, fake_forgejo), gate)
     running = await assign(client)
     await wait_until(lambda: running in gate.started)
-    _id, mention = await comment(client, "@dev-bot also keep the limit configurable")
+    _id, mention = await comment(client, "@dev-bot queue: also keep the limit configurable")
     queued = mention.json()["tasks"][0]["id"]
     assert await state_of(service, queued) is TaskState.QUEUED
 

@@ -34,6 +34,7 @@ _MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
 _BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
 COMMANDS = ("stop", "status", "retry", "pause", "resume", "help")
+_QUEUE = re.compile(r"@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+queue:", re.IGNORECASE)
 # A command is a line that is exactly `@<login> <word>`: "@dev-bot stop using globals" is a
 # mention, not a command.
 _COMMAND = re.compile(
@@ -84,6 +85,8 @@ class Decision:
     commands: list[ForgeCommand] = field(default_factory=list)
     # The labels now on (repo, number), saved once the dispatches are committed (as `assigned`).
     labels: tuple[str, int, frozenset[str]] | None = None
+    # Mentions to send into their session's running task, or else to dispatch (see `steering`).
+    steer: list[tuple[str, DispatchRequest]] = field(default_factory=list)
     # Queued reviews to point at a PR's new head: (session key, payload fields to set).
     retarget: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -555,6 +558,11 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
     if not await _allowed(ctx, repo, sender):
         return _not_allowed(sender, repo)
     link = await ctx.intake.pull_link(repo, issue.number) if payload.is_pull else None
+    queued = {
+        t
+        for login in _QUEUE.findall(payload.comment.body)
+        if (t := ctx.config.type_of_login(login.rstrip("."))) is not None
+    }
     dispatch = []
     for agent_type in dict.fromkeys(types):
         number = link.issue_number if link and link.author_type == agent_type else issue.number
@@ -577,9 +585,16 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
                 comment_on=issue.number,
             )
         )
+    # While the session runs, a mention steers it, unless `@<login> queue:` or the type says.
+    steer = [
+        (t, r)
+        for t, r in dispatch
+        if t not in queued and ctx.config.types[t].while_running == "steer"
+    ]
     return Decision(
         reason=f"{sender} mentioned {', '.join(t for t, _ in dispatch)} on {repo}#{issue.number}",
-        dispatch=dispatch,
+        dispatch=[d for d in dispatch if d not in steer],
+        steer=steer,
     )
 
 

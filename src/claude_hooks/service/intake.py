@@ -33,9 +33,11 @@ from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff,
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
 from claude_hooks.service.sweep import Sweeper
+from claude_hooks.store import wakeups
 from claude_hooks.store.base import Placement, Settle
 from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
 from claude_hooks.store.pending import PendingEntry
+from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +311,7 @@ class Intake:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
+            await self._steer(decision)
             decision = await self.guard.review(decision, record.event_type, record.sender)
             await self.apply(decision, applied, _source(record), record.id, recording)
         except ForgeUnreachable as exc:
@@ -329,6 +332,25 @@ class Intake:
         outcome = "queued" if applied.tasks else "ignored"
         status = 202 if applied.tasks else 200
         return Verdict(outcome, decision.reason, status, applied, decision)
+
+    async def _steer(self, decision: flows.Decision) -> None:
+        """Send each steering mention into its session's running task; where none runs it
+        becomes a task as before (and passes the loop guard like one)."""
+        for agent_type, request in decision.steer:
+            steered = await self.pool.store.steering.steer(
+                request.session_key,
+                str(request.payload.get("sender", "")),
+                str(request.payload.get("comment_body", "")),
+                request.payload.get("comment_id"),
+                request.payload,
+                self.clock(),
+            )
+            if steered is None:
+                decision.dispatch.append((agent_type, request))
+                continue
+            self.pool.heard(Wake(wakeups.STEER, steered))
+            decision.reason += f"; steered {agent_type}'s running task {steered}"
+        decision.steer = []
 
     async def _hold(self, record: DeliveryRecord, reason: str) -> Answer:
         """Keep a delivery that waits for the forge; the retrier takes it from here."""

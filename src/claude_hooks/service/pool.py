@@ -23,12 +23,19 @@ from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
-from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.errors import (
+    ClaudeHooksError,
+    ConflictError,
+    NoInstanceError,
+    UnknownAgentError,
+    UnknownTaskError,
+)
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.control import SIGNAL_CANCEL
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.private_files import private_dir, private_file
+from claude_hooks.service.steering import Inbox, follow_ups
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Dispatched, Outcome, Placement, QueueEntry, Settle, Store
 from claude_hooks.store.wakeups import Wake
@@ -172,12 +179,14 @@ class Worker:
         finally:
             self.current = None
             self._run = None
+            self.pool.inboxes.pop(task.id, None)
 
     async def _record(self, task: Task, outcome: Outcome) -> None:
         """Save how a run ended; kept for another try if the store fails, so it is never lost."""
         await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
         self._unfinished = None
         self.pool._key_freed()
+        await self.pool.follow_up_steers(task)
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
         try:
             await self.pool.publish_finished(task.id)
@@ -271,6 +280,7 @@ class Pool:
             node=config.server.node,
         )
         self.workers: dict[str, Worker] = {}
+        self.inboxes: dict[str, Inbox] = {}  # steering messages of this node's running tasks
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self.limits = Limits(config, store, clock, self.bus, self)
@@ -459,6 +469,8 @@ class Pool:
             self._wake_thieves(wake.target)
         elif wake.kind == wakeups.FREED:
             self._key_freed()
+        elif wake.kind == wakeups.STEER and wake.target in self.inboxes:
+            self.inboxes[wake.target].arrived()
 
     def wake_all(self) -> None:
         """Every worker looks again (wake-ups may have been missed while not listening)."""
@@ -516,6 +528,7 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
+        self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
         try:
             result = await self.runner_for(task.type).run(self._context(task, workdir))
         except asyncio.CancelledError:
@@ -546,6 +559,7 @@ class Pool:
             on_progress=lambda progress: self.bus.publish(
                 Event("task.progress", task, {"progress": progress})
             ),
+            steering=self.inboxes.get(task.id),
             forge_tools=None
             if self.forge is None
             else ForgeTools(
@@ -580,6 +594,21 @@ class Pool:
                 await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
             return CancelResult(task_id, TaskState.RUNNING, task.agent)
         raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+
+    async def follow_up_steers(self, task: Task) -> None:
+        """Queue a follow-up for each steering message the ended run did not take. One that
+        cannot be queued (its type lost its instances) is logged and stays recorded, not
+        followed up, on the task's page."""
+        leftovers = await self.store.steering.leftovers(task.id)
+        for steer, request in zip(
+            leftovers, follow_ups(task, [s.payload for s in leftovers]), strict=True
+        ):
+            try:
+                await self.dispatch(task.type, request)
+            except ClaudeHooksError as exc:
+                log.warning("steering message %d of task %s waits: %s", steer.id, task.id, exc)
+                continue
+            await self.store.steering.followed_up(steer.id, self.clock())
 
     def stop_running(self, task_id: str) -> bool:
         """Stop the task if one of this node's workers runs it; False if none does."""

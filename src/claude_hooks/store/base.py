@@ -22,6 +22,7 @@ from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
 from claude_hooks.store.spend import SpendStore
+from claude_hooks.store.steering import SteerStore
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.worktree_states import WorktreeStateStore
 
@@ -206,6 +207,8 @@ class Store(Protocol):
     def commands(self) -> CommandStore: ...
     @property
     def labels(self) -> LabelStore: ...
+    @property
+    def steering(self) -> SteerStore: ...
     @property
     def shared(self) -> bool: ...
 

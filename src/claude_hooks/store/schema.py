@@ -335,6 +335,22 @@ paused_sessions = sa.Table(
     sa.Column("paused_at", sa.Float, nullable=False),
 )
 
+# Mentions sent into a running task (steering): delivered to its agent once taken; those not
+# taken when the run ends become follow-up tasks (`followed_up_at`).
+steers = sa.Table(
+    "steers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(32), nullable=False, index=True),
+    sa.Column("sender", sa.String(255), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("comment_id", sa.BigInteger),
+    sa.Column("payload", sa.JSON, nullable=False),  # the mention's task payload, for a follow-up
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("delivered_at", sa.Float),
+    sa.Column("followed_up_at", sa.Float),
+)
+
 # The labels last seen on an issue or PR: a label event carries the labels after the change
 # only, so what was added or removed is the difference with these.
 issue_labels = sa.Table(

@@ -51,6 +51,7 @@ from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
+from claude_hooks.store.steering import SqlSteering
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.upsert import upsert
 from claude_hooks.store.worktree_states import SqlWorktreeStates
@@ -376,6 +377,7 @@ class SqlStore:
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
         self.commands = SqlCommands(engine, self.reader)
         self.labels = SqlLabels(engine, self.reader)
+        self.steering = SqlSteering(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str) -> SqlStore:

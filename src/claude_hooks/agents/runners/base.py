@@ -30,6 +30,26 @@ class RunProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class SteerMessage:
+    """A mention sent into the running task (steering): who wrote what, and when."""
+
+    sender: str
+    body: str
+    at: float
+    comment_id: int | None = None
+
+
+class SteerInbox(Protocol):
+    """The steering messages of one run, as they arrive."""
+
+    async def wait(self) -> None:
+        """Return once a message may be waiting (at once if one came since the last take)."""
+
+    async def take(self) -> list[SteerMessage]:
+        """The messages not taken yet, oldest first; taken, they are the runner's to deliver."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunContext:
     task: Task
     type_config: TypeConfig
@@ -47,6 +67,8 @@ class RunContext:
     forge_tools: ForgeTools | None = None
     # Called with the agent's progress each time it changes (None: nobody listens).
     on_progress: Callable[[RunProgress], None] | None = None
+    # Mentions that reach the running agent (None: the run takes none; they become follow-ups).
+    steering: SteerInbox | None = None
 
 
 @dataclass(frozen=True, slots=True)
