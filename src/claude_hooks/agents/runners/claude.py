@@ -67,7 +67,7 @@ from claude_agent_sdk.types import SystemPromptPreset
 from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
-from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context
+from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context, steering_prompt
 from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
 from claude_hooks.agents.runners.transcripts import SessionTranscripts, materialize
 from claude_hooks.agents.workspace import current_branch, key_path
@@ -500,6 +500,7 @@ class ClaudeRunner:
             turn.connected = True
             await client.query(prompt)
             await self._read(client, turn, ctx, log, record)
+            await self._steered_turns(client, turn, ctx, log, record)
         except asyncio.CancelledError:
             await self._stop(client, process, turn, ctx, log, record, started)
             raise
@@ -554,6 +555,28 @@ class ClaudeRunner:
                 if progress != turn.progress:
                     turn.progress = progress
                     ctx.on_progress(progress)
+
+    async def _steered_turns(
+        self,
+        client: ClaudeSDKClient,
+        turn: _Turn,
+        ctx: RunContext,
+        log: TaskLog,
+        record: SessionRecord | None,
+    ) -> None:
+        """Keep the conversation open while steering messages come: each batch is one more
+        user turn of the same session, read to its result. The run's cost is the last
+        result's session total (the CLI adds every turn in), and the push comes after."""
+        if ctx.steering is None:
+            return
+        while turn.result is not None and not turn.result.is_error:
+            messages = await ctx.steering.take()
+            if not messages:
+                return
+            log.event("steered", senders=[m.sender for m in messages])
+            await client.query(steering_prompt([(m.sender, m.body) for m in messages]))
+            turn.result = None
+            await self._read(client, turn, ctx, log, record)
 
     async def _record_total(self, ctx: RunContext, result: ResultMessage) -> None:
         if result.session_id and result.total_cost_usd is not None:
