@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from claude_hooks.core.domain import TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
+from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
+from tests.dashboard_fixtures import AUTH
 from tests.support import GateRunner, fixture, forgejo_headers, make_config, wait_until
 
 # Waits (20 s at most) for the first steering line, prints it, exits.
@@ -83,6 +87,11 @@ async def test_a_mention_reaches_the_running_command_agent(
     [steer] = await service.store.steering.of_task(running)
     assert steer.delivered_at is not None and steer.followed_up_at is None
     assert await service.store.count_tasks(TaskFilter()) == 1  # nothing queued behind it
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        page = (await client.get(f"/tasks/{running}", headers=AUTH)).text
+    assert "Steering" in page and "@alice" in page and "reached the agent" in page
+    assert "read the limit from the config file" in page
 
 
 async def _is(service: Service, task_id: str, expected: TaskState) -> bool:

@@ -463,6 +463,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
             timeline=_timeline(task, delivery),
+            steers=await service.store.steering.of_task(task.id),
             **_common(service),
         )
 
