@@ -311,7 +311,7 @@ class Intake:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
-            await self._steer(decision)
+            await self.steer(decision)
             decision = await self.guard.review(decision, record.event_type, record.sender)
             await self.apply(decision, applied, _source(record), record.id, recording)
         except ForgeUnreachable as exc:
@@ -333,7 +333,7 @@ class Intake:
         status = 202 if applied.tasks else 200
         return Verdict(outcome, decision.reason, status, applied, decision)
 
-    async def _steer(self, decision: flows.Decision) -> None:
+    async def steer(self, decision: flows.Decision) -> None:
         """Send each steering mention into its session's running task; where none runs it
         becomes a task as before (and passes the loop guard like one)."""
         for agent_type, request in decision.steer:

@@ -473,9 +473,12 @@ class Pool:
             self.inboxes[wake.target].arrived()
 
     def wake_all(self) -> None:
-        """Every worker looks again (wake-ups may have been missed while not listening)."""
+        """Every worker looks again (wake-ups may have been missed while not listening), and
+        every running task's steering inbox."""
         for worker in self.workers.values():
             worker.wake()
+        for inbox in self.inboxes.values():
+            inbox.arrived()
 
     def _wake(self, agent: str) -> None:
         worker = self.workers.get(agent)
