@@ -113,3 +113,19 @@ async def test_a_steer_reaches_only_a_running_task_and_is_taken_once(store: SqlS
     await store.steering.followed_up(left.id, NOW + 6)
     assert await store.steering.leftovers(placed.task.id) == []
     assert len(await store.steering.of_task(placed.task.id)) == 3
+
+
+async def test_old_comment_state_goes_with_retention(store: SqlStore) -> None:
+    await store.outbox.put_living("t-old", "dev", "acme/widget", 17, "v1", NOW, 10)
+    [letter] = await store.outbox.waiting(10)
+    await store.outbox.written(letter, 555, NOW, 10)
+    await store.outbox.put_living("t-busy", "dev", "acme/widget", 18, "v1", NOW, 10)
+    [busy] = await store.outbox.waiting(10)
+    await store.outbox.written(busy, 556, NOW, 10)
+    await store.outbox.put_living("t-busy", "dev", "acme/widget", 18, "v2", NOW + 1, 10)
+    [edit] = await store.outbox.waiting(10)
+    assert (edit.comment_id, edit.next_at, edit.body) == (556, NOW + 10, "v2")
+    assert await store.commands.refusal_due("acme/widget", 17, "mallory", NOW, 3600)
+    assert await store.retention.drop_comment_state(NOW + 100) == 2  # t-old and the refusal
+    [kept] = await store.outbox.waiting(10)
+    assert kept.comment_id == 556  # its letter still edits the comment it made
