@@ -74,9 +74,19 @@ async def test_one_comment_per_task_is_edited_from_queued_to_finished(
     assert "- [x] Read the issue" in text and "Files touched: `src/retry.py`" in text
     assert "Cost so far: $0.42" in text
     assert f"[Live log](https://hooks.example.com/tasks/{task_id})" in text
+    calls = [
+        {"tool": "open_pull_request", "done": "opened pull request #18 from dev/17 into main: U"},
+        {"tool": "merge_pull_request", "refused": "only a merge_pr task merges"},
+    ]
+    service.bus.publish(
+        Event("task.report", await service.store.get_task(task_id), {"calls": calls})
+    )
     gate.release(task_id)
     await wait_until(lambda: body_has(fake_forgejo, "**succeeded** on `dev-alpha`"))
-    assert "done by dev-alpha" in fake_forgejo.comments[0].body
+    final = fake_forgejo.comments[0].body
+    assert "done by dev-alpha" in final
+    assert "Pull request: opened pull request #18 from dev/17 into main: U" in final
+    assert "- `merge_pull_request`: only a merge_pr task merges" in final
     assert len(fake_forgejo.requests_to(POSTS, "POST")) == 1
     assert patches(fake_forgejo) >= 2
     assert fake_forgejo.comments[0].user == "dev-bot"

@@ -26,6 +26,7 @@ class Picture:
     position: int | None = None  # in its instance's queue, while queued
     node: str | None = None  # where it started
     note: str | None = None  # why it waits, or where it moved from
+    calls: list[dict[str, object]] = field(default_factory=list)  # its forge tools' calls
     progress: RunProgress = field(default_factory=RunProgress)
 
 
@@ -87,6 +88,15 @@ def render(picture: Picture, public_url: str = "") -> str:
         shown = ", ".join(f"`{name}`" for name in progress.files[:MAX_FILES])
         more = len(progress.files) - MAX_FILES
         lines.append(f"\nFiles touched: {shown}" + (f" and {more} more" if more > 0 else ""))
+    opened = [
+        c["done"] for c in picture.calls if c.get("tool") == "open_pull_request" and "done" in c
+    ]
+    lines += [f"\nPull request: {text}" for text in opened]
+    blocked = [c for c in picture.calls if "refused" in c or "failed" in c]
+    if blocked:
+        lines.append("\nNot done:")
+        for call in blocked:
+            lines.append(f"- `{call['tool']}`: {call.get('refused') or call.get('failed')}")
     if task.state is TaskState.RUNNING and progress.cost_usd is not None:
         lines.append(f"\nCost so far: ${progress.cost_usd:.2f}")
     if task.state.finished and task.state is TaskState.SUCCEEDED and task.result:

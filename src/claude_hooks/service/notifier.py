@@ -163,6 +163,8 @@ class Notifier:
             progress = event.data.get("progress")
             if isinstance(progress, RunProgress):
                 picture.progress = progress
+        elif event.kind == "task.report":
+            picture.calls = list(event.data.get("calls", []))
         elif event.kind == "task.moved":
             picture.note = f"Moved from the queue of `{event.data['from']}`, which was busy."
         elif event.kind == "task.waiting":

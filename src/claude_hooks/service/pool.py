@@ -532,12 +532,17 @@ class Pool:
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
         self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
+        context = self._context(task, workdir)
         try:
-            result = await self.runner_for(task.type).run(self._context(task, workdir))
+            result = await self.runner_for(task.type).run(context)
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
             await self.workspaces.save_state(task, type_config, sandbox)
             raise
+        if context.forge_tools is not None and context.forge_tools.calls:
+            # What the agent did on the forge, and what it was refused: for its status comment.
+            calls = list(context.forge_tools.calls)
+            self.bus.publish(Event("task.report", task, {"calls": calls}))
         return await self.workspaces.deliver(task, type_config, sandbox, result)
 
     def sandbox_of(self, agent_type: str) -> Sandbox | None:
