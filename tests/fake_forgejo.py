@@ -16,6 +16,8 @@ server runs in a background thread and `stop()` releases hung requests and joins
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
@@ -76,6 +78,9 @@ class FakeRepo:
     issues: dict[int, FakeIssue] = field(default_factory=dict)
     statuses: dict[str, list[FakeStatus]] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)  # id -> name
+    default_branch: str = "main"
+    branches: dict[str, str] = field(default_factory=dict)  # name -> commit sha
+    trees: dict[str, dict[str, str]] = field(default_factory=dict)  # sha -> path -> text
 
     @property
     def full_name(self) -> str:
@@ -254,6 +259,22 @@ class FakeForgejo:
             for login, level in (collaborators or {}).items():
                 self.set_permission(owner, name, login, level)
             return repo
+
+    def commit_file(self, owner: str, repo: str, path: str, text: str, branch: str = "") -> str:
+        """A new commit on `branch` (default: the repo's default branch) with `path` set to
+        `text` (an empty text removes it); returns the commit's sha."""
+        with self._lock:
+            found = self.repos[(owner, repo)]
+            branch = branch or found.default_branch
+            tree = dict(found.trees.get(found.branches.get(branch, ""), {}))
+            if text:
+                tree[path] = text
+            else:
+                tree.pop(path, None)
+            sha = hashlib.sha1(f"{branch}:{len(found.trees)}:{sorted(tree.items())}".encode())
+            found.trees[sha.hexdigest()] = tree
+            found.branches[branch] = sha.hexdigest()
+            return sha.hexdigest()
 
     def set_permission(self, owner: str, repo: str, login: str, level: str) -> None:
         if level not in PERMISSIONS:
@@ -800,6 +821,53 @@ _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
         "GET",
         FakeForgejo._get_combined_status,
     ),
+]
+
+
+def _get_repo(
+    forge: FakeForgejo, user: str, query: dict[str, str], body: Any, owner: str, name: str
+) -> _Answer:
+    repo = forge._repo(owner, name, user)
+    return _Answer(200, {"full_name": repo.full_name, "default_branch": repo.default_branch})
+
+
+def _get_branch(
+    forge: FakeForgejo,
+    user: str,
+    query: dict[str, str],
+    body: Any,
+    owner: str,
+    name: str,
+    branch: str,
+) -> _Answer:
+    repo = forge._repo(owner, name, user)
+    if branch not in repo.branches:
+        return _error(404, f"branch does not exist [name: {branch}]")
+    return _Answer(200, {"name": branch, "commit": {"id": repo.branches[branch]}})
+
+
+def _get_contents(
+    forge: FakeForgejo,
+    user: str,
+    query: dict[str, str],
+    body: Any,
+    owner: str,
+    name: str,
+    path: str,
+) -> _Answer:
+    repo = forge._repo(owner, name, user)
+    ref = query.get("ref") or repo.default_branch
+    tree = repo.trees.get(repo.branches.get(ref, ref))
+    if tree is None or path not in tree:
+        return _error(404, "GetContentsOrList")
+    content = base64.b64encode(tree[path].encode()).decode()
+    return _Answer(200, {"type": "file", "path": path, "encoding": "base64", "content": content})
+
+
+_ROUTES += [
+    (re.compile(rf"/repos/{_SEG}/{_SEG}"), "GET", _get_repo),
+    (re.compile(rf"/repos/{_SEG}/{_SEG}/branches/{_SEG}"), "GET", _get_branch),
+    (re.compile(rf"/repos/{_SEG}/{_SEG}/contents/(.+)"), "GET", _get_contents),
 ]
 
 

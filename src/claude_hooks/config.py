@@ -33,6 +33,7 @@ from claude_hooks.errors import ConfigError
 from claude_hooks.names import NAME_RULE, valid_name
 
 CONFIG_FILE = "claude-hooks.toml"
+MergeStyle = Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"]
 
 
 def _host_node_name() -> str:
@@ -154,7 +155,7 @@ class ForgejoConfig(_Section):
 
 class FlowsConfig(_Section):
     merge_type: str = Field("boss", description="the type that merges approved agent PRs")
-    merge_style: Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"] = "merge"
+    merge_style: MergeStyle = "merge"
     max_fix_attempts: int = Field(2, ge=0, description="fix_ci tasks per PR head before a human")
     poll_ci: bool = Field(True, description="poll the combined status of agent PRs (Forgejo)")
     ci_poll_interval: float = Field(30.0, gt=0)
@@ -178,6 +179,41 @@ class BudgetConfig(_Section):
 class SecurityConfig(_Section):
     allowed_senders: list[str] = Field(default_factory=list)
     permission_cache_seconds: float = Field(300.0, ge=0)
+
+
+class PolicyConfig(_Section):
+    """`[policy]`: what a repository's own file may set beyond narrowing, and the ceilings
+    no repository passes (core/policy.py applies it)."""
+
+    allow: list[
+        Literal[
+            "setup",
+            "egress",
+            "merge_style",
+            "on_new_event",
+            "max_review_rounds",
+            "max_tasks_per_issue",
+            "max_cost_per_issue_usd",
+        ]
+    ] = Field(
+        default_factory=list,
+        description="keys a repository may set beyond narrowing (raising a limit included)",
+    )
+    allowed_types: list[str] | None = Field(
+        None, description="types a repository may run; unset: every type"
+    )
+    max_running: dict[str, int] = Field(
+        default_factory=dict,
+        description="tasks running at once per repository, under 'all' and per type",
+    )
+    daily_budget_usd: float | None = Field(None, ge=0, description="ceiling per repository")
+    monthly_budget_usd: float | None = Field(None, ge=0, description="ceiling per repository")
+    max_review_rounds: int | None = Field(None, ge=1, description="ceiling when raised")
+    max_tasks_per_issue: int | None = Field(None, ge=1, description="ceiling when raised")
+    max_cost_per_issue_usd: float | None = Field(None, ge=0, description="ceiling when raised")
+    egress: list[str] | None = Field(
+        None, description="hosts a repository may add to a type's egress; unset: any"
+    )
 
 
 class TypeConfig(_Section):
@@ -285,6 +321,7 @@ class Config(_Section):
     security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
     flows: FlowsConfig = Field(default_factory=FlowsConfig)  # type: ignore[arg-type]
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
     # The file the configuration was read from: hidden from sandboxed agents.
@@ -310,6 +347,9 @@ class Config(_Section):
                     f"types.{name}.agent_token: it is one of the service's own tokens; "
                     "give agents a separate (e.g. read-only) token, or none"
                 )
+        for name in [*(self.policy.allowed_types or ()), *self.policy.max_running]:
+            if name != "all" and name not in self.types:
+                raise ValueError(f"policy: {name!r} is not a type (no [types.{name}] table)")
         for seed in self.agents:
             if not valid_name(seed.name):
                 raise ValueError(f"agents: {seed.name!r} is not a valid name ({NAME_RULE})")

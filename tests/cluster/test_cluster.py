@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.core.scheduler import Candidate, choose
-from tests.cluster import (
+from tests.serve_nodes import (
     AGENTS,
     Cluster,
     alive,

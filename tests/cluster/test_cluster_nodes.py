@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import (
+from tests.serve_nodes import (
     AGENTS,
     Cluster,
     alive,

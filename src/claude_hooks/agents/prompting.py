@@ -129,8 +129,11 @@ def prompt_context(
     workdir: Path,
     branch: str | None,
     forge_url: str,
+    instructions: str = "",
+    test_command: str | None = None,
 ) -> dict[str, Any]:
-    """What a template can use: the task, its payload (any key may be missing), the type."""
+    """What a template can use: the task, its payload (any key may be missing), the type, and
+    the repository's own instructions and test command (its policy file)."""
     return {
         "task": task,
         "kind": task.kind.value,
@@ -147,4 +150,6 @@ def prompt_context(
         "branch": branch,
         "forge_url": forge_url.rstrip("/"),
         "untrusted_tag": UNTRUSTED_TAG,
+        "instructions": instructions,
+        "test_command": test_command,
     }

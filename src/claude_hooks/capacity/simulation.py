@@ -13,6 +13,11 @@ Policies:
   tasks of that key queued on the same instance.
 - `shared`: one FIFO queue per type that every free instance takes from: the ideal bound.
 
+Concurrency groups (`Groups`): at most `limit` jobs of one repository (read from the session
+key) run at once. The service's rule is head-of-line: a head that does not fit its group waits
+and its queue waits behind it; `skip` models the alternative, an instance taking the first job
+of its queue that fits. The shared queue always takes the oldest job that fits.
+
 Events at the same instant: runs that end come before arrivals, and arrivals keep their order.
 """
 
@@ -42,6 +47,21 @@ class Job:
     session_key: str
     duration: float
     label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """At most `limit` jobs of one repository running at once; `skip`: an instance whose head
+    does not fit takes the next job of its queue that does (else its queue waits)."""
+
+    limit: int
+    skip: bool = False
+
+
+def repository(session_key: str) -> str:
+    """The repository of a session key (`<type>:<owner>/<repo>:<number>`), or the key itself."""
+    parts = session_key.split(":")
+    return parts[1] if len(parts) == 3 else session_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +114,13 @@ class _Instance:
 
 
 class _Simulation:
-    def __init__(self, jobs: Sequence[Job], count: int, policy: Policy) -> None:
+    def __init__(
+        self, jobs: Sequence[Job], count: int, policy: Policy, groups: Groups | None
+    ) -> None:
         self.jobs = jobs
         self.policy = policy
+        self.groups = groups
+        self.group_running: dict[str, int] = {}
         self.instances = [_Instance(i, name) for i, name in enumerate(instance_names(count))]
         self.cursor = 0
         self.start: list[float | None] = [None] * len(jobs)
@@ -160,6 +184,7 @@ class _Simulation:
         key = self.jobs[job].session_key
         instance.running = None
         del self.running_keys[key]
+        self.group_running[repository(key)] -= 1
         if self.policy is not Policy.SHARED:
             self._release(key, instance.name)
 
@@ -170,10 +195,10 @@ class _Simulation:
             moved = False
             for instance in self.instances:
                 if instance.running is None and instance.queue:
-                    head = instance.queue[0]
-                    if self._startable(head):
-                        instance.queue.popleft()
-                        self._start(head, instance, now)
+                    job = self._next_of(instance)
+                    if job is not None:
+                        instance.queue.remove(job)
+                        self._start(job, instance, now)
                         moved = True
             if self.policy is Policy.SEED:
                 continue
@@ -186,6 +211,16 @@ class _Simulation:
                         self._steal(job, instance)
                     self._start(job, instance, now)
                     moved = True
+
+    def _next_of(self, instance: _Instance) -> int | None:
+        """The job of its queue an instance starts now: the head, or under `skip` the first
+        that fits its group when the head waits only for its group."""
+        head = instance.queue[0]
+        if self._startable(head):
+            return head
+        if self.groups is None or not self.groups.skip or not self._key_free(head):
+            return None
+        return next((j for j in instance.queue if self._startable(j)), None)
 
     def _steal(self, job: int, thief: _Instance) -> None:
         """Move the job, and its key's later tasks on the same instance, to the idle thief.
@@ -208,6 +243,8 @@ class _Simulation:
         del self.waiting[job]
         self.key_queue[key].popleft()
         self.running_keys[key] = instance.index
+        group = repository(key)
+        self.group_running[group] = self.group_running.get(group, 0) + 1
         instance.running = job
         self.where[job] = instance.index
         self.start[job] = now
@@ -216,8 +253,17 @@ class _Simulation:
     # session keys
 
     def _startable(self, job: int) -> bool:
+        return self._key_free(job) and self._fits(job)
+
+    def _key_free(self, job: int) -> bool:
         key = self.jobs[job].session_key
         return key not in self.running_keys and self.key_queue[key][0] == job
+
+    def _fits(self, job: int) -> bool:
+        if self.groups is None:
+            return True
+        running = self.group_running.get(repository(self.jobs[job].session_key), 0)
+        return running < self.groups.limit
 
     def _hold(self, key: str, name: str) -> None:
         holders = self.holders.setdefault(key, {})
@@ -240,14 +286,18 @@ class _Simulation:
 _NEVER = float("inf")
 
 
-def simulate(jobs: Sequence[Job], instances: int, policy: Policy) -> Run:
+def simulate(
+    jobs: Sequence[Job], instances: int, policy: Policy, groups: Groups | None = None
+) -> Run:
     """Schedule jobs of one type on `instances` instances, starting from an empty pool."""
     if instances < 1:
         raise ValueError("a pool needs at least one instance")
     types = {job.type for job in jobs}
     if len(types) > 1:
         raise ValueError(f"simulate() takes the jobs of one type, not {sorted(types)}")
-    simulation = _Simulation(jobs, instances, policy)
+    if groups is not None and groups.limit < 1:
+        raise ValueError("a group lets at least one job run")
+    simulation = _Simulation(jobs, instances, policy, groups)
     simulation.run()
     placements = []
     for index, job in enumerate(jobs):

@@ -109,8 +109,10 @@ def synthetic(
     hours: float,
     seed: int,
     follow_ups: float = 0.0,
+    repos: int = 1,
 ) -> Workload:
-    """Poisson arrivals per type; a follow-up continues one of the type's last ten keys."""
+    """Poisson arrivals per type; a follow-up continues one of the type's last ten keys. With
+    `repos` above 1 each new issue belongs to one of that many repositories, drawn evenly."""
     rate = _poisson(arrivals)
     draw = _duration_law(durations)
     jobs: list[Job] = []
@@ -122,12 +124,14 @@ def synthetic(
             if keys and rng.random() < follow_ups:
                 key = rng.choice(keys[-10:])
             else:
-                key = f"{agent_type}:synthetic/repo:{len(keys) + 1}"
+                repo = "repo" if repos == 1 else f"repo-{rng.randrange(repos) + 1}"
+                key = f"{agent_type}:synthetic/{repo}:{len(keys) + 1}"
                 keys.append(key)
             jobs.append(Job(now, agent_type, key, draw(rng)))
             now += rng.expovariate(rate)
     source = f"synthetic {arrivals}, {durations}, {hours:g} h, seed {seed}"
-    return Workload(jobs, source + (f", follow-ups {follow_ups:g}" if follow_ups else ""))
+    source += f", follow-ups {follow_ups:g}" if follow_ups else ""
+    return Workload(jobs, source + (f", {repos} repositories" if repos > 1 else ""))
 
 
 def _poisson(text: str) -> float:

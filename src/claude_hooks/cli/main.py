@@ -22,6 +22,7 @@ from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.cli import spend as spend_cli
 from claude_hooks.cli.labels import labels_app
 from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
+from claude_hooks.cli.policy import policy_app, write_example
 from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
 from claude_hooks.cli.simulate import simulate_command
 from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
@@ -60,6 +61,7 @@ app.add_typer(nodes_app, name="nodes")
 app.add_typer(workdirs_app, name="workdirs")
 app.command("simulate")(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget")
+app.add_typer(policy_app, name="policy")
 app.command("costs")(spend_cli.costs)
 app.add_typer(labels_app, name="labels")
 
@@ -184,8 +186,24 @@ def init(
         str, typer.Option("--types", help="Types and their instances, as in dev=2,reviewer=1.")
     ] = DEFAULT_TEAM,
     force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    repository: Annotated[
+        Path | None,
+        typer.Option(
+            "--repository",
+            help="Instead: write a commented example .forgejo/claude-hooks.toml into this "
+            "repository checkout.",
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a commented configuration with fresh secrets, and create its database."""
+    if repository is not None:
+        try:
+            written = write_example(repository, force)
+        except ClaudeHooksError as exc:
+            _fail(str(exc))
+        out.print(f"wrote {written}: commit it, then see 'claude-hooks policy check OWNER/REPO'")
+        return
     try:
         team = parse_team(types)
     except ClaudeHooksError as exc:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from claude_hooks.capacity import report
 from claude_hooks.capacity.report import Summary, summarise
-from claude_hooks.capacity.simulation import Job, Policy, Run, simulate
+from claude_hooks.capacity.simulation import Groups, Job, Policy, Run, simulate
 from claude_hooks.capacity.workload import Workload, load_database, load_file, synthetic
 from claude_hooks.cli.options import chosen_config
 from claude_hooks.config import config_path, load_config
@@ -65,6 +65,19 @@ def parse_policies(text: str) -> list[Policy]:
     return policies
 
 
+def parse_groups(max_running: str | None, group_wait: str) -> Groups | None:
+    """`--max-running N --group-wait head|skip`: the concurrency group to model, if any."""
+    if group_wait not in ("head", "skip"):
+        raise InvalidInputError(f"--group-wait {group_wait!r}: choose head or skip")
+    if max_running is None:
+        if group_wait != "head":
+            raise InvalidInputError("--group-wait needs --max-running N")
+        return None
+    if not max_running.isdigit() or int(max_running) < 1:
+        raise InvalidInputError(f"--max-running {max_running!r}: a whole number from 1 up")
+    return Groups(int(max_running), skip=group_wait == "skip")
+
+
 def _number(text: str, option: str, low: float, high: float) -> float:
     try:
         value = float(text)
@@ -82,7 +95,10 @@ def _seed(text: str) -> int:
 
 
 def sweep(
-    workload: Workload, sizes: dict[str, list[int]], policies: Sequence[Policy]
+    workload: Workload,
+    sizes: dict[str, list[int]],
+    policies: Sequence[Policy],
+    groups: Groups | None = None,
 ) -> list[tuple[Summary, Run]]:
     """Every (type, size, policy) run; the types are independent, so each is simulated alone."""
     by_type: dict[str, list[Job]] = {}
@@ -99,7 +115,7 @@ def sweep(
     for agent_type, counts in sizes.items():
         for count in counts:
             for policy in policies:
-                run = simulate(by_type[agent_type], count, policy)
+                run = simulate(by_type[agent_type], count, policy, groups)
                 runs.append((summarise(run), run))
     return runs
 
@@ -137,6 +153,20 @@ def simulate_command(
     follow_ups: Annotated[
         str, typer.Option(help="Synthetic: share of arrivals that continue a recent issue.")
     ] = "0",
+    repos: Annotated[
+        str, typer.Option(help="Synthetic: how many repositories the issues spread over.")
+    ] = "1",
+    max_running: Annotated[
+        str | None,
+        typer.Option(help="A concurrency group: tasks of a type running at once per repository."),
+    ] = None,
+    group_wait: Annotated[
+        str,
+        typer.Option(
+            help="A head that does not fit its group: 'head' (the service: its queue waits) "
+            "or 'skip' (the instance takes the next task that fits)."
+        ),
+    ] = "head",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     schedule: Annotated[
         bool, typer.Option(help="With --json: where and when each task ran, per run.")
@@ -162,6 +192,7 @@ def simulate_command(
             raise InvalidInputError("--schedule lists each task's run in the JSON: add --json")
         sizes = parse_instances(instances)
         policies = parse_policies(policy)
+        groups = parse_groups(max_running, group_wait)
         sources = [from_db, workload is not None, arrivals is not None or durations is not None]
         if sum(sources) != 1:
             raise InvalidInputError(
@@ -184,8 +215,9 @@ def simulate_command(
                 _number(hours, "--hours", 0.001, 24 * 366),
                 _seed(seed),
                 _number(follow_ups, "--follow-ups", 0, 1),
+                int(_number(repos, "--repos", 1, 10_000)),
             )
-        runs = sweep(loaded, sizes, policies)
+        runs = sweep(loaded, sizes, policies, groups)
         summaries = [summary for summary, _ in runs]
         if plot is not None:
             from claude_hooks.capacity.plot import write_plot

@@ -11,6 +11,7 @@ The token only ever travels in the `Authorization` header: never in a URL, log o
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import ssl
@@ -203,6 +204,24 @@ class _WireCombined(_Wire):
 
 class _WirePermission(_Wire):
     permission: str
+
+
+class _WireRepository(_Wire):
+    default_branch: str
+
+
+class _WireCommitId(_Wire):
+    id: str
+
+
+class _WireNamedBranch(_Wire):
+    commit: _WireCommitId
+
+
+class _WireContents(_Wire):
+    type: str
+    encoding: str | None = None
+    content: str | None = None
 
 
 class _WireLabel(_Wire):
@@ -596,6 +615,43 @@ class ForgejoClient:
             idempotent=False,
         )
         return self._parse(await self._send(request), _WireComment, request).id
+
+    async def default_branch(self, owner: str, repo: str) -> str:
+        """The repository's default branch (`GET /repos/{owner}/{repo}`)."""
+        request = _Request(
+            "GET", f"/repos/{_seg(owner)}/{_seg(repo)}", f"repository {owner}/{repo}"
+        )
+        return self._parse(await self._send(request), _WireRepository, request).default_branch
+
+    async def branch_commit(self, owner: str, repo: str, branch: str) -> str:
+        """The sha a branch points at."""
+        request = _Request(
+            "GET",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/branches/{_seg(branch)}",
+            f"branch {branch!r} of {owner}/{repo}",
+        )
+        return self._parse(await self._send(request), _WireNamedBranch, request).commit.id
+
+    async def file_at(self, owner: str, repo: str, path: str, ref: str) -> str | None:
+        """A text file's content at `ref`, or None where there is no such file."""
+        segments = "/".join(_seg(part) for part in path.split("/"))
+        request = _Request(
+            "GET",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/contents/{segments}",
+            f"file {path!r} of {owner}/{repo} at {ref[:12]}",
+            params={"ref": ref},
+        )
+        try:
+            response = await self._send(request)
+        except ForgejoNotFound:
+            return None
+        wire = self._parse(response, _WireContents, request)
+        if wire.type != "file" or wire.encoding != "base64" or wire.content is None:
+            return None
+        try:
+            return base64.b64decode(wire.content).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise self._bad_answer(request, "the file is not UTF-8 text") from None
 
     async def get_issue(self, owner: str, repo: str, number: int) -> IssueInfo:
         """An issue or a pull request (they share numbers); `is_pull` tells which."""

@@ -58,7 +58,16 @@ class Forge:
 
     def client(self, agent_type: str | None) -> ForgejoClient:
         """The client with a type's token; `None`: the service's own token for checks."""
-        client = self._clients.get(agent_type)
+        return self._client(agent_type, self.config.forgejo.retries)
+
+    def reader(self) -> ForgejoClient:
+        """The service's client that tries once: for look-ups the service can do without for
+        a while (repositories' policy files), so a forge that is down costs one attempt."""
+        return self._client(None, 0)
+
+    def _client(self, agent_type: str | None, retries: int) -> ForgejoClient:
+        key = agent_type if retries == self.config.forgejo.retries else f"{agent_type}/{retries}"
+        client = self._clients.get(key)
         if client is None:
             if agent_type is None:
                 secret = self.config.forgejo.token or next(
@@ -73,10 +82,10 @@ class Forge:
                 secret.get_secret_value() if secret else None,
                 label=label,
                 timeout=self.config.forgejo.timeout,
-                retries=self.config.forgejo.retries,
+                retries=retries,
                 transport=self.transport,
             )
-            self._clients[agent_type] = client
+            self._clients[key] = client
         return client
 
     def prepare(self) -> None:

@@ -2,8 +2,11 @@
 
 These strings come from the unsigned headers or from bodies that name paths, URLs and log
 lines, so each is checked against the forge's own rules before anything uses it. Forgejo's
-rules (`modules/validation`): names of ASCII letters, digits, `-`, `_` and `.`, not starting
-or ending with a dot and without `..`; owners up to 40 characters, repositories up to 100.
+rules: owners of ASCII letters, digits, `-`, `_` and `.`, not starting or ending with a dot,
+up to 40 characters; repositories of the same characters (a leading dot allowed, as in an
+organisation's `.profile` or `.claude-hooks`), up to 100, never `.`, `..` or `-`, no run of
+dots, and not ending in `.git`, `.wiki`, `.rss` or `.atom`. No name may contain `..`, so no
+name can climb a path.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pydantic import AfterValidator
 DELIVERY_ID_RULE = "a UUID, or 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
+_REPO_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_RESERVED_REPOS = frozenset({".", "..", "-"})
+_RESERVED_REPO_ENDINGS = (".git", ".wiki", ".rss", ".atom")
 OWNER_MAX = 40
 REPO_MAX = 100
 
@@ -41,6 +47,21 @@ def name_problem(value: str, limit: int) -> str | None:
     return None
 
 
+def repo_name_problem(value: str) -> str | None:
+    """Why `value` is not a valid repository name, or None if it is."""
+    if not value:
+        return "is empty"
+    if len(value) > REPO_MAX:
+        return f"is longer than {REPO_MAX} characters"
+    if _REPO_NAME.fullmatch(value) is None:
+        return "may hold only ASCII letters, digits, '-', '_' and '.'"
+    if ".." in value or value in _RESERVED_REPOS:
+        return "may not be '.', '..' or '-', nor contain '..'"
+    if value.lower().endswith(_RESERVED_REPO_ENDINGS):
+        return "may not end in '.git', '.wiki', '.rss' or '.atom'"
+    return None
+
+
 def full_name_problem(full_name: str) -> str | None:
     """Why `full_name` is not `<owner>/<repository>` by the forge's rules, or None."""
     owner, slash, repo = full_name.partition("/")
@@ -49,7 +70,7 @@ def full_name_problem(full_name: str) -> str | None:
     problem = name_problem(owner, OWNER_MAX)
     if problem is not None:
         return f"owner {owner[:60]!r} {problem}"
-    problem = name_problem(repo, REPO_MAX)
+    problem = repo_name_problem(repo)
     if problem is not None:
         return f"repository {repo[:110]!r} {problem}"
     return None

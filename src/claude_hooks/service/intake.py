@@ -23,7 +23,7 @@ from claude_hooks.errors import ClaudeHooksError, ConflictError, NoInstanceError
 from claude_hooks.forge.binding import check_event_type
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.forge.payloads import Payload, parse_payload
+from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows, task_actions
 from claude_hooks.service.commands import Commands
@@ -307,6 +307,10 @@ class Intake:
         the transaction of its tasks (a new one; a pending one is settled apart)."""
         applied = Applied()
         decision: flows.Decision | None = None
+        if isinstance(payload, PushPayload) and self.pool.policies is not None:
+            # The pushed branch's policy file may have changed: read it again next time.
+            branch = payload.ref.removeprefix("refs/heads/")
+            self.pool.policies.pushed(payload.repository.full_name, branch)
         try:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from claude_hooks.agents import processes, resources
@@ -34,10 +34,19 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.control import SIGNAL_CANCEL
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
+from claude_hooks.service.policies import Gate, Policies
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.service.steering import Inbox, follow_ups
 from claude_hooks.store import wakeups
-from claude_hooks.store.base import Dispatched, Outcome, Placement, QueueEntry, Settle, Store
+from claude_hooks.store.base import (
+    Claim,
+    Dispatched,
+    Outcome,
+    Placement,
+    QueueEntry,
+    Settle,
+    Store,
+)
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,7 @@ class Worker:
         self.enabled = enabled
         self.retiring = False
         self.blocked = False  # the head of the queue waits for its session key
+        self.waiting: str | None = None  # why the head waits for its concurrency group
         self._head: str | None = None  # the head of the queue when last looked at
         self.current: Task | None = None
         self._cancel_current = False
@@ -139,16 +149,29 @@ class Worker:
         """Claim the head of the queue; with an empty queue, a stealing type takes work from a
         peer first (without the claim's write: an idle instance looks twice a second)."""
         if not self.steals or self._head is not None:
-            claim = await self.pool.store.claim_next(self.name, self.pool.clock())
-            self.blocked = claim.blocked
+            claim = await self._claim_head()
             if claim.task is not None or claim.blocked or not self.steals:
                 return claim.task
         self.blocked = False
         if not await self.pool.steal_for(self):
             return None
-        claim = await self.pool.store.claim_next(self.name, self.pool.clock())
-        self.blocked = claim.blocked
-        return claim.task
+        self._head = await self.pool.store.queue_head(self.name)
+        return (await self._claim_head()).task
+
+    async def _claim_head(self) -> Claim:
+        """Claim the head within its repository's policy: a head the policy refuses ends
+        here, and one whose concurrency group is full waits (blocked, with the reason)."""
+        gate = await self.pool.gate(self._head)
+        if gate is not None and (gate.refusal is not None or gate.not_now is not None):
+            # Refused: the head was ended and the worker woken; not_now: look again soon.
+            self.blocked, self.waiting = gate.not_now is not None, gate.not_now
+            return Claim(None, blocked=self.blocked)
+        group = gate.group if gate is not None else None
+        claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
+        self.blocked, self.waiting = claim.blocked, claim.waiting
+        if claim.waiting is not None and self._head is not None:
+            await self.pool.notice_waiting(self._head, claim.waiting.removeprefix("waiting: "))
+        return claim
 
     async def _idle(self) -> None:
         """Wait for a wake-up; a blocked head is looked at again after a while regardless,
@@ -283,11 +306,14 @@ class Pool:
         self.inboxes: dict[str, Inbox] = {}  # steering messages of this node's running tasks
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
+        self._noticed: set[str] = set()  # tasks whose wait for their group was told
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
         # Set by the service: the forge the agents' forge tools act on.
         self.forge: Forge | None = None
+        # Set by the service: repositories' policies, checked before a queued task starts.
+        self.policies: Policies | None = None
 
     # registry
 
@@ -515,6 +541,43 @@ class Pool:
             self._wake(moved.agent)
             log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
 
+    def waiting_of(self, name: str) -> str | None:
+        """Why the head of an instance held here waits (its concurrency group), or None."""
+        worker = self.workers.get(name)
+        return None if worker is None else worker.waiting
+
+    async def notice_waiting(self, task_id: str, reason: str) -> None:
+        """Tell the task's issue, once per task, that it waits for its group."""
+        if task_id in self._noticed:
+            return
+        self._noticed.add(task_id)
+        task = await self.store.get_task(task_id)
+        if task is not None:
+            self.bus.publish(Event("task.waiting", task, {"reason": reason}))
+
+    async def gate(self, task_id: str | None) -> Gate | None:
+        """The policy's word on a queued task about to start; a refused task is ended here
+        (cancelled or failed, with the reason) and the instance looks at its queue again."""
+        if task_id is None or self.policies is None or not self.policies.active:
+            return None
+        task = await self.store.get_task(task_id)
+        if task is None or task.state is not TaskState.QUEUED:
+            return None
+        gate = await self.policies.gate(task)
+        if gate.refusal is None:
+            return gate
+        now = self.clock()
+        ended = (
+            await self.store.cancel_queued(task.id, gate.refusal, now)
+            if gate.cancel
+            else await self.store.fail_queued(task.id, gate.refusal, now)
+        )
+        if ended:
+            log.warning("task %s not started: %s", task.id, gate.refusal)
+            await self.publish_finished(task.id)
+        self._wake(task.agent)
+        return gate
+
     def _key_freed(self) -> None:
         """A task ended: workers whose head waits for a session key look again."""
         for worker in self.workers.values():
@@ -533,6 +596,8 @@ class Pool:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
         self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
         context = self._context(task, workdir)
+        if self.policies is not None and self.policies.active:
+            context = replace(context, **await self.policies.run_settings(task))
         try:
             result = await self.runner_for(task.type).run(context)
         except asyncio.CancelledError:

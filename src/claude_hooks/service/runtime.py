@@ -29,6 +29,7 @@ from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
 from claude_hooks.service.pending import PendingRetrier
+from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.retention import Retention
@@ -74,6 +75,7 @@ class Service:
         self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
         self.pool.forge = self.forge
+        self.pool.policies = Policies(config, self.forge, self.store.spend, self.clock)
         self.intake = Intake(
             config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
         )

@@ -80,6 +80,19 @@ class Claim:
 
     task: Task | None
     blocked: bool = False  # the head waits for its session key to end on another instance
+    waiting: str | None = None  # the head waits for its concurrency group: why, for people
+
+
+@dataclass(frozen=True, slots=True)
+class RunningLimit:
+    """A repository's concurrency group as the head of a queue meets it: at most `of_type`
+    tasks of `agent_type` and `of_all` of every type running at once in `repo` (None: no
+    limit), across all nodes."""
+
+    repo: str
+    agent_type: str
+    of_type: int | None = None
+    of_all: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +248,9 @@ class Store(Protocol):
     async def node_of(self, task_id: str) -> NodeAddress | None: ...
     async def list_tasks(self, where: TaskFilter, limit: int, offset: int) -> list[Task]: ...
     async def count_tasks(self, where: TaskFilter) -> int: ...
-    async def claim_next(self, agent: str, now: float) -> Claim: ...
+    async def claim_next(
+        self, agent: str, now: float, group: RunningLimit | None = None
+    ) -> Claim: ...
     async def steal(self, agent: str, now: float) -> Stolen | None: ...
     async def queue_head(self, agent: str) -> str | None: ...
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None: ...

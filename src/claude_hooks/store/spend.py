@@ -51,7 +51,9 @@ class BreakerState:
 
 
 class SpendStore(Protocol):
-    async def spent(self, agent_type: str | None, start: float, end: float) -> float: ...
+    async def spent(
+        self, agent_type: str | None, start: float, end: float, repo: str | None = None
+    ) -> float: ...
     async def budgets(self) -> dict[tuple[str, Period], float]: ...
     async def set_budget(self, scope: str, period: Period, usd: float, now: float) -> None: ...
     async def clear_budgets(self, scope: str) -> int: ...
@@ -150,13 +152,18 @@ class SqlSpend:
         self.reader = reader
         self.kept = kept  # for the webhook path's reads
 
-    async def spent(self, agent_type: str | None, start: float, end: float) -> float:
-        """What the tasks that finished in [start, end) cost, of one type or of all."""
+    async def spent(
+        self, agent_type: str | None, start: float, end: float, repo: str | None = None
+    ) -> float:
+        """What the tasks that finished in [start, end) cost, of one type or of all, in one
+        repository or in all."""
         query = sa.select(sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)).where(
             tasks.c.finished_at >= start, tasks.c.finished_at < end
         )
         if agent_type is not None:
             query = query.where(tasks.c.type == agent_type)
+        if repo is not None:
+            query = query.where(tasks.c.repo == repo)
         with self.reader.connect() as conn:
             return float(conn.scalar(query) or 0.0)
 

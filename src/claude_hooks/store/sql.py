@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
-from claude_hooks.store import placing, reports, stealing, wakeups
+from claude_hooks.store import groups, placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
     DeliveryTally,
@@ -31,6 +31,7 @@ from claude_hooks.store.base import (
     Outcome,
     Placement,
     QueueEntry,
+    RunningLimit,
     SessionRecord,
     Settle,
     Signal,
@@ -571,12 +572,13 @@ class SqlStore:
         with self.reader.connect() as conn:
             return int(conn.scalar(query) or 0)
 
-    async def claim_next(self, agent: str, now: float) -> Claim:
+    async def claim_next(self, agent: str, now: float, group: RunningLimit | None = None) -> Claim:
         """Start the head of `agent`'s queue: one atomic UPDATE, so a task starts once.
 
         The head waits (blocked) while its session key runs elsewhere; the partial unique
         index on running session keys holds that even between processes. A head whose cancel
-        was asked for is cancelled here instead."""
+        was asked for is cancelled here instead. With a `group`, the head also waits while its
+        repository's concurrency group is full (see `groups`)."""
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
@@ -584,6 +586,11 @@ class SqlStore:
                     if holder is None or holder.node != self.node:
                         return Claim(None)
                 conn.execute(_CANCEL_REQUESTED, {"b_agent": agent, "b_now": now})
+                if group is not None:
+                    waiting = groups.wait_reason(conn, agent, group)
+                    if waiting is not None:
+                        shown = None if waiting == groups.STALE else waiting
+                        return Claim(None, blocked=True, waiting=shown)
                 row = conn.execute(
                     _CLAIM, {"b_agent": agent, "b_now": now, "b_node": self.node}
                 ).first()

@@ -39,6 +39,7 @@ def agent_json(service: Service, instance: InstanceView) -> dict[str, Any]:
         "queue": list(instance.queue),
         "queued": len(instance.queue),
         "paused": pause_json(service, instance.type),
+        "waiting": service.pool.waiting_of(instance.name),
         "node": instance.node,
         "pinned_node": instance.pinned_node,
     }

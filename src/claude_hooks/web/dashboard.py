@@ -216,6 +216,7 @@ class Instance:
     queued: int
     node: str | None = None
     pinned_node: str | None = None
+    waiting: str | None = None  # why its head waits (a concurrency group), on this node
 
 
 @dataclass(slots=True)
@@ -257,6 +258,7 @@ async def _instance(service: Service, cache: QueuedCache, instance: InstanceView
         queued=len(instance.queue),
         node=instance.node,
         pinned_node=instance.pinned_node,
+        waiting=service.pool.waiting_of(instance.name),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from claude_hooks.agents.sandbox import Sandbox
-from claude_hooks.config import TypeConfig
+from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ class RunContext:
     on_progress: Callable[[RunProgress], None] | None = None
     # Mentions that reach the running agent (None: the run takes none; they become follow-ups).
     steering: SteerInbox | None = None
+    # From the repository's policy file: text for every prompt, its test command, and how
+    # its pull requests are merged (None: the service's [flows] merge_style).
+    instructions: str = ""
+    test_command: str | None = None
+    merge_style: MergeStyle | None = None
 
 
 @dataclass(frozen=True, slots=True)

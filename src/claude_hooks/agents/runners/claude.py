@@ -431,6 +431,8 @@ class ClaudeRunner:
             ctx.workdir,
             current_branch(ctx.workdir),
             ctx.env.get("FORGEJO_URL", ""),
+            ctx.instructions,
+            ctx.test_command,
         )
         try:
             system = prompts.render("system", context)

@@ -32,7 +32,7 @@ class MergeRunner:
                 owner,
                 name,
                 number,
-                style=self.flows.merge_style,
+                style=ctx.merge_style or self.flows.merge_style,
                 head_commit_id=head if isinstance(head, str) and head else None,
             )
         except ForgejoError as exc:

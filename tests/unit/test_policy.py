@@ -1,0 +1,145 @@
+"""The per-repository policy rule: repository over organisation over the service, clipped by
+the service's `[policy]`, and failing closed on a broken file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_hooks.config import Config
+from claude_hooks.core.policy import ORGANISATION, REPOSITORY, PolicyError, PolicyFile, effective
+from tests.support import make_config
+
+
+def config_with(tmp_path: Path, **policy: Any) -> Config:
+    overrides: dict[str, Any] = {"flows": {"max_review_rounds": 3, "max_tasks_per_issue": 12}}
+    if policy:
+        overrides["policy"] = policy
+    return make_config(tmp_path, **overrides)
+
+
+def org(text: str) -> PolicyFile:
+    return PolicyFile(
+        ORGANISATION, "acme/.claude-hooks@1111111111:.forgejo/claude-hooks.toml", text
+    )
+
+
+def repo(text: str) -> PolicyFile:
+    return PolicyFile(REPOSITORY, "acme/widget@2222222222:.forgejo/claude-hooks.toml", text)
+
+
+def test_without_files_the_service_decides(tmp_path: Path) -> None:
+    policy = effective(config_with(tmp_path), [])
+    assert policy.allowed_types == ("boss", "dev", "reviewer")
+    assert policy.auto_merge is True
+    assert policy.value("max_review_rounds") == 3
+    assert {s.layer for s in policy.settings.values()} == {"service"}
+    assert policy.notes == ()
+
+
+def test_repository_over_organisation_over_service_key_by_key(tmp_path: Path) -> None:
+    organisation = org(
+        'instructions = "Write in British English."\n'
+        "max_review_rounds = 2\n"
+        "[types.dev]\n"
+        'instructions = "Run the linters."\n'
+        'labels = ["agent:dev"]\n'
+    )
+    repository = repo('max_review_rounds = 1\n[types.dev]\ninstructions = "Use uv."\n')
+    policy = effective(config_with(tmp_path), [organisation, repository])
+    assert policy.settings["max_review_rounds"].value == 1
+    assert policy.settings["max_review_rounds"].layer == "repository"
+    assert policy.settings["instructions"].layer == "organisation"
+    assert policy.settings["types.dev.labels"].value == ("agent:dev",)
+    assert policy.settings["types.dev.labels"].layer == "organisation"
+    assert policy.instructions_for("dev") == "Write in British English.\n\nUse uv."
+    assert policy.instructions_for("reviewer") == "Write in British English."
+
+
+def test_without_a_policy_section_a_repository_may_only_narrow(tmp_path: Path) -> None:
+    repository = repo(
+        'allowed_types = ["reviewer", "ghost"]\n'
+        "auto_merge = false\n"
+        "max_review_rounds = 9\n"
+        "max_tasks_per_issue = 4\n"
+        'setup = ["make deps"]\n'
+        'merge_style = "squash"\n'
+        "max_running = {all = 3, dev = 1}\n"
+        '[types.dev]\negress = ["pypi.org"]\n'
+    )
+    policy = effective(config_with(tmp_path), [repository])
+    assert policy.allowed_types == ("reviewer",)
+    assert policy.auto_merge is False
+    assert policy.value("max_review_rounds") == 3  # raising needs [policy] allow
+    assert policy.value("max_tasks_per_issue") == 4  # lowering is always allowed
+    assert policy.value("setup") == ()
+    assert policy.value("merge_style") == "merge"
+    assert policy.value("types.dev.egress") is None
+    assert policy.max_running() == {"all": 3, "dev": 1}
+    notes = "\n".join(policy.notes)
+    assert "ghost left out" in notes
+    assert "max_review_rounds: 9 clipped to 3: raising it needs [policy] allow" in notes
+    assert "setup: not applied" in notes and "merge_style: not applied" in notes
+    assert "types.dev.egress: not applied" in notes
+
+
+def test_policy_allows_and_its_ceilings_clip(tmp_path: Path) -> None:
+    config = config_with(
+        tmp_path,
+        allow=["setup", "egress", "max_review_rounds"],
+        max_review_rounds=5,
+        max_running={"all": 2},
+        daily_budget_usd=10.0,
+        egress=["pypi.org"],
+    )
+    repository = repo(
+        'setup = ["make deps"]\n'
+        "max_review_rounds = 9\n"
+        "daily_budget_usd = 50\n"
+        "max_running = {all = 4, dev = 1}\n"
+        '[types.dev]\negress = ["pypi.org", "evil.example"]\n'
+    )
+    policy = effective(config, [repository])
+    assert policy.value("setup") == ("make deps",)
+    assert policy.value("max_review_rounds") == 5
+    assert policy.value("daily_budget_usd") == 10.0
+    assert policy.max_running() == {"all": 2, "dev": 1}
+    assert policy.value("types.dev.egress") == ("pypi.org",)
+    notes = "\n".join(policy.notes)
+    assert "max_review_rounds: 9 clipped to the service's ceiling 5" in notes
+    assert "daily_budget_usd: 50 clipped to the service's ceiling 10.0" in notes
+    assert "evil.example left out" in notes
+
+
+def test_a_ceiling_applies_to_a_repository_that_sets_nothing(tmp_path: Path) -> None:
+    config = config_with(tmp_path, max_running={"all": 2, "dev": 1}, allowed_types=["dev"])
+    policy = effective(config, [])
+    assert policy.max_running() == {"all": 2, "dev": 1}
+    assert policy.allowed_types == ("dev",)
+    assert not policy.type_allowed("reviewer")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auto_merge = false\nautomerge = true\n", ":2: unknown key 'automerge'"),
+        ("[types.dev]\nlabel = ['x']\n", ":2: unknown key 'types.dev.label'"),
+        ("max_running = {all = 1, dev = 'one'}\n", ":1: max_running.dev: Input should be"),
+        ("auto_merge = \n", "not valid TOML"),
+        ("max_review_rounds = 0\n", ":1: max_review_rounds: Input should be greater"),
+    ],
+)
+def test_a_broken_file_fails_closed_naming_file_line_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    with pytest.raises(PolicyError) as raised:
+        effective(config_with(tmp_path), [org('instructions = "fine"\n'), repo(text)])
+    assert "acme/widget@2222222222:.forgejo/claude-hooks.toml" in str(raised.value)
+    assert expected in str(raised.value)
+
+
+def test_the_policy_section_names_only_existing_types(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="policy: 'ghost' is not a type"):
+        config_with(tmp_path, max_running={"ghost": 1})
