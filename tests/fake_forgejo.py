@@ -131,6 +131,7 @@ class RecordedRequest:
     path: str  # below /api/v1, unquoted
     query: dict[str, str]
     user: str | None  # the token's login, None if the token was missing or unknown
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
