@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,21 @@ async def test_the_comment_is_edited_after_a_restart_not_posted_again(
     found = await second.store.get_task(task_id)
     assert found is not None and found.state is TaskState.SUCCEEDED
     assert len(fake_forgejo.requests_to(POSTS, "POST")) == 1
+
+
+async def test_the_finished_comment_says_what_the_agent_was_refused(
+    start_service: ServiceFactory, fake_forgejo: FakeForgejo, tmp_path: Path
+) -> None:
+    agent = tmp_path / "asks.py"
+    agent.write_text(
+        "import json, os, sys\nsys.stdin.read()\n"
+        "requests = [{'tool': 'merge_pull_request'}]\n"
+        "open(os.environ['CLAUDE_HOOKS_RESULT'], 'w').write(json.dumps({'forge': requests}))\n"
+    )
+    config = living_config(tmp_path, fake_forgejo, 0.1)
+    config.types["dev"].command = [sys.executable, str(agent)]
+    service = await start_service(config)
+    await assign(service)
+    await wait_until(lambda: body_has(fake_forgejo, "**succeeded**"), timeout=10)
+    final = fake_forgejo.comments[0].body
+    assert "Not done:\n- `merge_pull_request`: only a merge_pr task merges" in final
