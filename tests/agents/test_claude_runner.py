@@ -521,9 +521,9 @@ async def test_the_agents_todo_list_and_edited_files_are_reported_as_progress(
     )
     result = await run(harness, ctx)
     assert result.succeeded, result.error
-    assert reported == [
-        RunProgress(
-            todos=(("completed", "Read the issue"), ("in_progress", "Fix the retry")),
-            files=("retry.py",),
-        )
-    ]
+    planned = RunProgress(
+        todos=(("completed", "Read the issue"), ("in_progress", "Fix the retry")),
+        files=("retry.py",),
+    )
+    # The plan as it is made, then the cost once the turn has its result.
+    assert reported == [planned, dataclasses.replace(planned, cost_usd=0.25)]

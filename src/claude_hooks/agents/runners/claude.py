@@ -552,6 +552,11 @@ class ClaudeRunner:
             elif isinstance(message, ResultMessage):
                 turn.result = message
                 await self._record_total(ctx, message)
+                cost = _run_cost(turn, record)
+                if ctx.on_progress is not None and cost is not None:
+                    # A steered run goes on after this turn: its cost so far.
+                    turn.progress = dataclasses.replace(turn.progress, cost_usd=cost)
+                    ctx.on_progress(turn.progress)
             elif isinstance(message, AssistantMessage) and ctx.on_progress is not None:
                 progress = _progress(turn.progress, message, ctx.workdir)
                 if progress != turn.progress:
