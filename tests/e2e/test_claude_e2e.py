@@ -302,3 +302,42 @@ async def test_a_steering_message_reaches_the_running_conversation(
     first_turn, second_turn = [r["total_cost_usd"] for r in e2e.log(ctx) if r["type"] == "result"]
     assert second_turn == pytest.approx(2 * first_turn)
     assert result.cost_usd == pytest.approx(second_turn)
+
+
+class LaterInbox:
+    """A steering inbox whose message comes `after` seconds into the run."""
+
+    def __init__(self, message: SteerMessage, after: float) -> None:
+        self.message: SteerMessage | None = message
+        self.due = time.monotonic() + after
+
+    async def wait(self) -> None:
+        if self.message is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(max(0.0, self.due - time.monotonic()))
+
+    async def take(self) -> list[SteerMessage]:
+        if self.message is None or time.monotonic() < self.due:
+            return []
+        taken, self.message = [self.message], None
+        return taken
+
+
+async def test_a_message_sent_while_a_tool_runs_is_read_within_the_turn(
+    e2e: EndToEnd, api: MessagesStandin
+) -> None:
+    config = e2e.type_config(allowed_tools=["Bash(sleep:*)"])
+    ctx = await e2e.context(make_task(), config)
+    message = SteerMessage("alice", "Use the config file, not the environment.", time.time())
+    ctx = dataclasses.replace(ctx, steering=LaterInbox(message, after=1.0))
+    api.script(
+        tool_use("Bash", {"command": "sleep 3", "description": "wait"}),
+        text("Done, reading the config file as alice asked."),
+    )
+    result = await ClaudeRunner(e2e.store, e2e.data_dir, steer_grace=0.5).run(ctx)
+
+    assert result.succeeded, result.error
+    assert result.result == "Done, reading the config file as alice asked."
+    first, second = api.message_requests()  # one turn: no third request
+    assert "Use the config file" not in first.all_text()
+    assert "Use the config file, not the environment." in second.last_user_text()

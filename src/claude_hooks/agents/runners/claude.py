@@ -78,6 +78,9 @@ logger = logging.getLogger(__name__)
 PID_MARKER = "claude-hooks-launcher pid="
 INTERRUPT_TIMEOUT = 2.0  # the CLI acknowledged an interrupt in 18-60 ms when measured
 RESULT_TIMEOUT = 2.0  # for the result that ends an interrupted turn
+# After a turn during which a steering message was sent: how long the CLI has to start the
+# turn that answers it (it did in 50 ms; a message read within the turn starts none).
+STEER_GRACE = 2.0
 STDERR_TAIL_LINES = 20
 SDK_PREFIXES = ("CLAUDE_CODE_", "CLAUDE_AGENT_SDK_")
 SANDBOXED_TOOLS = ("Bash", "Read", "Edit", "Write", "Glob", "Grep")
@@ -210,6 +213,7 @@ class _Turn:
     result: ResultMessage | None = None
     limit_resets_at: int | None = None  # a subscription usage limit rejected the run until then
     progress: RunProgress = dataclasses.field(default_factory=RunProgress)
+    steered: bool = False  # a steering message was sent since the last turn began
 
 
 _EDITING_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
@@ -265,6 +269,7 @@ class ClaudeRunner:
         *,
         interrupt_timeout: float = INTERRUPT_TIMEOUT,
         result_timeout: float = RESULT_TIMEOUT,
+        steer_grace: float = STEER_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -273,6 +278,7 @@ class ClaudeRunner:
         self.cli_path = cli_path
         self.interrupt_timeout = interrupt_timeout
         self.result_timeout = result_timeout
+        self.steer_grace = steer_grace
         self.clock = clock
 
     # the CLI and its folders
@@ -501,8 +507,17 @@ class ClaudeRunner:
             await client.connect()
             turn.connected = True
             await client.query(prompt)
-            await self._read(client, turn, ctx, log, record)
-            await self._steered_turns(client, turn, ctx, log, record)
+            relay = None
+            if ctx.steering is not None:
+                relay = asyncio.create_task(self._relay(client, turn, ctx, log))
+            try:
+                await self._read(client, turn, ctx, log, record)
+                if relay is not None:
+                    await self._steered_turns(client, turn, ctx, log, record, relay)
+            finally:
+                if relay is not None:
+                    relay.cancel()
+                    await asyncio.gather(relay, return_exceptions=True)
         except asyncio.CancelledError:
             await self._stop(client, process, turn, ctx, log, record, started)
             raise
@@ -532,36 +547,73 @@ class ClaudeRunner:
         ctx: RunContext,
         log: TaskLog,
         record: SessionRecord | None,
+        start_within: float | None = None,
+    ) -> bool:
+        """Read the turn to its result; False if, given `start_within` seconds, no turn
+        started in them (the CLI's stream is left as it was)."""
+        stream = client.receive_response()
+        if start_within is not None:
+            try:
+                first = await asyncio.wait_for(anext(stream), start_within)
+            except (TimeoutError, StopAsyncIteration):
+                return False  # the cancelled wait ended the generator; the stream is intact
+            await self._take(first, turn, ctx, log, record)
+        async for message in stream:
+            await self._take(message, turn, ctx, log, record)
+        return True
+
+    async def _take(
+        self,
+        message: Any,
+        turn: _Turn,
+        ctx: RunContext,
+        log: TaskLog,
+        record: SessionRecord | None,
     ) -> None:
-        async for message in client.receive_response():
-            log.message(message)
-            if isinstance(message, SystemMessage) and message.subtype == "init":
-                session_id = message.data.get("session_id")
-                if isinstance(session_id, str) and session_id:
-                    turn.session_id = session_id
-                    model = message.data.get("model")
-                    turn.model = model if isinstance(model, str) else None
-                    if record is None or record.claude_session_id != session_id:
-                        await self.store.put_session(
-                            ctx.task.session_key, session_id, None, self.clock()
-                        )
-            elif isinstance(message, RateLimitEvent):
-                info = message.rate_limit_info
-                if info.status == "rejected" and info.resets_at is not None:
-                    turn.limit_resets_at = int(info.resets_at)
-            elif isinstance(message, ResultMessage):
-                turn.result = message
-                await self._record_total(ctx, message)
-                cost = _run_cost(turn, record)
-                if ctx.on_progress is not None and cost is not None:
-                    # A steered run goes on after this turn: its cost so far.
-                    turn.progress = dataclasses.replace(turn.progress, cost_usd=cost)
-                    ctx.on_progress(turn.progress)
-            elif isinstance(message, AssistantMessage) and ctx.on_progress is not None:
-                progress = _progress(turn.progress, message, ctx.workdir)
-                if progress != turn.progress:
-                    turn.progress = progress
-                    ctx.on_progress(progress)
+        """Record one message of the CLI: its session, limits, result, progress."""
+        log.message(message)
+        if isinstance(message, SystemMessage) and message.subtype == "init":
+            session_id = message.data.get("session_id")
+            if isinstance(session_id, str) and session_id:
+                turn.session_id = session_id
+                model = message.data.get("model")
+                turn.model = model if isinstance(model, str) else None
+                if record is None or record.claude_session_id != session_id:
+                    await self.store.put_session(
+                        ctx.task.session_key, session_id, None, self.clock()
+                    )
+        elif isinstance(message, RateLimitEvent):
+            info = message.rate_limit_info
+            if info.status == "rejected" and info.resets_at is not None:
+                turn.limit_resets_at = int(info.resets_at)
+        elif isinstance(message, ResultMessage):
+            turn.result = message
+            await self._record_total(ctx, message)
+            cost = _run_cost(turn, record)
+            if ctx.on_progress is not None and cost is not None:
+                # A steered run goes on after this turn: its cost so far.
+                turn.progress = dataclasses.replace(turn.progress, cost_usd=cost)
+                ctx.on_progress(turn.progress)
+        elif isinstance(message, AssistantMessage) and ctx.on_progress is not None:
+            progress = _progress(turn.progress, message, ctx.workdir)
+            if progress != turn.progress:
+                turn.progress = progress
+                ctx.on_progress(progress)
+
+    async def _relay(
+        self, client: ClaudeSDKClient, turn: _Turn, ctx: RunContext, log: TaskLog
+    ) -> None:
+        """Send each steering message to the CLI as it comes: one sent while the agent works
+        is read within its turn (after its current tool), one sent as a turn ends starts the
+        next turn."""
+        assert ctx.steering is not None
+        while True:
+            messages = await ctx.steering.take()
+            if messages:
+                log.event("steered", senders=[m.sender for m in messages])
+                await client.query(steering_prompt([(m.sender, m.body) for m in messages]))
+                turn.steered = True
+            await ctx.steering.wait()
 
     async def _steered_turns(
         self,
@@ -570,20 +622,21 @@ class ClaudeRunner:
         ctx: RunContext,
         log: TaskLog,
         record: SessionRecord | None,
+        relay: asyncio.Task[None],
     ) -> None:
-        """Keep the conversation open while steering messages come: each batch is one more
-        user turn of the same session, read to its result. The run's cost is the last
-        result's session total (the CLI adds every turn in), and the push comes after."""
-        if ctx.steering is None:
-            return
+        """Keep the conversation open until every steering message is answered: after a turn
+        that had one sent, the next turn the CLI starts for it is read too. The run's cost is
+        the last result's session total (the CLI adds every turn in); the push comes after."""
         while turn.result is not None and not turn.result.is_error:
-            messages = await ctx.steering.take()
-            if not messages:
-                return
-            log.event("steered", senders=[m.sender for m in messages])
-            await client.query(steering_prompt([(m.sender, m.body) for m in messages]))
-            turn.result = None
-            await self._read(client, turn, ctx, log, record)
+            if not turn.steered:
+                # Stop sending; what comes now becomes a follow-up task, unless the relay
+                # sent it on its way out.
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+                if not turn.steered:
+                    return
+            turn.steered = False
+            await self._read(client, turn, ctx, log, record, self.steer_grace)
 
     async def _record_total(self, ctx: RunContext, result: ResultMessage) -> None:
         if result.session_id and result.total_cost_usd is not None:
