@@ -14,11 +14,12 @@ import socket
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -40,6 +41,32 @@ def _host_node_name() -> str:
     """The host name as a node name: lower case, the first label, other characters as '-'."""
     name = re.sub(r"[^a-z0-9._-]", "-", socket.gethostname().split(".")[0].lower())
     return name.strip("-._")[:63] or "node"
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_bytes(text: str) -> int:
+    """'512M', '4G', '20GiB' or a number of bytes: powers of 1024, as systemd and Docker read
+    them; ValueError says how to write one."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: write a number of bytes or e.g. 512M, 4G")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def _size(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        size_bytes(value)
+    return value
+
+
+# A size as written ("4G"): kept as text so messages quote it; `size_bytes` reads it.
+Size = Annotated[str, BeforeValidator(_size)]
 
 
 class _Section(BaseModel):
@@ -106,6 +133,9 @@ class ServerConfig(_Section):
     sandbox_user: str = Field(
         "claude-hooks-agent",
         description="the account sandboxed agents run as when the service runs as root",
+    )
+    min_free_disk: Size = Field(
+        "2G", description="free space on the data dir's filesystem below which no agent starts"
     )
     node: str = Field(
         default_factory=lambda: _host_node_name(),
@@ -289,6 +319,13 @@ class TypeConfig(_Section):
     breaker_backoff: float = Field(30.0, gt=0, description="first pause of the breaker, seconds")
     breaker_exit_codes: list[int] = Field(
         default_factory=list, description="command runner exit codes counted as API failures"
+    )
+    max_processes: int = Field(
+        512, ge=1, description="processes and threads one agent holds at once"
+    )
+    max_memory: Size = Field("4G", description="memory of one agent's processes together")
+    max_disk: Size = Field(
+        "20G", description="what one agent's workdir (and its session's state) may hold"
     )
 
     @field_validator("comments", mode="before")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import shlex
 import shutil
 import subprocess
@@ -65,3 +67,32 @@ def test_the_dockerfile_builds_from_the_repository_alone() -> None:
     # `pip install .` needs the project file, the readme it names and the package.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert {"pyproject.toml", project["readme"], "src"} <= set(copied)
+
+
+def _docker_run(text: str) -> list[str]:
+    """The documented `docker run` command of `text` (a README or the Dockerfile's comment),
+    continuation lines joined, as an argv."""
+    joined = re.sub(r"\\\n#?\s*", " ", text)
+    line = next(line for line in joined.splitlines() if "docker run" in line)
+    argv = shlex.split(line.lstrip("# "))
+    return argv[argv.index("docker") :]
+
+
+def test_the_image_has_bubblewrap_and_the_documented_run_gives_it_what_it_needs() -> None:
+    installs = [argv for argv in _instructions(DOCKERFILE) if argv[0] == "RUN"]
+    assert any("apt-get" in argv and "bubblewrap" in argv for argv in installs)
+    documented = _docker_run(DOCKERFILE.read_text())
+    assert _docker_run((ROOT / "README.md").read_text()) == documented
+    options = set(itertools.pairwise(documented))
+    # bwrap's namespaces and mounts, refused by Docker's default seccomp and AppArmor
+    # profiles, and its own /proc, refused while Docker's masks lie over the container's.
+    for needed in ("seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"):
+        assert ("--security-opt", needed) in options, needed
+    # `init` writes the configuration 0600 for its user: the service must run as that user.
+    assert ("--user", "$(id -u):$(id -g)") in options
+    assert ("-v", "$PWD/claude-hooks.toml:/etc/claude-hooks/claude-hooks.toml:ro") in options
+    for flag, value in options:
+        if flag == "-v" and value.startswith("$PWD/data:"):
+            break
+    else:
+        raise AssertionError("the data dir must be a folder of the same user, not a volume")

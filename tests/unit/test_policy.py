@@ -10,6 +10,7 @@ import pytest
 
 from claude_hooks.config import Config
 from claude_hooks.core.policy import ORGANISATION, REPOSITORY, PolicyError, PolicyFile, effective
+from claude_hooks.forge.names import full_name_problem
 from tests.support import make_config
 
 
@@ -143,3 +144,20 @@ def test_a_broken_file_fails_closed_naming_file_line_and_key(
 def test_the_policy_section_names_only_existing_types(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="policy: 'ghost' is not a type"):
         config_with(tmp_path, max_running={"ghost": 1})
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("acme/.claude-hooks", None),
+        ("acme/.profile", None),
+        ("acme/widget.", "may not end with '.'"),
+        ("acme/..", "may not be '.', '..' or '-'"),
+        ("acme/wiki.wiki", "may not end in '.git', '.wiki'"),
+    ],
+)
+def test_repository_names_follow_forgejo_a_leading_dot_included(
+    name: str, problem: str | None
+) -> None:
+    found = full_name_problem(name)
+    assert found is None if problem is None else problem in (found or "")

@@ -181,7 +181,7 @@ async def test_a_stored_hostile_id_is_encoded_in_every_dashboard_url(
     [
         ({"repository.full_name": "acme/../../private/secret"}, "repository.full_name", ".."),
         ({"repository.full_name": "acme/widget."}, "repository.full_name", "end with '.'"),
-        ({"repository.full_name": "acme/.widget"}, "repository.full_name", "start or end"),
+        ({"repository.full_name": "acme/widget.git"}, "repository.full_name", "end in '.git'"),
         ({"repository.full_name": "acme/wid\nget"}, "repository.full_name", "ASCII"),
         ({"repository.full_name": "acme"}, "repository.full_name", "<owner>/<repository>"),
         ({"repository.full_name": "a" * 41 + "/w"}, "repository.full_name", "40"),

@@ -73,9 +73,11 @@ async def stop_group(pid: int, grace: float, exited: asyncio.Event | None = None
 
 def children(pid: int) -> list[int]:
     found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError, ValueError):
-            found += [int(child) for child in task.read_text().split()]
+    # The process, or one of its threads, may end while it is read: what is left counts.
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                found += [int(child) for child in Path(task.path, "children").read_text().split()]
     return found
 
 

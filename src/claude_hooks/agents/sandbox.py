@@ -24,8 +24,12 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from claude_hooks.errors import ClaudeHooksError
+
+if TYPE_CHECKING:
+    from claude_hooks.agents.cages import Cage
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,9 @@ class Sandbox:
     account: Account | None
     hidden: tuple[Path, ...] = ()
     setpriv: str = "setpriv"
+    # bwrap 0.5 and later bound a tmpfs's size (`--size`); with an older one /tmp is bounded
+    # by the agent's memory limit only.
+    sized_tmpfs: bool = True
     _masks: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,10 +116,13 @@ class Sandbox:
         workdir: Path,
         writable: Iterable[Path] = (),
         readable: Iterable[Path] = (),
+        cage: Cage | None = None,
     ) -> list[str]:
         """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
-        them) are bound read-write, `readable` ones read-only (an agent's own script)."""
+        them) are bound read-write, `readable` ones read-only (an agent's own script). In a
+        `cage`, bwrap starts in the run's cgroups and each tmpfs holds at most `max_disk`."""
         args = [
+            *(cage.prefix() if cage is not None else []),
             self.bwrap,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
@@ -121,11 +131,13 @@ class Sandbox:
             "--hostname", "sandbox",
             "--die-with-parent", "--new-session",
         ]  # fmt: skip
+        size = ["--size", str(cage.limits.disk)] if cage is not None and self.sized_tmpfs else []
         for mask in self._masks:
             mode = "1777" if mask in _SCRATCH_DIRS else "0755"
-            args += ["--perms", mode, "--tmpfs", str(mask)]
+            args += ["--perms", mode, *size, "--tmpfs", str(mask)]
         made: set[Path] = set()
-        binds = [("--ro-bind", self._installation(p.resolve())) for p in readable if p.exists()]
+        needed = {need for p in readable if p.exists() for need in self._installation(p)}
+        binds = [("--ro-bind", p) for p in sorted(needed, key=lambda p: len(p.parts))]
         binds += [("--bind", p.resolve()) for p in (workdir, *writable)]
         for flag, path in binds:
             args += self._parents(path, made)
@@ -139,12 +151,27 @@ class Sandbox:
             ]  # fmt: skip
         return [*args, "--", *argv]
 
-    def _installation(self, path: Path) -> Path:
-        """What must be visible for `path` to run: a program in a `bin/` folder under a hidden
-        one (an interpreter installed under /root, as pyenv does) brings its whole installation
-        (`…/bin/..`: its libraries and the links between its names), and nothing else there."""
-        hidden = any(mask in path.parents for mask in self._masks)
-        return path.parent.parent if hidden and path.parent.name == "bin" else path
+    def _installation(self, path: Path) -> set[Path]:
+        """What must be bound for `path` to run where a mask hides it: itself and what it links
+        to. A program in a `bin/` folder brings its whole installation (`…/bin/..`: libraries,
+        links between its names), nothing else there: an interpreter under /root (pyenv), or
+        a virtualenv in a clone under /tmp or /home with the base installation its pyvenv.cfg
+        names (a venv made with --copies has no link to it)."""
+        named = Path(os.path.abspath(path))
+        needed: set[Path] = set()
+        for program in (named, path.resolve()):
+            if not any(mask in program.parents for mask in self._masks):
+                continue  # visible as it is
+            if program.parent.name != "bin":
+                needed.add(program)
+                continue
+            installation = program.parent.parent
+            needed.add(installation)
+            home = _venv_home(installation / "pyvenv.cfg")
+            base = home.resolve() if home is not None and home.is_dir() else None
+            if base is not None and any(mask in base.parents for mask in self._masks):
+                needed.add(base.parent if base.name == "bin" else base)
+        return needed
 
     def _parents(self, path: Path, made: set[Path]) -> list[str]:
         """Traversable folders (0755) down to `path` inside the masks that cover it."""
@@ -167,6 +194,19 @@ class Sandbox:
         for path in paths:
             if path.exists() and path.stat().st_uid != self.account.uid:
                 _chown_tree(path, self.account.uid, self.account.gid)
+
+
+def _venv_home(config: Path) -> Path | None:
+    """The `home` a virtualenv's pyvenv.cfg names (its base interpreter's folder), if any."""
+    try:
+        lines = config.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            return Path(value.strip())
+    return None
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -202,12 +242,22 @@ def probe(sandbox: Sandbox) -> None:
         )
 
 
+def _knows_size(bwrap: str) -> bool:
+    try:
+        done = subprocess.run(
+            [bwrap, "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--size" in done.stdout + done.stderr
+
+
 def build(bwrap: str | None, account_name: str, hidden: Iterable[Path]) -> Sandbox:
     """The service's sandbox, probed; SandboxError says what is missing."""
     if bwrap is None:
         raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
     account = agent_account(account_name)
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv)
+    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv, _knows_size(bwrap))
     probe(sandbox)
     return sandbox

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import psycopg
+from sqlalchemy.engine import make_url
+
+from claude_hooks.agents import cages
 from claude_hooks.agents.credentials import HOW_TO, claude_credential
 from claude_hooks.agents.prompting import Prompts
 from claude_hooks.agents.runners.claude import locate_cli
 from claude_hooks.agents.sandbox import INSTALL_HINT, find_bwrap
-from claude_hooks.config import Config
+from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.exposure import is_loopback, weak_secrets
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.lockfile import running_service
 from claude_hooks.store.sql import SqlStore
+
+PG_CHECK_TIMEOUT = 5  # seconds: a database that does not answer is already reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,9 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
     try:
         agents = await store.list_agents()
         yield Check(True, "database", f"{config.database_url} (migrated, {len(agents)} agents)")
+        auth = await _database_auth_check(config)
+        if auth is not None:
+            yield auth
         for agent in agents:
             if agent.type not in config.types:
                 yield Check(
@@ -162,6 +172,7 @@ def _runner_checks(config: Config) -> list[Check]:
         )
     if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
         checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
+    checks += _limit_checks(config)
     for name, type_config in sorted(config.types.items()):
         if type_config.runner == "claude":
             credential = claude_credential(name, type_config)
@@ -175,6 +186,81 @@ def _runner_checks(config: Config) -> list[Check]:
                 )
             )
     return checks
+
+
+def _limit_checks(config: Config) -> list[Check]:
+    """What an agent can consume: each type's limits, how this host enforces them, and the
+    free disk below which no agent starts."""
+    checks = [
+        Check(
+            True,
+            f"types.{name} limits",
+            f"max_processes {t.max_processes}, max_memory {t.max_memory}, max_disk {t.max_disk}",
+        )
+        for name, t in sorted(config.types.items())
+        if t.runner != "merge"
+    ]
+    confinement = cages.detect(prepare=False)
+    checks.append(
+        Check(
+            True,
+            "agent limits",
+            confinement.describe()
+            + (
+                ": run as the systemd unit (Delegate=yes) or as root for cgroups"
+                if confinement.kind == "rlimits"
+                else ""
+            ),
+            warning=confinement.kind == "rlimits",
+        )
+    )
+    folder = config.data_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = cages.free_disk(folder)
+    low = free < size_bytes(config.server.min_free_disk)
+    checks.append(
+        Check(
+            True,
+            "server.min_free_disk",
+            f"{free / (1 << 30):.1f}G free on the data dir's filesystem"
+            + (
+                f": below {config.server.min_free_disk}, no agent starts"
+                if low
+                else f" (agents start above {config.server.min_free_disk})"
+            ),
+            warning=low,
+        )
+    )
+    return checks
+
+
+async def _database_auth_check(config: Config) -> Check | None:
+    """A PostgreSQL that lets this host in without a password lets every local process in,
+    agents among them (on the host's network): a warning."""
+    url = make_url(config.database_url)
+    if not url.drivername.startswith("postgresql"):
+        return None
+    bare = url.set(drivername="postgresql", password=None, query={})
+    conninfo = bare.render_as_string(hide_password=False)
+    with tempfile.TemporaryDirectory() as empty:
+        try:
+            # passfile: a ~/.pgpass of this user must not supply what the check is about
+            # (a missing file is passed over in silence).
+            connection = await psycopg.AsyncConnection.connect(
+                conninfo, connect_timeout=PG_CHECK_TIMEOUT, passfile=f"{empty}/none"
+            )
+        except psycopg.Error:
+            return Check(True, "database auth", "PostgreSQL asks for a password")
+    await connection.close()
+    return Check(
+        True,
+        "database auth",
+        f"PostgreSQL lets {bare.username or 'a user'}@{bare.host or 'its socket'} in without "
+        "a password: any local process, agents included, can use the database; require "
+        "scram-sha-256 for it in pg_hba.conf",
+        warning=True,
+    )
 
 
 async def _forge_checks(config: Config) -> AsyncIterator[Check]:

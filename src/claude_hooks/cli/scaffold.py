@@ -67,6 +67,9 @@ def _type_table(name: str) -> str:
         'model = "sonnet"\n'
         "max_budget_usd = 5.0    # per task\n"
         "timeout = 3600          # seconds per task\n"
+        "# max_processes = 512     # one agent's limits (these are the defaults): the first\n"
+        '# max_memory = "4G"       # it reaches ends its task\n'
+        '# max_disk = "20G"        # its workdir and /tmp\n'
         f'role = "{role}"\n'
         "# Credentials for Claude Code: ANTHROPIC_API_KEY, or CLAUDE_CODE_OAUTH_TOKEN from\n"
         "# `claude setup-token`, in the service's environment (every type), or for this type:\n"

@@ -4,8 +4,9 @@ These strings come from the unsigned headers or from bodies that name paths, URL
 lines, so each is checked against the forge's own rules before anything uses it. Forgejo's
 rules: owners of ASCII letters, digits, `-`, `_` and `.`, not starting or ending with a dot,
 up to 40 characters; repositories of the same characters (a leading dot allowed, as in an
-organisation's `.profile` or `.claude-hooks`), up to 100, never `.`, `..` or `-`, no run of
-dots, and not ending in `.git`, `.wiki`, `.rss` or `.atom`. No name may contain `..`, so no
+organisation's `.profile` or `.claude-hooks`; a trailing one is refused, as Forgejo's own
+checks of paths do), up to 100, never `.`, `..` or `-`, no run of dots, and not ending in
+`.git`, `.wiki`, `.rss` or `.atom`. No name may contain `..`, so no
 name can climb a path.
 """
 
@@ -19,7 +20,7 @@ from pydantic import AfterValidator
 DELIVERY_ID_RULE = "a UUID, or 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
-_REPO_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_REPO_NAME = re.compile(r"[A-Za-z0-9_.-]*[A-Za-z0-9_-]")
 _RESERVED_REPOS = frozenset({".", "..", "-"})
 _RESERVED_REPO_ENDINGS = (".git", ".wiki", ".rss", ".atom")
 OWNER_MAX = 40
@@ -53,10 +54,10 @@ def repo_name_problem(value: str) -> str | None:
         return "is empty"
     if len(value) > REPO_MAX:
         return f"is longer than {REPO_MAX} characters"
-    if _REPO_NAME.fullmatch(value) is None:
-        return "may hold only ASCII letters, digits, '-', '_' and '.'"
     if ".." in value or value in _RESERVED_REPOS:
         return "may not be '.', '..' or '-', nor contain '..'"
+    if _REPO_NAME.fullmatch(value) is None:
+        return "may hold only ASCII letters, digits, '-', '_' and '.', and may not end with '.'"
     if value.lower().endswith(_RESERVED_REPO_ENDINGS):
         return "may not end in '.git', '.wiki', '.rss' or '.atom'"
     return None

@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from claude_hooks.agents import processes, resources
+from claude_hooks.agents import cages, processes, resources
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
-from claude_hooks.config import Config
+from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import (
     ClaudeHooksError,
@@ -57,6 +58,8 @@ BLOCKED_RECHECK_SECONDS = 1.0
 # How often an idle instance of a `rebalance = "steal"` type looks for work queued on a peer
 # (another process's dispatch does not wake it); a dispatch in this process wakes it at once.
 STEAL_LOOK_SECONDS = 0.5
+# How often instances look at the free disk again while it is below server.min_free_disk.
+LOW_DISK_RECHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +136,12 @@ class Worker:
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _held(self) -> bool:
-        """Wait while a budget or the API breaker holds the type; True to look again after."""
+        """Wait while the data dir's disk is low, or a budget or the API breaker holds the
+        type; True to look again after."""
+        if self.pool.low_disk() is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), LOW_DISK_RECHECK_SECONDS)
+            return True
         head = self._head = await self.pool.store.queue_head(self.name)
         return head is not None and await self.pool.limits.wait_until_open(self.type, head)
 
@@ -310,6 +318,9 @@ class Pool:
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
+        # Set by the service at start: where each run's limits are enforced.
+        self.confinement: cages.Confinement | None = None
+        self._disk_was_low = False
         # Set by the service: the forge the agents' forge tools act on.
         self.forge: Forge | None = None
         # Set by the service: repositories' policies, checked before a queued task starts.
@@ -594,29 +605,72 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
-        context = self._context(task, workdir)
+        settings: dict[str, Any] = {}
         if self.policies is not None and self.policies.active:
-            context = replace(context, **await self.policies.run_settings(task))
+            settings = await self.policies.run_settings(task)
         try:
-            result = await self.runner_for(task.type).run(context)
+            cage = self._cage(task, workdir)
+        except OSError as exc:
+            return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
+        self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
+        context = replace(self._context(task, workdir, cage), **settings)
+        try:
+            run = self.runner_for(task.type).run(context)
+            result = await (run if cage is None else cages.enforce(cage, run))
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
             await self.workspaces.save_state(task, type_config, sandbox)
             raise
+        finally:
+            if cage is not None:
+                await cage.close()
         if context.forge_tools is not None and context.forge_tools.calls:
             # What the agent did on the forge, and what it was refused: for its status comment.
             calls = list(context.forge_tools.calls)
             self.bus.publish(Event("task.report", task, {"calls": calls}))
         return await self.workspaces.deliver(task, type_config, sandbox, result)
 
+    def _cage(self, task: Task, workdir: Path) -> cages.Cage | None:
+        """The run's limits (`max_processes`, `max_memory`, `max_disk`); none for `merge`."""
+        type_config = self.config.types[task.type]
+        if self.confinement is None or type_config.runner == "merge":
+            return None
+        cage = self.confinement.cage(task.id, cages.Limits.of(type_config))
+        cage.disk_paths.append(workdir)
+        return cage
+
+    def low_disk(self) -> str | None:
+        """Why no agent starts, while the data dir's filesystem has less free space than
+        `server.min_free_disk` (a full disk would fail runs and the database alike); the
+        service keeps answering webhooks and queues their work meanwhile."""
+        minimum = self.config.server.min_free_disk
+        try:
+            free = cages.free_disk(self.config.data_dir)
+        except OSError as exc:
+            free, note = 0, f"cannot read the free disk of {self.config.data_dir}: {exc}"
+        else:
+            note = (
+                f"no agent starts: {free / (1 << 30):.1f}G free on the data dir's filesystem, "
+                f"less than server.min_free_disk = {minimum}"
+            )
+        low = free < size_bytes(minimum)
+        if low != self._disk_was_low:
+            self._disk_was_low = low
+            if low:
+                log.warning("%s", note)
+            else:
+                log.info("free disk back above server.min_free_disk: agents start again")
+        return note if low else None
+
     def sandbox_of(self, agent_type: str) -> Sandbox | None:
         return self.sandbox if self.config.types[agent_type].sandbox else None
 
-    def _context(self, task: Task, workdir: Path) -> RunContext:
+    def _context(self, task: Task, workdir: Path, cage: cages.Cage | None = None) -> RunContext:
         type_config = self.config.types[task.type]
 
         async def on_process(pid: int, pid_start: int | None) -> None:
+            if cage is not None:
+                cage.pid = pid
             await self.store.set_process(task.id, pid, pid_start)
 
         return RunContext(
@@ -633,6 +687,7 @@ class Pool:
                 Event("task.progress", task, {"progress": progress})
             ),
             steering=self.inboxes.get(task.id),
+            cage=cage,
             forge_tools=None
             if self.forge is None
             else ForgeTools(

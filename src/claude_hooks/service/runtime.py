@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from claude_hooks.agents import sandbox
+from claude_hooks.agents import cages, sandbox
 from claude_hooks.agents.runners.base import AgentRunner
 from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
@@ -138,6 +138,8 @@ class Service:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
         self.pool.sandbox = self._sandbox()
+        self.pool.confinement = cages.detect()
+        log.info("agents' limits: %s", self.pool.confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]

@@ -110,6 +110,8 @@ def create_app(service: Service) -> App:
             "leading": service.node.leading,
             "agents": len(service.pool.workers),
             "uptime_s": round(service.clock() - service.started_at, 3),
+            # Still 200 while agents wait (webhooks are answered): why they wait, else null.
+            "agents_paused": service.pool.low_disk(),
         }
 
     @app.get(

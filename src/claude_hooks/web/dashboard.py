@@ -574,6 +574,7 @@ async def _page(request: Request, template: str, view: View, **extra: Any) -> Re
         sections=await view.render(),
         insecure=service.insecure_no_signature,
         unconfined=service.unconfined_types,
+        low_disk=service.pool.low_disk(),
         version=__version__,
         **extra,
         **_common(service),

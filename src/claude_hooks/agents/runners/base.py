@@ -16,6 +16,7 @@ from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
 
 if TYPE_CHECKING:
+    from claude_hooks.agents.cages import Cage
     from claude_hooks.agents.forge_tools import ForgeTools
 
 
@@ -69,6 +70,8 @@ class RunContext:
     on_progress: Callable[[RunProgress], None] | None = None
     # Mentions that reach the running agent (None: the run takes none; they become follow-ups).
     steering: SteerInbox | None = None
+    # The run's limits (its cgroups, the paths whose disk use counts); None: no limits.
+    cage: Cage | None = None
     # From the repository's policy file: text for every prompt, its test command, and how
     # its pull requests are merged (None: the service's [flows] merge_style).
     instructions: str = ""

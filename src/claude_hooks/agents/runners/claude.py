@@ -331,9 +331,15 @@ class ClaudeRunner:
         keep = sorted(env)
         env["CLAUDE_HOOKS_CLI"] = cli
         env["CLAUDE_HOOKS_CLI_ENV"] = json.dumps(keep)
+        if ctx.cage is not None and state not in ctx.cage.disk_paths:
+            ctx.cage.disk_paths.append(state)
         if ctx.sandbox is not None:
-            prefix = ctx.sandbox.wrap([], ctx.workdir, writable=[state], readable=[Path(cli)])
+            prefix = ctx.sandbox.wrap(
+                [], ctx.workdir, writable=[state], readable=[Path(cli)], cage=ctx.cage
+            )
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
+        elif ctx.cage is not None:
+            env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(ctx.cage.prefix())
         return env
 
     def transcript_path(self, session_key: str, workdir: Path, session_id: str) -> Path | None:

@@ -100,11 +100,12 @@ class CommandRunner:
             env["CLAUDE_HOOKS_STEER"] = str(ctx.workdir / STEER_FILE)
         if ctx.sandbox is None:
             # A sandboxed agent dies with the service through bwrap's --die-with-parent.
-            return processes.dies_with_service(list(self.argv)), env
+            caged = [*ctx.cage.prefix(), *self.argv] if ctx.cage is not None else self.argv
+            return processes.dies_with_service(list(caged)), env
         ctx.sandbox.give(ctx.workdir)
         readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
         env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
-        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable), env
+        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable, cage=ctx.cage), env
 
     async def run(self, ctx: RunContext) -> RunResult:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
