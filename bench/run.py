@@ -17,7 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import claude_overhead, cluster, dispatch, ingest, memory, restart, start_latency
+from bench import (
+    claude_overhead,
+    cluster,
+    dispatch,
+    ingest,
+    memory,
+    proxy_overhead,
+    restart,
+    start_latency,
+)
 from bench.common import ROOT, machine
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -27,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "restart": restart.run,
     "memory": memory.run,
     "claude_overhead": claude_overhead.run,
+    "proxy_overhead": proxy_overhead.run,
     "cluster": cluster.run,
 }
 HERE = Path(__file__).resolve().parent
@@ -188,6 +198,16 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(
             ("service memory per running agent", "<= 5 MB", f"{per:.2f} MB", _verdict(per <= 5))
         )
+    if "proxy_overhead" in r:
+        added = r["proxy_overhead"]["added_p50_ms"]["median"]
+        rows.append(
+            (
+                "egress proxy: added per Messages API call, p50",
+                "<= 2 ms",
+                f"{added:.2f} ms",
+                _verdict(added <= 2),
+            )
+        )
     return rows
 
 
@@ -306,6 +326,17 @@ def markdown(r: dict[str, Any]) -> str:
             f"own RSS per running session {c['service_rss_per_running_session_mb']:.2f} MB; "
             f"each CLI process {c['cli_rss_per_running_session_mb']:.0f} MB "
             f"({c['sessions']} sessions at once).",
+        ]
+    if "proxy_overhead" in r:
+        p = r["proxy_overhead"]
+        lines += [
+            "",
+            "## 7. Egress proxy overhead",
+            "",
+            "A streamed Messages API call to the local stand-in from inside an agent's sandbox, "
+            "through its bridge and the service's relay, against the same call made directly: "
+            f"p50 {p['proxied_p50_ms']:.2f} ms vs {p['direct_p50_ms']:.2f} ms, "
+            f"{_m(p['added_p50_ms'], digits=2)} ms added ({p['calls']} calls).",
         ]
     lines += cluster.markdown(r)
     earlier = [

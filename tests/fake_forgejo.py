@@ -53,6 +53,7 @@ class FakePull:
     base_ref: str = "main"
     merged: bool = False
     auto_merge: bool = False  # scheduled "merge when checks succeed"
+    head_repo: str = ""  # `owner/name` of a fork the head is on; "": the repository itself
 
 
 @dataclass
@@ -312,8 +313,11 @@ class FakeForgejo:
         user: str = "alice",
         state: str = "open",
         assignees: list[str] | None = None,
+        head_repo: str = "",
     ) -> FakeIssue:
-        pull = FakePull(head_sha=head_sha, head_ref=head_ref, base_ref=base_ref)
+        pull = FakePull(
+            head_sha=head_sha, head_ref=head_ref, base_ref=base_ref, head_repo=head_repo
+        )
         return self._add(owner, repo, number, title, body, user, state, assignees or [], pull)
 
     def add_status(
@@ -894,7 +898,15 @@ def _pull_json(repo: FakeRepo, issue: FakeIssue) -> dict[str, Any]:
         "merged": pull.merged,
         "mergeable": not pull.merged,
         "html_url": f"{_html(repo)}/pulls/{issue.number}",
-        "head": {"ref": pull.head_ref, "label": pull.head_ref, "sha": pull.head_sha},
+        "head": {
+            "ref": pull.head_ref,
+            "label": pull.head_ref,
+            "sha": pull.head_sha,
+            "repo": {
+                "full_name": pull.head_repo or repo.full_name,
+                "fork": pull.head_repo not in ("", repo.full_name),
+            },
+        },
         "base": {"ref": pull.base_ref, "label": pull.base_ref, "sha": "0" * 40},
     }
 

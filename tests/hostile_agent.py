@@ -1,5 +1,10 @@
-"""A hostile `command` agent: it tries every attack of issue 10's items 1-6, and writes what
-each attempt got into `report.json` in its workdir (the only place it can write).
+"""A hostile `command` agent: it tries every attack of issue 10's items 1-6 and issue 19's
+network ones, and writes what each attempt got into `report.json` in its workdir (the only place
+it can write).
+
+Given `result_file` instead (issue 19), it commits to its session's branch and writes that
+text as its forge requests (`$CLAUDE_HOOKS_RESULT`): a file built to make the service raise,
+or requests aimed at a stranger's pull request.
 
 The test (tests/e2e/test_hostile_agent.py) hands it the targets in the task's payload: the
 service's pid, its data dir, config file and database, another type's workdir, a URL to send
@@ -11,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +116,51 @@ def daemons() -> str:
     return "started"
 
 
+if "result_file" in target:
+    Path("feature.txt").write_text("the feature\n")
+    git("-c", "core.hooksPath=/dev/null", "add", "feature.txt")
+    git("-c", "core.hooksPath=/dev/null", "commit", "-q", "--no-verify", "-m", "Add the feature")
+    Path(os.environ["CLAUDE_HOOKS_RESULT"]).write_text(target["result_file"])
+    sys.exit(0)
+
+
+def connect(address: tuple[str, int]) -> str:
+    with socket.create_connection(address, timeout=2):
+        return "connected"
+
+
+def connect_unix(path: str) -> str:
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.settimeout(2)
+        unix.connect(path)
+        return "connected"
+
+
+def through_proxy(url: str) -> str:
+    """A request sent to the proxy the environment names, even for a loopback address (which
+    NO_PROXY would send straight to the sandbox's own loopback)."""
+    proxy = os.environ["HTTP_PROXY"]
+    for name in ("NO_PROXY", "no_proxy"):  # urllib reads them even for an explicit proxy
+        os.environ.pop(name, None)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    with opener.open(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def https_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:  # HTTPS_PROXY: a CONNECT
+        return str(answer.status)
+
+
+# First: its own bridge to the proxy is among what "stop_everyone" stops.
+if "allowed_url" in target:
+    attempt("database_port", lambda: connect(("127.0.0.1", 5432)))
+    attempt("database_socket", lambda: connect_unix("/run/postgresql/.s.PGSQL.5432"))
+    attempt("service_port", lambda: connect(("127.0.0.1", target["service_port"])))
+    attempt("service_port_by_proxy", lambda: through_proxy(f"{target['attacker_url']}steal"))
+    for n in range(3):
+        attempt(f"unlisted_{n}", lambda: https_get("https://evil.example/"))
+    attempt("listed", lambda: through_proxy(target["allowed_url"]))
 attempt("read_config", lambda: read(target["config"]))
 attempt("read_database", lambda: read(target["database"]))
 attempt("update_database", update_db)

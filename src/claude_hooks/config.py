@@ -14,7 +14,7 @@ import socket
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -211,6 +211,34 @@ class SecurityConfig(_Section):
     permission_cache_seconds: float = Field(300.0, ge=0)
 
 
+_EGRESS_ENTRY = re.compile(
+    r"^(?:\[(?P<ip6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?$"
+)
+
+
+class EgressEntry(NamedTuple):
+    """One `egress` entry: a host (a name or an IP literal, lower case) and its port, or None
+    for ports 80 and 443."""
+
+    host: str
+    port: int | None
+
+
+def parse_egress(entry: str) -> EgressEntry:
+    """`pypi.org`, `files.pythonhosted.org:443`, `127.0.0.1:8080`, `[::1]:8080`; ValueError
+    naming the entry otherwise (wildcards and URLs are refused: a host names one host)."""
+    found = _EGRESS_ENTRY.match(entry.strip())
+    port = int(found["port"]) if found and found["port"] else None
+    host = (found["ip6"] or found["host"] or "").lower().rstrip(".") if found else ""
+    bad_port = port is not None and not 0 < port < 65536
+    if not host or host.startswith(("-", ".")) or ".." in host or bad_port:
+        raise ValueError(
+            f"egress entry {entry!r} is not a host or host:port (e.g. 'pypi.org' or "
+            "'files.pythonhosted.org:443'; no wildcards, no scheme)"
+        )
+    return EgressEntry(host, port)
+
+
 class PolicyConfig(_Section):
     """`[policy]`: what a repository's own file may set beyond narrowing, and the ceilings
     no repository passes (core/policy.py applies it)."""
@@ -327,6 +355,17 @@ class TypeConfig(_Section):
     max_disk: Size = Field(
         "20G", description="what one agent's workdir (and its session's state) may hold"
     )
+    egress: list[str] = Field(
+        default_factory=list,
+        description="hosts a sandboxed agent may reach through the service's proxy: 'host' "
+        "(ports 80 and 443) or 'host:port'; default none",
+    )
+
+    @model_validator(mode="after")
+    def _egress_entries(self) -> TypeConfig:
+        for entry in self.egress:
+            parse_egress(entry)
+        return self
 
     @field_validator("comments", mode="before")
     @classmethod

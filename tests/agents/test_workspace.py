@@ -32,10 +32,11 @@ IDENTITY = {
 TOKEN = "forgejo-secret-token-4711"
 
 
-def git(*args: str | Path, cwd: Path | None = None) -> str:
+def git(*args: str | Path, cwd: Path | None = None, input: str | None = None) -> str:
     done = subprocess.run(
         ["git", *(str(a) for a in args)],
         cwd=cwd,
+        input=input,
         env={**os.environ, **IDENTITY},
         capture_output=True,
         text=True,

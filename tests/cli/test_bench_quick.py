@@ -37,6 +37,7 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
         "restart",
         "memory",
         "claude_overhead",
+        "proxy_overhead",
     }
     ingest = results["ingest"]["claude_hooks"]
     assert ingest["throughput"]["per_second"]["median"] > 0
@@ -49,4 +50,5 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
     assert results["restart"]["to_healthz_s"]["median"] > 0
     assert results["memory"]["per_running_agent_mb"]["runs"] == 2
     assert results["claude_overhead"]["dispatch_to_first_api_request_s"]["median"] > 0
+    assert results["proxy_overhead"]["proxied_p50_ms"] > 0
     assert "restart with" in done.stdout  # the targets are printed

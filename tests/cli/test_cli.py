@@ -202,7 +202,7 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
         '[types.dev]\nlogin = "dev-bot"\ntoken = "tok-dev"\nrunner = "command"\n'
         'command = ["no-such-agent-binary"]\nworkdir = "none"\n'
         '[types.reviewer]\ntoken = "tok-rev"\nrunner = "command"\ncommand = ["true"]\n'
-        'workdir = "none"\n'
+        'workdir = "none"\negress = ["pypi.org", "files.pythonhosted.org:443"]\n'
         '[types.boss]\ntoken = "wrong"\nrunner = "merge"\n'
     )
     result = cli("doctor", config=path)
@@ -215,7 +215,29 @@ def test_doctor_checks_tokens_against_the_forge(tmp_path: Path, fake_forgejo: Fa
     )
     assert any(line.startswith("FAIL  types.boss.token:") and "refused" in line for line in lines)
     assert "FAIL  types.dev: command 'no-such-agent-binary' not found on PATH" in lines
+    assert (
+        "ok    types.reviewer.egress: the agents may reach pypi.org, "
+        "files.pythonhosted.org:443 (through the service's proxy)" in lines
+    )
+    assert (
+        "ok    types.dev.egress: no host (the agents reach nothing but the service's proxy)"
+        in lines
+    )
     assert "error: 3 check(s) failed" in result.stderr
+
+
+def test_doctor_says_an_unsandboxed_type_s_egress_list_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        '[types.loose]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
+        'sandbox = false\negress = ["pypi.org"]\n'
+    )
+    lines = cli("doctor", config=path).stdout.splitlines()
+    assert (
+        "warn  types.loose.egress: ignored: with sandbox = false the agents use the host's network"
+        in lines
+    )
 
 
 def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:

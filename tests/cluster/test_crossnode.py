@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,7 @@ from claude_hooks.service import control
 from claude_hooks.service.events import TASK_CHANGED
 from claude_hooks.service.flows import Decision, ForgeCommand
 from claude_hooks.service.runtime import Service
-from claude_hooks.store.schema import nodes
+from claude_hooks.store.schema import nodes, tasks
 from claude_hooks.store.sql import SqlStore
 from tests.support import GateRunner, make_config, wait_until
 from tests.web.test_dashboard_api import LoggingGate, serve
@@ -63,7 +65,11 @@ class Cluster:
         return task.state
 
     def node_at(self, name: str, url: str) -> None:
-        """Where the node's API is: the test's server, on a port of its own."""
+        """Where the node's API is: the test's server, on a port of its own, which the node
+        advertises (its relayed requests are signed for it)."""
+        for service in (self.a, self.b):
+            if service.config.server.node == name:
+                service.config.server.advertise_url = url
         with self.engine.begin() as conn:
             conn.execute(nodes.update().where(nodes.c.name == name).values(url=url))
 
@@ -338,3 +344,93 @@ async def test_a_mention_heard_by_one_node_steers_the_run_on_the_other(
     finally:
         await b.stop()
         await a.stop()
+
+
+class Listener(ThreadingHTTPServer):
+    """What a database writer points a node's URL at: records each request, answers a log
+    line of its own making."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                listener.requests.append((self.path, dict(self.headers.items())))
+                body = b"forged <script>alert(1)</script>\x1b[2J\n" * 3
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    server = Listener()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+async def test_a_node_url_written_in_the_database_never_receives_a_credential(
+    cluster: Cluster, listener: Listener
+) -> None:
+    """Issue 19 item 1: the relay to a URL read from the database carries no API token, and
+    nothing the listener receives works again, at the real node or anywhere."""
+    cluster.gate_b.lines = ["the real log"]
+    cluster.a.config.types["reviewer"] = cluster.b.config.types["reviewer"]
+    async with (
+        serve(cluster.a) as url_a,
+        serve(cluster.b) as url_b,
+        httpx.AsyncClient(base_url=url_a, headers=AUTH) as api,
+    ):
+        cluster.node_at("node-a", url_a)
+        cluster.node_at("node-b", url_b)
+        running = await cluster.review(1)
+        await wait_until(lambda: running in cluster.gate_b.started)
+        assert (await api.get(f"/api/tasks/{running}/log")).text == "the real log\n"
+
+        # A node that is not, and a task said to run there.
+        ghost = await cluster.review(2)
+        with cluster.engine.begin() as conn:
+            now = time.time()
+            conn.execute(
+                nodes.insert().values(
+                    name="ghost", incarnation="0" * 32, host="x", pid=1, url=listener.url,
+                    lease_seconds=30.0, started_at=now, heartbeat_at=now,
+                )
+            )  # fmt: skip
+            conn.execute(tasks.update().where(tasks.c.id == ghost).values(node="ghost"))
+        answer = await api.get(f"/api/tasks/{ghost}/log")
+        assert answer.status_code == 200 and answer.text.startswith("forged <script>")
+        # The real node's own row, pointed at the listener: the dashboard's tails go there too.
+        with cluster.engine.begin() as conn:
+            conn.execute(nodes.update().where(nodes.c.name == "node-b").values(url=listener.url))
+        await api.get(f"/api/tasks/{running}/log", params={"tail": 5})
+        overview = (await api.get("/")).text
+        assert "forged &lt;script&gt;alert(1)&lt;/script&gt;" in overview
+        assert "<script>alert(1)" not in overview and "\x1b" not in overview
+        assert len(listener.requests) >= 3
+
+        for path, headers in listener.requests:
+            assert "test-token" not in path + repr(headers)
+            assert "authorization" not in {name.lower() for name in headers}
+            forwarded = {k: v for k, v in headers.items() if k.lower() != "host"}
+            for node_url in (url_a, url_b):
+                async with httpx.AsyncClient(base_url=node_url) as replay:
+                    again = await replay.get(path, headers=forwarded)
+                assert again.status_code == 401, (node_url, path, again.text)
+        cluster.node_at("node-b", url_b)
+        assert (await api.get(f"/api/tasks/{running}/log")).text == "the real log\n"
+        cluster.gate_b.release(running)

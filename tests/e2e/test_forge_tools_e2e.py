@@ -189,3 +189,32 @@ async def test_a_command_agent_asks_through_its_result_file(
     assert not (
         service.pool.workspaces.workdir(task.session_key) / ".claude-hooks-result.json"
     ).exists()
+
+
+async def test_a_claude_agents_hostile_tool_arguments_are_refused_and_its_branch_pushed(
+    service: Service, api: MessagesStandin, fake_forgejo: FakeForgejo, tmp_path: Path
+) -> None:
+    """Issue 19 item 5 through the MCP server: arguments of the wrong shape get a refusal
+    each, back to the model; nothing of them stops the run or its push."""
+    workdir = service.pool.workspaces.workdir("dev:acme/widget:17")
+    api.script(
+        tool_use("Write", {"file_path": str(workdir / "retry.py"), "content": "RETRIES = 3\n"}),
+        tool_use(
+            "Bash",
+            {"command": "git add retry.py && git commit -q -m 'Add retries'", "description": "c"},
+        ),
+        tool_use("mcp__forge__submit_review", {"event": "COMMENT", "body": "x", "comments": 5}),
+        tool_use("mcp__forge__comment", {"body": "deep", "extra": [[[[["too deep"]]]]]}),
+        text("Done."),
+    )
+    dev = await run(service, "dev", TaskKind.WORK_ISSUE, 17, title="Retries", pr_number=40)
+    assert dev.state.value == "succeeded", dev.error
+    answers = [r.last_user_text() for r in api.message_requests()]
+    # The CLI checks the tools' schemas (so `comments` = 5 never reaches the service), not
+    # what they leave open: the extra, deep argument is the service's to refuse.
+    assert any("5 is not of type 'array'" in answer for answer in answers)
+    assert any("refused: the arguments must be a JSON object nested" in a for a in answers)
+    assert fake_forgejo.comments == [] and fake_forgejo.reviews == []
+    forge_repo = tmp_path / "forge" / "acme" / "widget.git"
+    branch = git("for-each-ref", "--format=%(refname:short)", "refs/heads/dev/", cwd=forge_repo)
+    assert git("log", "-1", "--format=%s", branch, cwd=forge_repo) == "Add retries"

@@ -1,6 +1,9 @@
 """A hostile `command` agent (tests/hostile_agent.py) tries every attack of issue 10's items
-1-6 against a service run as on these machines (as root, SQLite, a config file with every
-secret): each attempt fails, the service stays healthy and the other type's work is untouched.
+1-6 and issue 19's network ones against a service run as on these machines (as root, SQLite, a
+config file with every secret): each attempt fails, the service stays healthy and the other
+type's work is untouched; only the host on its type's egress list answers, through the proxy.
+Issue 19's forge items too: a fork's PR named like the session's branch is never the agent's,
+and a hostile result file gets a refusal per request while the branch is still pushed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.agents.workspace import branch_name
 from claude_hooks.config import load_config
 from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
@@ -27,8 +31,10 @@ from claude_hooks.web.app import create_app
 from tests.agents.test_command_runner import finished
 from tests.agents.test_workspace import Forge, git
 from tests.conftest import ServiceFactory
+from tests.fake_forgejo import FakeForgejo
 from tests.messages_standin import MessagesStandin, text, tool_use
 from tests.support import wait_until
+from tests.web.test_forge_flows import forge_config
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None,
@@ -81,9 +87,29 @@ class TokenTrap(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/"
 
 
-@pytest.fixture
-def trap() -> Iterator[TokenTrap]:
-    server = TokenTrap()
+class AllowedHost(http.server.ThreadingHTTPServer):
+    """A host on the dev type's egress list: answers every GET with a greeting."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = f"hello from the allowed host, {self.path}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+def serving(server: http.server.ThreadingHTTPServer) -> Iterator[Any]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -91,7 +117,17 @@ def trap() -> Iterator[TokenTrap]:
     server.server_close()
 
 
-def write_config(tmp_path: Path, forge: Forge) -> Path:
+@pytest.fixture
+def trap() -> Iterator[TokenTrap]:
+    yield from serving(TokenTrap())
+
+
+@pytest.fixture
+def allowed() -> Iterator[AllowedHost]:
+    yield from serving(AllowedHost())
+
+
+def write_config(tmp_path: Path, forge: Forge, egress: list[str] | None = None) -> Path:
     reviewer = tmp_path / "agents" / "reviewer.py"
     reviewer.parent.mkdir()
     reviewer.write_text(REVIEWER)
@@ -116,6 +152,7 @@ token = "{DEV_TOKEN}"
 runner = "command"
 command = ["{sys.executable}", "{HOSTILE}"]
 comments = false
+egress = {json.dumps(egress or [])}
 
 [types.reviewer]
 login = "reviewer-bot"
@@ -169,6 +206,7 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
     start_service: ServiceFactory,
     tmp_path: Path,
     trap: TokenTrap,
+    allowed: AllowedHost,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
@@ -176,7 +214,7 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
     forge = Forge(tmp_path / "forge")
     forge_repo = forge.create()
     main_before = git("rev-parse", "refs/heads/main", cwd=forge_repo)
-    config_path = write_config(tmp_path, forge)
+    config_path = write_config(tmp_path, forge, [f"127.0.0.1:{allowed.server_address[1]}"])
     config_text = config_path.read_bytes()
     service: Service = await start_service(load_config(config_path))
     data_dir = service.config.data_dir.resolve()
@@ -198,6 +236,8 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
         "mirror": str(service.pool.workspaces.mirror("acme/widget")),
         "clone_url": f"file://{forge.root}/acme/widget.git",
         "attacker_url": trap.url,
+        "service_port": trap.server_address[1],  # a port on the host's loopback
+        "allowed_url": f"{allowed.url}listed",
         "hook_marker": str(hook_marker),
         "daemon_marker": daemon_marker,
         "log_megabytes": 300,
@@ -245,6 +285,32 @@ async def test_a_hostile_agent_reaches_nothing_of_the_service_or_the_other_types
     # 5. Nothing it started outlives the task: not a grandchild, not a setsid'd daemon.
     assert report["daemons"]["ok"] is True
     await wait_until(lambda: not processes_with(daemon_marker), timeout=5)
+
+    # Issue 19: its network is its own loopback. The database's port and socket, a port on the
+    # host's loopback (the service's, another node's), directly or through the proxy, and a host
+    # not on its list are refused; the host on its list answers through the proxy.
+    for name in ("database_port", "database_socket", "service_port"):
+        assert report[name]["ok"] is False, (name, report[name])
+    assert "Connection refused" in report["database_port"]["error"]
+    assert "No such file or directory" in report["database_socket"]["error"]
+    assert "403" in report["service_port_by_proxy"]["error"], report["service_port_by_proxy"]
+    for n in range(3):
+        assert "403" in report[f"unlisted_{n}"]["error"], report[f"unlisted_{n}"]
+    assert report["listed"] == {"ok": True, "got": "hello from the allowed host, /listed"}
+    assert report["env"]["HTTPS_PROXY"] == report["env"]["http_proxy"] == "http://127.0.0.1:3128"
+    transport = httpx.ASGITransport(app=create_app(service))
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        view = (await client.get(f"/api/tasks/{attack.id}", headers=headers)).json()
+        page = (await client.get(f"/tasks/{attack.id}", headers=headers)).text
+        metrics = (await client.get("/metrics", headers=headers)).text
+    trap_port = trap.server_address[1]
+    assert view["egress_blocked"] == [
+        {"host": "127.0.0.1", "port": trap_port, "count": 1},
+        {"host": "evil.example", "port": 443, "count": 3},
+    ]
+    assert "evil.example:443</span> ×3" in page  # noqa: RUF001
+    assert 'claude_hooks_egress_blocked_total{type="dev"} 4.0' in metrics
 
     # 6. 300 MB of output: the log keeps its head and tail within the ceiling.
     log = service.pool.log_path(attack.id)
@@ -391,3 +457,230 @@ async def test_a_hostile_claude_agent_reaches_nothing_either(
     assert "WROTE" not in seen
     assert "No such file or directory" in seen
     assert state_of(os.getpid()) != "T"
+
+
+async def test_the_claude_cli_reaches_its_api_through_the_service_which_holds_the_key(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real CLI, sandboxed, with its Bash tool reading every environment in its sandbox:
+    it holds the task's token, never the key (nor a second credential of the service's); the
+    stand-in API receives the real key from the service, and the proxy's meter matches the
+    usage the run reports."""
+    oauth = "sk-ant-oat01-hostile-7a7"
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", oauth)
+    with MessagesStandin() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        service: Service = await start_service(
+            types={"dev": {"runner": "claude", "workdir": "none", "comments": False}},
+            agents=[{"name": "dev-alpha", "type": "dev"}],
+        )
+        every_environ = (
+            "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; echo; done; echo SCANNED"
+        )
+        api.script(
+            tool_use("Bash", {"command": every_environ, "description": "environments"}),
+            text("done"),
+        )
+        task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Look around"})
+        assert task.state is TaskState.SUCCEEDED, task.error
+        requests = api.message_requests()
+        seen = requests[-1].last_user_text()
+    assert "SCANNED" in seen
+    assert ANTHROPIC_KEY not in seen and oauth not in seen
+    assert "ANTHROPIC_API_KEY=claude-hooks-task-" in seen
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:3128" in seen
+    assert "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1" in seen
+    assert requests and all(r.headers.get("x-api-key") == ANTHROPIC_KEY for r in requests)
+
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        view = (
+            await client.get(
+                f"/api/tasks/{task.id}", headers={"Authorization": "Bearer test-token"}
+            )
+        ).json()
+    metered = view["metered"]
+    results = [
+        json.loads(line)
+        for line in service.pool.log_path(task.id).read_text().splitlines()
+        if '"type": "result"' in line
+    ]
+    usage = results[-1]["usage"]
+    assert metered["requests"] == len(api.message_requests()) == 2
+    for name in ("input_tokens", "output_tokens"):
+        assert metered[name] == usage[name], (name, metered, usage)
+
+
+async def test_the_final_comment_names_the_hosts_the_agent_was_refused(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    agent = (
+        "import urllib.request\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        urllib.request.urlopen('https://evil.example/', timeout=10)\n"
+        "    except OSError as exc:\n"
+        "        print(exc)\n"
+    )
+    dev = {"login": "dev-bot", "token": "tok-dev", "runner": "command", "workdir": "none"}
+    dev["command"] = [sys.executable, "-c", agent]
+    config = forge_config(tmp_path, fake_forgejo, types={"dev": dev})
+    service: Service = await start_service(config)
+    task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Fetch"})
+    assert task.state is TaskState.SUCCEEDED, task.error
+    await wait_until(lambda: any("finished" in c.body for c in fake_forgejo.comments))
+    finished = [c.body for c in fake_forgejo.comments if "finished" in c.body]
+    assert finished[-1].endswith("Egress blocked: evil.example:443 ×2")  # noqa: RUF001
+
+
+async def test_a_running_task_shows_what_it_was_refused(
+    start_service: ServiceFactory, tmp_path: Path
+) -> None:
+    agent = (
+        "import os, time, urllib.request\n"
+        "try:\n"
+        "    urllib.request.urlopen('http://evil.example/', timeout=10)\n"
+        "except OSError as exc:\n"
+        "    print(exc, flush=True)\n"
+        "while not os.path.exists('go'):\n"
+        "    time.sleep(0.05)\n"
+    )
+    service: Service = await start_service(
+        types={
+            "dev": {
+                "runner": "command",
+                "command": [sys.executable, "-c", agent],
+                "workdir": "none",
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    request = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 17, {})
+    task_id = await service.pool.dispatch_by_type("dev", request)
+    transport = httpx.ASGITransport(app=create_app(service))
+    headers = {"Authorization": "Bearer test-token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def view() -> dict[str, Any]:
+            answer = await client.get(f"/api/tasks/{task_id}", headers=headers)
+            return dict(answer.json())
+
+        seen: dict[str, Any] = {}
+
+        async def refused_while_running() -> bool:
+            seen.update(await view())
+            return bool(seen["egress_blocked"])
+
+        await wait_until(refused_while_running, timeout=30)
+        assert seen["state"] == "running"
+        assert seen["egress_blocked"] == [{"host": "evil.example", "port": 80, "count": 1}]
+        (service.pool.workspaces.workdir("dev:acme/widget:17") / "go").write_text("")
+        task = await finished(service, task_id)
+    assert task.state is TaskState.SUCCEEDED, task.error
+
+
+# Issue 19: a stranger's pull request, and result files built to make the service raise.
+
+
+async def forge_service(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> tuple[Service, Forge]:
+    """A sandboxed `command` dev on a worktree, its forge tools acting on the fake forge."""
+    fake_forgejo.add_token(DEV_TOKEN, "dev-bot")
+    fake_forgejo.add_repo("acme", "widget", collaborators={"dev-bot": "write"})
+    fake_forgejo.add_issue("acme", "widget", number=17, title="Retries", user="alice")
+    forge = Forge(tmp_path / "forge")
+    forge.create()
+    service: Service = await start_service(
+        forgejo={"url": fake_forgejo.base_url, "clone_url": f"file://{forge.root}"},
+        types={
+            "dev": {
+                "login": "dev-bot",
+                "token": DEV_TOKEN,
+                "runner": "command",
+                "command": [sys.executable, str(HOSTILE)],
+                "comments": False,
+            }
+        },
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+    )
+    return service, forge
+
+
+async def test_a_pr_from_a_fork_with_the_session_branch_is_never_the_agents(
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    service, forge = await forge_service(start_service, tmp_path, fake_forgejo)
+    branch = branch_name("dev", 17, "Retries")
+    fork = fake_forgejo.add_pull(
+        "acme", "widget", head_sha="f" * 40, head_ref=branch, head_repo="mallory/widget",
+        title="Mallory's PR", user="mallory",
+    )  # fmt: skip
+    requests = [
+        {"tool": "read_pull_request"},
+        {"tool": "open_pull_request", "title": "Retries, done"},
+        {"tool": "comment", "number": fork.number, "body": "spam"},
+        {"tool": "open_pull_request", "title": "Retries, done again"},
+    ]
+    payload = {"title": "Retries", "target": {"result_file": json.dumps({"forge": requests})}}
+    task = await run_task(service, "dev", TaskKind.WORK_ISSUE, payload)
+    assert task.state is TaskState.SUCCEEDED, task.error
+    assert fork.title == "Mallory's PR"
+    assert fake_forgejo.requests_to(f"/repos/acme/widget/pulls/{fork.number}", "PATCH") == []
+    assert fake_forgejo.comments == []
+    log = service.pool.log_path(task.id).read_text()
+    assert "this task has no pull request yet" in log
+    assert f"#{fork.number} is not this task's issue or pull request" in log
+    repo = fake_forgejo.repos[("acme", "widget")]
+    own = [i for i in repo.issues.values() if i.pull is not None and i.number != fork.number]
+    assert [(i.title, i.user, i.pull.head_ref) for i in own if i.pull] == [
+        ("Retries, done again", "dev-bot", branch)
+    ]
+    assert git("rev-parse", f"refs/heads/{branch}", cwd=Path(forge.url("acme/widget")))
+
+
+HOSTILE_REQUESTS = [
+    {"tool": "submit_review", "event": "COMMENT", "body": "x", "comments": 5},
+    {"tool": "comment", "body": "deep", "extra": [[[[["too deep"]]]]]},
+    {"tool": ["not", "a", "name"]},
+    "not a request",
+    {"tool": "x" * 100_000},
+    {"tool": "comment", "body": {"not": "text"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "refusals"),
+    [
+        ("[" * 200_000, 1),
+        ('{"forge": ' + "[" * 200_000 + "]" * 200_000 + "}", 1),
+        ('{"forge": {"tool": "comment"}}', 1),
+        ('{"forge": [{"tool": "comment", "body": NaN}]}', 1),
+        (json.dumps({"forge": HOSTILE_REQUESTS}), len(HOSTILE_REQUESTS)),
+    ],
+    ids=["brackets", "deep-list", "not-a-list", "nan", "hostile-requests"],
+)
+async def test_a_hostile_result_file_is_refused_and_the_push_still_made(
+    start_service: ServiceFactory,
+    tmp_path: Path,
+    fake_forgejo: FakeForgejo,
+    content: str,
+    refusals: int,
+) -> None:
+    service, forge = await forge_service(start_service, tmp_path, fake_forgejo)
+    payload = {"title": "Retries", "pr_number": 20, "target": {"result_file": content}}
+    task = await run_task(service, "dev", TaskKind.WORK_ISSUE, payload)
+    assert task.state is TaskState.SUCCEEDED, task.error
+    outcomes = [
+        json.loads(line.removeprefix("[claude-hooks] forge: "))
+        for line in service.pool.log_path(task.id).read_text().splitlines()
+        if line.startswith("[claude-hooks] forge: ")
+    ]
+    assert len(outcomes) == refusals
+    for outcome in outcomes:
+        assert "refused" in outcome or outcome["answer"].startswith("refused: "), outcome
+    assert fake_forgejo.comments == [] and fake_forgejo.reviews == []
+    pushed = git("log", "-1", "--format=%s", branch_name("dev", 17, "Retries"),
+                 cwd=Path(forge.url("acme/widget")))  # fmt: skip
+    assert pushed == "Add the feature"

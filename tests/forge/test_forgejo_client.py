@@ -213,6 +213,7 @@ async def test_get_pull(client: ForgejoClient) -> None:
         body="Fixes #17",
         title="Retry uploads",
         html_url="https://forge.example.com/acme/widget/pulls/18",
+        head_repo="acme/widget",
     )
 
 

@@ -98,7 +98,9 @@ async def test_a_usage_limit_pauses_the_type_until_the_reset_time_it_gives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await start(start_service, tmp_path, api, monkeypatch, subscription=True)
-    resets_at = int(time.time()) + 6  # well past the 1 s backoff the breaker would use
+    # Well past the 1 s backoff the breaker would use, and after both refused runs: one sandboxed
+    # CLI run took 1.6-3.5 s on 2 loaded cores, and a run after the reset gets no reset time.
+    resets_at = int(time.time()) + 12
     api.script(usage_limit(resets_at), usage_limit(resets_at))
     ids = [
         await service.pool.dispatch_by_type(

@@ -3,7 +3,8 @@
 Only what the agent's type needs reaches it: never the webhook secret, the API token, or any
 type's Forgejo `token` (the service acts on the forge for the agents). A type's `agent_token`,
 if set, is the only forge token an agent gets. The Anthropic credentials and Claude Code
-settings reach only the `claude` runner, which needs them.
+settings reach only the `claude` runner, which needs them; in a sandbox, the egress session
+(`claude_hooks.agents.egress`) then swaps the credential for the task's token.
 """
 
 from __future__ import annotations

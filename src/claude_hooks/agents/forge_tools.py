@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "forge"
 RESULT_FILE = ".claude-hooks-result.json"
 MAX_RESULT_BYTES = 1024 * 1024
+MAX_REQUESTS = 100  # of one result file; more are refused, each with its own outcome
+# Nesting of one request's arguments: `submit_review`'s {comments: [{path, line, body}]} is 3.
+MAX_DEPTH = 4
+MAX_LINE_COMMENTS = 200
 MAX_TEXT = 65536
 MAX_LOG_BYTES = 64 * 1024  # of one CI log, the tail (where failures are) is kept
 REVIEW_EVENTS = ("APPROVED", "REQUEST_CHANGES", "COMMENT")
@@ -56,6 +60,27 @@ def _text(args: dict[str, Any], name: str, required: bool = True) -> str:
     if len(value) > MAX_TEXT:
         raise ToolRefusedError(f"'{name}' is longer than {MAX_TEXT} characters")
     return value
+
+
+def _plain(value: object, depth: int) -> bool:
+    """Whether `value` is JSON data nested at most `depth` deep (strings as keys)."""
+    if isinstance(value, dict):
+        return depth > 0 and all(
+            isinstance(k, str) and _plain(v, depth - 1) for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return depth > 0 and all(_plain(v, depth - 1) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _named(name: str) -> str:
+    """A tool name as it may appear in a message or a log line: printable, cut short."""
+    shown = name if name.isprintable() else repr(name)
+    return shown if len(shown) <= 64 else shown[:64] + "…"
 
 
 def _number(args: dict[str, Any], name: str) -> int | None:
@@ -108,13 +133,23 @@ class ForgeTools:
         return self.task.number if self.task.kind in _PR_KINDS else None
 
     async def session_pull(self) -> PullInfo | None:
-        """The open pull request of this session's branch, if one was opened."""
+        """The open pull request of this session's branch, if the service opened one.
+
+        A branch name proves nothing: anyone can open a PR from a fork with the same name.
+        This session's PR has its head in the task's own repository, on the branch the
+        service pushes, and was opened by the type's own account (with its token).
+        """
         branch = await self.workspaces.session_branch(self.task)
         if branch is None:
             return None
         client = self.forge.client(self.task.type)
+        login = self.forge.config.login_of(self.task.type).lower()
         for pull in await client.open_pulls(*self.owner_name):
-            if pull.head_ref == branch:
+            if (
+                pull.head_ref == branch
+                and pull.head_repo.lower() == self.task.repo.lower()
+                and pull.user_login.lower() == login
+            ):
                 return pull
         return None
 
@@ -276,8 +311,13 @@ class ForgeTools:
         if event not in REVIEW_EVENTS:
             raise ToolRefusedError(f"'event' must be one of {', '.join(REVIEW_EVENTS)}")
         body = _text(args, "body", required=event != "APPROVED")
+        given_comments = args.get("comments") or []
+        if not isinstance(given_comments, list) or len(given_comments) > MAX_LINE_COMMENTS:
+            raise ToolRefusedError(
+                f"'comments' must be a list of at most {MAX_LINE_COMMENTS} {{path, line, body}}"
+            )
         comments = []
-        for item in args.get("comments") or []:
+        for item in given_comments:
             if not isinstance(item, dict):
                 raise ToolRefusedError("each line comment is {path, line, body}")
             line = _number(item, "line")
@@ -328,12 +368,18 @@ class ForgeTools:
             "push": self.push,
         }
 
-    async def call(self, name: str, args: dict[str, Any]) -> tuple[bool, str]:
-        """Carry out one operation: (done, what happened or why not). Never raises."""
+    async def call(self, name: str, args: object) -> tuple[bool, str]:
+        """Carry out one operation: (done, what happened or why not). Never raises: its name
+        and arguments come from the agent, and nothing of them may stop the run's push."""
         operation = self.operations().get(name)
+        name = _named(name)
         try:
             if operation is None:
                 raise ToolRefusedError(f"there is no forge tool {name!r}")
+            if not isinstance(args, dict) or not _plain(args, MAX_DEPTH):
+                raise ToolRefusedError(
+                    f"the arguments must be a JSON object nested at most {MAX_DEPTH} deep"
+                )
             if not self.forge.enabled:
                 raise ToolRefusedError("[forgejo] url is not set: there is no forge to act on")
             answer = await operation(args)
@@ -345,6 +391,11 @@ class ForgeTools:
             log.warning("task %s: forge tool %s failed: %s", self.task.id, name, exc)
             self.calls.append({"tool": name, "failed": str(exc)})
             return False, f"failed: {exc}"
+        except Exception:
+            # A case the checks above missed: the request fails, the run goes on.
+            log.exception("task %s: forge tool %s failed unexpectedly", self.task.id, name)
+            self.calls.append({"tool": name, "failed": "unexpected error (logged)"})
+            return False, "failed: an unexpected error in the service (it is logged)"
         log.info("task %s: forge tool %s: %s", self.task.id, name, answer)
         self.calls.append({"tool": name, "done": answer})
         return True, answer
@@ -352,8 +403,10 @@ class ForgeTools:
     async def run_result_file(self, workdir: Path) -> list[dict[str, Any]]:
         """The `command` runner's way: carry out the requests the agent wrote, in order.
 
-        The file is `{"forge": [{"tool": NAME, ...arguments}, ...]}`; it is read without
-        following links and removed afterwards.
+        The file is `{"forge": [{"tool": NAME, ...arguments}, ...]}`, at most
+        MAX_RESULT_BYTES, MAX_REQUESTS requests, each nested at most MAX_DEPTH deep; it is
+        read without following links and removed afterwards. A file of another shape is
+        refused as a whole, a request of another shape on its own; nothing raises.
         """
         path = workdir / RESULT_FILE
         try:
@@ -370,15 +423,25 @@ class ForgeTools:
         if len(raw) > MAX_RESULT_BYTES:
             return [{"refused": f"{RESULT_FILE} is larger than {MAX_RESULT_BYTES} bytes"}]
         try:
-            requests = json.loads(raw).get("forge", [])
-        except (ValueError, AttributeError):
-            return [{"refused": f"{RESULT_FILE} is not a JSON object"}]
+            document = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            return [{"refused": f"{RESULT_FILE} is not JSON (or is nested too deep)"}]
+        shape = f'{RESULT_FILE} must be {{"forge": [{{"tool": NAME, ...arguments}}, ...]}}'
+        if not isinstance(document, dict) or set(document) - {"forge"}:
+            return [{"refused": shape}]
+        requests = document.get("forge", [])
+        if not isinstance(requests, list):
+            return [{"refused": shape}]
         outcomes: list[dict[str, Any]] = []
-        for request in requests if isinstance(requests, list) else []:
-            if not isinstance(request, dict):
+        for index, request in enumerate(requests):
+            if index >= MAX_REQUESTS:
+                outcomes.append({"request": index, "refused": f"more than {MAX_REQUESTS} requests"})
+                continue
+            if not isinstance(request, dict) or not isinstance(request.get("tool"), str):
+                outcomes.append({"request": index, "refused": 'not {"tool": NAME, ...}'})
                 continue
             args = dict(request)
-            name = str(args.pop("tool", ""))
+            name = args.pop("tool")
             done, answer = await self.call(name, args)
-            outcomes.append({"tool": name, "done": done, "answer": answer})
+            outcomes.append({"tool": _named(name), "done": done, "answer": answer})
         return outcomes

@@ -1,12 +1,16 @@
 """The agents' sandbox: every agent process runs inside bubblewrap (`bwrap`).
 
 An agent reads text written by strangers and runs tools, so it is treated as hostile. In its
-sandbox it has its own mount, PID, IPC and UTS namespaces; it sees the system read-only, its
-own workdir (and state dir) read-write, a fresh `/tmp`, and nothing of the data dir, the
-config's folder, the database's folder, `/root` or `/home`. Its `/proc` shows only its own
-processes. When the service runs as root, the agent runs as an unprivileged account
-(`server.sandbox_user`, created at need) with no capabilities, dropped by `setpriv` inside
-the sandbox (bwrap itself stays privileged so it can bind paths the account cannot reach).
+sandbox it has its own mount, PID, IPC, UTS and network namespaces; it sees the system
+read-only, its own workdir (and state dir) read-write, a fresh `/tmp`, and nothing of the data
+dir, the config's folder, the database's folder, `/root`, `/home` or `/run` (the database's
+socket). Its network is its own loopback: it reaches the outside only through the service's
+egress proxy (`claude_hooks.agents.egress`), whose Unix socket is bound into the sandbox and
+served on 127.0.0.1:`BRIDGE_PORT` there by `egress_bridge.py`, the sandbox's first program.
+Its `/proc` shows only its own processes. When the service runs as root, the agent runs as an
+unprivileged account (`server.sandbox_user`, created at need) with no capabilities, dropped by
+`setpriv` inside the sandbox (bwrap itself stays privileged so it can bind paths the account
+cannot reach).
 
 Every process it starts dies with the sandbox's first process (the PID namespace), and the
 sandbox dies with the service (`--die-with-parent`). The environment is passed in bwrap's
@@ -20,6 +24,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +41,11 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 15.0
 INSTALL_HINT = "install it (Debian: apt-get install bubblewrap)"
 # Always hidden behind an empty tmpfs, besides the service's own folders.
-_PRIVATE_DIRS = (Path("/root"), Path("/home"))
+_PRIVATE_DIRS = (Path("/root"), Path("/home"), Path("/run"))
+# Where the egress proxy's socket appears inside, and the port its bridge listens on there.
+BRIDGE_SOCKET = Path("/run/claude-hooks/egress.sock")
+BRIDGE_PORT = 3128
+BRIDGE_SCRIPT = Path(__file__).with_name("egress_bridge.py")
 _SCRATCH_DIRS = (Path("/tmp"), Path("/var/tmp"))  # empty and writable by all, as usual
 
 
@@ -117,17 +126,30 @@ class Sandbox:
         writable: Iterable[Path] = (),
         readable: Iterable[Path] = (),
         cage: Cage | None = None,
+        bridge: Path | None = None,
     ) -> list[str]:
         """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
         them) are bound read-write, `readable` ones read-only (an agent's own script). In a
-        `cage`, bwrap starts in the run's cgroups and each tmpfs holds at most `max_disk`."""
+        `cage`, bwrap starts in the run's cgroups and each tmpfs holds at most `max_disk`.
+        `bridge`: the egress proxy's socket for this run, served on 127.0.0.1:`BRIDGE_PORT`
+        inside; without one the sandbox has no way out at all."""
+        readable = list(readable)
+        if bridge is not None:
+            # The base interpreter, not a venv's link to it: with -I -S the bridge needs no
+            # venv, and one under a hidden folder would not be in the sandbox.
+            python = Path(sys.executable).resolve()
+            argv = [
+                str(python), "-I", "-S", str(BRIDGE_SCRIPT),
+                str(BRIDGE_SOCKET), str(BRIDGE_PORT), "--", *argv,
+            ]  # fmt: skip
+            readable += [python, BRIDGE_SCRIPT]
         args = [
             *(cage.prefix() if cage is not None else []),
             self.bwrap,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
             "--hostname", "sandbox",
             "--die-with-parent", "--new-session",
         ]  # fmt: skip
@@ -142,6 +164,8 @@ class Sandbox:
         for flag, path in binds:
             args += self._parents(path, made)
             args += [flag, str(path), str(path)]
+        if bridge is not None:
+            args += ["--dir", str(BRIDGE_SOCKET.parent), "--bind", str(bridge), str(BRIDGE_SOCKET)]
         args += ["--chdir", str(workdir.resolve())]
         if self.account is not None:
             args += [

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -39,7 +40,7 @@ from claude_hooks.agents import resources
 from claude_hooks.agents.runners.base import RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.worktree_state import Captured, apply, capture
-from claude_hooks.config import TypeConfig
+from claude_hooks.config import TypeConfig, size_bytes
 from claude_hooks.core.domain import Task, TaskKind
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.store.worktree_states import WorktreeState, WorktreeStateStore
@@ -217,7 +218,10 @@ class Workspaces:
         async with self._lock(task.repo):
             mirror = await self._update_mirror(git, task.repo, url)
             branch = await self._session_branch(git, mirror, task)
-            if await self._restore(git, mirror, path, task, branch, url):
+            restored = await self._restore(
+                git, mirror, path, task, branch, url, sandbox, size_bytes(type_config.max_disk)
+            )
+            if restored:
                 pass
             elif _found(path) == "git":
                 await self._refresh(git, mirror, path, sandbox)
@@ -393,10 +397,19 @@ class Workspaces:
         marker.write_text(worktree + "\n")
 
     async def _restore(
-        self, git: _Git, mirror: Path, path: Path, task: Task, branch: str, url: str
+        self,
+        git: _Git,
+        mirror: Path,
+        path: Path,
+        task: Task,
+        branch: str,
+        url: str,
+        sandbox: Sandbox | None,
+        max_disk: int,
     ) -> bool:
         """Replace this node's copy by the saved state when it is missing or older; False
-        when there is nothing newer to restore, or it cannot be (then the copy stays)."""
+        when there is nothing newer to restore, or it cannot be (then the copy stays).
+        Its files, at most the type's `max_disk`, are written by git in the agent's sandbox."""
         key = task.session_key
         if self.states is None:
             return False
@@ -414,7 +427,7 @@ class Workspaces:
         try:
             bundle.write_bytes(state.bundle)
             await self._clone(git, mirror, restored, branch, url)
-            await apply(git, restored, bundle, captured)
+            await apply(git, restored, bundle, captured, sandbox, max_disk)
         except ClaudeHooksError as exc:
             shutil.rmtree(restored, ignore_errors=True)
             fallback = "its branch" if _found(path) == "absent" else "this node's copy"
@@ -762,6 +775,19 @@ class _Git:
         if code != 0:
             raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
         return out
+
+    async def capped(self, *args: str | Path, limit: int) -> bytes | None:
+        """The output of a local git command; None if it is longer than `limit` bytes."""
+        out = io.BytesIO()
+        try:
+            code, _, err = await self._exec(
+                self._argv(args, local=True), self._env(False), _verb(args), out, limit
+            )
+        except OutputTooLargeError:
+            return None
+        if code != 0:
+            raise WorkspaceError(f"git {_verb(args)} failed (exit {code}): {err.strip()}")
+        return out.getvalue()
 
     async def output(self, *args: str | Path) -> str:
         code, out, _ = await self._exec(self._argv(args, False), self._env(False), _verb(args))

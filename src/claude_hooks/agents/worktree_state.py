@@ -6,7 +6,12 @@ index and one whose tree is the work tree with its uncommitted and untracked fil
 files are left out, as `git add -A` does), both children of `head`, and bundles the two
 (`refs/claude-hooks/index`, `refs/claude-hooks/worktree`) without what the forge's branches
 already hold. `apply` runs in a fresh repository the service cloned (so its config is the
-service's): it fetches the bundle, checks its commits out and puts index and files back.
+service's): it fetches the bundle (as the service: git stores the objects compressed, as
+they came, so this writes about the bundle's size), checks the two commits against the
+state recorded with them, and measures what checking them out would write: a bundle of a few
+kilobytes can hold gigabytes of zeros, or a tree that names one subtree a billion times.
+Within the limit, the files are written and the index put back by git run as the agent, in
+its sandbox, as every git in an agent's repository.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from claude_hooks.errors import ClaudeHooksError
+
+# A listing of a tree (`git ls-tree -r`) longer than this is refused: it is a tree of more
+# than ~500,000 entries, most likely one that names a subtree many times (a "tree bomb").
+MAX_LISTING_BYTES = 64 * 1024**2
 
 if TYPE_CHECKING:
     from claude_hooks.agents.sandbox import Sandbox
@@ -91,8 +100,14 @@ async def capture(
     return Captured(branch, head, worktree, index_commit)
 
 
-async def apply(git: _Git, repo: Path, bundle: Path, state: Captured) -> None:
-    """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files."""
+async def apply(
+    git: _Git, repo: Path, bundle: Path, state: Captured, sandbox: Sandbox | None, limit: int
+) -> None:
+    """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files.
+
+    Refused (ClaudeHooksError, saying why) when its files come to more than `limit` bytes
+    (the type's `max_disk`); then nothing of it is checked out.
+    """
     await git.run(
         "-C", repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", bundle,
         f"{WORKTREE_REF}:{WORKTREE_REF}", f"{INDEX_REF}:{INDEX_REF}", local=True,
@@ -111,7 +126,42 @@ async def apply(git: _Git, repo: Path, bundle: Path, state: Captured) -> None:
         await git.run("-C", repo, "symbolic-ref", "HEAD", f"refs/heads/{state.branch}")
     else:
         await git.run("-C", repo, "update-ref", "--no-deref", "HEAD", state.head)
-    await git.run("-C", repo, "read-tree", "-u", "--reset", state.worktree)
-    await git.run("-C", repo, "read-tree", state.index_commit)
+    files = await _files_bytes(git, repo, state.worktree)
+    if files > limit:
+        raise ClaudeHooksError(
+            f"the saved state's files come to {files} bytes, more than the type's max_disk "
+            f"({limit} bytes)"
+        )
+    await _listing(git, repo, state.index_commit)  # an index of a tree bomb is refused too
+    if sandbox is not None:
+        sandbox.give(repo)
+
+    async def run(*args: str) -> None:
+        await git.in_workdir(repo, args, sandbox)
+
+    await run("read-tree", "-u", "--reset", state.worktree)
+    await run("read-tree", state.index_commit)
     for ref in (WORKTREE_REF, INDEX_REF):
-        await git.run("-C", repo, "update-ref", "-d", ref)
+        await run("update-ref", "-d", ref)
+
+
+async def _listing(git: _Git, repo: Path, tree: str, sizes: bool = False) -> list[list[str]]:
+    """The entries of `tree`, recursively: [mode, type, object, (size,) path] each."""
+    args: list[str | Path] = ["-C", repo, "ls-tree", "-r", "-z", *(["-l"] if sizes else []), tree]
+    raw = await git.capped(*args, limit=MAX_LISTING_BYTES)
+    if raw is None:
+        raise ClaudeHooksError(
+            f"the saved state's tree lists more than {MAX_LISTING_BYTES} bytes of entries"
+        )
+    entries = []
+    for entry in raw.decode("utf-8", "surrogateescape").split("\0"):
+        if entry:
+            meta, _, path = entry.partition("\t")
+            entries.append([*meta.split(), path])
+    return entries
+
+
+async def _files_bytes(git: _Git, repo: Path, tree: str) -> int:
+    """The bytes of the files of `tree` once checked out (a link counts its target's length)."""
+    entries = await _listing(git, repo, tree, sizes=True)
+    return sum(int(entry[3]) for entry in entries if entry[1] == "blob")

@@ -170,6 +170,12 @@ def _runner_checks(config: Config) -> list[Check]:
                 f"for {', '.join(sandboxed)}",
             )
         )
+    for name in sandboxed:
+        checks.append(Check(True, f"types.{name}.egress", _egress(config.types[name].egress)))
+    for name, type_config in sorted(config.types.items()):
+        if type_config.egress and not type_config.sandbox:
+            detail = "ignored: with sandbox = false the agents use the host's network"
+            checks.append(Check(True, f"types.{name}.egress", detail, warning=True))
     if config.data_dir.exists() and not os.access(config.data_dir, os.W_OK):
         checks.append(Check(False, "server.data_dir", f"{config.data_dir} is not writable"))
     checks += _limit_checks(config)
@@ -186,6 +192,13 @@ def _runner_checks(config: Config) -> list[Check]:
                 )
             )
     return checks
+
+
+def _egress(entries: list[str]) -> str:
+    """What a sandboxed type's agents can reach besides the service: its egress list."""
+    if not entries:
+        return "no host (the agents reach nothing but the service's proxy)"
+    return "the agents may reach " + ", ".join(entries) + " (through the service's proxy)"
 
 
 def _limit_checks(config: Config) -> list[Check]:
@@ -237,7 +250,7 @@ def _limit_checks(config: Config) -> list[Check]:
 
 async def _database_auth_check(config: Config) -> Check | None:
     """A PostgreSQL that lets this host in without a password lets every local process in,
-    agents among them (on the host's network): a warning."""
+    unconfined agents among them (sandboxed ones have a network of their own): a warning."""
     url = make_url(config.database_url)
     if not url.drivername.startswith("postgresql"):
         return None
@@ -257,7 +270,7 @@ async def _database_auth_check(config: Config) -> Check | None:
         True,
         "database auth",
         f"PostgreSQL lets {bare.username or 'a user'}@{bare.host or 'its socket'} in without "
-        "a password: any local process, agents included, can use the database; require "
+        "a password: any local process, unsandboxed agents included, can use the database; require "
         "scram-sha-256 for it in pg_hba.conf",
         warning=True,
     )

@@ -114,6 +114,7 @@ class PullInfo:
     body: str
     title: str
     html_url: str
+    head_repo: str = ""  # `owner/name` of the head's repository; "" if it is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +148,15 @@ class _WireUser(_Wire):
     login: str
 
 
+class _WireRepoName(_Wire):
+    full_name: str
+
+
 class _WireBranch(_Wire):
     ref: str
     sha: str
+    # None when the head's repository is gone (a deleted fork)
+    repo: _WireRepoName | None = None
 
 
 class _WirePull(_Wire):
@@ -175,6 +182,7 @@ class _WirePull(_Wire):
             body=self.body or "",
             title=self.title,
             html_url=self.html_url,
+            head_repo=self.head.repo.full_name if self.head.repo else "",
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.config import Config
@@ -19,6 +19,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.flows import ForgeComment
 from claude_hooks.service.living import Picture, render
+from claude_hooks.store.egress import EgressBlock
 from claude_hooks.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def task_comment(event: Event) -> str | None:
         attempt = f", attempt {task.attempts}" if task.attempts > 1 else ""
         return f"claude-hooks: `{task.agent}` started {what}{attempt}."
     if event.kind == "task.finished":
-        return _finished(task, what)
+        return _finished(task, what) + _blocked(event.data.get("egress_blocked") or ())
     if event.kind == "task.moved":
         return (
             f"claude-hooks: moved {what} from the queue of `{event.data['from']}` to "
@@ -65,6 +66,12 @@ def _finished(task: Task, what: str) -> str:
         return f"claude-hooks: {what} on `{task.agent}` was cancelled."
     reason = (task.error or "no reason recorded").strip().splitlines()[0][:300]
     return f"claude-hooks: {what} on `{task.agent}` failed: {reason}"
+
+
+def _blocked(blocked: Iterable[EgressBlock]) -> str:
+    """The hosts the agent was refused, as a firewall reports them on the PR."""
+    named = [f"{b.host}:{b.port} ×{b.count}" for b in blocked]  # noqa: RUF001
+    return f"\n\nEgress blocked: {', '.join(named)}" if named else ""
 
 
 class Notifier:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,15 @@ class Gate:
     group: RunningLimit | None = None
     # Not now (a budget of the repository is spent): look again later.
     not_now: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    """What a run takes from its repository's policy."""
+
+    context: dict[str, Any] = field(default_factory=dict)
+    egress: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
 
 
 class Policies:
@@ -95,22 +104,24 @@ class Policies:
         if self.files is not None:
             self.files.forget_branch(repo, branch)
 
-    async def run_settings(self, task: Task) -> dict[str, Any]:
-        """What the run takes from the repository's policy (`RunContext` fields): the
-        instructions for the task's type, the test command, the merge style. Nothing when
-        the policy cannot be read now: the gate let the task start moments ago."""
+    async def for_run(self, task: Task) -> RunPolicy:
+        """What the run takes from the repository's policy: `RunContext` fields (the
+        instructions for the task's type, the test command, the merge style), the hosts its
+        type's egress gains, the setup commands. Nothing when the policy cannot be read now:
+        the gate let the task start moments ago."""
         try:
             policy = await self.of(task.repo, _base(task))
         except PolicyError as exc:
             log.warning("task %s runs without its repository's settings: %s", task.id, exc)
-            return {}
-        settings: dict[str, Any] = {
+            return RunPolicy()
+        context: dict[str, Any] = {
             "instructions": policy.instructions_for(task.type),
             "test_command": policy.value("test"),
         }
         if policy.settings["merge_style"].layer != "service":
-            settings["merge_style"] = policy.value("merge_style")
-        return settings
+            context["merge_style"] = policy.value("merge_style")
+        egress = policy.value(f"types.{task.type}.egress") or ()
+        return RunPolicy(context, tuple(egress), tuple(policy.value("setup") or ()))
 
     async def gate(self, task: Task) -> Gate:
         """Whether `task` may start, and in which concurrency group."""

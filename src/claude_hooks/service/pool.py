@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from claude_hooks.agents import cages, processes, resources
+from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
@@ -35,7 +36,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.control import SIGNAL_CANCEL
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
-from claude_hooks.service.policies import Gate, Policies
+from claude_hooks.service.policies import Gate, Policies, RunPolicy
 from claude_hooks.service.private_files import private_dir, private_file
 from claude_hooks.service.steering import Inbox, follow_ups
 from claude_hooks.store import wakeups
@@ -318,6 +319,7 @@ class Pool:
         self.limits = Limits(config, store, clock, self.bus, self)
         # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
+        self.egress = EgressProxy()
         # Set by the service at start: where each run's limits are enforced.
         self.confinement: cages.Confinement | None = None
         self._disk_was_low = False
@@ -373,6 +375,7 @@ class Pool:
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
         await self.limits.stop()
+        await self.egress.aclose()
 
     async def drop_all(self) -> None:
         """Stop every worker and its agent now, recording nothing: the node lost its lease,
@@ -605,23 +608,39 @@ class Pool:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
-        settings: dict[str, Any] = {}
+        policy = RunPolicy()
         if self.policies is not None and self.policies.active:
-            settings = await self.policies.run_settings(task)
+            policy = await self.policies.for_run(task)
         try:
             cage = self._cage(task, workdir)
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
         self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
-        context = replace(self._context(task, workdir, cage), **settings)
+        context = replace(self._context(task, workdir, cage), **policy.context)
+        session: EgressSession | None = None
         try:
-            run = self.runner_for(task.type).run(context)
+            if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
+                session = await self.egress.open(
+                    task.id,
+                    task.type,
+                    type_config,
+                    context.env,
+                    sandbox.account,
+                    self._keep_egress,
+                    policy.egress,
+                )
+                context = replace(
+                    context, env=session.environment(context.env), bridge=session.socket
+                )
+            run = self._run_agent(task, context, policy.setup)
             result = await (run if cage is None else cages.enforce(cage, run))
         except asyncio.CancelledError:
             # Stopped mid-run (the agent is gone by now): its work still moves with the session.
             await self.workspaces.save_state(task, type_config, sandbox)
             raise
         finally:
+            if session is not None:
+                await self._close_egress(session)
             if cage is not None:
                 await cage.close()
         if context.forge_tools is not None and context.forge_tools.calls:
@@ -629,6 +648,29 @@ class Pool:
             calls = list(context.forge_tools.calls)
             self.bus.publish(Event("task.report", task, {"calls": calls}))
         return await self.workspaces.deliver(task, type_config, sandbox, result)
+
+    async def _run_agent(self, task: Task, context: RunContext, setup: Sequence[str]) -> RunResult:
+        """The repository's setup commands, then the agent (a merge runs no agent)."""
+        if setup and self.config.types[task.type].runner != "merge":
+            failed = await run_setup(setup, context)
+            if failed is not None:
+                return failed
+        return await self.runner_for(task.type).run(context)
+
+    async def _close_egress(self, session: EgressSession) -> None:
+        """End the run's egress (its token with it) and keep what it refused and metered."""
+        await session.close()
+        try:
+            await self._keep_egress(session)
+        except Exception:
+            log.exception("task %s: could not store its egress record", session.task_id)
+
+    async def _keep_egress(self, session: EgressSession) -> None:
+        blocked, metered = session.blocked(), session.metered()
+        if blocked or metered is not None:
+            await self.store.egress.put_egress(
+                session.task_id, session.agent_type, blocked, metered
+            )
 
     def _cage(self, task: Task, workdir: Path) -> cages.Cage | None:
         """The run's limits (`max_processes`, `max_memory`, `max_disk`); none for `merge`."""
@@ -748,7 +790,8 @@ class Pool:
     async def publish_finished(self, task_id: str) -> None:
         task = await self.store.get_task(task_id)
         if task is not None:
-            self.bus.publish(Event("task.finished", task))
+            egress = await self.store.egress.get_egress(task_id)
+            self.bus.publish(Event("task.finished", task, {"egress_blocked": egress.blocked}))
 
     async def running_on(self, name: str) -> str:
         """The id of the task instance `name` runs, on whichever node holds it."""

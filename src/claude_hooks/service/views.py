@@ -50,9 +50,14 @@ def task_view(task: Task, queue_position: int | None = None) -> dict[str, Any]:
 
 async def history_view(store: Store, task: Task) -> dict[str, Any]:
     """What a single task's view adds: the task it retries, its retries, who cancelled it,
-    whether its log was pruned."""
+    whether its log was pruned, what its egress proxy refused and metered."""
     note = await store.notes.get_note(task.id)
+    egress = await store.egress.get_egress(task.id)
     return {
+        "egress_blocked": [
+            {"host": b.host, "port": b.port, "count": b.count} for b in egress.blocked
+        ],
+        "metered": egress.metered,
         "retry_of": note.retry_of,
         "retries": await store.notes.retries_of(task.id),
         "cancelled_by": note.cancelled_by if task.state is TaskState.CANCELLED else None,

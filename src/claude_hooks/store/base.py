@@ -13,6 +13,7 @@ from typing import Protocol
 from claude_hooks.core.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
 from claude_hooks.store.commands import CommandStore
+from claude_hooks.store.egress import EgressStore
 from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
 from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
@@ -204,6 +205,8 @@ class Store(Protocol):
     def rejections(self) -> RejectionStore: ...
     @property
     def notes(self) -> NoteStore: ...
+    @property
+    def egress(self) -> EgressStore: ...
     @property
     def outbox(self) -> OutboxStore: ...
     @property

@@ -192,6 +192,17 @@ task_notes = sa.Table(
     sa.Index("ix_task_notes_delivery", "cancelled_by_delivery"),
 )
 
+# What a sandboxed task's egress proxy saw: the refused hosts and the metered API usage.
+task_egress = sa.Table(
+    "task_egress",
+    metadata,
+    sa.Column("task_id", sa.String(32), primary_key=True),
+    sa.Column("type", sa.String(63), nullable=False),
+    sa.Column("blocked_total", sa.Integer, nullable=False),
+    sa.Column("blocked", sa.Text, nullable=False),  # JSON: [{host, port, count}]
+    sa.Column("metered", sa.Text),  # JSON: the Messages API usage relayed, or null
+)
+
 budgets = sa.Table(
     "budgets",
     metadata,

@@ -40,6 +40,7 @@ from claude_hooks.store.base import (
     TaskTally,
 )
 from claude_hooks.store.commands import SqlCommands, hold_if_paused
+from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.intake import SqlIntake, insert_delivery
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import SqlLabels
@@ -161,7 +162,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -367,6 +368,7 @@ class SqlStore:
         self.pending = SqlPending(engine, self.reader)
         self.rejections = SqlRejections(engine, self.reader)
         self.notes = SqlNotes(engine, self.reader)
+        self.egress = SqlEgress(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader, self.kept)

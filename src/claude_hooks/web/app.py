@@ -28,6 +28,7 @@ from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.headers import SecurityHeaders
 from claude_hooks.web.pending import PendingBodies
+from claude_hooks.web.relay_signature import Verifier, relay_key
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def create_app(service: Service) -> App:
     )
     app.state.service = service
     app.state.api_token = token.get_secret_value() if token is not None else ""
+    server = service.config.server
+    app.state.relay_verifier = (
+        None
+        if token is None
+        else Verifier(relay_key(app.state.api_token), server.node, lambda: server.node_url)
+    )
     # Set by the server when it stops, so live streams (dashboard, log follow) end at once.
     app.state.closing = asyncio.Event()
     app.state.pending_bodies = PendingBodies(service.config.server.max_pending_body_bytes)

@@ -1,7 +1,8 @@
 """Authentication for everything but the webhook and the health check.
 
 Two ways in: the `Authorization: Bearer` header with `server.api_token` (API clients,
-Prometheus), or the dashboard's HttpOnly cookie set by its login form. The cookie holds a
+Prometheus), or the dashboard's HttpOnly cookie set by its login form; the log of a task is
+also given to another node's signed relay (`web/relay_signature.py`). The cookie holds a
 random session id, the session is kept by the service (`web/sessions.py`) and ends at logout
 or on expiry. A cookie-authenticated request that changes state must also carry
 `X-Requested-With: claude-hooks`, which another origin (another port on the same host is
@@ -14,6 +15,8 @@ import hmac
 
 from fastapi import HTTPException, Request
 
+from claude_hooks.web.relay_signature import HEADER as SIGNATURE_HEADER
+from claude_hooks.web.relay_signature import Verifier
 from claude_hooks.web.sessions import Sessions
 
 COOKIE_NAME = "claude_hooks_session"
@@ -62,3 +65,23 @@ def require_token(request: Request) -> None:
         status, message = problem
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         raise HTTPException(status, message, headers=headers)
+
+
+def require_token_or_signature(request: Request) -> None:
+    """`require_token`, or a request another node relayed, signed for this one."""
+    header = request.headers.get(SIGNATURE_HEADER)
+    if header is None:
+        require_token(request)
+        return
+    verifier: Verifier | None = request.app.state.relay_verifier
+    if verifier is None:
+        problem: str | None = "server.api_token is not set: nothing can be authenticated"
+    else:
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"")
+        target = raw.split(b"?", 1)[0].decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        problem = verifier.check(request.method, target, header)
+    if problem is not None:
+        raise HTTPException(401, problem)

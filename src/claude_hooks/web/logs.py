@@ -21,11 +21,11 @@ from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import UnknownTaskError
 from claude_hooks.service.events import Subscription
 from claude_hooks.service.runtime import Service
-from claude_hooks.web.auth import require_token
+from claude_hooks.web.auth import require_token_or_signature
 from claude_hooks.web.peer_logs import RELAYED, home_of, open_relay
 from claude_hooks.web.peer_logs import tail as peer_tail
 
-router = APIRouter(dependencies=[Depends(require_token)])
+router = APIRouter(dependencies=[Depends(require_token_or_signature)])
 
 CHUNK = 64 * 1024
 FOLLOW_POLL = 0.25  # seconds between looks at a growing log file

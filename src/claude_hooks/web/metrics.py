@@ -117,7 +117,14 @@ async def _stored(store: Store) -> list[Metric]:
         cost.add_metric([agent_type, agent], total)
     for histogram in await store.start_latencies(LATENCY_BUCKETS):
         _add_histogram(latency, LATENCY_BUCKETS, histogram)
-    return [delivered, finished, durations, cost, latency]
+    blocked = CounterMetricFamily(
+        "claude_hooks_egress_blocked",
+        "Connections a sandboxed agent's egress proxy refused (not on its type's egress list)",
+        labels=["type"],
+    )
+    for agent_type, count in sorted((await store.egress.blocked_by_type()).items()):
+        blocked.add_metric([agent_type], count)
+    return [delivered, finished, durations, cost, latency, blocked]
 
 
 async def _waits(store: Store, types: Iterable[str]) -> list[Metric]:

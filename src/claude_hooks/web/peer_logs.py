@@ -2,8 +2,12 @@
 
 A task's log is a file in the data dir of the node that ran it (`tasks.node`). A node asked
 for a log it does not have sends the same request to that node's API (`nodes.url`, from its
-`server.advertise_url`) with the API token, marked as relayed so that it is never relayed a
-second time, and streams the answer through, a live follow included.
+`server.advertise_url`), marked as relayed so that it is never relayed a second time, and
+streams the answer through, a live follow included.
+
+`nodes.url` comes from the database, so the request carries no credential: only a signature
+good for this one request to that node (`relay_signature`). What comes back is untrusted text:
+read within bounds, shown escaped (the dashboard's templates), never parsed.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
 from claude_hooks.errors import PeerUnreachableError
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import NodeAddress
+from claude_hooks.web.relay_signature import HEADER as SIGNATURE_HEADER
+from claude_hooks.web.relay_signature import relay_key, sign
 
 RELAYED = "x-claude-hooks-relayed"
 CONNECT_SECONDS = 2.0
@@ -27,6 +33,8 @@ READ_SECONDS = 10.0  # for a whole log or a tail; a follow waits as long as the 
 # answer is not asked again for a while, or each look would wait for its timeouts.
 QUIET_SECONDS = 10.0
 _silent_until: dict[str, float] = {}  # node URL -> monotonic time
+MAX_TAIL_BYTES = 256 * 1024  # of another node's answer to a tail request; the rest is cut
+MAX_ERROR_BYTES = 300  # of another node's refusal, quoted in the error
 
 
 async def home_of(service: Service, task_id: str, relayed: bool = False) -> NodeAddress | None:
@@ -84,17 +92,16 @@ async def open_relay(
         )
     follow = params.get("follow") == "true"
     token = service.config.server.api_token
-    headers = {RELAYED: "1"}
+    url = f"{home.url}/api/tasks/{quote(task_id, safe='')}/log?{urlencode(params)}"
+    # Bytes as they were written: a compressed answer could expand without bound.
+    headers = {RELAYED: "1", "Accept-Encoding": "identity"}
     if token is not None:
-        headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        headers[SIGNATURE_HEADER] = sign(relay_key(token.get_secret_value()), "GET", url, home.name)
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(None if follow else READ_SECONDS, connect=CONNECT_SECONDS)
     )
-    url = f"{home.url}/api/tasks/{quote(task_id, safe='')}/log"
     try:
-        answer = await client.send(
-            client.build_request("GET", url, params=params, headers=headers), stream=True
-        )
+        answer = await client.send(client.build_request("GET", url, headers=headers), stream=True)
     except httpx.HTTPError as exc:
         await client.aclose()
         raise PeerUnreachableError(
@@ -102,14 +109,33 @@ async def open_relay(
             "try again when it is up"
         ) from None
     if answer.status_code != 200:
-        body = (await answer.aread())[:300].decode("utf-8", "replace")
-        await answer.aclose()
-        await client.aclose()
+        try:
+            body = _printable(await _read_at_most(answer, MAX_ERROR_BYTES)).strip()
+        except httpx.HTTPError:
+            body = "(no answer)"
+        finally:
+            await answer.aclose()
+            await client.aclose()
         raise PeerUnreachableError(
             f"{where} ({home.url}), which answered {answer.status_code}: {body} (do the "
-            "nodes share one server.api_token?)"
+            "nodes share one server.api_token, and their clocks the time?)"
         )
     return Relay(client, answer)
+
+
+async def _read_at_most(answer: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of an answer: another node's answer is not trusted to end."""
+    data = b""
+    async for chunk in answer.aiter_raw():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return data[:limit]
+
+
+def _printable(data: bytes) -> str:
+    """Bytes of another node as one line of text: control characters become spaces."""
+    return "".join(c if c.isprintable() else " " for c in data.decode("utf-8", "replace"))
 
 
 async def tail(service: Service, home: NodeAddress, task_id: str, count: int) -> list[str]:
@@ -124,9 +150,9 @@ async def tail(service: Service, home: NodeAddress, task_id: str, count: int) ->
         return [f"({exc})"]
     _silent_until.pop(home.url or "", None)
     try:
-        data = await relay.answer.aread()
+        data = await _read_at_most(relay.answer, MAX_TAIL_BYTES)
     except httpx.HTTPError as exc:
         return [f"(the log of task {task_id} on node {home.name} could not be read: {exc})"]
     finally:
         await relay.close()
-    return data.decode("utf-8", "replace").splitlines()[-count:]
+    return [_printable(line) for line in data.splitlines()[-count:]]

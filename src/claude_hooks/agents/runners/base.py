@@ -77,6 +77,8 @@ class RunContext:
     instructions: str = ""
     test_command: str | None = None
     merge_style: MergeStyle | None = None
+    # The egress proxy's socket for this run, bridged into its sandbox (None: no way out).
+    bridge: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

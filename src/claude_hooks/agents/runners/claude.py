@@ -66,6 +66,7 @@ from claude_agent_sdk.types import SystemPromptPreset
 
 from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
+from claude_hooks.agents.credentials import CREDENTIAL_VARIABLES
 from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context, steering_prompt
 from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
@@ -100,8 +101,10 @@ if os.getppid() != parent:
 keep = set(json.loads(os.environ.get("CLAUDE_HOOKS_CLI_ENV") or "[]"))
 cli = os.environ.get("CLAUDE_HOOKS_CLI") or "claude"
 argv = json.loads(os.environ.get("CLAUDE_HOOKS_SANDBOX") or "[]") + [cli] + sys.argv[1:]
+# A credential passes only if the runner chose it: never the service's own by its prefix.
 env = {{k: v for k, v in os.environ.items()
-       if k in keep or k == "PWD" or k.startswith({SDK_PREFIXES!r})}}
+       if k in keep or k == "PWD"
+       or (k.startswith({SDK_PREFIXES!r}) and k not in {CREDENTIAL_VARIABLES!r})}}
 try:
     os.setsid()
 except OSError:
@@ -335,7 +338,12 @@ class ClaudeRunner:
             ctx.cage.disk_paths.append(state)
         if ctx.sandbox is not None:
             prefix = ctx.sandbox.wrap(
-                [], ctx.workdir, writable=[state], readable=[Path(cli)], cage=ctx.cage
+                [],
+                ctx.workdir,
+                writable=[state],
+                readable=[Path(cli)],
+                cage=ctx.cage,
+                bridge=ctx.bridge,
             )
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
         elif ctx.cage is not None:

@@ -105,7 +105,10 @@ class CommandRunner:
         ctx.sandbox.give(ctx.workdir)
         readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
         env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
-        return ctx.sandbox.wrap(self.argv, ctx.workdir, readable=readable, cage=ctx.cage), env
+        argv = ctx.sandbox.wrap(
+            self.argv, ctx.workdir, readable=readable, cage=ctx.cage, bridge=ctx.bridge
+        )
+        return argv, env
 
     async def run(self, ctx: RunContext) -> RunResult:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
