@@ -537,9 +537,12 @@ def _command_beside(base: Path, argv: Any) -> Any:
         return argv
     resolved: list[Any] = []
     for index, arg in enumerate(argv):
-        relative = isinstance(arg, str) and "/" in arg and not Path(arg).is_absolute()
-        if relative and (index == 0 or (base / arg).exists()):
-            arg = str(base / arg)
+        if isinstance(arg, str) and arg and not Path(arg).is_absolute():
+            # A bare program (`python3`) is looked up on PATH; a bare argument naming a file
+            # beside the config (`sleep_agent.py`) is that file, as one with a `/` is.
+            there = base / arg
+            if ("/" in arg and (index == 0 or there.exists())) or (index > 0 and there.is_file()):
+                arg = str(there)
         resolved.append(arg)
     return resolved
 

@@ -4,12 +4,14 @@ A variable's name is the TOML path with `__` between levels (`CLAUDE_HOOKS_SERVE
 `CLAUDE_HOOKS_TYPES__DEV__TOKEN`, `CLAUDE_HOOKS_TYPES__DEV__ENV__ANTHROPIC_API_KEY`). A list
 takes `a,b` or a JSON list, a table a JSON object. A variable can set a type's keys only if
 the file defines the type, or if it sets the type's runner too: a misspelt type name is an
-error, not a new type. Names whose first part is no section (`CLAUDE_HOOKS_TASK_ID`, which
-agents get) are not settings and are left alone.
+error, not a new type. Any other `CLAUDE_HOOKS_*` name is an error naming the closest setting
+(`CLAUDE_HOOKS_SERVER_PORT`: one `_` where `__` was meant), unless the project reserves it
+(`RESERVED`: the config file's variable, those agents are given, the tests' and benchmarks').
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import types
 from collections.abc import Mapping
@@ -21,6 +23,30 @@ from claude_hooks.errors import ConfigError
 
 CONFIG_ENV = "CLAUDE_HOOKS_CONFIG"
 ENV_PREFIX = "CLAUDE_HOOKS_"
+
+# Names that are not settings; the README lists them. An agent's environment, and so any
+# `claude-hooks` command it runs, holds the ones it is given.
+RESERVED = frozenset(
+    {
+        CONFIG_ENV,
+        # given to agents (agents/environment.py, runners/command.py, runners/claude.py)
+        "CLAUDE_HOOKS_TASK_ID",
+        "CLAUDE_HOOKS_AGENT",
+        "CLAUDE_HOOKS_TYPE",
+        "CLAUDE_HOOKS_KIND",
+        "CLAUDE_HOOKS_SESSION_KEY",
+        "CLAUDE_HOOKS_REPO",
+        "CLAUDE_HOOKS_NUMBER",
+        "CLAUDE_HOOKS_ATTEMPT",
+        "CLAUDE_HOOKS_RESULT",
+        "CLAUDE_HOOKS_CLI",
+        "CLAUDE_HOOKS_CLI_ENV",
+        "CLAUDE_HOOKS_SANDBOX",
+        # the test suite's and the benchmarks' PostgreSQL servers
+        "CLAUDE_HOOKS_TEST_DATABASE_URL",
+        "CLAUDE_HOOKS_BENCH_DATABASE_URL",
+    }
+)
 
 Variables = dict[tuple[str, ...], str]
 
@@ -76,11 +102,43 @@ def _value(name: str, raw: str, annotation: Any) -> Any:
     return raw
 
 
-def _path(name: str, model: type[BaseModel]) -> tuple[list[str], Any] | None:
-    """The config path a variable names and the annotation found there; None if not a setting."""
+def _names(annotation: Any, prefix: str, type_names: list[str]) -> list[str]:
+    """Every variable name a setting has under `prefix` (types by the names in the file)."""
+    annotation = _unwrap(annotation)
+    if _is_model(annotation):
+        found = [prefix] if prefix != ENV_PREFIX else []
+        joiner = "" if prefix == ENV_PREFIX else "__"
+        for key, field in annotation.model_fields.items():
+            found += _names(field.annotation, f"{prefix}{joiner}{key.upper()}", type_names)
+        return found
+    if get_origin(annotation) is dict and _is_model(get_args(annotation)[1]):
+        found = [prefix]
+        for type_name in type_names:
+            found += _names(get_args(annotation)[1], f"{prefix}__{type_name.upper()}", type_names)
+        return found
+    return [prefix]
+
+
+def _closest(name: str, model: type[BaseModel], file_data: Mapping[str, Any]) -> str:
+    declared = file_data.get("types")
+    type_names = sorted(declared) if isinstance(declared, dict) else []
+    known = _names(model, ENV_PREFIX, type_names)
+    # Compared without the prefix all names share, which would make any two look alike.
+    tails = {known_name[len(ENV_PREFIX) :]: known_name for known_name in known}
+    match = difflib.get_close_matches(name.upper()[len(ENV_PREFIX) :], tails, n=1, cutoff=0.6)
+    if match:
+        return f"did you mean {tails[match[0]]}?"
+    return "names are CLAUDE_HOOKS_ and a key's path with __ between levels"
+
+
+def _path(name: str, model: type[BaseModel], file_data: Mapping[str, Any]) -> tuple[list[str], Any]:
+    """The config path a variable names and the annotation found there."""
     parts = name[len(ENV_PREFIX) :].split("__")
     if parts[0].lower() not in model.model_fields:
-        return None
+        raise ConfigError(
+            f"{name}: no setting has this name ({_closest(name, model, file_data)}); "
+            "unset it, or correct it (the README lists the names reserved for other uses)"
+        )
     path: list[str] = []
     annotation: Any = model
     for part in parts:
@@ -91,7 +149,7 @@ def _path(name: str, model: type[BaseModel]) -> tuple[list[str], Any] | None:
                 where = ".".join(path) or "the configuration"
                 raise ConfigError(
                     f"{name}: {where} has no key {part.lower()!r} "
-                    "(check its spelling against the README)"
+                    f"({_closest(name, model, file_data)})"
                 )
             path.append(part.lower())
             annotation = field.annotation
@@ -119,12 +177,9 @@ def environment_overrides(
     overrides: dict[str, Any] = {}
     variables: Variables = {}
     for name, raw in sorted(environ.items()):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in RESERVED:
             continue
-        found = _path(name, model)
-        if found is None:
-            continue
-        path, annotation = found
+        path, annotation = _path(name, model, file_data)
         _put(overrides, path, _value(name, raw, annotation))
         variables[tuple(path)] = name
     _check_types(overrides, variables, file_data)

@@ -29,6 +29,10 @@ class StoreError(ClaudeHooksError):
     """The database cannot be used."""
 
 
+class NoDatabaseYet(StoreError):
+    """A read-only command found no database (or one with no tables): nothing to read."""
+
+
 class NoInstanceError(ClaudeHooksError):
     """No enabled instance of the requested type exists."""
 

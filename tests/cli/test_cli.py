@@ -77,6 +77,7 @@ def test_agents_lifecycle(config_file: Path) -> None:
             "queued": 0,
             "node": None,  # no service runs: no node holds it
             "pinned_node": None,
+            "paused": None,  # its type waits on no budget or breaker
         },
     ]
     assert cli("agents", "disable", "dev-charlie", config=config_file).returncode == 0
@@ -260,10 +261,10 @@ def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
     # The story: a queue, a steer, a stop, a failure, a cancel, review -> merge, CI -> fix.
     assigned = [line for line in lines if line.startswith("issue_assign ") and "202" in line]
     assert len(assigned) == 5  # two dev instances: three of them wait in a queue
-    assert any("200 ignored: cancelled task" in line for line in lines)
+    assert any("200 cancelled: cancelled task" in line for line in lines)
     comments = [line for line in lines if line.startswith("issue_comment ")]
     assert "200 ignored: steered dev's running task" in comments[0]
-    assert "200 ignored: cancelled task" in comments[1]  # @dev stop
+    assert "cancelled task" in comments[1]  # @dev stop
     assert "202 queued: dev -> dev-" in comments[2]  # @dev queue: ...
     assert any(
         "pull_request_review_approved" in line and "boss -> boss-1" in line for line in lines

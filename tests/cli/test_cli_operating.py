@@ -13,11 +13,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from claude_hooks import __version__
 from claude_hooks.config import load_config
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
+from tests import pg
 from tests.conftest import ServiceFactory
 from tests.support import wait_until
 
@@ -89,6 +92,29 @@ def test_reading_commands_never_create_a_database_and_say_where_they_looked(
     )
     assert list(elsewhere.iterdir()) == []
     assert not (team.parent / "data").exists()
+
+
+def test_reading_commands_on_an_empty_postgresql_database_create_no_tables(
+    team: Path, elsewhere: Path, pg_server: str
+) -> None:
+    with pg.own_database(pg_server) as url:
+        env = {"CLAUDE_HOOKS_SERVER__DATABASE_URL": url}
+        doctor = run("doctor", "--config", str(team), cwd=elsewhere, env=env)
+        assert any(
+            line.startswith("warn  database: the database at")
+            and line.endswith("has no tables yet: 'claude-hooks serve' creates them")
+            for line in doctor.stdout.splitlines()
+        ), doctor.stdout
+        for args in (("tasks", "list"), ("costs",), ("budget", "show")):
+            result = run(*args, "--config", str(team), cwd=elsewhere, env=env)
+            assert result.returncode == 1, result
+            assert "has no tables yet: 'claude-hooks serve' creates them" in result.stderr
+        engine = sa.create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+        try:
+            with engine.connect() as conn:
+                assert sa.inspect(conn).get_table_names() == []
+        finally:
+            engine.dispose()
 
 
 def test_the_database_follows_the_config_file_from_any_directory(
@@ -183,6 +209,10 @@ def test_init_writes_a_working_configuration_and_refuses_to_overwrite(tmp_path: 
     assert len(secret) >= 32
     assert secret != config.server.api_token.get_secret_value()
     assert config.data_dir == path.parent / "data"
+    # What it says of a type's token is what the service does: it never reaches the agents.
+    text = path.read_text()
+    assert "given to its agents" not in text
+    assert "it is never given to the agents (see agent_token)" in text
     # The webhook settings to paste: the URL, the content type, the same secret, the events.
     lines = made.stdout.splitlines()
     assert "  Target URL:    http://127.0.0.1:8080/webhook" in lines

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import typer.main
 
 from claude_hooks.cli.main import app
+from claude_hooks.config import Config, TypeConfig
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 
@@ -102,3 +103,37 @@ async def test_every_http_path_in_the_readme_is_served(start_service: ServiceFac
     for path in paths:
         concrete = re.sub(r"\{[^}]+\}", "x", path)
         assert any(p.match(concrete) for p in patterns), f"the README documents {path}"
+
+
+def test_every_setting_is_in_the_settings_table() -> None:
+    """Each key of each section (and of a type) names a row of the Configuration table, by
+    its full path or, after the first of a row, by its bare name."""
+    rows = [
+        re.findall(r"`([^`]+)`", line.split(" | ")[0])
+        for line in _section("Configuration").splitlines()
+        if line.startswith("| `")
+    ]
+    documented: set[str] = set()
+    for spans in rows:
+        prefix = spans[0].rsplit(".", 1)[0]
+        documented |= {span if "." in span else f"{prefix}.{span}" for span in spans}
+    wanted = {
+        f"{section}.{key}"
+        for section in ("server", "forgejo", "flows", "budget", "security")
+        for key in get_type_hints(Config)[section].model_fields
+    } | {f"types.<t>.{key}" for key in TypeConfig.model_fields}
+    assert sorted(wanted - documented) == []
+
+
+def test_the_contents_link_every_section_and_the_first_hour_comes_first() -> None:
+    titles = re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
+    contents = README[README.index("**Contents:**") : README.index("\n## ")]
+    for title in titles:
+        anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        assert f"[{title}](#{anchor})" in contents, title
+    assert titles[0] == "The first hour"
+    first_hour = _section("The first hour")
+    assert 'workdir = "none"' in first_hour
+    for step in ("Try it", "Your own configuration", "Connect Forgejo", "Claude credentials"):
+        assert f"**{step}" in first_hour, step
+    assert "**Production**" in first_hour

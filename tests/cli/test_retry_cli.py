@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.test_restart import TOKEN, Server, free_port, wait_for
+from tests.support import fixture, forgejo_headers
 
 
 @pytest.fixture
@@ -65,3 +66,21 @@ def test_tasks_retry_queues_a_linked_task_through_the_service(server: Server) ->
 
     missing = cli(server, "tasks", "retry", "0000000000000000")
     assert missing.returncode == 1 and "no task with id" in missing.stderr
+
+
+def test_deliveries_replay_prints_one_readable_line_or_json(server: Server) -> None:
+    server.start()
+    body, _headers = fixture("push")
+    sent = server.client.post(
+        "/webhook", content=body, headers=forgejo_headers("push", body, "push-1", secret="s")
+    )
+    assert sent.status_code == 200, sent.text
+
+    replayed = cli(server, "deliveries", "replay", "push-1")
+    assert replayed.returncode == 0, replayed.stderr
+    lines = replayed.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("delivery push-1 replayed as replay-")
+    assert ": ignored: push events need no agent work" in lines[0]
+    as_json = cli(server, "deliveries", "replay", "push-1", "--json")
+    assert json.loads(as_json.stdout)["status"] == "ignored"

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -224,6 +227,19 @@ async def test_the_listener_connects_again_and_misses_nothing(
     await wait_until(lambda: after in cluster.gate_b.started, WITHIN)
 
 
+def tasks_log(config: Config, task_id: str) -> subprocess.CompletedProcess[str]:
+    """`claude-hooks tasks log` run beside a node: its database, its name, its API token."""
+    path = config.data_dir / "cli.toml"
+    token = config.server.api_token.get_secret_value() if config.server.api_token else ""
+    path.write_text(
+        f"[server]\ndata_dir = {json.dumps(str(config.data_dir))}\n"
+        f"database_url = {json.dumps(config.database_url)}\n"
+        f"node = {json.dumps(config.server.node)}\napi_token = {json.dumps(token)}\n"
+    )
+    argv = [sys.executable, "-m", "claude_hooks", "tasks", "log", task_id, "--config", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
 async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
     cluster.gate_b.lines = ["checking out", "working"]
     async with (
@@ -242,6 +258,9 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         assert whole.headers["x-task-state"] == "running"
         tail = await api.get(f"/api/tasks/{task_id}/log", params={"tail": 1})
         assert tail.text == "working\n"
+        # The CLI on node A reads it the same way, through node B's API.
+        shown = await asyncio.to_thread(tasks_log, cluster.a.config, task_id)
+        assert (shown.returncode, shown.stdout) == (0, "checking out\nworking\n"), shown.stderr
         # The dashboard shows the configured types' instances: nodes share one configuration.
         cluster.a.config.types["reviewer"] = cluster.b.config.types["reviewer"]
         overview = (await api.get("/")).text  # with the log tail of each running task
@@ -264,6 +283,9 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         gone = await api.get(f"/api/tasks/{task_id}/log")
         assert gone.status_code == 502
         assert "node-b" in gone.json()["error"] and "did not answer" in gone.json()["error"]
+        shown = await asyncio.to_thread(tasks_log, cluster.a.config, task_id)
+        assert shown.returncode == 1 and shown.stdout == ""
+        assert shown.stderr.startswith(f"error: the log of task {task_id} is on node node-b")
         second = await cluster.review(2)
         await wait_until(has(cluster.gate_b.started, second))
         assert "which did not answer (ConnectError" in (await api.get("/")).text

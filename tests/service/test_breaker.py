@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from claude_hooks.core.breaker import ApiFailure, Breaker, FailureKind, classify
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
+from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.support import instance_idle, make_config, queue_of, wait_until
 
@@ -127,6 +132,16 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
     for task_id in ids:
         task = await service.store.get_task(task_id)
         assert task is not None and task.state is TaskState.QUEUED and task.attempts == 0
+    # The task page of the one that ran says so, and shows its earlier output, not "waiting".
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)),
+        base_url="http://test",
+        headers={"Authorization": "Bearer test-token"},
+    )
+    async with client:
+        page = (await client.get(f"/tasks/{ids[0]}")).text
+    assert "it ran before and went back to its queue" in page
+    assert "waiting for the task to start…" not in page
 
     down.unlink()  # the API is back: the next probe succeeds and the queue drains
     await wait_until(lambda: instance_idle(service.store, "dev-alpha"), timeout=20)
@@ -187,3 +202,76 @@ async def test_an_open_breaker_stays_open_across_a_restart(
     assert probed_at >= open_until > failed_at  # the restarted service waited for the reset
     assert not limits.breaker("dev").is_open
     assert await service.store.spend.breaker_states() == []  # closed, and forgotten
+
+
+def _cli_json(config_path: Path, *args: str) -> Any:
+    argv = [sys.executable, "-m", "claude_hooks", *args, "--json", "--config", str(config_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def test_waiting_on_the_breaker_is_said_truly_where_people_look(
+    tmp_path: Path, start_service: ServiceFactory
+) -> None:
+    """While a trial run is under way the queue resumes when it answers, not after the
+    trial's time limit; `tasks list` and `agents list` (no service memory: the database)
+    show why the queue waits instead of `queued` and `idle`."""
+    down, hold = tmp_path / "api-down", tmp_path / "hold"
+    down.touch()
+    hold.touch()
+    script = (
+        "import os, sys, time; sys.stdin.read()\n"
+        f"if os.path.exists({str(down)!r}): sys.exit(75)\n"
+        f"while os.path.exists({str(hold)!r}): time.sleep(0.05)\n"
+    )
+    dev = {
+        "runner": "command",
+        "command": [sys.executable, "-c", script],
+        "workdir": "none",
+        "breaker_failures": 1,
+        "breaker_backoff": 2.0,
+        "breaker_exit_codes": [75],
+        "sandbox": False,
+    }
+    agents = [{"name": "dev-alpha", "type": "dev"}, {"name": "dev-beta", "type": "dev"}]
+    config = make_config(tmp_path, types={"dev": dev}, agents=agents)
+    cli_config = tmp_path / "cli.toml"
+    cli_config.write_text(
+        f'[server]\ndata_dir = "{config.data_dir}"\n\n'
+        '[types.dev]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
+    )
+    service = await start_service(config)
+    limits = service.pool.limits
+
+    def request(number: int) -> DispatchRequest:
+        return DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", number)
+
+    first = await service.pool.dispatch_by_type("dev", request(1))
+    await wait_until(lambda: limits.breaker("dev").is_open, timeout=20)
+    second = await service.pool.dispatch_by_type("dev", request(2))
+    down.unlink()  # the API is back: the trial run will hang on `hold` until released
+    await wait_until(lambda: "trial run" in getattr(limits.paused.get("dev"), "message", ""))
+    pause = limits.paused["dev"]
+    assert "the queue resumes when it gets an answer" in pause.message
+    assert "the next try is in" not in pause.message and pause.until is None
+
+    tasks = {row["id"]: row for row in _cli_json(cli_config, "tasks", "list")}
+    waiting = [row for row in tasks.values() if row["state"] == "queued"]
+    assert len(waiting) == 1 and waiting[0]["id"] in (first, second)
+    assert "a trial run decides when the queue resumes" in waiting[0]["waiting_for"]
+    states = {row["name"]: row for row in _cli_json(cli_config, "agents", "list")}
+    assert sorted(row["state"] for row in states.values()) == ["busy", "paused"]
+    assert all(row["paused"]["reason"] == "breaker" for row in states.values())
+
+    hold.unlink()
+    for task_id in (first, second):
+        await wait_until(lambda t=task_id: _succeeded(service, t), timeout=20)
+    assert "dev" not in limits.paused
+    rows = _cli_json(cli_config, "tasks", "list")
+    assert [row["waiting_for"] for row in rows] == [None, None]
+
+
+async def _succeeded(service: Service, task_id: str) -> bool:
+    task = await service.store.get_task(task_id)
+    return task is not None and task.state is TaskState.SUCCEEDED

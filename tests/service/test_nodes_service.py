@@ -3,9 +3,12 @@ move when a node stops or joins, and one node leads."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import pytest
 
 from claude_hooks.core.domain import TaskState
 from claude_hooks.service.runtime import Service
@@ -40,8 +43,9 @@ async def _finished(service: Service, task_id: str) -> bool:
 
 
 async def test_instances_spread_over_nodes_and_move_when_one_stops(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="claude_hooks")
     gate_one, gate_two = GateRunner(), GateRunner()
     async with running(tmp_path, pg_url, "one", gate_one) as one:
         assert set(one.pool.workers) == {"dev-a", "dev-b", "dev-c", "dev-d"}
@@ -51,6 +55,11 @@ async def test_instances_spread_over_nodes_and_move_when_one_stops(
             await wait_until(lambda: len(two.pool.workers) == 2, timeout=5)
             await wait_until(lambda: len(one.pool.workers) == 2, timeout=5)
             assert set(one.pool.workers).isdisjoint(two.pool.workers)
+            # Node one says what it let go and to whom each went, not that it was removed.
+            for name in two.pool.workers:
+                assert f"node one lets {name} go" in caplog.text
+                assert f"agent {name} let go: it goes to the next node with room" in caplog.text
+            assert "removed" not in caplog.text
             views = {v.name: v for v in await one.store.nodes.list_nodes(one.clock())}
             assert set(views["two"].instances) == set(two.pool.workers)
             assert views["one"].state == views["two"].state == "live"
@@ -65,6 +74,7 @@ async def test_instances_spread_over_nodes_and_move_when_one_stops(
         # Node two stopped cleanly, handing its running tasks back to the heads of their queues:
         # node one adopts its instances with their queues within a beat or two, and runs them.
         await wait_until(lambda: len(one.pool.workers) == 4, timeout=5)
+        assert "node two stops and lets go of dev-" in caplog.text
         views = {v.name: v for v in await one.store.nodes.list_nodes(one.clock())}
         assert views["two"].state == "stopped" and len(views["one"].instances) == 4
         await wait_until(lambda: set(gate_one.started) == {t.id for t in tasks}, timeout=5)
@@ -108,3 +118,17 @@ async def test_a_node_declared_dead_stops_its_agents_and_loses_no_write(
         assert again is not None and again.state is TaskState.RUNNING and again.attempts == 2
         gate.release_all()
         await wait_until(lambda: _finished(one, task.id))
+
+
+async def test_one_sqlite_host_does_not_claim_to_lead_a_cluster(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="claude_hooks")
+    config = make_config(tmp_path, agents=AGENTS)
+    service = await Service.open(config, lambda _type: GateRunner())
+    await service.start()
+    try:
+        assert service.node.leading
+    finally:
+        await service.stop()
+    assert "leads the cluster's duties" not in caplog.text

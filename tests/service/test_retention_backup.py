@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.service.retention import DAY, Retention
@@ -20,6 +22,7 @@ from claude_hooks.store.base import Outcome
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.rejections import Rejection
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.support import make_config, run_cli, wait_until
 
@@ -118,6 +121,19 @@ async def test_the_service_prunes_on_a_schedule(
     task = await service.store.get_task("old0000000000000")
     assert task is not None and task.state is TaskState.SUCCEEDED
     assert (await history_view(service.store, task))["log_pruned"] is True
+    # The API (what the dashboard shows) and `tasks log` say the same: pruned, and when.
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)),
+        base_url="http://test",
+        headers={"Authorization": "Bearer test-token"},
+    )
+    async with client:
+        shown = (await client.get("/api/tasks/old0000000000000/log")).text
+    assert shown.startswith("the log of task old0000000000000 was pruned on ")
+    assert shown.endswith(" UTC (server.retention_days)\n")
+    cli = await asyncio.to_thread(run_cli, "tasks", "log", "old0000000000000", config=config)
+    assert (cli.returncode, cli.stdout) == (1, "")
+    assert cli.stderr == f"error: {shown}"
 
 
 async def test_backup_while_the_service_runs_and_never_overwrites(

@@ -277,6 +277,9 @@ async def test_a_paused_type_shows_on_the_dashboard_the_api_and_the_metrics(
     )
     assert by_issue.returncode == 0, by_issue.stderr
     assert '"issue": "acme/widget#1"' in by_issue.stdout and '"cost_usd": 1.25' in by_issue.stdout
+    table = await asyncio.to_thread(cli, path, "costs", "--since", "2026-04-01")
+    assert table.returncode == 0, table.stderr
+    assert "Counts only runs that reported a cost" in " ".join(table.stdout.split())
     bad = await asyncio.to_thread(cli, path, "costs", "--since", "yesterday")
     assert bad.returncode == 2 and "--since 'yesterday': give a date as YYYY-MM-DD" in bad.stderr
     unknown = await asyncio.to_thread(cli, path, "budget", "set", "qa", "--daily", "3")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.config import config_path, load_config
+from claude_hooks.config_env import RESERVED
 from claude_hooks.errors import ConfigError
 
 TEAM = """
@@ -150,3 +151,53 @@ def test_a_misspelt_type_in_the_environment_creates_no_type(team_file: Path) -> 
     assert config.types["dev"].token is not None
     assert config.types["dev"].token.get_secret_value() == "tok"
     assert config.types["dev"].env == {"ANTHROPIC_API_KEY": "key"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "closest"),
+    [
+        ("CLAUDE_HOOKS_TYPE__DEV__TOKEN", "CLAUDE_HOOKS_TYPES__DEV__TOKEN"),
+        ("CLAUDE_HOOKS_SERVR__PORT", "CLAUDE_HOOKS_SERVER__PORT"),
+        ("CLAUDE_HOOKS_SERVER_PORT", "CLAUDE_HOOKS_SERVER__PORT"),
+        ("CLAUDE_HOOKS_FORGEJO_URL", "CLAUDE_HOOKS_FORGEJO__URL"),
+        ("CLAUDE_HOOKS_SERVER__PROT", "CLAUDE_HOOKS_SERVER__PORT"),
+    ],
+)
+def test_a_misspelt_variable_is_an_error_naming_the_closest_setting(
+    team_file: Path, variable: str, closest: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(team_file, environ={variable: "8080"})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: ")
+    assert f"did you mean {closest}?" in message
+    assert "\n" not in message
+
+
+def test_the_names_the_project_reserves_are_not_settings(team_file: Path) -> None:
+    """What agents are given (so a `claude-hooks` command an agent runs still loads), the
+    config file's variable and the tests' and benchmarks' servers; the README lists them."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name in sorted(RESERVED):
+        assert f"`{name}`" in readme, name
+    config = load_config(team_file, environ=dict.fromkeys(RESERVED, "x"))
+    assert sorted(config.types) == ["dev"]
+
+
+def test_a_bare_argument_naming_a_file_beside_the_config_is_that_file(tmp_path: Path) -> None:
+    (tmp_path / "sleep_agent.py").write_text("print('hi')\n")
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "claude-hooks.toml"
+    path.write_text(
+        '[types.dev]\nrunner = "command"\nworkdir = "none"\n'
+        'command = ["python3", "sleep_agent.py", "data", "-u", "missing.py"]\n'
+    )
+    config = load_config(path, environ={})
+    # The program stays a name looked up on PATH; a folder or a missing file is left as written.
+    assert config.types["dev"].command == [
+        "python3",
+        str(tmp_path / "sleep_agent.py"),
+        "data",
+        "-u",
+        "missing.py",
+    ]

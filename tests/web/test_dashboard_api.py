@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from claude_hooks.service.runtime import Service
+from claude_hooks.store.schema import tasks
 from claude_hooks.web.auth import COOKIE_NAME
 from claude_hooks.web.logs import render_claude_line, tail_offset
 from tests.dashboard_fixtures import AUTH, CSRF, LoggingGate, dashboard_config, serve
@@ -394,6 +395,56 @@ async def test_claude_log_as_text(
     assert raw.text.splitlines() == runner.lines
     tail = await client.get(f"/api/tasks/{task_id}/log", params={"format": "text", "tail": 1})
     assert tail.text == "result: success, 3 turns, $0.50\nOpened #18\n"
+
+
+async def test_the_task_page_lists_every_run_its_log_holds(
+    client: httpx.AsyncClient, service: Service, runner: LoggingGate
+) -> None:
+    """Two runs the API breaker sent back (no attempt counted) and the one running now."""
+    failed = "Claude API error (HTTP 529): Overloaded"
+    records: list[dict[str, Any]] = []
+    for at in (100.0, 200.0):
+        records += [
+            {"type": "claude_hooks", "event": "start", "at": at},
+            {"type": "result", "subtype": "success", "is_error": True, "result": failed},
+            {"type": "claude_hooks", "event": "finished", "at": at + 5, "succeeded": False,
+             "error": failed},
+        ]  # fmt: skip
+    records.append({"type": "claude_hooks", "event": "start", "at": 300.0})
+    runner.lines = [json.dumps(r) for r in records]
+    task_id = await queue(client, "ai")
+    await wait_until(lambda: task_id in runner.started)
+    page = (await client.get(f"/tasks/{task_id}")).text
+    runs = page[page.index('<ol class="runs">') : page.index("</ol>", page.index('class="runs"'))]
+    assert runs.count(f"failed: {failed}") == 2
+    assert runs.count("<li>") == 3 and "running</li>" in runs
+    # An attempt lost with a node that died: counted, its log on that node.
+    with service.store.engine.begin() as conn:
+        conn.execute(tasks.update().where(tasks.c.id == task_id).values(attempts=4))
+    page = (await client.get(f"/tasks/{task_id}")).text
+    assert "1 attempt not in this log: run on another node" in page
+
+
+def test_a_result_claude_marks_as_an_error_reads_as_one() -> None:
+    """Claude Code ends an API failure with subtype `success` and `is_error`: the log must not
+    say `result: success` just before the runner's `finished succeeded=false`."""
+    failed = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "api_error_status": 529,
+        "num_turns": 1,
+        "total_cost_usd": 0,
+        "result": "API Error: 529 Overloaded",
+    }
+    assert render_claude_line(json.dumps(failed)) == [
+        "result: error, API status 529, 1 turns, $0.00",
+        "API Error: 529 Overloaded",
+    ]
+    limited = {**failed, "subtype": "error_max_turns", "api_error_status": None}
+    assert render_claude_line(json.dumps(limited))[0] == (
+        "result: error (error_max_turns), 1 turns, $0.00"
+    )
 
 
 def test_log_helpers_on_odd_input(tmp_path: Path) -> None:

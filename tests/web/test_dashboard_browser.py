@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,55 @@ async def test_phone_layout_has_no_sideways_scroll(browser: Any, base_url: str) 
     await expect(page.locator("#type-dev")).to_be_visible()
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
+    await context.close()
+
+
+async def test_a_busy_day_fits_its_cards_dates_are_iso_and_metrics_keep_the_dashboard(
+    browser: Any, base_url: str, service: Service, tmp_path: Path
+) -> None:
+    """At 1280 px a day of many deliveries of every outcome stays inside its card; times read
+    2026-12-07 14:05:09 UTC on pages as in banners, whatever the browser's locale; the
+    Prometheus text opens beside the dashboard, not instead of it."""
+    counts = {"queued": 1234, "ignored": 567, "cancelled": 89, "pending": 12, "error": 345}
+    now = time.time()
+    for outcome, count in counts.items():
+        for index in range(count):
+            record = DeliveryRecord(
+                id=f"{outcome}-{index}",
+                flavor="forgejo",
+                event="issues",
+                event_type="issues",
+                received_at=now,
+                body="{}",
+                outcome=outcome,
+            )
+            await service.store.intake.add_delivery(record, None)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    page = await context.new_page()
+    await page.goto(base_url + "/login")
+    await page.fill("#token", "test-token")
+    await page.click("button[type=submit]")
+    card = page.locator(".stat", has_text="deliveries today")
+    await expect(card).to_contain_text("89 cancelled")
+    overflowing = await page.evaluate(
+        "[...document.querySelectorAll('.stat, .stat .v')]"
+        ".filter((el) => el.scrollWidth > el.clientWidth).length"
+    )
+    assert overflowing == 0
+    await page.screenshot(path=str(tmp_path / "stats-1280.png"))
+
+    await page.goto(base_url + "/deliveries")
+    shown = await page.locator("time[data-ts]").first.text_content()
+    assert shown is not None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+", shown), shown
+
+    metrics = page.locator("header nav a[href='/metrics']")
+    assert await metrics.get_attribute("target") == "_blank"
+    async with context.expect_page() as opened:
+        await metrics.click()
+    beside = await opened.value
+    await expect(beside.locator("body")).to_contain_text("claude_hooks_deliveries_total")
+    assert page.url == base_url + "/deliveries"  # the dashboard is still there
     await context.close()
 
 

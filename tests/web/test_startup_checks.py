@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.errors import ConfigError
 from claude_hooks.store.sql import SqlStore
 from claude_hooks.web.server import check_startup
+from tests.service.test_restart import free_port
 from tests.support import make_config
 
 CLAUDE_HOOKS = str(Path(sys.executable).parent / "claude-hooks")
@@ -219,11 +221,36 @@ async def test_doctor_reports_the_credentials_and_flags_weak_secrets(tmp_path: P
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
 
 
-async def test_serve_starts_with_one_log_format_and_warns_of_missing_credentials(
+SERVED_TEAM = """
+[server]
+host = "127.0.0.1"
+port = 0
+data_dir = "data"
+webhook_secret = "change-me-webhook-secret"
+api_token = "change-me-api-token"
+
+[forgejo]
+url = "http://127.0.0.1:{forge_port}"
+retries = 0
+
+[types.dev]
+runner = "claude"
+token = "dev-token"
+env = {{ ANTHROPIC_API_KEY = "sk-ant-test" }}
+
+[[agents]]
+name = "dev-alpha"
+type = "dev"
+"""
+
+
+async def test_serve_logs_each_failing_check_and_starts_while_the_forge_is_down(
     tmp_path: Path,
 ) -> None:
+    """Nothing listens at the forge's address: that is an outage, which never keeps the
+    service from (re)starting; serve says so in its one log format, and starts."""
     path = tmp_path / "claude-hooks.toml"
-    path.write_text(CLAUDE_TEAM.format(host="127.0.0.1"))
+    path.write_text(SERVED_TEAM.format(forge_port=free_port()))
     process = await asyncio.create_subprocess_exec(
         CLAUDE_HOOKS,
         "serve",
@@ -247,9 +274,45 @@ async def test_serve_starts_with_one_log_format_and_warns_of_missing_credentials
     assert all(LOG_LINE.match(line) for line in lines), lines
     assert not any("alembic" in line for line in lines), lines
     warnings = [line for line in lines if " WARNING " in line]
-    assert len(warnings) == 1, lines
-    assert (
-        "WARNING claude_hooks: type dev uses the claude runner but has no Anthropic"
-        in (warnings[0])
-    )
+    said = [line for line in warnings if "WARNING claude_hooks: doctor: " in line]
+    assert len(said) == 1, lines
+    assert "WARNING claude_hooks: doctor: types.dev.token: " in said[0]
+    assert said[0].endswith("(see 'claude-hooks doctor')")
+    # Besides, only the forge client's own word of the failed look-up.
+    assert all("claude_hooks.forge.client" in line for line in set(warnings) - set(said)), lines
     assert any("uvicorn" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        (
+            lambda text: text.replace('env = { ANTHROPIC_API_KEY = "sk-ant-test" }\n', ""),
+            "types.dev credentials: none: set ANTHROPIC_API_KEY",
+        ),
+        (
+            lambda text: text.replace("[forgejo]\nurl", "[forgejo]\n# url"),
+            "types.dev: workdir = 'worktree' needs [forgejo] url",
+        ),
+    ],
+)
+def test_serve_refuses_a_configuration_that_cannot_work_in_one_line(
+    tmp_path: Path, change: Callable[[str], str], refused: str
+) -> None:
+    path = tmp_path / "claude-hooks.toml"
+    path.write_text(change(SERVED_TEAM.format(forge_port=free_port())))
+    result = subprocess.run(
+        [CLAUDE_HOOKS, "serve", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_environ(HOME=str(tmp_path)),
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: {refused}")
+    assert result.stderr.endswith(
+        ": serve refuses a configuration that cannot work (see 'claude-hooks doctor')\n"
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "data").exists()

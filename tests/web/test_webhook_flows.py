@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.service.history import DELIVERY_OUTCOMES
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app
@@ -204,7 +205,15 @@ async def test_unassigning_cancels_running_and_queued_work(
 
     answer = await send(client, "issues_unassigned", "unassign-17", to_issue_17)
     assert answer.status_code == 200
+    assert answer.json()["status"] == "cancelled"
     assert sorted(answer.json()["cancelled"]) == sorted([work, mention["id"]])
+    # Recorded as what it did, with the tasks it cancelled; `--outcome cancelled` finds it.
+    record = await service.store.intake.get_delivery("unassign-17")
+    assert record is not None
+    assert (record.outcome, sorted(record.task_ids)) == ("cancelled", sorted([work, mention["id"]]))
+    listed = await service.store.intake.list_deliveries(10, 0, outcome="cancelled")
+    assert [d.id for d in listed] == ["unassign-17"]
+    assert "cancelled" in DELIVERY_OUTCOMES  # what `deliveries list --outcome` accepts
     await wait_until(lambda: gate.cancelled == [work])
     states = {t.id: t.state.value for t in await service.store.list_tasks(TaskFilter(), 10, 0)}
     assert states == {work: "cancelled", mention["id"]: "cancelled"}

@@ -6,6 +6,7 @@ same problems later, one task at a time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -22,11 +23,13 @@ from claude_hooks.agents.runners.claude import locate_cli
 from claude_hooks.agents.sandbox import INSTALL_HINT, find_bwrap
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.exposure import is_loopback, weak_secrets
-from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.errors import ClaudeHooksError, NoDatabaseYet
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.lockfile import running_service
 from claude_hooks.store.sql import SqlStore
 
+# How long `serve` waits for the forge's answers at start: a down forge delays it no longer.
+STARTUP_FORGE_SECONDS = 5.0
 PG_CHECK_TIMEOUT = 5  # seconds: a database that does not answer is already reported
 
 
@@ -36,6 +39,7 @@ class Check:
     subject: str
     detail: str
     warning: bool = False  # worth knowing, not a failure
+    fatal: bool = False  # failing, it cannot work whatever the forge's state: serve refuses it
 
 
 def _executable(name: str) -> str | None:
@@ -79,7 +83,12 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
             yield check
         return
     try:
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, create=False)
+    except NoDatabaseYet as exc:
+        yield Check(True, "database", str(exc), warning=True)
+        async for check in _machine_checks(config):
+            yield check
+        return
     except ClaudeHooksError as exc:
         yield Check(False, "database", str(exc))
         return
@@ -152,11 +161,19 @@ def _runner_checks(config: Config) -> list[Check]:
             except ClaudeHooksError as exc:
                 checks.append(Check(False, f"{subject}.prompts", str(exc)))
         elif type_config.runner == "merge" and not config.forgejo.url:
-            checks.append(Check(False, subject, "the merge runner needs [forgejo] url"))
+            checks.append(Check(False, subject, "the merge runner needs [forgejo] url", fatal=True))
         if type_config.workdir == "worktree" and not (
             config.forgejo.clone_url or config.forgejo.url
         ):
-            checks.append(Check(False, subject, "workdir = 'worktree' needs [forgejo] url"))
+            checks.append(
+                Check(
+                    False,
+                    subject,
+                    "workdir = 'worktree' needs [forgejo] url (or workdir = 'none' to try "
+                    "without a forge)",
+                    fatal=True,
+                )
+            )
     sandboxed = sorted(n for n, t in config.types.items() if t.sandbox and t.runner != "merge")
     if sandboxed:
         bwrap = find_bwrap()
@@ -189,6 +206,7 @@ def _runner_checks(config: Config) -> list[Check]:
                     f"{credential.what} from {credential.source}"
                     if credential
                     else f"none: {HOW_TO}",
+                    fatal=True,
                 )
             )
     return checks
@@ -199,6 +217,31 @@ def _egress(entries: list[str]) -> str:
     if not entries:
         return "no host (the agents reach nothing but the service's proxy)"
     return "the agents may reach " + ", ".join(entries) + " (through the service's proxy)"
+
+
+def startup_checks(config: Config) -> list[Check]:
+    """What `serve` checks before it starts, without the network: a fatal one refuses."""
+    return _runner_checks(config)
+
+
+async def startup_forge_checks(config: Config) -> list[Check]:
+    """The forge's checks within STARTUP_FORGE_SECONDS. A forge that does not answer is a
+    warning, never fatal: an outage must never keep the service from restarting."""
+    checks: list[Check] = []
+    try:
+        async with asyncio.timeout(STARTUP_FORGE_SECONDS):
+            async for check in _forge_checks(config):
+                checks.append(check)
+    except TimeoutError:
+        checks.append(
+            Check(
+                False,
+                "forgejo",
+                f"{config.forgejo.url} did not answer within {STARTUP_FORGE_SECONDS:g} s",
+                warning=True,
+            )
+        )
+    return checks
 
 
 def _limit_checks(config: Config) -> list[Check]:

@@ -27,16 +27,23 @@ from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_
 from claude_hooks.cli.simulate import simulate_command
 from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
 from claude_hooks.core.domain import Task, TaskState
-from claude_hooks.errors import ClaudeHooksError, ConfigError, StoreError, UnknownTaskError
+from claude_hooks.errors import (
+    ClaudeHooksError,
+    ConfigError,
+    NotFoundError,
+    StoreError,
+    UnknownTaskError,
+)
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import control
 from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, delivery_rows
+from claude_hooks.service.limits import Pause, stored_pauses
 from claude_hooks.service.lockfile import running_service
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup
-from claude_hooks.store.base import Store, TaskFilter
+from claude_hooks.store.base import NodeAddress, Store, TaskFilter
 from claude_hooks.store.sql import SqlStore
 
 T = TypeVar("T")
@@ -129,7 +136,7 @@ async def _with_store(
             f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
             "'claude-hooks serve' creates it; pass --config if you meant another configuration"
         )
-    store = await SqlStore.open(config.database_url)
+    store = await SqlStore.open(config.database_url, create=create)
     try:
         return await action(store)
     finally:
@@ -157,7 +164,8 @@ def serve(
     ] = False,
 ) -> None:
     """Start the service: webhook intake, API, and one worker per agent instance."""
-    from claude_hooks.web.server import run_server
+    from claude_hooks.cli.doctor import startup_checks, startup_forge_checks
+    from claude_hooks.web.server import check_startup, run_server
 
     config = _config(config_file)
     if host is not None:
@@ -165,7 +173,18 @@ def serve(
     if port is not None:
         config.server.port = port
     try:
-        run_server(config, insecure_no_signature=insecure_no_signature)
+        check_startup(config, insecure_no_signature)
+        failing = [check for check in startup_checks(config) if not check.ok]
+        refused = [f"{check.subject}: {check.detail}" for check in failing if check.fatal]
+        if refused:
+            raise ConfigError(
+                f"{'; '.join(refused)}: serve refuses a configuration that cannot work "
+                "(see 'claude-hooks doctor')"
+            )
+        configure_logging(config.server.log_level)  # the forge client's warnings, in format
+        failing += [check for check in asyncio.run(startup_forge_checks(config)) if not check.ok]
+        problems = [f"{check.subject}: {check.detail}" for check in failing]
+        run_server(config, insecure_no_signature=insecure_no_signature, problems=problems)
     except ConfigError as exc:
         _fail(str(exc), USAGE_ERROR)
     except ClaudeHooksError as exc:
@@ -242,18 +261,28 @@ def init(
 # agents
 
 
+def _paused_json(pause: Pause | None) -> dict[str, Any] | None:
+    """A type's pause as the API gives it (`GET /api/agents`)."""
+    if pause is None:
+        return None
+    return {"reason": pause.reason, "message": pause.message, "until": pause.until}
+
+
 def _agent_rows(config: Config) -> list[dict[str, Any]]:
     async def rows(store: Store) -> list[dict[str, Any]]:
+        paused = await stored_pauses(config, store, time.time())
         return [
             {
                 "name": i.name,
                 "type": i.type,
                 "enabled": i.enabled,
-                "state": i.state,
+                # An idle instance of a paused type is not idle: its queue waits.
+                "state": "paused" if i.state == "idle" and i.type in paused else i.state,
                 "current_task": i.running,
                 "queued": len(i.queue),
                 "node": i.node,
                 "pinned_node": i.pinned_node,
+                "paused": _paused_json(paused.get(i.type)),
             }
             for i in await store.instances()
         ]
@@ -269,6 +298,7 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
         _print_json(rows)
         return
     table = Table("name", "type", "enabled", "state", "current task", "queued", "node")
+    paused: dict[str, str] = {}
     for row in rows:
         table.add_row(
             row["name"],
@@ -280,7 +310,11 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
             (row["node"] or "-")
             + (f" (pinned to {row['pinned_node']})" if row["pinned_node"] else ""),
         )
+        if row["paused"]:
+            paused[row["type"]] = row["paused"]["message"]
     out.print(table)
+    for agent_type, message in sorted(paused.items()):
+        out.print(f"{agent_type} waits: {message}")
 
 
 # nodes
@@ -412,17 +446,38 @@ def tasks_list(
     async def fetch(store: Store) -> list[dict[str, Any]]:
         tasks = await store.list_tasks(where, limit, 0)
         positions = await store.queue_positions(t.id for t in tasks)
-        return [task_view(t, positions.get(t.id)) for t in tasks]
+        paused = await stored_pauses(config, store, time.time())
+        return [
+            {
+                **task_view(t, positions.get(t.id)),
+                "waiting_for": paused[t.type].message
+                if t.state is TaskState.QUEUED and t.type in paused
+                else None,
+            }
+            for t in tasks
+        ]
 
     rows = _run(_with_store(config, fetch))
     if as_json:
         _print_json(rows)
         return
-    table = Table("id", "type", "agent", "kind", "state", "target", "attempts", "enqueued", "error")
+    table = Table(
+        "id",
+        "type",
+        "agent",
+        "kind",
+        "state",
+        "target",
+        "attempts",
+        "enqueued",
+        "error / waits for",
+    )
     for row in rows:
         state_text = row["state"]
         if row["queue_position"]:
             state_text += f" #{row['queue_position']}"
+        if row["waiting_for"]:
+            state_text += ", paused"
         table.add_row(
             row["id"],
             row["type"],
@@ -432,7 +487,7 @@ def tasks_list(
             f"{row['repo']}#{row['number']}",
             str(row["attempts"]),
             (row["enqueued_at"] or "")[:19],
-            (row["error"] or "")[:60],
+            (row["error"] or row["waiting_for"] or "")[:60],
         )
     out.print(table)
 
@@ -481,26 +536,6 @@ def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
 FOLLOW_POLL = 0.25  # seconds between looks at a followed log
 
 
-def _log_lines(config: Config, task: Task, raw: bool) -> Callable[[bytes], bytes]:
-    """How log bytes are shown: the claude runner's JSON lines made readable, unless `raw`."""
-    type_config = config.types.get(task.type)
-    if raw or type_config is None or type_config.runner != "claude":
-        return lambda chunk: chunk
-    from claude_hooks.web.logs import render_claude_line
-
-    partial = b""
-
-    def render(chunk: bytes) -> bytes:
-        nonlocal partial
-        complete, _, partial = (partial + chunk).rpartition(b"\n")
-        lines = complete.decode("utf-8", "replace").split("\n") if complete else []
-        return "".join(
-            f"{shown}\n" for line in lines for shown in render_claude_line(line)
-        ).encode()
-
-    return render
-
-
 @tasks_app.command("log")
 def tasks_log(
     task_id: str,
@@ -512,15 +547,36 @@ def tasks_log(
     ] = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Print a task's log; with -f, follow it until the task ends."""
+    """Print a task's log; with -f, follow it until the task ends. A task another node ran is
+    read through that node's API, as the dashboard does."""
+    from claude_hooks.web.logs import LogRenderer, is_claude_log, pruned_line
+    from claude_hooks.web.peer_logs import open_peer_log
+
     config = _config(config_file)
+    write = sys.stdout.buffer.write
+
+    async def relayed(task: Task, home: NodeAddress) -> int:
+        token = config.server.api_token
+        params = {"follow": str(follow).lower(), "format": "raw" if raw else "text"}
+        relay = await open_peer_log(
+            token.get_secret_value() if token else None, home, task.id, params
+        )
+        size = 0
+        async for chunk in relay.chunks(asyncio.Event()):
+            size += len(chunk)
+            write(chunk)
+            sys.stdout.flush()
+        return size
 
     async def show_log(store: Store) -> tuple[Task, int]:
         task = await store.get_task(task_id)
         if task is None:
             raise UnknownTaskError(task_id)
         path = config.data_dir / "logs" / f"{task.id}.log"
-        show = _log_lines(config, task, raw)
+        home = await store.node_of(task.id)
+        if home is not None and home.name != config.server.node and not path.exists():
+            return task, await relayed(task, home)
+        renderer = LogRenderer(not raw and is_claude_log(config, task))
         offset = 0
         while True:
             try:
@@ -530,10 +586,13 @@ def tasks_log(
             except FileNotFoundError:
                 chunk = b""
             offset += len(chunk)
-            sys.stdout.buffer.write(show(chunk))
+            write(renderer.feed(chunk))
             sys.stdout.flush()
             # The state is read before the last look at the file: nothing written is missed.
             if not follow or task.state.finished:
+                write(renderer.flush())
+                if offset == 0 and (pruned := (await store.notes.get_note(task.id)).log_pruned_at):
+                    raise NotFoundError(pruned_line(task, pruned))
                 return task, offset
             await asyncio.sleep(FOLLOW_POLL)
             task = await store.get_task(task_id) or task
@@ -612,9 +671,32 @@ def _print_rejections(rows: list[dict[str, Any]]) -> None:
 
 
 @deliveries_app.command("replay")
-def deliveries_replay(delivery_id: str, config_file: ConfigOption = None) -> None:
+def deliveries_replay(
+    delivery_id: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the service's answer as JSON.")
+    ] = False,
+    config_file: ConfigOption = None,
+) -> None:
     """Run a stored delivery through the flows again (needs the running service)."""
-    _print_json(_post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay"))
+    body = _post_to_service(_config(config_file), f"/api/deliveries/{delivery_id}/replay")
+    if as_json:
+        _print_json(body)
+        return
+    out.print(_replayed(delivery_id, body))
+
+
+def _replayed(delivery_id: str, body: dict[str, Any]) -> str:
+    """`delivery X replayed as replay-…: queued task T on dev-1 (assigned to dev)`."""
+    line = f"delivery {delivery_id} replayed as {body.get('delivery', '?')}: {body.get('status')}"
+    tasks = [f"task {t['id']} on {t['agent']}" for t in body.get("tasks", [])]
+    if tasks:
+        line += " " + ", ".join(tasks)
+    if body.get("cancelled"):
+        line += " (cancelled " + ", ".join(f"task {t}" for t in body["cancelled"]) + ")"
+    if body.get("reason"):
+        line += f": {body['reason']}"
+    return line
 
 
 def _post_to_service(config: Config, path: str) -> dict[str, Any]:

@@ -62,7 +62,8 @@ def _type_table(name: str) -> str:
     return (
         f"[types.{name}]\n"
         f'login = "{name}"        # its Forgejo account; work assigned to it goes to this type\n'
-        '# token = "…"           # that account\'s access token, given to its agents\n'
+        '# token = "…"           # that account\'s access token: the service acts and pushes\n'
+        "#                       # with it; it is never given to the agents (see agent_token)\n"
         'runner = "claude"       # Claude Code; "command" runs any program instead\n'
         'model = "sonnet"\n'
         "max_budget_usd = 5.0    # per task\n"

@@ -53,9 +53,11 @@ def _config(path: Path | None) -> Config:
         _fail(str(exc), 2)
 
 
-def _with_store(config: Config, action: Callable[[SqlStore], Awaitable[T]]) -> T:
+def _with_store(
+    config: Config, action: Callable[[SqlStore], Awaitable[T]], create: bool = True
+) -> T:
     async def run() -> T:
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, create=create)
         try:
             return await action(store)
         finally:
@@ -91,7 +93,7 @@ def _when(timestamp: float, config: Config) -> str:
 def budget_show(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Every budget in force, what was spent in its period, and when it resets."""
     config = _config(config_file)
-    lines = _with_store(config, lambda s: budget_report(config, s.spend, time.time()))
+    lines = _with_store(config, lambda s: budget_report(config, s.spend, time.time()), create=False)
     if as_json:
         _print_json([line.as_dict() for line in lines])
         return
@@ -183,7 +185,7 @@ def costs(
     """What the agents' runs cost, per type, repository, issue or day."""
     config = _config(config_file)
     start = _since(since, config)
-    rows = _with_store(config, lambda s: s.spend.cost_rows(start))
+    rows = _with_store(config, lambda s: s.spend.cost_rows(start), create=False)
     lines = group_costs(rows, by, zone_of(config.server.timezone))
     if as_json:
         _print_json(
@@ -196,3 +198,7 @@ def costs(
     total = sum(line.cost_usd for line in lines)
     table.add_row("total", str(sum(line.tasks for line in lines)), f"${total:.2f}")
     out.print(table)
+    out.print(
+        "Counts only runs that reported a cost: claude runs that reached a result "
+        "(command and merge runs report none)."
+    )

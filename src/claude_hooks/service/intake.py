@@ -66,19 +66,28 @@ def _entry(task: Task, merged: bool) -> dict[str, Any]:
     }
 
 
+def _outcome(applied: Applied) -> str:
+    """`queued` if it placed work, `cancelled` if it only cancelled some, else `ignored`."""
+    if applied.tasks:
+        return "queued"
+    return "cancelled" if applied.cancelled else "ignored"
+
+
 def _settler(record: DeliveryRecord, decision: flows.Decision, applied: Applied) -> Settle:
     """What to record with the tasks placed for `record`: the outcome `Intake._run` gives."""
 
     def settle(
         placements: list[Placement], failure: NoInstanceError | None
     ) -> tuple[DeliveryRecord, Assigned | None, list[Reset]]:
-        done = Applied(applied.tasks + [_entry(p.task, merged=False) for p in placements])
-        record.task_ids = [task["id"] for task in done.tasks]
+        done = Applied(
+            applied.tasks + [_entry(p.task, merged=False) for p in placements], applied.cancelled
+        )
+        record.task_ids = [task["id"] for task in done.tasks] + done.cancelled
         if failure is not None:
             record.outcome, record.reason = "error", str(failure)
             kept = _kept(decision, done)
             return record, kept.assigned if kept is not None else None, decision.resets
-        record.outcome = "queued" if done.tasks else "ignored"
+        record.outcome = _outcome(done)
         record.reason = decision.reason
         return record, decision.assigned, decision.resets
 
@@ -333,9 +342,8 @@ class Intake:
             return Verdict("error", reason, 500, applied, _kept(decision, applied))
         if applied.seen:
             return Verdict("duplicate", "", 200, applied, None)
-        outcome = "queued" if applied.tasks else "ignored"
         status = 202 if applied.tasks else 200
-        return Verdict(outcome, decision.reason, status, applied, decision)
+        return Verdict(_outcome(applied), decision.reason, status, applied, decision)
 
     async def steer(self, decision: flows.Decision) -> None:
         """Send each steering mention into its session's running task; where none runs it
@@ -393,7 +401,7 @@ class Intake:
 
     def _fill(self, record: DeliveryRecord, verdict: Verdict) -> None:
         record.outcome, record.reason = verdict.outcome, verdict.reason
-        record.task_ids = [task["id"] for task in verdict.applied.tasks]
+        record.task_ids = [task["id"] for task in verdict.applied.tasks] + verdict.applied.cancelled
 
     def _published(self, record: DeliveryRecord) -> None:
         self._count(record.outcome)

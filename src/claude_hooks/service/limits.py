@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 from claude_hooks.config import Config, zone_of
@@ -88,21 +89,11 @@ class Limits:
 
     def limits_of(self, agent_type: str) -> list[Limit]:
         """The budgets a type counts against; none for runners that report no cost."""
-        if self.config.types[agent_type].runner != "claude":
-            return []
-        return limits_for(agent_type, self.config, self.overrides)
+        return _limits_of(self.config, agent_type, self.overrides)
 
     async def reached(self, agent_type: str) -> Reached | None:
         limits = self.limits_of(agent_type)
-        if not limits:
-            return None
-        now = self.clock()
-        spent: dict[Limit, float] = {}
-        for limit in limits:
-            start, end = bounds(limit.period, now, self.zone)
-            scope = None if limit.scope == TEAM else limit.scope
-            spent[limit] = await self.store.spend.spent(scope, start, end)
-        return first_reached(limits, spent, now, self.zone)
+        return await _first_reached(self.store, limits, self.clock(), self.zone)
 
     async def restore(self) -> None:
         """Take up the breakers that API failures left open or counting before a restart."""
@@ -136,15 +127,22 @@ class Limits:
             message = reached.describe(self.zone)
             return Pause(agent_type, "budget", message, reached.resets_at)
         breaker = self.breaker(agent_type)
-        wait = breaker.wait(self.clock(), task_id)
+        now = self.clock()
+        wait = breaker.wait(now, task_id)
         if wait is None:
             return None
         last = breaker.last.detail if breaker.last else "API failures"
+        paused = f"type {agent_type!r} is paused after {breaker.failures} API failures in a row"
+        if breaker.open_until is not None and now < breaker.open_until:
+            message = f"{paused} ({last}); the next try is in {wait:.0f} s"
+            return Pause(agent_type, "breaker", message, now + wait)
+        # A trial run is under way: the queue resumes as soon as it gets an answer; `wait` is
+        # only how long it is given before another task tries instead.
         message = (
-            f"type {agent_type!r} is paused after {breaker.failures} API failures in a row "
-            f"({last}); the next try is in {wait:.0f} s"
+            f"{paused} ({last}); trial run {breaker.probe_task or '(one task)'} is under way: "
+            f"the queue resumes when it gets an answer (another tries after {wait:.0f} s)"
         )
-        return Pause(agent_type, "breaker", message, self.clock() + wait)
+        return Pause(agent_type, "breaker", message, None)
 
     async def wait_until_open(self, agent_type: str, task_id: str) -> bool:
         """False at once when a task of the type may start; else wait until that may have
@@ -259,3 +257,49 @@ class Limits:
             if reached is not None:
                 log.warning("stopping task %s: %s", task.id, reached.describe(self.zone))
                 await self.pool.cancel_task(task.id)
+
+
+def _limits_of(config: Config, agent_type: str, overrides: Overrides) -> list[Limit]:
+    if config.types[agent_type].runner != "claude":
+        return []
+    return limits_for(agent_type, config, overrides)
+
+
+async def _first_reached(
+    store: Store, limits: list[Limit], now: float, zone: tzinfo
+) -> Reached | None:
+    if not limits:
+        return None
+    spent: dict[Limit, float] = {}
+    for limit in limits:
+        start, end = bounds(limit.period, now, zone)
+        scope = None if limit.scope == TEAM else limit.scope
+        spent[limit] = await store.spend.spent(scope, start, end)
+    return first_reached(limits, spent, now, zone)
+
+
+async def stored_pauses(config: Config, store: Store, now: float) -> dict[str, Pause]:
+    """Why each type waits, from what the database holds (budgets, spend, the breakers that
+    are open): for readers without the service's memory, such as the CLI."""
+    zone = zone_of(config.server.timezone)
+    overrides = await store.spend.budgets()
+    pauses: dict[str, Pause] = {}
+    for state in await store.spend.breaker_states():
+        if state.type not in config.types or state.open_until is None:
+            continue
+        paused = f"type {state.type!r} is paused after {state.failures} API failures in a row"
+        if now < state.open_until:
+            message = (
+                f"{paused} ({state.detail}); the next try is in {state.open_until - now:.0f} s"
+            )
+            pauses[state.type] = Pause(state.type, "breaker", message, state.open_until)
+        else:
+            message = f"{paused} ({state.detail}); a trial run decides when the queue resumes"
+            pauses[state.type] = Pause(state.type, "breaker", message, None)
+    for agent_type in config.types:
+        limits = _limits_of(config, agent_type, overrides)
+        reached = await _first_reached(store, limits, now, zone)
+        if reached is not None:
+            message = reached.describe(zone)
+            pauses[agent_type] = Pause(agent_type, "budget", message, reached.resets_at)
+    return pauses

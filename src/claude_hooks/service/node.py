@@ -103,7 +103,9 @@ class Node:
 
     async def leave(self) -> None:
         """After the workers stopped: let go of the instances and the lead."""
-        await self.store.nodes.leave(self.info, self.clock())
+        released = await self.store.nodes.leave(self.info, self.clock())
+        if released:
+            log.info("node %s stops and lets go of %s", self.name, ", ".join(released))
 
     async def _run(self) -> None:
         interval = beat_seconds(self.info.lease_seconds)
@@ -149,7 +151,9 @@ class Node:
     async def _lead(self) -> None:
         leading = await self.store.nodes.lead(LEAD_DUTY, self.info, self.clock())
         if leading and not self.leading:
-            log.info("node %s leads the cluster's duties", self.name)
+            # One SQLite host is no cluster: it always leads, and saying so misleads.
+            if not self.config.database_url.startswith("sqlite"):
+                log.info("node %s leads the cluster's duties", self.name)
             for duty in self.duties:
                 duty.start()
         elif self.leading and not leading:

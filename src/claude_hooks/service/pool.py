@@ -287,6 +287,15 @@ def _outcome(result: RunResult) -> Outcome:
     )
 
 
+def _gone(agent: AgentInstance | None) -> str:
+    """Why this node no longer runs an instance it ran: the log's words for it."""
+    if agent is None:
+        return "removed"
+    if agent.node is None:
+        return "let go: it goes to the next node with room"
+    return f"handed over to node {agent.node}"
+
+
 class Pool:
     """The registry of this process's workers, and `dispatch_by_type` through the store."""
 
@@ -411,7 +420,8 @@ class Pool:
     async def sync_agents(self) -> None:
         """Bring the workers in line with the instances this node holds in the `agents` table
         (changed by the CLI, and by the node taking and letting go of instances)."""
-        rows = {agent.name: agent for agent in await self.store.list_agents() if self._holds(agent)}
+        every = {agent.name: agent for agent in await self.store.list_agents()}
+        rows = {name: agent for name, agent in every.items() if self._holds(agent)}
         for name, agent in rows.items():
             worker = self.workers.get(name)
             if worker is None:
@@ -430,7 +440,7 @@ class Pool:
                 worker.retiring = True
                 worker.enabled = False
                 worker.wake()
-                log.info("agent %s removed", name)
+                log.info("agent %s %s", name, _gone(every.get(name)))
         await self._redispatch(await self.store.orphaned_tasks())
 
     # dispatch

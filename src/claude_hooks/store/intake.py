@@ -23,7 +23,8 @@ from claude_hooks.store.schema import (
 from claude_hooks.store.spend import write_reset
 from claude_hooks.store.upsert import upsert
 
-OUTCOMES = ("queued", "ignored", "duplicate", "error", "pending")
+# `cancelled`: the delivery placed no work but cancelled some (an unassignment, a closed PR).
+OUTCOMES = ("queued", "cancelled", "ignored", "duplicate", "error", "pending")
 
 
 @dataclass(slots=True)

@@ -68,7 +68,7 @@ class NodeView:
 class NodeStore(Protocol):
     async def join(self, node: NodeInfo, now: float) -> None: ...
     async def heartbeat(self, node: NodeInfo, now: float) -> bool: ...
-    async def leave(self, node: NodeInfo, now: float) -> None: ...
+    async def leave(self, node: NodeInfo, now: float) -> list[str]: ...
     async def rescue(self, max_attempts: int, now: float) -> list[Recovered]: ...
     async def rebalance(self, node: NodeInfo, now: float) -> Moves: ...
     async def lead(self, duty: str, node: NodeInfo, now: float) -> bool: ...
@@ -212,16 +212,26 @@ class SqlNodes:
             )
             return result.rowcount > 0
 
-    async def leave(self, node: NodeInfo, now: float) -> None:
-        """A clean stop: let go of every instance and every duty."""
+    async def leave(self, node: NodeInfo, now: float) -> list[str]:
+        """A clean stop: let go of every instance and every duty; the instances let go."""
         with self.engine.begin() as conn:
-            conn.execute(agents.update().where(agents.c.node == node.name).values(node=None))
+            held = sorted(
+                conn.scalars(
+                    sa.select(agents.c.name).where(agents.c.node == node.name).with_for_update()
+                ).all()
+            )
+            conn.execute(
+                agents.update()
+                .where(agents.c.name.in_(held), agents.c.node == node.name)
+                .values(node=None)
+            )
             conn.execute(leaders.delete().where(leaders.c.incarnation == node.incarnation))
             conn.execute(
                 nodes.update()
                 .where(nodes.c.name == node.name, nodes.c.incarnation == node.incarnation)
                 .values(stopped_at=now)
             )
+        return held
 
     async def rescue(self, max_attempts: int, now: float) -> list[Recovered]:
         """Declare nodes whose lease ran out dead; requeue their tasks, free their instances."""

@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
-from claude_hooks.errors import ConflictError, NoInstanceError, StoreError, UnknownAgentError
+from claude_hooks.errors import (
+    ConflictError,
+    NoDatabaseYet,
+    NoInstanceError,
+    StoreError,
+    UnknownAgentError,
+)
 from claude_hooks.store import groups, placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
@@ -383,7 +389,9 @@ class SqlStore:
         self.steering = SqlSteering(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str) -> SqlStore:
+    async def open(cls, url: str, create: bool = True) -> SqlStore:
+        """The store on `url`, its schema brought up to date. Without `create`, a database
+        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -393,6 +401,13 @@ class SqlStore:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
             with engine.begin() as conn:
+                if not create and _current_revision(conn) is None:
+                    engine.dispose()
+                    reader.dispose()
+                    raise NoDatabaseYet(
+                        f"the database at {parsed.render_as_string(hide_password=True)!r} has "
+                        "no tables yet: 'claude-hooks serve' creates them"
+                    )
                 _upgrade(conn)
         except sa.exc.SQLAlchemyError as exc:
             engine.dispose()

@@ -41,7 +41,7 @@ from claude_hooks.service.rejections import hint
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.views import MAX_OFFSET, history_view
 from claude_hooks.store.base import InstanceView, TaskFilter
-from claude_hooks.store.intake import DeliveryRecord
+from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
 from claude_hooks.web import spend
 from claude_hooks.web.auth import (
     COOKIE_NAME,
@@ -50,7 +50,7 @@ from claude_hooks.web.auth import (
     token_matches,
 )
 from claude_hooks.web.login_limit import LoginLimit
-from claude_hooks.web.logs import log_tail
+from claude_hooks.web.logs import claude_runs, log_tail, renders_json
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -194,7 +194,7 @@ async def _stats(service: Service, instances: list[InstanceView]) -> dict[str, A
             target.instances += 1
             target.busy += instance.running is not None
             target.queued += len(instance.queue)
-    outcomes = {outcome: 0 for outcome in ("queued", "ignored", "error", "duplicate", "pending")}
+    outcomes = {outcome: 0 for outcome in OUTCOMES}
     for delivered in await store.delivery_tallies(since):
         outcomes[delivered.outcome] = outcomes.get(delivered.outcome, 0) + delivered.count
     return {
@@ -464,12 +464,19 @@ def single_task_view(service: Service, task_id: str) -> View:
             retryable=task.state in task_actions.RETRYABLE,
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
+            ran_before=_ran_before(service, task),
+            runs=claude_runs(service.pool.log_path(task.id)) if renders_json(service, task) else [],
             timeline=_timeline(task, delivery),
             steers=await service.store.steering.of_task(task.id),
             **_common(service),
         )
 
     return View("task", {"id": task_id}, {"task": detail}, _task_events({"task"}))
+
+
+def _ran_before(service: Service, task: Task) -> bool:
+    """A queued task with a log here ran before: the API breaker or a stop sent it back."""
+    return task.state is TaskState.QUEUED and service.pool.log_path(task.id).exists()
 
 
 def _timeline(
@@ -698,7 +705,8 @@ async def task_page(request: Request, task_id: str) -> Response:
     task = await service.store.get_task(task_id)
     if task is None:
         raise UnknownTaskError(task_id)
-    return await _page(request, "task.html", single_task_view(service, task_id), task=task)
+    view = single_task_view(service, task_id)
+    return await _page(request, "task.html", view, task=task, ran_before=_ran_before(service, task))
 
 
 @router.get("/deliveries")

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import UnknownTaskError
 from claude_hooks.service.events import Subscription
@@ -85,7 +88,13 @@ def _user(record: dict[str, Any]) -> list[str]:
 
 
 def _result(record: dict[str, Any]) -> list[str]:
-    parts = [str(record.get("subtype", "done"))]
+    # Claude Code reports an API error as subtype `success` with `is_error`: say `error`.
+    subtype = str(record.get("subtype", "done"))
+    if record.get("is_error"):
+        subtype = "error" if subtype == "success" else f"error ({subtype})"
+    parts = [subtype]
+    if record.get("is_error") and record.get("api_error_status") is not None:
+        parts.append(f"API status {record['api_error_status']}")
     if record.get("num_turns") is not None:
         parts.append(f"{record['num_turns']} turns")
     if isinstance(record.get("total_cost_usd"), int | float):
@@ -126,8 +135,66 @@ def render_claude_line(line: str) -> list[str]:
 
 def renders_json(service: Service, task: Task) -> bool:
     """Whether the task's log is the claude runner's JSON lines."""
-    type_config = service.config.types.get(task.type)
+    return is_claude_log(service.config, task)
+
+
+def is_claude_log(config: Config, task: Task) -> bool:
+    type_config = config.types.get(task.type)
     return type_config is not None and type_config.runner == "claude"
+
+
+def pruned_line(task: Task, pruned_at: float) -> str:
+    """What a reader of a pruned log is told, on the dashboard and by `tasks log` alike."""
+    when = datetime.fromtimestamp(pruned_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"the log of task {task.id} was pruned on {when} (server.retention_days)"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a task, as the claude runner's log tells it."""
+
+    started_at: float | None
+    finished_at: float | None = None
+    succeeded: bool | None = None
+    error: str | None = None
+
+
+def claude_runs(path: Path) -> list[Run]:
+    """Every run in a claude runner's log, from its `start` and `finished` events. The log
+    keeps all runs of a task, also those the API breaker or a stop sent back to the queue
+    without counting an attempt: `attempts` alone would hide them."""
+    runs: list[Run] = []
+    try:
+        stream = path.open("rb")
+    except FileNotFoundError:
+        return runs
+    with stream:
+        for raw in stream:
+            if b'"claude_hooks"' not in raw:
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or record.get("type") != "claude_hooks":
+                continue
+            at = record.get("at")
+            at = float(at) if isinstance(at, int | float) else None
+            if record.get("event") == "start":
+                runs.append(Run(at))
+            elif record.get("event") == "finished":
+                error = record.get("error")
+                ended = Run(
+                    runs[-1].started_at if runs and runs[-1].finished_at is None else None,
+                    at,
+                    bool(record.get("succeeded")),
+                    _short(str(error)) if error else None,
+                )
+                if runs and runs[-1].finished_at is None:
+                    runs[-1] = ended
+                else:
+                    runs.append(ended)
+    return runs
 
 
 def tail_lines(path: Path, count: int, as_json: bool, window: int = CHUNK) -> list[str]:
@@ -183,7 +250,7 @@ def _read(path: Path, offset: int) -> bytes:
         return b""
 
 
-class _Renderer:
+class LogRenderer:
     """Bytes of the log in, bytes of the answer out: whole lines rendered, or passed through."""
 
     def __init__(self, as_json: bool) -> None:
@@ -231,7 +298,7 @@ async def _stream(
     closing: asyncio.Event,
     task: Task,
     offset: int,
-    renderer: _Renderer,
+    renderer: LogRenderer,
     follow: bool,
 ) -> AsyncIterator[bytes]:
     path = service.pool.log_path(task.id)
@@ -294,7 +361,8 @@ async def task_log(
         raise UnknownTaskError(task_id)
     closing: asyncio.Event = request.app.state.closing
     relayed = RELAYED in request.headers
-    if follow and task.state is TaskState.QUEUED and not relayed:
+    ran_here = service.pool.log_path(task.id).exists()  # sent back to its queue after a run
+    if follow and task.state is TaskState.QUEUED and not relayed and not ran_here:
         # Where it will run, and so where its log will be, is known once it starts.
         task = await _started(service, closing, task)
     home = await home_of(service, task.id, relayed)
@@ -303,10 +371,14 @@ async def task_log(
         if tail is not None:
             params["tail"] = str(tail)
         body = (await open_relay(service, home, task.id, params)).chunks(closing)
+    elif not service.pool.log_path(task.id).exists() and (
+        pruned := (await service.store.notes.get_note(task.id)).log_pruned_at
+    ):
+        body = _lines([pruned_line(task, pruned)])
     else:
         path = service.pool.log_path(task.id)
         offset = tail_offset(path, tail) if tail is not None else 0
-        renderer = _Renderer(format == "text" and renders_json(service, task))
+        renderer = LogRenderer(format == "text" and renders_json(service, task))
         body = _stream(service, closing, task, offset, renderer, follow)
     return StreamingResponse(
         body,
@@ -317,6 +389,10 @@ async def task_log(
             "X-Task-State": task.state.value,
         },
     )
+
+
+async def _lines(lines: list[str]) -> AsyncIterator[bytes]:
+    yield "".join(f"{line}\n" for line in lines).encode()
 
 
 async def _started(service: Service, closing: asyncio.Event, task: Task) -> Task:
@@ -337,4 +413,9 @@ async def log_tail(service: Service, task: Task, count: int) -> list[str]:
     if home is not None:
         lines = await peer_tail(service, home, task.id, count)
         return [_short(line, 240) if len(line) > 240 else line for line in lines]
-    return tail_lines(service.pool.log_path(task.id), count, renders_json(service, task))
+    path = service.pool.log_path(task.id)
+    if not path.exists() and (
+        pruned := (await service.store.notes.get_note(task.id)).log_pruned_at
+    ):
+        return [pruned_line(task, pruned)]
+    return tail_lines(path, count, renders_json(service, task))

@@ -82,7 +82,8 @@ def _pool(found: list[InstanceView], types: Iterable[str]) -> list[Metric]:
 async def _stored(store: Store) -> list[Metric]:
     delivered = CounterMetricFamily(
         "claude_hooks_deliveries",
-        "Webhook deliveries by event type and outcome (queued, ignored, duplicate, error)",
+        "Webhook deliveries by event type and outcome "
+        "(queued, cancelled, ignored, duplicate, error, pending)",
         labels=["event_type", "outcome"],
     )
     finished = CounterMetricFamily(

@@ -84,6 +84,16 @@ async def open_relay(
     service: Service, home: NodeAddress, task_id: str, params: dict[str, str]
 ) -> Relay:
     """Ask `home` for the log; PeerUnreachableError (a 502) if it cannot answer."""
+    token = service.config.server.api_token
+    return await open_peer_log(
+        token.get_secret_value() if token is not None else None, home, task_id, params
+    )
+
+
+async def open_peer_log(
+    token: str | None, home: NodeAddress, task_id: str, params: dict[str, str]
+) -> Relay:
+    """`open_relay` for any client holding the API token: the CLI's `tasks log` too."""
     where = f"the log of task {task_id} is on node {home.name}"
     if not home.url:
         raise PeerUnreachableError(
@@ -91,12 +101,12 @@ async def open_relay(
             "on that node (or server.host to an address this node can reach)"
         )
     follow = params.get("follow") == "true"
-    token = service.config.server.api_token
     url = f"{home.url}/api/tasks/{quote(task_id, safe='')}/log?{urlencode(params)}"
     # Bytes as they were written: a compressed answer could expand without bound.
     headers = {RELAYED: "1", "Accept-Encoding": "identity"}
     if token is not None:
-        headers[SIGNATURE_HEADER] = sign(relay_key(token.get_secret_value()), "GET", url, home.name)
+        # A signature for this request only: the node's URL came from the database.
+        headers[SIGNATURE_HEADER] = sign(relay_key(token), "GET", url, home.name)
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(None if follow else READ_SECONDS, connect=CONNECT_SECONDS)
     )

@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -14,7 +15,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from claude_hooks.agents import resources
-from claude_hooks.agents.credentials import HOW_TO, claude_credential
 from claude_hooks.config import Config
 from claude_hooks.core.exposure import is_loopback, weak_secrets
 from claude_hooks.errors import ConfigError
@@ -71,18 +71,6 @@ def check_startup(config: Config, insecure_no_signature: bool) -> None:
         )
 
 
-def warn_missing_credentials(config: Config) -> None:
-    """A claude type without credentials fails every task: say so once, at start."""
-    for name, type_config in sorted(config.types.items()):
-        if type_config.runner == "claude" and (claude_credential(name, type_config) is None):
-            log.warning(
-                "type %s uses the claude runner but has no Anthropic credentials, so its tasks "
-                "will fail: %s",
-                name,
-                HOW_TO,
-            )
-
-
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it
@@ -99,10 +87,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(config: Config, insecure_no_signature: bool = False) -> None:
+def run_server(
+    config: Config, insecure_no_signature: bool = False, problems: Sequence[str] = ()
+) -> None:
+    """`problems`: what `doctor` found failing that does not stop the service, logged first."""
     check_startup(config, insecure_no_signature)
     configure_logging(config.server.log_level)
-    warn_missing_credentials(config)
+    for problem in problems:
+        log.warning("doctor: %s (see 'claude-hooks doctor')", problem)
     if insecure_no_signature and config.server.webhook_secret is None:
         log.warning(
             "webhook signatures are NOT checked (--insecure-no-signature): "

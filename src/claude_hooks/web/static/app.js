@@ -23,11 +23,14 @@
     });
     root.querySelectorAll("time[data-ts]:not([data-done])").forEach((el) => {
       const at = new Date(Number(el.dataset.ts) * 1000);
-      // Always the date and the zone: a time alone is ambiguous once a page is shared.
-      el.textContent = at.toLocaleString([], {
-        hour12: false, year: "numeric", month: "2-digit", day: "2-digit",
-        hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
-      });
+      // Always the date and the zone: a time alone is ambiguous once a page is shared. ISO
+      // order (2026-12-07 14:05:09 UTC), as the server writes its banners, in every locale.
+      const pad = (n) => String(n).padStart(2, "0");
+      const zone = new Intl.DateTimeFormat([], { timeZoneName: "short" })
+        .formatToParts(at).find((part) => part.type === "timeZoneName");
+      el.textContent = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} ` +
+        `${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}` +
+        (zone ? ` ${zone.value}` : "");
       el.title = at.toISOString();
       el.dataset.done = "1";
     });
