@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -177,6 +178,12 @@ class ServerConfig(_Section):
         ge=1024 * 1024,
         description="largest delivery spool; beyond it deliveries are answered 503",
     )
+    comment_edit_interval: float = Field(
+        10.0, ge=0, description="seconds between two edits of one living status comment"
+    )
+    public_url: str = Field(
+        "", description="where people reach the dashboard (links in forge comments); default: none"
+    )
 
     @model_validator(mode="after")
     def _known_zone(self) -> ServerConfig:
@@ -311,7 +318,21 @@ class TypeConfig(_Section):
     max_budget_usd: float = Field(5.0, gt=0)
     timeout: float = Field(3600.0, gt=0)
     workdir: Literal["worktree", "none"] = "worktree"
-    comments: bool = True
+    comments: Literal["living", "each", "off"] = Field(
+        "living",
+        description="living: one comment per task, edited as it moves; each: a comment per "
+        "step; off: none (true means living, false off)",
+    )
+    while_running: Literal["steer", "queue"] = Field(
+        "steer",
+        description="a mention while the session runs: steer reaches the running agent, "
+        "queue makes a task after the run",
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="labels whose adding to an issue or PR assigns it to this type "
+        "(removing one unassigns it), e.g. ['agent:dev']",
+    )
     rebalance: Literal["none", "steal"] = Field(
         "none",
         description="steal: an idle instance with an empty queue takes queued work from a peer",
@@ -375,6 +396,14 @@ class TypeConfig(_Section):
         for entry in self.egress:
             parse_egress(entry)
         return self
+
+    @field_validator("comments", mode="before")
+    @classmethod
+    def _comments_from_bool(cls, value: object) -> object:
+        """Files written when `comments` was a bool keep loading."""
+        if isinstance(value, bool):
+            return "living" if value else "off"
+        return value
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> TypeConfig:
@@ -462,6 +491,11 @@ class Config(_Section):
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
+
+    def types_of_labels(self, labels: Iterable[str]) -> set[str]:
+        """The agent types one of `labels` triggers (`[types.<t>] labels`)."""
+        names = set(labels)
+        return {t for t, c in self.types.items() if names.intersection(c.labels)}
 
     def type_of_login(self, login: str) -> str | None:
         """The agent type whose Forgejo account this is (logins compare case-insensitively)."""

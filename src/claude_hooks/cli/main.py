@@ -21,6 +21,7 @@ from rich.table import Table
 from claude_hooks import __version__
 from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.cli import spend as spend_cli
+from claude_hooks.cli.labels import labels_app
 from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
 from claude_hooks.cli.policy import policy_app, write_example
 from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
@@ -80,6 +81,7 @@ app.command("simulate")(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget")
 app.add_typer(policy_app, name="policy")
 app.command("costs")(spend_cli.costs)
+app.add_typer(labels_app, name="labels")
 
 # Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200

@@ -11,7 +11,7 @@ its own record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from claude_hooks.core.domain import DispatchRequest
 
@@ -34,6 +34,21 @@ class Label:
     repo: str
     number: int
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForgeCommand:
+    """A command a comment addressed to an agent login, for the intake to carry out."""
+
+    word: str  # one of flows.COMMANDS
+    agent_type: str
+    repo: str
+    number: int  # the issue or PR commented on: replies go there
+    session: str  # the session key the command is about
+    keys: tuple[str, ...]  # the session keys whose work `stop` cancels
+    comment_id: int
+    sender: str
+    allowed: bool  # False: the sender may not trigger work, and is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +100,8 @@ Assigned = tuple[str, int, frozenset[str]]  # (repo, number, the agent types ass
 Reset = tuple[str, int, float]  # (repo, issue, since): a human's event resets its loop guard
 FixAttempt = tuple[str, int, str]  # (repo, pull request, head sha): one more fix of its CI
 ReviewRound = tuple[str, int]  # (repo, issue): one more changes-requested round
+Labels = tuple[str, int, frozenset[str]]  # (repo, number, the labels on it now)
+Retarget = tuple[str, dict[str, Any]]  # (session key, payload fields its queued review takes)
 
 
 @dataclass(slots=True)
@@ -105,6 +122,15 @@ class Decision:
     cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
     # Issues whose loop guard a human's event resets (see `loop_guard`).
     resets: list[Reset] = field(default_factory=list)
+    # Commands in a comment (`service.commands`), carried out by the intake.
+    commands: list[ForgeCommand] = field(default_factory=list)
+    # The labels now on (repo, number), saved with the dispatches (as `assigned`): not saved
+    # when placing failed, so the label is seen as new when replayed.
+    labels: Labels | None = None
+    # Mentions to send into their session's running task, or else to dispatch (`steering`).
+    steer: list[tuple[str, DispatchRequest]] = field(default_factory=list)
+    # Queued reviews to point at a PR's new head, written with the decision.
+    retarget: list[Retarget] = field(default_factory=list)
 
     def link(self, repo: str, pr_number: int) -> PullLink | None:
         """A pull link this decision records, as the view will read it once applied."""
@@ -125,3 +151,7 @@ class IntakeView(Protocol):
     async def fix_attempts(self, repo: str, pr_number: int, sha: str) -> int: ...
     async def guard(self, repo: str, number: int) -> IssueGuard | None: ...
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]: ...
+    async def labels(self, repo: str, number: int) -> set[str]: ...
+    async def last_review(self, session_key: str) -> tuple[str, str] | None:
+        """The session's last finished review: the head it looked at and its result."""
+        ...

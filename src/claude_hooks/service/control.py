@@ -90,8 +90,10 @@ async def cancel_task(
         raise UnknownTaskError(task_id)
     written = await store.cancel_tasks([task_id], Cause(by, delivery_id, time.time()))
     if written.cancelled:
-        message = f"task {task_id} cancelled (was queued)"
-        return CancelRequest(task_id, TaskState.QUEUED, task.agent, message)
+        # A held task (its session paused) waits like a queued one and is cancelled the same.
+        was = TaskState.HELD if task.state is TaskState.HELD else TaskState.QUEUED
+        message = f"task {task_id} cancelled (was {was.value})"
+        return CancelRequest(task_id, was, task.agent, message)
     if written.stopping:
         message = (
             f"task {task_id} is running on {task.agent}: cancel requested, "

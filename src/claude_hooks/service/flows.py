@@ -19,14 +19,17 @@ from claude_hooks.config import Config
 from claude_hooks.core.decision import (
     CiWatch,
     Decision,
+    ForgeCommand,
     ForgeComment,
     IntakeView,
     PullLink,
+    Retarget,
     ignore,
 )
 from claude_hooks.core.domain import DispatchRequest, TaskKind, session_key
 from claude_hooks.forge.payloads import (
     ActionRunPayload,
+    Issue,
     IssueCommentPayload,
     IssuePayload,
     Payload,
@@ -39,6 +42,14 @@ from claude_hooks.forge.payloads import (
 _MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
 _BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
+COMMANDS = ("stop", "status", "retry", "pause", "resume", "help")
+_QUEUE = re.compile(r"@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+queue:", re.IGNORECASE)
+# A command is a line that is exactly `@<login> <word>`: "@dev-bot stop using globals" is a
+# mention, not a command.
+_COMMAND = re.compile(
+    rf"^[ \t]*@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+({'|'.join(COMMANDS)})[ \t]*\.?[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 SenderCheck = Callable[[str, str], Awaitable[bool]]  # (repo, login) -> may trigger work
@@ -65,6 +76,11 @@ def mentioned_logins(text: str) -> list[str]:
     for login in _MENTION.findall(text):
         seen.setdefault(login.rstrip("."), None)
     return list(seen)
+
+
+def commands_in(text: str) -> list[tuple[str, str]]:
+    """The (login, command word) of each line of `text` that is a command, in order."""
+    return [(login.rstrip("."), word.lower()) for login, word in _COMMAND.findall(text)]
 
 
 def linked_issue(pull: PullRequest) -> int:
@@ -210,6 +226,67 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
     )
 
 
+async def handle_labels(ctx: FlowContext, payload: IssuePayload | PullRequestPayload) -> Decision:
+    """A label event is an assignment of each type whose trigger label it added, and an
+    unassignment of each whose label it removed. It carries the labels after the change, so
+    what changed is the difference with the labels last seen on the issue."""
+    link = None
+    if isinstance(payload, PullRequestPayload):
+        link = await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
+    return _linked(await _labelled(ctx, payload), link)
+
+
+async def _labelled(ctx: FlowContext, payload: IssuePayload | PullRequestPayload) -> Decision:
+    repo, sender = payload.repository.full_name, payload.sender.login
+    if isinstance(payload, IssuePayload):
+        item: Issue | PullRequest = payload.issue
+        is_pull = payload.issue.is_pull
+    else:
+        item, is_pull = payload.pull_request, True
+    number = item.number
+    now = {label.name for label in item.labels}
+    before = await ctx.view.labels(repo, number)
+    state = (repo, number, frozenset(now))
+    added = sorted(ctx.config.types_of_labels(now) - ctx.config.types_of_labels(before))
+    removed = sorted(ctx.config.types_of_labels(before) - ctx.config.types_of_labels(now))
+    decision = Decision(labels=state)
+    reasons = []
+    if removed:
+        decision.cancel = [session_key(t, repo, number) for t in removed]
+        reasons.append(f"label removed: cancelling the work of {', '.join(removed)}")
+    sender_type = ctx.config.type_of_login(sender)
+    if sender_type in added:
+        added.remove(sender_type)
+        reasons.append(f"{sender!r} labelled for itself: an agent never triggers its own type")
+    if added:
+        if not await _allowed(ctx, repo, sender):
+            # Not saved: the next label event by an allowed sender starts the work.
+            return _not_allowed(sender, repo)
+        reasons.append(f"labelled for {', '.join(added)}")
+        decision.dispatch = [
+            _request(
+                ctx,
+                t,
+                TaskKind.WORK_ISSUE,
+                repo,
+                number,
+                title=item.title,
+                body=item.body,
+                html_url=item.html_url,
+                sender=sender,
+                issue_number=number,
+                is_pull=is_pull,
+                comment_on=number,
+                label=sorted(set(ctx.config.types[t].labels) & now)[0],
+            )
+            for t in added
+        ]
+    if not reasons:
+        reasons.append(f"labels {', '.join(sorted(now)) or '(none)'}: no agent label changed")
+    decision.reason = f"{repo}#{number} " + "; ".join(reasons)
+    return decision
+
+
 async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
     pull, repo, sender = payload.pull_request, payload.repository.full_name, payload.sender.login
     reviewer = payload.requested_reviewer
@@ -224,8 +301,13 @@ async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload)
         return ignore(f"{reviewer.login!r} opened #{pull.number}: it does not review its own PR")
     if not await _allowed(ctx, repo, sender):
         return _not_allowed(sender, repo)
+    # The session's last finished review: (the head it looked at, its result).
+    earlier = await ctx.view.last_review(session_key(agent_type, repo, pull.number))
+    if earlier is not None and earlier[0] == pull.head.sha:
+        earlier = None  # the same head again: a whole review, as the first
+    since = f" (again: what changed since {earlier[0][:10]})" if earlier else ""
     return Decision(
-        reason=f"review of {repo}#{pull.number} requested from {agent_type}",
+        reason=f"review of {repo}#{pull.number} requested from {agent_type}{since}",
         dispatch=[
             _request(
                 ctx,
@@ -235,6 +317,8 @@ async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload)
                 pull.number,
                 sender=sender,
                 author=pull.user.login,
+                reviewed_head=earlier[0] if earlier else None,
+                previous_review=earlier[1][:4000] if earlier else None,
                 **_pull_fields(pull),
             )
         ],
@@ -429,6 +513,13 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
         return ignore(f"comment {payload.action}: only new comments are read")
     if ctx.config.type_of_login(sender) is not None:
         return ignore(f"comment by the agent account {sender!r}: agents do not wake each other")
+    commands = [
+        (t, word)
+        for login, word in commands_in(payload.comment.body)
+        if (t := ctx.config.type_of_login(login)) is not None
+    ]
+    if commands:
+        return await handle_commands(ctx, payload, commands)
     types = [
         t
         for login in mentioned_logins(payload.comment.body)
@@ -439,6 +530,11 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
     if not await _allowed(ctx, repo, sender):
         return _not_allowed(sender, repo)
     link = await ctx.view.pull_link(repo, issue.number) if payload.is_pull else None
+    queued = {
+        t
+        for login in _QUEUE.findall(payload.comment.body)
+        if (t := ctx.config.type_of_login(login.rstrip("."))) is not None
+    }
     dispatch = []
     for agent_type in dict.fromkeys(types):
         number = link.issue_number if link and link.author_type == agent_type else issue.number
@@ -461,10 +557,51 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
                 comment_on=issue.number,
             )
         )
+    # While the session runs, a mention steers it, unless `@<login> queue:` or the type says.
+    steer = [
+        (t, r)
+        for t, r in dispatch
+        if t not in queued and ctx.config.types[t].while_running == "steer"
+    ]
     return Decision(
         reason=f"{sender} mentioned {', '.join(t for t, _ in dispatch)} on {repo}#{issue.number}",
-        dispatch=dispatch,
+        dispatch=[d for d in dispatch if d not in steer],
+        steer=steer,
     )
+
+
+async def handle_commands(
+    ctx: FlowContext, payload: IssueCommentPayload, commands: list[tuple[str, str]]
+) -> Decision:
+    """A comment with command lines: each is carried out by the intake (`service.commands`);
+    its other lines are not read as mentions."""
+    issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
+    allowed = await _allowed(ctx, repo, sender)
+    link = await ctx.view.pull_link(repo, issue.number) if payload.is_pull else None
+    decision = Decision(
+        reason=f"{sender} commanded "
+        + ", ".join(f"{t} {word}" for t, word in dict.fromkeys(commands))
+        + f" on {repo}#{issue.number}"
+        + ("" if allowed else f" (refused: {sender!r} may not trigger agents)")
+    )
+    for agent_type, word in dict.fromkeys(commands):
+        # An agent's PR continues its issue's session; stop ends the work on both numbers.
+        number = link.issue_number if link and link.author_type == agent_type else issue.number
+        numbers = sorted({number, issue.number})
+        decision.commands.append(
+            ForgeCommand(
+                word=word,
+                agent_type=agent_type,
+                repo=repo,
+                number=issue.number,
+                session=session_key(agent_type, repo, number),
+                keys=tuple(session_key(agent_type, repo, n) for n in numbers),
+                comment_id=payload.comment.id,
+                sender=sender,
+                allowed=allowed,
+            )
+        )
+    return decision
 
 
 def _closed_keys(ctx: FlowContext, repo: str, numbers: set[int]) -> list[str]:
@@ -495,12 +632,20 @@ async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> 
             unwatch=[(repo, pull.number)],
         )
         return _linked(closed, link)
+    retarget: list[Retarget] = []
+    if payload.action == "synchronized":
+        # A review still queued reviews the new head; a push never asks for a review itself.
+        fields = {"head_sha": pull.head.sha, "head_ref": pull.head.ref}
+        retarget = [(session_key(t, repo, pull.number), fields) for t in ctx.config.types]
     if link is None:
-        return ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+        decision = ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+        decision.retarget = retarget
+        return decision
     decision = ignore(
         f"recorded {link.author_type}'s pull request {repo}#{pull.number} "
         f"(continues #{link.issue_number}, head {link.head_sha[:10]})"
     )
+    decision.retarget = retarget
     if payload.action in ("opened", "reopened", "synchronized") and ctx.config.flows.poll_ci:
         decision.watch = CiWatch(repo, pull.number, pull.head.sha, ctx.now)
         decision.reason += "; watching its CI status"
@@ -514,6 +659,8 @@ async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> D
     if isinstance(payload, IssuePayload):
         if event_type == "issue_assign":
             return await handle_issue_assigned(ctx, payload)
+        if event_type == "issue_label":
+            return await handle_labels(ctx, payload)
         if event_type == "issues" and payload.action == "closed":
             return await handle_closed_issue(ctx, payload)
     elif isinstance(payload, PullRequestPayload):
@@ -526,6 +673,8 @@ async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> D
             return await handle_approved(ctx, payload)
         elif event_type in ("pull_request", "pull_request_sync"):
             return await handle_pull_request(ctx, payload)
+        elif event_type == "pull_request_label":
+            return await handle_labels(ctx, payload)
         else:
             seen = await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
     elif isinstance(payload, IssueCommentPayload):

@@ -29,6 +29,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows
+from claude_hooks.service.commands import Commands
 from claude_hooks.service.events import Event
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
@@ -36,11 +37,13 @@ from claude_hooks.service.rejections import RejectionLog
 from claude_hooks.service.spool import Spool, SpoolError
 from claude_hooks.service.storage_faults import RETRY_AFTER, StorageFaults
 from claude_hooks.service.sweep import Sweeper
+from claude_hooks.store import wakeups
 from claude_hooks.store.base import Placement, Settle
 from claude_hooks.store.decisions import Cause
 from claude_hooks.store.faults import fault_reason, is_disconnect, is_storage_fault
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
 from claude_hooks.store.pending import PendingEntry
+from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,9 @@ def _outcome(applied: Applied) -> str:
     return "cancelled" if applied.cancelled else "ignored"
 
 
-def _settler(record: DeliveryRecord, decision: Decision) -> Settle:
-    """What to record with the tasks placed for `record`: the outcome `Intake._run` gives."""
+def _settler(record: DeliveryRecord, decision: Decision, before: Applied) -> Settle:
+    """What to record with the tasks placed for `record`: the outcome `Intake._run` gives.
+    `before`: what the delivery's forge commands did, carried out before the decision."""
 
     def settle(
         placements: list[Placement],
@@ -93,7 +97,8 @@ def _settler(record: DeliveryRecord, decision: Decision) -> Settle:
         failure: NoInstanceError | None,
     ) -> tuple[DeliveryRecord, Assigned | None, list[Reset]]:
         entries = [_entry(t, merged=True) for t in merged]
-        done = Applied(entries + [_entry(p.task, merged=False) for p in placements], cancelled)
+        placed = [_entry(p.task, merged=False) for p in placements]
+        done = Applied(before.tasks + entries + placed, before.cancelled + cancelled)
         record.task_ids = [task["id"] for task in done.tasks] + done.cancelled
         if failure is not None:
             record.outcome, record.reason = "error", str(failure)
@@ -196,6 +201,7 @@ class Intake:
         self.guard = LoopGuard(config, clock)
         self.wake_outbox = wake_outbox
         self._labelling: set[asyncio.Task[None]] = set()
+        self.commands = Commands(config, pool, forge, clock)
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -410,9 +416,11 @@ class Intake:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
+            await self.steer(decision)
             decision = await self.guard.review(
                 self.store, decision, record.event_type, record.sender
             )
+            await self.run_commands(decision, applied, record.id)
             if not self.forge.enabled:
                 decision = _unposted(decision)
             await self.apply(decision, applied, _source(record), record, pending)
@@ -436,6 +444,41 @@ class Intake:
             return Verdict("duplicate", "", 200, applied, None)
         status = 202 if applied.tasks else 200
         return Verdict(_outcome(applied), decision.reason, status, applied, decision)
+
+    async def run_commands(
+        self, decision: Decision, applied: Applied, delivery_id: str | None
+    ) -> None:
+        """Carry out the decision's forge commands before it is applied: the delivery's
+        record says what each did, and a reply goes to the outbox with the decision. A stop
+        cancels through `Pool.cancel_task` (`control.cancel_task`, `Store.cancel_tasks`)."""
+        for command in decision.commands:
+            done = await self.commands.run(command, delivery_id)
+            decision.reason += f"; {command.agent_type} {command.word}: {done.summary}"
+            applied.tasks += [_entry(task, merged=False) for task in done.tasks]
+            applied.cancelled += done.cancelled
+            reply = self.commands.reply(command, done)
+            if reply is not None:
+                decision.comments.append(reply)
+        decision.commands = []
+
+    async def steer(self, decision: Decision) -> None:
+        """Send each steering mention into its session's running task; where none runs it
+        becomes a task as before (and passes the loop guard like one)."""
+        for agent_type, request in decision.steer:
+            steered = await self.pool.store.steering.steer(
+                request.session_key,
+                str(request.payload.get("sender", "")),
+                str(request.payload.get("comment_body", "")),
+                request.payload.get("comment_id"),
+                request.payload,
+                self.clock(),
+            )
+            if steered is None:
+                decision.dispatch.append((agent_type, request))
+                continue
+            self.pool.heard(Wake(wakeups.STEER, steered))
+            decision.reason += f"; steered {agent_type}'s running task {steered}"
+        decision.steer = []
 
     async def _hold(self, record: DeliveryRecord, reason: str) -> Answer:
         """Keep a delivery that waits for the forge; the retrier takes it from here."""
@@ -535,7 +578,9 @@ class Intake:
         tasks (merged into a queued twin or placed) and `record`, if given; then act on what
         was committed. `source` and the record's id are kept as what cancelled a task."""
         cause = Cause(source, record.id if record is not None else None, self.clock())
-        settle = _settler(record, decision) if record is not None else None
+        # What the delivery's forge commands did already, recorded with it.
+        before = Applied(list(applied.tasks), list(applied.cancelled))
+        settle = _settler(record, decision, before) if record is not None else None
         dispatched = await self.pool.dispatch_all(
             decision.dispatch, settle, decision, cause, pending
         )
@@ -577,8 +622,9 @@ class Intake:
             log.warning("could not label %s#%d %r: %s", label.repo, label.number, label.name, exc)
 
     async def stop(self) -> None:
-        """Stop the labels still being put."""
+        """Stop the labels still being put and the commands' reactions."""
         for task in list(self._labelling):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.commands.stop()

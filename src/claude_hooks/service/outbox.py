@@ -40,11 +40,19 @@ def final(exc: Exception) -> bool:
 
 
 class Drainer(Loop):
-    """Posts the outbox's comments; woken (`wake`) when one is written."""
+    """Posts the outbox's comments and edits its living comments; woken (`wake`) when one is
+    written."""
 
-    def __init__(self, forge: Forge, store: OutboxStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        forge: Forge,
+        store: OutboxStore,
+        clock: Callable[[], float],
+        edit_gap: float = 10.0,
+    ) -> None:
         super().__init__("outbox", LOOK_SECONDS, first=0.0)
         self.forge = forge
+        self.edit_gap = edit_gap  # seconds between two writes of one living comment
         self.store = store
         self.clock = clock
         self.posted = 0
@@ -63,7 +71,10 @@ class Drainer(Loop):
             thread = (letter.repo, letter.number)
             if thread in held:
                 continue
-            if letter.next_at > now:
+            if letter.next_at > now and letter.comment_id is not None:
+                # A throttled edit: it changes a comment in place, later ones need not wait.
+                pause = min(pause, letter.next_at - now)
+            elif letter.next_at > now:
                 held.add(thread)
                 pause = min(pause, letter.next_at - now)
             elif not await self._post(letter):
@@ -74,7 +85,13 @@ class Drainer(Loop):
     async def _post(self, letter: Letter) -> bool:
         """Post one comment; True if it left the outbox (posted, or given up)."""
         try:
-            await self.forge.comment(letter.as_type, letter.repo, letter.number, letter.body)
+            comment_id = letter.comment_id
+            if comment_id is not None:
+                await self.forge.edit_comment(letter.as_type, letter.repo, comment_id, letter.body)
+            else:
+                comment_id = await self.forge.comment(
+                    letter.as_type, letter.repo, letter.number, letter.body
+                )
         except Exception as exc:
             attempts = letter.attempts + 1
             where = f"{letter.repo}#{letter.number}"
@@ -88,5 +105,8 @@ class Drainer(Loop):
             await self.store.retry_at(letter.id, self.clock() + pause, str(exc))
             return False
         self.posted += 1
-        await self.store.remove(letter.id)
+        if letter.living_key is not None:
+            await self.store.written(letter, comment_id, self.clock(), self.edit_gap)
+        else:
+            await self.store.remove(letter.id)
         return True

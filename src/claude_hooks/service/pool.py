@@ -27,7 +27,12 @@ from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
-from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
+from claude_hooks.errors import (
+    ClaudeHooksError,
+    ConflictError,
+    NoInstanceError,
+    UnknownAgentError,
+)
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.control import CancelRequest
@@ -35,6 +40,7 @@ from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.policies import Gate, Policies, RunPolicy
 from claude_hooks.service.private_files import private_dir, private_file
+from claude_hooks.service.steering import Inbox, follow_ups
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import (
     Claim,
@@ -237,12 +243,14 @@ class Worker:
         finally:
             self.current = None
             self._run = None
+            self.pool.inboxes.pop(task.id, None)
 
     async def _record(self, task: Task, outcome: Outcome) -> None:
         """Save how a run ended; kept for another try if the store fails, so it is never lost."""
         await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
         self._unfinished = None
         self.pool.key_freed()
+        await self.pool.follow_up_steers(task)
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
         try:
             await self.pool.publish_finished(task.id)
@@ -353,6 +361,7 @@ class Pool:
             room=self.disk_room.ok,
         )
         self.workers: dict[str, Worker] = {}
+        self.inboxes: dict[str, Inbox] = {}  # steering messages of this node's running tasks
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self._noticed: set[str] = set()  # tasks whose wait for their group was told
@@ -556,11 +565,16 @@ class Pool:
             self._wake_thieves(wake.target)
         elif wake.kind == wakeups.FREED:
             self.key_freed()
+        elif wake.kind == wakeups.STEER and wake.target in self.inboxes:
+            self.inboxes[wake.target].arrived()
 
     def wake_all(self) -> None:
-        """Every worker looks again (wake-ups may have been missed while not listening)."""
+        """Every worker looks again (wake-ups may have been missed while not listening), and
+        every running task's steering inbox."""
         for worker in self.workers.values():
             worker.wake()
+        for inbox in self.inboxes.values():
+            inbox.arrived()
 
     def _wake(self, agent: str) -> None:
         worker = self.workers.get(agent)
@@ -657,6 +671,7 @@ class Pool:
             cage = self._cage(task, workdir)
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
+        self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
         context = replace(self._context(task, workdir, cage), **policy.context)
         session: EgressSession | None = None
         try:
@@ -684,6 +699,10 @@ class Pool:
                 await self._close_egress(session)
             if cage is not None:
                 await cage.close()
+        if context.forge_tools is not None and context.forge_tools.calls:
+            # What the agent did on the forge, and what it was refused: for its status comment.
+            calls = list(context.forge_tools.calls)
+            self.bus.publish(Event("task.report", task, {"calls": calls}))
         return await self.workspaces.deliver(task, type_config, sandbox, result)
 
     async def _run_agent(self, task: Task, context: RunContext, setup: Sequence[str]) -> RunResult:
@@ -763,6 +782,10 @@ class Pool:
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
             disk_room=self.disk_room.ok,
+            on_progress=lambda progress: self.bus.publish(
+                Event("task.progress", task, {"progress": progress})
+            ),
+            steering=self.inboxes.get(task.id),
             cage=cage,
             forge_tools=None
             if self.forge is None
@@ -784,9 +807,9 @@ class Pool:
         self, task_id: str, by: str = "the service", delivery_id: str | None = None
     ) -> CancelRequest:
         """Cancel a queued or running task (`control.cancel_task`) and act on it here at once:
-        announce a queued one finished, stop a running one if this node runs it."""
+        announce a queued (or held) one finished, stop a running one if this node runs it."""
         request = await control.cancel_task(self.store, task_id, by, delivery_id)
-        if request.was is TaskState.QUEUED:
+        if request.was in (TaskState.QUEUED, TaskState.HELD):
             await self.publish_finished(task_id)
         else:
             self.stop_running(task_id)  # run by another node: its listener stops it
@@ -798,6 +821,21 @@ class Pool:
     def running_tasks(self) -> list[Task]:
         """The tasks this node's workers run now."""
         return [w.current for w in list(self.workers.values()) if w.current is not None]
+
+    async def follow_up_steers(self, task: Task) -> None:
+        """Queue a follow-up for each steering message the ended run did not take. One that
+        cannot be queued (its type lost its instances) is logged and stays recorded, not
+        followed up, on the task's page."""
+        leftovers = await self.store.steering.leftovers(task.id)
+        for steer, request in zip(
+            leftovers, follow_ups(task, [s.payload for s in leftovers]), strict=True
+        ):
+            try:
+                await self.dispatch(task.type, request)
+            except ClaudeHooksError as exc:
+                log.warning("steering message %d of task %s waits: %s", steer.id, task.id, exc)
+                continue
+            await self.store.steering.followed_up(steer.id, self.clock())
 
     def stop_running(self, task_id: str) -> bool:
         """Stop the task if one of this node's workers runs it; False if none does."""

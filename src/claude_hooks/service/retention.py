@@ -82,4 +82,5 @@ class Retention(Loop):
                 break
         deliveries = await store.prune_deliveries(before, now)
         rejections = await store.drop_rejections(before)
+        await store.drop_comment_state(before)
         return Pruned(logs, deliveries, rejections)

@@ -87,7 +87,7 @@ class Service:
             Policies(config, self.forge, self.store.spend, self.clock),
         )
         # Comments are posted by one node: the leader (see `node`).
-        self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.faults = StorageFaults(clock)
         self.intake = Intake(
             config,

@@ -13,9 +13,11 @@ from typing import Protocol
 from claude_hooks.core.decision import Assigned, Decision, Reset
 from claude_hooks.core.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
+from claude_hooks.store.commands import CommandStore
 from claude_hooks.store.decisions import Cause, Written
 from claude_hooks.store.egress import EgressStore
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
+from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
@@ -23,6 +25,7 @@ from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
 from claude_hooks.store.spend import SpendStore
+from claude_hooks.store.steering import SteerStore
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.worktree_states import WorktreeStateStore
 
@@ -222,6 +225,12 @@ class Store(Protocol):
     def transcripts(self) -> SqlSessionStore: ...
     @property
     def worktree_states(self) -> WorktreeStateStore: ...
+    @property
+    def commands(self) -> CommandStore: ...
+    @property
+    def labels(self) -> LabelStore: ...
+    @property
+    def steering(self) -> SteerStore: ...
     @property
     def shared(self) -> bool: ...
 

@@ -17,6 +17,7 @@ from claude_hooks.core.domain import TaskState
 from claude_hooks.store import wakeups
 from claude_hooks.store.intake import (
     drop_ci_watch,
+    retarget_review,
     write_ci_watch,
     write_fix_attempt,
     write_pull_link,
@@ -27,7 +28,8 @@ from claude_hooks.store.schema import signals, tasks
 from claude_hooks.store.spend import write_review_round, write_trip
 
 SIGNAL_CANCEL = "cancel"  # a task's cancel was asked for: the node running it stops it
-_ACTIVE = (TaskState.QUEUED.value, TaskState.RUNNING.value)
+_WAITING = (TaskState.QUEUED.value, TaskState.HELD.value)  # held: its session is paused
+_ACTIVE = (*_WAITING, TaskState.RUNNING.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class Cause:
 class Written:
     """What applying a decision did that its caller acts on once committed."""
 
-    cancelled: list[str] = field(default_factory=list)  # queued tasks now cancelled
+    cancelled: list[str] = field(default_factory=list)  # queued (or held) tasks now cancelled
     stopping: list[str] = field(default_factory=list)  # running tasks asked to stop
     labels: list[Label] = field(default_factory=list)  # of the trips that were new
 
@@ -68,10 +70,10 @@ def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> 
     ).all()
     for task_id, state in rows:
         write_cancelled_by(conn, task_id, cause.by, cause.delivery_id)
-        if state == TaskState.QUEUED.value:
+        if state in _WAITING:
             ended = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .where(tasks.c.id == task_id, tasks.c.state.in_(_WAITING))
                 .values(
                     state=TaskState.CANCELLED.value,
                     finished_at=cause.now,
@@ -115,6 +117,8 @@ def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Wri
                 letters.append(trip.comment)
             if trip.label is not None:
                 written.labels.append(trip.label)
+    for key, fields in decision.retarget:
+        retarget_review(conn, key, fields)
     for repo, pr_number in decision.unwatch:
         drop_ci_watch(conn, repo, pr_number)
     if decision.watch is not None:

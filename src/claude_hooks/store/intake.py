@@ -18,8 +18,9 @@ from claude_hooks.core.decision import (
     PullLink,
     Reset,
 )
-from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.store.kept_reader import KeptReader
+from claude_hooks.store.labels import read_labels
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import (
     assignments,
@@ -187,6 +188,26 @@ def write_ci_watch(conn: sa.Connection, watch: CiWatch) -> None:
     upsert(conn, ci_watches, dataclasses.asdict(watch))
 
 
+def retarget_review(conn: sa.Connection, session_key: str, fields: dict[str, Any]) -> None:
+    """Point the session's queued review at a PR's new head, within the caller's transaction."""
+    row = conn.execute(
+        sa.select(tasks.c.id, tasks.c.payload)
+        .where(
+            tasks.c.session_key == session_key,
+            tasks.c.kind == TaskKind.REVIEW_PR.value,
+            tasks.c.state == TaskState.QUEUED.value,
+        )
+        .order_by(tasks.c.seq)
+        .limit(1)
+    ).first()
+    if row is not None:
+        conn.execute(
+            tasks.update()
+            .where(tasks.c.id == row.id, tasks.c.state == TaskState.QUEUED.value)
+            .values(payload={**row.payload, **fields})
+        )
+
+
 def drop_ci_watch(conn: sa.Connection, repo: str, pr_number: int) -> None:
     conn.execute(
         ci_watches.delete().where(ci_watches.c.repo == repo, ci_watches.c.pr_number == pr_number)
@@ -317,6 +338,27 @@ class SqlIntake:
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
         return read_usage(self.kept.connection(), repo, number, since)
 
+    async def labels(self, repo: str, number: int) -> set[str]:
+        with self.reader.connect() as conn:
+            return read_labels(conn, repo, number)
+
+    async def last_review(self, session_key: str) -> tuple[str, str] | None:
+        with self.reader.connect() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.payload, tasks.c.result)
+                .where(
+                    tasks.c.session_key == session_key,
+                    tasks.c.state == TaskState.SUCCEEDED.value,
+                    tasks.c.kind == TaskKind.REVIEW_PR.value,
+                )
+                .order_by(tasks.c.enqueued_at.desc(), tasks.c.id.desc())
+                .limit(50)
+            )
+            for payload, result in rows:
+                if payload.get("head_sha"):
+                    return str(payload["head_sha"]), result or ""
+        return None
+
     async def drop_ci_watch(self, repo: str, pr_number: int) -> None:
         with self.engine.begin() as conn:
             drop_ci_watch(conn, repo, pr_number)
@@ -335,7 +377,9 @@ class SqlIntake:
                 sa.select(tasks.c.id)
                 .where(
                     tasks.c.session_key.in_(keys),
-                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.RUNNING.value]),
+                    tasks.c.state.in_(
+                        [TaskState.QUEUED.value, TaskState.HELD.value, TaskState.RUNNING.value]
+                    ),
                 )
                 .order_by(tasks.c.seq)
             )

@@ -50,10 +50,12 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
+from claude_hooks.store.labels import SqlLabels, write_labels
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.offload import OffloadedStore
@@ -64,6 +66,7 @@ from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
+from claude_hooks.store.steering import SqlSteering
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.upsert import upsert
 from claude_hooks.store.worktree_states import SqlWorktreeStates
@@ -215,7 +218,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -265,8 +268,9 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
             "delivery_id": task.delivery_id,
         },
     )
+    state = TaskState.HELD if hold_if_paused(conn, task.id, task.session_key) else TaskState.QUEUED
     wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
+    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=state)
     return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
 
@@ -430,6 +434,9 @@ class SqlStore:
         self.node: str | None = None
         self.transcripts = SqlSessionStore(engine, self.reader)
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
+        self.commands = SqlCommands(engine, self.reader)
+        self.labels = SqlLabels(engine, self.reader)
+        self.steering = SqlSteering(engine, self.reader)
 
     @classmethod
     async def open(cls, url: str, timeouts: Timeouts = Timeouts(), create: bool = True) -> SqlStore:
@@ -598,6 +605,9 @@ class SqlStore:
                         else:
                             merged.append(dataclasses.replace(task, id=twin))
                     placements, failure = _place_all(conn, placing)
+                    if decision is not None and decision.labels is not None and failure is None:
+                        # As `assigned`: a label whose work could not be placed stays new.
+                        write_labels(conn, *decision.labels)
                     cancelled = written.cancelled + written.stopping
                     record = (
                         settle(placements, merged, cancelled, failure)
@@ -770,7 +780,10 @@ class SqlStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.HELD.value]),
+                )
                 .values(state=TaskState.FAILED.value, finished_at=now, error=reason)
             )
             return result.rowcount > 0

@@ -467,6 +467,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             ran_before=_ran_before(service, task),
             runs=claude_runs(service.pool.log_path(task.id)) if renders_json(service, task) else [],
             timeline=_timeline(task, delivery),
+            steers=await service.store.steering.of_task(task.id),
             **_common(service),
         )
 

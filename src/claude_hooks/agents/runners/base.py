@@ -20,6 +20,36 @@ from claude_hooks.core.domain import Task
 
 
 @dataclass(frozen=True, slots=True)
+class RunProgress:
+    """What a running agent reported: its own todo list (Claude Code's TodoWrite) and the
+    files it edited; shown in the task's living status comment."""
+
+    todos: tuple[tuple[str, str], ...] = ()  # (status, content)
+    files: tuple[str, ...] = ()
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SteerMessage:
+    """A mention sent into the running task (steering): who wrote what, and when."""
+
+    sender: str
+    body: str
+    at: float
+    comment_id: int | None = None
+
+
+class SteerInbox(Protocol):
+    """The steering messages of one run, as they arrive."""
+
+    async def wait(self) -> None:
+        """Return once a message may be waiting (at once if one came since the last take)."""
+
+    async def take(self) -> list[SteerMessage]:
+        """The messages not taken yet, oldest first; taken, they are the runner's to deliver."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunContext:
     task: Task
     type_config: TypeConfig
@@ -37,6 +67,10 @@ class RunContext:
     disk_room: Callable[[], bool] | None = None
     # What the agent may do on the forge, done by the service (None: no forge configured).
     forge_tools: ForgeTools | None = None
+    # Called with the agent's progress each time it changes (None: nobody listens).
+    on_progress: Callable[[RunProgress], None] | None = None
+    # Mentions that reach the running agent (None: the run takes none; they become follow-ups).
+    steering: SteerInbox | None = None
     # The run's limits (its cgroups, the paths whose disk use counts); None: no limits.
     cage: Cage | None = None
     # From the repository's policy file: text for every prompt, its test command, and how
