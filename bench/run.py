@@ -26,6 +26,7 @@ from bench import (
     proxy_overhead,
     restart,
     start_latency,
+    storage_faults,
 )
 from bench.common import ROOT, machine
 
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "claude_overhead": claude_overhead.run,
     "proxy_overhead": proxy_overhead.run,
     "cluster": cluster.run,
+    "storage_faults": storage_faults.run,
 }
 HERE = Path(__file__).resolve().parent
 

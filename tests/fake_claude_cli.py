@@ -188,6 +188,32 @@ def turn(session: dict[str, Any], prompt: str) -> int | None:
             "session_id": session["id"],
         }
     )
+    if SCENARIO == "todos":  # the agent plans with TodoWrite, then edits a file
+        todos = [
+            {"content": "Read the issue", "status": "completed", "activeForm": "Reading"},
+            {"content": "Fix the retry", "status": "in_progress", "activeForm": "Fixing"},
+        ]
+        edit = {"file_path": os.path.join(os.getcwd(), "retry.py"), "old_string": "a"}
+        send(
+            {
+                "type": "assistant",
+                "message": {
+                    "role": "assistant",
+                    "model": "fake-model",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "t1",
+                            "name": "TodoWrite",
+                            "input": {"todos": todos},
+                        },
+                        {"type": "tool_use", "id": "t2", "name": "Edit", "input": edit},
+                    ],
+                },
+                "parent_tool_use_id": None,
+                "session_id": session["id"],
+            }
+        )
     if SCENARIO in ("stall", "hang"):
         return None
     session["total"] = round(session["total"] + COST, 6)

@@ -24,7 +24,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self, cast
@@ -98,6 +98,14 @@ class FakeComment:
 
 
 @dataclass(frozen=True)
+class FakeReaction:
+    repo: str
+    comment_id: int
+    content: str
+    user: str
+
+
+@dataclass(frozen=True)
 class FakeReview:
     repo: str
     number: int
@@ -124,6 +132,7 @@ class RecordedRequest:
     path: str  # below /api/v1, unquoted
     query: dict[str, str]
     user: str | None  # the token's login, None if the token was missing or unknown
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -164,6 +173,8 @@ class FakeForgejo:
         self.comments: list[FakeComment] = []
         self.merges: list[FakeMerge] = []
         self.reviews: list[FakeReview] = []
+        self.reactions: list[FakeReaction] = []
+        self.edits: list[tuple[int, str]] = []  # (comment id, new body), in order
         self.requests: list[RecordedRequest] = []
         self.job_logs: dict[str, str] = {}  # web path of a job's `/logs` -> the log
         self.web_requests: list[tuple[str, str | None]] = []  # (web path, token user)
@@ -523,6 +534,50 @@ class FakeForgejo:
             },
         )
 
+    def _patch_comment(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, comment: str
+    ) -> _Answer:
+        repo = self._repo(owner, name, user)
+        text = body.get("body") if isinstance(body, dict) else None
+        index = next(
+            (
+                i
+                for i, c in enumerate(self.comments)
+                if (c.id, c.repo) == (int(comment), repo.full_name)
+            ),
+            None,
+        )
+        if index is None:
+            raise _NotFound
+        found = self.comments[index]
+        if found.user != user:
+            return _error(403, "user is not the author of the comment")
+        if not isinstance(text, str) or not text:
+            return _error(422, "body is required")
+        self.comments[index] = replace(found, body=text)
+        self.edits.append((found.id, text))
+        return _Answer(200, {"id": found.id, "body": text, "user": _user(user)})
+
+    def _post_reaction(
+        self, user: str, query: dict[str, str], body: Any, owner: str, name: str, comment: str
+    ) -> _Answer:
+        """Forgejo keeps one reaction of each kind per user: a repeat answers 200, not 201."""
+        repo = self._repo(owner, name, user)
+        content = body.get("content") if isinstance(body, dict) else None
+        if content not in ("+1", "-1", "laugh", "hooray", "confused", "heart", "rocket", "eyes"):
+            return _error(403, f"'{content}' is not an allowed reaction")
+        reaction = FakeReaction(repo.full_name, int(comment), content, user)
+        answer = {"user": _user(user), "content": content, "created_at": "2026-01-01T00:00:00Z"}
+        if reaction in self.reactions:
+            return _Answer(200, answer)
+        self.reactions.append(reaction)
+        return _Answer(201, answer)
+
+    def reactions_on(self, comment_id: int) -> list[str]:
+        """The reactions on a comment, in the order they came."""
+        with self._lock:
+            return [r.content for r in self.reactions if r.comment_id == comment_id]
+
     def _list_labels(
         self, user: str, query: dict[str, str], body: Any, owner: str, name: str
     ) -> _Answer:
@@ -737,6 +792,16 @@ _ROUTES: list[tuple[re.Pattern[str], str, Route]] = [
         re.compile(rf"/repos/{_SEG}/{_SEG}/issues/{_SEG}/comments"),
         "POST",
         FakeForgejo._post_comment,
+    ),
+    (
+        re.compile(rf"/repos/{_SEG}/{_SEG}/issues/comments/(\d+)/reactions"),
+        "POST",
+        FakeForgejo._post_reaction,
+    ),
+    (
+        re.compile(rf"/repos/{_SEG}/{_SEG}/issues/comments/(\d+)"),
+        "PATCH",
+        FakeForgejo._patch_comment,
     ),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "GET", FakeForgejo._list_labels),
     (re.compile(rf"/repos/{_SEG}/{_SEG}/labels"), "POST", FakeForgejo._post_label),

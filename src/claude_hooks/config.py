@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -134,7 +135,10 @@ class ServerConfig(_Section):
         description="the account sandboxed agents run as when the service runs as root",
     )
     min_free_disk: Size = Field(
-        "2G", description="free space on the data dir's filesystem below which no agent starts"
+        "2G",
+        description="free space on the data dir's filesystem below which no agent starts, and "
+        "the service's own non-essential writes (task logs beyond their head, worktree states) "
+        "stop, leaving room for the delivery spool",
     )
     node: str = Field(
         default_factory=lambda: _host_node_name(),
@@ -146,6 +150,39 @@ class ServerConfig(_Section):
     )
     advertise_url: str = Field(
         "", description="where other nodes reach this node's API; default: http://host:port"
+    )
+    database_connect_timeout: float = Field(
+        5.0, gt=0, le=300, description="seconds to open a connection to PostgreSQL, at most"
+    )
+    database_lock_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="seconds a statement waits for a lock (PostgreSQL lock_timeout, SQLite's "
+        "busy timeout) before it fails; below server.answer_deadline, so a delivery that "
+        "waited in vain is still spooled in time",
+    )
+    database_statement_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a PostgreSQL statement may run (statement_timeout)",
+    )
+    spool_dir: Path | None = Field(
+        None,
+        description="where deliveries the database cannot take in time are kept until it can; "
+        "default: data_dir",
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="largest delivery spool; beyond it deliveries are answered 503",
+    )
+    comment_edit_interval: float = Field(
+        10.0, ge=0, description="seconds between two edits of one living status comment"
+    )
+    public_url: str = Field(
+        "", description="where people reach the dashboard (links in forge comments); default: none"
     )
 
     @model_validator(mode="after")
@@ -281,7 +318,21 @@ class TypeConfig(_Section):
     max_budget_usd: float = Field(5.0, gt=0)
     timeout: float = Field(3600.0, gt=0)
     workdir: Literal["worktree", "none"] = "worktree"
-    comments: bool = True
+    comments: Literal["living", "each", "off"] = Field(
+        "living",
+        description="living: one comment per task, edited as it moves; each: a comment per "
+        "step; off: none (true means living, false off)",
+    )
+    while_running: Literal["steer", "queue"] = Field(
+        "steer",
+        description="a mention while the session runs: steer reaches the running agent, "
+        "queue makes a task after the run",
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="labels whose adding to an issue or PR assigns it to this type "
+        "(removing one unassigns it), e.g. ['agent:dev']",
+    )
     rebalance: Literal["none", "steal"] = Field(
         "none",
         description="steal: an idle instance with an empty queue takes queued work from a peer",
@@ -345,6 +396,14 @@ class TypeConfig(_Section):
         for entry in self.egress:
             parse_egress(entry)
         return self
+
+    @field_validator("comments", mode="before")
+    @classmethod
+    def _comments_from_bool(cls, value: object) -> object:
+        """Files written when `comments` was a bool keep loading."""
+        if isinstance(value, bool):
+            return "living" if value else "off"
+        return value
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> TypeConfig:
@@ -418,6 +477,11 @@ class Config(_Section):
         return f"sqlite:///{(self.server.data_dir / 'claude-hooks.db').resolve()}"
 
     @property
+    def spool_dir(self) -> Path:
+        """Where undelivered deliveries wait for the database (see `service.spool`)."""
+        return self.server.spool_dir or self.server.data_dir
+
+    @property
     def sqlite_file(self) -> Path | None:
         """The SQLite database file, when the database is one."""
         found = _SQLITE_URL.match(self.database_url)
@@ -427,6 +491,11 @@ class Config(_Section):
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
+
+    def types_of_labels(self, labels: Iterable[str]) -> set[str]:
+        """The agent types one of `labels` triggers (`[types.<t>] labels`)."""
+        names = set(labels)
+        return {t for t, c in self.types.items() if names.intersection(c.labels)}
 
     def type_of_login(self, login: str) -> str | None:
         """The agent type whose Forgejo account this is (logins compare case-insensitively)."""
@@ -518,6 +587,8 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     server = data.setdefault("server", {})
     if isinstance(server, dict):
         server["data_dir"] = _beside(base, server.get("data_dir", "data"))
+        if server.get("spool_dir"):
+            server["spool_dir"] = _beside(base, server["spool_dir"])
         url = server.get("database_url")
         found = _SQLITE_URL.match(url) if isinstance(url, str) else None
         if found and found["path"] not in ("", ":memory:"):

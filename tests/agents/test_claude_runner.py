@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import pytest
 from claude_hooks.agents import processes
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.prompting import NAMES, UNTRUSTED_TAG, PromptError, Prompts, prompt_context
-from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
 from claude_hooks.agents.runners.claude import ClaudeRunner
 from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.config import TypeConfig
@@ -508,3 +509,21 @@ def test_overrides_take_precedence(tmp_path: Path) -> None:
     with pytest.raises(PromptError, match="'system' does not compile"):
         Prompts({"system": "{{ oops"}).check()
     assert set(NAMES) == {"system", *(k.value for k in TaskKind)}
+
+
+async def test_the_agents_todo_list_and_edited_files_are_reported_as_progress(
+    harness: Harness,
+) -> None:
+    reported: list[RunProgress] = []
+    task = make_task()
+    ctx = dataclasses.replace(
+        harness.context(task, harness.type_config("todos")), on_progress=reported.append
+    )
+    result = await run(harness, ctx)
+    assert result.succeeded, result.error
+    planned = RunProgress(
+        todos=(("completed", "Read the issue"), ("in_progress", "Fix the retry")),
+        files=("retry.py",),
+    )
+    # The plan as it is made, then the cost once the turn has its result.
+    assert reported == [planned, dataclasses.replace(planned, cost_usd=0.25)]

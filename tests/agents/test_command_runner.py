@@ -168,7 +168,7 @@ async def test_cancel_sends_sigterm_then_sigkill_to_the_whole_group(
     child = int(marker.read_text())
     started = time.monotonic()
     result = await service.pool.cancel_task(task_id)
-    assert result.state is TaskState.RUNNING
+    assert result.was is TaskState.RUNNING
     task = await finished(service, task_id)
     elapsed = time.monotonic() - started
     assert task.state is TaskState.CANCELLED

@@ -258,15 +258,19 @@ def test_demo_runs_the_sample_flows_and_exits(tmp_path: Path) -> None:
         "pull_request_review_request" in line and "reviewer -> reviewer-1" in line for line in lines
     )
     assert any("issues " in line and "200 ignored" in line for line in lines)
-    # The story: a queue, a failure, a cancel, review -> merge, CI -> fix.
+    # The story: a queue, a steer, a stop, a failure, a cancel, review -> merge, CI -> fix.
     assigned = [line for line in lines if line.startswith("issue_assign ") and "202" in line]
     assert len(assigned) == 5  # two dev instances: three of them wait in a queue
     assert any("200 cancelled: cancelled task" in line for line in lines)
+    comments = [line for line in lines if line.startswith("issue_comment ")]
+    assert "200 ignored: steered dev's running task" in comments[0]
+    assert "cancelled task" in comments[1]  # @dev stop
+    assert "202 queued: dev -> dev-" in comments[2]  # @dev queue: ...
     assert any(
         "pull_request_review_approved" in line and "boss -> boss-1" in line for line in lines
     )
     assert any(line.startswith("status ") and "dev -> dev-" in line for line in lines)
-    assert lines[-1] == "all 9 tasks finished: 1 cancelled, 1 failed, 7 succeeded"
+    assert lines[-1] == "all 9 tasks finished: 2 cancelled, 1 failed, 6 succeeded"
 
 
 def test_an_instance_pinned_to_a_node_and_the_nodes_listed(config_file: Path) -> None:

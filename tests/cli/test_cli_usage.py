@@ -56,7 +56,15 @@ def test_help_lists_the_commands_grouped_run_operate_inspect_plan() -> None:
         for panel, text in sections.items()
     }
     assert listed["Run"] == ["serve", "init", "claude", "demo"]
-    assert set(listed["Operate"]) == {"agents", "workdirs", "budget", "backup", "restore"}
+    assert set(listed["Operate"]) == {
+        "agents",
+        "workdirs",
+        "budget",
+        "backup",
+        "restore",
+        "spool",
+        "labels",
+    }
     assert set(listed["Inspect"]) == {"tasks", "deliveries", "nodes", "costs", "doctor", "policy"}
     assert listed["Plan"] == ["simulate"]
     # A group without its command shows its help, as Click does.

@@ -5,6 +5,7 @@ pool runs workers for its own instances (as nodes holding different instances do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,7 +22,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
+from claude_hooks.core.decision import Decision, ForgeCommand
 from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
 from claude_hooks.service import control
 from claude_hooks.service.events import TASK_CHANGED
@@ -194,6 +197,9 @@ async def test_cancel_through_the_node_that_does_not_run_the_task(
         await wait_until(lambda: third in cluster.gate_b.started)
         await control.cancel_task(cli, third)
         await wait_until(lambda: third in cluster.gate_b.cancelled, WITHIN)
+        # The cancelled run is recorded first (its worker keeps it until then); the let-go of
+        # a disabled instance is timed from there.
+        await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
         await control.set_enabled(cli, "rev-b", False)
         # Disabled, it is let go by its node: no worker of B runs it any more.
         await wait_until(lambda: "rev-b" not in cluster.b.pool.workers, WITHIN)
@@ -288,6 +294,81 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         assert "which did not answer (ConnectError" in (await api.get("/")).text
         assert "did not answer a moment ago" in (await api.get("/")).text
         cluster.gate_b.release(second)
+
+
+async def test_a_stop_command_heard_by_one_node_stops_the_task_on_the_other(
+    cluster: Cluster,
+) -> None:
+    """`@<login> stop` arrives at whichever node Forgejo reaches; the run stops within 2 s."""
+    running = await cluster.review(1)
+    queued = await cluster.review(1)
+    await wait_until(lambda: running in cluster.gate_b.started)
+    key = "reviewer:acme/widget:1"
+    stop = ForgeCommand(
+        word="stop",
+        agent_type="reviewer",
+        repo="acme/widget",
+        number=1,
+        session=key,
+        keys=(key,),
+        comment_id=1,
+        sender="alice",
+        allowed=True,
+    )
+    done = await cluster.a.intake.commands.run(stop, "d-stop")
+    assert sorted(done.cancelled) == sorted([running, queued])
+    assert await elapsed_until(has(cluster.gate_b.cancelled, running), 2.0) < 2.0
+    await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
+    assert {await cluster.state(t) for t in (running, queued)} == {TaskState.CANCELLED}
+
+
+class SteeredRunner:
+    """Runs until a steering message comes; the message is its result."""
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        assert ctx.steering is not None
+        while True:
+            messages = await ctx.steering.take()
+            if messages:
+                return RunResult(succeeded=True, exit_code=0, result=messages[0].body)
+            await ctx.steering.wait()
+
+
+async def test_a_mention_heard_by_one_node_steers_the_run_on_the_other(
+    tmp_path: Path, pg_url: str
+) -> None:
+    a = await Service.open(
+        node_config(tmp_path, pg_url, "node-a", "dev", "dev-a"), lambda _: GateRunner()
+    )
+    b = await Service.open(
+        node_config(tmp_path, pg_url, "node-b", "reviewer", "rev-b"), lambda _: SteeredRunner()
+    )
+    await a.start()
+    await b.start()
+    try:
+        assert b.listener is not None
+        await asyncio.wait_for(b.listener.connected.wait(), 5)
+        request = DispatchRequest.for_type("reviewer", TaskKind.REVIEW_PR, "acme/widget", 19)
+        running = await a.pool.dispatch_by_type("reviewer", request)
+
+        async def state(expected: TaskState) -> bool:
+            task = await a.store.get_task(running)
+            return task is not None and task.state is expected
+
+        await wait_until(lambda: state(TaskState.RUNNING))
+        mention = dataclasses.replace(
+            request,
+            payload={"sender": "alice", "comment_body": "check the retries", "comment_id": 3},
+        )
+        decision = Decision(steer=[("reviewer", mention)])
+        await a.intake.steer(decision)
+        assert decision.dispatch == [] and f"running task {running}" in decision.reason
+        await wait_until(lambda: state(TaskState.SUCCEEDED), 2.0)
+        task = await a.store.get_task(running)
+        assert task is not None and task.result == "check the retries"
+    finally:
+        await b.stop()
+        await a.stop()
 
 
 class Listener(ThreadingHTTPServer):

@@ -7,21 +7,20 @@ worktree state."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.core.domain import TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.agents.test_workspace import Forge
+from tests.claude_service import claude_config, finished
 from tests.e2e.test_claude_e2e import git
 from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
-from tests.support import fixture, make_config
+from tests.support import fixture
 
 KEY = "dev:acme/widget:17"
 
@@ -38,22 +37,11 @@ def environment(tmp_path: Path, api: MessagesStandin, monkeypatch: pytest.Monkey
 
 
 async def open_node(tmp_path: Path, name: str, forge: Forge, database_url: str) -> Service:
-    config = make_config(
+    config = claude_config(
         tmp_path,
+        forge.root,
+        ["dev-alpha"],
         server={"data_dir": str(tmp_path / name), "database_url": database_url, "node": name},
-        forgejo={"clone_url": f"file://{forge.root}"},
-        security={"allowed_senders": ["alice", "bob"]},
-        types={
-            "dev": {
-                "login": "dev-bot",
-                "token": "forgejo-dev-token",
-                "runner": "claude",
-                "role": "You are the team's developer.",
-                "env": {"DISABLE_TELEMETRY": "1"},
-                "comments": False,
-            }
-        },
-        agents=[{"name": "dev-alpha", "type": "dev"}],
     )
     service = await Service.open(config)
     await service.start()
@@ -69,17 +57,6 @@ async def deliver(service: Service, *names: str) -> str:
             assert answer.status_code in (200, 202), answer.text
     [queued] = answer.json()["tasks"]
     return str(queued["id"])
-
-
-async def finished(service: Service, task_id: str, timeout: float = 60) -> Task:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = await service.store.get_task(task_id)
-        assert task is not None
-        if task.state.finished:
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} is still {task.state.value}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.usefixtures("environment")

@@ -8,6 +8,7 @@ bare repository, as the pool would prepare it. Timings are printed (`pytest -s` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from claude_hooks.agents import processes
 from claude_hooks.agents.environment import agent_environment
-from claude_hooks.agents.runners.base import RunContext
+from claude_hooks.agents.runners.base import RunContext, SteerMessage
 from claude_hooks.agents.runners.claude import ClaudeRunner
 from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.config import TypeConfig
@@ -261,3 +262,82 @@ async def test_the_agents_tools_see_only_the_agent_environment(
     for name, value in secrets.items():
         assert name not in seen
         assert value not in seen
+
+
+class QueuedInbox:
+    """A steering inbox holding messages written while the first turn ran."""
+
+    def __init__(self, *messages: SteerMessage) -> None:
+        self.messages = list(messages)
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+    async def take(self) -> list[SteerMessage]:
+        taken, self.messages = self.messages, []
+        return taken
+
+
+async def test_a_steering_message_reaches_the_running_conversation(
+    e2e: EndToEnd, api: MessagesStandin
+) -> None:
+    config = e2e.type_config()
+    task = make_task()
+    ctx = await e2e.context(task, config)
+    inbox = QueuedInbox(SteerMessage("alice", "Please also say goodbye.", time.time(), 4242))
+    ctx = dataclasses.replace(ctx, steering=inbox)
+    api.script(text("I said hello."), text("And now goodbye, as alice asked."))
+    result = await e2e.runner().run(ctx)
+
+    assert result.succeeded, result.error
+    assert result.result == "And now goodbye, as alice asked."
+    first, second = api.message_requests()
+    assert "Please also say goodbye." not in first.all_text()
+    assert "Please also say goodbye." in second.last_user_text()
+    assert 'label="comment by @alice"' in second.last_user_text()
+    assert "I said hello." in second.all_text(), "the same conversation goes on"
+    steered = [r for r in e2e.log(ctx) if r.get("event") == "steered"]
+    assert steered and steered[0]["senders"] == ["alice"]
+    # The CLI adds every turn into the session's total: the run's cost covers both turns.
+    first_turn, second_turn = [r["total_cost_usd"] for r in e2e.log(ctx) if r["type"] == "result"]
+    assert second_turn == pytest.approx(2 * first_turn)
+    assert result.cost_usd == pytest.approx(second_turn)
+
+
+class LaterInbox:
+    """A steering inbox whose message comes `after` seconds into the run."""
+
+    def __init__(self, message: SteerMessage, after: float) -> None:
+        self.message: SteerMessage | None = message
+        self.due = time.monotonic() + after
+
+    async def wait(self) -> None:
+        if self.message is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(max(0.0, self.due - time.monotonic()))
+
+    async def take(self) -> list[SteerMessage]:
+        if self.message is None or time.monotonic() < self.due:
+            return []
+        taken, self.message = [self.message], None
+        return taken
+
+
+async def test_a_message_sent_while_a_tool_runs_is_read_within_the_turn(
+    e2e: EndToEnd, api: MessagesStandin
+) -> None:
+    config = e2e.type_config(allowed_tools=["Bash(sleep:*)"])
+    ctx = await e2e.context(make_task(), config)
+    message = SteerMessage("alice", "Use the config file, not the environment.", time.time())
+    ctx = dataclasses.replace(ctx, steering=LaterInbox(message, after=1.0))
+    api.script(
+        tool_use("Bash", {"command": "sleep 3", "description": "wait"}),
+        text("Done, reading the config file as alice asked."),
+    )
+    result = await ClaudeRunner(e2e.store, e2e.data_dir, steer_grace=0.5).run(ctx)
+
+    assert result.succeeded, result.error
+    assert result.result == "Done, reading the config file as alice asked."
+    first, second = api.message_requests()  # one turn: no third request
+    assert "Use the config file" not in first.all_text()
+    assert "Use the config file, not the environment." in second.last_user_text()

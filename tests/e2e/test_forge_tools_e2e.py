@@ -18,6 +18,7 @@ from claude_hooks.core.domain import DispatchRequest, Task, TaskKind
 from claude_hooks.service.runtime import Service
 from tests.agents.test_command_runner import finished
 from tests.agents.test_workspace import Forge, git
+from tests.claude_service import claude_type
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
 from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
@@ -56,18 +57,16 @@ async def service(
     fake_forgejo.add_issue("acme", "widget", number=17, title="Retries", user="alice")
     forge = Forge(tmp_path / "forge")
     forge.create()
-    claude = {"runner": "claude", "comments": False, "env": {"DISABLE_TELEMETRY": "1"}}
     config = make_config(
         tmp_path,
         forgejo={"url": fake_forgejo.base_url, "clone_url": f"file://{forge.root}"},
         types={
-            "dev": {
-                **claude,
-                "login": "dev-bot",
-                "token": DEV_TOKEN,
-                "allowed_tools": ["Write", "Bash(git add:*)", "Bash(git commit:*)"],
-            },
-            "reviewer": {**claude, "login": "reviewer-bot", "token": REVIEWER_TOKEN},
+            "dev": claude_type(
+                "dev-bot",
+                DEV_TOKEN,
+                allowed_tools=["Write", "Bash(git add:*)", "Bash(git commit:*)"],
+            ),
+            "reviewer": claude_type("reviewer-bot", REVIEWER_TOKEN),
         },
         agents=[{"name": "dev-alpha", "type": "dev"}, {"name": "reviewer-1", "type": "reviewer"}],
     )

@@ -390,7 +390,7 @@ def test_serve_refuses_a_sandboxed_type_without_bubblewrap(tmp_path: Path) -> No
     config = tmp_path / "claude-hooks.toml"
     config.write_text(
         f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
-        'port = 0\n[types.dev]\nrunner = "command"\ncommand = ["true"]\n'
+        'port = 0\n[types.dev]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
     )
     cli = Path(sys.executable).with_name("claude-hooks")
     done = subprocess.run(

@@ -40,6 +40,7 @@ async def test_comments_not_posted_before_a_stop_are_posted_after_the_start(
     fake_forgejo: FakeForgejo, tmp_path: Path
 ) -> None:
     config = forge_config(tmp_path, fake_forgejo)
+    config.types["dev"].comments = "each"
     fake_forgejo.fail_next(COMMENTS, status=500)
     first = await started(config)
     try:
@@ -72,6 +73,7 @@ async def test_a_comment_the_forge_refuses_for_good_is_dropped(
     fake_forgejo: FakeForgejo, tmp_path: Path, caplog: Any
 ) -> None:
     config = forge_config(tmp_path, fake_forgejo)
+    config.types["dev"].comments = "each"
     fake_forgejo.fail_next(COMMENTS, status=404, message="issue not found")
     service = await started(config)
     try:

@@ -4,22 +4,21 @@ resumes the conversation on another instance."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.core.domain import TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.agents.test_workspace import Forge
+from tests.claude_service import claude_config, finished
 from tests.conftest import ServiceFactory
 from tests.e2e.test_claude_e2e import git
 from tests.messages_standin import MessagesStandin, cli_environment, text, tool_use
-from tests.support import fixture, make_config
+from tests.support import fixture
 
 KEY = "dev:acme/widget:17"
 
@@ -40,22 +39,11 @@ async def service(
     cli_environment(api, monkeypatch, tmp_path / "home")
     forge = Forge(tmp_path / "forge")
     forge.create()
-    config = make_config(
+    config = claude_config(
         tmp_path,
-        forgejo={"clone_url": f"file://{forge.root}"},
-        security={"allowed_senders": ["alice", "bob"]},
-        types={
-            "dev": {
-                "login": "dev-bot",
-                "token": "forgejo-dev-token",
-                "runner": "claude",
-                "role": "You are the team's developer.",
-                "allowed_tools": ["Bash(git add:*)", "Bash(git commit:*)"],
-                "env": {"DISABLE_TELEMETRY": "1"},
-                "comments": False,
-            }
-        },
-        agents=[{"name": "dev-alpha", "type": "dev"}, {"name": "dev-bravo", "type": "dev"}],
+        forge.root,
+        ["dev-alpha", "dev-bravo"],
+        dev={"allowed_tools": ["Bash(git add:*)", "Bash(git commit:*)"]},
     )
     started: Service = await start_service(config)
     return started
@@ -66,17 +54,6 @@ async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
-
-
-async def finished(service: Service, task_id: str, timeout: float = 60) -> Task:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = await service.store.get_task(task_id)
-        assert task is not None
-        if task.state.finished:
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} is still {task.state.value}"
-        await asyncio.sleep(0.05)
 
 
 async def post(client: httpx.AsyncClient, name: str) -> httpx.Response:

@@ -11,6 +11,7 @@ import time
 import psycopg
 from sqlalchemy.engine import make_url
 
+from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore
 
 
@@ -20,7 +21,9 @@ def test_a_guard_row_inserted_at_once_by_another_node_is_waited_for(pg_url: str)
 
     def reset() -> None:
         try:
-            asyncio.run(store.spend.reset_guard("acme/widget", 17, 5.0))
+            # A human's delivery resets the issue's guard, recorded with it.
+            record = DeliveryRecord("d-1", "forgejo", "issues", "issue_assign", 5.0, "{}")
+            asyncio.run(store.intake.add_delivery(record, None, [("acme/widget", 17, 5.0)]))
         except BaseException as exc:
             errors.append(exc)
 
@@ -38,7 +41,7 @@ def test_a_guard_row_inserted_at_once_by_another_node_is_waited_for(pg_url: str)
             thread.join(10)
         assert not thread.is_alive()
         assert errors == []
-        guard = asyncio.run(store.spend.guard("acme/widget", 17))
+        guard = asyncio.run(store.intake.guard("acme/widget", 17))
         assert guard is not None and guard.since == 5.0
     finally:
         asyncio.run(store.close())

@@ -12,6 +12,7 @@ import pytest
 from claude_hooks.core.domain import TaskState
 from claude_hooks.errors import ConflictError
 from claude_hooks.store.base import Outcome
+from claude_hooks.store.decisions import Cause
 from claude_hooks.store.nodes import NodeInfo
 from claude_hooks.store.schema import agents as agents_table
 from claude_hooks.store.sql import SqlStore
@@ -178,7 +179,7 @@ async def test_each_node_prunes_only_the_logs_on_its_own_disk(pg_url: str) -> No
             assert await store.finish_task(task.id, Outcome(TaskState.SUCCEEDED), NOW + 1)
             ran[store.node] = task.id
         never = (await store.dispatch(new_task(3))).task  # cancelled before any node ran it
-        await store.cancel_queued(never.id, "cancelled while queued", NOW + 2)
+        await store.cancel_tasks([never.id], Cause("a test", None, NOW + 2))
         later = NOW + 10
         assert await store.retention.unpruned_logs(later, 10, "one") == [ran["one"], never.id]
         assert await store.retention.unpruned_logs(later, 10, "two") == [ran["two"], never.id]

@@ -6,6 +6,7 @@ Each test gets an empty database of its backend (`database_url` in conftest.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,16 +15,19 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from claude_hooks.core.decision import CiWatch, Decision, ForgeComment, PullLink, Reset, Trip
 from claude_hooks.core.domain import Task, TaskKind, TaskState, new_task_id, session_key
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.store import spend
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
-from claude_hooks.store.intake import CiWatch, DeliveryRecord, PullLink, Reset
+from claude_hooks.store.decisions import Cause
+from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.schema import queue_lengths, tasks
 from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
+CAUSE = Cause("a test", None, NOW)
 
 
 @pytest.fixture
@@ -140,10 +144,9 @@ async def test_a_disabled_instance_claims_nothing_and_its_tasks_move(store: Stor
 async def test_cancel_fail_and_requeue(store: Store) -> None:
     await agents(store, "dev-a")
     ids = [(await store.dispatch(new_task(n))).task.id for n in range(1, 5)]
-    assert await store.cancel_queued(ids[3], "cancelled while queued", NOW)
-    assert not await store.cancel_queued(ids[3], "again", NOW)
+    assert (await store.cancel_tasks([ids[3]], CAUSE)).cancelled == [ids[3]]
+    assert (await store.cancel_tasks([ids[3]], CAUSE)).cancelled == []
     assert await store.fail_queued(ids[2], "no instance left", NOW)
-    assert not await store.request_cancel(ids[0])  # only a running task takes a cancel request
     await store.claim_next("dev-a", NOW)
     await store.set_process(ids[0], 4242, 99)
     running = await store.get_task(ids[0])
@@ -155,7 +158,7 @@ async def test_cancel_fail_and_requeue(store: Store) -> None:
     assert back.pid is None
     assert await store.queue_positions(ids) == {ids[0]: 1, ids[1]: 2}
     await store.claim_next("dev-a", NOW)
-    assert await store.request_cancel(ids[0])
+    assert (await store.cancel_tasks([ids[0]], CAUSE)).stopping == [ids[0]]
     assert await store.requeue_interrupted(ids[0], NOW)
     cancelled = await store.get_task(ids[0])
     assert cancelled is not None and cancelled.state is TaskState.CANCELLED
@@ -177,7 +180,7 @@ async def test_recover_requeues_at_the_head_and_gives_up_after_max_attempts(
     await store.claim_next("dev-b", NOW)
     assert await store.requeue_interrupted(second, NOW)
     await store.claim_next("dev-b", NOW)  # second again
-    await store.request_cancel(second)
+    await store.cancel_tasks([second], CAUSE)
     recovered = {r.id: r for r in await store.recover(max_attempts=3, now=NOW)}
     assert recovered[first].state is TaskState.QUEUED and recovered[first].pid == 1234
     assert recovered[second].state is TaskState.CANCELLED
@@ -201,7 +204,7 @@ async def test_a_queued_task_whose_cancel_was_asked_is_cancelled_at_claim(store:
     await agents(store, "dev-a")
     task_id = (await store.dispatch(new_task(1))).task.id
     await store.claim_next("dev-a", NOW)
-    await store.request_cancel(task_id)
+    await store.cancel_tasks([task_id], CAUSE)
     await store.recover(max_attempts=3, now=NOW)  # the cancel wins over a requeue
     after = await store.get_task(task_id)
     assert after is not None and after.state is TaskState.CANCELLED
@@ -237,7 +240,7 @@ async def test_summaries(store: Store) -> None:
     await store.finish_task(ids[0], Outcome(TaskState.SUCCEEDED, cost_usd=0.5), NOW + 10)
     await store.claim_next("dev-a", NOW + 10)
     await store.finish_task(ids[1], Outcome(TaskState.FAILED, cost_usd=0.25), NOW + 100)
-    await store.cancel_queued(ids[2], "no", NOW + 101)
+    await store.cancel_tasks([ids[2]], Cause("a test", None, NOW + 101))
     tallies = {t.state: t for t in await store.task_tallies()}
     assert tallies["succeeded"].count == 1 and tallies["succeeded"].run_seconds == 10.0
     assert tallies["failed"].cost_usd == 0.25 and tallies["failed"].runs == 1
@@ -306,54 +309,91 @@ async def test_intake_store(store: Store) -> None:
     await intake.set_assigned_types("acme/widget", 1, ["reviewer", "dev"])
     assert await intake.assigned_types("acme/widget", 1) == {"dev", "reviewer"}
     link = PullLink("acme/widget", 5, "dev", 1, "abc", True)
-    await intake.put_pull_link(link, NOW)
-    await intake.put_pull_link(PullLink("acme/widget", 5, "dev", 1, "def", True), NOW + 1)
-    assert await intake.pull_link("acme/widget", 5) == PullLink(
-        "acme/widget", 5, "dev", 1, "def", True
-    )
+    await write(store, Decision(links=[link], watch=CiWatch("acme/widget", 5, "abc", NOW)))
+    newer = PullLink("acme/widget", 5, "dev", 1, "def", True)
+    attempt = ("acme/widget", 5, "def")
+    watch = CiWatch("acme/widget", 5, "def", NOW + 1)
+    await write(store, Decision(links=[newer], fix_attempts=[attempt], watch=watch))
+    assert await intake.pull_link("acme/widget", 5) == newer
     assert await intake.pull_link_for_head("acme/widget", "def") is not None
     assert await intake.pull_link_for_head("acme/widget", "abc") is None
-    assert [await intake.bump_fix_attempts("acme/widget", 5, "def") for _ in range(3)] == [1, 2, 3]
-    assert await intake.bump_fix_attempts("acme/widget", 5, "xyz") == 1
-    await intake.put_ci_watch(CiWatch("acme/widget", 5, "abc", NOW))
-    await intake.put_ci_watch(CiWatch("acme/widget", 5, "def", NOW + 1))
-    assert await intake.ci_watches() == [CiWatch("acme/widget", 5, "def", NOW + 1)]
-    await intake.drop_ci_watch("acme/widget", 5)
+    await write(store, Decision(fix_attempts=[attempt, attempt]))
+    assert await intake.fix_attempts(*attempt) == 3
+    assert await intake.fix_attempts("acme/widget", 5, "xyz") == 0
+    assert await intake.ci_watches() == [watch]
+    await write(store, Decision(unwatch=[("acme/widget", 5)]))
     assert await intake.ci_watches() == []
+    await intake.drop_ci_watch("acme/widget", 5)
     await agents(store, "dev-a")
     task_id = (await store.dispatch(new_task(1))).task.id
     key = session_key("dev", "acme/widget", 1)
-    assert await intake.pending_task(key, TaskKind.WORK_ISSUE) == task_id
-    assert await intake.pending_task(key, TaskKind.FIX_CI) is None
-    assert await intake.merge_into(task_id, {"newer": True})
+    newer_task = dataclasses.replace(new_task(1), payload={"newer": True})
+    done = await store.dispatch_all([newer_task], None)
+    assert done.placements == [] and [t.id for t in done.merged] == [task_id]
     merged = await store.get_task(task_id)
     assert merged is not None and merged.payload == {"newer": True}
     assert await intake.active_tasks([key, "dev:acme/widget:99"]) == [task_id]
     await store.claim_next("dev-a", NOW)
-    assert not await intake.merge_into(task_id, {"too": "late"})
+    # Running now: a newer event's task is queued behind it, not merged.
+    late = await store.dispatch_all([dataclasses.replace(new_task(1), payload={"late": 1})], None)
+    assert late.merged == [] and len(late.placements) == 1
+
+
+async def write(store: Store, decision: Decision) -> None:
+    """Apply a decision with no tasks and no delivery, as a CI poll's is."""
+    assert (await store.dispatch_all([], None, decision, Cause("a test", None, NOW))).recorded
+
+
+async def test_a_decision_cancels_its_sessions_tasks_in_its_transaction(store: Store) -> None:
+    await agents(store, "dev-a", "dev-b")
+    running = (await store.dispatch(new_task(1))).task
+    assert (await store.claim_next(running.agent, NOW)).task is not None
+    queued = (await store.dispatch(new_task(1))).task
+    other = (await store.dispatch(new_task(2))).task
+    last = await store.last_signal_id()
+    cause = Cause("forge event issues closed", "d-9", NOW)
+    key = session_key("dev", "acme/widget", 1)
+    done = await store.dispatch_all([], None, Decision(cancel=[key]), cause)
+    assert done.written.cancelled == [queued.id] and done.written.stopping == [running.id]
+    ended = await store.get_task(queued.id)
+    assert ended is not None and ended.state is TaskState.CANCELLED
+    asked = await store.get_task(running.id)
+    assert asked is not None and asked.state is TaskState.RUNNING
+    assert [(s.kind, s.target) for s in await store.signals_after(last)] == [("cancel", running.id)]
+    assert await store.notes.cancelled_by_delivery("d-9") == sorted([queued.id, running.id])
+    untouched = await store.get_task(other.id)
+    assert untouched is not None and untouched.state is TaskState.QUEUED
 
 
 async def test_issue_guard_counts_the_issue_and_its_agent_pull_requests(store: Store) -> None:
-    spend = store.spend
+    spend, view = store.spend, store.intake
     await agents(store, "dev-a")
     for number in (1, 5, 7):  # 5 is an agent's pull request for issue 1; 7 is unrelated
         await store.dispatch(new_task(number))
-    await store.intake.put_pull_link(PullLink("acme/widget", 5, "dev", 1, "abc", True), NOW)
-    assert await spend.issue_usage("acme/widget", 1, 0.0) == (2, 0.0)
-    assert await spend.issue_usage("acme/widget", 1, NOW + 2) == (1, 0.0)  # since: only #5
-    assert await spend.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
+    await write(store, Decision(links=[PullLink("acme/widget", 5, "dev", 1, "abc", True)]))
+    assert await view.issue_usage("acme/widget", 1, 0.0) == (2, 0.0)
+    assert await view.issue_usage("acme/widget", 1, NOW + 2) == (1, 0.0)  # since: only #5
+    assert await view.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
     # A link of a number to itself counts its tasks once, as the number's own.
-    await store.intake.put_pull_link(PullLink("acme/widget", 7, "dev", 7, "def", True), NOW)
-    assert await spend.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
-    assert await spend.guard("acme/widget", 1) is None
-    assert await spend.add_review_round("acme/widget", 1) == 1
-    assert await spend.trip("acme/widget", 1, "too many", NOW)
-    await spend.reset_guard("acme/widget", 1, NOW + 10)
-    await spend.reset_guard("acme/widget", 2, NOW + 11)
-    reset = await spend.guard("acme/widget", 1)
+    await write(store, Decision(links=[PullLink("acme/widget", 7, "dev", 7, "def", True)]))
+    assert await view.issue_usage("acme/widget", 7, 0.0) == (1, 0.0)
+    assert await view.guard("acme/widget", 1) is None
+    comment = ForgeComment("dev", "acme/widget", 1, "a human is needed")
+    trip = Trip("acme/widget", 1, "too many", NOW, comment)
+    await write(store, Decision(review_rounds=[("acme/widget", 1)], trips=[trip]))
+    tripped = await view.guard("acme/widget", 1)
+    assert tripped is not None and (tripped.review_rounds, tripped.reason) == (1, "too many")
+    assert [letter.body for letter in await store.outbox.waiting(10)] == ["a human is needed"]
+    # Tripped already: a second trip asks no one again.
+    await write(store, Decision(trips=[trip]))
+    assert len(await store.outbox.waiting(10)) == 1
+    assert [g.number for g in await spend.tripped()] == [1]
+    resets: list[Reset] = [("acme/widget", 1, NOW + 10), ("acme/widget", 2, NOW + 11)]
+    assert await store.intake.add_delivery(delivery("d-reset", NOW), None, resets)
+    reset = await view.guard("acme/widget", 1)
     assert reset is not None and (reset.since, reset.review_rounds) == (NOW + 10, 0)
     assert reset.tripped_at is None and reset.reason is None
-    fresh = await spend.guard("acme/widget", 2)
+    fresh = await view.guard("acme/widget", 2)
     assert fresh is not None and fresh.since == NOW + 11
 
 
@@ -362,7 +402,10 @@ async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) ->
     seen: list[tuple[list[str], str | None]] = []
 
     def settle(
-        placements: list[Placement], failure: NoInstanceError | None
+        placements: list[Placement],
+        merged: list[Task],
+        cancelled: list[str],
+        failure: NoInstanceError | None,
     ) -> tuple[DeliveryRecord, tuple[str, int, frozenset[str]] | None, list[Reset]]:
         record = delivery("d-1", NOW)
         record.task_ids = [p.task.id for p in placements]
@@ -377,14 +420,31 @@ async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) ->
     assert stored is not None and stored.outcome == "error"
     assert stored.task_ids == [done.placements[0].task.id] == seen[0][0]
     assert await store.intake.assigned_types("acme/widget", 1) == {"dev"}
-    guard = await store.spend.guard("acme/widget", 1)
+    guard = await store.intake.guard("acme/widget", 1)
     assert guard is not None and guard.since == NOW + 1
-    # The same id again: nothing is placed, nothing is recorded twice, no guard is reset.
-    again = await store.dispatch_all([new_task(3)], settle)
+    # The same id again: nothing is placed, nothing is recorded twice, no guard is reset,
+    # and nothing else the decision carries is written.
+    key = session_key("dev", "acme/widget", 1)
+    writes = Decision(
+        cancel=[key],
+        links=[PullLink("acme/widget", 5, "dev", 1, "abc", True)],
+        fix_attempts=[("acme/widget", 5, "abc")],
+        review_rounds=[("acme/widget", 1)],
+        trips=[Trip("acme/widget", 1, "too many", NOW, ForgeComment("dev", "acme/widget", 1, "!"))],
+        watch=CiWatch("acme/widget", 5, "abc", NOW),
+        comments=[ForgeComment("dev", "acme/widget", 1, "hello")],
+    )
+    again = await store.dispatch_all([new_task(3)], settle, writes, Cause("test", "d-1", NOW))
     assert not again.recorded and again.placements == []
     assert await store.count_tasks(TaskFilter()) == 1
-    guard = await store.spend.guard("acme/widget", 1)
+    assert await store.count_tasks(TaskFilter(state=TaskState.QUEUED)) == 1
+    guard = await store.intake.guard("acme/widget", 1)
     assert guard is not None and guard.since == NOW + 1
+    assert (guard.review_rounds, guard.tripped_at) == (0, None)
+    assert await store.intake.pull_link("acme/widget", 5) is None
+    assert await store.intake.fix_attempts("acme/widget", 5, "abc") == 0
+    assert await store.intake.ci_watches() == []
+    assert await store.outbox.waiting(10) == []
 
 
 async def test_breaker_states_are_kept_replaced_and_cleared(store: Store) -> None:
@@ -591,7 +651,7 @@ async def test_queue_lengths_follow_every_change_of_a_queue(store: SqlStore) -> 
     assert kept == counted and sum(kept.values()) == 7
     first = (await store.claim_next("dev-a", NOW)).task
     assert first is not None
-    await store.cancel_queued(placed[-1].id, "cancelled while queued", NOW)
+    await store.cancel_tasks([placed[-1].id], CAUSE)
     await store.requeue_interrupted(first.id, NOW)
     await store.set_agent_enabled("dev-b", False)
     for entry in await store.orphaned_tasks():

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 
 from claude_hooks.config import FlowsConfig
-from claude_hooks.service.flows import Decision
+from claude_hooks.core.decision import Decision
+from claude_hooks.core.loop_guard import trip_reason
 from claude_hooks.service.intake import Applied, _kept
-from claude_hooks.service.loop_guard import trip_reason
 from tests.fake_forgejo import FakeForgejo
 from tests.support import fixture, forgejo_headers, wait_until
 from tests.web.test_forge_flows import client_for, forge_config  # noqa: F401
@@ -55,7 +55,7 @@ async def test_a_pull_request_bounced_between_reviewer_and_dev_stops_until_a_hum
         types={"reviewer": {**reviewer, "workdir": "none", "comments": False}},
         flows={"max_review_rounds": 2, "escalate_to": "alice", "escalation_label": "needs-human"},
     )
-    config.types["dev"].comments = False  # only the escalation is posted
+    config.types["dev"].comments = "off"  # only the escalation is posted
     _service, client = await client_for(config)
     # bob is the reviewer agent: it requests changes on dev's PR #18 (for issue #17), twice.
     for round_ in (1, 2):

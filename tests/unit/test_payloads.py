@@ -49,6 +49,18 @@ EXPECTED_MODEL: dict[str, type[BaseModel]] = {
     "action_run_failure": ActionRunPayload,
     "action_run_success": ActionRunPayload,
     "push": PushPayload,
+    "pull_request_label_added": PullRequestPayload,
+    "pull_request_label_updated": PullRequestPayload,
+    "pull_request_label_cleared": PullRequestPayload,
+}
+# Captured from another Forgejo than the acme/widget ones.
+REPOSITORY = {
+    name: "test_it/test_ci_thing"
+    for name in (
+        "pull_request_label_added",
+        "pull_request_label_updated",
+        "pull_request_label_cleared",
+    )
 }
 
 
@@ -71,8 +83,9 @@ def test_every_fixture_has_an_expected_model() -> None:
 @pytest.mark.parametrize(("name", "model"), EXPECTED_MODEL.items(), ids=list(EXPECTED_MODEL))
 def test_every_fixture_parses_with_its_model(name: str, model: type[BaseModel]) -> None:
     payload: Any = parsed(name)
-    assert payload.repository.full_name == "acme/widget"
-    assert payload.repository.owner.login == "acme"
+    repository = REPOSITORY.get(name, "acme/widget")
+    assert payload.repository.full_name == repository
+    assert payload.repository.owner.login == repository.split("/")[0]
     assert type(payload) is model
 
 
@@ -238,7 +251,7 @@ def test_push() -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    ["issue_label", "pull_request_label", "create", "delete", "package", "release", ""],
+    ["create", "delete", "package", "release", ""],
 )
 def test_unhandled_event_types_give_none(event_type: str) -> None:
     assert parse_payload(event_type, data("issues_opened")) is None
@@ -345,3 +358,19 @@ def test_bad_payload_is_400_naming_the_field(
     with pytest.raises(MalformedDeliveryError, match=message) as caught:
         parse_payload(event_type, raw)
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "labels"),
+    [
+        ("pull_request_label_added", "label_updated", ["Kind/Documentation", "Kind/Enhancement"]),
+        ("pull_request_label_updated", "label_updated", ["Kind/Enhancement", "Kind/Testing"]),
+        ("pull_request_label_cleared", "label_cleared", ["Kind/Enhancement", "Kind/Testing"]),
+    ],
+)
+def test_label_events_carry_the_labels_after_the_change(
+    name: str, action: str, labels: list[str]
+) -> None:
+    payload = parsed(name)
+    assert payload.action == action
+    assert [label.name for label in payload.pull_request.labels] == labels

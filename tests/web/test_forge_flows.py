@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_hooks.core.decision import CiWatch
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
-from claude_hooks.store.intake import CiWatch
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
 from tests.fake_forgejo import FakeForgejo
@@ -168,7 +168,9 @@ async def test_a_refused_token_says_which_type_to_fix(
 async def test_task_progress_is_commented_on_the_issue(
     client_for: Any, fake_forgejo: FakeForgejo, tmp_path: Path
 ) -> None:
-    _service, client = await client_for(forge_config(tmp_path, fake_forgejo))
+    config = forge_config(tmp_path, fake_forgejo)
+    config.types["dev"].comments = "each"
+    _service, client = await client_for(config)
     answer = await post(client, "issues_assigned_dev")
     assert answer.status_code == 202
     await wait_until(lambda: len(fake_forgejo.comments) == 3)
@@ -184,7 +186,7 @@ async def test_comments_can_be_turned_off_per_type(
     client_for: Any, fake_forgejo: FakeForgejo, tmp_path: Path
 ) -> None:
     config = forge_config(tmp_path, fake_forgejo)
-    config.types["dev"].comments = False
+    config.types["dev"].comments = "off"
     service, client = await client_for(config)
     answer = await post(client, "issues_assigned_dev")
     task_id = answer.json()["tasks"][0]["id"]
@@ -243,8 +245,8 @@ async def test_approved_agent_pr_is_merged_by_the_merge_runner(
         types={"boss": {"login": "boss-bot", "token": "tok-boss", "runner": "merge"}},
         flows={"merge_style": "squash"},
     )
-    config.types["dev"].comments = False
-    config.types["boss"].comments = False
+    config.types["dev"].comments = "off"
+    config.types["boss"].comments = "off"
     service, client = await client_for(config)
     approved_body, approved_headers = fixture("pull_request_review_approved")
     head = json.loads(approved_body)["pull_request"]["head"]["sha"]

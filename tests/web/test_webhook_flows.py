@@ -114,6 +114,10 @@ EXPECTED: dict[str, tuple[list[str], int, str, list[tuple[str, str]], str]] = {
         "CI failed on acme/widget#18",
     ),
     "action_run_success": ([], 200, "ignored", [], "nothing to fix"),
+    # No type here has trigger labels (tests/web/test_forge_labels.py has them).
+    "pull_request_label_added": ([], 200, "ignored", [], "no agent label changed"),
+    "pull_request_label_updated": ([], 200, "ignored", [], "no agent label changed"),
+    "pull_request_label_cleared": ([], 200, "ignored", [], "no agent label changed"),
 }
 
 

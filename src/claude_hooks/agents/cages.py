@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from claude_hooks.agents import processes
-from claude_hooks.agents.runners.base import RunResult
+from claude_hooks.agents.run_result import RunResult
 from claude_hooks.config import TypeConfig, size_bytes
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -29,7 +30,14 @@ class CappedLog:
     are kept or dropped whole.
     """
 
-    def __init__(self, path: Path, limit: int, notice: str = NOTICE, lines: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        limit: int,
+        notice: str = NOTICE,
+        lines: bool = False,
+        room: Callable[[], bool] | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.stream: IO[bytes] = path.open("ab")
@@ -42,6 +50,8 @@ class CappedLog:
         self.tail_size = 0
         self.dropped = 0
         self.failed = False
+        # False while the disk is short (`DiskRoom`): what comes after the head is dropped.
+        self.room = room
 
     def write(self, data: bytes) -> None:
         if self.lines and len(data) > self.head_room:
@@ -68,6 +78,10 @@ class CappedLog:
 
     def _put(self, data: bytes) -> None:
         if self.failed or not data:
+            return
+        if self.room is not None and not self.room() and self.stream.tell() > 0:
+            self.failed = True
+            log.warning("task log %s stops here: the disk is short of room", self.path)
             return
         try:
             self.stream.write(data)

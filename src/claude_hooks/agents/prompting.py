@@ -59,6 +59,18 @@ class _Untrusted:
         return f'<{self.tag} label="{safe_label}">\n{text}\n</{self.tag}>'
 
 
+def steering_prompt(messages: list[tuple[str, str]]) -> str:
+    """The user turn that hands the running agent the mentions (sender, text) written while
+    it worked: data to weigh, fenced like every text from the forge."""
+    fence = _Untrusted()
+    parts = [fence(f"comment by @{sender}", body) for sender, body in messages]
+    return (
+        "While you worked, these comments on the issue were addressed to you. Take them into "
+        "account in the task you are doing, answer them, then finish the task:\n\n"
+        + "\n\n".join(parts)
+    )
+
+
 class Prompts:
     """The templates of one type; `render(name, context)` gives the prompt text."""
 

@@ -37,7 +37,7 @@ from typing import IO
 from urllib.parse import quote
 
 from claude_hooks.agents import resources
-from claude_hooks.agents.runners.base import RunResult
+from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.worktree_state import Captured, apply, capture
 from claude_hooks.config import TypeConfig, size_bytes
@@ -154,8 +154,10 @@ class Workspaces:
         states: WorktreeStateStore | None = None,
         max_state_bytes: int = MAX_STATE_BYTES,
         node: str | None = None,
+        room: Callable[[], bool] | None = None,
     ) -> None:
         self.root = data_dir / "workdirs"
+        self.room = room  # False while the disk is short: worktree states are not saved
         self.mirrors = data_dir / "mirrors"
         self.bundles = data_dir / "bundles"
         self.forgejo_url = forgejo_url.rstrip("/")
@@ -454,6 +456,14 @@ class Workspaces:
         key = task.session_key
         path = self.workdir(key)
         if self.states is None or type_config.workdir != "worktree" or _found(path) != "git":
+            return None
+        if self.room is not None and not self.room():
+            log.warning(
+                "the worktree state of %s is not saved: the disk is below server.min_free_disk",
+                key,
+            )
+            await self.states.forget_state(key)  # an older state must not be restored
+            self._mark(key, None)
             return None
         self.bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
         scratch = self.bundles / f"{task.id}.state"

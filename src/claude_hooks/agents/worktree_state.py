@@ -19,17 +19,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Protocol
 
+from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.errors import ClaudeHooksError
 
 # A listing of a tree (`git ls-tree -r`) longer than this is refused: it is a tree of more
 # than ~500,000 entries, most likely one that names a subtree many times (a "tree bomb").
 MAX_LISTING_BYTES = 64 * 1024**2
-
-if TYPE_CHECKING:
-    from claude_hooks.agents.sandbox import Sandbox
-    from claude_hooks.agents.workspace import _Git
 
 WORKTREE_REF = "refs/claude-hooks/worktree"
 INDEX_REF = "refs/claude-hooks/index"
@@ -40,6 +37,29 @@ _IDENTITY = {
     "GIT_COMMITTER_NAME": "claude-hooks",
     "GIT_COMMITTER_EMAIL": "claude-hooks@localhost",
 }
+
+
+class Git(Protocol):
+    """The hardened git the workspaces run (`workspace._Git`): declared here, so this module
+    needs nothing from the one that uses it."""
+
+    async def in_workdir(
+        self,
+        path: Path,
+        args: tuple[str, ...],
+        sandbox: Sandbox | None,
+        readable: list[Path] | None = None,
+        out: IO[bytes] | None = None,
+        limit: int = 0,
+        env: dict[str, str] | None = None,
+        writable: list[Path] | None = None,
+    ) -> str: ...
+
+    async def run(self, *args: str | Path, network: bool = False, local: bool = False) -> str: ...
+
+    async def ok(self, *args: str | Path, network: bool = False) -> bool: ...
+
+    async def capped(self, *args: str | Path, limit: int) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +78,7 @@ def _sha(text: str, what: str) -> str:
 
 
 async def capture(
-    git: _Git, path: Path, sandbox: Sandbox | None, scratch: Path, bundle: Path, limit: int
+    git: Git, path: Path, sandbox: Sandbox | None, scratch: Path, bundle: Path, limit: int
 ) -> Captured | None:
     """Write the workdir's state to `bundle`; None if it has no commit to start from.
 
@@ -101,7 +121,7 @@ async def capture(
 
 
 async def apply(
-    git: _Git, repo: Path, bundle: Path, state: Captured, sandbox: Sandbox | None, limit: int
+    git: Git, repo: Path, bundle: Path, state: Captured, sandbox: Sandbox | None, limit: int
 ) -> None:
     """Make the fresh clone `repo` the captured state: HEAD (on its branch), index, files.
 
@@ -145,7 +165,7 @@ async def apply(
         await run("update-ref", "-d", ref)
 
 
-async def _listing(git: _Git, repo: Path, tree: str, sizes: bool = False) -> list[list[str]]:
+async def _listing(git: Git, repo: Path, tree: str, sizes: bool = False) -> list[list[str]]:
     """The entries of `tree`, recursively: [mode, type, object, (size,) path] each."""
     args: list[str | Path] = ["-C", repo, "ls-tree", "-r", "-z", *(["-l"] if sizes else []), tree]
     raw = await git.capped(*args, limit=MAX_LISTING_BYTES)
@@ -161,7 +181,7 @@ async def _listing(git: _Git, repo: Path, tree: str, sizes: bool = False) -> lis
     return entries
 
 
-async def _files_bytes(git: _Git, repo: Path, tree: str) -> int:
+async def _files_bytes(git: Git, repo: Path, tree: str) -> int:
     """The bytes of the files of `tree` once checked out (a link counts its target's length)."""
     entries = await _listing(git, repo, tree, sizes=True)
     return sum(int(entry[3]) for entry in entries if entry[1] == "blob")

@@ -28,11 +28,14 @@ from claude_hooks.web.app import create_app
 from claude_hooks.web.server import AppServer, bind
 
 # A stand-in agent: says what it does, works for DEMO_WORK seconds, fails where the issue's
-# title asks it to (the demo's failure).
+# title asks it to (the demo's failure), and repeats the steering messages it was sent.
 AGENT = (
     "import json, os, sys, time; task = json.load(sys.stdin); "
     "print(f\"{task['agent']} is on {task['kind']} for {task['repo']}#{task['number']}\", "
     "flush=True); time.sleep(float(os.environ['DEMO_WORK'])); "
+    "steer = os.environ.get('CLAUDE_HOOKS_STEER'); "
+    "[print(f\"steered by @{m['from']}: {m['body']}\", flush=True) "
+    "for m in map(json.loads, open(steer).read().splitlines() if steer else [])]; "
     "fails = 'fails' in task['payload'].get('title', ''); "
     "print('cannot reproduce: giving up' if fails else 'done', flush=True); "
     "sys.exit(1 if fails else 0)"
@@ -95,13 +98,31 @@ def _pull(action: str, sender: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _comment(number: int, title: str, comment_id: int, body: str) -> tuple[str, dict[str, Any]]:
+    return (
+        "issue_comment",
+        {
+            "action": "created",
+            "is_pull": False,
+            "issue": _issue(number, title, []),
+            "comment": {"id": comment_id, "body": body, "user": _user("maintainer")},
+            "repository": _repository(),
+            "sender": _user("maintainer"),
+        },
+    )
+
+
 def sample_deliveries() -> list[tuple[str, dict[str, Any]]]:
     """(event type, payload), in the order of the story the demo tells: work for dev with a
-    queue, a failure, a cancel, dev's PR reviewed and merged, its CI failing and fixed."""
+    queue, a steer of a running task, a failure, a cancel and a stop from the forge, dev's PR
+    reviewed and merged, its CI failing and fixed."""
     return [
         _assign(1, "Crash on empty input"),
         _assign(2, "Retry failed deliveries"),
         _assign(5, "Slow start-up"),  # both dev instances are busy: this one queues
+        # dev works on #2: the mention reaches the running agent instead of queueing.
+        _comment(2, "Retry failed deliveries", 5, "@dev also log each retry"),
+        _comment(5, "Slow start-up", 6, "On second thought, not now.\n@dev stop"),
         _assign(6, "Intermittent timeout (the stand-in fails this one)"),
         _assign(7, "Assigned by mistake"),
         _assign(7, "Assigned by mistake", action="unassigned"),  # cancels its queued task
@@ -138,7 +159,7 @@ def sample_deliveries() -> list[tuple[str, dict[str, Any]]]:
                 "issue": _issue(1, "Crash on empty input", []),
                 "comment": {
                     "id": 7,
-                    "body": "@dev please add a test too",
+                    "body": "@dev queue: please add a test too",
                     "user": _user("maintainer"),
                 },
                 "repository": _repository(),
@@ -212,6 +233,8 @@ async def feed(
         placed = ", ".join(f"{t['type']} -> {t['agent']}" for t in result.get("tasks", []))
         if result.get("cancelled"):
             placed = f"cancelled task {', '.join(result['cancelled'])}"
+        elif "steered" in result.get("reason", ""):
+            placed = result["reason"].rsplit("; ", 1)[1]
         say(
             f"{event_type:28} {answer.status_code} {result['status']}: "
             f"{placed or result.get('reason', '')}"

@@ -26,7 +26,7 @@ from claude_hooks.core.exposure import is_loopback, weak_secrets
 from claude_hooks.errors import ClaudeHooksError, NoDatabaseYet
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.lockfile import running_service
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 
 # How long `serve` waits for the forge's answers at start: a down forge delays it no longer.
 STARTUP_FORGE_SECONDS = 5.0
@@ -83,7 +83,7 @@ async def run_checks(config: Config) -> AsyncIterator[Check]:
             yield check
         return
     try:
-        store = await SqlStore.open(config.database_url, create=False)
+        store = await SqlStore.open(config.database_url, Timeouts.of(config.server), create=False)
     except NoDatabaseYet as exc:
         yield Check(True, "database", str(exc), warning=True)
         async for check in _machine_checks(config):

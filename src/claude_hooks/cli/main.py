@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typer.core import TyperGroup
 from claude_hooks import __version__
 from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.cli import spend as spend_cli
+from claude_hooks.cli.labels import labels_app
 from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
 from claude_hooks.cli.policy import policy_app, write_example
 from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
@@ -39,16 +41,24 @@ from claude_hooks.errors import (
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import control
-from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, delivery_rows
+from claude_hooks.service.history import (
+    DELIVERY_OUTCOMES,
+    REJECTED,
+    SPOOLED,
+    delivery_rows,
+    spooled_rows,
+)
 from claude_hooks.service.limits import Pause, stored_pauses
 from claude_hooks.service.lockfile import ServiceLock, running_service
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
+from claude_hooks.service.spool import FILE_NAME as SPOOL_FILE
+from claude_hooks.service.spool import Spooled, SpoolError, read_spool
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup, restore
 from claude_hooks.store.base import NodeAddress, Store, TaskFilter
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 
 T = TypeVar("T")
 
@@ -87,11 +97,14 @@ workdirs_app = typer.Typer(
 nodes_app = typer.Typer(help="Show the nodes that share the database.", no_args_is_help=True)
 app.add_typer(deliveries_app, name="deliveries", rich_help_panel=INSPECT)
 app.add_typer(nodes_app, name="nodes", rich_help_panel=INSPECT)
+spool_app = typer.Typer(help="Load a node's delivery spool by hand.", no_args_is_help=True)
+app.add_typer(spool_app, name="spool", rich_help_panel=OPERATE)
 app.add_typer(workdirs_app, name="workdirs", rich_help_panel=OPERATE)
 app.command("simulate", rich_help_panel=PLAN)(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget", rich_help_panel=OPERATE)
 app.add_typer(policy_app, name="policy", rich_help_panel=INSPECT)
 app.command("costs", rich_help_panel=INSPECT)(spend_cli.costs)
+app.add_typer(labels_app, name="labels", rich_help_panel=OPERATE)
 
 # Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -159,7 +172,7 @@ async def _with_store(
         )
     if create and database is not None and not database.exists():
         prepare_data_dir(config.data_dir, config.database_url)  # 0700 and 0600, as serve makes
-    store = await SqlStore.open(config.database_url, create=create)
+    store = await SqlStore.open(config.database_url, Timeouts.of(config.server), create=create)
     try:
         return await action(store)
     finally:
@@ -361,13 +374,14 @@ def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) ->
             "started_at": v.started_at,
             "heartbeat_at": v.heartbeat_at,
             "instances": list(v.instances),
+            "spooled": v.spooled,
         }
         for v in views
     ]
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "state", "last heartbeat", "capacity", "instances", "url")
+    table = Table("name", "state", "last heartbeat", "capacity", "instances", "spooled", "url")
     for v in views:
         table.add_row(
             v.name,
@@ -375,6 +389,7 @@ def nodes_list(config_file: ConfigOption = None, as_json: JsonOption = False) ->
             f"{now - v.heartbeat_at:.1f} s ago",
             str(v.capacity or "no limit"),
             ", ".join(v.instances) or "-",
+            f"{v.spooled} not replayed" if v.spooled else "-",
             v.url or "-",
         )
     out.print(table)
@@ -651,7 +666,11 @@ def deliveries_list(
     async def fetch(store: Store) -> list[dict[str, Any]]:
         return (await delivery_rows(store, outcome, limit, 0))[1]
 
-    rows = _run(_with_store(config, fetch))
+    if outcome == SPOOLED:  # read from the spool file: the database may be what is away
+        waiting = [entry.record for entry in _read_spool(config.spool_dir)]
+        rows = spooled_rows(waiting, limit, 0)[1]
+    else:
+        rows = _run(_with_store(config, fetch))
     if as_json:
         _print_json(rows)
         return
@@ -687,6 +706,46 @@ def _print_rejections(rows: list[dict[str, Any]]) -> None:
             row["hint"],
         )
     out.print(table)
+
+
+def _read_spool(path: Path) -> list[Spooled]:
+    try:
+        return read_spool(path)
+    except SpoolError as exc:
+        _fail(str(exc))
+
+
+@spool_app.command("replay")
+def spool_replay(
+    path: Annotated[
+        Path, typer.Argument(help="A spool file, or the data dir (server.spool_dir) holding one.")
+    ],
+    config_file: ConfigOption = None,
+) -> None:
+    """Load the deliveries of a node's spool into the database, from any host: each is stored
+    pending, and the leading node runs it through the flows; one already there is skipped."""
+    config = _config(config_file)
+    if not path.exists():
+        _fail(f"no spool at {str(path)!r}: give the file or the folder holding {SPOOL_FILE}")
+    entries = _read_spool(path)
+
+    async def load(store: Store) -> int:
+        loaded = 0
+        now = time.time()
+        for place, entry in enumerate(entries):
+            record = dataclasses.replace(
+                entry.record, outcome="pending", reason=f"loaded from the spool {path}"
+            )
+            # In arrival order: the retrier takes the earliest due first.
+            if await store.pending.add_pending(record, now + place * 1e-6):
+                loaded += 1
+        return loaded
+
+    loaded = _run(_with_store(config, load))
+    out.print(
+        f"{loaded} of {len(entries)} spooled deliveries loaded as pending "
+        f"({len(entries) - loaded} were in the database already); the leading node runs them"
+    )
 
 
 @deliveries_app.command("replay")

@@ -26,7 +26,7 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.service.costs import Grouping, group_costs
 from claude_hooks.service.limits import SIGNAL_BUDGET
 from claude_hooks.service.spend_report import budget_report
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.sql import SqlStore, Timeouts
 
 T = TypeVar("T")
 DEFAULT_DAYS = 30
@@ -57,7 +57,7 @@ def _with_store(
     config: Config, action: Callable[[SqlStore], Awaitable[T]], create: bool = True
 ) -> T:
     async def run() -> T:
-        store = await SqlStore.open(config.database_url, create=create)
+        store = await SqlStore.open(config.database_url, Timeouts.of(config.server), create=create)
         try:
             return await action(store)
         finally:

@@ -22,6 +22,7 @@ class TaskKind(enum.StrEnum):
 
 class TaskState(enum.StrEnum):
     QUEUED = "queued"
+    HELD = "held"  # its session is paused (`@<login> pause`): out of the queue until resumed
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"

@@ -381,6 +381,27 @@ class ForgejoClient:
         response = await self._send(request)
         return self._parse(response, _WireComment, request).id
 
+    async def edit_comment(self, owner: str, repo: str, comment_id: int, body: str) -> None:
+        """Replace a comment's text (a living status comment); doing it twice is harmless."""
+        request = _Request(
+            "PATCH",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/issues/comments/{_seg(comment_id)}",
+            f"comment {comment_id} in {owner}/{repo}",
+            json={"body": body},
+        )
+        await self._send(request)
+
+    async def react(self, owner: str, repo: str, comment_id: int, content: str) -> None:
+        """Put a reaction (`eyes`, `+1`, `-1`, ...) on a comment; Forgejo keeps one of each
+        per user, so sending it twice is harmless."""
+        request = _Request(
+            "POST",
+            f"/repos/{_seg(owner)}/{_seg(repo)}/issues/comments/{_seg(comment_id)}/reactions",
+            f"comment {comment_id} in {owner}/{repo}",
+            json={"content": content},
+        )
+        await self._send(request)
+
     async def label_id(self, owner: str, repo: str, name: str) -> int | None:
         """The id of the repository's label called `name`, looked for page by page."""
         page = 1

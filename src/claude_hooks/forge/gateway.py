@@ -15,6 +15,7 @@ from claude_hooks.forge.payloads import Branch, PullRequest, User
 
 log = logging.getLogger(__name__)
 LABEL_COLOR = "#d93f0b"  # the escalation label, when the service creates it
+TRIGGER_COLOR = "#1d76db"  # labels that assign an agent type (`[types.<t>] labels`)
 
 
 def _split(repo: str) -> tuple[str, str]:
@@ -125,9 +126,29 @@ class Forge:
         found = await self.client(None).pull_for_head(owner, name, sha)
         return found.number if found else None
 
-    async def comment(self, as_type: str, repo: str, number: int, body: str) -> None:
+    async def comment(self, as_type: str, repo: str, number: int, body: str) -> int:
         owner, name = _split(repo)
-        await self.client(as_type).comment(owner, name, number, body)
+        return await self.client(as_type).comment(owner, name, number, body)
+
+    async def edit_comment(self, as_type: str, repo: str, comment_id: int, body: str) -> None:
+        owner, name = _split(repo)
+        await self.client(as_type).edit_comment(owner, name, comment_id, body)
+
+    async def react(self, as_type: str, repo: str, comment_id: int, content: str) -> None:
+        owner, name = _split(repo)
+        await self.client(as_type).react(owner, name, comment_id, content)
+
+    async def sync_labels(self, repo: str, names: list[str]) -> list[str]:
+        """Create those of `names` the repository lacks, with the service's token; the ones
+        created."""
+        owner, repo_name = _split(repo)
+        client = self.client(None)
+        created = []
+        for name in names:
+            if await client.label_id(owner, repo_name, name) is None:
+                await client.create_label(owner, repo_name, name, TRIGGER_COLOR)
+                created.append(name)
+        return created
 
     async def label(self, as_type: str, repo: str, number: int, name: str) -> None:
         """Put the label `name` on an issue, creating it in the repository if missing."""

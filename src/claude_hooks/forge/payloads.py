@@ -99,6 +99,13 @@ class IssuePullRef(_Model):
 Users = Annotated[list[User], BeforeValidator(_none_to_empty_list)]
 
 
+class Label(_Model):
+    name: str
+
+
+Labels = Annotated[list[Label], BeforeValidator(_none_to_empty_list)]
+
+
 class Issue(_Model):
     number: Number
     title: str
@@ -106,6 +113,7 @@ class Issue(_Model):
     state: str
     user: User
     assignees: Users = []
+    labels: Labels = []  # after the change, on `issue_label` events
     pull_request: IssuePullRef | None = None
     html_url: str | None = None
 
@@ -128,6 +136,7 @@ class PullRequest(_Model):
     state: str
     user: User
     assignees: Users = []
+    labels: Labels = []  # after the change, on `pull_request_label` events
     merged: bool = False
     head: Branch
     base: Branch
@@ -269,10 +278,12 @@ Payload = (
 _MODEL_BY_EVENT_TYPE: Mapping[str, type[Payload]] = {
     "issues": IssuePayload,
     "issue_assign": IssuePayload,
+    "issue_label": IssuePayload,
     "issue_comment": IssueCommentPayload,
     "pull_request_comment": IssueCommentPayload,
     "pull_request": PullRequestPayload,
     "pull_request_assign": PullRequestPayload,
+    "pull_request_label": PullRequestPayload,
     "pull_request_sync": PullRequestPayload,
     "pull_request_review_request": PullRequestPayload,
     "pull_request_review_approved": PullRequestPayload,

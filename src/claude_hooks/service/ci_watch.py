@@ -7,59 +7,42 @@ stored, so a restart resumes them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from claude_hooks.config import Config
+from claude_hooks.core.decision import CiWatch
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import flows
 from claude_hooks.service.intake import Applied, Intake
-from claude_hooks.store.intake import CiWatch
+from claude_hooks.service.loop import Loop
 
 log = logging.getLogger(__name__)
 
 
-class CiWatcher:
+class CiWatcher(Loop):
     def __init__(
         self, config: Config, intake: Intake, forge: Forge, clock: Callable[[], float]
     ) -> None:
+        super().__init__("ci-watcher", config.flows.ci_poll_interval)
         self.config = config
         self.intake = intake
         self.forge = forge
         self.clock = clock
-        self.wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.forge.enabled and self.config.flows.poll_ci:
-            self._task = asyncio.create_task(self._run(), name="ci-watcher")
+            super().start()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.config.flows.ci_poll_interval)
-            self.wake.clear()
+    async def run_once(self) -> None:
+        for watch in await self.intake.store.ci_watches():
             try:
-                watches = await self.intake.store.ci_watches()
+                await self.check(watch)
+            except ClaudeHooksError as exc:
+                log.warning("CI poll of %s#%d failed: %s", watch.repo, watch.pr_number, exc)
             except Exception:
-                log.exception("could not read the CI watches; trying again")
-                continue
-            for watch in watches:
-                try:
-                    await self.check(watch)
-                except ClaudeHooksError as exc:
-                    log.warning("CI poll of %s#%d failed: %s", watch.repo, watch.pr_number, exc)
-                except Exception:
-                    log.exception("CI poll of %s#%d failed", watch.repo, watch.pr_number)
+                log.exception("CI poll of %s#%d failed", watch.repo, watch.pr_number)
 
     async def check(self, watch: CiWatch) -> str:
         """Look once at a watched head; returns the combined state it saw."""
@@ -86,6 +69,6 @@ class CiWatcher:
             "target_url": next((s.target_url for s in failed if s.target_url), None),
         }
         decision = await flows.dispatch_fix_ci(self.intake.context(None), link, context)
-        await self.intake.apply(decision, Applied())
+        await self.intake.apply(decision, Applied(), "a CI poll of claude-hooks")
         log.info("CI of %s#%d: %s", watch.repo, watch.pr_number, decision.reason)
         return status.state

@@ -16,15 +16,16 @@ from claude_hooks.errors import ConfigError, ConflictError
 from claude_hooks.names import NAME_RULE, valid_name
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store, TaskFilter
+from claude_hooks.store.decisions import Cause
 
 SIGNAL_AGENTS = "agents"
-SIGNAL_CANCEL = "cancel"
 
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
     task_id: str
-    was: TaskState
+    was: TaskState  # the state the task was in when the cancel arrived
+    agent: str
     message: str
 
 
@@ -76,26 +77,29 @@ async def _cancel_running_on(store: Store, name: str) -> list[str]:
 
 
 async def cancel_task(
-    store: Store, task_id: str, by: str = "a user, with the CLI (tasks cancel)"
+    store: Store,
+    task_id: str,
+    by: str = "a user, with the CLI (tasks cancel)",
+    delivery_id: str | None = None,
 ) -> CancelRequest:
+    """Cancel a queued or running task, noting who asked (`Store.cancel_tasks`, the act the
+    intake's decisions use too); a running one is stopped by the node that runs it, told by
+    a signal. ConflictError if it has already finished. `Pool.cancel_task` adds what the
+    service itself does at once."""
     task = await find_task(store, task_id)
     task_id = task.id  # the full id, whichever tail of it was given
-    if not task.state.finished:
-        await store.notes.set_cancelled_by(task_id, by)
-    now = time.time()
-    if task.state is TaskState.QUEUED and await store.cancel_queued(
-        task_id, "cancelled while queued", now
-    ):
-        await store.emit_signal(SIGNAL_CANCEL, task_id, now)
-        return CancelRequest(task_id, TaskState.QUEUED, f"task {task_id} cancelled (was queued)")
-    if await store.request_cancel(task_id):
-        await store.emit_signal(SIGNAL_CANCEL, task_id, now)
-        return CancelRequest(
-            task_id,
-            TaskState.RUNNING,
+    written = await store.cancel_tasks([task_id], Cause(by, delivery_id, time.time()))
+    if written.cancelled:
+        # A held task (its session paused) waits like a queued one and is cancelled the same.
+        was = TaskState.HELD if task.state is TaskState.HELD else TaskState.QUEUED
+        message = f"task {task_id} cancelled (was {was.value})"
+        return CancelRequest(task_id, was, task.agent, message)
+    if written.stopping:
+        message = (
             f"task {task_id} is running on {task.agent}: cancel requested, "
-            "the service stops it within a second",
+            "the service stops it within a second"
         )
+        return CancelRequest(task_id, TaskState.RUNNING, task.agent, message)
     finished = await store.get_task(task_id)
     state = finished.state.value if finished else "gone"
     raise ConflictError(f"task {task_id} has already finished ({state})")

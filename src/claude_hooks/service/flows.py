@@ -1,22 +1,35 @@
 """Forgejo events -> work for agent types: one handler per flow (docs/design.md §1).
 
-Handlers decide; they do not queue. Each returns a `Decision` (what to dispatch, what to
-cancel, what to tell a human) that the intake applies, so a handler's logic can be read and
-tested apart from HTTP, the pool and the forge. What they must look up (assignment state,
-which PR belongs to which issue, who may trigger work) comes through `FlowContext`.
+Handlers decide; they write nothing. Each returns a `Decision` (`core.decision`: what to
+dispatch, what to cancel, which pull links, fix attempts and CI watches to record, what to tell
+a human) that the intake applies in the transaction recording the delivery, so a handler's
+logic can be read and tested apart from HTTP, the pool and the forge. What they must look up
+(assignment state, which PR belongs to which issue, who may trigger work) comes through
+`FlowContext`: the store's read-only `IntakeView` and the forge's look-ups.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from claude_hooks.config import Config
+from claude_hooks.core.decision import (
+    CiWatch,
+    Decision,
+    ForgeCommand,
+    ForgeComment,
+    IntakeView,
+    PullLink,
+    Retarget,
+    ignore,
+)
 from claude_hooks.core.domain import DispatchRequest, TaskKind, session_key
 from claude_hooks.forge.payloads import (
     ActionRunPayload,
+    Issue,
     IssueCommentPayload,
     IssuePayload,
     Payload,
@@ -25,41 +38,18 @@ from claude_hooks.forge.payloads import (
     PushPayload,
     StatusPayload,
 )
-from claude_hooks.store.intake import CiWatch, IntakeStore, PullLink
 
 _MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
 _BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
-
-
-@dataclass(frozen=True, slots=True)
-class ForgeComment:
-    """A comment the service itself posts, with the token of `as_type`."""
-
-    as_type: str
-    repo: str
-    number: int
-    body: str
-
-
-@dataclass(slots=True)
-class Decision:
-    reason: str = ""
-    dispatch: list[tuple[str, DispatchRequest]] = field(default_factory=list)
-    cancel: list[str] = field(default_factory=list)
-    comments: list[ForgeComment] = field(default_factory=list)
-    watch: CiWatch | None = None
-    # The agent types now assigned to (repo, number), saved once the dispatches are committed,
-    # so an assignment whose work could not be queued is seen as new when replayed.
-    assigned: tuple[str, int, frozenset[str]] | None = None
-    cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
-    # Issues whose loop guard a human's event resets (see `loop_guard`), written with the
-    # delivery: a duplicate resets nothing.
-    resets: list[tuple[str, int, float]] = field(default_factory=list)
-
-
-def ignore(reason: str) -> Decision:
-    return Decision(reason=reason)
+COMMANDS = ("stop", "status", "retry", "pause", "resume", "help")
+_QUEUE = re.compile(r"@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+queue:", re.IGNORECASE)
+# A command is a line that is exactly `@<login> <word>`: "@dev-bot stop using globals" is a
+# mention, not a command.
+_COMMAND = re.compile(
+    rf"^[ \t]*@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+({'|'.join(COMMANDS)})[ \t]*\.?[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 SenderCheck = Callable[[str, str], Awaitable[bool]]  # (repo, login) -> may trigger work
@@ -70,7 +60,7 @@ HeadLookup = Callable[[str, str], Awaitable[int | None]]  # (repo, sha) -> open 
 @dataclass(frozen=True, slots=True)
 class FlowContext:
     config: Config
-    intake: IntakeStore
+    view: IntakeView
     may_trigger: SenderCheck
     delivery_id: str | None = None
     now: float = 0.0
@@ -86,6 +76,11 @@ def mentioned_logins(text: str) -> list[str]:
     for login in _MENTION.findall(text):
         seen.setdefault(login.rstrip("."), None)
     return list(seen)
+
+
+def commands_in(text: str) -> list[tuple[str, str]]:
+    """The (login, command word) of each line of `text` that is a command, in order."""
+    return [(login.rstrip("."), word.lower()) for login, word in _COMMAND.findall(text)]
 
 
 def linked_issue(pull: PullRequest) -> int:
@@ -141,13 +136,21 @@ def _pull_fields(pull: PullRequest) -> dict[str, Any]:
     }
 
 
+def _linked(decision: Decision, link: PullLink | None) -> Decision:
+    """`decision`, recording `link` too (the flows remember every agent PR they see)."""
+    if link is not None:
+        decision.links.append(link)
+    return decision
+
+
 async def remember_pull(ctx: FlowContext, repo: str, pull: PullRequest) -> PullLink | None:
-    """Record an agent's PR and the issue it continues; None for PRs of humans."""
+    """An agent's PR and the issue it continues, to record (see `_linked`); None for PRs of
+    humans."""
     author = ctx.config.type_of_login(pull.user.login)
     if author is None:
         return None
-    known = await ctx.intake.pull_link(repo, pull.number)
-    link = PullLink(
+    known = await ctx.view.pull_link(repo, pull.number)
+    return PullLink(
         repo=repo,
         pr_number=pull.number,
         author_type=author,
@@ -155,8 +158,6 @@ async def remember_pull(ctx: FlowContext, repo: str, pull: PullRequest) -> PullL
         head_sha=pull.head.sha,
         open=pull.state == "open",
     )
-    await ctx.intake.put_pull_link(link, ctx.now)
-    return link
 
 
 # the handlers
@@ -166,7 +167,7 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
     issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
     logins = [user.login for user in issue.assignees]
     now = {t for login in logins if (t := ctx.config.type_of_login(login)) is not None}
-    before = await ctx.intake.assigned_types(repo, issue.number)
+    before = await ctx.view.assigned_types(repo, issue.number)
     state = (repo, issue.number, frozenset(now))
     if payload.action == "unassigned":
         gone = sorted(set(ctx.config.types) - now)
@@ -225,6 +226,67 @@ async def handle_issue_assigned(ctx: FlowContext, payload: IssuePayload) -> Deci
     )
 
 
+async def handle_labels(ctx: FlowContext, payload: IssuePayload | PullRequestPayload) -> Decision:
+    """A label event is an assignment of each type whose trigger label it added, and an
+    unassignment of each whose label it removed. It carries the labels after the change, so
+    what changed is the difference with the labels last seen on the issue."""
+    link = None
+    if isinstance(payload, PullRequestPayload):
+        link = await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
+    return _linked(await _labelled(ctx, payload), link)
+
+
+async def _labelled(ctx: FlowContext, payload: IssuePayload | PullRequestPayload) -> Decision:
+    repo, sender = payload.repository.full_name, payload.sender.login
+    if isinstance(payload, IssuePayload):
+        item: Issue | PullRequest = payload.issue
+        is_pull = payload.issue.is_pull
+    else:
+        item, is_pull = payload.pull_request, True
+    number = item.number
+    now = {label.name for label in item.labels}
+    before = await ctx.view.labels(repo, number)
+    state = (repo, number, frozenset(now))
+    added = sorted(ctx.config.types_of_labels(now) - ctx.config.types_of_labels(before))
+    removed = sorted(ctx.config.types_of_labels(before) - ctx.config.types_of_labels(now))
+    decision = Decision(labels=state)
+    reasons = []
+    if removed:
+        decision.cancel = [session_key(t, repo, number) for t in removed]
+        reasons.append(f"label removed: cancelling the work of {', '.join(removed)}")
+    sender_type = ctx.config.type_of_login(sender)
+    if sender_type in added:
+        added.remove(sender_type)
+        reasons.append(f"{sender!r} labelled for itself: an agent never triggers its own type")
+    if added:
+        if not await _allowed(ctx, repo, sender):
+            # Not saved: the next label event by an allowed sender starts the work.
+            return _not_allowed(sender, repo)
+        reasons.append(f"labelled for {', '.join(added)}")
+        decision.dispatch = [
+            _request(
+                ctx,
+                t,
+                TaskKind.WORK_ISSUE,
+                repo,
+                number,
+                title=item.title,
+                body=item.body,
+                html_url=item.html_url,
+                sender=sender,
+                issue_number=number,
+                is_pull=is_pull,
+                comment_on=number,
+                label=sorted(set(ctx.config.types[t].labels) & now)[0],
+            )
+            for t in added
+        ]
+    if not reasons:
+        reasons.append(f"labels {', '.join(sorted(now)) or '(none)'}: no agent label changed")
+    decision.reason = f"{repo}#{number} " + "; ".join(reasons)
+    return decision
+
+
 async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
     pull, repo, sender = payload.pull_request, payload.repository.full_name, payload.sender.login
     reviewer = payload.requested_reviewer
@@ -239,8 +301,13 @@ async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload)
         return ignore(f"{reviewer.login!r} opened #{pull.number}: it does not review its own PR")
     if not await _allowed(ctx, repo, sender):
         return _not_allowed(sender, repo)
+    # The session's last finished review: (the head it looked at, its result).
+    earlier = await ctx.view.last_review(session_key(agent_type, repo, pull.number))
+    if earlier is not None and earlier[0] == pull.head.sha:
+        earlier = None  # the same head again: a whole review, as the first
+    since = f" (again: what changed since {earlier[0][:10]})" if earlier else ""
     return Decision(
-        reason=f"review of {repo}#{pull.number} requested from {agent_type}",
+        reason=f"review of {repo}#{pull.number} requested from {agent_type}{since}",
         dispatch=[
             _request(
                 ctx,
@@ -250,6 +317,8 @@ async def handle_review_requested(ctx: FlowContext, payload: PullRequestPayload)
                 pull.number,
                 sender=sender,
                 author=pull.user.login,
+                reviewed_head=earlier[0] if earlier else None,
+                previous_review=earlier[1][:4000] if earlier else None,
                 **_pull_fields(pull),
             )
         ],
@@ -270,11 +339,13 @@ async def handle_changes_requested(ctx: FlowContext, payload: PullRequestPayload
         return link
     pull, repo, sender = payload.pull_request, payload.repository.full_name, payload.sender.login
     if ctx.config.type_of_login(sender) == link.author_type:
-        return ignore(f"{sender!r} reviewed its own PR: an agent never triggers its own type")
+        return _linked(
+            ignore(f"{sender!r} reviewed its own PR: an agent never triggers its own type"), link
+        )
     if not await _allowed(ctx, repo, sender):
-        return _not_allowed(sender, repo)
+        return _linked(_not_allowed(sender, repo), link)
     review = payload.review.content if payload.review else ""
-    return Decision(
+    decision = Decision(
         reason=f"changes requested on {repo}#{pull.number}: {link.author_type} resumes "
         f"#{link.issue_number}",
         dispatch=[
@@ -291,6 +362,7 @@ async def handle_changes_requested(ctx: FlowContext, payload: PullRequestPayload
             )
         ],
     )
+    return _linked(decision, link)
 
 
 async def handle_approved(ctx: FlowContext, payload: PullRequestPayload) -> Decision:
@@ -299,10 +371,12 @@ async def handle_approved(ctx: FlowContext, payload: PullRequestPayload) -> Deci
         return link
     sender, repo = payload.sender.login, payload.repository.full_name
     if ctx.config.type_of_login(sender) == link.author_type:
-        return ignore(f"{sender!r} approved its own PR: an agent never triggers its own type")
-    if not await _allowed(ctx, repo, sender):
-        return _not_allowed(sender, repo)
-    return dispatch_merge(ctx, payload.pull_request, link, sender)
+        decision = ignore(f"{sender!r} approved its own PR: an agent never triggers its own type")
+    elif not await _allowed(ctx, repo, sender):
+        decision = _not_allowed(sender, repo)
+    else:
+        decision = dispatch_merge(ctx, payload.pull_request, link, sender)
+    return _linked(decision, link)
 
 
 def dispatch_merge(ctx: FlowContext, pull: PullRequest, link: PullLink, approver: str) -> Decision:
@@ -331,19 +405,24 @@ def dispatch_merge(ctx: FlowContext, pull: PullRequest, link: PullLink, approver
     )
 
 
-async def _link_for(ctx: FlowContext, repo: str, sha: str, number: int | None) -> PullLink | None:
+async def _link_for(
+    ctx: FlowContext, repo: str, sha: str, number: int | None
+) -> tuple[PullLink | None, bool]:
+    """The agent PR whose head is `sha`, and whether it was just learnt from the forge (to
+    record)."""
     link = None
     if number is not None:
-        link = await ctx.intake.pull_link(repo, number)
+        link = await ctx.view.pull_link(repo, number)
     if link is None:
-        link = await ctx.intake.pull_link_for_head(repo, sha)
+        link = await ctx.view.pull_link_for_head(repo, sha)
     if link is None and number is None and ctx.find_head is not None:
         number = await ctx.find_head(repo, sha)
     if link is None and number is not None and ctx.find_pull is not None:
         pull = await ctx.find_pull(repo, number)
         if pull is not None:
-            link = await remember_pull(ctx, repo, pull)
-    return link
+            learnt = await remember_pull(ctx, repo, pull)
+            return learnt, learnt is not None
+    return link, False
 
 
 async def handle_status_event(
@@ -370,22 +449,25 @@ async def handle_status_event(
             "target_url": payload.run.html_url,
             "state": payload.run.status,
         }
-    link = await _link_for(ctx, repo, sha, number)
+    link, learnt = await _link_for(ctx, repo, sha, number)
     if link is None:
         return ignore(f"CI failed on {sha[:10]}, which is not the head of an agent's PR")
     if not link.open:
-        return ignore(f"CI failed on {repo}#{link.pr_number}, which is closed")
-    if link.head_sha != sha:
-        return ignore(
+        decision = ignore(f"CI failed on {repo}#{link.pr_number}, which is closed")
+    elif link.head_sha != sha:
+        decision = ignore(
             f"CI failed on {sha[:10]}, no longer the head of {repo}#{link.pr_number} "
             f"({link.head_sha[:10]})"
         )
-    return await dispatch_fix_ci(ctx, link, context)
+    else:
+        decision = await dispatch_fix_ci(ctx, link, context)
+    return _linked(decision, link if learnt else None)
 
 
 async def dispatch_fix_ci(ctx: FlowContext, link: PullLink, context: dict[str, Any]) -> Decision:
     limit = ctx.config.flows.max_fix_attempts
-    count = await ctx.intake.bump_fix_attempts(link.repo, link.pr_number, link.head_sha)
+    attempt = (link.repo, link.pr_number, link.head_sha)
+    count = await ctx.view.fix_attempts(*attempt) + 1
     if count > limit:
         decision = ignore(
             f"CI failed again on {link.repo}#{link.pr_number} at {link.head_sha[:10]}: "
@@ -401,6 +483,7 @@ async def dispatch_fix_ci(ctx: FlowContext, link: PullLink, context: dict[str, A
                     "attempt(s). A human needs to look at this pull request.",
                 )
             )
+        decision.fix_attempts.append(attempt)
         return decision
     return Decision(
         reason=f"CI failed on {link.repo}#{link.pr_number} at {link.head_sha[:10]}: "
@@ -420,6 +503,7 @@ async def dispatch_fix_ci(ctx: FlowContext, link: PullLink, context: dict[str, A
                 comment_on=link.pr_number,
             )
         ],
+        fix_attempts=[attempt],
     )
 
 
@@ -429,6 +513,13 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
         return ignore(f"comment {payload.action}: only new comments are read")
     if ctx.config.type_of_login(sender) is not None:
         return ignore(f"comment by the agent account {sender!r}: agents do not wake each other")
+    commands = [
+        (t, word)
+        for login, word in commands_in(payload.comment.body)
+        if (t := ctx.config.type_of_login(login)) is not None
+    ]
+    if commands:
+        return await handle_commands(ctx, payload, commands)
     types = [
         t
         for login in mentioned_logins(payload.comment.body)
@@ -438,7 +529,12 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
         return ignore(f"the comment on {repo}#{issue.number} mentions no agent login")
     if not await _allowed(ctx, repo, sender):
         return _not_allowed(sender, repo)
-    link = await ctx.intake.pull_link(repo, issue.number) if payload.is_pull else None
+    link = await ctx.view.pull_link(repo, issue.number) if payload.is_pull else None
+    queued = {
+        t
+        for login in _QUEUE.findall(payload.comment.body)
+        if (t := ctx.config.type_of_login(login.rstrip("."))) is not None
+    }
     dispatch = []
     for agent_type in dict.fromkeys(types):
         number = link.issue_number if link and link.author_type == agent_type else issue.number
@@ -461,10 +557,51 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
                 comment_on=issue.number,
             )
         )
+    # While the session runs, a mention steers it, unless `@<login> queue:` or the type says.
+    steer = [
+        (t, r)
+        for t, r in dispatch
+        if t not in queued and ctx.config.types[t].while_running == "steer"
+    ]
     return Decision(
         reason=f"{sender} mentioned {', '.join(t for t, _ in dispatch)} on {repo}#{issue.number}",
-        dispatch=dispatch,
+        dispatch=[d for d in dispatch if d not in steer],
+        steer=steer,
     )
+
+
+async def handle_commands(
+    ctx: FlowContext, payload: IssueCommentPayload, commands: list[tuple[str, str]]
+) -> Decision:
+    """A comment with command lines: each is carried out by the intake (`service.commands`);
+    its other lines are not read as mentions."""
+    issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
+    allowed = await _allowed(ctx, repo, sender)
+    link = await ctx.view.pull_link(repo, issue.number) if payload.is_pull else None
+    decision = Decision(
+        reason=f"{sender} commanded "
+        + ", ".join(f"{t} {word}" for t, word in dict.fromkeys(commands))
+        + f" on {repo}#{issue.number}"
+        + ("" if allowed else f" (refused: {sender!r} may not trigger agents)")
+    )
+    for agent_type, word in dict.fromkeys(commands):
+        # An agent's PR continues its issue's session; stop ends the work on both numbers.
+        number = link.issue_number if link and link.author_type == agent_type else issue.number
+        numbers = sorted({number, issue.number})
+        decision.commands.append(
+            ForgeCommand(
+                word=word,
+                agent_type=agent_type,
+                repo=repo,
+                number=issue.number,
+                session=session_key(agent_type, repo, number),
+                keys=tuple(session_key(agent_type, repo, n) for n in numbers),
+                comment_id=payload.comment.id,
+                sender=sender,
+                allowed=allowed,
+            )
+        )
+    return decision
 
 
 def _closed_keys(ctx: FlowContext, repo: str, numbers: set[int]) -> list[str]:
@@ -485,32 +622,45 @@ async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> 
     pull, repo = payload.pull_request, payload.repository.full_name
     link = await remember_pull(ctx, repo, pull)
     if payload.action == "closed":
-        await ctx.intake.drop_ci_watch(repo, pull.number)
         numbers = {pull.number} | ({link.issue_number} if link else set())
         state = "merged" if pull.merged else "closed"
         keys = _closed_keys(ctx, repo, numbers)
-        return Decision(
+        closed = Decision(
             reason=f"{repo}#{pull.number} {state}: its agent work is cancelled",
             cancel=keys,
             cleanup=keys,
+            unwatch=[(repo, pull.number)],
         )
+        return _linked(closed, link)
+    retarget: list[Retarget] = []
+    if payload.action == "synchronized":
+        # A review still queued reviews the new head; a push never asks for a review itself.
+        fields = {"head_sha": pull.head.sha, "head_ref": pull.head.ref}
+        retarget = [(session_key(t, repo, pull.number), fields) for t in ctx.config.types]
     if link is None:
-        return ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+        decision = ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
+        decision.retarget = retarget
+        return decision
     decision = ignore(
         f"recorded {link.author_type}'s pull request {repo}#{pull.number} "
         f"(continues #{link.issue_number}, head {link.head_sha[:10]})"
     )
+    decision.retarget = retarget
     if payload.action in ("opened", "reopened", "synchronized") and ctx.config.flows.poll_ci:
         decision.watch = CiWatch(repo, pull.number, pull.head.sha, ctx.now)
         decision.reason += "; watching its CI status"
-    return decision
+    return _linked(decision, link)
 
 
 async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> Decision:
-    """Pick the flow for an event type and action (docs/design.md §1); anything else is ignored."""
+    """Pick the flow for an event type and action (docs/design.md §1); anything else is ignored
+    (an agent's pull request it names is still recorded)."""
+    seen: PullLink | None = None
     if isinstance(payload, IssuePayload):
         if event_type == "issue_assign":
             return await handle_issue_assigned(ctx, payload)
+        if event_type == "issue_label":
+            return await handle_labels(ctx, payload)
         if event_type == "issues" and payload.action == "closed":
             return await handle_closed_issue(ctx, payload)
     elif isinstance(payload, PullRequestPayload):
@@ -523,8 +673,10 @@ async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> D
             return await handle_approved(ctx, payload)
         elif event_type in ("pull_request", "pull_request_sync"):
             return await handle_pull_request(ctx, payload)
+        elif event_type == "pull_request_label":
+            return await handle_labels(ctx, payload)
         else:
-            await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
+            seen = await remember_pull(ctx, payload.repository.full_name, payload.pull_request)
     elif isinstance(payload, IssueCommentPayload):
         return await handle_mention(ctx, payload)
     elif isinstance(payload, StatusPayload | ActionRunPayload):
@@ -533,4 +685,4 @@ async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> D
         return ignore("push events need no agent work (pull_request_sync covers agent PRs)")
     action = getattr(payload, "action", None)
     described = f"{event_type}/{action}" if action else event_type
-    return ignore(f"{described} events need no agent work")
+    return _linked(ignore(f"{described} events need no agent work"), seen)

@@ -3,15 +3,17 @@ or — for `rejected` — the requests refused before they became deliveries."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from claude_hooks.errors import InvalidInputError
 from claude_hooks.service.views import delivery_view, rejection_view
 from claude_hooks.store.base import Store
-from claude_hooks.store.intake import OUTCOMES
+from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
 
 REJECTED = "rejected"
-DELIVERY_OUTCOMES = (*OUTCOMES, REJECTED)
+SPOOLED = "spooled"  # in this node's spool, not yet in the database (see `spool`)
+DELIVERY_OUTCOMES = (*OUTCOMES, REJECTED, SPOOLED)
 
 
 def check_outcome(outcome: str | None) -> str | None:
@@ -22,11 +24,26 @@ def check_outcome(outcome: str | None) -> str | None:
     return outcome or None
 
 
-async def delivery_rows(
-    store: Store, outcome: str | None, limit: int, offset: int
+def spooled_rows(
+    spooled: Sequence[DeliveryRecord], limit: int, offset: int
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The total that match, and one page of them, newest first."""
+    """Deliveries waiting in a spool, newest first, as the database's are listed."""
+    newest = list(reversed(spooled))[offset : offset + limit]
+    return len(spooled), [delivery_view(record) for record in newest]
+
+
+async def delivery_rows(
+    store: Store,
+    outcome: str | None,
+    limit: int,
+    offset: int,
+    spooled: Sequence[DeliveryRecord] = (),
+) -> tuple[int, list[dict[str, Any]]]:
+    """The total that match, and one page of them, newest first; `spooled`: what waits in
+    this node's spool."""
     outcome = check_outcome(outcome)
+    if outcome == SPOOLED:
+        return spooled_rows(spooled, limit, offset)
     if outcome == REJECTED:
         found = await store.rejections.list_rejections(limit, offset)
         total = await store.rejections.count_rejections()

@@ -10,6 +10,7 @@ Refused deliveries are recorded too (see `rejections`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -18,31 +19,46 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from claude_hooks.config import Config
-from claude_hooks.core.domain import DispatchRequest, Task
-from claude_hooks.errors import ClaudeHooksError, ConflictError, NoInstanceError, NotFoundError
+from claude_hooks.core.decision import Assigned, Decision, Label, Reset
+from claude_hooks.core.domain import Task
+from claude_hooks.core.loop_guard import LoopGuard
+from claude_hooks.errors import ClaudeHooksError, NoInstanceError, NotFoundError
 from claude_hooks.forge.binding import check_event_type
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
-from claude_hooks.service import flows, task_actions
+from claude_hooks.service import flows
+from claude_hooks.service.commands import Commands
 from claude_hooks.service.events import Event
-from claude_hooks.service.loop_guard import LoopGuard
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
+from claude_hooks.service.spool import Spool, SpoolError
+from claude_hooks.service.storage_faults import RETRY_AFTER, StorageFaults
 from claude_hooks.service.sweep import Sweeper
+from claude_hooks.store import wakeups
 from claude_hooks.store.base import Placement, Settle
-from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
+from claude_hooks.store.decisions import Cause
+from claude_hooks.store.faults import fault_reason, is_disconnect, is_storage_fault
+from claude_hooks.store.intake import DeliveryRecord, IntakeStore
 from claude_hooks.store.pending import PendingEntry
+from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
+
+# The share of the answer deadline kept for writing the spool when the database is late;
+# the forge's look-ups end before (`pending.FORGE_SHARE`).
+SPOOL_SHARE = 0.1
+# Tries of a spooled delivery on connections the database dropped, before the next probe.
+RECONNECTS = 25
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
     body: dict[str, Any]
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
 
 @dataclass(slots=True)
@@ -70,15 +86,19 @@ def _outcome(applied: Applied) -> str:
     return "cancelled" if applied.cancelled else "ignored"
 
 
-def _settler(record: DeliveryRecord, decision: flows.Decision, applied: Applied) -> Settle:
-    """What to record with the tasks placed for `record`: the outcome `Intake._run` gives."""
+def _settler(record: DeliveryRecord, decision: Decision, before: Applied) -> Settle:
+    """What to record with the tasks placed for `record`: the outcome `Intake._run` gives.
+    `before`: what the delivery's forge commands did, carried out before the decision."""
 
     def settle(
-        placements: list[Placement], failure: NoInstanceError | None
+        placements: list[Placement],
+        merged: list[Task],
+        cancelled: list[str],
+        failure: NoInstanceError | None,
     ) -> tuple[DeliveryRecord, Assigned | None, list[Reset]]:
-        done = Applied(
-            applied.tasks + [_entry(p.task, merged=False) for p in placements], applied.cancelled
-        )
+        entries = [_entry(t, merged=True) for t in merged]
+        placed = [_entry(p.task, merged=False) for p in placements]
+        done = Applied(before.tasks + entries + placed, before.cancelled + cancelled)
         record.task_ids = [task["id"] for task in done.tasks] + done.cancelled
         if failure is not None:
             record.outcome, record.reason = "error", str(failure)
@@ -99,7 +119,7 @@ class Verdict:
     reason: str
     status: int
     applied: Applied
-    decision: flows.Decision | None
+    decision: Decision | None
 
 
 def _summary(payload: Payload | None) -> dict[str, Any]:
@@ -141,7 +161,7 @@ def _typed(event_type: str, data: Mapping[str, Any]) -> Payload | None:
     return payload
 
 
-def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision | None:
+def _kept(decision: Decision | None, applied: Applied) -> Decision | None:
     """The state to save when a decision was applied only in part: the types whose dispatch
     failed stay unassigned, so the same assignment is new work when replayed; a human's
     loop-guard resets are kept."""
@@ -154,6 +174,12 @@ def _kept(decision: flows.Decision | None, applied: Applied) -> flows.Decision |
     return replace(decision, assigned=(repo, number, types - failed))
 
 
+def _unposted(decision: Decision) -> Decision:
+    """`decision` without what it would post: with no forge configured, nothing is."""
+    trips = [replace(trip, comment=None, label=None) for trip in decision.trips]
+    return replace(decision, comments=[], trips=trips)
+
+
 class Intake:
     def __init__(
         self,
@@ -162,12 +188,20 @@ class Intake:
         store: IntakeStore,
         forge: Forge,
         clock: Callable[[], float],
+        wake_outbox: Callable[[], None],
         insecure: bool = False,
+        faults: StorageFaults | None = None,
     ) -> None:
+        """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer."""
         self.config = config
         self.pool = pool
+        self.spool = Spool(config.spool_dir, config.server.spool_max_bytes)
+        self.faults = faults or StorageFaults(clock)
         self.sweeper = Sweeper(config, pool.workspaces, store, forge)
-        self.guard = LoopGuard(config, pool.store.spend, store, forge, clock)
+        self.guard = LoopGuard(config, clock)
+        self.wake_outbox = wake_outbox
+        self._labelling: set[asyncio.Task[None]] = set()
+        self.commands = Commands(config, pool, forge, clock)
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -198,7 +232,7 @@ class Intake:
             find_head = within(find_head, deadline) if find_head else None
         return flows.FlowContext(
             config=self.config,
-            intake=self.store,
+            view=self.store,
             may_trigger=may_trigger,
             delivery_id=delivery_id,
             now=self.clock(),
@@ -224,8 +258,11 @@ class Intake:
         try:
             if await self.rejections.record(status, reason, headers, size, remote):
                 self.pool.bus.publish(Event("delivery", data={"outcome": "rejected"}))
-        except Exception:
-            log.exception("could not record a rejected delivery")
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                log.exception("could not record a rejected delivery")
+            else:
+                self.faults.note(fault_reason(exc))
         return Answer(status, {"status": "rejected", "error": reason})
 
     async def receive(
@@ -260,7 +297,67 @@ class Intake:
             body=delivery.body.decode("utf-8", "replace"),
             **_summary(payload),
         )
-        return await self._process(record, payload)
+        return await self._take(record, payload)
+
+    def _storage_budget(self) -> float:
+        """Seconds the database has to take a delivery; the rest of the answer deadline is
+        the spool's (an fsync: milliseconds)."""
+        return self.config.server.answer_deadline * (1 - SPOOL_SHARE)
+
+    async def _take(self, record: DeliveryRecord, payload: Payload | None) -> Answer:
+        """Process a verified delivery within the answer deadline, or spool it: a storage
+        fault is never a 500, and what the database could not take is not lost."""
+        if self.spool.busy:
+            # In arrival order: the new one goes after those already waiting.
+            return await self._spooled(record, "earlier deliveries wait in the spool")
+        budget = self._storage_budget()
+        try:
+            async with asyncio.timeout(budget):
+                return await self._process(record, payload)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            reason = fault_reason(exc)
+            if isinstance(exc, TimeoutError):
+                reason = f"database: no answer within {budget:g} s"
+        self.faults.note(reason)
+        return await self._spooled(record, reason)
+
+    async def _spooled(self, record: DeliveryRecord, reason: str) -> Answer:
+        try:
+            await self.spool.append(record, reason)
+        except SpoolError as exc:
+            self.faults.note(str(exc))
+            self._count("refused_503")
+            body = {"status": "rejected", "error": str(exc)}
+            return Answer(503, body, retry_after=RETRY_AFTER)
+        record.outcome, record.reason = "spooled", reason
+        self._published(record)
+        return Answer(202, {"status": "spooled", "reason": reason, "delivery": record.id})
+
+    async def replay_spool(self) -> int:
+        """Feed the spool's deliveries to the flows in arrival order, until it is empty or the
+        database fails again (raised); how many were taken."""
+        taken = 0
+        while self.spool.waiting:
+            entry = self.spool.waiting[0]
+            record = replace(entry.record, outcome="queued", reason=None, task_ids=[])
+            try:
+                payload = _typed(record.event_type, json.loads(record.body))
+            except (WebhookError, ValueError) as exc:
+                log.warning("spooled delivery %s cannot be read: %s", record.id, exc)
+                payload = None
+            for attempt in range(1, RECONNECTS + 1):
+                try:
+                    await self._process(record, payload)
+                    break
+                except Exception as exc:
+                    # After a restart of the database each pooled connection fails once.
+                    if attempt == RECONNECTS or not is_disconnect(exc):
+                        raise
+            self.spool.done(entry)
+            taken += 1
+        return taken
 
     async def replay(self, delivery_id: str) -> Answer:
         """Run a stored delivery through the flows again, as a new delivery."""
@@ -288,7 +385,7 @@ class Intake:
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         self._in_progress.add(record.id)
         try:
-            verdict = await self._run(record, payload, self._answer_deadline(), record)
+            verdict = await self._run(record, payload, self._answer_deadline())
             if verdict.outcome == "pending":
                 return await self._hold(record, verdict.reason)
             if verdict.outcome == "duplicate":
@@ -303,13 +400,14 @@ class Intake:
         record: DeliveryRecord,
         payload: Payload | None,
         deadline: float | None,
-        recording: DeliveryRecord | None = None,
+        pending: bool = False,
     ) -> Verdict:
-        """Route and apply; nothing is applied before the forge look-ups, so a delivery that
-        waits for the forge has changed nothing yet. `recording`: the delivery to record in
-        the transaction of its tasks (a new one; a pending one is settled apart)."""
+        """Route, review and apply; nothing is written before the forge look-ups, so a
+        delivery that waits for the forge has changed nothing yet, and the decision is
+        applied with the delivery's record in one transaction (`pending`: the record is
+        there already, as pending, and settled with it)."""
         applied = Applied()
-        decision: flows.Decision | None = None
+        decision: Decision | None = None
         if isinstance(payload, PushPayload) and self.pool.policies is not None:
             # The pushed branch's policy file may have changed: read it again next time.
             branch = payload.ref.removeprefix("refs/heads/")
@@ -318,25 +416,69 @@ class Intake:
             decision = await flows.route(
                 self.context(record.id, deadline, bounded=True), record.event_type, payload
             )
-            decision = await self.guard.review(decision, record.event_type, record.sender)
-            await self.apply(decision, applied, _source(record), record.id, recording)
+            await self.steer(decision)
+            decision = await self.guard.review(
+                self.store, decision, record.event_type, record.sender
+            )
+            await self.run_commands(decision, applied, record.id)
+            if not self.forge.enabled:
+                decision = _unposted(decision)
+            await self.apply(decision, applied, _source(record), record, pending)
         except ForgeUnreachable as exc:
             reason = f"waiting for Forgejo ({exc}); retried automatically"
             return Verdict("pending", reason, 202, applied, None)
         except ForgejoError as exc:
             reason = f"could not ask Forgejo: {exc}"
-            return Verdict("error", reason, 502, applied, _kept(decision, applied))
+            return Verdict("error", reason, 502, applied, None)
         except ClaudeHooksError as exc:  # NoInstanceError above all: no instance of a type
-            return Verdict("error", str(exc), 503, applied, _kept(decision, applied))
+            return Verdict("error", str(exc), 503, applied, None)
         except Exception as exc:
-            # A fault of ours, not of the input: still record the delivery and what it queued.
+            if is_storage_fault(exc):
+                raise  # the database's fault, not the delivery's: spooled (see `_take`)
+            # A fault of ours, not of the input: the decision's transaction was rolled back,
+            # and the delivery is still recorded, alone.
             log.exception("delivery %s could not be processed", record.id)
             reason = f"internal error: {exc!r}"
-            return Verdict("error", reason, 500, applied, _kept(decision, applied))
+            return Verdict("error", reason, 500, applied, None)
         if applied.seen:
             return Verdict("duplicate", "", 200, applied, None)
         status = 202 if applied.tasks else 200
         return Verdict(_outcome(applied), decision.reason, status, applied, decision)
+
+    async def run_commands(
+        self, decision: Decision, applied: Applied, delivery_id: str | None
+    ) -> None:
+        """Carry out the decision's forge commands before it is applied: the delivery's
+        record says what each did, and a reply goes to the outbox with the decision. A stop
+        cancels through `Pool.cancel_task` (`control.cancel_task`, `Store.cancel_tasks`)."""
+        for command in decision.commands:
+            done = await self.commands.run(command, delivery_id)
+            decision.reason += f"; {command.agent_type} {command.word}: {done.summary}"
+            applied.tasks += [_entry(task, merged=False) for task in done.tasks]
+            applied.cancelled += done.cancelled
+            reply = self.commands.reply(command, done)
+            if reply is not None:
+                decision.comments.append(reply)
+        decision.commands = []
+
+    async def steer(self, decision: Decision) -> None:
+        """Send each steering mention into its session's running task; where none runs it
+        becomes a task as before (and passes the loop guard like one)."""
+        for agent_type, request in decision.steer:
+            steered = await self.pool.store.steering.steer(
+                request.session_key,
+                str(request.payload.get("sender", "")),
+                str(request.payload.get("comment_body", "")),
+                request.payload.get("comment_id"),
+                request.payload,
+                self.clock(),
+            )
+            if steered is None:
+                decision.dispatch.append((agent_type, request))
+                continue
+            self.pool.heard(Wake(wakeups.STEER, steered))
+            decision.reason += f"; steered {agent_type}'s running task {steered}"
+        decision.steer = []
 
     async def _hold(self, record: DeliveryRecord, reason: str) -> Answer:
         """Keep a delivery that waits for the forge; the retrier takes it from here."""
@@ -355,7 +497,7 @@ class Intake:
         self._in_progress.add(record.id)
         try:
             # In the background nothing waits for an answer: the client's own bounds suffice.
-            verdict = await self._run(record, payload, None)
+            verdict = await self._run(record, payload, None, pending=True)
             if verdict.outcome == "pending":
                 attempts = entry.attempts + 1
                 server = self.config.server
@@ -365,13 +507,22 @@ class Intake:
                 )
                 log.info("delivery %s still pending (try %d): %s", record.id, attempts, wait)
                 return "pending"
+            if verdict.applied.seen:
+                return "duplicate"  # settled by another node's retrier first
             self._fill(record, verdict)
-            assigned = verdict.decision.assigned if verdict.decision is not None else None
-            if await self.pool.store.pending.settle(record, assigned):
+            if verdict.applied.recorded or await self._record_alone(record, pending=True):
                 self._published(record)
             return record.outcome
         finally:
             self._in_progress.discard(record.id)
+
+    async def _record_alone(self, record: DeliveryRecord, pending: bool = False) -> bool:
+        """Record a delivery whose decision left nothing (it failed before or while being
+        applied); False if its id was recorded (or settled) before."""
+        dispatched = await self.pool.store.dispatch_all(
+            [], lambda _placed, _merged, _cancelled, _failure: (record, None, ()), pending=pending
+        )
+        return dispatched.recorded
 
     def _fill(self, record: DeliveryRecord, verdict: Verdict) -> None:
         record.outcome, record.reason = verdict.outcome, verdict.reason
@@ -402,9 +553,7 @@ class Intake:
         """Record the delivery with its outcome (and the assignment state it leaves) at once."""
         self._fill(record, verdict)
         if not verdict.applied.recorded:
-            decision = verdict.decision
-            assigned = decision.assigned if decision is not None else None
-            await self.store.add_delivery(record, assigned, decision.resets if decision else ())
+            await self._record_alone(record)
         self._published(record)
         body: dict[str, Any] = {
             "status": verdict.outcome,
@@ -419,52 +568,63 @@ class Intake:
 
     async def apply(
         self,
-        decision: flows.Decision,
+        decision: Decision,
         applied: Applied,
         source: str = "a flow of claude-hooks",
-        delivery_id: str | None = None,
         record: DeliveryRecord | None = None,
+        pending: bool = False,
     ) -> None:
-        """Merge, cancel, queue as the decision says; each task is committed on return, and
-        `record` (if given) with the tasks, in their transaction. `source` and `delivery_id`
-        are recorded as what cancelled a task. A decision that cancels queues nothing."""
-        new: list[tuple[str, DispatchRequest]] = []
-        for agent_type, request in decision.dispatch:
-            pending = await self.store.pending_task(request.session_key, request.kind)
-            if pending is not None and await self.store.merge_into(pending, request.payload):
-                task = await self.pool.store.get_task(pending)
-                if task is not None:
-                    applied.tasks.append(_entry(task, merged=True))
-                    continue
-            new.append((agent_type, request))
-        for task_id in await self.store.active_tasks(decision.cancel):
-            try:
-                await task_actions.cancel(self.pool, task_id, source, delivery_id)
-                applied.cancelled.append(task_id)
-            except ConflictError:
-                continue
-        if decision.watch is not None:
-            await self.store.put_ci_watch(decision.watch)
-        if record is not None:
-            await self._dispatch_recorded(new, record, decision, applied)
-        else:
-            for repo, number, since in decision.resets:
-                await self.guard.spend.reset_guard(repo, number, since)
-            for agent_type, request in new:
-                applied.tasks.append(_entry(await self.pool.dispatch(agent_type, request), False))
-        for comment in decision.comments:
-            self.pool.bus.publish(Event("comment", data={"comment": comment}))
-        self.sweeper.schedule(decision.cleanup)
-
-    async def _dispatch_recorded(
-        self,
-        requests: list[tuple[str, DispatchRequest]],
-        record: DeliveryRecord,
-        decision: flows.Decision,
-        applied: Applied,
-    ) -> None:
-        dispatched = await self.pool.dispatch_all(requests, _settler(record, decision, applied))
+        """Apply the whole decision in one transaction (`Store.dispatch_all`): its writes, its
+        tasks (merged into a queued twin or placed) and `record`, if given; then act on what
+        was committed. `source` and the record's id are kept as what cancelled a task."""
+        cause = Cause(source, record.id if record is not None else None, self.clock())
+        # What the delivery's forge commands did already, recorded with it.
+        before = Applied(list(applied.tasks), list(applied.cancelled))
+        settle = _settler(record, decision, before) if record is not None else None
+        dispatched = await self.pool.dispatch_all(
+            decision.dispatch, settle, decision, cause, pending
+        )
         applied.recorded, applied.seen = dispatched.recorded, not dispatched.recorded
+        if not dispatched.recorded:
+            return
+        for twin in dispatched.merged:
+            task = await self.pool.store.get_task(twin.id)
+            if task is not None:
+                applied.tasks.append(_entry(task, merged=True))
         applied.tasks += [_entry(p.task, merged=False) for p in dispatched.placements]
+        written = dispatched.written
+        for task_id in written.cancelled:
+            await self.pool.publish_finished(task_id)
+        for task_id in written.stopping:
+            # Run here, or by another node: the signal written with the decision stops it.
+            self.pool.stop_running(task_id)
+        applied.cancelled += written.cancelled + written.stopping
+        if decision.comments or decision.trips:
+            self.wake_outbox()
+        for label in written.labels:
+            self._label(label)
+        self.sweeper.schedule(decision.cleanup)
         if dispatched.failure is not None:
             raise dispatched.failure
+
+    def _label(self, label: Label) -> None:
+        """Put a label on the forge in the background (it may take the forge's timeouts)."""
+        if not self.forge.enabled:
+            return
+        task = asyncio.get_running_loop().create_task(self._put_label(label))
+        self._labelling.add(task)
+        task.add_done_callback(self._labelling.discard)
+
+    async def _put_label(self, label: Label) -> None:
+        try:
+            await self.forge.label(label.as_type, label.repo, label.number, label.name)
+        except ForgejoError as exc:
+            log.warning("could not label %s#%d %r: %s", label.repo, label.number, label.name, exc)
+
+    async def stop(self) -> None:
+        """Stop the labels still being put and the commands' reactions."""
+        for task in list(self._labelling):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.commands.stop()

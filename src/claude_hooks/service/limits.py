@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import TYPE_CHECKING
 
 from claude_hooks.config import Config, zone_of
 from claude_hooks.core.breaker import ApiFailure, Breaker, FailureKind, classify
@@ -23,9 +22,6 @@ from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.store.base import Outcome, Store
 from claude_hooks.store.spend import BreakerState
-
-if TYPE_CHECKING:
-    from claude_hooks.service.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +45,22 @@ class Limits:
     """One per pool: decides whether a type may start a task, and learns from each run."""
 
     def __init__(
-        self, config: Config, store: Store, clock: Callable[[], float], bus: EventBus, pool: Pool
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], float],
+        bus: EventBus,
+        running: Callable[[], list[Task]],
+        cancel: Callable[[str], Awaitable[object]],
     ) -> None:
+        """`running` lists the tasks this node's workers run now; `cancel` cancels one
+        (the pool's): what a hard budget needs from the pool, which builds this gate."""
         self.config = config
         self.store = store
         self.clock = clock
         self.bus = bus
-        self.pool = pool
+        self.running = running
+        self.cancel = cancel
         self.zone = zone_of(config.server.timezone)
         self.overrides: Overrides = {}
         self.breakers: dict[str, Breaker] = {}
@@ -247,16 +252,15 @@ class Limits:
         if not self.config.budget.hard:
             return
         reached_by_type: dict[str, Reached | None] = {}
-        for worker in list(self.pool.workers.values()):
-            task = worker.current
-            if task is None or task.type not in self.config.types:
+        for task in self.running():
+            if task.type not in self.config.types:
                 continue
             if task.type not in reached_by_type:
                 reached_by_type[task.type] = await self.reached(task.type)
             reached = reached_by_type[task.type]
             if reached is not None:
                 log.warning("stopping task %s: %s", task.id, reached.describe(self.zone))
-                await self.pool.cancel_task(task.id)
+                await self.cancel(task.id)
 
 
 def _limits_of(config: Config, agent_type: str, overrides: Overrides) -> list[Limit]:

@@ -12,11 +12,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
+from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.config import Config
+from claude_hooks.core.decision import ForgeComment
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.events import Event, EventBus
-from claude_hooks.service.flows import ForgeComment
+from claude_hooks.service.living import Picture, render
 from claude_hooks.store.egress import EgressBlock
 from claude_hooks.store.outbox import OutboxStore
 
@@ -91,6 +93,7 @@ class Notifier:
         self.written = written
         self.subscription = bus.subscribe(10_000)
         self._task: asyncio.Task[None] | None = None
+        self._pictures: dict[str, Picture] = {}  # living comments of this node's tasks
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="forge-notifier")
@@ -110,6 +113,15 @@ class Notifier:
             await self._keep(await self.subscription.get())
 
     async def _keep(self, event: Event) -> None:
+        task = event.task
+        if (
+            self.forge.enabled
+            and task is not None
+            and task.type in self.config.types
+            and self.config.types[task.type].comments == "living"
+        ):
+            await self._keep_living(event, task)
+            return
         comment = self._comment_for(event)
         if comment is None:
             return
@@ -124,16 +136,61 @@ class Notifier:
             return
         self.written()
 
+    async def _keep_living(self, event: Event, task: Task) -> None:
+        picture = self._picture(event, task)
+        if picture is None:
+            return
+        number = int(task.payload.get("comment_on", task.number))
+        body = render(picture, self.config.server.public_url)
+        try:
+            await self.outbox.put_living(
+                task.id,
+                task.type,
+                task.repo,
+                number,
+                body,
+                self.clock(),
+                self.config.server.comment_edit_interval,
+            )
+        except Exception:
+            log.exception("could not keep the status comment of task %s for posting", task.id)
+            return
+        self.written()
+
+    def _picture(self, event: Event, task: Task) -> Picture | None:
+        """The task's picture with this event in it; None for events the comment ignores."""
+        known = self._pictures.get(task.id)
+        picture = known if known is not None else Picture(task)
+        picture.task = task
+        if event.kind == "task.queued":
+            picture.position = int(event.data.get("position", 1)) if event.data.get("busy") else 0
+        elif event.kind == "task.started":
+            picture.node, picture.note = self.config.server.node, None
+        elif event.kind == "task.progress":
+            progress = event.data.get("progress")
+            if isinstance(progress, RunProgress):
+                picture.progress = progress
+        elif event.kind == "task.report":
+            picture.calls = list(event.data.get("calls", []))
+        elif event.kind == "task.moved":
+            picture.note = f"Moved from the queue of `{event.data['from']}`, which was busy."
+        elif event.kind == "task.waiting":
+            picture.note = f"Waits: {event.data['reason']}."
+        elif event.kind != "task.finished":
+            return None
+        if task.state.finished:
+            self._pictures.pop(task.id, None)
+        else:
+            self._pictures[task.id] = picture
+        return picture
+
     def _comment_for(self, event: Event) -> ForgeComment | None:
         if not self.forge.enabled:
             return None
-        if event.kind == "comment":
-            comment = event.data["comment"]
-            return comment if isinstance(comment, ForgeComment) else None
         task = event.task
         if task is None or task.type not in self.config.types:
             return None
-        if not self.config.types[task.type].comments:
+        if self.config.types[task.type].comments == "off":
             return None
         body = task_comment(event)
         if body is None:

@@ -9,13 +9,12 @@ between the post and the delete posts it again after the restart (at least once,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
+from claude_hooks.service.loop import Loop
 from claude_hooks.store.outbox import Letter, OutboxStore
 
 log = logging.getLogger(__name__)
@@ -40,45 +39,27 @@ def final(exc: Exception) -> bool:
     return status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX
 
 
-class Drainer:
-    def __init__(self, forge: Forge, store: OutboxStore, clock: Callable[[], float]) -> None:
+class Drainer(Loop):
+    """Posts the outbox's comments and edits its living comments; woken (`wake`) when one is
+    written."""
+
+    def __init__(
+        self,
+        forge: Forge,
+        store: OutboxStore,
+        clock: Callable[[], float],
+        edit_gap: float = 10.0,
+    ) -> None:
+        super().__init__("outbox", LOOK_SECONDS, first=0.0)
         self.forge = forge
+        self.edit_gap = edit_gap  # seconds between two writes of one living comment
         self.store = store
         self.clock = clock
         self.posted = 0
         self.failed = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="outbox")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def wake(self) -> None:
-        """A comment was written: look now."""
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                pause = await self.drain() if self.forge.enabled else LOOK_SECONDS
-            except Exception:
-                log.exception("posting the outbox's comments failed; trying again")
-                pause = LOOK_SECONDS
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause)
+    async def run_once(self) -> float:
+        return await self.drain() if self.forge.enabled else LOOK_SECONDS
 
     async def drain(self) -> float:
         """Post every comment that is due, in order; the seconds until one is due again."""
@@ -90,7 +71,10 @@ class Drainer:
             thread = (letter.repo, letter.number)
             if thread in held:
                 continue
-            if letter.next_at > now:
+            if letter.next_at > now and letter.comment_id is not None:
+                # A throttled edit: it changes a comment in place, later ones need not wait.
+                pause = min(pause, letter.next_at - now)
+            elif letter.next_at > now:
                 held.add(thread)
                 pause = min(pause, letter.next_at - now)
             elif not await self._post(letter):
@@ -101,7 +85,13 @@ class Drainer:
     async def _post(self, letter: Letter) -> bool:
         """Post one comment; True if it left the outbox (posted, or given up)."""
         try:
-            await self.forge.comment(letter.as_type, letter.repo, letter.number, letter.body)
+            comment_id = letter.comment_id
+            if comment_id is not None:
+                await self.forge.edit_comment(letter.as_type, letter.repo, comment_id, letter.body)
+            else:
+                comment_id = await self.forge.comment(
+                    letter.as_type, letter.repo, letter.number, letter.body
+                )
         except Exception as exc:
             attempts = letter.attempts + 1
             where = f"{letter.repo}#{letter.number}"
@@ -115,5 +105,8 @@ class Drainer:
             await self.store.retry_at(letter.id, self.clock() + pause, str(exc))
             return False
         self.posted += 1
-        await self.store.remove(letter.id)
+        if letter.living_key is not None:
+            await self.store.written(letter, comment_id, self.clock(), self.edit_gap)
+        else:
+            await self.store.remove(letter.id)
         return True

@@ -10,17 +10,15 @@ schedule is in the database, so a restart picks up where the last run left off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.client import ForgejoUnavailable
-
-if TYPE_CHECKING:
-    from claude_hooks.service.intake import Intake
+from claude_hooks.service.loop import Loop
+from claude_hooks.store.pending import PendingEntry, PendingStore
 
 log = logging.getLogger(__name__)
 
@@ -57,40 +55,32 @@ def backoff(attempts: int, first: float, longest: float) -> float:
     return float(min(longest, first * 2 ** min(attempts, 32)))
 
 
-class PendingRetrier:
+class PendingRetrier(Loop):
     """Retries due pending deliveries in the background until each is settled."""
 
-    def __init__(self, config: Config, intake: Intake) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: PendingStore,
+        clock: Callable[[], float],
+        retry: Callable[[PendingEntry], Awaitable[str]],
+    ) -> None:
+        """`retry` runs one entry through the flows again (`Intake.retry_pending`)."""
+        super().__init__("pending-deliveries", min(1.0, config.server.pending_retry_min))
         self.config = config
-        self.intake = intake
-        self.interval = min(1.0, config.server.pending_retry_min)
-        self._task: asyncio.Task[None] | None = None
+        self.store = store
+        self.clock = clock
+        self.retry = retry
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="pending-deliveries")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.run_due()
-            except Exception:
-                log.exception("retrying pending deliveries failed; trying again")
+    async def run_once(self) -> None:
+        await self.run_due()
 
     async def run_due(self) -> int:
         """Retry every pending delivery that is due; how many were tried."""
-        store = self.intake.pool.store.pending
-        due = await store.due(self.intake.clock(), BATCH)
+        due = await self.store.due(self.clock(), BATCH)
         for entry in due:
             try:
-                await self.intake.retry_pending(entry)
+                await self.retry(entry)
             except Exception as exc:
                 # One delivery that cannot be retried must not hold up the others: it waits
                 # its backoff like one whose forge is down, and the log says why.
@@ -98,7 +88,7 @@ class PendingRetrier:
                 server = self.config.server
                 attempts = entry.attempts + 1
                 wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
-                await store.reschedule(
-                    entry.id, attempts, self.intake.clock() + wait, f"retry failed: {exc!r}"
+                await self.store.reschedule(
+                    entry.id, attempts, self.clock() + wait, f"retry failed: {exc!r}"
                 )
         return len(due)

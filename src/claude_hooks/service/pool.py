@@ -12,10 +12,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from claude_hooks.agents import cages, processes, resources
+from claude_hooks.agents.disk_room import DiskRoom
 from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
@@ -24,14 +25,22 @@ from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, size_bytes
+from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
-from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError, UnknownTaskError
+from claude_hooks.errors import (
+    ClaudeHooksError,
+    ConflictError,
+    NoInstanceError,
+    UnknownAgentError,
+)
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service.control import SIGNAL_CANCEL
+from claude_hooks.service import control
+from claude_hooks.service.control import CancelRequest
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.policies import Gate, Policies, RunPolicy
 from claude_hooks.service.private_files import private_dir, private_file
+from claude_hooks.service.steering import Inbox, follow_ups
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import (
     Claim,
@@ -41,7 +50,10 @@ from claude_hooks.store.base import (
     QueueEntry,
     Settle,
     Store,
+    TaskFilter,
 )
+from claude_hooks.store.decisions import Cause
+from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -54,13 +66,6 @@ BLOCKED_RECHECK_SECONDS = 1.0
 STEAL_LOOK_SECONDS = 0.5
 # How often instances look at the free disk again while it is below server.min_free_disk.
 LOW_DISK_RECHECK_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResult:
-    task_id: str
-    state: TaskState  # the state the task was in when the cancel arrived
-    agent: str
 
 
 class Worker:
@@ -82,6 +87,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._unfinished: tuple[Task, Outcome] | None = None
+        self._claim_unsure = False  # a claim failed with a storage fault: it may have committed
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} type={self.type} running={self.current is not None}>"
@@ -101,6 +107,10 @@ class Worker:
     def cancel_current(self) -> bool:
         if self.current is None:
             return False
+        if self._cancel_current:
+            # Asked again (the cancel's signal, heard after the local stop): a second
+            # cancellation would cut the runner's grace period short.
+            return True
         self._cancel_current = True
         if self._run is not None:
             self._run.cancel()
@@ -112,9 +122,11 @@ class Worker:
                 if self._unfinished is not None:
                     await self._record(*self._unfinished)
                 if self.retiring:
-                    self.pool._retired(self)
+                    self.pool.retired(self)
                     return
                 self._wake.clear()
+                if self._claim_unsure:
+                    await self._requeue_lost_claim()
                 if self.enabled and await self._held():
                     continue
                 task = await self._claim() if self.enabled else None
@@ -122,12 +134,33 @@ class Worker:
                     await self._idle()
                     continue
                 await self._take(task)
-            except Exception:
+            except Exception as exc:
                 # A store or runner fault must not end the worker: its queue would wait forever.
-                log.exception(
-                    "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
-                )
+                if is_storage_fault(exc):
+                    log.warning(
+                        "worker %s: %s; it goes on in %g s",
+                        self.name,
+                        fault_reason(exc),
+                        RETRY_SECONDS,
+                    )
+                else:
+                    log.exception(
+                        "worker %s hit an error; it goes on in %g s", self.name, RETRY_SECONDS
+                    )
                 await asyncio.sleep(RETRY_SECONDS)
+
+    async def _requeue_lost_claim(self) -> None:
+        """Put back at the head of the queue a task a claim took without this worker knowing."""
+        where = TaskFilter(agent=self.name, state=TaskState.RUNNING)
+        for task in await self.pool.store.list_tasks(where, 10, 0):
+            if await self.pool.store.requeue_interrupted(task.id, self.pool.clock()):
+                log.warning(
+                    "task %s was claimed as the database connection dropped: back at the "
+                    "head of %s's queue",
+                    task.id,
+                    self.name,
+                )
+        self._claim_unsure = False
 
     async def _held(self) -> bool:
         """Wait while the data dir's disk is low, or a budget or the API breaker holds the
@@ -169,7 +202,13 @@ class Worker:
             self.blocked, self.waiting = gate.not_now is not None, gate.not_now
             return Claim(None, blocked=self.blocked)
         group = gate.group if gate is not None else None
-        claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
+        try:
+            claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
+        except Exception as exc:
+            # The claim may have committed with its answer lost on the way (the connection
+            # dropped): its task would stay running with nothing running it.
+            self._claim_unsure = is_storage_fault(exc)
+            raise
         self.blocked, self.waiting = claim.blocked, claim.waiting
         if claim.waiting is not None and self._head is not None:
             await self.pool.notice_waiting(self._head, claim.waiting.removeprefix("waiting: "))
@@ -204,12 +243,14 @@ class Worker:
         finally:
             self.current = None
             self._run = None
+            self.pool.inboxes.pop(task.id, None)
 
     async def _record(self, task: Task, outcome: Outcome) -> None:
         """Save how a run ended; kept for another try if the store fails, so it is never lost."""
         await self.pool.store.finish_task(task.id, outcome, self.pool.clock())
         self._unfinished = None
-        self.pool._key_freed()
+        self.pool.key_freed()
+        await self.pool.follow_up_steers(task)
         log.info("task %s on %s: %s", task.id, self.name, outcome.state.value)
         try:
             await self.pool.publish_finished(task.id)
@@ -234,7 +275,7 @@ class Worker:
         type_config = pool.config.types[task.type]
         if self._cancel_current:
             return Outcome(TaskState.CANCELLED, error="cancelled before it started")
-        self._run = asyncio.create_task(pool._prepare_and_run(task), name=f"run-{task.id}")
+        self._run = asyncio.create_task(pool.prepare_and_run(task), name=f"run-{task.id}")
         try:
             done, _ = await asyncio.wait({self._run}, timeout=type_config.timeout)
         except asyncio.CancelledError:
@@ -297,12 +338,19 @@ class Pool:
         runner_for: RunnerFactory,
         clock: Callable[[], float] = time.time,
         bus: EventBus | None = None,
+        forge: Forge | None = None,
+        policies: Policies | None = None,
     ) -> None:
+        """`forge`: the forge the agents' forge tools act on (None: no forge tools);
+        `policies`: repositories' policies, checked before a queued task starts."""
         self.config = config
         self.store = store
         self.runner_for = runner_for
+        self.forge = forge
+        self.policies = policies
         self.clock = clock
         self.bus = bus or EventBus()
+        self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
         self.workspaces = Workspaces(
             config.data_dir,
             forgejo_url=config.forgejo.clone_url or config.forgejo.url,
@@ -310,22 +358,21 @@ class Pool:
             states=store.worktree_states if store.shared else None,
             max_state_bytes=config.server.max_worktree_state_bytes,
             node=config.server.node,
+            room=self.disk_room.ok,
         )
         self.workers: dict[str, Worker] = {}
+        self.inboxes: dict[str, Inbox] = {}  # steering messages of this node's running tasks
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self._noticed: set[str] = set()  # tasks whose wait for their group was told
-        self.limits = Limits(config, store, clock, self.bus, self)
-        # Set by the service once bubblewrap is probed; types with `sandbox = true` use it.
+        self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self._over_budget)
+        # Given at `start`, once the service has probed bubblewrap; types with
+        # `sandbox = true` use it.
         self.sandbox: Sandbox | None = None
         self.egress = EgressProxy()
-        # Set by the service at start: where each run's limits are enforced.
+        # Given at `start`: where each run's limits are enforced.
         self.confinement: cages.Confinement | None = None
         self._disk_was_low = False
-        # Set by the service: the forge the agents' forge tools act on.
-        self.forge: Forge | None = None
-        # Set by the service: repositories' policies, checked before a queued task starts.
-        self.policies: Policies | None = None
 
     # registry
 
@@ -348,8 +395,11 @@ class Pool:
 
     # lifecycle
 
-    async def start(self) -> None:
-        """Recover from a crash, build one worker per instance, move orphaned tasks, start."""
+    async def start(self, sandbox: Sandbox | None, confinement: cages.Confinement) -> None:
+        """Recover from a crash, build one worker per instance, move orphaned tasks, start;
+        `sandbox`: the agents' sandbox, as probed; `confinement`: where runs' limits go."""
+        self.sandbox = sandbox
+        self.confinement = confinement
         recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
         stale = [r for r in recovered if r.pid is not None]
         await asyncio.gather(
@@ -403,7 +453,8 @@ class Pool:
         self.workers[name] = worker
         return worker
 
-    def _retired(self, worker: Worker) -> None:
+    def retired(self, worker: Worker) -> None:
+        """A removed instance's worker has finished its last task: forget it."""
         if self.workers.get(worker.name) is worker:
             del self.workers[worker.name]
 
@@ -446,12 +497,17 @@ class Pool:
         return placed.task
 
     async def dispatch_all(
-        self, requests: Sequence[tuple[str, DispatchRequest]], settle: Settle
+        self,
+        requests: Sequence[tuple[str, DispatchRequest]],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
     ) -> Dispatched:
-        """Queue a delivery's requests in order and record the delivery as `settle` says, in
-        one transaction (see `Store.dispatch_all`)."""
+        """Queue a delivery's requests in order, apply the rest of its decision and record
+        the delivery as `settle` says, in one transaction (see `Store.dispatch_all`)."""
         tasks = [self._task(agent_type, request) for agent_type, request in requests]
-        dispatched = await self.store.dispatch_all(tasks, settle)
+        dispatched = await self.store.dispatch_all(tasks, settle, decision, cause, pending)
         for placed in dispatched.placements:
             self._placed(placed)
         return dispatched
@@ -508,12 +564,17 @@ class Pool:
         elif wake.kind == wakeups.BUSY:
             self._wake_thieves(wake.target)
         elif wake.kind == wakeups.FREED:
-            self._key_freed()
+            self.key_freed()
+        elif wake.kind == wakeups.STEER and wake.target in self.inboxes:
+            self.inboxes[wake.target].arrived()
 
     def wake_all(self) -> None:
-        """Every worker looks again (wake-ups may have been missed while not listening)."""
+        """Every worker looks again (wake-ups may have been missed while not listening), and
+        every running task's steering inbox."""
         for worker in self.workers.values():
             worker.wake()
+        for inbox in self.inboxes.values():
+            inbox.arrived()
 
     def _wake(self, agent: str) -> None:
         worker = self.workers.get(agent)
@@ -576,18 +637,18 @@ class Pool:
         if gate.refusal is None:
             return gate
         now = self.clock()
-        ended = (
-            await self.store.cancel_queued(task.id, gate.refusal, now)
-            if gate.cancel
-            else await self.store.fail_queued(task.id, gate.refusal, now)
-        )
+        if gate.cancel:
+            cause = Cause("the repository's policy", None, now, reason=gate.refusal)
+            ended = bool((await self.store.cancel_tasks([task.id], cause)).cancelled)
+        else:
+            ended = await self.store.fail_queued(task.id, gate.refusal, now)
         if ended:
             log.warning("task %s not started: %s", task.id, gate.refusal)
             await self.publish_finished(task.id)
         self._wake(task.agent)
         return gate
 
-    def _key_freed(self) -> None:
+    def key_freed(self) -> None:
         """A task ended: workers whose head waits for a session key look again."""
         for worker in self.workers.values():
             if worker.blocked:
@@ -595,7 +656,7 @@ class Pool:
 
     # running
 
-    async def _prepare_and_run(self, task: Task) -> RunResult:
+    async def prepare_and_run(self, task: Task) -> RunResult:
         """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
         type_config = self.config.types[task.type]
         sandbox = self.sandbox_of(task.type)
@@ -610,6 +671,7 @@ class Pool:
             cage = self._cage(task, workdir)
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
+        self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
         context = replace(self._context(task, workdir, cage), **policy.context)
         session: EgressSession | None = None
         try:
@@ -637,6 +699,10 @@ class Pool:
                 await self._close_egress(session)
             if cage is not None:
                 await cage.close()
+        if context.forge_tools is not None and context.forge_tools.calls:
+            # What the agent did on the forge, and what it was refused: for its status comment.
+            calls = list(context.forge_tools.calls)
+            self.bus.publish(Event("task.report", task, {"calls": calls}))
         return await self.workspaces.deliver(task, type_config, sandbox, result)
 
     async def _run_agent(self, task: Task, context: RunContext, setup: Sequence[str]) -> RunResult:
@@ -715,6 +781,11 @@ class Pool:
             on_process=on_process,
             sandbox=self.sandbox_of(task.type),
             max_log_bytes=self.config.server.max_log_bytes,
+            disk_room=self.disk_room.ok,
+            on_progress=lambda progress: self.bus.publish(
+                Event("task.progress", task, {"progress": progress})
+            ),
+            steering=self.inboxes.get(task.id),
             cage=cage,
             forge_tools=None
             if self.forge is None
@@ -732,24 +803,39 @@ class Pool:
 
     # cancel
 
-    async def cancel_task(self, task_id: str) -> CancelResult:
-        """Cancel a queued or running task; ConflictError if it has already finished."""
-        task = await self.store.get_task(task_id)
-        if task is None:
-            raise UnknownTaskError(task_id)
-        if task.state is TaskState.QUEUED:
-            if await self.store.cancel_queued(task_id, "cancelled while queued", self.clock()):
-                await self.publish_finished(task_id)
-                return CancelResult(task_id, TaskState.QUEUED, task.agent)
-            task = await self.store.get_task(task_id)
-            assert task is not None
-        if task.state is TaskState.RUNNING:
-            await self.store.request_cancel(task_id)
-            if not self.stop_running(task_id):
-                # Run by another node (or not yet seen here): its listener stops it.
-                await self.store.emit_signal(SIGNAL_CANCEL, task_id, self.clock())
-            return CancelResult(task_id, TaskState.RUNNING, task.agent)
-        raise ConflictError(f"task {task_id} has already finished ({task.state.value})")
+    async def cancel_task(
+        self, task_id: str, by: str = "the service", delivery_id: str | None = None
+    ) -> CancelRequest:
+        """Cancel a queued or running task (`control.cancel_task`) and act on it here at once:
+        announce a queued (or held) one finished, stop a running one if this node runs it."""
+        request = await control.cancel_task(self.store, task_id, by, delivery_id)
+        if request.was in (TaskState.QUEUED, TaskState.HELD):
+            await self.publish_finished(task_id)
+        else:
+            self.stop_running(task_id)  # run by another node: its listener stops it
+        return request
+
+    async def _over_budget(self, task_id: str) -> None:
+        await self.cancel_task(task_id, "the hard budget ([budget] hard = true)")
+
+    def running_tasks(self) -> list[Task]:
+        """The tasks this node's workers run now."""
+        return [w.current for w in list(self.workers.values()) if w.current is not None]
+
+    async def follow_up_steers(self, task: Task) -> None:
+        """Queue a follow-up for each steering message the ended run did not take. One that
+        cannot be queued (its type lost its instances) is logged and stays recorded, not
+        followed up, on the task's page."""
+        leftovers = await self.store.steering.leftovers(task.id)
+        for steer, request in zip(
+            leftovers, follow_ups(task, [s.payload for s in leftovers]), strict=True
+        ):
+            try:
+                await self.dispatch(task.type, request)
+            except ClaudeHooksError as exc:
+                log.warning("steering message %d of task %s waits: %s", steer.id, task.id, exc)
+                continue
+            await self.store.steering.followed_up(steer.id, self.clock())
 
     def stop_running(self, task_id: str) -> bool:
         """Stop the task if one of this node's workers runs it; False if none does."""

@@ -7,14 +7,13 @@ that are dropped entirely: they are refused input, not history.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from claude_hooks.config import Config
+from claude_hooks.service.loop import Loop
 from claude_hooks.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ class Pruned:
     rejections: int
 
 
-class Retention:
+class Retention(Loop):
     """Prunes on a schedule; `prune` runs one sweep (tests and the CLI call it directly)."""
 
     def __init__(
@@ -41,11 +40,12 @@ class Retention:
         log_path: Callable[[str], Path],
         clock: Callable[[], float],
     ) -> None:
+        interval = config.server.retention_interval
+        super().__init__("retention", interval, first=min(FIRST_SWEEP, interval))
         self.config = config
         self.store = store
         self.log_path = log_path
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -53,30 +53,17 @@ class Retention:
 
     def start(self) -> None:
         if self.enabled:
-            self._task = asyncio.create_task(self._loop(), name="retention")
+            super().start()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        await asyncio.sleep(min(FIRST_SWEEP, self.config.server.retention_interval))
-        while True:
-            try:
-                pruned = await self.prune()
-                if pruned.logs or pruned.deliveries or pruned.rejections:
-                    log.info(
-                        "retention: pruned %d task logs, %d delivery bodies, %d rejections",
-                        pruned.logs,
-                        pruned.deliveries,
-                        pruned.rejections,
-                    )
-            except Exception:
-                log.exception("retention sweep failed; trying again at the next one")
-            await asyncio.sleep(self.config.server.retention_interval)
+    async def run_once(self) -> None:
+        pruned = await self.prune()
+        if pruned.logs or pruned.deliveries or pruned.rejections:
+            log.info(
+                "retention: pruned %d task logs, %d delivery bodies, %d rejections",
+                pruned.logs,
+                pruned.deliveries,
+                pruned.rejections,
+            )
 
     async def prune(self) -> Pruned:
         now = self.clock()
@@ -95,4 +82,5 @@ class Retention:
                 break
         deliveries = await store.prune_deliveries(before, now)
         rejections = await store.drop_rejections(before)
+        await store.drop_comment_state(before)
         return Pruned(logs, deliveries, rejections)

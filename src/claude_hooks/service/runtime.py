@@ -19,7 +19,7 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.control import SIGNAL_AGENTS, SIGNAL_CANCEL
+from claude_hooks.service.control import SIGNAL_AGENTS
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.intake import Intake
 from claude_hooks.service.limits import SIGNAL_BUDGET
@@ -32,10 +32,14 @@ from claude_hooks.service.pending import PendingRetrier
 from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
+from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
+from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
-from claude_hooks.store.sql import SqlStore
+from claude_hooks.store.decisions import SIGNAL_CANCEL
+from claude_hooks.store.faults import fault_reason, is_storage_fault
+from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -72,23 +76,47 @@ class Service:
         self._runners: dict[str, AgentRunner] = {}
         self._claude: AgentRunner | None = None
         self.bus = EventBus()
-        self.pool = Pool(config, store, runner_for or self.runner_for, clock, self.bus)
         self.forge = Forge(config)
-        self.pool.forge = self.forge
-        self.pool.policies = Policies(config, self.forge, self.store.spend, self.clock)
-        self.intake = Intake(
-            config, self.pool, store.intake, self.forge, clock, self.insecure_no_signature
+        self.pool = Pool(
+            config,
+            store,
+            runner_for or self.runner_for,
+            clock,
+            self.bus,
+            self.forge,
+            Policies(config, self.forge, self.store.spend, self.clock),
         )
         # Comments are posted by one node: the leader (see `node`).
-        self.outbox = Drainer(self.forge, store.outbox, clock)
+        self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
+        self.faults = StorageFaults(clock)
+        self.intake = Intake(
+            config,
+            self.pool,
+            store.intake,
+            self.forge,
+            clock,
+            self.outbox.wake,
+            self.insecure_no_signature,
+            self.faults,
+        )
+        self.readiness = Readiness(
+            store, self._replay_spool, config.server.database_connect_timeout
+        )
         self.notifier = Notifier(
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
         )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
-        self.pending = PendingRetrier(config, self.intake)
+        self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
         # CI polling, pending deliveries and posting comments run on the node that leads.
-        self.node = Node(config, store, self.pool, [self.ci, self.pending, self.outbox], clock)
+        self.node = Node(
+            config,
+            store,
+            self.pool,
+            [self.ci, self.pending, self.outbox],
+            clock,
+            lambda: len(self.intake.spool.waiting),
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self._poke = asyncio.Event()  # a signal was written: look at the signals table now
@@ -104,7 +132,7 @@ class Service:
         insecure_no_signature: bool = False,
     ) -> Service:
         prepare_data_dir(config.data_dir, config.database_url)
-        store = await SqlStore.open(config.database_url)
+        store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
         return cls(
             config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
         )
@@ -137,9 +165,9 @@ class Service:
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
-        self.pool.sandbox = self._sandbox()
-        self.pool.confinement = cages.detect()
-        log.info("agents' limits: %s", self.pool.confinement.describe())
+        sandbox = self._sandbox()
+        confinement = cages.detect()
+        log.info("agents' limits: %s", confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -150,10 +178,14 @@ class Service:
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
-            await self.pool.start()
+            await self.pool.start(sandbox, confinement)
+            self.intake.spool.open()
         except BaseException:
             self._lock.release()
             raise
+        # What an earlier run spooled goes first, before any new delivery is taken.
+        await self._replay_spool()
+        self.readiness.start()
         self.forge.prepare()
         self.notifier.start()
         await self.node.start()
@@ -193,7 +225,21 @@ class Service:
                 "in their [types.<type>] table to run them unconfined"
             ) from None
 
+    async def _replay_spool(self) -> None:
+        """Replay the spool's deliveries while the database takes them."""
+        if not self.intake.spool.waiting:
+            return
+        try:
+            taken = await self.intake.replay_spool()
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            self.faults.note(fault_reason(exc))
+            return
+        log.info("replayed %d spooled deliveries into the database", taken)
+
     async def stop(self) -> None:
+        await self.readiness.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self._watcher is not None:
@@ -203,7 +249,7 @@ class Service:
         await self.node.stop()
         await self.retention.stop()
         await self.intake.sweeper.stop()
-        await self.intake.guard.stop()
+        await self.intake.stop()
         await self.pool.stop()
         await self.node.leave()
         await self.notifier.stop()

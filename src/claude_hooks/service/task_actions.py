@@ -1,22 +1,14 @@
-"""What a user does to a task through the service: cancel it (remembering who asked) and
-retry it. The CLI's cancel goes through `control`, which records its own `cancelled_by`."""
+"""What a user does to a task through the service besides cancelling it (`Pool.cancel_task`,
+over `control.cancel_task`): retry it."""
 
 from __future__ import annotations
 
 from claude_hooks.core.domain import DispatchRequest, Task, TaskState
 from claude_hooks.errors import ConflictError
-from claude_hooks.service.pool import CancelResult, Pool
+from claude_hooks.service.pool import Pool
 from claude_hooks.service.task_lookup import find_task
 
 RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
-
-
-async def cancel(pool: Pool, task_id: str, by: str, delivery_id: str | None = None) -> CancelResult:
-    """Cancel a queued or running task, noting who or what asked (kept only once cancelled)."""
-    task = await find_task(pool.store, task_id)
-    if not task.state.finished:
-        await pool.store.notes.set_cancelled_by(task.id, by, delivery_id)
-    return await pool.cancel_task(task.id)
 
 
 async def retry(pool: Pool, task_id: str) -> Task:

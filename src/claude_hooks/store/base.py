@@ -7,13 +7,17 @@ can serve the same code: each method is one transaction.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from claude_hooks.core.decision import Assigned, Decision, Reset
 from claude_hooks.core.domain import AgentInstance, Task, TaskState
 from claude_hooks.errors import NoInstanceError
+from claude_hooks.store.commands import CommandStore
+from claude_hooks.store.decisions import Cause, Written
 from claude_hooks.store.egress import EgressStore
-from claude_hooks.store.intake import Assigned, DeliveryRecord, IntakeStore, Reset
+from claude_hooks.store.intake import DeliveryRecord, IntakeStore
+from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
@@ -21,6 +25,7 @@ from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
 from claude_hooks.store.spend import SpendStore
+from claude_hooks.store.steering import SteerStore
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.worktree_states import WorktreeStateStore
 
@@ -46,22 +51,26 @@ class Placement:
     busy: bool  # the instance was running or had a queue: the task does not start at once
 
 
-# What to record with the tasks a delivery placed: given them and the error that stopped the
-# placing (if any), the delivery with its outcome, the assignment state and the loop-guard
-# resets it leaves.
+# What to record with the tasks a delivery placed: given them, the queued tasks its requests
+# were merged into, the tasks it cancelled and the error that stopped the placing (if any),
+# the delivery with its outcome, the assignment state and the loop-guard resets it leaves.
 Settle = Callable[
-    [list[Placement], NoInstanceError | None],
+    [list[Placement], list[Task], list[str], NoInstanceError | None],
     tuple[DeliveryRecord, Assigned | None, Sequence[Reset]],
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Dispatched:
-    """What `Store.dispatch_all` placed, and why it stopped early (if it did)."""
+    """What `Store.dispatch_all` applied, and why it stopped placing early (if it did)."""
 
     placements: list[Placement]
     failure: NoInstanceError | None
-    recorded: bool  # False: the delivery's id was recorded before, and nothing was placed
+    recorded: bool  # False: the delivery's id was recorded before, and nothing was written
+    # The requests merged into a queued twin, each with the twin's id (the twin has the newer
+    # payload now).
+    merged: list[Task] = field(default_factory=list)
+    written: Written = field(default_factory=Written)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +226,19 @@ class Store(Protocol):
     @property
     def worktree_states(self) -> WorktreeStateStore: ...
     @property
+    def commands(self) -> CommandStore: ...
+    @property
+    def labels(self) -> LabelStore: ...
+    @property
+    def steering(self) -> SteerStore: ...
+    @property
     def shared(self) -> bool: ...
 
     node: str | None  # the node this process is, once its service has joined
 
     async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+    async def database_time(self) -> float: ...
 
     # agents
     async def list_agents(self) -> list[AgentInstance]: ...
@@ -235,7 +252,14 @@ class Store(Protocol):
 
     # tasks
     async def dispatch(self, task: Task) -> Placement: ...
-    async def dispatch_all(self, tasks: Sequence[Task], settle: Settle) -> Dispatched: ...
+    async def dispatch_all(
+        self,
+        tasks: Sequence[Task],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
+    ) -> Dispatched: ...
     async def reassign_task(self, task_id: str) -> Task | None: ...
     async def orphaned_tasks(self) -> list[QueueEntry]: ...
     async def get_task(self, task_id: str) -> Task | None: ...
@@ -250,9 +274,8 @@ class Store(Protocol):
     async def queue_head(self, agent: str) -> str | None: ...
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None: ...
     async def finish_task(self, task_id: str, outcome: Outcome, now: float) -> bool: ...
-    async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool: ...
     async def fail_queued(self, task_id: str, reason: str, now: float) -> bool: ...
-    async def request_cancel(self, task_id: str) -> bool: ...
+    async def cancel_tasks(self, task_ids: Sequence[str], cause: Cause) -> Written: ...
     async def requeue_interrupted(self, task_id: str, now: float) -> bool: ...
     async def recover(self, max_attempts: int, now: float) -> list[Recovered]: ...
 

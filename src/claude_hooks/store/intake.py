@@ -9,8 +9,18 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from claude_hooks.core.domain import TaskKind, TaskState
+from claude_hooks.core.decision import (
+    Assigned,
+    CiWatch,
+    FixAttempt,
+    IntakeView,
+    IssueGuard,
+    PullLink,
+    Reset,
+)
+from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.store.kept_reader import KeptReader
+from claude_hooks.store.labels import read_labels
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import (
     assignments,
@@ -20,7 +30,7 @@ from claude_hooks.store.schema import (
     pull_links,
     tasks,
 )
-from claude_hooks.store.spend import write_reset
+from claude_hooks.store.spend import read_guard, read_usage, write_reset
 from claude_hooks.store.upsert import upsert
 
 # `cancelled`: the delivery placed no work but cancelled some (an unassignment, a closed PR).
@@ -44,26 +54,6 @@ class DeliveryRecord:
     task_ids: list[str] = field(default_factory=list)
     replay_of: str | None = None
     pruned_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PullLink:
-    """An agent's pull request, and the issue whose conversation it continues."""
-
-    repo: str
-    pr_number: int
-    author_type: str
-    issue_number: int
-    head_sha: str
-    open: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CiWatch:
-    repo: str
-    pr_number: int
-    head_sha: str
-    created_at: float
 
 
 def _delivery(row: sa.Row[Any]) -> DeliveryRecord:
@@ -129,7 +119,14 @@ _UNASSIGN = Prepared(
     )
 )
 _ASSIGN = Prepared(assignments.insert())
-_PENDING = Prepared(
+_FIX_ATTEMPTS = Prepared(
+    sa.select(fix_attempts.c.count).where(
+        fix_attempts.c.repo == sa.bindparam("b_repo"),
+        fix_attempts.c.pr_number == sa.bindparam("b_number"),
+        fix_attempts.c.head_sha == sa.bindparam("b_sha"),
+    )
+)
+_QUEUED_TWIN = Prepared(
     sa.select(tasks.c.id)
     .where(
         tasks.c.session_key == sa.bindparam("b_key"),
@@ -138,6 +135,12 @@ _PENDING = Prepared(
     )
     .order_by(tasks.c.seq)
     .limit(1)
+)
+_MERGE = Prepared(
+    tasks.update()
+    .where(tasks.c.id == sa.bindparam("b_id"), tasks.c.state == TaskState.QUEUED.value)
+    .values(payload=sa.bindparam("b_payload", type_=tasks.c.payload.type))
+    .returning(tasks.c.id)
 )
 
 
@@ -148,8 +151,67 @@ def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterabl
         _ASSIGN.run(conn, {"repo": repo, "number": number, "type": agent_type})
 
 
-Assigned = tuple[str, int, frozenset[str]]
-Reset = tuple[str, int, float]  # (repo, issue, since): a human's event resets its loop guard
+def merge_into_twin(conn: sa.Connection, task: Task) -> str | None:
+    """Give a still-queued task of the same session and kind the newer event's payload
+    instead of queueing a twin, within the caller's transaction; the twin's id, or None."""
+    twin = _QUEUED_TWIN.scalar(conn, {"b_key": task.session_key, "b_kind": task.kind.value})
+    if twin is None:
+        return None
+    # RETURNING, not the row count: under a pipeline the count is not known yet.
+    merged = _MERGE.scalar(conn, {"b_id": twin, "b_payload": task.payload})
+    return str(merged) if merged is not None else None
+
+
+def write_pull_link(conn: sa.Connection, link: PullLink, now: float) -> None:
+    values = {
+        "author_type": link.author_type,
+        "issue_number": link.issue_number,
+        "head_sha": link.head_sha,
+        "open": link.open,
+        "updated_at": now,
+    }
+    upsert(conn, pull_links, {"repo": link.repo, "pr_number": link.pr_number, **values})
+
+
+def write_fix_attempt(conn: sa.Connection, attempt: FixAttempt) -> None:
+    """One more fix attempt on a head: an increment, so two deliveries both count."""
+    repo, pr_number, sha = attempt
+    upsert(
+        conn,
+        fix_attempts,
+        {"repo": repo, "pr_number": pr_number, "head_sha": sha, "count": 1},
+        update={"count": fix_attempts.c.count + 1},
+    )
+
+
+def write_ci_watch(conn: sa.Connection, watch: CiWatch) -> None:
+    upsert(conn, ci_watches, dataclasses.asdict(watch))
+
+
+def retarget_review(conn: sa.Connection, session_key: str, fields: dict[str, Any]) -> None:
+    """Point the session's queued review at a PR's new head, within the caller's transaction."""
+    row = conn.execute(
+        sa.select(tasks.c.id, tasks.c.payload)
+        .where(
+            tasks.c.session_key == session_key,
+            tasks.c.kind == TaskKind.REVIEW_PR.value,
+            tasks.c.state == TaskState.QUEUED.value,
+        )
+        .order_by(tasks.c.seq)
+        .limit(1)
+    ).first()
+    if row is not None:
+        conn.execute(
+            tasks.update()
+            .where(tasks.c.id == row.id, tasks.c.state == TaskState.QUEUED.value)
+            .values(payload={**row.payload, **fields})
+        )
+
+
+def drop_ci_watch(conn: sa.Connection, repo: str, pr_number: int) -> None:
+    conn.execute(
+        ci_watches.delete().where(ci_watches.c.repo == repo, ci_watches.c.pr_number == pr_number)
+    )
 
 
 def insert_delivery(
@@ -169,7 +231,7 @@ def insert_delivery(
         write_reset(conn, repo, number, since)
 
 
-class IntakeStore(Protocol):
+class IntakeStore(IntakeView, Protocol):
     async def has_delivery(self, delivery_id: str) -> bool: ...
     async def add_delivery(
         self,
@@ -182,17 +244,9 @@ class IntakeStore(Protocol):
         self, limit: int, offset: int, outcome: str | None = None
     ) -> list[DeliveryRecord]: ...
     async def count_deliveries(self, outcome: str | None = None) -> int: ...
-    async def assigned_types(self, repo: str, number: int) -> set[str]: ...
     async def set_assigned_types(self, repo: str, number: int, types: Iterable[str]) -> None: ...
-    async def put_pull_link(self, link: PullLink, now: float) -> None: ...
-    async def pull_link(self, repo: str, pr_number: int) -> PullLink | None: ...
-    async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None: ...
-    async def bump_fix_attempts(self, repo: str, pr_number: int, sha: str) -> int: ...
-    async def put_ci_watch(self, watch: CiWatch) -> None: ...
     async def drop_ci_watch(self, repo: str, pr_number: int) -> None: ...
     async def ci_watches(self) -> list[CiWatch]: ...
-    async def pending_task(self, session_key: str, kind: TaskKind) -> str | None: ...
-    async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool: ...
     async def active_tasks(self, session_keys: Iterable[str]) -> list[str]: ...
 
 
@@ -258,17 +312,6 @@ class SqlIntake:
     def _assign(self, conn: sa.Connection, repo: str, number: int, types: Iterable[str]) -> None:
         write_assignment(conn, repo, number, types)
 
-    async def put_pull_link(self, link: PullLink, now: float) -> None:
-        values = {
-            "author_type": link.author_type,
-            "issue_number": link.issue_number,
-            "head_sha": link.head_sha,
-            "open": link.open,
-            "updated_at": now,
-        }
-        with self.engine.begin() as conn:
-            upsert(conn, pull_links, {"repo": link.repo, "pr_number": link.pr_number, **values})
-
     async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
         params = {"b_repo": repo, "b_number": pr_number}
         row = _PULL_LINK.run(self.kept.connection(), params).fetchone()
@@ -285,48 +328,45 @@ class SqlIntake:
             ).first()
         return _link(row) if row else None
 
-    async def bump_fix_attempts(self, repo: str, pr_number: int, sha: str) -> int:
-        with self.engine.begin() as conn:
-            count = upsert(
-                conn,
-                fix_attempts,
-                {"repo": repo, "pr_number": pr_number, "head_sha": sha, "count": 1},
-                update={"count": fix_attempts.c.count + 1},
-                returning=fix_attempts.c.count,
-            )
-        return int(count)
+    async def fix_attempts(self, repo: str, pr_number: int, sha: str) -> int:
+        params = {"b_repo": repo, "b_number": pr_number, "b_sha": sha}
+        return int(_FIX_ATTEMPTS.scalar(self.kept.connection(), params) or 0)
 
-    async def put_ci_watch(self, watch: CiWatch) -> None:
-        with self.engine.begin() as conn:
-            upsert(conn, ci_watches, dataclasses.asdict(watch))
+    async def guard(self, repo: str, number: int) -> IssueGuard | None:
+        return read_guard(self.kept.connection(), repo, number)
+
+    async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
+        return read_usage(self.kept.connection(), repo, number, since)
+
+    async def labels(self, repo: str, number: int) -> set[str]:
+        with self.reader.connect() as conn:
+            return read_labels(conn, repo, number)
+
+    async def last_review(self, session_key: str) -> tuple[str, str] | None:
+        with self.reader.connect() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.payload, tasks.c.result)
+                .where(
+                    tasks.c.session_key == session_key,
+                    tasks.c.state == TaskState.SUCCEEDED.value,
+                    tasks.c.kind == TaskKind.REVIEW_PR.value,
+                )
+                .order_by(tasks.c.enqueued_at.desc(), tasks.c.id.desc())
+                .limit(50)
+            )
+            for payload, result in rows:
+                if payload.get("head_sha"):
+                    return str(payload["head_sha"]), result or ""
+        return None
 
     async def drop_ci_watch(self, repo: str, pr_number: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                ci_watches.delete().where(
-                    ci_watches.c.repo == repo, ci_watches.c.pr_number == pr_number
-                )
-            )
+            drop_ci_watch(conn, repo, pr_number)
 
     async def ci_watches(self) -> list[CiWatch]:
         with self.reader.connect() as conn:
             rows = conn.execute(sa.select(ci_watches))
             return [CiWatch(r.repo, r.pr_number, r.head_sha, r.created_at) for r in rows]
-
-    async def pending_task(self, session_key: str, kind: TaskKind) -> str | None:
-        params = {"b_key": session_key, "b_kind": kind.value}
-        found = _PENDING.scalar(self.kept.connection(), params)
-        return str(found) if found is not None else None
-
-    async def merge_into(self, task_id: str, payload: dict[str, Any]) -> bool:
-        """Give a still-queued task the newer event's payload instead of queueing a twin."""
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
-                .values(payload=payload)
-            )
-            return updated.rowcount > 0
 
     async def active_tasks(self, session_keys: Iterable[str]) -> list[str]:
         keys = list(set(session_keys))
@@ -337,7 +377,9 @@ class SqlIntake:
                 sa.select(tasks.c.id)
                 .where(
                     tasks.c.session_key.in_(keys),
-                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.RUNNING.value]),
+                    tasks.c.state.in_(
+                        [TaskState.QUEUED.value, TaskState.HELD.value, TaskState.RUNNING.value]
+                    ),
                 )
                 .order_by(tasks.c.seq)
             )

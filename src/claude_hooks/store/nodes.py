@@ -63,11 +63,12 @@ class NodeView:
     started_at: float
     heartbeat_at: float
     instances: tuple[str, ...]
+    spooled: int = 0  # deliveries in its spool, not yet in the database
 
 
 class NodeStore(Protocol):
     async def join(self, node: NodeInfo, now: float) -> None: ...
-    async def heartbeat(self, node: NodeInfo, now: float) -> bool: ...
+    async def heartbeat(self, node: NodeInfo, now: float, spooled: int = 0) -> bool: ...
     async def leave(self, node: NodeInfo, now: float) -> list[str]: ...
     async def rescue(self, max_attempts: int, now: float) -> list[Recovered]: ...
     async def rebalance(self, node: NodeInfo, now: float) -> Moves: ...
@@ -197,8 +198,9 @@ class SqlNodes:
                 },
             )
 
-    async def heartbeat(self, node: NodeInfo, now: float) -> bool:
-        """Renew the lease; False if this node was declared dead (its work went elsewhere)."""
+    async def heartbeat(self, node: NodeInfo, now: float, spooled: int = 0) -> bool:
+        """Renew the lease, telling how many deliveries wait in the node's spool; False if
+        this node was declared dead (its work went elsewhere)."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 nodes.update()
@@ -208,7 +210,7 @@ class SqlNodes:
                     nodes.c.dead_at.is_(None),
                     nodes.c.stopped_at.is_(None),
                 )
-                .values(heartbeat_at=now)
+                .values(heartbeat_at=now, spooled=spooled)
             )
             return result.rowcount > 0
 
@@ -347,6 +349,7 @@ class SqlNodes:
                 started_at=row.started_at,
                 heartbeat_at=row.heartbeat_at,
                 instances=tuple(held.get(row.name, ())) if _state(row, now) == "live" else (),
+                spooled=row.spooled,
             )
             for row in rows
         ]

@@ -22,13 +22,27 @@ class TaskNote:
     moved_at: float | None = None
 
 
+def write_cancelled_by(
+    conn: sa.Connection, task_id: str, who: str, delivery_id: str | None = None
+) -> None:
+    """Note who asked to cancel a task, within the caller's transaction; who asked first wins."""
+    values = {"cancelled_by": who, "cancelled_by_delivery": delivery_id}
+    updated = conn.execute(
+        task_notes.update()
+        .where(task_notes.c.task_id == task_id, task_notes.c.cancelled_by.is_(None))
+        .values(**values)
+        .returning(task_notes.c.task_id)
+    ).first()
+    if updated is None:
+        exists = conn.scalar(sa.select(task_notes.c.task_id).where(task_notes.c.task_id == task_id))
+        if exists is None:
+            conn.execute(task_notes.insert().values(task_id=task_id, **values))
+
+
 class NoteStore(Protocol):
     async def get_note(self, task_id: str) -> TaskNote: ...
     async def retries_of(self, task_id: str) -> list[str]: ...
     async def link_retry(self, task_id: str, retry_of: str) -> None: ...
-    async def set_cancelled_by(
-        self, task_id: str, who: str, delivery_id: str | None = None
-    ) -> None: ...
     async def cancelled_by_delivery(self, delivery_id: str) -> list[str]: ...
 
 
@@ -56,24 +70,6 @@ class SqlNotes:
 
     async def link_retry(self, task_id: str, retry_of: str) -> None:
         self._upsert(task_id, retry_of=retry_of)
-
-    async def set_cancelled_by(
-        self, task_id: str, who: str, delivery_id: str | None = None
-    ) -> None:
-        """Who asked first wins: a later cancel of a task being cancelled changes nothing."""
-        values = {"cancelled_by": who, "cancelled_by_delivery": delivery_id}
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                task_notes.update()
-                .where(task_notes.c.task_id == task_id, task_notes.c.cancelled_by.is_(None))
-                .values(**values)
-            )
-            if updated.rowcount == 0:
-                exists = conn.scalar(
-                    sa.select(task_notes.c.task_id).where(task_notes.c.task_id == task_id)
-                )
-                if exists is None:
-                    conn.execute(task_notes.insert().values(task_id=task_id, **values))
 
     async def cancelled_by_delivery(self, delivery_id: str) -> list[str]:
         query = (

@@ -8,13 +8,17 @@ restart finds every pending delivery and none is processed twice.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import sqlalchemy as sa
 
+from claude_hooks.core.decision import Assigned, Reset
+from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.store.intake import DeliveryRecord, write_assignment
 from claude_hooks.store.schema import deliveries, pending_deliveries
+from claude_hooks.store.spend import write_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,37 @@ class PendingEntry:
     last_error: str | None
 
 
+class AlreadySettled(ClaudeHooksError):
+    """The pending delivery was settled by someone else (another node's retrier) first."""
+
+
+def settle_pending(
+    conn: sa.Connection,
+    record: DeliveryRecord,
+    assigned: Assigned | None,
+    resets: Sequence[Reset] = (),
+) -> None:
+    """Give a pending delivery its outcome, the state it leaves, and drop its schedule,
+    within the caller's transaction; AlreadySettled if it was no longer pending, so the
+    caller's transaction, and all it wrote, is rolled back."""
+    gone = conn.execute(
+        pending_deliveries.delete()
+        .where(pending_deliveries.c.id == record.id)
+        .returning(pending_deliveries.c.id)
+    ).first()
+    if gone is None:
+        raise AlreadySettled(f"delivery {record.id} is no longer pending")
+    conn.execute(
+        deliveries.update()
+        .where(deliveries.c.id == record.id)
+        .values(outcome=record.outcome, reason=record.reason, task_ids=record.task_ids)
+    )
+    if assigned is not None:
+        write_assignment(conn, *assigned)
+    for repo, number, since in resets:
+        write_reset(conn, repo, number, since)
+
+
 class PendingStore(Protocol):
     async def add_pending(self, record: DeliveryRecord, next_attempt_at: float) -> bool: ...
     async def due(self, now: float, limit: int) -> list[PendingEntry]: ...
@@ -32,9 +67,6 @@ class PendingStore(Protocol):
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None: ...
-    async def settle(
-        self, record: DeliveryRecord, assigned: tuple[str, int, frozenset[str]] | None
-    ) -> bool: ...
     async def count_pending(self) -> int: ...
 
 

@@ -8,7 +8,15 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from claude_hooks.core.domain import TaskState
-from claude_hooks.store.schema import deliveries, rejections, task_notes, tasks
+from claude_hooks.store.schema import (
+    command_refusals,
+    deliveries,
+    living_comments,
+    outbox,
+    rejections,
+    task_notes,
+    tasks,
+)
 
 _FINISHED = [state.value for state in TaskState if state.finished]
 
@@ -20,6 +28,7 @@ class RetentionStore(Protocol):
     async def mark_logs_pruned(self, task_ids: Iterable[str], now: float) -> None: ...
     async def prune_deliveries(self, before: float, now: float) -> int: ...
     async def drop_rejections(self, before: float) -> int: ...
+    async def drop_comment_state(self, before: float) -> int: ...
 
 
 class SqlRetention:
@@ -83,3 +92,18 @@ class SqlRetention:
         with self.engine.begin() as conn:
             result = conn.execute(rejections.delete().where(rejections.c.received_at < before))
             return int(result.rowcount)
+
+    async def drop_comment_state(self, before: float) -> int:
+        """Forget living comments last written, and refusals sent, before `before` (a living
+        comment with a letter still waiting is kept: that letter edits it)."""
+        with self.engine.begin() as conn:
+            waiting = sa.select(outbox.c.living_key).where(outbox.c.living_key.is_not(None))
+            living = conn.execute(
+                living_comments.delete().where(
+                    living_comments.c.written_at < before, living_comments.c.key.not_in(waiting)
+                )
+            )
+            refusals = conn.execute(
+                command_refusals.delete().where(command_refusals.c.refused_at < before)
+            )
+            return int(living.rowcount) + int(refusals.rowcount)

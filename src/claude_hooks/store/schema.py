@@ -249,6 +249,8 @@ nodes = sa.Table(
     sa.Column("heartbeat_at", sa.Float, nullable=False),
     sa.Column("stopped_at", sa.Float),
     sa.Column("dead_at", sa.Float),
+    # Deliveries in the node's spool, waiting for the database (as of its last heartbeat).
+    sa.Column("spooled", sa.Integer, nullable=False, server_default="0"),
 )
 
 # One runner of each background duty across the nodes: the holder renews before it expires.
@@ -314,6 +316,18 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_at", sa.Float, nullable=False),
     sa.Column("last_error", sa.Text),
+    # Set for a living comment's letter: the task whose one comment it creates or edits.
+    sa.Column("living_key", sa.String(64)),
+)
+
+# Living comments (`comments = "living"`): the forge's id of each task's one comment, once
+# posted, and when it was last written (edits are throttled per comment).
+living_comments = sa.Table(
+    "living_comments",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("comment_id", sa.BigInteger, nullable=False),
+    sa.Column("written_at", sa.Float, nullable=False),
 )
 
 # Each instance's queued tasks, counted by triggers on `tasks` (migration 0011): placing reads
@@ -323,4 +337,49 @@ queue_lengths = sa.Table(
     metadata,
     sa.Column("agent", sa.String(63), primary_key=True),
     sa.Column("queued", sa.Integer, nullable=False),
+)
+
+# Sessions a human paused from the forge (`@<login> pause`): their tasks wait as `held`.
+paused_sessions = sa.Table(
+    "paused_sessions",
+    metadata,
+    sa.Column("session_key", sa.String(300), primary_key=True),
+    sa.Column("paused_by", sa.String(255), nullable=False),
+    sa.Column("paused_at", sa.Float, nullable=False),
+)
+
+# Mentions sent into a running task (steering): delivered to its agent once taken; those not
+# taken when the run ends become follow-up tasks (`followed_up_at`).
+steers = sa.Table(
+    "steers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(32), nullable=False, index=True),
+    sa.Column("sender", sa.String(255), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("comment_id", sa.BigInteger),
+    sa.Column("payload", sa.JSON, nullable=False),  # the mention's task payload, for a follow-up
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("delivered_at", sa.Float),
+    sa.Column("followed_up_at", sa.Float),
+)
+
+# The labels last seen on an issue or PR: a label event carries the labels after the change
+# only, so what was added or removed is the difference with these.
+issue_labels = sa.Table(
+    "issue_labels",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+)
+
+# The last polite refusal of a forge command per sender and issue: at most one an hour.
+command_refusals = sa.Table(
+    "command_refusals",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("sender", sa.String(255), primary_key=True),
+    sa.Column("refused_at", sa.Float, nullable=False),
 )

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from claude_hooks.core.budget import Period
-from claude_hooks.store.kept_reader import KeptReader
+from claude_hooks.core.decision import IssueGuard
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
 from claude_hooks.store.upsert import upsert
@@ -24,18 +24,6 @@ class CostRow:
     repo: str
     number: int
     cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class IssueGuard:
-    """An issue's lifecycle counters since `since` (a human's reset), and whether it tripped."""
-
-    repo: str
-    number: int
-    since: float
-    review_rounds: int
-    tripped_at: float | None
-    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +46,6 @@ class SpendStore(Protocol):
     async def set_budget(self, scope: str, period: Period, usd: float, now: float) -> None: ...
     async def clear_budgets(self, scope: str) -> int: ...
     async def cost_rows(self, since: float) -> list[CostRow]: ...
-    async def guard(self, repo: str, number: int) -> IssueGuard | None: ...
-    async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]: ...
-    async def add_review_round(self, repo: str, number: int) -> int: ...
-    async def trip(self, repo: str, number: int, reason: str, now: float) -> bool: ...
-    async def reset_guard(self, repo: str, number: int, now: float) -> None: ...
     async def tripped(self) -> list[IssueGuard]: ...
     async def breaker_states(self) -> list[BreakerState]: ...
     async def put_breaker(self, state: BreakerState) -> None: ...
@@ -137,6 +120,58 @@ def write_reset(conn: sa.Connection, repo: str, number: int, now: float) -> None
     _RESET[conn.dialect.name].run(conn, {"repo": repo, "number": number, "since": now})
 
 
+def read_guard(conn: sa.Connection, repo: str, number: int) -> IssueGuard | None:
+    row = _GUARD.run(conn, {"b_repo": repo, "b_number": number}).fetchone()
+    return IssueGuard(*row) if row else None
+
+
+def read_usage(conn: sa.Connection, repo: str, number: int, since: float) -> tuple[int, float]:
+    """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what the
+    finished ones cost."""
+    params = {"b_repo": repo, "b_number": number, "b_since": since}
+    rows = _USAGE.run(conn, params).fetchall()
+    return sum(int(count) for count, _ in rows), sum(float(cost) for _, cost in rows)
+
+
+def _ensure(conn: sa.Connection, repo: str, number: int) -> None:
+    """The issue's row, made if missing; one insert that yields to a concurrent one (two
+    nodes taking deliveries of one issue at once), never a check and then an insert."""
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        module.insert(issue_guards)
+        .values(repo=repo, number=number, since=0.0)
+        .on_conflict_do_nothing(index_elements=["repo", "number"])
+    )
+
+
+def write_review_round(conn: sa.Connection, repo: str, number: int) -> None:
+    """One more changes-requested round on the issue's pull request: an increment, so two
+    deliveries both count."""
+    _ensure(conn, repo, number)
+    conn.execute(
+        issue_guards.update()
+        .where(issue_guards.c.repo == repo, issue_guards.c.number == number)
+        .values(review_rounds=issue_guards.c.review_rounds + 1)
+    )
+
+
+def write_trip(conn: sa.Connection, repo: str, number: int, reason: str, now: float) -> bool:
+    """Mark the issue as needing a human; False if it already was (read by RETURNING: under
+    a pipeline the row count is not known yet)."""
+    _ensure(conn, repo, number)
+    tripped = conn.execute(
+        issue_guards.update()
+        .where(
+            issue_guards.c.repo == repo,
+            issue_guards.c.number == number,
+            issue_guards.c.tripped_at.is_(None),
+        )
+        .values(tripped_at=now, reason=reason)
+        .returning(issue_guards.c.number)
+    ).first()
+    return tripped is not None
+
+
 def _guard(row: sa.Row[Any]) -> IssueGuard:
     m = row._mapping
     return IssueGuard(
@@ -147,10 +182,9 @@ def _guard(row: sa.Row[Any]) -> IssueGuard:
 class SqlSpend:
     """`SpendStore` on the same engines as the `SqlStore` it belongs to."""
 
-    def __init__(self, engine: sa.Engine, reader: sa.Engine, kept: KeptReader) -> None:
+    def __init__(self, engine: sa.Engine, reader: sa.Engine) -> None:
         self.engine = engine
         self.reader = reader
-        self.kept = kept  # for the webhook path's reads
 
     async def spent(
         self, agent_type: str | None, start: float, end: float, repo: str | None = None
@@ -197,59 +231,6 @@ class SqlSpend:
         )
         with self.reader.connect() as conn:
             return [CostRow(*row) for row in conn.execute(query).all()]
-
-    async def guard(self, repo: str, number: int) -> IssueGuard | None:
-        row = _GUARD.run(self.kept.connection(), {"b_repo": repo, "b_number": number}).fetchone()
-        return IssueGuard(*row) if row else None
-
-    async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
-        """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what
-        the finished ones cost."""
-        params = {"b_repo": repo, "b_number": number, "b_since": since}
-        rows = _USAGE.run(self.kept.connection(), params).fetchall()
-        return sum(int(count) for count, _ in rows), sum(float(cost) for _, cost in rows)
-
-    def _ensure(self, conn: sa.Connection, repo: str, number: int) -> None:
-        """The issue's row, made if missing; one insert that yields to a concurrent one (two
-        nodes taking deliveries of one issue at once), never a check and then an insert."""
-        module = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(
-            module.insert(issue_guards)
-            .values(repo=repo, number=number, since=0.0)
-            .on_conflict_do_nothing(index_elements=["repo", "number"])
-        )
-
-    async def add_review_round(self, repo: str, number: int) -> int:
-        """Count one more changes-requested round on the issue's pull request; the new count."""
-        with self.engine.begin() as conn:
-            self._ensure(conn, repo, number)
-            where = (issue_guards.c.repo == repo, issue_guards.c.number == number)
-            conn.execute(
-                issue_guards.update()
-                .where(*where)
-                .values(review_rounds=issue_guards.c.review_rounds + 1)
-            )
-            return int(conn.scalar(sa.select(issue_guards.c.review_rounds).where(*where)) or 0)
-
-    async def trip(self, repo: str, number: int, reason: str, now: float) -> bool:
-        """Mark the issue as needing a human; False if it already was."""
-        with self.engine.begin() as conn:
-            self._ensure(conn, repo, number)
-            result = conn.execute(
-                issue_guards.update()
-                .where(
-                    issue_guards.c.repo == repo,
-                    issue_guards.c.number == number,
-                    issue_guards.c.tripped_at.is_(None),
-                )
-                .values(tripped_at=now, reason=reason)
-            )
-            return result.rowcount > 0
-
-    async def reset_guard(self, repo: str, number: int, now: float) -> None:
-        """A human stepped in: count afresh from now."""
-        with self.engine.begin() as conn:
-            write_reset(conn, repo, number, now)
 
     async def tripped(self) -> list[IssueGuard]:
         query = (

@@ -9,15 +9,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from claude_hooks.config import ServerConfig
+from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, Task, TaskKind, TaskState
 from claude_hooks.errors import (
     ConflictError,
@@ -45,18 +50,23 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
+from claude_hooks.store.commands import SqlCommands, hold_if_paused
+from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
-from claude_hooks.store.intake import SqlIntake, insert_delivery
+from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
+from claude_hooks.store.labels import SqlLabels, write_labels
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
 from claude_hooks.store.notes import SqlNotes
+from claude_hooks.store.offload import OffloadedStore
 from claude_hooks.store.outbox import SqlOutbox
-from claude_hooks.store.pending import SqlPending
+from claude_hooks.store.pending import AlreadySettled, SqlPending, settle_pending
 from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
+from claude_hooks.store.steering import SqlSteering
 from claude_hooks.store.transcripts import SqlSessionStore
 from claude_hooks.store.upsert import upsert
 from claude_hooks.store.worktree_states import SqlWorktreeStates
@@ -64,13 +74,33 @@ from claude_hooks.store.worktree_states import SqlWorktreeStates
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Every wait on the database, bounded (`server.database_*_timeout`, in seconds)."""
+
+    connect: float = 5.0
+    lock: float = 2.0
+    statement: float = 30.0
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> Timeouts:
+        return cls(
+            server.database_connect_timeout,
+            server.database_lock_timeout,
+            server.database_statement_timeout,
+        )
+
+
+def _sqlite_pragmas(lock_timeout: float) -> Any:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={round(lock_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return pragmas
 
 
 def _sqlite_manual_transactions(dbapi_connection: Any, _record: Any) -> None:
@@ -121,23 +151,23 @@ def _sqlite_begin_immediate(conn: sa.Connection) -> None:
         raise sa.exc.DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
 
 
-def _sqlite_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
+def _sqlite_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     """A writer and a reader on the SQLite file: the writer begins IMMEDIATE, readers never block.
 
     Statements run on the event loop's thread: an SQLite statement takes microseconds, while
     handing it to a worker thread (as aiosqlite does) was measured at 350-500 us per call here.
     """
     url = url.set(drivername="sqlite")
-    writer = sa.create_engine(url, pool_size=1, max_overflow=0)
-    reader = sa.create_engine(url)
+    writer = sa.create_engine(url, pool_size=1, max_overflow=0, pool_timeout=timeouts.lock)
+    reader = sa.create_engine(url, pool_timeout=timeouts.lock)
     for engine in (writer, reader):
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_pragmas(timeouts.lock))
     sa.event.listen(writer, "connect", _sqlite_manual_transactions)
     sa.event.listen(writer, "begin", _sqlite_begin_immediate)
     return writer, reader
 
 
-def _postgresql_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
+def _postgresql_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     """A writer and a reader through psycopg 3, each pooled: PostgreSQL serialises what must be
     serial with row locks (see `placing`). The reader runs in autocommit: a read is one round
     trip instead of three (BEGIN, the query, ROLLBACK), and under READ COMMITTED a transaction
@@ -145,18 +175,41 @@ def _postgresql_engines(url: sa.URL) -> tuple[sa.Engine, sa.Engine]:
     call): a connection the server dropped fails one call, and SQLAlchemy then replaces the
     whole pool; the callers retry."""
     url = url.set(drivername="postgresql+psycopg")
-    writer = sa.create_engine(url, pool_size=5, max_overflow=5)
-    reader = sa.create_engine(url, pool_size=5, max_overflow=5, isolation_level="AUTOCOMMIT")
+    options = (
+        f"-c lock_timeout={round(timeouts.lock * 1000)} "
+        f"-c statement_timeout={round(timeouts.statement * 1000)}"
+    )
+    # libpq counts connect_timeout in whole seconds (2 at least); TCP keepalives notice a
+    # peer that vanished without closing the connection.
+    connect_args = {
+        "connect_timeout": max(2, math.ceil(timeouts.connect)),
+        "options": options,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    bounds: dict[str, Any] = {"pool_timeout": timeouts.connect, "connect_args": connect_args}
+    writer = sa.create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, **bounds)
+    # Each thread keeps a reader connection (`KeptReader`) besides the one a call may take.
+    reader = sa.create_engine(
+        url, pool_size=POOL_SIZE, max_overflow=THREADS, isolation_level="AUTOCOMMIT", **bounds
+    )
     return writer, reader
 
 
-def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+# Connections per engine, as many again in overflow; the threads that run PostgreSQL's store
+# calls (see `offload`) are as many as the writer's connections.
+POOL_SIZE = 5
+THREADS = 2 * POOL_SIZE
+
+
+def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engines(parsed)
+        return _sqlite_engines(parsed, timeouts)
     if backend == "postgresql":
-        return _postgresql_engines(parsed)
+        return _postgresql_engines(parsed, timeouts)
     raise StoreError(
         f"database_url {url!r}: the data is stored in SQLite or PostgreSQL "
         "(leave database_url empty, or give a sqlite:/// or postgresql:// URL)"
@@ -165,7 +218,7 @@ def _engines(url: str) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0014"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -215,8 +268,9 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
             "delivery_id": task.delivery_id,
         },
     )
+    state = TaskState.HELD if hold_if_paused(conn, task.id, task.session_key) else TaskState.QUEUED
     wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=TaskState.QUEUED)
+    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=state)
     return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
 
 
@@ -373,23 +427,28 @@ class SqlStore:
         self.egress = SqlEgress(engine, self.reader)
         self.outbox = SqlOutbox(engine, self.reader)
         self.retention = SqlRetention(engine, self.reader)
-        self.spend = SqlSpend(engine, self.reader, self.kept)
+        self.spend = SqlSpend(engine, self.reader)
         self.nodes = SqlNodes(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
         self.node: str | None = None
         self.transcripts = SqlSessionStore(engine, self.reader)
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
+        self.commands = SqlCommands(engine, self.reader)
+        self.labels = SqlLabels(engine, self.reader)
+        self.steering = SqlSteering(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str, create: bool = True) -> SqlStore:
+    async def open(cls, url: str, timeouts: Timeouts = Timeouts(), create: bool = True) -> SqlStore:
         """The store on `url`, its schema brought up to date. Without `create`, a database
-        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands."""
+        with no tables yet is refused (NoDatabaseYet), not filled: read-only commands. On
+        PostgreSQL its calls run off the event loop (see `offload`): the object returned
+        stands in for the store, with the same attributes."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         try:
-            engine, reader = _engines(url)
+            engine, reader = _engines(url, timeouts)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"cannot use database_url {url!r}: {exc}") from None
         try:
@@ -410,7 +469,9 @@ class SqlStore:
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
         if engine.dialect.name != "sqlite":
-            return cls(engine, reader)
+            threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
+            bound = timeouts.statement + timeouts.connect
+            return cast(SqlStore, OffloadedStore(cls(engine, reader), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
         return cls(engine, reader, checkpointer)
@@ -427,6 +488,19 @@ class SqlStore:
         self.engine.dispose()
         if self.reader is not self.engine:
             self.reader.dispose()
+
+    async def database_time(self) -> float:
+        """The database server's clock (Unix seconds); on SQLite, this host's."""
+        if self.engine.dialect.name != "postgresql":
+            return time.time()
+        with self.reader.connect() as conn:
+            query = sa.select(sa.func.extract("epoch", sa.func.clock_timestamp()))
+            return float(conn.execute(query).scalar_one())
+
+    async def ping(self) -> None:
+        """One round trip to the database: it answers, or this raises."""
+        with self.reader.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     # agents
 
@@ -496,19 +570,57 @@ class SqlStore:
         with self.engine.begin() as conn:
             return _place(conn, task)
 
-    async def dispatch_all(self, tasks: Sequence[Task], settle: Settle) -> Dispatched:
-        """Place the tasks of one delivery in order, stopping at a type with no instance, and
-        record the delivery as `settle` says: one transaction, so the delivery and its tasks
-        are committed together or not at all."""
+    async def dispatch_all(
+        self,
+        tasks: Sequence[Task],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
+    ) -> Dispatched:
+        """Apply a delivery's whole decision in one transaction: its writes (`decisions`),
+        then its tasks in order (each merged into a queued twin of its session and kind, or
+        placed, stopping at a type with no instance), then the delivery as `settle` records
+        it. A duplicate id, or a failure, leaves nothing of it. `settle` None: no delivery
+        to record (a CI poll's decision); `pending`: the delivery is recorded already, as
+        pending, and is settled now."""
         try:
-            # The pipeline ends before the commit, so a duplicate id fails as itself (an
-            # IntegrityError), not as the commit of an aborted transaction.
-            with self.engine.begin() as conn, pipelined(conn):
-                placements, failure = _place_all(conn, tasks)
-                insert_delivery(conn, *settle(placements, failure))
-        except sa.exc.IntegrityError:
+            with self.engine.begin() as conn:
+                # Before the pipeline: these writes read what they changed (SQLAlchemy's
+                # results), and most deliveries have none of them.
+                written = (
+                    write_decision(conn, decision, cause or Cause("", None, 0.0))
+                    if decision is not None
+                    else Written()
+                )
+                # The pipeline ends before the commit, so a duplicate id fails as itself (an
+                # IntegrityError), not as the commit of an aborted transaction.
+                with pipelined(conn):
+                    merged: list[Task] = []
+                    placing: list[Task] = []
+                    for task in tasks:
+                        twin = merge_into_twin(conn, task)
+                        if twin is None:
+                            placing.append(task)
+                        else:
+                            merged.append(dataclasses.replace(task, id=twin))
+                    placements, failure = _place_all(conn, placing)
+                    if decision is not None and decision.labels is not None and failure is None:
+                        # As `assigned`: a label whose work could not be placed stays new.
+                        write_labels(conn, *decision.labels)
+                    cancelled = written.cancelled + written.stopping
+                    record = (
+                        settle(placements, merged, cancelled, failure)
+                        if settle is not None
+                        else None
+                    )
+                    if record is not None and not pending:
+                        insert_delivery(conn, *record)
+                if record is not None and pending:
+                    settle_pending(conn, *record)  # reads what it deleted: after the pipeline
+        except (sa.exc.IntegrityError, AlreadySettled):
             return Dispatched([], None, recorded=False)
-        return Dispatched(placements, failure, recorded=True)
+        return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
 
     async def reassign_task(self, task_id: str) -> Task | None:
         """Move a queued task to the tail of the instance the rule picks now (its own was
@@ -675,29 +787,22 @@ class SqlStore:
                 wakeups.notify(conn, wakeups.FREED)
             return result.rowcount > 0
 
-    async def _end_queued(self, task_id: str, state: TaskState, reason: str, now: float) -> bool:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
-                .values(state=state.value, finished_at=now, error=reason)
-            )
-            return result.rowcount > 0
-
-    async def cancel_queued(self, task_id: str, reason: str, now: float) -> bool:
-        return await self._end_queued(task_id, TaskState.CANCELLED, reason, now)
-
     async def fail_queued(self, task_id: str, reason: str, now: float) -> bool:
-        return await self._end_queued(task_id, TaskState.FAILED, reason, now)
-
-    async def request_cancel(self, task_id: str) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
-                .values(cancel_requested=True)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.state.in_([TaskState.QUEUED.value, TaskState.HELD.value]),
+                )
+                .values(state=TaskState.FAILED.value, finished_at=now, error=reason)
             )
             return result.rowcount > 0
+
+    async def cancel_tasks(self, task_ids: Sequence[str], cause: Cause) -> Written:
+        """Cancel the tasks of `task_ids` still queued or running: one transaction."""
+        with self.engine.begin() as conn:
+            return cancel(conn, tasks.c.id.in_(list(task_ids)), cause)
 
     def _mine(self) -> sa.ColumnElement[bool]:
         """Tasks this node runs: a node declared dead no longer changes what was rescued."""

@@ -9,7 +9,8 @@ A payload is `kind:target`. Kinds:
 - `busy`: a task of type `target` waits behind another: idle thieves of the type look;
 - `freed`: a task ended, so its session key is free: blocked heads look again;
 - `signal`: a row was added to the signals table (a command from the CLI or the API);
-- `outbox`: a forge comment was written to the outbox: the drainer posts it.
+- `outbox`: a forge comment was written to the outbox: the drainer posts it;
+- `steer`: a mention was sent into running task `target`: its runner takes it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ BUSY = "busy"
 FREED = "freed"
 SIGNAL = "signal"
 OUTBOX = "outbox"
-KINDS = frozenset({TASK, BUSY, FREED, SIGNAL, OUTBOX})
+STEER = "steer"
+KINDS = frozenset({TASK, BUSY, FREED, SIGNAL, OUTBOX, STEER})
 
 _NOTIFY = Prepared(sa.text("SELECT pg_notify(:channel, :payload)"))
 

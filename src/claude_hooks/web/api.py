@@ -62,7 +62,7 @@ async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
 async def list_nodes(service: ServiceDep) -> list[dict[str, Any]]:
     return [
         {**dataclasses.asdict(view), "instances": list(view.instances)}
-        for view in await service.store.nodes.list_nodes(service.clock())
+        for view in await service.store.nodes.list_nodes(service.node.now())
     ]
 
 
@@ -132,8 +132,8 @@ async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
 
 @router.post("/api/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
 async def cancel_task(task_id: str, request: Request, service: ServiceDep) -> dict[str, Any]:
-    result = await task_actions.cancel(service.pool, task_id, _who(request))
-    return {"id": result.task_id, "agent": result.agent, "was": result.state.value}
+    result = await service.pool.cancel_task(task_id, _who(request))
+    return {"id": result.task_id, "agent": result.agent, "was": result.was.value}
 
 
 @router.post(
@@ -163,8 +163,5 @@ async def cancel_agent(
     if not agent:
         raise InvalidInputError("query parameter 'agent' is required: POST /cancel?agent=NAME")
     running = await service.pool.running_on(agent)
-    await service.store.notes.set_cancelled_by(
-        running, f"{_who(request)} (POST /cancel?agent={agent})"
-    )
-    await service.pool.cancel_task(running)
+    await service.pool.cancel_task(running, f"{_who(request)} (POST /cancel?agent={agent})")
     return {"cancelled": running, "agent": agent}

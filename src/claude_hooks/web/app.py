@@ -24,6 +24,8 @@ from claude_hooks.errors import (
     PeerUnreachableError,
 )
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.storage_faults import RETRY_AFTER
+from claude_hooks.store.faults import STORAGE_FAULTS, StorageUnavailable, fault_reason
 from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
 from claude_hooks.web.headers import SecurityHeaders
@@ -68,6 +70,21 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     return _error(400, "invalid request: " + "; ".join(problems))
 
 
+# What answers without the database: liveness, readiness, the metrics (in part), the login.
+_WITHOUT_DATABASE = frozenset({"/healthz", "/readyz", "/metrics", "/login", "/logout"})
+
+
+async def _database_answers(request: Request) -> None:
+    """While the database does not answer (see `/readyz`), a request that needs it is refused
+    at once with the reason, instead of waiting for its own timeout."""
+    if request.url.path in _WITHOUT_DATABASE:
+        return
+    service: Service = request.app.state.service
+    problem = service.readiness.database_problem()
+    if problem is not None:
+        raise StorageUnavailable(problem)
+
+
 class App(FastAPI):
     """FastAPI, except that `POST /webhook` goes straight to its plain ASGI handler: the
     middleware, routing and dependency injection cost more than the delivery's own work."""
@@ -90,6 +107,7 @@ def create_app(service: Service) -> App:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(_database_answers)],
     )
     app.state.service = service
     app.state.api_token = token.get_secret_value() if token is not None else ""
@@ -106,6 +124,19 @@ def create_app(service: Service) -> App:
     # Reached through the middleware only by other methods, which it answers 405.
     app.router.routes.append(Route("/webhook", app.state.webhook, methods=["POST"]))
     app.add_exception_handler(ClaudeHooksError, _on_package_error)
+
+    async def on_storage_fault(_request: Request, exc: Exception) -> JSONResponse:
+        reason = fault_reason(exc)
+        service.faults.note(reason)
+        return _error(503, f"{reason}: retry shortly", {"Retry-After": str(RETRY_AFTER)})
+
+    for fault in STORAGE_FAULTS:
+        app.add_exception_handler(fault, on_storage_fault)
+
+    async def on_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, f"{exc}: retry shortly", {"Retry-After": str(RETRY_AFTER)})
+
+    app.add_exception_handler(StorageUnavailable, on_unavailable)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
 
@@ -120,6 +151,19 @@ def create_app(service: Service) -> App:
             # Still 200 while agents wait (webhooks are answered): why they wait, else null.
             "agents_paused": service.pool.low_disk(),
         }
+
+    @app.get("/readyz", summary="Readiness: 503 with the reason while the database is away")
+    async def readyz() -> JSONResponse:
+        problem = service.readiness.database_problem()
+        body: dict[str, Any] = {
+            "status": "ready" if problem is None else "unready",
+            "node": service.node.name,
+            "spooled": len(service.intake.spool.waiting),
+        }
+        if problem is None:
+            return JSONResponse(body)
+        body["reason"] = problem
+        return JSONResponse(body, 503, headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.get(
         "/openapi.json",

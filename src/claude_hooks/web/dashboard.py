@@ -36,7 +36,7 @@ from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.service import task_actions
 from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
-from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, check_outcome
+from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
 from claude_hooks.service.rejections import hint
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.task_lookup import find_task
@@ -400,7 +400,7 @@ def overview_view(service: Service, cache: QueuedCache) -> View:
         return _render("_limits.html", **await spend.limits_context(service))
 
     async def nodes() -> str:
-        now = service.clock()
+        now = service.node.now()  # the database's clock, which leases are counted on
         found = await service.store.nodes.list_nodes(now)
         return _render("_nodes.html", nodes=found, now=now, this_node=service.node.name)
 
@@ -468,6 +468,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             ran_before=_ran_before(service, task),
             runs=claude_runs(service.pool.log_path(task.id)) if renders_json(service, task) else [],
             timeline=_timeline(task, delivery),
+            steers=await service.store.steering.of_task(task.id),
             **_common(service),
         )
 
@@ -510,12 +511,18 @@ def deliveries_view(service: Service, filters: Filters) -> View:
                 filters=filters,
             )
         store = service.store.intake
-        found = await store.list_deliveries(filters.limit, filters.offset, filters.outcome)
+        if filters.outcome == SPOOLED:  # in this node's spool: the database may be away
+            waiting = [entry.record for entry in service.intake.spool.waiting]
+            found = list(reversed(waiting))[filters.offset : filters.offset + filters.limit]
+            total = len(waiting)
+        else:
+            found = await store.list_deliveries(filters.limit, filters.offset, filters.outcome)
+            total = await store.count_deliveries(filters.outcome)
         recent = await service.store.rejections.count_rejections(since=service.clock() - DAY)
         return _render(
             "_deliveries.html",
             deliveries=found,
-            total=await store.count_deliveries(filters.outcome),
+            total=total,
             filters=filters,
             compact=False,
             rejected_today=recent,
@@ -581,6 +588,8 @@ async def _page(request: Request, template: str, view: View, **extra: Any) -> Re
         sections=await view.render(),
         insecure=service.insecure_no_signature,
         unconfined=service.unconfined_types,
+        spooled=len(service.intake.spool.waiting),
+        database_problem=service.readiness.database_problem(),
         low_disk=service.pool.low_disk(),
         version=__version__,
         **extra,

@@ -3,7 +3,8 @@
 Everything is read at scrape time: gauges from the pool's read model, counters and histograms from
 the database (deliveries and tasks are all kept there), so the series survive a restart and no
 event can be missed between scrapes. Only rejected webhooks, which are not stored, are counted
-in memory since the service started.
+in memory since the service started, and the spool and storage faults; while the database does
+not answer, only these are given.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client.core import (
 from claude_hooks.forge import event_types
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import Histogram, InstanceView, Store
+from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.web.auth import require_token
 
 router = APIRouter(dependencies=[Depends(require_token)])
@@ -181,7 +183,26 @@ def _in_memory(service: Service) -> list[Metric]:
     )
     for agent_type, count in sorted(service.pool.limits.trips.items()):
         trips.add_metric([agent_type], count)
-    return [rejected, started, paused, until, trips]
+    return [rejected, started, paused, until, trips, *_storage(service)]
+
+
+def _storage(service: Service) -> list[Metric]:
+    """What waits in the spool and how storage has failed: known without the database."""
+    spooled = GaugeMetricFamily(
+        "claude_hooks_deliveries_spooled",
+        "Deliveries in this node's spool, waiting for the database",
+    )
+    spooled.add_metric([], len(service.intake.spool.waiting))
+    faults = CounterMetricFamily(
+        "claude_hooks_storage_faults",
+        "Database or disk errors met (each answered with the spool or a 503, never a 500)",
+    )
+    faults.add_metric([], service.faults.total)
+    ready = GaugeMetricFamily(
+        "claude_hooks_database_ready", "1 while the database answers (see /readyz)"
+    )
+    ready.add_metric([], 0 if service.readiness.database_problem() else 1)
+    return [spooled, faults, ready]
 
 
 async def _nodes(service: Service, found: list[InstanceView]) -> list[Metric]:
@@ -190,7 +211,7 @@ async def _nodes(service: Service, found: list[InstanceView]) -> list[Metric]:
         "claude_hooks_nodes", "Nodes on the database by state", labels=["state"]
     )
     counts = {"live": 0, "dead": 0, "stopped": 0}
-    for view in await service.store.nodes.list_nodes(service.clock()):
+    for view in await service.store.nodes.list_nodes(service.node.now()):
         counts[view.state] += 1
     for state, count in counts.items():
         nodes.add_metric([state], count)
@@ -231,5 +252,13 @@ async def families(service: Service) -> list[Metric]:
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(await families(service)))
+    try:
+        found = await families(service)
+    except Exception as exc:
+        if not is_storage_fault(exc):
+            raise
+        # The series kept in the database wait for it; what the node knows is still told.
+        service.faults.note(fault_reason(exc))
+        found = _in_memory(service)
+    registry.register(_Snapshot(found))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

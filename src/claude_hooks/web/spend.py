@@ -70,13 +70,15 @@ def chart(series: list[tuple[Any, float]]) -> list[Bar]:
 
 
 async def limits_context(service: Service) -> dict[str, Any]:
-    """The banner: paused types, every budget with its spend, and issues needing a human."""
+    """The banner: paused types, every budget with its spend, issues needing a human, and
+    sessions paused from the forge (`@<login> pause`)."""
     zone = zone_of(service.config.server.timezone)
     budgets = await budget_report(service.config, service.store.spend, service.clock())
     return {
         "paused": sorted(service.pool.limits.paused.values(), key=lambda p: p.type),
         "budgets": budgets,
         "humans": await service.store.spend.tripped(),
+        "held": await service.store.commands.paused(),
         "zone": zone,
         "when": lambda ts: datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M %Z"),
     }
@@ -108,6 +110,10 @@ async def limits(service: ServiceDep) -> dict[str, Any]:
         "needs_human": [
             {"repo": g.repo, "number": g.number, "reason": g.reason, "since": g.tripped_at}
             for g in await service.store.spend.tripped()
+        ],
+        "paused_sessions": [
+            {"session_key": p.session_key, "paused_by": p.paused_by, "since": p.paused_at}
+            for p in await service.store.commands.paused()
         ],
     }
 

@@ -37,6 +37,8 @@ async def _answer(send: Send, answer: Answer, extra: Headerlist | None = None) -
         *(extra or []),
         *HEADERS,
     ]
+    if answer.retry_after is not None:
+        headers.append((b"retry-after", str(answer.retry_after).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
 
@@ -153,7 +155,8 @@ async def list_deliveries(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     service: Service = request.app.state.service
-    total, rows = await delivery_rows(service.store, outcome, limit, offset)
+    spooled = [entry.record for entry in service.intake.spool.waiting]
+    total, rows = await delivery_rows(service.store, outcome, limit, offset, spooled)
     return {"total": total, "limit": limit, "offset": offset, "deliveries": rows}
 
 

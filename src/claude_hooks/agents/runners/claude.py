@@ -45,6 +45,7 @@ from typing import Any
 
 import claude_agent_sdk
 from claude_agent_sdk import (
+    AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKClient,
     CLIConnectionError,
@@ -57,6 +58,7 @@ from claude_agent_sdk import (
     ResultMessage,
     SdkMcpTool,
     SystemMessage,
+    ToolUseBlock,
     create_sdk_mcp_server,
     tool,
 )
@@ -66,8 +68,8 @@ from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.credentials import CREDENTIAL_VARIABLES
 from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
-from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context
-from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context, steering_prompt
+from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
 from claude_hooks.agents.runners.transcripts import SessionTranscripts, materialize
 from claude_hooks.agents.workspace import current_branch, key_path
 from claude_hooks.store.base import SessionRecord, Store
@@ -77,6 +79,9 @@ logger = logging.getLogger(__name__)
 PID_MARKER = "claude-hooks-launcher pid="
 INTERRUPT_TIMEOUT = 2.0  # the CLI acknowledged an interrupt in 18-60 ms when measured
 RESULT_TIMEOUT = 2.0  # for the result that ends an interrupted turn
+# After a turn during which a steering message was sent: how long the CLI has to start the
+# turn that answers it (it did in 50 ms; a message read within the turn starts none).
+STEER_GRACE = 2.0
 STDERR_TAIL_LINES = 20
 SDK_PREFIXES = ("CLAUDE_CODE_", "CLAUDE_AGENT_SDK_")
 SANDBOXED_TOOLS = ("Bash", "Read", "Edit", "Write", "Glob", "Grep")
@@ -210,6 +215,33 @@ class _Turn:
     model: str | None = None
     result: ResultMessage | None = None
     limit_resets_at: int | None = None  # a subscription usage limit rejected the run until then
+    progress: RunProgress = dataclasses.field(default_factory=RunProgress)
+    steered: bool = False  # a steering message was sent since the last turn began
+
+
+_EDITING_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
+
+
+def _progress(before: RunProgress, message: AssistantMessage, workdir: Path) -> RunProgress:
+    """The progress after `message`: TodoWrite replaces the todo list, edits add files."""
+    todos, files = before.todos, list(before.files)
+    for block in message.content:
+        if not isinstance(block, ToolUseBlock):
+            continue
+        if block.name == "TodoWrite" and isinstance(block.input.get("todos"), list):
+            todos = tuple(
+                (str(item.get("status", "pending")), str(item.get("content", "")))
+                for item in block.input["todos"]
+                if isinstance(item, dict)
+            )
+        elif block.name in _EDITING_TOOLS:
+            path = block.input.get("file_path") or block.input.get("notebook_path")
+            if isinstance(path, str) and path:
+                with contextlib.suppress(ValueError):
+                    path = str(Path(path).relative_to(workdir))
+                if path not in files:
+                    files.append(path)
+    return dataclasses.replace(before, todos=todos, files=tuple(files))
 
 
 def locate_cli(cli_path: str | Path | None = None, path_env: str | None = None) -> str | None:
@@ -240,6 +272,7 @@ class ClaudeRunner:
         *,
         interrupt_timeout: float = INTERRUPT_TIMEOUT,
         result_timeout: float = RESULT_TIMEOUT,
+        steer_grace: float = STEER_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -248,6 +281,7 @@ class ClaudeRunner:
         self.cli_path = cli_path
         self.interrupt_timeout = interrupt_timeout
         self.result_timeout = result_timeout
+        self.steer_grace = steer_grace
         self.clock = clock
 
     # the CLI and its folders
@@ -372,7 +406,9 @@ class ClaudeRunner:
 
     async def run(self, ctx: RunContext) -> RunResult:
         try:
-            out = CappedLog(ctx.log_path, ctx.max_log_bytes, notice=TRUNCATED, lines=True)
+            out = CappedLog(
+                ctx.log_path, ctx.max_log_bytes, notice=TRUNCATED, lines=True, room=ctx.disk_room
+            )
         except OSError as exc:
             if resources.exhausted(exc):
                 raise  # passing: the pool puts the task back in its queue
@@ -487,7 +523,17 @@ class ClaudeRunner:
             await client.connect()
             turn.connected = True
             await client.query(prompt)
-            await self._read(client, turn, ctx, log, record)
+            relay = None
+            if ctx.steering is not None:
+                relay = asyncio.create_task(self._relay(client, turn, ctx, log))
+            try:
+                await self._read(client, turn, ctx, log, record)
+                if relay is not None:
+                    await self._steered_turns(client, turn, ctx, log, record, relay)
+            finally:
+                if relay is not None:
+                    relay.cancel()
+                    await asyncio.gather(relay, return_exceptions=True)
         except asyncio.CancelledError:
             await self._stop(client, process, turn, ctx, log, record, started)
             raise
@@ -517,26 +563,96 @@ class ClaudeRunner:
         ctx: RunContext,
         log: TaskLog,
         record: SessionRecord | None,
+        start_within: float | None = None,
+    ) -> bool:
+        """Read the turn to its result; False if, given `start_within` seconds, no turn
+        started in them (the CLI's stream is left as it was)."""
+        stream = client.receive_response()
+        if start_within is not None:
+            try:
+                first = await asyncio.wait_for(anext(stream), start_within)
+            except (TimeoutError, StopAsyncIteration):
+                return False  # the cancelled wait ended the generator; the stream is intact
+            await self._take(first, turn, ctx, log, record)
+        async for message in stream:
+            await self._take(message, turn, ctx, log, record)
+        return True
+
+    async def _take(
+        self,
+        message: Any,
+        turn: _Turn,
+        ctx: RunContext,
+        log: TaskLog,
+        record: SessionRecord | None,
     ) -> None:
-        async for message in client.receive_response():
-            log.message(message)
-            if isinstance(message, SystemMessage) and message.subtype == "init":
-                session_id = message.data.get("session_id")
-                if isinstance(session_id, str) and session_id:
-                    turn.session_id = session_id
-                    model = message.data.get("model")
-                    turn.model = model if isinstance(model, str) else None
-                    if record is None or record.claude_session_id != session_id:
-                        await self.store.put_session(
-                            ctx.task.session_key, session_id, None, self.clock()
-                        )
-            elif isinstance(message, RateLimitEvent):
-                info = message.rate_limit_info
-                if info.status == "rejected" and info.resets_at is not None:
-                    turn.limit_resets_at = int(info.resets_at)
-            elif isinstance(message, ResultMessage):
-                turn.result = message
-                await self._record_total(ctx, message)
+        """Record one message of the CLI: its session, limits, result, progress."""
+        log.message(message)
+        if isinstance(message, SystemMessage) and message.subtype == "init":
+            session_id = message.data.get("session_id")
+            if isinstance(session_id, str) and session_id:
+                turn.session_id = session_id
+                model = message.data.get("model")
+                turn.model = model if isinstance(model, str) else None
+                if record is None or record.claude_session_id != session_id:
+                    await self.store.put_session(
+                        ctx.task.session_key, session_id, None, self.clock()
+                    )
+        elif isinstance(message, RateLimitEvent):
+            info = message.rate_limit_info
+            if info.status == "rejected" and info.resets_at is not None:
+                turn.limit_resets_at = int(info.resets_at)
+        elif isinstance(message, ResultMessage):
+            turn.result = message
+            await self._record_total(ctx, message)
+            cost = _run_cost(turn, record)
+            if ctx.on_progress is not None and cost is not None:
+                # A steered run goes on after this turn: its cost so far.
+                turn.progress = dataclasses.replace(turn.progress, cost_usd=cost)
+                ctx.on_progress(turn.progress)
+        elif isinstance(message, AssistantMessage) and ctx.on_progress is not None:
+            progress = _progress(turn.progress, message, ctx.workdir)
+            if progress != turn.progress:
+                turn.progress = progress
+                ctx.on_progress(progress)
+
+    async def _relay(
+        self, client: ClaudeSDKClient, turn: _Turn, ctx: RunContext, log: TaskLog
+    ) -> None:
+        """Send each steering message to the CLI as it comes: one sent while the agent works
+        is read within its turn (after its current tool), one sent as a turn ends starts the
+        next turn."""
+        assert ctx.steering is not None
+        while True:
+            messages = await ctx.steering.take()
+            if messages:
+                log.event("steered", senders=[m.sender for m in messages])
+                await client.query(steering_prompt([(m.sender, m.body) for m in messages]))
+                turn.steered = True
+            await ctx.steering.wait()
+
+    async def _steered_turns(
+        self,
+        client: ClaudeSDKClient,
+        turn: _Turn,
+        ctx: RunContext,
+        log: TaskLog,
+        record: SessionRecord | None,
+        relay: asyncio.Task[None],
+    ) -> None:
+        """Keep the conversation open until every steering message is answered: after a turn
+        that had one sent, the next turn the CLI starts for it is read too. The run's cost is
+        the last result's session total (the CLI adds every turn in); the push comes after."""
+        while turn.result is not None and not turn.result.is_error:
+            if not turn.steered:
+                # Stop sending; what comes now becomes a follow-up task, unless the relay
+                # sent it on its way out.
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+                if not turn.steered:
+                    return
+            turn.steered = False
+            await self._read(client, turn, ctx, log, record, self.steer_grace)
 
     async def _record_total(self, ctx: RunContext, result: ResultMessage) -> None:
         if result.session_id and result.total_cost_usd is not None:

@@ -12,8 +12,9 @@ from pathlib import Path
 from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.forge_tools import RESULT_FILE
-from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.agents.runners.base import RunContext, RunResult, SteerInbox
 
+STEER_FILE = ".claude-hooks-steer.jsonl"  # in the workdir: steering messages, a JSON line each
 TAIL_BYTES = 4096
 OUTPUT_DRAIN_SECONDS = 5.0
 _CHUNK = 65536
@@ -62,6 +63,21 @@ async def _copy(stream: asyncio.StreamReader, log: CappedLog, tail: _Tail) -> No
         tail.add(chunk)
 
 
+async def _relay(inbox: SteerInbox, path: Path) -> None:
+    """Append each steering message to `path` as `{"from", "body", "at", "comment_id"}`."""
+    while True:
+        for message in await inbox.take():
+            line = {
+                "from": message.sender,
+                "body": message.body,
+                "at": message.at,
+                "comment_id": message.comment_id,
+            }
+            with path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(line) + "\n")
+        await inbox.wait()
+
+
 async def _feed(stdin: asyncio.StreamWriter, document: bytes) -> None:
     # An agent that never reads its stdin must not stall the run.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -80,6 +96,8 @@ class CommandRunner:
         env = dict(ctx.env)
         if ctx.forge_tools is not None:
             env["CLAUDE_HOOKS_RESULT"] = str(ctx.workdir / RESULT_FILE)
+        if ctx.steering is not None:
+            env["CLAUDE_HOOKS_STEER"] = str(ctx.workdir / STEER_FILE)
         if ctx.sandbox is None:
             # A sandboxed agent dies with the service through bwrap's --die-with-parent.
             caged = [*ctx.cage.prefix(), *self.argv] if ctx.cage is not None else self.argv
@@ -99,6 +117,8 @@ class CommandRunner:
                 succeeded=False, error=f"cannot start command {self.argv[0]!r}: not found"
             )
         argv, env = self.command(ctx)
+        if ctx.steering is not None:
+            (ctx.workdir / STEER_FILE).write_text("")  # the agent may watch it from the start
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -121,12 +141,20 @@ class CommandRunner:
         await ctx.on_process(process.pid, processes.start_time(process.pid))
         tail = _Tail(TAIL_BYTES)
         exited = asyncio.Event()
-        with CappedLog(ctx.log_path, ctx.max_log_bytes) as log:
+        with CappedLog(ctx.log_path, ctx.max_log_bytes, room=ctx.disk_room) as log:
             copier = asyncio.create_task(_copy(process.stdout, log, tail))
             feeder = asyncio.create_task(_feed(process.stdin, task_document(ctx)))
+            relay = (
+                asyncio.create_task(_relay(ctx.steering, ctx.workdir / STEER_FILE))
+                if ctx.steering is not None
+                else None
+            )
             try:
                 code = await process.wait()
                 exited.set()
+                if relay is not None:  # what comes now becomes a follow-up task
+                    relay.cancel()
+                    await asyncio.gather(relay, return_exceptions=True)
                 processes.kill_group(process.pid)
                 # A descendant that left the group may hold the pipe open: do not wait on it.
                 with contextlib.suppress(TimeoutError):
@@ -145,7 +173,9 @@ class CommandRunner:
                 await waiter
                 copier.cancel()
                 feeder.cancel()
-                await asyncio.gather(copier, feeder, return_exceptions=True)
+                if relay is not None:
+                    relay.cancel()
+                await asyncio.gather(copier, feeder, *filter(None, [relay]), return_exceptions=True)
                 raise
         if code == 0:
             return RunResult(succeeded=True, exit_code=0, result=tail.text()[-1000:] or None)

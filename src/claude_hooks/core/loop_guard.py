@@ -4,23 +4,29 @@ Agents can hand one issue back and forth without end (changes requested → fix 
 When a limit trips, the issue takes no more agent work until a human steps in with a new
 assignment, review request or mention: the flows' decision loses its dispatches (the delivery
 is recorded as ignored with the reason), a comment asks the humans, and a label marks it.
+
+The guard reads its counters through the read-only `IntakeView` and writes nothing: the
+review rounds, the trip (with its comment and label) and a human's reset join the decision,
+applied in the delivery's transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from claude_hooks.config import Config, FlowsConfig
+from claude_hooks.core.decision import (
+    Decision,
+    ForgeComment,
+    IntakeView,
+    IssueGuard,
+    Label,
+    ReviewRound,
+    Trip,
+)
 from claude_hooks.core.domain import DispatchRequest, TaskKind
-from claude_hooks.forge.client import ForgejoError
-from claude_hooks.forge.gateway import Forge
-from claude_hooks.service.flows import Decision, ForgeComment
-from claude_hooks.store.intake import IntakeStore
-from claude_hooks.store.spend import IssueGuard, SpendStore
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +59,25 @@ def escalation(flows: FlowsConfig, reason: str) -> str:
     )
 
 
+@dataclass(slots=True)
+class _Review:
+    """What one decision's review has added so far, read as if already applied."""
+
+    rounds: list[ReviewRound] = field(default_factory=list)
+    trips: dict[tuple[str, int], str] = field(default_factory=dict)  # issue -> reason
+    made: list[Trip] = field(default_factory=list)
+
+
 class LoopGuard:
     """Applies the per-issue limits to each decision of the flows, before it is applied."""
 
-    def __init__(
-        self,
-        config: Config,
-        spend: SpendStore,
-        intake: IntakeStore,
-        forge: Forge,
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float]) -> None:
         self.config = config
-        self.spend = spend
-        self.intake = intake
-        self.forge = forge
         self.clock = clock
-        self._labelling: set[asyncio.Task[None]] = set()
 
-    async def _issue_of(self, repo: str, number: int) -> int:
-        """Work on an agent's pull request counts for the issue it was opened for."""
-        link = await self.intake.pull_link(repo, number)
-        return link.issue_number if link is not None else number
-
-    async def review(self, decision: Decision, event_type: str, sender: str | None) -> Decision:
+    async def review(
+        self, view: IntakeView, decision: Decision, event_type: str, sender: str | None
+    ) -> Decision:
         if not decision.dispatch:
             return decision
         human = (
@@ -86,81 +87,80 @@ class LoopGuard:
         )
         kept: list[tuple[str, DispatchRequest]] = []
         stops: list[str] = []
-        comments: list[ForgeComment] = []
         resets: list[tuple[str, int, float]] = []
-        tripped: set[tuple[str, int]] = set()
+        done = _Review()
         for agent_type, request in decision.dispatch:
-            issue = await self._issue_of(request.repo, request.number)
+            link = decision.link(request.repo, request.number)
+            if link is None:
+                link = await view.pull_link(request.repo, request.number)
+            # Work on an agent's pull request counts for the issue it was opened for.
+            issue = link.issue_number if link is not None else request.number
             reset = None
             if human:
-                # Written with the delivery (see `Decision.resets`); read here as it will be.
                 now = self.clock()
                 resets.append((request.repo, issue, now))
                 reset = IssueGuard(request.repo, issue, now, 0, None, None)
-            stop, newly = await self._check(request, issue, reset)
+            stop, new = await self._check(view, request, issue, reset, done)
             if stop is None:
                 kept.append((agent_type, request))
                 continue
             stops.append(f"no {agent_type} work: {request.repo}#{issue} needs a human ({stop})")
-            tripped.add((request.repo, issue))
-            if newly:
+            done.trips[request.repo, issue] = stop
+            if new:
                 number = int(request.payload.get("comment_on", request.number))
-                comments.append(
-                    ForgeComment(
-                        agent_type, request.repo, number, escalation(self.config.flows, stop)
+                label = self.config.flows.escalation_label
+                done.made.append(
+                    Trip(
+                        request.repo,
+                        issue,
+                        stop,
+                        self.clock(),
+                        ForgeComment(
+                            agent_type, request.repo, number, escalation(self.config.flows, stop)
+                        ),
+                        Label(agent_type, request.repo, number, label) if label else None,
                     )
                 )
-                self._label(agent_type, request.repo, number)
         # A guard that trips even counted afresh (a limit of 0) stays tripped.
-        resets = [r for r in resets if (r[0], r[1]) not in tripped]
-        if not stops:
-            return replace(decision, resets=resets) if resets else decision
-        reason = "; ".join(stops) if not kept else f"{decision.reason}; {'; '.join(stops)}"
-        return replace(
+        resets = [r for r in resets if (r[0], r[1]) not in done.trips]
+        decided = replace(
             decision,
-            reason=reason,
-            dispatch=kept,
-            comments=decision.comments + comments,
+            review_rounds=decision.review_rounds + done.rounds,
+            trips=decision.trips + done.made,
             resets=resets,
         )
+        if not stops:
+            return decided
+        reason = "; ".join(stops) if not kept else f"{decision.reason}; {'; '.join(stops)}"
+        return replace(decided, reason=reason, dispatch=kept)
 
     async def _check(
-        self, request: DispatchRequest, issue: int, reset: IssueGuard | None
+        self,
+        view: IntakeView,
+        request: DispatchRequest,
+        issue: int,
+        reset: IssueGuard | None,
+        done: _Review,
     ) -> tuple[str | None, bool]:
         """Why this dispatch is stopped (or None), and whether it trips the guard just now.
-        `reset`: the guard as a human's reset just left it, known without reading it back."""
+        `reset`: the guard as a human's reset just left it, known without reading it back;
+        `done`: what this decision added before."""
         repo = request.repo
-        guard = reset if reset is not None else await self.spend.guard(repo, issue)
+        if (repo, issue) in done.trips:
+            return done.trips[repo, issue], False
+        guard = reset if reset is not None else await view.guard(repo, issue)
         if guard is not None and guard.tripped_at is not None:
             return guard.reason, False
         since = guard.since if guard is not None else 0.0
-        rounds = guard.review_rounds if guard is not None else 0
+        rounds = (guard.review_rounds if guard is not None else 0) + done.rounds.count(
+            (repo, issue)
+        )
         if request.kind is TaskKind.ADDRESS_REVIEW:
-            rounds = await self.spend.add_review_round(repo, issue)
-        tasks, cost = await self.spend.issue_usage(repo, issue, since)
+            done.rounds.append((repo, issue))
+            rounds += 1
+        tasks, cost = await view.issue_usage(repo, issue, since)
         reason = trip_reason(self.config.flows, tasks, cost, rounds)
         if reason is None:
             return None, False
-        newly = await self.spend.trip(repo, issue, reason, self.clock())
         log.warning("%s#%d needs a human: %s", repo, issue, reason)
-        return reason, newly
-
-    def _label(self, as_type: str, repo: str, number: int) -> None:
-        if not self.forge.enabled or not self.config.flows.escalation_label:
-            return
-        task = asyncio.get_running_loop().create_task(self._put_label(as_type, repo, number))
-        self._labelling.add(task)
-        task.add_done_callback(self._labelling.discard)
-
-    async def _put_label(self, as_type: str, repo: str, number: int) -> None:
-        label = self.config.flows.escalation_label
-        try:
-            await self.forge.label(as_type, repo, number, label)
-        except ForgejoError as exc:
-            log.warning("could not label %s#%d %r: %s", repo, number, label, exc)
-
-    async def stop(self) -> None:
-        for task in list(self._labelling):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return reason, True

@@ -1,0 +1,96 @@
+"""The one async boundary: on PostgreSQL, store calls run on threads, never on the event loop.
+
+Each method of the SQL store is a coroutine whose body runs to its end without suspending
+(SQLAlchemy's synchronous engine). On SQLite that body runs on the event loop's thread: a
+statement takes microseconds, less than a hop to a thread. On PostgreSQL a call waits for the
+network and the server, so `Offloaded` runs it on a bounded pool of threads: a query that hangs
+(a lock held elsewhere, a partition) holds one thread, not the loop, and the caller bounds its
+own wait (`asyncio.timeout`), so heartbeats, fencing and answers go on meanwhile; no call
+waits longer than `bound` (the statement and connect timeouts together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+# The parts of `SqlStore` with store calls of their own (`store.intake.add_delivery`, ...).
+PARTS = (
+    "intake",
+    "pending",
+    "rejections",
+    "notes",
+    "outbox",
+    "retention",
+    "spend",
+    "nodes",
+    "transcripts",
+    "worktree_states",
+)
+
+
+def _drive(function: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **kwargs: Any) -> Any:
+    """Run a store coroutine to its end on this thread."""
+    coroutine = function(*args, **kwargs)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError(f"{function.__qualname__} suspended: a store call must not await")
+
+
+class Offloaded:
+    """`target` (a store or one of its parts) with every coroutine method run on `executor`;
+    other attributes, read or set, are the target's own."""
+
+    def __init__(
+        self,
+        target: Any,
+        executor: ThreadPoolExecutor,
+        bound: float,
+        parts: tuple[str, ...] = (),
+    ) -> None:
+        wrapped = {name: Offloaded(getattr(target, name), executor, bound) for name in parts}
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_executor", executor)
+        object.__setattr__(self, "_bound", bound)
+        object.__setattr__(self, "_parts", wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        part = self._parts.get(name)
+        if part is not None:
+            return part
+        value = getattr(self._target, name)
+        if inspect.iscoroutinefunction(value):
+            return functools.partial(self._call, value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._target, name, value)
+
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_drive, function, *args, **kwargs)
+        # Bounded even when the server cannot say so (a partition: no statement_timeout
+        # arrives); the thread is left to finish or fail on its own.
+        async with asyncio.timeout(self._bound):
+            return await loop.run_in_executor(self._executor, call)
+
+
+class OffloadedStore(Offloaded):
+    """The store itself: its parts offloaded too, and its threads let go when it closes."""
+
+    def __init__(self, target: Any, executor: ThreadPoolExecutor, bound: float) -> None:
+        super().__init__(target, executor, bound, PARTS)
+
+    async def close(self) -> None:
+        """Close the store, then let the threads go (one still in a hung call is left behind)."""
+        try:
+            await self._call(self._target.close)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
