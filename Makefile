@@ -1,22 +1,32 @@
-# Two commands on a fresh machine: `make run` and `make test`.
+# Two commands on a fresh machine: `make run` and `make test`. `make check` is the fast loop.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/claude-hooks.toml
+# What `make upgrade` resolves against: the locks hold the hashes of PyPI's files.
+INDEX_URL ?= https://pypi.org/simple
+# Test workers: the suite runs in parallel (pytest-xdist); PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= auto
 
-.PHONY: run test lint typecheck unit clean bench sandbox
+.PHONY: run test check lint typecheck unit clean bench sandbox upgrade
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Exactly the locked versions, every file checked against its hash, then the project itself;
+# a changed lock installs again. The Claude Code CLI ships inside the SDK's wheel: a link puts
+# it beside claude-hooks (`.venv/bin/claude setup-token`).
+$(VENV)/.installed: requirements/run.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/run.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	ln -sf "$$($(BIN)/python -c 'import claude_agent_sdk, pathlib; \
+	  print(pathlib.Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude")')" $(BIN)/claude
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(VENV)/.installed $@
+$(VENV)/.installed-dev: requirements/dev.lock $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	touch $@
 
 # Agents run in a bubblewrap sandbox: as root, install Debian's package when it is missing.
 sandbox:
@@ -36,9 +46,23 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-dev sandbox
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit
+
+# The edit-test loop: lint, types, the import contract and the pure rules (tests/unit).
+check: lint typecheck
+	$(BIN)/pytest tests/unit -q
+
+# Resolve the newest versions pyproject.toml allows, from $(INDEX_URL) alone (not this
+# machine's pip configuration), with every file's hash; then test them.
+LOCK := env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+  $(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --allow-unsafe \
+  --index-url $(INDEX_URL) --no-emit-index-url
+upgrade: $(VENV)/.installed-dev
+	$(LOCK) --output-file requirements/run.lock pyproject.toml
+	$(LOCK) --extra dev --constraint requirements/run.lock --output-file requirements/dev.lock pyproject.toml
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

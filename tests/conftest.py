@@ -27,13 +27,36 @@ pytest_plugins = ("tests.dashboard_fixtures",)
 LAYERS = ("unit", "store", "forge", "agents", "service", "web", "cli", "cluster", "e2e")
 
 
+# Under pytest-xdist (`make test` runs a worker per core, `--dist loadgroup`), the tests that
+# each start several `serve` processes, a browser, or measure load, run on one worker one
+# after another, not two at once on two cores; and they go first, so the longest never
+# starts last while the other workers sit idle.
+HEAVY_GROUPS = {
+    "tests/cli/test_bench_quick.py": "bench",
+    "tests/cluster": "cluster",
+    "tests/web/test_dashboard_browser.py": "browser",
+    "tests/web/test_dashboard_operations_browser.py": "browser",
+}
+
+
+def _heavy_group(item: pytest.Item) -> str | None:
+    where = item.path.relative_to(Path(__file__).parent.parent).as_posix()
+    return next((group for path, group in HEAVY_GROUPS.items() if where.startswith(path)), None)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test carries the marker of its folder, so `-m unit` picks the same tests as
-    `tests/unit`, across folders once a layer's tests sit in more than one."""
+    `tests/unit`, across folders once a layer's tests sit in more than one; the heavy groups
+    go first, in HEAVY_GROUPS' order."""
     for item in items:
         folder = item.path.parent.name
         if folder in LAYERS:
             item.add_marker(getattr(pytest.mark, folder))
+        group = _heavy_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    order = list(dict.fromkeys(HEAVY_GROUPS.values()))
+    items.sort(key=lambda item: order.index(g) if (g := _heavy_group(item)) else len(order))
 
 
 @pytest.fixture

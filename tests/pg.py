@@ -7,7 +7,8 @@ Where the server comes from, first match wins:
    user when the tests run as root (PostgreSQL refuses root), in a temporary directory, on a
    free port, with its socket in that directory, stopped at the end.
 
-Every test run creates a database with a unique name and drops only that one.
+Every test run, and each pytest-xdist worker of it, creates a database with a unique name
+(the worker's id in it, to tell them apart) and drops only that one.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def _libpq(url: str) -> str:
 @contextlib.contextmanager
 def own_database(server_url: str) -> Iterator[str]:
     """Create a database with a unique name on the server; yield its URL; drop it."""
-    name = f"claude_hooks_test_{uuid.uuid4().hex[:12]}"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"claude_hooks_test_{worker}_{uuid.uuid4().hex[:12]}"
     admin = _libpq(server_url)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

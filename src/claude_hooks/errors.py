@@ -7,6 +7,8 @@ ClaudeHooksError
 ├── NotFoundError        an agent or task id that does not exist
 │   ├── UnknownAgentError
 │   └── UnknownTaskError
+├── InvalidInputError    a malformed request or argument
+│   └── AmbiguousTaskError
 └── ConflictError        the request does not fit the current state (duplicate name, idle agent)
 """
 
@@ -58,6 +60,16 @@ class UnknownTaskError(NotFoundError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task with id {task_id!r}: see 'claude-hooks tasks list'")
         self.task_id = task_id
+
+
+class AmbiguousTaskError(InvalidInputError):
+    def __init__(self, shown: str, matches: list[str], more: bool) -> None:
+        listed = ", ".join(matches) + (", ..." if more else "")
+        super().__init__(
+            f"task id {shown!r} matches several tasks ({listed}): give more of its characters"
+        )
+        self.shown = shown
+        self.matches = matches
 
 
 class ConflictError(ClaudeHooksError):

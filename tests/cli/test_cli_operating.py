@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -219,14 +220,9 @@ def test_init_writes_a_working_configuration_and_refuses_to_overwrite(tmp_path: 
     assert "  POST content type: application/json" in lines
     assert f"  Secret:        {secret}" in lines
     assert "  Trigger on:    All events" in lines
-    # Its database exists with the instances, so the reading commands work at once.
-    listed = run("agents", "list", "--json", "--config", str(path), cwd=tmp_path)
-    assert sorted(row["name"] for row in json.loads(listed.stdout)) == [
-        "boss-1",
-        "dev-1",
-        "dev-2",
-        "reviewer-1",
-    ]
+    # Nothing but the file: `serve` makes the data dir where data_dir says when it starts.
+    assert list(path.parent.iterdir()) == [path]
+    assert f"'serve' keeps its data in {path.parent / 'data'}" in made.stdout
 
     again = run("init", "--path", str(path), "--types", "dev=1", cwd=tmp_path)
     assert again.returncode == 1
@@ -361,3 +357,68 @@ async def test_tasks_log_follows_until_the_task_ends(
     missing = await asyncio.to_thread(run, "tasks", "log", "nope", "-c", str(path), cwd=elsewhere)
     assert missing.returncode == 1
     assert "no task with id 'nope'" in missing.stderr
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_backup_and_restore_keep_the_data_private_and_refuse_a_running_service(
+    team: Path, elsewhere: Path
+) -> None:
+    data = team.parent / "data"
+    database = data / "claude-hooks.db"
+    assert (
+        run("agents", "add", "dev-b", "--type", "dev", "-c", str(team), cwd=elsewhere).returncode
+        == 0
+    )
+    assert (mode(data), mode(database)) == (0o700, 0o600)  # as `serve` makes them
+    copy = elsewhere / "copy.db"
+    backed = run("backup", str(copy), "-c", str(team), cwd=elsewhere)
+    assert backed.returncode == 0, backed.stderr
+    assert mode(copy) == 0o600
+    assert (
+        run("agents", "add", "dev-c", "--type", "dev", "-c", str(team), cwd=elsewhere).returncode
+        == 0
+    )
+
+    config = load_config(team, environ={})
+    service = await Service.open(config)
+    await service.start()
+    try:
+        refused = await asyncio.to_thread(run, "restore", str(copy), "-c", str(team), cwd=elsewhere)
+    finally:
+        await service.stop()
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"error: a service is running on {str(data)!r} (pid {os.getpid()}): stop it, then restore\n"
+    )
+
+    restored = run("restore", str(copy), "-c", str(team), cwd=elsewhere)
+    assert restored.returncode == 0, restored.stderr
+    listed = run("agents", "list", "--json", "-c", str(team), cwd=elsewhere)
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["dev-b"]  # before the serve
+    (kept,) = data.glob("claude-hooks.db.before-restore-*")
+    assert f"the database it replaced is kept at {kept}" in restored.stdout
+    assert (mode(kept), mode(database)) == (0o600, 0o600)
+    with sqlite3.connect(kept) as before:
+        names = [row[0] for row in before.execute("SELECT name FROM agents ORDER BY name")]
+    assert names == ["dev-alpha", "dev-b", "dev-c"]  # dev-alpha: the serve registered it
+
+    for bad, message in (
+        (team, "is not an SQLite database"),
+        (elsewhere / "none.db", "no backup at"),
+    ):
+        refused = run("restore", str(bad), "-c", str(team), cwd=elsewhere)
+        assert (refused.returncode, refused.stderr.count("\n")) == (1, 1), refused.stderr
+        assert message in refused.stderr
+
+
+def test_restore_on_postgresql_points_at_pg_restore(tmp_path: Path) -> None:
+    path = tmp_path / "pg.toml"
+    url = "postgresql://hooks:secret@127.0.0.1:5432/hooks"
+    path.write_text(f"[server]\ndata_dir = {json.dumps(str(tmp_path))}\ndatabase_url = '{url}'\n")
+    done = run("restore", "dump.pgc", "-c", str(path), cwd=tmp_path)
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "pg_restore --clean --if-exists --dbname" in message and "secret" not in message

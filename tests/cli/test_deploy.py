@@ -69,6 +69,27 @@ def test_the_dockerfile_builds_from_the_repository_alone() -> None:
     assert {"pyproject.toml", project["readme"], "src"} <= set(copied)
 
 
+def test_the_image_and_make_install_the_locked_versions_with_their_hashes() -> None:
+    """What ships is what was tested: the locks pin every package with its files' hashes."""
+    installs = [
+        argv for argv in _instructions(DOCKERFILE) if argv[0] == "RUN" and "install" in argv
+    ]
+    assert any("--require-hashes" in argv and "requirements/run.lock" in argv for argv in installs)
+    makefile = (ROOT / "Makefile").read_text()
+    for lock in ("run", "dev"):
+        assert f"--require-hashes -r requirements/{lock}.lock" in makefile
+        text = (ROOT / "requirements" / f"{lock}.lock").read_text()
+        pinned = re.findall(
+            r"^([a-z0-9-]+)==\S+ \\\n(?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+",
+            text,
+            flags=re.MULTILINE,
+        )
+        assert len(pinned) == len(re.findall(r"^\S+==", text, flags=re.MULTILINE)) > 40
+        names = set(pinned)
+        assert {"claude-agent-sdk", "fastapi", "sqlalchemy", "psycopg-binary"} <= names
+        assert lock == "run" or {"pytest", "pytest-xdist", "pip-tools"} <= names
+
+
 def _docker_run(text: str) -> list[str]:
     """The documented `docker run` command of `text` (a README or the Dockerfile's comment),
     continuation lines joined, as an argv."""

@@ -595,3 +595,25 @@ async def test_every_node_is_listed_with_its_instances(
     assert {a["node"] for a in agents} == {service.node.name}
     page = (await client.get("/")).text
     assert f'data-node="{service.node.name}"' in page and "(this node)" in page
+
+
+async def test_a_task_is_found_by_the_tail_the_dashboard_shows(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    ids = [await queue(client, number=n) for n in range(1, 41)]
+    shown = ids[-1][-7:]  # the dashboard's task_link
+    answer = await client.get(f"/api/tasks/{shown}")
+    assert (answer.status_code, answer.json()["id"]) == (200, ids[-1])
+    assert (await client.get(f"/tasks/{shown}")).status_code == 200
+    assert (await client.get(f"/api/tasks/{shown}/log")).status_code == 200
+    # 40 ids over 32 last characters: some end alike, and such a tail names no task.
+    last = [task_id[-1] for task_id in ids]
+    common = next(char for char in last if last.count(char) > 1)
+    ambiguous = await client.get(f"/api/tasks/{common}")
+    assert ambiguous.status_code == 400
+    matches = sorted((i for i in ids if i.endswith(common)), reverse=True)
+    assert ", ".join(matches[:5]) in ambiguous.json()["error"]
+    cancelled = await client.post(f"/api/tasks/{shown}/cancel")
+    assert (cancelled.status_code, cancelled.json()["id"]) == (200, ids[-1])
+    retried = await client.post(f"/api/tasks/{shown}/retry")
+    assert (retried.status_code, retried.json()["retry_of"]) == (202, ids[-1])

@@ -17,6 +17,9 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click import Context
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from claude_hooks import __version__
 from claude_hooks.agents.workspace import Workspaces
@@ -31,9 +34,9 @@ from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import (
     ClaudeHooksError,
     ConfigError,
+    ConflictError,
     NotFoundError,
     StoreError,
-    UnknownTaskError,
 )
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
@@ -46,42 +49,62 @@ from claude_hooks.service.history import (
     spooled_rows,
 )
 from claude_hooks.service.limits import Pause, stored_pauses
-from claude_hooks.service.lockfile import running_service
+from claude_hooks.service.lockfile import ServiceLock, running_service
+from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.spool import FILE_NAME as SPOOL_FILE
 from claude_hooks.service.spool import Spooled, SpoolError, read_spool
 from claude_hooks.service.sweep import Sweeper
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import history_view, task_view
-from claude_hooks.store.backup import backup
+from claude_hooks.store.backup import backup, restore
 from claude_hooks.store.base import NodeAddress, Store, TaskFilter
 from claude_hooks.store.sql import SqlStore, Timeouts
 
 T = TypeVar("T")
 
+# `--help` groups the commands by what they are for, in this order.
+RUN, OPERATE, INSPECT, PLAN = "Run", "Operate", "Inspect", "Plan"
+PANELS = (RUN, OPERATE, INSPECT, PLAN)
+
+
+class _GroupedCommands(TyperGroup):
+    """Lists the commands panel by panel in PANELS' order, not in the order this module
+    happens to register them (Rich shows the panels in the order it first meets them)."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        def panel(name: str) -> int:
+            shown = getattr(self.commands[name], "rich_help_panel", None)
+            return PANELS.index(shown) if shown in PANELS else len(PANELS)
+
+        return sorted(super().list_commands(ctx), key=panel)
+
+
 app = typer.Typer(
+    cls=_GroupedCommands,
     help="Run a team of Claude Code agents on a Forgejo or Gitea forge.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 agents_app = typer.Typer(help="Manage agent instances.", no_args_is_help=True)
-tasks_app = typer.Typer(help="Show and cancel tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Show, follow, cancel and retry tasks.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Show and replay webhook deliveries.", no_args_is_help=True)
-app.add_typer(agents_app, name="agents")
-app.add_typer(tasks_app, name="tasks")
+app.add_typer(agents_app, name="agents", rich_help_panel=OPERATE)
+app.add_typer(tasks_app, name="tasks", rich_help_panel=INSPECT)
 workdirs_app = typer.Typer(
     help="List and remove the workdirs of session keys.", no_args_is_help=True
 )
 nodes_app = typer.Typer(help="Show the nodes that share the database.", no_args_is_help=True)
-app.add_typer(deliveries_app, name="deliveries")
-app.add_typer(nodes_app, name="nodes")
+app.add_typer(deliveries_app, name="deliveries", rich_help_panel=INSPECT)
+app.add_typer(nodes_app, name="nodes", rich_help_panel=INSPECT)
 spool_app = typer.Typer(help="Load a node's delivery spool by hand.", no_args_is_help=True)
-app.add_typer(spool_app, name="spool")
-app.add_typer(workdirs_app, name="workdirs")
-app.command("simulate")(simulate_command)
-app.add_typer(spend_cli.budget_app, name="budget")
-app.add_typer(policy_app, name="policy")
-app.command("costs")(spend_cli.costs)
-app.add_typer(labels_app, name="labels")
+app.add_typer(spool_app, name="spool", rich_help_panel=OPERATE)
+app.add_typer(workdirs_app, name="workdirs", rich_help_panel=OPERATE)
+app.command("simulate", rich_help_panel=PLAN)(simulate_command)
+app.add_typer(spend_cli.budget_app, name="budget", rich_help_panel=OPERATE)
+app.add_typer(policy_app, name="policy", rich_help_panel=INSPECT)
+app.command("costs", rich_help_panel=INSPECT)(spend_cli.costs)
+app.add_typer(labels_app, name="labels", rich_help_panel=OPERATE)
 
 # Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -147,6 +170,8 @@ async def _with_store(
             f"no database yet at {str(database)!r} (server.data_dir of {str(config.source)!r}): "
             "'claude-hooks serve' creates it; pass --config if you meant another configuration"
         )
+    if create and database is not None and not database.exists():
+        prepare_data_dir(config.data_dir, config.database_url)  # 0700 and 0600, as serve makes
     store = await SqlStore.open(config.database_url, Timeouts.of(config.server), create=create)
     try:
         return await action(store)
@@ -161,7 +186,7 @@ def _print_json(value: Any) -> None:
 # serve
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def serve(
     config_file: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
@@ -207,7 +232,7 @@ def serve(
 # init
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def init(
     path: Annotated[
         Path, typer.Option("--path", help="Where to write the configuration.", dir_okay=False)
@@ -226,7 +251,10 @@ def init(
         ),
     ] = None,
 ) -> None:
-    """Write a commented configuration with fresh secrets, and create its database."""
+    """Write a commented configuration with fresh secrets.
+
+    Nothing else: `serve` creates the data dir and the database where it says. With
+    --repository, a commented example .forgejo/claude-hooks.toml instead."""
     if repository is not None:
         try:
             written = write_example(repository, force)
@@ -250,14 +278,11 @@ def init(
             stream.write(scaffold.text)
     except OSError as exc:
         _fail(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+    # Nothing else: `serve` creates the data dir (0700) and the database (0600) where the
+    # configuration says when it first starts, so editing data_dir first leaves nothing behind.
     config = _config(path)
-
-    async def create(store: Store) -> list[str]:
-        return await store.seed_agents([(s.name, s.type) for s in config.agents], time.time())
-
-    _run(_with_store(config, create, create=True))
     counts = ", ".join(f"{count} {name}" for name, count in team.items())
-    out.print(f"wrote {path} ({counts}); database in {config.data_dir}")
+    out.print(f"wrote {path} ({counts}, mode 0600); 'serve' keeps its data in {config.data_dir}")
     out.print("")
     for line in webhook_settings(scaffold):
         out.print(line)
@@ -511,9 +536,7 @@ def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
     config = _config(config_file)
 
     async def fetch(store: Store) -> dict[str, Any]:
-        task = await store.get_task(task_id)
-        if task is None:
-            raise UnknownTaskError(task_id)
+        task = await find_task(store, task_id)
         positions = await store.queue_positions([task.id])
         view = task_view(task, positions.get(task.id))
         view.update(await history_view(store, task))
@@ -532,7 +555,7 @@ def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
     message = request.message
     if request.was is TaskState.RUNNING and running_service(config.data_dir) is None:
         message = (
-            f"task {task_id} is marked running but no service is running: "
+            f"task {request.task_id} is marked running but no service is running: "
             "it is recorded as cancelled when the service next starts"
         )
     out.print(message)
@@ -543,7 +566,7 @@ def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
     """Queue a failed or cancelled task again: a new task with the same key, kind and
     payload, linked to the old one (needs the running service)."""
     body = _post_to_service(_config(config_file), f"/api/tasks/{task_id}/retry")
-    out.print(f"task {body['id']} queued on {body['agent']}, a retry of {task_id}")
+    out.print(f"task {body['id']} queued on {body['agent']}, a retry of {body['retry_of']}")
 
 
 FOLLOW_POLL = 0.25  # seconds between looks at a followed log
@@ -582,9 +605,7 @@ def tasks_log(
         return size
 
     async def show_log(store: Store) -> tuple[Task, int]:
-        task = await store.get_task(task_id)
-        if task is None:
-            raise UnknownTaskError(task_id)
+        task = await find_task(store, task_id)
         path = config.data_dir / "logs" / f"{task.id}.log"
         home = await store.node_of(task.id)
         if home is not None and home.name != config.server.node and not path.exists():
@@ -608,7 +629,7 @@ def tasks_log(
                     raise NotFoundError(pruned_line(task, pruned))
                 return task, offset
             await asyncio.sleep(FOLLOW_POLL)
-            task = await store.get_task(task_id) or task
+            task = await store.get_task(task.id) or task
 
     try:
         task, size = _run(_with_store(config, show_log))
@@ -781,7 +802,7 @@ def _post_to_service(config: Config, path: str) -> dict[str, Any]:
 # backup
 
 
-@app.command("backup")
+@app.command("backup", rich_help_panel=OPERATE)
 def backup_command(
     path: Annotated[Path, typer.Argument(help="Where to write the copy; must not exist.")],
     config_file: ConfigOption = None,
@@ -793,13 +814,67 @@ def backup_command(
         size = backup(config.database_url, path)
     except ClaudeHooksError as exc:
         _fail(str(exc))
-    out.print(f"backed up {config.database_url} to {path} ({size:,} bytes)")
+    out.print(f"backed up {config.database_url} to {path} ({size:,} bytes, mode 0600)")
+
+
+@app.command("restore", rich_help_panel=OPERATE)
+def restore_command(
+    path: Annotated[Path, typer.Argument(help="A copy 'claude-hooks backup' wrote.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Replace the database with a backup, keeping the replaced one beside it; only while no
+    service runs on it (SQLite; on PostgreSQL it says how to use pg_restore)."""
+    config = _config(config_file)
+    if config.sqlite_file is not None:
+        # Holding the service's lock keeps a `serve` from starting halfway through.
+        lock = ServiceLock(private_dir(config.data_dir))
+        try:
+            lock.acquire(url="")
+        except ConflictError:
+            running = running_service(config.data_dir)
+            _fail(
+                f"a service is running on {str(config.data_dir)!r} "
+                f"(pid {running.pid if running else 'unknown'}): stop it, then restore"
+            )
+    try:
+        kept = restore(config.database_url, path)
+    except ClaudeHooksError as exc:
+        _fail(str(exc))
+    finally:
+        if config.sqlite_file is not None:
+            lock.release()
+    out.print(f"restored {path} into {config.sqlite_file}")
+    if kept is not None:
+        out.print(f"the database it replaced is kept at {kept}")
+    out.print("start the service: it brings an older backup's schema up to date")
+
+
+# the Claude Code CLI
+
+
+@app.command(
+    "claude",
+    rich_help_panel=RUN,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def claude_command(ctx: typer.Context) -> None:
+    """Run the Claude Code CLI the agents run, e.g. 'claude-hooks claude setup-token'.
+
+    It ships inside claude-agent-sdk's wheel; `make run` also links it as .venv/bin/claude."""
+    from claude_hooks.agents.runners.claude import locate_cli  # it imports the SDK: ~1 s
+
+    cli = locate_cli()
+    if cli is None:
+        _fail("no Claude Code CLI: claude-agent-sdk's wheel carries one; reinstall it")
+    sys.stdout.flush()
+    os.execv(cli, [cli, *ctx.args])
 
 
 # doctor
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def doctor(config_file: ConfigOption = None) -> None:
     """Check the configuration, the database, the runners and the forge tokens."""
     from claude_hooks.cli.doctor import Check, run_checks  # it imports the Claude SDK: ~1 s
@@ -821,7 +896,7 @@ def doctor(config_file: ConfigOption = None) -> None:
 # demo
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def demo(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.")] = 0,
     once: Annotated[bool, typer.Option(help="Exit when the sample tasks have finished.")] = False,
@@ -921,6 +996,31 @@ def workdirs_sweep(config_file: ConfigOption = None) -> None:
     out.print(f"removed {len(removed)} workdir(s)" + (": " + ", ".join(removed) if removed else ""))
 
 
+def _usage_error(exc: UsageError) -> str:
+    """Click's usage error as the one `error:` line every command prints, naming the help to
+    read (Typer would draw it in a boxed panel over several lines)."""
+    message = exc.format_message().rstrip(".")
+    if exc.ctx is None:
+        return message
+    return f"{message} (see '{exc.ctx.command_path} --help')"
+
+
 def main() -> None:
     configure_logging("warning")
-    app()
+    try:
+        code = app(standalone_mode=False, prog_name="claude-hooks")
+    except NoArgsIsHelpError as exc:  # a group without its command: its help, as Click does
+        exc.show()
+        sys.exit(USAGE_ERROR)
+    except UsageError as exc:
+        err.print("error:", style="red", end=" ")
+        err.print(_usage_error(exc), soft_wrap=True)
+        sys.exit(USAGE_ERROR)
+    except ClickException as exc:
+        err.print("error:", style="red", end=" ")
+        err.print(exc.format_message(), soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

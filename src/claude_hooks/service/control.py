@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from claude_hooks.config import Config
 from claude_hooks.core.domain import AgentInstance, TaskState
-from claude_hooks.errors import ConfigError, ConflictError, UnknownTaskError
+from claude_hooks.errors import ConfigError, ConflictError
 from claude_hooks.names import NAME_RULE, valid_name
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.decisions import Cause
 
@@ -85,9 +86,8 @@ async def cancel_task(
     intake's decisions use too); a running one is stopped by the node that runs it, told by
     a signal. ConflictError if it has already finished. `Pool.cancel_task` adds what the
     service itself does at once."""
-    task = await store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
+    task = await find_task(store, task_id)
+    task_id = task.id  # the full id, whichever tail of it was given
     written = await store.cancel_tasks([task_id], Cause(by, delivery_id, time.time()))
     if written.cancelled:
         # A held task (its session paused) waits like a queued one and is cancelled the same.
@@ -100,6 +100,6 @@ async def cancel_task(
             "the service stops it within a second"
         )
         return CancelRequest(task_id, TaskState.RUNNING, task.agent, message)
-    task = await store.get_task(task_id)
-    state = task.state.value if task else "gone"
+    finished = await store.get_task(task_id)
+    state = finished.state.value if finished else "gone"
     raise ConflictError(f"task {task_id} has already finished ({state})")

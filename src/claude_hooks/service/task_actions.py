@@ -4,8 +4,9 @@ over `control.cancel_task`): retry it."""
 from __future__ import annotations
 
 from claude_hooks.core.domain import DispatchRequest, Task, TaskState
-from claude_hooks.errors import ConflictError, UnknownTaskError
+from claude_hooks.errors import ConflictError
 from claude_hooks.service.pool import Pool
+from claude_hooks.service.task_lookup import find_task
 
 RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
 
@@ -13,17 +14,15 @@ RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
 async def retry(pool: Pool, task_id: str) -> Task:
     """A new task with the old one's key, kind and payload, placed by the pool as usual and
     linked to the old one; only a failed or cancelled task can be retried."""
-    old = await pool.store.get_task(task_id)
-    if old is None:
-        raise UnknownTaskError(task_id)
+    old = await find_task(pool.store, task_id)
     if old.state not in RETRYABLE:
         raise ConflictError(
-            f"task {task_id} is {old.state.value}: only a failed or cancelled task can be "
+            f"task {old.id} is {old.state.value}: only a failed or cancelled task can be "
             "retried (cancel it first if it should start over)"
         )
     if old.type not in pool.config.types:
         raise ConflictError(
-            f"task {task_id} is for type {old.type!r}, which is no longer configured: "
+            f"task {old.id} is for type {old.type!r}, which is no longer configured: "
             f"add a [types.{old.type}] table to retry it"
         )
     request = DispatchRequest(

@@ -667,6 +667,17 @@ class SqlStore:
             row = conn.execute(_TASK_BY_ID, {"b_id": task_id}).first()
             return _task(row) if row else None
 
+    async def task_ids_ending(self, tail: str, limit: int) -> list[str]:
+        """Ids of the tasks whose id ends with `tail`, newest first (ids sort by creation)."""
+        query = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.id.endswith(tail, autoescape=True))
+            .order_by(tasks.c.id.desc())
+            .limit(limit)
+        )
+        with self.reader.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     async def node_of(self, task_id: str) -> NodeAddress | None:
         """The node that runs (or ran) a task, which has its log; None if none did."""
         query = (

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
-from claude_hooks.errors import InvalidInputError, UnknownAgentError, UnknownTaskError
+from claude_hooks.errors import InvalidInputError, UnknownAgentError
 from claude_hooks.forge.names import FullName
 from claude_hooks.service import task_actions
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import MAX_OFFSET, history_view, task_view
 from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.web.auth import require_token
@@ -123,9 +124,7 @@ async def create_task(body: NewTask, service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/api/tasks/{task_id}", summary="One task, with its retries and who cancelled it")
 async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
-    task = await service.store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
+    task = await find_task(service.store, task_id)
     view = task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
     view.update(await history_view(service.store, task))
     return view
@@ -143,9 +142,10 @@ async def cancel_task(task_id: str, request: Request, service: ServiceDep) -> di
     summary="Queue a failed or cancelled task again, as a new task linked to it",
 )
 async def retry_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
-    task = await task_actions.retry(service.pool, task_id)
+    old = await find_task(service.store, task_id)
+    task = await task_actions.retry(service.pool, old.id)
     view = task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
-    view["retry_of"] = task_id
+    view["retry_of"] = old.id
     return view
 
 

@@ -39,6 +39,7 @@ from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
 from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
 from claude_hooks.service.rejections import hint
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import MAX_OFFSET, history_view
 from claude_hooks.store.base import InstanceView, TaskFilter
 from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
@@ -710,10 +711,8 @@ async def task_page(request: Request, task_id: str) -> Response:
     if redirect := _login_redirect(request):
         return redirect
     service = _service(request)
-    task = await service.store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
-    view = single_task_view(service, task_id)
+    task = await find_task(service.store, task_id)
+    view = single_task_view(service, task.id)
     return await _page(request, "task.html", view, task=task, ran_before=_ran_before(service, task))
 
 

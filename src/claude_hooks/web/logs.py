@@ -21,9 +21,9 @@ from fastapi.responses import StreamingResponse
 
 from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskState
-from claude_hooks.errors import UnknownTaskError
 from claude_hooks.service.events import Subscription
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.task_lookup import find_task
 from claude_hooks.web.auth import require_token_or_signature
 from claude_hooks.web.peer_logs import RELAYED, home_of, open_relay
 from claude_hooks.web.peer_logs import tail as peer_tail
@@ -356,9 +356,7 @@ async def task_log(
     ] = None,
 ) -> StreamingResponse:
     service: Service = request.app.state.service
-    task = await service.store.get_task(task_id)
-    if task is None:
-        raise UnknownTaskError(task_id)
+    task = await find_task(service.store, task_id)
     closing: asyncio.Event = request.app.state.closing
     relayed = RELAYED in request.headers
     ran_here = service.pool.log_path(task.id).exists()  # sent back to its queue after a run
