@@ -148,6 +148,9 @@ def run(quick: bool) -> dict[str, Any]:
                     box.wrap(
                         [*client, "127.0.0.1", str(sandbox.BRIDGE_PORT), token, str(count)],
                         workdir,
+                        # The interpreter may live under a folder the sandbox masks (a clone
+                        # in /tmp): bring it, as the command runner does an agent's program.
+                        readable=[Path(sys.executable)],
                         bridge=session.socket,
                     ),
                     inside,
