@@ -4,33 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from claude_hooks.cli.options import ConfigOption, chosen_config
-from claude_hooks.config import Config, config_path, load_config
+from claude_hooks.cli.options import ConfigOption, command_config, fail
+from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.names import full_name_problem
 
 labels_app = typer.Typer(help="Create the agent labels on a repository.", no_args_is_help=True)
 out = Console(markup=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, markup=False, highlight=False)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _config(path: Path | None) -> Config:
-    try:
-        return load_config(config_path(chosen_config(path)))
-    except ClaudeHooksError as exc:
-        _fail(str(exc), 2)
 
 
 async def _sync(config: Config, repo: str, names: list[str]) -> list[str]:
@@ -47,18 +33,18 @@ def labels_sync(
     config_file: ConfigOption = None,
 ) -> None:
     """Create every label of [types.<t>] labels that REPO does not have yet."""
-    config = _config(config_file)
+    config = command_config(config_file)
     problem = full_name_problem(repo)
     if problem is not None:
-        _fail(f"repository {repo!r}: {problem}", 2)
+        fail(f"repository {repo!r}: {problem}", 2)
     if not config.forgejo.url:
-        _fail("forgejo.url is not set: labels are created through the Forgejo API", 2)
+        fail("forgejo.url is not set: labels are created through the Forgejo API", 2)
     names = sorted({name for t in config.types.values() for name in t.labels})
     if not names:
-        _fail('no agent type has labels: set [types.<t>] labels = ["agent:<t>"] first', 2)
+        fail('no agent type has labels: set [types.<t>] labels = ["agent:<t>"] first', 2)
     try:
         created = asyncio.run(_sync(config, repo, names))
     except ClaudeHooksError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for name in names:
         out.print(f"{name}: {'created' if name in created else 'already there'}")

@@ -12,15 +12,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from claude_hooks.cli.options import ConfigOption, chosen_config
-from claude_hooks.config import Config, config_path, load_config, zone_of
+from claude_hooks.cli.options import ConfigOption, command_config, fail
+from claude_hooks.config import Config, zone_of
 from claude_hooks.core.budget import TEAM, Period
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.service.costs import Grouping, group_costs
@@ -35,22 +34,9 @@ budget_app = typer.Typer(help="Show and set spend budgets.", no_args_is_help=Tru
 out = Console(
     markup=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200
 )
-err = Console(stderr=True, markup=False, highlight=False)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TeamOption = Annotated[bool, typer.Option("--team", help="The team-wide budget ([budget]).")]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _config(path: Path | None) -> Config:
-    try:
-        return load_config(config_path(chosen_config(path)))
-    except ClaudeHooksError as exc:
-        _fail(str(exc), 2)
 
 
 def _with_store(
@@ -66,17 +52,17 @@ def _with_store(
     try:
         return asyncio.run(run())
     except ClaudeHooksError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _scope(config: Config, agent_type: str | None, team: bool) -> str:
     if team == (agent_type is not None):
-        _fail("name one agent type, or give --team for the team-wide budget", 2)
+        fail("name one agent type, or give --team for the team-wide budget", 2)
     if agent_type is None:
         return TEAM
     if agent_type not in config.types:
         known = ", ".join(sorted(config.types)) or "none"
-        _fail(f"type {agent_type!r} is not configured (configured: {known})", 2)
+        fail(f"type {agent_type!r} is not configured (configured: {known})", 2)
     return agent_type
 
 
@@ -92,7 +78,7 @@ def _when(timestamp: float, config: Config) -> str:
 @budget_app.command("show")
 def budget_show(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Every budget in force, what was spent in its period, and when it resets."""
-    config = _config(config_file)
+    config = command_config(config_file)
     lines = _with_store(config, lambda s: budget_report(config, s.spend, time.time()), create=False)
     if as_json:
         _print_json([line.as_dict() for line in lines])
@@ -123,10 +109,10 @@ def budget_set(
     config_file: ConfigOption = None,
 ) -> None:
     """Set a daily or monthly budget; it wins over the configuration and applies at once."""
-    config = _config(config_file)
+    config = command_config(config_file)
     scope = _scope(config, agent_type, team)
     if daily is None and monthly is None:
-        _fail("give --daily or --monthly (or both), in US dollars", 2)
+        fail("give --daily or --monthly (or both), in US dollars", 2)
     wanted = {Period.DAY: daily, Period.MONTH: monthly}
 
     async def write(store: SqlStore) -> None:
@@ -149,7 +135,7 @@ def budget_clear(
     config_file: ConfigOption = None,
 ) -> None:
     """Drop the budgets set with `budget set`: the configuration's apply again."""
-    config = _config(config_file)
+    config = command_config(config_file)
     scope = _scope(config, agent_type, team)
 
     async def clear(store: SqlStore) -> int:
@@ -168,7 +154,7 @@ def _since(value: str | None, config: Config) -> float:
     try:
         day = datetime.strptime(value, "%Y-%m-%d")
     except ValueError:
-        _fail(f"--since {value!r}: give a date as YYYY-MM-DD", 2)
+        fail(f"--since {value!r}: give a date as YYYY-MM-DD", 2)
     return day.replace(tzinfo=zone).timestamp()
 
 
@@ -183,7 +169,7 @@ def costs(
     config_file: ConfigOption = None,
 ) -> None:
     """What the agents' runs cost, per type, repository, issue or day."""
-    config = _config(config_file)
+    config = command_config(config_file)
     start = _since(since, config)
     rows = _with_store(config, lambda s: s.spend.cost_rows(start), create=False)
     lines = group_costs(rows, by, zone_of(config.server.timezone))
