@@ -10,17 +10,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
-from claude_hooks.store.sql import SqlStore
 from claude_hooks.web.app import create_app
 from tests.fake_forgejo import FakeForgejo
-from tests.support import GateRunner, fixture, forgejo_headers
+from tests.support import GateRunner, fixture, forgejo_headers, wait_until
 from tests.web.test_forge_flows import HEAD_C, forge_config
 
 
@@ -124,28 +122,45 @@ async def test_a_delivery_whose_apply_fails_leaves_nothing_but_its_record(
 ) -> None:
     async with node(tmp_path, fake_forgejo, database_url) as (service, client):
         store = service.store
-        assert isinstance(store, SqlStore)
-        with store.engine.begin() as conn:
+        engine: sa.Engine = store.engine  # the SQL store's own, behind any offloading
+        with engine.begin() as conn:
             _refuse_tasks(conn)
         try:
             # The decision: record dev's PR #18 (learnt from the forge), count a fix attempt
-            # on its head, queue a fix_ci task; placing the task fails.
+            # on its head, queue a fix_ci task; placing the task fails in the database.
             answer = await post(client, "status_failure", "ci-1")
+            if engine.dialect.name == "sqlite":
+                # The trigger's error is an OperationalError, a storage fault: spooled.
+                assert answer.status_code == 202, answer.text
+                assert answer.json()["status"] == "spooled"
+                assert await store.intake.get_delivery("ci-1") is None
+            else:
+                # RAISE EXCEPTION is a ProgrammingError, a fault of ours: the delivery is
+                # recorded alone, with the error.
+                assert answer.status_code == 500, answer.text
+                assert answer.json()["reason"].startswith("internal error")
+                record = await store.intake.get_delivery("ci-1")
+                assert record is not None and record.outcome == "error"
+                assert record.task_ids == []
+            # Either way the rolled-back decision left nothing behind.
+            assert await store.intake.pull_link("acme/widget", 18) is None
+            assert await store.intake.fix_attempts("acme/widget", 18, HEAD_C) == 0
+            assert await store.count_tasks(TaskFilter()) == 0
         finally:
-            with store.engine.begin() as conn:
+            with engine.begin() as conn:
                 _allow_tasks(conn)
-        assert answer.status_code == 500, answer.text
-        body: dict[str, Any] = answer.json()
-        assert body["status"] == "error" and body["reason"].startswith("internal error")
-        record = await store.intake.get_delivery("ci-1")
-        assert record is not None and record.outcome == "error" and record.task_ids == []
-        assert await store.intake.pull_link("acme/widget", 18) is None
-        assert await store.intake.fix_attempts("acme/widget", 18, HEAD_C) == 0
-        assert await store.count_tasks(TaskFilter()) == 0
-        # Replayed once the fault is gone, the same event does all of it.
-        again = await client.post(
-            "/api/deliveries/ci-1/replay", headers={"Authorization": "Bearer test-token"}
-        )
-        assert again.status_code == 202, again.text
+
+        # Once the fault is gone, the same event does all of it, once: replayed from the
+        # spool by the node, or by hand.
+        if engine.dialect.name != "sqlite":
+            again = await client.post(
+                "/api/deliveries/ci-1/replay", headers={"Authorization": "Bearer test-token"}
+            )
+            assert again.status_code == 202, again.text
+
+        async def replayed() -> bool:
+            return await store.count_tasks(TaskFilter()) == 1
+
+        await wait_until(replayed, timeout=15)
         assert await store.intake.fix_attempts("acme/widget", 18, HEAD_C) == 1
-        assert await store.count_tasks(TaskFilter()) == 1
+        assert await store.intake.pull_link("acme/widget", 18) is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -47,20 +48,29 @@ async def test_a_duplicate_row_fails_as_an_integrity_error_and_leaves_nothing(
 
 
 async def test_the_kept_reader_is_replaced_after_the_server_drops_it(pg_url: str) -> None:
-    store = await SqlStore.open(pg_url)
+    opened = await SqlStore.open(pg_url)
+    # On PostgreSQL each of the offloading threads keeps its own reader: drive the SQL store
+    # itself, on this thread, so the read uses the connection whose backend is dropped.
+    store: SqlStore = getattr(opened, "_target", opened)
     try:
         assert not await store.intake.has_delivery("d-1")
         backend = BACKEND.scalar(store.kept.connection())
         with store.engine.connect() as admin:
             admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
             admin.commit()
+            # pg_terminate_backend only asks: wait until the backend is gone.
+            gone = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+            deadline = time.monotonic() + 5
+            while admin.execute(gone, {"pid": backend}).scalar() and time.monotonic() < deadline:
+                admin.commit()
+                await asyncio.sleep(0.01)
         with pytest.raises(sa.exc.DBAPIError):
             await store.intake.has_delivery("d-1")
         # The next read runs on a new connection.
         assert not await store.intake.has_delivery("d-1")
         assert BACKEND.scalar(store.kept.connection()) not in (None, backend)
     finally:
-        await store.close()
+        await opened.close()
 
 
 async def test_a_parameter_used_twice_is_bound_as_execute_binds_it(database_url: str) -> None:
