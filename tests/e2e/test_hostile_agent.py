@@ -512,8 +512,9 @@ async def test_the_claude_cli_reaches_its_api_through_the_service_which_holds_th
         assert metered[name] == usage[name], (name, metered, usage)
 
 
+@pytest.mark.parametrize("comments", ["living", "each"])
 async def test_the_final_comment_names_the_hosts_the_agent_was_refused(
-    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo
+    start_service: ServiceFactory, tmp_path: Path, fake_forgejo: FakeForgejo, comments: str
 ) -> None:
     agent = (
         "import urllib.request\n"
@@ -524,14 +525,16 @@ async def test_the_final_comment_names_the_hosts_the_agent_was_refused(
         "        print(exc)\n"
     )
     dev = {"login": "dev-bot", "token": "tok-dev", "runner": "command", "workdir": "none"}
-    dev["command"] = [sys.executable, "-c", agent]
-    config = forge_config(tmp_path, fake_forgejo, types={"dev": dev})
+    dev["command"], dev["comments"] = [sys.executable, "-c", agent], comments
+    # Each edit of the living comment at once: the throttle is the living-comment tests'.
+    server = {"comment_edit_interval": 0}
+    config = forge_config(tmp_path, fake_forgejo, types={"dev": dev}, server=server)
     service: Service = await start_service(config)
     task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Fetch"})
     assert task.state is TaskState.SUCCEEDED, task.error
-    await wait_until(lambda: any("finished" in c.body for c in fake_forgejo.comments))
-    finished = [c.body for c in fake_forgejo.comments if "finished" in c.body]
-    assert finished[-1].endswith("Egress blocked: evil.example:443 ×2")  # noqa: RUF001
+    blocked = "Egress blocked: evil.example:443 ×2"  # noqa: RUF001
+    # The task's last word: the living comment edited to its end, or the finished comment.
+    await wait_until(lambda: any(c.body.endswith(blocked) for c in fake_forgejo.comments))
 
 
 async def test_a_running_task_shows_what_it_was_refused(

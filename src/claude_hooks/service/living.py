@@ -9,11 +9,13 @@ and the next task of the session gets its own at the bottom of the thread, where
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.store.egress import EgressBlock
 
 MAX_FILES = 20  # files listed; the rest are counted
 
@@ -28,6 +30,7 @@ class Picture:
     note: str | None = None  # why it waits, or where it moved from
     calls: list[dict[str, object]] = field(default_factory=list)  # its forge tools' calls
     progress: RunProgress = field(default_factory=RunProgress)
+    egress_blocked: list[EgressBlock] = field(default_factory=list)  # at its end
 
 
 def _when(ts: float | None) -> str:
@@ -101,7 +104,15 @@ def render(picture: Picture, public_url: str = "") -> str:
         lines.append(f"\nCost so far: ${progress.cost_usd:.2f}")
     if task.state.finished and task.state is TaskState.SUCCEEDED and task.result:
         lines.append("\n" + task.result.strip()[:1000])
+    if picture.egress_blocked:
+        lines.append(blocked_hosts(picture.egress_blocked).removeprefix("\n"))
     if public_url:
         label = "Live log" if not task.state.finished else "Log"
         lines.append(f"\n[{label}]({public_url.rstrip('/')}/tasks/{task.id})")
     return "\n".join(lines)
+
+
+def blocked_hosts(blocked: Iterable[EgressBlock]) -> str:
+    """The hosts the agent was refused, as a firewall reports them on the PR."""
+    named = [f"{b.host}:{b.port} ×{b.count}" for b in blocked]  # noqa: RUF001
+    return f"\n\nEgress blocked: {', '.join(named)}" if named else ""

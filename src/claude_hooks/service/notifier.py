@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from claude_hooks.agents.runners.base import RunProgress
 from claude_hooks.config import Config
@@ -18,8 +18,7 @@ from claude_hooks.core.decision import ForgeComment
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.events import Event, EventBus
-from claude_hooks.service.living import Picture, render
-from claude_hooks.store.egress import EgressBlock
+from claude_hooks.service.living import Picture, blocked_hosts, render
 from claude_hooks.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def task_comment(event: Event) -> str | None:
         attempt = f", attempt {task.attempts}" if task.attempts > 1 else ""
         return f"claude-hooks: `{task.agent}` started {what}{attempt}."
     if event.kind == "task.finished":
-        return _finished(task, what) + _blocked(event.data.get("egress_blocked") or ())
+        return _finished(task, what) + blocked_hosts(event.data.get("egress_blocked") or ())
     if event.kind == "task.moved":
         return (
             f"claude-hooks: moved {what} from the queue of `{event.data['from']}` to "
@@ -66,12 +65,6 @@ def _finished(task: Task, what: str) -> str:
         return f"claude-hooks: {what} on `{task.agent}` was cancelled."
     reason = (task.error or "no reason recorded").strip().splitlines()[0][:300]
     return f"claude-hooks: {what} on `{task.agent}` failed: {reason}"
-
-
-def _blocked(blocked: Iterable[EgressBlock]) -> str:
-    """The hosts the agent was refused, as a firewall reports them on the PR."""
-    named = [f"{b.host}:{b.port} ×{b.count}" for b in blocked]  # noqa: RUF001
-    return f"\n\nEgress blocked: {', '.join(named)}" if named else ""
 
 
 class Notifier:
@@ -176,7 +169,9 @@ class Notifier:
             picture.note = f"Moved from the queue of `{event.data['from']}`, which was busy."
         elif event.kind == "task.waiting":
             picture.note = f"Waits: {event.data['reason']}."
-        elif event.kind != "task.finished":
+        elif event.kind == "task.finished":
+            picture.egress_blocked = list(event.data.get("egress_blocked") or ())
+        else:
             return None
         if task.state.finished:
             self._pictures.pop(task.id, None)
