@@ -85,7 +85,7 @@ async def test_without_steal_the_task_waits_behind_the_long_run(
     service = await two_devs(start_service, gate, database_url, "none")
     long, waiting = await long_task_with_a_queue_behind_it(service, gate)
     gate.release(gate.started[1])
-    await wait_until(lambda: instance_idle(service.store, "dev-b"))
+    await wait_until(lambda: instance_idle(service.store, "dev-b"), timeout=15)
     # The window in which `steal` takes it (see the test above); a negative needs a span.
     await asyncio.sleep(1.0)
     assert waiting not in gate.started
