@@ -5,6 +5,7 @@ duty while the service runs."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -12,7 +13,7 @@ import logging
 log = logging.getLogger(__name__)
 
 
-class Loop:
+class Loop(abc.ABC):
     """Subclasses write `run_once`; `first`: the wait before the first pass (default: the
     interval)."""
 
@@ -23,9 +24,9 @@ class Loop:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @abc.abstractmethod
     async def run_once(self) -> float | None:
         """One pass; the seconds until the next (None: the interval)."""
-        raise NotImplementedError
 
     @property
     def running(self) -> bool:
