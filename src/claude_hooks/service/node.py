@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from claude_hooks.config import Config
+from claude_hooks.service.loop import Every
 from claude_hooks.store.base import Store
 from claude_hooks.store.faults import is_disconnect
 from claude_hooks.store.nodes import NodeInfo
@@ -86,7 +87,8 @@ class Node:
         self.leading = False
         self._renewed = 0.0  # monotonic time of the last renewed lease
         self._offset = 0.0  # the database's clock minus this node's (see `now`)
-        self._loop: asyncio.Task[None] | None = None
+        interval = beat_seconds(self.info.lease_seconds)
+        self.heartbeat = Every("node-heartbeat", interval, self._beat_in_time)
         self._fenced = False  # agents were stopped: rebuild the workers at the next beat
 
     @property
@@ -118,13 +120,10 @@ class Node:
     async def start(self) -> None:
         """Take the lead if it is free (starting the duties), then beat."""
         await self._lead()
-        self._loop = asyncio.create_task(self._run(), name="node-heartbeat")
+        self.heartbeat.start()
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await self.heartbeat.stop()
         await self._step_down()
 
     async def leave(self) -> None:
@@ -133,31 +132,30 @@ class Node:
         if released:
             log.info("node %s stops and lets go of %s", self.name, ", ".join(released))
 
-    async def _run(self) -> None:
+    async def _beat_in_time(self) -> float:
+        """One pass of the heartbeat: beat, or fence when the lease runs out first; the
+        seconds until the next pass (sooner after a failed beat)."""
         lease = self.info.lease_seconds
         interval = beat_seconds(lease)
         margin = min(FENCE_MARGIN, lease / 6)
-        wait = interval
-        while True:
-            await asyncio.sleep(wait)
-            wait = interval
+        left = self._renewed + lease - margin - time.monotonic()
+        if left <= 0:
+            await self._fence("its lease could not be renewed")
+        try:
+            # A beat that hangs (a lock held elsewhere, a partition) is given up: the store
+            # call waits on its own thread (see `store.offload`), not on this loop.
+            async with asyncio.timeout(min(interval, left) if left > 0 else interval):
+                await self.beat()
+        except Exception as exc:
+            why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
+            log.warning("node %s: heartbeat failed (%s); trying again", self.name, why)
             left = self._renewed + lease - margin - time.monotonic()
             if left <= 0:
+                # Stopped before the lease runs out and other nodes may take the work.
                 await self._fence("its lease could not be renewed")
-            try:
-                # A beat that hangs (a lock held elsewhere, a partition) is given up: the store
-                # call waits on its own thread (see `store.offload`), not on this loop.
-                async with asyncio.timeout(min(interval, left) if left > 0 else interval):
-                    await self.beat()
-            except Exception as exc:
-                why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
-                log.warning("node %s: heartbeat failed (%s); trying again", self.name, why)
-                left = self._renewed + lease - margin - time.monotonic()
-                if left <= 0:
-                    # Stopped before the lease runs out and other nodes may take the work.
-                    await self._fence("its lease could not be renewed")
-                else:
-                    wait = min(RETRY_BEAT, left)
+            else:
+                return min(RETRY_BEAT, left)
+        return interval
 
     async def beat(self) -> None:
         sent = time.monotonic()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +13,6 @@ from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
 from claude_hooks.agents.sandbox import Sandbox, SandboxError
 from claude_hooks.config import Config
-from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
@@ -25,6 +22,7 @@ from claude_hooks.service.intake import Intake
 from claude_hooks.service.limits import SIGNAL_BUDGET
 from claude_hooks.service.listener import Listener, listen_url
 from claude_hooks.service.lockfile import ServiceLock
+from claude_hooks.service.loop import Every
 from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
@@ -117,9 +115,10 @@ class Service:
             clock,
             lambda: len(self.intake.spool.waiting),
         )
-        self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
-        self._poke = asyncio.Event()  # a signal was written: look at the signals table now
+        self._signalled = False  # a signal was written: look at the signals table now
+        # Applies the CLI's and other nodes' changes (see `_look`).
+        self.watcher = Every("watch-signals", config.server.poll_interval, self._look)
         url = listen_url(config.database_url)
         self.listener = None if url is None else Listener(url, self._heard, self._reconnected)
         self._lock = ServiceLock(config.data_dir)
@@ -193,7 +192,7 @@ class Service:
         self.retention.start()
         if self.listener is not None:
             self.listener.start()
-        self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
+        self.watcher.start()
 
     @property
     def unconfined_types(self) -> list[str]:
@@ -242,10 +241,7 @@ class Service:
         await self.readiness.stop()
         if self.listener is not None:
             await self.listener.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self.watcher.stop()
         await self.node.stop()
         await self.retention.stop()
         await self.intake.sweeper.stop()
@@ -265,7 +261,7 @@ class Service:
 
     def _heard(self, wake: Wake) -> None:
         if wake.kind == wakeups.SIGNAL:
-            self._poke.set()
+            self._signal()
         elif wake.kind == wakeups.OUTBOX:
             self.outbox.wake()
         else:
@@ -275,28 +271,25 @@ class Service:
 
     def _reconnected(self) -> None:
         """Listening (again): one look at the signals and the queues, nothing missed."""
-        self._poke.set()
+        self._signal()
         self.pool.wake_all()
 
-    async def _watch(self) -> None:
+    def _signal(self) -> None:
+        self._signalled = True
+        self.watcher.wake()
+
+    async def _look(self) -> None:
         """Apply the CLI's and other nodes' changes: when a NOTIFY says a signal was
         written, or every poll_interval while not listening (SQLite, or the connection down)."""
-        interval = self.config.server.poll_interval
-        due = False  # kept when applying fails, so the signals are read again next time
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), interval)
-            due = due or self._poke.is_set() or not self.listening
-            self._poke.clear()
-            try:
-                await self.pool.retry_stranded()
-                if due:
-                    await self.apply_signals()
-                    due = False
-            except ClaudeHooksError as exc:
-                log.warning("could not apply a change made from the CLI: %s", exc)
-            except Exception:
-                log.exception("watching for changes failed; trying again")
+        due = self._signalled or not self.listening
+        self._signalled = False
+        try:
+            await self.pool.retry_stranded()
+            if due:
+                await self.apply_signals()
+        except BaseException:
+            self._signalled |= due  # read the signals again at the next pass
+            raise
 
     async def apply_signals(self) -> None:
         found = await self.store.signals_after(self._last_signal)
