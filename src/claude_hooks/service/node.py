@@ -111,7 +111,6 @@ class Node:
 
     async def join(self) -> None:
         """Register (refused if a live namesake exists), then take this node's instances."""
-        self.store.node = self.name
         await self._sync_clock()
         await self.store.nodes.join(self.info, self.now())
         self._renewed = time.monotonic()

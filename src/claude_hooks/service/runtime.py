@@ -1,4 +1,5 @@
-"""The running service: store, pool and the watcher that applies changes made by the CLI."""
+"""The running service and its composition root: every object is built here, complete, from
+the configuration and the store; `start` and `stop` run the node and its loops in order."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
 from claude_hooks.agents.sandbox import Sandbox, SandboxError
 from claude_hooks.config import Config
+from claude_hooks.errors import ConfigError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.control import SIGNAL_AGENTS
+from claude_hooks.service.commands import SIGNAL_AGENTS, Commands
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
+from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.intake import Intake
-from claude_hooks.service.limits import SIGNAL_BUDGET
+from claude_hooks.service.limits import SIGNAL_BUDGET, Limits
 from claude_hooks.service.listener import Listener, listen_url
 from claude_hooks.service.lockfile import ServiceLock
 from claude_hooks.service.loop import Every
@@ -33,6 +35,7 @@ from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
 from claude_hooks.service.storage_faults import StorageFaults
+from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.decisions import SIGNAL_CANCEL
@@ -66,6 +69,11 @@ class Service:
         runner_for: Callable[[str], AgentRunner] | None = None,
         insecure_no_signature: bool = False,
     ) -> None:
+        if store.node != config.server.node:
+            raise ConfigError(
+                f"the store was opened for node {store.node!r}, not {config.server.node!r}: "
+                "open it with SqlStore.open(..., node=config.server.node)"
+            )
         self.config = config
         self.store = store
         self.clock = clock
@@ -75,18 +83,30 @@ class Service:
         self._claude: AgentRunner | None = None
         self.bus = EventBus()
         self.forge = Forge(config)
+        sandbox = self._sandbox()  # refused first: a missing sandbox changes nothing
+        confinement = cages.detect()
+        log.info("agents' limits: %s", confinement.describe())
+        # The hard budget stops runs through the one cancel (`commands`).
+        self.limits = Limits(
+            config, store, clock, self.bus, lambda: self.pool.running_tasks(), self._over_budget
+        )
         self.pool = Pool(
             config,
             store,
             runner_for or self.runner_for,
             clock,
             self.bus,
+            self.limits,
             self.forge,
             Policies(config, self.forge, self.store.spend, self.clock),
+            sandbox,
+            confinement,
         )
+        self.commands = Commands(config, store, clock, self.pool, self.agents_changed)
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.faults = StorageFaults(clock)
+        self.sweeper = Sweeper(config, self.pool.workspaces, store.intake, self.forge)
         self.intake = Intake(
             config,
             self.pool,
@@ -94,6 +114,8 @@ class Service:
             self.forge,
             clock,
             self.outbox.wake,
+            ForgeCommands(config, self.commands, self.pool, self.forge, clock),
+            self.sweeper,
             self.insecure_no_signature,
             self.faults,
         )
@@ -131,10 +153,15 @@ class Service:
         insecure_no_signature: bool = False,
     ) -> Service:
         prepare_data_dir(config.data_dir, config.database_url)
-        store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
-        return cls(
-            config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
-        )
+        timeouts = Timeouts.of(config.server)
+        store = await SqlStore.open(config.database_url, timeouts, node=config.server.node)
+        try:
+            return cls(
+                config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
+            )
+        except BaseException:
+            await store.close()  # e.g. no sandbox for a sandboxed type
+            raise
 
     def runner_for(self, agent_type: str) -> AgentRunner:
         runner = self._runners.get(agent_type)
@@ -155,18 +182,18 @@ class Service:
             self._claude = ClaudeRunner(self.store, self.config.data_dir)
         return self._claude
 
-    async def set_enabled(self, name: str, enabled: bool) -> None:
-        """Enable or disable an instance now (the API's way; the CLI's goes through signals)."""
-        await control.set_enabled(self.store, name, enabled)
+    async def agents_changed(self) -> None:
+        """The instances changed (here or from another process): take or let go of them by
+        the share rule, and bring the workers in line."""
         await self.node.rebalance()
         await self.pool.sync_agents()
+
+    async def _over_budget(self, task_id: str) -> None:
+        await self.commands.cancel(task_id, "the hard budget ([budget] hard = true)")
 
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
-        sandbox = self._sandbox()
-        confinement = cages.detect()
-        log.info("agents' limits: %s", confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -177,7 +204,7 @@ class Service:
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
-            await self.pool.start(sandbox, confinement)
+            await self.pool.start()
             self.intake.spool.open()
         except BaseException:
             self._lock.release()
@@ -188,7 +215,7 @@ class Service:
         self.forge.prepare()
         self.notifier.start()
         await self.node.start()
-        self.intake.sweeper.start()
+        self.sweeper.start()
         self.retention.start()
         if self.listener is not None:
             self.listener.start()
@@ -244,7 +271,7 @@ class Service:
         await self.watcher.stop()
         await self.node.stop()
         await self.retention.stop()
-        await self.intake.sweeper.stop()
+        await self.sweeper.stop()
         await self.intake.stop()
         await self.pool.stop()
         await self.node.leave()
@@ -296,8 +323,7 @@ class Service:
         if not found:
             return
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
-            await self.node.rebalance()
-            await self.pool.sync_agents()
+            await self.agents_changed()
         if any(signal.kind == SIGNAL_BUDGET for signal in found):
             await self.pool.limits.reload()
         for signal in found:
