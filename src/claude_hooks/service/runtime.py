@@ -24,7 +24,7 @@ from claude_hooks.service.intake import Intake
 from claude_hooks.service.limits import SIGNAL_BUDGET, Limits
 from claude_hooks.service.listener import Listener, listen_url
 from claude_hooks.service.lockfile import ServiceLock
-from claude_hooks.service.loop import Every
+from claude_hooks.service.loop import Every, Loop
 from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
@@ -220,6 +220,24 @@ class Service:
         if self.listener is not None:
             self.listener.start()
         self.watcher.start()
+
+    @property
+    def loops(self) -> list[Loop]:
+        """Every background loop of this node, running or not (the leader's duties too)."""
+        found: list[Loop] = [
+            self.readiness,
+            self.notifier,
+            self.node.heartbeat,
+            self.watcher,
+            self.limits.watch,
+            self.sweeper.closed,
+            self.sweeper.periodic,
+            self.retention,
+            self.ci,
+            self.pending,
+            self.outbox,
+        ]
+        return found if self.listener is None else [*found, self.listener]
 
     @property
     def unconfined_types(self) -> list[str]:
