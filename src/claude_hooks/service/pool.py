@@ -728,7 +728,7 @@ class Pool:
         type_config = self.config.types[task.type]
         if self.confinement is None or type_config.runner == "merge":
             return None
-        cage = self.confinement.cage(task.id, cages.Limits.of(type_config))
+        cage = self.confinement.cage(task.id, cages.Caps.of(type_config))
         cage.disk_paths.append(workdir)
         return cage
 
