@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from claude_hooks.config import Config
-from claude_hooks.service.loop import Every
+from claude_hooks.service.loop import Every, Loop
 from claude_hooks.store.base import Store
 from claude_hooks.store.faults import is_disconnect
 from claude_hooks.store.nodes import NodeInfo
@@ -39,13 +39,6 @@ RETRY_BEAT = 0.5
 FENCE_MARGIN = 1.0
 
 
-class Duty(Protocol):
-    """A background job that runs on the leader only."""
-
-    def start(self) -> None: ...
-    async def stop(self) -> None: ...
-
-
 class Holder(Protocol):
     """What the node tells of the instances it holds: the pool."""
 
@@ -58,12 +51,15 @@ def beat_seconds(lease_seconds: float) -> float:
 
 
 class Node:
+    """`duties`: the loops that run on the leader only, started and stopped with the lead;
+    `heartbeat`: the loop that beats (`_beat_in_time`)."""
+
     def __init__(
         self,
         config: Config,
         store: Store,
         holder: Holder,
-        duties: Sequence[Duty],
+        duties: Sequence[Loop],
         clock: Callable[[], float] = time.time,
         spooled: Callable[[], int] = lambda: 0,
     ) -> None:
