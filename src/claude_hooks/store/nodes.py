@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from claude_hooks.core.domain import TaskState
 from claude_hooks.core.node_share import Lease, Member, Moves, moves
 from claude_hooks.errors import ConflictError
-from claude_hooks.store.schema import agents, leaders, nodes, tasks
+from claude_hooks.store.schema import agents, leaders, nodes, queue_lengths, tasks
 from claude_hooks.store.upsert import upsert
 
 _RUNNING = TaskState.RUNNING.value
@@ -66,6 +66,14 @@ class NodeView:
     spooled: int = 0  # deliveries in its spool, not yet in the database
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """The work on a node now: the tasks it runs, and those queued on the instances it holds."""
+
+    running: int
+    queued: int
+
+
 class NodeStore(Protocol):
     async def join(self, node: NodeInfo, now: float) -> None: ...
     async def heartbeat(self, node: NodeInfo, now: float, spooled: int = 0) -> bool: ...
@@ -75,6 +83,7 @@ class NodeStore(Protocol):
     async def lead(self, duty: str, node: NodeInfo, now: float) -> bool: ...
     async def resign(self, duty: str, node: NodeInfo) -> None: ...
     async def list_nodes(self, now: float) -> list[NodeView]: ...
+    async def load(self, name: str) -> NodeLoad: ...
 
 
 def _live(now: float) -> sa.ColumnElement[bool]:
@@ -353,6 +362,21 @@ class SqlNodes:
             )
             for row in rows
         ]
+
+
+    async def load(self, name: str) -> NodeLoad:
+        with self.reader.connect() as conn:
+            running = conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(tasks)
+                .where(tasks.c.state == _RUNNING, tasks.c.node == name)
+            )
+            queued = conn.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(queue_lengths.c.queued), 0))
+                .select_from(queue_lengths.join(agents, agents.c.name == queue_lengths.c.agent))
+                .where(agents.c.node == name)
+            )
+        return NodeLoad(running=int(running or 0), queued=int(queued or 0))
 
 
 def _restarted(row: Any, node: NodeInfo) -> bool:
