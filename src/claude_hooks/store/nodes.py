@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -278,6 +278,11 @@ class SqlNodes:
             running = set(
                 conn.scalars(sa.select(tasks.c.agent).where(tasks.c.state == _RUNNING)).all()
             )
+            queued = set(
+                conn.scalars(
+                    sa.select(queue_lengths.c.agent).where(queue_lengths.c.queued > 0)
+                ).all()
+            )
             # An instance of a type this node's configuration lacks is, to this node, one it
             # cannot run: it never takes one and lets go of any it holds.
             leases = [
@@ -287,6 +292,7 @@ class SqlNodes:
                     row.node,
                     row.pinned_node,
                     row.name in running,
+                    row.name in queued,
                 )
                 for row in conn.execute(
                     sa.select(
@@ -395,7 +401,7 @@ def _live_holders(leases: Sequence[Lease], members: Sequence[Member]) -> list[Le
 
 
 def _unheld(lease: Lease) -> Lease:
-    return Lease(lease.name, lease.enabled, None, lease.pinned, lease.running)
+    return replace(lease, holder=None)
 
 
 def _insert_leader(conn: sa.Connection) -> Any:
