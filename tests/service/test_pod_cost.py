@@ -112,7 +112,7 @@ class FakeApiServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_PATCH(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_PATCH(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.patches.append(Patch(self.path, dict(self.headers.items()), body))
                 if fake.refuse is not None:

@@ -30,8 +30,8 @@ from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
 from claude_hooks.service.pending import PendingRetrier
-from claude_hooks.service.policies import Policies
 from claude_hooks.service.pod_cost import PodCost, in_cluster
+from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness

@@ -369,7 +369,6 @@ class SqlNodes:
             for row in rows
         ]
 
-
     async def load(self, name: str) -> NodeLoad:
         with self.reader.connect() as conn:
             running = conn.scalar(
