@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -165,8 +166,11 @@ class Work:
 
     def __init__(self) -> None:
         self.now = NodeLoad(running=0, queued=0)
+        self.fault: Exception | None = None
 
     async def __call__(self) -> NodeLoad:
+        if self.fault is not None:
+            raise self.fault
         return self.now
 
 
@@ -252,3 +256,19 @@ async def test_a_server_the_accounts_ca_did_not_sign_gets_nothing(
         other.close()
     assert other.patches == [] and duty.written is None
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+async def test_the_database_away_leaves_the_cost_as_it_was(
+    api: FakeApiServer, cluster: Cluster
+) -> None:
+    work = Work()
+    work.fault = sa.exc.OperationalError("SELECT", {}, OSError("connection refused"))
+    duty = PodCost(cluster, POD, work)
+    try:
+        await duty.run_once()  # quietly: readiness says the database is away
+        assert api.patches == [] and duty.written is None
+        work.fault = None
+        await duty.run_once()
+        assert duty.written == 0
+    finally:
+        await duty.stop()

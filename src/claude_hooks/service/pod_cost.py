@@ -22,6 +22,7 @@ import orjson
 
 from claude_hooks.core.deletion_cost import deletion_cost
 from claude_hooks.service.loop import Loop
+from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.nodes import NodeLoad
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,15 @@ class PodCost(Loop):
         self._client = httpx.AsyncClient(base_url=cluster.api_url, verify=context, timeout=TIMEOUT)
 
     async def run_once(self) -> None:
-        found = await self.load()
+        try:
+            found = await self.load()
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            # The database is away: `/readyz` and the storage faults say so; the pod keeps
+            # the cost it has until the next look.
+            log.debug("pod deletion cost: %s", fault_reason(exc))
+            return
         cost = deletion_cost(found.running, found.queued)
         if cost == self.written:
             return
