@@ -197,6 +197,8 @@ def test_the_scaler_runs_the_one_query_on_the_pods_database(tmp_path: Path) -> N
     (trigger,) = _one("ScaledObject")["spec"]["triggers"]
     assert trigger["type"] == "postgresql"
     assert trigger["metadata"]["query"] == NODES_NEEDED
+    readme = (DOCKERFILE.parents[1] / "README.md").read_text()
+    assert f"```sql\n{NODES_NEEDED}```" in readme  # the query the README explains
     assert trigger["metadata"]["targetQueryValue"] == "1"  # replicas = the query's answer
     auth = DOCS[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
     (reference,) = auth["spec"]["secretTargetRef"]
