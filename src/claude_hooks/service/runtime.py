@@ -4,6 +4,7 @@ the configuration and the store; `start` and `stop` run the node and its loops i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
 from claude_hooks.service.pending import PendingRetrier
+from claude_hooks.service.pod_cost import PodCost, in_cluster
 from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
@@ -137,6 +139,13 @@ class Service:
             clock,
             lambda: len(self.intake.spool.waiting),
         )
+        # In a Kubernetes pod, its deletion cost follows this node's work (deploy/kubernetes/).
+        cluster = in_cluster(os.environ)
+        self.pod_cost = (
+            None
+            if cluster is None
+            else PodCost(cluster, config.server.node, lambda: store.nodes.load(config.server.node))
+        )
         self._last_signal = 0
         self._signalled = False  # a signal was written: look at the signals table now
         # Applies the CLI's and other nodes' changes (see `_look`).
@@ -217,6 +226,8 @@ class Service:
         await self.node.start()
         self.sweeper.start()
         self.retention.start()
+        if self.pod_cost is not None:
+            self.pod_cost.start()
         if self.listener is not None:
             self.listener.start()
         self.watcher.start()
@@ -237,7 +248,8 @@ class Service:
             self.pending,
             self.outbox,
         ]
-        return found if self.listener is None else [*found, self.listener]
+        optional = [loop for loop in (self.listener, self.pod_cost) if loop is not None]
+        return [*found, *optional]
 
     @property
     def unconfined_types(self) -> list[str]:
@@ -284,6 +296,8 @@ class Service:
 
     async def stop(self) -> None:
         await self.readiness.stop()
+        if self.pod_cost is not None:
+            await self.pod_cost.stop()
         if self.listener is not None:
             await self.listener.stop()
         await self.watcher.stop()
