@@ -304,6 +304,23 @@ class PolicyConfig(_Section):
     )
 
 
+class VariantConfig(_Section):
+    """A prompt or model variant of a type (`[types.<t>] variants`): its share of the
+    sessions, and the role and model its sessions run with instead of the type's."""
+
+    name: str
+    share: float = Field(gt=0, le=1)
+    role: str | None = None
+    model: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not valid_name(value):
+            raise ValueError(f"variant name {value!r} must be {NAME_RULE}")
+        return value
+
+
 class TypeConfig(_Section):
     login: str | None = None
     token: SecretStr | None = None
@@ -390,6 +407,32 @@ class TypeConfig(_Section):
         description="hosts a sandboxed agent may reach through the service's proxy: 'host' "
         "(ports 80 and 443) or 'host:port'; default none",
     )
+
+    variants: list[VariantConfig] = Field(
+        default_factory=list,
+        description="prompt/model experiments: [{name, share, role, model}]; shares sum to at "
+        "most 1, the rest of the sessions run the type's own role and model",
+    )
+    variant_seed: str = Field(
+        "", description="seeds the choice of a session's variant (from its key)"
+    )
+
+    @model_validator(mode="after")
+    def _variant_shares(self) -> TypeConfig:
+        names = [v.name for v in self.variants]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variants: the name {twice[0]!r} is used twice; names are unique")
+        total = sum(v.share for v in self.variants)
+        if total > 1 + 1e-9:
+            raise ValueError(
+                f"variants: the shares sum to {total:g}, over 1; lower them (what they leave "
+                "under 1 runs the type's own role and model)"
+            )
+        return self
+
+    def variant(self, name: str | None) -> VariantConfig | None:
+        return next((v for v in self.variants if v.name == name), None)
 
     @model_validator(mode="after")
     def _egress_entries(self) -> TypeConfig:
