@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.runners.base import RunContext
@@ -142,6 +143,13 @@ async def test_a_recorded_flow_gives_the_exact_counts_rates_and_costs(
             await wait_until(lambda: all_idle(service.store), timeout=20)
         assert answers[1]["status"] == "queued", answers[1]
         rows = await service.store.outcomes.report(None, None)
+        scraped = await client.get("/metrics", headers={"Authorization": "Bearer test-token"})
+        assert scraped.status_code == 200
+        metrics = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(scraped.text)
+            for sample in family.samples
+        }
         later = await service.store.outcomes.report(time.time() + 1, None)
     finally:
         await client.aclose()
@@ -194,6 +202,18 @@ async def test_a_recorded_flow_gives_the_exact_counts_rates_and_costs(
     assert boss["tasks"] == {"total": 1, "by_kind": {"merge_pr": {"succeeded": 1}}}
     assert boss["pull_requests"]["opened"] == 0
     assert boss["cost_usd"]["total"] == 0.5 and boss["cost_usd"]["per_merged_pr"] is None
+
+    # Prometheus tells the same figures.
+    dev_ = (("type", "dev"),)
+    assert metrics[("claude_hooks_merge_rate", dev_)] == 0.5
+    assert metrics[("claude_hooks_ci_first_pass_rate", dev_)] == 0.5
+    assert metrics[("claude_hooks_review_rounds_until_approval", dev_)] == 1.0
+    assert metrics[("claude_hooks_agent_pull_requests_total", (("outcome", "merged"), *dev_))] == 1
+    assert metrics[("claude_hooks_cost_per_usd", (("per", "merged_pr"), *dev_))] == 2.0
+    assert (
+        metrics[("claude_hooks_human_interventions_total", (("kind", "human_commits"), *dev_))] == 2
+    )
+    assert metrics[("claude_hooks_variant_merge_rate", (("variant", "base"),))] == 0.5
 
     # One row for everything, and a start that leaves everything out.
     whole = summarise(rows, None)
