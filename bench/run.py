@@ -23,6 +23,7 @@ from bench import (
     dispatch,
     ingest,
     memory,
+    outcomes,
     proxy_overhead,
     restart,
     start_latency,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "proxy_overhead": proxy_overhead.run,
     "cluster": cluster.run,
     "storage_faults": storage_faults.run,
+    "outcomes": outcomes.run,
 }
 HERE = Path(__file__).resolve().parent
 

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.runners.base import RunContext
 from claude_hooks.core.outcome_report import summarise, wilson
+from claude_hooks.core.variants import choose
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.fake_forgejo import FakeForgejo
@@ -230,3 +231,66 @@ async def test_report_refuses_a_bad_span_in_one_line(
     assert done.stderr.strip().splitlines() == [
         "error: --since 'fortnight': give a span such as 30d, 12h, 2w or 90m, or 'all'"
     ]
+
+
+class ModelRunner:
+    """Records the model and role each run was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []  # (kind, model, role)
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        self.seen.append((ctx.task.kind, ctx.type_config.model, ctx.type_config.role))
+        return RunResult(succeeded=True, exit_code=0, result="done", cost_usd=0.25)
+
+
+TERSE = {"name": "terse", "share": 0.5, "role": "Be terse.", "model": "haiku"}
+VERBOSE = {"name": "verbose", "share": 0.5, "role": "Explain.", "model": "opus"}
+
+
+async def test_a_session_keeps_its_seeded_variant_for_its_whole_life(
+    tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    key = "dev:acme/widget:17"
+    got = choose([("terse", 0.5), ("verbose", 0.5)], "seed-7", key)
+    assert got is not None
+    first, other = (TERSE, VERBOSE) if got == "terse" else (VERBOSE, TERSE)
+    runner = ModelRunner()
+
+    async def step(variants: list[dict[str, Any]], name: str, edit: Any) -> None:
+        dev = {
+            "login": "dev-bot",
+            "token": "tok-dev",
+            "runner": "command",
+            "command": ["true"],
+            "workdir": "none",
+            "variants": variants,
+            "variant_seed": "seed-7",
+        }
+        config = forge_config(tmp_path, fake_forgejo, types={"dev": dev}, flows={"poll_ci": False})
+        service = await Service.open(config, lambda _type: runner)
+        await service.start()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+        )
+        try:
+            await _send(client, name, f"v-{len(runner.seen)}", edit)
+            await wait_until(lambda: all_idle(service.store), timeout=20)
+        finally:
+            await client.aclose()
+            await service.stop()
+
+    await step([TERSE, VERBOSE], "issues_assigned_dev", lambda _d: None)
+    assert runner.seen == [("work_issue", first["model"], first["role"])]
+    # The shares change (the session's variant now gets almost none): its next task, a
+    # mention, still runs with the variant it was given.
+    changed = [{**first, "share": 0.01}, {**other, "share": 0.99}]
+    await step(changed, "issue_comment_created_mention", lambda _d: None)
+    assert runner.seen[1] == ("answer_mention", first["model"], first["role"])
+
+    config = forge_config(tmp_path, fake_forgejo)
+    report = json.loads(run_cli("report", "--by", "variant", "--json", config=config).stdout)
+    groups = {g["group"]: g for g in report["groups"]}
+    assert groups[str(first["name"])]["tasks"]["total"] == 2
+    assert groups[str(first["name"])]["cost_usd"]["total"] == 0.5
+    assert report["comparison"] is None or "merge rate" in report["comparison"]["note"]

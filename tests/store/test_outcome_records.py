@@ -44,7 +44,7 @@ async def test_each_outcome_write_keeps_its_rule(store: SqlStore) -> None:
     # A later sighting never changes the variant the session was first given.
     await apply(store, seen(assigned=False, variant="terse"))
     await apply(store, seen(at=NOW + 10, variant="verbose"))
-    assert await store.outcomes.variant_of(KEY) == "terse"
+    assert await store.outcomes.variant_of(KEY) == ("terse",)
     assert await store.outcomes.variant_of("dev:acme/widget:99") is None
     opened = pull("opened", NOW + 100, session_key=KEY, author_type="dev", head_sha="a1")
     await apply(

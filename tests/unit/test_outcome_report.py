@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from claude_hooks.config import load_config
 from claude_hooks.core.outcome_report import (
     OutcomeRows,
     PullCounts,
@@ -18,6 +20,7 @@ from claude_hooks.core.outcome_report import (
     wilson,
 )
 from claude_hooks.core.variants import choose
+from claude_hooks.errors import ConfigError
 
 
 def test_wilson_interval_matches_the_textbook_values() -> None:
@@ -70,3 +73,19 @@ def test_a_seeded_split_keeps_a_session_and_follows_the_shares() -> None:
     assert math.isclose(counts["verbose"] / 4000, 0.25, abs_tol=0.03)
     assert math.isclose(counts[None] / 4000, 0.25, abs_tol=0.03)  # the type's own settings
     assert first != [choose(shares, "seed-2", key) for key in keys]
+
+
+def test_variant_config_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "claude-hooks.toml"
+    path.write_text(
+        '[server]\nwebhook_secret = "x"\napi_token = "y"\n'
+        "[types.dev]\n"
+        'variants = [{name = "terse", share = 0.7}, {name = "terse", share = 0.2}]\n'
+        "[types.rev]\n"
+        'variants = [{name = "a", share = 0.7}, {name = "b", share = 0.5}]\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert "types.dev: variants: the name 'terse' is used twice" in message
+    assert "types.rev: variants: the shares sum to 1.2, over 1" in message

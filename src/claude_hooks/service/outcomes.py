@@ -9,7 +9,7 @@ new trip counts), and the CI poller adds the verdicts the forge sends no webhook
 
 from __future__ import annotations
 
-from claude_hooks.config import Config
+from claude_hooks.config import Config, TypeConfig
 from claude_hooks.core.decision import Decision, PullLink
 from claude_hooks.core.domain import TaskKind, session_key
 from claude_hooks.core.outcomes import (
@@ -50,6 +50,18 @@ def model_of(config: Config, agent_type: str, variant: str | None) -> str | None
         return None
     chosen = type_config.variant(variant)
     return chosen.model if chosen is not None and chosen.model else type_config.model
+
+
+def with_variant(config: Config, agent_type: str, variant: str | None) -> TypeConfig:
+    """The type's settings for a session of `variant`: its role and model where it sets
+    them (an unknown or removed variant: the type's own)."""
+    type_config = config.types[agent_type]
+    chosen = type_config.variant(variant)
+    if chosen is None:
+        return type_config
+    return type_config.model_copy(
+        update={"role": chosen.role or type_config.role, "model": chosen.model or type_config.model}
+    )
 
 
 def opened(link: PullLink, at: float) -> PullFact:

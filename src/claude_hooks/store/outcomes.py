@@ -227,7 +227,7 @@ def _floats(values: Any) -> list[float | int]:
 
 class OutcomeStore(Protocol):
     async def report(self, since: float | None, by: GroupBy | None) -> OutcomeRows: ...
-    async def variant_of(self, session_key: str) -> str | None: ...
+    async def variant_of(self, session_key: str) -> tuple[str | None] | None: ...
 
 
 class SqlOutcomes:
@@ -241,7 +241,9 @@ class SqlOutcomes:
         with self.reader.connect() as conn:
             return outcome_report(conn, since, by)
 
-    async def variant_of(self, session_key: str) -> str | None:
-        """The prompt variant the session was given when it was first seen (None: none)."""
+    async def variant_of(self, session_key: str) -> tuple[str | None] | None:
+        """The prompt variant the session was given when first seen, as a 1-tuple (its
+        variant may be None: none); None when the session has no record yet."""
         with self.reader.connect() as conn:
-            return conn.scalar(sa.select(s.c.variant).where(s.c.session_key == session_key))
+            row = conn.execute(sa.select(s.c.variant).where(s.c.session_key == session_key)).first()
+        return None if row is None else (row.variant,)
