@@ -150,7 +150,13 @@ def outcome_report(conn: sa.Connection, since: float | None, by: GroupBy | None)
     """The report's query: per group, tasks by kind and state with their cost (tasks
     enqueued since `since`), the agent PRs, the sessions and the review rounds (sessions
     begun since `since`)."""
-    joined = tasks.outerjoin(s, s.c.session_key == tasks.c.session_key)
+    # Only the model and the variant need the session's record: the join costs more than
+    # the rest of the query (a lookup per task).
+    joined = (
+        tasks.outerjoin(s, s.c.session_key == tasks.c.session_key)
+        if by in ("model", "variant")
+        else tasks
+    )
     group = _group(conn, by, tasks, tasks.c.enqueued_at).label("g")
     query = sa.select(
         group,
