@@ -236,6 +236,39 @@ class BudgetConfig(_Section):
     hard: bool = Field(False, description="stop running tasks when a budget is reached")
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+class ReportConfig(_Section):
+    """The weekly outcome summary, posted as a comment on an issue the operator names."""
+
+    summary_repository: str = Field(
+        "", description="owner/repo to post the weekly outcome summary in; empty: none"
+    )
+    summary_issue: int = Field(0, ge=0, description="the issue of summary_repository it goes on")
+    summary_weekday: Weekday = Field("monday", description="the day it is posted")
+    summary_hour: int = Field(9, ge=0, le=23, description="from this hour, in server.timezone")
+    summary_as: str = Field(
+        "", description="the type whose token posts it; empty: [flows] merge_type"
+    )
+
+    @model_validator(mode="after")
+    def _named_issue(self) -> ReportConfig:
+        if not self.summary_repository:
+            return self
+        owner, _, name = self.summary_repository.partition("/")
+        if not owner or not name or "/" in name:
+            raise ValueError(
+                f"summary_repository {self.summary_repository!r}: give it as owner/repo"
+            )
+        if self.summary_issue <= 0:
+            raise ValueError(
+                "summary_issue: name the issue of summary_repository the summary is posted on"
+            )
+        return self
+
+
 class SecurityConfig(_Section):
     allowed_senders: list[str] = Field(default_factory=list)
     permission_cache_seconds: float = Field(300.0, ge=0)
@@ -471,6 +504,7 @@ class Config(_Section):
     flows: FlowsConfig = Field(default_factory=FlowsConfig)  # type: ignore[arg-type]
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
     policy: PolicyConfig = Field(default_factory=PolicyConfig)  # type: ignore[arg-type]
+    report: ReportConfig = Field(default_factory=ReportConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
     # The file the configuration was read from: hidden from sandboxed agents.
@@ -499,6 +533,13 @@ class Config(_Section):
         for name in [*(self.policy.allowed_types or ()), *self.policy.max_running]:
             if name != "all" and name not in self.types:
                 raise ValueError(f"policy: {name!r} is not a type (no [types.{name}] table)")
+        poster = self.report.summary_as or self.flows.merge_type
+        if self.report.summary_repository and poster not in self.types:
+            key = "report.summary_as" if self.report.summary_as else "flows.merge_type"
+            raise ValueError(
+                f"{key}: {poster!r} posts the weekly summary but is not a type "
+                f"(no [types.{poster}] table); set report.summary_as to a configured type"
+            )
         for seed in self.agents:
             if not valid_name(seed.name):
                 raise ValueError(f"agents: {seed.name!r} is not a valid name ({NAME_RULE})")

@@ -11,20 +11,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.runners.base import RunContext
+from claude_hooks.config import WEEKDAYS
+from claude_hooks.core.decision import Decision
 from claude_hooks.core.outcome_report import summarise, wilson
+from claude_hooks.core.outcomes import OutcomeFact, PullFact, SessionSeen
 from claude_hooks.core.variants import choose
 from claude_hooks.service.runtime import Service
+from claude_hooks.service.summary import WeeklySummary
+from claude_hooks.store.decisions import Cause
 from claude_hooks.web.app import create_app
 from tests.fake_forgejo import FakeForgejo
-from tests.support import FIXTURES, all_idle, run_cli, sign, wait_until
+from tests.support import FIXTURES, all_idle, make_config, run_cli, sign, wait_until
 from tests.web.test_forge_flows import HEAD_C, forge_config
 
 HEAD_22 = "2222222222222222222222222222222222222222"
@@ -294,3 +301,53 @@ async def test_a_session_keeps_its_seeded_variant_for_its_whole_life(
     assert groups[str(first["name"])]["tasks"]["total"] == 2
     assert groups[str(first["name"])]["cost_usd"]["total"] == 0.5
     assert report["comparison"] is None or "merge rate" in report["comparison"]["note"]
+
+
+async def test_the_weekly_summary_is_posted_once_on_the_named_issue(
+    tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    today = WEEKDAYS[datetime.now(UTC).weekday()]
+    report = {"summary_repository": "acme/widget", "summary_issue": 17, "summary_hour": 0}
+    config = forge_config(tmp_path, fake_forgejo, report={**report, "summary_weekday": today})
+    service = await Service.open(config, lambda _type: CostRunner())
+    await service.start()
+    try:
+        facts: list[OutcomeFact] = [
+            SessionSeen("dev:acme/widget:17", "dev", "acme/widget", 17, time.time(), True,
+                        None, None),
+            PullFact("opened", "acme/widget", 18, time.time(), "dev:acme/widget:17", "dev", HEAD_C),
+            PullFact("merged", "acme/widget", 18, time.time()),
+        ]  # fmt: skip
+        cause = Cause("a test", None, time.time())
+        await service.store.dispatch_all([], None, Decision(outcomes=facts), cause)
+        assert await service.summary.post()
+        assert not await service.summary.post()  # once a week, whoever asks again
+
+        def posted() -> list[str]:
+            return [c.body for c in fake_forgejo.comments if c.number == 17]
+
+        await wait_until(lambda: len(posted()) == 1, timeout=10)
+        body = posted()[0]
+        assert "**claude-hooks weekly outcomes**" in body
+        assert "| dev | 0 | 1 | 1 | 0 | 100% |" in body
+        # Another day of the week is not the day.
+        other = WEEKDAYS[(WEEKDAYS.index(today) + 1) % 7]
+        later = forge_config(tmp_path, fake_forgejo, report={**report, "summary_weekday": other})
+        assert (
+            WeeklySummary(later, service.store.outcomes, time.time, lambda: None).due(time.time())
+            is None
+        )
+    finally:
+        await service.stop()
+
+
+def test_a_summary_needs_an_issue_and_a_poster(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="summary_issue: name the issue"):
+        make_config(tmp_path, report={"summary_repository": "acme/widget"})
+    with pytest.raises(ValueError, match="summary_repository 'widget': give it as owner/repo"):
+        make_config(tmp_path, report={"summary_repository": "widget", "summary_issue": 1})
+    summary = {"summary_repository": "acme/widget", "summary_issue": 1}
+    with pytest.raises(ValueError, match=r"flows\.merge_type: 'nobody' posts the weekly summary"):
+        make_config(tmp_path, report=summary, flows={"merge_type": "nobody"})
+    with pytest.raises(ValueError, match=r"report\.summary_as: 'ghost' posts the weekly summary"):
+        make_config(tmp_path, report={**summary, "summary_as": "ghost"})

@@ -304,3 +304,40 @@ def report_json(
             }
         )
     return out
+
+
+def _cell_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _cell_money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def summary_markdown(reports: Sequence[GroupReport], first_day: str, last_day: str) -> str:
+    """The weekly summary's comment: the report by type for the week, as a Markdown table."""
+    lines = [
+        f"**claude-hooks weekly outcomes**, {first_day} to {last_day}",
+        "",
+    ]
+    if not reports:
+        return "\n".join([*lines, "No agent work was recorded this week."])
+    lines += [
+        "| type | tasks | PRs opened | merged | closed unmerged | merge rate | review rounds "
+        "| CI first pass | human interventions | cost | cost per merged PR |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for report in reports:
+        row = group_json(report)
+        prs = row["pull_requests"]
+        rounds = row["review_rounds_until_approval"]
+        lines.append(
+            f"| {report.group} | {report.task_count} | {prs['opened']} | {prs['merged']} "
+            f"| {prs['closed_unmerged']} | {_cell_rate(row['merge_rate'])} "
+            f"| {'-' if rounds is None else f'{rounds:.1f}'} "
+            f"| {_cell_rate(row['ci_first_pass_rate'])} "
+            f"| {row['human_interventions']['total']} | {_cell_money(report.cost_usd)} "
+            f"| {_cell_money(report.cost_per_merged_pr)} |"
+        )
+    lines += ["", "`claude-hooks report --since 7d --by type` gives the same figures."]
+    return "\n".join(lines)

@@ -25,7 +25,8 @@ from claude_hooks.core.outcome_report import (
     TaskCount,
 )
 from claude_hooks.core.outcomes import Intervention, OutcomeFact, PullFact, SessionSeen
-from claude_hooks.store.schema import outcome_pulls, outcome_sessions, tasks
+from claude_hooks.store.outbox import write_letter
+from claude_hooks.store.schema import outcome_pulls, outcome_sessions, outcome_summaries, tasks
 
 WEEK = 7 * 86400.0
 
@@ -234,6 +235,9 @@ def _floats(values: Any) -> list[float | int]:
 class OutcomeStore(Protocol):
     async def report(self, since: float | None, by: GroupBy | None) -> OutcomeRows: ...
     async def variant_of(self, session_key: str) -> tuple[str | None] | None: ...
+    async def post_summary(
+        self, week: str, as_type: str, repo: str, number: int, body: str, now: float
+    ) -> bool: ...
 
 
 class SqlOutcomes:
@@ -253,3 +257,20 @@ class SqlOutcomes:
         with self.reader.connect() as conn:
             row = conn.execute(sa.select(s.c.variant).where(s.c.session_key == session_key)).first()
         return None if row is None else (row.variant,)
+
+    async def post_summary(
+        self, week: str, as_type: str, repo: str, number: int, body: str, now: float
+    ) -> bool:
+        """Put the week's summary in the outbox, unless it was put there before: one
+        transaction, so of several nodes the first posts it. False: posted already."""
+        with self.engine.begin() as conn:
+            first = conn.execute(
+                _insert(conn, outcome_summaries)
+                .values(week=week, posted_at=now)
+                .on_conflict_do_nothing(index_elements=[outcome_summaries.c.week])
+                .returning(outcome_summaries.c.week)
+            ).first()
+            if first is None:
+                return False
+            write_letter(conn, as_type, repo, number, body, now)
+            return True

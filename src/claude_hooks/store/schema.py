@@ -424,3 +424,12 @@ outcome_pulls = sa.Table(
     sa.Column("closed_at", sa.Float),  # closed unmerged
     sa.Index("ix_outcome_pulls_session", "session_key"),
 )
+
+# The weekly outcome summaries posted ([report]): one row per week, so of several nodes (or a
+# restart) the summary goes out once.
+outcome_summaries = sa.Table(
+    "outcome_summaries",
+    metadata,
+    sa.Column("week", sa.String(16), primary_key=True),
+    sa.Column("posted_at", sa.Float, nullable=False),
+)

@@ -1,5 +1,6 @@
 """Outcome records: the sessions the agents worked (variant, model, interventions) and the
-agents' pull requests (opened, review rounds, first CI verdict, approved, merged, closed).
+agents' pull requests (opened, review rounds, first CI verdict, approved, merged, closed), and
+the weeks whose summary was posted.
 
 Revision ID: 0015
 Revises: 0014
@@ -49,8 +50,14 @@ def upgrade() -> None:
         sa.Column("closed_at", sa.Float),
     )
     op.create_index("ix_outcome_pulls_session", "outcome_pulls", ["session_key"])
+    op.create_table(
+        "outcome_summaries",
+        sa.Column("week", sa.String(16), primary_key=True),
+        sa.Column("posted_at", sa.Float, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("outcome_summaries")
     op.drop_table("outcome_pulls")
     op.drop_table("outcome_sessions")
