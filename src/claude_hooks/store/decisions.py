@@ -102,8 +102,9 @@ def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> 
 
 
 def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Written:
-    """Every write of `decision` but its tasks and its delivery's record, in a fixed order
-    (rows locked in the same order by every delivery cannot deadlock)."""
+    """Every write of `decision` but its tasks, its outcome facts (pipelined with the tasks:
+    nothing reads their results) and its delivery's record, in a fixed order (rows locked
+    in the same order by every delivery cannot deadlock)."""
     written = cancel_sessions(conn, decision.cancel, cause)
     for link in decision.links:
         write_pull_link(conn, link, cause.now)
@@ -111,7 +112,6 @@ def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Wri
         write_fix_attempt(conn, attempt)
     for repo, number in decision.review_rounds:
         write_review_round(conn, repo, number)
-    write_outcomes(conn, decision.outcomes)
     letters = list(decision.comments)
     for trip in decision.trips:
         # The humans are asked once: only by the delivery whose trip is new.
