@@ -351,3 +351,29 @@ def test_a_summary_needs_an_issue_and_a_poster(tmp_path: Path) -> None:
         make_config(tmp_path, report=summary, flows={"merge_type": "nobody"})
     with pytest.raises(ValueError, match=r"report\.summary_as: 'ghost' posts the weekly summary"):
         make_config(tmp_path, report={**summary, "summary_as": "ghost"})
+
+
+async def test_a_polled_ci_verdict_is_recorded_for_the_first_head(
+    tmp_path: Path, fake_forgejo: FakeForgejo
+) -> None:
+    """Forgejo sends no status webhook for external CI: the forge is asked (the CI poller's
+    combined status), and its verdict is an outcome whether or not a fix follows."""
+    config = forge_config(tmp_path, fake_forgejo)
+    service = await Service.open(config, lambda _type: CostRunner())
+    await service.start()
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
+    )
+    try:
+        await _send(client, "pull_request_synchronized", "sync-1")
+        watches = await service.store.intake.ci_watches()
+        assert [(w.pr_number, w.head_sha) for w in watches] == [(18, HEAD_C)]
+        fake_forgejo.add_status("acme", "widget", HEAD_C, "ci/test", "success")
+        assert await service.ci.check(watches[0]) == "success"
+        rows = await service.store.outcomes.report(None, "type")
+        assert [(p.group, p.opened, p.ci_known, p.ci_first_pass) for p in rows.pulls] == [
+            ("dev", 1, 1, 1)
+        ]
+    finally:
+        await client.aclose()
+        await service.stop()
