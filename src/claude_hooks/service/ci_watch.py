@@ -61,10 +61,8 @@ class CiWatcher(Loop):
             return status.state
         # The verdict is an outcome (the first-pass rate) whether or not a fix follows.
         verdict = outcomes.ci_verdict(link, watch.head_sha, status.state == "success", self.clock())
-        if status.state not in ("failure", "error") or not link.open:
-            await self.intake.apply(Decision(outcomes=verdict), Applied(), "a CI poll")
-            return status.state
-        if link.head_sha != watch.head_sha:
+        failing = status.state in ("failure", "error")
+        if not failing or not link.open or link.head_sha != watch.head_sha:
             await self.intake.apply(Decision(outcomes=verdict), Applied(), "a CI poll")
             return status.state
         failed = [s for s in status.statuses if s.state in ("failure", "error")]
