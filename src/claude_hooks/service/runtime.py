@@ -37,6 +37,7 @@ from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
 from claude_hooks.service.storage_faults import StorageFaults
+from claude_hooks.service.summary import WeeklySummary
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
@@ -130,12 +131,14 @@ class Service:
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
-        # CI polling, pending deliveries and posting comments run on the node that leads.
+        self.summary = WeeklySummary(config, store.outcomes, clock, self.outbox.wake)
+        # CI polling, pending deliveries, posting comments and the weekly summary run on the
+        # node that leads.
         self.node = Node(
             config,
             store,
             self.pool,
-            [self.ci, self.pending, self.outbox],
+            [self.ci, self.pending, self.outbox, self.summary],
             clock,
             lambda: len(self.intake.spool.waiting),
         )
