@@ -13,13 +13,12 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from claude_hooks.agents import cages
+from claude_hooks.agents.claude_cli import locate_cli
 from claude_hooks.agents.credentials import HOW_TO, claude_credential
 from claude_hooks.agents.prompting import Prompts
-from claude_hooks.agents.runners.claude import locate_cli
 from claude_hooks.agents.sandbox import INSTALL_HINT, find_bwrap
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.exposure import is_loopback, weak_secrets
@@ -297,6 +296,8 @@ async def _database_auth_check(config: Config) -> Check | None:
     url = make_url(config.database_url)
     if not url.drivername.startswith("postgresql"):
         return None
+    import psycopg  # only here: `serve` on SQLite does not load the driver
+
     bare = url.set(drivername="postgresql", password=None, query={})
     conninfo = bare.render_as_string(hide_password=False)
     with tempfile.TemporaryDirectory() as empty:

@@ -12,7 +12,6 @@ from rich.console import Console
 from claude_hooks.cli.options import ConfigOption, command_config, fail
 from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError
-from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.names import full_name_problem
 
 labels_app = typer.Typer(help="Create the agent labels on a repository.", no_args_is_help=True)
@@ -20,6 +19,8 @@ out = Console(markup=False, highlight=False, soft_wrap=True)
 
 
 async def _sync(config: Config, repo: str, names: list[str]) -> list[str]:
+    from claude_hooks.forge.gateway import Forge  # the HTTP client: only for this command
+
     forge = Forge(config)
     try:
         return await forge.sync_labels(repo, names)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,46 +19,29 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 from typer.core import TyperGroup
 
 from claude_hooks import __version__
-from claude_hooks.agents.workspace import Workspaces
 from claude_hooks.cli import report as report_cli
 from claude_hooks.cli import spend as spend_cli
 from claude_hooks.cli.labels import labels_app
 from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
-from claude_hooks.cli.policy import policy_app, write_example
-from claude_hooks.cli.scaffold import DEFAULT_TEAM, parse_team, render, webhook_settings
+from claude_hooks.cli.policy import policy_app
+from claude_hooks.cli.scaffold import DEFAULT_TEAM
 from claude_hooks.cli.simulate import simulate_command
 from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
-from claude_hooks.core.domain import Task, TaskState
-from claude_hooks.errors import (
-    ClaudeHooksError,
-    ConfigError,
-    ConflictError,
-    NotFoundError,
-    StoreError,
-)
-from claude_hooks.forge.gateway import Forge
+from claude_hooks.core.domain import DELIVERY_OUTCOMES, REJECTED, SPOOLED, Task, TaskState
+from claude_hooks.errors import ClaudeHooksError, ConfigError
 from claude_hooks.log_format import configure_logging
-from claude_hooks.service import commands
-from claude_hooks.service.commands import Commands
-from claude_hooks.service.history import (
-    DELIVERY_OUTCOMES,
-    REJECTED,
-    SPOOLED,
-    delivery_rows,
-    spooled_rows,
-)
-from claude_hooks.service.limits import Pause, stored_pauses
-from claude_hooks.service.lockfile import ServiceLock, running_service
-from claude_hooks.service.private_files import prepare_data_dir, private_dir
-from claude_hooks.service.spool import FILE_NAME as SPOOL_FILE
-from claude_hooks.service.spool import Spooled, SpoolError, read_spool
-from claude_hooks.service.sweep import Sweeper
-from claude_hooks.service.task_lookup import find_task
-from claude_hooks.service.views import history_view, task_view
-from claude_hooks.store.backup import backup, restore
-from claude_hooks.store.base import NodeAddress, Store, TaskFilter
 from claude_hooks.store.scaler import NODES_NEEDED
-from claude_hooks.store.sql import SqlStore, Timeouts
+
+# Every `claude-hooks` call is a new process that loads this module: a command imports the
+# store, the forge client and the service's parts it runs in its body, so `--help`, `init` or
+# `tasks list` do not load what only other commands need (bench/history.md: the test suite's
+# time).
+if TYPE_CHECKING:
+    from claude_hooks.forge.gateway import Forge
+    from claude_hooks.service.limits import Pause
+    from claude_hooks.service.spool import Spooled
+    from claude_hooks.service.sweep import Sweeper
+    from claude_hooks.store.base import NodeAddress, Store
 
 T = TypeVar("T")
 
@@ -168,6 +148,10 @@ async def _with_store(
     config: Config, action: Callable[[Store], Awaitable[T]], create: bool = False
 ) -> T:
     """Run `action` on the database; only commands that record something may create it."""
+    from claude_hooks.errors import StoreError
+    from claude_hooks.service.private_files import prepare_data_dir
+    from claude_hooks.store.sql import SqlStore, Timeouts
+
     database = config.sqlite_file
     if not create and database is not None and not database.exists():
         raise StoreError(
@@ -259,6 +243,9 @@ def init(
 
     Nothing else: `serve` creates the data dir and the database where it says. With
     --repository, a commented example .forgejo/claude-hooks.toml instead."""
+    from claude_hooks.cli.policy import write_example
+    from claude_hooks.cli.scaffold import parse_team, render, webhook_settings
+
     if repository is not None:
         try:
             written = write_example(repository, force)
@@ -309,6 +296,8 @@ def _paused_json(pause: Pause | None) -> dict[str, Any] | None:
 
 
 def _agent_rows(config: Config) -> list[dict[str, Any]]:
+    from claude_hooks.service.limits import stored_pauses
+
     async def rows(store: Store) -> list[dict[str, Any]]:
         paused = await stored_pauses(config, store, time.time())
         return [
@@ -410,6 +399,8 @@ def agents_add(
     config_file: ConfigOption = None,
 ) -> None:
     """Register a new instance of a type; a running service starts using it within a second."""
+    from claude_hooks.service import commands
+
     config = _config(config_file)
     try:
         commands.check_type(config, agent_type)  # before the database is created for it
@@ -418,7 +409,9 @@ def agents_add(
         _fail(str(exc), USAGE_ERROR)
     agent = _run(
         _with_store(
-            config, lambda s: Commands(config, s).add_agent(name, agent_type, node), create=True
+            config,
+            lambda s: commands.Commands(config, s).add_agent(name, agent_type, node),
+            create=True,
         )
     )
     pinned = f", pinned to node {agent.pinned_node}" if agent.pinned_node else ""
@@ -432,6 +425,8 @@ def agents_disable(
     config_file: ConfigOption = None,
 ) -> None:
     """Stop giving work to an instance; its queued tasks move to the others of its type."""
+    from claude_hooks.service.commands import Commands
+
     config = _config(config_file)
     cancelled = _run(
         _with_store(config, lambda s: Commands(config, s).set_enabled(name, False, force))
@@ -442,6 +437,8 @@ def agents_disable(
 @agents_app.command("enable")
 def agents_enable(name: str, config_file: ConfigOption = None) -> None:
     """Give work to an instance again."""
+    from claude_hooks.service.commands import Commands
+
     config = _config(config_file)
     _run(_with_store(config, lambda s: Commands(config, s).set_enabled(name, True)))
     out.print(f"enabled {name}")
@@ -456,6 +453,8 @@ def agents_remove(
     """Remove an instance; its queued tasks move to the others, its running task finishes.
 
     An instance declared in the configuration's [[agents]] comes back at the next start."""
+    from claude_hooks.service.commands import Commands
+
     config = _config(config_file)
     cancelled = _run(_with_store(config, lambda s: Commands(config, s).remove_agent(name, force)))
     out.print(f"removed {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
@@ -481,6 +480,10 @@ def tasks_list(
     as_json: JsonOption = False,
 ) -> None:
     """List tasks, newest first."""
+    from claude_hooks.service.limits import stored_pauses
+    from claude_hooks.service.views import task_view
+    from claude_hooks.store.base import TaskFilter
+
     config = _config(config_file)
     if agent_type is not None and agent_type not in config.types:
         known = ", ".join(sorted(config.types)) or "none"
@@ -539,6 +542,9 @@ def tasks_list(
 @tasks_app.command("show")
 def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
     """Show one task as JSON, with the path of its log."""
+    from claude_hooks.service.task_lookup import find_task
+    from claude_hooks.service.views import history_view, task_view
+
     config = _config(config_file)
 
     async def fetch(store: Store) -> dict[str, Any]:
@@ -556,6 +562,9 @@ def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
 @tasks_app.command("cancel")
 def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
     """Cancel a queued or running task."""
+    from claude_hooks.service.commands import Commands
+    from claude_hooks.service.lockfile import running_service
+
     config = _config(config_file)
     request = _run(_with_store(config, lambda s: Commands(config, s).cancel(task_id)))
     message = request.message
@@ -591,6 +600,8 @@ def tasks_log(
 ) -> None:
     """Print a task's log; with -f, follow it until the task ends. A task another node ran is
     read through that node's API, as the dashboard does."""
+    from claude_hooks.errors import NotFoundError
+    from claude_hooks.service.task_lookup import find_task
     from claude_hooks.web.logs import LogRenderer, is_claude_log, pruned_line
     from claude_hooks.web.peer_logs import open_peer_log
 
@@ -662,6 +673,8 @@ def deliveries_list(
     as_json: JsonOption = False,
 ) -> None:
     """List recent webhook deliveries with their outcome and the reason for it."""
+    from claude_hooks.service.history import delivery_rows, spooled_rows
+
     config = _config(config_file)
     if outcome is not None and outcome not in DELIVERY_OUTCOMES:
         _fail(
@@ -715,6 +728,8 @@ def _print_rejections(rows: list[dict[str, Any]]) -> None:
 
 
 def _read_spool(path: Path) -> list[Spooled]:
+    from claude_hooks.service.spool import SpoolError, read_spool
+
     try:
         return read_spool(path)
     except SpoolError as exc:
@@ -730,6 +745,10 @@ def spool_replay(
 ) -> None:
     """Load the deliveries of a node's spool into the database, from any host: each is stored
     pending, and the leading node runs it through the flows; one already there is skipped."""
+    import dataclasses
+
+    from claude_hooks.service.spool import FILE_NAME as SPOOL_FILE
+
     config = _config(config_file)
     if not path.exists():
         _fail(f"no spool at {str(path)!r}: give the file or the folder holding {SPOOL_FILE}")
@@ -785,6 +804,10 @@ def _replayed(delivery_id: str, body: dict[str, Any]) -> str:
 
 def _post_to_service(config: Config, path: str) -> dict[str, Any]:
     """POST to the running service's API: what only its pool can do (replay, retry)."""
+    import httpx
+
+    from claude_hooks.service.lockfile import running_service
+
     service = running_service(config.data_dir)
     if service is None or not service.url:
         _fail(f"no service is running on {str(config.data_dir)!r}: start 'claude-hooks serve'")
@@ -822,6 +845,8 @@ def backup_command(
 ) -> None:
     """Copy the database consistently, even while the service runs (SQLite; on PostgreSQL
     it says how to use pg_dump)."""
+    from claude_hooks.store.backup import backup
+
     config = _config(config_file)
     try:
         size = backup(config.database_url, path)
@@ -837,6 +862,11 @@ def restore_command(
 ) -> None:
     """Replace the database with a backup, keeping the replaced one beside it; only while no
     service runs on it (SQLite; on PostgreSQL it says how to use pg_restore)."""
+    from claude_hooks.errors import ConflictError
+    from claude_hooks.service.lockfile import ServiceLock, running_service
+    from claude_hooks.service.private_files import private_dir
+    from claude_hooks.store.backup import restore
+
     config = _config(config_file)
     if config.sqlite_file is not None:
         # Holding the service's lock keeps a `serve` from starting halfway through.
@@ -875,7 +905,7 @@ def claude_command(ctx: typer.Context) -> None:
     """Run the Claude Code CLI the agents run, e.g. 'claude-hooks claude setup-token'.
 
     It ships inside claude-agent-sdk's wheel; `make run` also links it as .venv/bin/claude."""
-    from claude_hooks.agents.runners.claude import locate_cli  # it imports the SDK: ~1 s
+    from claude_hooks.agents.claude_cli import locate_cli
 
     cli = locate_cli()
     if cli is None:
@@ -924,6 +954,8 @@ def demo(
 ) -> None:
     """Try claude-hooks without a forge: stand-in agents act out a queue, a failure, a cancel,
     review -> merge and CI -> fix on a live dashboard."""
+    import logging
+
     from claude_hooks.cli.demo import run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -937,6 +969,10 @@ def demo(
 
 
 def _sweeper(config: Config, store: Store) -> tuple[Sweeper, Forge]:
+    from claude_hooks.agents.workspace import Workspaces
+    from claude_hooks.forge.gateway import Forge
+    from claude_hooks.service.sweep import Sweeper
+
     forge = Forge(config)
     workspaces = Workspaces(
         config.data_dir, forgejo_url=config.forgejo.clone_url or config.forgejo.url
@@ -947,6 +983,8 @@ def _sweeper(config: Config, store: Store) -> tuple[Sweeper, Forge]:
 @workdirs_app.command("list")
 def workdirs_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The session keys that have a workdir, with where it is."""
+    from claude_hooks.agents.workspace import Workspaces
+
     config = _config(config_file)
     workspaces = Workspaces(config.data_dir)
     rows = [
@@ -967,6 +1005,8 @@ def workdirs_clean(
     config_file: ConfigOption = None,
 ) -> None:
     """Remove the workdirs of these session keys (not while a task of the key is active)."""
+    from claude_hooks.agents.workspace import Workspaces
+
     config = _config(config_file)
 
     def clean(wanted: list[str]) -> Callable[[Store], Awaitable[list[tuple[str, bool]]]]:

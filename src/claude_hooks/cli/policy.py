@@ -8,17 +8,17 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from claude_hooks.cli.options import ConfigOption, chosen_config
 from claude_hooks.config import config_path, load_config
-from claude_hooks.core.policy import Policy, PolicyError, effective
 from claude_hooks.errors import ClaudeHooksError, InvalidInputError
-from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.names import full_name_problem
-from claude_hooks.forge.policy_files import PolicyFiles
+
+if TYPE_CHECKING:
+    from claude_hooks.core.policy import Policy
 
 EXAMPLE_PATH = ".forgejo/claude-hooks.toml"
 
@@ -63,6 +63,10 @@ def check(
     config_file: ConfigOption = None,
 ) -> None:
     """Print the effective policy of REPO with where each value came from, or its errors."""
+    from claude_hooks.core.policy import PolicyError, effective
+    from claude_hooks.forge.gateway import Forge  # the HTTP client: only for this command
+    from claude_hooks.forge.policy_files import PolicyFiles
+
     problem = full_name_problem(repo)
     if problem is not None:
         _say(f"REPO {problem}")

@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,11 +15,13 @@ from rich.console import Console
 from claude_hooks.capacity import report
 from claude_hooks.capacity.report import Summary, summarise
 from claude_hooks.capacity.simulation import Groups, Job, Policy, Run, simulate
-from claude_hooks.capacity.workload import Workload, load_database, load_file, synthetic
 from claude_hooks.cli.options import chosen_config
 from claude_hooks.config import config_path, load_config
 from claude_hooks.errors import ClaudeHooksError, ConfigError, InvalidInputError
 from claude_hooks.names import valid_name
+
+if TYPE_CHECKING:  # it loads SQLAlchemy and the store's schema: imported where a run needs it
+    from claude_hooks.capacity.workload import Workload
 
 MAX_INSTANCES = 1000
 _SIZES = re.compile(r"^(\d+)(?:\.\.(\d+))?$")
@@ -185,6 +187,8 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Replay a workload against pools of chosen sizes and policies: waits, utilisation, queues."""
+    from claude_hooks.capacity.workload import load_database, load_file, synthetic
+
     try:
         if not instances:
             raise InvalidInputError("--instances is required: e.g. --instances dev=1..6")

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,9 +23,9 @@ from claude_hooks.config import Config, zone_of
 from claude_hooks.core.budget import TEAM, Period
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.service.costs import Grouping, group_costs
-from claude_hooks.service.limits import SIGNAL_BUDGET
-from claude_hooks.service.spend_report import budget_report
-from claude_hooks.store.sql import SqlStore, Timeouts
+
+if TYPE_CHECKING:  # imported where used: a command that opens no store does not load it
+    from claude_hooks.store.sql import SqlStore
 
 T = TypeVar("T")
 DEFAULT_DAYS = 30
@@ -42,6 +42,8 @@ TeamOption = Annotated[bool, typer.Option("--team", help="The team-wide budget (
 def _with_store(
     config: Config, action: Callable[[SqlStore], Awaitable[T]], create: bool = True
 ) -> T:
+    from claude_hooks.store.sql import SqlStore, Timeouts
+
     async def run() -> T:
         store = await SqlStore.open(config.database_url, Timeouts.of(config.server), create=create)
         try:
@@ -78,6 +80,8 @@ def _when(timestamp: float, config: Config) -> str:
 @budget_app.command("show")
 def budget_show(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Every budget in force, what was spent in its period, and when it resets."""
+    from claude_hooks.service.spend_report import budget_report
+
     config = command_config(config_file)
     lines = _with_store(config, lambda s: budget_report(config, s.spend, time.time()), create=False)
     if as_json:
@@ -109,6 +113,8 @@ def budget_set(
     config_file: ConfigOption = None,
 ) -> None:
     """Set a daily or monthly budget; it wins over the configuration and applies at once."""
+    from claude_hooks.service.limits import SIGNAL_BUDGET
+
     config = command_config(config_file)
     scope = _scope(config, agent_type, team)
     if daily is None and monthly is None:
@@ -135,6 +141,8 @@ def budget_clear(
     config_file: ConfigOption = None,
 ) -> None:
     """Drop the budgets set with `budget set`: the configuration's apply again."""
+    from claude_hooks.service.limits import SIGNAL_BUDGET
+
     config = command_config(config_file)
     scope = _scope(config, agent_type, team)
 

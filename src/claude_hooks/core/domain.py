@@ -11,6 +11,16 @@ from typing import Any
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+# What became of a recorded webhook delivery. `cancelled`: it placed no work but cancelled some
+# (an unassignment, a closed PR).
+RECORDED_OUTCOMES = ("queued", "cancelled", "ignored", "duplicate", "error", "pending")
+# The deliveries' lists (API, CLI, dashboard) also show what never became a recorded delivery:
+# requests refused at the door, and deliveries waiting in a node's spool (see `spool`).
+REJECTED = "rejected"
+SPOOLED = "spooled"
+DELIVERY_OUTCOMES = (*RECORDED_OUTCOMES, REJECTED, SPOOLED)
+
+
 class TaskKind(enum.StrEnum):
     WORK_ISSUE = "work_issue"
     REVIEW_PR = "review_pr"

@@ -9,8 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from claude_hooks.store.spend import CostRow
+if TYPE_CHECKING:  # `costs --help` lists Grouping without loading the store
+    from claude_hooks.store.spend import CostRow
 
 
 class Grouping(StrEnum):

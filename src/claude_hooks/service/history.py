@@ -6,14 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from claude_hooks.core.domain import DELIVERY_OUTCOMES, REJECTED, SPOOLED
 from claude_hooks.errors import InvalidInputError
 from claude_hooks.service.views import delivery_view, rejection_view
 from claude_hooks.store.base import Store
-from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
-
-REJECTED = "rejected"
-SPOOLED = "spooled"  # in this node's spool, not yet in the database (see `spool`)
-DELIVERY_OUTCOMES = (*OUTCOMES, REJECTED, SPOOLED)
+from claude_hooks.store.intake import DeliveryRecord
 
 
 def check_outcome(outcome: str | None) -> str | None:

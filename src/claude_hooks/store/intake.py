@@ -33,9 +33,6 @@ from claude_hooks.store.schema import (
 from claude_hooks.store.spend import read_guard, read_usage, write_reset
 from claude_hooks.store.upsert import upsert
 
-# `cancelled`: the delivery placed no work but cancelled some (an unassignment, a closed PR).
-OUTCOMES = ("queued", "cancelled", "ignored", "duplicate", "error", "pending")
-
 
 @dataclass(slots=True)
 class DeliveryRecord:

@@ -32,17 +32,24 @@ from markupsafe import Markup
 
 from claude_hooks import __version__
 from claude_hooks.config import ServerConfig
-from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.core.domain import (
+    DELIVERY_OUTCOMES,
+    RECORDED_OUTCOMES,
+    REJECTED,
+    SPOOLED,
+    Task,
+    TaskState,
+)
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.service.commands import RETRYABLE
 from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
-from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
+from claude_hooks.service.history import check_outcome
 from claude_hooks.service.rejections import hint
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import MAX_OFFSET, history_view
 from claude_hooks.store.base import InstanceView, TaskFilter
-from claude_hooks.store.intake import OUTCOMES, DeliveryRecord
+from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.web import spend
 from claude_hooks.web.auth import (
     COOKIE_NAME,
@@ -196,7 +203,7 @@ async def _stats(service: Service, instances: list[InstanceView]) -> dict[str, A
             target.instances += 1
             target.busy += instance.running is not None
             target.queued += len(instance.queue)
-    outcomes = {outcome: 0 for outcome in OUTCOMES}
+    outcomes = {outcome: 0 for outcome in RECORDED_OUTCOMES}
     for delivered in await store.delivery_tallies(since):
         outcomes[delivered.outcome] = outcomes.get(delivered.outcome, 0) + delivered.count
     return {

@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -43,7 +42,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import claude_agent_sdk
 from claude_agent_sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
@@ -66,6 +64,7 @@ from claude_agent_sdk.types import SystemPromptPreset
 
 from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
+from claude_hooks.agents.claude_cli import locate_cli
 from claude_hooks.agents.credentials import CREDENTIAL_VARIABLES
 from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context, steering_prompt
@@ -242,16 +241,6 @@ def _progress(before: RunProgress, message: AssistantMessage, workdir: Path) -> 
                 if path not in files:
                     files.append(path)
     return dataclasses.replace(before, todos=todos, files=tuple(files))
-
-
-def locate_cli(cli_path: str | Path | None = None, path_env: str | None = None) -> str | None:
-    """`cli_path` if given, else the CLI bundled with the SDK, else `claude` on PATH."""
-    if cli_path is not None:
-        return shutil.which(str(cli_path), path=path_env)
-    bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
-    if bundled.is_file() and os.access(bundled, os.X_OK):
-        return str(bundled)
-    return shutil.which("claude", path=path_env)
 
 
 class ClaudeRunner:
