@@ -128,8 +128,12 @@ def _throughput(
     figures: list[float] = []
     errors = 0
     repeated = 0
-    script = wrk_script(numbers.take(1500), path, 1, folder / "wrk-calibrate")
-    estimate = run_wrk(f"http://127.0.0.1:{port}", script, 32, 1, 1).per_second
+    # Only distinct runs are sized from a first estimate: a shared script needs none, and the
+    # calibration (a second of wrk at full speed) is saved for the floor and the peer.
+    estimate = 0.0
+    if distinct:
+        script = wrk_script(numbers.take(1500), path, 1, folder / "wrk-calibrate")
+        estimate = run_wrk(f"http://127.0.0.1:{port}", script, 32, 1, 1).per_second
     shared = None if distinct else wrk_script(numbers.take(2000), path, 1, folder / "wrk-shared")
     for index in range(runs):
         if shared is None:

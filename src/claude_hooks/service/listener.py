@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from claude_hooks.service.loop import Loop
 from claude_hooks.store.wakeups import CHANNEL, Wake, parse
+
+if TYPE_CHECKING:  # imported where it connects: a node on SQLite has no listener
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class Listener(Loop):
 
     async def run_once(self) -> float:
         """Listen until the connection fails; the pause before connecting again."""
+        import psycopg
+
         try:
             async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
