@@ -14,9 +14,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from claude_hooks.core.decision import Decision
+from claude_hooks.core.domain import Task
+from claude_hooks.store.base import Dispatched, Settle
+from claude_hooks.store.decisions import Cause
+from claude_hooks.store.group_commit import DispatchCall, GroupCommit
 
 # The parts of `SqlStore` with store calls of their own (`store.intake.add_delivery`, ...).
 PARTS = (
@@ -83,13 +89,30 @@ class Offloaded:
 
 
 class OffloadedStore(Offloaded):
-    """The store itself: its parts offloaded too, and its threads let go when it closes."""
+    """The store itself: its parts offloaded too, its deliveries' transactions grouped (see
+    `group_commit`), and its threads let go when it closes."""
 
     def __init__(self, target: Any, executor: ThreadPoolExecutor, bound: float) -> None:
         super().__init__(target, executor, bound, PARTS)
+        self._group: GroupCommit
+        object.__setattr__(self, "_group", GroupCommit(target.dispatch_batch))
+
+    async def dispatch_all(
+        self,
+        tasks: Sequence[Task],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
+    ) -> Dispatched:
+        """`SqlStore.dispatch_all`, applied with the other deliveries waiting at the time."""
+        call = DispatchCall(tasks, settle, decision, cause, pending)
+        async with asyncio.timeout(self._bound):
+            return await self._group.submit(call)
 
     async def close(self) -> None:
         """Close the store, then let the threads go (one still in a hung call is left behind)."""
+        self._group.stop()
         try:
             await self._call(self._target.close)
         finally:

@@ -13,13 +13,14 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.config import ServerConfig
 from claude_hooks.core.decision import Decision
@@ -53,7 +54,8 @@ from claude_hooks.store.base import (
 from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
-from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
+from claude_hooks.store.group_commit import DispatchCall
+from claude_hooks.store.intake import SqlIntake, ask_twin, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import SqlLabels, write_labels
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -248,11 +250,37 @@ def _upgrade(connection: sa.Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _place(conn: sa.Connection, task: Task) -> Placement:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sent:
+    """A task sent to its instance's queue; its `seq` and whether it was held are read later,
+    so that under psycopg's pipeline they travel with the delivery's last statements."""
+
+    task: Task  # on its instance
+    spot: placing.Spot
+    seq: DBAPICursor
+    held: DBAPICursor
+
+    def placement(self, read: bool = True) -> Placement:
+        """The placement; `read` False: without reading (`seq` 0, state queued)."""
+        task = self.task
+        if read:
+            (seq,) = self.seq.fetchone() or (0,)
+            state = TaskState.HELD if self.held.fetchone() is not None else TaskState.QUEUED
+            task = dataclasses.replace(task, seq=int(seq), state=state)
+        busy = self.spot.running or self.spot.queued > 0
+        return Placement(task, self.spot.queued + 1, busy)
+
+    def close(self) -> None:
+        """Let the statements go unread (SQLite commits nothing with one in progress)."""
+        self.seq.close()
+        self.held.close()
+
+
+def _place(conn: sa.Connection, task: Task, asked: placing.Asked | None = None) -> _Sent:
     """Queue `task` on the instance the rule picks, within the caller's transaction: the one
-    place where a task is placed."""
-    spot = placing.place(conn, task.type, task.session_key)
-    seq = _INSERT_TASK.scalar(
+    place where a task is placed. `asked`: its placement's look-ups, sent already."""
+    spot = placing.place(conn, task.type, task.session_key, asked)
+    seq = _INSERT_TASK.run(
         conn,
         {
             "id": task.id,
@@ -268,24 +296,24 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
             "delivery_id": task.delivery_id,
         },
     )
-    state = TaskState.HELD if hold_if_paused(conn, task.id, task.session_key) else TaskState.QUEUED
+    held = hold_if_paused(conn, task.id, task.session_key)
     wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=state)
-    return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
+    return _Sent(dataclasses.replace(task, agent=spot.agent), spot, seq, held)
 
 
 def _place_all(
-    conn: sa.Connection, tasks: Sequence[Task]
-) -> tuple[list[Placement], NoInstanceError | None]:
+    conn: sa.Connection, tasks: Sequence[Task], asked: placing.Asked | None = None
+) -> tuple[list[_Sent], NoInstanceError | None]:
     """Queue `tasks` in order, stopping at the first type with no instance (its task is not
     written), within the caller's transaction."""
-    placements: list[Placement] = []
+    sent: list[_Sent] = []
     for task in tasks:
         try:
-            placements.append(_place(conn, task))
+            sent.append(_place(conn, task, asked))
         except NoInstanceError as exc:
-            return placements, exc
-    return placements, None
+            return sent, exc
+        asked = None
+    return sent, None
 
 
 def _task(row: sa.Row[Any]) -> Task:
@@ -407,6 +435,74 @@ _CANCEL_REQUESTED = (
 )
 
 
+# A group commit's deliveries each run inside this savepoint (see `SqlStore.dispatch_batch`).
+_SAVEPOINT = Prepared(sa.text("SAVEPOINT delivery"))
+_RELEASE_SAVEPOINT = Prepared(sa.text("RELEASE SAVEPOINT delivery"))
+_ROLLBACK_TO_SAVEPOINT = Prepared(sa.text("ROLLBACK TO SAVEPOINT delivery"))
+
+
+def _next_savepoint(conn: sa.Connection) -> None:
+    """Keep what the delivery wrote and open the next one's savepoint; sent with the
+    delivery's last statements (no round trip of its own under the pipeline)."""
+    _RELEASE_SAVEPOINT.run(conn)
+    _SAVEPOINT.run(conn)
+
+
+def _apply(
+    conn: sa.Connection, call: DispatchCall, done: Callable[[sa.Connection], None] | None = None
+) -> Dispatched:
+    """The body of `dispatch_all` within the caller's transaction; a duplicate raises
+    (`IntegrityError`, `AlreadySettled`). `done` runs last, with the delivery's last writes."""
+    decision, settle = call.decision, call.settle
+    # Before the pipeline: these writes read what they changed (SQLAlchemy's results), and
+    # most deliveries have none of them.
+    written = (
+        write_decision(conn, decision, call.cause or Cause("", None, 0.0))
+        if decision is not None
+        else Written()
+    )
+    # The pipeline ends before the commit, so a duplicate id fails as itself (an
+    # IntegrityError), not as the commit of an aborted transaction.
+    sent: list[_Sent] = []
+    try:
+        with pipelined(conn):
+            # The twins' look-ups and the first placement's go together: one round trip.
+            twins = [ask_twin(conn, task) for task in call.tasks]
+            first = call.tasks[0] if call.tasks else None
+            asked = placing.ask(conn, first.type, first.session_key) if first else None
+            merged: list[Task] = []
+            queueing: list[Task] = []
+            for task, looked_up in zip(call.tasks, twins, strict=True):
+                row = looked_up.fetchone()
+                twin = merge_into_twin(conn, row[0], task) if row is not None else None
+                if twin is None:
+                    queueing.append(task)
+                else:
+                    merged.append(dataclasses.replace(task, id=twin))
+            sent, failure = _place_all(conn, queueing, asked)
+            if decision is not None and decision.labels is not None and failure is None:
+                # As `assigned`: a label whose work could not be placed stays new.
+                write_labels(conn, *decision.labels)
+            cancelled = written.cancelled + written.stopping
+            # The record names the tasks; their `seq` and state are read after the pipeline.
+            unread = [s.placement(read=False) for s in sent]
+            record = settle(unread, merged, cancelled, failure) if settle is not None else None
+            if record is not None and not call.pending:
+                insert_delivery(conn, *record)
+            if done is not None and not (record is not None and call.pending):
+                done(conn)
+    except Exception:
+        for left in sent:
+            left.close()
+        raise
+    placements = [s.placement() for s in sent]
+    if record is not None and call.pending:
+        settle_pending(conn, *record)  # reads what it deleted: after the pipeline
+        if done is not None:
+            done(conn)
+    return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
+
+
 class SqlStore:
     """`Store` over an async SQLAlchemy engine; each public method is one transaction."""
 
@@ -469,7 +565,9 @@ class SqlStore:
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
         if engine.dialect.name != "sqlite":
-            threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
+            threads = ThreadPoolExecutor(
+                int(__import__("os").environ.get("XX_THREADS", THREADS)), thread_name_prefix="store"
+            )
             bound = timeouts.statement + timeouts.connect
             return cast(SqlStore, OffloadedStore(cls(engine, reader), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
@@ -568,7 +666,7 @@ class SqlStore:
     async def dispatch(self, task: Task) -> Placement:
         """Choose the task's instance, insert it and move the type's cursor: one transaction."""
         with self.engine.begin() as conn:
-            return _place(conn, task)
+            return _place(conn, task).placement()
 
     async def dispatch_all(
         self,
@@ -586,41 +684,30 @@ class SqlStore:
         pending, and is settled now."""
         try:
             with self.engine.begin() as conn:
-                # Before the pipeline: these writes read what they changed (SQLAlchemy's
-                # results), and most deliveries have none of them.
-                written = (
-                    write_decision(conn, decision, cause or Cause("", None, 0.0))
-                    if decision is not None
-                    else Written()
-                )
-                # The pipeline ends before the commit, so a duplicate id fails as itself (an
-                # IntegrityError), not as the commit of an aborted transaction.
-                with pipelined(conn):
-                    merged: list[Task] = []
-                    placing: list[Task] = []
-                    for task in tasks:
-                        twin = merge_into_twin(conn, task)
-                        if twin is None:
-                            placing.append(task)
-                        else:
-                            merged.append(dataclasses.replace(task, id=twin))
-                    placements, failure = _place_all(conn, placing)
-                    if decision is not None and decision.labels is not None and failure is None:
-                        # As `assigned`: a label whose work could not be placed stays new.
-                        write_labels(conn, *decision.labels)
-                    cancelled = written.cancelled + written.stopping
-                    record = (
-                        settle(placements, merged, cancelled, failure)
-                        if settle is not None
-                        else None
-                    )
-                    if record is not None and not pending:
-                        insert_delivery(conn, *record)
-                if record is not None and pending:
-                    settle_pending(conn, *record)  # reads what it deleted: after the pipeline
+                return _apply(conn, DispatchCall(tasks, settle, decision, cause, pending))
         except (sa.exc.IntegrityError, AlreadySettled):
             return Dispatched([], None, recorded=False)
-        return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
+
+    def dispatch_batch(self, calls: Sequence[DispatchCall]) -> list[Dispatched | Exception]:
+        """Apply several deliveries' decisions in one transaction, each in a savepoint of its
+        own, in order: what `dispatch_all` would answer for each (a failure as the exception).
+        A duplicate or a failed delivery is rolled back to its savepoint and leaves nothing;
+        the others commit together, with one commit and one hold of each cursor lock. Runs
+        on the group commit's thread (see `group_commit`), on PostgreSQL only (SQLite cannot
+        release a savepoint while a delivery's RETURNING rows wait unread); a fault of the
+        connection itself (the savepoint cannot be rolled back to) raises, and nothing of
+        the batch is kept."""
+        answers: list[Dispatched | Exception] = []
+        with self.engine.begin() as conn:
+            _SAVEPOINT.run(conn)
+            for call in calls:
+                try:
+                    answers.append(_apply(conn, call, _next_savepoint))
+                except Exception as exc:
+                    _ROLLBACK_TO_SAVEPOINT.run(conn)
+                    duplicate = isinstance(exc, sa.exc.IntegrityError | AlreadySettled)
+                    answers.append(Dispatched([], None, recorded=False) if duplicate else exc)
+        return answers
 
     async def reassign_task(self, task_id: str) -> Task | None:
         """Move a queued task to the tail of the instance the rule picks now (its own was
