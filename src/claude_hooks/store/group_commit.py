@@ -42,13 +42,18 @@ _Waiter = tuple[DispatchCall, asyncio.Future[Dispatched], asyncio.AbstractEventL
 MOST = 64
 
 
-def _answer(future: asyncio.Future[Dispatched], answer: Dispatched | BaseException) -> None:
-    if future.done():  # the caller stopped waiting (its timeout): it spooled the delivery
-        return
-    if isinstance(answer, BaseException):
-        future.set_exception(answer)
-    else:
-        future.set_result(answer)
+_Answers = list[tuple[asyncio.Future[Dispatched], Dispatched | Exception]]
+
+
+def _answer(answers: _Answers) -> None:
+    """On the waiters' loop: hand each its answer (one wake-up of the loop for them all)."""
+    for future, answer in answers:
+        if future.done():  # the caller stopped waiting (its timeout): it spooled the delivery
+            continue
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
 
 
 class GroupCommit:
@@ -90,12 +95,19 @@ class GroupCommit:
             self._batch(batch)
 
     def _batch(self, batch: list[_Waiter]) -> None:
+        # A caller that stopped waiting (its timeout) spooled its delivery: not applied here.
+        # (A racy read: one applied anyway is found recorded when the spool replays it.)
+        batch = [waiter for waiter in batch if not waiter[1].done()]
+        if not batch:
+            return
         answers: Sequence[Dispatched | Exception]
         try:
             answers = self._apply([call for call, _, _ in batch])
         except Exception as exc:  # the transaction failed: nothing of the batch is kept
             answers = [exc] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, _Answers] = {}
         for (_, future, loop), answer in zip(batch, answers, strict=True):
-            # A closed loop: nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_answer, future, answer)
+            by_loop.setdefault(loop, []).append((future, answer))
+        for loop, answered in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_answer, answered)

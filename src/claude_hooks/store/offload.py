@@ -6,7 +6,8 @@ statement takes microseconds, less than a hop to a thread. On PostgreSQL a call 
 network and the server, so `Offloaded` runs it on a bounded pool of threads: a query that hangs
 (a lock held elsewhere, a partition) holds one thread, not the loop, and the caller bounds its
 own wait (`asyncio.timeout`), so heartbeats, fencing and answers go on meanwhile; no call
-waits longer than `bound` (the statement and connect timeouts together).
+waits longer than `bound` (the statement and connect timeouts together). `dispatch_all`, a
+delivery's write transaction, goes to the group commit's writer instead (`group_commit`).
 """
 
 from __future__ import annotations
