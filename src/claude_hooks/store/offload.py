@@ -37,6 +37,7 @@ PARTS = (
     "nodes",
     "transcripts",
     "worktree_states",
+    "outcomes",
 )
 
 
