@@ -30,11 +30,8 @@ from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows, outcomes
 from claude_hooks.service.events import Event
-<<<<<<< HEAD
-from claude_hooks.service.in_order import InOrder
-=======
 from claude_hooks.service.forge_commands import ForgeCommands
->>>>>>> main
+from claude_hooks.service.in_order import InOrder
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
