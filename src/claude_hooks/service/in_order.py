@@ -38,6 +38,3 @@ class InOrder:
                 del self._turns[key]
             else:
                 self._turns[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._turns)
