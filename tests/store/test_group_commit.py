@@ -1,4 +1,4 @@
-"""Group commit: deliveries applied together in one transaction, each in its own savepoint.
+"""Group commit: deliveries applied together in one transaction; a failing one alone.
 
 PostgreSQL only: SQLite applies each delivery inline, on the event loop's thread.
 """

@@ -3,10 +3,10 @@
 Each `Store.dispatch_all` on PostgreSQL takes the type's cursor lock, so deliveries' write
 transactions run one after another however many threads wait; each held the lock for about
 five round trips and its commit's fsync. Here one thread takes every call waiting when it is
-free (up to `most`) and applies them in arrival order in one transaction, each delivery in a
-savepoint of its own (`SqlStore.dispatch_batch`): one lock hold and one commit for all of
-them, and each waiter is answered only once that commit is done, so a 2xx still means
-committed. A duplicate or a failed delivery is rolled back to its savepoint, alone.
+free (up to `most`) and applies them in arrival order in one transaction
+(`SqlStore.dispatch_batch`): one lock hold and one commit for all of them, and each waiter is
+answered only once that commit is done, so a 2xx still means committed. A duplicate or a
+failed delivery is answered alone and the others are applied again without it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -436,24 +436,9 @@ _CANCEL_REQUESTED = (
 )
 
 
-# A group commit's deliveries each run inside this savepoint (see `SqlStore.dispatch_batch`).
-_SAVEPOINT = Prepared(sa.text("SAVEPOINT delivery"))
-_RELEASE_SAVEPOINT = Prepared(sa.text("RELEASE SAVEPOINT delivery"))
-_ROLLBACK_TO_SAVEPOINT = Prepared(sa.text("ROLLBACK TO SAVEPOINT delivery"))
-
-
-def _next_savepoint(conn: sa.Connection) -> None:
-    """Keep what the delivery wrote and open the next one's savepoint; sent with the
-    delivery's last statements (no round trip of its own under the pipeline)."""
-    _RELEASE_SAVEPOINT.run(conn)
-    _SAVEPOINT.run(conn)
-
-
-def _apply(
-    conn: sa.Connection, call: DispatchCall, done: Callable[[sa.Connection], None] | None = None
-) -> Dispatched:
+def _apply(conn: sa.Connection, call: DispatchCall) -> Dispatched:
     """The body of `dispatch_all` within the caller's transaction; a duplicate raises
-    (`IntegrityError`, `AlreadySettled`). `done` runs last, with the delivery's last writes."""
+    (`IntegrityError`, `AlreadySettled`)."""
     decision, settle = call.decision, call.settle
     # Before the pipeline: these writes read what they changed (SQLAlchemy's results), and
     # most deliveries have none of them.
@@ -492,8 +477,6 @@ def _apply(
             record = settle(unread, merged, cancelled, failure) if settle is not None else None
             if record is not None and not call.pending:
                 insert_delivery(conn, *record)
-            if done is not None and not (record is not None and call.pending):
-                done(conn)
     except Exception:
         for left in sent:
             left.close()
@@ -501,9 +484,15 @@ def _apply(
     placements = [s.placement() for s in sent]
     if record is not None and call.pending:
         settle_pending(conn, *record)  # reads what it deleted: after the pipeline
-        if done is not None:
-            done(conn)
     return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
+
+
+class _Failed(Exception):
+    """A delivery of a group commit's batch failed: the batch is applied again without it."""
+
+    def __init__(self, index: int, exc: Exception) -> None:
+        super().__init__(index, exc)
+        self.index, self.exc = index, exc
 
 
 class SqlStore:
@@ -701,25 +690,35 @@ class SqlStore:
             return Dispatched([], None, recorded=False)
 
     def dispatch_batch(self, calls: Sequence[DispatchCall]) -> list[Dispatched | Exception]:
-        """Apply several deliveries' decisions in one transaction, each in a savepoint of its
-        own, in order: what `dispatch_all` would answer for each (a failure as the exception).
-        A duplicate or a failed delivery is rolled back to its savepoint and leaves nothing;
-        the others commit together, with one commit and one hold of each cursor lock. Runs
-        on the group commit's thread (see `group_commit`), on PostgreSQL only (SQLite cannot
-        release a savepoint while a delivery's RETURNING rows wait unread); a fault of the
-        connection itself (the savepoint cannot be rolled back to) raises, and nothing of
-        the batch is kept."""
-        answers: list[Dispatched | Exception] = []
-        with self.engine.begin() as conn:
-            _SAVEPOINT.run(conn)
-            for call in calls:
-                try:
-                    answers.append(_apply(conn, call, _next_savepoint))
-                except Exception as exc:
-                    _ROLLBACK_TO_SAVEPOINT.run(conn)
-                    duplicate = isinstance(exc, sa.exc.IntegrityError | AlreadySettled)
-                    answers.append(Dispatched([], None, recorded=False) if duplicate else exc)
-        return answers
+        """Apply several deliveries' decisions in one transaction, in order: what
+        `dispatch_all` would answer for each (a failure as the exception), with one commit
+        and one hold of each cursor lock for them all. A delivery that fails (a duplicate
+        id above all) rolls the transaction back, is answered alone, and the others are
+        applied again without it, so it leaves nothing and they see nothing of it. (Not
+        savepoints: rolling back to one left psycopg's prepared statements out of step with
+        the server's.) Runs on the group commit's thread (see `group_commit`); a fault
+        outside the deliveries' own statements (connecting, BEGIN, COMMIT) raises, and
+        nothing of the batch is kept."""
+        answers: dict[int, Dispatched | Exception] = {}
+        waiting = list(enumerate(calls))
+        while waiting:
+            applied: dict[int, Dispatched] = {}
+            try:
+                with self.engine.begin() as conn:
+                    for index, call in waiting:
+                        try:
+                            applied[index] = _apply(conn, call)
+                        except Exception as exc:
+                            raise _Failed(index, exc) from exc
+            except _Failed as failed:
+                exc = failed.exc
+                duplicate = isinstance(exc, sa.exc.IntegrityError | AlreadySettled)
+                answers[failed.index] = Dispatched([], None, recorded=False) if duplicate else exc
+                waiting = [(index, call) for index, call in waiting if index != failed.index]
+                continue
+            answers.update(applied)
+            break
+        return [answers[index] for index in range(len(calls))]
 
     async def reassign_task(self, task_id: str) -> Task | None:
         """Move a queued task to the tail of the instance the rule picks now (its own was
