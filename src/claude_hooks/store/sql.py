@@ -711,9 +711,9 @@ class SqlStore:
                         except Exception as exc:
                             raise _Failed(index, exc) from exc
             except _Failed as failed:
-                exc = failed.exc
-                duplicate = isinstance(exc, sa.exc.IntegrityError | AlreadySettled)
-                answers[failed.index] = Dispatched([], None, recorded=False) if duplicate else exc
+                cause = failed.exc
+                duplicate = isinstance(cause, sa.exc.IntegrityError | AlreadySettled)
+                answers[failed.index] = Dispatched([], None, recorded=False) if duplicate else cause
                 waiting = [(index, call) for index, call in waiting if index != failed.index]
                 continue
             answers.update(applied)
