@@ -17,8 +17,7 @@ from claude_hooks.names import NAME_RULE, valid_name
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.decisions import Cause
-
-SIGNAL_AGENTS = "agents"
+from claude_hooks.store.elastic import SIGNAL_AGENTS
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
 from claude_hooks.service.control import SIGNAL_AGENTS
+from claude_hooks.service.elastic import Scaler
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.intake import Intake
 from claude_hooks.service.limits import SIGNAL_BUDGET
@@ -108,12 +109,14 @@ class Service:
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
-        # CI polling, pending deliveries and posting comments run on the node that leads.
+        self.scaler = Scaler(config, store, self._instances_changed, clock)
+        # CI polling, pending deliveries, posting comments and elastic instances run on the
+        # node that leads.
         self.node = Node(
             config,
             store,
             self.pool,
-            [self.ci, self.pending, self.outbox],
+            [self.ci, self.pending, self.outbox, self.scaler],
             clock,
             lambda: len(self.intake.spool.waiting),
         )
@@ -155,6 +158,12 @@ class Service:
 
             self._claude = ClaudeRunner(self.store, self.config.data_dir)
         return self._claude
+
+    async def _instances_changed(self) -> None:
+        """Instances were added or removed: take and let go of them, and sync the workers."""
+        await self.node.rebalance()
+        await self.pool.sync_agents()
+        self.bus.publish(Event(TASK_CHANGED))
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable an instance now (the API's way; the CLI's goes through signals)."""

@@ -34,7 +34,7 @@ _PEER = tasks.alias("peer")
 # A queued task another instance could start now: its key neither runs nor waits ahead of it
 # anywhere, and it is not the head of an idle instance's queue (that one starts there at once;
 # it may have just been stolen by that instance).
-_TAKEABLE = (
+TAKEABLE = (
     tasks.c.state == _QUEUED,
     tasks.c.cancel_requested == sa.false(),
     sa.exists().where(
@@ -59,7 +59,7 @@ _VICTIM = (
         tasks.c.type == sa.bindparam("b_type"),
         tasks.c.agent != sa.bindparam("b_agent"),
         agents.c.enabled == sa.true(),
-        *_TAKEABLE,
+        *TAKEABLE,
     )
     .order_by(tasks.c.seq)
     .limit(1)
@@ -68,7 +68,7 @@ _IDLE = agents.alias("idle")
 _WAITING_BESIDE_IDLE = (
     sa.select(tasks.c.type, sa.func.count())
     .where(
-        *_TAKEABLE,
+        *TAKEABLE,
         sa.exists().where(
             _IDLE.c.type == tasks.c.type,
             _IDLE.c.enabled == sa.true(),
@@ -129,6 +129,12 @@ def steal(conn: sa.Connection, agent: str, now: float) -> Theft | None:
     lock_cursor(conn, agent_type)
     if conn.execute(sa.select(_OCCUPIED), {"b_agent": agent}).scalar():
         return None
+    return take(conn, agent, agent_type, now)
+
+
+def take(conn: sa.Connection, agent: str, agent_type: str, now: float) -> Theft | None:
+    """Move the oldest takeable task of a peer (with its key's later tasks there) to the tail
+    of `agent`'s queue; the caller holds the type's cursor lock and commits."""
     victim = conn.execute(_VICTIM, {"b_type": agent_type, "b_agent": agent}).first()
     if victim is None:
         return None
