@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from claude_hooks.core.decision import CiWatch, Decision, ForgeComment, PullLink, Reset, Trip
-from claude_hooks.core.elastic import Act, Scaling
 from claude_hooks.core.domain import Task, TaskKind, TaskState, new_task_id, session_key
+from claude_hooks.core.elastic import Act, Scaling
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.store import spend
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
@@ -739,6 +739,7 @@ async def test_elastic_adds_instances_with_the_longest_waits_and_retires_them_id
         ("retire", ("dev-auto-1", "dev-auto-2"), "node-2", 0),
         ("add", ("dev-auto-1", "dev-auto-2"), "node-1", 2),
     ]
-    assert changes[1].wait_seconds == 62 and "while all 1 instance(s) were busy" in changes[1].reason
+    assert changes[1].wait_seconds == 62
+    assert "while all 1 instance(s) were busy" in changes[1].reason
     assert changes[0].wait_seconds == 900
     assert await store.elastic.changes(10, "reviewer") == []

@@ -112,12 +112,7 @@ def decide(
         return Verdict(Act.ADD, why, added)
     longest = max(waits, default=0.0)
     overdue = sum(1 for wait in waits if wait > scaling.scale_up_wait)
-    note = ""
-    if declared > scaling.high:
-        note = (
-            f"the {declared} declared instances exceed the maximum {scaling.high}: "
-            "none are added"
-        )
+    note = _over_maximum(scaling, declared)
     if overdue and all(seat.running for seat in serving):
         room = scaling.high - count
         if room > 0:
@@ -132,6 +127,24 @@ def decide(
     if retired:
         return retired
     return Verdict(Act.NOTHING, note or "nothing to change", note=note)
+
+
+def _over_maximum(scaling: Scaling, declared: int) -> str:
+    if declared <= scaling.high:
+        return ""
+    return f"the {declared} declared instances exceed the maximum {scaling.high}: none are added"
+
+
+def remarks(scaling: Scaling, declared: int, unheld: Sequence[str]) -> list[str]:
+    """What the dashboard and `agents list` tell of an elastic type beside its instances:
+    declared instances over the maximum, and enabled instances no node has room for."""
+    said = [_over_maximum(scaling, declared)] if declared > scaling.high else []
+    if unheld:
+        said.append(
+            f"{', '.join(unheld)}: waiting for a node with room (every live node is at its "
+            "capacity); its work waits meanwhile"
+        )
+    return said
 
 
 def _retire(scaling: Scaling, seats: Sequence[Seat], count: int, now: float) -> Verdict | None:

@@ -6,12 +6,14 @@ once (the other nodes do on the signal the change wrote)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from claude_hooks.config import Config, TypeConfig
-from claude_hooks.core.elastic import Act, Scaling
+from claude_hooks.core.elastic import Act, Scaling, remarks
 from claude_hooks.service.loop import Loop
-from claude_hooks.store.base import Store
+from claude_hooks.store.base import InstanceView, Store
+from claude_hooks.store.elastic import InstanceChange
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +87,39 @@ class Scaler(Loop):
         if changed:
             await self.changed()
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticView:
+    """An elastic type as the dashboard and `agents list` show it."""
+
+    type: str
+    range: str  # "min..max"
+    count: int  # enabled instances now
+    remarks: list[str]
+    changes: list[InstanceChange]  # the newest first
+
+
+def elastic_views(
+    config: Config,
+    instances: Sequence[InstanceView],
+    changes: Sequence[InstanceChange],
+    shown: int = 5,
+) -> dict[str, ElasticView]:
+    """Per elastic type: its range, count, what to tell, and its latest `shown` changes."""
+    views = {}
+    for name, type_config in config.types.items():
+        scaling = scaling_of(type_config)
+        if scaling is None:
+            continue
+        mine = [i for i in instances if i.type == name and i.enabled]
+        declared = sum(1 for i in mine if not i.auto)
+        unheld = [i.name for i in mine if i.node is None]
+        views[name] = ElasticView(
+            name,
+            f"{scaling.low}..{scaling.high}",
+            len(mine),
+            remarks(scaling, declared, unheld),
+            [c for c in changes if c.type == name][:shown],
+        )
+    return views

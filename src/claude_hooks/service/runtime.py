@@ -19,7 +19,6 @@ from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.control import SIGNAL_AGENTS
 from claude_hooks.service.elastic import Scaler
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.intake import Intake
@@ -39,6 +38,7 @@ from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.decisions import SIGNAL_CANCEL
+from claude_hooks.store.elastic import SIGNAL_AGENTS
 from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake

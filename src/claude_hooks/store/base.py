@@ -115,6 +115,7 @@ class InstanceView:
     queue: tuple[str, ...]  # the ids of its queued tasks, head first
     node: str | None = None  # the node holding it; None: it waits for a node with room
     pinned_node: str | None = None
+    auto: bool = False  # added by the elastic rule (`<type>-auto-N`)
 
     @property
     def state(self) -> str:
