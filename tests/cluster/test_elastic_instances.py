@@ -43,7 +43,7 @@ def test_a_burst_grows_the_type_to_its_maximum_and_idleness_shrinks_it_back(
         assert listing.returncode == 0, listing.stderr
         assert "dev: instances 1..3, 1 now" in listing.stdout
         assert "node-1 added dev-auto-1" in listing.stdout
-        assert "task(s) waited over 0.5 s" in listing.stdout
+        assert "task(s) waited 0.5 s or more" in listing.stdout
         assert "node-1 retired dev-auto-" in listing.stdout
         # Instances float between the nodes: both ran some of the burst.
         assert {where for _task, _pid, where in nodes.runs()} == {"node-1", "node-2"}

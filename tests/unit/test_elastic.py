@@ -35,7 +35,7 @@ def test_a_long_wait_while_every_instance_is_busy_adds_one_per_overdue_task() ->
     assert verdict.act is Act.ADD
     assert verdict.names == ("dev-auto-1", "dev-auto-2")
     assert verdict.wait == 75
-    assert "2 task(s) waited over 60 s (longest 75 s)" in verdict.reason
+    assert "2 task(s) waited 60 s or more (longest 75 s)" in verdict.reason
 
 
 def test_no_instance_is_added_past_the_maximum() -> None:

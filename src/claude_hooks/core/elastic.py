@@ -6,8 +6,8 @@ transaction (`store/elastic.py`); `simulate --elastic` asks the same function in
 The rule, for the enabled instances of a type (declared ones, in `[[agents]]` or by `agents
 add`, count toward the range and are never retired; added ones are named `<type>-auto-N`):
 - below the minimum: add up to it;
-- a task has waited longer than `scale_up_wait` while every instance runs a task: add one
-  instance per task that has waited that long, up to the maximum (none when the declared
+- a task has waited `scale_up_wait` while every instance runs a task: add one instance per
+  task that has waited that long, up to the maximum (none when the declared
   instances alone reach it: the verdict says so);
 - above the minimum, an added instance idle with an empty queue for `scale_down_idle`: retire
   it, the longest idle first, down to the minimum; above the maximum (the range was lowered),
@@ -111,14 +111,14 @@ def decide(
         why = f"{count} instance(s), below the minimum {scaling.low}"
         return Verdict(Act.ADD, why, added)
     longest = max(waits, default=0.0)
-    overdue = sum(1 for wait in waits if wait > scaling.scale_up_wait)
+    overdue = sum(1 for wait in waits if wait >= scaling.scale_up_wait)
     note = _over_maximum(scaling, declared)
     if overdue and all(seat.running for seat in serving):
         room = scaling.high - count
         if room > 0:
             added = new_names(agent_type, [*names, *taken], min(overdue, room))
             why = (
-                f"{overdue} task(s) waited over {scaling.scale_up_wait:g} s "
+                f"{overdue} task(s) waited {scaling.scale_up_wait:g} s or more "
                 f"(longest {longest:.0f} s) while all {count} instance(s) were busy"
             )
             return Verdict(Act.ADD, why, added, wait=longest)
