@@ -127,6 +127,9 @@ def steal(conn: sa.Connection, agent: str, now: float) -> Theft | None:
     if agent_type is None:
         return None
     lock_cursor(conn, agent_type)
+    # Looked at again under the lock: the elastic rule may have retired the thief meanwhile.
+    if conn.execute(_THIEF, {"b_agent": agent}).scalar() is None:
+        return None
     if conn.execute(sa.select(_OCCUPIED), {"b_agent": agent}).scalar():
         return None
     return take(conn, agent, agent_type, now)
