@@ -743,3 +743,55 @@ async def test_elastic_adds_instances_with_the_longest_waits_and_retires_them_id
     assert "while all 1 instance(s) were busy" in changes[1].reason
     assert changes[0].wait_seconds == 900
     assert await store.elastic.changes(10, "reviewer") == []
+
+
+def test_two_leaders_scaling_at_once_add_the_range_once(database_url: str) -> None:
+    """A leader that has not yet seen it lost the lead runs a pass beside the new one: the
+    passes take the type's cursor lock in turn, so the second sees the first's instances."""
+    rule = Scaling(low=1, high=3, scale_up_wait=60, scale_down_idle=900)
+
+    async def seed() -> None:
+        store = await SqlStore.open(database_url)
+        try:
+            await agents(store, "dev-a")
+            await store.dispatch(new_task(100))
+            await store.claim_next("dev-a", NOW)
+            for n in range(1, 6):
+                await store.dispatch(new_task(n))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def leader(name: str) -> None:
+        async def run() -> None:
+            store = await SqlStore.open(database_url)
+            try:
+                start.wait()
+                await store.elastic.scale("dev", rule, NOW + 100, name)
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=leader, args=(f"node-{i}",)) for i in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    async def read() -> tuple[list[str], int]:
+        store = await SqlStore.open(database_url)
+        try:
+            names = [a.name for a in await store.list_agents()]
+            return names, len(await store.elastic.changes(10))
+        finally:
+            await store.close()
+
+    assert asyncio.run(read()) == (["dev-a", "dev-auto-1", "dev-auto-2"], 1)

@@ -3,7 +3,11 @@ time, and the range `simulate --target-wait` recommends."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from claude_hooks.capacity.recommend import recommend
 from claude_hooks.capacity.report import summarise
@@ -58,3 +62,32 @@ def test_a_daily_spend_below_what_the_target_costs_is_said() -> None:
     found = recommend(jobs, 300.0, Policy.STEAL, (60.0, 900.0), None, 1.0, daily_spend=1.0)
     assert not found.within_spend
     assert "over the daily spend of $1.00" in found.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 4), st.integers(1, 120)),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(1, 3),
+    st.integers(0, 3),
+    st.sampled_from([Policy.SEED, Policy.STEAL, Policy.SHARED]),
+)
+def test_an_elastic_pool_stays_in_its_range_and_runs_every_job_once_per_key(
+    drafts: list[tuple[int, int, int]], low: int, extra: int, policy: Policy
+) -> None:
+    jobs = [Job(float(at), "dev", f"k{key}", float(length)) for at, key, length in drafts]
+    run = simulate(jobs, low, policy, scaling=Scaling(low, low + extra, 10.0, 30.0))
+    assert len(run.placements) == len(jobs)
+    assert low <= run.peak <= low + extra
+    assert low - 1e-9 <= run.mean_instances <= low + extra + 1e-9
+    by_key: dict[str, list[tuple[float, float]]] = {}
+    for placement in run.placements:
+        assert placement.wait >= 0
+        by_key.setdefault(placement.job.session_key, []).append((placement.start, placement.finish))
+    for spans in by_key.values():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert simulate(jobs, low, policy, scaling=Scaling(low, low + extra, 10.0, 30.0)) == run
