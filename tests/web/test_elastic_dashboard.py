@@ -45,3 +45,6 @@ async def test_the_overview_says_what_the_elastic_rule_did_and_could_not_do(
             "waiting for a node with room: no live node holds it",
         ]:
             assert words in page, words
+        listed = {a["name"]: a["auto"] for a in (await client.get("/api/agents")).json()}
+        assert listed == {"dev-alpha": False, "dev-bravo": False, "dev-charlie": False,
+                          "reviewer-auto-1": True}  # fmt: skip

@@ -58,6 +58,7 @@ class Scaler(Loop):
         self.store = store
         self.changed = changed
         self.clock = clock
+        self._noted: dict[str, str] = {}  # what the rule last said it could not do, per type
 
     def start(self) -> None:
         if self.scalings:
@@ -70,6 +71,10 @@ class Scaler(Loop):
                 agent_type, scaling, self.clock(), self.store.node
             )
             verdict = scaled.verdict
+            if verdict.note != self._noted.get(agent_type, ""):
+                self._noted[agent_type] = verdict.note
+                if verdict.note:
+                    log.info("%s: %s", agent_type, verdict.note)
             if verdict.act is Act.NOTHING:
                 continue
             changed = True
