@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from claude_hooks.config import load_config
-from claude_hooks.core.elastic import Act, Scaling, Seat, decide, new_names
+from claude_hooks.core.elastic import Act, Scaling, Seat, decide, new_names, waits_wanted
 from claude_hooks.errors import ConfigError
 
 RULE = Scaling(low=1, high=3, scale_up_wait=60, scale_down_idle=900)
@@ -150,6 +150,11 @@ def test_the_rule_never_leaves_the_range_it_can_reach(
         assert all(s.idle for s in gone.values())
         assert count - sum(1 for s in gone.values() if s.enabled) >= scaling.low
     assert decide("dev", scaling, seats, waits, NOW) == verdict  # pure: same in, same out
+    # The store reads only the longest waits the rule can use: the same instances change.
+    overdue = sorted((w for w in waits if w >= scaling.scale_up_wait), reverse=True)
+    read = overdue[: waits_wanted(scaling, seats)]
+    fewer = decide("dev", scaling, seats, read, NOW)
+    assert (fewer.act, fewer.names) == (verdict.act, verdict.names)
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,16 @@ def new_names(agent_type: str, taken: Iterable[str], count: int) -> tuple[str, .
     return tuple(names)
 
 
+def waits_wanted(scaling: Scaling, seats: Sequence[Seat]) -> int:
+    """How many of the longest waits `decide` can use: none unless every enabled instance runs
+    a task and the type has room; then at most one per instance it could add. The store reads
+    no more than that, so a pass over a long queue costs no more than a short one's."""
+    serving = [seat for seat in seats if seat.enabled]
+    if len(serving) < scaling.low or not all(seat.running for seat in serving):
+        return 0
+    return max(0, scaling.high - len(serving))
+
+
 def decide(
     agent_type: str,
     scaling: Scaling,
@@ -99,9 +109,9 @@ def decide(
     now: float,
     taken: Iterable[str] = (),
 ) -> Verdict:
-    """The verdict for one type. `waits`: how long (seconds) each of its queued tasks that
-    another instance could start now has waited; `taken`: every instance name in use (of any
-    type), so an added name is new."""
+    """The verdict for one type. `waits`: how long (seconds) its queued tasks that another
+    instance could start now have waited (the longest `waits_wanted` of them are enough);
+    `taken`: every instance name in use (of any type), so an added name is new."""
     serving = [seat for seat in seats if seat.enabled]
     declared = sum(1 for seat in serving if not seat.auto)
     count = len(serving)

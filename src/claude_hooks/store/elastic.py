@@ -18,7 +18,7 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from claude_hooks.core.domain import TaskState
-from claude_hooks.core.elastic import Act, Scaling, Seat, Verdict, decide
+from claude_hooks.core.elastic import Act, Scaling, Seat, Verdict, decide, waits_wanted
 from claude_hooks.store import stealing, wakeups
 from claude_hooks.store.placing import lock_cursor
 from claude_hooks.store.schema import agents, instance_changes, signals, tasks
@@ -97,10 +97,24 @@ def _seats(conn: sa.Connection, agent_type: str) -> list[Seat]:
     return seats
 
 
-def _waits(conn: sa.Connection, agent_type: str, now: float) -> list[float]:
-    """How long each queued task of the type that another instance could start now has
-    waited (`stealing.TAKEABLE`: behind other work on its instance, its key free)."""
-    query = sa.select(tasks.c.enqueued_at).where(tasks.c.type == agent_type, *stealing.TAKEABLE)
+def _waits(
+    conn: sa.Connection, agent_type: str, scaling: Scaling, wanted: int, now: float
+) -> list[float]:
+    """The `wanted` longest waits of the type's queued tasks that another instance could start
+    now (`stealing.TAKEABLE`: behind other work on its instance, its key free), among those
+    that waited `scale_up_wait`: the only ones the rule counts."""
+    if wanted <= 0:
+        return []
+    query = (
+        sa.select(tasks.c.enqueued_at)
+        .where(
+            tasks.c.type == agent_type,
+            tasks.c.enqueued_at <= now - scaling.scale_up_wait,
+            *stealing.TAKEABLE,
+        )
+        .order_by(tasks.c.enqueued_at)
+        .limit(wanted)
+    )
     return [now - float(at) for at in conn.scalars(query)]
 
 
@@ -199,7 +213,7 @@ class SqlElastic:
         with self.engine.begin() as conn:
             lock_cursor(conn, agent_type)
             seats = _seats(conn, agent_type)
-            waits = _waits(conn, agent_type, now)
+            waits = _waits(conn, agent_type, scaling, waits_wanted(scaling, seats), now)
             taken: Sequence[str] = conn.scalars(sa.select(agents.c.name)).all()
             verdict = decide(agent_type, scaling, seats, waits, now, taken)
             if verdict.act is Act.NOTHING:
