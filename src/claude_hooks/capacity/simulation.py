@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from claude_hooks.core.elastic import Act, Scaling, Seat, decide
+from claude_hooks.core.elastic import Act, Scaling, Seat, decide, waits_wanted
 from claude_hooks.core.scheduler import Candidate, choose
 
 
@@ -166,6 +166,7 @@ class _Simulation:
         self.instance_seconds = 0.0
         self.peak = count
         self.changes = 0
+        self.wanted = 0  # the waits the elastic rule could use at its last look
         self.cursor = 0
         self.start: list[float | None] = [None] * len(jobs)
         self.where = [-1] * len(jobs)  # the instance a job is queued on or ran on
@@ -223,7 +224,16 @@ class _Simulation:
             Seat(i.name, i.auto, True, i.running is not None, len(i.queue), i.idle_since)
             for i in self.live
         ]
-        waits = [now - self.jobs[j].arrival for j in self.waiting if self._takeable(j)]
+        # As the store: only the longest waits the rule can use, and none while it cannot add.
+        self.wanted = waits_wanted(scaling, seats)
+        waits: list[float] = []
+        if self.wanted:
+            for job in self.waiting:  # in arrival order: the longest waits first
+                wait = now - self.jobs[job].arrival
+                if wait < scaling.scale_up_wait or len(waits) == self.wanted:
+                    break
+                if self._takeable(job):
+                    waits.append(wait)
         verdict = decide(self.jobs[0].type, scaling, seats, waits, now)
         if verdict.act is Act.NOTHING:
             return
@@ -248,10 +258,14 @@ class _Simulation:
     def _next_check(self, scaling: Scaling, now: float) -> float:
         """The next instant a wait reaches `scale_up_wait` or an added instance has idled
         `scale_down_idle`: between events nothing else changes what the rule says."""
-        times = [
-            self.jobs[j].arrival + scaling.scale_up_wait for j in self.waiting if self._takeable(j)
-        ]
-        times += [i.idle_since + scaling.scale_down_idle for i in self.live if i.auto and i.idle]
+        times = [i.idle_since + scaling.scale_down_idle for i in self.live if i.auto and i.idle]
+        if self.wanted:  # else no wait can add an instance before the next event
+            due = (
+                self.jobs[j].arrival + scaling.scale_up_wait
+                for j in self.waiting
+                if self.jobs[j].arrival + scaling.scale_up_wait > now and self._takeable(j)
+            )
+            times.append(next(due, _NEVER))  # the waiting jobs are in arrival order
         return min((t for t in times if t > now), default=_NEVER)
 
     # events
