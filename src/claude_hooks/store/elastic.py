@@ -100,9 +100,10 @@ def _seats(conn: sa.Connection, agent_type: str) -> list[Seat]:
 def _waits(
     conn: sa.Connection, agent_type: str, scaling: Scaling, wanted: int, now: float
 ) -> list[float]:
-    """The `wanted` longest waits of the type's queued tasks that another instance could start
-    now (`stealing.TAKEABLE`: behind other work on its instance, its key free), among those
-    that waited `scale_up_wait`: the only ones the rule counts."""
+    """Up to `wanted` waits of the type's queued tasks that another instance could start now
+    (`stealing.TAKEABLE`: behind other work on its instance, its key free) and that waited
+    `scale_up_wait` (the only ones the rule counts), the first in queue order: ordered by
+    wait, every queued task would be looked at (69 s with 20,000 queued on SQLite)."""
     if wanted <= 0:
         return []
     query = (
@@ -112,7 +113,7 @@ def _waits(
             tasks.c.enqueued_at <= now - scaling.scale_up_wait,
             *stealing.TAKEABLE,
         )
-        .order_by(tasks.c.enqueued_at)
+        .order_by(tasks.c.seq)  # as `stealing`: the queue's order walks an index and stops
         .limit(wanted)
     )
     return [now - float(at) for at in conn.scalars(query)]
