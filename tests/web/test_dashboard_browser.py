@@ -424,7 +424,7 @@ async def test_screenshot_of_a_busy_dashboard(browser: Any, tmp_path: Path) -> N
     clock = Clock()
     runner = Scripted()
     config = screenshot_config(tmp_path)
-    store = await SqlStore.open(config.database_url)
+    store = await SqlStore.open(config.database_url, node=config.server.node)
     service = Service(config, store, clock=clock, runner_for=lambda _type: runner)
     await service.start()
     try:

@@ -122,7 +122,7 @@ class Decision:
     cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
     # Issues whose loop guard a human's event resets (see `loop_guard`).
     resets: list[Reset] = field(default_factory=list)
-    # Commands in a comment (`service.commands`), carried out by the intake.
+    # Commands in a comment (`service.forge_commands`), carried out by the intake.
     commands: list[ForgeCommand] = field(default_factory=list)
     # The labels now on (repo, number), saved with the dispatches (as `assigned`): not saved
     # when placing failed, so the label is seen as new when replayed.

@@ -573,7 +573,7 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
 async def handle_commands(
     ctx: FlowContext, payload: IssueCommentPayload, commands: list[tuple[str, str]]
 ) -> Decision:
-    """A comment with command lines: each is carried out by the intake (`service.commands`);
+    """A comment with command lines: each is carried out by the intake (`service.forge_commands`);
     its other lines are not read as mentions."""
     issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
     allowed = await _allowed(ctx, repo, sender)

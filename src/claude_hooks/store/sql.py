@@ -417,6 +417,7 @@ class SqlStore:
         engine: sa.Engine,
         reader: sa.Engine | None = None,
         checkpointer: Checkpointer | None = None,
+        node: str | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reader or engine
@@ -434,7 +435,7 @@ class SqlStore:
         self.elastic = SqlElastic(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
-        self.node: str | None = None
+        self.node = node
         self.transcripts = SqlSessionStore(engine, self.reader)
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
         self.commands = SqlCommands(engine, self.reader)
@@ -442,8 +443,15 @@ class SqlStore:
         self.steering = SqlSteering(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str, timeouts: Timeouts = Timeouts(), create: bool = True) -> SqlStore:
-        """The store on `url`, its schema brought up to date. Without `create`, a database
+    async def open(
+        cls,
+        url: str,
+        timeouts: Timeouts = Timeouts(),
+        create: bool = True,
+        node: str | None = None,
+    ) -> SqlStore:
+        """The store on `url`, its schema brought up to date, for the service of node `node`
+        (None: a reader such as the CLI). Without `create`, a database
         with no tables yet is refused (NoDatabaseYet), not filled: read-only commands. On
         PostgreSQL its calls run off the event loop (see `offload`): the object returned
         stands in for the store, with the same attributes."""
@@ -474,10 +482,10 @@ class SqlStore:
         if engine.dialect.name != "sqlite":
             threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
             bound = timeouts.statement + timeouts.connect
-            return cast(SqlStore, OffloadedStore(cls(engine, reader), threads, bound))
+            return cast(SqlStore, OffloadedStore(cls(engine, reader, node=node), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
-        return cls(engine, reader, checkpointer)
+        return cls(engine, reader, checkpointer, node)
 
     @property
     def shared(self) -> bool:

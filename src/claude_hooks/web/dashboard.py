@@ -34,7 +34,7 @@ from claude_hooks import __version__
 from claude_hooks.config import ServerConfig
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
-from claude_hooks.service import task_actions
+from claude_hooks.service.commands import RETRYABLE
 from claude_hooks.service.elastic import ElasticView, elastic_views
 from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
 from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
@@ -469,7 +469,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             "_task.html",
             task=task,
             history=await history_view(service.store, task),
-            retryable=task.state in task_actions.RETRYABLE,
+            retryable=task.state in RETRYABLE,
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
             ran_before=_ran_before(service, task),

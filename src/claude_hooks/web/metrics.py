@@ -183,7 +183,14 @@ def _in_memory(service: Service) -> list[Metric]:
     )
     for agent_type, count in sorted(service.pool.limits.trips.items()):
         trips.add_metric([agent_type], count)
-    return [rejected, started, paused, until, trips, *_storage(service)]
+    loops = CounterMetricFamily(
+        "claude_hooks_loop_failures",
+        "Passes of a background loop that raised (the loop went on after its interval)",
+        labels=["loop"],
+    )
+    for loop in service.loops:
+        loops.add_metric([loop.name], loop.failures)
+    return [rejected, started, paused, until, trips, loops, *_storage(service)]
 
 
 def _storage(service: Service) -> list[Metric]:
