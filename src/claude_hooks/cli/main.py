@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 from claude_hooks import __version__
 from claude_hooks.agents.workspace import Workspaces
+from claude_hooks.cli import report as report_cli
 from claude_hooks.cli import spend as spend_cli
 from claude_hooks.cli.labels import labels_app
 from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
@@ -108,6 +109,7 @@ app.command("simulate", rich_help_panel=PLAN)(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget", rich_help_panel=OPERATE)
 app.add_typer(policy_app, name="policy", rich_help_panel=INSPECT)
 app.command("costs", rich_help_panel=INSPECT)(spend_cli.costs)
+app.command("report", rich_help_panel=INSPECT)(report_cli.report)
 app.add_typer(labels_app, name="labels", rich_help_panel=OPERATE)
 
 # Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.

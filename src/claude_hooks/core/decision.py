@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from claude_hooks.core.domain import DispatchRequest
+from claude_hooks.core.outcomes import OutcomeFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,8 @@ class Decision:
     steer: list[tuple[str, DispatchRequest]] = field(default_factory=list)
     # Queued reviews to point at a PR's new head, written with the decision.
     retarget: list[Retarget] = field(default_factory=list)
+    # Outcome records (`core.outcomes`): what the delivery tells about the agents' work.
+    outcomes: list[OutcomeFact] = field(default_factory=list)
 
     def link(self, repo: str, pr_number: int) -> PullLink | None:
         """A pull link this decision records, as the view will read it once applied."""

@@ -28,7 +28,7 @@ from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
-from claude_hooks.service import flows
+from claude_hooks.service import flows, outcomes
 from claude_hooks.service.events import Event
 from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
@@ -416,13 +416,13 @@ class Intake:
             branch = payload.ref.removeprefix("refs/heads/")
             self.pool.policies.pushed(payload.repository.full_name, branch)
         try:
-            decision = await flows.route(
-                self.context(record.id, deadline, bounded=True), record.event_type, payload
-            )
+            ctx = self.context(record.id, deadline, bounded=True)
+            decision = await flows.route(ctx, record.event_type, payload)
             await self.steer(decision)
             decision = await self.guard.review(
                 self.store, decision, record.event_type, record.sender
             )
+            await outcomes.observe(ctx, record.event_type, payload, decision)
             await self.run_commands(decision, applied, record.id)
             if not self.forge.enabled:
                 decision = _unposted(decision)

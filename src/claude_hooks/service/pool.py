@@ -23,7 +23,7 @@ from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
-from claude_hooks.config import Config, size_bytes
+from claude_hooks.config import Config, TypeConfig, size_bytes
 from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import (
@@ -32,6 +32,7 @@ from claude_hooks.errors import (
     UnknownAgentError,
 )
 from claude_hooks.forge.gateway import Forge
+from claude_hooks.service import outcomes
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.policies import Gate, Policies, RunPolicy
@@ -667,7 +668,11 @@ class Pool:
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
         self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
-        context = replace(self._context(task, workdir, cage), **policy.context)
+        context = replace(
+            self._context(task, workdir, cage),
+            type_config=await self._variant_config(task),
+            **policy.context,
+        )
         session: EgressSession | None = None
         try:
             if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
@@ -722,6 +727,25 @@ class Pool:
             await self.store.egress.put_egress(
                 session.task_id, session.agent_type, blocked, metered
             )
+
+    async def _variant_config(self, task: Task) -> TypeConfig:
+        """The type's settings with the session's prompt variant applied: the one recorded
+        when the session was first seen, so it keeps it for its whole life (no record yet:
+        the same seeded choice the record will hold)."""
+        if not self.config.types[task.type].variants:
+            return self.config.types[task.type]
+        try:
+            recorded = await self.store.outcomes.variant_of(task.session_key)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            log.warning("task %s: its session's variant is not readable now: %s", task.id, exc)
+            recorded = None
+        if recorded is not None:
+            variant = recorded[0]
+        else:
+            variant = outcomes.variant_of(self.config, task.type, task.session_key)
+        return outcomes.with_variant(self.config, task.type, variant)
 
     def _cage(self, task: Task, workdir: Path) -> cages.Cage | None:
         """The run's limits (`max_processes`, `max_memory`, `max_disk`); none for `merge`."""

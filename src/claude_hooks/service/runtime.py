@@ -38,6 +38,7 @@ from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
 from claude_hooks.service.storage_faults import StorageFaults
+from claude_hooks.service.summary import WeeklySummary
 from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
@@ -132,14 +133,15 @@ class Service:
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
+        self.summary = WeeklySummary(config, store.outcomes, clock, self.outbox.wake)
         self.scaler = Scaler(config, store, self.agents_changed, clock)
-        # CI polling, pending deliveries, posting comments and elastic instances run on the
-        # node that leads.
+        # CI polling, pending deliveries, posting comments, the weekly summary and elastic
+        # instances run on the node that leads.
         self.node = Node(
             config,
             store,
             self.pool,
-            [self.ci, self.pending, self.outbox, self.scaler],
+            [self.ci, self.pending, self.outbox, self.summary, self.scaler],
             clock,
             lambda: len(self.intake.spool.waiting),
         )

@@ -22,6 +22,7 @@ from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
+from claude_hooks.store.outcomes import OutcomeStore
 from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
@@ -235,6 +236,8 @@ class Store(Protocol):
     def labels(self) -> LabelStore: ...
     @property
     def steering(self) -> SteerStore: ...
+    @property
+    def outcomes(self) -> OutcomeStore: ...
     @property
     def shared(self) -> bool: ...
 

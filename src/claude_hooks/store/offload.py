@@ -31,6 +31,7 @@ PARTS = (
     "elastic",
     "transcripts",
     "worktree_states",
+    "outcomes",
 )
 
 

@@ -61,6 +61,7 @@ from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_runni
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.offload import OffloadedStore
 from claude_hooks.store.outbox import SqlOutbox
+from claude_hooks.store.outcomes import SqlOutcomes, write_outcomes
 from claude_hooks.store.pending import AlreadySettled, SqlPending, settle_pending
 from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.rejections import SqlRejections
@@ -441,6 +442,7 @@ class SqlStore:
         self.commands = SqlCommands(engine, self.reader)
         self.labels = SqlLabels(engine, self.reader)
         self.steering = SqlSteering(engine, self.reader)
+        self.outcomes = SqlOutcomes(engine, self.reader)
 
     @classmethod
     async def open(
@@ -616,6 +618,8 @@ class SqlStore:
                         else:
                             merged.append(dataclasses.replace(task, id=twin))
                     placements, failure = _place_all(conn, placing)
+                    if decision is not None:
+                        write_outcomes(conn, decision.outcomes)
                     if decision is not None and decision.labels is not None and failure is None:
                         # As `assigned`: a label whose work could not be placed stays new.
                         write_labels(conn, *decision.labels)

@@ -53,6 +53,7 @@ from claude_hooks.web.auth import (
 )
 from claude_hooks.web.login_limit import LoginLimit
 from claude_hooks.web.logs import claude_runs, log_tail, renders_json
+from claude_hooks.web.outcomes import outcomes_context
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -507,6 +508,16 @@ def _timeline(
     return timeline
 
 
+def outcomes_view(service: Service) -> View:
+    async def section() -> str:
+        return _render("_outcomes.html", **await outcomes_context(service))
+
+    def affected(event: Event) -> set[str]:
+        return {"outcomes"} if event.kind in ("delivery", "task.finished") else set()
+
+    return View("outcomes", {}, {"outcomes": section}, affected)
+
+
 def deliveries_view(service: Service, filters: Filters) -> View:
     async def table() -> str:
         if filters.outcome == REJECTED:
@@ -733,6 +744,13 @@ async def deliveries_page(request: Request, filters: FiltersDep) -> Response:
     )
 
 
+@router.get("/outcomes")
+async def outcomes_page(request: Request) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    return await _page(request, "outcomes.html", outcomes_view(_service(request)))
+
+
 @router.get("/deliveries/{delivery_id}")
 async def delivery_page(request: Request, delivery_id: str) -> Response:
     if redirect := _login_redirect(request):
@@ -800,7 +818,7 @@ async def _live(view: View, service: Service, closing: asyncio.Event) -> AsyncIt
 async def live(
     request: Request,
     filters: FiltersDep,
-    view: Literal["overview", "tasks", "task", "deliveries", "delivery"] = "overview",
+    view: Literal["overview", "tasks", "task", "deliveries", "delivery", "outcomes"] = "overview",
     id: str | None = None,
 ) -> StreamingResponse:
     """Server-sent events: `section` events carry {id, html} for a section of the page."""
@@ -820,6 +838,8 @@ async def live(
         chosen = tasks_view(service, filters)
     elif view == "deliveries":
         chosen = deliveries_view(service, filters)
+    elif view == "outcomes":
+        chosen = outcomes_view(service)
     else:
         chosen = overview_view(service, request.app.state.queued_cache)
     return StreamingResponse(
