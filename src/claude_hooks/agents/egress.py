@@ -34,7 +34,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
-import httpx
 
 from claude_hooks.agents.api_relay import DEFAULT_BASE_URL, Credential, Relay, ResponseUsage
 from claude_hooks.agents.credentials import (
@@ -43,6 +42,7 @@ from claude_hooks.agents.credentials import (
     claude_credential,
 )
 from claude_hooks.agents.sandbox import BRIDGE_PORT, Account
+from claude_hooks.agents.upstream import Upstream, UpstreamError
 from claude_hooks.config import TypeConfig
 from claude_hooks.core.egress import EgressPolicy, IPAddress, normalize
 from claude_hooks.store.egress import EgressBlock
@@ -55,7 +55,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 IDLE_TIMEOUT = 300.0  # a kept-alive connection waiting for its next request
 CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 10.0
-UPSTREAM_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=600.0)
 _CHUNK = 65536
 BRIDGE_URL = f"http://127.0.0.1:{BRIDGE_PORT}"
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -203,7 +202,7 @@ class EgressSession:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _Connection(self, reader, writer).serve()
-        except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError, httpx.HTTPError):
+        except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError):
             pass  # either end went away or broke the protocol: the connection just ends
         except Exception:
             log.exception("task %s: the egress proxy failed on a connection", self.task_id)
@@ -291,10 +290,7 @@ class _Connection:
                 raise _Closed
 
     async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+        await self._write(self.conn.send(event) or b"")
 
     async def _answer(self, status: int, text: str, close: bool = False) -> None:
         body = text.encode()
@@ -405,30 +401,46 @@ class _Connection:
         body: bytes,
         relay: Relay | None,
     ) -> None:
-        client = self.session.proxy.client
-        outgoing = client.build_request(method, url, headers=headers, content=body)
+        """Send upstream and pass the answer on as it comes: one write to the agent per read
+        from the upstream (its head with what came along), so a burst of events wakes the
+        agent's side once."""
         try:
-            response = await client.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
+            answer = await self.session.proxy.upstream.request(method, url, headers, body)
+        except UpstreamError as exc:
             await self._answer(502, f"claude-hooks: the upstream failed: {exc}\n")
             return
         try:
-            passed = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _HOP]
-            if "content-length" in response.headers:
-                passed.append(("content-length", response.headers["content-length"]))
-            await self._send(h11.Response(status_code=response.status_code, headers=passed))
-            usage = ResponseUsage(response.headers.get("content-type", ""))
-            async for chunk in response.aiter_raw(_CHUNK):
-                if relay is not None and response.is_success:
-                    usage.feed(chunk)
-                await self._send(h11.Data(data=chunk))
-            await self._send(h11.EndOfMessage())
+            passed = [(k, v) for k, v in answer.headers if k not in _HOP]
+            length = answer.header("content-length")
+            if length is not None:
+                passed.append(("content-length", length))
+            head = self.conn.send(h11.Response(status_code=answer.status, headers=passed)) or b""
+            if not answer.started:
+                await self._write(head)
+                head = b""
+            metered = relay is not None and 200 <= answer.status < 300
+            usage = ResponseUsage(answer.header("content-type") or "")
+            async for pieces, ended in answer.chunks():
+                out = [head]
+                head = b""
+                for piece in pieces:
+                    if metered:
+                        usage.feed(piece)
+                    out.append(self.conn.send(h11.Data(data=piece)) or b"")
+                if ended:
+                    out.append(self.conn.send(h11.EndOfMessage()) or b"")
+                await self._write(b"".join(out))
         finally:
-            await response.aclose()
-        found = usage.finish() if relay is not None and response.is_success else None
+            answer.release()
+        found = usage.finish() if metered else None
         if found is not None and relay is not None:
             relay.meter.add(*found)
             self.session.changed()
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
 
 
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -467,7 +479,7 @@ class EgressProxy:
 
     def __init__(self) -> None:
         self._folder: Path | None = None
-        self._client: httpx.AsyncClient | None = None
+        self.upstream = Upstream()
 
     @property
     def folder(self) -> Path:
@@ -475,14 +487,6 @@ class EgressProxy:
             # A short path of its own: a Unix socket's path is limited to 107 bytes.
             self._folder = Path(tempfile.mkdtemp(prefix="claude-hooks-egress-"))
         return self._folder
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=UPSTREAM_TIMEOUT, trust_env=False, follow_redirects=False
-            )
-        return self._client
 
     async def open(
         self,
@@ -509,11 +513,10 @@ class EgressProxy:
         return session
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self.upstream.aclose()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
-        self._client = self._folder = None
+        self._folder = None
 
 
 def _relay(agent_type: str, type_config: TypeConfig, env: dict[str, str]) -> Relay | None:

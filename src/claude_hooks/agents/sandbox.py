@@ -122,8 +122,9 @@ def _create_account(name: str) -> None:
 class Sandbox:
     """Builds the bwrap command line of one agent process, run as `account`.
 
-    `prefix`: the name the instances' accounts start with (`for_instance`). `hidden`: folders the agent must not see (data dir, the config's and the database's
-    folders); each becomes an empty tmpfs, and the paths bound later are re-created inside.
+    `prefix`: what the instances' account names start with (`for_instance`). `hidden`:
+    folders the agent must not see (data dir, the config's and the database's folders); each
+    becomes an empty tmpfs, and the paths bound later are re-created inside.
     """
 
     bwrap: str
