@@ -134,6 +134,7 @@ class Cage:
         self.disk_paths: list[Path] = []
         self.pid: int | None = None
         self.reason: str | None = None
+        self.stopped: str | None = None
 
     def prefix(self) -> list[str]:
         """The argv that starts a program in this cage: joins the cgroups, sets the rlimits
@@ -175,11 +176,16 @@ class Cage:
             return f"disk limit {self.limits.disk_text} reached"
         return None
 
+    def stop(self, reason: str) -> None:
+        """End the run for a limit found elsewhere (the egress proxy's budget): `watch` returns
+        it at its next look."""
+        self.stopped = self.stopped or reason
+
     async def watch(self) -> str:
         """Returns the first limit the run reaches (it runs until cancelled otherwise)."""
         next_disk = 0.0
         while True:
-            reason = self.exceeded()
+            reason = self.stopped or self.exceeded()
             if reason is None and time.monotonic() >= next_disk:
                 began = time.monotonic()
                 reason = await asyncio.to_thread(self.disk_exceeded)
@@ -261,7 +267,7 @@ async def enforce(cage: Cage, run: Coroutine[Any, Any, RunResult]) -> RunResult:
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-    reason = cage.reason or cage.exceeded()
+    reason = cage.reason or cage.stopped or cage.exceeded()
     if reason is None and not result.succeeded:
         # RLIMIT_FSIZE ended it (SIGXFSZ) before a measure saw the file.
         reason = await asyncio.to_thread(cage.disk_exceeded)

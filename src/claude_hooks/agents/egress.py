@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -104,6 +105,7 @@ class EgressSession:
         relay: Relay | None,
         runner: str,
         recorder: Recorder | None = None,
+        on_stop: Callable[[str], None] | None = None,
     ) -> None:
         self.proxy = proxy
         self.task_id = task_id
@@ -117,6 +119,7 @@ class EgressSession:
         self._connections: set[asyncio.Task[None]] = set()
         self._recorder = recorder
         self._recording: asyncio.Task[None] | None = None
+        self._on_stop = on_stop
 
     async def start(self, account: Account | None) -> None:
         self._server = await asyncio.start_unix_server(
@@ -147,6 +150,13 @@ class EgressSession:
 
     def metered(self) -> dict[str, Any] | None:
         return self.relay.meter.summary() if self.relay is not None else None
+
+    def stop(self, reason: str) -> None:
+        """The run must end (its budget is spent): told to whoever ends it, once."""
+        log.warning("task %s (%s): %s; stopping it", self.task_id, self.agent_type, reason)
+        if self._on_stop is not None:
+            self._on_stop(reason)
+            self._on_stop = None
 
     def changed(self) -> None:
         """Something to keep: recorded within `RECORD_SECONDS`, so a running task shows what
@@ -292,10 +302,16 @@ class _Connection:
     async def _send(self, event: Any) -> None:
         await self._write(self.conn.send(event) or b"")
 
-    async def _answer(self, status: int, text: str, close: bool = False) -> None:
+    async def _answer(
+        self,
+        status: int,
+        text: str,
+        close: bool = False,
+        content_type: str = "text/plain; charset=utf-8",
+    ) -> None:
         body = text.encode()
         headers = [
-            ("content-type", "text/plain; charset=utf-8"),
+            ("content-type", content_type),
             ("content-length", str(len(body))),
         ]
         if status == 403:
@@ -380,6 +396,12 @@ class _Connection:
         if not relay.authorized(sent):
             await self._answer(401, "claude-hooks: not this task's token\n")
             return
+        spent = relay.over_budget()
+        if spent is not None:
+            error = {"type": "invalid_request_error", "message": f"claude-hooks: {spent}"}
+            text = json.dumps({"type": "error", "error": error})
+            await self._answer(400, text, content_type="application/json")
+            return
         headers = [(k, v) for k, v in _headers(request.headers) if k not in _CREDENTIAL_HEADERS]
         headers = [(k, v) for k, v in headers if k != "accept-encoding"]
         headers += [relay.credential.header(), ("accept-encoding", "identity")]
@@ -420,6 +442,7 @@ class _Connection:
                 head = b""
             metered = relay is not None and 200 <= answer.status < 300
             usage = ResponseUsage(answer.header("content-type") or "")
+            spent: str | None = None
             async for pieces, ended in answer.chunks():
                 out = [head]
                 head = b""
@@ -427,6 +450,10 @@ class _Connection:
                     if metered:
                         usage.feed(piece)
                     out.append(self.conn.send(h11.Data(data=piece)) or b"")
+                if relay is not None and metered:
+                    spent = relay.over_budget(usage)
+                    if spent is not None:
+                        break  # not a byte more; closing the upstream ends the generation
                 if ended:
                     out.append(self.conn.send(h11.EndOfMessage()) or b"")
                 await self._write(b"".join(out))
@@ -436,6 +463,9 @@ class _Connection:
         if found is not None and relay is not None:
             relay.meter.add(*found)
             self.session.changed()
+        if spent is not None:
+            self.session.stop(spent)
+            raise _Closed
 
     async def _write(self, data: bytes) -> None:
         if data:
@@ -497,9 +527,11 @@ class EgressProxy:
         account: Account | None,
         recorder: Recorder | None = None,
         extra: Sequence[str] = (),
+        on_stop: Callable[[str], None] | None = None,
     ) -> EgressSession:
         """A run's session, listening; `recorder` keeps its counts as they change; `extra`:
-        hosts the repository's policy adds to the type's list."""
+        hosts the repository's policy adds to the type's list; `on_stop` is told why the run
+        must end (the relay's budget is spent)."""
         session = EgressSession(
             self,
             task_id,
@@ -508,6 +540,7 @@ class EgressProxy:
             _relay(agent_type, type_config, env),
             type_config.runner,
             recorder,
+            on_stop,
         )
         await session.start(account)
         return session
@@ -527,4 +560,4 @@ def _relay(agent_type: str, type_config: TypeConfig, env: dict[str, str]) -> Rel
     if found is None or found.what in PROVIDER_SWITCHES or not env.get(found.what):
         return None
     base = env.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
-    return Relay(Credential(found.what, env[found.what].strip()), base)
+    return Relay(Credential(found.what, env[found.what].strip()), base, type_config.max_budget_usd)

@@ -687,6 +687,7 @@ class Pool:
                     sandbox.account,
                     self._keep_egress,
                     policy.egress,
+                    None if cage is None else cage.stop,
                 )
                 context = replace(
                     context, env=session.environment(context.env), bridge=session.socket
