@@ -99,7 +99,10 @@ class ResponseUsage:
         *lines, rest = self.buffer.split(b"\n")
         self.buffer = bytearray(rest)
         for line in lines:
-            if line.startswith(b"data:"):
+            # Only the two events that carry usage are parsed, not the many content deltas.
+            if line.startswith(b"data:") and (
+                b'"message_start"' in line or b'"message_delta"' in line
+            ):
                 self._event(bytes(line[5:]))
 
     def finish(self) -> tuple[str | None, dict[str, Any]] | None:

@@ -446,10 +446,11 @@ class _Connection:
             async for pieces, ended in answer.chunks():
                 out = [head]
                 head = b""
-                for piece in pieces:
+                if pieces:
+                    data = b"".join(pieces)
                     if metered:
-                        usage.feed(piece)
-                    out.append(self.conn.send(h11.Data(data=piece)) or b"")
+                        usage.feed(data)
+                    out.append(self.conn.send(h11.Data(data=data)) or b"")
                 if relay is not None and metered:
                     spent = relay.over_budget(usage)
                     if spent is not None:
