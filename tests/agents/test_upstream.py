@@ -1,13 +1,16 @@
 """The egress proxy's upstream client against a real HTTP/1.1 server on 127.0.0.1: kept-alive
 connections are reused, one the server closed is replaced, a close-delimited answer is read to
-its end, and an unreachable upstream is an UpstreamError; through the proxy, a kept-alive
-Messages API's streams are relayed whole and metered."""
+its end, HTTPS is verified, and an unreachable upstream is an UpstreamError; through the
+proxy, a kept-alive Messages API's streams are relayed whole and metered."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +157,46 @@ async def test_the_relay_streams_a_kept_alive_api_whole_and_meters_it() -> None:
         assert all(r.headers.get("x-api-key") == KEY for r in api.message_requests())
     finally:
         await proxy.aclose()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_is_verified_against_the_trusted_certificates(
+    upstream: Upstream, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS server with a certificate for 127.0.0.1: trusted through SSL_CERT_FILE, as a
+    deployment adds its own CA; an upstream whose certificate is not trusted is an error."""
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    untrusted = Upstream()
+    async with Server() as server:
+        tls = await asyncio.start_server(
+            lambda r, w: server._serve(r, w), "127.0.0.1", 0, ssl=context
+        )
+        port = tls.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusted.request("POST", f"https://127.0.0.1:{port}/", [], b"")
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            for _ in range(2):
+                answer = await upstream.request("POST", f"https://127.0.0.1:{port}/", [], b"{}")
+                body = b"".join([b"".join(p) async for p, _ in answer.chunks()])
+                answer.release()
+                assert (answer.status, body) == (200, b"one two three")
+            assert server.connections == 1
+        finally:
+            await untrusted.aclose()
+            tls.close()
+            await tls.wait_closed()

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+import httpx
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 600.0
@@ -125,7 +126,7 @@ class Answer:
 
 
 class Upstream:
-    """Kept-alive connections by origin; TLS verified with the system's certificates."""
+    """Kept-alive connections by origin; TLS verified as the forge client verifies."""
 
     def __init__(self) -> None:
         self._idle: dict[_Origin, list[_Connection]] = {}
@@ -191,7 +192,8 @@ class Upstream:
         tls: ssl.SSLContext | None = None
         if origin.scheme == "https":
             if self._tls is None:
-                self._tls = ssl.create_default_context()
+                # httpx's, as the forge client's: its CA bundle, or SSL_CERT_FILE's.
+                self._tls = httpx.create_ssl_context()
             tls = self._tls
         try:
             # asyncio's TCP transports turn Nagle's algorithm off themselves.
