@@ -66,12 +66,15 @@ def account_of(service: Service, instance: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
-def pids_of(uid: int) -> list[int]:
+def pids_of(uid: int, cwd: Path | None = None) -> list[int]:
+    """The processes of `uid` (working in `cwd`: an account may run another test's agents)."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if os.stat(entry.path).st_uid == uid:
+                if os.stat(entry.path).st_uid != uid:
+                    continue
+                if cwd is None or os.readlink(f"{entry.path}/cwd") == str(cwd):
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -117,7 +120,7 @@ async def test_one_instance_cannot_read_or_signal_anothers(
     holder_task = await service.store.get_task(holder_id)
     assert holder_task is not None
     holder = account_of(service, holder_task.agent)
-    holder_pids = pids_of(holder.uid)
+    holder_pids = pids_of(holder.uid, holder_dir.resolve())
     assert holder_pids, "the holder's agent runs as its instance's account"
     assert holder_dir.stat().st_uid == holder.uid
     assert holder_dir.stat().st_mode & 0o777 == 0o700
@@ -150,7 +153,7 @@ async def test_one_instance_cannot_read_or_signal_anothers(
     for pid in holder_pids:
         kill = as_account(attacker, "kill", "-KILL", str(pid))
         assert kill.returncode != 0 and "not permitted" in kill.stderr, kill
-    assert set(holder_pids) <= set(pids_of(holder.uid)), "a holder's process was killed"
+    assert set(holder_pids) <= set(pids_of(holder.uid, holder_dir.resolve())), "one was killed"
 
     (holder_dir / "release").write_text("")
     held = await finished(service, holder_id, 30)
