@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from claude_hooks.core.domain import DispatchRequest
+from claude_hooks.core.outcomes import OutcomeFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +123,7 @@ class Decision:
     cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
     # Issues whose loop guard a human's event resets (see `loop_guard`).
     resets: list[Reset] = field(default_factory=list)
-    # Commands in a comment (`service.commands`), carried out by the intake.
+    # Commands in a comment (`service.forge_commands`), carried out by the intake.
     commands: list[ForgeCommand] = field(default_factory=list)
     # The labels now on (repo, number), saved with the dispatches (as `assigned`): not saved
     # when placing failed, so the label is seen as new when replayed.
@@ -131,6 +132,8 @@ class Decision:
     steer: list[tuple[str, DispatchRequest]] = field(default_factory=list)
     # Queued reviews to point at a PR's new head, written with the decision.
     retarget: list[Retarget] = field(default_factory=list)
+    # Outcome records (`core.outcomes`): what the delivery tells about the agents' work.
+    outcomes: list[OutcomeFact] = field(default_factory=list)
 
     def link(self, repo: str, pr_number: int) -> PullLink | None:
         """A pull link this decision records, as the view will read it once applied."""
