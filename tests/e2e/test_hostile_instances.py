@@ -178,7 +178,7 @@ STARTS = "for n in 1 2 3 4 5 6 7 8 9 10; do /bin/true || exit 1; done"
 def start_in(box: Sandbox, limit: int, workdir: Path, argv: list[str]) -> subprocess.Popen[bytes]:
     box.give(workdir)
     cage = cages.Confinement("rlimits").cage(
-        "bomb", cages.Limits(limit, 1 << 30, 1 << 30, "1G", "1G")
+        "bomb", cages.Caps(limit, 1 << 30, 1 << 30, "1G", "1G")
     )
     wrapped = box.wrap(argv, workdir, readable=[Path(sys.executable)], cage=cage)
     return subprocess.Popen(
