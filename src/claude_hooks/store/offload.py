@@ -35,6 +35,7 @@ PARTS = (
     "retention",
     "spend",
     "nodes",
+    "elastic",
     "transcripts",
     "worktree_states",
     "outcomes",

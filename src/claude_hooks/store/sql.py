@@ -54,6 +54,7 @@ from claude_hooks.store.base import (
 from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
+from claude_hooks.store.elastic import SqlElastic
 from claude_hooks.store.group_commit import DispatchCall
 from claude_hooks.store.intake import SqlIntake, ask_twin, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
@@ -221,7 +222,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0015"
+HEAD_REVISION = "0016"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -355,6 +356,7 @@ def _agent(row: sa.Row[Any]) -> AgentInstance:
         created_at=m["created_at"],
         node=m["node"],
         pinned_node=m["pinned_node"],
+        auto=bool(m["auto"]),
     )
 
 
@@ -518,6 +520,7 @@ class SqlStore:
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader)
         self.nodes = SqlNodes(engine, self.reader)
+        self.elastic = SqlElastic(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
         self.node = node
