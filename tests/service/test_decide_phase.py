@@ -7,6 +7,7 @@ applying fails leaves nothing but its record.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -164,3 +165,34 @@ async def test_a_delivery_whose_apply_fails_leaves_nothing_but_its_record(
         await wait_until(replayed, timeout=15)
         assert await store.intake.fix_attempts("acme/widget", 18, HEAD_C) == 1
         assert await store.intake.pull_link("acme/widget", 18) is not None
+
+
+async def test_deliveries_for_one_issue_are_decided_in_arrival_order(
+    tmp_path: Path, database_url: str, fake_forgejo: FakeForgejo
+) -> None:
+    """An unassignment that arrives while its issue's assignment waits for the forge waits
+    its turn, and then cancels the work the assignment queued."""
+    permission = "/repos/acme/widget/collaborators/alice/permission"
+    fake_forgejo.hang_next(permission, seconds=1.0)
+    async with node(tmp_path, fake_forgejo, database_url) as (service, client):
+        assigning = asyncio.ensure_future(post(client, "issues_assigned_dev", "assign-17"))
+        await wait_until(lambda: len(fake_forgejo.requests_to(permission, "GET")) == 1)
+        body, headers = fixture("issues_unassigned")
+        data = json.loads(body)
+        data["issue"]["number"] = 17
+        payload = json.dumps(data).encode()
+        event_type = headers.get("X-Forgejo-Event-Type") or headers["X-Gitea-Event-Type"]
+        unassigned = await client.post(
+            "/webhook",
+            content=payload,
+            headers=forgejo_headers(event_type, payload, "unassign-17"),
+        )
+        assigned = await assigning
+        assert assigned.status_code == 202, assigned.text
+        work = assigned.json()["tasks"][0]["id"]
+        assert unassigned.json()["status"] == "cancelled", unassigned.text
+        assert unassigned.json()["cancelled"] == [work]
+        task = await service.store.get_task(work)
+        assert task is not None
+        # Cancelled while queued, or being stopped if it had started.
+        assert task.state.value == "cancelled" or task.cancel_requested, task.state

@@ -38,10 +38,12 @@ from claude_hooks.store.scaler import NODES_NEEDED
 # time).
 if TYPE_CHECKING:
     from claude_hooks.forge.gateway import Forge
+    from claude_hooks.service.elastic import ElasticView
     from claude_hooks.service.limits import Pause
     from claude_hooks.service.spool import Spooled
     from claude_hooks.service.sweep import Sweeper
     from claude_hooks.store.base import NodeAddress, Store
+    from claude_hooks.store.elastic import InstanceChange
 
 T = TypeVar("T")
 
@@ -295,12 +297,25 @@ def _paused_json(pause: Pause | None) -> dict[str, Any] | None:
     return {"reason": pause.reason, "message": pause.message, "until": pause.until}
 
 
-def _agent_rows(config: Config) -> list[dict[str, Any]]:
+# How many of the latest changes `agents list` reads: 5 shown per type, and the change that
+# added each elastic instance.
+CHANGES_READ = 200
+
+
+def _agent_rows(config: Config) -> tuple[list[dict[str, Any]], dict[str, ElasticView]]:
+    """The instances as rows, and the elastic types' ranges, remarks and latest changes."""
+    from claude_hooks.service.elastic import elastic_views
     from claude_hooks.service.limits import stored_pauses
 
-    async def rows(store: Store) -> list[dict[str, Any]]:
+    async def rows(store: Store) -> tuple[list[dict[str, Any]], dict[str, ElasticView]]:
         paused = await stored_pauses(config, store, time.time())
-        return [
+        instances = await store.instances()
+        changes = await store.elastic.changes(CHANGES_READ)
+        added = {}
+        for change in reversed(changes):  # the newest add of a name wins
+            if change.act == "add":
+                added.update(dict.fromkeys(change.names, change))
+        listed = [
             {
                 "name": i.name,
                 "type": i.type,
@@ -312,21 +327,33 @@ def _agent_rows(config: Config) -> list[dict[str, Any]]:
                 "node": i.node,
                 "pinned_node": i.pinned_node,
                 "paused": _paused_json(paused.get(i.type)),
+                "auto": i.auto,
+                "added": _change_json(added[i.name]) if i.auto and i.name in added else None,
             }
-            for i in await store.instances()
+            for i in instances
         ]
+        return listed, elastic_views(config, instances, changes)
 
     return _run(_with_store(config, rows))
 
 
+def _change_json(change: InstanceChange) -> dict[str, Any]:
+    return {
+        "at": change.at,
+        "node": change.node,
+        "reason": change.reason,
+        "wait_seconds": change.wait_seconds,
+    }
+
+
 @agents_app.command("list")
 def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """List agent instances with their state."""
-    rows = _agent_rows(_config(config_file))
+    """List agent instances with their state, and what elastic types changed lately."""
+    rows, elastic = _agent_rows(_config(config_file))
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "type", "enabled", "state", "current task", "queued", "node")
+    table = Table("name", "type", "enabled", "state", "current task", "queued", "node", "added")
     paused: dict[str, str] = {}
     for row in rows:
         table.add_row(
@@ -338,12 +365,25 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
             str(row["queued"]),
             (row["node"] or "-")
             + (f" (pinned to {row['pinned_node']})" if row["pinned_node"] else ""),
+            "elastic" if row["auto"] else "declared",
         )
         if row["paused"]:
             paused[row["type"]] = row["paused"]["message"]
     out.print(table)
     for agent_type, message in sorted(paused.items()):
         out.print(f"{agent_type} waits: {message}")
+    for view in elastic.values():
+        out.print(f"{view.type}: instances {view.range}, {view.count} now")
+        for remark in view.remarks:
+            out.print(f"  note: {remark}")
+        for change in view.changes:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at))
+            verb = "added" if change.act == "add" else "retired"
+            moved = f"; {change.moved} queued task(s) moved to them" if change.moved else ""
+            out.print(
+                f"  {when} {change.node or '-'} {verb} {', '.join(change.names)}: "
+                f"{change.reason}{moved}"
+            )
 
 
 # nodes

@@ -31,6 +31,7 @@ from claude_hooks.forge.webhook import WebhookError, decode_delivery
 from claude_hooks.service import flows, outcomes
 from claude_hooks.service.events import Event
 from claude_hooks.service.forge_commands import ForgeCommands
+from claude_hooks.service.in_order import InOrder
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
@@ -153,6 +154,13 @@ def _source(record: DeliveryRecord) -> str:
     return f"forge event {event}{sender} (delivery {record.id})"
 
 
+def _issue(record: DeliveryRecord) -> tuple[str, int] | None:
+    """The issue or pull request a delivery is about, whose deliveries take turns."""
+    if record.repo is None or record.number is None:
+        return None
+    return record.repo, record.number
+
+
 def _typed(event_type: str, data: Mapping[str, Any]) -> Payload | None:
     """The typed payload, refused if the signed body contradicts the unsigned event type."""
     payload = parse_payload(event_type, data)
@@ -213,6 +221,7 @@ class Intake:
         self.insecure = insecure
         self.counts: dict[str, int] = {}
         self._in_progress: set[str] = set()
+        self.in_order = InOrder()
         self.rejections = RejectionLog(
             pool.store.rejections, config.server.max_rejections_per_hour, clock
         )
@@ -383,20 +392,30 @@ class Intake:
 
     async def _process(self, record: DeliveryRecord, payload: Payload | None) -> Answer:
         # The primary key settles duplicates for good; the set covers one still in progress.
-        if record.id in self._in_progress or await self.store.has_delivery(record.id):
+        if record.id in self._in_progress:
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         self._in_progress.add(record.id)
+        deadline = self._answer_deadline()  # counted from arrival, its turn's wait included
         try:
-            verdict = await self._run(record, payload, self._answer_deadline())
-            if verdict.outcome == "pending":
-                return await self._hold(record, verdict.reason)
-            if verdict.outcome == "duplicate":
-                self._count("duplicate")
-                return Answer(200, {"status": "duplicate", "delivery": record.id})
-            return await self._settle(record, verdict)
+            async with self.in_order.turn(_issue(record)):
+                return await self._decide_and_apply(record, payload, deadline)
         finally:
             self._in_progress.discard(record.id)
+
+    async def _decide_and_apply(
+        self, record: DeliveryRecord, payload: Payload | None, deadline: float
+    ) -> Answer:
+        if await self.store.has_delivery(record.id):
+            self._count("duplicate")
+            return Answer(200, {"status": "duplicate", "delivery": record.id})
+        verdict = await self._run(record, payload, deadline)
+        if verdict.outcome == "pending":
+            return await self._hold(record, verdict.reason)
+        if verdict.outcome == "duplicate":
+            self._count("duplicate")
+            return Answer(200, {"status": "duplicate", "delivery": record.id})
+        return await self._settle(record, verdict)
 
     async def _run(
         self,
@@ -500,7 +519,8 @@ class Intake:
         self._in_progress.add(record.id)
         try:
             # In the background nothing waits for an answer: the client's own bounds suffice.
-            verdict = await self._run(record, payload, None, pending=True)
+            async with self.in_order.turn(_issue(record)):
+                verdict = await self._run(record, payload, None, pending=True)
             if verdict.outcome == "pending":
                 attempts = entry.attempts + 1
                 server = self.config.server

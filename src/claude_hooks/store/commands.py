@@ -8,6 +8,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.domain import TaskState
 from claude_hooks.store import wakeups
@@ -35,10 +36,11 @@ class Paused:
     paused_at: float
 
 
-def hold_if_paused(conn: sa.Connection, task_id: str, session_key: str) -> bool:
-    """Within the placing transaction: hold the new task if its session is paused."""
-    # A fetch, not rowcount: under psycopg's pipeline mode only a fetch waits for the answer.
-    return _HOLD_IF_PAUSED.scalar(conn, {"b_id": task_id, "b_key": session_key}) is not None
+def hold_if_paused(conn: sa.Connection, task_id: str, session_key: str) -> DBAPICursor:
+    """Within the placing transaction: hold the new task if its session is paused. A row
+    read from the cursor returned says it was held; read it late, so that under psycopg's
+    pipeline the statement travels with the delivery's last ones (a read waits for it)."""
+    return _HOLD_IF_PAUSED.run(conn, {"b_id": task_id, "b_key": session_key})
 
 
 class CommandStore(Protocol):

@@ -85,7 +85,9 @@ def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> 
             ).first()
             if ended is not None:
                 written.cancelled.append(task_id)
-            continue
+                continue
+            # Claimed since it was read (PostgreSQL: the update waited for the claim's row
+            # lock and then found it running): ask the run to stop instead.
         asked = conn.execute(
             tasks.update()
             .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)

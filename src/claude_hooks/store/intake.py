@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.decision import (
     Assigned,
@@ -148,12 +149,16 @@ def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterabl
         _ASSIGN.run(conn, {"repo": repo, "number": number, "type": agent_type})
 
 
-def merge_into_twin(conn: sa.Connection, task: Task) -> str | None:
-    """Give a still-queued task of the same session and kind the newer event's payload
-    instead of queueing a twin, within the caller's transaction; the twin's id, or None."""
-    twin = _QUEUED_TWIN.scalar(conn, {"b_key": task.session_key, "b_kind": task.kind.value})
-    if twin is None:
-        return None
+def ask_twin(conn: sa.Connection, task: Task) -> DBAPICursor:
+    """Send the look-up of a still-queued task of the same session and kind as `task`; its
+    row (the twin's id) is read by the caller, so that under psycopg's pipeline the look-up
+    travels with the placement's (see `placing.ask`)."""
+    return _QUEUED_TWIN.run(conn, {"b_key": task.session_key, "b_kind": task.kind.value})
+
+
+def merge_into_twin(conn: sa.Connection, twin: str, task: Task) -> str | None:
+    """Give the still-queued `twin` the newer event's payload instead of queueing `task`,
+    within the caller's transaction; the twin's id, or None if it is no longer queued."""
     # RETURNING, not the row count: under a pipeline the count is not known yet.
     merged = _MERGE.scalar(conn, {"b_id": twin, "b_payload": task.payload})
     return str(merged) if merged is not None else None

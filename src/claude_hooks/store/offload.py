@@ -6,7 +6,8 @@ statement takes microseconds, less than a hop to a thread. On PostgreSQL a call 
 network and the server, so `Offloaded` runs it on a bounded pool of threads: a query that hangs
 (a lock held elsewhere, a partition) holds one thread, not the loop, and the caller bounds its
 own wait (`asyncio.timeout`), so heartbeats, fencing and answers go on meanwhile; no call
-waits longer than `bound` (the statement and connect timeouts together).
+waits longer than `bound` (the statement and connect timeouts together). `dispatch_all`, a
+delivery's write transaction, goes to the group commit's writer instead (`group_commit`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from claude_hooks.core.decision import Decision
+from claude_hooks.core.domain import Task
+from claude_hooks.store.base import Dispatched, Settle
+from claude_hooks.store.decisions import Cause
+from claude_hooks.store.group_commit import DispatchCall, GroupCommit
 
 # The parts of `SqlStore` with store calls of their own (`store.intake.add_delivery`, ...).
 PARTS = (
@@ -28,6 +35,7 @@ PARTS = (
     "retention",
     "spend",
     "nodes",
+    "elastic",
     "transcripts",
     "worktree_states",
     "outcomes",
@@ -84,13 +92,30 @@ class Offloaded:
 
 
 class OffloadedStore(Offloaded):
-    """The store itself: its parts offloaded too, and its threads let go when it closes."""
+    """The store itself: its parts offloaded too, its deliveries' transactions grouped (see
+    `group_commit`), and its threads let go when it closes."""
 
     def __init__(self, target: Any, executor: ThreadPoolExecutor, bound: float) -> None:
         super().__init__(target, executor, bound, PARTS)
+        self._group: GroupCommit
+        object.__setattr__(self, "_group", GroupCommit(target.dispatch_batch))
+
+    async def dispatch_all(
+        self,
+        tasks: Sequence[Task],
+        settle: Settle | None,
+        decision: Decision | None = None,
+        cause: Cause | None = None,
+        pending: bool = False,
+    ) -> Dispatched:
+        """`SqlStore.dispatch_all`, applied with the other deliveries waiting at the time."""
+        call = DispatchCall(tasks, settle, decision, cause, pending)
+        async with asyncio.timeout(self._bound):
+            return await self._group.submit(call)
 
     async def close(self) -> None:
         """Close the store, then let the threads go (one still in a hung call is left behind)."""
+        self._group.stop()
         try:
             await self._call(self._target.close)
         finally:

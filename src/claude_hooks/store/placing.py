@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.domain import TaskState
 from claude_hooks.core.scheduler import Candidate, choose
@@ -83,16 +84,37 @@ def lock_cursor(conn: sa.Connection, agent_type: str) -> int:
     return int(position)
 
 
-def place(conn: sa.Connection, agent_type: str, session_key: str) -> Spot:
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The cursor lock and the candidates of a placement, sent and not read yet."""
+
+    agent_type: str
+    session_key: str
+    locked: DBAPICursor
+    candidates: DBAPICursor
+
+
+def ask(conn: sa.Connection, agent_type: str, session_key: str) -> Asked:
+    """Send the type's cursor lock and its candidates; `place` reads them. Under psycopg's
+    pipeline (see `prepared`) both travel with whatever else was sent before a read, in one
+    round trip. The candidates are still read under the lock: the server runs the two in
+    order, and under READ COMMITTED the second one takes its snapshot once the first holds
+    the lock."""
+    params = {"b_type": agent_type}
+    locked = _CURSOR.run(conn, params)
+    candidates = _CANDIDATES.run(conn, {**params, "b_key": session_key})
+    return Asked(agent_type, session_key, locked, candidates)
+
+
+def place(
+    conn: sa.Connection, agent_type: str, session_key: str, asked: Asked | None = None
+) -> Spot:
     """Choose the instance of `agent_type` for a task of `session_key` and move the cursor;
-    the caller writes the task in the same transaction."""
-    # Both sent before either is read: one round trip when pipelined (see `prepared`). The
-    # candidates are still read under the lock: the server runs the two in order, and under
-    # READ COMMITTED the second one takes its snapshot once the first holds the lock.
-    locked = _CURSOR.run(conn, {"b_type": agent_type})
-    candidates = _CANDIDATES.run(conn, {"b_type": agent_type, "b_key": session_key})
-    position = locked.fetchone()
-    rows = candidates.fetchall()
+    the caller writes the task in the same transaction. `asked`: sent already (`ask`)."""
+    if asked is None or (asked.agent_type, asked.session_key) != (agent_type, session_key):
+        asked = ask(conn, agent_type, session_key)
+    position = asked.locked.fetchone()
+    rows = asked.candidates.fetchall()
     if position is None:  # the type's first placement: make its cursor, then read under it
         _make_cursor(conn, agent_type)
         return place(conn, agent_type, session_key)

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.config import ServerConfig
 from claude_hooks.core.decision import Decision
@@ -53,7 +54,9 @@ from claude_hooks.store.base import (
 from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
-from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
+from claude_hooks.store.elastic import SqlElastic
+from claude_hooks.store.group_commit import DispatchCall
+from claude_hooks.store.intake import SqlIntake, ask_twin, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import SqlLabels, write_labels
 from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_running
@@ -219,7 +222,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0015"
+HEAD_REVISION = "0016"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -249,11 +252,37 @@ def _upgrade(connection: sa.Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _place(conn: sa.Connection, task: Task) -> Placement:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sent:
+    """A task sent to its instance's queue; its `seq` and whether it was held are read later,
+    so that under psycopg's pipeline they travel with the delivery's last statements."""
+
+    task: Task  # on its instance
+    spot: placing.Spot
+    seq: DBAPICursor
+    held: DBAPICursor
+
+    def placement(self, read: bool = True) -> Placement:
+        """The placement; `read` False: without reading (`seq` 0, state queued)."""
+        task = self.task
+        if read:
+            (seq,) = self.seq.fetchone() or (0,)
+            state = TaskState.HELD if self.held.fetchone() is not None else TaskState.QUEUED
+            task = dataclasses.replace(task, seq=int(seq), state=state)
+        busy = self.spot.running or self.spot.queued > 0
+        return Placement(task, self.spot.queued + 1, busy)
+
+    def close(self) -> None:
+        """Let the statements go unread (SQLite commits nothing with one in progress)."""
+        self.seq.close()
+        self.held.close()
+
+
+def _place(conn: sa.Connection, task: Task, asked: placing.Asked | None = None) -> _Sent:
     """Queue `task` on the instance the rule picks, within the caller's transaction: the one
-    place where a task is placed."""
-    spot = placing.place(conn, task.type, task.session_key)
-    seq = _INSERT_TASK.scalar(
+    place where a task is placed. `asked`: its placement's look-ups, sent already."""
+    spot = placing.place(conn, task.type, task.session_key, asked)
+    seq = _INSERT_TASK.run(
         conn,
         {
             "id": task.id,
@@ -269,24 +298,24 @@ def _place(conn: sa.Connection, task: Task) -> Placement:
             "delivery_id": task.delivery_id,
         },
     )
-    state = TaskState.HELD if hold_if_paused(conn, task.id, task.session_key) else TaskState.QUEUED
+    held = hold_if_paused(conn, task.id, task.session_key)
     wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-    placed = dataclasses.replace(task, agent=spot.agent, seq=int(seq), state=state)
-    return Placement(placed, spot.queued + 1, spot.running or spot.queued > 0)
+    return _Sent(dataclasses.replace(task, agent=spot.agent), spot, seq, held)
 
 
 def _place_all(
-    conn: sa.Connection, tasks: Sequence[Task]
-) -> tuple[list[Placement], NoInstanceError | None]:
+    conn: sa.Connection, tasks: Sequence[Task], asked: placing.Asked | None = None
+) -> tuple[list[_Sent], NoInstanceError | None]:
     """Queue `tasks` in order, stopping at the first type with no instance (its task is not
     written), within the caller's transaction."""
-    placements: list[Placement] = []
+    sent: list[_Sent] = []
     for task in tasks:
         try:
-            placements.append(_place(conn, task))
+            sent.append(_place(conn, task, asked))
         except NoInstanceError as exc:
-            return placements, exc
-    return placements, None
+            return sent, exc
+        asked = None
+    return sent, None
 
 
 def _task(row: sa.Row[Any]) -> Task:
@@ -327,6 +356,7 @@ def _agent(row: sa.Row[Any]) -> AgentInstance:
         created_at=m["created_at"],
         node=m["node"],
         pinned_node=m["pinned_node"],
+        auto=bool(m["auto"]),
     )
 
 
@@ -408,6 +438,65 @@ _CANCEL_REQUESTED = (
 )
 
 
+def _apply(conn: sa.Connection, call: DispatchCall) -> Dispatched:
+    """The body of `dispatch_all` within the caller's transaction; a duplicate raises
+    (`IntegrityError`, `AlreadySettled`)."""
+    decision, settle = call.decision, call.settle
+    # Before the pipeline: these writes read what they changed (SQLAlchemy's results), and
+    # most deliveries have none of them.
+    written = (
+        write_decision(conn, decision, call.cause or Cause("", None, 0.0))
+        if decision is not None
+        else Written()
+    )
+    # The pipeline ends before the commit, so a duplicate id fails as itself (an
+    # IntegrityError), not as the commit of an aborted transaction.
+    sent: list[_Sent] = []
+    try:
+        with pipelined(conn):
+            # The twins' look-ups and the first placement's go together: one round trip.
+            twins = [ask_twin(conn, task) for task in call.tasks]
+            first = call.tasks[0] if call.tasks else None
+            asked = placing.ask(conn, first.type, first.session_key) if first else None
+            merged: list[Task] = []
+            queueing: list[Task] = []
+            for task, looked_up in zip(call.tasks, twins, strict=True):
+                row = looked_up.fetchone()
+                twin = merge_into_twin(conn, row[0], task) if row is not None else None
+                if twin is None:
+                    queueing.append(task)
+                else:
+                    merged.append(dataclasses.replace(task, id=twin))
+            sent, failure = _place_all(conn, queueing, asked)
+            if decision is not None:
+                write_outcomes(conn, decision.outcomes)
+            if decision is not None and decision.labels is not None and failure is None:
+                # As `assigned`: a label whose work could not be placed stays new.
+                write_labels(conn, *decision.labels)
+            cancelled = written.cancelled + written.stopping
+            # The record names the tasks; their `seq` and state are read after the pipeline.
+            unread = [s.placement(read=False) for s in sent]
+            record = settle(unread, merged, cancelled, failure) if settle is not None else None
+            if record is not None and not call.pending:
+                insert_delivery(conn, *record)
+    except Exception:
+        for left in sent:
+            left.close()
+        raise
+    placements = [s.placement() for s in sent]
+    if record is not None and call.pending:
+        settle_pending(conn, *record)  # reads what it deleted: after the pipeline
+    return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
+
+
+class _Failed(Exception):
+    """A delivery of a group commit's batch failed: the batch is applied again without it."""
+
+    def __init__(self, index: int, exc: Exception) -> None:
+        super().__init__(index, exc)
+        self.index, self.exc = index, exc
+
+
 class SqlStore:
     """`Store` over an async SQLAlchemy engine; each public method is one transaction."""
 
@@ -431,6 +520,7 @@ class SqlStore:
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader)
         self.nodes = SqlNodes(engine, self.reader)
+        self.elastic = SqlElastic(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
         self.node = node
@@ -479,7 +569,9 @@ class SqlStore:
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
         if engine.dialect.name != "sqlite":
-            threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
+            threads = ThreadPoolExecutor(
+                int(__import__("os").environ.get("XX_THREADS", THREADS)), thread_name_prefix="store"
+            )
             bound = timeouts.statement + timeouts.connect
             return cast(SqlStore, OffloadedStore(cls(engine, reader, node=node), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
@@ -578,7 +670,7 @@ class SqlStore:
     async def dispatch(self, task: Task) -> Placement:
         """Choose the task's instance, insert it and move the type's cursor: one transaction."""
         with self.engine.begin() as conn:
-            return _place(conn, task)
+            return _place(conn, task).placement()
 
     async def dispatch_all(
         self,
@@ -596,43 +688,40 @@ class SqlStore:
         pending, and is settled now."""
         try:
             with self.engine.begin() as conn:
-                # Before the pipeline: these writes read what they changed (SQLAlchemy's
-                # results), and most deliveries have none of them.
-                written = (
-                    write_decision(conn, decision, cause or Cause("", None, 0.0))
-                    if decision is not None
-                    else Written()
-                )
-                # The pipeline ends before the commit, so a duplicate id fails as itself (an
-                # IntegrityError), not as the commit of an aborted transaction.
-                with pipelined(conn):
-                    merged: list[Task] = []
-                    placing: list[Task] = []
-                    for task in tasks:
-                        twin = merge_into_twin(conn, task)
-                        if twin is None:
-                            placing.append(task)
-                        else:
-                            merged.append(dataclasses.replace(task, id=twin))
-                    placements, failure = _place_all(conn, placing)
-                    if decision is not None:
-                        write_outcomes(conn, decision.outcomes)
-                    if decision is not None and decision.labels is not None and failure is None:
-                        # As `assigned`: a label whose work could not be placed stays new.
-                        write_labels(conn, *decision.labels)
-                    cancelled = written.cancelled + written.stopping
-                    record = (
-                        settle(placements, merged, cancelled, failure)
-                        if settle is not None
-                        else None
-                    )
-                    if record is not None and not pending:
-                        insert_delivery(conn, *record)
-                if record is not None and pending:
-                    settle_pending(conn, *record)  # reads what it deleted: after the pipeline
+                return _apply(conn, DispatchCall(tasks, settle, decision, cause, pending))
         except (sa.exc.IntegrityError, AlreadySettled):
             return Dispatched([], None, recorded=False)
-        return Dispatched(placements, failure, recorded=True, merged=merged, written=written)
+
+    def dispatch_batch(self, calls: Sequence[DispatchCall]) -> list[Dispatched | Exception]:
+        """Apply several deliveries' decisions in one transaction, in order: what
+        `dispatch_all` would answer for each (a failure as the exception), with one commit
+        and one hold of each cursor lock for them all. A delivery that fails (a duplicate
+        id above all) rolls the transaction back, is answered alone, and the others are
+        applied again without it, so it leaves nothing and they see nothing of it. (Not
+        savepoints: rolling back to one left psycopg's prepared statements out of step with
+        the server's.) Runs on the group commit's thread (see `group_commit`); a fault
+        outside the deliveries' own statements (connecting, BEGIN, COMMIT) raises, and
+        nothing of the batch is kept."""
+        answers: dict[int, Dispatched | Exception] = {}
+        waiting = list(enumerate(calls))
+        while waiting:
+            applied: dict[int, Dispatched] = {}
+            try:
+                with self.engine.begin() as conn:
+                    for index, call in waiting:
+                        try:
+                            applied[index] = _apply(conn, call)
+                        except Exception as exc:
+                            raise _Failed(index, exc) from exc
+            except _Failed as failed:
+                cause = failed.exc
+                duplicate = isinstance(cause, sa.exc.IntegrityError | AlreadySettled)
+                answers[failed.index] = Dispatched([], None, recorded=False) if duplicate else cause
+                waiting = [(index, call) for index, call in waiting if index != failed.index]
+                continue
+            answers.update(applied)
+            break
+        return [answers[index] for index in range(len(calls))]
 
     async def reassign_task(self, task_id: str) -> Task | None:
         """Move a queued task to the tail of the instance the rule picks now (its own was
