@@ -16,9 +16,14 @@ AGENTS = 50
 
 
 def _running_agents(pid: int) -> int:
-    return sum(
-        1 for child in psutil.Process(pid).children(recursive=True) if child.name() == "sleep"
-    )
+    """The service's `sleep` agents; a child that ends while they are counted is not one."""
+    running = 0
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            running += child.name() == "sleep"
+        except psutil.NoSuchProcess:
+            continue
+    return running
 
 
 def run(quick: bool) -> dict[str, Any]:
