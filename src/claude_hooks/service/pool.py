@@ -415,11 +415,9 @@ class Pool:
         await self._redispatch(await self.store.orphaned_tasks())
         for worker in self.workers.values():
             worker.start()
-        self.limits.start()
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
-        await self.limits.stop()
         await self.egress.aclose()
 
     async def drop_all(self) -> None:

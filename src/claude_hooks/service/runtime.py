@@ -15,6 +15,7 @@ from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
 from claude_hooks.agents.sandbox import Sandbox, SandboxError
 from claude_hooks.config import Config
+from claude_hooks.core.loop_guard import LoopGuard
 from claude_hooks.errors import ConfigError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.ci_watch import CiWatcher
@@ -22,7 +23,7 @@ from claude_hooks.service.commands import SIGNAL_AGENTS, Commands
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.intake import Intake
-from claude_hooks.service.limits import SIGNAL_BUDGET, Limits
+from claude_hooks.service.limits import SIGNAL_BUDGET, BudgetWatch, Limits
 from claude_hooks.service.listener import Listener, listen_url
 from claude_hooks.service.lockfile import ServiceLock
 from claude_hooks.service.loop import Every, Loop
@@ -35,7 +36,9 @@ from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness
+from claude_hooks.service.rejections import RejectionLog
 from claude_hooks.service.retention import Retention
+from claude_hooks.service.spool import Spool
 from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.service.summary import WeeklySummary
 from claude_hooks.service.sweep import Sweeper
@@ -89,10 +92,7 @@ class Service:
         sandbox = self._sandbox()  # refused first: a missing sandbox changes nothing
         confinement = cages.detect()
         log.info("agents' limits: %s", confinement.describe())
-        # The hard budget stops runs through the one cancel (`commands`).
-        self.limits = Limits(
-            config, store, clock, self.bus, lambda: self.pool.running_tasks(), self._over_budget
-        )
+        self.limits = Limits(config, store, clock, self.bus)
         self.pool = Pool(
             config,
             store,
@@ -106,6 +106,10 @@ class Service:
             confinement,
         )
         self.commands = Commands(config, store, clock, self.pool, self.agents_changed)
+        # The hard budget stops runs through the one cancel (`commands`).
+        self.budget_watch = BudgetWatch(
+            self.limits, self.bus, self.pool.running_tasks, self.commands.cancel
+        )
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.faults = StorageFaults(clock)
@@ -119,8 +123,11 @@ class Service:
             self.outbox.wake,
             ForgeCommands(config, self.commands, self.pool, self.forge, clock),
             self.sweeper,
-            self.insecure_no_signature,
+            Spool(config.spool_dir, config.server.spool_max_bytes),
+            LoopGuard(config, clock),
+            RejectionLog(store.rejections, config.server.max_rejections_per_hour, clock),
             self.faults,
+            self.insecure_no_signature,
         )
         self.readiness = Readiness(
             store, self._replay_spool, config.server.database_connect_timeout
@@ -200,9 +207,6 @@ class Service:
         await self.node.rebalance()
         await self.pool.sync_agents()
 
-    async def _over_budget(self, task_id: str) -> None:
-        await self.commands.cancel(task_id, "the hard budget ([budget] hard = true)")
-
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
@@ -217,6 +221,7 @@ class Service:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
             await self.pool.start()
+            self.budget_watch.start()
             self.intake.spool.open()
         except BaseException:
             self._lock.release()
@@ -243,7 +248,7 @@ class Service:
             self.notifier,
             self.node.heartbeat,
             self.watcher,
-            self.limits.watch,
+            self.budget_watch.loop,
             self.sweeper.closed,
             self.sweeper.periodic,
             self.retention,
@@ -309,6 +314,7 @@ class Service:
         await self.sweeper.stop()
         await self.intake.stop()
         await self.pool.stop()
+        await self.budget_watch.stop()
         await self.node.leave()
         await self.notifier.stop()
         await self.outbox.stop()
@@ -360,7 +366,8 @@ class Service:
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
             await self.agents_changed()
         if any(signal.kind == SIGNAL_BUDGET for signal in found):
-            await self.pool.limits.reload()
+            await self.limits.reload()
+            await self.budget_watch.enforce()
         for signal in found:
             if signal.kind == SIGNAL_CANCEL:
                 self.pool.stop_running(signal.target)
