@@ -340,11 +340,15 @@ class Pool:
         policies: Policies | None,
         sandbox: Sandbox | None,
         confinement: cages.Confinement | None,
+        workspaces: Workspaces,
+        disk_room: DiskRoom,
     ) -> None:
         """`forge`: the forge the agents' forge tools act on (None: no forge tools);
         `policies`: repositories' policies, checked before a queued task starts; `limits`:
         the gate before a run (budgets, breaker); `sandbox`: the agents' sandbox, as probed
-        (types with `sandbox = true` use it); `confinement`: where runs' limits go."""
+        (types with `sandbox = true` use it); `confinement`: where runs' limits go;
+        `workspaces`: the sessions' workdirs (the sweeper's too); `disk_room`: whether the
+        disk has room for new runs."""
         self.config = config
         self.store = store
         self.runner_for = runner_for
@@ -352,16 +356,8 @@ class Pool:
         self.policies = policies
         self.clock = clock
         self.bus = bus
-        self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
-        self.workspaces = Workspaces(
-            config.data_dir,
-            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
-            # Only nodes sharing a database resume each other's sessions.
-            states=store.worktree_states if store.shared else None,
-            max_state_bytes=config.server.max_worktree_state_bytes,
-            node=config.server.node,
-            room=self.disk_room.ok,
-        )
+        self.disk_room = disk_room
+        self.workspaces = workspaces
         self.workers: dict[str, Worker] = {}
         self.inboxes: dict[str, Inbox] = {}  # steering messages of this node's running tasks
         self._stranded = False

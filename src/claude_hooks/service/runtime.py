@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from claude_hooks.agents import cages, sandbox
+from claude_hooks.agents.disk_room import DiskRoom
 from claude_hooks.agents.runners.base import AgentRunner
 from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
 from claude_hooks.agents.sandbox import Sandbox, SandboxError
-from claude_hooks.config import Config
+from claude_hooks.agents.workspace import Workspaces
+from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.loop_guard import LoopGuard
 from claude_hooks.errors import ConfigError
 from claude_hooks.forge.gateway import Forge
@@ -93,6 +95,16 @@ class Service:
         confinement = cages.detect()
         log.info("agents' limits: %s", confinement.describe())
         self.limits = Limits(config, store, clock, self.bus)
+        disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
+        workspaces = Workspaces(
+            config.data_dir,
+            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
+            # Only nodes sharing a database resume each other's sessions.
+            states=store.worktree_states if store.shared else None,
+            max_state_bytes=config.server.max_worktree_state_bytes,
+            node=config.server.node,
+            room=disk_room.ok,
+        )
         self.pool = Pool(
             config,
             store,
@@ -104,6 +116,8 @@ class Service:
             Policies(config, self.forge, self.store.spend, self.clock),
             sandbox,
             confinement,
+            workspaces,
+            disk_room,
         )
         self.commands = Commands(config, store, clock, self.pool, self.agents_changed)
         # The hard budget stops runs through the one cancel (`commands`).
@@ -113,7 +127,8 @@ class Service:
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.faults = StorageFaults(clock)
-        self.sweeper = Sweeper(config, self.pool.workspaces, store.intake, self.forge)
+        self.sweeper = Sweeper(config, workspaces, store.intake, self.forge)
+        spool = Spool(config.spool_dir, config.server.spool_max_bytes)
         self.intake = Intake(
             config,
             self.pool,
@@ -123,7 +138,7 @@ class Service:
             self.outbox.wake,
             ForgeCommands(config, self.commands, self.pool, self.forge, clock),
             self.sweeper,
-            Spool(config.spool_dir, config.server.spool_max_bytes),
+            spool,
             LoopGuard(config, clock),
             RejectionLog(store.rejections, config.server.max_rejections_per_hour, clock),
             self.faults,
@@ -147,7 +162,7 @@ class Service:
             self.pool,
             [self.ci, self.pending, self.outbox, self.summary],
             clock,
-            lambda: len(self.intake.spool.waiting),
+            lambda: len(spool.waiting),
         )
         # In a Kubernetes pod, its deletion cost follows this node's work (deploy/kubernetes/).
         cluster = in_cluster(os.environ)
