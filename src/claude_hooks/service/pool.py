@@ -336,14 +336,14 @@ class Pool:
         clock: Callable[[], float],
         bus: EventBus,
         limits: Limits,
-        forge: Forge | None,
-        policies: Policies | None,
+        forge: Forge,
+        policies: Policies,
         sandbox: Sandbox | None,
         confinement: cages.Confinement | None,
         workspaces: Workspaces,
         disk_room: DiskRoom,
     ) -> None:
-        """`forge`: the forge the agents' forge tools act on (None: no forge tools);
+        """`forge`: the forge the agents' forge tools act on;
         `policies`: repositories' policies, checked before a queued task starts; `limits`:
         the gate before a run (budgets, breaker); `sandbox`: the agents' sandbox, as probed
         (types with `sandbox = true` use it); `confinement`: where runs' limits go;
@@ -618,7 +618,7 @@ class Pool:
     async def gate(self, task_id: str | None) -> Gate | None:
         """The policy's word on a queued task about to start; a refused task is ended here
         (cancelled or failed, with the reason) and the instance looks at its queue again."""
-        if task_id is None or self.policies is None or not self.policies.active:
+        if task_id is None or not self.policies.active:
             return None
         task = await self.store.get_task(task_id)
         if task is None or task.state is not TaskState.QUEUED:
@@ -655,7 +655,7 @@ class Pool:
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
         policy = RunPolicy()
-        if self.policies is not None and self.policies.active:
+        if self.policies.active:
             policy = await self.policies.for_run(task)
         try:
             cage = self._cage(task, workdir)
@@ -800,9 +800,7 @@ class Pool:
             ),
             steering=self.inboxes.get(task.id),
             cage=cage,
-            forge_tools=None
-            if self.forge is None
-            else ForgeTools(
+            forge_tools=ForgeTools(
                 task, type_config, self.forge, self.workspaces, self.sandbox_of(task.type)
             ),
         )
