@@ -199,17 +199,23 @@ class Intake:
         wake_outbox: Callable[[], None],
         commands: ForgeCommands,
         sweeper: Sweeper,
-        insecure: bool = False,
-        faults: StorageFaults | None = None,
+        spool: Spool,
+        guard: LoopGuard,
+        rejections: RejectionLog,
+        faults: StorageFaults,
+        insecure: bool,
     ) -> None:
         """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer;
-        `commands`: carries out forge commands; `sweeper`: removes closed issues' workdirs."""
+        `commands`: carries out forge commands; `sweeper`: removes closed issues' workdirs;
+        `spool`: keeps deliveries while the database is late; `guard`: the loop guard's rules;
+        `rejections`: records refused deliveries; `faults`: counts and logs storage faults;
+        `insecure`: take unsigned deliveries (no webhook secret set)."""
         self.config = config
         self.pool = pool
-        self.spool = Spool(config.spool_dir, config.server.spool_max_bytes)
-        self.faults = faults or StorageFaults(clock)
+        self.spool = spool
+        self.faults = faults
         self.sweeper = sweeper
-        self.guard = LoopGuard(config, clock)
+        self.guard = guard
         self.wake_outbox = wake_outbox
         self._labelling: set[asyncio.Task[None]] = set()
         self.commands = commands
@@ -222,9 +228,7 @@ class Intake:
         self.counts: dict[str, int] = {}
         self._in_progress: set[str] = set()
         self.in_order = InOrder()
-        self.rejections = RejectionLog(
-            pool.store.rejections, config.server.max_rejections_per_hour, clock
-        )
+        self.rejections = rejections
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
