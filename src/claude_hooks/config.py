@@ -35,6 +35,11 @@ from claude_hooks.names import NAME_RULE, valid_name
 
 CONFIG_FILE = "claude-hooks.toml"
 MergeStyle = Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"]
+# What a new event does to a session key's work of one task kind (`on_new_event`).
+NewEventRule = Literal["coalesce", "queue", "supersede"]
+TaskKindName = Literal[
+    "work_issue", "review_pr", "address_review", "merge_pr", "fix_ci", "answer_mention"
+]
 
 
 def _host_node_name() -> str:
@@ -332,6 +337,13 @@ class TypeConfig(_Section):
         default_factory=list,
         description="labels whose adding to an issue or PR assigns it to this type "
         "(removing one unassigns it), e.g. ['agent:dev']",
+    )
+    on_new_event: dict[TaskKindName, NewEventRule] = Field(
+        default_factory=dict,
+        description="per task kind, what a new event does to the key's work: coalesce (a "
+        "queued task takes the newer payload), queue (always a new task), supersede (as "
+        "coalesce, and a running task of that kind and key is stopped); default supersede "
+        "for review_pr and fix_ci when the PR's head moved, coalesce for the rest",
     )
     rebalance: Literal["none", "steal"] = Field(
         "none",

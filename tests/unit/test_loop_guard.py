@@ -9,7 +9,7 @@ import httpx
 
 from claude_hooks.config import FlowsConfig
 from claude_hooks.core.decision import Decision
-from claude_hooks.core.loop_guard import trip_reason
+from claude_hooks.core.loop_guard import service_limits, trip_reason
 from claude_hooks.service.intake import Applied, _kept
 from tests.fake_forgejo import FakeForgejo
 from tests.support import fixture, forgejo_headers, wait_until
@@ -19,7 +19,9 @@ COMMAND = ["true"]
 
 
 def test_trip_reasons() -> None:
-    flows = FlowsConfig(max_tasks_per_issue=5, max_cost_per_issue_usd=10.0, max_review_rounds=3)
+    flows = service_limits(
+        FlowsConfig(max_tasks_per_issue=5, max_cost_per_issue_usd=10.0, max_review_rounds=3)
+    )
     assert trip_reason(flows, 4, 9.99, 3) is None
     assert trip_reason(flows, 5, 0.0, 0) == "5 agent tasks (max_tasks_per_issue = 5)"
     assert trip_reason(flows, 1, 10.0, 0) == (

@@ -185,9 +185,11 @@ class Commands:
             )
         positions = await self.store.queue_positions([t.id for t in queued])
         for task in queued:
+            # Why it waits for its concurrency group, as the claim of any node noted it.
+            wait = (await self.store.notes.get_note(task.id)).group_wait
             lines.append(
                 f"- queued `{task.kind.value}` (task `{task.id}`) on `{task.agent}`, "
-                f"position {positions.get(task.id, '?')}"
+                f"position {positions.get(task.id, '?')}" + (f"; {wait}" if wait else "")
             )
         lines += [f"- held `{t.kind.value}` (task `{t.id}`) until resumed" for t in held]
         if not running and not queued and not held:

@@ -218,7 +218,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0018"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -577,13 +577,15 @@ class SqlStore:
         decision: Decision | None = None,
         cause: Cause | None = None,
         pending: bool = False,
+        separate: frozenset[str] = frozenset(),
     ) -> Dispatched:
         """Apply a delivery's whole decision in one transaction: its writes (`decisions`),
         then its tasks in order (each merged into a queued twin of its session and kind, or
         placed, stopping at a type with no instance), then the delivery as `settle` records
         it. A duplicate id, or a failure, leaves nothing of it. `settle` None: no delivery
         to record (a CI poll's decision); `pending`: the delivery is recorded already, as
-        pending, and is settled now."""
+        pending, and is settled now; `separate`: the ids of tasks never merged into a twin
+        (`on_new_event = "queue"`)."""
         try:
             with self.engine.begin() as conn:
                 # Before the pipeline: these writes read what they changed (SQLAlchemy's
@@ -599,7 +601,7 @@ class SqlStore:
                     merged: list[Task] = []
                     placing: list[Task] = []
                     for task in tasks:
-                        twin = merge_into_twin(conn, task)
+                        twin = None if task.id in separate else merge_into_twin(conn, task)
                         if twin is None:
                             placing.append(task)
                         else:
@@ -755,6 +757,10 @@ class SqlStore:
         with self.reader.connect() as conn:
             row = conn.execute(_HEAD, {"b_agent": agent}).first()
             return None if row is None else str(row.id)
+
+    async def group_waits(self) -> dict[str, str]:
+        with self.reader.connect() as conn:
+            return groups.group_waits(conn)
 
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
         with self.engine.begin() as conn:
