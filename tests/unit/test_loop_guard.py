@@ -99,6 +99,29 @@ async def test_a_pull_request_bounced_between_reviewer_and_dev_stops_until_a_hum
     assert len(fake_forgejo.requests_to("/repos/acme/widget/labels", "POST")) == 1
 
 
+async def test_a_repositorys_own_lower_limit_trips_the_guard(
+    client_for: Any,  # noqa: F811
+    fake_forgejo: FakeForgejo,
+    tmp_path: Path,
+) -> None:
+    fake_forgejo.add_token("tok-bob", "bob")
+    reviewer = {"login": "bob", "token": "tok-bob", "runner": "command", "command": COMMAND}
+    config = forge_config(
+        tmp_path,
+        fake_forgejo,
+        types={"reviewer": {**reviewer, "workdir": "none", "comments": False}},
+        flows={"max_review_rounds": 3},
+    )
+    config.types["dev"].comments = "off"
+    # The service allows 3 rounds; the repository's file (narrowing needs no [policy]) says 1.
+    fake_forgejo.commit_file("acme", "widget", ".claude-hooks.toml", "max_review_rounds = 1\n")
+    _service, client = await client_for(config)
+    assert (await post(client, "pull_request_review_rejected", "round-1"))["status"] == "queued"
+    stopped = await post(client, "pull_request_review_rejected", "round-2")
+    assert stopped["status"] == "ignored"
+    assert stopped["reason"].endswith("(max_review_rounds = 1))")
+
+
 def test_a_decision_that_failed_part_way_keeps_a_humans_guard_resets() -> None:
     """A mention or comment (no assignment state) whose applying fails is recorded as an
     error with the resets its human sender made, as an assignment is."""

@@ -388,6 +388,12 @@ def refuse_broken(decision: Decision, repo: str, error: PolicyError) -> Decision
     if not dropped:
         return decision
     decision.keep([(t, r) for t, r in decision.dispatch if r.repo != repo])
+    # Not saved, as for a sender who may not trigger work: once the file is fixed, the same
+    # assignment or label is new work.
+    if decision.assigned is not None and decision.assigned[0] == repo:
+        decision.assigned = None
+    if decision.labels is not None and decision.labels[0] == repo:
+        decision.labels = None
     refused = f"no agent work in {repo}: its policy file cannot be used: {error}"
     decision.reason = f"{decision.reason}; {refused}" if decision.reason else refused
     if error.file is not None:

@@ -178,7 +178,7 @@ def _kept(decision: Decision | None, applied: Applied) -> Decision | None:
 def _unposted(decision: Decision) -> Decision:
     """`decision` without what it would post: with no forge configured, nothing is."""
     trips = [replace(trip, comment=None, label=None) for trip in decision.trips]
-    return replace(decision, comments=[], trips=trips)
+    return replace(decision, comments=[], trips=trips, policy_faults=[])
 
 
 class Intake:
@@ -628,7 +628,7 @@ class Intake:
             # Run here, or by another node: the signal written with the decision stops it.
             self.pool.stop_running(task_id)
         applied.cancelled += written.cancelled + written.stopping
-        if decision.comments or decision.trips:
+        if decision.comments or decision.trips or decision.policy_faults:
             self.wake_outbox()
         for label in written.labels:
             self._label(label)
