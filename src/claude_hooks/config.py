@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -503,11 +503,6 @@ class Config(_Section):
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
-
-    def types_of_labels(self, labels: Iterable[str]) -> set[str]:
-        """The agent types one of `labels` triggers (`[types.<t>] labels`)."""
-        names = set(labels)
-        return {t for t, c in self.types.items() if names.intersection(c.labels)}
 
     def type_of_login(self, login: str) -> str | None:
         """The agent type whose Forgejo account this is (logins compare case-insensitively)."""

@@ -228,9 +228,7 @@ class Intake:
         find_pull: flows.PullLookup | None = forge.find_pull if forge else None
         find_head: flows.HeadLookup | None = forge.find_head if forge else None
         policies = self.pool.policies
-        policy: flows.PolicyLookup | None = None
-        if policies is not None and policies.active:
-            policy = policies.of
+        policy: flows.PolicyLookup | None = policies.of if policies is not None else None
         if bounded:
             may_trigger = within(may_trigger, deadline)
             find_pull = within(find_pull, deadline) if find_pull else None
