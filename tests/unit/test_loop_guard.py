@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from claude_hooks.config import FlowsConfig
-from claude_hooks.core.decision import Decision
+from claude_hooks.core.decision import Decision, ForgeCommand
 from claude_hooks.core.loop_guard import service_limits, trip_reason
 from claude_hooks.service.intake import Applied, _kept
 from tests.fake_forgejo import FakeForgejo
@@ -115,11 +115,15 @@ async def test_a_repositorys_own_lower_limit_trips_the_guard(
     config.types["dev"].comments = "off"
     # The service allows 3 rounds; the repository's file (narrowing needs no [policy]) says 1.
     fake_forgejo.commit_file("acme", "widget", ".claude-hooks.toml", "max_review_rounds = 1\n")
-    _service, client = await client_for(config)
+    service, client = await client_for(config)
     assert (await post(client, "pull_request_review_rejected", "round-1"))["status"] == "queued"
     stopped = await post(client, "pull_request_review_rejected", "round-2")
     assert stopped["status"] == "ignored"
     assert stopped["reason"].endswith("(max_review_rounds = 1))")
+    # `@dev-bot status` names the repository's limit too.
+    key = "dev:acme/widget:17"
+    status = ForgeCommand("status", "dev", "acme/widget", 18, key, (key,), 1, "alice", True)
+    assert "2 of 1 review rounds" in await service.intake.commands.status(status)
 
 
 def test_a_decision_that_failed_part_way_keeps_a_humans_guard_resets() -> None:
