@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from claude_hooks.core.domain import TaskState
+from claude_hooks.core.domain import TaskKind, TaskState
 from claude_hooks.errors import ConflictError
 from claude_hooks.store.base import Outcome
 from claude_hooks.store.decisions import Cause
-from claude_hooks.store.nodes import NodeInfo
+from claude_hooks.store.nodes import NodeInfo, NodeLoad
 from claude_hooks.store.schema import agents as agents_table
 from claude_hooks.store.sql import SqlStore
 from tests.store.test_store_contract import NOW, agents, new_task
@@ -185,3 +185,21 @@ async def test_each_node_prunes_only_the_logs_on_its_own_disk(pg_url: str) -> No
         assert await store.retention.unpruned_logs(later, 10, "two") == [ran["two"], never.id]
     finally:
         await store.close()
+
+
+async def test_a_nodes_load_and_work_first_when_it_has_room_for_one(store: SqlStore) -> None:
+    one = node("one", capacity=1)
+    await agents(store, "dev-a", "dev-b")
+    await store.nodes.join(one, NOW)
+    assert await store.nodes.load("one") == NodeLoad(running=0, queued=0)
+    # Placed on dev-a, then dev-b; dev-a's is cancelled: dev-b has work, dev-a none.
+    first = (await store.dispatch(new_task(1))).task
+    await store.dispatch(new_task(2))
+    await store.cancel_tasks([first.id], Cause("a test", None, NOW))
+    assert (await store.nodes.rebalance(one, NOW)).take == ("dev-b",)  # its work comes first
+    assert await store.nodes.load("one") == NodeLoad(running=0, queued=1)
+    store.node = "one"
+    assert (await store.claim_next("dev-b", NOW)).task is not None
+    await store.dispatch(new_task(2, kind=TaskKind.ANSWER_MENTION))  # behind it, on dev-b
+    assert await store.nodes.load("one") == NodeLoad(running=1, queued=1)
+    assert await store.nodes.load("two") == NodeLoad(running=0, queued=0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from claude_hooks.core.node_share import Lease, Member, moves
+from claude_hooks.core.node_share import Lease, Member, Moves, moves
 
 
 def lease(name: str, holder: str | None = None, **kwargs: object) -> Lease:
@@ -23,9 +25,9 @@ def settle(members: list[Member], leases: list[Lease], rounds: int = 6) -> list[
             if wanted.take or wanted.release:
                 changed = True
             current = [
-                Lease(x.name, x.enabled, None, x.pinned, x.running)
+                replace(x, holder=None)
                 if x.name in wanted.release and x.holder == member.name
-                else Lease(x.name, x.enabled, member.name, x.pinned, x.running)
+                else replace(x, holder=member.name)
                 if x.name in wanted.take and x.holder is None
                 else x
                 for x in current
@@ -87,6 +89,30 @@ def test_a_pinned_instance_goes_only_to_its_node() -> None:
     assert {x.name: x.holder for x in settled}["dev-a"] == "two"
 
 
+def test_an_instance_with_work_is_taken_before_idle_ones() -> None:
+    one = Member("one", 1)
+    leases = [lease("dev-a"), lease("dev-b", queued=True)]
+    assert moves(one, [one], leases).take == ("dev-b",)
+
+
+def test_full_nodes_swap_an_idle_instance_for_one_whose_work_waits() -> None:
+    one, two = Member("one", 1), Member("two", 1)
+    leases = [
+        lease("dev-a", "one"),  # idle, empty queue
+        lease("dev-b", "two", running=True),
+        lease("dev-c", queued=True),  # its tasks wait: no node has room
+    ]
+    assert moves(two, [one, two], leases) == moves(two, [one, two], leases[:2])  # busy: stays
+    assert moves(one, [one, two], leases) == Moves(take=("dev-c",), release=("dev-a",))
+    settled = {x.name: x.holder for x in settle([one, two], leases)}
+    assert settled == {"dev-a": None, "dev-b": "two", "dev-c": "one"}
+    # Without waiting work nothing moves; a node with room takes the work instead.
+    assert moves(one, [one, two], leases[:2]) == Moves((), ())
+    roomy = Member("two", 2)
+    assert moves(one, [one, roomy], leases).release == ()
+    assert moves(roomy, [one, roomy], leases).take == ("dev-c",)
+
+
 names = st.lists(st.sampled_from([f"dev-{c}" for c in "abcdefgh"]), unique=True, max_size=8)
 
 
@@ -95,12 +121,13 @@ names = st.lists(st.sampled_from([f"dev-{c}" for c in "abcdefgh"]), unique=True,
     instances=names,
     capacities=st.lists(st.integers(0, 3), min_size=1, max_size=4),
     disabled=st.sets(st.sampled_from([f"dev-{c}" for c in "abcdefgh"])),
+    busy=st.sets(st.sampled_from([f"dev-{c}" for c in "abcdefgh"])),
 )
 def test_settled_leases_are_single_capped_and_leave_no_room_unused(
-    instances: list[str], capacities: list[int], disabled: set[str]
+    instances: list[str], capacities: list[int], disabled: set[str], busy: set[str]
 ) -> None:
     members = [Member(f"n{i}", cap) for i, cap in enumerate(capacities)]
-    leases = [lease(n, enabled=n not in disabled) for n in instances]
+    leases = [lease(n, enabled=n not in disabled, queued=n in busy) for n in instances]
     settled = settle(members, leases, rounds=12)
     held: dict[str, int] = {}
     for x in settled:
@@ -112,6 +139,8 @@ def test_settled_leases_are_single_capped_and_leave_no_room_unused(
     waiting = [x for x in settled if x.holder is None and x.enabled]
     if waiting:  # an instance waits only when every node is full
         assert all(m.capacity and held.get(m.name, 0) >= m.capacity for m in members)
+    if any(x.queued for x in waiting):  # and work waits only when no node holds an idle one
+        assert all(x.queued for x in settled if x.holder is not None)
     if all(m.capacity == 0 for m in members):  # without limits the nodes share evenly
         counts = [held.get(m.name, 0) for m in members]
         assert not waiting and max(counts) - min(counts) <= 1

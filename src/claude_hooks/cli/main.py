@@ -58,6 +58,7 @@ from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup, restore
 from claude_hooks.store.base import NodeAddress, Store, TaskFilter
+from claude_hooks.store.scaler import NODES_NEEDED
 from claude_hooks.store.sql import SqlStore, Timeouts
 
 T = TypeVar("T")
@@ -797,6 +798,13 @@ def _post_to_service(config: Config, path: str) -> dict[str, Any]:
     if answer.status_code >= 400 and "error" in body:
         _fail(str(body["error"]))
     return body
+
+
+@app.command("scaler-query", rich_help_panel=PLAN)
+def scaler_query() -> None:
+    """Print the PostgreSQL query giving the nodes the queued and running work needs (for
+    KEDA's postgresql scaler: deploy/kubernetes/keda.yaml)."""
+    sys.stdout.write(NODES_NEEDED)
 
 
 # backup

@@ -5,6 +5,9 @@ floating ones, never more than its capacity. A node over its share lets idle ins
 when another node is short and no unheld instance is left for it; a node takes beyond its
 share only when every other node is full, so no instance waits while some node has room.
 An instance that is running a task never moves: it is let go only once that task ends.
+Instances with queued work come first: a node takes them before idle ones, and when every
+node is full while one of them waits unheld, a node lets an idle instance with an empty queue
+go to take it (so the nodes the work needs, `store/scaler.py`, run that work).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class Lease:
     holder: str | None
     pinned: str | None
     running: bool
+    queued: bool = False  # tasks wait in its queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,7 @@ def moves(me: Member, members: Sequence[Member], leases: Sequence[Lease]) -> Mov
     keep = [x for x in mine if x.name not in release]
     unheld = sorted(
         (x for x in leases if x.holder is None and _eligible(x, me.name)),
-        key=lambda x: (x.pinned != me.name, x.name),
+        key=lambda x: (x.pinned != me.name, not x.queued, x.name),
     )
     others = [m for m in members if m.name != me.name]
     short = sum(max(0, limits[m.name] - held[m.name]) for m in others)
@@ -94,6 +98,17 @@ def moves(me: Member, members: Sequence[Member], leases: Sequence[Lease]) -> Mov
         release += [x.name for x in idle[:count]]
         keep = [x for x in keep if x.name not in release]
     room = (me.capacity or len(leases)) - len(keep)
+    everyone_full = all(
+        m.capacity and held[m.name] >= m.capacity for m in members if m.name != me.name
+    )
+    if room <= 0 and everyone_full:
+        # Work waits on an instance no node has room for: swap an idle one for it.
+        waiting = sum(1 for x in unheld if x.queued)
+        idle = [x for x in reversed(keep) if not (x.running or x.queued or x.pinned == me.name)]
+        swapped = [x.name for x in idle[:waiting]]
+        release += swapped
+        keep = [x for x in keep if x.name not in swapped]
+        room += len(swapped)
     want = room if others_full else min(room, limits[me.name] - len(keep))
     take = [x.name for x in unheld[: max(0, want)]]
     return Moves(tuple(take), tuple(release))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
 from claude_hooks.service.pending import PendingRetrier
+from claude_hooks.service.pod_cost import PodCost, in_cluster
 from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
@@ -117,6 +119,13 @@ class Service:
             clock,
             lambda: len(self.intake.spool.waiting),
         )
+        # In a Kubernetes pod, its deletion cost follows this node's work (deploy/kubernetes/).
+        cluster = in_cluster(os.environ)
+        self.pod_cost = (
+            None
+            if cluster is None
+            else PodCost(cluster, config.server.node, lambda: store.nodes.load(config.server.node))
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
         self._poke = asyncio.Event()  # a signal was written: look at the signals table now
@@ -191,6 +200,8 @@ class Service:
         await self.node.start()
         self.intake.sweeper.start()
         self.retention.start()
+        if self.pod_cost is not None:
+            self.pod_cost.start()
         if self.listener is not None:
             self.listener.start()
         self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
@@ -240,6 +251,8 @@ class Service:
 
     async def stop(self) -> None:
         await self.readiness.stop()
+        if self.pod_cost is not None:
+            await self.pod_cost.stop()
         if self.listener is not None:
             await self.listener.stop()
         if self._watcher is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from claude_hooks.core.domain import TaskState
 from claude_hooks.core.node_share import Lease, Member, Moves, moves
 from claude_hooks.errors import ConflictError
-from claude_hooks.store.schema import agents, leaders, nodes, tasks
+from claude_hooks.store.schema import agents, leaders, nodes, queue_lengths, tasks
 from claude_hooks.store.upsert import upsert
 
 _RUNNING = TaskState.RUNNING.value
@@ -66,6 +66,14 @@ class NodeView:
     spooled: int = 0  # deliveries in its spool, not yet in the database
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """The work on a node now: the tasks it runs, and those queued on the instances it holds."""
+
+    running: int
+    queued: int
+
+
 class NodeStore(Protocol):
     async def join(self, node: NodeInfo, now: float) -> None: ...
     async def heartbeat(self, node: NodeInfo, now: float, spooled: int = 0) -> bool: ...
@@ -75,6 +83,7 @@ class NodeStore(Protocol):
     async def lead(self, duty: str, node: NodeInfo, now: float) -> bool: ...
     async def resign(self, duty: str, node: NodeInfo) -> None: ...
     async def list_nodes(self, now: float) -> list[NodeView]: ...
+    async def load(self, name: str) -> NodeLoad: ...
 
 
 def _live(now: float) -> sa.ColumnElement[bool]:
@@ -269,6 +278,11 @@ class SqlNodes:
             running = set(
                 conn.scalars(sa.select(tasks.c.agent).where(tasks.c.state == _RUNNING)).all()
             )
+            queued = set(
+                conn.scalars(
+                    sa.select(queue_lengths.c.agent).where(queue_lengths.c.queued > 0)
+                ).all()
+            )
             # An instance of a type this node's configuration lacks is, to this node, one it
             # cannot run: it never takes one and lets go of any it holds.
             leases = [
@@ -278,6 +292,7 @@ class SqlNodes:
                     row.node,
                     row.pinned_node,
                     row.name in running,
+                    row.name in queued,
                 )
                 for row in conn.execute(
                     sa.select(
@@ -354,6 +369,20 @@ class SqlNodes:
             for row in rows
         ]
 
+    async def load(self, name: str) -> NodeLoad:
+        with self.reader.connect() as conn:
+            running = conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(tasks)
+                .where(tasks.c.state == _RUNNING, tasks.c.node == name)
+            )
+            queued = conn.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(queue_lengths.c.queued), 0))
+                .select_from(queue_lengths.join(agents, agents.c.name == queue_lengths.c.agent))
+                .where(agents.c.node == name)
+            )
+        return NodeLoad(running=int(running or 0), queued=int(queued or 0))
+
 
 def _restarted(row: Any, node: NodeInfo) -> bool:
     """The live-looking row is this process (joining again after it was fenced) or its
@@ -371,7 +400,7 @@ def _live_holders(leases: Sequence[Lease], members: Sequence[Member]) -> list[Le
 
 
 def _unheld(lease: Lease) -> Lease:
-    return Lease(lease.name, lease.enabled, None, lease.pinned, lease.running)
+    return replace(lease, holder=None)
 
 
 def _insert_leader(conn: sa.Connection) -> Any:
