@@ -17,16 +17,22 @@ $(BIN)/python:
 # Exactly the locked versions, every file checked against its hash, then the project itself;
 # a changed lock installs again. The Claude Code CLI ships inside the SDK's wheel: a link puts
 # it beside claude-hooks (`.venv/bin/claude setup-token`).
+CLAUDE_LINK = ln -sf "$$($(BIN)/python -c 'import claude_agent_sdk, pathlib; \
+  print(pathlib.Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude")')" $(BIN)/claude
 $(VENV)/.installed: requirements/run.lock pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/run.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
-	ln -sf "$$($(BIN)/python -c 'import claude_agent_sdk, pathlib; \
-	  print(pathlib.Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude")')" $(BIN)/claude
+	$(CLAUDE_LINK)
 	touch $@
 
-$(VENV)/.installed-dev: requirements/dev.lock $(VENV)/.installed
+# The dev lock is resolved with the run lock as a constraint, so it holds every package of it at
+# the same version, and setuptools: one pip pass installs both, and the project builds without
+# an isolated build environment (fetching setuptools again cost 15 s on a fresh clone).
+$(VENV)/.installed-dev: requirements/dev.lock requirements/run.lock pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	touch $@
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(CLAUDE_LINK)
+	touch $(VENV)/.installed $@
 
 # Agents run in a bubblewrap sandbox: as root, install Debian's package when it is missing.
 sandbox:
@@ -48,7 +54,10 @@ typecheck: $(VENV)/.installed-dev
 unit: $(VENV)/.installed-dev sandbox
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
-test: lint typecheck unit
+# mypy (about 20 s on a fresh clone, which has no cache) runs beside the tests, which spend
+# much of their time waiting on processes and sockets.
+test: lint
+	@$(MAKE) --no-print-directory -j2 typecheck unit
 
 # The edit-test loop: lint, types, the import contract and the pure rules (tests/unit).
 check: lint typecheck

@@ -23,6 +23,7 @@ from bench import (
     dispatch,
     ingest,
     memory,
+    outcomes,
     proxy_overhead,
     restart,
     start_latency,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "proxy_overhead": proxy_overhead.run,
     "cluster": cluster.run,
     "storage_faults": storage_faults.run,
+    "outcomes": outcomes.run,
 }
 HERE = Path(__file__).resolve().parent
 
@@ -210,6 +212,19 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _verdict(added <= 2),
             )
         )
+    if "outcomes" in r:
+        o = r["outcomes"]
+        for backend in ("sqlite", "postgresql"):
+            if backend in o:
+                worst = o[backend]["worst_s"]
+                rows.append(
+                    (
+                        f"report over {o['tasks']:,} tasks, {backend} (slowest grouping)",
+                        "<= 1 s",
+                        f"{worst:.2f} s (CPU {o[backend]['worst_cpu_s']:.2f} s)",
+                        _verdict(worst <= 1),
+                    )
+                )
     return rows
 
 

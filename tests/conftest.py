@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -122,9 +123,9 @@ def gate() -> GateRunner:
     return GateRunner()
 
 
-@pytest.fixture
-async def start_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
-    """Start a Service in process; `runner` replaces every type's runner with a fake."""
+@contextlib.asynccontextmanager
+async def service_starter(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """What `start_service` gives, for fixtures of another event loop's scope to reuse."""
     started: list[Service] = []
 
     async def start(config: Config | None = None, runner: Any = None, **overrides: Any) -> Service:
@@ -134,6 +135,15 @@ async def start_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         started.append(service)
         return service
 
-    yield start
-    for service in started:
-        await service.stop()
+    try:
+        yield start
+    finally:
+        for service in started:
+            await service.stop()
+
+
+@pytest.fixture
+async def start_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """Start a Service in process; `runner` replaces every type's runner with a fake."""
+    async with service_starter(tmp_path) as start:
+        yield start

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
@@ -129,10 +130,12 @@ def api(client: httpx.AsyncClient) -> httpx.AsyncClient:
     return client
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Any]:
-    """Debian's Chromium driven by Playwright (the browser modules skip where either is
-    missing, before this is asked for)."""
+    """Debian's Chromium driven by Playwright, one per test worker: starting both took about
+    5 s a test. Each test opens its own context in it; the browser modules run in the
+    session's event loop, Playwright's (see tests/browser_fixtures.py), and skip where
+    Chromium or Playwright is missing, before this is asked for."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as driver:

@@ -17,9 +17,11 @@ server runs in a background thread and `stop()` releases hung requests and joins
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 import zlib
@@ -209,10 +211,12 @@ class FakeForgejo:
         return self
 
     def stop(self) -> None:
-        """Release hung requests, stop serving and wait for every handler thread."""
+        """Release hung requests, stop serving, end the connections still open, and wait for
+        every handler thread."""
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
+            self._server.end_connections()
             self._server.server_close()
         if self._thread is not None:
             self._thread.join()
@@ -917,6 +921,29 @@ class _Server(ThreadingHTTPServer):
     # released by FakeForgejo.stop() first.
     daemon_threads = False
     block_on_close = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def end_connections(self) -> None:
+        """A connection whose request has not arrived (its client's event loop is paused while
+        a test's fixtures stop) would hold its handler thread until the read timeout (5 s)."""
+        with self._open_lock:
+            for request in self._open:
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (timeout) closes its socket; that is expected, not an error."""

@@ -241,6 +241,39 @@ class BudgetConfig(_Section):
     hard: bool = Field(False, description="stop running tasks when a budget is reached")
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+class ReportConfig(_Section):
+    """The weekly outcome summary, posted as a comment on an issue the operator names."""
+
+    summary_repository: str = Field(
+        "", description="owner/repo to post the weekly outcome summary in; empty: none"
+    )
+    summary_issue: int = Field(0, ge=0, description="the issue of summary_repository it goes on")
+    summary_weekday: Weekday = Field("monday", description="the day it is posted")
+    summary_hour: int = Field(9, ge=0, le=23, description="from this hour, in server.timezone")
+    summary_as: str = Field(
+        "", description="the type whose token posts it; empty: [flows] merge_type"
+    )
+
+    @model_validator(mode="after")
+    def _named_issue(self) -> ReportConfig:
+        if not self.summary_repository:
+            return self
+        owner, _, name = self.summary_repository.partition("/")
+        if not owner or not name or "/" in name:
+            raise ValueError(
+                f"summary_repository {self.summary_repository!r}: give it as owner/repo"
+            )
+        if self.summary_issue <= 0:
+            raise ValueError(
+                "summary_issue: name the issue of summary_repository the summary is posted on"
+            )
+        return self
+
+
 class SecurityConfig(_Section):
     allowed_senders: list[str] = Field(default_factory=list)
     permission_cache_seconds: float = Field(300.0, ge=0)
@@ -307,6 +340,23 @@ class PolicyConfig(_Section):
     egress: list[str] | None = Field(
         None, description="hosts a repository may add to a type's egress; unset: any"
     )
+
+
+class VariantConfig(_Section):
+    """A prompt or model variant of a type (`[types.<t>] variants`): its share of the
+    sessions, and the role and model its sessions run with instead of the type's."""
+
+    name: str
+    share: float = Field(gt=0, le=1)
+    role: str | None = None
+    model: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not valid_name(value):
+            raise ValueError(f"variant name {value!r} must be {NAME_RULE}")
+        return value
 
 
 class TypeConfig(_Section):
@@ -403,6 +453,32 @@ class TypeConfig(_Section):
         "(ports 80 and 443) or 'host:port'; default none",
     )
 
+    variants: list[VariantConfig] = Field(
+        default_factory=list,
+        description="prompt/model experiments: [{name, share, role, model}]; shares sum to at "
+        "most 1, the rest of the sessions run the type's own role and model",
+    )
+    variant_seed: str = Field(
+        "", description="seeds the choice of a session's variant (from its key)"
+    )
+
+    @model_validator(mode="after")
+    def _variant_shares(self) -> TypeConfig:
+        names = [v.name for v in self.variants]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variants: the name {twice[0]!r} is used twice; names are unique")
+        total = sum(v.share for v in self.variants)
+        if total > 1 + 1e-9:
+            raise ValueError(
+                f"variants: the shares sum to {total:g}, over 1; lower them (what they leave "
+                "under 1 runs the type's own role and model)"
+            )
+        return self
+
+    def variant(self, name: str | None) -> VariantConfig | None:
+        return next((v for v in self.variants if v.name == name), None)
+
     @model_validator(mode="after")
     def _egress_entries(self) -> TypeConfig:
         for entry in self.egress:
@@ -440,6 +516,7 @@ class Config(_Section):
     flows: FlowsConfig = Field(default_factory=FlowsConfig)  # type: ignore[arg-type]
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # type: ignore[arg-type]
     policy: PolicyConfig = Field(default_factory=PolicyConfig)  # type: ignore[arg-type]
+    report: ReportConfig = Field(default_factory=ReportConfig)  # type: ignore[arg-type]
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     agents: list[AgentSeed] = Field(default_factory=list)
     # The file the configuration was read from: hidden from sandboxed agents.
@@ -468,6 +545,13 @@ class Config(_Section):
         for name in [*(self.policy.allowed_types or ()), *self.policy.max_running]:
             if name != "all" and name not in self.types:
                 raise ValueError(f"policy: {name!r} is not a type (no [types.{name}] table)")
+        poster = self.report.summary_as or self.flows.merge_type
+        if self.report.summary_repository and poster not in self.types:
+            key = "report.summary_as" if self.report.summary_as else "flows.merge_type"
+            raise ValueError(
+                f"{key}: {poster!r} posts the weekly summary but is not a type "
+                f"(no [types.{poster}] table); set report.summary_as to a configured type"
+            )
         for seed in self.agents:
             if not valid_name(seed.name):
                 raise ValueError(f"agents: {seed.name!r} is not a valid name ({NAME_RULE})")

@@ -167,7 +167,7 @@ async def test_cancel_sends_sigterm_then_sigkill_to_the_whole_group(
     await wait_until(lambda: marker.exists() and marker.read_text() != "")
     child = int(marker.read_text())
     started = time.monotonic()
-    result = await service.pool.cancel_task(task_id)
+    result = await service.commands.cancel(task_id)
     assert result.was is TaskState.RUNNING
     task = await finished(service, task_id)
     elapsed = time.monotonic() - started
@@ -193,7 +193,7 @@ async def test_cancel_of_a_polite_command_is_prompt(
     log = service.pool.log_path(task_id)
     await wait_until(lambda: log.exists() and "up" in log.read_text())
     started = time.monotonic()
-    await service.pool.cancel_task(task_id)
+    await service.commands.cancel(task_id)
     task = await finished(service, task_id)
     assert task.state is TaskState.CANCELLED
     assert time.monotonic() - started < 1.0

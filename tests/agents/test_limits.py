@@ -195,7 +195,7 @@ def test_a_cgroup_v2_cage_writes_its_limits_and_reads_its_events(tmp_path: Path)
     """The cgroup v2 files of a cage, in a plain folder standing for a delegated subtree
     (this host's cgroup v2 has no memory or pids controller to delegate)."""
     confinement = cages.Confinement("cgroup2", {"": tmp_path})
-    limits = cages.Limits(64, 256 << 20, 50 << 20, "256M", "50M")
+    limits = cages.Caps(64, 256 << 20, 50 << 20, "256M", "50M")
     cage = confinement.cage("task-1", limits)
     (folder,) = tmp_path.glob("task-1-*")
     assert (folder / "pids.max").read_text() == "64"
@@ -219,7 +219,7 @@ def test_start_removes_the_empty_cgroups_a_dead_service_left(tmp_path: Path) -> 
     found = cages.detect()
     if found.kind != "cgroup1":
         pytest.skip(f"needs a writable cgroup v1 (this host: {found.describe()})")
-    limits = cages.Limits(8, 64 << 20, 1 << 20, "64M", "1M")
+    limits = cages.Caps(8, 64 << 20, 1 << 20, "64M", "1M")
     left, fresh = found.cage("left", limits), found.cage("fresh", limits)
     for folder in left.cgroups.values():
         os.utime(folder, (time.time() - 3600, time.time() - 3600))

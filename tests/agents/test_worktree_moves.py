@@ -145,7 +145,7 @@ async def test_a_cancelled_run_saves_its_worktree_too(
     service: Service = await start_service(config, runner=runner)
     task_id = await deliver(service, "issues_assigned_dev")
     await asyncio.wait_for(runner.started.wait(), 30)
-    await service.pool.cancel_task(task_id)
+    await service.commands.cancel(task_id)
     assert (await finished(service, task_id)).state is TaskState.CANCELLED
 
     b = node(tmp_path, "b", forge, service.store)

@@ -38,6 +38,7 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
         "memory",
         "claude_overhead",
         "proxy_overhead",
+        "outcomes",
     }
     ingest = results["ingest"]["claude_hooks"]
     assert ingest["throughput"]["per_second"]["median"] > 0
@@ -51,6 +52,7 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
     assert results["memory"]["per_running_agent_mb"]["runs"] == 2
     assert results["claude_overhead"]["dispatch_to_first_api_request_s"]["median"] > 0
     assert results["proxy_overhead"]["proxied_p50_ms"] > 0
+    assert results["outcomes"]["sqlite"]["worst_s"] > 0
     assert "restart with" in done.stdout  # the targets are printed
 
 

@@ -65,7 +65,8 @@ def test_help_lists_the_commands_grouped_run_operate_inspect_plan() -> None:
         "spool",
         "labels",
     }
-    assert set(listed["Inspect"]) == {"tasks", "deliveries", "nodes", "costs", "doctor", "policy"}
+    inspect = {"tasks", "deliveries", "nodes", "costs", "report", "doctor", "policy"}
+    assert set(listed["Inspect"]) == inspect
     assert listed["Plan"] == ["simulate"]
     # A group without its command shows its help, as Click does.
     bare = cli("tasks")

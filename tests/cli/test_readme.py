@@ -119,7 +119,7 @@ def test_every_setting_is_in_the_settings_table() -> None:
         documented |= {span if "." in span else f"{prefix}.{span}" for span in spans}
     wanted = {
         f"{section}.{key}"
-        for section in ("server", "forgejo", "flows", "budget", "security")
+        for section in ("server", "forgejo", "flows", "budget", "security", "report")
         for key in get_type_hints(Config)[section].model_fields
     } | {f"types.<t>.{key}" for key in TypeConfig.model_fields}
     assert sorted(wanted - documented) == []

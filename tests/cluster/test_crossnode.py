@@ -26,7 +26,7 @@ from claude_hooks.agents.runners.base import RunContext, RunResult
 from claude_hooks.config import Config
 from claude_hooks.core.decision import Decision, ForgeCommand
 from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
-from claude_hooks.service import control
+from claude_hooks.service.commands import Commands
 from claude_hooks.service.events import TASK_CHANGED
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.schema import nodes, tasks
@@ -195,12 +195,12 @@ async def test_cancel_through_the_node_that_does_not_run_the_task(
     try:
         third = await cluster.review(3)
         await wait_until(lambda: third in cluster.gate_b.started)
-        await control.cancel_task(cli, third)
+        await Commands(cluster.a.config, cli).cancel(third)
         await wait_until(lambda: third in cluster.gate_b.cancelled, WITHIN)
         # The cancelled run is recorded first (its worker keeps it until then); the let-go of
         # a disabled instance is timed from there.
         await wait_until(lambda: cluster.b.pool.workers["rev-b"].current is None)
-        await control.set_enabled(cli, "rev-b", False)
+        await Commands(cluster.a.config, cli).set_enabled("rev-b", False)
         # Disabled, it is let go by its node: no worker of B runs it any more.
         await wait_until(lambda: "rev-b" not in cluster.b.pool.workers, WITHIN)
     finally:

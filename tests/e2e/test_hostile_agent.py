@@ -363,7 +363,7 @@ async def test_a_cancelled_sandbox_ends_every_process_in_it(
     log = service.pool.log_path(task_id)
     await wait_until(lambda: log.exists() and "working" in log.read_text(), timeout=10)
     await wait_until(lambda: len(processes_with(marker)) == 2)
-    await service.pool.cancel_task(task_id)
+    await service.commands.cancel(task_id)
     task = await finished(service, task_id)
     assert task.state is TaskState.CANCELLED
     workdir = service.pool.workspaces.workdir("dev:acme/widget:17")

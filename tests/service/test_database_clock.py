@@ -28,8 +28,8 @@ def _service(tmp_path: Path, pg_url: str, name: str, skew: float, store: SqlStor
 async def test_nodes_with_skewed_clocks_keep_their_leases_on_the_databases_clock(
     tmp_path: Path, pg_url: str
 ) -> None:
-    ahead = _service(tmp_path, pg_url, "ahead", SKEW, await SqlStore.open(pg_url))
-    behind = _service(tmp_path, pg_url, "behind", -SKEW, await SqlStore.open(pg_url))
+    ahead = _service(tmp_path, pg_url, "ahead", SKEW, await SqlStore.open(pg_url, node="ahead"))
+    behind = _service(tmp_path, pg_url, "behind", -SKEW, await SqlStore.open(pg_url, node="behind"))
     await ahead.start()
     await behind.start()
     try:

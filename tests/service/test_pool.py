@@ -11,7 +11,7 @@ import pytest
 
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
-from claude_hooks.service import control
+from claude_hooks.service.commands import Commands
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.store.decisions import Cause
@@ -132,7 +132,7 @@ async def test_disabled_instance_is_skipped(
     start_service: ServiceFactory, gate: GateRunner
 ) -> None:
     service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
-    await service.set_enabled("dev-alpha", False)
+    await service.commands.set_enabled("dev-alpha", False)
     placed = {
         await agent_of(service, await service.pool.dispatch_by_type("dev", request(n)))
         for n in range(1, 4)
@@ -174,7 +174,7 @@ async def test_disabling_moves_queued_tasks_and_lets_the_running_one_finish(
     queued_a = await service.pool.dispatch_by_type("dev", request(3))
     await wait_until(lambda: len(gate.started) == 2)
     assert await agent_of(service, queued_a) == "dev-alpha"
-    await service.set_enabled("dev-alpha", False)
+    await service.commands.set_enabled("dev-alpha", False)
     assert await agent_of(service, queued_a) == "dev-bravo"
     assert service.pool.get_worker("dev-alpha").current is not None
     gate.release(running_a)
@@ -194,7 +194,7 @@ async def test_disabling_the_last_instance_fails_its_queue_clearly(
     await service.pool.dispatch_by_type("dev", request(1))
     queued = await service.pool.dispatch_by_type("dev", request(2))
     await wait_until(lambda: len(gate.started) == 1)
-    await service.set_enabled("dev-alpha", False)
+    await service.commands.set_enabled("dev-alpha", False)
     task = await service.store.get_task(queued)
     assert task is not None and task.state is TaskState.FAILED
     assert task.error is not None and "no enabled instance of type 'dev'" in task.error
@@ -204,8 +204,8 @@ async def test_cli_changes_reach_the_running_service(
     start_service: ServiceFactory, gate: GateRunner, tmp_path: Path
 ) -> None:
     service = await devs(start_service, gate, "dev-alpha")
-    config = service.config
-    await control.add_agent(service.store, config, "dev-charlie", "dev")
+    cli = Commands(service.config, service.store)  # the CLI's: the signal tells the service
+    await cli.add_agent("dev-charlie", "dev")
     await wait_until(lambda: "dev-charlie" in service.pool.workers, timeout=1.0)
     first = await service.pool.dispatch_by_type("dev", request(1))
     second = await service.pool.dispatch_by_type("dev", request(2))
@@ -216,7 +216,7 @@ async def test_cli_changes_reach_the_running_service(
     await wait_until(lambda: len(gate.started) == 2)
     queued = await service.pool.dispatch_by_type("dev", request(3))
     queued_on = await agent_of(service, queued)
-    await control.remove_agent(service.store, queued_on)
+    await cli.remove_agent(queued_on)
     other = ({"dev-alpha", "dev-charlie"} - {queued_on}).pop()
     await wait_until(lambda: queue_is(service.store, other, [queued]), timeout=1.0)
     assert service.pool.workers[queued_on].retiring
@@ -226,7 +226,7 @@ async def test_cli_changes_reach_the_running_service(
     gate.release(running_there)
     await wait_until(lambda: queued_on not in service.pool.workers, timeout=2.0)
     with pytest.raises(ConflictError, match="already exists"):
-        await control.add_agent(service.store, config, other, "dev")
+        await cli.add_agent(other, "dev")
 
 
 async def test_force_disable_cancels_the_running_task(
@@ -235,7 +235,9 @@ async def test_force_disable_cancels_the_running_task(
     service = await devs(start_service, gate, "dev-alpha", "dev-bravo")
     running = await service.pool.dispatch_by_type("dev", request(1))
     await wait_until(lambda: len(gate.started) == 1)
-    assert await control.set_enabled(service.store, "dev-alpha", False, force=True) == [running]
+    assert await Commands(service.config, service.store).set_enabled(
+        "dev-alpha", False, force=True
+    ) == [running]
     await wait_until(lambda: gate.cancelled == [running], timeout=1.0)
     await wait_until(lambda: service.pool.get_worker("dev-alpha").current is None)
     task = await service.store.get_task(running)
@@ -311,14 +313,14 @@ async def test_a_task_moved_off_a_disabled_waiting_instance_runs_where_it_was_mo
     service = await devs(start_service, gate, "dev-alpha", "dev-bravo", "dev-charlie")
     running = await service.pool.dispatch_by_type("dev", request(1))
     await wait_until(lambda: gate.started == [running])
-    await service.set_enabled("dev-alpha", False)  # alpha goes on running issue 1
+    await service.commands.set_enabled("dev-alpha", False)  # alpha goes on running issue 1
     follow_up = await service.pool.dispatch_by_type("dev", request(1, kind=TaskKind.FIX_CI))
     waiting_on = await agent_of(service, follow_up)
     waiter = service.pool.get_worker(waiting_on)
     # It waits at the head of its queue there: issue 1's conversation still runs on alpha.
     await wait_until(lambda: waiter.blocked)
     assert await queue_of(service.store, waiting_on) == [follow_up]
-    await service.set_enabled(waiting_on, False)
+    await service.commands.set_enabled(waiting_on, False)
     moved_to = await agent_of(service, follow_up)
     assert moved_to not in ("dev-alpha", waiting_on)
     gate.release(running)
@@ -327,7 +329,7 @@ async def test_a_task_moved_off_a_disabled_waiting_instance_runs_where_it_was_mo
     assert gate.started.count(follow_up) == 1
     assert service.pool.get_worker(moved_to).current is not None
     assert service.pool.get_worker(moved_to).current.id == follow_up
-    await service.pool.cancel_task(follow_up)
+    await service.commands.cancel(follow_up)
     await wait_until(lambda: follow_up in gate.cancelled)
 
 
@@ -340,7 +342,7 @@ async def test_tasks_moved_during_a_database_fault_are_not_lost(
     queued = await service.pool.dispatch_by_type("dev", request(3))
     await wait_until(lambda: len(gate.started) == 2)
     assert await agent_of(service, queued) == "dev-alpha"
-    await control.set_enabled(service.store, "dev-alpha", False)  # as the CLI does
+    await Commands(service.config, service.store).set_enabled("dev-alpha", False)  # as the CLI does
     # Another process (a CLI, a backup) holds the lock past the busy timeout (5 s).
     holder = hold_write_lock(service.config.data_dir / "claude-hooks.db", 5.5)
     await service.pool.sync_agents()  # moving the queued task fails: the database is locked

@@ -80,7 +80,7 @@ async def services() -> AsyncIterator[list[Service]]:
 async def start(
     services: list[Service], config: Config, runner: Any, clock: Clock | None = None
 ) -> Service:
-    store = await SqlStore.open(config.database_url)
+    store = await SqlStore.open(config.database_url, node=config.server.node)
     runner_for = None if runner is None else (lambda _type: runner)
     service = Service(config, store, clock=clock or Clock(0.0), runner_for=runner_for)
     await service.start()

@@ -63,7 +63,7 @@ async def test_closing_the_issue_removes_its_worktree(
         )
         assert answer.status_code == 200
         assert "closed" in answer.json()["reason"]
-        await wait_until(lambda: service.intake.sweeper.removed == ["dev:acme/widget:17"], 10)
+        await wait_until(lambda: service.sweeper.removed == ["dev:acme/widget:17"], 10)
         assert not workdir.exists()
 
 

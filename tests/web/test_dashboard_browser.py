@@ -21,6 +21,13 @@ from claude_hooks.config import Config
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore
+from tests.browser_fixtures import (  # noqa: F401 (fixtures)
+    SESSION_LOOP,
+    base_url_in_session,
+    client_in_session,
+    service_in_session,
+    start_service_in_session,
+)
 from tests.dashboard_fixtures import AUTH, CHROMIUM, LoggingGate, serve
 from tests.support import GateRunner, fixture, make_config, wait_until
 
@@ -32,6 +39,7 @@ playwright_api = pytest.importorskip(
     "playwright.async_api", reason="browser tests need playwright: pip install -e '.[dev]'"
 )
 expect = playwright_api.expect
+pytestmark = SESSION_LOOP
 
 # The README's picture is refreshed on demand (UPDATE_SCREENSHOT=1 make test), so a test run
 # leaves the working tree as it found it.
@@ -424,7 +432,7 @@ async def test_screenshot_of_a_busy_dashboard(browser: Any, tmp_path: Path) -> N
     clock = Clock()
     runner = Scripted()
     config = screenshot_config(tmp_path)
-    store = await SqlStore.open(config.database_url)
+    store = await SqlStore.open(config.database_url, node=config.server.node)
     service = Service(config, store, clock=clock, runner_for=lambda _type: runner)
     await service.start()
     try:

@@ -13,11 +13,20 @@ import httpx
 import pytest
 
 from claude_hooks.agents.runners.base import RunContext, RunResult
+from tests.browser_fixtures import (  # noqa: F401 (fixtures)
+    SESSION_LOOP,
+    base_url_in_session,
+    client_in_session,
+    service_in_session,
+    start_service_in_session,
+)
 from tests.dashboard_fixtures import LoggingGate
 from tests.support import forgejo_headers, sign, wait_until
 
 pytest.importorskip("tests.web.test_dashboard_browser")  # skips this module with that one
 from tests.web.test_dashboard_browser import expect, log_in, queue
+
+pytestmark = SESSION_LOOP
 
 LONG = "The change touches the scheduler. " * 12 + "Last words of the long result."
 

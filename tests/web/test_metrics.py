@@ -70,6 +70,8 @@ async def test_metrics_of_an_idle_service(client: httpx.AsyncClient, service: Se
     assert "claude_hooks_queue_wait_seconds_count" not in samples
     assert value(samples, "claude_hooks_start_time_seconds") == service.started_at
     assert "claude_hooks_deliveries_total" not in samples
+    assert value(samples, "claude_hooks_loop_failures_total", loop="node-heartbeat") == 0
+    assert value(samples, "claude_hooks_loop_failures_total", loop="outbox") == 0
 
 
 async def test_metrics_follow_deliveries_and_tasks(

@@ -219,8 +219,16 @@ async def test_unassigning_cancels_running_and_queued_work(
     assert [d.id for d in listed] == ["unassign-17"]
     assert "cancelled" in DELIVERY_OUTCOMES  # what `deliveries list --outcome` accepts
     await wait_until(lambda: gate.cancelled == [work])
-    states = {t.id: t.state.value for t in await service.store.list_tasks(TaskFilter(), 10, 0)}
-    assert states == {work: "cancelled", mention["id"]: "cancelled"}
+
+    async def both_cancelled() -> bool:
+        tasks = await service.store.list_tasks(TaskFilter(), 10, 0)
+        return {t.id: t.state.value for t in tasks} == {
+            work: "cancelled",
+            mention["id"]: "cancelled",
+        }
+
+    # The worker records the stopped run just after its runner saw the cancel.
+    await wait_until(both_cancelled)
     # Assigning again starts the work afresh.
     again = await send(client, "issues_assigned_dev", "assign-17-again")
     assert again.status_code == 202

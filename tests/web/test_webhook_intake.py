@@ -233,15 +233,15 @@ async def test_header_names_in_any_case_and_gitea_only(client: httpx.AsyncClient
 async def test_no_instance_left_answers_503_and_records_the_reason(
     client: httpx.AsyncClient, service: Service
 ) -> None:
-    await service.set_enabled("dev-alpha", False)
-    await service.set_enabled("dev-bravo", False)
+    await service.commands.set_enabled("dev-alpha", False)
+    await service.commands.set_enabled("dev-bravo", False)
     answer = await client.post("/webhook", content=ASSIGNED, headers=ASSIGNED_HEADERS)
     assert answer.status_code == 503
     assert "no instance registered for type 'dev'" in answer.json()["reason"]
     record = await service.store.intake.get_delivery(ASSIGNED_HEADERS["X-Forgejo-Delivery"])
     assert record is not None and record.outcome == "error"
     # Once an instance is back, the stored delivery can be replayed.
-    await service.set_enabled("dev-alpha", True)
+    await service.commands.set_enabled("dev-alpha", True)
     replayed = await client.post(f"/api/deliveries/{record.id}/replay", headers=AUTH)
     assert replayed.status_code == 202
     assert replayed.json()["tasks"][0]["agent"] == "dev-alpha"

@@ -1,4 +1,4 @@
-"""Limits per agent: how many processes, how much memory and disk one run may take.
+"""Caps per run (`Caps`): how many processes, how much memory and disk one run may take.
 
 Each run gets a `Cage`: its own cgroup where the kernel enforces `max_processes` (pids) and
 `max_memory` (memory, OOM kills inside the cgroup only), under the service's own cgroup:
@@ -56,8 +56,8 @@ Kind = Literal["cgroup2", "cgroup1", "rlimits"]
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """One type's limits, in bytes, with the text they were written as for messages."""
+class Caps:
+    """One type's caps, in bytes, with the text they were written as for messages."""
 
     processes: int
     memory: int
@@ -66,7 +66,7 @@ class Limits:
     disk_text: str
 
     @classmethod
-    def of(cls, config: TypeConfig) -> Limits:
+    def of(cls, config: TypeConfig) -> Caps:
         return cls(
             processes=config.max_processes,
             memory=size_bytes(config.max_memory),
@@ -125,7 +125,7 @@ class Cage:
     """One run's limits as applied: its cgroups (none with rlimits only), the paths whose disk
     use counts, the agent's first pid (for the /proc count without cgroups)."""
 
-    def __init__(self, limits: Limits, kind: Kind, cgroups: dict[str, Path]) -> None:
+    def __init__(self, limits: Caps, kind: Kind, cgroups: dict[str, Path]) -> None:
         self.limits = limits
         self.kind = kind
         self.cgroups = cgroups  # controller ("pids", "memory"; "" for cgroup v2) -> folder
@@ -287,7 +287,7 @@ class Confinement:
             f"together), processes and memory counted from /proc{missing}"
         )
 
-    def cage(self, name: str, limits: Limits) -> Cage:
+    def cage(self, name: str, limits: Caps) -> Cage:
         """A cage for a run of `name` (a task id), its cgroups made with the limits set: new
         ones for each run, so no count of an earlier attempt's carries over."""
         cgroups: dict[str, Path] = {}

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 from claude_hooks import __version__
 from claude_hooks.agents.workspace import Workspaces
+from claude_hooks.cli import report as report_cli
 from claude_hooks.cli import spend as spend_cli
 from claude_hooks.cli.labels import labels_app
 from claude_hooks.cli.options import ConfigOption, GlobalOptions, chosen_config
@@ -40,7 +41,8 @@ from claude_hooks.errors import (
 )
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
-from claude_hooks.service import control
+from claude_hooks.service import commands
+from claude_hooks.service.commands import Commands
 from claude_hooks.service.history import (
     DELIVERY_OUTCOMES,
     REJECTED,
@@ -105,6 +107,7 @@ app.command("simulate", rich_help_panel=PLAN)(simulate_command)
 app.add_typer(spend_cli.budget_app, name="budget", rich_help_panel=OPERATE)
 app.add_typer(policy_app, name="policy", rich_help_panel=INSPECT)
 app.command("costs", rich_help_panel=INSPECT)(spend_cli.costs)
+app.command("report", rich_help_panel=INSPECT)(report_cli.report)
 app.add_typer(labels_app, name="labels", rich_help_panel=OPERATE)
 
 # Piped output is read by people too: do not squeeze tables into Rich's default 80 columns.
@@ -409,13 +412,13 @@ def agents_add(
     """Register a new instance of a type; a running service starts using it within a second."""
     config = _config(config_file)
     try:
-        control.check_type(config, agent_type)  # before the database is created for it
-        control.check_node(node)
+        commands.check_type(config, agent_type)  # before the database is created for it
+        commands.check_node(node)
     except ConfigError as exc:
         _fail(str(exc), USAGE_ERROR)
     agent = _run(
         _with_store(
-            config, lambda s: control.add_agent(s, config, name, agent_type, node), create=True
+            config, lambda s: Commands(config, s).add_agent(name, agent_type, node), create=True
         )
     )
     pinned = f", pinned to node {agent.pinned_node}" if agent.pinned_node else ""
@@ -430,7 +433,9 @@ def agents_disable(
 ) -> None:
     """Stop giving work to an instance; its queued tasks move to the others of its type."""
     config = _config(config_file)
-    cancelled = _run(_with_store(config, lambda s: control.set_enabled(s, name, False, force)))
+    cancelled = _run(
+        _with_store(config, lambda s: Commands(config, s).set_enabled(name, False, force))
+    )
     out.print(f"disabled {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
 
 
@@ -438,7 +443,7 @@ def agents_disable(
 def agents_enable(name: str, config_file: ConfigOption = None) -> None:
     """Give work to an instance again."""
     config = _config(config_file)
-    _run(_with_store(config, lambda s: control.set_enabled(s, name, True)))
+    _run(_with_store(config, lambda s: Commands(config, s).set_enabled(name, True)))
     out.print(f"enabled {name}")
 
 
@@ -452,7 +457,7 @@ def agents_remove(
 
     An instance declared in the configuration's [[agents]] comes back at the next start."""
     config = _config(config_file)
-    cancelled = _run(_with_store(config, lambda s: control.remove_agent(s, name, force)))
+    cancelled = _run(_with_store(config, lambda s: Commands(config, s).remove_agent(name, force)))
     out.print(f"removed {name}" + (f"; cancelling {', '.join(cancelled)}" if cancelled else ""))
     if any(seed.name == name for seed in config.agents):
         out.print(
@@ -552,7 +557,7 @@ def tasks_show(task_id: str, config_file: ConfigOption = None) -> None:
 def tasks_cancel(task_id: str, config_file: ConfigOption = None) -> None:
     """Cancel a queued or running task."""
     config = _config(config_file)
-    request = _run(_with_store(config, lambda s: control.cancel_task(s, task_id)))
+    request = _run(_with_store(config, lambda s: Commands(config, s).cancel(task_id)))
     message = request.message
     if request.was is TaskState.RUNNING and running_service(config.data_dir) is None:
         message = (

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from claude_hooks.core.domain import DispatchRequest
 from claude_hooks.core.new_event import RunningTask
+from claude_hooks.core.outcomes import OutcomeFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class Decision:
     cleanup: list[str] = field(default_factory=list)  # keys whose workdirs go once idle
     # Issues whose loop guard a human's event resets (see `loop_guard`).
     resets: list[Reset] = field(default_factory=list)
-    # Commands in a comment (`service.commands`), carried out by the intake.
+    # Commands in a comment (`service.forge_commands`), carried out by the intake.
     commands: list[ForgeCommand] = field(default_factory=list)
     # The labels now on (repo, number), saved with the dispatches (as `assigned`): not saved
     # when placing failed, so the label is seen as new when replayed.
@@ -147,6 +148,8 @@ class Decision:
     stop: list[tuple[str, str]] = field(default_factory=list)
     # Repositories whose broken policy file this delivery met: one comment per file version.
     policy_faults: list[PolicyFault] = field(default_factory=list)
+    # Outcome records (`core.outcomes`): what the delivery tells about the agents' work.
+    outcomes: list[OutcomeFact] = field(default_factory=list)
 
     def keep(self, dispatch: list[tuple[str, DispatchRequest]]) -> None:
         """Dispatch only `dispatch`: a running task stays unless a kept dispatch supersedes it."""

@@ -264,6 +264,8 @@ class PushPayload(_Model):
     after: str
     repository: Repository
     sender: User
+    pusher: User | None = None
+    total_commits: int = 0  # `commits` itself is capped (PAYLOAD_COMMIT_LIMIT)
 
 
 Payload = (

@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable
 
 from claude_hooks.config import Config
-from claude_hooks.core.decision import CiWatch
+from claude_hooks.core.decision import CiWatch, Decision
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service import flows
+from claude_hooks.service import flows, outcomes
 from claude_hooks.service.intake import Applied, Intake
 from claude_hooks.service.loop import Loop
 
@@ -56,10 +56,14 @@ class CiWatcher(Loop):
                 return "timeout"
             return "pending"
         await store.drop_ci_watch(watch.repo, watch.pr_number)
-        if status.state not in ("failure", "error"):
-            return status.state
         link = await store.pull_link(watch.repo, watch.pr_number)
-        if link is None or not link.open or link.head_sha != watch.head_sha:
+        if link is None:
+            return status.state
+        # The verdict is an outcome (the first-pass rate) whether or not a fix follows.
+        verdict = outcomes.ci_verdict(link, watch.head_sha, status.state == "success", self.clock())
+        failing = status.state in ("failure", "error")
+        if not failing or not link.open or link.head_sha != watch.head_sha:
+            await self.intake.apply(Decision(outcomes=verdict), Applied(), "a CI poll")
             return status.state
         failed = [s for s in status.statuses if s.state in ("failure", "error")]
         context = {
@@ -69,6 +73,7 @@ class CiWatcher(Loop):
             "target_url": next((s.target_url for s in failed if s.target_url), None),
         }
         decision = await flows.dispatch_fix_ci(self.intake.context(None), link, context)
+        decision.outcomes += verdict
         await self.intake.apply(decision, Applied(), "a CI poll of claude-hooks")
         log.info("CI of %s#%d: %s", watch.repo, watch.pr_number, decision.reason)
         return status.state

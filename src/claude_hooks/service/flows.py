@@ -44,7 +44,7 @@ from claude_hooks.forge.payloads import (
 
 _MENTION = re.compile(r"(?<![\w@/.-])@([A-Za-z0-9][A-Za-z0-9_.-]*)")
 _CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s*:?\s+#(\d+)\b", re.IGNORECASE)
-_BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
+BRANCH_ISSUE = re.compile(r"^[^/]+/(?:issue-)?(\d+)(?:[-_/]|$)")
 COMMANDS = ("stop", "status", "retry", "pause", "resume", "help")
 _QUEUE = re.compile(r"@([A-Za-z0-9][A-Za-z0-9_.-]*)[ \t]+queue:", re.IGNORECASE)
 # A command is a line that is exactly `@<login> <word>`: "@dev-bot stop using globals" is a
@@ -121,7 +121,7 @@ def commands_in(text: str) -> list[tuple[str, str]]:
 def linked_issue(pull: PullRequest) -> int:
     """The issue an agent's PR was opened for: its branch `<type>/<number>-…`, a `Fixes #N`
     line, or else the PR itself."""
-    match = _BRANCH_ISSUE.match(pull.head.ref)
+    match = BRANCH_ISSUE.match(pull.head.ref)
     if match:
         return int(match.group(1))
     match = _CLOSES.search(pull.body)
@@ -611,7 +611,7 @@ async def handle_mention(ctx: FlowContext, payload: IssueCommentPayload) -> Deci
 async def handle_commands(
     ctx: FlowContext, payload: IssueCommentPayload, commands: list[tuple[str, str]]
 ) -> Decision:
-    """A comment with command lines: each is carried out by the intake (`service.commands`);
+    """A comment with command lines: each is carried out by the intake (`service.forge_commands`);
     its other lines are not read as mentions."""
     issue, repo, sender = payload.issue, payload.repository.full_name, payload.sender.login
     allowed = await _allowed(ctx, repo, sender)

@@ -29,9 +29,9 @@ from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.payloads import Payload, PushPayload, parse_payload
 from claude_hooks.forge.webhook import WebhookError, decode_delivery
-from claude_hooks.service import flows
-from claude_hooks.service.commands import Commands
+from claude_hooks.service import flows, outcomes
 from claude_hooks.service.events import Event
+from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.pending import FORGE_SHARE, ForgeUnreachable, backoff, within
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.rejections import RejectionLog
@@ -190,19 +190,22 @@ class Intake:
         forge: Forge,
         clock: Callable[[], float],
         wake_outbox: Callable[[], None],
+        commands: ForgeCommands,
+        sweeper: Sweeper,
         insecure: bool = False,
         faults: StorageFaults | None = None,
     ) -> None:
-        """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer."""
+        """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer;
+        `commands`: carries out forge commands; `sweeper`: removes closed issues' workdirs."""
         self.config = config
         self.pool = pool
         self.spool = Spool(config.spool_dir, config.server.spool_max_bytes)
         self.faults = faults or StorageFaults(clock)
-        self.sweeper = Sweeper(config, pool.workspaces, store, forge)
+        self.sweeper = sweeper
         self.guard = LoopGuard(config, clock)
         self.wake_outbox = wake_outbox
         self._labelling: set[asyncio.Task[None]] = set()
-        self.commands = Commands(config, pool, forge, clock)
+        self.commands = commands
         self.store = store
         self.forge = forge
         self.clock = clock
@@ -425,6 +428,7 @@ class Intake:
             decision = await self.guard.review(
                 self.store, decision, record.event_type, record.sender, limits
             )
+            await outcomes.observe(ctx, record.event_type, payload, decision)
             await self.run_commands(decision, applied, record.id)
             if not self.forge.enabled:
                 decision = _unposted(decision)
@@ -477,7 +481,7 @@ class Intake:
     ) -> None:
         """Carry out the decision's forge commands before it is applied: the delivery's
         record says what each did, and a reply goes to the outbox with the decision. A stop
-        cancels through `Pool.cancel_task` (`control.cancel_task`, `Store.cancel_tasks`)."""
+        cancels through `Commands.cancel` (`Store.cancel_tasks`)."""
         for command in decision.commands:
             done = await self.commands.run(command, delivery_id)
             decision.reason += f"; {command.agent_type} {command.word}: {done.summary}"

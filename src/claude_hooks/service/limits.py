@@ -20,6 +20,7 @@ from claude_hooks.core.budget import TEAM, Limit, Overrides, Reached, first_reac
 from claude_hooks.core.budget import period_bounds as bounds
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.service.events import Event, EventBus
+from claude_hooks.service.loop import Every
 from claude_hooks.store.base import Outcome, Store
 from claude_hooks.store.spend import BreakerState
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SIGNAL_BUDGET = "budget"  # the CLI changed a budget: the service reads them again
 LONGEST_WAIT = 60.0  # a waiting worker looks again at least this often (spend on other hosts)
 PROBE_GRACE = 60.0  # beyond the type's timeout: a probe that never reported is replaced
+WATCH_RETRY = 1.0  # after the watch of finished runs failed (it logs its own faults)
 BREAKER_DELAY = 30.0  # the first pause of a tripped breaker; it doubles up to 30 minutes
 
 
@@ -69,7 +71,7 @@ class Limits:
         self._noticed: set[str] = set()
         self._changed = asyncio.Event()
         self._finished = bus.subscribe(10_000)
-        self._watch: asyncio.Task[None] | None = None
+        self.watch = Every("limits", WATCH_RETRY, self._on_finished, first=0.0)
 
     async def reload(self) -> None:
         """Read the budgets set from the CLI; waiting workers look again at once."""
@@ -223,29 +225,26 @@ class Limits:
         return False
 
     def start(self) -> None:
-        self._watch = asyncio.create_task(self._on_finished(), name="limits")
+        self.watch.start()
 
     async def stop(self) -> None:
         self._finished.close()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await self.watch.stop()
 
-    async def _on_finished(self) -> None:
+    async def _on_finished(self) -> float:
         """A recorded run changes the spend: waiting workers look again, hard budgets act."""
-        while True:
-            event = await self._finished.get()
-            if event.kind != "task.finished" or event.task is None:
-                continue
-            if event.task.type in self.breakers:
-                self.breakers[event.task.type].probe_lost(event.task.id)
-            self.poke()
-            if event.task.cost_usd:
-                try:
-                    await self.enforce()
-                except Exception:
-                    log.exception("could not stop the work over a hard budget; trying later")
+        event = await self._finished.get()
+        if event.kind != "task.finished" or event.task is None:
+            return 0.0
+        if event.task.type in self.breakers:
+            self.breakers[event.task.type].probe_lost(event.task.id)
+        self.poke()
+        if event.task.cost_usd:
+            try:
+                await self.enforce()
+            except Exception:
+                log.exception("could not stop the work over a hard budget; trying later")
+        return 0.0
 
     async def enforce(self) -> None:
         """With `[budget] hard = true`, stop the running tasks of types over a budget."""

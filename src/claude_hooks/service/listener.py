@@ -10,13 +10,13 @@ deaf is missed. A silent connection is checked every `HEALTH_SECONDS` with a rou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import psycopg
 from sqlalchemy.engine import make_url
 
+from claude_hooks.service.loop import Loop
 from claude_hooks.store.wakeups import CHANNEL, Wake, parse
 
 log = logging.getLogger(__name__)
@@ -34,49 +34,41 @@ def listen_url(database_url: str) -> str | None:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class Listener:
+class Listener(Loop):
     """Hands every wake-up to `on_wake`; calls `on_connect` after each (re)connection."""
 
     def __init__(
         self, url: str, on_wake: Callable[[Wake], None], on_connect: Callable[[], None]
     ) -> None:
+        super().__init__("listen", RETRY_MOST, first=0.0)
         self.url = url
         self.on_wake = on_wake
         self.on_connect = on_connect
         self.connected = asyncio.Event()
         self.backend_pid: int | None = None  # the server process of the connection, if any
-        self._task: asyncio.Task[None] | None = None
+        self._pause = RETRY_FIRST
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="listen")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        pause = RETRY_FIRST
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.backend_pid = conn.info.backend_pid
-                    self.connected.set()
-                    pause = RETRY_FIRST
-                    self.on_connect()
-                    await self._hear(conn)
-            except psycopg.Error as exc:
-                log.warning(
-                    "the wake-up connection to PostgreSQL failed (%s): connecting again in %g s",
-                    str(exc).strip() or exc.__class__.__name__,
-                    pause,
-                )
+    async def run_once(self) -> float:
+        """Listen until the connection fails; the pause before connecting again."""
+        try:
+            async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                self.backend_pid = conn.info.backend_pid
+                self.connected.set()
+                self._pause = RETRY_FIRST
+                self.on_connect()
+                await self._hear(conn)
+        except psycopg.Error as exc:
+            log.warning(
+                "the wake-up connection to PostgreSQL failed (%s): connecting again in %g s",
+                str(exc).strip() or exc.__class__.__name__,
+                self._pause,
+            )
+        finally:
             self.connected.clear()
             self.backend_pid = None
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, RETRY_MOST)
+        pause, self._pause = self._pause, min(self._pause * 2, RETRY_MOST)
+        return pause
 
     async def _hear(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         while True:

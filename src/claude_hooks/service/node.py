@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from claude_hooks.config import Config
+from claude_hooks.service.loop import Every, Loop
 from claude_hooks.store.base import Store
 from claude_hooks.store.faults import is_disconnect
 from claude_hooks.store.nodes import NodeInfo
@@ -38,13 +39,6 @@ RETRY_BEAT = 0.5
 FENCE_MARGIN = 1.0
 
 
-class Duty(Protocol):
-    """A background job that runs on the leader only."""
-
-    def start(self) -> None: ...
-    async def stop(self) -> None: ...
-
-
 class Holder(Protocol):
     """What the node tells of the instances it holds: the pool."""
 
@@ -57,12 +51,15 @@ def beat_seconds(lease_seconds: float) -> float:
 
 
 class Node:
+    """`duties`: the loops that run on the leader only, started and stopped with the lead;
+    `heartbeat`: the loop that beats (`_beat_in_time`)."""
+
     def __init__(
         self,
         config: Config,
         store: Store,
         holder: Holder,
-        duties: Sequence[Duty],
+        duties: Sequence[Loop],
         clock: Callable[[], float] = time.time,
         spooled: Callable[[], int] = lambda: 0,
     ) -> None:
@@ -86,7 +83,8 @@ class Node:
         self.leading = False
         self._renewed = 0.0  # monotonic time of the last renewed lease
         self._offset = 0.0  # the database's clock minus this node's (see `now`)
-        self._loop: asyncio.Task[None] | None = None
+        interval = beat_seconds(self.info.lease_seconds)
+        self.heartbeat = Every("node-heartbeat", interval, self._beat_in_time)
         self._fenced = False  # agents were stopped: rebuild the workers at the next beat
 
     @property
@@ -109,7 +107,6 @@ class Node:
 
     async def join(self) -> None:
         """Register (refused if a live namesake exists), then take this node's instances."""
-        self.store.node = self.name
         await self._sync_clock()
         await self.store.nodes.join(self.info, self.now())
         self._renewed = time.monotonic()
@@ -118,13 +115,10 @@ class Node:
     async def start(self) -> None:
         """Take the lead if it is free (starting the duties), then beat."""
         await self._lead()
-        self._loop = asyncio.create_task(self._run(), name="node-heartbeat")
+        self.heartbeat.start()
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await self.heartbeat.stop()
         await self._step_down()
 
     async def leave(self) -> None:
@@ -133,31 +127,30 @@ class Node:
         if released:
             log.info("node %s stops and lets go of %s", self.name, ", ".join(released))
 
-    async def _run(self) -> None:
+    async def _beat_in_time(self) -> float:
+        """One pass of the heartbeat: beat, or fence when the lease runs out first; the
+        seconds until the next pass (sooner after a failed beat)."""
         lease = self.info.lease_seconds
         interval = beat_seconds(lease)
         margin = min(FENCE_MARGIN, lease / 6)
-        wait = interval
-        while True:
-            await asyncio.sleep(wait)
-            wait = interval
+        left = self._renewed + lease - margin - time.monotonic()
+        if left <= 0:
+            await self._fence("its lease could not be renewed")
+        try:
+            # A beat that hangs (a lock held elsewhere, a partition) is given up: the store
+            # call waits on its own thread (see `store.offload`), not on this loop.
+            async with asyncio.timeout(min(interval, left) if left > 0 else interval):
+                await self.beat()
+        except Exception as exc:
+            why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
+            log.warning("node %s: heartbeat failed (%s); trying again", self.name, why)
             left = self._renewed + lease - margin - time.monotonic()
             if left <= 0:
+                # Stopped before the lease runs out and other nodes may take the work.
                 await self._fence("its lease could not be renewed")
-            try:
-                # A beat that hangs (a lock held elsewhere, a partition) is given up: the store
-                # call waits on its own thread (see `store.offload`), not on this loop.
-                async with asyncio.timeout(min(interval, left) if left > 0 else interval):
-                    await self.beat()
-            except Exception as exc:
-                why = "no answer" if isinstance(exc, TimeoutError) else repr(exc)
-                log.warning("node %s: heartbeat failed (%s); trying again", self.name, why)
-                left = self._renewed + lease - margin - time.monotonic()
-                if left <= 0:
-                    # Stopped before the lease runs out and other nodes may take the work.
-                    await self._fence("its lease could not be renewed")
-                else:
-                    wait = min(RETRY_BEAT, left)
+            else:
+                return min(RETRY_BEAT, left)
+        return interval
 
     async def beat(self) -> None:
         sent = time.monotonic()

@@ -7,8 +7,6 @@ or a worker, and a comment decided before a crash or a restart is still posted a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -19,9 +17,12 @@ from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.living import Picture, blocked_hosts, render
+from claude_hooks.service.loop import Loop
 from claude_hooks.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0  # after a pass failed (each write logs its own faults)
 
 
 def _duration(seconds: float | None) -> str:
@@ -67,7 +68,7 @@ def _finished(task: Task, what: str) -> str:
     return f"claude-hooks: {what} on `{task.agent}` failed: {reason}"
 
 
-class Notifier:
+class Notifier(Loop):
     """Writes the comment each event calls for to the outbox; `written` wakes the drainer."""
 
     def __init__(
@@ -79,31 +80,25 @@ class Notifier:
         clock: Callable[[], float],
         written: Callable[[], None],
     ) -> None:
+        super().__init__("forge-notifier", RETRY_SECONDS, first=0.0)
         self.config = config
         self.forge = forge
         self.outbox = outbox
         self.clock = clock
         self.written = written
         self.subscription = bus.subscribe(10_000)
-        self._task: asyncio.Task[None] | None = None
         self._pictures: dict[str, Picture] = {}  # living comments of this node's tasks
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="forge-notifier")
 
     async def stop(self) -> None:
         """Write what is still on the bus, then stop: a clean stop keeps every comment."""
         self.subscription.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         while not self.subscription.queue.empty():
             await self._keep(self.subscription.queue.get_nowait())
 
-    async def _run(self) -> None:
-        while True:
-            await self._keep(await self.subscription.get())
+    async def run_once(self) -> float:
+        await self._keep(await self.subscription.get())
+        return 0.0
 
     async def _keep(self, event: Event) -> None:
         task = event.task

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,18 +23,16 @@ from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
 from claude_hooks.agents.sandbox import Sandbox
 from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
-from claude_hooks.config import Config, size_bytes
+from claude_hooks.config import Config, TypeConfig, size_bytes
 from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
 from claude_hooks.errors import (
     ClaudeHooksError,
-    ConflictError,
     NoInstanceError,
     UnknownAgentError,
 )
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service import control
-from claude_hooks.service.control import CancelRequest
+from claude_hooks.service import outcomes
 from claude_hooks.service.events import Event, EventBus
 from claude_hooks.service.limits import Limits
 from claude_hooks.service.policies import Gate, Policies, RunPolicy
@@ -336,20 +333,25 @@ class Pool:
         config: Config,
         store: Store,
         runner_for: RunnerFactory,
-        clock: Callable[[], float] = time.time,
-        bus: EventBus | None = None,
-        forge: Forge | None = None,
-        policies: Policies | None = None,
+        clock: Callable[[], float],
+        bus: EventBus,
+        limits: Limits,
+        forge: Forge | None,
+        policies: Policies | None,
+        sandbox: Sandbox | None,
+        confinement: cages.Confinement | None,
     ) -> None:
         """`forge`: the forge the agents' forge tools act on (None: no forge tools);
-        `policies`: repositories' policies, checked before a queued task starts."""
+        `policies`: repositories' policies, checked before a queued task starts; `limits`:
+        the gate before a run (budgets, breaker); `sandbox`: the agents' sandbox, as probed
+        (types with `sandbox = true` use it); `confinement`: where runs' limits go."""
         self.config = config
         self.store = store
         self.runner_for = runner_for
         self.forge = forge
         self.policies = policies
         self.clock = clock
-        self.bus = bus or EventBus()
+        self.bus = bus
         self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
         self.workspaces = Workspaces(
             config.data_dir,
@@ -365,13 +367,10 @@ class Pool:
         self._stranded = False
         self._unknown_types_warned: set[str] = set()
         self._noticed: set[str] = set()  # tasks whose wait for their group was told
-        self.limits = Limits(config, store, clock, self.bus, self.running_tasks, self._over_budget)
-        # Given at `start`, once the service has probed bubblewrap; types with
-        # `sandbox = true` use it.
-        self.sandbox: Sandbox | None = None
+        self.limits = limits
+        self.sandbox = sandbox
         self.egress = EgressProxy()
-        # Given at `start`: where each run's limits are enforced.
-        self.confinement: cages.Confinement | None = None
+        self.confinement = confinement
         self._disk_was_low = False
 
     # registry
@@ -395,11 +394,8 @@ class Pool:
 
     # lifecycle
 
-    async def start(self, sandbox: Sandbox | None, confinement: cages.Confinement) -> None:
-        """Recover from a crash, build one worker per instance, move orphaned tasks, start;
-        `sandbox`: the agents' sandbox, as probed; `confinement`: where runs' limits go."""
-        self.sandbox = sandbox
-        self.confinement = confinement
+    async def start(self) -> None:
+        """Recover from a crash, build one worker per instance, move orphaned tasks, start."""
         recovered = await self.store.recover(self.config.server.max_attempts, self.clock())
         stale = [r for r in recovered if r.pid is not None]
         await asyncio.gather(
@@ -684,7 +680,11 @@ class Pool:
         except OSError as exc:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
         self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
-        context = replace(self._context(task, workdir, cage), **policy.context)
+        context = replace(
+            self._context(task, workdir, cage),
+            type_config=await self._variant_config(task),
+            **policy.context,
+        )
         session: EgressSession | None = None
         try:
             if sandbox is not None and type_config.runner != "merge":  # merge runs no agent
@@ -740,12 +740,31 @@ class Pool:
                 session.task_id, session.agent_type, blocked, metered
             )
 
+    async def _variant_config(self, task: Task) -> TypeConfig:
+        """The type's settings with the session's prompt variant applied: the one recorded
+        when the session was first seen, so it keeps it for its whole life (no record yet:
+        the same seeded choice the record will hold)."""
+        if not self.config.types[task.type].variants:
+            return self.config.types[task.type]
+        try:
+            recorded = await self.store.outcomes.variant_of(task.session_key)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            log.warning("task %s: its session's variant is not readable now: %s", task.id, exc)
+            recorded = None
+        if recorded is not None:
+            variant = recorded[0]
+        else:
+            variant = outcomes.variant_of(self.config, task.type, task.session_key)
+        return outcomes.with_variant(self.config, task.type, variant)
+
     def _cage(self, task: Task, workdir: Path) -> cages.Cage | None:
         """The run's limits (`max_processes`, `max_memory`, `max_disk`); none for `merge`."""
         type_config = self.config.types[task.type]
         if self.confinement is None or type_config.runner == "merge":
             return None
-        cage = self.confinement.cage(task.id, cages.Limits.of(type_config))
+        cage = self.confinement.cage(task.id, cages.Caps.of(type_config))
         cage.disk_paths.append(workdir)
         return cage
 
@@ -813,22 +832,7 @@ class Pool:
         """The task's log, created 0600 before the runner appends to it."""
         return private_file(private_dir(self.config.data_dir / "logs") / f"{task_id}.log")
 
-    # cancel
-
-    async def cancel_task(
-        self, task_id: str, by: str = "the service", delivery_id: str | None = None
-    ) -> CancelRequest:
-        """Cancel a queued or running task (`control.cancel_task`) and act on it here at once:
-        announce a queued (or held) one finished, stop a running one if this node runs it."""
-        request = await control.cancel_task(self.store, task_id, by, delivery_id)
-        if request.was in (TaskState.QUEUED, TaskState.HELD):
-            await self.publish_finished(task_id)
-        else:
-            self.stop_running(task_id)  # run by another node: its listener stops it
-        return request
-
-    async def _over_budget(self, task_id: str) -> None:
-        await self.cancel_task(task_id, "the hard budget ([budget] hard = true)")
+    # running tasks
 
     def running_tasks(self) -> list[Task]:
         """The tasks this node's workers run now."""
@@ -861,12 +865,3 @@ class Pool:
         if task is not None:
             egress = await self.store.egress.get_egress(task_id)
             self.bus.publish(Event("task.finished", task, {"egress_blocked": egress.blocked}))
-
-    async def running_on(self, name: str) -> str:
-        """The id of the task instance `name` runs, on whichever node holds it."""
-        for instance in await self.store.instances():
-            if instance.name == name:
-                if instance.running is None:
-                    raise ConflictError(f"agent {name!r} is idle: it has no task to cancel")
-                return instance.running
-        raise UnknownAgentError(name)

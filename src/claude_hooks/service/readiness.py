@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from claude_hooks.service.loop import Loop
 from claude_hooks.store.base import Store
 from claude_hooks.store.faults import fault_reason
 
@@ -24,20 +25,20 @@ PROBE_EVERY = 1.0
 STALE_AFTER = 2.5
 
 
-class Readiness:
+class Readiness(Loop):
     def __init__(
         self,
         store: Store,
         replay: Callable[[], Awaitable[None]],
         bound: float,
     ) -> None:
+        super().__init__("readiness", PROBE_EVERY, first=0.0)
         self.store = store
         self.replay = replay
         self.bound = bound
         self._answered = time.monotonic()
         self._error: str | None = None
         self._asked: float | None = None  # when the probe under way was sent
-        self._task: asyncio.Task[None] | None = None
         self._replaying: asyncio.Task[None] | None = None
 
     def database_problem(self) -> str | None:
@@ -54,14 +55,14 @@ class Readiness:
 
     def start(self) -> None:
         self._answered = time.monotonic()
-        self._task = asyncio.create_task(self._run(), name="readiness")
+        super().start()
 
     async def stop(self) -> None:
-        for task in (self._task, self._replaying):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await super().stop()
+        if self._replaying is not None:
+            self._replaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replaying
 
     async def _replay(self) -> None:
         try:
@@ -69,17 +70,16 @@ class Readiness:
         except Exception as exc:  # the database failed again: after the next probe
             log.info("replaying the spool stopped: %s", fault_reason(exc))
 
-    async def _run(self) -> None:
-        while True:
-            self._asked = time.monotonic()
-            try:
-                async with asyncio.timeout(self.bound):
-                    await self.store.ping()
-                self._answered, self._error = time.monotonic(), None
-            except Exception as exc:
-                self._error = "timed out" if isinstance(exc, TimeoutError) else fault_reason(exc)
-            self._asked = None
-            if self._error is None and (self._replaying is None or self._replaying.done()):
-                # Apart from the probes: a replay the database holds up must not stop them.
-                self._replaying = asyncio.create_task(self._replay(), name="spool-replay")
-            await asyncio.sleep(PROBE_EVERY)
+    async def run_once(self) -> None:
+        """One probe; after an answer, the spool's replay if none is under way."""
+        self._asked = time.monotonic()
+        try:
+            async with asyncio.timeout(self.bound):
+                await self.store.ping()
+            self._answered, self._error = time.monotonic(), None
+        except Exception as exc:
+            self._error = "timed out" if isinstance(exc, TimeoutError) else fault_reason(exc)
+        self._asked = None
+        if self._error is None and (self._replaying is None or self._replaying.done()):
+            # Apart from the probes: a replay the database holds up must not stop them.
+            self._replaying = asyncio.create_task(self._replay(), name="spool-replay")

@@ -1,9 +1,8 @@
-"""The running service: store, pool and the watcher that applies changes made by the CLI."""
+"""The running service and its composition root: every object is built here, complete, from
+the configuration and the store; `start` and `stop` run the node and its loops in order."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -16,16 +15,17 @@ from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
 from claude_hooks.agents.sandbox import Sandbox, SandboxError
 from claude_hooks.config import Config
-from claude_hooks.errors import ClaudeHooksError
+from claude_hooks.errors import ConfigError
 from claude_hooks.forge.gateway import Forge
-from claude_hooks.service import control
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.control import SIGNAL_AGENTS
+from claude_hooks.service.commands import SIGNAL_AGENTS, Commands
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
+from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.intake import Intake
-from claude_hooks.service.limits import SIGNAL_BUDGET
+from claude_hooks.service.limits import SIGNAL_BUDGET, Limits
 from claude_hooks.service.listener import Listener, listen_url
 from claude_hooks.service.lockfile import ServiceLock
+from claude_hooks.service.loop import Every, Loop
 from claude_hooks.service.node import Node
 from claude_hooks.service.notifier import Notifier
 from claude_hooks.service.outbox import Drainer
@@ -37,6 +37,8 @@ from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness
 from claude_hooks.service.retention import Retention
 from claude_hooks.service.storage_faults import StorageFaults
+from claude_hooks.service.summary import WeeklySummary
+from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.decisions import SIGNAL_CANCEL
@@ -70,6 +72,11 @@ class Service:
         runner_for: Callable[[str], AgentRunner] | None = None,
         insecure_no_signature: bool = False,
     ) -> None:
+        if store.node != config.server.node:
+            raise ConfigError(
+                f"the store was opened for node {store.node!r}, not {config.server.node!r}: "
+                "open it with SqlStore.open(..., node=config.server.node)"
+            )
         self.config = config
         self.store = store
         self.clock = clock
@@ -79,18 +86,30 @@ class Service:
         self._claude: AgentRunner | None = None
         self.bus = EventBus()
         self.forge = Forge(config)
+        sandbox = self._sandbox()  # refused first: a missing sandbox changes nothing
+        confinement = cages.detect()
+        log.info("agents' limits: %s", confinement.describe())
+        # The hard budget stops runs through the one cancel (`commands`).
+        self.limits = Limits(
+            config, store, clock, self.bus, lambda: self.pool.running_tasks(), self._over_budget
+        )
         self.pool = Pool(
             config,
             store,
             runner_for or self.runner_for,
             clock,
             self.bus,
+            self.limits,
             self.forge,
             Policies(config, self.forge, self.store.spend, self.clock),
+            sandbox,
+            confinement,
         )
+        self.commands = Commands(config, store, clock, self.pool, self.agents_changed)
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.faults = StorageFaults(clock)
+        self.sweeper = Sweeper(config, self.pool.workspaces, store.intake, self.forge)
         self.intake = Intake(
             config,
             self.pool,
@@ -98,6 +117,8 @@ class Service:
             self.forge,
             clock,
             self.outbox.wake,
+            ForgeCommands(config, self.commands, self.pool, self.forge, clock),
+            self.sweeper,
             self.insecure_no_signature,
             self.faults,
         )
@@ -110,12 +131,14 @@ class Service:
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
-        # CI polling, pending deliveries and posting comments run on the node that leads.
+        self.summary = WeeklySummary(config, store.outcomes, clock, self.outbox.wake)
+        # CI polling, pending deliveries, posting comments and the weekly summary run on the
+        # node that leads.
         self.node = Node(
             config,
             store,
             self.pool,
-            [self.ci, self.pending, self.outbox],
+            [self.ci, self.pending, self.outbox, self.summary],
             clock,
             lambda: len(self.intake.spool.waiting),
         )
@@ -126,9 +149,10 @@ class Service:
             if cluster is None
             else PodCost(cluster, config.server.node, lambda: store.nodes.load(config.server.node))
         )
-        self._watcher: asyncio.Task[None] | None = None
         self._last_signal = 0
-        self._poke = asyncio.Event()  # a signal was written: look at the signals table now
+        self._signalled = False  # a signal was written: look at the signals table now
+        # Applies the CLI's and other nodes' changes (see `_look`).
+        self.watcher = Every("watch-signals", config.server.poll_interval, self._look)
         url = listen_url(config.database_url)
         self.listener = None if url is None else Listener(url, self._heard, self._reconnected)
         self._lock = ServiceLock(config.data_dir)
@@ -141,10 +165,15 @@ class Service:
         insecure_no_signature: bool = False,
     ) -> Service:
         prepare_data_dir(config.data_dir, config.database_url)
-        store = await SqlStore.open(config.database_url, Timeouts.of(config.server))
-        return cls(
-            config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
-        )
+        timeouts = Timeouts.of(config.server)
+        store = await SqlStore.open(config.database_url, timeouts, node=config.server.node)
+        try:
+            return cls(
+                config, store, runner_for=runner_for, insecure_no_signature=insecure_no_signature
+            )
+        except BaseException:
+            await store.close()  # e.g. no sandbox for a sandboxed type
+            raise
 
     def runner_for(self, agent_type: str) -> AgentRunner:
         runner = self._runners.get(agent_type)
@@ -165,18 +194,18 @@ class Service:
             self._claude = ClaudeRunner(self.store, self.config.data_dir)
         return self._claude
 
-    async def set_enabled(self, name: str, enabled: bool) -> None:
-        """Enable or disable an instance now (the API's way; the CLI's goes through signals)."""
-        await control.set_enabled(self.store, name, enabled)
+    async def agents_changed(self) -> None:
+        """The instances changed (here or from another process): take or let go of them by
+        the share rule, and bring the workers in line."""
         await self.node.rebalance()
         await self.pool.sync_agents()
+
+    async def _over_budget(self, task_id: str) -> None:
+        await self.commands.cancel(task_id, "the hard budget ([budget] hard = true)")
 
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
-        sandbox = self._sandbox()
-        confinement = cages.detect()
-        log.info("agents' limits: %s", confinement.describe())
         self._lock.acquire(url)
         try:
             seeds = [(seed.name, seed.type) for seed in self.config.agents]
@@ -187,7 +216,7 @@ class Service:
             for agent_type in self.config.types:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
-            await self.pool.start(sandbox, confinement)
+            await self.pool.start()
             self.intake.spool.open()
         except BaseException:
             self._lock.release()
@@ -198,13 +227,32 @@ class Service:
         self.forge.prepare()
         self.notifier.start()
         await self.node.start()
-        self.intake.sweeper.start()
+        self.sweeper.start()
         self.retention.start()
         if self.pod_cost is not None:
             self.pod_cost.start()
         if self.listener is not None:
             self.listener.start()
-        self._watcher = asyncio.create_task(self._watch(), name="watch-signals")
+        self.watcher.start()
+
+    @property
+    def loops(self) -> list[Loop]:
+        """Every background loop of this node, running or not (the leader's duties too)."""
+        found: list[Loop] = [
+            self.readiness,
+            self.notifier,
+            self.node.heartbeat,
+            self.watcher,
+            self.limits.watch,
+            self.sweeper.closed,
+            self.sweeper.periodic,
+            self.retention,
+            self.ci,
+            self.pending,
+            self.outbox,
+        ]
+        optional = [loop for loop in (self.listener, self.pod_cost) if loop is not None]
+        return [*found, *optional]
 
     @property
     def unconfined_types(self) -> list[str]:
@@ -255,13 +303,10 @@ class Service:
             await self.pod_cost.stop()
         if self.listener is not None:
             await self.listener.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self.watcher.stop()
         await self.node.stop()
         await self.retention.stop()
-        await self.intake.sweeper.stop()
+        await self.sweeper.stop()
         await self.intake.stop()
         await self.pool.stop()
         await self.node.leave()
@@ -278,7 +323,7 @@ class Service:
 
     def _heard(self, wake: Wake) -> None:
         if wake.kind == wakeups.SIGNAL:
-            self._poke.set()
+            self._signal()
         elif wake.kind == wakeups.OUTBOX:
             self.outbox.wake()
         else:
@@ -288,36 +333,32 @@ class Service:
 
     def _reconnected(self) -> None:
         """Listening (again): one look at the signals and the queues, nothing missed."""
-        self._poke.set()
+        self._signal()
         self.pool.wake_all()
 
-    async def _watch(self) -> None:
+    def _signal(self) -> None:
+        self._signalled = True
+        self.watcher.wake()
+
+    async def _look(self) -> None:
         """Apply the CLI's and other nodes' changes: when a NOTIFY says a signal was
         written, or every poll_interval while not listening (SQLite, or the connection down)."""
-        interval = self.config.server.poll_interval
-        due = False  # kept when applying fails, so the signals are read again next time
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), interval)
-            due = due or self._poke.is_set() or not self.listening
-            self._poke.clear()
-            try:
-                await self.pool.retry_stranded()
-                if due:
-                    await self.apply_signals()
-                    due = False
-            except ClaudeHooksError as exc:
-                log.warning("could not apply a change made from the CLI: %s", exc)
-            except Exception:
-                log.exception("watching for changes failed; trying again")
+        due = self._signalled or not self.listening
+        self._signalled = False
+        try:
+            await self.pool.retry_stranded()
+            if due:
+                await self.apply_signals()
+        except BaseException:
+            self._signalled |= due  # read the signals again at the next pass
+            raise
 
     async def apply_signals(self) -> None:
         found = await self.store.signals_after(self._last_signal)
         if not found:
             return
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
-            await self.node.rebalance()
-            await self.pool.sync_agents()
+            await self.agents_changed()
         if any(signal.kind == SIGNAL_BUDGET for signal in found):
             await self.pool.limits.reload()
         for signal in found:

@@ -7,8 +7,6 @@ a missed event leaves nothing behind for long.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -16,14 +14,19 @@ from claude_hooks.agents.workspace import Workspaces, split_key
 from claude_hooks.config import Config
 from claude_hooks.errors import ClaudeHooksError
 from claude_hooks.forge.gateway import Forge
+from claude_hooks.service.loop import Every
 from claude_hooks.store.intake import IntakeStore
 
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.5
+IDLE_SECONDS = 60.0  # a close event wakes the loop; this only bounds a missed wake-up
 
 
 class Sweeper:
+    """Two loops: `closed` removes the workdirs a close event scheduled, once their tasks
+    stopped; `periodic` asks the forge about every workdir left (with the forge only)."""
+
     def __init__(
         self, config: Config, workspaces: Workspaces, intake: IntakeStore, forge: Forge
     ) -> None:
@@ -31,26 +34,27 @@ class Sweeper:
         self.workspaces = workspaces
         self.intake = intake
         self.forge = forge
-        self._pending: asyncio.Queue[str] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        # Cancelled tasks take up to cancel_grace to stop: each key is tried this many times.
+        self._tries = int(config.server.cancel_grace / SETTLE_SECONDS) + 20
+        self._scheduled: dict[str, int] = {}  # key -> tries left
         self.removed: list[str] = []
+        self.closed = Every("sweep-closed", IDLE_SECONDS, self._clean_scheduled)
+        self.periodic = Every("sweep-periodic", config.flows.sweep_interval, self._sweep_pass)
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._clean_scheduled(), name="sweep-closed"))
+        self.closed.start()
         if self.forge.enabled and self.config.flows.sweep_interval > 0:
-            self._tasks.append(asyncio.create_task(self._periodic(), name="sweep-periodic"))
+            self.periodic.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.closed.stop()
+        await self.periodic.stop()
 
     def schedule(self, keys: Iterable[str]) -> None:
         for key in keys:
             if self.workspaces.workdir(key).exists():
-                self._pending.put_nowait(key)
+                self._scheduled.setdefault(key, self._tries)
+                self.closed.wake()
 
     async def clean(self, key: str) -> bool:
         """Remove a key's workdir once no task of the key is queued or running."""
@@ -62,31 +66,24 @@ class Sweeper:
             log.info("removed the workdir of %s", key)
         return removed
 
-    async def _clean_scheduled(self) -> None:
-        while True:
-            key = await self._pending.get()
-            # Cancelled tasks take up to cancel_grace to stop; wait for them, not forever.
-            for _ in range(int(self.config.server.cancel_grace / SETTLE_SECONDS) + 20):
-                try:
-                    if await self.clean(key) or not self.workspaces.workdir(key).exists():
-                        break
-                except ClaudeHooksError as exc:
-                    log.warning("could not remove the workdir of %s: %s", key, exc)
-                    break
-                except Exception:
-                    log.exception("could not remove the workdir of %s", key)
-                    break
-                await asyncio.sleep(SETTLE_SECONDS)
-
-    async def _periodic(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.flows.sweep_interval)
+    async def _clean_scheduled(self) -> float | None:
+        """Try each scheduled key once; soon again while some wait for their tasks."""
+        for key in list(self._scheduled):
+            self._scheduled[key] -= 1
             try:
-                await self.sweep()
+                done = await self.clean(key) or not self.workspaces.workdir(key).exists()
             except ClaudeHooksError as exc:
-                log.warning("workdir sweep failed: %s", exc)
+                log.warning("could not remove the workdir of %s: %s", key, exc)
+                done = True
             except Exception:
-                log.exception("workdir sweep failed")
+                log.exception("could not remove the workdir of %s", key)
+                done = True
+            if done or self._scheduled[key] <= 0:
+                del self._scheduled[key]
+        return SETTLE_SECONDS if self._scheduled else None
+
+    async def _sweep_pass(self) -> None:
+        await self.sweep()
 
     async def sweep(self) -> list[str]:
         """Ask the forge about each workdir's issue; remove those whose issue is closed."""

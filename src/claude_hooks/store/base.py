@@ -21,6 +21,7 @@ from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
 from claude_hooks.store.notes import NoteStore
 from claude_hooks.store.outbox import OutboxStore
+from claude_hooks.store.outcomes import OutcomeStore
 from claude_hooks.store.pending import PendingStore
 from claude_hooks.store.rejections import RejectionStore
 from claude_hooks.store.retention import RetentionStore
@@ -232,9 +233,11 @@ class Store(Protocol):
     @property
     def steering(self) -> SteerStore: ...
     @property
+    def outcomes(self) -> OutcomeStore: ...
+    @property
     def shared(self) -> bool: ...
 
-    node: str | None  # the node this process is, once its service has joined
+    node: str | None  # the node this process is (`SqlStore.open`'s); None outside a service
 
     async def close(self) -> None: ...
     async def ping(self) -> None: ...

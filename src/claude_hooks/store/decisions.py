@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from claude_hooks.core.decision import Decision, Label
 from claude_hooks.core.domain import TaskState
+from claude_hooks.core.outcomes import Intervention
 from claude_hooks.store import wakeups
 from claude_hooks.store.intake import (
     drop_ci_watch,
@@ -25,6 +26,7 @@ from claude_hooks.store.intake import (
 from claude_hooks.store.notes import write_cancelled_by
 from claude_hooks.store.outbox import write_letter
 from claude_hooks.store.policy_faults import write_policy_fault
+from claude_hooks.store.outcomes import write_outcomes
 from claude_hooks.store.schema import signals, tasks
 from claude_hooks.store.spend import write_review_round, write_trip
 
@@ -101,8 +103,9 @@ def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> 
 
 
 def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Written:
-    """Every write of `decision` but its tasks and its delivery's record, in a fixed order
-    (rows locked in the same order by every delivery cannot deadlock)."""
+    """Every write of `decision` but its tasks, its outcome facts (pipelined with the tasks:
+    nothing reads their results) and its delivery's record, in a fixed order (rows locked
+    in the same order by every delivery cannot deadlock)."""
     written = cancel_sessions(conn, decision.cancel, cause)
     if decision.stop:
         # Running tasks a new event supersedes (`core.new_event`): stopped for the new one.
@@ -120,6 +123,7 @@ def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Wri
     for trip in decision.trips:
         # The humans are asked once: only by the delivery whose trip is new.
         if write_trip(conn, trip.repo, trip.number, trip.reason, trip.at):
+            write_outcomes(conn, [Intervention("escalations", trip.repo, trip.number, None)])
             if trip.comment is not None:
                 letters.append(trip.comment)
             if trip.label is not None:

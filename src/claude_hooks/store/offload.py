@@ -30,6 +30,7 @@ PARTS = (
     "nodes",
     "transcripts",
     "worktree_states",
+    "outcomes",
 )
 
 

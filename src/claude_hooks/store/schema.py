@@ -385,6 +385,56 @@ command_refusals = sa.Table(
     sa.Column("refused_at", sa.Float, nullable=False),
 )
 
+# Outcome records (`core/outcomes.py`): one row per session the agents worked, with its prompt
+# variant and model (chosen once, kept for its life) and the humans' interventions. Retention
+# never prunes these.
+outcome_sessions = sa.Table(
+    "outcome_sessions",
+    metadata,
+    sa.Column("session_key", sa.String(300), primary_key=True),
+    sa.Column("type", sa.String(63), nullable=False),
+    sa.Column("repo", sa.String(200), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("variant", sa.String(63)),
+    sa.Column("model", sa.String(100)),
+    sa.Column("first_at", sa.Float, nullable=False),
+    sa.Column("assigned_at", sa.Float),  # its first work_issue: an assignment or a label
+    sa.Column("commands", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("stops", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("escalations", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("human_commits", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_outcome_sessions_first", "first_at"),
+    sa.Index("ix_outcome_sessions_issue", "repo", "number"),
+)
+
+# One row per agent pull request: when it was opened, approved, merged or closed, the
+# changes-requested rounds before its first approval, and how CI did on its first head.
+outcome_pulls = sa.Table(
+    "outcome_pulls",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("pr_number", sa.Integer, primary_key=True),
+    sa.Column("session_key", sa.String(300), nullable=False),  # its author's session
+    sa.Column("type", sa.String(63), nullable=False),  # its author type
+    sa.Column("opened_at", sa.Float, nullable=False),
+    sa.Column("first_head", sa.String(64), nullable=False),
+    sa.Column("first_ci", sa.Boolean),  # None: no verdict on the first head yet
+    sa.Column("review_rounds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("approved_at", sa.Float),
+    sa.Column("merged_at", sa.Float),
+    sa.Column("closed_at", sa.Float),  # closed unmerged
+    sa.Index("ix_outcome_pulls_session", "session_key"),
+)
+
+# The weekly outcome summaries posted ([report]): one row per week, so of several nodes (or a
+# restart) the summary goes out once.
+outcome_summaries = sa.Table(
+    "outcome_summaries",
+    metadata,
+    sa.Column("week", sa.String(16), primary_key=True),
+    sa.Column("posted_at", sa.Float, nullable=False),
+)
+
 # The broken policy files each repository was told of: one comment per version of a file.
 policy_faults = sa.Table(
     "policy_faults",

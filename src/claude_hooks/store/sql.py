@@ -60,6 +60,7 @@ from claude_hooks.store.nodes import Recovered, SqlNodes, head_seq, settle_runni
 from claude_hooks.store.notes import SqlNotes
 from claude_hooks.store.offload import OffloadedStore
 from claude_hooks.store.outbox import SqlOutbox
+from claude_hooks.store.outcomes import SqlOutcomes, write_outcomes
 from claude_hooks.store.pending import AlreadySettled, SqlPending, settle_pending
 from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.rejections import SqlRejections
@@ -415,6 +416,7 @@ class SqlStore:
         engine: sa.Engine,
         reader: sa.Engine | None = None,
         checkpointer: Checkpointer | None = None,
+        node: str | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reader or engine
@@ -431,16 +433,24 @@ class SqlStore:
         self.nodes = SqlNodes(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
-        self.node: str | None = None
+        self.node = node
         self.transcripts = SqlSessionStore(engine, self.reader)
         self.worktree_states = SqlWorktreeStates(engine, self.reader)
         self.commands = SqlCommands(engine, self.reader)
         self.labels = SqlLabels(engine, self.reader)
         self.steering = SqlSteering(engine, self.reader)
+        self.outcomes = SqlOutcomes(engine, self.reader)
 
     @classmethod
-    async def open(cls, url: str, timeouts: Timeouts = Timeouts(), create: bool = True) -> SqlStore:
-        """The store on `url`, its schema brought up to date. Without `create`, a database
+    async def open(
+        cls,
+        url: str,
+        timeouts: Timeouts = Timeouts(),
+        create: bool = True,
+        node: str | None = None,
+    ) -> SqlStore:
+        """The store on `url`, its schema brought up to date, for the service of node `node`
+        (None: a reader such as the CLI). Without `create`, a database
         with no tables yet is refused (NoDatabaseYet), not filled: read-only commands. On
         PostgreSQL its calls run off the event loop (see `offload`): the object returned
         stands in for the store, with the same attributes."""
@@ -471,10 +481,10 @@ class SqlStore:
         if engine.dialect.name != "sqlite":
             threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
             bound = timeouts.statement + timeouts.connect
-            return cast(SqlStore, OffloadedStore(cls(engine, reader), threads, bound))
+            return cast(SqlStore, OffloadedStore(cls(engine, reader, node=node), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
-        return cls(engine, reader, checkpointer)
+        return cls(engine, reader, checkpointer, node)
 
     @property
     def shared(self) -> bool:
@@ -607,6 +617,8 @@ class SqlStore:
                         else:
                             merged.append(dataclasses.replace(task, id=twin))
                     placements, failure = _place_all(conn, placing)
+                    if decision is not None:
+                        write_outcomes(conn, decision.outcomes)
                     if decision is not None and decision.labels is not None and failure is None:
                         # As `assigned`: a label whose work could not be placed stays new.
                         write_labels(conn, *decision.labels)

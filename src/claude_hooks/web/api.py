@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.errors import InvalidInputError, UnknownAgentError
 from claude_hooks.forge.names import FullName
-from claude_hooks.service import task_actions
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import MAX_OFFSET, history_view, task_view
@@ -69,13 +68,13 @@ async def list_nodes(service: ServiceDep) -> list[dict[str, Any]]:
 
 @router.post("/api/agents/{name}/disable", summary="Stop giving work to an instance")
 async def disable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
-    await service.set_enabled(name, False)
+    await service.commands.set_enabled(name, False)
     return await _agent(service, name)
 
 
 @router.post("/api/agents/{name}/enable", summary="Give work to an instance again")
 async def enable_agent(name: str, service: ServiceDep) -> dict[str, Any]:
-    await service.set_enabled(name, True)
+    await service.commands.set_enabled(name, True)
     return await _agent(service, name)
 
 
@@ -133,7 +132,7 @@ async def get_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
 
 @router.post("/api/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
 async def cancel_task(task_id: str, request: Request, service: ServiceDep) -> dict[str, Any]:
-    result = await service.pool.cancel_task(task_id, _who(request))
+    result = await service.commands.cancel(task_id, _who(request))
     return {"id": result.task_id, "agent": result.agent, "was": result.was.value}
 
 
@@ -144,7 +143,7 @@ async def cancel_task(task_id: str, request: Request, service: ServiceDep) -> di
 )
 async def retry_task(task_id: str, service: ServiceDep) -> dict[str, Any]:
     old = await find_task(service.store, task_id)
-    task = await task_actions.retry(service.pool, old.id)
+    task = await service.commands.retry(old.id)
     view = task_view(task, (await service.store.queue_positions([task.id])).get(task.id))
     view["retry_of"] = old.id
     return view
@@ -163,6 +162,7 @@ async def cancel_agent(
 ) -> dict[str, Any]:
     if not agent:
         raise InvalidInputError("query parameter 'agent' is required: POST /cancel?agent=NAME")
-    running = await service.pool.running_on(agent)
-    await service.pool.cancel_task(running, f"{_who(request)} (POST /cancel?agent={agent})")
+    running = await service.commands.cancel_running(
+        agent, f"{_who(request)} (POST /cancel?agent={agent})"
+    )
     return {"cancelled": running, "agent": agent}

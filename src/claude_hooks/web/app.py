@@ -28,8 +28,8 @@ from claude_hooks.service.storage_faults import RETRY_AFTER
 from claude_hooks.store.faults import STORAGE_FAULTS, StorageUnavailable, fault_reason
 from claude_hooks.web import api, dashboard, logs, metrics, spend, webhook
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.body_budget import BodyBudget
 from claude_hooks.web.headers import SecurityHeaders
-from claude_hooks.web.pending import PendingBodies
 from claude_hooks.web.relay_signature import Verifier, relay_key
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ def create_app(service: Service) -> App:
     )
     # Set by the server when it stops, so live streams (dashboard, log follow) end at once.
     app.state.closing = asyncio.Event()
-    app.state.pending_bodies = PendingBodies(service.config.server.max_pending_body_bytes)
-    app.state.webhook = webhook.Webhook(service, app.state.pending_bodies)
+    app.state.body_budget = BodyBudget(service.config.server.max_pending_body_bytes)
+    app.state.webhook = webhook.Webhook(service, app.state.body_budget)
     # Reached through the middleware only by other methods, which it answers 405.
     app.router.routes.append(Route("/webhook", app.state.webhook, methods=["POST"]))
     app.add_exception_handler(ClaudeHooksError, _on_package_error)

@@ -34,7 +34,7 @@ from claude_hooks import __version__
 from claude_hooks.config import ServerConfig
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
-from claude_hooks.service import task_actions
+from claude_hooks.service.commands import RETRYABLE
 from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
 from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
 from claude_hooks.service.rejections import hint
@@ -52,6 +52,7 @@ from claude_hooks.web.auth import (
 )
 from claude_hooks.web.login_limit import LoginLimit
 from claude_hooks.web.logs import claude_runs, log_tail, renders_json
+from claude_hooks.web.outcomes import outcomes_context
 from claude_hooks.web.sessions import Sessions
 
 PAGE_SIZE = 50
@@ -465,7 +466,7 @@ def single_task_view(service: Service, task_id: str) -> View:
             "_task.html",
             task=task,
             history=await history_view(service.store, task),
-            retryable=task.state in task_actions.RETRYABLE,
+            retryable=task.state in RETRYABLE,
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
             ran_before=_ran_before(service, task),
@@ -501,6 +502,16 @@ def _timeline(
         timeline.append((label, at, delta))
         previous = at if at is not None else previous
     return timeline
+
+
+def outcomes_view(service: Service) -> View:
+    async def section() -> str:
+        return _render("_outcomes.html", **await outcomes_context(service))
+
+    def affected(event: Event) -> set[str]:
+        return {"outcomes"} if event.kind in ("delivery", "task.finished") else set()
+
+    return View("outcomes", {}, {"outcomes": section}, affected)
 
 
 def deliveries_view(service: Service, filters: Filters) -> View:
@@ -729,6 +740,13 @@ async def deliveries_page(request: Request, filters: FiltersDep) -> Response:
     )
 
 
+@router.get("/outcomes")
+async def outcomes_page(request: Request) -> Response:
+    if redirect := _login_redirect(request):
+        return redirect
+    return await _page(request, "outcomes.html", outcomes_view(_service(request)))
+
+
 @router.get("/deliveries/{delivery_id}")
 async def delivery_page(request: Request, delivery_id: str) -> Response:
     if redirect := _login_redirect(request):
@@ -796,7 +814,7 @@ async def _live(view: View, service: Service, closing: asyncio.Event) -> AsyncIt
 async def live(
     request: Request,
     filters: FiltersDep,
-    view: Literal["overview", "tasks", "task", "deliveries", "delivery"] = "overview",
+    view: Literal["overview", "tasks", "task", "deliveries", "delivery", "outcomes"] = "overview",
     id: str | None = None,
 ) -> StreamingResponse:
     """Server-sent events: `section` events carry {id, html} for a section of the page."""
@@ -816,6 +834,8 @@ async def live(
         chosen = tasks_view(service, filters)
     elif view == "deliveries":
         chosen = deliveries_view(service, filters)
+    elif view == "outcomes":
+        chosen = outcomes_view(service)
     else:
         chosen = overview_view(service, request.app.state.queued_cache)
     return StreamingResponse(

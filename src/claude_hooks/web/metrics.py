@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from claude_hooks.core.outcome_report import group_json, summarise
 from claude_hooks.forge import event_types
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import Histogram, InstanceView, Store
@@ -130,6 +131,88 @@ async def _stored(store: Store) -> list[Metric]:
     return [delivered, finished, durations, cost, latency, blocked]
 
 
+def _gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, labels=labels)
+
+
+async def _outcomes(store: Store) -> list[Metric]:
+    """The outcome records as `claude-hooks report` sums them (all time), per type, and
+    the merge rate and cost per merged PR per prompt variant."""
+    pulls = CounterMetricFamily(
+        "claude_hooks_agent_pull_requests",
+        "Agents' pull requests by what became of them (opened, approved, merged, closed_unmerged)",
+        labels=["type", "outcome"],
+    )
+    still_open = _gauge(
+        "claude_hooks_agent_pull_requests_open", "Agents' pull requests still open", ["type"]
+    )
+    rate = _gauge("claude_hooks_merge_rate", "Merged PRs over PRs opened", ["type"])
+    rounds = _gauge(
+        "claude_hooks_review_rounds_until_approval",
+        "Mean changes-requested rounds before an agent PR's approval",
+        ["type"],
+    )
+    first_pass = _gauge(
+        "claude_hooks_ci_first_pass_rate", "Agent PRs whose first head passed CI", ["type"]
+    )
+    waits = _gauge(
+        "claude_hooks_seconds_from_assignment",
+        "Mean time from an issue's assignment to its PR, approval or merge",
+        ["type", "to"],
+    )
+    human = CounterMetricFamily(
+        "claude_hooks_human_interventions",
+        "Commands, stops, escalations and human commits on agents' branches",
+        labels=["type", "kind"],
+    )
+    costs = _gauge(
+        "claude_hooks_cost_per_usd", "Cost per task, per issue and per merged PR", ["type", "per"]
+    )
+    by_type = summarise(await store.outcomes.report(None, "type"), "type")
+    for report in by_type:
+        row, t = group_json(report), [report.group]
+        for outcome, count in row["pull_requests"].items():
+            if outcome != "open":
+                pulls.add_metric([*t, outcome], count)
+        still_open.add_metric(t, row["pull_requests"]["open"])
+        for family, value in (
+            (rate, row["merge_rate"]),
+            (rounds, row["review_rounds_until_approval"]),
+            (first_pass, row["ci_first_pass_rate"]),
+        ):
+            if value is not None:
+                family.add_metric(t, value)
+        for to, seconds in row["seconds_from_assignment"].items():
+            if seconds is not None:
+                waits.add_metric([*t, to.removeprefix("to_")], seconds)
+        for kind, count in row["human_interventions"].items():
+            if kind != "total":
+                human.add_metric([*t, kind], count)
+        for per in ("task", "issue", "merged_pr"):
+            value = row["cost_usd"][f"per_{per}"]
+            if value is not None:
+                costs.add_metric([*t, per], value)
+    variant_rate = _gauge(
+        "claude_hooks_variant_merge_rate",
+        "Merged PRs over PRs opened, per prompt variant",
+        ["variant"],
+    )
+    variant_cost = _gauge(
+        "claude_hooks_variant_cost_per_merged_pr_usd",
+        "Cost per merged PR, per prompt variant",
+        ["variant"],
+    )
+    for report in summarise(await store.outcomes.report(None, "variant"), "variant"):
+        if report.merge_rate is not None:
+            variant_rate.add_metric([report.group], report.merge_rate)
+        if report.cost_per_merged_pr is not None:
+            variant_cost.add_metric([report.group], report.cost_per_merged_pr)
+    return [
+        pulls, still_open, rate, rounds, first_pass, waits, human, costs, variant_rate,
+        variant_cost,
+    ]  # fmt: skip
+
+
 async def _waits(store: Store, types: Iterable[str]) -> list[Metric]:
     """Queue waits, to compare the live pool with `claude-hooks simulate`."""
     waits = HistogramMetricFamily(
@@ -183,7 +266,14 @@ def _in_memory(service: Service) -> list[Metric]:
     )
     for agent_type, count in sorted(service.pool.limits.trips.items()):
         trips.add_metric([agent_type], count)
-    return [rejected, started, paused, until, trips, *_storage(service)]
+    loops = CounterMetricFamily(
+        "claude_hooks_loop_failures",
+        "Passes of a background loop that raised (the loop went on after its interval)",
+        labels=["loop"],
+    )
+    for loop in service.loops:
+        loops.add_metric([loop.name], loop.failures)
+    return [rejected, started, paused, until, trips, loops, *_storage(service)]
 
 
 def _storage(service: Service) -> list[Metric]:
@@ -240,7 +330,8 @@ async def families(service: Service) -> list[Metric]:
     pool = _pool(found, service.config.types)
     waits = await _waits(service.store, service.config.types)
     cluster = await _nodes(service, found)
-    return pool + await _stored(service.store) + waits + cluster + _in_memory(service)
+    stored = await _stored(service.store) + await _outcomes(service.store)
+    return pool + stored + waits + cluster + _in_memory(service)
 
 
 @router.get(

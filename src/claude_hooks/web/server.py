@@ -21,7 +21,7 @@ from claude_hooks.errors import ConfigError
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
-from claude_hooks.web.limits import edge_protocol
+from claude_hooks.web.edge import edge_protocol
 
 log = logging.getLogger("claude_hooks")
 

@@ -19,8 +19,8 @@ from claude_hooks.service.intake import Answer
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.views import MAX_OFFSET, delivery_view
 from claude_hooks.web.auth import require_token
+from claude_hooks.web.body_budget import BodyBudget
 from claude_hooks.web.headers import HEADERS
-from claude_hooks.web.pending import PendingBodies
 
 api = APIRouter(dependencies=[Depends(require_token)])
 
@@ -63,7 +63,7 @@ class _Full(Exception):
 
 
 async def _body(
-    receive: Receive, limit: int, pending: PendingBodies, body: bytearray, mac: BodyHmac | None
+    receive: Receive, limit: int, pending: BodyBudget, body: bytearray, mac: BodyHmac | None
 ) -> int | None:
     """Read the body into `body`, taking its bytes from `pending` and updating `mac`; the size
     it reached if that exceeds `limit`, else None. Raises `_Disconnected` or `_Full`."""
@@ -88,7 +88,7 @@ class Webhook:
     """`POST /webhook` as a plain ASGI app: no routing, middleware or dependency injection on
     the hottest path (see `web.app.App`)."""
 
-    def __init__(self, service: Service, pending: PendingBodies) -> None:
+    def __init__(self, service: Service, pending: BodyBudget) -> None:
         self.service = service
         self.pending = pending
 
@@ -97,7 +97,7 @@ class Webhook:
 
 
 async def webhook(
-    service: Service, pending: PendingBodies, scope: Scope, receive: Receive, send: Send
+    service: Service, pending: BodyBudget, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """The body is read only from a signed request, within
     `server.read_timeout`, its HMAC computed as it arrives, its bytes held within

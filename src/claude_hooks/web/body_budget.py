@@ -9,7 +9,9 @@ arrive and gives them back when it is answered; a request that would overdraw it
 from __future__ import annotations
 
 
-class PendingBodies:
+class BodyBudget:
+    """The bytes of bodies in flight (read, not yet checked), against `limit`."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0

@@ -1,0 +1,276 @@
+"""Outcome records: written with a delivery's decision, read by one named report query.
+
+`write_outcomes` runs in the transaction that applies a decision (`store/decisions.py`), so a
+duplicate delivery counts nothing twice. Each write is idempotent or an increment: a
+session's first sighting keeps its variant and model, a PR is opened once, approval, merge
+and close keep their first time, and only the first head's CI verdict counts.
+`outcome_report` is the report's one query: per group, the sums `core/outcome_report.py`
+turns into rates and costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from claude_hooks.core.outcome_report import (
+    GroupBy,
+    OutcomeRows,
+    PullCounts,
+    RoundCount,
+    SessionCounts,
+    TaskCount,
+)
+from claude_hooks.core.outcomes import Intervention, OutcomeFact, PullFact, SessionSeen
+from claude_hooks.store.outbox import write_letter
+from claude_hooks.store.schema import outcome_pulls, outcome_sessions, outcome_summaries, tasks
+
+WEEK = 7 * 86400.0
+
+s, p = outcome_sessions, outcome_pulls
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
+
+
+def _session(conn: sa.Connection, fact: SessionSeen) -> None:
+    statement = _insert(conn, s).values(
+        session_key=fact.session_key,
+        type=fact.agent_type,
+        repo=fact.repo,
+        number=fact.number,
+        variant=fact.variant,
+        model=fact.model,
+        first_at=fact.at,
+        assigned_at=fact.at if fact.assigned else None,
+    )
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[s.c.session_key],
+            set_={"assigned_at": sa.func.coalesce(s.c.assigned_at, statement.excluded.assigned_at)},
+        )
+    )
+
+
+def _pull(conn: sa.Connection, fact: PullFact) -> None:
+    key = sa.and_(p.c.repo == fact.repo, p.c.pr_number == fact.pr_number)
+    if fact.event == "opened":
+        if fact.session_key is None or fact.author_type is None or fact.head_sha is None:
+            return
+        conn.execute(
+            _insert(conn, p)
+            .values(
+                repo=fact.repo,
+                pr_number=fact.pr_number,
+                session_key=fact.session_key,
+                type=fact.author_type,
+                opened_at=fact.at,
+                first_head=fact.head_sha,
+            )
+            .on_conflict_do_nothing(index_elements=[p.c.repo, p.c.pr_number])
+        )
+        return
+    values: dict[str, Any]
+    if fact.event == "approved":
+        values = {"approved_at": sa.func.coalesce(p.c.approved_at, fact.at)}
+    elif fact.event == "changes_requested":
+        key = sa.and_(key, p.c.approved_at.is_(None))
+        values = {"review_rounds": p.c.review_rounds + 1}
+    elif fact.event == "merged":
+        values = {"merged_at": sa.func.coalesce(p.c.merged_at, fact.at)}
+    elif fact.event == "closed":
+        key = sa.and_(key, p.c.merged_at.is_(None))
+        values = {"closed_at": sa.func.coalesce(p.c.closed_at, fact.at)}
+    else:  # ci: a failure on the first head stands; a pass counts if nothing failed first
+        key = sa.and_(key, p.c.first_head == fact.head_sha)
+        if fact.passed:
+            key = sa.and_(key, p.c.first_ci.is_(None))
+        values = {"first_ci": bool(fact.passed)}
+    conn.execute(p.update().where(key).values(**values))
+
+
+def _intervention(conn: sa.Connection, fact: Intervention) -> None:
+    if fact.session_key is not None:
+        which = s.c.session_key == fact.session_key
+    else:
+        which = sa.and_(
+            s.c.repo == fact.repo, s.c.number == fact.number, s.c.assigned_at.is_not(None)
+        )
+    column = s.c[fact.kind]
+    conn.execute(s.update().where(which).values({column: column + fact.count}))
+
+
+def write_outcomes(conn: sa.Connection, facts: Iterable[OutcomeFact]) -> None:
+    """Record `facts` in order, within the caller's transaction."""
+    for fact in facts:
+        if isinstance(fact, SessionSeen):
+            _session(conn, fact)
+        elif isinstance(fact, PullFact):
+            _pull(conn, fact)
+        else:
+            _intervention(conn, fact)
+
+
+def _week(conn: sa.Connection, at: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """The start of the week (from the epoch) that `at` falls in, as text."""
+    if conn.dialect.name == "postgresql":
+        start = sa.func.floor(at / WEEK) * WEEK
+    else:
+        start = sa.cast(sa.cast(at / WEEK, sa.Integer) * WEEK, sa.Float)
+    return sa.cast(sa.cast(start, sa.BigInteger), sa.String)
+
+
+def _group(
+    conn: sa.Connection, by: GroupBy | None, own: sa.Table, at: sa.ColumnElement[Any]
+) -> sa.ColumnElement[Any]:
+    """The column a row is grouped by: from the session's record where it has one, else
+    from the row's own `type` and `repo` (a task or PR the outcome records never saw begin)."""
+    if by is None:
+        return sa.literal("all")
+    if by == "week":
+        return _week(conn, at)
+    if by in ("type", "repo"):
+        return own.c[by] if own is not s else s.c[by]
+    return s.c[by]
+
+
+def _wait(end: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
+    both = sa.and_(end.is_not(None), s.c.assigned_at.is_not(None))
+    return (
+        sa.func.coalesce(sa.func.sum(sa.case((both, end - s.c.assigned_at))), 0.0),
+        sa.func.count(sa.case((both, 1))),
+    )
+
+
+def outcome_report(conn: sa.Connection, since: float | None, by: GroupBy | None) -> OutcomeRows:
+    """The report's query: per group, tasks by kind and state with their cost (tasks
+    enqueued since `since`), the agent PRs, the sessions and the review rounds (sessions
+    begun since `since`)."""
+    # Only the model and the variant need the session's record: the join costs more than
+    # the rest of the query (a lookup per task).
+    joined = (
+        tasks.outerjoin(s, s.c.session_key == tasks.c.session_key)
+        if by in ("model", "variant")
+        else tasks
+    )
+    group = _group(conn, by, tasks, tasks.c.enqueued_at).label("g")
+    query = sa.select(
+        group,
+        tasks.c.kind,
+        tasks.c.state,
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0),
+    ).select_from(joined)
+    if since is not None:
+        query = query.where(tasks.c.enqueued_at >= since)
+    task_rows = [
+        TaskCount(g, kind, state, count, float(cost))
+        for g, kind, state, count, cost in conn.execute(
+            query.group_by(group, tasks.c.kind, tasks.c.state)
+        )
+    ]
+
+    pulls_joined = p.outerjoin(s, s.c.session_key == p.c.session_key)
+    began = sa.func.coalesce(s.c.first_at, p.c.opened_at)
+    group = _group(conn, by, p, began).label("g")
+    approved = p.c.approved_at.is_not(None)
+    query = sa.select(
+        group,
+        sa.func.count(),
+        sa.func.count(p.c.merged_at),
+        sa.func.count(p.c.closed_at),
+        sa.func.count(p.c.approved_at),
+        sa.func.coalesce(sa.func.sum(sa.case((approved, p.c.review_rounds), else_=0)), 0),
+        sa.func.count(p.c.first_ci),
+        sa.func.count(sa.case((p.c.first_ci == sa.true(), 1))),
+        *_wait(p.c.opened_at),
+        *_wait(p.c.approved_at),
+        *_wait(p.c.merged_at),
+    ).select_from(pulls_joined)
+    if since is not None:
+        query = query.where(began >= since)
+    pull_rows = [
+        PullCounts(row[0], *(int(v) for v in row[1:8]), *_floats(row[8:]))
+        for row in conn.execute(query.group_by(group))
+    ]
+
+    group = _group(conn, by, s, s.c.first_at).label("g")
+    query = sa.select(
+        group,
+        sa.func.count(s.c.assigned_at),
+        *(sa.func.coalesce(sa.func.sum(s.c[k]), 0) for k in _INTERVENTIONS),
+    )
+    if since is not None:
+        query = query.where(s.c.first_at >= since)
+    session_rows = [
+        SessionCounts(row[0], *(int(v) for v in row[1:]))
+        for row in conn.execute(query.group_by(group))
+    ]
+
+    group = _group(conn, by, p, began).label("g")
+    query = sa.select(group, p.c.review_rounds, sa.func.count()).select_from(pulls_joined)
+    query = query.where(approved)
+    if since is not None:
+        query = query.where(began >= since)
+    round_rows = [
+        RoundCount(g, rounds, count)
+        for g, rounds, count in conn.execute(query.group_by(group, p.c.review_rounds))
+    ]
+    return OutcomeRows(task_rows, pull_rows, session_rows, round_rows)
+
+
+_INTERVENTIONS = ("commands", "stops", "escalations", "human_commits")
+
+
+def _floats(values: Any) -> list[float | int]:
+    """The waits' (sum, count) pairs: sums as floats, counts as ints."""
+    return [float(v) if i % 2 == 0 else int(v) for i, v in enumerate(values)]
+
+
+class OutcomeStore(Protocol):
+    async def report(self, since: float | None, by: GroupBy | None) -> OutcomeRows: ...
+    async def variant_of(self, session_key: str) -> tuple[str | None] | None: ...
+    async def post_summary(
+        self, week: str, as_type: str, repo: str, number: int, body: str, now: float
+    ) -> bool: ...
+
+
+class SqlOutcomes:
+    """`OutcomeStore` on the engines of the `SqlStore` it belongs to."""
+
+    def __init__(self, engine: sa.Engine, reader: sa.Engine) -> None:
+        self.engine = engine
+        self.reader = reader
+
+    async def report(self, since: float | None, by: GroupBy | None) -> OutcomeRows:
+        with self.reader.connect() as conn:
+            return outcome_report(conn, since, by)
+
+    async def variant_of(self, session_key: str) -> tuple[str | None] | None:
+        """The prompt variant the session was given when first seen, as a 1-tuple (its
+        variant may be None: none); None when the session has no record yet."""
+        with self.reader.connect() as conn:
+            row = conn.execute(sa.select(s.c.variant).where(s.c.session_key == session_key)).first()
+        return None if row is None else (row.variant,)
+
+    async def post_summary(
+        self, week: str, as_type: str, repo: str, number: int, body: str, now: float
+    ) -> bool:
+        """Put the week's summary in the outbox, unless it was put there before: one
+        transaction, so of several nodes the first posts it. False: posted already."""
+        with self.engine.begin() as conn:
+            first = conn.execute(
+                _insert(conn, outcome_summaries)
+                .values(week=week, posted_at=now)
+                .on_conflict_do_nothing(index_elements=[outcome_summaries.c.week])
+                .returning(outcome_summaries.c.week)
+            ).first()
+            if first is None:
+                return False
+            write_letter(conn, as_type, repo, number, body, now)
+            return True
