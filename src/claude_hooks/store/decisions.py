@@ -25,8 +25,8 @@ from claude_hooks.store.intake import (
 )
 from claude_hooks.store.notes import write_cancelled_by
 from claude_hooks.store.outbox import write_letter
-from claude_hooks.store.policy_faults import write_policy_fault
 from claude_hooks.store.outcomes import write_outcomes
+from claude_hooks.store.policy_faults import write_policy_fault
 from claude_hooks.store.schema import signals, tasks
 from claude_hooks.store.spend import write_review_round, write_trip
 
