@@ -56,7 +56,7 @@ print(json.dumps(times))
 STANDIN = """
 import sys, time
 from tests.messages_standin import MessagesStandin
-with MessagesStandin() as api:
+with MessagesStandin(keep_alive=True) as api:
     api._server.RequestHandlerClass.disable_nagle_algorithm = True
     print(api.url, flush=True)
     sys.stdin.read()

@@ -125,8 +125,11 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 class MessagesStandin:
     """`with MessagesStandin() as api:` serves on `api.url` until the block ends."""
 
-    def __init__(self, replies: list[Reply] | None = None) -> None:
+    def __init__(self, replies: list[Reply] | None = None, keep_alive: bool = False) -> None:
+        """`keep_alive`: streamed answers are chunked on a kept-alive connection, as the real
+        API's are (else each ends by closing its connection)."""
         self.replies: list[Reply] = list(replies or [])
+        self.keep_alive = keep_alive
         self.requests: list[Request] = []
         self.first_stall = threading.Event()  # set when a stalled stream has sent its blocks
         self._released = threading.Event()
@@ -261,9 +264,12 @@ class MessagesStandin:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
-                self.send_header("Connection", "close")
+                if standin.keep_alive:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
-                self.close_connection = True
                 send = self._send
                 send(
                     "message_start",
@@ -286,6 +292,7 @@ class MessagesStandin:
                 if reply.stall:
                     standin.first_stall.set()
                     standin._released.wait()
+                    self.close_connection = True
                     return
                 send(
                     "message_delta",
@@ -296,6 +303,8 @@ class MessagesStandin:
                     },
                 )
                 send("message_stop", {"type": "message_stop"})
+                if standin.keep_alive:
+                    self.wfile.write(b"0\r\n\r\n")
 
             def _stream_block(self, index: int, block: dict[str, Any]) -> None:
                 send = self._send
@@ -316,7 +325,10 @@ class MessagesStandin:
                 send("content_block_stop", {"type": "content_block_stop", "index": index})
 
             def _send(self, name: str, data: dict[str, Any]) -> None:
-                self.wfile.write(_event(name, data))
+                event = _event(name, data)
+                if standin.keep_alive:
+                    event = b"%x\r\n%s\r\n" % (len(event), event)
+                self.wfile.write(event)
                 self.wfile.flush()
 
         return Handler

@@ -149,6 +149,7 @@ class Cluster:
     # The instances pinned to a node that never starts: they wait unheld, so every task
     # stays queued and none runs.
     pinned_away: bool = False
+    dev: dict[str, Any] = field(default_factory=dict)  # more `[types.dev]` keys
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -190,6 +191,7 @@ class Cluster:
             f"command = {json.dumps([sys.executable, str(self.agent)])}",
             f"env = {{ PIDS = {json.dumps(str(self.pids))}, NODE = {json.dumps(name)}, "
             f"HOLD = {json.dumps(str(self.hold))} }}",
+            *(f"{key} = {json.dumps(value)}" for key, value in self.dev.items()),
         ]
         for agent in self.agents:
             lines += ["", "[[agents]]", f'name = "{agent}"', 'type = "dev"']

@@ -74,6 +74,45 @@ def _size(value: Any) -> Any:
 Size = Annotated[str, BeforeValidator(_size)]
 
 
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?$")
+MAX_INSTANCES = 1000
+
+
+class InstanceRange(NamedTuple):
+    """`[types.<t>] instances`: the fewest and the most instances the type keeps."""
+
+    low: int
+    high: int
+
+    def __str__(self) -> str:
+        return f"{self.low}..{self.high}"
+
+
+def parse_range(value: object) -> InstanceRange:
+    """'2..8', '3' or 3 (fixed); ValueError says how to write one."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    found = _RANGE.match(text) if isinstance(text, str) else None
+    if found is None:
+        raise ValueError("write 'min..max' (e.g. '2..8') or a number of instances (e.g. 3)")
+    low = int(found[1])
+    high = int(found[2] or low)
+    if low < 1:
+        raise ValueError(f"the minimum must be at least 1 (got {low}); for none, omit the key")
+    if low > high:
+        raise ValueError(f"the minimum {low} is above the maximum {high}: write 'min..max'")
+    if high > MAX_INSTANCES:
+        raise ValueError(f"the maximum {high} is above {MAX_INSTANCES}")
+    return InstanceRange(low, high)
+
+
+def _range(value: Any) -> Any:
+    return value if value is None or isinstance(value, InstanceRange) else parse_range(value)
+
+
+# `instances` as written in the file: a range, or a number meaning that many, fixed.
+Instances = Annotated[InstanceRange, BeforeValidator(_range)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -399,6 +438,17 @@ class TypeConfig(_Section):
         "none",
         description="steal: an idle instance with an empty queue takes queued work from a peer",
     )
+    instances: Instances | None = Field(
+        None,
+        description="'min..max' (e.g. '2..8'): the leading node adds instances <type>-auto-N "
+        "when work waits and retires them when idle; a number: that many, fixed",
+    )
+    scale_up_wait: float = Field(
+        60.0, gt=0, description="seconds a task waits, every instance busy, before one is added"
+    )
+    scale_down_idle: float = Field(
+        900.0, gt=0, description="seconds an added instance idles before it is retired"
+    )
     permission_mode: Literal["default", "acceptEdits", "plan", "bypassPermissions"] = "acceptEdits"
     allowed_tools: list[str] = Field(default_factory=list)
     disallowed_tools: list[str] = Field(default_factory=list)
@@ -545,6 +595,13 @@ class Config(_Section):
         for name in [*(self.policy.allowed_types or ()), *self.policy.max_running]:
             if name != "all" and name not in self.types:
                 raise ValueError(f"policy: {name!r} is not a type (no [types.{name}] table)")
+        for name, type_config in self.types.items():
+            span = type_config.instances
+            if span is not None and not valid_name(f"{name}-auto-{span.high}"):
+                raise ValueError(
+                    f"types.{name}.instances: the names of added instances ({name}-auto-N) "
+                    f"would be too long; give the type a shorter name ({NAME_RULE})"
+                )
         poster = self.report.summary_as or self.flows.merge_type
         if self.report.summary_repository and poster not in self.types:
             key = "report.summary_as" if self.report.summary_as else "flows.merge_type"

@@ -7,6 +7,7 @@ import asyncio
 import http.server
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -139,3 +140,32 @@ async def test_connect_tunnels_to_a_listed_host_and_keeps_bytes_sent_with_the_re
     assert refused.startswith(b"HTTP/1.1 403 Forbidden")
     assert [(b.host, b.port, b.count) for b in session.blocked()] == [("127.0.0.1", 22, 1)]
     await session.close()
+
+
+async def test_the_relay_stops_an_answer_that_passes_the_budget_and_refuses_the_next(
+    proxy: EgressProxy,
+) -> None:
+    """1M input tokens of Sonnet ($3) against a $1 budget: the stream stops at its
+    `message_start`, the run is told why, and the next request never reaches the API."""
+    with MessagesStandin() as api:
+        env = {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": api.url}
+        config = TypeConfig(runner="claude", env=env, max_budget_usd=1.0)
+        stops: list[str] = []
+        session = await proxy.open("t5", "dev", config, env, None, on_stop=stops.append)
+        token = session.environment(env)["ANTHROPIC_API_KEY"]
+        api.script(replace(text("expensive"), input_tokens=1_000_000, stall=True))
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": True, "messages": []}
+        reason = "budget $1 (max_budget_usd) reached: $3.00 metered by the proxy"
+        async with through(session) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await asyncio.wait_for(
+                    client.post("/v1/messages", json=body, headers={"x-api-key": token}), 10
+                )
+            assert stops == [reason]
+            refused = await client.post("/v1/messages", json=body, headers={"x-api-key": token})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == f"claude-hooks: {reason}"
+        assert len(api.message_requests()) == 1
+        metered = session.metered()
+        assert metered is not None and metered["cost_usd"] == 3.000015  # and 1 output token
+        await session.close()

@@ -78,6 +78,8 @@ def test_agents_lifecycle(config_file: Path) -> None:
             "node": None,  # no service runs: no node holds it
             "pinned_node": None,
             "paused": None,  # its type waits on no budget or breaker
+            "auto": False,  # declared (`agents add`), not added by the elastic rule
+            "added": None,
         },
     ]
     assert cli("agents", "disable", "dev-charlie", config=config_file).returncode == 0

@@ -1,9 +1,11 @@
 """`doctor` says what an agent can consume and reach: each type's limits, how this host
-enforces them (delegated cgroup v2, cgroup v1, or rlimits only), the free disk below which
-no agent starts, and a PostgreSQL that lets this host in without a password."""
+enforces them (delegated cgroup v2, cgroup v1, or rlimits only), the agents' accounts (one
+per instance as root), the free disk below which no agent starts, and a PostgreSQL that lets
+this host in without a password."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from claude_hooks.agents import cages
@@ -30,6 +32,15 @@ def test_doctor_names_each_types_limits_and_how_the_host_enforces_them(tmp_path:
     enforced = cages.detect(prepare=False)
     mark = "warn" if enforced.kind == "rlimits" else "ok  "
     assert f"{mark}  agent limits: {enforced.describe()}" in "\n".join(lines)
+    if os.geteuid() == 0:
+        assert (
+            "ok    agent accounts: one per instance, claude-hooks-agent-INSTANCE (created at its "
+            "first run): no instance reads or signals another's"
+        ) in lines
+    else:
+        assert any(
+            "agent accounts: the service's own user for every instance" in line for line in lines
+        )
     assert any(
         line.startswith("ok    server.min_free_disk: ") and "(agents start above 2G)" in line
         for line in lines

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from claude_hooks.capacity.simulation import Policy
+from claude_hooks.capacity.workload import synthetic
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from tests.conftest import ServiceFactory
 from tests.support import all_idle, make_config, wait_until
@@ -63,6 +64,37 @@ def test_synthetic_sweep_as_json() -> None:
             assert run["waited_while_idle"] == 0
     one = [r for r in runs if r["instances"] == 1]
     assert len({(r["wait_p90_s"], r["wait_max_s"]) for r in one}) == 1  # one FIFO queue
+
+
+SYNTHETIC = ("--arrivals", "poisson:12", "--durations", "lognormal:6m,40m", "--hours", "24")
+
+
+def test_elastic_ranges_are_simulated_with_the_services_rule() -> None:
+    document = run_json("--instances", "dev=2", "--elastic", "dev=1..4", "--policy", "seed",
+                        *SYNTHETIC)  # fmt: skip
+    fixed, elastic = document["runs"]
+    assert "elastic" not in fixed and elastic["elastic"] == "1..4"
+    assert 1 <= elastic["mean_instances"] <= elastic["peak_instances"] <= 4
+    assert elastic["changes"] > 0 and elastic["tasks"] == fixed["tasks"]
+
+
+def test_the_recommended_range_is_the_same_every_time(tmp_path: Path) -> None:
+    """From a recorded workload (a file of a day's tasks): the same min..max every time."""
+    jobs = synthetic(["dev"], "poisson:12", "lognormal:6m,40m", 24, seed=5).jobs
+    recorded = tmp_path / "day.json"
+    recorded.write_text(json.dumps([
+        {"arrival": j.arrival, "type": j.type, "session_key": j.session_key,
+         "duration": j.duration} for j in jobs
+    ]))  # fmt: skip
+    args = ("--target-wait", "10m", "--instance-cost", "0.5", "--policy", "seed",
+            "--workload", str(recorded))  # fmt: skip
+    (found,) = run_json(*args)["recommendations"]
+    low, high = map(int, found["instances"].split(".."))
+    assert 1 <= low <= high and found["wait_p90_s"] <= 600 and found["fixed_wait_p90_s"] <= 600
+    assert found["daily_spend_usd"] == pytest.approx(found["mean_instances"] * 12, abs=0.02)
+    text = simulate(*args)  # a second run: the same range
+    assert text.returncode == 0, text.stderr
+    assert f'dev: instances = "{found["instances"]}" for a p90 wait within 10m 00s' in text.stdout
 
 
 def test_workload_file_gives_the_hand_computed_schedule(tmp_path: Path) -> None:
@@ -128,11 +160,16 @@ def test_plot_without_matplotlib_is_one_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--arrivals", "poisson:1", "--durations", "fixed:1m"), "--instances is required"),
+        (("--arrivals", "poisson:1", "--durations", "fixed:1m"), "give --instances (e.g."),
         (("--instances", "dev=1", "--policy", "seed,fifo", "--arrivals", "poisson:1",
           "--durations", "fixed:1m"), "'fifo' is not a policy (choose from seed, steal, shared)"),
         (("--instances", "dev=1", "--from-db", "--arrivals", "poisson:1"), "give one workload"),
         (("--instances", "dev=1", "--workload", "missing.json"), "cannot read it"),
+        (("--elastic", "dev=3..1", "--arrivals", "poisson:1", "--durations", "fixed:1m"),
+         "--elastic 'dev=3..1': dev: the minimum 3 is above the maximum 1"),
+        (("--target-wait", "soon", "--elastic", "dev=1..2"), "--target-wait: 'soon' is not"),
+        (("--instances", "dev=1", "--daily-spend", "5", "--arrivals", "poisson:1",
+          "--durations", "fixed:1m"), "--instance-cost and --daily-spend go with --target-wait"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:

@@ -296,6 +296,38 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         cluster.gate_b.release(second)
 
 
+def follow_log(config: Config, task_id: str) -> subprocess.Popen[str]:
+    """`claude-hooks tasks log -f` started beside a node (see `tasks_log`)."""
+    tasks_log_config = config.data_dir / "cli.toml"
+    tasks_log(config, "none")  # writes the configuration file beside the node
+    argv = [sys.executable, "-m", "claude_hooks", "tasks", "log", task_id, "-f"]
+    return subprocess.Popen(
+        [*argv, "--config", str(tasks_log_config)], stdout=subprocess.PIPE, text=True
+    )
+
+
+async def test_following_a_queued_task_reads_it_from_the_node_it_starts_on(
+    cluster: Cluster,
+) -> None:
+    cluster.gate_b.lines = ["started on b"]
+    async with serve(cluster.a) as url_a, serve(cluster.b) as url_b:
+        cluster.node_at("node-a", url_a)
+        cluster.node_at("node-b", url_b)
+        first = await cluster.review(1)
+        await wait_until(lambda: first in cluster.gate_b.started)
+        queued = await cluster.review(2)  # behind the first, on B's instance
+        follower = follow_log(cluster.a.config, queued)
+        try:
+            await asyncio.sleep(0.5)  # the CLI follows the queued task from node A
+            cluster.gate_b.release(first)
+            await wait_until(lambda: queued in cluster.gate_b.started, WITHIN)
+            cluster.gate_b.release(queued)
+            out, _ = await asyncio.to_thread(follower.communicate, timeout=30)
+        finally:
+            follower.kill()
+        assert (follower.returncode, out) == (0, "started on b\n")
+
+
 async def test_a_stop_command_heard_by_one_node_stops_the_task_on_the_other(
     cluster: Cluster,
 ) -> None:

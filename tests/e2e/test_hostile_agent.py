@@ -15,8 +15,10 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -510,6 +512,39 @@ async def test_the_claude_cli_reaches_its_api_through_the_service_which_holds_th
     assert metered["requests"] == len(api.message_requests()) == 2
     for name in ("input_tokens", "output_tokens"):
         assert metered[name] == usage[name], (name, metered, usage)
+
+
+async def test_the_proxy_ends_a_claude_task_whose_answer_passes_its_budget(
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real CLI, a $1 budget, and an answer of 1M Sonnet input tokens ($3) that then
+    stalls: the CLI's own check would come after the answer, which never ends; the proxy stops
+    it at its first event and the task ends with the reason, long before its timeout."""
+    with MessagesStandin() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        service: Service = await start_service(
+            types={
+                "dev": {
+                    "runner": "claude",
+                    "workdir": "none",
+                    "comments": False,
+                    "max_budget_usd": 1.0,
+                    "timeout": 120,
+                }
+            },
+            agents=[{"name": "dev-alpha", "type": "dev"}],
+        )
+        api.script(replace(text("an expensive answer"), input_tokens=1_000_000, stall=True))
+        began = time.monotonic()
+        task = await run_task(service, "dev", TaskKind.WORK_ISSUE, {"title": "Spend it all"})
+        took = time.monotonic() - began
+    assert task.state is TaskState.FAILED
+    assert task.error is not None and task.error.startswith(
+        "budget $1 (max_budget_usd) reached: $3.00 metered by the proxy"
+    ), task.error
+    assert took < 60, f"{took:.0f} s"
+    assert len(api.message_requests()) == 1
 
 
 @pytest.mark.parametrize("comments", ["living", "each"])

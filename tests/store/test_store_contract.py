@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql
 
 from claude_hooks.core.decision import CiWatch, Decision, ForgeComment, PullLink, Reset, Trip
 from claude_hooks.core.domain import Task, TaskKind, TaskState, new_task_id, session_key
+from claude_hooks.core.elastic import Act, Scaling
 from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentError
 from claude_hooks.store import spend
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
@@ -697,3 +698,100 @@ async def test_an_issues_usage_looks_its_tasks_up_by_repo_and_number(store: SqlS
             conditions = [line for line in plan if "Index Cond" in line and "number" in line]
             scans = [line for line in plan if " on tasks" in line]
             assert scans and len(conditions) >= len(scans), text
+
+
+async def test_elastic_adds_instances_with_the_longest_waits_and_retires_them_idle(
+    store: Store,
+) -> None:
+    """One pass of the elastic rule, read and applied in one transaction (`store/elastic.py`)."""
+    rule = Scaling(low=1, high=3, scale_up_wait=60, scale_down_idle=900)
+    await agents(store, "dev-a")
+    first = (await store.dispatch(new_task(1))).task
+    await store.claim_next("dev-a", NOW)
+    second = (await store.dispatch(new_task(2))).task
+    third = (await store.dispatch(new_task(3))).task
+    fourth = (await store.dispatch(new_task(4))).task
+    assert (await store.elastic.scale("dev", rule, NOW + 50, "node-1")).verdict.act is Act.NOTHING
+    scaled = await store.elastic.scale("dev", rule, NOW + 64, "node-1")
+    # Keys 2 and 3 waited 62 and 61 s, key 4 60 s: two instances, each with one of the two.
+    assert scaled.verdict.names == ("dev-auto-1", "dev-auto-2")
+    assert scaled.moved == {"dev-auto-1": (second.id,), "dev-auto-2": (third.id,)}
+    added = await store.get_agent("dev-auto-1")
+    assert added is not None and added.auto and added.node is None
+    assert not (await store.get_agent("dev-a")).auto  # type: ignore[union-attr]
+    assert (await store.notes.get_note(second.id)).moved_from == "dev-a"
+    # The added instances run nothing yet (no node holds them): nothing more is added.
+    assert (await store.elastic.scale("dev", rule, NOW + 500, "node-1")).verdict.act is Act.NOTHING
+    for name, task in (("dev-auto-1", second), ("dev-auto-2", third)):
+        claim = await store.claim_next(name, NOW + 500)
+        assert claim.task is not None and claim.task.id == task.id
+        await store.finish_task(task.id, Outcome(TaskState.SUCCEEDED), NOW + 600)
+    await store.finish_task(first.id, Outcome(TaskState.SUCCEEDED), NOW + 600)
+    await store.claim_next("dev-a", NOW + 600)
+    await store.finish_task(fourth.id, Outcome(TaskState.SUCCEEDED), NOW + 700)
+    assert (await store.elastic.scale("dev", rule, NOW + 1499, "n")).verdict.act is Act.NOTHING
+    retired = await store.elastic.scale("dev", rule, NOW + 1500, "node-2")
+    assert retired.verdict.act is Act.RETIRE
+    assert retired.verdict.names == ("dev-auto-1", "dev-auto-2")
+    assert [a.name for a in await store.list_agents()] == ["dev-a"]
+    changes = await store.elastic.changes(10)
+    assert [(c.act, c.names, c.node, c.moved) for c in changes] == [
+        ("retire", ("dev-auto-1", "dev-auto-2"), "node-2", 0),
+        ("add", ("dev-auto-1", "dev-auto-2"), "node-1", 2),
+    ]
+    assert changes[1].wait_seconds == 62
+    assert "while all 1 instance(s) were busy" in changes[1].reason
+    assert changes[0].wait_seconds == 900
+    assert await store.elastic.changes(10, "reviewer") == []
+
+
+def test_two_leaders_scaling_at_once_add_the_range_once(database_url: str) -> None:
+    """A leader that has not yet seen it lost the lead runs a pass beside the new one: the
+    passes take the type's cursor lock in turn, so the second sees the first's instances."""
+    rule = Scaling(low=1, high=3, scale_up_wait=60, scale_down_idle=900)
+
+    async def seed() -> None:
+        store = await SqlStore.open(database_url)
+        try:
+            await agents(store, "dev-a")
+            await store.dispatch(new_task(100))
+            await store.claim_next("dev-a", NOW)
+            for n in range(1, 6):
+                await store.dispatch(new_task(n))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def leader(name: str) -> None:
+        async def run() -> None:
+            store = await SqlStore.open(database_url)
+            try:
+                start.wait()
+                await store.elastic.scale("dev", rule, NOW + 100, name)
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=leader, args=(f"node-{i}",)) for i in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    async def read() -> tuple[list[str], int]:
+        store = await SqlStore.open(database_url)
+        try:
+            names = [a.name for a in await store.list_agents()]
+            return names, len(await store.elastic.changes(10))
+        finally:
+            await store.close()
+
+    assert asyncio.run(read()) == (["dev-a", "dev-auto-1", "dev-auto-2"], 1)

@@ -9,7 +9,7 @@ import pytest
 
 from claude_hooks.capacity.simulation import Policy
 from claude_hooks.capacity.workload import load_file, parse_duration, synthetic
-from claude_hooks.cli.simulate import parse_instances, parse_policies, sweep
+from claude_hooks.cli.simulate import parse_elastic, parse_instances, parse_policies, sweep
 from claude_hooks.errors import InvalidInputError
 
 
@@ -35,6 +35,19 @@ def test_bad_instances(text: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match="--instances") as raised:
         parse_instances(text)
     assert message in str(raised.value)
+
+
+def test_elastic_ranges() -> None:
+    assert parse_elastic("dev=2..8, reviewer=3") == {"dev": (2, 8), "reviewer": (3, 3)}
+    for text, message in [
+        ("dev", "'dev' is not TYPE=MIN..MAX"),
+        ("dev=0..2", "dev: the minimum must be at least 1"),
+        ("dev=x", "dev: write 'min..max'"),
+        ("dev=1..2,dev=2..3", "a type is given twice"),
+    ]:
+        with pytest.raises(InvalidInputError, match="--elastic") as raised:
+            parse_elastic(text)
+        assert message in str(raised.value)
 
 
 def test_bad_policy() -> None:

@@ -8,6 +8,11 @@ The proxy checks it, puts the real credential in its place, forwards to the real
 type's or the service's `ANTHROPIC_BASE_URL`, else Anthropic's) and meters the usage each
 response reports, streamed or not. Response headers pass unchanged, so the CLI still sees a
 subscription's usage-limit reset (`anthropic-ratelimit-unified-*`) and tells the breaker.
+
+The meter prices what it counts (`core.prices`) and holds the task to the type's
+`max_budget_usd` as the answers stream: once the task's cost passes it, the answer under way
+goes no further, and every later request is refused (the CLI's own check comes only between
+turns, after an answer has been paid for whole).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from claude_hooks.core.prices import cost_usd
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 TOKEN_PREFIX = "claude-hooks-task-"
@@ -52,9 +59,11 @@ class Meter:
     requests: int = 0
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USAGE_FIELDS, 0))
     models: dict[str, dict[str, int]] = field(default_factory=dict)
+    cost_usd: float = 0.0
 
     def add(self, model: str | None, usage: Mapping[str, Any]) -> None:
         self.requests += 1
+        self.cost_usd += cost_usd(model, usage)
         per_model = self.models.setdefault(model or "unknown", dict.fromkeys(USAGE_FIELDS, 0))
         for name in USAGE_FIELDS:
             value = usage.get(name)
@@ -65,7 +74,12 @@ class Meter:
     def summary(self) -> dict[str, Any] | None:
         if self.requests == 0:
             return None
-        return {"requests": self.requests, **self.totals, "models": self.models}
+        return {
+            "requests": self.requests,
+            **self.totals,
+            "cost_usd": round(self.cost_usd, 6),
+            "models": self.models,
+        }
 
 
 class ResponseUsage:
@@ -85,7 +99,10 @@ class ResponseUsage:
         *lines, rest = self.buffer.split(b"\n")
         self.buffer = bytearray(rest)
         for line in lines:
-            if line.startswith(b"data:"):
+            # Only the two events that carry usage are parsed, not the many content deltas.
+            if line.startswith(b"data:") and (
+                b'"message_start"' in line or b'"message_delta"' in line
+            ):
                 self._event(bytes(line[5:]))
 
     def finish(self) -> tuple[str | None, dict[str, Any]] | None:
@@ -124,11 +141,27 @@ class ResponseUsage:
 class Relay:
     """One task's relay: its token, the real credential and where requests go."""
 
-    def __init__(self, credential: Credential, base_url: str) -> None:
+    def __init__(self, credential: Credential, base_url: str, budget_usd: float) -> None:
         self.credential = credential
         self.base_url = base_url.rstrip("/")
         self.token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self.meter = Meter()
+        self.budget_usd = budget_usd
+        self.spent: str | None = None  # why no more is relayed, once the budget is passed
+
+    def over_budget(self, answer: ResponseUsage | None = None) -> str | None:
+        """Why the task may have no more (its metered cost, with the `answer` under way,
+        has passed its budget), else None."""
+        if self.spent is None:
+            spent = self.meter.cost_usd
+            if answer is not None and answer.usage:
+                spent += cost_usd(answer.model, answer.usage)
+            if spent > self.budget_usd:
+                self.spent = (
+                    f"budget ${self.budget_usd:g} (max_budget_usd) reached: "
+                    f"${spent:.2f} metered by the proxy"
+                )
+        return self.spent
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """The request carries this task's token (as `x-api-key` or a bearer token)."""

@@ -5,8 +5,10 @@ Each run gets a `Cage`: its own cgroup where the kernel enforces `max_processes`
 - cgroup v2 where the service has a delegated subtree (the systemd unit's `Delegate=yes`):
   the service moves itself into a `service` leaf and puts each run in `agents/<task id>`;
 - else cgroup v1's `pids` and `memory` hierarchies where the service may write them (root);
-- else rlimits only (RLIMIT_NPROC, which counts every process of the agents' account, not of
-  one run), and the run's processes are counted and their memory summed from /proc.
+- else rlimits only, and the run's processes are counted and their memory summed from /proc.
+  RLIMIT_NPROC counts every process of the run's account: as root, that is one instance's
+  (each has an account of its own, `Sandbox.for_instance`), so a fork bomb in one leaves the
+  others room to start theirs; without root, the service's user's, shared by every agent.
 Disk has no kernel limit in any of these: the workdir (and, for Claude, the session's state)
 is measured periodically, and RLIMIT_FSIZE stops one file from outgrowing the limit between
 two looks; the sandbox's own /tmp is a tmpfs of at most `max_disk`, charged to its memory.
@@ -132,6 +134,7 @@ class Cage:
         self.disk_paths: list[Path] = []
         self.pid: int | None = None
         self.reason: str | None = None
+        self.stopped: str | None = None
 
     def prefix(self) -> list[str]:
         """The argv that starts a program in this cage: joins the cgroups, sets the rlimits
@@ -173,11 +176,16 @@ class Cage:
             return f"disk limit {self.limits.disk_text} reached"
         return None
 
+    def stop(self, reason: str) -> None:
+        """End the run for a limit found elsewhere (the egress proxy's budget): `watch` returns
+        it at its next look."""
+        self.stopped = self.stopped or reason
+
     async def watch(self) -> str:
         """Returns the first limit the run reaches (it runs until cancelled otherwise)."""
         next_disk = 0.0
         while True:
-            reason = self.exceeded()
+            reason = self.stopped or self.exceeded()
             if reason is None and time.monotonic() >= next_disk:
                 began = time.monotonic()
                 reason = await asyncio.to_thread(self.disk_exceeded)
@@ -259,7 +267,7 @@ async def enforce(cage: Cage, run: Coroutine[Any, Any, RunResult]) -> RunResult:
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-    reason = cage.reason or cage.exceeded()
+    reason = cage.reason or cage.stopped or cage.exceeded()
     if reason is None and not result.succeeded:
         # RLIMIT_FSIZE ended it (SIGXFSZ) before a measure saw the file.
         reason = await asyncio.to_thread(cage.disk_exceeded)
@@ -282,9 +290,14 @@ class Confinement:
         if self.kind == "cgroup1":
             folders = ", ".join(str(p) for p in self.parents.values())
             return f"cgroup v1 (pids, memory) under {folders}{missing}"
+        nproc = (
+            "per instance, each its own account"
+            if os.geteuid() == 0
+            else "all the agents' processes together, not being root"
+        )
         return (
-            "no writable cgroup: rlimits only (RLIMIT_NPROC counts all the agents' processes "
-            f"together), processes and memory counted from /proc{missing}"
+            f"no writable cgroup: rlimits only (RLIMIT_NPROC counts {nproc}), processes and "
+            f"memory counted from /proc{missing}"
         )
 
     def cage(self, name: str, limits: Caps) -> Cage:

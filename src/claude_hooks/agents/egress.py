@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -34,7 +35,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
-import httpx
 
 from claude_hooks.agents.api_relay import DEFAULT_BASE_URL, Credential, Relay, ResponseUsage
 from claude_hooks.agents.credentials import (
@@ -43,6 +43,7 @@ from claude_hooks.agents.credentials import (
     claude_credential,
 )
 from claude_hooks.agents.sandbox import BRIDGE_PORT, Account
+from claude_hooks.agents.upstream import Upstream, UpstreamError
 from claude_hooks.config import TypeConfig
 from claude_hooks.core.egress import EgressPolicy, IPAddress, normalize
 from claude_hooks.store.egress import EgressBlock
@@ -55,7 +56,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 IDLE_TIMEOUT = 300.0  # a kept-alive connection waiting for its next request
 CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 10.0
-UPSTREAM_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=600.0)
 _CHUNK = 65536
 BRIDGE_URL = f"http://127.0.0.1:{BRIDGE_PORT}"
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -105,6 +105,7 @@ class EgressSession:
         relay: Relay | None,
         runner: str,
         recorder: Recorder | None = None,
+        on_stop: Callable[[str], None] | None = None,
     ) -> None:
         self.proxy = proxy
         self.task_id = task_id
@@ -118,6 +119,7 @@ class EgressSession:
         self._connections: set[asyncio.Task[None]] = set()
         self._recorder = recorder
         self._recording: asyncio.Task[None] | None = None
+        self._on_stop = on_stop
 
     async def start(self, account: Account | None) -> None:
         self._server = await asyncio.start_unix_server(
@@ -148,6 +150,13 @@ class EgressSession:
 
     def metered(self) -> dict[str, Any] | None:
         return self.relay.meter.summary() if self.relay is not None else None
+
+    def stop(self, reason: str) -> None:
+        """The run must end (its budget is spent): told to whoever ends it, once."""
+        log.warning("task %s (%s): %s; stopping it", self.task_id, self.agent_type, reason)
+        if self._on_stop is not None:
+            self._on_stop(reason)
+            self._on_stop = None
 
     def changed(self) -> None:
         """Something to keep: recorded within `RECORD_SECONDS`, so a running task shows what
@@ -203,7 +212,7 @@ class EgressSession:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _Connection(self, reader, writer).serve()
-        except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError, httpx.HTTPError):
+        except (_Closed, ConnectionError, TimeoutError, h11.ProtocolError):
             pass  # either end went away or broke the protocol: the connection just ends
         except Exception:
             log.exception("task %s: the egress proxy failed on a connection", self.task_id)
@@ -291,15 +300,18 @@ class _Connection:
                 raise _Closed
 
     async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+        await self._write(self.conn.send(event) or b"")
 
-    async def _answer(self, status: int, text: str, close: bool = False) -> None:
+    async def _answer(
+        self,
+        status: int,
+        text: str,
+        close: bool = False,
+        content_type: str = "text/plain; charset=utf-8",
+    ) -> None:
         body = text.encode()
         headers = [
-            ("content-type", "text/plain; charset=utf-8"),
+            ("content-type", content_type),
             ("content-length", str(len(body))),
         ]
         if status == 403:
@@ -384,6 +396,12 @@ class _Connection:
         if not relay.authorized(sent):
             await self._answer(401, "claude-hooks: not this task's token\n")
             return
+        spent = relay.over_budget()
+        if spent is not None:
+            error = {"type": "invalid_request_error", "message": f"claude-hooks: {spent}"}
+            text = json.dumps({"type": "error", "error": error})
+            await self._answer(400, text, content_type="application/json")
+            return
         headers = [(k, v) for k, v in _headers(request.headers) if k not in _CREDENTIAL_HEADERS]
         headers = [(k, v) for k, v in headers if k != "accept-encoding"]
         headers += [relay.credential.header(), ("accept-encoding", "identity")]
@@ -405,30 +423,55 @@ class _Connection:
         body: bytes,
         relay: Relay | None,
     ) -> None:
-        client = self.session.proxy.client
-        outgoing = client.build_request(method, url, headers=headers, content=body)
+        """Send upstream and pass the answer on as it comes: one write to the agent per read
+        from the upstream (its head with what came along), so a burst of events wakes the
+        agent's side once."""
         try:
-            response = await client.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
+            answer = await self.session.proxy.upstream.request(method, url, headers, body)
+        except UpstreamError as exc:
             await self._answer(502, f"claude-hooks: the upstream failed: {exc}\n")
             return
         try:
-            passed = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _HOP]
-            if "content-length" in response.headers:
-                passed.append(("content-length", response.headers["content-length"]))
-            await self._send(h11.Response(status_code=response.status_code, headers=passed))
-            usage = ResponseUsage(response.headers.get("content-type", ""))
-            async for chunk in response.aiter_raw(_CHUNK):
-                if relay is not None and response.is_success:
-                    usage.feed(chunk)
-                await self._send(h11.Data(data=chunk))
-            await self._send(h11.EndOfMessage())
+            passed = [(k, v) for k, v in answer.headers if k not in _HOP]
+            length = answer.header("content-length")
+            if length is not None:
+                passed.append(("content-length", length))
+            head = self.conn.send(h11.Response(status_code=answer.status, headers=passed)) or b""
+            if not answer.started:
+                await self._write(head)
+                head = b""
+            metered = relay is not None and 200 <= answer.status < 300
+            usage = ResponseUsage(answer.header("content-type") or "")
+            spent: str | None = None
+            async for pieces, ended in answer.chunks():
+                out = [head]
+                head = b""
+                if pieces:
+                    data = b"".join(pieces)
+                    if metered:
+                        usage.feed(data)
+                    out.append(self.conn.send(h11.Data(data=data)) or b"")
+                if relay is not None and metered:
+                    spent = relay.over_budget(usage)
+                    if spent is not None:
+                        break  # not a byte more; closing the upstream ends the generation
+                if ended:
+                    out.append(self.conn.send(h11.EndOfMessage()) or b"")
+                await self._write(b"".join(out))
         finally:
-            await response.aclose()
-        found = usage.finish() if relay is not None and response.is_success else None
+            answer.release()
+        found = usage.finish() if metered else None
         if found is not None and relay is not None:
             relay.meter.add(*found)
             self.session.changed()
+        if spent is not None:
+            self.session.stop(spent)
+            raise _Closed
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
 
 
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -467,7 +510,7 @@ class EgressProxy:
 
     def __init__(self) -> None:
         self._folder: Path | None = None
-        self._client: httpx.AsyncClient | None = None
+        self.upstream = Upstream()
 
     @property
     def folder(self) -> Path:
@@ -475,14 +518,6 @@ class EgressProxy:
             # A short path of its own: a Unix socket's path is limited to 107 bytes.
             self._folder = Path(tempfile.mkdtemp(prefix="claude-hooks-egress-"))
         return self._folder
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=UPSTREAM_TIMEOUT, trust_env=False, follow_redirects=False
-            )
-        return self._client
 
     async def open(
         self,
@@ -493,9 +528,11 @@ class EgressProxy:
         account: Account | None,
         recorder: Recorder | None = None,
         extra: Sequence[str] = (),
+        on_stop: Callable[[str], None] | None = None,
     ) -> EgressSession:
         """A run's session, listening; `recorder` keeps its counts as they change; `extra`:
-        hosts the repository's policy adds to the type's list."""
+        hosts the repository's policy adds to the type's list; `on_stop` is told why the run
+        must end (the relay's budget is spent)."""
         session = EgressSession(
             self,
             task_id,
@@ -504,16 +541,16 @@ class EgressProxy:
             _relay(agent_type, type_config, env),
             type_config.runner,
             recorder,
+            on_stop,
         )
         await session.start(account)
         return session
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self.upstream.aclose()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
-        self._client = self._folder = None
+        self._folder = None
 
 
 def _relay(agent_type: str, type_config: TypeConfig, env: dict[str, str]) -> Relay | None:
@@ -524,4 +561,4 @@ def _relay(agent_type: str, type_config: TypeConfig, env: dict[str, str]) -> Rel
     if found is None or found.what in PROVIDER_SWITCHES or not env.get(found.what):
         return None
     base = env.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
-    return Relay(Credential(found.what, env[found.what].strip()), base)
+    return Relay(Credential(found.what, env[found.what].strip()), base, type_config.max_budget_usd)

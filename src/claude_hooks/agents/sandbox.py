@@ -7,10 +7,13 @@ dir, the config's folder, the database's folder, `/root`, `/home` or `/run` (the
 socket). Its network is its own loopback: it reaches the outside only through the service's
 egress proxy (`claude_hooks.agents.egress`), whose Unix socket is bound into the sandbox and
 served on 127.0.0.1:`BRIDGE_PORT` there by `egress_bridge.py`, the sandbox's first program.
-Its `/proc` shows only its own processes. When the service runs as root, the agent runs as an
-unprivileged account (`server.sandbox_user`, created at need) with no capabilities, dropped by
-`setpriv` inside the sandbox (bwrap itself stays privileged so it can bind paths the account
-cannot reach).
+Its `/proc` shows only its own processes. When the service runs as root, each instance's agents
+run as an unprivileged account of that instance's own (`<server.sandbox_user>-<instance>`,
+created at need) with no capabilities, dropped by `setpriv` inside the sandbox (bwrap itself
+stays privileged so it can bind paths the account cannot reach). One account per instance is
+the floor under the namespaces: `RLIMIT_NPROC` counts one instance's processes, not every
+agent's, and an agent that got out of its namespaces still could not signal another
+instance's processes nor enter its workdirs (each the account's, 0700).
 
 Every process it starts dies with the sandbox's first process (the PID namespace), and the
 sandbox dies with the service (`--die-with-parent`). The environment is passed in bwrap's
@@ -19,6 +22,9 @@ own environment, not its argv, so no secret shows in a process list.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import logging
 import os
 import pwd
@@ -47,6 +53,8 @@ BRIDGE_SOCKET = Path("/run/claude-hooks/egress.sock")
 BRIDGE_PORT = 3128
 BRIDGE_SCRIPT = Path(__file__).with_name("egress_bridge.py")
 _SCRATCH_DIRS = (Path("/tmp"), Path("/var/tmp"))  # empty and writable by all, as usual
+MAX_ACCOUNT_NAME = 32  # useradd's limit
+_DIGEST = 8
 
 
 class SandboxError(ClaudeHooksError):
@@ -62,9 +70,22 @@ class Account:
     gid: int
 
 
+def account_name(prefix: str, instance: str) -> str:
+    """The account of one instance: `<prefix>-<instance>`; past useradd's 32 characters, the
+    instance's name cut short and 8 hex digits of its hash, so two instances never share one."""
+    name = f"{prefix}-{instance}"
+    if len(name) <= MAX_ACCOUNT_NAME:
+        return name
+    digest = hashlib.sha256(instance.encode()).hexdigest()[:_DIGEST]
+    room = MAX_ACCOUNT_NAME - len(prefix) - _DIGEST - 2
+    if room <= 0:
+        return f"{prefix[: MAX_ACCOUNT_NAME - _DIGEST - 1]}-{digest}"
+    return f"{prefix}-{instance[:room].rstrip('-._')}-{digest}"
+
+
 def agent_account(name: str) -> Account | None:
-    """The account agents run as: None when the service is not root (they run as its user,
-    which cannot reach the service's files through the sandbox's mounts anyway)."""
+    """The account `name`, created if missing: None when the service is not root (agents run
+    as its user, which cannot reach the service's files through the sandbox's mounts)."""
     if os.geteuid() != 0:
         return None
     try:
@@ -86,6 +107,9 @@ def _create_account(name: str) -> None:
             check=True, capture_output=True, timeout=PROBE_TIMEOUT,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError) as exc:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return  # another service on this host made it meanwhile
         detail = getattr(exc, "stderr", b"") or b""
         raise SandboxError(
             f"cannot create the sandbox account {name!r} ({detail.decode().strip() or exc}): "
@@ -96,14 +120,16 @@ def _create_account(name: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Sandbox:
-    """Builds the bwrap command line of one agent process.
+    """Builds the bwrap command line of one agent process, run as `account`.
 
-    `hidden`: folders the agent must not see (data dir, the config's and the database's
-    folders); each becomes an empty tmpfs, and the paths bound later are re-created inside.
+    `prefix`: what the instances' account names start with (`for_instance`). `hidden`:
+    folders the agent must not see (data dir, the config's and the database's folders); each
+    becomes an empty tmpfs, and the paths bound later are re-created inside.
     """
 
     bwrap: str
     account: Account | None
+    prefix: str = "claude-hooks-agent"
     hidden: tuple[Path, ...] = ()
     setpriv: str = "setpriv"
     # bwrap 0.5 and later bound a tmpfs's size (`--size`); with an older one /tmp is bounded
@@ -118,6 +144,14 @@ class Sandbox:
             if p.resolve() != Path("/")
         }
         object.__setattr__(self, "_masks", tuple(sorted(masks, key=lambda p: len(p.parts))))
+
+    def for_instance(self, instance: str) -> Sandbox:
+        """This sandbox run as `instance`'s own account (created at its first run; blocking:
+        call it off the event loop). Without root, the service's user for every instance."""
+        if self.account is None:
+            return self
+        account = agent_account(account_name(self.prefix, instance))
+        return dataclasses.replace(self, account=account)
 
     def wrap(
         self,
@@ -210,14 +244,20 @@ class Sandbox:
         return args
 
     def give(self, *paths: Path) -> None:
-        """Make `paths` (recursively) the agent account's, so it can write them. A tree whose
-        top is the account's already is left alone: only the service's fresh clones and
-        folders need it, and no agent process runs while its own workdir is given."""
+        """Make `paths` (recursively) the agent account's, so it can write them, and each
+        folder among them 0700, so no other instance's account may enter it. A tree whose top
+        is the account's already is not walked again: only the service's fresh clones and
+        folders, and workdirs another instance last ran in, need it; no agent process runs
+        while its own workdir is given."""
         if self.account is None:
             return
         for path in paths:
-            if path.exists() and path.stat().st_uid != self.account.uid:
+            if not path.exists():
+                continue
+            if path.stat().st_uid != self.account.uid:
                 _chown_tree(path, self.account.uid, self.account.gid)
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o700)
 
 
 def _venv_home(config: Path) -> Path | None:
@@ -276,12 +316,13 @@ def _knows_size(bwrap: str) -> bool:
     return "--size" in done.stdout + done.stderr
 
 
-def build(bwrap: str | None, account_name: str, hidden: Iterable[Path]) -> Sandbox:
-    """The service's sandbox, probed; SandboxError says what is missing."""
+def build(bwrap: str | None, prefix: str, hidden: Iterable[Path]) -> Sandbox:
+    """The service's sandbox, probed as the account `prefix` (each instance's agents then run
+    as their own, `for_instance`); SandboxError says what is missing."""
     if bwrap is None:
         raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
-    account = agent_account(account_name)
+    account = agent_account(prefix)
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    sandbox = Sandbox(bwrap, account, tuple(hidden), setpriv, _knows_size(bwrap))
+    sandbox = Sandbox(bwrap, account, prefix, tuple(hidden), setpriv, _knows_size(bwrap))
     probe(sandbox)
     return sandbox

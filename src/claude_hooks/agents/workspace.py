@@ -226,6 +226,8 @@ class Workspaces:
             if restored:
                 pass
             elif _found(path) == "git":
+                if sandbox is not None:
+                    sandbox.give(path)  # another instance's account may have it
                 await self._refresh(git, mirror, path, sandbox)
                 return path
             else:

@@ -25,6 +25,7 @@ def write_plot(summaries: Sequence[Summary], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
+    summaries = [s for s in summaries if not s.elastic]  # p90 against fixed sizes only
     types = sorted({s.type for s in summaries})
     figure, axes = pyplot.subplots(
         1, len(types), figsize=(6.4 * len(types), 4.2), squeeze=False, layout="constrained"

@@ -26,6 +26,15 @@ class Summary:
     utilisation: float  # run time over instance time, from the first arrival to the last end
     longest_queue: int
     waited_while_idle: int
+    elastic: str = ""  # "min..max" for an elastic pool; "" for a fixed one
+    mean_instances: float = 0.0  # instances alive on average, first arrival to last end
+    peak: int = 0
+    changes: int = 0  # instances added or retired
+
+    @property
+    def size(self) -> str:
+        """The pool as the table shows it: `3`, or `1..6` for an elastic pool."""
+        return self.elastic or str(self.instances)
 
 
 def percentile(ordered: Sequence[float], p: float) -> float:
@@ -39,11 +48,7 @@ def percentile(ordered: Sequence[float], p: float) -> float:
 def summarise(run: Run) -> Summary:
     waits = sorted(p.wait for p in run.placements)
     busy = sum(p.job.duration for p in run.placements)
-    span = (
-        max(p.finish for p in run.placements) - min(p.job.arrival for p in run.placements)
-        if run.placements
-        else 0.0
-    )
+    scaling = run.scaling
     return Summary(
         type=run.type,
         instances=run.instances,
@@ -54,9 +59,13 @@ def summarise(run: Run) -> Summary:
         wait_p99=percentile(waits, 99),
         wait_max=waits[-1] if waits else 0.0,
         wait_mean=sum(waits) / len(waits) if waits else 0.0,
-        utilisation=busy / (run.instances * span) if span > 0 else 0.0,
+        utilisation=busy / run.instance_seconds if run.instance_seconds > 0 else 0.0,
         longest_queue=run.longest_queue,
         waited_while_idle=run.waited_while_idle,
+        elastic=f"{scaling.low}..{scaling.high}" if scaling is not None else "",
+        mean_instances=run.mean_instances,
+        peak=run.peak,
+        changes=run.changes,
     )
 
 
@@ -76,6 +85,11 @@ def as_json(summary: Summary, run: Run, schedule: bool) -> dict[str, Any]:
         "longest_queue": summary.longest_queue,
         "waited_while_idle": summary.waited_while_idle,
     }
+    if summary.elastic:
+        document["elastic"] = summary.elastic
+        document["mean_instances"] = round(summary.mean_instances, 3)
+        document["peak_instances"] = summary.peak
+        document["changes"] = summary.changes
     if schedule:
         document["schedule"] = [
             {
@@ -121,7 +135,7 @@ def table(summaries: Sequence[Summary]) -> Table:
         share = s.waited_while_idle / s.tasks if s.tasks else 0.0
         grid.add_row(
             s.type,
-            str(s.instances),
+            s.size + (f" (mean {s.mean_instances:.1f})" if s.elastic else ""),
             s.policy,
             str(s.tasks),
             human(s.wait_p50),

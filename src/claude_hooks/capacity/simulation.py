@@ -18,6 +18,12 @@ key) run at once. The service's rule is head-of-line: a head that does not fit i
 and its queue waits behind it; `skip` models the alternative, an instance taking the first job
 of its queue that fits. The shared queue always takes the oldest job that fits.
 
+Elastic pools (`Scaling`, `[types.<t>] instances = "min..max"`): the pool starts with `min`
+instances and asks the service's own rule (`core/elastic.decide`) after every event and at the
+instants a wait reaches `scale_up_wait` or an added instance has idled `scale_down_idle`; an
+added instance takes the job that waited longest with its key's later jobs, as the store does.
+The service asks every few seconds, so its changes come up to a pass later than here.
+
 Events at the same instant: runs that end come before arrivals, and arrivals keep their order.
 """
 
@@ -29,6 +35,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from claude_hooks.core.elastic import Act, Scaling, Seat, decide, waits_wanted
 from claude_hooks.core.scheduler import Candidate, choose
 
 
@@ -91,6 +98,21 @@ class Run:
     placements: list[Placement]  # in the order of the jobs given
     waited_while_idle: int  # jobs that could have started while an instance of the type idled
     longest_queue: int  # the most jobs of the type waiting at one time
+    scaling: Scaling | None = None  # an elastic pool's range and timings; None: fixed
+    instance_seconds: float = 0.0  # instances alive times seconds, first arrival to last end
+    peak: int = 0  # the most instances alive at once
+    changes: int = 0  # instances added or retired (elastic)
+
+    @property
+    def mean_instances(self) -> float:
+        span = _span(self.placements)
+        return self.instance_seconds / span if span > 0 else float(self.instances)
+
+
+def _span(placements: Sequence[Placement]) -> float:
+    if not placements:
+        return 0.0
+    return max(p.finish for p in placements) - min(p.job.arrival for p in placements)
 
 
 def instance_names(count: int) -> list[str]:
@@ -100,28 +122,51 @@ def instance_names(count: int) -> list[str]:
 
 
 class _Instance:
-    __slots__ = ("index", "name", "queue", "running")
+    __slots__ = ("auto", "idle_since", "index", "name", "queue", "retired", "running")
 
-    def __init__(self, index: int, name: str) -> None:
+    def __init__(self, index: int, name: str, auto: bool = False, since: float = 0.0) -> None:
         self.index = index
         self.name = name
         self.queue: deque[int] = deque()
         self.running: int | None = None
+        self.auto = auto  # added by the elastic rule
+        self.retired = False
+        self.idle_since = since  # its last run's end, or when it was added
 
     @property
     def idle(self) -> bool:
         return self.running is None and not self.queue
 
 
+# Elastic pools name instances with this many digits, so names sort in the order of creation.
+_ELASTIC_WIDTH = 6
+
+
 class _Simulation:
     def __init__(
-        self, jobs: Sequence[Job], count: int, policy: Policy, groups: Groups | None
+        self,
+        jobs: Sequence[Job],
+        count: int,
+        policy: Policy,
+        groups: Groups | None,
+        scaling: Scaling | None = None,
     ) -> None:
         self.jobs = jobs
         self.policy = policy
         self.groups = groups
+        self.scaling = scaling
         self.group_running: dict[str, int] = {}
-        self.instances = [_Instance(i, name) for i, name in enumerate(instance_names(count))]
+        names = (
+            instance_names(count)
+            if scaling is None
+            else [f"{i:0{_ELASTIC_WIDTH}d}" for i in range(count)]
+        )
+        self.instances = [_Instance(i, name) for i, name in enumerate(names)]
+        self.live = list(self.instances)  # the instances not retired, in name order
+        self.instance_seconds = 0.0
+        self.peak = count
+        self.changes = 0
+        self.wanted = 0  # the waits the elastic rule could use at its last look
         self.cursor = 0
         self.start: list[float | None] = [None] * len(jobs)
         self.where = [-1] * len(jobs)  # the instance a job is queued on or ran on
@@ -136,21 +181,92 @@ class _Simulation:
     def run(self) -> None:
         order = sorted(range(len(self.jobs)), key=lambda i: self.jobs[i].arrival)
         next_arrival = 0
+        check = _NEVER  # the next instant the elastic rule may decide otherwise
+        last: float | None = None
         while next_arrival < len(order) or self.finishes:
             now = min(
                 self.jobs[order[next_arrival]].arrival if next_arrival < len(order) else _NEVER,
                 self.finishes[0][0] if self.finishes else _NEVER,
+                check,
             )
+            if last is not None:
+                self.instance_seconds += len(self.live) * (now - last)
+            last = now
             while self.finishes and self.finishes[0][0] <= now:
                 _, job, instance = heapq.heappop(self.finishes)
-                self._finish(job, self.instances[instance])
+                self._finish(job, self.instances[instance], now)
                 self._settle(now)
             while next_arrival < len(order) and self.jobs[order[next_arrival]].arrival <= now:
                 self._arrive(order[next_arrival], now)
                 next_arrival += 1
                 self._settle(now)
+            if self.scaling is not None:
+                self._scale(self.scaling, now)
+                check = self._next_check(self.scaling, now)
             self.longest_queue = max(self.longest_queue, len(self.waiting))
             self._note_needless_waits()
+
+    # the elastic rule
+
+    def _takeable(self, job: int) -> bool:
+        """Another instance could start it now (`stealing.TAKEABLE`): its key is free and it
+        is not the head of an idle instance's queue."""
+        if not self._key_free(job):
+            return False
+        where = self.where[job]
+        if where < 0:  # the shared queue
+            return True
+        instance = self.instances[where]
+        return instance.running is not None or instance.queue[0] != job
+
+    def _scale(self, scaling: Scaling, now: float) -> None:
+        seats = [
+            Seat(i.name, i.auto, True, i.running is not None, len(i.queue), i.idle_since)
+            for i in self.live
+        ]
+        # As the store: only the longest waits the rule can use, and none while it cannot add.
+        self.wanted = waits_wanted(scaling, seats)
+        waits: list[float] = []
+        if self.wanted:
+            for job in self.waiting:  # in arrival order: the longest waits first
+                wait = now - self.jobs[job].arrival
+                if wait < scaling.scale_up_wait or len(waits) == self.wanted:
+                    break
+                if self._takeable(job):
+                    waits.append(wait)
+        verdict = decide(self.jobs[0].type, scaling, seats, waits, now)
+        if verdict.act is Act.NOTHING:
+            return
+        self.changes += 1
+        if verdict.act is Act.RETIRE:
+            for instance in self.live:
+                instance.retired = instance.name in verdict.names
+            self.live = [i for i in self.live if not i.retired]
+            return
+        for _ in verdict.names:
+            index = len(self.instances)
+            added = _Instance(index, f"{index:0{_ELASTIC_WIDTH}d}", auto=True, since=now)
+            self.instances.append(added)
+            self.live.append(added)
+            oldest = next((j for j in self.waiting if self._takeable(j)), None)
+            if oldest is not None and self.policy is not Policy.SHARED:
+                self._steal(oldest, added)
+                added.queue.appendleft(oldest)
+        self.peak = max(self.peak, len(self.live))
+        self._settle(now)
+
+    def _next_check(self, scaling: Scaling, now: float) -> float:
+        """The next instant a wait reaches `scale_up_wait` or an added instance has idled
+        `scale_down_idle`: between events nothing else changes what the rule says."""
+        times = [i.idle_since + scaling.scale_down_idle for i in self.live if i.auto and i.idle]
+        if self.wanted:  # else no wait can add an instance before the next event
+            due = (
+                self.jobs[j].arrival + scaling.scale_up_wait
+                for j in self.waiting
+                if self.jobs[j].arrival + scaling.scale_up_wait > now and self._takeable(j)
+            )
+            times.append(next(due, _NEVER))  # the waiting jobs are in arrival order
+        return min((t for t in times if t > now), default=_NEVER)
 
     # events
 
@@ -160,29 +276,30 @@ class _Simulation:
         self.key_queue.setdefault(key, deque()).append(job)
         if self.policy is Policy.SHARED:
             if self._startable(job):
-                snapshot = [Candidate(i.name, i.running is not None, 0) for i in self.instances]
+                snapshot = [Candidate(i.name, i.running is not None, 0) for i in self.live]
                 choice = choose(snapshot, self.cursor)
-                chosen = self.instances[choice.index]
+                chosen = self.live[choice.index]
                 if chosen.running is None:
                     self.cursor = choice.cursor
                     self._start(job, chosen, now)
             return
         holders = self.holders.get(key)
-        holder = next((i.name for i in self.instances if holders and i.name in holders), None)
+        holder = next((i.name for i in self.live if holders and i.name in holders), None)
         snapshot = [
             Candidate(i.name, i.running is not None or bool(i.queue), len(i.queue))
-            for i in self.instances
+            for i in self.live
         ]
         choice = choose(snapshot, self.cursor, holder)
         self.cursor = choice.cursor
-        chosen = self.instances[choice.index]
+        chosen = self.live[choice.index]
         chosen.queue.append(job)
         self.where[job] = chosen.index
         self._hold(key, chosen.name)
 
-    def _finish(self, job: int, instance: _Instance) -> None:
+    def _finish(self, job: int, instance: _Instance, now: float) -> None:
         key = self.jobs[job].session_key
         instance.running = None
+        instance.idle_since = now
         del self.running_keys[key]
         self.group_running[repository(key)] -= 1
         if self.policy is not Policy.SHARED:
@@ -193,7 +310,7 @@ class _Simulation:
         moved = True
         while moved:
             moved = False
-            for instance in self.instances:
+            for instance in self.live:
                 if instance.running is None and instance.queue:
                     job = self._next_of(instance)
                     if job is not None:
@@ -202,7 +319,7 @@ class _Simulation:
                         moved = True
             if self.policy is Policy.SEED:
                 continue
-            for instance in self.instances:
+            for instance in self.live:
                 if instance.idle:
                     job = next((j for j in self.waiting if self._startable(j)), None)
                     if job is None:
@@ -279,7 +396,7 @@ class _Simulation:
 
     def _note_needless_waits(self) -> None:
         """Until the next event, every startable waiting job waits beside an idle instance."""
-        if self.waiting and any(i.idle for i in self.instances):
+        if self.waiting and any(i.idle for i in self.live):
             self.waited_while_idle.update(j for j in self.waiting if self._startable(j))
 
 
@@ -287,9 +404,16 @@ _NEVER = float("inf")
 
 
 def simulate(
-    jobs: Sequence[Job], instances: int, policy: Policy, groups: Groups | None = None
+    jobs: Sequence[Job],
+    instances: int,
+    policy: Policy,
+    groups: Groups | None = None,
+    scaling: Scaling | None = None,
 ) -> Run:
-    """Schedule jobs of one type on `instances` instances, starting from an empty pool."""
+    """Schedule jobs of one type on `instances` instances, starting from an empty pool; with
+    `scaling`, an elastic pool of `scaling.low` instances to start with (`instances` unused)."""
+    if scaling is not None:
+        instances = scaling.low
     if instances < 1:
         raise ValueError("a pool needs at least one instance")
     types = {job.type for job in jobs}
@@ -297,7 +421,7 @@ def simulate(
         raise ValueError(f"simulate() takes the jobs of one type, not {sorted(types)}")
     if groups is not None and groups.limit < 1:
         raise ValueError("a group lets at least one job run")
-    simulation = _Simulation(jobs, instances, policy, groups)
+    simulation = _Simulation(jobs, instances, policy, groups, scaling)
     simulation.run()
     placements = []
     for index, job in enumerate(jobs):
@@ -312,4 +436,10 @@ def simulate(
         placements=placements,
         waited_while_idle=len(simulation.waited_while_idle),
         longest_queue=simulation.longest_queue,
+        scaling=scaling,
+        instance_seconds=simulation.instance_seconds
+        if scaling is not None
+        else instances * _span(placements),
+        peak=simulation.peak,
+        changes=simulation.changes,
     )

@@ -20,7 +20,7 @@ from claude_hooks.agents import cages
 from claude_hooks.agents.credentials import HOW_TO, claude_credential
 from claude_hooks.agents.prompting import Prompts
 from claude_hooks.agents.runners.claude import locate_cli
-from claude_hooks.agents.sandbox import INSTALL_HINT, find_bwrap
+from claude_hooks.agents.sandbox import INSTALL_HINT, account_name, find_bwrap
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.exposure import is_loopback, weak_secrets
 from claude_hooks.errors import ClaudeHooksError, NoDatabaseYet
@@ -268,6 +268,24 @@ def _limit_checks(config: Config) -> list[Check]:
                 else ""
             ),
             warning=confinement.kind == "rlimits",
+        )
+    )
+    if os.geteuid() == 0:
+        accounts = (
+            f"one per instance, {account_name(config.server.sandbox_user, 'INSTANCE')} "
+            "(created at its first run): no instance reads or signals another's"
+        )
+    else:
+        accounts = (
+            "the service's own user for every instance (not root): their processes share one "
+            "RLIMIT_NPROC" + ("" if confinement.kind != "rlimits" else ", and no cgroup parts them")
+        )
+    checks.append(
+        Check(
+            True,
+            "agent accounts",
+            accounts,
+            warning=os.geteuid() != 0 and confinement.kind == "rlimits",
         )
     )
     folder = config.data_dir

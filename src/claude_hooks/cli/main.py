@@ -43,6 +43,7 @@ from claude_hooks.forge.gateway import Forge
 from claude_hooks.log_format import configure_logging
 from claude_hooks.service import commands
 from claude_hooks.service.commands import Commands
+from claude_hooks.service.elastic import ElasticView, elastic_views
 from claude_hooks.service.history import (
     DELIVERY_OUTCOMES,
     REJECTED,
@@ -60,6 +61,7 @@ from claude_hooks.service.task_lookup import find_task
 from claude_hooks.service.views import history_view, task_view
 from claude_hooks.store.backup import backup, restore
 from claude_hooks.store.base import NodeAddress, Store, TaskFilter
+from claude_hooks.store.elastic import InstanceChange
 from claude_hooks.store.scaler import NODES_NEEDED
 from claude_hooks.store.sql import SqlStore, Timeouts
 
@@ -308,10 +310,23 @@ def _paused_json(pause: Pause | None) -> dict[str, Any] | None:
     return {"reason": pause.reason, "message": pause.message, "until": pause.until}
 
 
-def _agent_rows(config: Config) -> list[dict[str, Any]]:
-    async def rows(store: Store) -> list[dict[str, Any]]:
+# How many of the latest changes `agents list` reads: 5 shown per type, and the change that
+# added each elastic instance.
+CHANGES_READ = 200
+
+
+def _agent_rows(config: Config) -> tuple[list[dict[str, Any]], dict[str, ElasticView]]:
+    """The instances as rows, and the elastic types' ranges, remarks and latest changes."""
+
+    async def rows(store: Store) -> tuple[list[dict[str, Any]], dict[str, ElasticView]]:
         paused = await stored_pauses(config, store, time.time())
-        return [
+        instances = await store.instances()
+        changes = await store.elastic.changes(CHANGES_READ)
+        added = {}
+        for change in reversed(changes):  # the newest add of a name wins
+            if change.act == "add":
+                added.update(dict.fromkeys(change.names, change))
+        listed = [
             {
                 "name": i.name,
                 "type": i.type,
@@ -323,21 +338,33 @@ def _agent_rows(config: Config) -> list[dict[str, Any]]:
                 "node": i.node,
                 "pinned_node": i.pinned_node,
                 "paused": _paused_json(paused.get(i.type)),
+                "auto": i.auto,
+                "added": _change_json(added[i.name]) if i.auto and i.name in added else None,
             }
-            for i in await store.instances()
+            for i in instances
         ]
+        return listed, elastic_views(config, instances, changes)
 
     return _run(_with_store(config, rows))
 
 
+def _change_json(change: InstanceChange) -> dict[str, Any]:
+    return {
+        "at": change.at,
+        "node": change.node,
+        "reason": change.reason,
+        "wait_seconds": change.wait_seconds,
+    }
+
+
 @agents_app.command("list")
 def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """List agent instances with their state."""
-    rows = _agent_rows(_config(config_file))
+    """List agent instances with their state, and what elastic types changed lately."""
+    rows, elastic = _agent_rows(_config(config_file))
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "type", "enabled", "state", "current task", "queued", "node")
+    table = Table("name", "type", "enabled", "state", "current task", "queued", "node", "added")
     paused: dict[str, str] = {}
     for row in rows:
         table.add_row(
@@ -349,12 +376,25 @@ def agents_list(config_file: ConfigOption = None, as_json: JsonOption = False) -
             str(row["queued"]),
             (row["node"] or "-")
             + (f" (pinned to {row['pinned_node']})" if row["pinned_node"] else ""),
+            "elastic" if row["auto"] else "declared",
         )
         if row["paused"]:
             paused[row["type"]] = row["paused"]["message"]
     out.print(table)
     for agent_type, message in sorted(paused.items()):
         out.print(f"{agent_type} waits: {message}")
+    for view in elastic.values():
+        out.print(f"{view.type}: instances {view.range}, {view.count} now")
+        for remark in view.remarks:
+            out.print(f"  note: {remark}")
+        for change in view.changes:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(change.at))
+            verb = "added" if change.act == "add" else "retired"
+            moved = f"; {change.moved} queued task(s) moved to them" if change.moved else ""
+            out.print(
+                f"  {when} {change.node or '-'} {verb} {', '.join(change.names)}: "
+                f"{change.reason}{moved}"
+            )
 
 
 # nodes

@@ -149,3 +149,4 @@ class AgentInstance:
     created_at: float = 0.0
     node: str | None = None  # the live node holding it, if any
     pinned_node: str | None = None  # only this node may hold it
+    auto: bool = False  # added by the elastic rule (`<type>-auto-N`), retired when idle

@@ -23,8 +23,8 @@ from claude_hooks.names import NAME_RULE, valid_name
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store, TaskFilter
 from claude_hooks.store.decisions import Cause
+from claude_hooks.store.elastic import SIGNAL_AGENTS
 
-SIGNAL_AGENTS = "agents"
 RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
 BY_CLI = "a user, with the CLI (tasks cancel)"
 

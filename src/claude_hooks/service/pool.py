@@ -20,7 +20,7 @@ from claude_hooks.agents.egress import EgressProxy, EgressSession
 from claude_hooks.agents.environment import agent_environment
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.runners.base import AgentRunner, RunContext, RunResult
-from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.sandbox import Sandbox, SandboxError
 from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, TypeConfig, size_bytes
@@ -667,7 +667,10 @@ class Pool:
     async def prepare_and_run(self, task: Task) -> RunResult:
         """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
         type_config = self.config.types[task.type]
-        sandbox = self.sandbox_of(task.type)
+        try:
+            sandbox = await asyncio.to_thread(self.sandbox_for, task)
+        except SandboxError as exc:
+            return RunResult(succeeded=False, error=f"cannot sandbox the agent: {exc}")
         try:
             workdir = await self.workspaces.prepare(task, type_config, sandbox)
         except WorkspaceError as exc:
@@ -681,7 +684,7 @@ class Pool:
             return RunResult(succeeded=False, error=f"cannot set the agent's limits: {exc}")
         self.inboxes[task.id] = Inbox(self.store.steering, task.id, self.clock)
         context = replace(
-            self._context(task, workdir, cage),
+            self._context(task, workdir, sandbox, cage),
             type_config=await self._variant_config(task),
             **policy.context,
         )
@@ -691,11 +694,12 @@ class Pool:
                 session = await self.egress.open(
                     task.id,
                     task.type,
-                    type_config,
+                    context.type_config,  # the session's variant's, its budget included
                     context.env,
                     sandbox.account,
                     self._keep_egress,
                     policy.egress,
+                    None if cage is None else cage.stop,
                 )
                 context = replace(
                     context, env=session.environment(context.env), bridge=session.socket
@@ -791,10 +795,20 @@ class Pool:
                 log.info("free disk back above server.min_free_disk: agents start again")
         return note if low else None
 
-    def sandbox_of(self, agent_type: str) -> Sandbox | None:
-        return self.sandbox if self.config.types[agent_type].sandbox else None
+    def sandbox_for(self, task: Task) -> Sandbox | None:
+        """The sandbox of `task`'s instance (its own account), None for an unconfined type.
+        It may create the account: call it off the event loop."""
+        if self.sandbox is None or not self.config.types[task.type].sandbox:
+            return None
+        return self.sandbox.for_instance(task.agent)
 
-    def _context(self, task: Task, workdir: Path, cage: cages.Cage | None = None) -> RunContext:
+    def _context(
+        self,
+        task: Task,
+        workdir: Path,
+        sandbox: Sandbox | None = None,
+        cage: cages.Cage | None = None,
+    ) -> RunContext:
         type_config = self.config.types[task.type]
 
         async def on_process(pid: int, pid_start: int | None) -> None:
@@ -810,7 +824,7 @@ class Pool:
             env=agent_environment(task, type_config, self.config.forgejo.url),
             cancel_grace=self.config.server.cancel_grace,
             on_process=on_process,
-            sandbox=self.sandbox_of(task.type),
+            sandbox=sandbox,
             max_log_bytes=self.config.server.max_log_bytes,
             disk_room=self.disk_room.ok,
             on_progress=lambda progress: self.bus.publish(
@@ -820,9 +834,7 @@ class Pool:
             cage=cage,
             forge_tools=None
             if self.forge is None
-            else ForgeTools(
-                task, type_config, self.forge, self.workspaces, self.sandbox_of(task.type)
-            ),
+            else ForgeTools(task, type_config, self.forge, self.workspaces, sandbox),
         )
 
     def log_path(self, task_id: str) -> Path:

@@ -18,7 +18,8 @@ from claude_hooks.config import Config
 from claude_hooks.errors import ConfigError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.ci_watch import CiWatcher
-from claude_hooks.service.commands import SIGNAL_AGENTS, Commands
+from claude_hooks.service.commands import Commands
+from claude_hooks.service.elastic import Scaler
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.intake import Intake
@@ -42,6 +43,7 @@ from claude_hooks.service.sweep import Sweeper
 from claude_hooks.store import wakeups
 from claude_hooks.store.base import Store
 from claude_hooks.store.decisions import SIGNAL_CANCEL
+from claude_hooks.store.elastic import SIGNAL_AGENTS
 from claude_hooks.store.faults import fault_reason, is_storage_fault
 from claude_hooks.store.sql import SqlStore, Timeouts
 from claude_hooks.store.wakeups import Wake
@@ -132,13 +134,14 @@ class Service:
         self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
         self.retention = Retention(config, store, self.pool.log_path, clock)
         self.summary = WeeklySummary(config, store.outcomes, clock, self.outbox.wake)
-        # CI polling, pending deliveries, posting comments and the weekly summary run on the
-        # node that leads.
+        self.scaler = Scaler(config, store, self.agents_changed, clock)
+        # CI polling, pending deliveries, posting comments, the weekly summary and elastic
+        # instances run on the node that leads.
         self.node = Node(
             config,
             store,
             self.pool,
-            [self.ci, self.pending, self.outbox, self.summary],
+            [self.ci, self.pending, self.outbox, self.summary, self.scaler],
             clock,
             lambda: len(self.intake.spool.waiting),
         )
@@ -250,6 +253,7 @@ class Service:
             self.ci,
             self.pending,
             self.outbox,
+            self.scaler,
         ]
         optional = [loop for loop in (self.listener, self.pod_cost) if loop is not None]
         return [*found, *optional]

@@ -16,6 +16,7 @@ from claude_hooks.errors import NoInstanceError
 from claude_hooks.store.commands import CommandStore
 from claude_hooks.store.decisions import Cause, Written
 from claude_hooks.store.egress import EgressStore
+from claude_hooks.store.elastic import ElasticStore
 from claude_hooks.store.intake import DeliveryRecord, IntakeStore
 from claude_hooks.store.labels import LabelStore
 from claude_hooks.store.nodes import NodeStore, Recovered
@@ -115,6 +116,7 @@ class InstanceView:
     queue: tuple[str, ...]  # the ids of its queued tasks, head first
     node: str | None = None  # the node holding it; None: it waits for a node with room
     pinned_node: str | None = None
+    auto: bool = False  # added by the elastic rule (`<type>-auto-N`)
 
     @property
     def state(self) -> str:
@@ -222,6 +224,8 @@ class Store(Protocol):
     def spend(self) -> SpendStore: ...
     @property
     def nodes(self) -> NodeStore: ...
+    @property
+    def elastic(self) -> ElasticStore: ...
     @property
     def transcripts(self) -> SqlSessionStore: ...
     @property

@@ -28,6 +28,7 @@ PARTS = (
     "retention",
     "spend",
     "nodes",
+    "elastic",
     "transcripts",
     "worktree_states",
     "outcomes",

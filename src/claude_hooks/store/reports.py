@@ -41,10 +41,16 @@ def instances(conn: sa.Connection) -> list[InstanceView]:
             tuple(queued.get(name, ())),
             node,
             pinned_node,
+            bool(auto),
         )
-        for name, agent_type, enabled, node, pinned_node in conn.execute(
+        for name, agent_type, enabled, node, pinned_node, auto in conn.execute(
             sa.select(
-                agents.c.name, agents.c.type, agents.c.enabled, agents.c.node, agents.c.pinned_node
+                agents.c.name,
+                agents.c.type,
+                agents.c.enabled,
+                agents.c.node,
+                agents.c.pinned_node,
+                agents.c.auto,
             ).order_by(agents.c.name)
         )
     ]

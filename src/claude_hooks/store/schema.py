@@ -15,6 +15,8 @@ agents = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("node", sa.String(63)),  # the live node that holds it now, if any
     sa.Column("pinned_node", sa.String(63)),  # only this node may hold it
+    # Added by the elastic rule (`<type>-auto-N`): retired when idle; declared ones never are.
+    sa.Column("auto", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 tasks = sa.Table(
@@ -383,6 +385,23 @@ command_refusals = sa.Table(
     sa.Column("number", sa.Integer, primary_key=True),
     sa.Column("sender", sa.String(255), primary_key=True),
     sa.Column("refused_at", sa.Float, nullable=False),
+)
+
+# Every change the elastic rule made to a type's instances: which node's leader, what it added
+# or retired, why, the wait (or idle time) that caused it, and how many queued tasks it moved.
+instance_changes = sa.Table(
+    "instance_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("type", sa.String(63), nullable=False),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("node", sa.String(63)),
+    sa.Column("act", sa.String(16), nullable=False),
+    sa.Column("names", sa.Text, nullable=False),  # the instances, comma-separated
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("wait_seconds", sa.Float, nullable=False),
+    sa.Column("moved", sa.Integer, nullable=False, server_default="0"),
+    sqlite_autoincrement=True,
 )
 
 # Outcome records (`core/outcomes.py`): one row per session the agents worked, with its prompt

@@ -53,6 +53,7 @@ from claude_hooks.store.base import (
 from claude_hooks.store.commands import SqlCommands, hold_if_paused
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
+from claude_hooks.store.elastic import SqlElastic
 from claude_hooks.store.intake import SqlIntake, insert_delivery, merge_into_twin
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import SqlLabels, write_labels
@@ -327,6 +328,7 @@ def _agent(row: sa.Row[Any]) -> AgentInstance:
         created_at=m["created_at"],
         node=m["node"],
         pinned_node=m["pinned_node"],
+        auto=bool(m["auto"]),
     )
 
 
@@ -431,6 +433,7 @@ class SqlStore:
         self.retention = SqlRetention(engine, self.reader)
         self.spend = SqlSpend(engine, self.reader)
         self.nodes = SqlNodes(engine, self.reader)
+        self.elastic = SqlElastic(engine, self.reader)
         # The node this process is: it claims only on instances it holds, and changes only
         # the tasks it runs. None outside a service (tests of the store alone, the CLI).
         self.node = node

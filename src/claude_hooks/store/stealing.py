@@ -34,22 +34,25 @@ _PEER = tasks.alias("peer")
 # A queued task another instance could start now: its key neither runs nor waits ahead of it
 # anywhere, and it is not the head of an idle instance's queue (that one starts there at once;
 # it may have just been stolen by that instance).
-_TAKEABLE = (
+# Each EXISTS is one probe of an index by its full prefix (`ix_tasks_agent_state_seq`,
+# `ix_tasks_session_state`): with an OR inside one EXISTS, PostgreSQL planned a join over the
+# whole queue (14 s for the oldest takeable task with 20,000 queued).
+TAKEABLE = (
     tasks.c.state == _QUEUED,
     tasks.c.cancel_requested == sa.false(),
-    sa.exists().where(
-        _PEER.c.agent == tasks.c.agent,
-        sa.or_(
-            _PEER.c.state == _RUNNING,
-            sa.and_(_PEER.c.state == _QUEUED, _PEER.c.seq < tasks.c.seq),
+    sa.or_(
+        sa.exists().where(_PEER.c.agent == tasks.c.agent, _PEER.c.state == _RUNNING),
+        sa.exists().where(
+            _PEER.c.agent == tasks.c.agent,
+            _PEER.c.state == _QUEUED,
+            _PEER.c.seq < tasks.c.seq,
         ),
     ),
+    ~sa.exists().where(_OTHER.c.session_key == tasks.c.session_key, _OTHER.c.state == _RUNNING),
     ~sa.exists().where(
         _OTHER.c.session_key == tasks.c.session_key,
-        sa.or_(
-            _OTHER.c.state == _RUNNING,
-            sa.and_(_OTHER.c.state == _QUEUED, _OTHER.c.seq < tasks.c.seq),
-        ),
+        _OTHER.c.state == _QUEUED,
+        _OTHER.c.seq < tasks.c.seq,
     ),
 )
 _VICTIM = (
@@ -59,7 +62,7 @@ _VICTIM = (
         tasks.c.type == sa.bindparam("b_type"),
         tasks.c.agent != sa.bindparam("b_agent"),
         agents.c.enabled == sa.true(),
-        *_TAKEABLE,
+        *TAKEABLE,
     )
     .order_by(tasks.c.seq)
     .limit(1)
@@ -68,7 +71,7 @@ _IDLE = agents.alias("idle")
 _WAITING_BESIDE_IDLE = (
     sa.select(tasks.c.type, sa.func.count())
     .where(
-        *_TAKEABLE,
+        *TAKEABLE,
         sa.exists().where(
             _IDLE.c.type == tasks.c.type,
             _IDLE.c.enabled == sa.true(),
@@ -127,8 +130,17 @@ def steal(conn: sa.Connection, agent: str, now: float) -> Theft | None:
     if agent_type is None:
         return None
     lock_cursor(conn, agent_type)
+    # Looked at again under the lock: the elastic rule may have retired the thief meanwhile.
+    if conn.execute(_THIEF, {"b_agent": agent}).scalar() is None:
+        return None
     if conn.execute(sa.select(_OCCUPIED), {"b_agent": agent}).scalar():
         return None
+    return take(conn, agent, agent_type, now)
+
+
+def take(conn: sa.Connection, agent: str, agent_type: str, now: float) -> Theft | None:
+    """Move the oldest takeable task of a peer (with its key's later tasks there) to the tail
+    of `agent`'s queue; the caller holds the type's cursor lock and commits."""
     victim = conn.execute(_VICTIM, {"b_type": agent_type, "b_agent": agent}).first()
     if victim is None:
         return None

@@ -42,6 +42,7 @@ def agent_json(service: Service, instance: InstanceView, waits: dict[str, str]) 
         "waiting": waits.get(instance.name),
         "node": instance.node,
         "pinned_node": instance.pinned_node,
+        "auto": instance.auto,  # added by the elastic rule (`<type>-auto-N`)
     }
 
 

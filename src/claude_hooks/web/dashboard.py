@@ -35,6 +35,7 @@ from claude_hooks.config import ServerConfig
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.errors import InvalidInputError, NotFoundError, UnknownTaskError
 from claude_hooks.service.commands import RETRYABLE
+from claude_hooks.service.elastic import ElasticView, elastic_views
 from claude_hooks.service.events import TASK_CHANGED, Event, Subscription
 from claude_hooks.service.history import DELIVERY_OUTCOMES, REJECTED, SPOOLED, check_outcome
 from claude_hooks.service.rejections import hint
@@ -58,6 +59,7 @@ from claude_hooks.web.sessions import Sessions
 PAGE_SIZE = 50
 RECENT = 8  # rows of recent deliveries and of finished tasks on the overview
 QUEUE_SHOWN = 8  # queued tasks listed per instance on the overview
+CHANGES_READ = 50  # the latest elastic changes read for the overview (5 shown per type)
 LOG_LINES = 6  # lines of a running task's log on the overview
 TICK = 1.0  # seconds between looks at log tails (and at the server stopping)
 COALESCE = 0.15  # seconds to gather a burst of events into one update
@@ -219,6 +221,7 @@ class Instance:
     node: str | None = None
     pinned_node: str | None = None
     waiting: str | None = None  # why its head waits (a concurrency group), on this node
+    auto: bool = False  # added by the elastic rule
 
 
 @dataclass(slots=True)
@@ -226,6 +229,7 @@ class TypeGroup:
     name: str
     runner: str
     instances: list[Instance] = field(default_factory=list)
+    elastic: ElasticView | None = None  # `[types.<t>] instances`: range, notes, changes
 
     @property
     def busy(self) -> int:
@@ -263,14 +267,17 @@ async def _instance(
         node=instance.node,
         pinned_node=instance.pinned_node,
         waiting=waits.get(instance.name),
+        auto=instance.auto,
     )
 
 
 async def _groups(
     service: Service, cache: QueuedCache, instances: list[InstanceView]
 ) -> list[TypeGroup]:
+    changes = await service.store.elastic.changes(CHANGES_READ)
+    elastic = elastic_views(service.config, instances, changes)
     groups = {
-        name: TypeGroup(name, type_config.runner)
+        name: TypeGroup(name, type_config.runner, elastic=elastic.get(name))
         for name, type_config in service.config.types.items()
     }
     waits = await service.pool.waits()
