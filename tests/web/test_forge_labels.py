@@ -14,6 +14,7 @@ from claude_hooks.core.domain import TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
+from tests.fake_forgejo import FakeForgejo
 from tests.support import GateRunner, fixture, forgejo_headers, make_config, wait_until
 
 
@@ -142,3 +143,37 @@ async def test_a_label_event_whose_header_contradicts_the_body_is_refused(
     )
     assert answer.status_code == 400
     assert "label_updated" in answer.json()["error"]
+
+
+async def test_a_repository_policy_adds_trigger_labels_read_from_the_base_branch(
+    start_service: ServiceFactory, tmp_path: Path, gate: GateRunner, fake_forgejo: FakeForgejo
+) -> None:
+    fake_forgejo.add_token("tok-admin", "admin-bot", site_admin=True)
+    fake_forgejo.add_repo("test_it", "test_ci_thing")
+    config = make_config(
+        tmp_path,
+        security={"allowed_senders": ["6543"]},
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+        forgejo={"url": fake_forgejo.base_url, "token": "tok-admin", "retries": 0},
+    )
+    service: Service = await start_service(config, runner=gate)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        # The service's dev has no labels: Kind/Testing triggers nothing.
+        plain = await post(client, "pull_request_label_updated")
+        assert plain.status_code == 200 and "no agent label changed" in plain.json()["reason"]
+        await relabel(client, "pull_request_label_updated", ["Kind/Enhancement"], "reset")
+        # The repository's file (no [policy] needed: labels only add) adds it to dev's.
+        fake_forgejo.commit_file(
+            "test_it",
+            "test_ci_thing",
+            ".forgejo/claude-hooks.toml",
+            '[types.dev]\nlabels = ["Kind/Testing"]\n',
+        )
+        added = await relabel(
+            client, "pull_request_label_updated", ["Kind/Enhancement", "Kind/Testing"], "add"
+        )
+        assert added.status_code == 202, added.text
+        assert "labelled for dev" in added.json()["reason"]
+        task = await service.store.get_task(added.json()["tasks"][0]["id"])
+        assert task is not None and task.payload["label"] == "Kind/Testing"

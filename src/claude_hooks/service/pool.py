@@ -497,7 +497,14 @@ class Pool:
         """Queue a delivery's requests in order, apply the rest of its decision and record
         the delivery as `settle` says, in one transaction (see `Store.dispatch_all`)."""
         tasks = [self._task(agent_type, request) for agent_type, request in requests]
-        dispatched = await self.store.dispatch_all(tasks, settle, decision, cause, pending)
+        separate = frozenset(
+            task.id
+            for task, (_, request) in zip(tasks, requests, strict=True)
+            if not request.coalesce
+        )
+        dispatched = await self.store.dispatch_all(
+            tasks, settle, decision, cause, pending, separate
+        )
         for placed in dispatched.placements:
             self._placed(placed)
         return dispatched
@@ -601,10 +608,15 @@ class Pool:
             self._wake(moved.agent)
             log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
 
-    def waiting_of(self, name: str) -> str | None:
-        """Why the head of an instance held here waits (its concurrency group), or None."""
-        worker = self.workers.get(name)
-        return None if worker is None else worker.waiting
+    async def waits(self) -> dict[str, str]:
+        """Instance -> why the head of its queue waits: its concurrency group (from the
+        database, so the instances of every node are seen) or a budget of its repository
+        (as this node's workers saw it)."""
+        waits = await self.store.group_waits()
+        for name, worker in self.workers.items():
+            if worker.waiting is not None:
+                waits[name] = worker.waiting
+        return waits
 
     async def notice_waiting(self, task_id: str, reason: str) -> None:
         """Tell the task's issue, once per task, that it waits for its group."""
