@@ -37,6 +37,7 @@ HEAVY_GROUPS = {
     "tests/cluster": "cluster",
     "tests/web/test_dashboard_browser.py": "browser",
     "tests/web/test_dashboard_operations_browser.py": "browser",
+    "tests/web/test_outcomes_browser.py": "browser",
 }
 
 

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,6 +35,11 @@ from claude_hooks.names import NAME_RULE, valid_name
 
 CONFIG_FILE = "claude-hooks.toml"
 MergeStyle = Literal["merge", "rebase", "rebase-merge", "squash", "fast-forward-only"]
+# What a new event does to a session key's work of one task kind (`on_new_event`).
+NewEventRule = Literal["coalesce", "queue", "supersede"]
+TaskKindName = Literal[
+    "work_issue", "review_pr", "address_review", "merge_pr", "fix_ci", "answer_mention"
+]
 
 
 def _host_node_name() -> str:
@@ -422,6 +427,13 @@ class TypeConfig(_Section):
         description="labels whose adding to an issue or PR assigns it to this type "
         "(removing one unassigns it), e.g. ['agent:dev']",
     )
+    on_new_event: dict[TaskKindName, NewEventRule] = Field(
+        default_factory=dict,
+        description="per task kind, what a new event does to the key's work: coalesce (a "
+        "queued task takes the newer payload), queue (always a new task), supersede (as "
+        "coalesce, and a running task of that kind and key is stopped); default supersede "
+        "for review_pr and fix_ci when the PR's head moved, coalesce for the rest",
+    )
     rebalance: Literal["none", "steal"] = Field(
         "none",
         description="steal: an idle instance with an empty queue takes queued work from a peer",
@@ -632,11 +644,6 @@ class Config(_Section):
 
     def login_of(self, agent_type: str) -> str:
         return self.types[agent_type].login or agent_type
-
-    def types_of_labels(self, labels: Iterable[str]) -> set[str]:
-        """The agent types one of `labels` triggers (`[types.<t>] labels`)."""
-        names = set(labels)
-        return {t for t, c in self.types.items() if names.intersection(c.labels)}
 
     def type_of_login(self, login: str) -> str | None:
         """The agent type whose Forgejo account this is (logins compare case-insensitively)."""

@@ -54,3 +54,29 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
     assert results["proxy_overhead"]["proxied_p50_ms"] > 0
     assert results["outcomes"]["sqlite"]["worst_s"] > 0
     assert "restart with" in done.stdout  # the targets are printed
+
+
+def test_the_workload_recorder_writes_what_simulate_reads(tmp_path: Path) -> None:
+    out = tmp_path / "recorded.csv"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.record_workload",
+            str(out),
+            "--hours",
+            "1",
+            "--scale",
+            "3600",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tasks recorded into" in done.stdout
+    rows = out.read_text().splitlines()
+    assert rows[0] == "arrival,type,session_key,duration" and len(rows) > 5
+    assert rows[1].split(",")[2].startswith("dev:acme/repo-")

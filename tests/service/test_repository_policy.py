@@ -14,6 +14,7 @@ import httpx
 
 from claude_hooks.agents.prompting import Prompts, prompt_context
 from claude_hooks.agents.runners.base import RunContext, RunResult
+from claude_hooks.core.decision import ForgeCommand
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
@@ -290,3 +291,98 @@ async def test_a_forge_that_does_not_answer_leaves_the_service_settings_in_force
     gate.release(first.id)
     await wait_until(lambda: second.id in gate.started)
     gate.release_all()
+
+
+DEV_BOT = {"login": "dev-bot", "token": "tok-admin", "comments": "off"}
+
+
+async def assign(service: Service, delivery: str, number: int = 17) -> dict[str, Any]:
+    """A signed assignment of dev to acme/widget#`number` by alice, through the intake."""
+    data = json.loads(fixture("issues_assigned_dev")[0])
+    data["issue"]["number"] = number
+    raw = json.dumps(data).encode()
+    answer = await service.intake.receive(forgejo_headers("issue_assign", raw, delivery), raw)
+    return answer.body
+
+
+async def test_a_broken_file_refuses_deliveries_with_one_comment_per_file_version(
+    tmp_path: Path, fake_forgejo: FakeForgejo, start_service: ServiceFactory, gate: GateRunner
+) -> None:
+    config = forge_config(
+        tmp_path,
+        fake_forgejo,
+        security={"allowed_senders": ["alice"]},
+        types={"dev": DEV_BOT},  # only the policy's comments are posted
+    )
+    fake_forgejo.add_issue("acme", "widget", number=17, title="One")
+    fake_forgejo.add_issue("acme", "widget", number=18, title="Two")
+    path = ".forgejo/claude-hooks.toml"
+    fake_forgejo.commit_file("acme", "widget", path, "allowed_types = ['dev']\nautomerge = 1\n")
+    service: Service = await start_service(config, runner=gate)
+    first = await assign(service, "d-1", 17)
+    assert first["status"] == "ignored" and "tasks" not in first
+    assert first["reason"].endswith(
+        ".forgejo/claude-hooks.toml:2: unknown key 'automerge' "
+        "(see the README's per-repository keys)"
+    )
+    assert "no agent work in acme/widget: its policy file cannot be used" in first["reason"]
+    recorded = await service.store.intake.get_delivery("d-1")
+    assert recorded is not None and recorded.reason == first["reason"]
+    await wait_until(lambda: len(fake_forgejo.comments) == 1)
+    assert "unknown key 'automerge'" in fake_forgejo.comments[0].body
+    # Another delivery of the same file version: refused too, and no second comment.
+    second = await assign(service, "d-2", 18)
+    assert second["status"] == "ignored" and "automerge" in second["reason"]
+    # A push changes the file (still broken): its new version is told once more.
+    fake_forgejo.commit_file("acme", "widget", path, "automerge = 2\n")
+    service.pool.policies.pushed("acme/widget", "main")  # type: ignore[union-attr]
+    third = await assign(service, "d-3", 18)
+    assert third["status"] == "ignored"
+    await wait_until(lambda: len(fake_forgejo.comments) == 2)
+    assert [c.number for c in fake_forgejo.comments] == [17, 18]
+    assert gate.started == []
+    # Fixed: the same assignment is new work (a refused one is not saved as assigned).
+    fake_forgejo.commit_file("acme", "widget", path, "allowed_types = ['dev']\n")
+    service.pool.policies.pushed("acme/widget", "main")  # type: ignore[union-attr]
+    assert (await assign(service, "d-4", 18))["status"] == "queued"
+    gate.release_all()
+
+
+async def test_a_group_wait_shows_on_every_node_and_in_status(tmp_path: Path, pg_url: str) -> None:
+    gate_one, gate_two = GateRunner(), GateRunner()
+    async with (
+        node(tmp_path, pg_url, "one", gate_one) as one,
+        node(tmp_path, pg_url, "two", gate_two) as two,
+    ):
+        await wait_until(lambda: len(one.pool.workers) == 2 and len(two.pool.workers) == 2)
+        first = await one.pool.dispatch("dev", work(17))
+        await wait_until(lambda: first.id in gate_one.started + gate_two.started)
+        second = await one.pool.dispatch("dev", work(18))
+        reason = "waiting: max_running 1 in acme/widget, held by #17"
+        # The node not holding the waiting instance sees the wait too, from the database.
+        other = two if second.agent in one.pool.workers else one
+        assert second.agent not in other.pool.workers
+        await wait_until(lambda: _waits(other, second.agent, reason))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(other)), base_url="http://test"
+        ) as client:
+            auth = {"Authorization": "Bearer test-token"}
+            agents = (await client.get("/api/agents", headers=auth)).json()
+            dashboard = (await client.get("/", headers=auth)).text
+        assert {a["name"]: a["waiting"] for a in agents}[second.agent] == reason
+        assert reason in dashboard
+        command = ForgeCommand(
+            "status", "dev", "acme/widget", 18, second.session_key, (), 1, "alice", True
+        )
+        status = await other.intake.commands.status(command)
+        assert f"position 1; {reason}" in status
+        for gate in (gate_one, gate_two):
+            gate.release_all()
+        await wait_until(lambda: second.id in gate_one.started + gate_two.started)
+        assert second.agent not in await other.pool.waits()
+        gate_one.release_all()
+        gate_two.release_all()
+
+
+async def _waits(service: Service, agent: str, reason: str) -> bool:
+    return (await service.pool.waits()).get(agent) == reason

@@ -40,15 +40,18 @@ async def two_devs(
     return service
 
 
-async def long_task_with_a_queue_behind_it(service: Service, gate: GateRunner) -> tuple[str, str]:
-    """dev-a runs a long task and has one queued behind it; dev-b has just become idle."""
+async def long_task_with_a_queue_behind_it(
+    service: Service, gate: GateRunner
+) -> tuple[str, str, str]:
+    """dev-a runs a long task and has one queued behind it; dev-b runs a short one.
+    The long, short and waiting tasks' ids (the two runs may start in either order)."""
     long = await service.pool.dispatch_by_type("dev", request(1))
     short = await service.pool.dispatch_by_type("dev", request(2))
     await wait_until(lambda: sorted(gate.started) == sorted([long, short]))
     waiting = await service.pool.dispatch_by_type("dev", request(3))
     assert await agent_of(service, long) == "dev-a" and await agent_of(service, short) == "dev-b"
     assert await agent_of(service, waiting) == "dev-a"  # both busy: the cursor's turn
-    return long, waiting
+    return long, short, waiting
 
 
 async def test_an_idle_instance_steals_the_task_queued_behind_a_long_run(
@@ -56,9 +59,9 @@ async def test_an_idle_instance_steals_the_task_queued_behind_a_long_run(
 ) -> None:
     service = await two_devs(start_service, gate, database_url, "steal")
     events = service.pool.bus.subscribe()
-    long, waiting = await long_task_with_a_queue_behind_it(service, gate)
+    long, short, waiting = await long_task_with_a_queue_behind_it(service, gate)
     freed = time.monotonic()
-    gate.release(gate.started[1])  # dev-b's short task ends; dev-a's long one goes on
+    gate.release(short)  # dev-b's short task ends; dev-a's long one goes on
     await wait_until(lambda: waiting in gate.started, timeout=1.0)
     took = time.monotonic() - freed
     assert took < 1.0
@@ -83,8 +86,8 @@ async def test_without_steal_the_task_waits_behind_the_long_run(
     start_service: ServiceFactory, gate: GateRunner, database_url: str
 ) -> None:
     service = await two_devs(start_service, gate, database_url, "none")
-    long, waiting = await long_task_with_a_queue_behind_it(service, gate)
-    gate.release(gate.started[1])
+    long, short, waiting = await long_task_with_a_queue_behind_it(service, gate)
+    gate.release(short)
     await wait_until(lambda: instance_idle(service.store, "dev-b"), timeout=15)
     # The window in which `steal` takes it (see the test above); a negative needs a span.
     await asyncio.sleep(1.0)

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 
 from claude_hooks.config import FlowsConfig
-from claude_hooks.core.decision import Decision
-from claude_hooks.core.loop_guard import trip_reason
+from claude_hooks.core.decision import Decision, ForgeCommand
+from claude_hooks.core.loop_guard import service_limits, trip_reason
 from claude_hooks.service.intake import Applied, _kept
 from tests.fake_forgejo import FakeForgejo
 from tests.support import fixture, forgejo_headers, wait_until
@@ -19,7 +19,9 @@ COMMAND = ["true"]
 
 
 def test_trip_reasons() -> None:
-    flows = FlowsConfig(max_tasks_per_issue=5, max_cost_per_issue_usd=10.0, max_review_rounds=3)
+    flows = service_limits(
+        FlowsConfig(max_tasks_per_issue=5, max_cost_per_issue_usd=10.0, max_review_rounds=3)
+    )
     assert trip_reason(flows, 4, 9.99, 3) is None
     assert trip_reason(flows, 5, 0.0, 0) == "5 agent tasks (max_tasks_per_issue = 5)"
     assert trip_reason(flows, 1, 10.0, 0) == (
@@ -95,6 +97,33 @@ async def test_a_pull_request_bounced_between_reviewer_and_dev_stops_until_a_hum
     assert resumed["status"] == "queued", resumed
     assert len(fake_forgejo.comments) == 1
     assert len(fake_forgejo.requests_to("/repos/acme/widget/labels", "POST")) == 1
+
+
+async def test_a_repositorys_own_lower_limit_trips_the_guard(
+    client_for: Any,  # noqa: F811
+    fake_forgejo: FakeForgejo,
+    tmp_path: Path,
+) -> None:
+    fake_forgejo.add_token("tok-bob", "bob")
+    reviewer = {"login": "bob", "token": "tok-bob", "runner": "command", "command": COMMAND}
+    config = forge_config(
+        tmp_path,
+        fake_forgejo,
+        types={"reviewer": {**reviewer, "workdir": "none", "comments": False}},
+        flows={"max_review_rounds": 3},
+    )
+    config.types["dev"].comments = "off"
+    # The service allows 3 rounds; the repository's file (narrowing needs no [policy]) says 1.
+    fake_forgejo.commit_file("acme", "widget", ".claude-hooks.toml", "max_review_rounds = 1\n")
+    service, client = await client_for(config)
+    assert (await post(client, "pull_request_review_rejected", "round-1"))["status"] == "queued"
+    stopped = await post(client, "pull_request_review_rejected", "round-2")
+    assert stopped["status"] == "ignored"
+    assert stopped["reason"].endswith("(max_review_rounds = 1))")
+    # `@dev-bot status` names the repository's limit too.
+    key = "dev:acme/widget:17"
+    status = ForgeCommand("status", "dev", "acme/widget", 18, key, (key,), 1, "alice", True)
+    assert "2 of 1 review rounds" in await service.intake.commands.status(status)
 
 
 def test_a_decision_that_failed_part_way_keeps_a_humans_guard_resets() -> None:

@@ -9,7 +9,18 @@ from typing import Any
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.core.policy import ORGANISATION, REPOSITORY, PolicyError, PolicyFile, effective
+from claude_hooks.core.decision import Decision
+from claude_hooks.core.domain import DispatchRequest, TaskKind
+from claude_hooks.core.new_event import RunningTask, superseded
+from claude_hooks.core.policy import (
+    ORGANISATION,
+    REPOSITORY,
+    IssueLimits,
+    PolicyError,
+    PolicyFile,
+    effective,
+    refuse_broken,
+)
 from claude_hooks.forge.names import full_name_problem
 from tests.support import make_config
 
@@ -161,3 +172,67 @@ def test_repository_names_follow_forgejo_a_leading_dot_included(
 ) -> None:
     found = full_name_problem(name)
     assert found is None if problem is None else problem in (found or "")
+
+
+def test_on_new_event_merges_kind_by_kind_over_the_service_and_defaults(tmp_path: Path) -> None:
+    config = config_with(tmp_path, allow=["on_new_event"])
+    config.types["dev"].on_new_event = {"work_issue": "queue", "answer_mention": "supersede"}
+    policy = effective(
+        config, [repo('[types.dev]\non_new_event = {answer_mention = "coalesce"}\n')]
+    )
+    assert policy.on_new_event("dev", "work_issue") == "queue"  # the service's
+    assert policy.on_new_event("dev", "answer_mention") == "coalesce"  # the repository's
+    assert policy.on_new_event("dev", "review_pr") == "supersede"  # the default
+    assert policy.on_new_event("dev", "fix_ci") == "supersede"
+    assert policy.on_new_event("reviewer", "address_review") == "coalesce"
+    # Without [policy] allow a repository's rule is refused and the service's stays.
+    narrow = effective(
+        config_with(tmp_path), [repo('[types.dev]\non_new_event = {review_pr = "queue"}\n')]
+    )
+    assert narrow.on_new_event("dev", "review_pr") == "supersede"
+    assert any("on_new_event" in note for note in narrow.notes)
+
+
+def test_superseding_stops_a_run_of_an_older_head_and_never_for_the_types_own_event() -> None:
+    running = RunningTask("t1", {"head_sha": "a" * 40})
+    assert superseded("supersede", "b" * 40, running, own=False) == "t1"
+    assert superseded("supersede", "a" * 40, running, own=False) is None  # nothing moved
+    assert superseded("supersede", "b" * 40, running, own=True) is None
+    assert superseded("coalesce", "b" * 40, running, own=False) is None
+    assert superseded("queue", "b" * 40, running, own=False) is None
+    assert superseded("supersede", None, RunningTask("t2", {}), own=False) == "t2"
+    assert superseded("supersede", "b" * 40, None, own=False) is None
+
+
+def test_per_issue_limits_come_from_the_repository_clipped_by_the_ceilings(
+    tmp_path: Path,
+) -> None:
+    lowered = effective(config_with(tmp_path), [repo("max_tasks_per_issue = 4\n")])
+    assert lowered.issue_limits() == IssueLimits(3, 4, None)
+    raised = effective(
+        config_with(tmp_path, allow=["max_review_rounds"], max_review_rounds=5),
+        [repo("max_review_rounds = 9\nmax_tasks_per_issue = 40\n")],
+    )
+    assert raised.issue_limits() == IssueLimits(5, 12, None)  # a ceiling, and no allow
+
+
+def test_a_broken_file_refuses_the_repositorys_new_work_with_one_comment(
+    tmp_path: Path,
+) -> None:
+    broken = repo("[types.dev]\nlabel = ['x']\n")
+    with pytest.raises(PolicyError) as caught:
+        effective(config_with(tmp_path), [broken])
+    widget = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 17)
+    gadget = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/gadget", 3)
+    decision = Decision(reason="assigned", dispatch=[("dev", widget), ("dev", gadget)])
+    decision.stop = [("t1", widget.session_key)]
+    refuse_broken(decision, "acme/widget", caught.value)
+    assert decision.dispatch == [("dev", gadget)] and decision.stop == []
+    assert decision.reason.startswith("assigned; no agent work in acme/widget")
+    assert ".forgejo/claude-hooks.toml:2: unknown key 'types.dev.label'" in decision.reason
+    [fault] = decision.policy_faults
+    assert (fault.repo, fault.file_sha) == ("acme/widget", broken.sha)
+    assert fault.comment.number == 17 and "types.dev.label" in fault.comment.body
+    # The file's version is its git blob sha: the same text anywhere is the same file.
+    assert broken.sha == repo(broken.text).sha != repo("x = 1\n").sha
+    assert len(broken.sha) == 40

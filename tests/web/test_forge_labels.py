@@ -14,6 +14,7 @@ from claude_hooks.core.domain import TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
+from tests.fake_forgejo import FakeForgejo
 from tests.support import GateRunner, fixture, forgejo_headers, make_config, wait_until
 
 
@@ -82,8 +83,13 @@ async def test_adding_a_types_label_assigns_it_and_removing_it_cancels(
     assert removed.status_code == 200
     assert removed.json()["cancelled"] == [task_id]
     await wait_until(lambda: task_id in gate.cancelled)
-    found = await service.store.get_task(task_id)
-    assert found is not None and found.state is TaskState.CANCELLED
+
+    async def cancelled() -> bool:
+        found = await service.store.get_task(task_id)
+        return found is not None and found.state is TaskState.CANCELLED
+
+    # The worker records the stopped run just after its runner saw the cancel.
+    await wait_until(cancelled)
 
 
 async def test_an_issue_label_is_an_assignment_with_its_checks(
@@ -137,3 +143,37 @@ async def test_a_label_event_whose_header_contradicts_the_body_is_refused(
     )
     assert answer.status_code == 400
     assert "label_updated" in answer.json()["error"]
+
+
+async def test_a_repository_policy_adds_trigger_labels_read_from_the_base_branch(
+    start_service: ServiceFactory, tmp_path: Path, gate: GateRunner, fake_forgejo: FakeForgejo
+) -> None:
+    fake_forgejo.add_token("tok-admin", "admin-bot", site_admin=True)
+    fake_forgejo.add_repo("test_it", "test_ci_thing")
+    config = make_config(
+        tmp_path,
+        security={"allowed_senders": ["6543"]},
+        agents=[{"name": "dev-alpha", "type": "dev"}],
+        forgejo={"url": fake_forgejo.base_url, "token": "tok-admin", "retries": 0},
+    )
+    service: Service = await start_service(config, runner=gate)
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        # The service's dev has no labels: Kind/Testing triggers nothing.
+        plain = await post(client, "pull_request_label_updated")
+        assert plain.status_code == 200 and "no agent label changed" in plain.json()["reason"]
+        await relabel(client, "pull_request_label_updated", ["Kind/Enhancement"], "reset")
+        # The repository's file (no [policy] needed: labels only add) adds it to dev's.
+        fake_forgejo.commit_file(
+            "test_it",
+            "test_ci_thing",
+            ".forgejo/claude-hooks.toml",
+            '[types.dev]\nlabels = ["Kind/Testing"]\n',
+        )
+        added = await relabel(
+            client, "pull_request_label_updated", ["Kind/Enhancement", "Kind/Testing"], "add"
+        )
+        assert added.status_code == 202, added.text
+        assert "labelled for dev" in added.json()["reason"]
+        task = await service.store.get_task(added.json()["tasks"][0]["id"])
+        assert task is not None and task.payload["label"] == "Kind/Testing"

@@ -21,6 +21,12 @@ from claude_hooks.service.events import Event
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.decisions import Cause
 from claude_hooks.store.schema import tasks
+from tests.browser_fixtures import (  # noqa: F401 (fixtures)
+    SESSION_LOOP,
+    base_url_in_session,
+    service_in_session,
+    start_service_in_session,
+)
 from tests.dashboard_fixtures import CHROMIUM
 
 if not CHROMIUM.exists():
@@ -31,6 +37,7 @@ playwright_api = pytest.importorskip(
     "playwright.async_api", reason="browser tests need playwright: pip install -e '.[dev]'"
 )
 expect = playwright_api.expect
+pytestmark = SESSION_LOOP
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "outcomes.png"
 WEEK = 7 * 86400.0

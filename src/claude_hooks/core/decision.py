@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from claude_hooks.core.domain import DispatchRequest
+from claude_hooks.core.new_event import RunningTask
 from claude_hooks.core.outcomes import OutcomeFact
 
 
@@ -97,6 +98,16 @@ class Trip:
     label: Label | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyFault:
+    """A broken policy file met by a delivery of `repo`: its comment goes out only if no
+    delivery (on any node) told the repository of this version of the file before."""
+
+    repo: str
+    file_sha: str
+    comment: ForgeComment
+
+
 Assigned = tuple[str, int, frozenset[str]]  # (repo, number, the agent types assigned now)
 Reset = tuple[str, int, float]  # (repo, issue, since): a human's event resets its loop guard
 FixAttempt = tuple[str, int, str]  # (repo, pull request, head sha): one more fix of its CI
@@ -132,8 +143,19 @@ class Decision:
     steer: list[tuple[str, DispatchRequest]] = field(default_factory=list)
     # Queued reviews to point at a PR's new head, written with the decision.
     retarget: list[Retarget] = field(default_factory=list)
+    # Running tasks a new event supersedes (`core.new_event`), stopped with the decision:
+    # (the running task's id, the session key of the dispatch that supersedes it).
+    stop: list[tuple[str, str]] = field(default_factory=list)
+    # Repositories whose broken policy file this delivery met: one comment per file version.
+    policy_faults: list[PolicyFault] = field(default_factory=list)
     # Outcome records (`core.outcomes`): what the delivery tells about the agents' work.
     outcomes: list[OutcomeFact] = field(default_factory=list)
+
+    def keep(self, dispatch: list[tuple[str, DispatchRequest]]) -> None:
+        """Dispatch only `dispatch`: a running task stays unless a kept dispatch supersedes it."""
+        keys = {request.session_key for _, request in dispatch}
+        self.dispatch = dispatch
+        self.stop = [(task_id, key) for task_id, key in self.stop if key in keys]
 
     def link(self, repo: str, pr_number: int) -> PullLink | None:
         """A pull link this decision records, as the view will read it once applied."""
@@ -157,4 +179,8 @@ class IntakeView(Protocol):
     async def labels(self, repo: str, number: int) -> set[str]: ...
     async def last_review(self, session_key: str) -> tuple[str, str] | None:
         """The session's last finished review: the head it looked at and its result."""
+        ...
+
+    async def running_task(self, session_key: str, kind: str) -> RunningTask | None:
+        """The session's running task of `kind`, if one runs."""
         ...

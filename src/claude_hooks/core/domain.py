@@ -90,6 +90,8 @@ class DispatchRequest:
     session_key: str
     payload: dict[str, Any] = field(default_factory=dict)
     delivery_id: str | None = None
+    # False: never merged into a queued task of its key and kind (`on_new_event = "queue"`).
+    coalesce: bool = True
 
     @classmethod
     def for_type(

@@ -13,7 +13,7 @@ applied in the delivery's transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from claude_hooks.config import Config, FlowsConfig
@@ -27,6 +27,7 @@ from claude_hooks.core.decision import (
     Trip,
 )
 from claude_hooks.core.domain import DispatchRequest, TaskKind
+from claude_hooks.core.policy import IssueLimits
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,23 @@ HUMAN_EVENTS = frozenset(
 )
 
 
-def trip_reason(flows: FlowsConfig, tasks: int, cost: float, review_rounds: int) -> str | None:
+def service_limits(flows: FlowsConfig) -> IssueLimits:
+    """The service's own per-issue limits (`[flows]`), for a repository without its own."""
+    return IssueLimits(
+        flows.max_review_rounds, flows.max_tasks_per_issue, flows.max_cost_per_issue_usd
+    )
+
+
+def trip_reason(limits: IssueLimits, tasks: int, cost: float, review_rounds: int) -> str | None:
     """Why an issue may take no more agent work, or None while it is within its limits."""
-    if review_rounds > flows.max_review_rounds:
+    if review_rounds > limits.max_review_rounds:
         return (
             f"{review_rounds} changes-requested rounds on its pull request "
-            f"(max_review_rounds = {flows.max_review_rounds})"
+            f"(max_review_rounds = {limits.max_review_rounds})"
         )
-    if tasks >= flows.max_tasks_per_issue:
-        return f"{tasks} agent tasks (max_tasks_per_issue = {flows.max_tasks_per_issue})"
-    limit = flows.max_cost_per_issue_usd
+    if tasks >= limits.max_tasks_per_issue:
+        return f"{tasks} agent tasks (max_tasks_per_issue = {limits.max_tasks_per_issue})"
+    limit = limits.max_cost_per_issue_usd
     if limit is not None and cost >= limit:
         return f"${cost:.2f} spent by agents (max_cost_per_issue_usd = {limit:g})"
     return None
@@ -69,15 +77,23 @@ class _Review:
 
 
 class LoopGuard:
-    """Applies the per-issue limits to each decision of the flows, before it is applied."""
+    """Applies the per-issue limits to each decision of the flows, before it is applied: a
+    repository's own (its policy's, already clipped to the service's ceilings) where given,
+    else the service's `[flows]`."""
 
     def __init__(self, config: Config, clock: Callable[[], float]) -> None:
         self.config = config
         self.clock = clock
 
     async def review(
-        self, view: IntakeView, decision: Decision, event_type: str, sender: str | None
+        self,
+        view: IntakeView,
+        decision: Decision,
+        event_type: str,
+        sender: str | None,
+        limits: Mapping[str, IssueLimits] | None = None,
     ) -> Decision:
+        """`limits`: repository -> its per-issue limits, where its policy sets them."""
         if not decision.dispatch:
             return decision
         human = (
@@ -100,7 +116,8 @@ class LoopGuard:
                 now = self.clock()
                 resets.append((request.repo, issue, now))
                 reset = IssueGuard(request.repo, issue, now, 0, None, None)
-            stop, new = await self._check(view, request, issue, reset, done)
+            own = (limits or {}).get(request.repo) or service_limits(self.config.flows)
+            stop, new = await self._check(view, request, issue, reset, done, own)
             if stop is None:
                 kept.append((agent_type, request))
                 continue
@@ -132,7 +149,9 @@ class LoopGuard:
         if not stops:
             return decided
         reason = "; ".join(stops) if not kept else f"{decision.reason}; {'; '.join(stops)}"
-        return replace(decided, reason=reason, dispatch=kept)
+        decided = replace(decided, reason=reason)
+        decided.keep(kept)
+        return decided
 
     async def _check(
         self,
@@ -141,6 +160,7 @@ class LoopGuard:
         issue: int,
         reset: IssueGuard | None,
         done: _Review,
+        limits: IssueLimits,
     ) -> tuple[str | None, bool]:
         """Why this dispatch is stopped (or None), and whether it trips the guard just now.
         `reset`: the guard as a human's reset just left it, known without reading it back;
@@ -159,7 +179,7 @@ class LoopGuard:
             done.rounds.append((repo, issue))
             rounds += 1
         tasks, cost = await view.issue_usage(repo, issue, since)
-        reason = trip_reason(self.config.flows, tasks, cost, rounds)
+        reason = trip_reason(limits, tasks, cost, rounds)
         if reason is None:
             return None, False
         log.warning("%s#%d needs a human: %s", repo, issue, reason)

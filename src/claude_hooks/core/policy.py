@@ -16,6 +16,7 @@ fail closed (`PolicyError`, naming the file, the line and the key): a typo must 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from claude_hooks.config import Config, MergeStyle, PolicyConfig
+from claude_hooks.config import Config, MergeStyle, NewEventRule, PolicyConfig, TaskKindName
+from claude_hooks.core.decision import Decision, ForgeComment, PolicyFault
 from claude_hooks.errors import ClaudeHooksError
 
 FILE_PATHS = (".forgejo/claude-hooks.toml", ".gitea/claude-hooks.toml", ".claude-hooks.toml")
@@ -38,19 +40,31 @@ SERVICE: Layer = "service"
 ORGANISATION: Layer = "organisation"
 REPOSITORY: Layer = "repository"
 
-NewEventRule = Literal["coalesce", "queue", "supersede"]
-TaskKindName = Literal[
-    "work_issue", "review_pr", "address_review", "merge_pr", "fix_ci", "answer_mention"
-]
 RAISABLE_LIMITS = ("max_review_rounds", "max_tasks_per_issue", "max_cost_per_issue_usd")
 
 
-class PolicyError(ClaudeHooksError):
-    """A repository's policy file cannot be used; its work fails closed until it is fixed."""
+# What a new event does when neither the service nor a repository says: a review or a CI fix
+# of a PR whose head moved is stopped for the new one; any other kind coalesces.
+DEFAULT_NEW_EVENT: dict[str, NewEventRule] = {"review_pr": "supersede", "fix_ci": "supersede"}
 
-    def __init__(self, problems: Sequence[str]) -> None:
+
+@dataclass(frozen=True, slots=True)
+class IssueLimits:
+    """The per-issue lifecycle limits the loop guard applies to one repository's issues."""
+
+    max_review_rounds: int
+    max_tasks_per_issue: int
+    max_cost_per_issue_usd: float | None
+
+
+class PolicyError(ClaudeHooksError):
+    """A repository's policy file cannot be used; its work fails closed until it is fixed.
+    `file`: the broken file (its `sha` tells one version from the next)."""
+
+    def __init__(self, problems: Sequence[str], file: PolicyFile | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = tuple(problems)
+        self.file = file
 
 
 class _Strict(BaseModel):
@@ -90,6 +104,12 @@ class PolicyFile:
     where: str
     text: str
 
+    @property
+    def sha(self) -> str:
+        """The file's git blob sha: the same text is the same file, on any branch or commit."""
+        data = self.text.encode()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
 
 @dataclass(frozen=True, slots=True)
 class Setting:
@@ -126,6 +146,25 @@ class Policy:
         parts = (self.value("instructions"), self.value(f"types.{agent_type}.instructions"))
         return "\n\n".join(p for p in parts if p)
 
+    def labels_of(self, agent_type: str) -> tuple[str, ...]:
+        """The labels the repository adds to the type's own as triggers."""
+        return tuple(self.value(f"types.{agent_type}.labels") or ())
+
+    def on_new_event(self, agent_type: str, kind: str) -> NewEventRule:
+        """What a new event of `kind` for the type does to the key's work (`DEFAULT_NEW_EVENT`
+        where neither the service nor the repository says)."""
+        rules = self.value(f"types.{agent_type}.on_new_event") or {}
+        rule: NewEventRule = rules.get(kind) or DEFAULT_NEW_EVENT.get(kind, "coalesce")
+        return rule
+
+    def issue_limits(self) -> IssueLimits:
+        """The loop guard's limits: the repository's where set (clipped), else the service's."""
+        return IssueLimits(
+            int(self.value("max_review_rounds")),
+            int(self.value("max_tasks_per_issue")),
+            self.value("max_cost_per_issue_usd"),
+        )
+
     def max_running(self) -> dict[str, int]:
         """Tasks running at once in this repository, per type and under `all`."""
         prefix = "max_running."
@@ -161,11 +200,11 @@ def parse(file: PolicyFile) -> dict[str, Any]:
     try:
         data = tomllib.loads(file.text)
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError([f"{file.where}: not valid TOML: {exc}"]) from None
+        raise PolicyError([f"{file.where}: not valid TOML: {exc}"], file) from None
     try:
         RepositorySettings.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError([_problem(file, error) for error in exc.errors()]) from None
+        raise PolicyError([_problem(file, error) for error in exc.errors()], file) from None
     return data
 
 
@@ -242,10 +281,15 @@ class _Clipper:
             self._ceiling(key, value, layer)
         elif name in ("setup", "merge_style") or key.endswith(".on_new_event"):
             gate = "on_new_event" if key.endswith(".on_new_event") else name
-            if self.allowed(gate):
-                self.settings[key] = Setting(value, layer)
-            else:
+            if not self.allowed(gate):
                 self.refuse(key, f"not applied: the service's [policy] allow lacks {gate!r}")
+            elif gate == "on_new_event":
+                # Kind by kind over the service's rules for the type.
+                below = self.settings.get(key)
+                merged = {**(below.value if below is not None else {}), **value}
+                self.settings[key] = Setting(merged, layer)
+            else:
+                self.settings[key] = Setting(value, layer)
         elif key.endswith(".egress"):
             self._egress(key, value, layer)
 
@@ -315,6 +359,9 @@ def service_settings(config: Config) -> dict[str, Setting]:
     }
     for name, limit in policy.max_running.items():
         values[f"max_running.{name}"] = limit
+    for name, type_config in config.types.items():
+        if type_config.on_new_event:
+            values[f"types.{name}.on_new_event"] = dict(type_config.on_new_event)
     return {key: Setting(value, SERVICE) for key, value in values.items()}
 
 
@@ -331,3 +378,33 @@ def effective(config: Config, files: Sequence[PolicyFile]) -> Policy:
         layer, value = merged[key]
         clipper.offer(key, value, layer)
     return Policy(clipper.settings, tuple(clipper.notes), tuple(f.where for f in files))
+
+
+def refuse_broken(decision: Decision, repo: str, error: PolicyError) -> Decision:
+    """`decision` without its new work in `repo`, whose policy file is broken: the reason
+    names the file, line and key, and one comment (per version of the file, across
+    deliveries and nodes: `PolicyFault`) tells the issue or pull request what to fix."""
+    dropped = [(t, r) for t, r in decision.dispatch if r.repo == repo]
+    if not dropped:
+        return decision
+    decision.keep([(t, r) for t, r in decision.dispatch if r.repo != repo])
+    # Not saved, as for a sender who may not trigger work: once the file is fixed, the same
+    # assignment or label is new work.
+    if decision.assigned is not None and decision.assigned[0] == repo:
+        decision.assigned = None
+    if decision.labels is not None and decision.labels[0] == repo:
+        decision.labels = None
+    refused = f"no agent work in {repo}: its policy file cannot be used: {error}"
+    decision.reason = f"{decision.reason}; {refused}" if decision.reason else refused
+    if error.file is not None:
+        agent_type, request = dropped[0]
+        number = int(request.payload.get("comment_on", request.number))
+        problems = "\n".join(f"- {problem}" for problem in error.problems)
+        body = (
+            "claude-hooks cannot use this repository's policy file, so no agent takes new "
+            f"work here until it is fixed:\n\n{problems}\n\n"
+            "`claude-hooks policy check` shows the effective policy once it parses."
+        )
+        comment = ForgeComment(agent_type, repo, number, body)
+        decision.policy_faults.append(PolicyFault(repo, error.file.sha, comment))
+    return decision

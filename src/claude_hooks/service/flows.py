@@ -5,14 +5,15 @@ dispatch, what to cancel, which pull links, fix attempts and CI watches to recor
 a human) that the intake applies in the transaction recording the delivery, so a handler's
 logic can be read and tested apart from HTTP, the pool and the forge. What they must look up
 (assignment state, which PR belongs to which issue, who may trigger work) comes through
-`FlowContext`: the store's read-only `IntakeView` and the forge's look-ups.
+`FlowContext`: the store's read-only `IntakeView`, the forge's look-ups and the repositories'
+policies (their trigger labels and `on_new_event` rules).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from claude_hooks.config import Config
@@ -27,6 +28,8 @@ from claude_hooks.core.decision import (
     ignore,
 )
 from claude_hooks.core.domain import DispatchRequest, TaskKind, session_key
+from claude_hooks.core.new_event import superseded
+from claude_hooks.core.policy import Policy, PolicyError, effective
 from claude_hooks.forge.payloads import (
     ActionRunPayload,
     Issue,
@@ -55,6 +58,8 @@ _COMMAND = re.compile(
 SenderCheck = Callable[[str, str], Awaitable[bool]]  # (repo, login) -> may trigger work
 PullLookup = Callable[[str, int], Awaitable[PullRequest | None]]  # (repo, number) -> PR
 HeadLookup = Callable[[str, str], Awaitable[int | None]]  # (repo, sha) -> open PR number
+# (repo, base branch or None for the default one) -> its policy; PolicyError if broken.
+PolicyLookup = Callable[[str, str | None], Awaitable[Policy]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +71,39 @@ class FlowContext:
     now: float = 0.0
     find_pull: PullLookup | None = None
     find_head: HeadLookup | None = None
+    policy: PolicyLookup | None = None
 
 
 # helpers
+
+
+async def policy_of(ctx: FlowContext, repo: str, base: str | None = None) -> Policy:
+    """The repository's policy; the service's own settings where it has none or its file is
+    broken (the intake then fails the delivery's work closed, see `Intake.fail_closed`)."""
+    if ctx.policy is not None:
+        try:
+            return await ctx.policy(repo, base)
+        except PolicyError:
+            pass
+    return effective(ctx.config, [])
+
+
+def base_of(request: DispatchRequest) -> str | None:
+    """The branch a request's policy is read from: a PR's base branch, else the default."""
+    base = request.payload.get("base_ref")
+    return base if isinstance(base, str) and base else None
+
+
+def label_types(ctx: FlowContext, policy: Policy, labels: Iterable[str]) -> dict[str, list[str]]:
+    """Type -> the labels among `labels` that trigger it: the type's own (`[types.<t>] labels`
+    of the service) and those the repository's policy adds."""
+    names = set(labels)
+    found: dict[str, list[str]] = {}
+    for agent_type, type_config in ctx.config.types.items():
+        mine = names & (set(type_config.labels) | set(policy.labels_of(agent_type)))
+        if mine:
+            found[agent_type] = sorted(mine)
+    return found
 
 
 def mentioned_logins(text: str) -> list[str]:
@@ -247,8 +282,11 @@ async def _labelled(ctx: FlowContext, payload: IssuePayload | PullRequestPayload
     now = {label.name for label in item.labels}
     before = await ctx.view.labels(repo, number)
     state = (repo, number, frozenset(now))
-    added = sorted(ctx.config.types_of_labels(now) - ctx.config.types_of_labels(before))
-    removed = sorted(ctx.config.types_of_labels(before) - ctx.config.types_of_labels(now))
+    base = item.base.ref if isinstance(item, PullRequest) else None
+    policy = await policy_of(ctx, repo, base)
+    triggers, earlier = label_types(ctx, policy, now), label_types(ctx, policy, before)
+    added = sorted(set(triggers) - set(earlier))
+    removed = sorted(set(earlier) - set(triggers))
     decision = Decision(labels=state)
     reasons = []
     if removed:
@@ -277,7 +315,7 @@ async def _labelled(ctx: FlowContext, payload: IssuePayload | PullRequestPayload
                 issue_number=number,
                 is_pull=is_pull,
                 comment_on=number,
-                label=sorted(set(ctx.config.types[t].labels) & now)[0],
+                label=triggers[t][0],
             )
             for t in added
         ]
@@ -633,28 +671,111 @@ async def handle_pull_request(ctx: FlowContext, payload: PullRequestPayload) -> 
         )
         return _linked(closed, link)
     retarget: list[Retarget] = []
+    renewed: list[tuple[str, DispatchRequest]] = []
     if payload.action == "synchronized":
-        # A review still queued reviews the new head; a push never asks for a review itself.
+        # A review still queued reviews the new head; a push asks for a review itself only
+        # to supersede one of the old head still running.
         fields = {"head_sha": pull.head.sha, "head_ref": pull.head.ref}
         retarget = [(session_key(t, repo, pull.number), fields) for t in ctx.config.types]
+        renewed = await _renewed_reviews(ctx, repo, pull, payload.sender.login)
     if link is None:
         decision = ignore(f"pull request {payload.action} by {pull.user.login!r}: no agent work")
         decision.retarget = retarget
-        return decision
+        return _renewing(decision, renewed, pull)
     decision = ignore(
         f"recorded {link.author_type}'s pull request {repo}#{pull.number} "
         f"(continues #{link.issue_number}, head {link.head_sha[:10]})"
     )
     decision.retarget = retarget
+    decision = _renewing(decision, renewed, pull)
     if payload.action in ("opened", "reopened", "synchronized") and ctx.config.flows.poll_ci:
         decision.watch = CiWatch(repo, pull.number, pull.head.sha, ctx.now)
         decision.reason += "; watching its CI status"
     return _linked(decision, link)
 
 
+async def _renewed_reviews(
+    ctx: FlowContext, repo: str, pull: PullRequest, sender: str
+) -> list[tuple[str, DispatchRequest]]:
+    """A review of the new head for each type whose review of an older head runs and whose
+    `on_new_event` supersedes reviews (`new_event_rules` then stops the running one)."""
+    policy = await policy_of(ctx, repo, pull.base.ref)
+    renewed = []
+    for agent_type in ctx.config.types:
+        if policy.on_new_event(agent_type, TaskKind.REVIEW_PR.value) != "supersede":
+            continue
+        key = session_key(agent_type, repo, pull.number)
+        running = await ctx.view.running_task(key, TaskKind.REVIEW_PR.value)
+        if running is None or running.head_sha == pull.head.sha:
+            continue
+        if ctx.config.type_of_login(sender) == agent_type:
+            continue  # its own push never supersedes its own review
+        payload = {**running.payload, **_pull_fields(pull), "sender": sender}
+        renewed.append(
+            (
+                agent_type,
+                replace(
+                    _request(ctx, agent_type, TaskKind.REVIEW_PR, repo, pull.number)[1],
+                    payload=payload,
+                ),
+            )
+        )
+    return renewed
+
+
+def _renewing(
+    decision: Decision, renewed: list[tuple[str, DispatchRequest]], pull: PullRequest
+) -> Decision:
+    if renewed:
+        decision.dispatch += renewed
+        decision.reason += (
+            f"; {', '.join(t for t, _ in renewed)} reviews the new head {pull.head.sha[:10]}"
+        )
+    return decision
+
+
+async def new_event_rules(ctx: FlowContext, decision: Decision, sender: str | None) -> Decision:
+    """Apply each dispatch's `on_new_event` rule (`core.new_event`): `queue` never merges it
+    into a queued twin; `supersede` stops the running task of its kind and key."""
+    if not decision.dispatch:
+        return decision
+    dispatch = []
+    for agent_type, request in decision.dispatch:
+        policy = await policy_of(ctx, request.repo, base_of(request))
+        rule = policy.on_new_event(agent_type, request.kind.value)
+        if rule == "queue":
+            request = replace(request, coalesce=False)
+        elif rule == "supersede":
+            running = await ctx.view.running_task(request.session_key, request.kind.value)
+            head = request.payload.get("head_sha")
+            own = sender is not None and ctx.config.type_of_login(sender) == agent_type
+            stop = superseded(rule, head if isinstance(head, str) else None, running, own)
+            if stop is not None and stop not in {task_id for task_id, _ in decision.stop}:
+                decision.stop.append((stop, request.session_key))
+                decision.reason += f"; supersedes {agent_type}'s running task {stop}"
+        dispatch.append((agent_type, request))
+    decision.dispatch = dispatch
+    return decision
+
+
+def _sender(payload: Payload | None) -> str | None:
+    """Who caused the event: its sender, or the user who triggered an Actions run."""
+    sender = getattr(payload, "sender", None) or getattr(
+        getattr(payload, "run", None), "trigger_user", None
+    )
+    login = getattr(sender, "login", None)
+    return login if isinstance(login, str) else None
+
+
 async def route(ctx: FlowContext, event_type: str, payload: Payload | None) -> Decision:
-    """Pick the flow for an event type and action (docs/design.md §1); anything else is ignored
-    (an agent's pull request it names is still recorded)."""
+    """Pick the flow for an event type and action (docs/design.md §1), then apply the
+    `on_new_event` rules to its dispatches; anything else is ignored (an agent's pull
+    request it names is still recorded)."""
+    decision = await _route(ctx, event_type, payload)
+    return await new_event_rules(ctx, decision, _sender(payload))
+
+
+async def _route(ctx: FlowContext, event_type: str, payload: Payload | None) -> Decision:
     seen: PullLink | None = None
     if isinstance(payload, IssuePayload):
         if event_type == "issue_assign":

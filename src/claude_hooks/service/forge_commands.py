@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from claude_hooks.config import Config
 from claude_hooks.core.decision import ForgeCommand, ForgeComment
 from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.core.loop_guard import service_limits
+from claude_hooks.core.policy import IssueLimits, PolicyError
 from claude_hooks.errors import ClaudeHooksError, ConflictError
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
@@ -194,9 +196,11 @@ class ForgeCommands:
             )
         positions = await self.store.queue_positions([t.id for t in queued])
         for task in queued:
+            # Why it waits for its concurrency group, as the claim of any node noted it.
+            wait = (await self.store.notes.get_note(task.id)).group_wait
             lines.append(
                 f"- queued `{task.kind.value}` (task `{task.id}`) on `{task.agent}`, "
-                f"position {positions.get(task.id, '?')}"
+                f"position {positions.get(task.id, '?')}" + (f"; {wait}" if wait else "")
             )
         lines += [f"- held `{t.kind.value}` (task `{t.id}`) until resumed" for t in held]
         if not running and not queued and not held:
@@ -218,19 +222,27 @@ class ForgeCommands:
 
     async def _guard_line(self, command: ForgeCommand) -> str:
         number = int(command.session.rsplit(":", 1)[1])
-        flows = self.config.flows
+        limits = await self._limits(command.repo)
         guard = await self.store.intake.guard(command.repo, number)
         since = guard.since if guard is not None else 0.0
         tasks, cost = await self.store.intake.issue_usage(command.repo, number, since)
         rounds = guard.review_rounds if guard is not None else 0
-        cost_limit = f" of {flows.max_cost_per_issue_usd:g}" if flows.max_cost_per_issue_usd else ""
+        most = limits.max_cost_per_issue_usd
+        cost_limit = f" of {most:g}" if most else ""
         line = (
-            f"- loop guard on #{number}: {tasks} of {flows.max_tasks_per_issue} tasks, "
-            f"${cost:.2f}{cost_limit} spent, {rounds} of {flows.max_review_rounds} review rounds"
+            f"- loop guard on #{number}: {tasks} of {limits.max_tasks_per_issue} tasks, "
+            f"${cost:.2f}{cost_limit} spent, {rounds} of {limits.max_review_rounds} review rounds"
         )
         if guard is not None and guard.tripped_at is not None:
             line += f"; stopped: {guard.reason}"
         return line
+
+    async def _limits(self, repo: str) -> IssueLimits:
+        """The loop guard's limits for `repo`: its policy's, else the service's."""
+        if self.pool.policies is not None:
+            with contextlib.suppress(PolicyError):
+                return (await self.pool.policies.of(repo)).issue_limits()
+        return service_limits(self.config.flows)
 
     def reply(self, command: ForgeCommand, done: Done) -> ForgeComment | None:
         if not done.reply:

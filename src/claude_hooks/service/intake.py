@@ -22,6 +22,7 @@ from claude_hooks.config import Config
 from claude_hooks.core.decision import Assigned, Decision, Label, Reset
 from claude_hooks.core.domain import Task
 from claude_hooks.core.loop_guard import LoopGuard
+from claude_hooks.core.policy import IssueLimits, PolicyError, refuse_broken
 from claude_hooks.errors import ClaudeHooksError, NoInstanceError, NotFoundError
 from claude_hooks.forge.binding import check_event_type
 from claude_hooks.forge.client import ForgejoError
@@ -185,7 +186,7 @@ def _kept(decision: Decision | None, applied: Applied) -> Decision | None:
 def _unposted(decision: Decision) -> Decision:
     """`decision` without what it would post: with no forge configured, nothing is."""
     trips = [replace(trip, comment=None, label=None) for trip in decision.trips]
-    return replace(decision, comments=[], trips=trips)
+    return replace(decision, comments=[], trips=trips, policy_faults=[])
 
 
 class Intake:
@@ -199,17 +200,23 @@ class Intake:
         wake_outbox: Callable[[], None],
         commands: ForgeCommands,
         sweeper: Sweeper,
-        insecure: bool = False,
-        faults: StorageFaults | None = None,
+        spool: Spool,
+        guard: LoopGuard,
+        rejections: RejectionLog,
+        faults: StorageFaults,
+        insecure: bool,
     ) -> None:
         """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer;
-        `commands`: carries out forge commands; `sweeper`: removes closed issues' workdirs."""
+        `commands`: carries out forge commands; `sweeper`: removes closed issues' workdirs;
+        `spool`: keeps deliveries while the database is late; `guard`: the loop guard's rules;
+        `rejections`: records refused deliveries; `faults`: counts and logs storage faults;
+        `insecure`: take unsigned deliveries (no webhook secret set)."""
         self.config = config
         self.pool = pool
-        self.spool = Spool(config.spool_dir, config.server.spool_max_bytes)
-        self.faults = faults or StorageFaults(clock)
+        self.spool = spool
+        self.faults = faults
         self.sweeper = sweeper
-        self.guard = LoopGuard(config, clock)
+        self.guard = guard
         self.wake_outbox = wake_outbox
         self._labelling: set[asyncio.Task[None]] = set()
         self.commands = commands
@@ -222,9 +229,7 @@ class Intake:
         self.counts: dict[str, int] = {}
         self._in_progress: set[str] = set()
         self.in_order = InOrder()
-        self.rejections = RejectionLog(
-            pool.store.rejections, config.server.max_rejections_per_hour, clock
-        )
+        self.rejections = rejections
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -238,10 +243,13 @@ class Intake:
         may_trigger: flows.SenderCheck = self.forge.may_trigger
         find_pull: flows.PullLookup | None = forge.find_pull if forge else None
         find_head: flows.HeadLookup | None = forge.find_head if forge else None
+        policies = self.pool.policies
+        policy: flows.PolicyLookup | None = policies.of if policies is not None else None
         if bounded:
             may_trigger = within(may_trigger, deadline)
             find_pull = within(find_pull, deadline) if find_pull else None
             find_head = within(find_head, deadline) if find_head else None
+            policy = within(policy, deadline) if policy else None
         return flows.FlowContext(
             config=self.config,
             view=self.store,
@@ -250,6 +258,7 @@ class Intake:
             now=self.clock(),
             find_pull=find_pull,
             find_head=find_head,
+            policy=policy,
         )
 
     def _answer_deadline(self) -> float:
@@ -438,8 +447,9 @@ class Intake:
             ctx = self.context(record.id, deadline, bounded=True)
             decision = await flows.route(ctx, record.event_type, payload)
             await self.steer(decision)
+            limits = await self.fail_closed(ctx, decision)
             decision = await self.guard.review(
-                self.store, decision, record.event_type, record.sender
+                self.store, decision, record.event_type, record.sender, limits
             )
             await outcomes.observe(ctx, record.event_type, payload, decision)
             await self.run_commands(decision, applied, record.id)
@@ -466,6 +476,28 @@ class Intake:
             return Verdict("duplicate", "", 200, applied, None)
         status = 202 if applied.tasks else 200
         return Verdict(_outcome(applied), decision.reason, status, applied, decision)
+
+    async def fail_closed(
+        self, ctx: flows.FlowContext, decision: Decision
+    ) -> dict[str, IssueLimits]:
+        """Refuse the decision's new work in repositories whose policy file is broken
+        (`refuse_broken`); the per-issue limits of the others, for the loop guard."""
+        limits: dict[str, IssueLimits] = {}
+        if ctx.policy is None:
+            return limits
+        wanted = dict.fromkeys((r.repo, flows.base_of(r)) for _, r in decision.dispatch)
+        broken: set[str] = set()
+        for repo, base in wanted:
+            if repo in broken:
+                continue
+            try:
+                policy = await ctx.policy(repo, base)
+            except PolicyError as exc:
+                broken.add(repo)
+                refuse_broken(decision, repo, exc)
+                continue
+            limits.setdefault(repo, policy.issue_limits())
+        return limits
 
     async def run_commands(
         self, decision: Decision, applied: Applied, delivery_id: str | None
@@ -622,7 +654,7 @@ class Intake:
             # Run here, or by another node: the signal written with the decision stops it.
             self.pool.stop_running(task_id)
         applied.cancelled += written.cancelled + written.stopping
-        if decision.comments or decision.trips:
+        if decision.comments or decision.trips or decision.policy_faults:
             self.wake_outbox()
         for label in written.labels:
             self._label(label)

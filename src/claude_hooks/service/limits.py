@@ -1,7 +1,10 @@
-"""The gate a worker passes before it starts a task: the budgets and the API breaker.
+"""The gate a worker passes before it starts a task (the budgets and the API breaker), and
+the watch of finished runs that opens it again and enforces a hard budget.
 
 A paused type keeps its queue: the worker waits at the gate with the task still at the head,
-until the period ends, the budget is raised, or the breaker's next try comes.
+until the period ends, the budget is raised, or the breaker's next try comes. The gate
+(`Limits`) is built before the pool, which passes it; the watch (`BudgetWatch`) after the pool
+and the commands, whose running tasks and cancel it uses.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ LONGEST_WAIT = 60.0  # a waiting worker looks again at least this often (spend o
 PROBE_GRACE = 60.0  # beyond the type's timeout: a probe that never reported is replaced
 WATCH_RETRY = 1.0  # after the watch of finished runs failed (it logs its own faults)
 BREAKER_DELAY = 30.0  # the first pause of a tripped breaker; it doubles up to 30 minutes
+HARD_BUDGET = "the hard budget ([budget] hard = true)"  # why its cancels stop a task
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,22 +51,12 @@ class Limits:
     """One per pool: decides whether a type may start a task, and learns from each run."""
 
     def __init__(
-        self,
-        config: Config,
-        store: Store,
-        clock: Callable[[], float],
-        bus: EventBus,
-        running: Callable[[], list[Task]],
-        cancel: Callable[[str], Awaitable[object]],
+        self, config: Config, store: Store, clock: Callable[[], float], bus: EventBus
     ) -> None:
-        """`running` lists the tasks this node's workers run now; `cancel` cancels one
-        (the pool's): what a hard budget needs from the pool, which builds this gate."""
         self.config = config
         self.store = store
         self.clock = clock
         self.bus = bus
-        self.running = running
-        self.cancel = cancel
         self.zone = zone_of(config.server.timezone)
         self.overrides: Overrides = {}
         self.breakers: dict[str, Breaker] = {}
@@ -70,14 +64,11 @@ class Limits:
         self.trips: Counter[str] = Counter()
         self._noticed: set[str] = set()
         self._changed = asyncio.Event()
-        self._finished = bus.subscribe(10_000)
-        self.watch = Every("limits", WATCH_RETRY, self._on_finished, first=0.0)
 
     async def reload(self) -> None:
         """Read the budgets set from the CLI; waiting workers look again at once."""
         self.overrides = await self.store.spend.budgets()
         self.poke()
-        await self.enforce()
 
     def poke(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -224,21 +215,45 @@ class Limits:
         self._noticed.discard(task.id)
         return False
 
+    def finished(self, task: Task) -> None:
+        """A run was recorded: its spend counts now, so waiting workers look again."""
+        if task.type in self.breakers:
+            self.breakers[task.type].probe_lost(task.id)
+        self.poke()
+
+
+class BudgetWatch:
+    """Watches the recorded runs: each opens the gate for another look, and one that cost
+    something stops, with `[budget] hard = true`, the running tasks of types over a budget."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        bus: EventBus,
+        running: Callable[[], list[Task]],
+        cancel: Callable[[str, str], Awaitable[object]],
+    ) -> None:
+        """`running` lists the tasks this node's workers run now (the pool's); `cancel`
+        cancels one with a reason (the commands')."""
+        self.limits = limits
+        self.running = running
+        self.cancel = cancel
+        self._finished = bus.subscribe(10_000)
+        self.loop = Every("limits", WATCH_RETRY, self._on_finished, first=0.0)
+
     def start(self) -> None:
-        self.watch.start()
+        self.loop.start()
 
     async def stop(self) -> None:
         self._finished.close()
-        await self.watch.stop()
+        await self.loop.stop()
 
     async def _on_finished(self) -> float:
         """A recorded run changes the spend: waiting workers look again, hard budgets act."""
         event = await self._finished.get()
         if event.kind != "task.finished" or event.task is None:
             return 0.0
-        if event.task.type in self.breakers:
-            self.breakers[event.task.type].probe_lost(event.task.id)
-        self.poke()
+        self.limits.finished(event.task)
         if event.task.cost_usd:
             try:
                 await self.enforce()
@@ -248,18 +263,19 @@ class Limits:
 
     async def enforce(self) -> None:
         """With `[budget] hard = true`, stop the running tasks of types over a budget."""
-        if not self.config.budget.hard:
+        config = self.limits.config
+        if not config.budget.hard:
             return
         reached_by_type: dict[str, Reached | None] = {}
         for task in self.running():
-            if task.type not in self.config.types:
+            if task.type not in config.types:
                 continue
             if task.type not in reached_by_type:
-                reached_by_type[task.type] = await self.reached(task.type)
+                reached_by_type[task.type] = await self.limits.reached(task.type)
             reached = reached_by_type[task.type]
             if reached is not None:
-                log.warning("stopping task %s: %s", task.id, reached.describe(self.zone))
-                await self.cancel(task.id)
+                log.warning("stopping task %s: %s", task.id, reached.describe(self.limits.zone))
+                await self.cancel(task.id, HARD_BUDGET)
 
 
 def _limits_of(config: Config, agent_type: str, overrides: Overrides) -> list[Limit]:

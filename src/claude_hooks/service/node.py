@@ -60,8 +60,8 @@ class Node:
         store: Store,
         holder: Holder,
         duties: Sequence[Loop],
-        clock: Callable[[], float] = time.time,
-        spooled: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float],
+        spooled: Callable[[], int],
     ) -> None:
         server = config.server
         self.spooled = spooled  # deliveries in this node's spool, told with each heartbeat

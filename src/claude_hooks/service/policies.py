@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +23,7 @@ from typing import Any
 from claude_hooks.config import Config, zone_of
 from claude_hooks.core.budget import Period, period_bounds
 from claude_hooks.core.domain import Task, TaskKind
-from claude_hooks.core.policy import Policy, PolicyError, effective
+from claude_hooks.core.policy import Policy, PolicyError, PolicyFile, effective
 from claude_hooks.forge.client import ForgejoError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.forge.policy_files import PolicyFiles
@@ -31,6 +32,7 @@ from claude_hooks.store.spend import SpendStore
 
 log = logging.getLogger(__name__)
 UNREACHABLE_SECONDS = 60.0
+CACHED_POLICIES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,9 @@ class Policies:
         self.clock = clock
         self.files = PolicyFiles(forge.reader) if forge.enabled else None
         self._unreachable: dict[str, float] = {}  # repository -> until when it is not asked
+        # The merge of each set of files (by version) seen lately: `effective` is pure, and
+        # deliveries and starts ask for the same few again and again.
+        self._merged: OrderedDict[tuple[tuple[str, str], ...], Policy | PolicyError] = OrderedDict()
         ceilings = config.policy
         self.active = self.files is not None or bool(
             ceilings.max_running
@@ -84,7 +89,7 @@ class Policies:
         service's own settings, ceilings included, for `UNREACHABLE_SECONDS`: an outage of
         the forge must not stop work the service can do without it."""
         if self.files is None or self._unreachable.get(repo, 0.0) > self.clock():
-            return effective(self.config, [])
+            return self._effective([])
         try:
             files = await self.files.for_repository(repo, branch)
         except ForgejoError as exc:
@@ -95,9 +100,26 @@ class Policies:
                 exc,
                 UNREACHABLE_SECONDS,
             )
-            return effective(self.config, [])
+            return self._effective([])
         self._unreachable.pop(repo, None)
-        return effective(self.config, files)
+        return self._effective(files)
+
+    def _effective(self, files: list[PolicyFile]) -> Policy:
+        key = tuple((f.where, f.sha) for f in files)
+        merged = self._merged.get(key)
+        if merged is None:
+            try:
+                merged = effective(self.config, files)
+            except PolicyError as exc:
+                merged = exc
+            self._merged[key] = merged
+            while len(self._merged) > CACHED_POLICIES:
+                self._merged.popitem(last=False)
+        else:
+            self._merged.move_to_end(key)
+        if isinstance(merged, PolicyError):
+            raise merged
+        return merged
 
     def pushed(self, repo: str, branch: str) -> None:
         """A push moved `branch` of `repo`: its policy is read again next time."""

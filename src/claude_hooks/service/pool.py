@@ -336,15 +336,19 @@ class Pool:
         clock: Callable[[], float],
         bus: EventBus,
         limits: Limits,
-        forge: Forge | None,
-        policies: Policies | None,
+        forge: Forge,
+        policies: Policies,
         sandbox: Sandbox | None,
         confinement: cages.Confinement | None,
+        workspaces: Workspaces,
+        disk_room: DiskRoom,
     ) -> None:
-        """`forge`: the forge the agents' forge tools act on (None: no forge tools);
+        """`forge`: the forge the agents' forge tools act on;
         `policies`: repositories' policies, checked before a queued task starts; `limits`:
         the gate before a run (budgets, breaker); `sandbox`: the agents' sandbox, as probed
-        (types with `sandbox = true` use it); `confinement`: where runs' limits go."""
+        (types with `sandbox = true` use it); `confinement`: where runs' limits go;
+        `workspaces`: the sessions' workdirs (the sweeper's too); `disk_room`: whether the
+        disk has room for new runs."""
         self.config = config
         self.store = store
         self.runner_for = runner_for
@@ -352,16 +356,8 @@ class Pool:
         self.policies = policies
         self.clock = clock
         self.bus = bus
-        self.disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
-        self.workspaces = Workspaces(
-            config.data_dir,
-            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
-            # Only nodes sharing a database resume each other's sessions.
-            states=store.worktree_states if store.shared else None,
-            max_state_bytes=config.server.max_worktree_state_bytes,
-            node=config.server.node,
-            room=self.disk_room.ok,
-        )
+        self.disk_room = disk_room
+        self.workspaces = workspaces
         self.workers: dict[str, Worker] = {}
         self.inboxes: dict[str, Inbox] = {}  # steering messages of this node's running tasks
         self._stranded = False
@@ -415,11 +411,9 @@ class Pool:
         await self._redispatch(await self.store.orphaned_tasks())
         for worker in self.workers.values():
             worker.start()
-        self.limits.start()
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())))
-        await self.limits.stop()
         await self.egress.aclose()
 
     async def drop_all(self) -> None:
@@ -503,7 +497,14 @@ class Pool:
         """Queue a delivery's requests in order, apply the rest of its decision and record
         the delivery as `settle` says, in one transaction (see `Store.dispatch_all`)."""
         tasks = [self._task(agent_type, request) for agent_type, request in requests]
-        dispatched = await self.store.dispatch_all(tasks, settle, decision, cause, pending)
+        separate = frozenset(
+            task.id
+            for task, (_, request) in zip(tasks, requests, strict=True)
+            if not request.coalesce
+        )
+        dispatched = await self.store.dispatch_all(
+            tasks, settle, decision, cause, pending, separate
+        )
         for placed in dispatched.placements:
             self._placed(placed)
         return dispatched
@@ -607,10 +608,15 @@ class Pool:
             self._wake(moved.agent)
             log.info("task %s moved from %s to %s", entry.id, entry.agent, moved.agent)
 
-    def waiting_of(self, name: str) -> str | None:
-        """Why the head of an instance held here waits (its concurrency group), or None."""
-        worker = self.workers.get(name)
-        return None if worker is None else worker.waiting
+    async def waits(self) -> dict[str, str]:
+        """Instance -> why the head of its queue waits: its concurrency group (from the
+        database, so the instances of every node are seen) or a budget of its repository
+        (as this node's workers saw it)."""
+        waits = await self.store.group_waits()
+        for name, worker in self.workers.items():
+            if worker.waiting is not None:
+                waits[name] = worker.waiting
+        return waits
 
     async def notice_waiting(self, task_id: str, reason: str) -> None:
         """Tell the task's issue, once per task, that it waits for its group."""
@@ -624,7 +630,7 @@ class Pool:
     async def gate(self, task_id: str | None) -> Gate | None:
         """The policy's word on a queued task about to start; a refused task is ended here
         (cancelled or failed, with the reason) and the instance looks at its queue again."""
-        if task_id is None or self.policies is None or not self.policies.active:
+        if task_id is None or not self.policies.active:
             return None
         task = await self.store.get_task(task_id)
         if task is None or task.state is not TaskState.QUEUED:
@@ -664,7 +670,7 @@ class Pool:
         except WorkspaceError as exc:
             return RunResult(succeeded=False, error=f"cannot prepare the workdir: {exc}")
         policy = RunPolicy()
-        if self.policies is not None and self.policies.active:
+        if self.policies.active:
             policy = await self.policies.for_run(task)
         try:
             cage = self._cage(task, workdir)
@@ -820,9 +826,7 @@ class Pool:
             ),
             steering=self.inboxes.get(task.id),
             cage=cage,
-            forge_tools=None
-            if self.forge is None
-            else ForgeTools(task, type_config, self.forge, self.workspaces, sandbox),
+            forge_tools=ForgeTools(task, type_config, self.forge, self.workspaces, sandbox),
         )
 
     def log_path(self, task_id: str) -> Path:

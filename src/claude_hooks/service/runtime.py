@@ -10,11 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from claude_hooks.agents import cages, sandbox
+from claude_hooks.agents.disk_room import DiskRoom
 from claude_hooks.agents.runners.base import AgentRunner
 from claude_hooks.agents.runners.command import CommandRunner
 from claude_hooks.agents.runners.merge import MergeRunner
 from claude_hooks.agents.sandbox import Sandbox, SandboxError
-from claude_hooks.config import Config
+from claude_hooks.agents.workspace import Workspaces
+from claude_hooks.config import Config, size_bytes
+from claude_hooks.core.loop_guard import LoopGuard
 from claude_hooks.errors import ConfigError
 from claude_hooks.forge.gateway import Forge
 from claude_hooks.service.ci_watch import CiWatcher
@@ -23,7 +26,7 @@ from claude_hooks.service.elastic import Scaler
 from claude_hooks.service.events import TASK_CHANGED, Event, EventBus
 from claude_hooks.service.forge_commands import ForgeCommands
 from claude_hooks.service.intake import Intake
-from claude_hooks.service.limits import SIGNAL_BUDGET, Limits
+from claude_hooks.service.limits import SIGNAL_BUDGET, BudgetWatch, Limits
 from claude_hooks.service.listener import Listener, listen_url
 from claude_hooks.service.lockfile import ServiceLock
 from claude_hooks.service.loop import Every, Loop
@@ -36,7 +39,9 @@ from claude_hooks.service.policies import Policies
 from claude_hooks.service.pool import Pool
 from claude_hooks.service.private_files import prepare_data_dir, private_dir
 from claude_hooks.service.readiness import Readiness
+from claude_hooks.service.rejections import RejectionLog
 from claude_hooks.service.retention import Retention
+from claude_hooks.service.spool import Spool
 from claude_hooks.service.storage_faults import StorageFaults
 from claude_hooks.service.summary import WeeklySummary
 from claude_hooks.service.sweep import Sweeper
@@ -91,9 +96,16 @@ class Service:
         sandbox = self._sandbox()  # refused first: a missing sandbox changes nothing
         confinement = cages.detect()
         log.info("agents' limits: %s", confinement.describe())
-        # The hard budget stops runs through the one cancel (`commands`).
-        self.limits = Limits(
-            config, store, clock, self.bus, lambda: self.pool.running_tasks(), self._over_budget
+        self.limits = Limits(config, store, clock, self.bus)
+        disk_room = DiskRoom(config.data_dir, size_bytes(config.server.min_free_disk))
+        workspaces = Workspaces(
+            config.data_dir,
+            forgejo_url=config.forgejo.clone_url or config.forgejo.url,
+            # Only nodes sharing a database resume each other's sessions.
+            states=store.worktree_states if store.shared else None,
+            max_state_bytes=config.server.max_worktree_state_bytes,
+            node=config.server.node,
+            room=disk_room.ok,
         )
         self.pool = Pool(
             config,
@@ -106,12 +118,19 @@ class Service:
             Policies(config, self.forge, self.store.spend, self.clock),
             sandbox,
             confinement,
+            workspaces,
+            disk_room,
         )
         self.commands = Commands(config, store, clock, self.pool, self.agents_changed)
+        # The hard budget stops runs through the one cancel (`commands`).
+        self.budget_watch = BudgetWatch(
+            self.limits, self.bus, self.pool.running_tasks, self.commands.cancel
+        )
         # Comments are posted by one node: the leader (see `node`).
         self.outbox = Drainer(self.forge, store.outbox, clock, config.server.comment_edit_interval)
         self.faults = StorageFaults(clock)
-        self.sweeper = Sweeper(config, self.pool.workspaces, store.intake, self.forge)
+        self.sweeper = Sweeper(config, workspaces, store.intake, self.forge)
+        spool = Spool(config.spool_dir, config.server.spool_max_bytes)
         self.intake = Intake(
             config,
             self.pool,
@@ -121,8 +140,11 @@ class Service:
             self.outbox.wake,
             ForgeCommands(config, self.commands, self.pool, self.forge, clock),
             self.sweeper,
-            self.insecure_no_signature,
+            spool,
+            LoopGuard(config, clock),
+            RejectionLog(store.rejections, config.server.max_rejections_per_hour, clock),
             self.faults,
+            self.insecure_no_signature,
         )
         self.readiness = Readiness(
             store, self._replay_spool, config.server.database_connect_timeout
@@ -143,7 +165,7 @@ class Service:
             self.pool,
             [self.ci, self.pending, self.outbox, self.summary, self.scaler],
             clock,
-            lambda: len(self.intake.spool.waiting),
+            lambda: len(spool.waiting),
         )
         # In a Kubernetes pod, its deletion cost follows this node's work (deploy/kubernetes/).
         cluster = in_cluster(os.environ)
@@ -203,9 +225,6 @@ class Service:
         await self.node.rebalance()
         await self.pool.sync_agents()
 
-    async def _over_budget(self, task_id: str) -> None:
-        await self.commands.cancel(task_id, "the hard budget ([budget] hard = true)")
-
     async def start(self, url: str = "") -> None:
         """Take the data dir (one service each), recover, and start the workers."""
         private_dir(self.config.data_dir)
@@ -220,6 +239,7 @@ class Service:
                 self.pool.runner_for(agent_type)  # at start, not in the first task's time
             await self.node.join()
             await self.pool.start()
+            self.budget_watch.start()
             self.intake.spool.open()
         except BaseException:
             self._lock.release()
@@ -246,7 +266,7 @@ class Service:
             self.notifier,
             self.node.heartbeat,
             self.watcher,
-            self.limits.watch,
+            self.budget_watch.loop,
             self.sweeper.closed,
             self.sweeper.periodic,
             self.retention,
@@ -313,6 +333,7 @@ class Service:
         await self.sweeper.stop()
         await self.intake.stop()
         await self.pool.stop()
+        await self.budget_watch.stop()
         await self.node.leave()
         await self.notifier.stop()
         await self.outbox.stop()
@@ -364,7 +385,8 @@ class Service:
         if any(signal.kind == SIGNAL_AGENTS for signal in found):
             await self.agents_changed()
         if any(signal.kind == SIGNAL_BUDGET for signal in found):
-            await self.pool.limits.reload()
+            await self.limits.reload()
+            await self.budget_watch.enforce()
         for signal in found:
             if signal.kind == SIGNAL_CANCEL:
                 self.pool.stop_running(signal.target)

@@ -26,6 +26,7 @@ from claude_hooks.store.intake import (
 from claude_hooks.store.notes import write_cancelled_by
 from claude_hooks.store.outbox import write_letter
 from claude_hooks.store.outcomes import write_outcomes
+from claude_hooks.store.policy_faults import write_policy_fault
 from claude_hooks.store.schema import signals, tasks
 from claude_hooks.store.spend import write_review_round, write_trip
 
@@ -108,6 +109,12 @@ def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Wri
     nothing reads their results) and its delivery's record, in a fixed order (rows locked
     in the same order by every delivery cannot deadlock)."""
     written = cancel_sessions(conn, decision.cancel, cause)
+    if decision.stop:
+        # Running tasks a new event supersedes (`core.new_event`): stopped for the new one.
+        ids = sorted({task_id for task_id, _ in decision.stop})
+        superseded = cancel(conn, tasks.c.id.in_(ids), cause)
+        written.cancelled += superseded.cancelled
+        written.stopping += [t for t in superseded.stopping if t not in written.stopping]
     for link in decision.links:
         write_pull_link(conn, link, cause.now)
     for attempt in decision.fix_attempts:
@@ -123,6 +130,9 @@ def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Wri
                 letters.append(trip.comment)
             if trip.label is not None:
                 written.labels.append(trip.label)
+    for fault in decision.policy_faults:
+        if write_policy_fault(conn, fault.repo, fault.file_sha, cause.now):
+            letters.append(fault.comment)
     for key, fields in decision.retarget:
         retarget_review(conn, key, fields)
     for repo, pr_number in decision.unwatch:

@@ -33,6 +33,7 @@ class DispatchCall:
     decision: Decision | None = None
     cause: Cause | None = None
     pending: bool = False
+    separate: frozenset[str] = frozenset()  # tasks never merged into a twin ("queue")
 
 
 Apply = Callable[[Sequence[DispatchCall]], list[Dispatched | Exception]]

@@ -20,6 +20,7 @@ from claude_hooks.core.decision import (
     Reset,
 )
 from claude_hooks.core.domain import Task, TaskKind, TaskState
+from claude_hooks.core.new_event import RunningTask
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import read_labels
 from claude_hooks.store.prepared import Prepared
@@ -360,6 +361,19 @@ class SqlIntake:
                 if payload.get("head_sha"):
                     return str(payload["head_sha"]), result or ""
         return None
+
+    async def running_task(self, session_key: str, kind: str) -> RunningTask | None:
+        with self.reader.connect() as conn:
+            row = conn.execute(
+                sa.select(tasks.c.id, tasks.c.payload)
+                .where(
+                    tasks.c.session_key == session_key,
+                    tasks.c.kind == kind,
+                    tasks.c.state == TaskState.RUNNING.value,
+                )
+                .limit(1)
+            ).first()
+        return None if row is None else RunningTask(row.id, dict(row.payload))
 
     async def drop_ci_watch(self, repo: str, pr_number: int) -> None:
         with self.engine.begin() as conn:

@@ -20,6 +20,7 @@ class TaskNote:
     log_pruned_at: float | None = None
     moved_from: str | None = None  # the instance it was stolen from (`rebalance = "steal"`)
     moved_at: float | None = None
+    group_wait: str | None = None  # why it waits for its concurrency group (`groups`)
 
 
 def write_cancelled_by(

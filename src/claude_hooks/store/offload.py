@@ -107,9 +107,10 @@ class OffloadedStore(Offloaded):
         decision: Decision | None = None,
         cause: Cause | None = None,
         pending: bool = False,
+        separate: frozenset[str] = frozenset(),
     ) -> Dispatched:
         """`SqlStore.dispatch_all`, applied with the other deliveries waiting at the time."""
-        call = DispatchCall(tasks, settle, decision, cause, pending)
+        call = DispatchCall(tasks, settle, decision, cause, pending, separate)
         async with asyncio.timeout(self._bound):
             return await self._group.submit(call)
 

@@ -190,6 +190,7 @@ task_notes = sa.Table(
     sa.Column("log_pruned_at", sa.Float),
     sa.Column("moved_from", sa.String(63)),
     sa.Column("moved_at", sa.Float),
+    sa.Column("group_wait", sa.Text),  # why it waits at its queue's head for its group
     sa.Index("ix_task_notes_retry_of", "retry_of"),
     sa.Index("ix_task_notes_delivery", "cancelled_by_delivery"),
 )
@@ -451,4 +452,13 @@ outcome_summaries = sa.Table(
     metadata,
     sa.Column("week", sa.String(16), primary_key=True),
     sa.Column("posted_at", sa.Float, nullable=False),
+)
+
+# The broken policy files each repository was told of: one comment per version of a file.
+policy_faults = sa.Table(
+    "policy_faults",
+    metadata,
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("file_sha", sa.String(64), primary_key=True),
+    sa.Column("noticed_at", sa.Float, nullable=False),
 )

@@ -222,7 +222,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0016"
+HEAD_REVISION = "0018"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -455,13 +455,15 @@ def _apply(conn: sa.Connection, call: DispatchCall) -> Dispatched:
     try:
         with pipelined(conn):
             # The twins' look-ups and the first placement's go together: one round trip.
-            twins = [ask_twin(conn, task) for task in call.tasks]
+            twins = [
+                None if task.id in call.separate else ask_twin(conn, task) for task in call.tasks
+            ]
             first = call.tasks[0] if call.tasks else None
             asked = placing.ask(conn, first.type, first.session_key) if first else None
             merged: list[Task] = []
             queueing: list[Task] = []
             for task, looked_up in zip(call.tasks, twins, strict=True):
-                row = looked_up.fetchone()
+                row = looked_up.fetchone() if looked_up is not None else None
                 twin = merge_into_twin(conn, row[0], task) if row is not None else None
                 if twin is None:
                     queueing.append(task)
@@ -679,16 +681,18 @@ class SqlStore:
         decision: Decision | None = None,
         cause: Cause | None = None,
         pending: bool = False,
+        separate: frozenset[str] = frozenset(),
     ) -> Dispatched:
         """Apply a delivery's whole decision in one transaction: its writes (`decisions`),
         then its tasks in order (each merged into a queued twin of its session and kind, or
         placed, stopping at a type with no instance), then the delivery as `settle` records
         it. A duplicate id, or a failure, leaves nothing of it. `settle` None: no delivery
         to record (a CI poll's decision); `pending`: the delivery is recorded already, as
-        pending, and is settled now."""
+        pending, and is settled now; `separate`: the ids of tasks never merged into a twin
+        (`on_new_event = "queue"`)."""
         try:
             with self.engine.begin() as conn:
-                return _apply(conn, DispatchCall(tasks, settle, decision, cause, pending))
+                return _apply(conn, DispatchCall(tasks, settle, decision, cause, pending, separate))
         except (sa.exc.IntegrityError, AlreadySettled):
             return Dispatched([], None, recorded=False)
 
@@ -856,6 +860,10 @@ class SqlStore:
         with self.reader.connect() as conn:
             row = conn.execute(_HEAD, {"b_agent": agent}).first()
             return None if row is None else str(row.id)
+
+    async def group_waits(self) -> dict[str, str]:
+        with self.reader.connect() as conn:
+            return groups.group_waits(conn)
 
     async def set_process(self, task_id: str, pid: int | None, pid_start: int | None) -> None:
         with self.engine.begin() as conn:

@@ -29,7 +29,7 @@ def _service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(_service)]
 
 
-def agent_json(service: Service, instance: InstanceView) -> dict[str, Any]:
+def agent_json(service: Service, instance: InstanceView, waits: dict[str, str]) -> dict[str, Any]:
     return {
         "name": instance.name,
         "type": instance.type,
@@ -39,7 +39,7 @@ def agent_json(service: Service, instance: InstanceView) -> dict[str, Any]:
         "queue": list(instance.queue),
         "queued": len(instance.queue),
         "paused": pause_json(service, instance.type),
-        "waiting": service.pool.waiting_of(instance.name),
+        "waiting": waits.get(instance.name),
         "node": instance.node,
         "pinned_node": instance.pinned_node,
         "auto": instance.auto,  # added by the elastic rule (`<type>-auto-N`)
@@ -49,13 +49,14 @@ def agent_json(service: Service, instance: InstanceView) -> dict[str, Any]:
 async def _agent(service: Service, name: str) -> dict[str, Any]:
     for instance in await service.store.instances():
         if instance.name == name:
-            return agent_json(service, instance)
+            return agent_json(service, instance, await service.pool.waits())
     raise UnknownAgentError(name)
 
 
 @router.get("/api/agents", summary="Every instance with its state and queue")
 async def list_agents(service: ServiceDep) -> list[dict[str, Any]]:
-    return [agent_json(service, instance) for instance in await service.store.instances()]
+    waits = await service.pool.waits()
+    return [agent_json(service, instance, waits) for instance in await service.store.instances()]
 
 
 @router.get("/api/nodes", summary="The nodes on the database, their state and instances")

@@ -255,7 +255,9 @@ class TypeGroup:
         return sum(i.queued for i in self.instances)
 
 
-async def _instance(service: Service, cache: QueuedCache, instance: InstanceView) -> Instance:
+async def _instance(
+    service: Service, cache: QueuedCache, instance: InstanceView, waits: dict[str, str]
+) -> Instance:
     task = await service.store.get_task(instance.running) if instance.running else None
     log: list[str] = []
     if task is not None:
@@ -271,7 +273,7 @@ async def _instance(service: Service, cache: QueuedCache, instance: InstanceView
         queued=len(instance.queue),
         node=instance.node,
         pinned_node=instance.pinned_node,
-        waiting=service.pool.waiting_of(instance.name),
+        waiting=waits.get(instance.name),
         auto=instance.auto,
     )
 
@@ -285,10 +287,11 @@ async def _groups(
         name: TypeGroup(name, type_config.runner, elastic=elastic.get(name))
         for name, type_config in service.config.types.items()
     }
+    waits = await service.pool.waits()
     for instance in instances:
         group = groups.get(instance.type)
         if group is not None:
-            group.instances.append(await _instance(service, cache, instance))
+            group.instances.append(await _instance(service, cache, instance, waits))
     return list(groups.values())
 
 
