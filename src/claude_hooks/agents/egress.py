@@ -122,13 +122,16 @@ class EgressSession:
         self._on_stop = on_stop
 
     async def start(self, account: Account | None) -> None:
+        # Not serving yet: nothing is awaited between the socket's creation and keeping its
+        # server, so a cancel here leaves no socket behind (`close` ends it).
         self._server = await asyncio.start_unix_server(
-            self._accept, path=str(self.socket), limit=MAX_HEAD_BYTES
+            self._accept, path=str(self.socket), limit=MAX_HEAD_BYTES, start_serving=False
         )
         # Only the agent's account may connect (the folder is the service's, 0700, outside).
         if account is not None:
             self.socket.chmod(0o600)
             os.chown(self.socket, account.uid, account.gid)
+        await self._server.start_serving()
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
         """The agent's environment with the proxy set and, for the relay, the real
@@ -543,7 +546,12 @@ class EgressProxy:
             recorder,
             on_stop,
         )
-        await session.start(account)
+        try:
+            await session.start(account)
+        except BaseException:
+            # Cancelled or refused half-way: its socket goes with it.
+            await asyncio.shield(session.close())
+            raise
         return session
 
     async def aclose(self) -> None:
