@@ -26,6 +26,7 @@ from claude_hooks.core.outcome_report import (
 )
 from claude_hooks.core.outcomes import Intervention, OutcomeFact, PullFact, SessionSeen
 from claude_hooks.store.outbox import write_letter
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import outcome_pulls, outcome_sessions, outcome_summaries, tasks
 
 WEEK = 7 * 86400.0
@@ -38,22 +39,34 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     return module.insert(table)
 
 
-def _session(conn: sa.Connection, fact: SessionSeen) -> None:
-    statement = _insert(conn, s).values(
-        session_key=fact.session_key,
-        type=fact.agent_type,
-        repo=fact.repo,
-        number=fact.number,
-        variant=fact.variant,
-        model=fact.model,
-        first_at=fact.at,
-        assigned_at=fact.at if fact.assigned else None,
-    )
-    conn.execute(
+def _session_upsert(module: Any) -> Prepared:
+    """A session's first sighting; a later one only fills in when it was assigned. Built
+    once per dialect: building it (the `excluded` columns) cost more than running it."""
+    statement = module.insert(s)
+    assigned = sa.func.coalesce(s.c.assigned_at, statement.excluded.assigned_at)
+    return Prepared(
         statement.on_conflict_do_update(
-            index_elements=[s.c.session_key],
-            set_={"assigned_at": sa.func.coalesce(s.c.assigned_at, statement.excluded.assigned_at)},
+            index_elements=[s.c.session_key], set_={"assigned_at": assigned}
         )
+    )
+
+
+_SESSION = {"postgresql": _session_upsert(postgresql), "sqlite": _session_upsert(sqlite)}
+
+
+def _session(conn: sa.Connection, fact: SessionSeen) -> None:
+    _SESSION[conn.dialect.name].run(
+        conn,
+        {
+            "session_key": fact.session_key,
+            "type": fact.agent_type,
+            "repo": fact.repo,
+            "number": fact.number,
+            "variant": fact.variant,
+            "model": fact.model,
+            "first_at": fact.at,
+            "assigned_at": fact.at if fact.assigned else None,
+        },
     )
 
 
