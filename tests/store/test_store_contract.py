@@ -121,6 +121,24 @@ async def test_claim_takes_the_head_once_and_respects_session_keys(store: Store)
     assert second.agent == "dev-b"
 
 
+async def test_a_claim_for_a_named_head_starts_only_that_task(store: Store) -> None:
+    """The worker's policy looked at one task; if another is the head by the claim (the
+    looked-at one cancelled, or none looked at), nothing starts: no task runs unchecked."""
+    await agents(store, "dev-a")
+    first = (await store.dispatch(new_task(1))).task
+    second = (await store.dispatch(new_task(2))).task
+    other = await store.claim_next("dev-a", NOW, head=second.id)
+    assert other.task is None and other.blocked  # the head is the first, not the one named
+    cause = Cause("a test", None, NOW)
+    assert (await store.cancel_tasks([first.id], cause)).cancelled
+    stale = await store.claim_next("dev-a", NOW, head=first.id)
+    assert stale.task is None and stale.blocked
+    assert (await store.get_task(second.id)).state is TaskState.QUEUED  # type: ignore[union-attr]
+    named = await store.claim_next("dev-a", NOW, head=second.id)
+    assert named.task is not None and named.task.id == second.id
+    assert (await store.claim_next("dev-a", NOW, head=second.id)).task is None
+
+
 async def test_a_disabled_instance_claims_nothing_and_its_tasks_move(store: Store) -> None:
     await agents(store, "dev-a", "dev-b")
     running = (await store.dispatch(new_task(1))).task  # dev-a

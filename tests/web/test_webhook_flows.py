@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from claude_hooks.service.history import DELIVERY_OUTCOMES
+from claude_hooks.core.domain import DELIVERY_OUTCOMES
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.web.app import create_app

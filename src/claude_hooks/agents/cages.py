@@ -137,15 +137,20 @@ class Cage:
         self.stopped: str | None = None
 
     def prefix(self) -> list[str]:
-        """The argv that starts a program in this cage: joins the cgroups, sets the rlimits
-        (with util-linux's prlimit, as the sandbox uses its setpriv)."""
+        """The argv that starts a program in this cage: joins the cgroups and bounds a file's
+        size in one shell (`ulimit -f`, POSIX's one limit, in 512-byte blocks: a prlimit
+        exec less before every agent); without cgroups, util-linux's prlimit sets the rlimits
+        (as the sandbox uses its setpriv)."""
         files = [str(folder / "cgroup.procs") for folder in self.cgroups.values()]
+        if files:
+            blocks = self.limits.disk // 512
+            join = f"ulimit -f {blocks} || exit 125; {JOIN}"
+            return ["/bin/sh", "-c", join, "sh", *files, "--"]
         rlimits = [f"--fsize={self.limits.disk}"]
         if self.kind == "rlimits":
             rlimits.append(f"--nproc={self.limits.processes}")
-        join = ["/bin/sh", "-c", JOIN, "sh", *files, "--"] if files else []
         prlimit = shutil.which("prlimit")
-        return [*join, prlimit, *rlimits, "--"] if prlimit else join
+        return [prlimit, *rlimits, "--"] if prlimit else []
 
     # what ended it
 
@@ -208,16 +213,20 @@ class Cage:
 
     def kill(self) -> None:
         """SIGKILL every process of the run (a fork bomb forks while it is killed: a few
-        rounds, bounded by its pids limit)."""
+        rounds, bounded by its pids limit). A killed process stays listed until it is
+        reaped (the egress bridge's forwarder, after every run): the rounds end once every
+        one listed has had its signal, rather than reading the cgroups 50 times over."""
         folder = self.cgroups.get("")
         if folder is not None and (folder / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 (folder / "cgroup.kill").write_text("1")
             return
+        killed: set[int] = set()
         for _ in range(KILL_ROUNDS):
-            members = self.members()
+            members = set(self.members()) - killed
             if not members:
                 return
+            killed |= members
             for pid in members:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
@@ -284,12 +293,12 @@ class Confinement:
     parents: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
-        missing = "" if shutil.which("prlimit") else "; prlimit (util-linux) not found: no rlimits"
         if self.kind == "cgroup2":
-            return f"cgroup v2, delegated subtree {self.parents['']}{missing}"
+            return f"cgroup v2, delegated subtree {self.parents['']}"
         if self.kind == "cgroup1":
             folders = ", ".join(str(p) for p in self.parents.values())
-            return f"cgroup v1 (pids, memory) under {folders}{missing}"
+            return f"cgroup v1 (pids, memory) under {folders}"
+        missing = "" if shutil.which("prlimit") else "; prlimit (util-linux) not found: no rlimits"
         nproc = (
             "per instance, each its own account"
             if os.geteuid() == 0

@@ -193,6 +193,12 @@ class Worker:
     async def _claim_head(self) -> Claim:
         """Claim the head within its repository's policy: a head the policy refuses ends
         here, and one whose concurrency group is full waits (blocked, with the reason)."""
+        gated = self.pool.policies.active
+        if gated and self._head is None:
+            # Not looked at since the last wake-up: the policy must see the task that starts.
+            self._head = await self.pool.store.queue_head(self.name)
+            if self._head is None:
+                return Claim(None)
         gate = await self.pool.gate(self._head)
         if gate is not None and (gate.refusal is not None or gate.not_now is not None):
             # Refused: the head was ended and the worker woken; not_now: look again soon.
@@ -200,7 +206,9 @@ class Worker:
             return Claim(None, blocked=self.blocked)
         group = gate.group if gate is not None else None
         try:
-            claim = await self.pool.store.claim_next(self.name, self.pool.clock(), group)
+            claim = await self.pool.store.claim_next(
+                self.name, self.pool.clock(), group, self._head if gated else None
+            )
         except Exception as exc:
             # The claim may have committed with its answer lost on the way (the connection
             # dropped): its task would stay running with nothing running it.

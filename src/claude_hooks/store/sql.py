@@ -811,13 +811,22 @@ class SqlStore:
         with self.reader.connect() as conn:
             return int(conn.scalar(query) or 0)
 
-    async def claim_next(self, agent: str, now: float, group: RunningLimit | None = None) -> Claim:
+    async def claim_next(
+        self,
+        agent: str,
+        now: float,
+        group: RunningLimit | None = None,
+        head: str | None = None,
+    ) -> Claim:
         """Start the head of `agent`'s queue: one atomic UPDATE, so a task starts once.
 
         The head waits (blocked) while its session key runs elsewhere; the partial unique
         index on running session keys holds that even between processes. A head whose cancel
         was asked for is cancelled here instead. With a `group`, the head also waits while its
-        repository's concurrency group is full (see `groups`)."""
+        repository's concurrency group is full (see `groups`). With `head`, the task the
+        caller's policy looked at, only that task starts: a head that changed since (a new
+        task, a steal, a cancel) waits for the caller to look again, so no task starts that
+        its repository's policy did not see."""
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
@@ -825,6 +834,10 @@ class SqlStore:
                     if holder is None or holder.node != self.node:
                         return Claim(None)
                 conn.execute(_CANCEL_REQUESTED, {"b_agent": agent, "b_now": now})
+                if head is not None:
+                    current = conn.execute(_HEAD, {"b_agent": agent}).first()
+                    if current is None or current.id != head:
+                        return Claim(None, blocked=current is not None)
                 if group is not None:
                     waiting = groups.wait_reason(conn, agent, group)
                     if waiting is not None:
@@ -835,8 +848,8 @@ class SqlStore:
                 ).first()
                 if row is not None:
                     return Claim(_task(row))
-                head = conn.execute(_HEAD, {"b_agent": agent}).first()
-                return Claim(None, blocked=head is not None)
+                left = conn.execute(_HEAD, {"b_agent": agent}).first()
+                return Claim(None, blocked=left is not None)
         except sa.exc.IntegrityError:
             return Claim(None, blocked=True)
 
