@@ -446,6 +446,20 @@ class _Connection:
             metered = relay is not None and 200 <= answer.status < 300
             usage = ResponseUsage(answer.header("content-type") or "")
             spent: str | None = None
+            counted = False
+
+            def count() -> None:
+                """Meter the answer once; before its end reaches the agent, which may then
+                exit and have its session closed before this coroutine runs again."""
+                nonlocal counted
+                if counted or not metered or relay is None:
+                    return
+                counted = True
+                found = usage.finish()
+                if found is not None:
+                    relay.meter.add(*found)
+                    self.session.changed()
+
             async for pieces, ended in answer.chunks():
                 out = [head]
                 head = b""
@@ -460,13 +474,11 @@ class _Connection:
                         break  # not a byte more; closing the upstream ends the generation
                 if ended:
                     out.append(self.conn.send(h11.EndOfMessage()) or b"")
+                    count()
                 await self._write(b"".join(out))
         finally:
             answer.release()
-        found = usage.finish() if metered else None
-        if found is not None and relay is not None:
-            relay.meter.add(*found)
-            self.session.changed()
+        count()
         if spent is not None:
             self.session.stop(spent)
             raise _Closed
