@@ -740,6 +740,7 @@ class _Git:
             raise WorkspaceError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         assert process.stdout is not None
         assert process.stderr is not None
+        reader: asyncio.Task[bytes] | None = None
         try:
             if out is None:
                 stdout, err = await asyncio.wait_for(process.communicate(), self.timeout)
@@ -752,7 +753,10 @@ class _Git:
         except BaseException as exc:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            await asyncio.shield(_reap(process))
             if isinstance(exc, TimeoutError):
                 raise WorkspaceError(f"git {verb} took longer than {self.timeout:g} s") from None
             raise
@@ -808,6 +812,17 @@ class _Git:
     async def ok(self, *args: str | Path, network: bool = False) -> bool:
         code, _, _ = await self._exec(self._argv(args, False), self._env(network), _verb(args))
         return code == 0
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """After a kill: read both pipes to their end (a stopped reader leaves a pipe paused,
+    its end never seen, its transport open), then wait for the process."""
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                while await stream.read(65536):
+                    pass
+    await process.wait()
 
 
 async def _copy_capped(stream: asyncio.StreamReader, out: IO[bytes], limit: int, verb: str) -> None:
