@@ -8,27 +8,10 @@ import time
 import pytest
 
 from claude_hooks.config import Config
-from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState, new_task_id
+from claude_hooks.core.domain import DispatchRequest, Task, TaskKind, TaskState
 from claude_hooks.errors import ConflictError
 from claude_hooks.service.commands import Commands
 from claude_hooks.store.sql import SqlStore
-
-
-def _task(agent_type: str, request: DispatchRequest) -> Task:
-    now = time.time()
-    return Task(
-        id=new_task_id(now),
-        type=agent_type,
-        agent="",
-        kind=request.kind,
-        session_key=request.session_key,
-        repo=request.repo,
-        number=request.number,
-        state=TaskState.QUEUED,
-        seq=0,
-        enqueued_at=now,
-        payload=request.payload,
-    )
 
 
 class Pool:
@@ -40,7 +23,7 @@ class Pool:
         self.stopped: list[str] = []
 
     async def dispatch(self, agent_type: str, request: DispatchRequest) -> Task:
-        return (await self.store.dispatch(_task(agent_type, request))).task
+        return (await self.store.dispatch(request.task(agent_type, time.time()))).task
 
     async def publish_finished(self, task_id: str) -> None:
         self.finished.append(task_id)
@@ -53,7 +36,7 @@ class Pool:
 async def _queued(store: SqlStore) -> Task:
     await store.add_agent("dev-alpha", "dev", time.time())
     request = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 7, {})
-    return (await store.dispatch(_task("dev", request))).task
+    return (await store.dispatch(request.task("dev", time.time()))).task
 
 
 async def test_the_clis_cancel_writes_alone_and_a_retry_needs_the_service(

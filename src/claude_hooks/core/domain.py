@@ -112,6 +112,23 @@ class DispatchRequest:
             delivery_id=delivery_id,
         )
 
+    def task(self, agent_type: str, now: float) -> Task:
+        """The queued task this request becomes, before the store places it."""
+        return Task(
+            id=new_task_id(now),
+            type=agent_type,
+            agent="",
+            kind=self.kind,
+            session_key=self.session_key,
+            repo=self.repo,
+            number=self.number,
+            state=TaskState.QUEUED,
+            seq=0,
+            enqueued_at=now,
+            payload=self.payload,
+            delivery_id=self.delivery_id,
+        )
+
 
 @dataclass(slots=True)
 class Task:

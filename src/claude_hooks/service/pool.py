@@ -25,7 +25,7 @@ from claude_hooks.agents.setup import run_setup
 from claude_hooks.agents.workspace import WorkspaceError, Workspaces
 from claude_hooks.config import Config, TypeConfig, size_bytes
 from claude_hooks.core.decision import Decision
-from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState, new_task_id
+from claude_hooks.core.domain import AgentInstance, DispatchRequest, Task, TaskState
 from claude_hooks.errors import (
     ClaudeHooksError,
     NoInstanceError,
@@ -490,7 +490,7 @@ class Pool:
 
     async def dispatch(self, agent_type: str, request: DispatchRequest) -> Task:
         """`dispatch_by_type`, returning the queued task itself."""
-        placed = await self.store.dispatch(self._task(agent_type, request))
+        placed = await self.store.dispatch(request.task(agent_type, self.clock()))
         self._placed(placed)
         return placed.task
 
@@ -504,7 +504,7 @@ class Pool:
     ) -> Dispatched:
         """Queue a delivery's requests in order, apply the rest of its decision and record
         the delivery as `settle` says, in one transaction (see `Store.dispatch_all`)."""
-        tasks = [self._task(agent_type, request) for agent_type, request in requests]
+        tasks = [request.task(agent_type, self.clock()) for agent_type, request in requests]
         separate = frozenset(
             task.id
             for task, (_, request) in zip(tasks, requests, strict=True)
@@ -516,23 +516,6 @@ class Pool:
         for placed in dispatched.placements:
             self._placed(placed)
         return dispatched
-
-    def _task(self, agent_type: str, request: DispatchRequest) -> Task:
-        now = self.clock()
-        return Task(
-            id=new_task_id(now),
-            type=agent_type,
-            agent="",
-            kind=request.kind,
-            session_key=request.session_key,
-            repo=request.repo,
-            number=request.number,
-            state=TaskState.QUEUED,
-            seq=0,
-            enqueued_at=now,
-            payload=request.payload,
-            delivery_id=request.delivery_id,
-        )
 
     def _placed(self, placed: Placement) -> None:
         """A committed task: wake its instance and announce it."""
