@@ -128,6 +128,49 @@ async def test_the_agent_starts_caged_as_its_account_with_the_bridge_listening(
     assert seen["fds"] == ["0", "1", "2", "3"]
 
 
+async def test_without_root_the_bridge_listens_inside_and_the_gate_still_cages(
+    tmp_path: Path,
+) -> None:
+    """A service that is not root cannot enter the sandbox's network namespace: the bridge
+    program listens there before the agent starts (here as root, with no account)."""
+    box = Sandbox(sandbox.find_bwrap() or "bwrap", None)
+    assert not box.listens_inside
+    socket_path = tmp_path / "egress.sock"
+    proxy = await asyncio.start_unix_server(echo, path=str(socket_path))
+    (tmp_path / "agent.py").write_text(AGENT)
+    cage = cages.detect().cage("gate-bridge", LIMITS)
+    gate = Gate.pipes()
+    try:
+        wrapped = box.wrap(
+            [sys.executable, str(tmp_path / "agent.py")],
+            tmp_path,
+            readable=[Path(sys.executable)],
+            cage=cage,
+            bridge=socket_path,
+            gate=gate.args(),
+        )
+        process = await asyncio.create_subprocess_exec(
+            *wrapped,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin"},
+            pass_fds=gate.child_fds,
+        )
+        gate.spawned()
+        await gate.admit(cage, None)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        gate.close()
+        proxy.close()
+        await cage.close()
+    assert process.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["answer"] == "pong:ping"
+    assert seen["fsize"] == [LIMITS.disk, LIMITS.disk]
+    for folder in cage.cgroups.values():
+        assert f"/{folder.name}\n" in seen["cgroup"], seen["cgroup"]
+
+
 async def test_a_sandbox_the_gate_cannot_cage_never_starts(box: Sandbox, tmp_path: Path) -> None:
     gone = cages.Cage(LIMITS, "cgroup2", {"": tmp_path / "removed-cgroup"})
     marker = tmp_path / "ran"
