@@ -67,42 +67,54 @@ def _setns(fd: int) -> None:
         raise OSError(errno, f"setns: {os.strerror(errno)}")
 
 
-def _listener(child: int) -> socket.socket:
+async def _listener(child: int) -> socket.socket:
     """A TCP socket listening on 127.0.0.1:`BRIDGE_PORT` in `child`'s network namespace, made in
-    a thread of its own that enters it (setns acts on the calling thread only) and then leaves:
-    no other thread of the service ever runs in an agent's namespace."""
-    made: list[socket.socket] = []
-    failed: list[BaseException] = []
+    a thread of its own that enters it (setns acts on the calling thread only) and then ends:
+    no thread that runs anything else of the service ever enters an agent's namespace."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[socket.socket] = loop.create_future()
+
+    def settle(listener: socket.socket | None, failure: BaseException | None) -> None:
+        if done.cancelled():
+            if listener is not None:
+                listener.close()
+        elif failure is not None:
+            done.set_exception(failure)
+        else:
+            done.set_result(listener)  # type: ignore[arg-type]
 
     def inside() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        listener: socket.socket | None = None
         try:
-            _setns(target)
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                made.append(listener)
-                listener.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
-                listener.bind(("127.0.0.1", BRIDGE_PORT))
-                listener.listen(_LISTEN_BACKLOG)
+                target = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _setns(target)
+                    try:
+                        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                        listener.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+                        listener.bind(("127.0.0.1", BRIDGE_PORT))
+                        listener.listen(_LISTEN_BACKLOG)
+                        listener.setblocking(False)
+                    finally:
+                        _setns(home)  # if this failed, the thread ends here all the same
+                finally:
+                    os.close(target)
             finally:
-                _setns(home)  # if this failed, the thread ends here all the same
+                os.close(home)
         except BaseException as exc:
-            failed.append(exc)
-        finally:
-            os.close(home)
-            os.close(target)
+            if listener is not None:
+                listener.close()
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        loop.call_soon_threadsafe(settle, listener, None)
 
-    thread = threading.Thread(target=inside, name="sandbox-listener", daemon=True)
-    thread.start()
-    thread.join()
-    if failed:
-        for listener in made:
-            listener.close()
-        raise GateError(f"cannot listen in the agent's network namespace: {failed[0]}")
-    listener = made[0]
-    listener.setblocking(False)
-    return listener
+    threading.Thread(target=inside, name="sandbox-listener", daemon=True).start()
+    try:
+        return await done
+    except OSError as exc:
+        raise GateError(f"cannot listen in the agent's network namespace: {exc}") from None
 
 
 class Gate:
@@ -164,7 +176,7 @@ class Gate:
             if cage is not None:
                 cage.admit(child)
             if listen is not None:
-                await listen(await asyncio.to_thread(_listener, child))
+                await listen(await _listener(child))
             os.write(self.block, b"1")
         except BaseException as exc:
             with contextlib.suppress(ProcessLookupError):
