@@ -517,7 +517,7 @@ class ClaudeRunner:
         details: dict[str, object],
         transcripts: SessionTranscripts,
     ) -> RunResult:
-        """One CLI process: start or resume the session, send the prompt, read to the result."""
+        """One CLI process, in a sandbox through a gate of its own when the type has one."""
         resume = record.claude_session_id if record is not None else None
         process = _CliProcess(ctx, log)
         gate = Gate.fifos() if ctx.sandbox is not None else None
@@ -552,6 +552,7 @@ class ClaudeRunner:
         record: SessionRecord | None,
         details: dict[str, object],
     ) -> RunResult:
+        """Start or resume the session, send the prompt, read to the result."""
         resume = record.claude_session_id if record is not None else None
         client = ClaudeSDKClient(options)
         turn = _Turn()
