@@ -242,3 +242,18 @@ async def test_a_sandbox_whose_service_died_at_the_gate_never_starts(
             os.kill(pid, signal.SIGKILL)
     await wait_until(lambda: not waiting_at_the_gate(marker), timeout=10)
     assert not marker.exists()
+
+
+async def test_a_bwrap_that_ends_before_its_sandbox_is_built_fails_the_gate() -> None:
+    gate = Gate.pipes()
+    try:
+        argv = ["bwrap", "--no-such-option", *gate.args(), "--", "/bin/true"]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stderr=subprocess.DEVNULL, pass_fds=gate.child_fds
+        )
+        gate.spawned()
+        with pytest.raises(GateError, match="bwrap ended before it built the sandbox"):
+            await asyncio.wait_for(gate.admit(None, None), 10)
+        assert await process.wait() != 0
+    finally:
+        gate.close()

@@ -204,8 +204,12 @@ class Gate:
                 raise GateError("bwrap ended before it built the sandbox (see its message)")
             self._buffer += data
         document, _, self._buffer = self._buffer.partition(b"}")
-        parsed: dict[str, Any] = json.loads(document + b"}")
-        return parsed
+        try:
+            parsed = json.loads(document + b"}")
+            int(parsed["child-pid"])
+        except (ValueError, TypeError, KeyError):
+            raise GateError(f"bwrap's information is not what was expected: {document!r}") from None
+        return dict(parsed)
 
     def close(self) -> None:
         for fd in (self.info, self.block, *self.child_fds):
