@@ -22,7 +22,7 @@ import pytest
 
 from claude_hooks.agents import cages, sandbox
 from claude_hooks.agents.sandbox import Account, Sandbox, account_name
-from claude_hooks.agents.sandbox_gate import Gate
+from claude_hooks.agents.sandbox_latch import Latch
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from tests.agents.test_command_runner import finished
@@ -179,27 +179,27 @@ STARTS = "for n in 1 2 3 4 5 6 7 8 9 10; do /bin/true || exit 1; done"
 async def start_in(
     box: Sandbox, limit: int, workdir: Path, argv: list[str]
 ) -> asyncio.subprocess.Process:
-    """`argv` in `box`, let in at its gate into a cage with RLIMIT_NPROC at `limit`."""
+    """`argv` in `box`, let in at its latch into a cage with RLIMIT_NPROC at `limit`."""
     box.give(workdir)
     cage = cages.Confinement("rlimits").cage(
         "bomb", cages.Caps(limit, 1 << 30, 1 << 30, "1G", "1G")
     )
-    gate = Gate.pipes()
+    latch = Latch.pipes()
     try:
         wrapped = box.wrap(
-            argv, workdir, readable=[Path(sys.executable)], cage=cage, gate=gate.args()
+            argv, workdir, readable=[Path(sys.executable)], cage=cage, latch=latch.args()
         )
         process = await asyncio.create_subprocess_exec(
             *wrapped,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin"},
-            pass_fds=gate.child_fds,
+            pass_fds=latch.child_fds,
         )
-        gate.spawned()
-        await gate.admit(cage, None)
+        latch.spawned()
+        await latch.admit(cage, None)
     finally:
-        gate.close()
+        latch.close()
     return process
 
 

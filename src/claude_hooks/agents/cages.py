@@ -13,7 +13,7 @@ Disk has no kernel limit in any of these: the workdir (and, for Claude, the sess
 is measured periodically, and RLIMIT_FSIZE stops one file from outgrowing the limit between
 two looks; the sandbox's own /tmp is a tmpfs of at most `max_disk`, charged to its memory.
 
-A process joins its cage before it starts the agent (a sandbox waiting at its gate is put in
+A process joins its cage before it starts the agent (a sandbox waiting at its latch is put in
 by the service, `admit`; unsandboxed, a `sh` prefix writes its pid into the cgroups, then
 execs), so nothing the agent forks escapes it. At a limit, every process in the cage is killed
 and the task ends with the reason ("memory limit 4G reached"); the service, the database and
@@ -140,7 +140,7 @@ class Cage:
 
     def prefix(self) -> list[str]:
         """The argv that starts an unsandboxed program in this cage (a sandbox is put in at its
-        gate: `admit`): a shell joins the cgroups and bounds a file's size (`ulimit -f`,
+        latch: `admit`): a shell joins the cgroups and bounds a file's size (`ulimit -f`,
         POSIX's one limit, in 512-byte blocks); without cgroups, util-linux's prlimit sets
         the rlimits."""
         files = [str(folder / "cgroup.procs") for folder in self.cgroups.values()]
@@ -155,7 +155,7 @@ class Cage:
         return [prlimit, *rlimits, "--"] if prlimit else []
 
     def admit(self, pid: int) -> None:
-        """Put `pid`, a sandbox waiting at its gate (`sandbox_gate`), in this cage: into its
+        """Put `pid`, a sandbox waiting at its latch (`sandbox_latch`), in this cage: into its
         cgroups, with its rlimits (the file size; the process count without cgroups); what it
         starts then stays in."""
         for folder in self.cgroups.values():

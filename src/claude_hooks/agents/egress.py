@@ -2,7 +2,7 @@
 
 Each sandboxed run gets a session (so a connection's task is known without trusting anything the
 agent sends): a listener on 127.0.0.1 inside its sandbox that the service opened itself
-(`sandbox_gate`, when it is root), else a Unix socket of its own, bound into the sandbox and
+(`sandbox_latch`, when it is root), else a Unix socket of its own, bound into the sandbox and
 served on 127.0.0.1 there by `egress_bridge.py`. On it the proxy speaks HTTP/1.1 (h11) and
 serves:
 
@@ -138,7 +138,7 @@ class EgressSession:
 
     async def serve(self, listener: socket.socket) -> None:
         """Serve `listener` too: a TCP socket the service opened inside the run's sandbox (its
-        gate, `sandbox_gate`), which the agent reaches at 127.0.0.1:`BRIDGE_PORT` with no
+        latch, `sandbox_latch`), which the agent reaches at 127.0.0.1:`BRIDGE_PORT` with no
         bridge program in between; it closes with the session."""
         server = await asyncio.start_server(self._accept, sock=listener, limit=MAX_HEAD_BYTES)
         self._listeners.append(server)

@@ -7,7 +7,7 @@ dir, the config's folder, the database's folder, `/root`, `/home` or `/run` (the
 socket). Its network is its own loopback: it reaches the outside only through the service's
 egress proxy (`claude_hooks.agents.egress`), whose Unix socket is bound into the sandbox and
 served on 127.0.0.1:`BRIDGE_PORT` there: by the service itself, which opens the listener in the
-sandbox's network namespace while bwrap waits at its gate (`sandbox_gate`), or, when the service
+sandbox's network namespace while bwrap waits at its latch (`sandbox_latch`), or, when the service
 is not root, by `egress_bridge.py`, the sandbox's first program. Its `/proc` shows only its own
 processes. When the service runs as root, each instance's agents
 run as an unprivileged account of that instance's own (`<server.sandbox_user>-<instance>`,
@@ -158,7 +158,7 @@ class Sandbox:
     @property
     def listens_inside(self) -> bool:
         """Whether the service opens the egress listener in the sandbox's network namespace
-        itself (`sandbox_gate`: it takes root to enter it); else `egress_bridge.py` runs first
+        itself (`sandbox_latch`: it takes root to enter it); else `egress_bridge.py` runs first
         in the sandbox and listens there."""
         return self.account is not None
 
@@ -170,18 +170,18 @@ class Sandbox:
         readable: Iterable[Path] = (),
         cage: Cage | None = None,
         bridge: Path | None = None,
-        gate: Sequence[str] = (),
+        latch: Sequence[str] = (),
     ) -> list[str]:
         """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
         them) are bound read-write, `readable` ones read-only (an agent's own script). In a
-        `cage`, each tmpfs holds at most `max_disk`. `gate`: bwrap's options of the run's gate
-        (`sandbox_gate.Gate`), where the service puts the sandbox in its cage and, when it
+        `cage`, each tmpfs holds at most `max_disk`. `latch`: bwrap's options of the run's latch
+        (`sandbox_latch.Latch`), where the service puts the sandbox in its cage and, when it
         `listens_inside`, gives it its egress listener before the agent starts. `bridge`: the
         egress proxy's socket for this run, otherwise bound in and served on
         127.0.0.1:`BRIDGE_PORT` inside by `egress_bridge.py`; without either the sandbox has
         no way out at all."""
-        if cage is not None and not gate:
-            raise SandboxError("a caged sandbox starts through its gate: pass its options")
+        if cage is not None and not latch:
+            raise SandboxError("a caged sandbox starts through its latch: pass its options")
         readable = list(readable)
         if bridge is not None and not self.listens_inside:
             # The base interpreter, not a venv's link to it: with -I -S the bridge needs no
@@ -196,7 +196,7 @@ class Sandbox:
             bridge = None
         args = [
             self.bwrap,
-            *gate,
+            *latch,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",

@@ -70,7 +70,7 @@ from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context, steering_prompt
 from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
 from claude_hooks.agents.runners.transcripts import SessionTranscripts, materialize
-from claude_hooks.agents.sandbox_gate import LAUNCHER_FDS, Gate, GateError
+from claude_hooks.agents.sandbox_latch import LAUNCHER_FDS, Latch, LatchError
 from claude_hooks.agents.workspace import current_branch, key_path
 from claude_hooks.store.base import SessionRecord, Store
 
@@ -101,10 +101,10 @@ if os.getppid() != parent:
 keep = set(json.loads(os.environ.get("CLAUDE_HOOKS_CLI_ENV") or "[]"))
 cli = os.environ.get("CLAUDE_HOOKS_CLI") or "claude"
 argv = json.loads(os.environ.get("CLAUDE_HOOKS_SANDBOX") or "[]") + [cli] + sys.argv[1:]
-# The sandbox's gate (claude_hooks/agents/sandbox_gate.py): its FIFOs, for bwrap at fds 3-5.
-gate = json.loads(os.environ.get("CLAUDE_HOOKS_GATE") or "[]")
-if gate:
-    info, block = gate
+# The sandbox's latch (claude_hooks/agents/sandbox_latch.py): its FIFOs, for bwrap at fds 3-5.
+latch = json.loads(os.environ.get("CLAUDE_HOOKS_LATCH") or "[]")
+if latch:
+    info, block = latch
     ends = [os.open(info, os.O_WRONLY | os.O_NONBLOCK), os.open(block, os.O_RDONLY | os.O_NONBLOCK),
             os.open(block, os.O_WRONLY | os.O_NONBLOCK)]
     ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in ends]
@@ -318,9 +318,9 @@ class ClaudeRunner:
         partial.chmod(0o755)
         partial.replace(self.launcher)
 
-    def cli_environment(self, ctx: RunContext, cli: str, gate: Gate | None) -> dict[str, str]:
+    def cli_environment(self, ctx: RunContext, cli: str, latch: Latch | None) -> dict[str, str]:
         """`options.env`: what the launcher keeps, plus its instructions (in a sandbox, the
-        bwrap command line and the FIFOs of its `gate`)."""
+        bwrap command line and the FIFOs of its `latch`)."""
         env = dict(ctx.env)
         state = self.state_dir(ctx.task.session_key)
         env.update(
@@ -338,7 +338,7 @@ class ClaudeRunner:
         if ctx.cage is not None and state not in ctx.cage.disk_paths:
             ctx.cage.disk_paths.append(state)
         if ctx.sandbox is not None:
-            assert gate is not None
+            assert latch is not None
             prefix = ctx.sandbox.wrap(
                 [],
                 ctx.workdir,
@@ -346,10 +346,10 @@ class ClaudeRunner:
                 readable=[Path(cli)],
                 cage=ctx.cage,
                 bridge=ctx.bridge,
-                gate=gate.args(),
+                latch=latch.args(),
             )
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
-            env["CLAUDE_HOOKS_GATE"] = json.dumps(gate.paths())
+            env["CLAUDE_HOOKS_LATCH"] = json.dumps(latch.paths())
         elif ctx.cage is not None:
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(ctx.cage.prefix())
         return env
@@ -370,7 +370,7 @@ class ClaudeRunner:
         resume: str | None,
         process: _CliProcess,
         transcripts: SessionTranscripts,
-        gate: Gate | None,
+        latch: Latch | None,
     ) -> ClaudeAgentOptions:
         config = ctx.type_config
         system_prompt: str | SystemPromptPreset
@@ -389,7 +389,7 @@ class ClaudeRunner:
         return ClaudeAgentOptions(
             cwd=ctx.workdir,
             cli_path=self.launcher,
-            env=self.cli_environment(ctx, cli, gate),
+            env=self.cli_environment(ctx, cli, latch),
             # Every entry the CLI writes is mirrored to the database; a resume reads the local
             # transcript `_materialize` brought up to date, so the SDK is not given `resume`
             # (with a store it would materialise into the service's /tmp: see transcripts).
@@ -517,29 +517,29 @@ class ClaudeRunner:
         details: dict[str, object],
         transcripts: SessionTranscripts,
     ) -> RunResult:
-        """One CLI process, in a sandbox through a gate of its own when the type has one."""
+        """One CLI process, in a sandbox through a latch of its own when the type has one."""
         resume = record.claude_session_id if record is not None else None
         process = _CliProcess(ctx, log)
-        gate = Gate.fifos() if ctx.sandbox is not None else None
-        gatekeeper: asyncio.Task[None] | None = None
+        latch = Latch.fifos() if ctx.sandbox is not None else None
+        latchkeeper: asyncio.Task[None] | None = None
         try:
-            if gate is not None:
-                gatekeeper = asyncio.create_task(self._admit(gate, ctx, log))
-            options = self._options(ctx, cli, system, resume, process, transcripts, gate)
+            if latch is not None:
+                latchkeeper = asyncio.create_task(self._admit(latch, ctx, log))
+            options = self._options(ctx, cli, system, resume, process, transcripts, latch)
             return await self._converse(ctx, log, options, prompt, process, record, details)
         finally:
-            if gatekeeper is not None:
-                gatekeeper.cancel()
-                await asyncio.gather(gatekeeper, return_exceptions=True)
-            if gate is not None:
-                gate.close()
+            if latchkeeper is not None:
+                latchkeeper.cancel()
+                await asyncio.gather(latchkeeper, return_exceptions=True)
+            if latch is not None:
+                latch.close()
 
     @staticmethod
-    async def _admit(gate: Gate, ctx: RunContext, log: TaskLog) -> None:
+    async def _admit(latch: Latch, ctx: RunContext, log: TaskLog) -> None:
         """Let the CLI's sandbox start once the launcher has started bwrap."""
         try:
-            await gate.admit(ctx.cage, ctx.gate_listen())
-        except GateError as exc:  # its sandbox was killed at the gate: the SDK sees it end
+            await latch.admit(ctx.cage, ctx.latch_listen())
+        except LatchError as exc:  # its sandbox was killed at the latch: the SDK sees it end
             log.event("sandbox_refused", error=str(exc))
 
     async def _converse(

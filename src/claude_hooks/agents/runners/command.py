@@ -13,7 +13,7 @@ from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.forge_tools import RESULT_FILE
 from claude_hooks.agents.runners.base import RunContext, RunResult, SteerInbox
-from claude_hooks.agents.sandbox_gate import Gate, GateError
+from claude_hooks.agents.sandbox_latch import Latch, LatchError
 
 STEER_FILE = ".claude-hooks-steer.jsonl"  # in the workdir: steering messages, a JSON line each
 TAIL_BYTES = 4096
@@ -93,9 +93,9 @@ class CommandRunner:
         self.argv = argv
 
     def command(
-        self, ctx: RunContext, gate: Gate | None = None
+        self, ctx: RunContext, latch: Latch | None = None
     ) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment to start: in the sandbox (through `gate`), its scratch
+        """The argv and environment to start: in the sandbox (through `latch`), its scratch
         `/tmp` is `HOME`."""
         env = dict(ctx.env)
         if ctx.forge_tools is not None:
@@ -115,7 +115,7 @@ class CommandRunner:
             readable=readable,
             cage=ctx.cage,
             bridge=ctx.bridge,
-            gate=gate.args() if gate is not None else (),
+            latch=latch.args() if latch is not None else (),
         )
         return argv, env
 
@@ -125,15 +125,15 @@ class CommandRunner:
             return RunResult(
                 succeeded=False, error=f"cannot start command {self.argv[0]!r}: not found"
             )
-        gate = Gate.pipes() if ctx.sandbox is not None else None
+        latch = Latch.pipes() if ctx.sandbox is not None else None
         try:
-            return await self._start(ctx, gate)
+            return await self._start(ctx, latch)
         finally:
-            if gate is not None:
-                gate.close()
+            if latch is not None:
+                latch.close()
 
-    async def _start(self, ctx: RunContext, gate: Gate | None) -> RunResult:
-        argv, env = self.command(ctx, gate)
+    async def _start(self, ctx: RunContext, latch: Latch | None) -> RunResult:
+        argv, env = self.command(ctx, latch)
         if ctx.steering is not None:
             (ctx.workdir / STEER_FILE).write_text("")  # the agent may watch it from the start
         try:
@@ -145,7 +145,7 @@ class CommandRunner:
                 cwd=ctx.workdir,
                 env=env,
                 start_new_session=True,
-                pass_fds=gate.child_fds if gate is not None else (),
+                pass_fds=latch.child_fds if latch is not None else (),
             )
         except OSError as exc:
             if resources.exhausted(exc):
@@ -155,8 +155,8 @@ class CommandRunner:
                 error=f"cannot start command {self.argv[0]!r}: {exc.strerror or exc}",
             )
         finally:
-            if gate is not None:
-                gate.spawned()
+            if latch is not None:
+                latch.spawned()
         assert process.stdout is not None
         assert process.stdin is not None
         await ctx.on_process(process.pid, processes.start_time(process.pid))
@@ -172,10 +172,10 @@ class CommandRunner:
                 else None
             )
             try:
-                if gate is not None:
+                if latch is not None:
                     try:
-                        await gate.admit(ctx.cage, ctx.gate_listen())
-                    except GateError as exc:  # its sandbox was killed at the gate
+                        await latch.admit(ctx.cage, ctx.latch_listen())
+                    except LatchError as exc:  # its sandbox was killed at the latch
                         refused = str(exc)
                 code = await process.wait()
                 exited.set()

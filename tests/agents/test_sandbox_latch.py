@@ -1,8 +1,8 @@
-"""The sandbox's gate: bwrap waits while the service puts it in its cage and opens its egress
+"""The sandbox's latch: bwrap waits while the service puts it in its cage and opens its egress
 listener inside, then the agent starts with nothing of ours run before it. From the agent's
 first instruction: the listener answers, it is in its cgroups with its rlimits, it runs as the
 instance's account with no capability in any set and no_new_privs, and it holds no end of the
-gate. A gate that fails, or a service that dies at it, leaves a sandbox that never starts."""
+latch. A latch that fails, or a service that dies at it, leaves a sandbox that never starts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 from claude_hooks.agents import cages, sandbox
 from claude_hooks.agents.sandbox import BRIDGE_PORT, Sandbox
-from claude_hooks.agents.sandbox_gate import Gate, GateError, Listen
+from claude_hooks.agents.sandbox_latch import Latch, LatchError, Listen
 from tests.e2e.test_hostile_agent import pytestmark as needs_bwrap
 from tests.support import wait_until
 
@@ -53,7 +53,7 @@ print(json.dumps({{
 
 @pytest.fixture
 def box() -> Sandbox:
-    return sandbox.build(sandbox.find_bwrap(), "claude-hooks-agent", []).for_instance("gate")
+    return sandbox.build(sandbox.find_bwrap(), "claude-hooks-agent", []).for_instance("latch")
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -65,28 +65,28 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 async def start(
     box: Sandbox, workdir: Path, argv: list[str], cage: cages.Cage, listen: Listen | None
 ) -> tuple[asyncio.subprocess.Process, int]:
-    """`argv` in `box`, started through its gate as the command runner does."""
+    """`argv` in `box`, started through its latch as the command runner does."""
     box.give(workdir)
-    gate = Gate.pipes()
+    latch = Latch.pipes()
     try:
         wrapped = box.wrap(
-            argv, workdir, readable=[Path(sys.executable)], cage=cage, gate=gate.args()
+            argv, workdir, readable=[Path(sys.executable)], cage=cage, latch=latch.args()
         )
         process = await asyncio.create_subprocess_exec(
             *wrapped,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin"},
-            pass_fds=gate.child_fds,
+            pass_fds=latch.child_fds,
         )
-        gate.spawned()
+        latch.spawned()
         try:
-            child = await gate.admit(cage, listen)
-        except GateError:
+            child = await latch.admit(cage, listen)
+        except LatchError:
             await process.wait()
             raise
     finally:
-        gate.close()
+        latch.close()
     return process, child
 
 
@@ -100,7 +100,7 @@ async def test_the_agent_starts_caged_as_its_account_with_the_bridge_listening(
         servers.append(await asyncio.start_server(echo, sock=listener))
 
     (tmp_path / "agent.py").write_text(AGENT)
-    cage = cages.detect().cage("gate-test", LIMITS)
+    cage = cages.detect().cage("latch-test", LIMITS)
     try:
         process, _ = await start(
             box, tmp_path, [sys.executable, str(tmp_path / "agent.py")], cage, listen
@@ -124,11 +124,11 @@ async def test_the_agent_starts_caged_as_its_account_with_the_bridge_listening(
     assert seen["fsize"] == [LIMITS.disk, LIMITS.disk]
     for folder in cage.cgroups.values():
         assert f"/{folder.name}\n" in seen["cgroup"], seen["cgroup"]
-    # Standard streams and the listing's own: no end of the gate, no cgroup file.
+    # Standard streams and the listing's own: no end of the latch, no cgroup file.
     assert seen["fds"] == ["0", "1", "2", "3"]
 
 
-async def test_without_root_the_bridge_listens_inside_and_the_gate_still_cages(
+async def test_without_root_the_bridge_listens_inside_and_the_latch_still_cages(
     tmp_path: Path,
 ) -> None:
     """A service that is not root cannot enter the sandbox's network namespace: the bridge
@@ -138,8 +138,8 @@ async def test_without_root_the_bridge_listens_inside_and_the_gate_still_cages(
     socket_path = tmp_path / "egress.sock"
     proxy = await asyncio.start_unix_server(echo, path=str(socket_path))
     (tmp_path / "agent.py").write_text(AGENT)
-    cage = cages.detect().cage("gate-bridge", LIMITS)
-    gate = Gate.pipes()
+    cage = cages.detect().cage("latch-bridge", LIMITS)
+    latch = Latch.pipes()
     try:
         wrapped = box.wrap(
             [sys.executable, str(tmp_path / "agent.py")],
@@ -147,20 +147,20 @@ async def test_without_root_the_bridge_listens_inside_and_the_gate_still_cages(
             readable=[Path(sys.executable)],
             cage=cage,
             bridge=socket_path,
-            gate=gate.args(),
+            latch=latch.args(),
         )
         process = await asyncio.create_subprocess_exec(
             *wrapped,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin"},
-            pass_fds=gate.child_fds,
+            pass_fds=latch.child_fds,
         )
-        gate.spawned()
-        await gate.admit(cage, None)
+        latch.spawned()
+        await latch.admit(cage, None)
         out, err = await asyncio.wait_for(process.communicate(), 30)
     finally:
-        gate.close()
+        latch.close()
         proxy.close()
         await cage.close()
     assert process.returncode == 0, err
@@ -171,10 +171,10 @@ async def test_without_root_the_bridge_listens_inside_and_the_gate_still_cages(
         assert f"/{folder.name}\n" in seen["cgroup"], seen["cgroup"]
 
 
-async def test_a_sandbox_the_gate_cannot_cage_never_starts(box: Sandbox, tmp_path: Path) -> None:
+async def test_a_sandbox_the_latch_cannot_cage_never_starts(box: Sandbox, tmp_path: Path) -> None:
     gone = cages.Cage(LIMITS, "cgroup2", {"": tmp_path / "removed-cgroup"})
     marker = tmp_path / "ran"
-    with pytest.raises(GateError, match="cannot start the sandbox"):
+    with pytest.raises(LatchError, match="cannot start the sandbox"):
         await start(box, tmp_path, ["/bin/sh", "-c", f"touch {marker}"], gone, None)
     assert not marker.exists()
 
@@ -184,22 +184,22 @@ import os, subprocess, sys
 from pathlib import Path
 from claude_hooks.agents import sandbox
 from claude_hooks.agents.cages import Caps, Confinement
-from claude_hooks.agents.sandbox_gate import Gate
-box = sandbox.build(sandbox.find_bwrap(), "claude-hooks-agent", []).for_instance("gate")
+from claude_hooks.agents.sandbox_latch import Latch
+box = sandbox.build(sandbox.find_bwrap(), "claude-hooks-agent", []).for_instance("latch")
 cage = Confinement("rlimits").cage("dies", Caps(64, 1 << 29, 1 << 29, "512M", "512M"))
-gate = Gate.pipes()
+latch = Latch.pipes()
 argv = box.wrap(["/bin/sh", "-c", "touch " + sys.argv[2]], Path(sys.argv[1]), cage=cage,
-                gate=gate.args())
+                latch=latch.args())
 quiet = subprocess.DEVNULL
-subprocess.Popen(argv, pass_fds=gate.child_fds, start_new_session=True, stdout=quiet, stderr=quiet)
-gate.spawned()
-os.set_blocking(gate.info, True)
-os.read(gate.info, 4096)  # bwrap told its child's pid: it waits
+subprocess.Popen(argv, pass_fds=latch.child_fds, start_new_session=True, stdout=quiet, stderr=quiet)
+latch.spawned()
+os.set_blocking(latch.info, True)
+os.read(latch.info, 4096)  # bwrap told its child's pid: it waits
 os._exit(0)  # the service dies before it lets it in
 """
 
 
-def waiting_at_the_gate(marker: Path) -> list[int]:
+def waiting_at_the_latch(marker: Path) -> list[int]:
     """The processes of the sandbox started to make `marker` (by their command lines)."""
     found = []
     for entry in os.scandir("/proc"):
@@ -212,7 +212,7 @@ def waiting_at_the_gate(marker: Path) -> list[int]:
     return found
 
 
-async def test_a_sandbox_whose_service_died_at_the_gate_never_starts(
+async def test_a_sandbox_whose_service_died_at_the_latch_never_starts(
     box: Sandbox, tmp_path: Path
 ) -> None:
     box.give(tmp_path)
@@ -230,30 +230,30 @@ async def test_a_sandbox_whose_service_died_at_the_gate_never_starts(
     _, err = await asyncio.wait_for(service.communicate(), 30)
     assert service.returncode == 0, err
     try:
-        # bwrap's outer process dies with the service; its child keeps waiting at the gate
+        # bwrap's outer process dies with the service; its child keeps waiting at the latch
         # (it would have started the agent at once on a closed pipe).
-        await wait_until(lambda: len(waiting_at_the_gate(marker)) == 1, timeout=10)
+        await wait_until(lambda: len(waiting_at_the_latch(marker)) == 1, timeout=10)
         await asyncio.sleep(2)
-        (child,) = waiting_at_the_gate(marker)
+        (child,) = waiting_at_the_latch(marker)
         assert Path(f"/proc/{child}/task/{child}/children").read_text() == ""
         assert not marker.exists()
     finally:
-        for pid in waiting_at_the_gate(marker):
+        for pid in waiting_at_the_latch(marker):
             os.kill(pid, signal.SIGKILL)
-    await wait_until(lambda: not waiting_at_the_gate(marker), timeout=10)
+    await wait_until(lambda: not waiting_at_the_latch(marker), timeout=10)
     assert not marker.exists()
 
 
-async def test_a_bwrap_that_ends_before_its_sandbox_is_built_fails_the_gate() -> None:
-    gate = Gate.pipes()
+async def test_a_bwrap_that_ends_before_its_sandbox_is_built_fails_the_latch() -> None:
+    latch = Latch.pipes()
     try:
-        argv = ["bwrap", "--no-such-option", *gate.args(), "--", "/bin/true"]
+        argv = ["bwrap", "--no-such-option", *latch.args(), "--", "/bin/true"]
         process = await asyncio.create_subprocess_exec(
-            *argv, stderr=subprocess.DEVNULL, pass_fds=gate.child_fds
+            *argv, stderr=subprocess.DEVNULL, pass_fds=latch.child_fds
         )
-        gate.spawned()
-        with pytest.raises(GateError, match="bwrap ended before it built the sandbox"):
-            await asyncio.wait_for(gate.admit(None, None), 10)
+        latch.spawned()
+        with pytest.raises(LatchError, match="bwrap ended before it built the sandbox"):
+            await asyncio.wait_for(latch.admit(None, None), 10)
         assert await process.wait() != 0
     finally:
-        gate.close()
+        latch.close()

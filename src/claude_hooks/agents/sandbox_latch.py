@@ -1,5 +1,5 @@
-"""The gate of a sandbox's start: bwrap builds the sandbox, then waits, before the agent's first
-instruction, until the service has put it in its run's cage and given it its way out.
+"""The latch of a sandbox's start: bwrap builds the sandbox, then waits, before the agent's
+first instruction, until the service has put it in its run's cage and given it its way out.
 
 bwrap tells the pid of its child, the sandbox's first process (`--info-fd`), and blocks on a pipe
 (`--block-fd`) once every namespace and mount is made. Meanwhile the service writes that pid
@@ -12,12 +12,12 @@ the bridge's interpreter took ~20 of the ~37 ms of a start). The child's pid is 
 the network namespace bwrap named, so the pid written into the cgroups is the sandbox's.
 
 The block pipe's write end is also bwrap's `--sync-fd`, which the sandbox's init keeps and the
-agent never gets: the pipe never reads as closed, so a service that dies before it opens the
-gate leaves a sandbox that never starts (rather than one that starts uncaged); a failed gate
-kills the waiting child.
+agent never gets: the pipe never reads as closed, so a service that dies before it releases
+the latch leaves a sandbox that never starts (rather than one that starts uncaged); when the
+service cannot cage it, it kills the waiting child.
 
-A command runner's bwrap gets the gate as pipes (`pipes`); the claude runner's bwrap is started
-by its launcher, outside the service, which opens the gate's FIFOs (`fifos`) by their paths and
+A command runner's bwrap gets the latch as pipes (`pipes`); the claude runner's bwrap is started
+by its launcher, outside the service, which opens the latch's FIFOs (`fifos`) by their paths and
 puts them at `LAUNCHER_FDS`.
 """
 
@@ -56,7 +56,7 @@ _READ = 4096
 LAUNCHER_FDS = (3, 4, 5)
 
 
-class GateError(SandboxError):
+class LatchError(SandboxError):
     """The sandbox could not be let in (bwrap ended first, or a cgroup refused it)."""
 
 
@@ -114,11 +114,11 @@ async def _listener(child: int) -> socket.socket:
     try:
         return await done
     except OSError as exc:
-        raise GateError(f"cannot listen in the agent's network namespace: {exc}") from None
+        raise LatchError(f"cannot listen in the agent's network namespace: {exc}") from None
 
 
-class Gate:
-    """One run's gate, the service's ends: `info` (bwrap's child pid comes in) and `block`
+class Latch:
+    """One run's latch, the service's ends: `info` (bwrap's child pid comes in) and `block`
     (the byte that lets it go). `admit` lets one sandbox in; a run may start several (setup
     commands, a resumed Claude session started again), each through it."""
 
@@ -131,19 +131,19 @@ class Gate:
         os.set_blocking(info, False)
 
     @classmethod
-    def pipes(cls) -> Gate:
+    def pipes(cls) -> Latch:
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         sync = os.dup(block_w)
         return cls(info_r, block_w, (info_w, block_r, sync), None)
 
     @classmethod
-    def fifos(cls) -> Gate:
-        """The gate as two FIFOs in a private folder (0700, the service's), for a bwrap a
+    def fifos(cls) -> Latch:
+        """The latch as two FIFOs in a private folder (0700, the service's), for a bwrap a
         launcher starts: it opens them by `paths`. The service holds each open for reading
         and writing, so neither reads as closed while it waits, and a launcher's open never
         blocks."""
-        folder = Path(tempfile.mkdtemp(prefix="claude-hooks-gate-"))
+        folder = Path(tempfile.mkdtemp(prefix="claude-hooks-latch-"))
         for name in ("info", "block"):
             os.mkfifo(folder / name, 0o600)
         info = os.open(folder / "info", os.O_RDWR | os.O_CLOEXEC)
@@ -182,7 +182,7 @@ class Gate:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
             if isinstance(exc, OSError):
-                raise GateError(f"cannot start the sandbox: {exc}") from None
+                raise LatchError(f"cannot start the sandbox: {exc}") from None
             raise
         return child
 
@@ -201,14 +201,16 @@ class Gate:
             except BlockingIOError:
                 continue
             if not data:
-                raise GateError("bwrap ended before it built the sandbox (see its message)")
+                raise LatchError("bwrap ended before it built the sandbox (see its message)")
             self._buffer += data
         document, _, self._buffer = self._buffer.partition(b"}")
         try:
             parsed = json.loads(document + b"}")
             int(parsed["child-pid"])
         except (ValueError, TypeError, KeyError):
-            raise GateError(f"bwrap's information is not what was expected: {document!r}") from None
+            raise LatchError(
+                f"bwrap's information is not what was expected: {document!r}"
+            ) from None
         return dict(parsed)
 
     def close(self) -> None:
@@ -227,4 +229,4 @@ def _check_namespace(child: int, document: dict[str, Any]) -> None:
     if expected is None:
         return
     if os.stat(f"/proc/{child}/ns/net").st_ino != int(expected):
-        raise GateError(f"process {child} is not the sandbox bwrap made")
+        raise LatchError(f"process {child} is not the sandbox bwrap made")
