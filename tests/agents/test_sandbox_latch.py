@@ -57,7 +57,13 @@ def box() -> Sandbox:
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"pong:" + await reader.read(16))
+    """Answers `pong:` and what it read; `nagle:` on a TCP connection with Nagle's algorithm
+    on (then every streamed answer of the proxy would wait 40 ms on delayed ACKs)."""
+    sock = writer.get_extra_info("socket")
+    nagle = sock.family == socket.AF_INET and not sock.getsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY
+    )
+    writer.write((b"nagle:" if nagle else b"pong:") + await reader.read(16))
     await writer.drain()
     writer.close()
 
