@@ -245,3 +245,30 @@ def test_in_a_container_a_refused_sandbox_names_the_options_that_lift_it() -> No
         "give `docker run` --security-opt seccomp=unconfined "
         "--security-opt systempaths=unconfined"
     ) in refused.stderr, refused.stderr
+
+
+def test_doctor_says_a_container_refuses_the_sandbox_where_bubblewrap_is_installed(
+    tmp_path: Path,
+) -> None:
+    """Installed is not enough: under Docker's defaults `doctor` fails the start it tried and
+    names the options, where it said `ok` before and `serve` then refused."""
+    config = tmp_path / "claude-hooks.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        '[types.dev]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
+    )
+    argv = [sys.executable, "-m", "claude_hooks", "doctor", "--config", str(config)]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)}
+    docker_defaults = as_the_unit(settings("[Service]\nRestrictNamespaces=yes\n"), True)
+    confined, free = (
+        subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=env, preexec_fn=fn
+        ).stdout.splitlines()
+        for fn in (docker_defaults, None)
+    )
+    assert "ok    sandbox: bubblewrap" in "\n".join(confined)
+    [refused] = [line for line in confined if "sandbox start" in line]
+    assert refused.startswith("FAIL  sandbox start: bubblewrap cannot create the sandbox's")
+    assert "--security-opt seccomp=unconfined --security-opt systempaths=unconfined" in refused
+    assert refused.endswith("serve refuses to start dev so, or set sandbox = false for them")
+    assert "ok    sandbox start: bubblewrap creates the agents' namespaces here" in free
