@@ -42,7 +42,7 @@ def test_a_docker_container_with_its_defaults_has_all_three(tmp_path: Path) -> N
     assert confinement.found(proc) == [SECCOMP, APPARMOR, PROC_MASKS]
     assert confinement.hint(proc) == (
         "this process runs under a seccomp filter and an AppArmor profile and masks over "
-        "/proc, as in a container: give `docker run` --security-opt seccomp=unconfined "
+        "/proc, as in a container: give docker run --security-opt seccomp=unconfined "
         "--security-opt apparmor=unconfined --security-opt systempaths=unconfined "
         "(README: Running it as a service; Kubernetes: deploy/kubernetes/deployment.yaml)"
     )

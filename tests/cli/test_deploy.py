@@ -91,10 +91,10 @@ def test_the_image_and_make_install_the_locked_versions_with_their_hashes() -> N
 
 
 def _docker_run(text: str) -> list[str]:
-    """The documented `docker run` command of `text` (a README or the Dockerfile's comment),
-    continuation lines joined, as an argv."""
+    """The documented `docker run -d` command of `text` (a README or the Dockerfile's
+    comment: the service's, not a one-off `init`), continuation lines joined, as an argv."""
     joined = re.sub(r"\\\n#?\s*", " ", text)
-    line = next(line for line in joined.splitlines() if "docker run" in line)
+    line = next(line for line in joined.splitlines() if "docker run -d" in line)
     argv = shlex.split(line.lstrip("# "))
     return argv[argv.index("docker") :]
 
@@ -111,6 +111,9 @@ def test_the_image_has_bubblewrap_and_the_documented_run_gives_it_what_it_needs(
         assert ("--security-opt", needed) in options, needed
     # `init` writes the configuration 0600 for its user: the service must run as that user.
     assert ("--user", "$(id -u):$(id -g)") in options
+    # A stop requeues the running agents' tasks after saving their workdirs: the unit's time.
+    stop = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), flags=re.MULTILINE)
+    assert stop is not None and ("--stop-timeout", stop[1]) in options
     assert ("-v", "$PWD/claude-hooks.toml:/etc/claude-hooks/claude-hooks.toml:ro") in options
     for flag, value in options:
         if flag == "-v" and value.startswith("$PWD/data:"):

@@ -242,7 +242,7 @@ def test_in_a_container_a_refused_sandbox_names_the_options_that_lift_it() -> No
     assert "new namespace" in refused.stderr  # as root: "Creating new namespace failed"
     assert (
         "this process runs under a seccomp filter and masks over /proc, as in a container: "
-        "give `docker run` --security-opt seccomp=unconfined "
+        "give docker run --security-opt seccomp=unconfined "
         "--security-opt systempaths=unconfined"
     ) in refused.stderr, refused.stderr
 

@@ -49,7 +49,7 @@ def hint(proc: Path = PROC_SELF) -> str:
         return ""
     return (
         f"this process runs under {' and '.join(kind.what for kind in kinds)}, as in a "
-        f"container: give `docker run` {' '.join(kind.docker_option for kind in kinds)} "
+        f"container: give docker run {' '.join(kind.docker_option for kind in kinds)} "
         "(README: Running it as a service; Kubernetes: deploy/kubernetes/deployment.yaml)"
     )
 
