@@ -120,3 +120,18 @@ def test_the_image_has_bubblewrap_and_the_documented_run_gives_it_what_it_needs(
             break
     else:
         raise AssertionError("the data dir must be a folder of the same user, not a volume")
+
+
+def test_the_image_check_runs_the_documented_command() -> None:
+    """deploy/check-image.sh (run by hand: it needs Docker) checks the README's command, not
+    a cousin of it: the same argv but for the host port and the tag it may be given."""
+    script = (ROOT / "deploy" / "check-image.sh").read_text()
+    assert script.startswith("#!/bin/sh\n") and "\nset -eu\n" in script
+    assert (ROOT / "deploy" / "check-image.sh").stat().st_mode & 0o111
+    run = (
+        script.replace("container=$(docker run", "docker run")
+        .replace('"$port:8080"', "8080:8080")
+        .replace('"$image")', "claude-hooks")
+    )
+    assert _docker_run(run) == _docker_run(DOCKERFILE.read_text())
+    assert "docker build -f deploy/Dockerfile -t" in script
