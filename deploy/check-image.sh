@@ -1,9 +1,11 @@
 #!/bin/sh
 # Build the image and run it as the README's "Docker" part says, then check what it promises:
 # /healthz answers, `tasks list` works through `docker exec`, a task queued through the API
-# runs inside the agents' bubblewrap sandbox in the container, `docker stop` is clean, and
-# without the security options `serve` refuses, naming them. It removes its containers and
-# files; the image stays. It needs a Docker daemon, so `make test` does not run it.
+# runs inside the agents' bubblewrap sandbox in the container, Docker's health check passes,
+# `docker stop` is clean, and without the security options or --user `serve` refuses, saying
+# what to give it. It removes its containers and files; the image stays. It needs a Docker
+# daemon, so `make test` does not run it (tests/cli/test_deploy.py keeps its command the
+# README's).
 #
 # From the repository's root, as an unprivileged user in the `docker` group (the README's
 # --user "$(id -u):$(id -g)" is that user): deploy/check-image.sh
@@ -82,6 +84,14 @@ echo "$log" | grep -qx 'pid 1: bwrap' || fail "task $id did not run in bubblewra
 echo "$log" | grep -qx 'database hidden' || fail "task $id saw the data dir: $log"
 ok "task $id ran in the sandbox: $(echo "$log" | tr '\n' ';')"
 
+for _ in $(seq 60); do  # the image's HEALTHCHECK: its first run is 30 s after the start
+    health=$(docker inspect -f '{{.State.Health.Status}}' "$container")
+    [ "$health" = starting ] || break
+    sleep 1
+done
+[ "$health" = healthy ] || fail "docker's health check says $health"
+ok "docker's health check: $health"
+
 docker stop "$container" >/dev/null
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$container")" = 0 ] || fail "docker stop: not a clean exit"
 docker logs "$container" 2>&1 | grep -q 'stops and lets go of dev-1' || fail "no clean stop in the log"
@@ -96,4 +106,13 @@ refused=$(docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/bare:/var/lib/clau
 echo "$refused" | grep -q "^error: cannot sandbox the agents of dev: .*--security-opt" \
     || fail "without the security options: $refused"
 ok "without --security-opt: $refused"
+
+# Without --user: the image's user cannot read the 0600 file, and is told so.
+refused=$(docker run --rm --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    --security-opt systempaths=unconfined -v "$PWD/bare:/var/lib/claude-hooks" \
+    -v "$PWD/claude-hooks.toml:/etc/claude-hooks/claude-hooks.toml:ro" "$image" 2>&1) \
+    && fail "serve started without --user"
+echo "$refused" | grep -q "^error: config file .* cannot be read by uid .*--user" \
+    || fail "without --user: $refused"
+ok "without --user: $refused"
 echo "the image $image works as the README says"
