@@ -270,5 +270,7 @@ def test_doctor_says_a_container_refuses_the_sandbox_where_bubblewrap_is_install
     [refused] = [line for line in confined if "sandbox start" in line]
     assert refused.startswith("FAIL  sandbox start: bubblewrap cannot create the sandbox's")
     assert "--security-opt seccomp=unconfined --security-opt systempaths=unconfined" in refused
-    assert refused.endswith("serve refuses to start dev so, or set sandbox = false for them")
+    assert refused.endswith(
+        "serve refuses to start so: lift it, or set sandbox = false for dev to run them unconfined"
+    )
     assert "ok    sandbox start: bubblewrap creates the agents' namespaces here" in free

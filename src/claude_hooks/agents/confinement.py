@@ -86,8 +86,9 @@ def _masks_over_proc(proc: Path) -> bool:
     except OSError:
         return False
     for line in lines:
-        fields, _, source = line.partition(" - ")
-        point = fields.split()[4] if len(fields.split()) > 4 else ""
-        if point.startswith("/proc/") and source.split()[:1] not in (["binfmt_misc"], ["autofs"]):
+        mount, _, source = line.partition(" - ")
+        fields, fs_type = mount.split(), source.split()[:1]
+        point = fields[4] if len(fields) > 4 else ""
+        if point.startswith("/proc/") and fs_type not in (["binfmt_misc"], ["autofs"]):
             return True
     return False

@@ -153,8 +153,8 @@ def _sandbox_start(config: Config) -> Check | None:
         return Check(
             False,
             "sandbox start",
-            f"{exc}; serve refuses to start {', '.join(sandboxed)} so, or set sandbox = false "
-            "for them",
+            f"{exc}; serve refuses to start so: lift it, or set sandbox = false for "
+            f"{', '.join(sandboxed)} to run them unconfined",
         )
     return Check(True, "sandbox start", "bubblewrap creates the agents' namespaces here")
 
