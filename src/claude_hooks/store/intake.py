@@ -160,9 +160,14 @@ def ask_twin(conn: sa.Connection, task: Task) -> DBAPICursor:
 def merge_into_twin(conn: sa.Connection, twin: str, task: Task) -> str | None:
     """Give the still-queued `twin` the newer event's payload instead of queueing `task`,
     within the caller's transaction; the twin's id, or None if it is no longer queued."""
-    # RETURNING, not the row count: under a pipeline the count is not known yet.
-    merged = _MERGE.scalar(conn, {"b_id": twin, "b_payload": task.payload})
-    return str(merged) if merged is not None else None
+    merged = send_merge(conn, twin, task).fetchone()
+    return str(merged[0]) if merged is not None else None
+
+
+def send_merge(conn: sa.Connection, twin: str, task: Task) -> DBAPICursor:
+    """Send `merge_into_twin`'s update without waiting; its row (the twin's id) says it
+    merged (RETURNING, not the row count: under a pipeline the count is not known yet)."""
+    return _MERGE.run(conn, {"b_id": twin, "b_payload": task.payload})
 
 
 def write_pull_link(conn: sa.Connection, link: PullLink, now: float) -> None:
