@@ -101,11 +101,15 @@ class _Run:
             wakeups.notify(conn, wakeups.BUSY, agent_type)
 
 
-def _positions(conn: sa.Connection, calls: Sequence[DispatchCall]) -> dict[str, int]:
-    """Lock the cursors of every type the run places (in name order, as every run does) and
-    read them."""
+def _lock(conn: sa.Connection, calls: Sequence[DispatchCall]) -> list[tuple[str, DBAPICursor]]:
+    """Send the cursor locks of every type the run places, in name order (as every run
+    takes them). Sent before the look-ups: the server runs them in order, so under READ
+    COMMITTED each look-up takes its snapshot once the locks are held."""
     types = sorted({task.type for call in calls for task in call.tasks})
-    locked = [(agent_type, placing.ask_lock(conn, agent_type)) for agent_type in types]
+    return [(agent_type, placing.ask_lock(conn, agent_type)) for agent_type in types]
+
+
+def _positions(locked: list[tuple[str, DBAPICursor]]) -> dict[str, int]:
     positions: dict[str, int] = {}
     for agent_type, cursor in locked:
         row = cursor.fetchone()
@@ -122,6 +126,7 @@ def apply(conn: sa.Connection, calls: Sequence[DispatchCall]) -> list[Dispatched
     sent_by_call: list[list[Sent]] = []
     answers: list[tuple[list[Task], NoInstanceError | None]] = []
     with pipelined(conn):
+        locked = _lock(conn, calls)
         twins = [
             [None if t.id in call.separate else ask_twin(conn, t) for t in call.tasks]
             for call in calls
@@ -130,7 +135,7 @@ def apply(conn: sa.Connection, calls: Sequence[DispatchCall]) -> list[Dispatched
             [placing.ask_candidates(conn, t.type, t.session_key) for t in call.tasks]
             for call in calls
         ]
-        run = _Run(_positions(conn, calls))  # the first read: every look-up's round trip
+        run = _Run(_positions(locked))  # the first read: every look-up's round trip
         for call, call_twins, call_asked in zip(calls, twins, asked, strict=True):
             merged: list[Task] = []
             sent: list[Sent] = []
