@@ -178,7 +178,8 @@ class LoopGuard:
         if request.kind is TaskKind.ADDRESS_REVIEW:
             done.rounds.append((repo, issue))
             rounds += 1
-        tasks, cost = await view.issue_usage(repo, issue, since)
+        # Counted afresh from a human's reset just now: none of its tasks is queued yet.
+        tasks, cost = (0, 0.0) if reset is not None else await view.issue_usage(repo, issue, since)
         reason = trip_reason(limits, tasks, cost, rounds)
         if reason is None:
             return None, False
