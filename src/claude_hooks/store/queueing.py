@@ -1,7 +1,7 @@
 """Writing a task into the queue of the instance chosen for it, within the caller's transaction.
 
-The insert, the hold of a task whose session is paused, and what is read back (its `seq`,
-whether it was held) are sent without waiting, so that under psycopg's pipeline they travel
+The insert (held if its session is paused) is sent without waiting, and what it returns (its
+`seq`, whether it was held) is read later, so that under psycopg's pipeline it travels
 with the delivery's last statements; the caller sends the wake-ups (`wakeups.placed`).
 """
 
@@ -14,16 +14,23 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.store.base import Placement
-from claude_hooks.store.commands import hold_if_paused
 from claude_hooks.store.placing import Spot
 from claude_hooks.store.prepared import Prepared
-from claude_hooks.store.schema import tasks
+from claude_hooks.store.schema import paused_sessions, tasks
 
 NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_subquery()
 
-# On the webhook path, built once: building a statement costs more than running it.
+# A task of a paused session (see `commands`) waits as held from the start: one statement,
+# where an insert and an update were. On the webhook path, built once: building a statement
+# costs more than running it.
+_PAUSED = sa.exists().where(paused_sessions.c.session_key == sa.bindparam("b_key"))
 _INSERT_TASK = Prepared(
-    tasks.insert().values(seq=NEXT_SEQ, state=TaskState.QUEUED.value).returning(tasks.c.seq)
+    tasks.insert()
+    .values(
+        seq=NEXT_SEQ,
+        state=sa.case((_PAUSED, TaskState.HELD.value), else_=TaskState.QUEUED.value),
+    )
+    .returning(tasks.c.seq, tasks.c.state)
 )
 
 
@@ -33,8 +40,7 @@ class Sent:
 
     task: Task  # on its instance
     spot: Spot
-    seq: DBAPICursor
-    held: DBAPICursor
+    inserted: DBAPICursor  # (seq, state)
 
     @property
     def busy(self) -> bool:
@@ -45,22 +51,21 @@ class Sent:
         """The placement; `read` False: without reading (`seq` 0, state queued)."""
         task = self.task
         if read:
-            (seq,) = self.seq.fetchone() or (0,)
-            state = TaskState.HELD if self.held.fetchone() is not None else TaskState.QUEUED
-            task = dataclasses.replace(task, seq=int(seq), state=state)
+            seq, state = self.inserted.fetchone() or (0, TaskState.QUEUED.value)
+            task = dataclasses.replace(task, seq=int(seq), state=TaskState(state))
         return Placement(task, self.spot.queued + 1, self.busy)
 
     def close(self) -> None:
         """Let the statements go unread (SQLite commits nothing with one in progress)."""
-        self.seq.close()
-        self.held.close()
+        self.inserted.close()
 
 
 def queue(conn: sa.Connection, task: Task, spot: Spot) -> Sent:
     """Insert `task` at the tail of `spot`'s queue, held if its session is paused."""
-    seq = _INSERT_TASK.run(
+    inserted = _INSERT_TASK.run(
         conn,
         {
+            "b_key": task.session_key,
             "id": task.id,
             "type": task.type,
             "agent": spot.agent,
@@ -74,5 +79,4 @@ def queue(conn: sa.Connection, task: Task, spot: Spot) -> Sent:
             "delivery_id": task.delivery_id,
         },
     )
-    held = hold_if_paused(conn, task.id, task.session_key)
-    return Sent(dataclasses.replace(task, agent=spot.agent), spot, seq, held)
+    return Sent(dataclasses.replace(task, agent=spot.agent), spot, inserted)
