@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claude_hooks.agents import confinement
 from claude_hooks.errors import ClaudeHooksError
 
 if TYPE_CHECKING:
@@ -300,9 +301,11 @@ def probe(sandbox: Sandbox) -> None:
         raise SandboxError(f"bubblewrap cannot run: {exc}") from None
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
+        cause = confinement.hint()
         raise SandboxError(
             "bubblewrap cannot create the sandbox's namespaces"
             + (f" ({reason[-1]})" if reason else f" (exit {done.returncode})")
+            + (f"; {cause}" if cause else "")
         )
 
 
