@@ -427,8 +427,10 @@ async def test_a_look_ahead_reads_an_issue_as_the_reads_one_by_one(store: Store)
     assigned = ("acme/widget", 1, frozenset({"dev"}))
     assert await view.add_delivery(delivery("d-1", NOW), assigned, [("acme/widget", 1, NOW + 2)])
     assert not (await view.look_ahead("d-2", None)).seen
-    for issue in (("acme/widget", 1), ("acme/widget", 5), ("acme/widget", 9)):
-        ahead = await view.look_ahead("d-1", issue)
+    issues = (("acme/widget", 1), ("acme/widget", 5), ("acme/widget", 9))
+    for issue, guarded in [(issue, guarded) for issue in issues for guarded in (True, False)]:
+        ahead = await view.look_ahead("d-1", issue, guarded)
+        assert ahead.guarded == (guarded and store.shared)
         assert ahead.seen
         assert ahead.issue == (issue if store.shared else None)
         through = AheadView(ahead, view)

@@ -420,7 +420,8 @@ class Intake:
     async def _decide_and_apply(
         self, record: DeliveryRecord, payload: Payload | None, deadline: float
     ) -> Answer:
-        ahead = await self.store.look_ahead(record.id, _issue(record))
+        guarded = not self.guard.resets(record.event_type, record.sender)
+        ahead = await self.store.look_ahead(record.id, _issue(record), guarded)
         if ahead.seen:
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})

@@ -258,6 +258,7 @@ class LookAhead:
     issue: tuple[str, int] | None = None
     assigned: frozenset[str] = frozenset()
     link: PullLink | None = None
+    guarded: bool = False  # `guard` and `usage` were read (a human's delivery needs neither)
     guard: IssueGuard | None = None
     usage: tuple[int, float] = (0, 0.0)  # since the guard's `since` (0 without a guard)
 
@@ -286,13 +287,14 @@ class AheadView:
         return await self.view.pull_link(repo, pr_number)
 
     async def guard(self, repo: str, number: int) -> IssueGuard | None:
-        if self._of(repo, number):
+        if self.ahead.guarded and self._of(repo, number):
             return self.ahead.guard
         return await self.view.guard(repo, number)
 
     async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
         guard = self.ahead.guard
-        if self._of(repo, number) and since == (guard.since if guard is not None else 0.0):
+        since_guard = guard.since if guard is not None else 0.0
+        if self.ahead.guarded and self._of(repo, number) and since == since_guard:
             return self.ahead.usage
         return await self.view.issue_usage(repo, number, since)
 
@@ -314,8 +316,11 @@ class AheadView:
 
 class IntakeStore(IntakeView, Protocol):
     async def has_delivery(self, delivery_id: str) -> bool: ...
-    async def look_ahead(self, delivery_id: str, issue: tuple[str, int] | None) -> LookAhead:
-        """Whether `delivery_id` is recorded, and its issue's reads (see `LookAhead`)."""
+    async def look_ahead(
+        self, delivery_id: str, issue: tuple[str, int] | None, guarded: bool = True
+    ) -> LookAhead:
+        """Whether `delivery_id` is recorded, and its issue's reads (see `LookAhead`);
+        `guarded`: its loop guard and usage too."""
         ...
 
     async def add_delivery(
@@ -347,7 +352,9 @@ class SqlIntake:
         conn = self.kept.connection()
         return _DELIVERY_EXISTS.scalar(conn, {"b_id": delivery_id}) is not None
 
-    async def look_ahead(self, delivery_id: str, issue: tuple[str, int] | None) -> LookAhead:
+    async def look_ahead(
+        self, delivery_id: str, issue: tuple[str, int] | None, guarded: bool = True
+    ) -> LookAhead:
         conn = self.kept.connection()
         seen_params = {"b_id": delivery_id}
         if issue is None or conn.dialect.name == "sqlite":
@@ -360,16 +367,17 @@ class SqlIntake:
             seen = _DELIVERY_EXISTS.run(conn, seen_params)
             assigned = _ASSIGNED.run(conn, params)
             link = _PULL_LINK.run(conn, params)
-            guard = ask_guard(conn, repo, number)
-            usage = ask_usage_since_guard(conn, repo, number)
+            guard = ask_guard(conn, repo, number) if guarded else None
+            usage = ask_usage_since_guard(conn, repo, number) if guarded else None
         row = link.fetchone()
         return LookAhead(
             seen.fetchone() is not None,
             issue,
             frozenset(row[0] for row in assigned.fetchall()),
             _link(row) if row else None,
-            guard_of(guard),
-            usage_of(usage),
+            guarded,
+            guard_of(guard) if guard is not None else None,
+            usage_of(usage) if usage is not None else (0, 0.0),
         )
 
     async def add_delivery(
