@@ -33,6 +33,10 @@ class Subscription:
     async def get(self) -> Event:
         return await self.queue.get()
 
+    def take(self) -> Event | None:
+        """The next event if one waits (None: none does), without waiting."""
+        return None if self.queue.empty() else self.queue.get_nowait()
+
     def close(self) -> None:
         self.bus.subscribers.discard(self)
 

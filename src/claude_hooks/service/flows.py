@@ -77,6 +77,26 @@ class FlowContext:
 # helpers
 
 
+def once_each(lookup: PolicyLookup) -> PolicyLookup:
+    """`lookup`, asked once per repository and branch: a delivery's flows and the intake's
+    checks read one policy (the same answer, and one bounded look-up instead of two)."""
+    answers: dict[tuple[str, str | None], Policy | PolicyError] = {}
+
+    async def once(repo: str, base: str | None) -> Policy:
+        answer = answers.get((repo, base))
+        if answer is None:
+            try:
+                answer = await lookup(repo, base)
+            except PolicyError as exc:
+                answer = exc
+            answers[(repo, base)] = answer
+        if isinstance(answer, PolicyError):
+            raise answer
+        return answer
+
+    return once
+
+
 async def policy_of(ctx: FlowContext, repo: str, base: str | None = None) -> Policy:
     """The repository's policy; the service's own settings where it has none or its file is
     broken (the intake then fails the delivery's work closed, see `Intake.fail_closed`)."""

@@ -249,12 +249,13 @@ class Intake:
         find_pull: flows.PullLookup | None = forge.find_pull if forge else None
         find_head: flows.HeadLookup | None = forge.find_head if forge else None
         policies = self.pool.policies
-        policy: flows.PolicyLookup | None = policies.of if policies is not None else None
+        policy: flows.PolicyLookup = policies.of
         if bounded:
             may_trigger = within(may_trigger, deadline)
             find_pull = within(find_pull, deadline) if find_pull else None
             find_head = within(find_head, deadline) if find_head else None
-            policy = within(policy, deadline) if policy else None
+            # Only a look-up that may wait for the forge is bounded (a bound costs a timer).
+            policy = within(policy, deadline) if policies.reads_forge else policy
         return flows.FlowContext(
             config=self.config,
             view=view or self.store,
@@ -263,7 +264,7 @@ class Intake:
             now=self.clock(),
             find_pull=find_pull,
             find_head=find_head,
-            policy=policy,
+            policy=flows.once_each(policy),
         )
 
     def _answer_deadline(self) -> float:

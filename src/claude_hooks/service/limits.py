@@ -249,16 +249,18 @@ class BudgetWatch:
         await self.loop.stop()
 
     async def _on_finished(self) -> float:
-        """A recorded run changes the spend: waiting workers look again, hard budgets act."""
-        event = await self._finished.get()
-        if event.kind != "task.finished" or event.task is None:
-            return 0.0
-        self.limits.finished(event.task)
-        if event.task.cost_usd:
-            try:
-                await self.enforce()
-            except Exception:
-                log.exception("could not stop the work over a hard budget; trying later")
+        """A recorded run changes the spend: waiting workers look again, hard budgets act.
+        Every event waiting in one pass (a pass per event cost a turn of the event loop)."""
+        event: Event | None = await self._finished.get()
+        while event is not None:
+            if event.kind == "task.finished" and event.task is not None:
+                self.limits.finished(event.task)
+                if event.task.cost_usd:
+                    try:
+                        await self.enforce()
+                    except Exception:
+                        log.exception("could not stop the work over a hard budget; trying later")
+            event = self._finished.take()
         return 0.0
 
     async def enforce(self) -> None:

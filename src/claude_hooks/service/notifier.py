@@ -97,7 +97,12 @@ class Notifier(Loop):
             await self._keep(self.subscription.queue.get_nowait())
 
     async def run_once(self) -> float:
-        await self._keep(await self.subscription.get())
+        # Every event waiting in one pass: a pass per event cost a turn of the event loop.
+        # Taken one by one, so those a stop finds still queued are written by `stop`.
+        event: Event | None = await self.subscription.get()
+        while event is not None:
+            await self._keep(event)
+            event = self.subscription.take()
         return 0.0
 
     async def _keep(self, event: Event) -> None:

@@ -82,6 +82,11 @@ class Policies:
             or ceilings.monthly_budget_usd is not None
         )
 
+    @property
+    def reads_forge(self) -> bool:
+        """Whether `of` may wait for the forge (without a forge: the service's settings)."""
+        return self.files is not None
+
     async def of(self, repo: str, branch: str | None = None) -> Policy:
         """The repository's effective policy; PolicyError when one of its files is broken.
 
