@@ -642,8 +642,7 @@ def tasks_log(
     """Print a task's log, or one run's part of it; with -f, follow it until the task ends.
     Read through the running service's API, as the dashboard reads it (from whichever node
     has it); with no service running, from the log file (-f then needs the service)."""
-    from claude_hooks.cli.task_log import Shown, from_file, through_service
-    from claude_hooks.service.lockfile import running_service
+    from claude_hooks.cli.task_log import Shown, from_file, service_url, through_service
 
     config = _config(config_file)
     params = {"follow": str(follow).lower(), "format": "raw" if raw else "text"}
@@ -654,19 +653,18 @@ def tasks_log(
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
 
-    async def read() -> Shown:
-        service = running_service(config.data_dir)
-        if service is not None and service.url:
-            shown = await through_service(config, service.url, task_id, params, write)
+    async def read(store: Store) -> Shown:
+        url, why = service_url(config)
+        if url is not None:
+            shown = await through_service(config, url, task_id, params, write)
             if shown is not None:
                 return shown
-            err.print(f"the service at {service.url} does not answer: reading the log file here")
-        return await _with_store(
-            config, lambda store: from_file(config, store, task_id, params, write)
-        )
+            why = f"the one at {url} does not answer"
+            err.print(f"the service at {url} does not answer: reading the log file here")
+        return await from_file(config, store, task_id, params, write, why)
 
     try:
-        shown = _run(read())
+        shown = _run(_with_store(config, read))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     if shown.size == 0:

@@ -20,6 +20,7 @@ import httpx
 
 from claude_hooks.config import Config
 from claude_hooks.errors import ConflictError, NotFoundError, PeerUnreachableError
+from claude_hooks.service.lockfile import running_service
 from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store
 from claude_hooks.store.runs import log_end, pick_run
@@ -38,6 +39,19 @@ class Shown:
     task_id: str
     state: str
     size: int
+
+
+def service_url(config: Config) -> tuple[str | None, str]:
+    """Where the API of the service holding this data dir answers, as it wrote it; with None,
+    why there is none. (Never a node's URL from the database: this request carries the API
+    token, and only another node's signed relay may go where the database points.)"""
+    where = repr(str(config.data_dir))
+    local = running_service(config.data_dir)
+    if local is None:
+        return None, f"none runs on {where} (start 'claude-hooks serve')"
+    if not local.url:
+        return None, f"the one on {where} does not say where its API answers"
+    return local.url, ""
 
 
 def _token(config: Config) -> str | None:
@@ -89,9 +103,10 @@ async def from_file(
     task_id: str,
     params: dict[str, str],
     write: Write,
+    no_service: str,
 ) -> Shown:
-    """The log read here, with no service running: the file in the data dir, or through the
-    API of the other node that has it."""
+    """The log read here, with no service to ask (`no_service` says why): the file in the
+    data dir, or through the API of the other node that has it."""
     task = await find_task(store, task_id)
     number = int(params["run"]) if "run" in params else None
     runs = await store.runs.of_task(task.id) if number is not None else []
@@ -118,8 +133,7 @@ async def from_file(
     if params.get("follow") == "true" and running:
         raise ConflictError(
             f"task {task.id} is {task.state.value}: following its log needs the running "
-            f"service, and none runs on {str(config.data_dir)!r} (start 'claude-hooks serve'); "
-            "what the log holds so far is above"
+            f"service, and {no_service}; what the log holds so far is above"
         )
     return Shown(task.id, task.state.value, size)
 
