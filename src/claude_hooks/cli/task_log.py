@@ -25,7 +25,13 @@ from claude_hooks.service.task_lookup import find_task
 from claude_hooks.store.base import Store
 from claude_hooks.store.runs import log_end, pick_run
 from claude_hooks.web.logs import CHUNK, LogRenderer, is_claude_log, pruned_line
-from claude_hooks.web.peer_logs import PRUNED_HEADER, node_address, open_peer_log
+from claude_hooks.web.peer_logs import (
+    MAX_ERROR_BYTES,
+    PRUNED_HEADER,
+    node_address,
+    open_peer_log,
+    read_at_most,
+)
 
 Write = Callable[[bytes], None]
 CONNECT_SECONDS = 5.0
@@ -119,6 +125,10 @@ async def from_file(
         home = None if home is None or home.name == config.server.node else home
     if home is not None and not (chosen is None and path.exists()):
         relay = await open_peer_log(_token(config), home, task.id, params)
+        if relay.answer.headers.get(PRUNED_HEADER) == "true":
+            said = await read_at_most(relay.answer, MAX_ERROR_BYTES)
+            await relay.close()
+            raise NotFoundError(said.decode("utf-8", "replace").strip())
         size = 0
         async for chunk in relay.chunks(asyncio.Event()):  # read to its end
             size += len(chunk)

@@ -976,16 +976,19 @@ class SqlStore:
             wakeups.notify(conn, wakeups.TASK, row.agent)
             return True
 
-    async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
-        """Settle the tasks this node left running when it stopped: back to the head of their
-        queue. Other nodes' running tasks are theirs (or the rescue's, once they are dead)."""
+    async def recover(
+        self, max_attempts: int, now: float, why: str = "the service stopped"
+    ) -> list[Recovered]:
+        """Settle the tasks this node left running when it stopped (or `why` else it stopped
+        them): back to the head of their queue. Other nodes' running tasks are theirs (or the
+        rescue's, once they are dead)."""
         with self.engine.begin() as conn:
             return settle_running(
                 conn,
                 sa.or_(tasks.c.node.is_(None), tasks.c.node == self.node),
                 max_attempts,
                 now,
-                "the service stopped",
+                why,
             )
 
     # the pool's read model and summaries

@@ -129,7 +129,7 @@ async def open_peer_log(
         ) from None
     if answer.status_code != 200:
         try:
-            body = _printable(await _read_at_most(answer, MAX_ERROR_BYTES)).strip()
+            body = _printable(await read_at_most(answer, MAX_ERROR_BYTES)).strip()
         except httpx.HTTPError:
             body = "(no answer)"
         finally:
@@ -142,7 +142,7 @@ async def open_peer_log(
     return Relay(client, answer)
 
 
-async def _read_at_most(answer: httpx.Response, limit: int) -> bytes:
+async def read_at_most(answer: httpx.Response, limit: int) -> bytes:
     """The first `limit` bytes of an answer: another node's answer is not trusted to end."""
     data = b""
     async for chunk in answer.aiter_raw():
@@ -169,7 +169,7 @@ async def tail(service: Service, home: NodeAddress, task_id: str, count: int) ->
         return [f"({exc})"]
     _silent_until.pop(home.url or "", None)
     try:
-        data = await _read_at_most(relay.answer, MAX_TAIL_BYTES)
+        data = await read_at_most(relay.answer, MAX_TAIL_BYTES)
     except httpx.HTTPError as exc:
         return [f"(the log of task {task_id} on node {home.name} could not be read: {exc})"]
     finally:
