@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from claude_hooks.core.domain import TaskState
 from claude_hooks.errors import NotFoundError
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import task_runs
 
 
@@ -66,18 +67,30 @@ def pick_run(task_id: str, runs: Sequence[TaskRun], number: int) -> TaskRun:
     return chosen
 
 
-_OPEN = task_runs.insert().from_select(
-    ["task_id", "run", "node", "agent", "started_at", "log_offset"],
-    sa.select(
-        sa.bindparam("b_task", type_=sa.String),
-        sa.select(sa.func.coalesce(sa.func.max(task_runs.c.run), 0) + 1)
-        .where(task_runs.c.task_id == sa.bindparam("b_task"))
-        .scalar_subquery(),
-        sa.bindparam("b_node", type_=sa.String),
-        sa.bindparam("b_agent", type_=sa.String),
-        sa.bindparam("b_now", type_=sa.Float),
-        sa.bindparam("b_offset", type_=sa.BigInteger),
-    ),
+# Run on the driver's cursor (`prepared`): a claim and a finish are on every task's path.
+_OPEN = Prepared(
+    task_runs.insert().from_select(
+        ["task_id", "run", "node", "agent", "started_at", "log_offset"],
+        sa.select(
+            sa.bindparam("b_task", type_=sa.String),
+            sa.select(sa.func.coalesce(sa.func.max(task_runs.c.run), 0) + 1)
+            .where(task_runs.c.task_id == sa.bindparam("b_task"))
+            .scalar_subquery(),
+            sa.bindparam("b_node", type_=sa.String),
+            sa.bindparam("b_agent", type_=sa.String),
+            sa.bindparam("b_now", type_=sa.Float),
+            sa.bindparam("b_offset", type_=sa.BigInteger),
+        ),
+    )
+)
+_CLOSE = Prepared(
+    task_runs.update()
+    .where(task_runs.c.task_id == sa.bindparam("b_task"), task_runs.c.finished_at.is_(None))
+    .values(
+        finished_at=sa.bindparam("b_now"),
+        outcome=sa.bindparam("b_outcome"),
+        error=sa.bindparam("b_error"),
+    )
 )
 
 
@@ -85,10 +98,8 @@ def open_run(
     conn: sa.Connection, task_id: str, agent: str, node: str | None, now: float, offset: int
 ) -> None:
     """Record the start of a task's next run, within the claim's transaction."""
-    conn.execute(
-        _OPEN,
-        {"b_task": task_id, "b_node": node, "b_agent": agent, "b_now": now, "b_offset": offset},
-    )
+    params = {"b_task": task_id, "b_node": node, "b_agent": agent, "b_now": now}
+    _OPEN.run(conn, {**params, "b_offset": offset}).close()
 
 
 def close_run(
@@ -99,14 +110,10 @@ def close_run(
     error: str | None = None,
 ) -> None:
     """End the open run of each task, within the caller's transaction."""
-    ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
-    if not ids:
-        return
-    conn.execute(
-        task_runs.update()
-        .where(task_runs.c.task_id.in_(ids), task_runs.c.finished_at.is_(None))
-        .values(finished_at=now, outcome=outcome.value, error=error)
-    )
+    ids = [task_ids] if isinstance(task_ids, str) else task_ids
+    for task_id in ids:
+        params = {"b_task": task_id, "b_now": now, "b_outcome": outcome.value, "b_error": error}
+        _CLOSE.run(conn, params).close()
 
 
 def ended(state: TaskState) -> RunOutcome:

@@ -1,4 +1,5 @@
-"""`GET /api/tasks/{id}/log`: a task's log, whole, its tail, or followed live while it runs.
+"""`GET /api/tasks/{id}/log`: a task's log, whole, its tail, one run's part (`run=N`, from the
+node that ran it), or followed live while it runs.
 
 The command runner's log is the agent's raw output; the claude runner's is one JSON object a
 line. `format=text` turns the latter into one readable line per message (text, tool calls,
