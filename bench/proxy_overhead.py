@@ -2,9 +2,10 @@
 
 The same client (standard library, one kept-alive connection, a streamed `POST /v1/messages`)
 calls the local stand-in of the Messages API twice over: directly, from the host, and from
-inside an agent's sandbox, through its bridge (127.0.0.1:3128 there), the run's Unix socket and
-the service's relay (token check, credential swap, metering). The difference of the medians is
-the overhead the goal (<= 2 ms p50) is about. The stand-in runs in its own process with Nagle's
+inside an agent's sandbox, through 127.0.0.1:3128 there (the listener the service opened in it;
+without root, its bridge and the run's Unix socket) and the service's relay (token check,
+credential swap, metering). The difference of the medians is the overhead the goal (<= 2 ms
+p50) is about. The stand-in runs in its own process with Nagle's
 algorithm off, as a real API server's would be: in the proxy's process its threads take the
 GIL from the proxy's loop, and with Nagle on its small writes meet httpx's delayed ACKs.
 """
@@ -13,19 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.common import ROOT, percentile, stats
 from claude_hooks.agents import sandbox
 from claude_hooks.agents.egress import EgressProxy, EgressSession
+from claude_hooks.agents.sandbox_latch import Latch, Listen
 from claude_hooks.config import TypeConfig
 
 T = TypeVar("T")
@@ -99,24 +102,39 @@ class _Loop:
         self.loop.close()
 
 
-def _calls(argv: list[str], env: dict[str, str]) -> list[float]:
+def _calls(
+    argv: list[str],
+    env: dict[str, str],
+    pass_fds: tuple[int, ...] = (),
+    started: Callable[[], None] | None = None,
+) -> list[float]:
     """The client's timings. In a session of its own either way, as the CLI always is (the
     launcher's setsid, bwrap's --new-session): the kernel's autogroup scheduling gives each
     session its own share, which on a loaded machine slows every wake-up across sessions
     (measured on 2 cores at load 12: the same calls through bridge and proxy, 3 ms from the
-    proxy's session, 5-12 ms from a new one)."""
-    done = subprocess.run(
+    proxy's session, 5-12 ms from a new one). `started`: called once it runs (a sandbox's
+    bwrap waits at its latch until then)."""
+    process = subprocess.Popen(
         argv,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env=env,
-        check=False,
         start_new_session=True,
+        pass_fds=pass_fds,
     )
-    assert done.returncode == 0, done.stderr
-    times: list[float] = json.loads(done.stdout.strip().splitlines()[-1])
+    if started is not None:
+        started()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    times: list[float] = json.loads(out.strip().splitlines()[-1])
     return times[len(times) // 10 :]  # the first calls open connections: not the steady state
+
+
+def _let_in(loop: _Loop, latch: Latch, listen: Listen | None) -> None:
+    """Let the sandbox bwrap waits to build start: into its egress listener, if it gets one."""
+    latch.spawned()
+    loop.run(latch.admit(None, listen))
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -144,17 +162,25 @@ def run(quick: bool) -> dict[str, Any]:
                 token = inside["ANTHROPIC_API_KEY"]
                 client = [sys.executable, "-I", "-S", str(workdir / "client.py")]
                 here = _calls([*client, host, port, "sk-standin", str(count)], {})
-                there = _calls(
-                    box.wrap(
-                        [*client, "127.0.0.1", str(sandbox.BRIDGE_PORT), token, str(count)],
-                        workdir,
-                        # The interpreter may live under a folder the sandbox masks (a clone
-                        # in /tmp): bring it, as the command runner does an agent's program.
-                        readable=[Path(sys.executable)],
-                        bridge=session.socket,
-                    ),
-                    inside,
-                )
+                latch = Latch.pipes()
+                listen = session.serve if box.listens_inside else None
+                try:
+                    there = _calls(
+                        box.wrap(
+                            [*client, "127.0.0.1", str(sandbox.BRIDGE_PORT), token, str(count)],
+                            workdir,
+                            # The interpreter may live under a folder the sandbox masks (a
+                            # clone in /tmp): bring it, as the command runner does an agent's.
+                            readable=[Path(sys.executable)],
+                            bridge=session.socket,
+                            latch=latch.args(),
+                        ),
+                        inside,
+                        latch.child_fds,
+                        functools.partial(_let_in, loop, latch, listen),
+                    )
+                finally:
+                    latch.close()
                 metered = session.metered()
                 loop.run(session.close())
                 assert metered is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -760,10 +761,28 @@ def read_file(path: Path) -> dict[str, Any]:
             f"config file {str(path)!r} does not exist: make one with "
             f"'claude-hooks init --path {path}'"
         ) from None
+    except PermissionError:
+        raise ConfigError(_unreadable(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def _unreadable(path: Path) -> str:
+    """Whose the file is and what to do: `init` writes it 0600 for the user who ran it, and a
+    service run as another user (a container's, a unit's) cannot read it."""
+    user = os.getuid()
+    try:
+        info = path.stat()
+        whose = f" (it is uid {info.st_uid}'s, mode {stat.S_IMODE(info.st_mode):04o})"
+    except OSError:
+        whose = ""
+    return (
+        f"config file {str(path)!r} cannot be read by uid {user}{whose}: run claude-hooks as "
+        f'the file\'s owner (in a container: docker run --user "$(id -u):$(id -g)") or let '
+        f"uid {user} read it"
+    )
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -42,6 +42,7 @@ RESERVED = frozenset(
         "CLAUDE_HOOKS_CLI",
         "CLAUDE_HOOKS_CLI_ENV",
         "CLAUDE_HOOKS_SANDBOX",
+        "CLAUDE_HOOKS_LATCH",
         # the test suite's and the benchmarks' PostgreSQL servers
         "CLAUDE_HOOKS_TEST_DATABASE_URL",
         "CLAUDE_HOOKS_BENCH_DATABASE_URL",

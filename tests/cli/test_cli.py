@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,34 @@ def test_environment_overrides_and_missing_file(tmp_path: Path, config_file: Pat
     missing = cli("agents", "list", config=tmp_path / "nowhere.toml")
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
+
+
+def test_an_unreadable_config_says_whose_it_is_and_what_to_do(config_file: Path) -> None:
+    """`init` writes the file 0600 for its user; a service run as another (the image's user,
+    without the README's `docker run --user`) is told whose it is and what to do."""
+    if os.geteuid() == 0:  # root reads anything: run without the capabilities that let it
+        os.chown(config_file, 10001, 10001)
+        config_file.chmod(0o600)
+        owner, mode = 10001, "0600"
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    else:
+        config_file.chmod(0)
+        owner, mode, prefix = os.getuid(), "0000", []
+    argv = [*prefix, sys.executable, "-m", "claude_hooks", "tasks", "list"]
+    for extra, env in (
+        (["--config", str(config_file)], dict(os.environ)),
+        ([], {**os.environ, "CLAUDE_HOOKS_CONFIG": str(config_file)}),
+    ):
+        refused = subprocess.run(
+            [*argv, *extra], capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            f"error: config file {str(config_file)!r} cannot be read by uid {os.getuid()} "
+            f"(it is uid {owner}'s, mode {mode}): run claude-hooks as the file's owner (in a "
+            f'container: docker run --user "$(id -u):$(id -g)") or let uid {os.getuid()} '
+            "read it\n"
+        )
 
 
 def test_serve_refuses_without_secrets(tmp_path: Path) -> None:

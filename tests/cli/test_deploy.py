@@ -91,10 +91,10 @@ def test_the_image_and_make_install_the_locked_versions_with_their_hashes() -> N
 
 
 def _docker_run(text: str) -> list[str]:
-    """The documented `docker run` command of `text` (a README or the Dockerfile's comment),
-    continuation lines joined, as an argv."""
+    """The documented `docker run -d` command of `text` (a README or the Dockerfile's
+    comment: the service's, not a one-off `init`), continuation lines joined, as an argv."""
     joined = re.sub(r"\\\n#?\s*", " ", text)
-    line = next(line for line in joined.splitlines() if "docker run" in line)
+    line = next(line for line in joined.splitlines() if "docker run -d" in line)
     argv = shlex.split(line.lstrip("# "))
     return argv[argv.index("docker") :]
 
@@ -111,9 +111,27 @@ def test_the_image_has_bubblewrap_and_the_documented_run_gives_it_what_it_needs(
         assert ("--security-opt", needed) in options, needed
     # `init` writes the configuration 0600 for its user: the service must run as that user.
     assert ("--user", "$(id -u):$(id -g)") in options
+    # A stop requeues the running agents' tasks after saving their workdirs: the unit's time.
+    stop = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), flags=re.MULTILINE)
+    assert stop is not None and ("--stop-timeout", stop[1]) in options
     assert ("-v", "$PWD/claude-hooks.toml:/etc/claude-hooks/claude-hooks.toml:ro") in options
     for flag, value in options:
         if flag == "-v" and value.startswith("$PWD/data:"):
             break
     else:
         raise AssertionError("the data dir must be a folder of the same user, not a volume")
+
+
+def test_the_image_check_runs_the_documented_command() -> None:
+    """deploy/check-image.sh (run by hand: it needs Docker) checks the README's command, not
+    a cousin of it: the same argv but for the host port and the tag it may be given."""
+    script = (ROOT / "deploy" / "check-image.sh").read_text()
+    assert script.startswith("#!/bin/sh\n") and "\nset -eu\n" in script
+    assert (ROOT / "deploy" / "check-image.sh").stat().st_mode & 0o111
+    run = (
+        script.replace("container=$(docker run", "docker run")
+        .replace('"$port:8080"', "8080:8080")
+        .replace('"$image")', "claude-hooks")
+    )
+    assert _docker_run(run) == _docker_run(DOCKERFILE.read_text())
+    assert "docker build -f deploy/Dockerfile -t" in script

@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from functools import cache
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from claude_hooks.agents.sandbox import Sandbox
-from tests.cli.test_deploy import UNIT
+from tests.cli.test_deploy import ROOT, UNIT
 
 seccomp = pytest.importorskip("pyseccomp", reason="pip install pyseccomp (a dev dependency)")
 pytestmark = pytest.mark.skipif(
@@ -211,3 +212,65 @@ def test_in_a_container_the_sandbox_needs_the_proc_masks_lifted() -> None:
     assert masked.returncode != 0 and "Can't mount proc" in masked.stderr, masked.stderr
     lifted = start_sandbox(container)
     assert (lifted.returncode, lifted.stdout) == (0, "started\n"), lifted.stderr
+
+
+# The service's start-up probe, in a process of its own: what `serve` refuses with.
+PROBE = """
+import sys
+from claude_hooks.agents.sandbox import Sandbox, SandboxError, probe
+try:
+    probe(Sandbox(sys.argv[1], None))
+except SandboxError as exc:
+    sys.exit(str(exc))
+"""
+
+
+def test_in_a_container_a_refused_sandbox_names_the_options_that_lift_it() -> None:
+    """Docker's defaults (its seccomp profile refusing new namespaces, its masks over /proc):
+    the refusal names the `docker run` options that lift them, not only bwrap's guess that
+    the kernel forbids user namespaces."""
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None
+    docker_defaults = settings("[Service]\nRestrictNamespaces=yes\n")
+    refused = subprocess.run(
+        [sys.executable, "-c", PROBE, bwrap],
+        capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=as_the_unit(docker_defaults, proc_masks=True),
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    assert "new namespace" in refused.stderr  # as root: "Creating new namespace failed"
+    assert (
+        "this process runs under a seccomp filter and masks over /proc, as in a container: "
+        "give docker run --security-opt seccomp=unconfined "
+        "--security-opt systempaths=unconfined"
+    ) in refused.stderr, refused.stderr
+
+
+def test_doctor_says_a_container_refuses_the_sandbox_where_bubblewrap_is_installed(
+    tmp_path: Path,
+) -> None:
+    """Installed is not enough: under Docker's defaults `doctor` fails the start it tried and
+    names the options, where it said `ok` before and `serve` then refused."""
+    config = tmp_path / "claude-hooks.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nwebhook_secret = "s"\napi_token = "t"\n'
+        '[types.dev]\nrunner = "command"\ncommand = ["true"]\nworkdir = "none"\n'
+    )
+    argv = [sys.executable, "-m", "claude_hooks", "doctor", "--config", str(config)]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)}
+    docker_defaults = as_the_unit(settings("[Service]\nRestrictNamespaces=yes\n"), True)
+    confined, free = (
+        subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=env, preexec_fn=fn
+        ).stdout.splitlines()
+        for fn in (docker_defaults, None)
+    )
+    assert "ok    sandbox: bubblewrap" in "\n".join(confined)
+    [refused] = [line for line in confined if "sandbox start" in line]
+    assert refused.startswith("FAIL  sandbox start: bubblewrap cannot create the sandbox's")
+    assert "--security-opt seccomp=unconfined --security-opt systempaths=unconfined" in refused
+    assert refused.endswith(
+        "serve refuses to start so: lift it, or set sandbox = false for dev to run them unconfined"
+    )
+    assert "ok    sandbox start: bubblewrap creates the agents' namespaces here" in free

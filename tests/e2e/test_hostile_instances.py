@@ -22,6 +22,7 @@ import pytest
 
 from claude_hooks.agents import cages, sandbox
 from claude_hooks.agents.sandbox import Account, Sandbox, account_name
+from claude_hooks.agents.sandbox_latch import Latch
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from tests.agents.test_command_runner import finished
@@ -175,18 +176,31 @@ while True:
 STARTS = "for n in 1 2 3 4 5 6 7 8 9 10; do /bin/true || exit 1; done"
 
 
-def start_in(box: Sandbox, limit: int, workdir: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+async def start_in(
+    box: Sandbox, limit: int, workdir: Path, argv: list[str]
+) -> asyncio.subprocess.Process:
+    """`argv` in `box`, let in at its latch into a cage with RLIMIT_NPROC at `limit`."""
     box.give(workdir)
     cage = cages.Confinement("rlimits").cage(
         "bomb", cages.Caps(limit, 1 << 30, 1 << 30, "1G", "1G")
     )
-    wrapped = box.wrap(argv, workdir, readable=[Path(sys.executable)], cage=cage)
-    return subprocess.Popen(
-        wrapped,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    latch = Latch.pipes()
+    try:
+        wrapped = box.wrap(
+            argv, workdir, readable=[Path(sys.executable)], cage=cage, latch=latch.args()
+        )
+        process = await asyncio.create_subprocess_exec(
+            *wrapped,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin"},
+            pass_fds=latch.child_fds,
+        )
+        latch.spawned()
+        await latch.admit(cage, None)
+    finally:
+        latch.close()
+    return process
 
 
 async def test_a_fork_bomb_in_one_instance_leaves_another_room(tmp_path: Path) -> None:
@@ -198,24 +212,25 @@ async def test_a_fork_bomb_in_one_instance_leaves_another_room(tmp_path: Path) -
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "bomb.py").write_text(BOMB)
-    bomb = start_in(
+    bomb = await start_in(
         bomber, limit, tmp_path / "a", [sys.executable, str(tmp_path / "a" / "bomb.py")]
     )
     try:
         await wait_until(lambda: len(pids_of(bomber.account.uid)) >= limit - 1, timeout=20)  # type: ignore[union-attr]
         await asyncio.sleep(0.2)
 
-        def starts(box: Sandbox) -> subprocess.CompletedProcess[bytes]:
-            process = start_in(box, limit, tmp_path / "b", ["/bin/sh", "-c", STARTS])
-            out, err = process.communicate(timeout=20)
-            return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        async def starts(box: Sandbox) -> tuple[int, bytes]:
+            process = await start_in(box, limit, tmp_path / "b", ["/bin/sh", "-c", STARTS])
+            _, err = await asyncio.wait_for(process.communicate(), 20)
+            assert process.returncode is not None
+            return process.returncode, err
 
-        other = await asyncio.to_thread(starts, beside)
-        assert other.returncode == 0, other.stderr
+        code, err = await starts(beside)
+        assert code == 0, err
         # The same, as the bomb's own account (one account for every agent): no room left.
-        shared = await asyncio.to_thread(starts, bomber)
-        assert shared.returncode != 0, "the test's bomb did not reach its limit"
+        code, _ = await starts(bomber)
+        assert code != 0, "the test's bomb did not reach its limit"
     finally:
         bomb.send_signal(signal.SIGKILL)
-        bomb.communicate(timeout=10)
+        await asyncio.wait_for(bomb.communicate(), 10)
     await wait_until(lambda: not pids_of(bomber.account.uid), timeout=10)  # type: ignore[union-attr]

@@ -22,7 +22,7 @@ from claude_hooks.errors import ConflictError, NoInstanceError, UnknownAgentErro
 from claude_hooks.store import spend
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
 from claude_hooks.store.decisions import Cause
-from claude_hooks.store.intake import DeliveryRecord
+from claude_hooks.store.intake import AheadView, DeliveryRecord
 from claude_hooks.store.runs import RunOutcome, log_end
 from claude_hooks.store.schema import queue_lengths, tasks
 from claude_hooks.store.spend import BreakerState
@@ -463,6 +463,38 @@ async def test_issue_guard_counts_the_issue_and_its_agent_pull_requests(store: S
     assert reset.tripped_at is None and reset.reason is None
     fresh = await view.guard("acme/widget", 2)
     assert fresh is not None and fresh.since == NOW + 11
+
+
+async def test_a_look_ahead_reads_an_issue_as_the_reads_one_by_one(store: Store) -> None:
+    """On PostgreSQL in one round trip; on SQLite only whether the id was seen (the reads are
+    made as needed). Through `AheadView` the decide phase reads the same either way."""
+    view = store.intake
+    await agents(store, "dev-a")
+    for number in (1, 5):  # 5 is an agent's pull request for issue 1
+        await store.dispatch(new_task(number))
+    await write(store, Decision(links=[PullLink("acme/widget", 5, "dev", 1, "abc", True)]))
+    assigned = ("acme/widget", 1, frozenset({"dev"}))
+    assert await view.add_delivery(delivery("d-1", NOW), assigned, [("acme/widget", 1, NOW + 2)])
+    assert not (await view.look_ahead("d-2", None)).seen
+    issues = (("acme/widget", 1), ("acme/widget", 5), ("acme/widget", 9))
+    for issue, guarded in [(issue, guarded) for issue in issues for guarded in (True, False)]:
+        ahead = await view.look_ahead("d-1", issue, guarded)
+        assert ahead.guarded == (guarded and store.shared)
+        assert ahead.seen
+        assert ahead.issue == (issue if store.shared else None)
+        through = AheadView(ahead, view)
+        guard = await view.guard(*issue)
+        assert await through.guard(*issue) == guard
+        assert await through.assigned_types(*issue) == await view.assigned_types(*issue)
+        assert await through.pull_link(*issue) == await view.pull_link(*issue)
+        for since in {0.0, NOW + 2, guard.since if guard is not None else 0.0}:
+            usage = await view.issue_usage(*issue, since)
+            assert await through.issue_usage(*issue, since) == usage
+    read = await view.look_ahead("d-1", ("acme/widget", 1))
+    if store.shared:
+        expected = (frozenset({"dev"}), None, (1, 0.0))  # since NOW + 2: only #5's task
+        assert (read.assigned, read.link, read.usage) == expected
+        assert read.guard is not None and read.guard.since == NOW + 2
 
 
 async def test_dispatch_all_records_the_delivery_with_its_tasks(store: Store) -> None:

@@ -314,6 +314,7 @@ async def test_data_dir_database_and_logs_are_private_whatever_the_umask(
     assert stat.S_IMODE((data / "logs").stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "claude-hooks.db").stat().st_mode) == 0o600
     assert stat.S_IMODE((data / "logs" / f"{task_id}.log").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "service.lock").stat().st_mode) == 0o600
     for journal in data.glob("claude-hooks.db-*"):
         assert stat.S_IMODE(journal.stat().st_mode) == 0o600, journal
     gate.release_all()

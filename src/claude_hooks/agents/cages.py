@@ -13,10 +13,11 @@ Disk has no kernel limit in any of these: the workdir (and, for Claude, the sess
 is measured periodically, and RLIMIT_FSIZE stops one file from outgrowing the limit between
 two looks; the sandbox's own /tmp is a tmpfs of at most `max_disk`, charged to its memory.
 
-A process joins its cage before it starts the agent (a `sh` prefix writes its pid into the
-cgroups, then execs), so nothing the agent forks escapes it. At a limit, every process in the
-cage is killed and the task ends with the reason ("memory limit 4G reached"); the service,
-the database and the other agents are untouched.
+A process joins its cage before it starts the agent (a sandbox waiting at its latch is put in
+by the service, `admit`; unsandboxed, a `sh` prefix writes its pid into the cgroups, then
+execs), so nothing the agent forks escapes it. At a limit, every process in the cage is killed
+and the task ends with the reason ("memory limit 4G reached"); the service, the database and
+the other agents are untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -137,10 +139,10 @@ class Cage:
         self.stopped: str | None = None
 
     def prefix(self) -> list[str]:
-        """The argv that starts a program in this cage: joins the cgroups and bounds a file's
-        size in one shell (`ulimit -f`, POSIX's one limit, in 512-byte blocks: a prlimit
-        exec less before every agent); without cgroups, util-linux's prlimit sets the rlimits
-        (as the sandbox uses its setpriv)."""
+        """The argv that starts an unsandboxed program in this cage (a sandbox is put in at its
+        latch: `admit`): a shell joins the cgroups and bounds a file's size (`ulimit -f`,
+        POSIX's one limit, in 512-byte blocks); without cgroups, util-linux's prlimit sets
+        the rlimits."""
         files = [str(folder / "cgroup.procs") for folder in self.cgroups.values()]
         if files:
             blocks = self.limits.disk // 512
@@ -151,6 +153,17 @@ class Cage:
             rlimits.append(f"--nproc={self.limits.processes}")
         prlimit = shutil.which("prlimit")
         return [prlimit, *rlimits, "--"] if prlimit else []
+
+    def admit(self, pid: int) -> None:
+        """Put `pid`, a sandbox waiting at its latch (`sandbox_latch`), in this cage: into its
+        cgroups, with its rlimits (the file size; the process count without cgroups); what it
+        starts then stays in."""
+        for folder in self.cgroups.values():
+            (folder / "cgroup.procs").write_text(str(pid))
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (self.limits.disk, self.limits.disk))
+        if self.kind == "rlimits":
+            nproc = (self.limits.processes, self.limits.processes)
+            resource.prlimit(pid, resource.RLIMIT_NPROC, nproc)
 
     # what ended it
 

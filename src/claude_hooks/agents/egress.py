@@ -1,8 +1,10 @@
 """The service's egress proxy: a sandboxed agent's only way out of its network namespace.
 
-Each sandboxed run gets a session: a Unix socket of its own (so a connection's task is known
-without trusting anything the agent sends), bound into its sandbox and served on 127.0.0.1
-there by `egress_bridge.py`. On it the proxy speaks HTTP/1.1 (h11) and serves:
+Each sandboxed run gets a session (so a connection's task is known without trusting anything the
+agent sends): a listener on 127.0.0.1 inside its sandbox that the service opened itself
+(`sandbox_latch`, when it is root), else a Unix socket of its own, bound into the sandbox and
+served on 127.0.0.1 there by `egress_bridge.py`. On it the proxy speaks HTTP/1.1 (h11) and
+serves:
 
 - `CONNECT host:port` (HTTPS and any TLS): a tunnel, if the type's `egress` allows it;
 - absolute-form plain HTTP (`GET http://host/…`): forwarded, if allowed;
@@ -116,6 +118,7 @@ class EgressSession:
         self.socket = proxy.folder / f"{task_id}.sock"
         self.refused: Counter[tuple[str, int]] = Counter()
         self._server: asyncio.Server | None = None
+        self._listeners: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._recorder = recorder
         self._recording: asyncio.Task[None] | None = None
@@ -132,6 +135,13 @@ class EgressSession:
             self.socket.chmod(0o600)
             os.chown(self.socket, account.uid, account.gid)
         await self._server.start_serving()
+
+    async def serve(self, listener: socket.socket) -> None:
+        """Serve `listener` too: a TCP socket the service opened inside the run's sandbox (its
+        latch, `sandbox_latch`), which the agent reaches at 127.0.0.1:`BRIDGE_PORT` with no
+        bridge program in between; it closes with the session."""
+        server = await asyncio.start_server(self._accept, sock=listener, limit=MAX_HEAD_BYTES)
+        self._listeners.append(server)
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
         """The agent's environment with the proxy set and, for the relay, the real
@@ -183,13 +193,14 @@ class EgressSession:
         if self._recording is not None:
             self._recording.cancel()
             await asyncio.gather(self._recording, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
+        servers = [*filter(None, [self._server]), *self._listeners]
+        for server in servers:
+            server.close()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         self.socket.unlink(missing_ok=True)
 
     # connections

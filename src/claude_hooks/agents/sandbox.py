@@ -6,8 +6,10 @@ read-only, its own workdir (and state dir) read-write, a fresh `/tmp`, and nothi
 dir, the config's folder, the database's folder, `/root`, `/home` or `/run` (the database's
 socket). Its network is its own loopback: it reaches the outside only through the service's
 egress proxy (`claude_hooks.agents.egress`), whose Unix socket is bound into the sandbox and
-served on 127.0.0.1:`BRIDGE_PORT` there by `egress_bridge.py`, the sandbox's first program.
-Its `/proc` shows only its own processes. When the service runs as root, each instance's agents
+served on 127.0.0.1:`BRIDGE_PORT` there: by the service itself, which opens the listener in the
+sandbox's network namespace while bwrap waits at its latch (`sandbox_latch`), or, when the service
+is not root, by `egress_bridge.py`, the sandbox's first program. Its `/proc` shows only its own
+processes. When the service runs as root, each instance's agents
 run as an unprivileged account of that instance's own (`<server.sandbox_user>-<instance>`,
 created at need) with no capabilities, dropped by `setpriv` inside the sandbox (bwrap itself
 stays privileged so it can bind paths the account cannot reach). One account per instance is
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claude_hooks.agents import confinement
 from claude_hooks.errors import ClaudeHooksError
 
 if TYPE_CHECKING:
@@ -153,6 +156,13 @@ class Sandbox:
         account = agent_account(account_name(self.prefix, instance))
         return dataclasses.replace(self, account=account)
 
+    @property
+    def listens_inside(self) -> bool:
+        """Whether the service opens the egress listener in the sandbox's network namespace
+        itself (`sandbox_latch`: it takes root to enter it); else `egress_bridge.py` runs first
+        in the sandbox and listens there."""
+        return self.account is not None
+
     def wrap(
         self,
         argv: Sequence[str],
@@ -161,14 +171,20 @@ class Sandbox:
         readable: Iterable[Path] = (),
         cage: Cage | None = None,
         bridge: Path | None = None,
+        latch: Sequence[str] = (),
     ) -> list[str]:
         """`argv` run in `workdir` inside the sandbox; `writable` paths (the workdir among
         them) are bound read-write, `readable` ones read-only (an agent's own script). In a
-        `cage`, bwrap starts in the run's cgroups and each tmpfs holds at most `max_disk`.
-        `bridge`: the egress proxy's socket for this run, served on 127.0.0.1:`BRIDGE_PORT`
-        inside; without one the sandbox has no way out at all."""
+        `cage`, each tmpfs holds at most `max_disk`. `latch`: bwrap's options of the run's latch
+        (`sandbox_latch.Latch`), where the service puts the sandbox in its cage and, when it
+        `listens_inside`, gives it its egress listener before the agent starts. `bridge`: the
+        egress proxy's socket for this run, otherwise bound in and served on
+        127.0.0.1:`BRIDGE_PORT` inside by `egress_bridge.py`; without either the sandbox has
+        no way out at all."""
+        if cage is not None and not latch:
+            raise SandboxError("a caged sandbox starts through its latch: pass its options")
         readable = list(readable)
-        if bridge is not None:
+        if bridge is not None and not self.listens_inside:
             # The base interpreter, not a venv's link to it: with -I -S the bridge needs no
             # venv, and one under a hidden folder would not be in the sandbox.
             python = Path(sys.executable).resolve()
@@ -177,9 +193,11 @@ class Sandbox:
                 str(BRIDGE_SOCKET), str(BRIDGE_PORT), "--", *argv,
             ]  # fmt: skip
             readable += [python, BRIDGE_SCRIPT]
+        else:
+            bridge = None
         args = [
-            *(cage.prefix() if cage is not None else []),
             self.bwrap,
+            *latch,
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
@@ -300,9 +318,11 @@ def probe(sandbox: Sandbox) -> None:
         raise SandboxError(f"bubblewrap cannot run: {exc}") from None
     if done.returncode != 0:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
+        cause = confinement.hint()
         raise SandboxError(
             "bubblewrap cannot create the sandbox's namespaces"
             + (f" ({reason[-1]})" if reason else f" (exit {done.returncode})")
+            + (f"; {cause}" if cause else "")
         )
 
 

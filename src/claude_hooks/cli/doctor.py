@@ -19,7 +19,14 @@ from claude_hooks.agents import cages
 from claude_hooks.agents.claude_cli import locate_cli
 from claude_hooks.agents.credentials import HOW_TO, claude_credential
 from claude_hooks.agents.prompting import Prompts
-from claude_hooks.agents.sandbox import INSTALL_HINT, account_name, find_bwrap
+from claude_hooks.agents.sandbox import (
+    INSTALL_HINT,
+    Sandbox,
+    SandboxError,
+    account_name,
+    find_bwrap,
+    probe,
+)
 from claude_hooks.config import Config, size_bytes
 from claude_hooks.core.exposure import is_loopback, weak_secrets
 from claude_hooks.errors import ClaudeHooksError, NoDatabaseYet
@@ -125,8 +132,31 @@ async def _machine_checks(config: Config) -> AsyncIterator[Check]:
     )
     for check in _runner_checks(config):
         yield check
+    started = await asyncio.to_thread(_sandbox_start, config)
+    if started is not None:
+        yield started
     async for check in _forge_checks(config):
         yield check
+
+
+def _sandbox_start(config: Config) -> Check | None:
+    """Whether bubblewrap starts a sandbox here: installed is not enough where a container's
+    confinement refuses its namespaces, which `serve` then refuses (doctor only: serve probes
+    on its own)."""
+    sandboxed = sorted(n for n, t in config.types.items() if t.sandbox and t.runner != "merge")
+    bwrap = find_bwrap()
+    if not sandboxed or bwrap is None:
+        return None
+    try:
+        probe(Sandbox(bwrap, None))
+    except SandboxError as exc:
+        return Check(
+            False,
+            "sandbox start",
+            f"{exc}; serve refuses to start so: lift it, or set sandbox = false for "
+            f"{', '.join(sandboxed)} to run them unconfined",
+        )
+    return Check(True, "sandbox start", "bubblewrap creates the agents' namespaces here")
 
 
 def _runner_checks(config: Config) -> list[Check]:

@@ -21,6 +21,7 @@ ConfigOption = Annotated[
         "-c",
         help=f"Path of {CONFIG_FILE} (default: ${CONFIG_ENV}, else ./{CONFIG_FILE}).",
         dir_okay=False,
+        readable=False,  # read by load_config, whose refusal says whose the file is
     ),
 ]
 

@@ -85,6 +85,15 @@ class LoopGuard:
         self.config = config
         self.clock = clock
 
+    def resets(self, event_type: str, sender: str | None) -> bool:
+        """Whether a delivery of `event_type` by `sender` is a human's, which resets the
+        limits of the issues it dispatches work for (their guards and usage go unread)."""
+        return (
+            sender is not None
+            and event_type in HUMAN_EVENTS
+            and self.config.type_of_login(sender) is None
+        )
+
     async def review(
         self,
         view: IntakeView,
@@ -96,11 +105,7 @@ class LoopGuard:
         """`limits`: repository -> its per-issue limits, where its policy sets them."""
         if not decision.dispatch:
             return decision
-        human = (
-            sender is not None
-            and event_type in HUMAN_EVENTS
-            and self.config.type_of_login(sender) is None
-        )
+        human = self.resets(event_type, sender)
         kept: list[tuple[str, DispatchRequest]] = []
         stops: list[str] = []
         resets: list[tuple[str, int, float]] = []
@@ -178,7 +183,8 @@ class LoopGuard:
         if request.kind is TaskKind.ADDRESS_REVIEW:
             done.rounds.append((repo, issue))
             rounds += 1
-        tasks, cost = await view.issue_usage(repo, issue, since)
+        # Counted afresh from a human's reset just now: none of its tasks is queued yet.
+        tasks, cost = (0, 0.0) if reset is not None else await view.issue_usage(repo, issue, since)
         reason = trip_reason(limits, tasks, cost, rounds)
         if reason is None:
             return None, False

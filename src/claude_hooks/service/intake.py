@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from claude_hooks.config import Config
-from claude_hooks.core.decision import Assigned, Decision, Label, Reset
+from claude_hooks.core.decision import Assigned, Decision, IntakeView, Label, Reset
 from claude_hooks.core.domain import Task
 from claude_hooks.core.loop_guard import LoopGuard
 from claude_hooks.core.policy import IssueLimits, PolicyError, refuse_broken
@@ -43,7 +43,7 @@ from claude_hooks.store import wakeups
 from claude_hooks.store.base import Placement, Settle
 from claude_hooks.store.decisions import Cause
 from claude_hooks.store.faults import fault_reason, is_disconnect, is_storage_fault
-from claude_hooks.store.intake import DeliveryRecord, IntakeStore
+from claude_hooks.store.intake import AheadView, DeliveryRecord, IntakeStore
 from claude_hooks.store.pending import PendingEntry
 from claude_hooks.store.wakeups import Wake
 
@@ -235,10 +235,15 @@ class Intake:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
     def context(
-        self, delivery_id: str | None, deadline: float | None = None, bounded: bool = False
+        self,
+        delivery_id: str | None,
+        deadline: float | None = None,
+        bounded: bool = False,
+        view: IntakeView | None = None,
     ) -> flows.FlowContext:
         """The flows' view of the service. `bounded`: a forge look-up that fails, or does not
-        finish by `deadline` (event-loop time), raises ForgeUnreachable."""
+        finish by `deadline` (event-loop time), raises ForgeUnreachable; `view`: what the
+        flows read through, the store by default."""
         forge = self.forge if self.forge.enabled else None
         may_trigger: flows.SenderCheck = self.forge.may_trigger
         find_pull: flows.PullLookup | None = forge.find_pull if forge else None
@@ -252,7 +257,7 @@ class Intake:
             policy = within(policy, deadline) if policy else None
         return flows.FlowContext(
             config=self.config,
-            view=self.store,
+            view=view or self.store,
             may_trigger=may_trigger,
             delivery_id=delivery_id,
             now=self.clock(),
@@ -415,10 +420,12 @@ class Intake:
     async def _decide_and_apply(
         self, record: DeliveryRecord, payload: Payload | None, deadline: float
     ) -> Answer:
-        if await self.store.has_delivery(record.id):
+        guarded = not self.guard.resets(record.event_type, record.sender)
+        ahead = await self.store.look_ahead(record.id, _issue(record), guarded)
+        if ahead.seen:
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})
-        verdict = await self._run(record, payload, deadline)
+        verdict = await self._run(record, payload, deadline, view=AheadView(ahead, self.store))
         if verdict.outcome == "pending":
             return await self._hold(record, verdict.reason)
         if verdict.outcome == "duplicate":
@@ -432,11 +439,14 @@ class Intake:
         payload: Payload | None,
         deadline: float | None,
         pending: bool = False,
+        view: IntakeView | None = None,
     ) -> Verdict:
         """Route, review and apply; nothing is written before the forge look-ups, so a
         delivery that waits for the forge has changed nothing yet, and the decision is
         applied with the delivery's record in one transaction (`pending`: the record is
-        there already, as pending, and settled with it)."""
+        there already, as pending, and settled with it; `view`: what the flows and the loop
+        guard read through, the store by default)."""
+        view = view or self.store
         applied = Applied()
         decision: Decision | None = None
         if isinstance(payload, PushPayload) and self.pool.policies is not None:
@@ -444,12 +454,12 @@ class Intake:
             branch = payload.ref.removeprefix("refs/heads/")
             self.pool.policies.pushed(payload.repository.full_name, branch)
         try:
-            ctx = self.context(record.id, deadline, bounded=True)
+            ctx = self.context(record.id, deadline, bounded=True, view=view)
             decision = await flows.route(ctx, record.event_type, payload)
             await self.steer(decision)
             limits = await self.fail_closed(ctx, decision)
             decision = await self.guard.review(
-                self.store, decision, record.event_type, record.sender, limits
+                view, decision, record.event_type, record.sender, limits
             )
             await outcomes.observe(ctx, record.event_type, payload, decision)
             await self.run_commands(decision, applied, record.id)

@@ -27,7 +27,8 @@ class ServiceLock:
 
     def acquire(self, url: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+")
+        # 0600: it names the service's pid and URL, for the CLI run as the same user only.
+        handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -694,7 +694,10 @@ class Pool:
                     None if cage is None else cage.stop,
                 )
                 context = replace(
-                    context, env=session.environment(context.env), bridge=session.socket
+                    context,
+                    env=session.environment(context.env),
+                    bridge=session.socket,
+                    listen=session.serve,
                 )
             run = self._run_agent(task, context, policy.setup)
             result = await (run if cage is None else cages.enforce(cage, run))

@@ -8,25 +8,12 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.domain import TaskState
 from claude_hooks.store import wakeups
-from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import command_refusals, paused_sessions, tasks
 
 _QUEUED, _HELD = TaskState.QUEUED.value, TaskState.HELD.value
-
-# Run after a task is inserted: one placed on a paused session waits as held from the start.
-_HOLD_IF_PAUSED = Prepared(
-    tasks.update()
-    .where(
-        tasks.c.id == sa.bindparam("b_id"),
-        sa.exists().where(paused_sessions.c.session_key == sa.bindparam("b_key")),
-    )
-    .values(state=_HELD)
-    .returning(tasks.c.id)
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +21,6 @@ class Paused:
     session_key: str
     paused_by: str
     paused_at: float
-
-
-def hold_if_paused(conn: sa.Connection, task_id: str, session_key: str) -> DBAPICursor:
-    """Within the placing transaction: hold the new task if its session is paused. A row
-    read from the cursor returned says it was held; read it late, so that under psycopg's
-    pipeline the statement travels with the delivery's last ones (a read waits for it)."""
-    return _HOLD_IF_PAUSED.run(conn, {"b_id": task_id, "b_key": session_key})
 
 
 class CommandStore(Protocol):

@@ -104,6 +104,25 @@ def cancel(conn: sa.Connection, which: sa.ColumnElement[bool], cause: Cause) -> 
     return written
 
 
+def writes_first(decision: Decision) -> bool:
+    """Whether `write_decision` writes anything for `decision` (most deliveries' decisions
+    write only their tasks, their record and what travels with them)."""
+    d = decision
+    return bool(
+        d.cancel
+        or d.stop
+        or d.links
+        or d.fix_attempts
+        or d.review_rounds
+        or d.trips
+        or d.policy_faults
+        or d.retarget
+        or d.unwatch
+        or d.watch is not None
+        or d.comments
+    )
+
+
 def write_decision(conn: sa.Connection, decision: Decision, cause: Cause) -> Written:
     """Every write of `decision` but its tasks, its outcome facts (pipelined with the tasks:
     nothing reads their results) and its delivery's record, in a fixed order (rows locked

@@ -23,7 +23,7 @@ from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.core.new_event import RunningTask
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import read_labels
-from claude_hooks.store.prepared import Prepared
+from claude_hooks.store.prepared import Prepared, pipelined
 from claude_hooks.store.schema import (
     assignments,
     ci_watches,
@@ -32,7 +32,15 @@ from claude_hooks.store.schema import (
     pull_links,
     tasks,
 )
-from claude_hooks.store.spend import read_guard, read_usage, write_reset
+from claude_hooks.store.spend import (
+    ask_guard,
+    ask_usage_since_guard,
+    guard_of,
+    read_guard,
+    read_usage,
+    usage_of,
+    write_reset,
+)
 from claude_hooks.store.upsert import upsert
 
 
@@ -160,9 +168,14 @@ def ask_twin(conn: sa.Connection, task: Task) -> DBAPICursor:
 def merge_into_twin(conn: sa.Connection, twin: str, task: Task) -> str | None:
     """Give the still-queued `twin` the newer event's payload instead of queueing `task`,
     within the caller's transaction; the twin's id, or None if it is no longer queued."""
-    # RETURNING, not the row count: under a pipeline the count is not known yet.
-    merged = _MERGE.scalar(conn, {"b_id": twin, "b_payload": task.payload})
-    return str(merged) if merged is not None else None
+    merged = send_merge(conn, twin, task).fetchone()
+    return str(merged[0]) if merged is not None else None
+
+
+def send_merge(conn: sa.Connection, twin: str, task: Task) -> DBAPICursor:
+    """Send `merge_into_twin`'s update without waiting; its row (the twin's id) says it
+    merged (RETURNING, not the row count: under a pipeline the count is not known yet)."""
+    return _MERGE.run(conn, {"b_id": twin, "b_payload": task.payload})
 
 
 def write_pull_link(conn: sa.Connection, link: PullLink, now: float) -> None:
@@ -234,8 +247,82 @@ def insert_delivery(
         write_reset(conn, repo, number, since)
 
 
+@dataclass(frozen=True, slots=True)
+class LookAhead:
+    """A delivery's id seen or not, and what its decide phase reads of its issue, read
+    together before it runs (`IntakeStore.look_ahead`): one round trip and one hop to a
+    thread instead of one of each per read. Empty (`issue` None) where reads are cheaper
+    made as needed (SQLite) or the delivery names no issue."""
+
+    seen: bool
+    issue: tuple[str, int] | None = None
+    assigned: frozenset[str] = frozenset()
+    link: PullLink | None = None
+    guarded: bool = False  # `guard` and `usage` were read (a human's delivery needs neither)
+    guard: IssueGuard | None = None
+    usage: tuple[int, float] = (0, 0.0)  # since the guard's `since` (0 without a guard)
+
+
+class AheadView:
+    """The decide phase's `IntakeView` for one delivery: its issue's reads answered from its
+    `LookAhead`, every other read by `view`. Only the delivery's own transaction, applied
+    after the decide phase, changes the issue while the delivery has its turn (`in_order`);
+    another node's writes meanwhile are as if made after the look-ahead."""
+
+    def __init__(self, ahead: LookAhead, view: IntakeView) -> None:
+        self.ahead = ahead
+        self.view = view
+
+    def _of(self, repo: str, number: int) -> bool:
+        return self.ahead.issue == (repo, number)
+
+    async def assigned_types(self, repo: str, number: int) -> set[str]:
+        if self._of(repo, number):
+            return set(self.ahead.assigned)
+        return await self.view.assigned_types(repo, number)
+
+    async def pull_link(self, repo: str, pr_number: int) -> PullLink | None:
+        if self._of(repo, pr_number):
+            return self.ahead.link
+        return await self.view.pull_link(repo, pr_number)
+
+    async def guard(self, repo: str, number: int) -> IssueGuard | None:
+        if self.ahead.guarded and self._of(repo, number):
+            return self.ahead.guard
+        return await self.view.guard(repo, number)
+
+    async def issue_usage(self, repo: str, number: int, since: float) -> tuple[int, float]:
+        guard = self.ahead.guard
+        since_guard = guard.since if guard is not None else 0.0
+        if self.ahead.guarded and self._of(repo, number) and since == since_guard:
+            return self.ahead.usage
+        return await self.view.issue_usage(repo, number, since)
+
+    async def pull_link_for_head(self, repo: str, sha: str) -> PullLink | None:
+        return await self.view.pull_link_for_head(repo, sha)
+
+    async def fix_attempts(self, repo: str, pr_number: int, sha: str) -> int:
+        return await self.view.fix_attempts(repo, pr_number, sha)
+
+    async def labels(self, repo: str, number: int) -> set[str]:
+        return await self.view.labels(repo, number)
+
+    async def last_review(self, session_key: str) -> tuple[str, str] | None:
+        return await self.view.last_review(session_key)
+
+    async def running_task(self, session_key: str, kind: str) -> RunningTask | None:
+        return await self.view.running_task(session_key, kind)
+
+
 class IntakeStore(IntakeView, Protocol):
     async def has_delivery(self, delivery_id: str) -> bool: ...
+    async def look_ahead(
+        self, delivery_id: str, issue: tuple[str, int] | None, guarded: bool = True
+    ) -> LookAhead:
+        """Whether `delivery_id` is recorded, and its issue's reads (see `LookAhead`);
+        `guarded`: its loop guard and usage too."""
+        ...
+
     async def add_delivery(
         self,
         record: DeliveryRecord,
@@ -264,6 +351,34 @@ class SqlIntake:
     async def has_delivery(self, delivery_id: str) -> bool:
         conn = self.kept.connection()
         return _DELIVERY_EXISTS.scalar(conn, {"b_id": delivery_id}) is not None
+
+    async def look_ahead(
+        self, delivery_id: str, issue: tuple[str, int] | None, guarded: bool = True
+    ) -> LookAhead:
+        conn = self.kept.connection()
+        seen_params = {"b_id": delivery_id}
+        if issue is None or conn.dialect.name == "sqlite":
+            # SQLite reads on the event loop's thread in microseconds: reading ahead would
+            # only add the reads a delivery does not need.
+            return LookAhead(_DELIVERY_EXISTS.scalar(conn, seen_params) is not None)
+        repo, number = issue
+        params = {"b_repo": repo, "b_number": number}
+        with pipelined(conn):  # read once the pipeline's end has brought every answer
+            seen = _DELIVERY_EXISTS.run(conn, seen_params)
+            assigned = _ASSIGNED.run(conn, params)
+            link = _PULL_LINK.run(conn, params)
+            guard = ask_guard(conn, repo, number) if guarded else None
+            usage = ask_usage_since_guard(conn, repo, number) if guarded else None
+        row = link.fetchone()
+        return LookAhead(
+            seen.fetchone() is not None,
+            issue,
+            frozenset(row[0] for row in assigned.fetchall()),
+            _link(row) if row else None,
+            guarded,
+            guard_of(guard) if guard is not None else None,
+            usage_of(usage) if usage is not None else (0, 0.0),
+        )
 
     async def add_delivery(
         self,

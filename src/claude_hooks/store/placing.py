@@ -9,7 +9,9 @@ in commit order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -100,10 +102,34 @@ def ask(conn: sa.Connection, agent_type: str, session_key: str) -> Asked:
     round trip. The candidates are still read under the lock: the server runs the two in
     order, and under READ COMMITTED the second one takes its snapshot once the first holds
     the lock."""
-    params = {"b_type": agent_type}
-    locked = _CURSOR.run(conn, params)
-    candidates = _CANDIDATES.run(conn, {**params, "b_key": session_key})
-    return Asked(agent_type, session_key, locked, candidates)
+    return Asked(
+        agent_type,
+        session_key,
+        ask_lock(conn, agent_type),
+        ask_candidates(conn, agent_type, session_key),
+    )
+
+
+def ask_lock(conn: sa.Connection, agent_type: str) -> DBAPICursor:
+    """Send the type's cursor lock; its row is the cursor's position (none: not made yet)."""
+    return _CURSOR.run(conn, {"b_type": agent_type})
+
+
+def ask_candidates(conn: sa.Connection, agent_type: str, session_key: str) -> DBAPICursor:
+    """Send the look-up of the type's candidates for a task of `session_key`; its rows are
+    (name, running, queued, holds the session), in name order (see `candidates`)."""
+    return _CANDIDATES.run(conn, {"b_type": agent_type, "b_key": session_key})
+
+
+def candidates(rows: Sequence[Any]) -> tuple[list[Candidate], str | None]:
+    """The snapshot `choose` takes, and the instance holding the session, from the rows of
+    `ask_candidates`."""
+    snapshot = [Candidate(name, bool(running), int(queued)) for name, running, queued, _ in rows]
+    return snapshot, next((row[0] for row in rows if row[3]), None)
+
+
+def move_cursor(conn: sa.Connection, agent_type: str, position: int) -> None:
+    _MOVE_CURSOR.run(conn, {"b_type": agent_type, "b_position": position})
 
 
 def place(
@@ -121,10 +147,9 @@ def place(
     cursor = int(position[0])
     if not rows:
         raise NoInstanceError(agent_type)
-    snapshot = [Candidate(name, bool(running), int(queued)) for name, running, queued, _ in rows]
-    holder = next((row[0] for row in rows if row[3]), None)
+    snapshot, holder = candidates(rows)
     choice = choose(snapshot, cursor, holder)
     if choice.cursor != cursor:
-        _MOVE_CURSOR.run(conn, {"b_type": agent_type, "b_position": choice.cursor})
+        move_cursor(conn, agent_type, choice.cursor)
     chosen = snapshot[choice.index]
     return Spot(chosen.name, chosen.queued, chosen.running)

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.budget import Period
 from claude_hooks.core.decision import IssueGuard
@@ -66,41 +67,61 @@ _GUARD = Prepared(
         issue_guards.c.number == sa.bindparam("b_number"),
     )
 )
-# An issue's usage: its own tasks, plus those of each agent pull request opened for it, each
-# counted by a correlated lookup on the full (repo, number) index. Every plan of this shape
-# reads only the tasks counted: as one join or IN list, SQLite used only the repo part of the
-# index, and PostgreSQL's generic plan (made while the tables were small) merge-joined over
-# every task of the repository, 3 ms with 20,000 of them.
-_SINCE = tasks.c.enqueued_at >= sa.bindparam("b_since")
 _COST = sa.func.coalesce(sa.func.sum(tasks.c.cost_usd), 0.0)
 
 
-def _of_pull(column: Any) -> Any:
-    return (
-        sa.select(column)
-        .where(tasks.c.repo == pull_links.c.repo, tasks.c.number == pull_links.c.pr_number, _SINCE)
-        .scalar_subquery()
+def _usage(since: Any) -> Prepared:
+    """An issue's usage since `since` (a bind or a subquery): its own tasks, plus those of
+    each agent pull request opened for it, each counted by a correlated lookup on the full
+    (repo, number) index. Every plan of this shape reads only the tasks counted: as one join
+    or IN list, SQLite used only the repo part of the index, and PostgreSQL's generic plan
+    (made while the tables were small) merge-joined over every task of the repository, 3 ms
+    with 20,000 of them."""
+    queued_since = tasks.c.enqueued_at >= since
+
+    def of_pull(column: Any) -> Any:
+        return (
+            sa.select(column)
+            .where(
+                tasks.c.repo == pull_links.c.repo,
+                tasks.c.number == pull_links.c.pr_number,
+                queued_since,
+            )
+            .scalar_subquery()
+        )
+
+    return Prepared(
+        sa.union_all(
+            sa.select(sa.func.count(), _COST).where(
+                tasks.c.repo == sa.bindparam("b_repo"),
+                tasks.c.number == sa.bindparam("b_number"),
+                queued_since,
+            ),
+            sa.select(
+                sa.func.coalesce(sa.func.sum(of_pull(sa.func.count())), 0),
+                sa.func.coalesce(sa.func.sum(of_pull(_COST)), 0.0),
+            ).where(
+                pull_links.c.repo == sa.bindparam("b_repo"),
+                pull_links.c.issue_number == sa.bindparam("b_number"),
+                # A link of the number to itself: its tasks are counted above already.
+                pull_links.c.pr_number != sa.bindparam("b_number"),
+            ),
+        )
     )
 
 
-_USAGE = Prepared(
-    sa.union_all(
-        sa.select(sa.func.count(), _COST).where(
-            tasks.c.repo == sa.bindparam("b_repo"),
-            tasks.c.number == sa.bindparam("b_number"),
-            _SINCE,
-        ),
-        sa.select(
-            sa.func.coalesce(sa.func.sum(_of_pull(sa.func.count())), 0),
-            sa.func.coalesce(sa.func.sum(_of_pull(_COST)), 0.0),
-        ).where(
-            pull_links.c.repo == sa.bindparam("b_repo"),
-            pull_links.c.issue_number == sa.bindparam("b_number"),
-            # A link of the number to itself: its tasks are counted above already.
-            pull_links.c.pr_number != sa.bindparam("b_number"),
-        ),
+_USAGE = _usage(sa.bindparam("b_since"))
+# Since the issue's guard's `since` (0 without a guard): the usage the loop guard reads for a
+# delivery that does not reset it, sent before the guard is read (`intake.look_ahead`).
+_GUARDED_SINCE = (
+    sa.select(issue_guards.c.since)
+    .where(
+        issue_guards.c.repo == sa.bindparam("b_repo"),
+        issue_guards.c.number == sa.bindparam("b_number"),
     )
+    .scalar_subquery()
 )
+_USAGE_SINCE_GUARD = _usage(sa.func.coalesce(_GUARDED_SINCE, 0.0))
 
 
 def _reset(module: Any) -> Any:
@@ -121,7 +142,16 @@ def write_reset(conn: sa.Connection, repo: str, number: int, now: float) -> None
 
 
 def read_guard(conn: sa.Connection, repo: str, number: int) -> IssueGuard | None:
-    row = _GUARD.run(conn, {"b_repo": repo, "b_number": number}).fetchone()
+    return guard_of(ask_guard(conn, repo, number))
+
+
+def ask_guard(conn: sa.Connection, repo: str, number: int) -> DBAPICursor:
+    """Send the read of an issue's guard; `guard_of` reads its answer."""
+    return _GUARD.run(conn, {"b_repo": repo, "b_number": number})
+
+
+def guard_of(cursor: DBAPICursor) -> IssueGuard | None:
+    row = cursor.fetchone()
     return IssueGuard(*row) if row else None
 
 
@@ -129,7 +159,17 @@ def read_usage(conn: sa.Connection, repo: str, number: int, since: float) -> tup
     """Tasks queued for an issue (or an agent PR opened for it) since `since`, and what the
     finished ones cost."""
     params = {"b_repo": repo, "b_number": number, "b_since": since}
-    rows = _USAGE.run(conn, params).fetchall()
+    return usage_of(_USAGE.run(conn, params))
+
+
+def ask_usage_since_guard(conn: sa.Connection, repo: str, number: int) -> DBAPICursor:
+    """Send `read_usage` since the issue's guard's `since` (0 without a guard) in one
+    statement; `usage_of` reads its answer."""
+    return _USAGE_SINCE_GUARD.run(conn, {"b_repo": repo, "b_number": number})
+
+
+def usage_of(cursor: DBAPICursor) -> tuple[int, float]:
+    rows = cursor.fetchall()
     return sum(int(count) for count, _ in rows), sum(float(cost) for _, cost in rows)
 
 

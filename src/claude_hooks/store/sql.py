@@ -20,7 +20,6 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.config import ServerConfig
 from claude_hooks.core.decision import Decision
@@ -32,7 +31,7 @@ from claude_hooks.errors import (
     StoreError,
     UnknownAgentError,
 )
-from claude_hooks.store import groups, placing, reports, stealing, wakeups
+from claude_hooks.store import batch, groups, placing, reports, stealing, wakeups
 from claude_hooks.store.base import (
     Claim,
     DeliveryTally,
@@ -51,7 +50,7 @@ from claude_hooks.store.base import (
     TaskFilter,
     TaskTally,
 )
-from claude_hooks.store.commands import SqlCommands, hold_if_paused
+from claude_hooks.store.commands import SqlCommands
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
 from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.elastic import SqlElastic
@@ -65,7 +64,8 @@ from claude_hooks.store.offload import OffloadedStore
 from claude_hooks.store.outbox import SqlOutbox
 from claude_hooks.store.outcomes import SqlOutcomes, write_outcomes
 from claude_hooks.store.pending import AlreadySettled, SqlPending, settle_pending
-from claude_hooks.store.prepared import Prepared, pipelined
+from claude_hooks.store.prepared import pipelined
+from claude_hooks.store.queueing import NEXT_SEQ, Sent, queue
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
 from claude_hooks.store.runs import RunOutcome, SqlRuns, close_run, ended, open_run
@@ -254,63 +254,22 @@ def _upgrade(connection: sa.Connection) -> None:
     command.upgrade(config, "head")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Sent:
-    """A task sent to its instance's queue; its `seq` and whether it was held are read later,
-    so that under psycopg's pipeline they travel with the delivery's last statements."""
-
-    task: Task  # on its instance
-    spot: placing.Spot
-    seq: DBAPICursor
-    held: DBAPICursor
-
-    def placement(self, read: bool = True) -> Placement:
-        """The placement; `read` False: without reading (`seq` 0, state queued)."""
-        task = self.task
-        if read:
-            (seq,) = self.seq.fetchone() or (0,)
-            state = TaskState.HELD if self.held.fetchone() is not None else TaskState.QUEUED
-            task = dataclasses.replace(task, seq=int(seq), state=state)
-        busy = self.spot.running or self.spot.queued > 0
-        return Placement(task, self.spot.queued + 1, busy)
-
-    def close(self) -> None:
-        """Let the statements go unread (SQLite commits nothing with one in progress)."""
-        self.seq.close()
-        self.held.close()
-
-
-def _place(conn: sa.Connection, task: Task, asked: placing.Asked | None = None) -> _Sent:
+def _place(conn: sa.Connection, task: Task, asked: placing.Asked | None = None) -> Sent:
     """Queue `task` on the instance the rule picks, within the caller's transaction: the one
-    place where a task is placed. `asked`: its placement's look-ups, sent already."""
+    place where a task is placed one at a time (a batch's are placed by `batch`).
+    `asked`: its placement's look-ups, sent already."""
     spot = placing.place(conn, task.type, task.session_key, asked)
-    seq = _INSERT_TASK.run(
-        conn,
-        {
-            "id": task.id,
-            "type": task.type,
-            "agent": spot.agent,
-            "kind": task.kind.value,
-            "session_key": task.session_key,
-            "repo": task.repo,
-            "number": task.number,
-            "payload": task.payload,
-            "attempts": task.attempts,
-            "enqueued_at": task.enqueued_at,
-            "delivery_id": task.delivery_id,
-        },
-    )
-    held = hold_if_paused(conn, task.id, task.session_key)
-    wakeups.placed(conn, spot.agent, task.type, spot.running or spot.queued > 0)
-    return _Sent(dataclasses.replace(task, agent=spot.agent), spot, seq, held)
+    sent = queue(conn, task, spot)
+    wakeups.placed(conn, spot.agent, task.type, sent.busy)
+    return sent
 
 
 def _place_all(
     conn: sa.Connection, tasks: Sequence[Task], asked: placing.Asked | None = None
-) -> tuple[list[_Sent], NoInstanceError | None]:
+) -> tuple[list[Sent], NoInstanceError | None]:
     """Queue `tasks` in order, stopping at the first type with no instance (its task is not
     written), within the caller's transaction."""
-    sent: list[_Sent] = []
+    sent: list[Sent] = []
     for task in tasks:
         try:
             sent.append(_place(conn, task, asked))
@@ -378,12 +337,7 @@ def _where(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
     return clauses
 
 
-_NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_subquery()
-
 # Statements on the webhook path, built once: building a statement costs more than running it.
-_INSERT_TASK = Prepared(
-    tasks.insert().values(seq=_NEXT_SEQ, state=TaskState.QUEUED.value).returning(tasks.c.seq)
-)
 _TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("b_id"))
 _HEAD_ID = (
     sa.select(tasks.c.id)
@@ -453,7 +407,7 @@ def _apply(conn: sa.Connection, call: DispatchCall) -> Dispatched:
     )
     # The pipeline ends before the commit, so a duplicate id fails as itself (an
     # IntegrityError), not as the commit of an aborted transaction.
-    sent: list[_Sent] = []
+    sent: list[Sent] = []
     try:
         with pipelined(conn):
             # The twins' look-ups and the first placement's go together: one round trip.
@@ -499,6 +453,41 @@ class _Failed(Exception):
     def __init__(self, index: int, exc: Exception) -> None:
         super().__init__(index, exc)
         self.index, self.exc = index, exc
+
+
+class _Unbatched(Exception):
+    """A run of a group commit's batch could not be applied together: the batch is applied
+    again one delivery at a time."""
+
+
+_Indexed = Sequence[tuple[int, DispatchCall]]
+
+
+def _runs(waiting: _Indexed, together: bool) -> list[_Indexed]:
+    """`waiting` cut into runs applied together (`batch.fits`), the others alone."""
+    runs: list[list[tuple[int, DispatchCall]]] = []
+    for index, call in waiting:
+        if together and batch.fits(call) and runs and batch.fits(runs[-1][-1][1]):
+            runs[-1].append((index, call))
+        else:
+            runs.append([(index, call)])
+    return list(runs)
+
+
+def _apply_run(conn: sa.Connection, run: _Indexed) -> dict[int, Dispatched]:
+    """Apply a run within the caller's transaction: raises `_Failed` for a delivery applied
+    alone, `_Unbatched` for a run of several."""
+    if len(run) == 1:
+        index, call = run[0]
+        try:
+            return {index: _apply(conn, call)}
+        except Exception as exc:
+            raise _Failed(index, exc) from exc
+    try:
+        dispatched = batch.apply(conn, [call for _, call in run])
+    except Exception as exc:
+        raise _Unbatched from exc
+    return {index: answer for (index, _), answer in zip(run, dispatched, strict=True)}
 
 
 class SqlStore:
@@ -574,9 +563,7 @@ class SqlStore:
                 f"{exc.args[0] if exc.args else exc}"
             ) from None
         if engine.dialect.name != "sqlite":
-            threads = ThreadPoolExecutor(
-                int(__import__("os").environ.get("XX_THREADS", THREADS)), thread_name_prefix="store"
-            )
+            threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
             bound = timeouts.statement + timeouts.connect
             return cast(SqlStore, OffloadedStore(cls(engine, reader, node=node), threads, bound))
         checkpointer = Checkpointer(str(engine.url.database))
@@ -702,24 +689,27 @@ class SqlStore:
     def dispatch_batch(self, calls: Sequence[DispatchCall]) -> list[Dispatched | Exception]:
         """Apply several deliveries' decisions in one transaction, in order: what
         `dispatch_all` would answer for each (a failure as the exception), with one commit
-        and one hold of each cursor lock for them all. A delivery that fails (a duplicate
-        id above all) rolls the transaction back, is answered alone, and the others are
-        applied again without it, so it leaves nothing and they see nothing of it. (Not
-        savepoints: rolling back to one left psycopg's prepared statements out of step with
-        the server's.) Runs on the group commit's thread (see `group_commit`); a fault
-        outside the deliveries' own statements (connecting, BEGIN, COMMIT) raises, and
-        nothing of the batch is kept."""
+        and one hold of each cursor lock for them all. Runs of deliveries that write nothing
+        before their tasks are applied together (`batch`: two round trips for the run); if
+        a run cannot be, the transaction is rolled back and every delivery is applied one
+        at a time. Then a delivery that fails (a duplicate id above all) rolls the
+        transaction back, is answered alone, and the others are applied again without it,
+        so it leaves nothing and they see nothing of it. (Not savepoints: rolling back to one
+        left psycopg's prepared statements out of step with the server's.) Runs on the group
+        commit's thread (see `group_commit`); a fault outside the deliveries' own statements
+        (connecting, BEGIN, COMMIT) raises, and nothing of the batch is kept."""
         answers: dict[int, Dispatched | Exception] = {}
         waiting = list(enumerate(calls))
+        together = True
         while waiting:
             applied: dict[int, Dispatched] = {}
             try:
                 with self.engine.begin() as conn:
-                    for index, call in waiting:
-                        try:
-                            applied[index] = _apply(conn, call)
-                        except Exception as exc:
-                            raise _Failed(index, exc) from exc
+                    for run in _runs(waiting, together):
+                        applied.update(_apply_run(conn, run))
+            except _Unbatched:
+                together = False
+                continue
             except _Failed as failed:
                 cause = failed.exc
                 duplicate = isinstance(cause, sa.exc.IntegrityError | AlreadySettled)
@@ -743,7 +733,7 @@ class SqlStore:
                 return None
             spot = placing.place(conn, row.type, row.session_key)
             conn.execute(
-                tasks.update().where(tasks.c.id == task_id).values(agent=spot.agent, seq=_NEXT_SEQ)
+                tasks.update().where(tasks.c.id == task_id).values(agent=spot.agent, seq=NEXT_SEQ)
             )
             wakeups.notify(conn, wakeups.TASK, spot.agent)
             moved = conn.execute(_TASK_BY_ID, {"b_id": task_id}).one()

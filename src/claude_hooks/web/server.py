@@ -129,10 +129,9 @@ async def _serve(config: Config, sock: socket.socket, url: str, insecure: bool) 
             http=edge_protocol(config.server.read_timeout, config.server.max_connections),
         )
         log.info(
-            "claude-hooks listening on %s as node %s with %d agents (%s)",
+            "claude-hooks listening on %s as node %s; instances here: %s",
             url,
             service.node.name,
-            len(service.pool.workers),
             ", ".join(sorted(service.pool.workers)) or "none",
         )
         _freeze_startup_objects()

@@ -15,6 +15,7 @@ from claude_hooks.agents.cages import Cage
 from claude_hooks.agents.forge_tools import ForgeTools
 from claude_hooks.agents.run_result import RunResult
 from claude_hooks.agents.sandbox import Sandbox
+from claude_hooks.agents.sandbox_latch import Listen
 from claude_hooks.config import MergeStyle, TypeConfig
 from claude_hooks.core.domain import Task
 
@@ -80,6 +81,13 @@ class RunContext:
     merge_style: MergeStyle | None = None
     # The egress proxy's socket for this run, bridged into its sandbox (None: no way out).
     bridge: Path | None = None
+    # The same session, serving a listener the service opens inside the sandbox at its latch
+    # when the sandbox `listens_inside` (then `bridge` is not bound in).
+    listen: Listen | None = None
+
+    def latch_listen(self) -> Listen | None:
+        """What serves the listener the service opens in the sandbox at its latch, if any."""
+        return self.listen if self.sandbox is not None and self.sandbox.listens_inside else None
 
 
 __all__ = ["AgentRunner", "RunContext", "RunResult"]

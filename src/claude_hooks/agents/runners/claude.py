@@ -70,6 +70,7 @@ from claude_hooks.agents.forge_tools import SERVER_NAME, ForgeTools
 from claude_hooks.agents.prompting import PromptError, Prompts, prompt_context, steering_prompt
 from claude_hooks.agents.runners.base import RunContext, RunProgress, RunResult
 from claude_hooks.agents.runners.transcripts import SessionTranscripts, materialize
+from claude_hooks.agents.sandbox_latch import LAUNCHER_FDS, Latch, LatchError
 from claude_hooks.agents.workspace import current_branch, key_path
 from claude_hooks.store.base import SessionRecord, Store
 
@@ -91,7 +92,7 @@ TRUNCATED = (
 
 # Runs as `python -I -S -c LAUNCHER ARGS...`: standard library only, nothing from the data dir.
 LAUNCHER = f"""
-import ctypes, json, os, sys
+import ctypes, fcntl, json, os, sys
 parent = os.getppid()
 # PR_SET_PDEATHSIG: the kernel kills the CLI when the service dies, even by SIGKILL.
 ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
@@ -100,6 +101,16 @@ if os.getppid() != parent:
 keep = set(json.loads(os.environ.get("CLAUDE_HOOKS_CLI_ENV") or "[]"))
 cli = os.environ.get("CLAUDE_HOOKS_CLI") or "claude"
 argv = json.loads(os.environ.get("CLAUDE_HOOKS_SANDBOX") or "[]") + [cli] + sys.argv[1:]
+# The sandbox's latch (claude_hooks/agents/sandbox_latch.py): its FIFOs, for bwrap at fds 3-5.
+latch = json.loads(os.environ.get("CLAUDE_HOOKS_LATCH") or "[]")
+if latch:
+    info, block = latch
+    ends = [os.open(info, os.O_WRONLY | os.O_NONBLOCK), os.open(block, os.O_RDONLY | os.O_NONBLOCK),
+            os.open(block, os.O_WRONLY | os.O_NONBLOCK)]
+    ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in ends]
+    for fd, target in zip(ends, {LAUNCHER_FDS!r}):
+        os.dup2(fd, target)
+        os.set_blocking(target, True)
 # A credential passes only if the runner chose it: never the service's own by its prefix.
 env = {{k: v for k, v in os.environ.items()
        if k in keep or k == "PWD"
@@ -307,8 +318,9 @@ class ClaudeRunner:
         partial.chmod(0o755)
         partial.replace(self.launcher)
 
-    def cli_environment(self, ctx: RunContext, cli: str) -> dict[str, str]:
-        """`options.env`: what the launcher keeps, plus its two instructions."""
+    def cli_environment(self, ctx: RunContext, cli: str, latch: Latch | None) -> dict[str, str]:
+        """`options.env`: what the launcher keeps, plus its instructions (in a sandbox, the
+        bwrap command line and the FIFOs of its `latch`)."""
         env = dict(ctx.env)
         state = self.state_dir(ctx.task.session_key)
         env.update(
@@ -326,6 +338,7 @@ class ClaudeRunner:
         if ctx.cage is not None and state not in ctx.cage.disk_paths:
             ctx.cage.disk_paths.append(state)
         if ctx.sandbox is not None:
+            assert latch is not None
             prefix = ctx.sandbox.wrap(
                 [],
                 ctx.workdir,
@@ -333,8 +346,10 @@ class ClaudeRunner:
                 readable=[Path(cli)],
                 cage=ctx.cage,
                 bridge=ctx.bridge,
+                latch=latch.args(),
             )
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(prefix)
+            env["CLAUDE_HOOKS_LATCH"] = json.dumps(latch.paths())
         elif ctx.cage is not None:
             env["CLAUDE_HOOKS_SANDBOX"] = json.dumps(ctx.cage.prefix())
         return env
@@ -355,6 +370,7 @@ class ClaudeRunner:
         resume: str | None,
         process: _CliProcess,
         transcripts: SessionTranscripts,
+        latch: Latch | None,
     ) -> ClaudeAgentOptions:
         config = ctx.type_config
         system_prompt: str | SystemPromptPreset
@@ -373,7 +389,7 @@ class ClaudeRunner:
         return ClaudeAgentOptions(
             cwd=ctx.workdir,
             cli_path=self.launcher,
-            env=self.cli_environment(ctx, cli),
+            env=self.cli_environment(ctx, cli, latch),
             # Every entry the CLI writes is mirrored to the database; a resume reads the local
             # transcript `_materialize` brought up to date, so the SDK is not given `resume`
             # (with a store it would materialise into the service's /tmp: see transcripts).
@@ -501,10 +517,44 @@ class ClaudeRunner:
         details: dict[str, object],
         transcripts: SessionTranscripts,
     ) -> RunResult:
-        """One CLI process: start or resume the session, send the prompt, read to the result."""
+        """One CLI process, in a sandbox through a latch of its own when the type has one."""
         resume = record.claude_session_id if record is not None else None
         process = _CliProcess(ctx, log)
-        client = ClaudeSDKClient(self._options(ctx, cli, system, resume, process, transcripts))
+        latch = Latch.fifos() if ctx.sandbox is not None else None
+        latchkeeper: asyncio.Task[None] | None = None
+        try:
+            if latch is not None:
+                latchkeeper = asyncio.create_task(self._admit(latch, ctx, log))
+            options = self._options(ctx, cli, system, resume, process, transcripts, latch)
+            return await self._converse(ctx, log, options, prompt, process, record, details)
+        finally:
+            if latchkeeper is not None:
+                latchkeeper.cancel()
+                await asyncio.gather(latchkeeper, return_exceptions=True)
+            if latch is not None:
+                latch.close()
+
+    @staticmethod
+    async def _admit(latch: Latch, ctx: RunContext, log: TaskLog) -> None:
+        """Let the CLI's sandbox start once the launcher has started bwrap."""
+        try:
+            await latch.admit(ctx.cage, ctx.latch_listen())
+        except LatchError as exc:  # its sandbox was killed at the latch: the SDK sees it end
+            log.event("sandbox_refused", error=str(exc))
+
+    async def _converse(
+        self,
+        ctx: RunContext,
+        log: TaskLog,
+        options: ClaudeAgentOptions,
+        prompt: str,
+        process: _CliProcess,
+        record: SessionRecord | None,
+        details: dict[str, object],
+    ) -> RunResult:
+        """Start or resume the session, send the prompt, read to the result."""
+        resume = record.claude_session_id if record is not None else None
+        client = ClaudeSDKClient(options)
         turn = _Turn()
         started = time.monotonic()
         log.event("start", resume=resume, cwd=str(ctx.workdir), model=ctx.type_config.model)

@@ -13,6 +13,7 @@ from claude_hooks.agents import processes, resources
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.forge_tools import RESULT_FILE
 from claude_hooks.agents.runners.base import RunContext, RunResult, SteerInbox
+from claude_hooks.agents.sandbox_latch import Latch, LatchError
 
 STEER_FILE = ".claude-hooks-steer.jsonl"  # in the workdir: steering messages, a JSON line each
 TAIL_BYTES = 4096
@@ -91,8 +92,11 @@ class CommandRunner:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
 
-    def command(self, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment to start: in the sandbox, its scratch `/tmp` is `HOME`."""
+    def command(
+        self, ctx: RunContext, latch: Latch | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment to start: in the sandbox (through `latch`), its scratch
+        `/tmp` is `HOME`."""
         env = dict(ctx.env)
         if ctx.forge_tools is not None:
             env["CLAUDE_HOOKS_RESULT"] = str(ctx.workdir / RESULT_FILE)
@@ -106,7 +110,12 @@ class CommandRunner:
         readable = [Path(arg) for arg in self.argv if arg.startswith("/")]
         env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp"}
         argv = ctx.sandbox.wrap(
-            self.argv, ctx.workdir, readable=readable, cage=ctx.cage, bridge=ctx.bridge
+            self.argv,
+            ctx.workdir,
+            readable=readable,
+            cage=ctx.cage,
+            bridge=ctx.bridge,
+            latch=latch.args() if latch is not None else (),
         )
         return argv, env
 
@@ -116,7 +125,15 @@ class CommandRunner:
             return RunResult(
                 succeeded=False, error=f"cannot start command {self.argv[0]!r}: not found"
             )
-        argv, env = self.command(ctx)
+        latch = Latch.pipes() if ctx.sandbox is not None else None
+        try:
+            return await self._start(ctx, latch)
+        finally:
+            if latch is not None:
+                latch.close()
+
+    async def _start(self, ctx: RunContext, latch: Latch | None) -> RunResult:
+        argv, env = self.command(ctx, latch)
         if ctx.steering is not None:
             (ctx.workdir / STEER_FILE).write_text("")  # the agent may watch it from the start
         try:
@@ -128,6 +145,7 @@ class CommandRunner:
                 cwd=ctx.workdir,
                 env=env,
                 start_new_session=True,
+                pass_fds=latch.child_fds if latch is not None else (),
             )
         except OSError as exc:
             if resources.exhausted(exc):
@@ -136,11 +154,15 @@ class CommandRunner:
                 succeeded=False,
                 error=f"cannot start command {self.argv[0]!r}: {exc.strerror or exc}",
             )
+        finally:
+            if latch is not None:
+                latch.spawned()
         assert process.stdout is not None
         assert process.stdin is not None
         await ctx.on_process(process.pid, processes.start_time(process.pid))
         tail = _Tail(TAIL_BYTES)
         exited = asyncio.Event()
+        refused: str | None = None
         with CappedLog(ctx.log_path, ctx.max_log_bytes, room=ctx.disk_room) as log:
             copier = asyncio.create_task(_copy(process.stdout, log, tail))
             feeder = asyncio.create_task(_feed(process.stdin, task_document(ctx)))
@@ -150,6 +172,11 @@ class CommandRunner:
                 else None
             )
             try:
+                if latch is not None:
+                    try:
+                        await latch.admit(ctx.cage, ctx.latch_listen())
+                    except LatchError as exc:  # its sandbox was killed at the latch
+                        refused = str(exc)
                 code = await process.wait()
                 exited.set()
                 if relay is not None:  # what comes now becomes a follow-up task
@@ -177,6 +204,8 @@ class CommandRunner:
                     relay.cancel()
                 await asyncio.gather(copier, feeder, *filter(None, [relay]), return_exceptions=True)
                 raise
+        if refused is not None:
+            return RunResult(succeeded=False, exit_code=code, error=refused)
         if code == 0:
             return RunResult(succeeded=True, exit_code=0, result=tail.text()[-1000:] or None)
         reason = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
