@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -69,10 +70,12 @@ class LoggingGate(GateRunner):
 
 
 @contextlib.asynccontextmanager
-async def serve(service: Service) -> AsyncIterator[str]:
-    """A real server for the service's app; yields its base URL."""
+async def serve(service: Service, sock: socket.socket | None = None) -> AsyncIterator[str]:
+    """A real server for the service's app, on `sock` (bound at the service's start, so that
+    its lock file says where it answers) or a port of its own; yields its base URL."""
     app = create_app(service)
-    sock = bind("127.0.0.1", 0)
+    own = sock is None
+    sock = bind("127.0.0.1", 0) if sock is None else sock
     server = AppServer(app, log_level="warning", timeout_graceful_shutdown=5)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -81,7 +84,27 @@ async def serve(service: Service) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+        if own:
+            sock.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[tuple[Service, str]]:
+    """A service started as `serve` starts it, on a real server: its lock file tells the CLI
+    where its API answers. Yields the service and its base URL."""
+    sock = bind("127.0.0.1", 0)
+    service = await Service.open(config)
+    try:
+        await service.start(url_of(sock))
+        async with serve(service, sock) as url:
+            yield service, url
+    finally:
+        await service.stop()
         sock.close()
+
+
+def url_of(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def dashboard_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -11,8 +11,10 @@ import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Awaitable
 from pathlib import Path
 
+import psutil
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -22,7 +24,7 @@ from claude_hooks.config import load_config
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from tests import pg
-from tests.conftest import ServiceFactory
+from tests.dashboard_fixtures import serving
 from tests.support import wait_until
 
 CLAUDE_HOOKS = str(Path(sys.executable).parent / "claude-hooks")
@@ -304,9 +306,20 @@ async def test_agents_remove_of_a_declared_agent_says_it_comes_back_and_it_does(
         await service.stop()
 
 
-async def test_tasks_log_follows_until_the_task_ends(
-    start_service: ServiceFactory, tmp_path: Path, elsewhere: Path
+def following(pid: int, port: int) -> bool:
+    """Whether process `pid` has a connection open to the service on `port`."""
+    try:
+        connections = psutil.Process(pid).net_connections("tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(c.raddr and c.raddr.port == port for c in connections)
+
+
+async def test_tasks_log_reads_through_the_service_and_follows_a_queued_task(
+    tmp_path: Path, elsewhere: Path
 ) -> None:
+    """While the service runs, `tasks log` is its API's reader (a file reader could not follow:
+    it refuses -f); with no service, the file, and -f of an unfinished task is refused."""
     gate = tmp_path / "gate"
     agent = (
         "import os, sys, time\n"
@@ -322,38 +335,57 @@ async def test_tasks_log_follows_until_the_task_ends(
         f"command = {json.dumps([sys.executable, '-c', agent])}\n"
         '[[agents]]\nname = "dev-alpha"\ntype = "dev"\n'
     )
-    service = await start_service(load_config(path, environ={}))
-    task_id = await service.pool.dispatch_by_type(
-        "dev", DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", 1)
+
+    def dispatch(service: Service, number: int) -> Awaitable[str]:
+        request = DispatchRequest.for_type("dev", TaskKind.WORK_ISSUE, "acme/widget", number)
+        return service.pool.dispatch_by_type("dev", request)
+
+    async with serving(load_config(path, environ={})) as (service, url):
+        first = await dispatch(service, 1)
+        log = service.pool.log_path(first)
+        await wait_until(lambda: log.exists() and "first line" in log.read_text(), timeout=20)
+        queued = await dispatch(service, 2)  # behind the first
+        once = await asyncio.to_thread(run, "tasks", "log", first, "-c", str(path), cwd=elsewhere)
+        assert (once.returncode, once.stdout) == (0, "first line\n"), once.stderr
+        follower = await asyncio.create_subprocess_exec(
+            CLAUDE_HOOKS, "tasks", "log", queued, "-f", "-c", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=elsewhere,
+        )  # fmt: skip
+        try:
+            port = int(url.rsplit(":", 1)[1])
+            await wait_until(lambda: following(follower.pid, port), timeout=20)
+            task = await service.store.get_task(queued)
+            assert task is not None and task.state is TaskState.QUEUED  # the premise
+            assert follower.stdout is not None
+            gate.touch()  # the first ends, the queued one runs through
+            out, errors = await asyncio.wait_for(follower.communicate(), 30)
+            assert (follower.returncode, out, errors) == (0, b"first line\nlast line\n", b"")
+        finally:
+            if follower.returncode is None:
+                follower.kill()
+                await follower.wait()
+        second = await asyncio.to_thread(
+            run, "tasks", "log", first, "--run", "2", "-c", str(path), cwd=elsewhere
+        )
+        assert (second.returncode, second.stderr.strip()) == (
+            1,
+            f"error: task {first} has no run 2: it ran 1 time (its runs are on its page and "
+            "in 'claude-hooks tasks show')",
+        )
+        gate.unlink()
+        stopped = await dispatch(service, 3)  # still running when the service stops
+        log = service.pool.log_path(stopped)
+        await wait_until(lambda: log.exists() and "first line" in log.read_text(), timeout=20)
+    # No service: the file is read, and -f refuses an unfinished task after what is there.
+    alone = await asyncio.to_thread(
+        run, "tasks", "log", stopped, "-f", "--run", "1", "-c", str(path), cwd=elsewhere
     )
-    log = service.pool.log_path(task_id)
-    await wait_until(lambda: log.exists() and "first line" in log.read_text(), timeout=20)
-    once = await asyncio.to_thread(run, "tasks", "log", task_id, "-c", str(path), cwd=elsewhere)
-    assert (once.returncode, once.stdout) == (0, "first line\n")
-    follower = await asyncio.create_subprocess_exec(
-        CLAUDE_HOOKS,
-        "tasks",
-        "log",
-        task_id,
-        "-f",
-        "-c",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=elsewhere,
+    assert (alone.returncode, alone.stdout) == (0, "first line\n"), alone.stderr  # run 1 ended
+    alone = await asyncio.to_thread(
+        run, "tasks", "log", stopped, "-f", "-c", str(path), cwd=elsewhere
     )
-    try:
-        assert follower.stdout is not None
-        assert await asyncio.wait_for(follower.stdout.readline(), 30) == b"first line\n"
-        assert follower.returncode is None  # still following: the task runs
-        gate.touch()
-        assert await asyncio.wait_for(follower.stdout.read(), 30) == b"last line\n"
-        assert await asyncio.wait_for(follower.wait(), 30) == 0
-    finally:
-        if follower.returncode is None:
-            follower.kill()
-            await follower.wait()
-    task = await service.store.get_task(task_id)
-    assert task is not None and task.state is TaskState.SUCCEEDED
+    assert (alone.returncode, alone.stdout) == (1, "first line\n")
+    assert alone.stderr.startswith(f"error: task {stopped} is queued: following its log needs ")
     missing = await asyncio.to_thread(run, "tasks", "log", "nope", "-c", str(path), cwd=elsewhere)
     assert missing.returncode == 1
     assert "no task with id 'nope'" in missing.stderr

@@ -181,6 +181,19 @@ def test_kill_9_of_a_node_hands_its_instances_and_tasks_to_the_other(running: Cl
     assert rows["node-1"]["state"] == "dead"
     assert rows["node-1"]["instances"] == []
     assert sorted(rows["node-2"]["instances"]) == sorted(AGENTS)
+    # Each interrupted task keeps its first run, lost with node-1, and shows it on its page.
+    lost_task = sorted(interrupted)[0]
+    with node_2.client() as client:
+        runs = client.get(f"/api/tasks/{lost_task}").json()["runs"]
+        page = client.get(f"/tasks/{lost_task}").text
+        part = client.get(f"/api/tasks/{lost_task}/log", params={"run": 1})
+    assert [(r["run"], r["node"], r["outcome"], r["error"]) for r in runs] == [
+        (1, "node-1", "lost", "its node died"),
+        (2, "node-2", None, None),
+    ]
+    assert 'class="badge s-lost">lost</span> with its node node-1' in page
+    # That run's part of the log is on node-1, which is gone: said, not hidden.
+    assert part.status_code == 502 and "is on node node-1" in part.json()["error"]
 
 
 def test_a_node_restarted_after_kill_9_rejoins_and_a_second_of_its_name_is_refused(

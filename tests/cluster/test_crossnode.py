@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,8 +33,9 @@ from claude_hooks.service.events import TASK_CHANGED
 from claude_hooks.service.runtime import Service
 from claude_hooks.store.schema import nodes, tasks
 from claude_hooks.store.sql import SqlStore
+from claude_hooks.web.server import bind
+from tests.dashboard_fixtures import LoggingGate, serve, url_of
 from tests.support import GateRunner, make_config, wait_until
-from tests.web.test_dashboard_api import LoggingGate, serve
 
 AUTH = {"Authorization": "Bearer test-token"}
 WITHIN = 1.0  # seconds: a command or a wake-up reaches the other node within this
@@ -56,6 +59,11 @@ class Cluster:
     gate_a: GateRunner
     gate_b: LoggingGate
     engine: sa.Engine
+    sockets: dict[str, socket.socket]  # bound at each node's start: its lock file names it
+
+    def serve(self, service: Service) -> AbstractAsyncContextManager[str]:
+        """A real server for the node's API, where its lock file says it answers."""
+        return serve(service, self.sockets[service.config.server.node])
 
     async def review(self, number: int) -> str:
         """A reviewer task queued through node A; node B holds the reviewer instance."""
@@ -93,18 +101,21 @@ async def cluster(tmp_path: Path, pg_url: str, engine: sa.Engine) -> AsyncIterat
     b = await Service.open(
         node_config(tmp_path, pg_url, "node-b", "reviewer", "rev-b"), lambda _: gate_b
     )
-    await a.start()
-    await b.start()
+    sockets = {"node-a": bind("127.0.0.1", 0), "node-b": bind("127.0.0.1", 0)}
+    await a.start(url_of(sockets["node-a"]))
+    await b.start(url_of(sockets["node-b"]))
     try:
         assert a.listener is not None and b.listener is not None
         await asyncio.wait_for(b.listener.connected.wait(), 5)
         assert sorted(b.pool.workers) == ["rev-b"] and sorted(a.pool.workers) == ["dev-a"]
-        yield Cluster(a, b, gate_a, gate_b, engine)
+        yield Cluster(a, b, gate_a, gate_b, engine, sockets)
     finally:
         gate_a.release_all()
         gate_b.release_all()
         await b.stop()
         await a.stop()
+        for sock in sockets.values():
+            sock.close()
 
 
 def has(items: list[str], item: str) -> Callable[[], bool]:
@@ -172,7 +183,10 @@ async def test_a_task_ending_on_one_node_starts_the_head_waiting_for_its_key_on_
 async def test_cancel_through_the_node_that_does_not_run_the_task(
     cluster: Cluster, pg_url: str
 ) -> None:
-    async with serve(cluster.a) as url_a, httpx.AsyncClient(base_url=url_a, headers=AUTH) as api:
+    async with (
+        cluster.serve(cluster.a) as url_a,
+        httpx.AsyncClient(base_url=url_a, headers=AUTH) as api,
+    ):
         first = await cluster.review(1)
         await wait_until(lambda: first in cluster.gate_b.started)
         answer = await api.post(f"/api/tasks/{first}/cancel")
@@ -221,7 +235,10 @@ async def test_the_listener_connects_again_and_misses_nothing(
         conn.execute("SELECT pg_terminate_backend(%s)", [dropped])
     await wait_until(lambda: not listener.connected.is_set())
     # Sent while B is deaf: B reads it at its one look after connecting again.
-    async with serve(cluster.a) as url_a, httpx.AsyncClient(base_url=url_a, headers=AUTH) as api:
+    async with (
+        cluster.serve(cluster.a) as url_a,
+        httpx.AsyncClient(base_url=url_a, headers=AUTH) as api,
+    ):
         await api.post(f"/api/tasks/{running}/cancel")
     await wait_until(lambda: running in cluster.gate_b.cancelled, 2 * WITHIN)
     assert listener.connected.is_set() and listener.backend_pid != dropped
@@ -230,8 +247,9 @@ async def test_the_listener_connects_again_and_misses_nothing(
     await wait_until(lambda: after in cluster.gate_b.started, WITHIN)
 
 
-def tasks_log(config: Config, task_id: str) -> subprocess.CompletedProcess[str]:
-    """`claude-hooks tasks log` run beside a node: its database, its name, its API token."""
+def cli_config(config: Config) -> Path:
+    """A configuration for `claude-hooks` run beside a node: its data dir (where its lock file
+    says where its API answers), its database, its name, its API token."""
     path = config.data_dir / "cli.toml"
     token = config.server.api_token.get_secret_value() if config.server.api_token else ""
     path.write_text(
@@ -239,15 +257,21 @@ def tasks_log(config: Config, task_id: str) -> subprocess.CompletedProcess[str]:
         f"database_url = {json.dumps(config.database_url)}\n"
         f"node = {json.dumps(config.server.node)}\napi_token = {json.dumps(token)}\n"
     )
-    argv = [sys.executable, "-m", "claude_hooks", "tasks", "log", task_id, "--config", str(path)]
+    return path
+
+
+def tasks_log(config: Config, task_id: str) -> subprocess.CompletedProcess[str]:
+    """`claude-hooks tasks log` run beside a node (see `cli_config`)."""
+    argv = [sys.executable, "-m", "claude_hooks", "tasks", "log", task_id]
+    argv += ["--config", str(cli_config(config))]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
     cluster.gate_b.lines = ["checking out", "working"]
     async with (
-        serve(cluster.a) as url_a,
-        serve(cluster.b) as url_b,
+        cluster.serve(cluster.a) as url_a,
+        cluster.serve(cluster.b) as url_b,
         httpx.AsyncClient(base_url=url_a, headers=AUTH) as api,
     ):
         cluster.node_at("node-a", url_a)
@@ -261,7 +285,7 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
         assert whole.headers["x-task-state"] == "running"
         tail = await api.get(f"/api/tasks/{task_id}/log", params={"tail": 1})
         assert tail.text == "working\n"
-        # The CLI on node A reads it the same way, through node B's API.
+        # The CLI beside node A reads it the same way: through A's API, which relays from B.
         shown = await asyncio.to_thread(tasks_log, cluster.a.config, task_id)
         assert (shown.returncode, shown.stdout) == (0, "checking out\nworking\n"), shown.stderr
         # The dashboard shows the configured types' instances: nodes share one configuration.
@@ -297,12 +321,10 @@ async def test_the_live_log_of_a_task_on_another_node(cluster: Cluster) -> None:
 
 
 def follow_log(config: Config, task_id: str) -> subprocess.Popen[str]:
-    """`claude-hooks tasks log -f` started beside a node (see `tasks_log`)."""
-    tasks_log_config = config.data_dir / "cli.toml"
-    tasks_log(config, "none")  # writes the configuration file beside the node
+    """`claude-hooks tasks log -f` started beside a node (see `cli_config`)."""
     argv = [sys.executable, "-m", "claude_hooks", "tasks", "log", task_id, "-f"]
     return subprocess.Popen(
-        [*argv, "--config", str(tasks_log_config)], stdout=subprocess.PIPE, text=True
+        [*argv, "--config", str(cli_config(config))], stdout=subprocess.PIPE, text=True
     )
 
 
@@ -310,7 +332,7 @@ async def test_following_a_queued_task_reads_it_from_the_node_it_starts_on(
     cluster: Cluster,
 ) -> None:
     cluster.gate_b.lines = ["started on b"]
-    async with serve(cluster.a) as url_a, serve(cluster.b) as url_b:
+    async with cluster.serve(cluster.a) as url_a, cluster.serve(cluster.b) as url_b:
         cluster.node_at("node-a", url_a)
         cluster.node_at("node-b", url_b)
         first = await cluster.review(1)
@@ -448,8 +470,8 @@ async def test_a_node_url_written_in_the_database_never_receives_a_credential(
     cluster.gate_b.lines = ["the real log"]
     cluster.a.config.types["reviewer"] = cluster.b.config.types["reviewer"]
     async with (
-        serve(cluster.a) as url_a,
-        serve(cluster.b) as url_b,
+        cluster.serve(cluster.a) as url_a,
+        cluster.serve(cluster.b) as url_b,
         httpx.AsyncClient(base_url=url_a, headers=AUTH) as api,
     ):
         cluster.node_at("node-a", url_a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,9 +15,10 @@ import pytest
 from claude_hooks.core.breaker import ApiFailure, Breaker, FailureKind, classify
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
+from claude_hooks.store.runs import RunOutcome
 from claude_hooks.web.app import create_app
 from tests.conftest import ServiceFactory
-from tests.support import instance_idle, make_config, queue_of, wait_until
+from tests.support import instance_idle, make_config, queue_of, run_cli, wait_until
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,8 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
     down = tmp_path / "api-down"
     down.touch()
     script = (
-        f"import os, sys; sys.stdin.read(); sys.exit(75 if os.path.exists({str(down)!r}) else 0)"
+        f"import os, sys; sys.stdin.read(); down = os.path.exists({str(down)!r})\n"
+        "print('api down' if down else 'done', flush=True); sys.exit(75 if down else 0)"
     )
     config = make_config(
         tmp_path,
@@ -140,7 +143,9 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
     )
     async with client:
         page = (await client.get(f"/tasks/{ids[0]}")).text
-    assert "it ran before and went back to its queue" in page
+    runs = page[page.index('<ol class="runs">') : page.index("</ol>", page.index('class="runs"'))]
+    assert runs.count('class="badge s-returned">returned</span> to its queue') >= 1
+    assert "the API failed (exit code 75)" in runs
     assert "waiting for the task to start…" not in page
 
     down.unlink()  # the API is back: the next probe succeeds and the queue drains
@@ -149,6 +154,40 @@ async def test_a_command_failing_with_a_breaker_exit_code_pauses_the_type_and_lo
         task = await service.store.get_task(task_id)
         assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1
     assert "dev" not in limits.paused
+    # Every run of the first task is kept, each with its own part of the log.
+    *returned, last = await service.store.runs.of_task(ids[0])
+    assert returned and {r.outcome for r in returned} == {RunOutcome.RETURNED}
+    assert last.outcome is RunOutcome.SUCCEEDED and last.run == len(returned) + 1
+    assert all(r.node == service.config.server.node and r.agent == "dev-alpha" for r in returned)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(service)),
+        base_url="http://test",
+        headers={"Authorization": "Bearer test-token"},
+    ) as client:
+        for run in returned:
+            part = await client.get(f"/api/tasks/{ids[0]}/log", params={"run": run.run})
+            assert part.text == "api down\n"
+        part = await client.get(f"/api/tasks/{ids[0]}/log", params={"run": last.run})
+        assert part.text == "done\n"
+        whole = await client.get(f"/api/tasks/{ids[0]}/log")
+        assert whole.text == "api down\n" * len(returned) + "done\n"
+        missing = await client.get(f"/api/tasks/{ids[0]}/log", params={"run": last.run + 1})
+        assert missing.status_code == 404
+        assert missing.json()["error"] == (
+            f"task {ids[0]} has no run {last.run + 1}: it ran {last.run} times (its runs are "
+            "on its page and in 'claude-hooks tasks show')"
+        )
+        page = (await client.get(f"/tasks/{ids[0]}")).text
+    assert page.count(f'href="/api/tasks/{ids[0]}/log?run=') == last.run
+    assert 'class="badge s-succeeded">succeeded</span> after' in page
+    # The CLI reads one run alone (the file here: this test's service has no HTTP server).
+    cli = await asyncio.to_thread(run_cli, "tasks", "log", ids[0], "--run", "1", config=config)
+    assert (cli.returncode, cli.stdout) == (0, "api down\n"), cli.stderr
+    shown = await asyncio.to_thread(run_cli, "tasks", "show", ids[0], config=config)
+    assert [r["outcome"] for r in json.loads(shown.stdout)["runs"]] == [
+        *(["returned"] * len(returned)),
+        "succeeded",
+    ]
     assert not limits.breaker("dev").is_open
 
 

@@ -14,6 +14,7 @@ from claude_hooks.errors import ConflictError
 from claude_hooks.store.base import Outcome
 from claude_hooks.store.decisions import Cause
 from claude_hooks.store.nodes import NodeInfo, NodeLoad
+from claude_hooks.store.runs import RunOutcome
 from claude_hooks.store.schema import agents as agents_table
 from claude_hooks.store.sql import SqlStore
 from tests.store.test_store_contract import NOW, agents, new_task
@@ -131,6 +132,10 @@ async def _rescue(store: SqlStore) -> None:
     claimed = (await store.claim_next("dev-a", NOW + LEASE + 2)).task
     assert claimed is not None and claimed.id == first.id  # order kept: head first
     assert claimed.attempts == 2
+    lost, again = await store.runs.of_task(first.id)
+    assert (lost.node, lost.outcome, lost.error) == ("one", RunOutcome.LOST, "its node died")
+    assert lost.finished_at == NOW + LEASE + 1
+    assert (again.run, again.node, again.outcome) == (2, "two", None)
     assert await queue_of(store, "dev-a") == [second.id]
 
 

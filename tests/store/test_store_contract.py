@@ -23,6 +23,7 @@ from claude_hooks.store import spend
 from claude_hooks.store.base import Outcome, Placement, Store, TaskFilter
 from claude_hooks.store.decisions import Cause
 from claude_hooks.store.intake import AheadView, DeliveryRecord
+from claude_hooks.store.runs import RunOutcome, log_end
 from claude_hooks.store.schema import queue_lengths, tasks
 from claude_hooks.store.spend import BreakerState
 from claude_hooks.store.sql import SqlStore
@@ -171,19 +172,67 @@ async def test_cancel_fail_and_requeue(store: Store) -> None:
     running = await store.get_task(ids[0])
     assert running is not None and running.pid == 4242 and running.pid_start == 99
     # Stopped on purpose: back to the head, the run does not count.
-    assert await store.requeue_interrupted(ids[0], NOW)
+    assert await store.requeue_interrupted(ids[0], NOW, "a stop")
     back = await store.get_task(ids[0])
     assert back is not None and back.state is TaskState.QUEUED and back.attempts == 0
     assert back.pid is None
     assert await store.queue_positions(ids) == {ids[0]: 1, ids[1]: 2}
     await store.claim_next("dev-a", NOW)
     assert (await store.cancel_tasks([ids[0]], CAUSE)).stopping == [ids[0]]
-    assert await store.requeue_interrupted(ids[0], NOW)
+    assert await store.requeue_interrupted(ids[0], NOW, "a stop")
     cancelled = await store.get_task(ids[0])
     assert cancelled is not None and cancelled.state is TaskState.CANCELLED
     failed = await store.get_task(ids[2])
     assert failed is not None and failed.state is TaskState.FAILED
     assert failed.error == "no instance left"
+
+
+async def test_every_run_is_recorded_in_the_transactions_that_start_and_end_it(
+    store: Store,
+) -> None:
+    """A run returned to the queue, a failed one, a cancelled one, one lost with the service:
+    each recorded with its instance, times, outcome, error, and where its output begins."""
+    await agents(store, "dev-a")
+    task = (await store.dispatch(new_task(1))).task
+    other = (await store.dispatch(new_task(2))).task
+    sizes = {task.id: 0}
+    await store.claim_next("dev-a", NOW, log_size=sizes.__getitem__)
+    [run] = await store.runs.of_task(task.id)
+    assert (run.run, run.agent, run.started_at, run.log_offset) == (1, "dev-a", NOW, 0)
+    assert run.outcome is None and run.finished_at is None
+    assert await store.requeue_interrupted(task.id, NOW + 1, "the API breaker")
+    sizes[task.id] = 120  # the first run's output
+    await store.claim_next("dev-a", NOW + 2, log_size=sizes.__getitem__)
+    failed = Outcome(TaskState.FAILED, exit_code=3, error="exit code 3")
+    assert await store.finish_task(task.id, failed, NOW + 5)
+    assert not await store.finish_task(task.id, Outcome(TaskState.SUCCEEDED), NOW + 6)
+    first, second = await store.runs.of_task(task.id)
+    assert (first.outcome, first.error, first.finished_at) == (
+        RunOutcome.RETURNED,
+        "the API breaker",
+        NOW + 1,
+    )
+    assert (second.run, second.log_offset, second.outcome, second.error) == (
+        2,
+        120,
+        RunOutcome.FAILED,
+        "exit code 3",
+    )
+    assert second.duration_s == 3
+    # The first run's output ends where the second's begins; the last one's, at the end.
+    assert log_end([first, second], first) == 120 and log_end([first, second], second) is None
+    # Cancelled while running, and lost when the service stopped under it.
+    await store.claim_next("dev-a", NOW + 7)
+    await store.cancel_tasks([other.id], CAUSE)
+    assert await store.requeue_interrupted(other.id, NOW + 8, "the service stopped")
+    retried = (await store.dispatch(new_task(3))).task
+    await store.claim_next("dev-a", NOW + 9)
+    await store.recover(max_attempts=3, now=NOW + 10)
+    [cancelled] = await store.runs.of_task(other.id)
+    assert cancelled.outcome is RunOutcome.CANCELLED
+    [lost] = await store.runs.of_task(retried.id)
+    assert (lost.outcome, lost.error) == (RunOutcome.LOST, "the service stopped")
+    assert await store.runs.of_task("0000000000000000") == []
 
 
 async def test_recover_requeues_at_the_head_and_gives_up_after_max_attempts(
@@ -197,7 +246,7 @@ async def test_recover_requeues_at_the_head_and_gives_up_after_max_attempts(
     await store.claim_next("dev-a", NOW)
     await store.set_process(first, 1234, 5)
     await store.claim_next("dev-b", NOW)
-    assert await store.requeue_interrupted(second, NOW)
+    assert await store.requeue_interrupted(second, NOW, "a stop")
     await store.claim_next("dev-b", NOW)  # second again
     await store.cancel_tasks([second], CAUSE)
     recovered = {r.id: r for r in await store.recover(max_attempts=3, now=NOW)}
@@ -703,7 +752,7 @@ async def test_queue_lengths_follow_every_change_of_a_queue(store: SqlStore) -> 
     first = (await store.claim_next("dev-a", NOW)).task
     assert first is not None
     await store.cancel_tasks([placed[-1].id], CAUSE)
-    await store.requeue_interrupted(first.id, NOW)
+    await store.requeue_interrupted(first.id, NOW, "a stop")
     await store.set_agent_enabled("dev-b", False)
     for entry in await store.orphaned_tasks():
         await store.reassign_task(entry.id)

@@ -16,11 +16,10 @@ import httpx
 import pytest
 
 from claude_hooks.service.runtime import Service
-from claude_hooks.store.schema import tasks
 from claude_hooks.web.auth import COOKIE_NAME
 from claude_hooks.web.logs import render_claude_line, tail_offset
 from tests.dashboard_fixtures import AUTH, CSRF, LoggingGate, dashboard_config, serve
-from tests.support import fixture, wait_until
+from tests.support import fixture, instance_idle, wait_until
 
 
 async def queue(client: httpx.AsyncClient, agent_type: str = "dev", number: int = 17) -> str:
@@ -397,32 +396,38 @@ async def test_claude_log_as_text(
     assert tail.text == "result: success, 3 turns, $0.50\nOpened #18\n"
 
 
-async def test_the_task_page_lists_every_run_its_log_holds(
+async def test_the_task_page_lists_the_runs_the_store_keeps_for_a_claude_task(
     client: httpx.AsyncClient, service: Service, runner: LoggingGate
 ) -> None:
-    """Two runs the API breaker sent back (no attempt counted) and the one running now."""
+    """Runs come from the store, not from the log: `start` and `finished` records in a claude
+    log that no run wrote are shown as the log's lines, never as runs."""
     failed = "Claude API error (HTTP 529): Overloaded"
-    records: list[dict[str, Any]] = []
-    for at in (100.0, 200.0):
-        records += [
-            {"type": "claude_hooks", "event": "start", "at": at},
-            {"type": "result", "subtype": "success", "is_error": True, "result": failed},
-            {"type": "claude_hooks", "event": "finished", "at": at + 5, "succeeded": False,
-             "error": failed},
-        ]  # fmt: skip
-    records.append({"type": "claude_hooks", "event": "start", "at": 300.0})
+    records = [
+        {"type": "claude_hooks", "event": "start", "at": 100.0},
+        {"type": "claude_hooks", "event": "finished", "at": 105, "succeeded": False,
+         "error": failed},
+        {"type": "claude_hooks", "event": "start", "at": 300.0},
+    ]  # fmt: skip
     runner.lines = [json.dumps(r) for r in records]
     task_id = await queue(client, "ai")
     await wait_until(lambda: task_id in runner.started)
     page = (await client.get(f"/tasks/{task_id}")).text
     runs = page[page.index('<ol class="runs">') : page.index("</ol>", page.index('class="runs"'))]
-    assert runs.count(f"failed: {failed}") == 2
-    assert runs.count("<li>") == 3 and "running</li>" in runs
-    # An attempt lost with a node that died: counted, its log on that node.
-    with service.store.engine.begin() as conn:
-        conn.execute(tasks.update().where(tasks.c.id == task_id).values(attempts=4))
+    assert runs.count("<li") == 1 and 'class="badge s-running">running</span>' in runs
+    assert f'href="/api/tasks/{task_id}/log?run=1&amp;format=text"' in runs
+    part = await client.get(f"/api/tasks/{task_id}/log", params={"run": 1, "format": "text"})
+    assert part.text.splitlines() == [
+        "· start",
+        f"· finished succeeded=false error={json.dumps(failed)}",
+        "· start",
+    ]
+    both = await client.get(f"/api/tasks/{task_id}/log", params={"run": 1, "tail": 2})
+    assert both.status_code == 400
+    assert both.json()["error"] == "tail and run do not go together: ask for one or the other"
+    runner.release(task_id)
+    await wait_until(lambda: instance_idle(service.store, "ai-1"))
     page = (await client.get(f"/tasks/{task_id}")).text
-    assert "1 attempt not in this log: run on another node" in page
+    assert 'class="badge s-succeeded">succeeded</span> after' in page
 
 
 def test_a_result_claude_marks_as_an_error_reads_as_one() -> None:

@@ -27,7 +27,7 @@ from claude_hooks.cli.policy import policy_app
 from claude_hooks.cli.scaffold import DEFAULT_TEAM
 from claude_hooks.cli.simulate import simulate_command
 from claude_hooks.config import CONFIG_FILE, Config, config_path, load_config
-from claude_hooks.core.domain import DELIVERY_OUTCOMES, REJECTED, SPOOLED, Task, TaskState
+from claude_hooks.core.domain import DELIVERY_OUTCOMES, REJECTED, SPOOLED, TaskState
 from claude_hooks.errors import ClaudeHooksError, ConfigError
 from claude_hooks.log_format import configure_logging
 from claude_hooks.store.scaler import NODES_NEEDED
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from claude_hooks.service.limits import Pause
     from claude_hooks.service.spool import Spooled
     from claude_hooks.service.sweep import Sweeper
-    from claude_hooks.store.base import NodeAddress, Store
+    from claude_hooks.store.base import Store
     from claude_hooks.store.elastic import InstanceChange
 
 T = TypeVar("T")
@@ -624,9 +624,6 @@ def tasks_retry(task_id: str, config_file: ConfigOption = None) -> None:
     out.print(f"task {body['id']} queued on {body['agent']}, a retry of {body['retry_of']}")
 
 
-FOLLOW_POLL = 0.25  # seconds between looks at a followed log
-
-
 @tasks_app.command("log")
 def tasks_log(
     task_id: str,
@@ -636,64 +633,43 @@ def tasks_log(
     raw: Annotated[
         bool, typer.Option(help="The claude runner's log as written (JSON lines).")
     ] = False,
+    run: Annotated[
+        int | None,
+        typer.Option(min=1, help="Only the output of run N of the task (see 'tasks show')."),
+    ] = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Print a task's log; with -f, follow it until the task ends. A task another node ran is
-    read through that node's API, as the dashboard does."""
-    from claude_hooks.errors import NotFoundError
-    from claude_hooks.service.task_lookup import find_task
-    from claude_hooks.web.logs import LogRenderer, is_claude_log, pruned_line
-    from claude_hooks.web.peer_logs import open_peer_log
+    """Print a task's log, or one run's part of it; with -f, follow it until the task ends.
+    Read through the running service's API, as the dashboard reads it (from whichever node
+    has it); with no service running, from the log file (-f then needs the service)."""
+    from claude_hooks.cli.task_log import Shown, from_file, service_url, through_service
 
     config = _config(config_file)
-    write = sys.stdout.buffer.write
+    params = {"follow": str(follow).lower(), "format": "raw" if raw else "text"}
+    if run is not None:
+        params["run"] = str(run)
 
-    async def relayed(task: Task, home: NodeAddress) -> int:
-        token = config.server.api_token
-        params = {"follow": str(follow).lower(), "format": "raw" if raw else "text"}
-        relay = await open_peer_log(
-            token.get_secret_value() if token else None, home, task.id, params
-        )
-        size = 0
-        async for chunk in relay.chunks(asyncio.Event()):
-            size += len(chunk)
-            write(chunk)
-            sys.stdout.flush()
-        return size
+    def write(chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
 
-    async def show_log(store: Store) -> tuple[Task, int]:
-        task = await find_task(store, task_id)
-        path = config.data_dir / "logs" / f"{task.id}.log"
-        home = await store.node_of(task.id)
-        if home is not None and home.name != config.server.node and not path.exists():
-            return task, await relayed(task, home)
-        renderer = LogRenderer(not raw and is_claude_log(config, task))
-        offset = 0
-        while True:
-            try:
-                with path.open("rb") as stream:
-                    stream.seek(offset)
-                    chunk = stream.read()
-            except FileNotFoundError:
-                chunk = b""
-            offset += len(chunk)
-            write(renderer.feed(chunk))
-            sys.stdout.flush()
-            # The state is read before the last look at the file: nothing written is missed.
-            if not follow or task.state.finished:
-                write(renderer.flush())
-                if offset == 0 and (pruned := (await store.notes.get_note(task.id)).log_pruned_at):
-                    raise NotFoundError(pruned_line(task, pruned))
-                return task, offset
-            await asyncio.sleep(FOLLOW_POLL)
-            task = await store.get_task(task.id) or task
+    async def read(store: Store) -> Shown:
+        url, why = service_url(config)
+        if url is not None:
+            shown = await through_service(config, url, task_id, params, write)
+            if shown is not None:
+                return shown
+            why = f"the one at {url} does not answer"
+            err.print(f"the service at {url} does not answer: reading the log file here")
+        return await from_file(config, store, task_id, params, write, why)
 
     try:
-        task, size = _run(_with_store(config, show_log))
+        shown = _run(_with_store(config, read))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    if size == 0:
-        err.print(f"task {task.id} has no output ({task.state.value})")
+    if shown.size == 0:
+        part = f"run {run} of task" if run is not None else "task"
+        err.print(f"{part} {shown.task_id} has no output ({shown.state})")
 
 
 # deliveries

@@ -174,8 +174,8 @@ class Limits:
         if task is not None:
             self.bus.publish(Event("task.waiting", task, {"reason": pause.message}))
 
-    async def after_run(self, task: Task, outcome: Outcome) -> bool:
-        """Learn from a run; True when it failed for an API reason and goes back to its queue."""
+    async def after_run(self, task: Task, outcome: Outcome) -> str | None:
+        """Learn from a run; when it failed for an API reason and goes back to its queue, why."""
         type_config = self.config.types[task.type]
         breaker = self.breaker(task.type)
         if outcome.state is TaskState.FAILED:
@@ -203,7 +203,7 @@ class Limits:
                     )
                 await self._keep(task.type, breaker)
                 self.bus.publish(Event("task.requeued", task, {"reason": failure.detail}))
-                return True
+                return f"the API failed ({failure.detail}): back to its queue, no attempt counted"
         if outcome.state in (TaskState.SUCCEEDED, TaskState.FAILED):
             if breaker.is_open:
                 log.info("API breaker of type %s closed: a run got an answer", task.type)
@@ -213,7 +213,7 @@ class Limits:
         else:
             breaker.probe_lost(task.id)
         self._noticed.discard(task.id)
-        return False
+        return None
 
     def finished(self, task: Task) -> None:
         """A run was recorded: its spend counts now, so waiting workers look again."""

@@ -174,7 +174,8 @@ class Node:
         if self._fenced:
             # The agents it stopped left their tasks running in the database (when no other
             # node declared this one dead and rescued them): back to the head of their queues.
-            for task in await self.store.recover(self.config.server.max_attempts, self.now()):
+            why = "its node lost its lease"
+            for task in await self.store.recover(self.config.server.max_attempts, self.now(), why):
                 log.warning("task %s, stopped by the fence, is now %s", task.id, task.state.value)
         if await self.rebalance() or rescued or self._fenced:
             self._fenced = False

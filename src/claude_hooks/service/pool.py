@@ -150,7 +150,8 @@ class Worker:
         """Put back at the head of the queue a task a claim took without this worker knowing."""
         where = TaskFilter(agent=self.name, state=TaskState.RUNNING)
         for task in await self.pool.store.list_tasks(where, 10, 0):
-            if await self.pool.store.requeue_interrupted(task.id, self.pool.clock()):
+            why = "the claim's answer was lost with the database connection"
+            if await self.pool.store.requeue_interrupted(task.id, self.pool.clock(), why):
                 log.warning(
                     "task %s was claimed as the database connection dropped: back at the "
                     "head of %s's queue",
@@ -207,7 +208,11 @@ class Worker:
         group = gate.group if gate is not None else None
         try:
             claim = await self.pool.store.claim_next(
-                self.name, self.pool.clock(), group, self._head if gated else None
+                self.name,
+                self.pool.clock(),
+                group,
+                self._head if gated else None,
+                self.pool.log_size,
             )
         except Exception as exc:
             # The claim may have committed with its answer lost on the way (the connection
@@ -240,8 +245,9 @@ class Worker:
             if outcome is None:
                 await self._requeue_exhausted(task)
                 return
-            if await self.pool.limits.after_run(task, outcome):
-                await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
+            returned = await self.pool.limits.after_run(task, outcome)
+            if returned is not None:
+                await self.pool.store.requeue_interrupted(task.id, self.pool.clock(), returned)
                 return
             self._unfinished = (task, outcome)
             await self._record(task, outcome)
@@ -265,7 +271,8 @@ class Worker:
     async def _requeue_exhausted(self, task: Task) -> None:
         """Back to the head of the queue: the run could not start for want of descriptors or
         processes, which passes; it starts again after a pause, its attempt not counted."""
-        await self.pool.store.requeue_interrupted(task.id, self.pool.clock())
+        why = "it could not start: out of file descriptors or processes"
+        await self.pool.store.requeue_interrupted(task.id, self.pool.clock(), why)
         _exhausted_notice(
             "task %s could not start (out of file descriptors or processes): "
             "it waits at the head of its queue and is tried again",
@@ -287,7 +294,7 @@ class Worker:
             # The service is stopping: stop the agent, hand the task back to its queue.
             self._run.cancel()
             await asyncio.gather(self._run, return_exceptions=True)
-            await pool.store.requeue_interrupted(task.id, pool.clock())
+            await pool.store.requeue_interrupted(task.id, pool.clock(), "the service stopped")
             raise
         if not done:
             outcome = Outcome(TaskState.FAILED, error=f"timed out after {type_config.timeout:g} s")
@@ -825,6 +832,13 @@ class Pool:
 
     def log_path(self, task_id: str) -> Path:
         return self.config.data_dir / "logs" / f"{task_id}.log"
+
+    def log_size(self, task_id: str) -> int:
+        """The size of the task's log here: where the output of a run starting now begins."""
+        try:
+            return self.log_path(task_id).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _private_log(self, task_id: str) -> Path:
         """The task's log, created 0600 before the runner appends to it."""

@@ -10,6 +10,7 @@ from claude_hooks.service.rejections import hint
 from claude_hooks.store.base import Store
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.rejections import Rejection
+from claude_hooks.store.runs import TaskRun
 
 # Pagination offsets beyond this are a client's mistake, not a page (and overflow SQLite).
 MAX_OFFSET = 10**9
@@ -48,9 +49,23 @@ def task_view(task: Task, queue_position: int | None = None) -> dict[str, Any]:
     }
 
 
+def run_view(run: TaskRun) -> dict[str, Any]:
+    return {
+        "run": run.run,
+        "node": run.node,
+        "agent": run.agent,
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "duration_s": run.duration_s,
+        "outcome": run.outcome.value if run.outcome is not None else None,
+        "error": run.error,
+        "log_offset": run.log_offset,
+    }
+
+
 async def history_view(store: Store, task: Task) -> dict[str, Any]:
     """What a single task's view adds: the task it retries, its retries, who cancelled it,
-    whether its log was pruned, what its egress proxy refused and metered."""
+    whether its log was pruned, what its egress proxy refused and metered, every run."""
     note = await store.notes.get_note(task.id)
     egress = await store.egress.get_egress(task.id)
     return {
@@ -64,6 +79,7 @@ async def history_view(store: Store, task: Task) -> dict[str, Any]:
         "log_pruned": note.log_pruned_at is not None,
         "moved_from": note.moved_from,
         "moved_at": iso(note.moved_at),
+        "runs": [run_view(run) for run in await store.runs.of_task(task.id)],
     }
 
 

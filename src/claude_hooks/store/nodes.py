@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from claude_hooks.core.domain import TaskState
 from claude_hooks.core.node_share import Lease, Member, Moves, moves
 from claude_hooks.errors import ConflictError
+from claude_hooks.store.runs import RunOutcome, close_run
 from claude_hooks.store.schema import agents, leaders, nodes, queue_lengths, tasks
 from claude_hooks.store.upsert import upsert
 
@@ -116,7 +117,8 @@ def settle_running(
     conn: sa.Connection, where: sa.ColumnElement[bool], max_attempts: int, now: float, why: str
 ) -> list[Recovered]:
     """Tasks found running whose process is gone: back to the head of their queue with the
-    attempt counted, cancelled if that was asked, failed once `max_attempts` runs were lost."""
+    attempt counted, cancelled if that was asked, failed once `max_attempts` runs were lost;
+    their runs recorded as lost `why`."""
     recovered: list[Recovered] = []
     rows = conn.execute(
         sa.select(
@@ -150,6 +152,7 @@ def settle_running(
             tasks.update().where(tasks.c.id == task_id).values(state=state.value, **values)
         )
         recovered.append(Recovered(task_id, agent, state, pid, pid_start))
+    close_run(conn, [r.id for r in recovered], RunOutcome.LOST, now, why)
     return recovered
 
 

@@ -39,6 +39,7 @@ PARTS = (
     "transcripts",
     "worktree_states",
     "outcomes",
+    "runs",
 )
 
 

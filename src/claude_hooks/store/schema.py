@@ -462,3 +462,18 @@ policy_faults = sa.Table(
     sa.Column("file_sha", sa.String(64), primary_key=True),
     sa.Column("noticed_at", sa.Float, nullable=False),
 )
+
+# Every run of a task (`runs`): opened by the claim that starts it, closed by what ends it.
+task_runs = sa.Table(
+    "task_runs",
+    metadata,
+    sa.Column("task_id", sa.String(32), primary_key=True),
+    sa.Column("run", sa.Integer, primary_key=True),
+    sa.Column("node", sa.String(63)),
+    sa.Column("agent", sa.String(63), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("outcome", sa.String(16)),  # None while it runs
+    sa.Column("error", sa.Text),  # its error, or why it went back to its queue
+    sa.Column("log_offset", sa.BigInteger, nullable=False),
+)

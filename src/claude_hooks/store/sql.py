@@ -13,7 +13,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -68,6 +68,7 @@ from claude_hooks.store.prepared import pipelined
 from claude_hooks.store.queueing import NEXT_SEQ, Sent, queue
 from claude_hooks.store.rejections import SqlRejections
 from claude_hooks.store.retention import SqlRetention
+from claude_hooks.store.runs import RunOutcome, SqlRuns, close_run, ended, open_run
 from claude_hooks.store.schema import agents, cursors, nodes, sessions, signals, tasks
 from claude_hooks.store.spend import SqlSpend
 from claude_hooks.store.steering import SqlSteering
@@ -223,7 +224,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0018"
+HEAD_REVISION = "0019"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -522,6 +523,7 @@ class SqlStore:
         self.labels = SqlLabels(engine, self.reader)
         self.steering = SqlSteering(engine, self.reader)
         self.outcomes = SqlOutcomes(engine, self.reader)
+        self.runs = SqlRuns(engine, self.reader)
 
     @classmethod
     async def open(
@@ -807,8 +809,11 @@ class SqlStore:
         now: float,
         group: RunningLimit | None = None,
         head: str | None = None,
+        log_size: Callable[[str], int] | None = None,
     ) -> Claim:
-        """Start the head of `agent`'s queue: one atomic UPDATE, so a task starts once.
+        """Start the head of `agent`'s queue: one atomic UPDATE, so a task starts once, and
+        its run recorded with it (`runs`), its output beginning at `log_size(task_id)` bytes
+        into the task's log on this node.
 
         The head waits (blocked) while its session key runs elsewhere; the partial unique
         index on running session keys holds that even between processes. A head whose cancel
@@ -837,6 +842,8 @@ class SqlStore:
                     _CLAIM, {"b_agent": agent, "b_now": now, "b_node": self.node}
                 ).first()
                 if row is not None:
+                    offset = log_size(row.id) if log_size is not None else 0
+                    open_run(conn, row.id, agent, self.node, now, offset)
                     return Claim(_task(row))
                 left = conn.execute(_HEAD, {"b_agent": agent}).first()
                 return Claim(None, blocked=left is not None)
@@ -897,6 +904,7 @@ class SqlStore:
                 )
             )
             if result.rowcount:
+                close_run(conn, task_id, ended(outcome.state), now, outcome.error)
                 wakeups.notify(conn, wakeups.FREED)
             return result.rowcount > 0
 
@@ -921,9 +929,10 @@ class SqlStore:
         """Tasks this node runs: a node declared dead no longer changes what was rescued."""
         return tasks.c.node.is_not_distinct_from(self.node)
 
-    async def requeue_interrupted(self, task_id: str, now: float) -> bool:
-        """Put a task the service stopped on purpose back at the head; the run does not count.
-        One whose cancel was asked for is recorded as cancelled instead."""
+    async def requeue_interrupted(self, task_id: str, now: float, why: str) -> bool:
+        """Put a task the service stopped on purpose back at the head; the run does not count
+        as an attempt, and is recorded as returned `why`. One whose cancel was asked for is
+        recorded as cancelled instead."""
         with self.engine.begin() as conn:
             row = (
                 conn.execute(
@@ -943,7 +952,9 @@ class SqlStore:
                     finished_at=now,
                     error="cancelled while running",
                 )
+                close_run(conn, task_id, RunOutcome.CANCELLED, now, "cancelled while running")
             else:
+                close_run(conn, task_id, RunOutcome.RETURNED, now, why)
                 values.update(
                     state=TaskState.QUEUED.value,
                     seq=head_seq(conn, row.agent, row.seq),
@@ -955,16 +966,19 @@ class SqlStore:
             wakeups.notify(conn, wakeups.TASK, row.agent)
             return True
 
-    async def recover(self, max_attempts: int, now: float) -> list[Recovered]:
-        """Settle the tasks this node left running when it stopped: back to the head of their
-        queue. Other nodes' running tasks are theirs (or the rescue's, once they are dead)."""
+    async def recover(
+        self, max_attempts: int, now: float, why: str = "the service stopped"
+    ) -> list[Recovered]:
+        """Settle the tasks this node left running when it stopped (or `why` else it stopped
+        them): back to the head of their queue. Other nodes' running tasks are theirs (or the
+        rescue's, once they are dead)."""
         with self.engine.begin() as conn:
             return settle_running(
                 conn,
                 sa.or_(tasks.c.node.is_(None), tasks.c.node == self.node),
                 max_attempts,
                 now,
-                "the service stopped",
+                why,
             )
 
     # the pool's read model and summaries

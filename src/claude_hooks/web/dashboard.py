@@ -59,7 +59,7 @@ from claude_hooks.web.auth import (
     token_matches,
 )
 from claude_hooks.web.login_limit import LoginLimit
-from claude_hooks.web.logs import claude_runs, log_tail, renders_json
+from claude_hooks.web.logs import log_tail
 from claude_hooks.web.outcomes import outcomes_context
 from claude_hooks.web.sessions import Sessions
 
@@ -483,19 +483,13 @@ def single_task_view(service: Service, task_id: str) -> View:
             retryable=task.state in RETRYABLE,
             delivery=delivery,
             position=(await service.store.queue_positions([task.id])).get(task.id),
-            ran_before=_ran_before(service, task),
-            runs=claude_runs(service.pool.log_path(task.id)) if renders_json(service, task) else [],
+            runs=await service.store.runs.of_task(task.id),
             timeline=_timeline(task, delivery),
             steers=await service.store.steering.of_task(task.id),
             **_common(service),
         )
 
     return View("task", {"id": task_id}, {"task": detail}, _task_events({"task"}))
-
-
-def _ran_before(service: Service, task: Task) -> bool:
-    """A queued task with a log here ran before: the API breaker or a stop sent it back."""
-    return task.state is TaskState.QUEUED and service.pool.log_path(task.id).exists()
 
 
 def _timeline(
@@ -741,7 +735,8 @@ async def task_page(request: Request, task_id: str) -> Response:
     service = _service(request)
     task = await find_task(service.store, task_id)
     view = single_task_view(service, task.id)
-    return await _page(request, "task.html", view, task=task, ran_before=_ran_before(service, task))
+    ran_before = task.state is TaskState.QUEUED and bool(await service.store.runs.of_task(task.id))
+    return await _page(request, "task.html", view, task=task, ran_before=ran_before)
 
 
 @router.get("/deliveries")

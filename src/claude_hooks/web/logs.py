@@ -1,4 +1,5 @@
-"""`GET /api/tasks/{id}/log`: a task's log, whole, its tail, or followed live while it runs.
+"""`GET /api/tasks/{id}/log`: a task's log, whole, its tail, one run's part (`run=N`, from the
+node that ran it), or followed live while it runs.
 
 The command runner's log is the agent's raw output; the claude runner's is one JSON object a
 line. `format=text` turns the latter into one readable line per message (text, tool calls,
@@ -21,11 +22,20 @@ from fastapi.responses import StreamingResponse
 
 from claude_hooks.config import Config
 from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.errors import InvalidInputError
 from claude_hooks.service.events import Subscription
 from claude_hooks.service.runtime import Service
 from claude_hooks.service.task_lookup import find_task
+from claude_hooks.store.runs import log_end, pick_run
 from claude_hooks.web.auth import require_token_or_signature
-from claude_hooks.web.peer_logs import RELAYED, home_of, open_relay
+from claude_hooks.web.peer_logs import (
+    PRUNED_HEADER,
+    RELAYED,
+    Relay,
+    home_of,
+    node_address,
+    open_relay,
+)
 from claude_hooks.web.peer_logs import tail as peer_tail
 
 router = APIRouter(dependencies=[Depends(require_token_or_signature)])
@@ -149,54 +159,6 @@ def pruned_line(task: Task, pruned_at: float) -> str:
     return f"the log of task {task.id} was pruned on {when} (server.retention_days)"
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One run of a task, as the claude runner's log tells it."""
-
-    started_at: float | None
-    finished_at: float | None = None
-    succeeded: bool | None = None
-    error: str | None = None
-
-
-def claude_runs(path: Path) -> list[Run]:
-    """Every run in a claude runner's log, from its `start` and `finished` events. The log
-    keeps all runs of a task, also those the API breaker or a stop sent back to the queue
-    without counting an attempt: `attempts` alone would hide them."""
-    runs: list[Run] = []
-    try:
-        stream = path.open("rb")
-    except FileNotFoundError:
-        return runs
-    with stream:
-        for raw in stream:
-            if b'"claude_hooks"' not in raw:
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(record, dict) or record.get("type") != "claude_hooks":
-                continue
-            at = record.get("at")
-            at = float(at) if isinstance(at, int | float) else None
-            if record.get("event") == "start":
-                runs.append(Run(at))
-            elif record.get("event") == "finished":
-                error = record.get("error")
-                ended = Run(
-                    runs[-1].started_at if runs and runs[-1].finished_at is None else None,
-                    at,
-                    bool(record.get("succeeded")),
-                    _short(str(error)) if error else None,
-                )
-                if runs and runs[-1].finished_at is None:
-                    runs[-1] = ended
-                else:
-                    runs.append(ended)
-    return runs
-
-
 def tail_lines(path: Path, count: int, as_json: bool, window: int = CHUNK) -> list[str]:
     """The last `count` readable lines of a log, from at most `window` bytes at its end."""
     try:
@@ -241,11 +203,15 @@ def tail_offset(path: Path, count: int) -> int:
     return 0
 
 
-def _read(path: Path, offset: int) -> bytes:
+def _read(path: Path, offset: int, end: int | None = None) -> bytes:
+    """The next chunk of the file from `offset`, stopping at `end` (None: the file's end)."""
+    size = CHUNK if end is None else min(CHUNK, end - offset)
+    if size <= 0:
+        return b""
     try:
         with path.open("rb") as stream:
             stream.seek(offset)
-            return stream.read(CHUNK)
+            return stream.read(size)
     except FileNotFoundError:
         return b""
 
@@ -300,7 +266,10 @@ async def _stream(
     offset: int,
     renderer: LogRenderer,
     follow: bool,
+    end: int | None = None,
 ) -> AsyncIterator[bytes]:
+    """The log from `offset` to `end` (None: to the file's end, followed while the task runs
+    if `follow`)."""
     path = service.pool.log_path(task.id)
     subscription = service.bus.subscribe(64) if follow else None
     try:
@@ -311,13 +280,13 @@ async def _stream(
             done = current is None or current.state.finished
         idle = 0
         while True:
-            chunk = _read(path, offset)
+            chunk = _read(path, offset, end)
             if chunk:
                 offset += len(chunk)
                 if out := renderer.feed(chunk):
                     yield out
                 continue
-            if done or subscription is None:
+            if done or subscription is None or end is not None:
                 break
             done = await _finished(subscription, task.id, closing, FOLLOW_POLL)
             idle += 1
@@ -334,11 +303,12 @@ async def _stream(
 
 @router.get(
     "/api/tasks/{task_id}/log",
-    summary="A task's log; with follow=true it streams until the task ends",
+    summary="A task's log, or one run's part; with follow=true it streams until the task ends",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/plain": {}}, "description": "the log, as text"},
-        404: {"description": "no such task"},
+        400: {"description": "tail with run"},
+        404: {"description": "no such task, or no such run of it"},
     },
 )
 async def task_log(
@@ -354,39 +324,92 @@ async def task_log(
     tail: Annotated[
         int | None, Query(ge=1, le=100_000, description="only the last N lines")
     ] = None,
+    run: Annotated[
+        int | None, Query(ge=1, description="only the output of this run of the task (1, 2, ...)")
+    ] = None,
 ) -> StreamingResponse:
     service: Service = request.app.state.service
     task = await find_task(service.store, task_id)
     closing: asyncio.Event = request.app.state.closing
     relayed = RELAYED in request.headers
+    params = {"follow": str(follow).lower(), "format": format}
+    if tail is not None:
+        params["tail"] = str(tail)
+    if run is not None:
+        if tail is not None:
+            raise InvalidInputError("tail and run do not go together: ask for one or the other")
+        part = await _run_part(service, closing, task, run, params, relayed)
+        return _answer(task, part)
     ran_here = service.pool.log_path(task.id).exists()  # sent back to its queue after a run
     if follow and task.state is TaskState.QUEUED and not relayed and not ran_here:
         # Where it will run, and so where its log will be, is known once it starts.
         task = await _started(service, closing, task)
     home = await home_of(service, task.id, relayed)
     if home is not None:
-        params = {"follow": str(follow).lower(), "format": format}
-        if tail is not None:
-            params["tail"] = str(tail)
-        body = (await open_relay(service, home, task.id, params)).chunks(closing)
-    elif not service.pool.log_path(task.id).exists() and (
-        pruned := (await service.store.notes.get_note(task.id)).log_pruned_at
-    ):
-        body = _lines([pruned_line(task, pruned)])
-    else:
-        path = service.pool.log_path(task.id)
-        offset = tail_offset(path, tail) if tail is not None else 0
-        renderer = LogRenderer(format == "text" and renders_json(service, task))
-        body = _stream(service, closing, task, offset, renderer, follow)
-    return StreamingResponse(
-        body,
-        media_type="text/plain; charset=utf-8",
-        headers={
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            "X-Task-State": task.state.value,
-        },
-    )
+        return _answer(task, _relayed(await open_relay(service, home, task.id, params), closing))
+    if (pruned := await _pruned(service, task)) is not None:
+        return _answer(task, _Part(_lines([pruned]), pruned=True))
+    path = service.pool.log_path(task.id)
+    offset = tail_offset(path, tail) if tail is not None else 0
+    renderer = LogRenderer(format == "text" and renders_json(service, task))
+    return _answer(task, _Part(_stream(service, closing, task, offset, renderer, follow)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """The bytes of an answer, and whether they only say the log was pruned."""
+
+    body: AsyncIterator[bytes]
+    pruned: bool = False
+
+
+def _relayed(relay: Relay, closing: asyncio.Event) -> _Part:
+    return _Part(relay.chunks(closing), relay.answer.headers.get(PRUNED_HEADER) == "true")
+
+
+def _answer(task: Task, part: _Part) -> StreamingResponse:
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-Task-Id": task.id,
+        "X-Task-State": task.state.value,
+    }
+    if part.pruned:
+        headers[PRUNED_HEADER] = "true"  # the CLI says it as an error, as it always has
+    return StreamingResponse(part.body, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+async def _pruned(service: Service, task: Task) -> str | None:
+    """What a reader is told when the task's log here is gone with retention; None if not."""
+    if service.pool.log_path(task.id).exists():
+        return None
+    pruned = (await service.store.notes.get_note(task.id)).log_pruned_at
+    return None if pruned is None else pruned_line(task, pruned)
+
+
+async def _run_part(
+    service: Service,
+    closing: asyncio.Event,
+    task: Task,
+    number: int,
+    params: dict[str, str],
+    relayed: bool,
+) -> _Part:
+    """One run's part of the log: from where it began to where the next run on its node
+    began, read on the node that ran it."""
+    runs = await service.store.runs.of_task(task.id)
+    chosen = pick_run(task.id, runs, number)
+    here = service.config.server.node
+    home = None if relayed else await node_address(service.store, here, chosen.node)
+    if home is not None:
+        relay = await open_relay(service, home, task.id, {**params, "run": str(number)})
+        return _relayed(relay, closing)
+    if (pruned := await _pruned(service, task)) is not None:
+        return _Part(_lines([pruned]), pruned=True)
+    renderer = LogRenderer(params["format"] == "text" and renders_json(service, task))
+    follow = params["follow"] == "true" and chosen.finished_at is None
+    end = log_end(runs, chosen)
+    return _Part(_stream(service, closing, task, chosen.log_offset, renderer, follow, end))
 
 
 async def _lines(lines: list[str]) -> AsyncIterator[bytes]:
@@ -411,9 +434,6 @@ async def log_tail(service: Service, task: Task, count: int) -> list[str]:
     if home is not None:
         lines = await peer_tail(service, home, task.id, count)
         return [_short(line, 240) if len(line) > 240 else line for line in lines]
-    path = service.pool.log_path(task.id)
-    if not path.exists() and (
-        pruned := (await service.store.notes.get_note(task.id)).log_pruned_at
-    ):
-        return [pruned_line(task, pruned)]
-    return tail_lines(path, count, renders_json(service, task))
+    if (pruned := await _pruned(service, task)) is not None:
+        return [pruned]
+    return tail_lines(service.pool.log_path(task.id), count, renders_json(service, task))

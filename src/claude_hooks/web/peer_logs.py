@@ -22,11 +22,12 @@ import httpx
 
 from claude_hooks.errors import PeerUnreachableError
 from claude_hooks.service.runtime import Service
-from claude_hooks.store.base import NodeAddress
+from claude_hooks.store.base import NodeAddress, Store
 from claude_hooks.web.relay_signature import HEADER as SIGNATURE_HEADER
 from claude_hooks.web.relay_signature import relay_key, sign
 
 RELAYED = "x-claude-hooks-relayed"
+PRUNED_HEADER = "x-log-pruned"  # on an answer that only says the log was pruned
 CONNECT_SECONDS = 2.0
 READ_SECONDS = 10.0  # for a whole log or a tail; a follow waits as long as the task runs
 # The dashboard asks for the tails of all running tasks every second: a node that did not
@@ -43,6 +44,14 @@ async def home_of(service: Service, task_id: str, relayed: bool = False) -> Node
         return None
     home = await service.store.node_of(task_id)
     return None if home is None or home.name == service.config.server.node else home
+
+
+async def node_address(store: Store, here: str, name: str | None) -> NodeAddress | None:
+    """Node `name`, which has the log of a run it ran; None when it is node `here` (or none)."""
+    if name is None or name == here:
+        return None
+    found = await store.nodes.list_nodes(await store.database_time())
+    return NodeAddress(name, next((n.url for n in found if n.name == name), None))
 
 
 class Relay:
@@ -120,7 +129,7 @@ async def open_peer_log(
         ) from None
     if answer.status_code != 200:
         try:
-            body = _printable(await _read_at_most(answer, MAX_ERROR_BYTES)).strip()
+            body = _printable(await read_at_most(answer, MAX_ERROR_BYTES)).strip()
         except httpx.HTTPError:
             body = "(no answer)"
         finally:
@@ -133,7 +142,7 @@ async def open_peer_log(
     return Relay(client, answer)
 
 
-async def _read_at_most(answer: httpx.Response, limit: int) -> bytes:
+async def read_at_most(answer: httpx.Response, limit: int) -> bytes:
     """The first `limit` bytes of an answer: another node's answer is not trusted to end."""
     data = b""
     async for chunk in answer.aiter_raw():
@@ -160,7 +169,7 @@ async def tail(service: Service, home: NodeAddress, task_id: str, count: int) ->
         return [f"({exc})"]
     _silent_until.pop(home.url or "", None)
     try:
-        data = await _read_at_most(relay.answer, MAX_TAIL_BYTES)
+        data = await read_at_most(relay.answer, MAX_TAIL_BYTES)
     except httpx.HTTPError as exc:
         return [f"(the log of task {task_id} on node {home.name} could not be read: {exc})"]
     finally:
