@@ -22,10 +22,10 @@ import pytest
 
 from claude_hooks.agents import cages, sandbox
 from claude_hooks.agents.sandbox import Account, Sandbox, account_name
-from claude_hooks.agents.sandbox_latch import Latch
 from claude_hooks.core.domain import DispatchRequest, TaskKind, TaskState
 from claude_hooks.service.runtime import Service
 from tests.agents.test_command_runner import finished
+from tests.agents.test_sandbox_latch import start
 from tests.conftest import ServiceFactory
 from tests.e2e.test_hostile_agent import pytestmark as needs_bwrap
 from tests.support import wait_until
@@ -180,26 +180,10 @@ async def start_in(
     box: Sandbox, limit: int, workdir: Path, argv: list[str]
 ) -> asyncio.subprocess.Process:
     """`argv` in `box`, let in at its latch into a cage with RLIMIT_NPROC at `limit`."""
-    box.give(workdir)
     cage = cages.Confinement("rlimits").cage(
         "bomb", cages.Caps(limit, 1 << 30, 1 << 30, "1G", "1G")
     )
-    latch = Latch.pipes()
-    try:
-        wrapped = box.wrap(
-            argv, workdir, readable=[Path(sys.executable)], cage=cage, latch=latch.args()
-        )
-        process = await asyncio.create_subprocess_exec(
-            *wrapped,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={"PATH": "/usr/bin:/bin"},
-            pass_fds=latch.child_fds,
-        )
-        latch.spawned()
-        await latch.admit(cage, None)
-    finally:
-        latch.close()
+    process, _ = await start(box, workdir, argv, cage, None)
     return process
 
 
