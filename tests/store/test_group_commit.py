@@ -6,16 +6,18 @@ PostgreSQL only: SQLite applies each delivery inline, on the event loop's thread
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import sqlalchemy as sa
 
-from claude_hooks.core.decision import Reset
+from claude_hooks.core.decision import Decision, Reset
 from claude_hooks.core.domain import Task, TaskKind, TaskState
+from claude_hooks.core.outcomes import Intervention, OutcomeFact, SessionSeen
 from claude_hooks.errors import NoInstanceError
-from claude_hooks.store import batch
+from claude_hooks.store import batch, wakeups
 from claude_hooks.store.base import Dispatched, Placement, Settle, TaskFilter
 from claude_hooks.store.group_commit import DispatchCall, GroupCommit
 from claude_hooks.store.intake import DeliveryRecord
@@ -82,7 +84,7 @@ async def test_a_batch_keeps_each_delivery_apart(store: SqlStore) -> None:
     assert {t.number: t.agent for t in tasks} == {9: "dev-a", 1: "dev-b", 5: "dev-a"}
 
 
-def _seen(dispatched: Dispatched) -> tuple[object, ...]:
+def _answer(dispatched: Dispatched) -> tuple[object, ...]:
     """What a caller sees of `dispatched` (the failure by its message: errors compare by id)."""
     failure = str(dispatched.failure) if dispatched.failure is not None else None
     return dispatched.placements, dispatched.merged, failure, dispatched.recorded
@@ -118,7 +120,7 @@ async def test_a_run_applied_together_places_as_one_at_a_time(store: SqlStore) -
     ]
     together = _together(store, calls)
     alone = [await store.dispatch_all(call.tasks, call.settle) for call in calls]
-    assert [_seen(d) for d in together] == [_seen(d) for d in alone]
+    assert [_answer(d) for d in together] == [_answer(d) for d in alone]
     assert [[p.task.agent for p in d.placements] for d in alone] == [
         ["dev-b"],
         ["dev-a", "dev-c"],
@@ -201,3 +203,179 @@ async def test_a_failed_transaction_fails_every_waiter_of_its_batch() -> None:
             await group.submit(DispatchCall([], None))
     finally:
         group.stop()
+
+
+# What a run leaves in the database, table by table (the columns a delivery writes).
+_STATE = {
+    "tasks": "SELECT id, type, agent, kind, session_key, number, payload::text, state, seq,"
+    " attempts, enqueued_at, delivery_id FROM tasks ORDER BY seq",
+    "deliveries": "SELECT id, flavor, event, event_type, action, repo, number, sender,"
+    " received_at, outcome, reason, task_ids::text, body, replay_of, pruned_at"
+    " FROM deliveries ORDER BY id",
+    "assignments": "SELECT * FROM assignments ORDER BY repo, number, type",
+    "issue_guards": "SELECT * FROM issue_guards ORDER BY repo, number",
+    "outcome_sessions": "SELECT * FROM outcome_sessions ORDER BY session_key",
+    "queue_lengths": "SELECT * FROM queue_lengths ORDER BY agent",
+    "cursors": "SELECT * FROM cursors ORDER BY type",
+}
+
+
+def _state(conn: sa.Connection) -> dict[str, list[tuple[object, ...]]]:
+    return {name: [tuple(r) for r in conn.execute(sa.text(q))] for name, q in _STATE.items()}
+
+
+def _rich(
+    delivery_id: str,
+    assigned: tuple[str, int, frozenset[str]] | None = None,
+    resets: Sequence[Reset] = (),
+) -> Settle:
+    """Record `delivery_id` with every field of its record set, its assignment and resets."""
+
+    def settle(
+        placements: list[Placement],
+        merged: list[Task],
+        _cancelled: list[str],
+        failure: NoInstanceError | None,
+    ) -> tuple[DeliveryRecord, tuple[str, int, frozenset[str]] | None, list[Reset]]:
+        number = int(delivery_id.rsplit("-", 1)[1])
+        record = DeliveryRecord(
+            id=delivery_id,
+            flavor="forgejo",
+            event="issues",
+            event_type=f"issues-{number}",
+            received_at=NOW + number / 10,
+            body=f'{{"n": {number}}}',
+            action="assigned" if number % 2 else None,
+            repo="acme/widget",
+            number=number,
+            sender=f"user-{number}",
+            outcome="queued" if failure is None else "failed",
+            reason=str(failure) if failure is not None else None,
+            task_ids=[p.task.id for p in placements] + [t.id for t in merged],
+            replay_of="d-0" if number == 3 else None,
+        )
+        return record, assigned, list(resets)
+
+    return settle
+
+
+def _seen(key: str, at: float, assigned: bool, variant: str) -> SessionSeen:
+    return SessionSeen(key, "dev", "acme/widget", 1, at, assigned, variant, "model-x")
+
+
+async def test_a_run_writes_what_one_at_a_time_writes(store: SqlStore) -> None:
+    """Every row a run writes in one statement per kind (tasks, merges, records,
+    assignments, resets, outcome sessions, cursors) is the row one at a time writes: merges
+    into a queued twin and into the run's own task (twice into one: the last payload), an
+    issue assigned and reset twice in the run (the last state), a session seen three times
+    with an intervention between (the first sighting's fields, `assigned_at` filled in),
+    several types, and a type with no instance stopping its delivery's placing."""
+    await agents(store, "dev-a", "dev-b", "dev-c")
+    await agents(store, "rev-a", agent_type="reviewer")
+    assert (await store.dispatch_all([new_task(7, "reviewer")], None)).placements
+    await store.set_agent_enabled("rev-a", False)
+    await agents(store, "ops-a", "ops-b", agent_type="ops")
+    assert (await store.dispatch_all([new_task(7, "ops")], None)).placements
+    queued_twin = new_task(9)
+    assert (await store.dispatch_all([queued_twin], recording("d-90"))).recorded
+    key = queued_twin.session_key
+
+    def merging(number: int, version: int) -> Task:
+        task = new_task(number)
+        return dataclasses.replace(task, payload={"number": number, "version": version})
+
+    def call(
+        tasks: list[Task], settle: Settle, *outcomes: OutcomeFact, separate: bool = False
+    ) -> DispatchCall:
+        decision = Decision(outcomes=list(outcomes))
+        return DispatchCall(
+            tasks, settle, decision, separate=frozenset(t.id for t in tasks if separate)
+        )
+
+    issue = ("acme/widget", 1)
+    calls = [
+        call(
+            [new_task(1), new_task(2, "ops")],
+            _rich("d-1", (*issue, frozenset({"dev"})), [(*issue, NOW + 1)]),
+            _seen(key, NOW + 1, False, "v1"),
+        ),
+        call(
+            [merging(9, 2), new_task(3, "ops")],
+            _rich("d-2", (*issue, frozenset({"dev", "ops"})), [(*issue, NOW + 2)]),
+            _seen(key, NOW + 2, False, "v2"),
+            Intervention("commands", "acme/widget", 1, key),
+        ),
+        call(
+            [merging(1, 3), merging(9, 3), new_task(4)],
+            _rich("d-3", ("acme/widget", 3, frozenset()), [("acme/widget", 3, NOW + 3)]),
+            _seen(key, NOW + 3, True, "v3"),
+            _seen("dev:acme/widget#4", NOW + 3, True, "v1"),
+        ),
+        call(
+            [new_task(5), new_task(8, "reviewer"), new_task(6)],
+            _rich("d-5"),
+            _seen(key, NOW + 5, True, "v5"),
+        ),
+        call([new_task(1)], _rich("d-6", (*issue, frozenset({"reviewer"}))), separate=True),
+        call([], _rich("d-7", None, [(*issue, NOW + 7)])),
+    ]
+    with store.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            together = batch.apply(conn, calls)
+            written = _state(conn)
+        finally:
+            transaction.rollback()
+    alone = [
+        await store.dispatch_all(c.tasks, c.settle, c.decision, separate=c.separate) for c in calls
+    ]
+    with store.engine.connect() as conn:
+        assert written == _state(conn)
+    assert [_answer(d) for d in together] == [_answer(d) for d in alone]
+    # What the comparison rests on: each kind of row is there, and more than one of it.
+    assert len(written["tasks"]) == 9 and len(written["deliveries"]) == 7
+    payloads = {row[0]: row[6] for row in written["tasks"]}
+    assert payloads[queued_twin.id] == '{"number": 9, "version": 3}'
+    assert len(alone[3].placements) == 1  # #5 placed, then the reviewer stops it
+    assert isinstance(alone[3].failure, NoInstanceError)
+    assert written["assignments"] == [("acme/widget", 1, "reviewer")]
+    assert [row[:3] for row in written["issue_guards"]] == [
+        ("acme/widget", 1, NOW + 7),
+        ("acme/widget", 3, NOW + 3),
+    ]
+    session = next(r for r in written["outcome_sessions"] if r[0] == key)
+    assert (session[4], session[6], session[7], session[8]) == ("v1", NOW + 1, NOW + 3, 1)
+
+
+async def test_a_delivery_twice_in_one_run_is_recorded_once(store: SqlStore) -> None:
+    """Two deliveries of one id in a batch: the run's one insert of the records fails, and
+    one at a time the first is recorded with its task and the second left out."""
+    await agents(store, "dev-a")
+    assert (await store.dispatch_all([new_task(9)], None)).placements
+    calls = [
+        DispatchCall([new_task(1)], recording("d-1")),
+        DispatchCall([new_task(2)], recording("d-1")),
+        DispatchCall([new_task(3)], recording("d-3")),
+    ]
+    with pytest.raises(sa.exc.IntegrityError), store.engine.connect() as conn, conn.begin():
+        batch.apply(conn, calls)
+    first, again, third = store.dispatch_batch(calls)
+    assert isinstance(first, Dispatched) and first.recorded and len(first.placements) == 1
+    assert isinstance(again, Dispatched) and not again.recorded
+    assert isinstance(third, Dispatched) and third.recorded
+    tasks = await store.list_tasks(TaskFilter(), 10, 0)
+    assert sorted(t.number for t in tasks) == [1, 3, 9]
+
+
+async def test_a_runs_wake_ups_are_sent_in_one_statement_in_order(store: SqlStore) -> None:
+    with store.engine.connect() as listener:
+        listener.execute(sa.text(f"LISTEN {wakeups.CHANNEL}"))
+        listener.commit()
+        with store.engine.begin() as conn:
+            wakeups.notify_all(
+                conn, [wakeups.Wake(wakeups.TASK, "dev-b"), wakeups.Wake(wakeups.BUSY, "dev")]
+            )
+        raw = listener.connection.dbapi_connection
+        assert raw is not None
+        heard = [n.payload for n in raw.notifies(timeout=2, stop_after=2)]  # type: ignore[attr-defined]
+    assert heard == ["task:dev-b", "busy:dev"]

@@ -1,5 +1,5 @@
 """A group commit's deliveries applied together: their look-ups in one round trip, their writes
-in one more.
+in one more, each kind of statement once for the whole run (PostgreSQL only).
 
 One at a time (`sql._apply`), each delivery of a batch costs two round trips on the batch's
 connection, one after another: its look-ups (a queued twin per task, the type's cursor lock,
@@ -7,17 +7,23 @@ the candidates), then its writes. Here the look-ups of every delivery of a run a
 once, the choices are made from what they read, each adjusted by the run's own earlier
 placements as the one-by-one path would have read them under the same cursor lock (the queue a
 placement lengthened, the session it now holds, the task a later one merges into), and then
-every write is sent at once. What only the one-by-one path settles exactly raises `Unsettled`
-and the caller applies the run again one delivery at a time: a type's first placement (no
-cursor row yet), a task held because its session is paused, a twin claimed between its
-look-up and the merge, and any error (a duplicate id above all: which delivery failed is
-not known once the statements are pipelined).
+every write is sent at once. Each kind of look-up and write is one statement for the run, its
+rows' values in arrays (`unnest`), not one a row: a statement costs the server a parse, a plan
+and an executor start, and psycopg a send and its parameters' dumping, whatever its rows, and
+these were 8 of a delivery's 12. The writes keep what one at a time leaves: the tasks in order
+(their `seq`), then the merges (into a task of the run too), of several writes of one row the
+last (an issue's assignment and loop guard, a twin's payload) or, for a session's outcome
+record, the first with what later ones fill in. What only the one-by-one path settles
+exactly raises `Unsettled` and the caller applies the run again one delivery at a time: a
+type's first placement (no cursor row yet), a task held because its session is paused, a twin
+claimed between its look-up and the merge, and any error (a duplicate id above all: which
+delivery failed is not known once the statements are pipelined).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,17 +31,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.domain import Task, TaskState
+from claude_hooks.core.outcomes import OutcomeFact
 from claude_hooks.core.scheduler import Candidate, choose
 from claude_hooks.errors import NoInstanceError
 from claude_hooks.store import placing, wakeups
-from claude_hooks.store.base import Dispatched
+from claude_hooks.store.base import Dispatched, Placement
 from claude_hooks.store.decisions import writes_first
 from claude_hooks.store.group_commit import DispatchCall
-from claude_hooks.store.intake import ask_twin, insert_delivery, send_merge
+from claude_hooks.store.intake import Settled, ask_twins, insert_deliveries, send_merges
 from claude_hooks.store.labels import write_labels
-from claude_hooks.store.outcomes import write_outcomes
+from claude_hooks.store.outcomes import write_all_outcomes
 from claude_hooks.store.prepared import pipelined
-from claude_hooks.store.queueing import Sent, queue
+from claude_hooks.store.queueing import queue_all
 
 
 class Unsettled(Exception):
@@ -73,32 +80,32 @@ class _Run:
         chosen = snapshot[choice.index]
         return placing.Spot(chosen.name, chosen.queued, chosen.running)
 
-    def placed(self, sent: Sent) -> None:
-        task = sent.task
+    def placed(self, placement: Placement) -> None:
+        task = placement.task
         self.added[task.agent] += 1
         self.holding.setdefault(task.session_key, set()).add(task.agent)
         self.woken.add(task.agent)
-        if sent.busy:
+        if placement.busy:
             self.busy.add(task.type)
 
     def twin(self, task: Task) -> str | None:
         """The first task of `task`'s session and kind an earlier delivery of the run queued."""
         return self.twins.get((task.session_key, task.kind.value))
 
-    def delivered(self, sent: Sequence[Sent]) -> None:
+    def delivered(self, placements: Sequence[Placement]) -> None:
         """A delivery's tasks are queued: later deliveries' tasks merge into them."""
-        for placed in sent:
-            self.twins.setdefault((placed.task.session_key, placed.task.kind.value), placed.task.id)
+        for placement in placements:
+            task = placement.task
+            self.twins.setdefault((task.session_key, task.kind.value), task.id)
 
     def finish(self, conn: sa.Connection) -> None:
         """Move the cursors the run moved, and wake the workers and thieves it concerns."""
-        for agent_type, position in self.positions.items():
-            if position != self.start[agent_type]:
-                placing.move_cursor(conn, agent_type, position)
-        for agent in sorted(self.woken):
-            wakeups.notify(conn, wakeups.TASK, agent)
-        for agent_type in sorted(self.busy):
-            wakeups.notify(conn, wakeups.BUSY, agent_type)
+        moved = {t: p for t, p in self.positions.items() if p != self.start[t]}
+        if moved:
+            placing.move_cursors(conn, moved)
+        wakes = [wakeups.Wake(wakeups.TASK, agent) for agent in sorted(self.woken)]
+        wakes += [wakeups.Wake(wakeups.BUSY, agent_type) for agent_type in sorted(self.busy)]
+        wakeups.notify_all(conn, wakes)
 
 
 def _lock(conn: sa.Connection, calls: Sequence[DispatchCall]) -> list[tuple[str, DBAPICursor]]:
@@ -119,64 +126,100 @@ def _positions(locked: list[tuple[str, DBAPICursor]]) -> dict[str, int]:
     return positions
 
 
+class _Asked:
+    """The run's look-ups, sent in one statement each: the twins of the tasks that may merge,
+    and the candidates of each (type, session key) once."""
+
+    def __init__(self, conn: sa.Connection, calls: Sequence[DispatchCall]) -> None:
+        merging = [t for call in calls for t in call.tasks if t.id not in call.separate]
+        self._twins = ask_twins(conn, merging) if merging else None
+        keys = list(dict.fromkeys((t.type, t.session_key) for c in calls for t in c.tasks))
+        self._keys = keys
+        self._candidates = placing.ask_all_candidates(conn, keys) if keys else None
+
+    def read(self) -> tuple[list[str | None], dict[tuple[str, str], list[Any]]]:
+        """The twins' ids (None: none), in order; the candidates' rows by (type, session key)."""
+        twins = [row[0] for row in self._twins.fetchall()] if self._twins is not None else []
+        rows: defaultdict[int, list[Any]] = defaultdict(list)
+        if self._candidates is not None:
+            for row in self._candidates.fetchall():
+                rows[int(row[0])].append(row[1:])
+        return twins, {key: rows[place] for place, key in enumerate(self._keys, 1)}
+
+
 def apply(conn: sa.Connection, calls: Sequence[DispatchCall]) -> list[Dispatched]:
     """Apply `calls` (each `fits`) in order within the caller's transaction; raises
     `Unsettled` (or the error met) if the caller must apply them one at a time instead."""
-    merges: list[DBAPICursor] = []
-    sent_by_call: list[list[Sent]] = []
-    answers: list[tuple[list[Task], NoInstanceError | None]] = []
+    merges: list[tuple[str, Task]] = []  # (twin, task merged into it), in order
+    queued: list[Placement] = []  # every placement of the run, in order, not read yet
+    facts: list[OutcomeFact] = []
+    settled: list[Settled] = []
+    answers: list[tuple[list[Placement], list[Task], NoInstanceError | None]] = []
     with pipelined(conn):
         locked = _lock(conn, calls)
-        twins = [
-            [None if t.id in call.separate else ask_twin(conn, t) for t in call.tasks]
-            for call in calls
-        ]
-        asked = [
-            [placing.ask_candidates(conn, t.type, t.session_key) for t in call.tasks]
-            for call in calls
-        ]
+        asked = _Asked(conn, calls)
         run = _Run(_positions(locked))  # the first read: every look-up's round trip
-        for call, call_twins, call_asked in zip(calls, twins, asked, strict=True):
+        twins, candidates = asked.read()
+        looked_up = iter(twins)
+        for call in calls:
             merged: list[Task] = []
-            sent: list[Sent] = []
+            placements: list[Placement] = []
             failure: NoInstanceError | None = None
-            for task, looked_up, candidates in zip(call.tasks, call_twins, call_asked, strict=True):
-                rows = candidates.fetchall()
-                if looked_up is not None:
-                    row = looked_up.fetchone()
-                    twin = row[0] if row is not None else run.twin(task)
+            for task in call.tasks:
+                if task.id not in call.separate:
+                    twin = next(looked_up) or run.twin(task)
                     if twin is not None:
-                        merges.append(send_merge(conn, twin, task))
+                        merges.append((twin, task))
                         merged.append(dataclasses.replace(task, id=twin))
                         continue
                 if failure is not None:
                     continue  # as one at a time: placing stops at a type with no instance
                 try:
-                    spot = run.choose(task, rows)
+                    spot = run.choose(task, candidates[task.type, task.session_key])
                 except NoInstanceError as exc:
                     failure = exc
                     continue
-                sent.append(queue(conn, task, spot))
-                run.placed(sent[-1])
-            run.delivered(sent)
+                busy = spot.running or spot.queued > 0
+                on = dataclasses.replace(task, agent=spot.agent)
+                placements.append(Placement(on, spot.queued + 1, busy))
+                run.placed(placements[-1])
+            run.delivered(placements)
+            queued.extend(placements)
             decision = call.decision
             if decision is not None:
-                write_outcomes(conn, decision.outcomes)
+                facts.extend(decision.outcomes)
                 if decision.labels is not None and failure is None:
                     write_labels(conn, *decision.labels)
-            unread = [s.placement(read=False) for s in sent]
-            record = call.settle(unread, merged, [], failure) if call.settle is not None else None
+            # The record names the tasks; their `seq` and state are read after the pipeline.
+            settle = call.settle
+            record = settle(list(placements), merged, [], failure) if settle is not None else None
             if record is not None:
-                insert_delivery(conn, *record)
-            sent_by_call.append(sent)
-            answers.append((merged, failure))
+                settled.append(record)
+            answers.append((placements, merged, failure))
+        # The writes, one statement each: the tasks before the merges (into them too).
+        inserted = queue_all(conn, [p.task for p in queued]) if queued else None
+        merging = send_merges(conn, merges) if merges else None
+        write_all_outcomes(conn, facts)
+        if settled:
+            insert_deliveries(conn, settled)
         run.finish(conn)
-    if any(merge.fetchone() is None for merge in merges):
+    if merging is not None and len(merging[0].fetchall()) != merging[1]:
         raise Unsettled("a twin was claimed between its look-up and the merge")
-    dispatched = []
-    for sent, (merged, failure) in zip(sent_by_call, answers, strict=True):
-        placements = [s.placement() for s in sent]
-        if any(p.task.state is not TaskState.QUEUED for p in placements):
-            raise Unsettled("a task was held: its session is paused")
-        dispatched.append(Dispatched(placements, failure, recorded=True, merged=merged))
-    return dispatched
+    rows = {row[0]: (int(row[1]), row[2]) for row in inserted.fetchall()} if inserted else {}
+    if any(state != TaskState.QUEUED.value for _, state in rows.values()):
+        raise Unsettled("a task was held: its session is paused")
+    return [
+        Dispatched(
+            [_read(p, rows[p.task.id][0]) for p in placements],
+            failure,
+            recorded=True,
+            merged=merged,
+        )
+        for placements, merged, failure in answers
+    ]
+
+
+def _read(placement: Placement, seq: int) -> Placement:
+    """`placement` with its task's `seq` as inserted (and queued: a held one is unsettled)."""
+    task = dataclasses.replace(placement.task, seq=seq, state=TaskState.QUEUED)
+    return Placement(task, placement.position, placement.busy)

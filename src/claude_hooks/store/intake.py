@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ from claude_hooks.store.spend import (
     read_usage,
     usage_of,
     write_reset,
+    write_resets,
 )
 from claude_hooks.store.upsert import upsert
 
@@ -150,6 +152,59 @@ _MERGE = Prepared(
     .returning(tasks.c.id)
 )
 
+# A run's statements (`batch`, PostgreSQL): one for all its rows however many, their values in
+# arrays. The twins: one row a (session key, kind), in order, the twin's id or NULL.
+_TWINS = Prepared(
+    sa.text(
+        "SELECT (SELECT t.id FROM tasks t WHERE t.session_key = k.key AND t.kind = k.kind"
+        f" AND t.state = '{TaskState.QUEUED.value}' ORDER BY t.seq LIMIT 1)"
+        " FROM unnest(CAST(:b_keys AS text[]), CAST(:b_kinds AS text[]))"
+        " WITH ORDINALITY AS k(key, kind, ord) ORDER BY k.ord"
+    )
+)
+_MERGES = Prepared(
+    sa.text(
+        "UPDATE tasks SET payload = CAST(m.payload AS json)"
+        " FROM unnest(CAST(:b_ids AS text[]), CAST(:b_payloads AS text[])) AS m(id, payload)"
+        f" WHERE tasks.id = m.id AND tasks.state = '{TaskState.QUEUED.value}'"
+        " RETURNING tasks.id"
+    )
+)
+_DELIVERY_TYPES = {
+    "received_at": "float8",
+    "number": "int",
+    "task_ids": "text",  # JSON, cast in the select
+    "pruned_at": "float8",
+}
+_INSERT_DELIVERIES = Prepared(
+    sa.text(
+        f"INSERT INTO deliveries ({', '.join(_DELIVERY_FIELDS)})"
+        " SELECT "
+        + ", ".join(
+            f"CAST(d.{name} AS json)" if name == "task_ids" else f"d.{name}"
+            for name in _DELIVERY_FIELDS
+        )
+        + " FROM unnest("
+        + ", ".join(
+            f"CAST(:{name} AS {_DELIVERY_TYPES.get(name, 'text')}[])" for name in _DELIVERY_FIELDS
+        )
+        + f") AS d({', '.join(_DELIVERY_FIELDS)})"
+    )
+)
+_UNASSIGN_ALL = Prepared(
+    sa.text(
+        "DELETE FROM assignments USING unnest(CAST(:b_repos AS text[]),"
+        " CAST(:b_numbers AS int[])) AS i(repo, number)"
+        " WHERE assignments.repo = i.repo AND assignments.number = i.number"
+    )
+)
+_ASSIGN_ALL = Prepared(
+    sa.text(
+        "INSERT INTO assignments (repo, number, type) SELECT * FROM unnest("
+        "CAST(:repos AS text[]), CAST(:numbers AS int[]), CAST(:types AS text[]))"
+    )
+)
+
 
 def write_assignment(conn: sa.Connection, repo: str, number: int, types: Iterable[str]) -> None:
     """Make `types` the ones assigned to an issue, within the caller's transaction."""
@@ -163,6 +218,25 @@ def ask_twin(conn: sa.Connection, task: Task) -> DBAPICursor:
     row (the twin's id) is read by the caller, so that under psycopg's pipeline the look-up
     travels with the placement's (see `placing.ask`)."""
     return _QUEUED_TWIN.run(conn, {"b_key": task.session_key, "b_kind": task.kind.value})
+
+
+def ask_twins(conn: sa.Connection, asked: Sequence[Task]) -> DBAPICursor:
+    """PostgreSQL: send `ask_twin` for each of `asked` in one statement; its rows are the
+    twins' ids (None: none), one a task, in order, all read in one snapshot."""
+    return _TWINS.run(
+        conn,
+        {"b_keys": [t.session_key for t in asked], "b_kinds": [t.kind.value for t in asked]},
+    )
+
+
+def send_merges(conn: sa.Connection, merges: Sequence[tuple[str, Task]]) -> tuple[DBAPICursor, int]:
+    """PostgreSQL: send `send_merge` for each (twin, task) in one statement, in order (of
+    several into one twin the last one's payload stays, as one at a time); its rows are the
+    twins it merged into, and the count of twins it must name."""
+    last = {twin: task.payload for twin, task in merges}
+    return _MERGES.run(
+        conn, {"b_ids": list(last), "b_payloads": [json.dumps(p) for p in last.values()]}
+    ), len(last)
 
 
 def merge_into_twin(conn: sa.Connection, twin: str, task: Task) -> str | None:
@@ -245,6 +319,40 @@ def insert_delivery(
         write_assignment(conn, *assigned)
     for repo, number, since in resets:
         write_reset(conn, repo, number, since)
+
+
+Settled = tuple[DeliveryRecord, Assigned | None, Sequence[Reset]]
+
+
+def insert_deliveries(conn: sa.Connection, settled: Sequence[Settled]) -> None:
+    """PostgreSQL: `insert_delivery` for each of a run's settled deliveries, in order, in one
+    statement each for the records, the assignments (the issues' DELETE and the INSERT of
+    each one's last state) and the loop guards' resets; an id seen before (or twice) raises
+    `sa.exc.IntegrityError` and leaves nothing."""
+    records = [record for record, _, _ in settled]
+    values: dict[str, list[Any]] = {
+        name: [getattr(record, name) for record in records] for name in _DELIVERY_FIELDS
+    }
+    values["task_ids"] = [json.dumps(ids) for ids in values["task_ids"]]
+    _INSERT_DELIVERIES.run(conn, values)
+    # Each issue's last assignment: what the DELETE and INSERT of each, in order, leave.
+    last = {(a[0], a[1]): a[2] for _, a, _ in settled if a is not None}
+    if last:
+        keys = list(last)
+        _UNASSIGN_ALL.run(
+            conn, {"b_repos": [r for r, _ in keys], "b_numbers": [n for _, n in keys]}
+        )
+        rows = [(r, n, t) for (r, n), types in last.items() for t in sorted(set(types))]
+        if rows:
+            _ASSIGN_ALL.run(
+                conn,
+                {
+                    "repos": [r for r, _, _ in rows],
+                    "numbers": [n for _, n, _ in rows],
+                    "types": [t for _, _, t in rows],
+                },
+            )
+    write_resets(conn, [reset for _, _, resets in settled for reset in resets])
 
 
 @dataclass(frozen=True, slots=True)

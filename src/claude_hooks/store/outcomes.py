@@ -52,22 +52,35 @@ def _session_upsert(module: Any) -> Prepared:
 
 
 _SESSION = {"postgresql": _session_upsert(postgresql), "sqlite": _session_upsert(sqlite)}
+# Several sessions' upserts in one statement (`batch`, PostgreSQL): one row a session.
+_SESSIONS = Prepared(
+    sa.text(
+        "INSERT INTO outcome_sessions (session_key, type, repo, number, variant, model,"
+        " first_at, assigned_at) SELECT * FROM unnest(CAST(:session_key AS text[]),"
+        " CAST(:type AS text[]), CAST(:repo AS text[]), CAST(:number AS int[]),"
+        " CAST(:variant AS text[]), CAST(:model AS text[]), CAST(:first_at AS float8[]),"
+        " CAST(:assigned_at AS float8[]))"
+        " ON CONFLICT (session_key) DO UPDATE"
+        " SET assigned_at = coalesce(outcome_sessions.assigned_at, excluded.assigned_at)"
+    )
+)
+
+
+def _session_row(fact: SessionSeen) -> dict[str, Any]:
+    return {
+        "session_key": fact.session_key,
+        "type": fact.agent_type,
+        "repo": fact.repo,
+        "number": fact.number,
+        "variant": fact.variant,
+        "model": fact.model,
+        "first_at": fact.at,
+        "assigned_at": fact.at if fact.assigned else None,
+    }
 
 
 def _session(conn: sa.Connection, fact: SessionSeen) -> None:
-    _SESSION[conn.dialect.name].run(
-        conn,
-        {
-            "session_key": fact.session_key,
-            "type": fact.agent_type,
-            "repo": fact.repo,
-            "number": fact.number,
-            "variant": fact.variant,
-            "model": fact.model,
-            "first_at": fact.at,
-            "assigned_at": fact.at if fact.assigned else None,
-        },
-    )
+    _SESSION[conn.dialect.name].run(conn, _session_row(fact))
 
 
 def _pull(conn: sa.Connection, fact: PullFact) -> None:
@@ -127,6 +140,28 @@ def write_outcomes(conn: sa.Connection, facts: Iterable[OutcomeFact]) -> None:
             _pull(conn, fact)
         else:
             _intervention(conn, fact)
+
+
+def write_all_outcomes(conn: sa.Connection, facts: Iterable[OutcomeFact]) -> None:
+    """PostgreSQL: `write_outcomes`, each run of consecutive sightings in one statement (an
+    upsert touches a row once: a session's later sightings are folded into its first, as the
+    upsert would have applied them: only an `assigned_at` still missing is filled in)."""
+    rows: dict[str, dict[str, Any]] = {}  # session key -> its row
+    for fact in facts:
+        if isinstance(fact, SessionSeen):
+            row = rows.setdefault(fact.session_key, _session_row(fact))
+            if row["assigned_at"] is None and fact.assigned:
+                row["assigned_at"] = fact.at
+            continue
+        _sessions(conn, list(rows.values()))  # the facts that follow may touch these rows
+        rows = {}
+        write_outcomes(conn, [fact])
+    _sessions(conn, list(rows.values()))
+
+
+def _sessions(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        _SESSIONS.run(conn, {name: [row[name] for row in rows] for name in rows[0]})
 
 
 def _week(conn: sa.Connection, at: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:

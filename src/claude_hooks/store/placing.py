@@ -62,6 +62,32 @@ _CANDIDATES = Prepared(
 )
 
 
+# A run's look-ups and cursor moves (`batch`, PostgreSQL), in one statement each: the
+# candidates of each (type, session key), their rows tagged with its place (from 1) and in the
+# order `_CANDIDATES` gives them; the cursors of every type the run moved.
+_ALL_CANDIDATES = Prepared(
+    sa.text(
+        "SELECT k.ord, a.name,"
+        " EXISTS (SELECT 1 FROM tasks t WHERE t.agent = a.name"
+        f" AND t.state = '{_RUNNING}'),"
+        " coalesce(q.queued, 0),"
+        " a.name IN (SELECT t.agent FROM tasks t WHERE t.session_key = k.key"
+        f" AND (t.state = '{_QUEUED}' OR t.state = '{_RUNNING}'))"
+        " FROM unnest(CAST(:b_types AS text[]), CAST(:b_keys AS text[]))"
+        " WITH ORDINALITY AS k(type, key, ord)"
+        " JOIN agents a ON a.type = k.type AND a.enabled = true"
+        " LEFT OUTER JOIN queue_lengths q ON q.agent = a.name"
+        " ORDER BY k.ord, a.name"
+    )
+)
+_MOVE_CURSORS = Prepared(
+    sa.text(
+        "UPDATE cursors SET position = m.position FROM unnest(CAST(:b_types AS text[]),"
+        " CAST(:b_positions AS bigint[])) AS m(type, position) WHERE cursors.type = m.type"
+    )
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Spot:
     """The instance chosen for a task, and what it was doing when it was chosen."""
@@ -121,6 +147,15 @@ def ask_candidates(conn: sa.Connection, agent_type: str, session_key: str) -> DB
     return _CANDIDATES.run(conn, {"b_type": agent_type, "b_key": session_key})
 
 
+def ask_all_candidates(conn: sa.Connection, asked: Sequence[tuple[str, str]]) -> DBAPICursor:
+    """PostgreSQL: send `ask_candidates` for each (type, session key) of `asked` in one
+    statement, read in one snapshot; its rows are `ask_candidates`'s, each after the place
+    in `asked` (from 1) it answers (a type with no instance: none)."""
+    return _ALL_CANDIDATES.run(
+        conn, {"b_types": [t for t, _ in asked], "b_keys": [k for _, k in asked]}
+    )
+
+
 def candidates(rows: Sequence[Any]) -> tuple[list[Candidate], str | None]:
     """The snapshot `choose` takes, and the instance holding the session, from the rows of
     `ask_candidates`."""
@@ -130,6 +165,11 @@ def candidates(rows: Sequence[Any]) -> tuple[list[Candidate], str | None]:
 
 def move_cursor(conn: sa.Connection, agent_type: str, position: int) -> None:
     _MOVE_CURSOR.run(conn, {"b_type": agent_type, "b_position": position})
+
+
+def move_cursors(conn: sa.Connection, positions: dict[str, int]) -> None:
+    """PostgreSQL: `move_cursor` for each type of `positions`, in one statement."""
+    _MOVE_CURSORS.run(conn, {"b_types": list(positions), "b_positions": list(positions.values())})
 
 
 def place(

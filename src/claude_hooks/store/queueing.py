@@ -8,6 +8,8 @@ with the delivery's last statements; the caller sends the wake-ups (`wakeups.pla
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import DBAPICursor
@@ -31,6 +33,31 @@ _INSERT_TASK = Prepared(
         state=sa.case((_PAUSED, TaskState.HELD.value), else_=TaskState.QUEUED.value),
     )
     .returning(tasks.c.seq, tasks.c.state)
+)
+
+
+_QUEUED, _HELD = TaskState.QUEUED.value, TaskState.HELD.value
+# A run's tasks (`batch`, PostgreSQL), in one statement however many: the same rows as
+# `_INSERT_TASK` once per task, in order (`seq` the table's last plus the row's place).
+_INSERT_TASKS = Prepared(
+    sa.text(
+        "INSERT INTO tasks (id, type, agent, kind, session_key, repo, number, payload, state,"
+        " seq, attempts, enqueued_at, delivery_id)"
+        " SELECT t.id, t.type, t.agent, t.kind, t.session_key, t.repo, t.number,"
+        " CAST(t.payload AS json),"
+        " CASE WHEN EXISTS (SELECT 1 FROM paused_sessions p WHERE p.session_key = t.session_key)"
+        f" THEN '{_HELD}' ELSE '{_QUEUED}' END,"
+        " (SELECT coalesce(max(seq), 0) FROM tasks) + t.ord, t.attempts, t.enqueued_at,"
+        " t.delivery_id"
+        " FROM unnest(CAST(:id AS text[]), CAST(:type AS text[]), CAST(:agent AS text[]),"
+        " CAST(:kind AS text[]), CAST(:session_key AS text[]), CAST(:repo AS text[]),"
+        " CAST(:number AS int[]), CAST(:payload AS text[]), CAST(:attempts AS int[]),"
+        " CAST(:enqueued_at AS float8[]), CAST(:delivery_id AS text[]))"
+        " WITH ORDINALITY AS t(id, type, agent, kind, session_key, repo, number, payload,"
+        " attempts, enqueued_at, delivery_id, ord)"
+        " ORDER BY t.ord"
+        " RETURNING id, seq, state"
+    )
 )
 
 
@@ -80,3 +107,26 @@ def queue(conn: sa.Connection, task: Task, spot: Spot) -> Sent:
         },
     )
     return Sent(dataclasses.replace(task, agent=spot.agent), spot, inserted)
+
+
+def queue_all(conn: sa.Connection, queued: Sequence[Task]) -> DBAPICursor:
+    """PostgreSQL: insert each task at the tail of its instance's (`agent`) queue, in order,
+    held if its session is paused, in one statement; its rows are (id, seq, state), one a
+    task."""
+    return _INSERT_TASKS.run(
+        conn,
+        {
+            "id": [task.id for task in queued],
+            "type": [task.type for task in queued],
+            "agent": [task.agent for task in queued],
+            "kind": [task.kind.value for task in queued],
+            "session_key": [task.session_key for task in queued],
+            "repo": [task.repo for task in queued],
+            "number": [task.number for task in queued],
+            # As the JSON column's own binding serialises it (psycopg's `Json`: `json.dumps`).
+            "payload": [json.dumps(task.payload) for task in queued],
+            "attempts": [task.attempts for task in queued],
+            "enqueued_at": [task.enqueued_at for task in queued],
+            "delivery_id": [task.delivery_id for task in queued],
+        },
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -10,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.budget import Period
-from claude_hooks.core.decision import IssueGuard
+from claude_hooks.core.decision import IssueGuard, Reset
 from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
 from claude_hooks.store.upsert import upsert
@@ -134,11 +135,38 @@ def _reset(module: Any) -> Any:
 
 
 _RESET = {"postgresql": Prepared(_reset(postgresql)), "sqlite": Prepared(_reset(sqlite))}
+# A run's resets (`batch`, PostgreSQL) in one statement: `_reset` for each issue.
+_RESETS = Prepared(
+    sa.text(
+        "INSERT INTO issue_guards (repo, number, since, review_rounds, tripped_at, reason)"
+        " SELECT r.repo, r.number, r.since, 0, NULL, NULL FROM unnest("
+        "CAST(:repos AS text[]), CAST(:numbers AS int[]), CAST(:sinces AS float8[]))"
+        " AS r(repo, number, since)"
+        " ON CONFLICT (repo, number) DO UPDATE SET since = excluded.since, review_rounds = 0,"
+        " tripped_at = NULL, reason = NULL"
+    )
+)
 
 
 def write_reset(conn: sa.Connection, repo: str, number: int, now: float) -> None:
     """Count an issue afresh from `now`, within the caller's transaction."""
     _RESET[conn.dialect.name].run(conn, {"repo": repo, "number": number, "since": now})
+
+
+def write_resets(conn: sa.Connection, resets: Sequence[Reset]) -> None:
+    """PostgreSQL: `write_reset` for each of `resets` in order, in one statement (of several
+    resets of one issue the last one's `since` stays, as one at a time)."""
+    last = {(repo, number): since for repo, number, since in resets}
+    if last:
+        keys = list(last)
+        _RESETS.run(
+            conn,
+            {
+                "repos": [r for r, _ in keys],
+                "numbers": [n for _, n in keys],
+                "sinces": list(last.values()),
+            },
+        )
 
 
 def read_guard(conn: sa.Connection, repo: str, number: int) -> IssueGuard | None:

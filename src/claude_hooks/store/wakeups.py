@@ -15,6 +15,7 @@ A payload is `kind:target`. Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -31,6 +32,10 @@ STEER = "steer"
 KINDS = frozenset({TASK, BUSY, FREED, SIGNAL, OUTBOX, STEER})
 
 _NOTIFY = Prepared(sa.text("SELECT pg_notify(:channel, :payload)"))
+# Several wake-ups in one statement (`batch`), sent in the order given.
+_NOTIFY_ALL = Prepared(
+    sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS u(p)")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,13 @@ def notify(conn: sa.Connection, kind: str, target: str = "") -> None:
     """Send a wake-up when `conn`'s transaction commits (PostgreSQL only)."""
     if conn.dialect.name == "postgresql":
         _NOTIFY.run(conn, {"channel": CHANNEL, "payload": f"{kind}:{target}"})
+
+
+def notify_all(conn: sa.Connection, wakes: Sequence[Wake]) -> None:
+    """`notify` for each of `wakes`, in order, in one statement (PostgreSQL only)."""
+    if wakes and conn.dialect.name == "postgresql":
+        payloads = [f"{wake.kind}:{wake.target}" for wake in wakes]
+        _NOTIFY_ALL.run(conn, {"channel": CHANNEL, "payloads": payloads})
 
 
 def placed(conn: sa.Connection, agent: str, agent_type: str, busy: bool) -> None:
