@@ -473,9 +473,10 @@ async def test_a_look_ahead_reads_an_issue_as_the_reads_one_by_one(store: Store)
     for number in (1, 5):  # 5 is an agent's pull request for issue 1
         await store.dispatch(new_task(number))
     await write(store, Decision(links=[PullLink("acme/widget", 5, "dev", 1, "abc", True)]))
-    assigned = ("acme/widget", 1, frozenset({"dev"}))
+    assigned = ("acme/widget", 1, frozenset({"dev", "reviewer"}))
     assert await view.add_delivery(delivery("d-1", NOW), assigned, [("acme/widget", 1, NOW + 2)])
     assert not (await view.look_ahead("d-2", None)).seen
+    assert not (await view.look_ahead("d-2", ("acme/widget", 1), False)).seen
     issues = (("acme/widget", 1), ("acme/widget", 5), ("acme/widget", 9))
     for issue, guarded in [(issue, guarded) for issue in issues for guarded in (True, False)]:
         ahead = await view.look_ahead("d-1", issue, guarded)
@@ -492,7 +493,8 @@ async def test_a_look_ahead_reads_an_issue_as_the_reads_one_by_one(store: Store)
             assert await through.issue_usage(*issue, since) == usage
     read = await view.look_ahead("d-1", ("acme/widget", 1))
     if store.shared:
-        expected = (frozenset({"dev"}), None, (1, 0.0))  # since NOW + 2: only #5's task
+        # since NOW + 2: only #5's task
+        expected = (frozenset({"dev", "reviewer"}), None, (1, 0.0))
         assert (read.assigned, read.link, read.usage) == expected
         assert read.guard is not None and read.guard.since == NOW + 2
 

@@ -121,6 +121,32 @@ _PULL_LINK = Prepared(
         pull_links.c.pr_number == sa.bindparam("b_number"),
     )
 )
+# A delivery's id seen or not, its issue's assigned types and its pull link, in one statement
+# (`look_ahead`): each is a statement to parse, plan and run, and to send and dump.
+_AHEAD = Prepared(
+    sa.select(
+        sa.exists().where(deliveries.c.id == sa.bindparam("b_id")),
+        sa.func.array(
+            sa.select(assignments.c.type)
+            .where(
+                assignments.c.repo == sa.bindparam("b_repo"),
+                assignments.c.number == sa.bindparam("b_number"),
+            )
+            .scalar_subquery()
+        ),
+        *_LINK_COLUMNS,
+    ).select_from(
+        sa.select(sa.literal(1).label("one"))
+        .subquery("one")
+        .outerjoin(
+            pull_links,
+            sa.and_(
+                pull_links.c.repo == sa.bindparam("b_repo"),
+                pull_links.c.pr_number == sa.bindparam("b_number"),
+            ),
+        )
+    )
+)
 _UNASSIGN = Prepared(
     assignments.delete().where(
         assignments.c.repo == sa.bindparam("b_repo"),
@@ -470,19 +496,21 @@ class SqlIntake:
             # only add the reads a delivery does not need.
             return LookAhead(_DELIVERY_EXISTS.scalar(conn, seen_params) is not None)
         repo, number = issue
-        params = {"b_repo": repo, "b_number": number}
-        with pipelined(conn):  # read once the pipeline's end has brought every answer
-            seen = _DELIVERY_EXISTS.run(conn, seen_params)
-            assigned = _ASSIGNED.run(conn, params)
-            link = _PULL_LINK.run(conn, params)
-            guard = ask_guard(conn, repo, number) if guarded else None
-            usage = ask_usage_since_guard(conn, repo, number) if guarded else None
-        row = link.fetchone()
+        params = {"b_id": delivery_id, "b_repo": repo, "b_number": number}
+        guard = usage = None
+        if guarded:
+            with pipelined(conn):  # read once the pipeline's end has brought every answer
+                ahead = _AHEAD.run(conn, params)
+                guard = ask_guard(conn, repo, number)
+                usage = ask_usage_since_guard(conn, repo, number)
+        else:
+            ahead = _AHEAD.run(conn, params)
+        seen, assigned, *link = ahead.fetchone() or (False, [], None)
         return LookAhead(
-            seen.fetchone() is not None,
+            bool(seen),
             issue,
-            frozenset(row[0] for row in assigned.fetchall()),
-            _link(row) if row else None,
+            frozenset(assigned),
+            _link(link) if link[0] is not None else None,
             guarded,
             guard_of(guard) if guard is not None else None,
             usage_of(usage) if usage is not None else (0, 0.0),
