@@ -24,7 +24,7 @@ from claude_hooks.core.domain import Task, TaskKind, TaskState
 from claude_hooks.core.new_event import RunningTask
 from claude_hooks.store.kept_reader import KeptReader
 from claude_hooks.store.labels import read_labels
-from claude_hooks.store.prepared import Prepared, pipelined
+from claude_hooks.store.prepared import Prepared, floats, pipelined
 from claude_hooks.store.schema import (
     assignments,
     ci_watches,
@@ -186,7 +186,8 @@ _TWINS = Prepared(
         f" AND t.state = '{TaskState.QUEUED.value}' ORDER BY t.seq LIMIT 1)"
         " FROM unnest(CAST(:b_keys AS text[]), CAST(:b_kinds AS text[]))"
         " WITH ORDINALITY AS k(key, kind, ord) ORDER BY k.ord"
-    )
+    ),
+    binary=True,
 )
 _MERGES = Prepared(
     sa.text(
@@ -194,7 +195,8 @@ _MERGES = Prepared(
         " FROM unnest(CAST(:b_ids AS text[]), CAST(:b_payloads AS text[])) AS m(id, payload)"
         f" WHERE tasks.id = m.id AND tasks.state = '{TaskState.QUEUED.value}'"
         " RETURNING tasks.id"
-    )
+    ),
+    binary=True,
 )
 _DELIVERY_TYPES = {
     "received_at": "float8",
@@ -215,20 +217,23 @@ _INSERT_DELIVERIES = Prepared(
             f"CAST(:{name} AS {_DELIVERY_TYPES.get(name, 'text')}[])" for name in _DELIVERY_FIELDS
         )
         + f") AS d({', '.join(_DELIVERY_FIELDS)})"
-    )
+    ),
+    binary=True,
 )
 _UNASSIGN_ALL = Prepared(
     sa.text(
         "DELETE FROM assignments USING unnest(CAST(:b_repos AS text[]),"
         " CAST(:b_numbers AS int[])) AS i(repo, number)"
         " WHERE assignments.repo = i.repo AND assignments.number = i.number"
-    )
+    ),
+    binary=True,
 )
 _ASSIGN_ALL = Prepared(
     sa.text(
         "INSERT INTO assignments (repo, number, type) SELECT * FROM unnest("
         "CAST(:repos AS text[]), CAST(:numbers AS int[]), CAST(:types AS text[]))"
-    )
+    ),
+    binary=True,
 )
 
 
@@ -360,6 +365,8 @@ def insert_deliveries(conn: sa.Connection, settled: Sequence[Settled]) -> None:
         name: [getattr(record, name) for record in records] for name in _DELIVERY_FIELDS
     }
     values["task_ids"] = [json.dumps(ids) for ids in values["task_ids"]]
+    values["received_at"] = floats(values["received_at"])
+    values["pruned_at"] = floats(values["pruned_at"])
     _INSERT_DELIVERIES.run(conn, values)
     # Each issue's last assignment: what the DELETE and INSERT of each, in order, leave.
     last = {(a[0], a[1]): a[2] for _, a, _ in settled if a is not None}

@@ -26,7 +26,7 @@ from claude_hooks.core.outcome_report import (
 )
 from claude_hooks.core.outcomes import Intervention, OutcomeFact, PullFact, SessionSeen
 from claude_hooks.store.outbox import write_letter
-from claude_hooks.store.prepared import Prepared
+from claude_hooks.store.prepared import Prepared, floats
 from claude_hooks.store.schema import outcome_pulls, outcome_sessions, outcome_summaries, tasks
 
 WEEK = 7 * 86400.0
@@ -62,7 +62,8 @@ _SESSIONS = Prepared(
         " CAST(:assigned_at AS float8[]))"
         " ON CONFLICT (session_key) DO UPDATE"
         " SET assigned_at = coalesce(outcome_sessions.assigned_at, excluded.assigned_at)"
-    )
+    ),
+    binary=True,
 )
 
 
@@ -161,7 +162,10 @@ def write_all_outcomes(conn: sa.Connection, facts: Iterable[OutcomeFact]) -> Non
 
 def _sessions(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        _SESSIONS.run(conn, {name: [row[name] for row in rows] for name in rows[0]})
+        values = {name: [row[name] for row in rows] for name in rows[0]}
+        values["first_at"] = floats(values["first_at"])
+        values["assigned_at"] = floats(values["assigned_at"])
+        _SESSIONS.run(conn, values)
 
 
 def _week(conn: sa.Connection, at: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:

@@ -78,13 +78,15 @@ _ALL_CANDIDATES = Prepared(
         " JOIN agents a ON a.type = k.type AND a.enabled = true"
         " LEFT OUTER JOIN queue_lengths q ON q.agent = a.name"
         " ORDER BY k.ord, a.name"
-    )
+    ),
+    binary=True,
 )
 _MOVE_CURSORS = Prepared(
     sa.text(
         "UPDATE cursors SET position = m.position FROM unnest(CAST(:b_types AS text[]),"
         " CAST(:b_positions AS bigint[])) AS m(type, position) WHERE cursors.type = m.type"
-    )
+    ),
+    binary=True,
 )
 
 

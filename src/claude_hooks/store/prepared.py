@@ -11,7 +11,9 @@ the same `sqlalchemy.exc` errors, so the store's code reads the same on both bac
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,20 +66,33 @@ def _disconnected(conn: sa.Connection, exc: BaseException) -> None:
     conn.engine.dispose()
 
 
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
+
+
 class Prepared:
     """One Core statement, compiled for each dialect (and set of parameter names) it meets
-    and run by the driver."""
+    and run by the driver.
 
-    __slots__ = ("_compiled", "statement")
+    `binary`: on PostgreSQL, psycopg sends the parameters in binary (`%b`), for the
+    statements whose parameters are arrays (`unnest`): in text an array is a literal psycopg
+    builds in Python, escaping every quote of every element (an 8 KB delivery body's JSON:
+    most of a run's insert of its records); in binary each element goes as it is. Every
+    element of one array must then be of one Python type (floats as floats)."""
 
-    def __init__(self, statement: sa.ClauseElement) -> None:
+    __slots__ = ("_binary", "_compiled", "statement")
+
+    def __init__(self, statement: sa.ClauseElement, binary: bool = False) -> None:
         self.statement = statement
+        self._binary = binary
         self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
     def _for(self, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
         compiled = self._compiled.get((dialect.name, keys))
         if compiled is None:
             compiled = _compile(self.statement, dialect, keys)
+            if self._binary and dialect.name == "postgresql":
+                sql = _PYFORMAT.sub(r"%(\1)b", compiled.sql)
+                compiled = dataclasses.replace(compiled, sql=sql)
             self._compiled[dialect.name, keys] = compiled
         return compiled
 
@@ -108,6 +123,12 @@ class Prepared:
         """The first column of the first row, or None without a row."""
         row = self.run(conn, params).fetchone()
         return row[0] if row is not None else None
+
+
+def floats(values: Iterable[float | None]) -> list[float | None]:
+    """An array parameter of floats for a `binary` statement: an int among them (a time
+    given as one) would fail its dumping."""
+    return [None if value is None else float(value) for value in values]
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 from claude_hooks.core.domain import Task, TaskState
 from claude_hooks.store.base import Placement
 from claude_hooks.store.placing import Spot
-from claude_hooks.store.prepared import Prepared
+from claude_hooks.store.prepared import Prepared, floats
 from claude_hooks.store.schema import paused_sessions, tasks
 
 NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(tasks.c.seq), 0) + 1).scalar_subquery()
@@ -57,7 +57,8 @@ _INSERT_TASKS = Prepared(
         " attempts, enqueued_at, delivery_id, ord)"
         " ORDER BY t.ord"
         " RETURNING id, seq, state"
-    )
+    ),
+    binary=True,
 )
 
 
@@ -126,7 +127,7 @@ def queue_all(conn: sa.Connection, queued: Sequence[Task]) -> DBAPICursor:
             # As the JSON column's own binding serialises it (psycopg's `Json`: `json.dumps`).
             "payload": [json.dumps(task.payload) for task in queued],
             "attempts": [task.attempts for task in queued],
-            "enqueued_at": [task.enqueued_at for task in queued],
+            "enqueued_at": floats(task.enqueued_at for task in queued),
             "delivery_id": [task.delivery_id for task in queued],
         },
     )

@@ -12,7 +12,7 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 
 from claude_hooks.core.budget import Period
 from claude_hooks.core.decision import IssueGuard, Reset
-from claude_hooks.store.prepared import Prepared
+from claude_hooks.store.prepared import Prepared, floats
 from claude_hooks.store.schema import breakers, budgets, issue_guards, pull_links, tasks
 from claude_hooks.store.upsert import upsert
 
@@ -144,7 +144,8 @@ _RESETS = Prepared(
         " AS r(repo, number, since)"
         " ON CONFLICT (repo, number) DO UPDATE SET since = excluded.since, review_rounds = 0,"
         " tripped_at = NULL, reason = NULL"
-    )
+    ),
+    binary=True,
 )
 
 
@@ -164,7 +165,7 @@ def write_resets(conn: sa.Connection, resets: Sequence[Reset]) -> None:
             {
                 "repos": [r for r, _ in keys],
                 "numbers": [n for _, n in keys],
-                "sinces": list(last.values()),
+                "sinces": floats(last.values()),
             },
         )
 

@@ -34,7 +34,8 @@ KINDS = frozenset({TASK, BUSY, FREED, SIGNAL, OUTBOX, STEER})
 _NOTIFY = Prepared(sa.text("SELECT pg_notify(:channel, :payload)"))
 # Several wake-ups in one statement (`batch`), sent in the order given.
 _NOTIFY_ALL = Prepared(
-    sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS u(p)")
+    sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS u(p)"),
+    binary=True,
 )
 
 
