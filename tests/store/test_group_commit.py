@@ -243,7 +243,8 @@ def _rich(
             flavor="forgejo",
             event="issues",
             event_type=f"issues-{number}",
-            received_at=NOW + number / 10,
+            # One as an int (a time may come as one): the arrays of floats take it too.
+            received_at=NOW + number / 10 if number != 5 else int(NOW) + 5,
             body=f'{{"n": {number}}}',
             action="assigned" if number % 2 else None,
             repo="acme/widget",
