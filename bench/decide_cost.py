@@ -1,5 +1,5 @@
 """The Python cost of one delivery's decide-and-apply path: `Intake.receive` in process on a
-SQLite file, no HTTP and no background loops, with the deliveries of `bench.deliveries`.
+SQLite file, no HTTP, with the deliveries of `bench.deliveries` (every one a new issue).
 
 Wall-clock rates on a shared machine move with the load; this measures what does not:
 
@@ -45,6 +45,10 @@ async def _deliver(count: int, warm_up: int, profile: cProfile.Profile | None) -
         try:
             seeds = [(seed.name, seed.type) for seed in config.agents]
             await service.store.seed_agents(seeds, time.time())
+            # The bus's two readers take a delivery's events as under `serve`; the workers do
+            # not run (the tasks stay queued) and neither do the node's loops.
+            service.notifier.start()
+            service.budget_watch.start()
             deliveries = [issue_assigned(number) for number in range(1, warm_up + count + 1)]
             for delivery in deliveries[:warm_up]:
                 await _one(service, delivery.headers, delivery.body)
@@ -58,6 +62,8 @@ async def _deliver(count: int, warm_up: int, profile: cProfile.Profile | None) -
                 profile.disable()
             return spent
         finally:
+            await service.budget_watch.stop()
+            await service.notifier.stop()
             await service.store.close()
 
 
@@ -65,6 +71,7 @@ async def _one(service: Service, headers: dict[str, str], body: bytes) -> None:
     answer = await service.intake.receive(headers, body, "127.0.0.1")
     if answer.status != 202:
         raise RuntimeError(f"delivery not queued: {answer.status} {answer.body}")
+    await asyncio.sleep(0)  # a turn of the loop, as between two requests: the bus is read
 
 
 def _instructions(count: int) -> int:
