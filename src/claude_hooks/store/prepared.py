@@ -11,7 +11,6 @@ the same `sqlalchemy.exc` errors, so the store's code reads the same on both bac
 from __future__ import annotations
 
 import contextlib
-import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,27 +27,10 @@ Processor = Callable[[Any], Any]
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     sql: str
-    # The driver's arguments from the bound values: a tuple in the order of the statement's
-    # parameters (a C `itemgetter`: a generator per call cost more than the driver's own
-    # binding), or the values themselves for a driver that takes names.
-    arguments: Callable[[dict[str, Any]], Any]
+    names: tuple[str, ...]  # the parameters in the order the driver takes them
+    positional: bool
     defaults: dict[str, Any]  # values bound when the statement was built (literals, limits)
     processors: tuple[tuple[str, Processor], ...]
-
-
-def _in_order(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """The values of `names`, as a tuple in that order (`itemgetter` of one name gives the
-    value alone, of none cannot be built)."""
-    if not names:
-        return lambda _values: ()
-    if len(names) == 1:
-        name = names[0]
-        return lambda values: (values[name],)
-    return operator.itemgetter(*names)
-
-
-def _by_name(values: dict[str, Any]) -> dict[str, Any]:
-    return values
 
 
 def _compile(statement: sa.ClauseElement, dialect: Dialect, keys: tuple[str, ...]) -> _Compiled:
@@ -70,8 +52,8 @@ def _compile(statement: sa.ClauseElement, dialect: Dialect, keys: tuple[str, ...
         if processor is not None:
             processors[name] = processor
     positional = compiled.positiontup is not None
-    arguments = _in_order(tuple(compiled.positiontup or ())) if positional else _by_name
-    return _Compiled(sql, arguments, defaults, tuple(processors.items()))
+    names = tuple(compiled.positiontup or ())
+    return _Compiled(sql, names, positional, defaults, tuple(processors.items()))
 
 
 def _disconnected(conn: sa.Connection, exc: BaseException) -> None:
@@ -106,7 +88,9 @@ class Prepared:
         values = {**compiled.defaults, **params} if params else dict(compiled.defaults)
         for name, processor in compiled.processors:
             values[name] = processor(values[name])
-        arguments = compiled.arguments(values)
+        arguments: Any = (
+            tuple(values[name] for name in compiled.names) if compiled.positional else values
+        )
         dbapi_connection = conn.connection.dbapi_connection
         assert dbapi_connection is not None
         cursor = dbapi_connection.cursor()
