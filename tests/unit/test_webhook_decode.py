@@ -70,6 +70,7 @@ def test_every_fixture_decodes_byte_for_byte(entry: dict[str, Any]) -> None:
         event_type=entry["event_type_header"],
         payload=json.loads(body),
         body=body,
+        text=body.decode("utf-8"),
     )
     assert delivery.payload.get("action") == entry["action"]
     assert sign(body) == entry["sha256_hmac_hex"]

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# Every pair of digits (10 bits): an id is 8 look-ups, where a loop over its 16 digits cost
+# more than the rest of making it.
+_PAIRS = [first + second for first in _CROCKFORD for second in _CROCKFORD]
+_ID_BITS = (1 << 80) - 1  # an id's 16 digits (48 bits of milliseconds: until the year 10889)
 
 
 # What became of a recorded webhook delivery. `cancelled`: it placed no work but cancelled some
@@ -64,12 +68,18 @@ class _Ids:
         else:
             self.last_ms = ms
             self.counter = int.from_bytes(os.urandom(4), "big") >> 1
-        value = (ms << 32) | self.counter
-        chars = []
-        for _ in range(16):
-            chars.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(chars))
+        value = ((ms << 32) | self.counter) & _ID_BITS
+        pairs = _PAIRS
+        return (
+            pairs[value >> 70]
+            + pairs[(value >> 60) & 1023]
+            + pairs[(value >> 50) & 1023]
+            + pairs[(value >> 40) & 1023]
+            + pairs[(value >> 30) & 1023]
+            + pairs[(value >> 20) & 1023]
+            + pairs[(value >> 10) & 1023]
+            + pairs[value & 1023]
+        )
 
 
 _ids = _Ids()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from claude_hooks.config import Config, FlowsConfig
 from claude_hooks.core.decision import (
@@ -102,7 +102,8 @@ class LoopGuard:
         sender: str | None,
         limits: Mapping[str, IssueLimits] | None = None,
     ) -> Decision:
-        """`limits`: repository -> its per-issue limits, where its policy sets them."""
+        """`decision`, reviewed (changed in place); `limits`: repository -> its per-issue
+        limits, where its policy sets them."""
         if not decision.dispatch:
             return decision
         human = self.resets(event_type, sender)
@@ -145,18 +146,19 @@ class LoopGuard:
                 )
         # A guard that trips even counted afresh (a limit of 0) stays tripped.
         resets = [r for r in resets if (r[0], r[1]) not in done.trips]
-        decided = replace(
-            decision,
-            review_rounds=decision.review_rounds + done.rounds,
-            trips=decision.trips + done.made,
-            resets=resets,
-        )
+        # Changed in place, as the intake's other steps change it: a copy of the decision's
+        # twenty fields cost more than the review itself.
+        decision.review_rounds = decision.review_rounds + done.rounds
+        decision.trips = decision.trips + done.made
+        decision.resets = resets
         if not stops:
-            return decided
-        reason = "; ".join(stops) if not kept else f"{decision.reason}; {'; '.join(stops)}"
-        decided = replace(decided, reason=reason)
-        decided.keep(kept)
-        return decided
+            return decision
+        if kept:
+            decision.reason = f"{decision.reason}; {'; '.join(stops)}"
+        else:
+            decision.reason = "; ".join(stops)
+        decision.keep(kept)
+        return decision
 
     async def _check(
         self,

@@ -79,6 +79,7 @@ class Delivery:
     event_type: str
     payload: dict[str, Any]
     body: bytes
+    text: str  # `body` decoded (it is UTF-8: checked), as the deliveries table keeps it
 
 
 def decode_delivery(
@@ -126,14 +127,16 @@ def decode_delivery(
     flavor: Literal["forgejo", "gitea"] = (
         "forgejo" if any(name.startswith("x-forgejo-") for name in lowered) else "gitea"
     )
+    text = _utf8(signed)
     return Delivery(
         delivery_id=delivery_id,
         flavor=flavor,
         # Forgejo's `package` event has an empty coarse name: the fine type stands in for it.
         event=_first(lowered, _EVENT_HEADERS) or event_type,
         event_type=event_type,
-        payload=_parse_object(signed),
+        payload=_parse_object(text),
         body=signed,
+        text=text,
     )
 
 
@@ -241,13 +244,16 @@ def _display(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
 
 
-def _parse_object(signed: bytes) -> dict[str, Any]:
+def _utf8(signed: bytes) -> str:
     try:
-        text = signed.decode("utf-8")
+        return signed.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedDeliveryError(
             f"payload is not UTF-8 (bad byte at offset {exc.start}): send JSON in UTF-8"
         ) from None
+
+
+def _parse_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

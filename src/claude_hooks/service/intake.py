@@ -184,7 +184,11 @@ def _kept(decision: Decision | None, applied: Applied) -> Decision | None:
 
 
 def _unposted(decision: Decision) -> Decision:
-    """`decision` without what it would post: with no forge configured, nothing is."""
+    """`decision` without what it would post: with no forge configured, nothing is. Copied
+    only if it would post something (most decisions post nothing)."""
+    posts = any(trip.comment is not None or trip.label is not None for trip in decision.trips)
+    if not (posts or decision.comments or decision.policy_faults):
+        return decision
     trips = [replace(trip, comment=None, label=None) for trip in decision.trips]
     return replace(decision, comments=[], trips=trips, policy_faults=[])
 
@@ -321,7 +325,7 @@ class Intake:
             event=delivery.event,
             event_type=delivery.event_type,
             received_at=self.clock(),
-            body=delivery.body.decode("utf-8", "replace"),
+            body=delivery.text,
             **_summary(payload),
         )
         return await self._take(record, payload)

@@ -11,7 +11,7 @@ turns into rates and costs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,7 +24,13 @@ from claude_hooks.core.outcome_report import (
     SessionCounts,
     TaskCount,
 )
-from claude_hooks.core.outcomes import Intervention, OutcomeFact, PullFact, SessionSeen
+from claude_hooks.core.outcomes import (
+    Intervention,
+    InterventionKind,
+    OutcomeFact,
+    PullFact,
+    SessionSeen,
+)
 from claude_hooks.store.outbox import write_letter
 from claude_hooks.store.prepared import Prepared, floats
 from claude_hooks.store.schema import outcome_pulls, outcome_sessions, outcome_summaries, tasks
@@ -84,52 +90,100 @@ def _session(conn: sa.Connection, fact: SessionSeen) -> None:
     _SESSION[conn.dialect.name].run(conn, _session_row(fact))
 
 
+def _pull_opened(module: Any) -> Prepared:
+    return Prepared(
+        module.insert(p)
+        .values(
+            repo=sa.bindparam("b_repo"),
+            pr_number=sa.bindparam("b_number"),
+            session_key=sa.bindparam("b_key"),
+            type=sa.bindparam("b_type"),
+            opened_at=sa.bindparam("b_at"),
+            first_head=sa.bindparam("b_sha"),
+        )
+        .on_conflict_do_nothing(index_elements=[p.c.repo, p.c.pr_number])
+    )
+
+
+_PULL_OPENED = {"postgresql": _pull_opened(postgresql), "sqlite": _pull_opened(sqlite)}
+_PULL_KEY = sa.and_(p.c.repo == sa.bindparam("b_repo"), p.c.pr_number == sa.bindparam("b_number"))
+_AT = sa.bindparam("b_at", type_=sa.Float)
+
+
+def _pull_update(*where: sa.ColumnElement[bool], **values: Any) -> Prepared:
+    return Prepared(p.update().where(_PULL_KEY, *where).values(**values))
+
+
+# A PR's later events, each one statement built once (the webhook path: building a statement
+# through `Connection.execute` cost more than running it). An approval, a merge and a close
+# keep their first time; changes requested after an approval do not count; a failure on the
+# first head stands, a pass counts if nothing failed first.
+_PULL_EVENTS = {
+    "approved": _pull_update(approved_at=sa.func.coalesce(p.c.approved_at, _AT)),
+    "changes_requested": _pull_update(
+        p.c.approved_at.is_(None), review_rounds=p.c.review_rounds + 1
+    ),
+    "merged": _pull_update(merged_at=sa.func.coalesce(p.c.merged_at, _AT)),
+    "closed": _pull_update(p.c.merged_at.is_(None), closed_at=sa.func.coalesce(p.c.closed_at, _AT)),
+}
+_CI_FIRST = p.c.first_head == sa.bindparam("b_sha")
+_CI_VERDICT = sa.bindparam("b_passed", type_=sa.Boolean)
+_CI_FAILED = _pull_update(_CI_FIRST, first_ci=_CI_VERDICT)
+_CI_PASSED = _pull_update(_CI_FIRST, p.c.first_ci.is_(None), first_ci=_CI_VERDICT)
+
+
 def _pull(conn: sa.Connection, fact: PullFact) -> None:
-    key = sa.and_(p.c.repo == fact.repo, p.c.pr_number == fact.pr_number)
+    key = {"b_repo": fact.repo, "b_number": fact.pr_number}
     if fact.event == "opened":
         if fact.session_key is None or fact.author_type is None or fact.head_sha is None:
             return
-        conn.execute(
-            _insert(conn, p)
-            .values(
-                repo=fact.repo,
-                pr_number=fact.pr_number,
-                session_key=fact.session_key,
-                type=fact.author_type,
-                opened_at=fact.at,
-                first_head=fact.head_sha,
-            )
-            .on_conflict_do_nothing(index_elements=[p.c.repo, p.c.pr_number])
+        _PULL_OPENED[conn.dialect.name].run(
+            conn,
+            {
+                **key,
+                "b_key": fact.session_key,
+                "b_type": fact.author_type,
+                "b_at": fact.at,
+                "b_sha": fact.head_sha,
+            },
         )
-        return
-    values: dict[str, Any]
-    if fact.event == "approved":
-        values = {"approved_at": sa.func.coalesce(p.c.approved_at, fact.at)}
+    elif fact.event == "ci":
+        verdict = _CI_PASSED if fact.passed else _CI_FAILED
+        verdict.run(conn, {**key, "b_sha": fact.head_sha, "b_passed": bool(fact.passed)})
     elif fact.event == "changes_requested":
-        key = sa.and_(key, p.c.approved_at.is_(None))
-        values = {"review_rounds": p.c.review_rounds + 1}
-    elif fact.event == "merged":
-        values = {"merged_at": sa.func.coalesce(p.c.merged_at, fact.at)}
-    elif fact.event == "closed":
-        key = sa.and_(key, p.c.merged_at.is_(None))
-        values = {"closed_at": sa.func.coalesce(p.c.closed_at, fact.at)}
-    else:  # ci: a failure on the first head stands; a pass counts if nothing failed first
-        key = sa.and_(key, p.c.first_head == fact.head_sha)
-        if fact.passed:
-            key = sa.and_(key, p.c.first_ci.is_(None))
-        values = {"first_ci": bool(fact.passed)}
-    conn.execute(p.update().where(key).values(**values))
+        _PULL_EVENTS[fact.event].run(conn, key)
+    else:
+        _PULL_EVENTS[fact.event].run(conn, {**key, "b_at": fact.at})
+
+
+def _intervention_update(kind: str, by_session: bool) -> Prepared:
+    if by_session:
+        which = s.c.session_key == sa.bindparam("b_key")
+    else:
+        which = sa.and_(
+            s.c.repo == sa.bindparam("b_repo"),
+            s.c.number == sa.bindparam("b_number"),
+            s.c.assigned_at.is_not(None),
+        )
+    column = s.c[kind]
+    return Prepared(s.update().where(which).values({column: column + sa.bindparam("b_count")}))
+
+
+_COUNT_INTERVENTION = {
+    (kind, by_session): _intervention_update(kind, by_session)
+    for kind in get_args(InterventionKind)
+    for by_session in (True, False)
+}
 
 
 def _intervention(conn: sa.Connection, fact: Intervention) -> None:
     if fact.session_key is not None:
-        which = s.c.session_key == fact.session_key
+        params: dict[str, Any] = {"b_key": fact.session_key}
     else:
-        which = sa.and_(
-            s.c.repo == fact.repo, s.c.number == fact.number, s.c.assigned_at.is_not(None)
-        )
-    column = s.c[fact.kind]
-    conn.execute(s.update().where(which).values({column: column + fact.count}))
+        params = {"b_repo": fact.repo, "b_number": fact.number}
+    _COUNT_INTERVENTION[fact.kind, fact.session_key is not None].run(
+        conn, {**params, "b_count": fact.count}
+    )
 
 
 def write_outcomes(conn: sa.Connection, facts: Iterable[OutcomeFact]) -> None:
