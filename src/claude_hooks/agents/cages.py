@@ -158,12 +158,44 @@ class Cage:
         """Put `pid`, a sandbox waiting at its latch (`sandbox_latch`), in this cage: into its
         cgroups, with its rlimits (the file size; the process count without cgroups); what it
         starts then stays in."""
-        for folder in self.cgroups.values():
-            (folder / "cgroup.procs").write_text(str(pid))
+        self.enclose(pid)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (self.limits.disk, self.limits.disk))
         if self.kind == "rlimits":
             nproc = (self.limits.processes, self.limits.processes)
             resource.prlimit(pid, resource.RLIMIT_NPROC, nproc)
+
+    def join(self) -> list[Path]:
+        """Move the calling thread into this cage's cgroups where a thread may move itself
+        (cgroup v1's `tasks`, given `0`: no RCU grace period to wait for, as a move by pid
+        has); what it forks then is born in the cage (`spawning`). Where one refuses (cgroup
+        v2 has no `tasks`), the latch's admission moves the sandbox instead. The cgroups it
+        joined, for `leave`."""
+        joined = []
+        for folder in self.cgroups.values():
+            with contextlib.suppress(OSError):
+                (folder / "tasks").write_text("0")
+                joined.append(folder)
+        return joined
+
+    @staticmethod
+    def leave(joined: Iterable[Path]) -> bool:
+        """Move the calling thread back from the cgroups it `join`ed to the service's own (a
+        run's cgroup v1 is `<the service's own>/claude-hooks/<run>`); False if one refused."""
+        left = True
+        for folder in joined:
+            try:
+                (folder.parent.parent / "tasks").write_text("0")
+            except OSError:
+                left = False
+        return left
+
+    def enclose(self, pid: int) -> None:
+        """Put `pid` in this cage's cgroups it is not in yet (one born in them is not moved
+        again: each move waits for an RCU grace period, up to ~12 ms on cgroup v1 here)."""
+        for folder in self.cgroups.values():
+            procs = folder / "cgroup.procs"
+            if str(pid) not in _read(procs).split():
+                procs.write_text(str(pid))
 
     # what ended it
 
@@ -222,6 +254,8 @@ class Cage:
         found: set[int] = set()
         for folder in self.cgroups.values():
             found.update(int(pid) for pid in _read(folder / "cgroup.procs").split())
+        # The service itself, while the thread that starts the sandbox is still in (`join`).
+        found.discard(os.getpid())
         return sorted(found)
 
     def kill(self) -> None:
