@@ -138,9 +138,9 @@ class Sandbox:
     # bwrap 0.5 and later bound a tmpfs's size (`--size`); with an older one /tmp is bounded
     # by the agent's memory limit only.
     sized_tmpfs: bool = True
-    # Instance -> its account, looked up (and created) at its first run: later runs start
-    # without the passwd lookup and the thread it takes (shared by every `for_instance` copy).
-    _accounts: dict[str, Account] = field(default_factory=dict, compare=False, repr=False)
+    # Instance -> its sandbox, its account looked up (and created) at its first run: later
+    # runs start without the passwd lookup and the thread it takes (shared by every copy).
+    _instances: dict[str, Sandbox] = field(default_factory=dict, compare=False, repr=False)
     _masks: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,9 +158,8 @@ class Sandbox:
         if known is not None:
             return known
         account = agent_account(account_name(self.prefix, instance))
-        assert account is not None  # root: `known_for` answered otherwise
-        self._accounts[instance] = account
-        return dataclasses.replace(self, account=account)
+        made = self._instances[instance] = dataclasses.replace(self, account=account)
+        return made
 
     def known_for(self, instance: str) -> Sandbox | None:
         """`for_instance` when it needs no lookup (no root, or the instance ran before), else
@@ -168,8 +167,7 @@ class Sandbox:
         thread."""
         if self.account is None:
             return self
-        account = self._accounts.get(instance)
-        return None if account is None else dataclasses.replace(self, account=account)
+        return self._instances.get(instance)
 
     @property
     def listens_inside(self) -> bool:
