@@ -13,8 +13,8 @@ Disk has no kernel limit in any of these: the workdir (and, for Claude, the sess
 is measured periodically, and RLIMIT_FSIZE stops one file from outgrowing the limit between
 two looks; the sandbox's own /tmp is a tmpfs of at most `max_disk`, charged to its memory.
 
-A process joins its cage before it starts the agent (a sandbox waiting at its latch is put in
-by the service, `admit`; unsandboxed, a `sh` prefix writes its pid into the cgroups, then
+A process joins its cage before it starts the agent (a sandbox is born in it, `spawning`, or
+put in at its latch, `admit`; unsandboxed, a `sh` prefix writes its pid into the cgroups, then
 execs), so nothing the agent forks escapes it. At a limit, every process in the cage is killed
 and the task ends with the reason ("memory limit 4G reached"); the service, the database and
 the other agents are untouched.
