@@ -22,7 +22,7 @@ import queue
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from claude_hooks.agents.cages import Cage
 
@@ -89,13 +89,16 @@ class _Spawner:
         while True:
             cage, argv, popen, deliver = self.jobs.get()
             joined = cage.join() if cage is not None else []
+            process: subprocess.Popen[bytes] | None = None
+            failure: BaseException | None = None
             try:
-                process = subprocess.Popen(argv, **popen)
+                # bytes: no text mode is asked for (`popen` is the runner's own).
+                process = cast("subprocess.Popen[bytes]", subprocess.Popen(argv, **popen))
             except BaseException as exc:
-                deliver(None, exc)
-            else:
-                deliver(process, None)
-            if joined and not Cage.leave(joined):
+                failure = exc
+            left = not joined or Cage.leave(joined)
+            deliver(process, failure)  # out of the cage first: no kill can find the service
+            if not left:
                 # Still in that cage: what it started next would be born there. It starts
                 # nothing more and stays (what it started dies with it); a new one takes over.
                 self.retired = True
