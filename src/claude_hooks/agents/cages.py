@@ -13,8 +13,8 @@ Disk has no kernel limit in any of these: the workdir (and, for Claude, the sess
 is measured periodically, and RLIMIT_FSIZE stops one file from outgrowing the limit between
 two looks; the sandbox's own /tmp is a tmpfs of at most `max_disk`, charged to its memory.
 
-A process joins its cage before it starts the agent (a sandbox waiting at its latch is put in
-by the service, `admit`; unsandboxed, a `sh` prefix writes its pid into the cgroups, then
+A process joins its cage before it starts the agent (a sandbox is born in it, `spawning`, or
+put in at its latch, `admit`; unsandboxed, a `sh` prefix writes its pid into the cgroups, then
 execs), so nothing the agent forks escapes it. At a limit, every process in the cage is killed
 and the task ends with the reason ("memory limit 4G reached"); the service, the database and
 the other agents are untouched.
@@ -50,6 +50,11 @@ DISK_MIN_SECONDS = 0.5
 DISK_WALK_SHARE = 10.0
 KILL_ROUNDS = 50
 CLOSE_SECONDS = 2.0
+# A v1 pids cgroup refuses its removal (EBUSY) for a few ms after its last process was reaped,
+# in about a run of three here: looked at again after 1 ms, then twice as long up to 20 ms (the
+# run's end is on its instance's path to its next task).
+CLOSE_FIRST_PAUSE = 0.001
+CLOSE_PAUSE = 0.02
 LEFTOVER_SECONDS = 60.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CAGES = "claude-hooks"  # the folder of the run cgroups under the service's own (cgroup v1)
@@ -158,12 +163,51 @@ class Cage:
         """Put `pid`, a sandbox waiting at its latch (`sandbox_latch`), in this cage: into its
         cgroups, with its rlimits (the file size; the process count without cgroups); what it
         starts then stays in."""
-        for folder in self.cgroups.values():
-            (folder / "cgroup.procs").write_text(str(pid))
+        self.enclose(pid)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (self.limits.disk, self.limits.disk))
         if self.kind == "rlimits":
             nproc = (self.limits.processes, self.limits.processes)
             resource.prlimit(pid, resource.RLIMIT_NPROC, nproc)
+
+    def join(self) -> list[Path]:
+        """Move the calling thread into this cage's cgroups where a thread may move itself
+        (cgroup v1's `tasks`, given `0`: no RCU grace period to wait for, as a move by pid
+        has); what it forks then is born in the cage (`spawning`). Where one refuses (cgroup
+        v2 has no `tasks`), the latch's admission moves the sandbox instead. The cgroups it
+        joined, for `leave`."""
+        joined = []
+        for folder in self.cgroups.values():
+            with contextlib.suppress(OSError):
+                (folder / "tasks").write_text("0")
+                joined.append(folder)
+        return joined
+
+    @staticmethod
+    def leave(joined: Iterable[Path]) -> bool:
+        """Move the calling thread back from the cgroups it `join`ed to the service's own (a
+        run's cgroup v1 is `<the service's own>/claude-hooks/<run>`); False if one refused."""
+        left = True
+        for folder in joined:
+            try:
+                (folder.parent.parent / "tasks").write_text("0")
+            except OSError:
+                left = False
+        return left
+
+    def holds(self, pid: int) -> bool:
+        """Whether `pid` is in every cgroup of this cage already (born in them, `spawning`)."""
+        return all(self._holds(folder, pid) for folder in self.cgroups.values())
+
+    @staticmethod
+    def _holds(folder: Path, pid: int) -> bool:
+        return str(pid) in _read(folder / "cgroup.procs").split()
+
+    def enclose(self, pid: int) -> None:
+        """Put `pid` in this cage's cgroups it is not in yet (one born in them is not moved
+        again: each move waits for an RCU grace period, 9-18 ms on cgroup v1 here)."""
+        for folder in self.cgroups.values():
+            if not self._holds(folder, pid):
+                (folder / "cgroup.procs").write_text(str(pid))
 
     # what ended it
 
@@ -222,6 +266,8 @@ class Cage:
         found: set[int] = set()
         for folder in self.cgroups.values():
             found.update(int(pid) for pid in _read(folder / "cgroup.procs").split())
+        # The service itself, while the thread that starts the sandbox is still in (`join`).
+        found.discard(os.getpid())
         return sorted(found)
 
     def kill(self) -> None:
@@ -249,6 +295,7 @@ class Cage:
         self.kill()
         deadline = time.monotonic() + CLOSE_SECONDS
         for folder in self.cgroups.values():
+            pause = CLOSE_FIRST_PAUSE
             while True:
                 try:
                     folder.rmdir()
@@ -259,7 +306,8 @@ class Cage:
                     if time.monotonic() >= deadline:
                         log.warning("cannot remove the agent cgroup %s: %s", folder, exc)
                         break
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, CLOSE_PAUSE)
 
 
 def _memory(pid: int) -> int:

@@ -138,6 +138,9 @@ class Sandbox:
     # bwrap 0.5 and later bound a tmpfs's size (`--size`); with an older one /tmp is bounded
     # by the agent's memory limit only.
     sized_tmpfs: bool = True
+    # Instance -> its sandbox, its account looked up (and created) at its first run: later
+    # runs start without the passwd lookup and the thread it takes (shared by every copy).
+    _instances: dict[str, Sandbox] = field(default_factory=dict, compare=False, repr=False)
     _masks: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,10 +154,20 @@ class Sandbox:
     def for_instance(self, instance: str) -> Sandbox:
         """This sandbox run as `instance`'s own account (created at its first run; blocking:
         call it off the event loop). Without root, the service's user for every instance."""
+        known = self.known_for(instance)
+        if known is not None:
+            return known
+        account = agent_account(account_name(self.prefix, instance))
+        made = self._instances[instance] = dataclasses.replace(self, account=account)
+        return made
+
+    def known_for(self, instance: str) -> Sandbox | None:
+        """`for_instance` when it needs no lookup (no root, or the instance ran before), else
+        None: it does not block, so the event loop calls it before handing the lookup to a
+        thread."""
         if self.account is None:
             return self
-        account = agent_account(account_name(self.prefix, instance))
-        return dataclasses.replace(self, account=account)
+        return self._instances.get(instance)
 
     @property
     def listens_inside(self) -> bool:

@@ -170,19 +170,30 @@ class Latch:
         self.child_fds = ()
 
     async def admit(self, cage: Cage | None, listen: Listen | None) -> int:
-        """Wait for a sandbox's child, put it in `cage`, give it the egress listener `listen`
-        serves (None: the sandbox bridges itself, or has no way out), and let it start; its
-        pid. On any failure the child is killed, so it never starts."""
+        """Wait for a sandbox's child, put it in `cage` (a child born in its cgroups,
+        `spawning`, is not moved again), give it the egress listener `listen` serves (None:
+        the sandbox bridges itself, or has no way out), and let it start; its pid. On any
+        failure the child is killed, so it never starts."""
         document = await self._document()
         child = int(document["child-pid"])
+        listening: asyncio.Future[socket.socket] | None = None
         try:
             _check_namespace(child, document)
-            if cage is not None:
-                cage.admit(child)
             if listen is not None:
-                await listen(await _listener(child))
+                listening = asyncio.ensure_future(_listener(child))
+            if cage is not None and cage.holds(child):
+                cage.admit(child)  # born in its cgroups: only its rlimits to set
+            elif cage is not None:
+                # In a thread, beside the listener's: a move into a cgroup waits for an RCU
+                # grace period (9-18 ms on cgroup v1 here); the loop goes on meanwhile.
+                await asyncio.to_thread(cage.admit, child)
+            if listening is not None and listen is not None:
+                await listen(await listening)
             os.write(self.block, b"1")
         except BaseException as exc:
+            if listening is not None:
+                listening.cancel()  # a listener made meanwhile is closed as it comes
+                await asyncio.gather(listening, return_exceptions=True)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
             if isinstance(exc, OSError):

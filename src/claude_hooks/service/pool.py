@@ -660,7 +660,9 @@ class Pool:
         """Set up the workdir, then run: one coroutine, so cancel and timeout cover both."""
         type_config = self.config.types[task.type]
         try:
-            sandbox = await asyncio.to_thread(self.sandbox_for, task)
+            sandbox = self.known_sandbox(task)
+            if sandbox is None and self.confined(task):
+                sandbox = await asyncio.to_thread(self.sandbox_for, task)
         except SandboxError as exc:
             return RunResult(succeeded=False, error=f"cannot sandbox the agent: {exc}")
         try:
@@ -790,10 +792,21 @@ class Pool:
                 log.info("free disk back above server.min_free_disk: agents start again")
         return note if low else None
 
+    def confined(self, task: Task) -> bool:
+        """Whether `task`'s agent runs in a sandbox (not a type with `sandbox = false`)."""
+        return self.sandbox is not None and self.config.types[task.type].sandbox
+
+    def known_sandbox(self, task: Task) -> Sandbox | None:
+        """`sandbox_for` without blocking when its instance's account is known already (its
+        runs after the first); None when it is not, or the type runs unconfined."""
+        if self.sandbox is None or not self.confined(task):
+            return None
+        return self.sandbox.known_for(task.agent)
+
     def sandbox_for(self, task: Task) -> Sandbox | None:
         """The sandbox of `task`'s instance (its own account), None for an unconfined type.
         It may create the account: call it off the event loop."""
-        if self.sandbox is None or not self.config.types[task.type].sandbox:
+        if self.sandbox is None or not self.confined(task):
             return None
         return self.sandbox.for_instance(task.agent)
 

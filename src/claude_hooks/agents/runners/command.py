@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import json
 import shutil
+import subprocess
 from collections import deque
 from pathlib import Path
 
-from claude_hooks.agents import processes, resources
+from claude_hooks.agents import processes, resources, spawning
 from claude_hooks.agents.capped_log import CappedLog
 from claude_hooks.agents.forge_tools import RESULT_FILE
 from claude_hooks.agents.runners.base import RunContext, RunResult, SteerInbox
@@ -137,15 +138,18 @@ class CommandRunner:
         if ctx.steering is not None:
             (ctx.workdir / STEER_FILE).write_text("")  # the agent may watch it from the start
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            # A sandbox is born in its cage's cgroups (`spawning`): none to move at the latch.
+            process = await spawning.spawn(
+                argv,
+                ctx.cage if latch is not None else None,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 cwd=ctx.workdir,
                 env=env,
                 start_new_session=True,
                 pass_fds=latch.child_fds if latch is not None else (),
+                bufsize=0,
             )
         except OSError as exc:
             if resources.exhausted(exc):
@@ -217,6 +221,6 @@ class CommandRunner:
         )
 
 
-async def _reap(process: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
+async def _reap(process: spawning.Spawned, exited: asyncio.Event) -> None:
     await process.wait()
     exited.set()
