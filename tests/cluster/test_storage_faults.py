@@ -153,6 +153,35 @@ def test_a_hung_database_fences_the_node_which_answers_and_recovers(
         )
 
 
+def test_a_table_locked_elsewhere_makes_the_delivery_answer_within_its_deadline(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A lock held by another session on a table the decide phase reads holds the delivery up
+    to the answer deadline at most, then it is spooled, and it goes in once the lock is let
+    go; the node's liveness answers meanwhile."""
+    libpq = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with cluster(tmp_path, pg_url, hold=0.0) as nodes:
+        # A lock timeout past the storage budget (90 % of the deadline): the wait is cut by
+        # the intake's bound, not by the server.
+        node = _start(nodes, "node-1", database_lock_timeout=DEADLINE * 2)
+        with node.client() as client:
+            answer, _took = _post(client, 1, "before")
+            assert answer.status_code == 202, answer.text
+            with psycopg.connect(libpq) as holder:
+                holder.execute("LOCK TABLE assignments IN ACCESS EXCLUSIVE MODE")
+                answer, took = _post(client, 2, "locked")
+                assert answer.status_code == 202, answer.text
+                assert answer.json()["status"] == "spooled"
+                assert took < DEADLINE + 0.2
+                sent = time.monotonic()
+                assert client.get("/healthz").status_code == 200
+                assert time.monotonic() - sent < 1.0
+                holder.rollback()
+            wait_for(lambda: "locked" in _tasks_per_delivery(pg_url), 15, "the spooled one is in")
+            wait_for(lambda: client.get("/readyz").json()["spooled"] == 0, 5, "the spool empty")
+        assert _tasks_per_delivery(pg_url) == {"before": 1, "locked": 1}
+
+
 def test_kill_9_with_a_full_spool_and_the_restarted_node_replays_it(
     tmp_path: Path, pg_url: str, proxied: tuple[TcpProxy, str]
 ) -> None:
