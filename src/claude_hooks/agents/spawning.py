@@ -40,11 +40,13 @@ class Spawned:
         pidfd: int,
         stdin: asyncio.StreamWriter | None,
         stdout: asyncio.StreamReader | None,
+        transports: list[asyncio.BaseTransport],
     ) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.stdin = stdin
         self.stdout = stdout
+        self._transports = transports  # its pipes' ends on the loop, for `close`
         self._pidfd = pidfd  # reads as ready once the process has ended (Linux 5.3)
         self._ended: asyncio.Future[int] | None = None
 
@@ -59,6 +61,14 @@ class Spawned:
         if self._ended is None:
             self._ended = asyncio.ensure_future(self._reap())
         return await asyncio.shield(self._ended)
+
+    def close(self) -> None:
+        """Close its pipes' ends here (a descendant may hold a pipe open past the process's
+        end, and a reader given up on leaves its end open): asyncio's own subprocesses are
+        closed with their transport, these by their runner once the run is over."""
+        for transport in self._transports:
+            if not transport.is_closing():
+                transport.close()
 
     async def _reap(self) -> int:
         loop = asyncio.get_running_loop()
@@ -137,7 +147,7 @@ async def spawn(argv: Sequence[str], cage: Cage | None, **popen: Any) -> Spawned
             loop.call_soon_threadsafe(settle, process, failure)
         except RuntimeError:  # the loop is closed: the service is stopping
             if process is not None:
-                process.kill()
+                _discard(process)
 
     _current().jobs.put((cage, list(argv), popen, deliver))
     try:
@@ -148,32 +158,44 @@ async def spawn(argv: Sequence[str], cage: Cage | None, **popen: Any) -> Spawned
     try:
         return await _connected(loop, process)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        _discard(process)
         raise
 
 
+def _discard(process: subprocess.Popen[bytes]) -> None:
+    """Kill a process nobody will run, and close its pipes (nobody will read or close them)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def _kill_unclaimed(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
-    if started.exception() is None:
-        with contextlib.suppress(ProcessLookupError):
-            started.result().kill()
+    if not started.cancelled() and started.exception() is None:
+        _discard(started.result())
 
 
 async def _connected(loop: asyncio.AbstractEventLoop, process: subprocess.Popen[bytes]) -> Spawned:
     pidfd = os.pidfd_open(process.pid)
+    transports: list[asyncio.BaseTransport] = []
     try:
         stdout = None
         if process.stdout is not None:
             stdout = asyncio.StreamReader(limit=_STREAM_LIMIT)
             reading = asyncio.StreamReaderProtocol(stdout)
-            await loop.connect_read_pipe(lambda: reading, process.stdout)
+            read_end, _ = await loop.connect_read_pipe(lambda: reading, process.stdout)
+            transports.append(read_end)
         stdin = None
         if process.stdin is not None:
             # A protocol that drains and closes; what it would read (nothing) goes nowhere.
             writing = asyncio.StreamReaderProtocol(asyncio.StreamReader())
-            transport, _ = await loop.connect_write_pipe(lambda: writing, process.stdin)
-            stdin = asyncio.StreamWriter(transport, writing, None, loop)
+            write_end, _ = await loop.connect_write_pipe(lambda: writing, process.stdin)
+            transports.append(write_end)
+            stdin = asyncio.StreamWriter(write_end, writing, None, loop)
     except BaseException:
         os.close(pidfd)
+        for transport in transports:
+            transport.close()
         raise
-    return Spawned(process, pidfd, stdin, stdout)
+    return Spawned(process, pidfd, stdin, stdout, transports)

@@ -161,6 +161,14 @@ class CommandRunner:
         finally:
             if latch is not None:
                 latch.spawned()
+        try:
+            return await self._run(ctx, latch, process)
+        finally:
+            process.close()
+
+    async def _run(
+        self, ctx: RunContext, latch: Latch | None, process: spawning.Spawned
+    ) -> RunResult:
         assert process.stdout is not None
         assert process.stdin is not None
         await ctx.on_process(process.pid, processes.start_time(process.pid))
