@@ -65,10 +65,15 @@ class Spawned:
     def close(self) -> None:
         """Close its pipes' ends here (a descendant may hold a pipe open past the process's
         end, and a reader given up on leaves its end open): asyncio's own subprocesses are
-        closed with their transport, these by their runner once the run is over."""
+        closed with their transport, these by their runner once the run is over (the last
+        use of it)."""
         for transport in self._transports:
             if not transport.is_closing():
                 transport.close()
+        if self._ended is None:  # nobody awaits its end: the pidfd is left to close here
+            os.close(self._pidfd)
+            if self.popen.poll() is None:  # a run given up on: not left running, nor unreaped
+                _discard(self.popen)
 
     async def _reap(self) -> int:
         loop = asyncio.get_running_loop()
@@ -163,12 +168,14 @@ async def spawn(argv: Sequence[str], cage: Cage | None, **popen: Any) -> Spawned
 
 
 def _discard(process: subprocess.Popen[bytes]) -> None:
-    """Kill a process nobody will run, and close its pipes (nobody will read or close them)."""
+    """Kill a process nobody will run, close its pipes (nobody will read or close them) and
+    reap it from a thread of its own (no one will wait for it; the loop must not)."""
     with contextlib.suppress(ProcessLookupError):
         process.kill()
     for pipe in (process.stdin, process.stdout, process.stderr):
         if pipe is not None:
             pipe.close()
+    threading.Thread(target=process.wait, name="agent-reaper", daemon=True).start()
 
 
 def _kill_unclaimed(started: asyncio.Future[subprocess.Popen[bytes]]) -> None:
