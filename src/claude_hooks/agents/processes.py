@@ -1,4 +1,5 @@
-"""Agent processes: identify them across a service crash, and stop their whole process group."""
+"""Agent processes: identify them across a service crash, wait on their descriptors, and stop
+their whole process group."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ def dies_with_service(argv: list[str]) -> list[str]:
     util-linux's `setpriv`): an agent never outlives its node, even after a SIGKILL."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+
+
+async def readable(fd: int) -> None:
+    """Until `fd` reads as ready (a pipe with data or closed, a pidfd whose process ended),
+    on the event loop: no thread waits."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 def start_time(pid: int) -> int | None:

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from claude_hooks.agents.processes import readable
 from claude_hooks.agents.sandbox import BRIDGE_PORT, SandboxError
 
 if TYPE_CHECKING:
@@ -203,14 +204,8 @@ class Latch:
 
     async def _document(self) -> dict[str, Any]:
         """bwrap's next info document (one object a start, ending with a lone "}")."""
-        loop = asyncio.get_running_loop()
         while b"}" not in self._buffer:
-            readable = loop.create_future()
-            loop.add_reader(self.info, readable.set_result, None)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(self.info)
+            await readable(self.info)
             try:
                 data = os.read(self.info, _READ)
             except BlockingIOError:

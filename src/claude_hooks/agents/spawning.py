@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from claude_hooks.agents.cages import Cage
+from claude_hooks.agents.processes import readable
 
 # As asyncio's own subprocesses: the most a stream buffers before its reader takes it.
 _STREAM_LIMIT = 2**16
@@ -76,13 +77,7 @@ class Spawned:
                 _discard(self.popen)
 
     async def _reap(self) -> int:
-        loop = asyncio.get_running_loop()
-        readable = loop.create_future()
-        loop.add_reader(self._pidfd, readable.set_result, None)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(self._pidfd)
+        await readable(self._pidfd)
         os.close(self._pidfd)
         code = self.popen.poll()  # ended: reaped without waiting
         assert code is not None
