@@ -123,8 +123,11 @@ def _throughput(
     seconds: int,
     folder: Path,
     distinct: bool,
+    after_run: Callable[[bool], None] | None = None,
 ) -> dict[str, Any]:
-    """wrk at full speed; `distinct`: sized so no delivery repeats within a run."""
+    """wrk at full speed; `distinct`: sized so no delivery repeats within a run; `after_run`:
+    called after each run, and with False after the calibration (claude-hooks: waits until
+    the deliveries it deferred are decided)."""
     figures: list[float] = []
     errors = 0
     repeated = 0
@@ -134,6 +137,8 @@ def _throughput(
     if distinct:
         script = wrk_script(numbers.take(1500), path, 1, folder / "wrk-calibrate")
         estimate = run_wrk(f"http://127.0.0.1:{port}", script, 32, 1, 1).per_second
+        if after_run is not None:
+            after_run(False)
     shared = None if distinct else wrk_script(numbers.take(2000), path, 1, folder / "wrk-shared")
     for index in range(runs):
         if shared is None:
@@ -142,6 +147,8 @@ def _throughput(
         else:
             count, script = 0, shared
         result = run_wrk(f"http://127.0.0.1:{port}", script, 32, 1, seconds)
+        if after_run is not None:
+            after_run(True)
         figures.append(result.per_second)
         errors += result.errors
         if shared is None and result.requests > count:
@@ -180,12 +187,14 @@ def run(quick: bool) -> dict[str, Any]:
             (folder / sub).mkdir()
         numbers = Numbers(10)
         measure = Measure(numbers, runs, seconds, folder, rate, rate_size)
-        results["claude_hooks"] = measure.ours({}, _sqlite_count)
+        results["claude_hooks"] = measure.ours({}, _sqlite_count, _sqlite_pending)
         server = None if quick else postgres_server()
         if server is not None:
             with postgres_database(server) as url:
                 env = {"CLAUDE_HOOKS_SERVER__DATABASE_URL": url}
-                results["claude_hooks_postgresql"] = measure.ours(env, _postgres_count(url))
+                results["claude_hooks_postgresql"] = measure.ours(
+                    env, _postgres_count(url), _postgres_pending(url)
+                )
         with floor() as (port, path):
             results["floor"] = {
                 "throughput": _throughput(port, path, numbers, runs, seconds, folder, False),
@@ -234,6 +243,58 @@ def _sqlite_count(hooks: Any, task_ids: list[str]) -> tuple[int, int]:
     return int(stored), int(queued)
 
 
+Pending = Callable[[Any], int]
+
+
+def _sqlite_pending(hooks: Any) -> int:
+    """Deliveries recorded and not yet decided (deferred by the crowded node, see `intake`)."""
+    with hooks.database() as db:
+        return int(db.execute("SELECT count(*) FROM pending_deliveries").fetchone()[0])
+
+
+def _postgres_pending(url: str) -> Pending:
+    def pending(_hooks: Any) -> int:
+        with psycopg.connect(make_url(url).render_as_string(hide_password=False)) as conn:
+            row = conn.execute("SELECT count(*) FROM pending_deliveries").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return pending
+
+
+class Backlog:
+    """After each wrk run, the deliveries the service deferred, and how long deciding them took
+    once the load had stopped: a 202 under a burst means recorded, its decision follows."""
+
+    def __init__(self, hooks: Any, pending: Pending) -> None:
+        self.hooks, self.pending = hooks, pending
+        self.deferred: list[int] = []
+        self.seconds: list[float] = []
+
+    def drain(self, measured: bool) -> None:
+        """Wait until the service has decided what it deferred (`measured`: record it)."""
+        started = time.perf_counter()
+        deferred = left = self.pending(self.hooks)
+        deadline = started + 900
+        while left and time.perf_counter() < deadline:
+            time.sleep(0.1)
+            left = self.pending(self.hooks)
+        if left:
+            raise RuntimeError(f"{left} deferred deliveries still undecided after 900 s")
+        if not measured:
+            return
+        self.deferred.append(deferred)
+        self.seconds.append(time.perf_counter() - started)
+
+    def figures(self) -> dict[str, Any]:
+        rates = [h / s for h, s in zip(self.deferred, self.seconds, strict=True) if h]
+        return {
+            "deferred_after_run": stats([float(h) for h in self.deferred]),
+            "seconds_to_decide_them": stats(self.seconds),
+            "decided_per_second": stats(rates) if rates else None,
+        }
+
+
 def _postgres_count(url: str) -> Counter:
     def count(_hooks: Any, task_ids: list[str]) -> tuple[int, int]:
         with psycopg.connect(make_url(url).render_as_string(hide_password=False)) as conn:
@@ -257,7 +318,7 @@ class Measure:
         self.numbers, self.runs, self.seconds = numbers, runs, seconds
         self.folder, self.rate, self.size = folder, rate, size
 
-    def ours(self, env: dict[str, str], count: Counter) -> dict[str, Any]:
+    def ours(self, env: dict[str, str], count: Counter, pending: Pending) -> dict[str, Any]:
         numbers = self.numbers
         with service(Agents(command=LONG_TASK, instances=2), env) as hooks:
             # Both dev instances busy on long tasks: every delivery below is queued.
@@ -265,8 +326,16 @@ class Measure:
                 fixed_rate("127.0.0.1", hooks.port, "/webhook", numbers.take(2), 100, 2)
             )
             assert set(warm.statuses) == {202}, warm.statuses
+            backlog = Backlog(hooks, pending)
             throughput = _throughput(
-                hooks.port, "/webhook", numbers, self.runs, self.seconds, self.folder, True
+                hooks.port,
+                "/webhook",
+                numbers,
+                self.runs,
+                self.seconds,
+                self.folder,
+                True,
+                backlog.drain,
             )
             latency = _latency(
                 hooks.port,
@@ -279,6 +348,7 @@ class Measure:
             stored, queued = count(hooks, task_ids)
         return {
             "throughput": throughput,
+            "deferred": backlog.figures(),
             "fixed_rate": latency,
             "accepted_with_task": len(task_ids),
             "tasks_in_database": stored,

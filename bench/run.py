@@ -274,6 +274,21 @@ def markdown(r: dict[str, Any]) -> str:
                     f"{_m(row['fixed_rate']['p50_ms'])} | "
                     f"{_m(row['fixed_rate']['p99_ms'])} |"
                 )
+        for key, label in (
+            ("claude_hooks", "SQLite"),
+            ("claude_hooks_postgresql", "PostgreSQL"),
+        ):
+            deferred = i.get(key, {}).get("deferred")
+            if deferred and deferred["decided_per_second"]:
+                lines += [
+                    "",
+                    f"{label}: past `server.max_deciding` deliveries in flight the node defers "
+                    "the next ones (recorded as pending, answered 202, decided right after in "
+                    f"arrival order): {_m(deferred['deferred_after_run'], digits=0)} "
+                    "deferred a run, "
+                    f"decided in {_m(deferred['seconds_to_decide_them'])} s once wrk stopped "
+                    f"({_m(deferred['decided_per_second'], digits=0)} decided/s).",
+                ]
     if "dispatch" in r:
         d = r["dispatch"]
         lines += [

@@ -150,6 +150,13 @@ class ServerConfig(_Section):
     answer_deadline: float = Field(
         3.0, gt=0, le=30, description="seconds within which every delivery is answered"
     )
+    max_deciding: int = Field(
+        16,
+        ge=0,
+        description="deliveries a node runs through the flows at once; more arriving "
+        "together are recorded as pending, answered at once and decided right after, in "
+        "arrival order (0: every delivery)",
+    )
     pending_retry_min: float = Field(
         5.0, gt=0, description="seconds before the first retry of a pending delivery"
     )

@@ -108,6 +108,42 @@ def test_a_database_restart_under_a_stream_of_deliveries_loses_none(
             assert ready.json()["spooled"] == 0
 
 
+def test_deferred_deliveries_through_a_database_restart_and_a_partition_are_each_run_once(
+    tmp_path: Path, pg_url: str, proxied: tuple[TcpProxy, str]
+) -> None:
+    """A node that defers every delivery (`max_deciding = 0`): its deferrals' own connections
+    are cut (a restart) and then stalled (a partition). Each delivery is answered in time,
+    deferred or spooled, none 5xx, and each gets exactly one task once the database is back."""
+    gate, through = proxied
+    with cluster(tmp_path, through, hold=0.0, lease_seconds=10.0) as nodes:
+        node = _start(nodes, "node-1", max_deciding=0, pending_retry_min=0.2)
+        answers: list[tuple[int, str, float]] = []
+        with httpx.Client(base_url=node.url, timeout=10) as client:
+            for n in range(1, 41):
+                if n == 10:
+                    gate.cut()
+                if n in (18, 32):
+                    gate.resume()
+                if n == 24:
+                    gate.pause()
+                answer, took = _post(client, n, f"deferred-{n}")
+                answers.append((answer.status_code, answer.text, took))
+                time.sleep(0.05)
+        assert [a for a in answers if a[0] >= 500] == []
+        assert {status for status, _t, _s in answers} == {202}
+        assert max(took for _s, _t, took in answers) < DEADLINE + 0.2
+        kinds = {json.loads(text)["status"] for _s, text, _t in answers}
+        assert kinds == {"pending", "spooled"}, kinds
+        wanted = {f"deferred-{n}" for n in range(1, 41)}
+
+        def all_once() -> bool:
+            found = _tasks_per_delivery(pg_url)
+            return set(found) == wanted and set(found.values()) == {1}
+
+        wait_for(all_once, 40, "every delivery has exactly one task")
+        assert _query(pg_url, "SELECT count(*) FROM pending_deliveries") == [(0,)]
+
+
 def test_a_hung_database_fences_the_node_which_answers_and_recovers(
     tmp_path: Path, pg_url: str, proxied: tuple[TcpProxy, str]
 ) -> None:

@@ -5,6 +5,12 @@ after the answer; the only waits before it are the database and, for a sender no
 while, one permission look-up on the forge, cut short at the answer deadline: a delivery that
 needs a forge that cannot answer in time is stored `pending` and retried (see `pending`).
 Refused deliveries are recorded too (see `rejections`).
+
+A node taking more than `server.max_deciding` deliveries at once (deciding or recording them)
+does not make a burst wait behind them: it defers the next ones, recorded as pending
+(committed together on PostgreSQL) and answered 202 at once, until one arrives alone; the
+pending retrier decides them right after, in arrival order, and a later delivery about an
+issue with deliveries still deferred goes after them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +61,17 @@ log = logging.getLogger(__name__)
 SPOOL_SHARE = 0.1
 # Tries of a spooled delivery on connections the database dropped, before the next probe.
 RECONNECTS = 25
+# Why a delivery is pending when its node was too busy to decide it on arrival.
+DEFERRED = (
+    "deferred: the node was taking server.max_deciding deliveries already; decided next, "
+    "in arrival order"
+)
+# Seconds between looks in the database for whether deliveries this node deferred are settled
+# (another node's retrier may have settled them).
+DEFERRED_CHECK = 1.0
+# Seconds after the last deferral during which the node counts as crowded: the retrier then
+# leaves the event loop to the arriving deliveries (see `pending.PendingRetrier`).
+CROWDED_FOR = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +220,7 @@ class Intake:
         forge: Forge,
         clock: Callable[[], float],
         wake_outbox: Callable[[], None],
+        wake_pending: Callable[[], None],
         commands: ForgeCommands,
         sweeper: Sweeper,
         spool: Spool,
@@ -211,7 +230,8 @@ class Intake:
         insecure: bool,
     ) -> None:
         """`wake_outbox`: the comments a decision wrote wait in the outbox; wake its drainer;
-        `commands`: carries out forge commands; `sweeper`: removes closed issues' workdirs;
+        `wake_pending`: a delivery was deferred; wake the pending retrier; `commands`:
+        carries out forge commands; `sweeper`: removes closed issues' workdirs;
         `spool`: keeps deliveries while the database is late; `guard`: the loop guard's rules;
         `rejections`: records refused deliveries; `faults`: counts and logs storage faults;
         `insecure`: take unsigned deliveries (no webhook secret set)."""
@@ -222,6 +242,11 @@ class Intake:
         self.sweeper = sweeper
         self.guard = guard
         self.wake_outbox = wake_outbox
+        self.wake_pending = wake_pending
+        self._taking = 0  # deliveries of the webhook being decided or deferred now
+        self._deferred: Counter[tuple[str, int]] = Counter()  # issue -> its deliveries deferred
+        self._deferred_checked = 0.0  # event-loop time of the last look for settled ones
+        self._last_deferral = float("-inf")  # event-loop time of the last delivery deferred
         self._labelling: set[asyncio.Task[None]] = set()
         self.commands = commands
         self.store = store
@@ -342,8 +367,11 @@ class Intake:
             # In arrival order: the new one goes after those already waiting.
             return await self._spooled(record, "earlier deliveries wait in the spool")
         budget = self._storage_budget()
+        self._taking += 1
         try:
             async with asyncio.timeout(budget):
+                if await self._crowded(record):
+                    return await self._defer(record)
                 return await self._process(record, payload)
         except Exception as exc:
             if not is_storage_fault(exc):
@@ -351,8 +379,65 @@ class Intake:
             reason = fault_reason(exc)
             if isinstance(exc, TimeoutError):
                 reason = f"database: no answer within {budget:g} s"
+        finally:
+            self._taking -= 1
         self.faults.note(reason)
         return await self._spooled(record, reason)
+
+    async def _crowded(self, record: DeliveryRecord) -> bool:
+        """Whether `record` is deferred: the node takes more than `server.max_deciding`
+        deliveries at once, or it deferred one lately and `record` is not alone (those it
+        defers count: under a burst it keeps deferring rather than decide some, each decision
+        costing the event loop the time of several deferrals), or deliveries about its issue
+        are deferred (it goes after them)."""
+        if self._deferred:
+            now = asyncio.get_running_loop().time()
+            if now - self._deferred_checked >= DEFERRED_CHECK:
+                self._deferred_checked = now
+                if await self.pool.store.pending.count_pending(DEFERRED) == 0:
+                    self._deferred.clear()  # settled, here or by another node's retrier
+            issue = _issue(record)
+            if issue is not None and issue in self._deferred:
+                return True
+        # `record` is one of those taken; alone, it is decided whatever came before.
+        return self._taking > self.config.server.max_deciding or (
+            self._taking > 1 and self.crowded()
+        )
+
+    async def _defer(self, record: DeliveryRecord) -> Answer:
+        """Record `record` as pending, to be decided next by the pending retrier."""
+        if record.id in self._in_progress:
+            self._count("duplicate")
+            return Answer(200, {"status": "duplicate", "delivery": record.id})
+        record.outcome, record.reason = "pending", DEFERRED
+        if not await self.pool.store.pending.defer(record):
+            self._count("duplicate")
+            return Answer(200, {"status": "duplicate", "delivery": record.id})
+        issue = _issue(record)
+        if issue is not None:
+            self._deferred[issue] += 1
+        # The retrier is woken when a burst begins; while it lasts, it takes its own time.
+        if not self.crowded():
+            self.wake_pending()
+        self._last_deferral = asyncio.get_running_loop().time()
+        self._published(record)
+        return Answer(202, {"status": "pending", "reason": DEFERRED, "delivery": record.id})
+
+    def crowded(self) -> bool:
+        """Whether deliveries arrive faster than the node decides them: it deferred one in
+        the last `CROWDED_FOR` seconds."""
+        return asyncio.get_running_loop().time() - self._last_deferral < CROWDED_FOR
+
+    def _settled_deferred(self, entry: PendingEntry) -> None:
+        """A delivery this node may have deferred is settled: its issue's later ones need not
+        wait behind it."""
+        if entry.last_error != DEFERRED or entry.repo is None or entry.number is None:
+            return
+        issue = (entry.repo, entry.number)
+        if self._deferred[issue] > 1:
+            self._deferred[issue] -= 1
+        else:
+            self._deferred.pop(issue, None)
 
     async def _spooled(self, record: DeliveryRecord, reason: str) -> Answer:
         try:
@@ -558,16 +643,30 @@ class Intake:
         return Answer(202, {"status": "pending", "reason": reason, "delivery": record.id})
 
     async def retry_pending(self, entry: PendingEntry) -> str:
-        """Run a pending delivery through the flows again; the outcome it now has."""
+        """Run a pending delivery through the flows again; the outcome it now has. Its
+        issue's turn is taken before anything waits, so retries started in due order
+        take their turns in that order."""
+        issue = (entry.repo, entry.number) if entry.repo and entry.number is not None else None
+        async with self.in_order.turn(issue):
+            outcome = await self._retry(entry)
+        if outcome != "pending":
+            self._settled_deferred(entry)
+        return outcome
+
+    async def _retry(self, entry: PendingEntry) -> str:
         record = await self.store.get_delivery(entry.id)
         if record is None:
             return "gone"
         payload = parse_payload(record.event_type, json.loads(record.body))
         self._in_progress.add(record.id)
         try:
+            # The issue's reads in one round trip, as for a delivery on arrival (its own
+            # record is there, pending: a race with another retrier is `AlreadySettled`).
+            guarded = not self.guard.resets(record.event_type, record.sender)
+            ahead = await self.store.look_ahead(record.id, _issue(record), guarded)
+            view = AheadView(ahead, self.store)
             # In the background nothing waits for an answer: the client's own bounds suffice.
-            async with self.in_order.turn(_issue(record)):
-                verdict = await self._run(record, payload, None, pending=True)
+            verdict = await self._run(record, payload, None, pending=True, view=view)
             if verdict.outcome == "pending":
                 attempts = entry.attempts + 1
                 server = self.config.server

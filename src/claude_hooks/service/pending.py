@@ -1,4 +1,4 @@
-"""Deliveries that wait for the forge.
+"""Deliveries that wait for the forge, or that their node deferred while it was crowded.
 
 Forgejo gives up on a delivery after 5 s and never sends it again, so the forge look-ups a
 flow makes (the sender's permission above all) get a deadline inside `server.answer_deadline`.
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Forge look-ups may use this share of the answer deadline; the rest is for the database.
 FORGE_SHARE = 0.8
 BATCH = 50  # pending deliveries retried per look
+CROWDED_PASS = 1.0  # seconds between passes while the node defers what arrives
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,31 +65,50 @@ class PendingRetrier(Loop):
         store: PendingStore,
         clock: Callable[[], float],
         retry: Callable[[PendingEntry], Awaitable[str]],
+        crowded: Callable[[], bool] = lambda: False,
     ) -> None:
-        """`retry` runs one entry through the flows again (`Intake.retry_pending`)."""
+        """`retry` runs one entry through the flows again (`Intake.retry_pending`);
+        `crowded`: deliveries arrive faster than they are decided (`Intake.crowded`)."""
         super().__init__("pending-deliveries", min(1.0, config.server.pending_retry_min))
         self.config = config
         self.store = store
         self.clock = clock
         self.retry = retry
+        self.crowded = crowded
+        self._last_pass = float("-inf")  # event-loop time of the last pass
 
-    async def run_once(self) -> None:
-        await self.run_due()
+    async def run_once(self) -> float | None:
+        loop = asyncio.get_running_loop()
+        if self.crowded():
+            # Deliveries arrive faster than they are decided: answering them goes first (each
+            # decision costs the event loop the time of several deferrals), and a pass of what
+            # they leave runs at most every CROWDED_PASS seconds, so none waits for the burst
+            # to end.
+            since = loop.time() - self._last_pass
+            if since < CROWDED_PASS:
+                return CROWDED_PASS - since
+        self._last_pass = loop.time()
+        # A full batch: more may be due, the next pass at once.
+        return 0 if await self.run_due() == BATCH else None
 
     async def run_due(self) -> int:
-        """Retry every pending delivery that is due; how many were tried."""
+        """Retry the pending deliveries that are due, together (their decisions are committed
+        together: see `store.group_commit`), each started in due order so that deliveries
+        about one issue take their turns in that order; how many were tried."""
         due = await self.store.due(self.clock(), BATCH)
-        for entry in due:
-            try:
-                await self.retry(entry)
-            except Exception as exc:
-                # One delivery that cannot be retried must not hold up the others: it waits
-                # its backoff like one whose forge is down, and the log says why.
-                log.exception("retrying pending delivery %s failed", entry.id)
-                server = self.config.server
-                attempts = entry.attempts + 1
-                wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
-                await self.store.reschedule(
-                    entry.id, attempts, self.clock() + wait, f"retry failed: {exc!r}"
-                )
+        await asyncio.gather(*(self._retry(entry) for entry in due))
         return len(due)
+
+    async def _retry(self, entry: PendingEntry) -> None:
+        try:
+            await self.retry(entry)
+        except Exception as exc:
+            # One delivery that cannot be retried must not hold up the others: it waits
+            # its backoff like one whose forge is down, and the log says why.
+            log.exception("retrying pending delivery %s failed", entry.id)
+            server = self.config.server
+            attempts = entry.attempts + 1
+            wait = backoff(attempts, server.pending_retry_min, server.pending_retry_max)
+            await self.store.reschedule(
+                entry.id, attempts, self.clock() + wait, f"retry failed: {exc!r}"
+            )

@@ -138,6 +138,7 @@ class Service:
             self.forge,
             clock,
             self.outbox.wake,
+            lambda: self.pending.wake(),  # the retrier is made below, with the intake's retry
             ForgeCommands(config, self.commands, self.pool, self.forge, clock),
             self.sweeper,
             spool,
@@ -153,7 +154,9 @@ class Service:
             config, self.forge, self.bus, store.outbox, clock, self.outbox.wake
         )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
-        self.pending = PendingRetrier(config, store.pending, clock, self.intake.retry_pending)
+        self.pending = PendingRetrier(
+            config, store.pending, clock, self.intake.retry_pending, self.intake.crowded
+        )
         self.retention = Retention(config, store, self.pool.log_path, clock)
         self.summary = WeeklySummary(config, store.outcomes, clock, self.outbox.wake)
         self.scaler = Scaler(config, store, self.agents_changed, clock)

@@ -204,22 +204,21 @@ _DELIVERY_TYPES = {
     "task_ids": "text",  # JSON, cast in the select
     "pruned_at": "float8",
 }
-_INSERT_DELIVERIES = Prepared(
-    sa.text(
-        f"INSERT INTO deliveries ({', '.join(_DELIVERY_FIELDS)})"
-        " SELECT "
-        + ", ".join(
-            f"CAST(d.{name} AS json)" if name == "task_ids" else f"d.{name}"
-            for name in _DELIVERY_FIELDS
-        )
-        + " FROM unnest("
-        + ", ".join(
-            f"CAST(:{name} AS {_DELIVERY_TYPES.get(name, 'text')}[])" for name in _DELIVERY_FIELDS
-        )
-        + f") AS d({', '.join(_DELIVERY_FIELDS)})"
-    ),
-    binary=True,
+# PostgreSQL: deliveries' rows from one array a column (`delivery_arrays`).
+INSERT_DELIVERIES_SQL = (
+    f"INSERT INTO deliveries ({', '.join(_DELIVERY_FIELDS)})"
+    " SELECT "
+    + ", ".join(
+        f"CAST(d.{name} AS json)" if name == "task_ids" else f"d.{name}"
+        for name in _DELIVERY_FIELDS
+    )
+    + " FROM unnest("
+    + ", ".join(
+        f"CAST(:{name} AS {_DELIVERY_TYPES.get(name, 'text')}[])" for name in _DELIVERY_FIELDS
+    )
+    + f") AS d({', '.join(_DELIVERY_FIELDS)})"
 )
+_INSERT_DELIVERIES = Prepared(sa.text(INSERT_DELIVERIES_SQL), binary=True)
 _UNASSIGN_ALL = Prepared(
     sa.text(
         "DELETE FROM assignments USING unnest(CAST(:b_repos AS text[]),"
@@ -344,12 +343,28 @@ def insert_delivery(
     """Insert a settled delivery, the assignment state and the loop guards it leaves, within
     the caller's transaction; an id seen before raises `sa.exc.IntegrityError` (the primary
     key decides), so a duplicate leaves nothing."""
-    # The fields as they are: `dataclasses.asdict` deep-copies the body, 50 us per delivery.
-    _INSERT_DELIVERY.run(conn, {name: getattr(record, name) for name in _DELIVERY_FIELDS})
+    _INSERT_DELIVERY.run(conn, delivery_row(record))
     if assigned is not None:
         write_assignment(conn, *assigned)
     for repo, number, since in resets:
         write_reset(conn, repo, number, since)
+
+
+def delivery_row(record: DeliveryRecord) -> dict[str, Any]:
+    """The record's columns; its fields as they are (`dataclasses.asdict` deep-copies the
+    body, 50 us per delivery)."""
+    return {name: getattr(record, name) for name in _DELIVERY_FIELDS}
+
+
+def delivery_arrays(records: Sequence[DeliveryRecord]) -> dict[str, list[Any]]:
+    """The parameters of `INSERT_DELIVERIES_SQL`: each column's values, in order."""
+    values: dict[str, list[Any]] = {
+        name: [getattr(record, name) for record in records] for name in _DELIVERY_FIELDS
+    }
+    values["task_ids"] = [json.dumps(ids) for ids in values["task_ids"]]
+    values["received_at"] = floats(values["received_at"])
+    values["pruned_at"] = floats(values["pruned_at"])
+    return values
 
 
 Settled = tuple[DeliveryRecord, Assigned | None, Sequence[Reset]]
@@ -360,14 +375,7 @@ def insert_deliveries(conn: sa.Connection, settled: Sequence[Settled]) -> None:
     statement each for the records, the assignments (the issues' DELETE and the INSERT of
     each one's last state) and the loop guards' resets; an id seen before (or twice) raises
     `sa.exc.IntegrityError` and leaves nothing."""
-    records = [record for record, _, _ in settled]
-    values: dict[str, list[Any]] = {
-        name: [getattr(record, name) for record in records] for name in _DELIVERY_FIELDS
-    }
-    values["task_ids"] = [json.dumps(ids) for ids in values["task_ids"]]
-    values["received_at"] = floats(values["received_at"])
-    values["pruned_at"] = floats(values["pruned_at"])
-    _INSERT_DELIVERIES.run(conn, values)
+    _INSERT_DELIVERIES.run(conn, delivery_arrays([record for record, _, _ in settled]))
     # Each issue's last assignment: what the DELETE and INSERT of each, in order, leave.
     last = {(a[0], a[1]): a[2] for _, a, _ in settled if a is not None}
     if last:

@@ -7,7 +7,9 @@ network and the server, so `Offloaded` runs it on a bounded pool of threads: a q
 (a lock held elsewhere, a partition) holds one thread, not the loop, and the caller bounds its
 own wait (`asyncio.timeout`), so heartbeats, fencing and answers go on meanwhile; no call
 waits longer than `bound` (the statement and connect timeouts together). `dispatch_all`, a
-delivery's write transaction, goes to the group commit's writer instead (`group_commit`).
+delivery's write transaction, goes to the group commit's writer instead (`group_commit`), and
+the deliveries a crowded node defers (`pending.defer`) are written from the event loop
+itself, on an async connection of their own (`deferrals`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from claude_hooks.core.decision import Decision
 from claude_hooks.core.domain import Task
 from claude_hooks.store.base import Dispatched, Settle
 from claude_hooks.store.decisions import Cause
+from claude_hooks.store.deferrals import LoopDeferrals
 from claude_hooks.store.group_commit import DispatchCall, GroupCommit
+from claude_hooks.store.intake import DeliveryRecord
 
 # The parts of `SqlStore` with store calls of their own (`store.intake.add_delivery`, ...).
 PARTS = (
@@ -31,6 +35,7 @@ PARTS = (
     "pending",
     "rejections",
     "notes",
+    "egress",
     "outbox",
     "retention",
     "spend",
@@ -38,6 +43,9 @@ PARTS = (
     "elastic",
     "transcripts",
     "worktree_states",
+    "commands",
+    "labels",
+    "steering",
     "outcomes",
     "runs",
 )
@@ -92,14 +100,36 @@ class Offloaded:
             return await loop.run_in_executor(self._executor, call)
 
 
+class OffloadedPending(Offloaded):
+    """The pending deliveries' part, the deferrals of a crowded node written from the event
+    loop together (`deferrals`)."""
+
+    def __init__(
+        self, target: Any, executor: ThreadPoolExecutor, bound: float, deferrals: LoopDeferrals
+    ) -> None:
+        super().__init__(target, executor, bound)
+        object.__setattr__(self, "_deferrals", deferrals)
+
+    async def defer(self, record: DeliveryRecord) -> bool:
+        """`SqlPending.defer`, written with the other deferrals waiting at the time."""
+        deferrals: LoopDeferrals = self._deferrals
+        async with asyncio.timeout(self._bound):
+            return await deferrals.defer(record)
+
+
 class OffloadedStore(Offloaded):
     """The store itself: its parts offloaded too, its deliveries' transactions grouped (see
     `group_commit`), and its threads let go when it closes."""
 
-    def __init__(self, target: Any, executor: ThreadPoolExecutor, bound: float) -> None:
+    def __init__(
+        self, target: Any, executor: ThreadPoolExecutor, bound: float, deferrals: LoopDeferrals
+    ) -> None:
         super().__init__(target, executor, bound, PARTS)
         self._group: GroupCommit
         object.__setattr__(self, "_group", GroupCommit(target.dispatch_batch))
+        self._deferrals: LoopDeferrals
+        object.__setattr__(self, "_deferrals", deferrals)
+        self._parts["pending"] = OffloadedPending(target.pending, executor, bound, deferrals)
 
     async def dispatch_all(
         self,
@@ -119,6 +149,7 @@ class OffloadedStore(Offloaded):
         """Close the store, then let the threads go (one still in a hung call is left behind)."""
         self._group.stop()
         try:
+            await self._deferrals.close()
             await self._call(self._target.close)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)

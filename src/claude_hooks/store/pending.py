@@ -1,4 +1,5 @@
-"""Storage for pending deliveries: accepted while the forge could not answer, retried later.
+"""Storage for pending deliveries: accepted while the forge could not answer, or deferred
+while their node was crowded, and run through the flows later.
 
 The delivery itself is a row of `deliveries` with outcome `pending`; its retry schedule is a
 row of `pending_deliveries`. Both are written in one transaction, and settled in one, so a
@@ -10,13 +11,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 
 from claude_hooks.core.decision import Assigned, Reset
 from claude_hooks.errors import ClaudeHooksError
-from claude_hooks.store.intake import DeliveryRecord, write_assignment
+from claude_hooks.store.intake import (
+    INSERT_DELIVERIES_SQL,
+    DeliveryRecord,
+    delivery_arrays,
+    delivery_row,
+    write_assignment,
+)
+from claude_hooks.store.prepared import Prepared
 from claude_hooks.store.schema import deliveries, pending_deliveries
 from claude_hooks.store.spend import write_reset
 
@@ -27,6 +36,8 @@ class PendingEntry:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    repo: str | None = None  # the issue or pull request the delivery is about, if any
+    number: int | None = None
 
 
 class AlreadySettled(ClaudeHooksError):
@@ -60,18 +71,86 @@ def settle_pending(
         write_reset(conn, repo, number, since)
 
 
+def _new_deliveries() -> Any:
+    """SQLite: insert deliveries, skipping an id recorded before; the ids inserted come back."""
+    insert = sqlite.insert(deliveries).on_conflict_do_nothing(index_elements=["id"])
+    return insert.returning(deliveries.c.id)
+
+
+_NEW_DELIVERIES = _new_deliveries()
+# PostgreSQL: every delivery and its schedule in one statement, its arrays sent in binary
+# (the parameters: `delivery_arrays` of `first_of_each`; the ids inserted come back).
+DEFER_ALL_SQL = (
+    "WITH new AS ("
+    + INSERT_DELIVERIES_SQL
+    + " ON CONFLICT (id) DO NOTHING RETURNING id, received_at, reason)"
+    " INSERT INTO pending_deliveries (id, attempts, next_attempt_at, last_error)"
+    " SELECT id, 0, received_at, reason FROM new RETURNING id"
+)
+_DEFER_ALL = Prepared(sa.text(DEFER_ALL_SQL), binary=True)
+
+
+def first_of_each(records: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
+    """The first record of each delivery id, in order: a second one is a duplicate."""
+    first: dict[str, DeliveryRecord] = {}
+    for record in records:
+        first.setdefault(record.id, record)
+    return list(first.values())
+
+
+def deferred(records: Sequence[DeliveryRecord], inserted: set[str]) -> list[bool]:
+    """For each of `records`, whether it was deferred: its id was inserted, by this record
+    (not an earlier one of the same id)."""
+    firsts = {record.id: record for record in reversed(records)}
+    return [record.id in inserted and firsts[record.id] is record for record in records]
+
+
+def defer_all(conn: sa.Connection, records: Sequence[DeliveryRecord]) -> list[bool]:
+    """Record `records` as pending, each due at its arrival (so the retrier takes them in
+    arrival order), within the caller's transaction; for each, False if its id was recorded
+    before (or earlier in `records`)."""
+    new = first_of_each(records)
+    if conn.dialect.name == "postgresql":
+        inserted = {row[0] for row in _DEFER_ALL.run(conn, delivery_arrays(new)).fetchall()}
+    else:
+        rows = [delivery_row(record) for record in new]
+        inserted = {row[0] for row in conn.execute(_NEW_DELIVERIES, rows).fetchall()}
+        schedule = [
+            {
+                "id": record.id,
+                "attempts": 0,
+                "next_attempt_at": record.received_at,
+                "last_error": record.reason,
+            }
+            for record in new
+            if record.id in inserted
+        ]
+        if schedule:
+            conn.execute(pending_deliveries.insert(), schedule)
+    return deferred(records, inserted)
+
+
 class PendingStore(Protocol):
     async def add_pending(self, record: DeliveryRecord, next_attempt_at: float) -> bool: ...
+    async def defer(self, record: DeliveryRecord) -> bool: ...
     async def due(self, now: float, limit: int) -> list[PendingEntry]: ...
     async def get_pending(self, delivery_id: str) -> PendingEntry | None: ...
     async def reschedule(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None: ...
-    async def count_pending(self) -> int: ...
+    async def count_pending(self, reason: str | None = None) -> int: ...
 
 
-def _entry(row: sa.Row[tuple[str, int, float, str | None]]) -> PendingEntry:
-    return PendingEntry(row.id, row.attempts, row.next_attempt_at, row.last_error)
+def _entry(row: sa.Row[Any]) -> PendingEntry:
+    return PendingEntry(
+        row.id, row.attempts, row.next_attempt_at, row.last_error, row.repo, row.number
+    )
+
+
+# A pending delivery's schedule, with the issue its delivery is about.
+_ENTRIES = sa.select(pending_deliveries, deliveries.c.repo, deliveries.c.number).join(
+    deliveries, deliveries.c.id == pending_deliveries.c.id
+)
 
 
 class SqlPending:
@@ -98,10 +177,26 @@ class SqlPending:
             return False
         return True
 
+    def defer_batch(self, records: Sequence[DeliveryRecord]) -> list[bool]:
+        """`defer_all` in a transaction of its own: several deliveries, one commit. On
+        PostgreSQL that is one statement, run in autocommit: one round trip, no BEGIN and
+        COMMIT around it."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+                return defer_all(autocommit, records)
+        with self.engine.begin() as conn:
+            return defer_all(conn, records)
+
+    async def defer(self, record: DeliveryRecord) -> bool:
+        """Record a delivery deferred by its crowded node, due at once (as `add_pending`, due at
+        its arrival); False if its id was seen. On PostgreSQL deferrals are committed together
+        (see `offload`)."""
+        return self.defer_batch([record])[0]
+
     async def due(self, now: float, limit: int) -> list[PendingEntry]:
         query = (
-            sa.select(pending_deliveries)
-            .where(pending_deliveries.c.next_attempt_at <= now)
+            _ENTRIES.where(pending_deliveries.c.next_attempt_at <= now)
             .order_by(pending_deliveries.c.next_attempt_at)
             .limit(limit)
         )
@@ -109,7 +204,7 @@ class SqlPending:
             return [_entry(row) for row in conn.execute(query)]
 
     async def get_pending(self, delivery_id: str) -> PendingEntry | None:
-        query = sa.select(pending_deliveries).where(pending_deliveries.c.id == delivery_id)
+        query = _ENTRIES.where(pending_deliveries.c.id == delivery_id)
         with self.reader.connect() as conn:
             row = conn.execute(query).first()
         return _entry(row) if row is not None else None
@@ -147,7 +242,10 @@ class SqlPending:
                 write_assignment(conn, *assigned)
         return True
 
-    async def count_pending(self) -> int:
+    async def count_pending(self, reason: str | None = None) -> int:
+        """Pending deliveries (`reason`: only those still waiting for that reason)."""
+        query = sa.select(sa.func.count()).select_from(pending_deliveries)
+        if reason is not None:
+            query = query.where(pending_deliveries.c.last_error == reason)
         with self.reader.connect() as conn:
-            query = sa.select(sa.func.count()).select_from(pending_deliveries)
             return int(conn.scalar(query) or 0)

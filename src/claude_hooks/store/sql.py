@@ -52,6 +52,7 @@ from claude_hooks.store.base import (
 )
 from claude_hooks.store.commands import SqlCommands
 from claude_hooks.store.decisions import Cause, Written, cancel, write_decision
+from claude_hooks.store.deferrals import LoopDeferrals
 from claude_hooks.store.egress import SqlEgress
 from claude_hooks.store.elastic import SqlElastic
 from claude_hooks.store.group_commit import DispatchCall
@@ -173,6 +174,23 @@ def _sqlite_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engi
     return writer, reader
 
 
+def postgresql_connect_args(timeouts: Timeouts) -> dict[str, Any]:
+    """psycopg's arguments for every connection to PostgreSQL: its waits bounded."""
+    options = (
+        f"-c lock_timeout={round(timeouts.lock * 1000)} "
+        f"-c statement_timeout={round(timeouts.statement * 1000)}"
+    )
+    # libpq counts connect_timeout in whole seconds (2 at least); TCP keepalives notice a
+    # peer that vanished without closing the connection.
+    return {
+        "connect_timeout": max(2, math.ceil(timeouts.connect)),
+        "options": options,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+
+
 def _postgresql_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
     """A writer and a reader through psycopg 3, each pooled: PostgreSQL serialises what must be
     serial with row locks (see `placing`). The reader runs in autocommit: a read is one round
@@ -181,19 +199,7 @@ def _postgresql_engines(url: sa.URL, timeouts: Timeouts) -> tuple[sa.Engine, sa.
     call): a connection the server dropped fails one call, and SQLAlchemy then replaces the
     whole pool; the callers retry."""
     url = url.set(drivername="postgresql+psycopg")
-    options = (
-        f"-c lock_timeout={round(timeouts.lock * 1000)} "
-        f"-c statement_timeout={round(timeouts.statement * 1000)}"
-    )
-    # libpq counts connect_timeout in whole seconds (2 at least); TCP keepalives notice a
-    # peer that vanished without closing the connection.
-    connect_args = {
-        "connect_timeout": max(2, math.ceil(timeouts.connect)),
-        "options": options,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-    }
+    connect_args = postgresql_connect_args(timeouts)
     bounds: dict[str, Any] = {"pool_timeout": timeouts.connect, "connect_args": connect_args}
     writer = sa.create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, **bounds)
     # Each thread keeps a reader connection (`KeptReader`) besides the one a call may take.
@@ -224,7 +230,7 @@ def _engines(url: str, timeouts: Timeouts) -> tuple[sa.Engine, sa.Engine]:
 
 # The newest migration. Start-up compares it with the database and imports Alembic only when
 # there is something to migrate (the import alone costs about 0.2 s).
-HEAD_REVISION = "0019"
+HEAD_REVISION = "0020"
 
 
 def _current_revision(connection: sa.Connection) -> str | None:
@@ -565,7 +571,14 @@ class SqlStore:
         if engine.dialect.name != "sqlite":
             threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
             bound = timeouts.statement + timeouts.connect
-            return cast(SqlStore, OffloadedStore(cls(engine, reader, node=node), threads, bound))
+            store = cls(engine, reader, node=node)
+            conninfo = engine.url.set(drivername="postgresql")
+            deferrals = LoopDeferrals(
+                conninfo.render_as_string(hide_password=False),
+                postgresql_connect_args(timeouts),
+                bound,
+            )
+            return cast(SqlStore, OffloadedStore(store, threads, bound, deferrals))
         checkpointer = Checkpointer(str(engine.url.database))
         checkpointer.start()
         return cls(engine, reader, checkpointer, node)
