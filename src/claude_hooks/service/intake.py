@@ -654,7 +654,7 @@ class Intake:
         return outcome
 
     async def _retry(self, entry: PendingEntry) -> str:
-        record = await self.store.get_delivery(entry.id)
+        record = entry.record or await self.store.get_delivery(entry.id)
         if record is None:
             return "gone"
         payload = parse_payload(record.event_type, json.loads(record.body))

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # Forge look-ups may use this share of the answer deadline; the rest is for the database.
 FORGE_SHARE = 0.8
 BATCH = 50  # pending deliveries retried per look
-CROWDED_PASS = 1.0  # seconds between passes while the node defers what arrives
+CROWDED_PASS = 1.0  # seconds between passes while the node defers what arrives ...
+CROWDED_BATCH = 10  # ... and deliveries retried in each
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,27 +76,30 @@ class PendingRetrier(Loop):
         self.clock = clock
         self.retry = retry
         self.crowded = crowded
-        self._last_pass = float("-inf")  # event-loop time of the last pass
+        self._last_pass = float("-inf")  # event-loop time the last pass ended
 
     async def run_once(self) -> float | None:
         loop = asyncio.get_running_loop()
         if self.crowded():
-            # Deliveries arrive faster than they are decided: answering them goes first (each
-            # decision costs the event loop the time of several deferrals), and a pass of what
-            # they leave runs at most every CROWDED_PASS seconds, so none waits for the burst
-            # to end.
+            # Deliveries arrive faster than they are decided: answering them goes first (a
+            # decision costs the event loop the time of dozens of deferrals), and a pass of
+            # CROWDED_BATCH of what they leave starts CROWDED_PASS seconds after the last one
+            # ended, so the agents get work while the burst lasts.
             since = loop.time() - self._last_pass
             if since < CROWDED_PASS:
                 return CROWDED_PASS - since
-        self._last_pass = loop.time()
+            await self.run_due(CROWDED_BATCH)
+            self._last_pass = loop.time()
+            return CROWDED_PASS
         # A full batch: more may be due, the next pass at once.
         return 0 if await self.run_due() == BATCH else None
 
-    async def run_due(self) -> int:
-        """Retry the pending deliveries that are due, together (their decisions are committed
-        together: see `store.group_commit`), each started in due order so that deliveries
-        about one issue take their turns in that order; how many were tried."""
-        due = await self.store.due(self.clock(), BATCH)
+    async def run_due(self, most: int = BATCH) -> int:
+        """Retry the pending deliveries that are due (`most` at most), together (their
+        decisions are committed together: see `store.group_commit`), each started in due
+        order so that deliveries about one issue take their turns in that order; how many
+        were tried."""
+        due = await self.store.due(self.clock(), most)
         await asyncio.gather(*(self._retry(entry) for entry in due))
         return len(due)
 

@@ -65,7 +65,8 @@ class DeliveryRecord:
     pruned_at: float | None = None
 
 
-def _delivery(row: sa.Row[Any]) -> DeliveryRecord:
+def delivery_of(row: sa.Row[Any]) -> DeliveryRecord:
+    """The record of a row of `deliveries` (its columns, by name)."""
     m = row._mapping
     return DeliveryRecord(
         id=m["id"],
@@ -551,7 +552,7 @@ class SqlIntake:
             row = (
                 conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id))
             ).first()
-        return _delivery(row) if row else None
+        return delivery_of(row) if row else None
 
     async def list_deliveries(
         self, limit: int, offset: int, outcome: str | None = None
@@ -561,7 +562,7 @@ class SqlIntake:
             query = query.where(deliveries.c.outcome == outcome)
         with self.reader.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset))
-            return [_delivery(row) for row in rows]
+            return [delivery_of(row) for row in rows]
 
     async def count_deliveries(self, outcome: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(deliveries)

@@ -22,6 +22,7 @@ from claude_hooks.store.intake import (
     INSERT_DELIVERIES_SQL,
     DeliveryRecord,
     delivery_arrays,
+    delivery_of,
     delivery_row,
     write_assignment,
 )
@@ -38,6 +39,7 @@ class PendingEntry:
     last_error: str | None
     repo: str | None = None  # the issue or pull request the delivery is about, if any
     number: int | None = None
+    record: DeliveryRecord | None = None  # the delivery, read with its schedule by `due`
 
 
 class AlreadySettled(ClaudeHooksError):
@@ -141,9 +143,9 @@ class PendingStore(Protocol):
     async def count_pending(self, reason: str | None = None) -> int: ...
 
 
-def _entry(row: sa.Row[Any]) -> PendingEntry:
+def _entry(row: sa.Row[Any], record: DeliveryRecord | None = None) -> PendingEntry:
     return PendingEntry(
-        row.id, row.attempts, row.next_attempt_at, row.last_error, row.repo, row.number
+        row.id, row.attempts, row.next_attempt_at, row.last_error, row.repo, row.number, record
     )
 
 
@@ -151,6 +153,13 @@ def _entry(row: sa.Row[Any]) -> PendingEntry:
 _ENTRIES = sa.select(pending_deliveries, deliveries.c.repo, deliveries.c.number).join(
     deliveries, deliveries.c.id == pending_deliveries.c.id
 )
+# The same with the whole delivery: the retrier reads a batch in one round trip.
+_DUE = sa.select(
+    deliveries,
+    pending_deliveries.c.attempts,
+    pending_deliveries.c.next_attempt_at,
+    pending_deliveries.c.last_error,
+).join(pending_deliveries, deliveries.c.id == pending_deliveries.c.id)
 
 
 class SqlPending:
@@ -195,13 +204,14 @@ class SqlPending:
         return self.defer_batch([record])[0]
 
     async def due(self, now: float, limit: int) -> list[PendingEntry]:
+        """The pending deliveries due by `now`, earliest first, each with its record."""
         query = (
-            _ENTRIES.where(pending_deliveries.c.next_attempt_at <= now)
+            _DUE.where(pending_deliveries.c.next_attempt_at <= now)
             .order_by(pending_deliveries.c.next_attempt_at)
             .limit(limit)
         )
         with self.reader.connect() as conn:
-            return [_entry(row) for row in conn.execute(query)]
+            return [_entry(row, delivery_of(row)) for row in conn.execute(query)]
 
     async def get_pending(self, delivery_id: str) -> PendingEntry | None:
         query = _ENTRIES.where(pending_deliveries.c.id == delivery_id)
