@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import sqlalchemy as sa
 
 from claude_hooks.store.group_commit import MOST
 from claude_hooks.store.intake import DeliveryRecord, delivery_arrays
 from claude_hooks.store.pending import DEFER_ALL_SQL, deferred, first_of_each
+
+if TYPE_CHECKING:  # psycopg is imported where PostgreSQL is used: ~9 MB a SQLite node keeps
+    import psycopg
 
 # psycopg's placeholders, binary: each array's elements go as they are.
 _SQL = re.sub(r":(\w+)", r"%(\1)b", DEFER_ALL_SQL)
@@ -35,6 +37,8 @@ WRITERS = 2
 
 def _fault(exc: Exception) -> Exception:
     """A driver's error as SQLAlchemy's (a storage fault: see `faults`), others as they are."""
+    import psycopg
+
     if isinstance(exc, psycopg.Error):
         return sa.exc.DBAPIError.instance(_SQL, None, exc, psycopg.Error)
     return exc
@@ -102,6 +106,8 @@ class LoopDeferrals:
         return conn
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        import psycopg
+
         return await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, **self._connect_args
         )
