@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 FORGE_SHARE = 0.8
 BATCH = 50  # pending deliveries retried per look
 CROWDED_PASS = 1.0  # seconds between passes while the node defers what arrives ...
-CROWDED_BATCH = 10  # ... and deliveries retried in each
+CROWDED_BATCH = 10  # ... and deliveries retried in each, until the oldest waited
+BEHIND = 10.0  # seconds
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,31 +78,36 @@ class PendingRetrier(Loop):
         self.retry = retry
         self.crowded = crowded
         self._last_pass = float("-inf")  # event-loop time the last pass ended
+        self._behind = False  # the oldest due delivery waited more than BEHIND seconds
 
     async def run_once(self) -> float | None:
         loop = asyncio.get_running_loop()
-        if self.crowded():
-            # Deliveries arrive faster than they are decided: answering them goes first (a
-            # decision costs the event loop the time of dozens of deferrals), and a pass of
-            # CROWDED_BATCH of what they leave starts CROWDED_PASS seconds after the last one
-            # ended, so the agents get work while the burst lasts.
+        # Deliveries arrive faster than they are decided: answering them goes first (a
+        # decision costs the event loop the time of dozens of deferrals), and a pass of
+        # CROWDED_BATCH of what they leave starts CROWDED_PASS seconds after the last one
+        # ended, so the agents get work while the burst lasts; once the oldest waited
+        # BEHIND seconds, passes of BATCH run back to back again (a burst that does not end
+        # shares the node with them rather than grow the backlog).
+        crowded = self.crowded() and not self._behind
+        if crowded:
             since = loop.time() - self._last_pass
             if since < CROWDED_PASS:
                 return CROWDED_PASS - since
-            await self.run_due(CROWDED_BATCH)
-            self._last_pass = loop.time()
+        most = CROWDED_BATCH if crowded else BATCH
+        due = await self.store.due(self.clock(), most)
+        self._behind = bool(due) and self.clock() - due[0].next_attempt_at > BEHIND
+        await self.run_due(due)
+        self._last_pass = loop.time()
+        if crowded:
             return CROWDED_PASS
         # A full batch: more may be due, the next pass at once.
-        return 0 if await self.run_due() == BATCH else None
+        return 0 if len(due) == most else None
 
-    async def run_due(self, most: int = BATCH) -> int:
-        """Retry the pending deliveries that are due (`most` at most), together (their
-        decisions are committed together: see `store.group_commit`), each started in due
-        order so that deliveries about one issue take their turns in that order; how many
-        were tried."""
-        due = await self.store.due(self.clock(), most)
+    async def run_due(self, due: list[PendingEntry]) -> None:
+        """Retry `due` (due pending deliveries, earliest first) together (their decisions
+        are committed together: see `store.group_commit`), each started in due order so that
+        deliveries about one issue take their turns in that order."""
         await asyncio.gather(*(self._retry(entry) for entry in due))
-        return len(due)
 
     async def _retry(self, entry: PendingEntry) -> None:
         try:
