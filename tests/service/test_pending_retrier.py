@@ -70,3 +70,21 @@ async def test_when_not_crowded_passes_are_full_until_the_backlog_is_done(
     assert await loop.run_once() is None
     assert len(backlog.retried) == 70
     assert backlog.retried == [f"d-{n}" for n in range(70)]
+
+
+async def test_none_received_after_a_delivery_still_being_deferred_is_taken(
+    tmp_path: Path,
+) -> None:
+    """Two deferrals may commit in either order: the later one waits for the earlier."""
+    now = time.time()
+    backlog = Backlog([now - 3.0, now - 2.0, now - 1.0])
+    loop = PendingRetrier(
+        make_config(tmp_path),
+        backlog,  # type: ignore[arg-type]
+        time.time,
+        backlog.retry,
+        lambda: False,
+        lambda: now - 2.5,  # one received then is still being recorded
+    )
+    await loop.run_once()
+    assert backlog.retried == ["d-0"]

@@ -247,6 +247,7 @@ class Intake:
         self._deferred: Counter[tuple[str, int]] = Counter()  # issue -> its deliveries deferred
         self._deferred_checked = 0.0  # event-loop time of the last look for settled ones
         self._last_deferral = float("-inf")  # event-loop time of the last delivery deferred
+        self._deferring: dict[str, float] = {}  # delivery id -> arrival, being recorded now
         self._labelling: set[asyncio.Task[None]] = set()
         self.commands = commands
         self.store = store
@@ -405,23 +406,40 @@ class Intake:
         )
 
     async def _defer(self, record: DeliveryRecord) -> Answer:
-        """Record `record` as pending, to be decided next by the pending retrier."""
+        """Record `record` as pending, to be decided next by the pending retrier. Its issue
+        counts as deferred from the start, so a delivery about it arriving meanwhile goes
+        after it; and while it is being recorded the retrier takes none received after it
+        (`horizon`): two deferrals can commit in either order."""
         if record.id in self._in_progress:
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         record.outcome, record.reason = "pending", DEFERRED
-        if not await self.pool.store.pending.defer(record):
-            self._count("duplicate")
-            return Answer(200, {"status": "duplicate", "delivery": record.id})
         issue = _issue(record)
         if issue is not None:
             self._deferred[issue] += 1
+        self._deferring[record.id] = record.received_at
+        try:
+            deferred = await self.pool.store.pending.defer(record)
+        except BaseException:
+            self._undefer(issue)
+            raise
+        finally:
+            del self._deferring[record.id]
+        if not deferred:
+            self._undefer(issue)
+            self._count("duplicate")
+            return Answer(200, {"status": "duplicate", "delivery": record.id})
         # The retrier is woken when a burst begins; while it lasts, it takes its own time.
         if not self.crowded():
             self.wake_pending()
         self._last_deferral = asyncio.get_running_loop().time()
         self._published(record)
         return Answer(202, {"status": "pending", "reason": DEFERRED, "delivery": record.id})
+
+    def horizon(self) -> float | None:
+        """The arrival of the earliest delivery still being deferred (None: none is): the
+        retrier takes only deliveries received before it."""
+        return min(self._deferring.values(), default=None)
 
     def crowded(self) -> bool:
         """Whether deliveries arrive faster than the node decides them: it deferred one in
@@ -433,7 +451,11 @@ class Intake:
         wait behind it."""
         if entry.last_error != DEFERRED or entry.repo is None or entry.number is None:
             return
-        issue = (entry.repo, entry.number)
+        self._undefer((entry.repo, entry.number))
+
+    def _undefer(self, issue: tuple[str, int] | None) -> None:
+        if issue is None:
+            return
         if self._deferred[issue] > 1:
             self._deferred[issue] -= 1
         else:
@@ -465,7 +487,10 @@ class Intake:
                 payload = None
             for attempt in range(1, RECONNECTS + 1):
                 try:
-                    await self._process(record, payload)
+                    if _issue(record) in self._deferred:
+                        await self._defer(record)  # after its issue's deferred deliveries
+                    else:
+                        await self._process(record, payload)
                     break
                 except Exception as exc:
                     # After a restart of the database each pooled connection fails once.

@@ -68,15 +68,18 @@ class PendingRetrier(Loop):
         clock: Callable[[], float],
         retry: Callable[[PendingEntry], Awaitable[str]],
         crowded: Callable[[], bool] = lambda: False,
+        horizon: Callable[[], float | None] = lambda: None,
     ) -> None:
         """`retry` runs one entry through the flows again (`Intake.retry_pending`);
-        `crowded`: deliveries arrive faster than they are decided (`Intake.crowded`)."""
+        `crowded`: deliveries arrive faster than they are decided (`Intake.crowded`);
+        `horizon`: only deliveries due before it are taken (`Intake.horizon`)."""
         super().__init__("pending-deliveries", min(1.0, config.server.pending_retry_min))
         self.config = config
         self.store = store
         self.clock = clock
         self.retry = retry
         self.crowded = crowded
+        self.horizon = horizon
         self._last_pass = float("-inf")  # event-loop time the last pass ended
         self._behind = False  # the oldest due delivery waited more than BEHIND seconds
 
@@ -94,8 +97,11 @@ class PendingRetrier(Loop):
             if since < CROWDED_PASS:
                 return CROWDED_PASS - since
         most = CROWDED_BATCH if crowded else BATCH
-        due = await self.store.due(self.clock(), most)
-        self._behind = bool(due) and self.clock() - due[0].next_attempt_at > BEHIND
+        now = self.clock()
+        horizon = self.horizon()
+        # A delivery still being deferred may be due before those already recorded.
+        due = await self.store.due(now if horizon is None else min(now, horizon - 1e-6), most)
+        self._behind = bool(due) and now - due[0].next_attempt_at > BEHIND
         await self.run_due(due)
         self._last_pass = loop.time()
         if crowded:

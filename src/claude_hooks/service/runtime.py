@@ -155,7 +155,12 @@ class Service:
         )
         self.ci = CiWatcher(config, self.intake, self.forge, clock)
         self.pending = PendingRetrier(
-            config, store.pending, clock, self.intake.retry_pending, self.intake.crowded
+            config,
+            store.pending,
+            clock,
+            self.intake.retry_pending,
+            self.intake.crowded,
+            self.intake.horizon,
         )
         self.retention = Retention(config, store, self.pool.log_path, clock)
         self.summary = WeeklySummary(config, store.outcomes, clock, self.outbox.wake)
