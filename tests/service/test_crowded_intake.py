@@ -18,10 +18,9 @@ from claude_hooks.service.runtime import Service
 from claude_hooks.store.base import TaskFilter
 from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore
-from claude_hooks.web.app import create_app
 from tests.fake_forgejo import FakeForgejo
-from tests.support import GateRunner, fixture, forgejo_headers, wait_until
-from tests.web.test_forge_flows import forge_config
+from tests.service import test_decide_phase as decide_phase
+from tests.support import fixture, forgejo_headers, wait_until
 
 PERMISSION = "/repos/acme/widget/collaborators/alice/permission"
 
@@ -30,28 +29,9 @@ PERMISSION = "/repos/acme/widget/collaborators/alice/permission"
 async def node(
     tmp_path: Path, forge: FakeForgejo, database_url: str, max_deciding: int
 ) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    config = forge_config(
-        tmp_path,
-        forge,
-        server={
-            "database_url": database_url,
-            "max_deciding": max_deciding,
-            "pending_retry_min": 0.2,
-            "pending_retry_max": 0.5,
-        },
-    )
-    gate = GateRunner()  # the tasks stay where they were placed
-    service = await Service.open(config, lambda _type: gate)
-    await service.start()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(service)), base_url="http://test"
-    )
-    try:
-        yield service, client
-    finally:
-        await client.aclose()
-        gate.release_all()
-        await service.stop()
+    settings = {"max_deciding": max_deciding, "pending_retry_min": 0.2, "pending_retry_max": 0.5}
+    async with decide_phase.node(tmp_path, forge, database_url, **settings) as started:
+        yield started
 
 
 def delivery(name: str, number: int, delivery_id: str) -> tuple[bytes, dict[str, str]]:
@@ -111,6 +91,19 @@ async def test_deferred_deliveries_are_answered_at_once_and_decided_in_arrival_o
         assert await service.store.count_tasks(TaskFilter(delivery_id="assign-21")) == 1
 
 
+async def test_one_delivery_id_deferred_twice_at_once_is_one_delivery(
+    tmp_path: Path, pg_url: str, fake_forgejo: FakeForgejo
+) -> None:
+    """Forgejo's redelivery racing the first: both are taken while neither is recorded."""
+    async with node(tmp_path, fake_forgejo, pg_url, max_deciding=0) as (service, client):
+        answers = await asyncio.gather(
+            *(post(client, "issues_assigned_dev", 31, "twice-31") for _ in range(4))
+        )
+        assert sorted(a["status"] for a in answers) == ["duplicate"] * 3 + ["pending"], answers
+        await wait_until(lambda: settled(service, "twice-31"), 15)
+        assert await service.store.count_tasks(TaskFilter(delivery_id="twice-31")) == 1
+
+
 async def test_a_burst_past_max_deciding_gets_each_delivery_decided_once(
     tmp_path: Path, pg_url: str, fake_forgejo: FakeForgejo
 ) -> None:
@@ -156,16 +149,19 @@ async def test_deferred_deliveries_survive_a_restart(
         assert await service.store.count_tasks(TaskFilter(delivery_id="assign-17")) == 1
 
 
-def _record(delivery_id: str, received_at: float) -> DeliveryRecord:
+def deferred_record(delivery_id: str, received_at: float) -> DeliveryRecord:
+    """A delivery as a crowded node defers it (its body with an integer past 64 bits)."""
     return DeliveryRecord(
         id=delivery_id,
         flavor="forgejo",
         event="issues",
         event_type="issues",
         received_at=received_at,
-        body="{}",
+        body='{"big": 123456789012345678901234567890}',
         outcome="pending",
         reason=DEFERRED,
+        repo="acme/widget",
+        number=7,
     )
 
 
@@ -174,9 +170,14 @@ async def test_deferring_a_batch_skips_ids_seen_before_and_keeps_arrival_order(
 ) -> None:
     store = await SqlStore.open(database_url)
     try:
-        assert await store.pending.defer(_record("seen", 1.0))
+        assert await store.pending.defer(deferred_record("seen", 1.0))
         deferred = store.pending.defer_batch(
-            [_record("b", 3.0), _record("seen", 4.0), _record("a", 2.0), _record("b", 5.0)]
+            [
+                deferred_record("b", 3.0),
+                deferred_record("seen", 4.0),
+                deferred_record("a", 2.0),
+                deferred_record("b", 5.0),
+            ]
         )
         assert deferred == [True, False, True, False]
         due = await store.pending.due(10.0, 10)

@@ -25,10 +25,12 @@ from tests.web.test_forge_flows import HEAD_C, forge_config
 
 @asynccontextmanager
 async def node(
-    tmp_path: Path, forge: FakeForgejo, database_url: str, name: str = "one"
+    tmp_path: Path, forge: FakeForgejo, database_url: str, name: str = "one", **server: object
 ) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    """A started service on `database_url` whose tasks stay where they were placed; `server`:
+    more `[server]` settings."""
     config = forge_config(
-        tmp_path / name, forge, server={"database_url": database_url, "node": name}
+        tmp_path / name, forge, server={"database_url": database_url, "node": name, **server}
     )
     gate = GateRunner()  # the tasks stay where they were placed
     service = await Service.open(config, lambda _type: gate)

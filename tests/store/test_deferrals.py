@@ -15,31 +15,16 @@ from sqlalchemy.engine import make_url
 from claude_hooks.service.intake import DEFERRED
 from claude_hooks.store.deferrals import LoopDeferrals
 from claude_hooks.store.faults import is_storage_fault
-from claude_hooks.store.intake import DeliveryRecord
 from claude_hooks.store.sql import SqlStore, Timeouts, postgresql_connect_args
-
-
-def _record(delivery_id: str, received_at: float) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=delivery_id,
-        flavor="forgejo",
-        event="issues",
-        event_type="issues",
-        received_at=received_at,
-        body='{"big": 123456789012345678901234567890}',
-        outcome="pending",
-        reason=DEFERRED,
-        repo="acme/widget",
-        number=7,
-    )
+from tests.service.test_crowded_intake import deferred_record
 
 
 async def test_deferrals_arriving_together_are_written_together_each_once(pg_url: str) -> None:
     store = await SqlStore.open(pg_url)
     try:
-        assert await store.pending.defer(_record("seen", 1.0))
-        records = [_record(f"d-{n}", 10.0 + n) for n in range(40)]
-        records += [_record("seen", 60.0), _record("d-3", 61.0)]
+        assert await store.pending.defer(deferred_record("seen", 1.0))
+        records = [deferred_record(f"d-{n}", 10.0 + n) for n in range(40)]
+        records += [deferred_record("seen", 60.0), deferred_record("d-3", 61.0)]
         answers = await asyncio.gather(*(store.pending.defer(r) for r in records))
         assert answers == [True] * 40 + [False, False]
         due = await store.pending.due(100.0, 100)
@@ -47,7 +32,7 @@ async def test_deferrals_arriving_together_are_written_together_each_once(pg_url
         assert {(e.repo, e.number, e.last_error) for e in due} == {("acme/widget", 7, DEFERRED)}
         kept = await store.intake.get_delivery("d-3")
         assert kept is not None and kept.received_at == 13.0 and kept.outcome == "pending"
-        assert kept.body == _record("d-3", 0).body  # the body as it came, exact
+        assert kept.body == deferred_record("d-3", 0).body  # the body as it came, exact
     finally:
         await store.close()
 
@@ -61,18 +46,18 @@ async def test_a_dropped_database_is_a_storage_fault_and_the_writer_connects_aga
         through = url.set(host="127.0.0.1", port=gate.port).render_as_string(False)
         deferrals = LoopDeferrals(through, args, 5.0)
         try:
-            assert await deferrals.defer(_record("before", 1.0))
+            assert await deferrals.defer(deferred_record("before", 1.0))
             gate.cut()  # a restart: its connection dropped, new ones refused
             await asyncio.sleep(0.1)  # the proxy acts on its own thread
             started = time.monotonic()
             with pytest.raises(sa.exc.DBAPIError) as failed:
-                await deferrals.defer(_record("during", 2.0))
+                await deferrals.defer(deferred_record("during", 2.0))
             assert is_storage_fault(failed.value), failed.value
             assert time.monotonic() - started < 5.0
             gate.resume()
             await asyncio.sleep(0.1)
-            assert await deferrals.defer(_record("after", 3.0))
-            assert not await deferrals.defer(_record("before", 4.0))
+            assert await deferrals.defer(deferred_record("after", 3.0))
+            assert not await deferrals.defer(deferred_record("before", 4.0))
         finally:
             await deferrals.close()
     store = await SqlStore.open(pg_url)

@@ -410,7 +410,8 @@ class Intake:
         counts as deferred from the start, so a delivery about it arriving meanwhile goes
         after it; and while it is being recorded the retrier takes none received after it
         (`horizon`): two deferrals can commit in either order."""
-        if record.id in self._in_progress:
+        # Its id decided or being deferred here: the primary key settles the rest.
+        if record.id in self._in_progress or record.id in self._deferring:
             self._count("duplicate")
             return Answer(200, {"status": "duplicate", "delivery": record.id})
         record.outcome, record.reason = "pending", DEFERRED

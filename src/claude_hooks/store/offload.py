@@ -104,6 +104,8 @@ class OffloadedPending(Offloaded):
     """The pending deliveries' part, the deferrals of a crowded node written from the event
     loop together (`deferrals`)."""
 
+    _deferrals: LoopDeferrals
+
     def __init__(
         self, target: Any, executor: ThreadPoolExecutor, bound: float, deferrals: LoopDeferrals
     ) -> None:
@@ -112,9 +114,8 @@ class OffloadedPending(Offloaded):
 
     async def defer(self, record: DeliveryRecord) -> bool:
         """`SqlPending.defer`, written with the other deferrals waiting at the time."""
-        deferrals: LoopDeferrals = self._deferrals
         async with asyncio.timeout(self._bound):
-            return await deferrals.defer(record)
+            return await self._deferrals.defer(record)
 
 
 class OffloadedStore(Offloaded):

@@ -73,13 +73,12 @@ def settle_pending(
         write_reset(conn, repo, number, since)
 
 
-def _new_deliveries() -> Any:
-    """SQLite: insert deliveries, skipping an id recorded before; the ids inserted come back."""
-    insert = sqlite.insert(deliveries).on_conflict_do_nothing(index_elements=["id"])
-    return insert.returning(deliveries.c.id)
-
-
-_NEW_DELIVERIES = _new_deliveries()
+# SQLite: insert deliveries, skipping an id recorded before; the ids inserted come back.
+_NEW_DELIVERIES = (
+    sqlite.insert(deliveries)
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(deliveries.c.id)
+)
 # PostgreSQL: every delivery and its schedule in one statement, its arrays sent in binary
 # (the parameters: `delivery_arrays` of `first_of_each`; the ids inserted come back).
 DEFER_ALL_SQL = (
@@ -187,13 +186,8 @@ class SqlPending:
         return True
 
     def defer_batch(self, records: Sequence[DeliveryRecord]) -> list[bool]:
-        """`defer_all` in a transaction of its own: several deliveries, one commit. On
-        PostgreSQL that is one statement, run in autocommit: one round trip, no BEGIN and
-        COMMIT around it."""
-        if self.engine.dialect.name == "postgresql":
-            with self.engine.connect() as conn:
-                autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
-                return defer_all(autocommit, records)
+        """`defer_all` in a transaction of its own: several deliveries, one commit. (A
+        service on PostgreSQL sends its deferrals from the event loop: `deferrals`.)"""
         with self.engine.begin() as conn:
             return defer_all(conn, records)
 
